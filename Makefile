@@ -1,0 +1,39 @@
+# moe-bench: `make run` (dashboard) and `make test` (pytest). Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DB ?= data/bench.duckdb
+HOST ?= 127.0.0.1
+PORT ?= 8501
+
+.PHONY: run test lint db clean-db
+
+$(VENV)/.runtime: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=25.1"
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.test: $(VENV)/.runtime pyproject.toml
+	$(PY) -m pip install -q --group test
+	touch $@
+
+$(DB): | $(VENV)/.runtime
+	$(PY) -m bench build-db --db $(DB)
+
+db: $(VENV)/.runtime
+	$(PY) -m bench build-db --db $(DB)
+
+run: $(VENV)/.runtime $(DB)
+	$(PY) -m streamlit run app.py --server.headless true --server.address $(HOST) --server.port $(PORT) \
+		--browser.gatherUsageStats false
+
+test: $(VENV)/.test
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.test
+	$(PY) -m ruff check .
+
+clean-db:
+	rm -f $(DB) $(DB).wal

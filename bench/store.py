@@ -1,0 +1,292 @@
+"""The DuckDB store: schema creation and migration, and every write the bench makes.
+
+Only bench processes write. Each write opens a short read-write connection, commits and closes, and
+retries with backoff while another process holds the file lock (DESIGN.md, "DuckDB across processes").
+Readers (the dashboard) go through `bench.queries`, which uses `connect(..., read_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from bench.errors import StoreError
+from bench.records import EnvFingerprint, PointRecord, RunRecord, SweepRecord, utcnow
+
+SCHEMA_FILE = Path(__file__).with_name("schema.sql")
+_VERSION_RE = re.compile(r"^--\s*schema_version:\s*(\d+)\s*$", re.MULTILINE)
+SCHEMA_VERSION = int(_VERSION_RE.search(SCHEMA_FILE.read_text()).group(1))  # type: ignore[union-attr]
+
+# version -> SQL that migrates a database from (version - 1) to version.
+MIGRATIONS: dict[int, str] = {}
+
+LOCK_RETRY_SECONDS = 30.0
+
+# RunRecord.env fields are stored flat, some under a clearer column name.
+_ENV_COLUMNS = {
+    "device_name": "device_name",
+    "device_kind": "device_kind",
+    "driver": "driver",
+    "cuda": "cuda",
+    "torch": "torch_version",
+    "transformers": "transformers_version",
+    "bench_version": "bench_version",
+    "git_commit": "git_commit",
+    "host": "host",
+    "python": "python_version",
+}
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return "Could not set lock" in text or "Conflicting lock" in text or "lock on file" in text
+
+
+def connect(
+    path: Path | str, read_only: bool = False, timeout_s: float = LOCK_RETRY_SECONDS
+) -> duckdb.DuckDBPyConnection:
+    """Open `path`, retrying with jittered backoff while another process holds the lock.
+
+    Raises StoreError naming the file when it is not a DuckDB database or stays locked.
+    """
+    path = Path(path)
+    if read_only and not path.exists():
+        raise StoreError(f"database {path} does not exist; run `make run` or `python -m bench import` first")
+    deadline = time.monotonic() + timeout_s
+    delay = 0.02
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if _is_lock_error(exc) and time.monotonic() < deadline:
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 1.6, 0.5)
+                continue
+            if _is_lock_error(exc):
+                raise StoreError(
+                    f"database {path} stayed locked by another process for {timeout_s:.0f}s; "
+                    "wait for the running sweep to finish or point --db/BENCH_DB elsewhere"
+                ) from exc
+            raise StoreError(
+                f"database {path} cannot be opened ({exc}); it is not a DuckDB file or is corrupt. "
+                "Move it aside and rebuild it with `make run` or `python -m bench import data/results/*.jsonl`"
+            ) from exc
+        except duckdb.Error as exc:
+            raise StoreError(
+                f"database {path} cannot be opened ({exc}); it is not a DuckDB file or is corrupt. "
+                "Move it aside and rebuild it with `make run` or `python -m bench import data/results/*.jsonl`"
+            ) from exc
+
+
+def schema_version_of(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The schema version stored in an open database, or None for an empty file."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "schema_meta" not in tables:
+        return None
+    row = con.execute("SELECT value FROM schema_meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else None
+
+
+def check_version(path: Path, version: int | None) -> None:
+    if version is not None and version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database {path} has schema version {version}, newer than this moe-bench ({SCHEMA_VERSION}); "
+            "upgrade moe-bench or point --db/BENCH_DB at another file"
+        )
+
+
+def _ensure_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    version = schema_version_of(con)
+    check_version(path, version)
+    if version == SCHEMA_VERSION:
+        return
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if version is None:
+            con.execute(SCHEMA_FILE.read_text())
+        else:
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                con.execute(MIGRATIONS[target])
+        con.execute(
+            "INSERT OR REPLACE INTO schema_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+        )
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+@contextmanager
+def writer(path: Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short read-write connection with the schema in place; commits on success, always closes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = connect(path, read_only=False)
+    try:
+        _ensure_schema(con, path)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield con
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+    finally:
+        con.close()
+
+
+def init_db(path: Path | str) -> None:
+    """Create (or migrate) the database so that readers find the tables."""
+    with writer(path):
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+
+def sweep_row(sweep: SweepRecord) -> dict[str, Any]:
+    return asdict(sweep)
+
+
+def run_row(run: RunRecord) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for f in fields(RunRecord):
+        value = getattr(run, f.name)
+        if f.name == "env":
+            for env_key, column in _ENV_COLUMNS.items():
+                row[column] = getattr(value, env_key)
+        elif f.name == "kept_experts":
+            row["kept_experts_json"] = json.dumps(value) if value is not None else None
+        elif f.name == "prune":
+            row["prune_json"] = json.dumps(value, sort_keys=True) if value is not None else None
+        else:
+            row[f.name] = value
+    return row
+
+
+def run_from_row(row: dict[str, Any]) -> RunRecord:
+    env = EnvFingerprint(**{k: row.get(c) for k, c in _ENV_COLUMNS.items() if row.get(c) is not None})
+    kwargs: dict[str, Any] = {}
+    for f in fields(RunRecord):
+        if f.name == "env":
+            kwargs["env"] = env
+        elif f.name == "kept_experts":
+            raw = row.get("kept_experts_json")
+            kwargs["kept_experts"] = json.loads(raw) if raw else None
+        elif f.name == "prune":
+            raw = row.get("prune_json")
+            kwargs["prune"] = json.loads(raw) if raw else None
+        elif f.name in row:
+            kwargs[f.name] = row[f.name]
+    return RunRecord(**kwargs)
+
+
+def point_row(point: PointRecord) -> dict[str, Any]:
+    return asdict(point)
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, row: dict[str, Any], replace: bool = False) -> None:
+    cols = list(row)
+    quoted = ", ".join(f'"{c}"' for c in cols)
+    marks = ", ".join("?" for _ in cols)
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    con.execute(f"{verb} INTO {table} ({quoted}) VALUES ({marks})", [row[c] for c in cols])
+
+
+def _update(con: duckdb.DuckDBPyConnection, table: str, key: str, key_value: Any, **values: Any) -> None:
+    if not values:
+        return
+    sets = ", ".join(f'"{c}" = ?' for c in values)
+    con.execute(f"UPDATE {table} SET {sets} WHERE {key} = ?", [*values.values(), key_value])
+
+
+# ---------------------------------------------------------------------------------------------- writes
+
+
+def insert_sweep(path: Path | str, sweep: SweepRecord) -> None:
+    with writer(path) as con:
+        _insert(con, "sweeps", sweep_row(sweep))
+
+
+def update_sweep(path: Path | str, sweep_id: str, **values: Any) -> None:
+    with writer(path) as con:
+        _update(con, "sweeps", "sweep_id", sweep_id, **values)
+
+
+def heartbeat(path: Path | str, sweep_id: str, **values: Any) -> None:
+    update_sweep(path, sweep_id, heartbeat_at=utcnow(), **values)
+
+
+def insert_run(path: Path | str, run: RunRecord, replace: bool = False) -> None:
+    with writer(path) as con:
+        _insert(con, "runs", run_row(run), replace=replace)
+
+
+def update_run(path: Path | str, run_id: str, **values: Any) -> None:
+    with writer(path) as con:
+        _update(con, "runs", "run_id", run_id, **values)
+
+
+def insert_point(path: Path | str, point: PointRecord, sweep_id: str | None = None) -> None:
+    """Write one point (replacing an earlier row for the same run/batch/repeat) and bump the sweep count."""
+    with writer(path) as con:
+        _insert(con, "points", point_row(point), replace=True)
+        if sweep_id is not None:
+            con.execute(
+                "UPDATE sweeps SET points_done = (SELECT count(*) FROM points p JOIN runs r USING (run_id) "
+                "WHERE r.sweep_id = ?), heartbeat_at = ? WHERE sweep_id = ?",
+                [sweep_id, utcnow(), sweep_id],
+            )
+
+
+def insert_imported(path: Path | str, runs: list[RunRecord], points: list[PointRecord]) -> None:
+    """Write imported runs and their points in one transaction: all or nothing."""
+    with writer(path) as con:
+        for run in runs:
+            _insert(con, "runs", run_row(run), replace=True)
+        for point in points:
+            _insert(con, "points", point_row(point), replace=True)
+
+
+# ---------------------------------------------------------------------------------------------- reads used by writers
+
+
+def fetch_dicts(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict]:
+    cur = con.execute(sql, params or [])
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def read_sweep(path: Path | str, sweep_id: str) -> dict[str, Any] | None:
+    with writer(path) as con:
+        rows = fetch_dicts(con, "SELECT * FROM sweeps WHERE sweep_id = ?", [sweep_id])
+    return rows[0] if rows else None
+
+
+def read_runs(path: Path | str, sweep_id: str | None = None, run_id: str | None = None) -> list[RunRecord]:
+    sql, params = "SELECT * FROM runs WHERE 1=1", []
+    if sweep_id is not None:
+        sql += " AND sweep_id = ?"
+        params.append(sweep_id)
+    if run_id is not None:
+        sql += " AND run_id = ?"
+        params.append(run_id)
+    with writer(path) as con:
+        rows = fetch_dicts(con, sql + " ORDER BY started_at NULLS LAST, name", params)
+    return [run_from_row(r) for r in rows]
+
+
+def done_points(path: Path | str, run_id: str) -> set[tuple[int, int]]:
+    """(batch, repeat) pairs that already have a row for this run."""
+    with writer(path) as con:
+        rows = con.execute('SELECT batch, "repeat" FROM points WHERE run_id = ?', [run_id]).fetchall()
+    return {(int(b), int(r)) for b, r in rows}
