@@ -1,0 +1,241 @@
+"""Bandwidth roofline of MoE decode: bytes read per step, ceiling tok/s and MBU (see DESIGN.md, "Roofline").
+
+One decode step of a batch of B streams reads, at best once each:
+- every non-expert weight (attention, router, norms, lm_head), except the input embedding table, of which only
+  the B looked-up rows are read (a tied embedding is read in full anyway, as the lm_head);
+- in each MoE layer, the U distinct experts routed by any of the B tokens: U = E·(1 − (1 − k/E)^B) for
+  uniform routing, or the distinct count the engine measured;
+- the KV cache: B × context tokens on full-attention layers, B × min(context, window) on sliding layers.
+
+Ceiling tok/s = B / (bytes / bandwidth). MBU = measured tok/s / ceiling.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def _text_config(config: Any) -> Any:
+    getter = getattr(config, "get_text_config", None)
+    return getter() if callable(getter) else config
+
+
+def config_num_experts(config: Any) -> int:
+    cfg = _text_config(config)
+    for name in ("num_local_experts", "num_experts", "n_routed_experts"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 0
+
+
+def config_top_k(config: Any) -> int:
+    cfg = _text_config(config)
+    for name in ("num_experts_per_tok", "top_k", "moe_topk"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 0
+
+
+def _layer_types(cfg: Any, num_layers: int) -> list[str]:
+    types = getattr(cfg, "layer_types", None)
+    if types:
+        return [str(t) for t in types]
+    sliding = getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)
+    return ["sliding_attention" if sliding else "full_attention"] * num_layers
+
+
+@dataclass
+class ArchSummary:
+    """What the roofline needs to know about a (possibly pruned) MoE model."""
+
+    num_layers: int
+    num_experts: int  # experts per MoE layer (after pruning)
+    top_k: int  # the config's top_k; a point's top_k is passed separately
+    expert_params: float  # parameters of one expert in one layer
+    non_expert_params: int  # everything else, input embedding and lm_head included
+    kv_heads: int
+    head_dim: int
+    layer_types: list[str] = field(default_factory=list)  # "sliding_attention" | "full_attention" per layer
+    sliding_window: int | None = None
+    dtype_bytes: float = 2.0
+    hidden_size: int = 0
+    embedding_params: int = 0  # input embedding table (vocab x hidden)
+    tied_embeddings: bool = False  # the lm_head is the embedding table
+    moe_layers: int | None = None  # layers that have experts; None = all num_layers
+
+    @property
+    def expert_layers(self) -> int:
+        return self.num_layers if self.moe_layers is None else self.moe_layers
+
+    @property
+    def total_params(self) -> float:
+        return self.non_expert_params + self.expert_layers * self.num_experts * self.expert_params
+
+    @property
+    def expert_params_total(self) -> float:
+        return self.expert_layers * self.num_experts * self.expert_params
+
+    def active_params(self, top_k: int | None = None) -> float:
+        """Parameters one token uses: non-expert weights (minus the embedding table) + L × k experts."""
+        k = self.top_k if top_k is None else top_k
+        return self.streamed_non_expert_params() + self.expert_layers * k * self.expert_params
+
+    def streamed_non_expert_params(self) -> int:
+        """Non-expert parameters read wholesale each step (all but an untied embedding table)."""
+        return self.non_expert_params - (0 if self.tied_embeddings else self.embedding_params)
+
+    @classmethod
+    def from_model(cls, model: Any, dtype_bytes: float | None = None) -> ArchSummary:
+        """Count a built model's real parameters (works on the meta device). Experts = `*.experts.*` tensors."""
+        cfg = _text_config(model.config)
+        non_expert = 0
+        expert_total = 0
+        expert_layer_ids: set[int] = set()
+        expert_dtype_bytes: float | None = None
+        for name, param in model.named_parameters():  # tied parameters are listed once
+            if ".experts." in f".{name}":
+                expert_total += param.numel()
+                match = _LAYER_RE.search(name)
+                if match:
+                    expert_layer_ids.add(int(match.group(1)))
+                if expert_dtype_bytes is None:
+                    expert_dtype_bytes = param.element_size()
+            else:
+                non_expert += param.numel()
+        num_layers = int(getattr(cfg, "num_hidden_layers", 0) or len(expert_layer_ids))
+        num_experts = config_num_experts(cfg)
+        moe_layers = len(expert_layer_ids) or (num_layers if expert_total else 0)
+        expert_params = expert_total / (moe_layers * num_experts) if expert_total and num_experts else 0.0
+        emb = model.get_input_embeddings()
+        out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        emb_weight = getattr(emb, "weight", None)
+        tied = out is not None and getattr(out, "weight", None) is emb_weight
+        if dtype_bytes is None:
+            dtype_bytes = expert_dtype_bytes or next(model.parameters()).element_size()
+        num_heads = int(getattr(cfg, "num_attention_heads", 1) or 1)
+        hidden = int(getattr(cfg, "hidden_size", 0) or 0)
+        head_dim = getattr(cfg, "head_dim", None) or (hidden // num_heads if hidden else 0)
+        return cls(
+            num_layers=num_layers,
+            num_experts=num_experts,
+            top_k=config_top_k(cfg),
+            expert_params=expert_params,
+            non_expert_params=non_expert,
+            kv_heads=int(getattr(cfg, "num_key_value_heads", None) or num_heads),
+            head_dim=int(head_dim),
+            layer_types=_layer_types(cfg, num_layers),
+            sliding_window=getattr(cfg, "sliding_window", None),
+            dtype_bytes=float(dtype_bytes),
+            hidden_size=hidden,
+            embedding_params=int(emb_weight.numel()) if emb_weight is not None else 0,
+            tied_embeddings=bool(tied),
+            moe_layers=moe_layers if moe_layers != num_layers else None,
+        )
+
+    @classmethod
+    def from_config(cls, config: Any, dtype_bytes: float = 2.0) -> ArchSummary:
+        """Build the architecture on the meta device (no memory) and count its parameters exactly."""
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        return cls.from_model(model, dtype_bytes=dtype_bytes)
+
+
+def expected_distinct_experts(num_experts: int, top_k: int, batch: int) -> float:
+    """Expected distinct experts touched in one layer by `batch` tokens routing uniformly to `top_k` each."""
+    if num_experts <= 0:
+        return 0.0
+    return num_experts * (1.0 - (1.0 - top_k / num_experts) ** batch)
+
+
+def kv_bytes_per_step(arch: ArchSummary, batch: int, context_len: float) -> float:
+    """KV cache bytes read in one decode step for the whole batch."""
+    per_token_layer = 2 * arch.kv_heads * arch.head_dim * arch.dtype_bytes  # K and V
+    window = arch.sliding_window
+    tokens = 0.0
+    for kind in arch.layer_types or ["full_attention"] * arch.num_layers:
+        if "sliding" in kind and window:
+            tokens += min(context_len, window)
+        else:
+            tokens += context_len
+    return batch * tokens * per_token_layer
+
+
+def bytes_per_step(
+    arch: ArchSummary,
+    batch: int,
+    top_k: int,
+    context_len: float,
+    distinct_experts: float | None = None,
+) -> float:
+    """Bytes one decode step must read: non-expert weights + L × U × expert bytes + KV (whole batch).
+
+    `distinct_experts` is U, the measured mean distinct experts per layer per step; None = uniform expectation.
+    """
+    u = expected_distinct_experts(arch.num_experts, top_k, batch) if distinct_experts is None else distinct_experts
+    weights = arch.streamed_non_expert_params() * arch.dtype_bytes
+    embedding_rows = 0.0 if arch.tied_embeddings else batch * arch.hidden_size * arch.dtype_bytes
+    experts = arch.expert_layers * u * arch.expert_params * arch.dtype_bytes
+    return weights + embedding_rows + experts + kv_bytes_per_step(arch, batch, context_len)
+
+
+def ceiling_tps(
+    arch: ArchSummary,
+    batch: int,
+    top_k: int,
+    context_len: float,
+    bandwidth_bytes_s: float,
+    distinct: float | None = None,
+) -> float:
+    """Total tok/s if every step only streamed its bytes at `bandwidth_bytes_s`."""
+    return batch / (bytes_per_step(arch, batch, top_k, context_len, distinct) / bandwidth_bytes_s)
+
+
+def mbu(measured_tps: float | None, ceiling: float | None) -> float | None:
+    """Model bandwidth utilisation: measured / ceiling (None when either is unknown)."""
+    if measured_tps is None or not ceiling:
+        return None
+    return measured_tps / ceiling
+
+
+def mean_decode_context(prompt_len: int, new_tokens: int) -> float:
+    """Mean context length over the decode steps (prompt 256 + 2048 new -> 1280)."""
+    return prompt_len + new_tokens / 2
+
+
+@dataclass
+class RooflinePoint:
+    """The roofline of one (batch, top_k, context) point."""
+
+    batch: int
+    top_k: int
+    context_len: float
+    distinct_experts: float
+    bytes_per_step: float
+    ceiling_tps: float
+
+    @property
+    def per_stream_tps(self) -> float:
+        return self.ceiling_tps / self.batch
+
+
+def roofline_point(
+    arch: ArchSummary,
+    batch: int,
+    top_k: int,
+    context_len: float,
+    bandwidth_bytes_s: float,
+    distinct: float | None = None,
+) -> RooflinePoint:
+    u = expected_distinct_experts(arch.num_experts, top_k, batch) if distinct is None else distinct
+    nbytes = bytes_per_step(arch, batch, top_k, context_len, u)
+    return RooflinePoint(batch, top_k, context_len, u, nbytes, batch * bandwidth_bytes_s / nbytes)
