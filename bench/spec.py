@@ -40,7 +40,21 @@ class PruneSpec:
         return "method"
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """Plain dict; keep-file paths inside the project are written relative to it (portable)."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        if self.keep is not None:
+            out["keep"] = portable_path(self.keep)
+        if self.union is not None:
+            out["union"] = [portable_path(p) for p in self.union]
+        return out
+
+
+def portable_path(path: str) -> str:
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(p)
 
 
 @dataclass

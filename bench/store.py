@@ -290,3 +290,12 @@ def done_points(path: Path | str, run_id: str) -> set[tuple[int, int]]:
     with writer(path) as con:
         rows = con.execute('SELECT batch, "repeat" FROM points WHERE run_id = ?', [run_id]).fetchall()
     return {(int(b), int(r)) for b, r in rows}
+
+
+def status_counts(path: Path | str, sweep_id: str) -> dict[str, int]:
+    with writer(path) as con:
+        rows = con.execute(
+            "SELECT p.status, count(*) FROM points p JOIN runs r USING (run_id) WHERE r.sweep_id = ? GROUP BY 1",
+            [sweep_id],
+        ).fetchall()
+    return {str(s): int(n) for s, n in rows}

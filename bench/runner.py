@@ -1,0 +1,354 @@
+"""Sweep orchestration in the bench process: preflight, locks, one spawned worker per variant, and a DuckDB
+write for every point as it arrives. Resume fills only missing points; rerun replays a run's resolved config.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import store
+from bench.errors import BadInputError, BenchError, SweepBusyError
+from bench.locks import HeldLock, lock_owner, try_lock
+from bench.paths import logs_dir_for
+from bench.progress import ProgressBar
+from bench.records import PointRecord, RunRecord, SweepRecord, utcnow
+from bench.spec import SweepSpec, VariantSpec, spec_from_dict
+from bench.worker import RunInfo, WorkerJob, worker_entry
+
+HEARTBEAT_S = 5.0
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class SweepOutcome:
+    sweep_id: str
+    state: str
+    points_planned: int
+    points_done: int
+    statuses: dict[str, int] = field(default_factory=dict)
+    run_ids: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ok": self.state == "done" and not self.statuses.get("error"),
+            "sweep_id": self.sweep_id,
+            "state": self.state,
+            "points_planned": self.points_planned,
+            "points_done": self.points_done,
+            "statuses": self.statuses,
+            "run_ids": self.run_ids,
+        }
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("sweep.device: 'cuda' was asked for but no CUDA GPU is visible; use device = \"cpu\"")
+    return requested
+
+
+def resolve_dtype(requested: str, device: str) -> str:
+    if requested == "auto":
+        return "bfloat16" if device == "cuda" else "float32"
+    return requested
+
+
+def device_key(device: str) -> str:
+    if device == "cuda":
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
+        return f"cuda-{visible}"
+    return "cpu"
+
+
+def preflight(spec: SweepSpec) -> None:
+    """Check every variant against its model config before anything is written."""
+    from bench.models.loading import resolve_config
+
+    s = spec.sweep
+    for i, v in enumerate(spec.variants):
+        where = f"variants[{i}] ({v.name})"
+        cfg = resolve_config(v.model)
+        experts = int(getattr(cfg, "num_local_experts", 0) or 0)
+        kept = v.prune.experts if v.prune and v.prune.experts else experts
+        if v.prune is not None and v.prune.experts and v.prune.experts > experts:
+            raise BadInputError(f"{where}.prune.experts: {v.prune.experts} exceeds the model's {experts} experts")
+        if v.top_k > kept:
+            raise BadInputError(
+                f"{where}.top_k: top_k {v.top_k} is greater than the {kept} experts per layer; lower top_k"
+            )
+        limit = int(getattr(cfg, "max_position_embeddings", 0) or 0)
+        if limit and s.prompt_len + s.new_tokens > limit:
+            raise BadInputError(
+                f"sweep.prompt_len: prompt_len + new_tokens = {s.prompt_len + s.new_tokens} exceeds {v.model}'s "
+                f"max_position_embeddings {limit}; shorten the prompt or new_tokens"
+            )
+
+
+def _variant_config(v: VariantSpec, spec: SweepSpec, device: str, dtype: str) -> dict[str, Any]:
+    single = SweepSpec(title=spec.title, sweep=spec.sweep, variants=[v]).to_dict()
+    return {"title": spec.title, "sweep": single["sweep"], "variant": single["variants"][0],
+            "resolved": {"device": device, "dtype": dtype}}
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class SweepRunner:
+    def __init__(self, db: Path, progress: bool = True, gpu_mem_cap_gib: float | None = None) -> None:
+        self.db = Path(db)
+        self.progress = progress
+        self.gpu_mem_cap_gib = gpu_mem_cap_gib
+        self.cancelled = False
+        self.worker: mp.process.BaseProcess | None = None
+        self.locks: list[HeldLock] = []
+
+    # ------------------------------------------------------------------ public entry points
+
+    def run(
+        self,
+        spec: SweepSpec,
+        sweep_id: str | None = None,
+        resume: bool = False,
+        rerun_of: dict[str, str] | None = None,
+    ) -> SweepOutcome:
+        device = resolve_device(spec.sweep.device)
+        dtype = resolve_dtype(spec.sweep.dtype, device)
+        if not resume:
+            preflight(spec)
+        sweep_id = sweep_id or new_id("s")
+        logs = logs_dir_for(self.db)
+        dev_lock = try_lock(logs / f"device-{device_key(device)}.lock", f"{sweep_id} pid {os.getpid()}")
+        if dev_lock is None:
+            owner = lock_owner(logs / f"device-{device_key(device)}.lock") or "another sweep"
+            raise SweepBusyError(
+                f"device {device_key(device)} is busy with sweep {owner}; wait for it to finish or cancel it "
+                "(python -m bench ls shows it)"
+            )
+        self.locks.append(dev_lock)
+        sweep_lock_path = logs / f"sweep-{sweep_id}.lock"
+        sweep_lock = try_lock(sweep_lock_path, f"{sweep_id} pid {os.getpid()}")
+        if sweep_lock is None:
+            self._release()
+            raise SweepBusyError(f"sweep {sweep_id} is already running in another process")
+        self.locks.append(sweep_lock)
+        previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+        signal.signal(signal.SIGTERM, self._on_term)
+        try:
+            return self._run_locked(spec, sweep_id, resume, device, dtype, str(sweep_lock_path), rerun_of or {})
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._release()
+
+    # ------------------------------------------------------------------ internals
+
+    def _release(self) -> None:
+        for lock in self.locks:
+            lock.release()
+        self.locks.clear()
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.cancelled = True
+        if self.worker is not None and self.worker.is_alive():
+            self.worker.terminate()
+
+    def _run_locked(
+        self, spec: SweepSpec, sweep_id: str, resume: bool, device: str, dtype: str, lock_path: str,
+        rerun_of: dict[str, str],
+    ) -> SweepOutcome:
+        planned = spec.planned_points()
+        now = utcnow()
+        existing = store.read_sweep(self.db, sweep_id) if resume else None
+        log_path = os.environ.get("MOE_BENCH_LOG_PATH")
+        fields = dict(state="running", pid=os.getpid(), host=socket.gethostname(), device_key=device_key(device),
+                      lock_path=lock_path, started_at=now, heartbeat_at=now, finished_at=None, message=None,
+                      points_planned=planned)
+        if log_path:
+            fields["log_path"] = log_path
+        if existing is None:
+            store.insert_sweep(self.db, SweepRecord(sweep_id=sweep_id, title=spec.title, spec_json=spec.to_json(),
+                                                    created_at=now, **fields))
+        else:
+            store.update_sweep(self.db, sweep_id, **fields)
+        runs_by_name = {r.name: r for r in store.read_runs(self.db, sweep_id=sweep_id)}
+        outcome = SweepOutcome(sweep_id=sweep_id, state="running", points_planned=planned, points_done=0)
+        try:
+            for v in spec.variants:
+                if self.cancelled:
+                    raise _Cancelled
+                run = runs_by_name.get(v.name) or self._new_run(v, spec, sweep_id, device, dtype, rerun_of.get(v.name))
+                outcome.run_ids.append(run.run_id)
+                done = store.done_points(self.db, run.run_id)
+                todo = [(b, r) for b in spec.sweep.batch_sizes for r in range(spec.sweep.repeats) if (b, r) not in done]
+                if todo:
+                    store.update_sweep(self.db, sweep_id, current_variant=v.name, heartbeat_at=utcnow())
+                    self._run_variant(v, spec, run, device, dtype, todo, sweep_id)
+            state = "done"
+        except _Cancelled:
+            state = "cancelled"
+        except BenchError as exc:
+            store.update_sweep(self.db, sweep_id, state="failed", finished_at=utcnow(), message=str(exc))
+            raise
+        except BaseException as exc:
+            store.update_sweep(self.db, sweep_id, state="failed", finished_at=utcnow(),
+                               message=f"{type(exc).__name__}: {exc}")
+            raise
+        if self.cancelled:
+            state = "cancelled"
+        store.update_sweep(self.db, sweep_id, state=state, finished_at=utcnow(), current_variant=None,
+                           message="cancelled by the user" if state == "cancelled" else None)
+        row = store.read_sweep(self.db, sweep_id) or {}
+        outcome.state = state
+        outcome.points_done = int(row.get("points_done") or 0)
+        outcome.statuses = store.status_counts(self.db, sweep_id)
+        return outcome
+
+    def _new_run(
+        self, v: VariantSpec, spec: SweepSpec, sweep_id: str, device: str, dtype: str, rerun_of: str | None
+    ) -> RunRecord:
+        s = spec.sweep
+        run = RunRecord(
+            run_id=new_id("r"), sweep_id=sweep_id, name=v.name, model=v.model, top_k=v.top_k, engine=s.engine,
+            dtype=dtype, device=device, prompt_len=s.prompt_len, new_tokens=s.new_tokens, repeats=s.repeats,
+            seed=s.seed, prune=v.prune.to_dict() if v.prune else None,
+            config_json=json.dumps(_variant_config(v, spec, device, dtype), sort_keys=True),
+            rerun_of=rerun_of, source="measured", state="pending",
+        )
+        store.insert_run(self.db, run)
+        return run
+
+    def _run_variant(
+        self, v: VariantSpec, spec: SweepSpec, run: RunRecord, device: str, dtype: str,
+        todo: list[tuple[int, int]], sweep_id: str,
+    ) -> None:
+        s = spec.sweep
+        job = WorkerJob(
+            run_id=run.run_id, variant_name=v.name, model=v.model, top_k=v.top_k,
+            prune=v.prune.to_dict() if v.prune else None, engine=s.engine, device=device, dtype=dtype,
+            prompt_len=s.prompt_len, new_tokens=s.new_tokens, seed=s.seed, warmup=s.warmup, points=todo,
+            gpu_mem_cap_gib=self.gpu_mem_cap_gib,
+        )
+        bar = ProgressBar(v.name, total=len(todo), enabled=self.progress)
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=worker_entry, args=(job, child), name=f"bench-worker-{v.name}", daemon=True)
+        self.worker = proc
+        store.update_run(self.db, run.run_id, state="running", started_at=utcnow())
+        proc.start()
+        child.close()
+        remaining = list(todo)
+        fatal: str | None = None
+        last_beat = time.monotonic()
+        try:
+            while True:
+                if self.cancelled:
+                    proc.terminate()
+                    raise _Cancelled
+                if parent.poll(0.5):
+                    try:
+                        kind, payload = parent.recv()
+                    except (EOFError, OSError):
+                        break
+                    if kind == "run":
+                        self._record_run_info(run, payload)
+                    elif kind == "point":
+                        store.insert_point(self.db, payload, sweep_id=sweep_id)
+                        key = (payload.batch, payload.repeat)
+                        if key in remaining:
+                            remaining.remove(key)
+                        bar.advance(f"batch {payload.batch} #{payload.repeat} {payload.status}")
+                        last_beat = time.monotonic()
+                    elif kind == "fatal":
+                        fatal = payload
+                    elif kind == "done":
+                        break
+                elif not proc.is_alive() and not parent.poll(0):
+                    break
+                if time.monotonic() - last_beat > HEARTBEAT_S:
+                    store.heartbeat(self.db, sweep_id)
+                    last_beat = time.monotonic()
+        finally:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+            self.worker = None
+            bar.close()
+        if self.cancelled:
+            raise _Cancelled
+        if remaining:
+            reason = fatal or _death_reason(proc.exitcode)
+            for batch, repeat in remaining:
+                store.insert_point(
+                    self.db,
+                    PointRecord(run_id=run.run_id, batch=batch, repeat=repeat, status="error",
+                                error=f"worker failed before this point: {reason}"[:3000],
+                                started_at=utcnow(), finished_at=utcnow()),
+                    sweep_id=sweep_id,
+                )
+            print(f"[{v.name}] worker failed: {reason.splitlines()[0] if reason else '?'}", file=sys.stderr)
+        store.update_run(self.db, run.run_id, state="failed" if remaining else "done", finished_at=utcnow(),
+                         **({"notes": (fatal or _death_reason(proc.exitcode))[:2000]} if remaining else {}))
+
+    def _record_run_info(self, run: RunRecord, info: RunInfo) -> None:
+        e = info.env
+        store.update_run(
+            self.db, run.run_id, experts=info.experts, base_experts=info.base_experts,
+            kept_experts_json=json.dumps(info.kept_experts) if info.kept_experts is not None else None,
+            model_fingerprint=info.model_fingerprint, bandwidth_gbs=info.bandwidth_gbs,
+            device_name=e.device_name, device_kind=e.device_kind, driver=e.driver, cuda=e.cuda,
+            torch_version=e.torch, transformers_version=e.transformers, bench_version=e.bench_version,
+            git_commit=e.git_commit, host=e.host, python_version=e.python,
+            notes="; ".join(info.notes) if info.notes else None,
+        )
+
+
+def _death_reason(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "worker process did not exit"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = str(-exitcode)
+        return f"worker process was killed by signal {name}"
+    return f"worker process exited with code {exitcode} before finishing"
+
+
+# ---------------------------------------------------------------------------------------------- helpers for commands
+
+
+def spec_for_resume(db: Path, sweep_id: str) -> SweepSpec:
+    row = store.read_sweep(db, sweep_id)
+    if row is None:
+        raise BadInputError(f"--resume: no sweep {sweep_id!r} in {db}; `python -m bench ls` lists the sweeps")
+    return spec_from_dict(json.loads(row["spec_json"]))
+
+
+def spec_for_rerun(db: Path, run_id: str) -> tuple[SweepSpec, str]:
+    runs = store.read_runs(db, run_id=run_id)
+    if not runs:
+        raise BadInputError(f"rerun: no run {run_id!r} in {db}; `python -m bench ls --runs` lists the runs")
+    run = runs[0]
+    if not run.config_json:
+        raise BadInputError(f"rerun: run {run_id} ({run.name}) was imported ({run.source}) and has no config to rerun")
+    cfg = json.loads(run.config_json)
+    raw = {"title": f"rerun of {run.name}", "sweep": cfg["sweep"], "variants": [cfg["variant"]]}
+    return spec_from_dict(raw), run.name

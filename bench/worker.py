@@ -1,0 +1,249 @@
+"""The worker: one spawned process per variant. Builds the model, runs the engine over its points, measures.
+
+It sends messages back over a pipe and never touches the database (nor imports duckdb or streamlit):
+  ("run", RunInfo)        once the model is loaded and pruned
+  ("point", PointRecord)  after every point, failed ones included
+  ("done", None)          at the end
+  ("fatal", message)      when the variant cannot run at all (model load failed, ...)
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.records import EnvFingerprint, PointRecord, utcnow
+from bench.spec import PruneSpec
+
+GIB = 2**30
+
+# Fault injection for tests of failure handling: MOE_BENCH_FAULT="<batch>:<kind>[,<batch>:<kind>]" where kind is
+# oom | error | exit | segfault. The fault fires inside the timed point, on the same path a real failure takes.
+FAULT_ENV = "MOE_BENCH_FAULT"
+
+
+@dataclass
+class WorkerJob:
+    """Everything the worker needs; plain data so it pickles across `spawn`."""
+
+    run_id: str
+    variant_name: str
+    model: str
+    top_k: int
+    prune: dict[str, Any] | None
+    engine: str
+    device: str  # "cuda" | "cpu"
+    dtype: str  # resolved: bfloat16 | float16 | float32
+    prompt_len: int
+    new_tokens: int
+    seed: int
+    warmup: bool
+    points: list[tuple[int, int]]  # (batch, repeat) to run, in order
+    gpu_mem_cap_gib: float | None = None
+
+
+@dataclass
+class RunInfo:
+    env: EnvFingerprint
+    experts: int
+    base_experts: int
+    kept_experts: list[list[int]] | None
+    model_fingerprint: str | None
+    bandwidth_gbs: float | None
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_faults(text: str | None) -> dict[int, str]:
+    faults: dict[int, str] = {}
+    for item in (text or "").split(","):
+        if ":" in item:
+            batch, kind = item.split(":", 1)
+            faults[int(batch)] = kind.strip()
+    return faults
+
+
+def _inject(kind: str) -> None:
+    import torch
+
+    if kind == "oom":
+        raise torch.OutOfMemoryError("injected fault: CUDA out of memory (MOE_BENCH_FAULT)")
+    if kind == "error":
+        raise RuntimeError("injected fault: error (MOE_BENCH_FAULT)")
+    if kind == "exit":
+        os._exit(3)
+    if kind == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _prompt(batch: int, prompt_len: int, vocab: int, seed: int, device: str):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, prompt_len), generator=gen)
+    return ids.to(device)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    idx = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[idx]
+
+
+def run_job(job: WorkerJob, send) -> None:
+    import torch
+
+    from bench.engines import get_engine
+    from bench.measure.bandwidth import measure_bandwidth
+    from bench.measure.env import fingerprint
+    from bench.measure.memory import MemoryTracker
+    from bench.measure.nvml import NvmlSampler
+    from bench.models.loading import load_model
+    from bench.models.pruning import apply_variant
+    from bench.roofline import ArchSummary, ceiling_tps
+
+    dtype = getattr(torch, job.dtype)
+    if job.device == "cuda" and job.gpu_mem_cap_gib:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, job.gpu_mem_cap_gib * GIB / total))
+    env = fingerprint(job.device)
+    tracker = MemoryTracker(job.device)
+    tracker.baseline()
+    loaded = load_model(job.model, device=job.device, dtype=dtype, seed=job.seed)
+    prune = PruneSpec(**job.prune) if job.prune else None
+    kept = apply_variant(loaded, prune, job.top_k, seed=job.seed)
+    model = loaded.model
+    tracker.after_load()
+    bandwidth = measure_bandwidth(job.device)
+    arch = ArchSummary.from_model(model)
+    send(
+        (
+            "run",
+            RunInfo(
+                env=env,
+                experts=arch.num_experts,
+                base_experts=loaded.base_experts,
+                kept_experts=kept,
+                model_fingerprint=loaded.fingerprint,
+                bandwidth_gbs=bandwidth / 1e9,
+                notes=list(loaded.notes),
+            ),
+        )
+    )
+    faults = parse_faults(os.environ.get(FAULT_ENV))
+    engine = get_engine(job.engine)
+    vocab = int(model.config.vocab_size)
+    context = job.prompt_len + job.new_tokens / 2
+    device_index = 0
+    prepared_batch: int | None = None
+    failed_batches: dict[int, str] = {}
+    for batch, repeat in job.points:
+        started = utcnow()
+        if batch in failed_batches:
+            send(("point", PointRecord(run_id=job.run_id, batch=batch, repeat=repeat, status="skipped",
+                                       error=failed_batches[batch], started_at=started, finished_at=utcnow())))
+            continue
+        try:
+            input_ids = _prompt(batch, job.prompt_len, vocab, job.seed, job.device)
+            if prepared_batch != batch:
+                if prepared_batch is not None:
+                    engine.release()
+                    prepared_batch = None
+                if job.device == "cuda":
+                    torch.cuda.empty_cache()
+                if job.warmup:
+                    engine.prepare(model, input_ids, job.new_tokens)
+                prepared_batch = batch
+            if batch in faults:
+                _inject(faults[batch])
+            tracker.reset_peak()
+            with NvmlSampler(device_index) if job.device == "cuda" else _null() as sampler:
+                result = engine.generate(model, input_ids, job.new_tokens)
+            window = getattr(sampler, "result", None)
+            generated = int(result.tokens.shape[1])
+            if generated != job.new_tokens:
+                raise RuntimeError(f"engine generated {generated} tokens per stream, expected {job.new_tokens}")
+            total_tps = batch * (generated - 1) / result.decode_s
+            mem = tracker.point_stats(window)
+            ceiling = ceiling_tps(arch, batch, job.top_k, context, bandwidth, distinct=result.distinct_experts)
+            energy = getattr(window, "energy_j", None)
+            step_ms = [s * 1000 for s in result.step_s]
+            send(
+                (
+                    "point",
+                    PointRecord(
+                        run_id=job.run_id,
+                        batch=batch,
+                        repeat=repeat,
+                        status="ok",
+                        total_tps=total_tps,
+                        per_stream_tps=total_tps / batch,
+                        decode_s=result.decode_s,
+                        prefill_s=result.prefill_s,
+                        tpot_p50_ms=statistics.median(step_ms) if step_ms else None,
+                        tpot_p90_ms=_percentile(step_ms, 0.9),
+                        tokens_generated=generated,
+                        energy_j_per_token=(energy / (batch * generated)) if energy else None,
+                        sm_clock_mhz=getattr(window, "sm_clock_mhz", None),
+                        throttle_reasons=getattr(window, "throttle_reasons", None),
+                        bytes_per_step=batch / ceiling * bandwidth if ceiling else None,
+                        distinct_experts=result.distinct_experts,
+                        ceiling_tps=ceiling,
+                        mbu=total_tps / ceiling if ceiling else None,
+                        started_at=started,
+                        finished_at=utcnow(),
+                        **mem,
+                    ),
+                )
+            )
+        except Exception as exc:  # a failed point becomes a row; the sweep goes on
+            status = "oom" if _is_oom(exc) else "error"
+            message = f"{type(exc).__name__}: {exc}".strip()[:2000]
+            if status == "error":
+                message += "\n" + traceback.format_exc(limit=4)[-1500:]
+            failed_batches[batch] = f"skipped: repeat {repeat} at batch {batch} failed ({status})"
+            send(("point", PointRecord(run_id=job.run_id, batch=batch, repeat=repeat, status=status,
+                                       error=message, started_at=started, finished_at=utcnow())))
+            if prepared_batch is not None:
+                try:
+                    engine.release()
+                finally:
+                    prepared_batch = None
+            if job.device == "cuda":
+                torch.cuda.empty_cache()
+    if prepared_batch is not None:
+        engine.release()
+
+
+class _null:
+    result = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def worker_entry(job: WorkerJob, conn) -> None:
+    """Target of the spawned process."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        run_job(job, conn.send)
+        conn.send(("done", None))
+    except BaseException as exc:  # the variant cannot run at all
+        conn.send(("fatal", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)[-3000:]}"))
+    finally:
+        conn.close()
