@@ -37,3 +37,8 @@ lint: $(VENV)/.test
 
 clean-db:
 	rm -f $(DB) $(DB).wal
+
+# The duckdb wheel for the lent GPU machine (Python 3.12, no network there); carried by the device tool.
+gpu-wheels:
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux_2_28_x86_64 -d .wheels duckdb==2.0.1
