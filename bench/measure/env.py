@@ -19,7 +19,7 @@ GIT_COMMIT_ENV = "MOE_BENCH_GIT_COMMIT"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """"auto"/None -> cuda when available else cpu; "cuda" -> the current CUDA device."""
+    """Resolve "auto"/None to cuda when available else cpu, and "cuda" to the current CUDA device."""
     if device is None or str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)

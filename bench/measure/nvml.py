@@ -6,6 +6,7 @@ affected field becomes None and the reason goes into `NvmlWindow.notes`. Nothing
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import threading
@@ -25,7 +26,9 @@ class NvmlWindow:
 
     peak_process_mem_bytes: int | None = None  # this process's used GPU memory, max over samples
     sm_clock_mhz: float | None = None  # median SM clock over samples
-    throttle_reasons: int | None = None  # bitwise OR of the clock-event (throttle) reasons over samples
+    throttle_reasons: int | None = (
+        None  # bitwise OR of clock-event reasons over samples (raw: 0x1 = idle, 0x4 = power cap)
+    )
     energy_j: float | None = None  # total-energy counter difference over the window, joules
     seconds: float = 0.0  # window length (wall clock)
     samples: int = 0
@@ -39,7 +42,7 @@ class NvmlWindow:
 def _nvml_error_types() -> tuple[type[BaseException], ...]:
     if pynvml is None:
         return (OSError,)
-    return (pynvml.NVMLError, OSError, AttributeError)
+    return (pynvml.NVMLError, OSError, AttributeError, TypeError, ValueError)
 
 
 class _Nvml:
@@ -233,10 +236,8 @@ class NvmlSampler:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
+            with contextlib.suppress(Exception):  # never let the sampler take the run down
                 self._sample()
-            except Exception:  # never let the sampler take the run down
-                pass
 
     # -- context manager ----------------------------------------------------------------------------------
     def __enter__(self) -> NvmlSampler:
@@ -265,10 +266,8 @@ class NvmlSampler:
         seconds = time.perf_counter() - self._t0
         energy_j = None
         if self._handle is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._sample()
-            except Exception:
-                pass
             end = _energy_mj(self._handle)
             if self._energy_start is not None and end is not None and end >= self._energy_start:
                 energy_j = (end - self._energy_start) / 1000.0
