@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_EXPERT_INDEX_RE = re.compile(r"(?:^|\.)experts\.(\d+)\.")
 
 
 def _text_config(config: Any) -> Any:
@@ -100,18 +101,29 @@ class ArchSummary:
         expert_total = 0
         expert_layer_ids: set[int] = set()
         expert_dtype_bytes: float | None = None
+        stacked_experts: int | None = None  # leading dim of fused expert tensors (gpt-oss style)
+        listed_experts: set[tuple[int, int]] = set()  # (layer, expert) of ModuleList experts (experts.<i>.*)
         for name, param in model.named_parameters():  # tied parameters are listed once
             if ".experts." in f".{name}":
                 expert_total += param.numel()
                 match = _LAYER_RE.search(name)
-                if match:
-                    expert_layer_ids.add(int(match.group(1)))
+                layer = int(match.group(1)) if match else -1
+                expert_layer_ids.add(layer)
+                listed = _EXPERT_INDEX_RE.search(name)
+                if listed:
+                    listed_experts.add((layer, int(listed.group(1))))
+                elif stacked_experts is None and param.dim() >= 2:
+                    stacked_experts = int(param.shape[0])
                 if expert_dtype_bytes is None:
                     expert_dtype_bytes = param.element_size()
             else:
                 non_expert += param.numel()
         num_layers = int(getattr(cfg, "num_hidden_layers", 0) or len(expert_layer_ids))
-        num_experts = config_num_experts(cfg)
+        # the tensors, not the config, say how many experts a (pruned) model holds
+        if listed_experts:
+            num_experts = len(listed_experts) // max(1, len(expert_layer_ids))
+        else:
+            num_experts = stacked_experts or config_num_experts(cfg)
         moe_layers = len(expert_layer_ids) or (num_layers if expert_total else 0)
         expert_params = expert_total / (moe_layers * num_experts) if expert_total and num_experts else 0.0
         emb = model.get_input_embeddings()

@@ -186,3 +186,17 @@ def test_roofline_command_bad_input_exits_2(flags: list[str], needle: str, capsy
     assert rc == 2
     assert needle in captured.err
     assert _last_json(captured.out)["ok"] is False
+
+
+def test_from_model_takes_expert_count_from_the_tensors_of_a_pruned_model() -> None:
+    cfg = load_preset_config("tiny-moe")
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    full = ArchSummary.from_model(model)
+    for layer in model.model.layers:
+        experts = layer.mlp.experts
+        for name in ("gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"):
+            setattr(experts, name, torch.nn.Parameter(getattr(experts, name).data[:4].clone()))
+    pruned = ArchSummary.from_model(model)  # config still says 8 experts
+    assert full.num_experts == 8 and pruned.num_experts == 4
+    assert pruned.expert_params == full.expert_params
+    assert pruned.expert_params_total == full.expert_params_total / 2
