@@ -1,0 +1,143 @@
+"""Plotly figure builders for the dashboard pages. Inputs are `bench.queries` DataFrames; outputs are figures
+whose data arrays are plain lists (so their JSON is readable by tests and by people)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from bench.queries import MEMORY_METRICS
+from bench.ui_colors import color_of
+
+DASHES = ("solid", "dot", "dashdot", "longdash")
+
+
+def _list(series: pd.Series) -> list[Any]:
+    return [None if (isinstance(v, float) and math.isnan(v)) or v is None or v is pd.NA else v
+            for v in series.tolist()]
+
+
+def _log2_axis(fig: go.Figure, batches: list[int]) -> None:
+    ticks = sorted({int(b) for b in batches})
+    fig.update_xaxes(type="log", tickvals=ticks, ticktext=[str(b) for b in ticks],
+                     title_text="batch size (log2 scale)")
+
+
+def _layout(fig: go.Figure, y_title: str, height: int = 420) -> go.Figure:
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), hovermode="closest",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), yaxis_title=y_title)
+    return fig
+
+
+def scaling_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str = "total_tps",
+                   show_ceiling: bool = True) -> go.Figure:
+    """tok/s against batch size, one line per run, error bars spanning the repeats, dashed roofline ceiling."""
+    per_stream = metric == "per_stream_tps"
+    ceiling_col = "ceiling_per_stream_tps" if per_stream else "ceiling_tps"
+    unit = "per-stream tok/s" if per_stream else "total tok/s"
+    fig = go.Figure()
+    seen: dict[str, int] = {}
+    for run_id, g in summary[summary[metric].notna()].groupby("run_id", sort=False):
+        name, label = g["name"].iloc[0], g["label"].iloc[0]
+        color = color_of(colors, name)
+        dash = DASHES[seen.get(name, 0) % len(DASHES)]
+        seen[name] = seen.get(name, 0) + 1
+        y = g[metric]
+        custom = list(zip(_list(g[f"{metric}_min"]), _list(g[f"{metric}_max"]), _list(g["n_ok"]),
+                          _list(g["mbu"]), _list(g[ceiling_col]), strict=True))
+        fig.add_trace(go.Scatter(
+            x=_list(g["batch"]), y=_list(y), name=label, mode="lines+markers", legendgroup=str(run_id),
+            line=dict(color=color, dash=dash), marker=dict(size=7),
+            error_y=dict(type="data", symmetric=False, array=_list(g[f"{metric}_max"] - y),
+                         arrayminus=_list(y - g[f"{metric}_min"]), thickness=1.2, width=4),
+            customdata=custom,
+            hovertemplate=(f"<b>{label}</b><br>batch %{{x}}<br>{unit} (median) %{{y:.2f}}"
+                           "<br>min %{customdata[0]:.2f} · max %{customdata[1]:.2f} · repeats %{customdata[2]}"
+                           "<br>ceiling %{customdata[4]:.1f} · MBU %{customdata[3]:.1%}<extra></extra>"),
+        ))
+        if show_ceiling and g[ceiling_col].notna().any():
+            c = g[g[ceiling_col].notna()]
+            fig.add_trace(go.Scatter(
+                x=_list(c["batch"]), y=_list(c[ceiling_col]), name=f"{label} ceiling", mode="lines",
+                legendgroup=str(run_id), showlegend=True, line=dict(color=color, dash="dash", width=1.5),
+                opacity=0.6, hovertemplate=f"<b>{label}</b> roofline<br>batch %{{x}}<br>ceiling %{{y:.1f}} {unit}"
+                                           "<extra></extra>",
+            ))
+    _log2_axis(fig, summary["batch"].tolist())
+    return _layout(fig, unit)
+
+
+def memory_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str) -> go.Figure:
+    """One memory metric (GiB) against batch size, one line per run."""
+    fig = go.Figure()
+    label_of = MEMORY_METRICS.get(metric, metric)
+    seen: dict[str, int] = {}
+    for run_id, g in summary[summary[metric].notna()].groupby("run_id", sort=False):
+        name, label = g["name"].iloc[0], g["label"].iloc[0]
+        dash = DASHES[seen.get(name, 0) % len(DASHES)]
+        seen[name] = seen.get(name, 0) + 1
+        fig.add_trace(go.Scatter(
+            x=_list(g["batch"]), y=_list(g[metric]), name=label, mode="lines+markers", legendgroup=str(run_id),
+            line=dict(color=color_of(colors, name), dash=dash),
+            customdata=list(zip(_list(g["weights_share"]), _list(g["mem_weights_gib"]), strict=True)),
+            hovertemplate=(f"<b>{label}</b><br>batch %{{x}}<br>{label_of} %{{y:.3f}} GiB"
+                           "<br>weights %{customdata[1]:.2f} GiB (%{customdata[0]:.0%} of peak alloc)<extra></extra>"),
+        ))
+    _log2_axis(fig, summary["batch"].tolist())
+    return _layout(fig, f"{label_of} (GiB)")
+
+
+def saved_figure(saved: pd.DataFrame, colors: dict[str, str], names: dict[str, str]) -> go.Figure:
+    """GiB saved by each pruned variant against its base, bars per batch size."""
+    fig = go.Figure()
+    for variant, g in saved.groupby("variant", sort=False):
+        fig.add_trace(go.Bar(
+            x=[str(b) for b in g["batch"]], y=_list(g["saved_gib"]), name=f"{variant} vs {g['base'].iloc[0]}",
+            marker_color=color_of(colors, names.get(variant, variant)),
+            customdata=list(zip(_list(g["saved_pct"]), _list(g["base_gib"]), _list(g["variant_gib"]), strict=True)),
+            hovertemplate=("batch %{x}<br>saved %{y:.2f} GiB (%{customdata[0]:.1f}%)"
+                           "<br>base %{customdata[1]:.2f} → %{customdata[2]:.2f} GiB<extra></extra>"),
+        ))
+    fig.update_layout(barmode="group", xaxis_title="batch size")
+    return _layout(fig, "memory saved (GiB)", height=360)
+
+
+def headline_figure(rows: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
+    """Median total tok/s of each run at its largest measured batch, with the roofline ceiling as a marker."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(
+        x=_list(rows["label"]), y=_list(rows["total_tps"]), name="total tok/s (median)",
+        marker_color=[color_of(colors, n) for n in rows["name"]],
+        customdata=list(zip(_list(rows["batch"]), _list(rows["per_stream_tps"]), _list(rows["mbu"]), strict=True)),
+        hovertemplate=("<b>%{x}</b><br>batch %{customdata[0]}<br>total %{y:.2f} tok/s"
+                       "<br>per stream %{customdata[1]:.2f} tok/s<br>MBU %{customdata[2]:.1%}<extra></extra>"),
+    ))
+    if rows["ceiling_tps"].notna().any():
+        fig.add_trace(go.Scatter(
+            x=_list(rows["label"]), y=_list(rows["ceiling_tps"]), name="roofline ceiling", mode="markers",
+            marker=dict(symbol="line-ew-open", size=28, color="#444", line=dict(width=2)),
+            hovertemplate="<b>%{x}</b><br>ceiling %{y:.1f} tok/s<extra></extra>",
+        ))
+    return _layout(fig, "total tok/s at the largest batch", height=380)
+
+
+def delta_figure(deltas: pd.DataFrame, colors: dict[str, str], names: dict[str, str],
+                 column: str = "total_pct") -> go.Figure:
+    """% change against the base per batch size; bars within noise are faded and hatched."""
+    fig = go.Figure()
+    for cand, g in deltas.groupby("candidate", sort=False):
+        noise = g["within_noise"].tolist()
+        fig.add_trace(go.Bar(
+            x=[str(b) for b in g["batch"]], y=_list(g[column]), name=str(cand),
+            marker=dict(color=color_of(colors, names.get(cand, cand)),
+                        opacity=[0.35 if n else 1.0 for n in noise],
+                        pattern=dict(shape=["/" if n else "" for n in noise])),
+            customdata=[["within noise" if n else "outside noise"] for n in noise],
+            hovertemplate="batch %{x}<br>%{y:+.1f}%<br>%{customdata[0]}<extra>" + str(cand) + "</extra>",
+        ))
+    fig.add_hline(y=0, line_color="#888", line_width=1)
+    fig.update_layout(barmode="group", xaxis_title="batch size")
+    return _layout(fig, "% change vs base", height=360)

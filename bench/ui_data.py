@@ -1,0 +1,194 @@
+"""Dashboard data plumbing: cached `bench.queries` results, the shared sidebar, and the empty/error states.
+
+DataFrames are cached with `st.cache_data` keyed by the database path and its file version (mtime and size of
+the file and its WAL), so a sweep's writes show up at once and no connection is ever kept open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from bench import queries
+from bench.paths import resolve_db_path
+from bench.queries import DbInfo, Filters
+from bench.ui_colors import color_map
+
+SOURCES = ("all", "measured", "imported")
+
+
+def db_path() -> Path:
+    return resolve_db_path()
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _runs(path: str, version: tuple) -> pd.DataFrame:
+    return queries.runs(path)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _summary(path: str, version: tuple) -> pd.DataFrame:
+    return queries.point_summary(path)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _info(path: str, version: tuple) -> DbInfo:
+    return queries.db_info(path)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _overview(path: str, version: tuple) -> dict:
+    return queries.overview(path)
+
+
+def info() -> DbInfo:
+    path = db_path()
+    return _info(str(path), queries.file_version(path))
+
+
+def all_runs() -> pd.DataFrame:
+    path = db_path()
+    return _runs(str(path), queries.file_version(path))
+
+
+def summary() -> pd.DataFrame:
+    path = db_path()
+    return _summary(str(path), queries.file_version(path))
+
+
+def overview() -> dict:
+    path = db_path()
+    return _overview(str(path), queries.file_version(path))
+
+
+def filters() -> Filters:
+    """The sidebar filters as the user left them (session state survives page switches)."""
+    ss = st.session_state
+    return Filters(
+        variants=list(ss.get("flt_variants") or []), engines=list(ss.get("flt_engines") or []),
+        cards=list(ss.get("flt_cards") or []), source=ss.get("flt_source") or "all",
+        date_from=ss.get("flt_from"), date_to=ss.get("flt_to"),
+    )
+
+
+def sidebar() -> None:
+    """The sidebar every page shares: which database, and the filters."""
+    path = db_path()
+    sb = st.sidebar
+    sb.caption("Database")
+    sb.code(str(path), language=None)
+    db = info()
+    if db.error:
+        sb.error("The database cannot be read; see the page for details.")
+        return
+    if not db.exists:
+        sb.caption("not created yet")
+        return
+    sb.caption(f"{db.n_sweeps} sweeps · {db.n_runs} runs · {db.n_points:,} points · schema v{db.schema_version}")
+    runs_df = all_runs()
+    opts = queries.filter_options(runs_df)
+    sb.subheader("Filters")
+    for key, label, options in (("flt_variants", "Variant", opts["variants"]),
+                                ("flt_engines", "Engine", opts["engines"]),
+                                ("flt_cards", "Card", opts["cards"])):
+        if key in st.session_state:  # drop choices that vanished from the database
+            st.session_state[key] = [v for v in st.session_state[key] if v in options]
+        sb.multiselect(label, options, key=key, placeholder="all")
+    sb.radio("Source", SOURCES, key="flt_source", horizontal=True,
+             format_func=lambda s: {"all": "all", "measured": "measured here", "imported": "imported"}[s])
+    c1, c2 = sb.columns(2)
+    lo, hi = (opts["dates"] + [None, None])[:2]
+    c1.date_input("From", value=None, min_value=lo, max_value=hi, key="flt_from")
+    c2.date_input("To", value=None, min_value=lo, max_value=hi, key="flt_to")
+    f = filters()
+    if not f.is_default():
+        kept = len(queries.apply_filters(runs_df, f))
+        sb.caption(f"{kept} of {len(runs_df)} runs pass the filters")
+
+
+@dataclass
+class PageData:
+    db: Path
+    runs_all: pd.DataFrame  # every run (colours and labels come from here)
+    runs: pd.DataFrame  # runs passing the sidebar filters
+    summary: pd.DataFrame  # per (run, batch) medians, all runs
+    colors: dict[str, str]
+
+    @property
+    def names(self) -> dict[str, str]:
+        """label -> variant name (for colour lookups by label)."""
+        return dict(zip(self.runs_all["label"], self.runs_all["name"], strict=True))
+
+
+def page_data(need_points: bool = True) -> PageData | None:
+    """Load what a page needs, or draw the right empty/error state and return None (the page then stops)."""
+    path = db_path()
+    db = info()
+    if db.error:
+        st.error(db.error)
+        return None
+    if not db.exists or db.empty:
+        st.info(
+            f"No benchmark data yet in `{path}`.\n\n"
+            "- `make run` builds the default database from `data/` (the imported reference report and the "
+            "committed GPU results);\n"
+            "- or start a sweep on the **Runs** page;\n"
+            "- or import results: `python -m bench import data/results/*.jsonl`."
+        )
+        return None
+    runs_all = all_runs()
+    runs_f = queries.apply_filters(runs_all, filters())
+    data = PageData(db=path, runs_all=runs_all, runs=runs_f, summary=summary(),
+                    colors=color_map(runs_all["name"].tolist()))
+    if runs_f.empty:
+        st.info("No runs pass the sidebar filters. Clear a filter to see data.")
+        return None
+    if need_points and int(runs_f["n_ok"].sum()) == 0:
+        st.info("The selected runs have no successful points yet.")
+        return None
+    return data
+
+
+def run_picker(data: PageData, key: str, label: str = "Runs", limit: int = 12) -> list[str]:
+    """A multiselect of run labels (default: the latest run of each variant); returns run ids."""
+    runs_df = data.runs[data.runs["n_ok"] > 0]
+    labels = dict(zip(runs_df["run_id"], runs_df["label"], strict=True))
+    default = [r for r in queries.default_runs(runs_df, limit) if r in labels]
+    if key in st.session_state:
+        st.session_state[key] = [r for r in st.session_state[key] if r in labels]
+    else:
+        st.session_state[key] = default
+    return st.multiselect(label, list(labels), format_func=lambda r: labels[r], key=key,
+                          help="Default: the latest run of each variant that passes the filters.")
+
+
+def fmt_duration(seconds: object) -> str:
+    try:
+        s = float(seconds)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return ""
+    if s != s:
+        return ""
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+@st.cache_data(max_entries=8, show_spinner=False, ttl=5)
+def _sweeps(path: str, version: tuple) -> pd.DataFrame:
+    return queries.sweeps(path)
+
+
+def sweeps_df() -> pd.DataFrame:
+    """Sweeps with `shown_state` (cached a few seconds: a crash changes no file, only a lock)."""
+    path = db_path()
+    return _sweeps(str(path), queries.file_version(path))
+
+
+def default_ids(runs_df: pd.DataFrame, limit: int = 12) -> list[str]:
+    return queries.default_runs(runs_df, limit)

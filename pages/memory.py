@@ -1,0 +1,70 @@
+"""Memory: peak allocated, reserved, NVML per-process and weights against batch; what pruning saved."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from bench import queries, ui_charts, ui_data
+
+st.title("Memory")
+data = ui_data.page_data()
+if data is None:
+    st.stop()
+
+ids = ui_data.run_picker(data, key="memory_runs")
+summ = queries.summary_for(data.summary, data.runs_all, ids)
+if summ.empty:
+    st.info("Pick at least one run.")
+    st.stop()
+
+available = [m for m in queries.MEMORY_METRICS if summ[m].notna().any()]
+if not available:
+    st.info("These runs recorded no memory figures.")
+    st.stop()
+metric = st.radio("Metric", available, format_func=lambda m: queries.MEMORY_METRICS[m], horizontal=True,
+                  key="memory_metric")
+st.plotly_chart(ui_charts.memory_figure(summ, data.colors, metric), width="stretch", key="memory_chart")
+st.caption("Peak allocated/reserved come from torch.cuda after a peak reset; NVML is the per-process peak "
+           "(includes the CUDA context); weights = allocated after load − baseline. Device-wide usage by other "
+           "processes is never counted.")
+
+table = summ[["label", "batch", "mem_weights_gib", "mem_peak_alloc_gib", "mem_peak_reserved_gib",
+              "mem_nvml_peak_gib", "mem_used_gib", "weights_share"]]
+gib = {c: st.column_config.NumberColumn(queries.MEMORY_METRICS[c] + " GiB", format="%.2f")
+       for c in queries.MEMORY_METRICS}
+st.dataframe(table, hide_index=True, width="stretch", key="memory_table",
+             column_config={"label": "run", **gib,
+                            "weights_share": st.column_config.NumberColumn("weights share", format="percent")})
+
+st.subheader("Memory saved by pruning")
+runs = data.runs_all.set_index("run_id")
+pruned = [r for r in ids if bool(runs.at[r, "pruned"])]
+if not pruned:
+    st.info("None of the selected runs is pruned. Select a pruned variant to see what it saves against its base.")
+    st.stop()
+bases = data.runs[~data.runs["pruned"] & (data.runs["n_ok"] > 0)]
+if bases.empty:
+    st.info("No unpruned base run passes the filters.")
+    st.stop()
+base_labels = dict(zip(bases["run_id"], bases["label"], strict=True))
+pairs = []
+cols = st.columns(min(len(pruned), 3))
+for i, rid in enumerate(pruned):
+    guess = queries.base_for(data.runs, rid)
+    options = list(base_labels)
+    choice = cols[i % len(cols)].selectbox(
+        f"Base for {runs.at[rid, 'label']}", options, index=options.index(guess) if guess in options else 0,
+        format_func=lambda r: base_labels[r], key=f"memory_base_{rid}")
+    pairs.append((rid, choice))
+saved = queries.memory_saved(data.summary, data.runs_all, pairs)
+if saved.empty:
+    st.info("The pruned runs and their bases share no batch size.")
+    st.stop()
+st.plotly_chart(ui_charts.saved_figure(saved, data.colors, data.names), width="stretch", key="memory_saved_chart")
+st.dataframe(saved, hide_index=True, width="stretch", key="memory_saved_table", column_config={
+    "base_gib": st.column_config.NumberColumn("base GiB", format="%.2f"),
+    "variant_gib": st.column_config.NumberColumn("variant GiB", format="%.2f"),
+    "saved_gib": st.column_config.NumberColumn("saved GiB", format="%.2f"),
+    "saved_pct": st.column_config.NumberColumn("saved %", format="%.1f%%"),
+    "weights_saved_gib": st.column_config.NumberColumn("weights saved GiB", format="%.2f"),
+})

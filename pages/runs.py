@@ -1,0 +1,286 @@
+"""Runs: sweeps and runs with status and environment, a New sweep form, live progress, Cancel and Rerun."""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from bench import queries, ui_data, ui_launch
+from bench.errors import BadInputError
+from bench.paths import SPECS_DIR
+from bench.spec import DEVICES, DTYPES, ENGINE_NAMES, PRUNE_METHODS, load_spec, spec_from_dict
+
+TINY_SPEC = "tiny-cpu.toml"
+PROGRESS_EVERY_S = 2.0
+
+st.title("Runs")
+db = ui_data.db_path()
+info = ui_data.info()
+if info.error:
+    st.error(info.error)
+    st.stop()
+
+
+# ---------------------------------------------------------------------------------------------- live progress
+
+
+def _sweep_rows() -> dict[str, dict]:
+    if not Path(db).exists():
+        return {}
+    try:
+        df = queries.sweeps(db)
+    except Exception as exc:  # a locked or damaged file: say so, keep the page alive
+        st.caption(f"progress unavailable for a moment: {exc}")
+        return {}
+    return {r["sweep_id"]: r for r in df.to_dict("records")} if not df.empty else {}
+
+
+def _panel(sweep_id: str, row: dict | None, launch: ui_launch.Launch | None) -> None:
+    with st.container(border=True):
+        title = (row or {}).get("title") or (launch.label if launch else sweep_id)
+        if row is None:
+            alive = launch is not None and queries.pid_alive(launch.pid)
+            state = "starting" if alive else "failed to start"
+        else:
+            state = row["shown_state"]
+        head = st.columns([4, 1])
+        head[0].markdown(f"**{title}** · `{sweep_id}` · state **{state}**")
+        active = state in ("starting", "queued", "running")
+        pid = (row or {}).get("pid") or (launch.pid if launch else None)
+        if active and pid and head[1].button("Cancel", key=f"cancel_{sweep_id}", type="secondary"):
+            if ui_launch.cancel(int(pid)):
+                st.toast(f"Cancelling {sweep_id}…")
+            else:
+                st.toast(f"{sweep_id} had already stopped.")
+        if row is not None:
+            done, planned = int(row.get("points_done") or 0), int(row.get("points_planned") or 0)
+            st.progress(min(done / planned, 1.0) if planned else 0.0,
+                        text=f"{done} / {planned} points" + (f" · current variant: **{row['current_variant']}**"
+                                                             if row.get("current_variant") and active else ""))
+            if row.get("message"):
+                (st.error if state in ("failed", "crashed") else st.caption)(str(row["message"]))
+            if state == "crashed":
+                st.error("The bench process is gone but the sweep never finished: it crashed. "
+                         f"Resume it with `python -m bench sweep --resume {sweep_id}`.")
+        log_path = (row or {}).get("log_path") or (launch.log_path if launch else None)
+        tail = ui_launch.log_tail(log_path)
+        if tail:
+            st.code(tail, language=None)
+        elif active:
+            st.caption("waiting for the first log lines…")
+
+
+@st.fragment(run_every=PROGRESS_EVERY_S)
+def live_progress() -> None:
+    ui_launch.reap()
+    rows = _sweep_rows()
+    recs = {launch.sweep_id: launch for launch in ui_launch.launches(db)}
+    shown: list[str] = [sid for sid, r in rows.items() if r["shown_state"] in queries.ACTIVE_STATES]
+    # Launches not yet registered (the bench is importing torch) or that died before registering.
+    for sid, launch in recs.items():
+        if sid not in rows and sid not in shown and (queries.pid_alive(launch.pid) or
+                                                     time.time() - launch.started < 600):
+            shown.append(sid)
+    latest = next(iter(recs), None)  # the newest launch stays visible after it ends
+    if latest and latest not in shown:
+        shown.append(latest)
+    if not shown:
+        st.caption("No sweep is running. Start one below.")
+        return
+    for sid in shown:
+        _panel(sid, rows.get(sid), recs.get(sid))
+
+
+st.subheader("Live progress")
+live_progress()
+
+
+# ---------------------------------------------------------------------------------------------- new sweep
+
+
+def _spec_files() -> list[Path]:
+    return sorted(SPECS_DIR.glob("*.toml"))
+
+
+def _defaults(path: Path | None) -> dict:
+    fallback = {"title": "my sweep", "sweep": {"prompt_len": 16, "new_tokens": 12, "batch_sizes": [1, 2, 4],
+                                               "repeats": 2, "engine": "hf", "dtype": "float32", "device": "cpu"},
+                "variants": [{"name": "base_topk2", "model": "synthetic:tiny-moe", "top_k": 2}]}
+    if path is None:
+        return fallback
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return fallback
+
+
+def _variant_rows(variants: list[dict]) -> pd.DataFrame:
+    rows = []
+    for v in variants:
+        p = v.get("prune") or {}
+        keep = p.get("keep") or ";".join(p.get("union") or [])
+        rows.append({"name": v.get("name"), "model": v.get("model"), "top_k": v.get("top_k"),
+                     "prune_experts": p.get("experts"), "prune_method": p.get("method"), "prune_keep": keep or None})
+    return pd.DataFrame(rows, columns=["name", "model", "top_k", "prune_experts", "prune_method", "prune_keep"])
+
+
+def _clean(v: object) -> object:
+    return None if v is None or (isinstance(v, float) and v != v) or v == "" else v
+
+
+def variants_from_rows(df: pd.DataFrame) -> list[dict]:
+    out = []
+    for r in df.to_dict("records"):
+        if all(_clean(v) is None for v in r.values()):
+            continue
+        v: dict = {"name": _clean(r["name"]), "model": _clean(r["model"]), "top_k": _clean(r["top_k"])}
+        if isinstance(v["top_k"], float):
+            v["top_k"] = int(v["top_k"])
+        experts, method, keep = _clean(r["prune_experts"]), _clean(r["prune_method"]), _clean(r["prune_keep"])
+        experts = int(experts) if isinstance(experts, float) else experts
+        if keep and ";" in str(keep):
+            v["prune"] = {"union": [s.strip() for s in str(keep).split(";") if s.strip()], "experts": experts}
+        elif keep:
+            v["prune"] = {"keep": str(keep)}
+        elif experts is not None or method is not None:
+            v["prune"] = {"experts": experts, "method": method or "first"}
+        out.append({k: x for k, x in v.items() if x is not None})
+    return out
+
+
+def _launched(launch: ui_launch.Launch) -> None:
+    st.session_state["last_launch"] = launch.sweep_id
+    st.success(f"Launched `{launch.sweep_id}` (pid {launch.pid}); progress shows above.")
+
+
+st.subheader("New sweep")
+gpu = ui_launch.has_gpu()
+specs = _spec_files()
+names = [p.name for p in specs]
+tiny = SPECS_DIR / TINY_SPEC
+if not gpu:
+    st.info("No GPU found (`nvidia-smi -L` lists none): the form defaults to the tiny CPU preset "
+            f"(`data/specs/{TINY_SPEC}`), which runs in seconds on the CPU.")
+mode = st.radio("Describe the sweep", ["Pick a spec file", "Fill in the fields"], horizontal=True, key="new_mode")
+if mode == "Pick a spec file":
+    if not specs:
+        st.warning(f"No spec files in `{SPECS_DIR}`; fill in the fields instead.")
+    else:
+        default_name = TINY_SPEC if (not gpu and TINY_SPEC in names) else next(
+            (n for n in names if n != TINY_SPEC), names[0])
+        chosen = st.selectbox("Spec", names, index=names.index(default_name), key="new_spec")
+        path = SPECS_DIR / chosen
+        with st.expander(f"data/specs/{chosen}", expanded=False):
+            st.code(path.read_text(), language="toml")
+        if st.button("Launch sweep", key="launch_spec", type="primary"):
+            try:
+                load_spec(path)
+            except BadInputError as exc:
+                st.error(str(exc))
+            else:
+                _launched(ui_launch.launch_sweep(db, path, chosen))
+else:
+    base = _defaults(tiny if (not gpu and tiny.exists()) else (specs[0] if specs else None))
+    sw = base.get("sweep", {})
+    with st.form("fields_form"):
+        title = st.text_input("Title", value=base.get("title", "my sweep"))
+        st.caption("Variants: prune by `prune_experts` + `prune_method`, or a keep file in `prune_keep` "
+                   "(several files separated by `;` make a union prune to `prune_experts`).")
+        edited = st.data_editor(
+            _variant_rows(base.get("variants", [])), num_rows="dynamic", width="stretch", key="new_variants",
+            column_config={
+                "top_k": st.column_config.NumberColumn("top_k", min_value=1, step=1),
+                "prune_experts": st.column_config.NumberColumn("prune_experts", min_value=1, step=1),
+                "prune_method": st.column_config.SelectboxColumn("prune_method", options=list(PRUNE_METHODS)),
+            },
+        )
+        c = st.columns(4)
+        batches = c[0].text_input("Batch sizes", value=", ".join(str(b) for b in sw.get("batch_sizes", [1, 2, 4])))
+        prompt_len = c[1].number_input("Prompt length", min_value=1, value=int(sw.get("prompt_len", 16)))
+        new_tokens = c[2].number_input("New tokens", min_value=2, value=int(sw.get("new_tokens", 12)))
+        repeats = c[3].number_input("Repeats", min_value=1, value=int(sw.get("repeats", 3)))
+        c = st.columns(3)
+        engine = c[0].selectbox("Engine", ENGINE_NAMES, index=ENGINE_NAMES.index(sw.get("engine", "hf")))
+        device_default = sw.get("device", "auto") if gpu else "cpu"
+        device = c[1].selectbox("Device", DEVICES, index=DEVICES.index(device_default))
+        dtype = c[2].selectbox("Dtype", DTYPES, index=DTYPES.index(sw.get("dtype", "auto")))
+        submitted = st.form_submit_button("Launch sweep", type="primary")
+    if submitted:
+        try:
+            batch_sizes = [int(b) for b in batches.replace(";", ",").split(",") if b.strip()]
+        except ValueError:
+            st.error(f"Batch sizes: {batches!r} is not a comma-separated list of integers such as 1, 2, 4")
+        else:
+            raw = {"title": title, "sweep": {"prompt_len": int(prompt_len), "new_tokens": int(new_tokens),
+                                             "batch_sizes": batch_sizes, "repeats": int(repeats), "engine": engine,
+                                             "device": device, "dtype": dtype},
+                   "variants": variants_from_rows(edited)}
+            try:
+                spec = spec_from_dict(raw)
+            except BadInputError as exc:
+                st.error(f"Not launched: {exc}")
+            else:
+                _launched(ui_launch.launch_spec(db, spec))
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+if not info.exists or info.empty:
+    st.info(f"No sweeps or runs in `{db}` yet. Launch one above, or `make run` to load the default data.")
+    st.stop()
+
+st.subheader("Sweeps")
+sweeps = ui_data.sweeps_df()
+if sweeps.empty:
+    st.caption("No sweeps launched yet; the database holds imported runs only.")
+else:
+    view = sweeps.assign(points=sweeps["points_done"].astype(str) + " / " + sweeps["points_planned"].astype(str),
+                         duration=sweeps["duration_s"].map(ui_data.fmt_duration))
+    st.dataframe(view[["sweep_id", "title", "shown_state", "points", "current_variant", "created_at", "duration",
+                       "host", "message"]], hide_index=True, width="stretch", key="sweeps_table",
+                 column_config={"shown_state": "state", "created_at": st.column_config.DatetimeColumn("created")})
+
+st.subheader("Runs")
+runs_all = ui_data.all_runs()
+runs = queries.apply_filters(runs_all, ui_data.filters())
+if runs.empty:
+    st.info("No runs pass the sidebar filters.")
+    st.stop()
+groups: dict[str, str] = {}
+for sid in sweeps["sweep_id"] if not sweeps.empty else []:
+    if sid in set(runs["sweep_id"]):
+        groups[sid] = f"{sweeps.set_index('sweep_id').at[sid, 'title']} · {sid}"
+for src in sorted(runs.loc[runs["sweep_id"].isna(), "source"].unique()):
+    groups[f"source:{src}"] = f"no sweep · {src}"
+if not groups:
+    st.info("No runs pass the sidebar filters.")
+    st.stop()
+group = st.selectbox("Sweep", list(groups), format_func=groups.get, key="runs_group")
+in_group = runs[runs["sweep_id"] == group] if not group.startswith("source:") else runs[
+    runs["sweep_id"].isna() & (runs["source"] == group.removeprefix("source:"))]
+for r in in_group.sort_values("started_at", na_position="last").to_dict("records"):
+    with st.container(border=True):
+        c = st.columns([3, 2, 2, 1])
+        prune = f" · {int(r['experts'])}/{int(r['base_experts'])} experts" if pd.notna(r["experts"]) and pd.notna(
+            r["base_experts"]) else ""
+        c[0].markdown(f"**{r['label']}** · top_k {r['top_k']}{prune}  \n`{r['model']}`"
+                      + (f"  \nrerun of `{r['rerun_of']}`" if r.get("rerun_of") else ""))
+        c[1].markdown(f"{r['state']} · {r['n_ok']}/{r['n_points']} points ok  \n"
+                      f"{ui_data.fmt_duration(r['duration_s']) or '—'}")
+        c[2].markdown(f"{r['device_name'] or '—'}  \n{r['engine']} · {r['dtype']} · torch {r['torch_version'] or '—'}")
+        if c[3].button("Rerun", key=f"rerun_{r['run_id']}", disabled=not bool(r["rerunnable"]),
+                       help="Run the same resolved config again as a new run" if r["rerunnable"]
+                       else "Imported runs carry no config to rerun"):
+            _launched(ui_launch.launch_rerun(db, r["run_id"], r["name"]))
+
+with st.expander("All runs passing the filters (environment and counts)"):
+    st.dataframe(runs[["label", "sweep_title", "state", "n_ok", "n_points", "max_batch", "duration_s", "device_name",
+                       "engine", "dtype", "torch_version", "transformers_version", "cuda", "driver", "bench_version",
+                       "git_commit", "host", "source", "rerun_of", "run_date", "run_id"]],
+                 hide_index=True, width="stretch", key="runs_table",
+                 column_config={"label": "run", "sweep_title": "sweep",
+                                "duration_s": st.column_config.NumberColumn("duration s", format="%.0f")})

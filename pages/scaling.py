@@ -1,0 +1,54 @@
+"""Scaling: total and per-stream tok/s against batch size, spreads from the repeats, roofline ceilings, MBU."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from bench import queries, ui_charts, ui_data
+
+st.title("Scaling")
+data = ui_data.page_data()
+if data is None:
+    st.stop()
+
+ids = ui_data.run_picker(data, key="scaling_runs")
+show_ceiling = st.toggle("Show roofline ceilings (dashed)", value=True)
+summ = queries.summary_for(data.summary, data.runs_all, ids)
+if summ.empty or summ["total_tps"].notna().sum() == 0:
+    st.info("Pick at least one run with successful points.")
+    st.stop()
+
+st.subheader("Total tok/s")
+st.plotly_chart(ui_charts.scaling_figure(summ, data.colors, "total_tps", show_ceiling), width="stretch",
+                key="scaling_total")
+st.subheader("Per-stream tok/s")
+st.plotly_chart(ui_charts.scaling_figure(summ, data.colors, "per_stream_tps", show_ceiling), width="stretch",
+                key="scaling_per_stream")
+st.caption("Lines: median of the repeats; error bars: min..max of the repeats; dashed: roofline ceiling "
+           "(memory-bound bytes per step / measured bandwidth).")
+
+failed = summ[summ["statuses"].fillna("").str.contains("oom|error|skipped")]
+if not failed.empty:
+    lines = [f"- **{r.label}** batch {r.batch}: {r.statuses}" + (f" — {r.error}" if r.error else "")
+             for r in failed.itertuples()]
+    st.warning("Some points did not run cleanly:\n" + "\n".join(lines))
+
+st.subheader("MBU: measured against the roofline ceiling")
+table = summ[["label", "batch", "n_ok", "total_tps", "total_tps_min", "total_tps_max", "per_stream_tps",
+              "ceiling_tps", "mbu", "distinct_experts"]]
+st.dataframe(
+    table, hide_index=True, width="stretch", key="scaling_table",
+    column_config={
+        "label": "run", "n_ok": "repeats ok",
+        "total_tps": st.column_config.NumberColumn("total tok/s", format="%.2f"),
+        "total_tps_min": st.column_config.NumberColumn("min", format="%.2f"),
+        "total_tps_max": st.column_config.NumberColumn("max", format="%.2f"),
+        "per_stream_tps": st.column_config.NumberColumn("per-stream tok/s", format="%.2f"),
+        "ceiling_tps": st.column_config.NumberColumn("ceiling tok/s", format="%.1f"),
+        "mbu": st.column_config.NumberColumn("MBU", format="percent"),
+        "distinct_experts": st.column_config.NumberColumn("experts touched / layer", format="%.1f"),
+    },
+)
+low = summ[(summ["mbu"] < 0.3) & summ["mbu"].notna()]
+if not low.empty:
+    st.caption(f"{len(low)} point(s) run below 30% of their ceiling: the harness, not the model, may dominate.")
