@@ -52,7 +52,7 @@ def test_memory_tracker_cpu_uses_rss_and_none_for_cuda_fields() -> None:
     assert busy["mem_nvml_peak_gib"] is None
     assert busy["mem_weights_gib"] == pytest.approx(weights_bytes / 2**30)
     assert busy["mem_used_gib"] * 2**30 >= weights_bytes + 150 * MIB
-    assert tracker.used_source == "rss"
+    assert tracker.used_source == "rss" and tracker.weights_source == "rss"
 
     # the peak resets per point: a quiet point does not inherit the previous point's transient peak
     tracker.reset_peak()
@@ -132,3 +132,13 @@ def test_env_command_prints_fingerprint_json(capsys: pytest.CaptureFixture[str])
     assert summary["device_kind"] == "cpu" and summary["device_name"].startswith("cpu: ")
     assert summary["torch"] == torch.__version__ and summary["bench_version"] == __version__
     assert summary["bandwidth_gbs"] > 0.1
+
+
+def test_memory_tracker_cpu_weights_from_model_parameters() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.LayerNorm(512))
+    tracker = MemoryTracker("cpu")
+    tracker.baseline()
+    weights = tracker.after_load(model)
+    assert weights == (256 * 512 + 512 + 512 + 512) * 4
+    assert tracker.weights_source == "params"
+    assert tracker.point_stats()["mem_weights_gib"] == pytest.approx(weights / 2**30)

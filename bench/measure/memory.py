@@ -76,6 +76,7 @@ class MemoryTracker:
         self.is_cuda = dev.type == "cuda"
         self.baseline_bytes: int | None = None
         self.weights_bytes: int | None = None
+        self.weights_source: str | None = None  # "allocated" | "rss" | "params"
         self.peak_resettable = True
         self.used_source: str | None = None  # "nvml" | "reserved" | "rss" | "rss-lifetime" after point_stats
 
@@ -88,12 +89,22 @@ class MemoryTracker:
         self._sync()
         self.baseline_bytes = torch.cuda.memory_allocated(self.device) if self.is_cuda else rss_bytes()
 
-    def after_load(self) -> int | None:
-        """Weights bytes (allocated, or RSS on CPU, now minus baseline); resets the peak counters."""
+    def after_load(self, model: torch.nn.Module | None = None) -> int | None:
+        """Weights bytes (allocated, or RSS on CPU, now minus baseline); resets the peak counters.
+
+        On CPU, RSS growth over loading also counts library code imported lazily while loading; pass `model`
+        to count its parameter and buffer bytes instead (`weights_source` says which was used).
+        """
         self._sync()
-        now = torch.cuda.memory_allocated(self.device) if self.is_cuda else rss_bytes()
-        if now is not None:
-            self.weights_bytes = max(0, now - (self.baseline_bytes or 0))
+        if not self.is_cuda and model is not None:
+            tensors = [*model.parameters(), *model.buffers()]
+            self.weights_bytes = sum(t.numel() * t.element_size() for t in tensors)
+            self.weights_source = "params"
+        else:
+            now = torch.cuda.memory_allocated(self.device) if self.is_cuda else rss_bytes()
+            if now is not None:
+                self.weights_bytes = max(0, now - (self.baseline_bytes or 0))
+            self.weights_source = "allocated" if self.is_cuda else "rss"
         self.reset_peak()
         return self.weights_bytes
 
