@@ -11,6 +11,7 @@ from fixtures.report_helpers import REFERENCE, cli, last_json, measured_run, tab
 from bench import store
 from bench.report import export_selection, parse_markdown, render_markdown
 from bench.report.markdown import imported_run_id
+from bench.runner import spec_for_rerun
 from bench.spec import spec_from_dict
 
 CELL = re.compile(r"(?<!\\)\|")
@@ -57,6 +58,10 @@ def test_imported_records_follow_the_report(tmp_path, capsys):
     assert (r.prompt_len, r.new_tokens, r.top_k) == (256, 2048, 4)
     assert r.model == "/root/model/artifacts/20b_union_pruned/union50"
     assert r.run_id == imported_run_id("union-prunes-20b-decode-report.md", "union50_topk4")
+    # the config is rerunnable: `python -m bench rerun` measures the same variant with our harness
+    spec, _ = spec_for_rerun(db, r.run_id)
+    assert (spec.sweep.prompt_len, spec.sweep.new_tokens, spec.sweep.batch_sizes) == (256, 2048, [1, 2, 4, 8, 16, 32])
+    assert (spec.variants[0].model, spec.variants[0].top_k) == (r.model, 4)
     con = store.connect(db, read_only=True)
     try:
         rows = con.execute(

@@ -43,7 +43,8 @@ def _ts(value: datetime | None) -> float:
 
 def run_sort_key(run: RunRecord) -> tuple:
     """Measured runs by start time; imported runs after them, grouped by file, in the file's order."""
-    position = config_of(run).get("position")
+    imported = config_of(run).get("imported")
+    position = imported.get("position") if isinstance(imported, dict) else None
     pos = position if isinstance(position, int) and not isinstance(position, bool) else 1 << 30
     return (_ts(run.started_at), run.source, pos, run.name, run.run_id)
 

@@ -13,7 +13,8 @@ detail table per run, and `## Reproduce` with a bash block. Number formats follo
 - Import marks runs `source="imported:<file name>"`, `state="imported"`, `repeat=0`; the timing convention
   is `generate` unless a `timing:` bullet says otherwise (the reference divides all new tokens by the
   whole generate time). Engine, dtype and card are "unknown" unless a bullet gives them. No sweep row is
-  created (`sweep_id=None`); the title, the file's order and the meta bullets go into `config_json`.
+  created (`sweep_id=None`); `config_json` holds {title, sweep, variant} like a measured run's (so
+  `rerun` can measure the same variant here) plus {imported: {file, position, meta}}.
 """
 
 from __future__ import annotations
@@ -454,11 +455,12 @@ def parse_markdown(text: str, file_name: str) -> ParsedFile:
             if key not in m:
                 raise lines.error(f"a meta bullet '- prompt_len: N | new_tokens: N' ({key} of {name!r})", lineno)
         run_id = imported_run_id(file_name, name)
-        config = {
-            "imported_from": file_name,
+        batches = sorted(_int(cells[0], lines, row_line, "batch", 1) for row_line, cells in rows)
+        config = {  # rerunnable like a measured run's config (title/sweep/variant), plus where it came from
             "title": title,
-            "position": position,
-            "meta": {**raw_meta, **run_raw_str(run_meta)},
+            "sweep": {"prompt_len": m["prompt_len"], "new_tokens": m["new_tokens"], "batch_sizes": batches or [1]},
+            "variant": {"name": name, "model": model, "top_k": top_k},
+            "imported": {"file": file_name, "position": position, "meta": {**raw_meta, **run_raw_str(run_meta)}},
         }
         run = RunRecord(
             run_id=run_id,
