@@ -96,7 +96,9 @@ def batch_rows(points: list[PointRecord]) -> list[BatchRow]:
         reps = sorted(by_batch[batch], key=lambda p: p.repeat)
         ok = [p for p in reps if p.status == "ok"]
         use = ok or reps
-        errors = [f"repeat {p.repeat} ({p.status}): {p.error}" if len(reps) > 1 else str(p.error) for p in reps if p.error]
+        errors = [
+            f"repeat {p.repeat} ({p.status}): {p.error}" if len(reps) > 1 else str(p.error) for p in reps if p.error
+        ]
         rows.append(
             BatchRow(
                 batch=batch,
