@@ -66,7 +66,7 @@ def scaling_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str = 
                 opacity=0.6, hovertemplate=f"<b>{label}</b> roofline<br>batch %{{x}}<br>ceiling %{{y:.1f}} {unit}"
                                            "<extra></extra>",
             ))
-    _log2_axis(fig, summary["batch"].tolist())
+    _log2_axis(fig, summary.loc[summary[metric].notna(), "batch"].tolist())
     return _layout(fig, unit)
 
 
@@ -86,7 +86,7 @@ def memory_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str) ->
             hovertemplate=(f"<b>{label}</b><br>batch %{{x}}<br>{label_of} %{{y:.3f}} GiB"
                            "<br>weights %{customdata[1]:.2f} GiB (%{customdata[0]:.0%} of peak alloc)<extra></extra>"),
         ))
-    _log2_axis(fig, summary["batch"].tolist())
+    _log2_axis(fig, summary.loc[summary[metric].notna(), "batch"].tolist())
     return _layout(fig, f"{label_of} (GiB)")
 
 

@@ -94,19 +94,34 @@ def sidebar() -> None:
     for key, label, options in (("flt_variants", "Variant", opts["variants"]),
                                 ("flt_engines", "Engine", opts["engines"]),
                                 ("flt_cards", "Card", opts["cards"])):
-        if key in st.session_state:  # drop choices that vanished from the database
-            st.session_state[key] = [v for v in st.session_state[key] if v in options]
-        sb.multiselect(label, options, key=key, placeholder="all")
-    sb.radio("Source", SOURCES, key="flt_source", horizontal=True,
+        _keep(key, [v for v in st.session_state.get(key) or [] if v in options])
+        sb.multiselect(label, options, key="w_" + key, on_change=_store, args=(key,), placeholder="all")
+    _keep("flt_source", st.session_state.get("flt_source") or "all")
+    sb.radio("Source", SOURCES, key="w_flt_source", on_change=_store, args=("flt_source",), horizontal=True,
              format_func=lambda s: {"all": "all", "measured": "measured here", "imported": "imported"}[s])
     c1, c2 = sb.columns(2)
     lo, hi = (opts["dates"] + [None, None])[:2]
-    c1.date_input("From", value=None, min_value=lo, max_value=hi, key="flt_from")
-    c2.date_input("To", value=None, min_value=lo, max_value=hi, key="flt_to")
+    for col, key, label in ((c1, "flt_from", "From"), (c2, "flt_to", "To")):
+        value = st.session_state.get(key)
+        _keep(key, value if value is None or lo is None or lo <= value <= hi else None)
+        col.date_input(label, min_value=lo, max_value=hi, key="w_" + key, on_change=_store, args=(key,))
     f = filters()
     if not f.is_default():
         kept = len(queries.apply_filters(runs_df, f))
         sb.caption(f"{kept} of {len(runs_df)} runs pass the filters")
+
+
+def _keep(key: str, value: object) -> None:
+    """Filters live under `flt_*` (plain session state, kept across pages); the widgets (`w_flt_*`) mirror them.
+
+    Streamlit forgets a widget's state on a run that does not draw it, so the widget is re-seeded every run.
+    """
+    st.session_state[key] = value
+    st.session_state["w_" + key] = value
+
+
+def _store(key: str) -> None:
+    st.session_state[key] = st.session_state["w_" + key]
 
 
 @dataclass

@@ -18,16 +18,16 @@ if len(ids) < 2:
     st.info("Comparing needs at least two runs with successful points; loosen the filters or run a sweep.")
     st.stop()
 
+pruned_ids = runs[runs["pruned"]]["run_id"].tolist()
 unpruned = runs[~runs["pruned"]]["run_id"].tolist()
-default_base = unpruned[0] if unpruned else ids[0]
+guess = queries.base_for(runs, pruned_ids[0]) if pruned_ids else None
+default_base = guess or (unpruned[0] if unpruned else ids[0])
 base = st.selectbox("Base", ids, index=ids.index(default_base), format_func=lambda r: labels[r], key="cmp_base")
 cand_options = [r for r in ids if r != base]
 if "cmp_cands" in st.session_state:
     st.session_state["cmp_cands"] = [r for r in st.session_state["cmp_cands"] if r in cand_options]
 else:
-    same = runs[(runs["run_id"] != base)]
-    pref = same[same["pruned"]]["run_id"].tolist() or cand_options
-    st.session_state["cmp_cands"] = pref[:3]
+    st.session_state["cmp_cands"] = ([r for r in pruned_ids if r != base] or cand_options)[:3]
 cands = st.multiselect("Candidates", cand_options, format_func=lambda r: labels[r], key="cmp_cands")
 if not cands:
     st.info("Pick one or more candidates.")

@@ -31,9 +31,9 @@ else:
     s = sweeps_df.iloc[0]
     cols = st.columns([3, 1, 1, 1])
     cols[0].markdown(f"**{s['title']}**  \n`{s['sweep_id']}` · created {pd.Timestamp(s['created_at']):%Y-%m-%d %H:%M}")
-    cols[1].metric("State", s["shown_state"])
-    cols[2].metric("Points", f"{int(s['points_done'])}/{int(s['points_planned'])}")
-    cols[3].metric("Duration", ui_data.fmt_duration(s["duration_s"]) or "—")
+    cols[1].metric("Sweep state", s["shown_state"])
+    cols[2].metric("Sweep points", f"{int(s['points_done'])}/{int(s['points_planned'])}")
+    cols[3].metric("Sweep duration", ui_data.fmt_duration(s["duration_s"]) or "—")
 
 st.subheader("Headline: total tok/s at each run's largest batch")
 runs = data.runs[data.runs["n_ok"] > 0]

@@ -1,0 +1,235 @@
+"""AppTest of every dashboard page against a fixture database, an empty one, a missing one and a broken one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from bench.paths import PROJECT_ROOT
+from bench.report import export_selection
+from bench.store import init_db
+from tests.fixtures_db import EXPECTED, build_fixture
+
+APP = str(PROJECT_ROOT / "app.py")
+PAGES = ["pages/overview.py", "pages/scaling.py", "pages/memory.py", "pages/compare.py", "pages/runs.py",
+         "pages/export.py"]
+
+
+@pytest.fixture(scope="module")
+def fixture_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("fx") / "bench.duckdb"
+    build_fixture(path)
+    return path
+
+
+def open_page(db: Path, page: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("BENCH_DB", str(db))
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.run()
+    if page != "pages/overview.py":  # the default page; AppTest drops sidebar elements after switch_page
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def figure(at: AppTest, index: int = 0) -> dict:
+    return json.loads(at.get("plotly_chart")[index].proto.spec)
+
+
+def traces(fig: dict) -> dict[str, dict]:
+    return {t["name"]: t for t in fig["data"]}
+
+
+def frame(at: AppTest, *columns: str):
+    """The first dataframe on the page that has all `columns` (AppTest does not expose dataframe keys)."""
+    for df in at.dataframe:
+        if set(columns) <= set(df.value.columns):
+            return df.value
+    raise AssertionError(f"no dataframe with columns {columns}; have {[list(d.value.columns) for d in at.dataframe]}")
+
+
+# ---------------------------------------------------------------------------------------------- fixture numbers
+
+
+def test_overview_counts_and_headline(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page(fixture_db, "pages/overview.py", monkeypatch)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Sweeps"] == str(EXPECTED["sweeps"])
+    assert metrics["Runs"] == str(EXPECTED["runs"])
+    assert metrics["Points"] == str(EXPECTED["points"])
+    assert metrics["Cards"] == str(EXPECTED["cards"])
+    assert metrics["Dates"] == "2025-01-10 → 2025-01-11"
+    bars = figure(at)["data"][0]
+    heads = dict(zip(bars["x"], bars["y"], strict=True))
+    assert heads["pruned16_topk4"] == EXPECTED["median_total"][("pruned16_topk4", 4)]
+    assert heads["base_topk4"] == EXPECTED["median_total"][("base_topk4", 4)]  # the OOM at batch 8 is not "largest"
+    assert heads["report_base_topk4"] == 35.64
+    # the latest sweep card
+    assert any("fixture A100 sweep" in m.value for m in at.markdown)
+
+
+def test_scaling_lines_spreads_ceilings_and_mbu(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page(fixture_db, "pages/scaling.py", monkeypatch)
+    total = figure(at, 0)
+    t = traces(total)
+    base = t["base_topk4"]
+    assert base["x"] == [1, 2, 4]
+    assert base["y"] == [102.0, 200.0, 400.0]
+    assert base["error_y"]["array"] == [2.0, 10.0, 20.0]
+    assert base["error_y"]["arrayminus"] == [2.0, 10.0, 20.0]
+    assert t["base_topk4 ceiling"]["y"] == [400.0, 780.0, 1500.0]
+    assert t["base_topk4 ceiling"]["line"]["dash"] == "dash"
+    assert t["pruned16_topk4"]["y"] == [152.0, 201.0, 610.0]
+    assert "ceiling" in base["hovertemplate"] and "MBU" in base["hovertemplate"]
+    # same colour for a variant and its ceiling; different variants differ
+    assert base["line"]["color"] == t["base_topk4 ceiling"]["line"]["color"] != t["pruned16_topk4"]["line"]["color"]
+    assert total["layout"]["xaxis"]["type"] == "log"
+    assert total["layout"]["xaxis"]["tickvals"] == [1, 2, 4]
+    per_stream = traces(figure(at, 1))
+    assert per_stream["base_topk4"]["y"] == [102.0, 100.0, 100.0]
+    assert per_stream["base_topk4 ceiling"]["y"] == [400.0, 390.0, 375.0]
+    mbu = frame(at, "label", "mbu", "ceiling_tps")
+    row = mbu[(mbu["label"] == "base_topk4") & (mbu["batch"] == 4)].iloc[0]
+    assert row["mbu"] == pytest.approx(EXPECTED["mbu_base_b4"])
+    assert row["ceiling_tps"] == 1500.0
+    assert any("oom" in w.value and "batch 8" in w.value for w in at.warning)
+
+
+def test_colours_are_the_same_on_every_page(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scaling = traces(figure(open_page(fixture_db, "pages/scaling.py", monkeypatch), 0))
+    memory = traces(figure(open_page(fixture_db, "pages/memory.py", monkeypatch), 0))
+    for name in ("base_topk4", "pruned16_topk4"):
+        assert scaling[name]["line"]["color"] == memory[name]["line"]["color"]
+
+
+def test_memory_lines_and_saving(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page(fixture_db, "pages/memory.py", monkeypatch)
+    t = traces(figure(at, 0))  # default metric: peak allocated
+    assert t["base_topk4"]["y"] == [40.0, 40.5, 41.0]
+    assert t["pruned16_topk4"]["y"] == [22.0, 22.5, 23.0]
+    saved = frame(at, "saved_gib", "base")
+    row = saved[saved["batch"] == 1].iloc[0]
+    assert row["base"] == "base_topk4"
+    assert row["saved_gib"] == pytest.approx(EXPECTED["mem_saved_b1"])
+    assert row["weights_saved_gib"] == pytest.approx(18.0)
+    bars = figure(at, 1)["data"][0]
+    assert bars["y"][0] == pytest.approx(18.0)
+    at.radio(key="memory_metric").set_value("mem_weights_gib").run()
+    assert traces(figure(at, 0))["base_topk4"]["y"] == [39.0, 39.0, 39.0]
+
+
+def test_compare_deltas_noise_and_env_warning(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page(fixture_db, "pages/compare.py", monkeypatch)
+    assert at.selectbox(key="cmp_base").value == "run-base4"  # the base of the pruned run
+    assert at.multiselect(key="cmp_cands").value == ["run-pruned16"]
+    assert not at.warning  # same card, engine and versions
+    d = frame(at, "total_pct", "within_noise")
+    b4 = d[d["batch"] == 4].iloc[0]
+    assert b4["total_pct"] == pytest.approx(EXPECTED["total_pct_b4"])
+    assert not b4["within_noise"]
+    b2 = d[d["batch"] == 2].iloc[0]
+    assert b2["within_noise"] and b2["note"] == "within noise"
+    bars = figure(at)["data"][0]
+    assert bars["y"] == pytest.approx([49.0196, 0.5, 52.5], rel=1e-4)
+    assert bars["marker"]["pattern"]["shape"] == ["", "/", ""]
+    at.multiselect(key="cmp_cands").set_value(["run-pruned16", "run-a100-k2"]).run()
+    assert not at.exception
+    text = " ".join(w.value for w in at.warning)
+    assert "device_name" in text and "A100" in text and "engine" in text and "torch_version" in text
+
+
+def test_runs_page_lists_sweeps_and_rerun_buttons(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page(fixture_db, "pages/runs.py", monkeypatch)
+    sweeps = frame(at, "sweep_id", "shown_state")
+    assert set(sweeps["sweep_id"]) == {"fx-sweep-h100", "fx-sweep-a100"}
+    assert set(sweeps["shown_state"]) == {"done"}
+    assert at.button(key="rerun_run-a100-k2")  # the latest sweep's run
+    at.selectbox(key="runs_group").set_value("fx-sweep-h100").run()
+    assert at.button(key="rerun_run-base4") and at.button(key="rerun_run-pruned16")
+    at.selectbox(key="runs_group").set_value("source:imported:union-prunes-20b-decode-report.md").run()
+    assert at.button(key="rerun_run-report-k4").disabled  # imported: no config to rerun
+
+
+def test_export_matches_cli(fixture_db: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    at = open_page(fixture_db, "pages/export.py", monkeypatch)
+    at.multiselect(key="export_runs").set_value(["run-base4", "run-pruned16"]).run()
+    shown = at.code[0].value
+    assert "| base_topk4 |" in shown and "| pruned16_topk4 |" in shown
+    text = export_selection(fixture_db, ["run-base4", "run-pruned16"], "markdown")
+    assert shown == text.rstrip("\n")  # st.code drops the final newline; the download keeps it
+    out = tmp_path / "cli.md"
+    subprocess.run([sys.executable, "-m", "bench", "export", "--db", str(fixture_db), "--format", "markdown",
+                    "--run", "run-base4", "run-pruned16", "--out", str(out)], check=True, cwd=PROJECT_ROOT,
+                   capture_output=True)
+    assert out.read_bytes() == text.encode("utf-8")
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == ["Download markdown", "Download CSV", "Download JSONL"]
+
+
+def test_filters_persist_across_pages(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page(fixture_db, "pages/overview.py", monkeypatch)  # the sidebar is set on the landing page
+    at.multiselect(key="w_flt_variants").set_value(["pruned16_topk4"]).run()
+    assert figure(at)["data"][0]["x"] == ["pruned16_topk4"]
+    at.switch_page("pages/memory.py").run()
+    assert not at.exception
+    assert at.session_state["flt_variants"] == ["pruned16_topk4"]
+    assert set(traces(figure(at, 0))) == {"pruned16_topk4"}
+    at.switch_page("pages/scaling.py").run()
+    assert {n for n in traces(figure(at, 0)) if "ceiling" not in n} == {"pruned16_topk4"}
+    at.session_state["flt_source"] = "imported"
+    at.run()
+    assert not at.exception
+    assert any("filters" in i.value for i in at.info)  # pruned16 is measured: nothing passes
+
+
+def test_sidebar_shows_database_path(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page(fixture_db, "pages/overview.py", monkeypatch)
+    assert any(str(fixture_db) in c.value for c in at.code)
+
+
+# ---------------------------------------------------------------------------------------------- empty and broken
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_empty_database(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "empty.duckdb"
+    init_db(db)
+    at = open_page(db, page, monkeypatch)
+    assert not at.error
+    if page != "pages/runs.py":
+        assert any("No benchmark data yet" in i.value for i in at.info)
+    else:
+        assert at.button(key="launch_spec") or at.get("form")
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_missing_database(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page(tmp_path / "nope.duckdb", page, monkeypatch)
+    assert not at.error
+    assert at.info
+    assert not (tmp_path / "nope.duckdb").exists()  # the dashboard never creates the database
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_corrupt_database(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "broken.duckdb"
+    db.write_bytes(b"this is not a duckdb file" * 200)
+    at = open_page(db, page, monkeypatch)
+    assert at.error and "cannot be opened" in at.error[0].value
+
+
+def test_newer_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "future.duckdb"
+    build_fixture(db)
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE schema_meta SET value = '999' WHERE key = 'schema_version'")
+    con.close()
+    for page in PAGES:
+        at = open_page(db, page, monkeypatch)
+        assert at.error and "newer" in at.error[0].value, page
