@@ -335,3 +335,48 @@ def test_experts_implementations_agree(tiny_model_factory, tiny_input_ids):
         assert torch.equal(results[impl][1], ref_tokens), impl
     with pytest.raises(BadInputError, match="experts implementation 'fast'"):
         set_experts_implementation(model, "fast")
+
+
+# ---------------------------------------------------------------- MXFP4 checkpoints
+
+
+def _write_mxfp4_checkpoint(loaded, path):
+    """A tiny gpt-oss checkpoint in the real MXFP4 layout (*_blocks, *_scales): every FP4 nibble is 1.0 and
+    expert e's block scale is 2**e, so each dequantized expert is the constant 2**e."""
+    from safetensors.torch import load_file, save_file
+
+    loaded.model.save_pretrained(path)
+    state = load_file(path / "model.safetensors")
+    cfg = loaded.config
+    n, hidden, inter = cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size
+    scale = (127 + torch.arange(n, dtype=torch.uint8)).view(n, 1, 1)
+    for key in [k for k in state if k.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        del state[key]
+        rows, cols = (2 * inter, hidden) if "gate_up" in key else (hidden, inter)
+        state[key + "_blocks"] = torch.full((n, rows, cols // 32, 16), 0x22, dtype=torch.uint8)  # nibbles 2 = 1.0
+        state[key + "_scales"] = scale.expand(n, rows, cols // 32).contiguous()
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((path / "config.json").read_text())
+    config["quantization_config"] = {
+        "quant_method": "mxfp4",
+        "modules_to_not_convert": [
+            "model.layers.*.self_attn",
+            "model.layers.*.mlp.router",
+            "model.embed_tokens",
+            "lm_head",
+        ],
+    }
+    (path / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-MXFP4-kernels path (CPU)")
+def test_mxfp4_checkpoint_is_dequantized_to_bf16_and_prunable(tiny_model, tmp_path):
+    _write_mxfp4_checkpoint(tiny_model, tmp_path)
+    loaded = load_model(str(tmp_path), "cpu", torch.bfloat16, seed=0)
+    assert "mxfp4 dequantized to bf16" in loaded.notes
+    experts = loaded.model.model.layers[0].mlp.experts
+    assert experts.gate_up_proj.dtype == torch.bfloat16 and experts.gate_up_proj.shape == (8, 64, 128)
+    assert [experts.down_proj[e].unique().tolist() for e in range(8)] == [[2.0**e] for e in range(8)]
+    P.prune_model(loaded.model, [[1, 4, 6], [0, 3, 7]])
+    experts = loaded.model.model.layers[1].mlp.experts  # the sliced experts are the kept ones
+    assert [experts.gate_up_proj[e].unique().tolist() for e in range(3)] == [[1.0], [8.0], [128.0]]

@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError(f"--out {out} is not empty; choose an empty directory or pass --force")
     device = resolve_device(args.device)
     dtype = torch_dtype(args.dtype, device)
-    loaded = load_model(args.model, device=device, dtype=dtype, seed=args.seed)
+    # sliced experts must be plain tensors: an MXFP4 checkpoint is always dequantized before pruning
+    loaded = load_model(args.model, device=device, dtype=dtype, seed=args.seed, dequantize_mxfp4=True)
     top_k = args.top_k if args.top_k is not None else int(loaded.config.num_experts_per_tok)
     print(f"pruning {args.model} ({loaded.base_experts} experts per layer) ...", file=sys.stderr)
     keep = apply_variant(loaded, prune, top_k, seed=args.seed)

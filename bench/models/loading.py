@@ -133,12 +133,12 @@ def checkpoint_fingerprint(source: str, config: Any) -> str:
 
 
 def mxfp4_kernels_available() -> bool:
-    """True where transformers can run MXFP4 natively: CUDA cc >= 7.5 with triton and `kernels` installed."""
+    """True where transformers can run MXFP4 natively: CUDA cc >= 7.5 with triton, `kernels` and accelerate."""
     import torch
 
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (7, 5):
         return False
-    return importlib.util.find_spec("triton") is not None and importlib.util.find_spec("kernels") is not None
+    return all(importlib.util.find_spec(m) is not None for m in ("triton", "kernels", "accelerate"))
 
 
 def _is_mxfp4(config: Any) -> bool:
