@@ -380,3 +380,29 @@ def test_mxfp4_checkpoint_is_dequantized_to_bf16_and_prunable(tiny_model, tmp_pa
     P.prune_model(loaded.model, [[1, 4, 6], [0, 3, 7]])
     experts = loaded.model.model.layers[1].mlp.experts  # the sliced experts are the kept ones
     assert [experts.gate_up_proj[e].unique().tolist() for e in range(3)] == [[1.0], [8.0], [128.0]]
+
+
+# ---------------------------------------------------------------- Hugging Face ids, offline from the cache
+
+
+def test_hf_id_loads_offline_from_the_local_cache(
+    tiny_model, tiny_model_factory, tmp_path, monkeypatch, tiny_input_ids
+):
+    """A model id resolves through transformers' from_pretrained from the hub cache layout, with no network."""
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--acme--tiny-moe" / "snapshots" / ("a" * 40)
+    tiny_model.model.save_pretrained(snapshot)
+    (cache / "models--acme--tiny-moe" / "refs").mkdir()
+    (cache / "models--acme--tiny-moe" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    assert resolve_config("acme/tiny-moe").num_local_experts == 8
+    loaded = load_model("acme/tiny-moe", "cpu", torch.float32, seed=0)
+    assert not loaded.synthetic and loaded.fingerprint.startswith("ckpt-")
+    torch.testing.assert_close(logits(loaded.model, tiny_input_ids), logits(tiny_model.model, tiny_input_ids), **TOL)
+    # the fingerprint follows the checkpoint's weights (same shapes, other values -> other fingerprint)
+    tiny_model_factory(seed=1).model.save_pretrained(snapshot)
+    assert load_model("acme/tiny-moe", "cpu", torch.float32, seed=0).fingerprint != loaded.fingerprint
