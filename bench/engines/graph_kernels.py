@@ -1,0 +1,330 @@
+"""Triton kernels of the `graph` engine's decode step (CUDA; also runs under TRITON_INTERPRET=1 on CPU for tests).
+
+Each kernel replaces a run of small torch ops with one launch, and takes every step-dependent value (the
+position) from device memory, so that one decode step can be captured as a CUDA graph:
+
+- `add_rmsnorm`: residual add (optionally summing the top_k expert rows of each token) + RMSNorm.
+- `rope_kv`: rotary embedding of q and k, and the write of k and v into the static cache (ring slot on
+  sliding-window layers).
+- `attn_decode`: one-token attention with sinks over the static cache (online softmax, GQA, one program per
+  (stream, kv head)).
+- `router`: router linear + top-k + softmax over the k logits, one program per token.
+- `moe`: the expert GEMMs. One program per (expert, N tile) reads that tile of the expert's weights once and
+  multiplies it by every row routed to the expert. The gate_up GEMM applies the clamped SwiGLU in its epilogue,
+  the down GEMM the bias and routing weight. In scan mode (decode) each program finds its rows in the (B, k)
+  routing table itself, so no sort is needed; in sorted mode (prefill) rows come from an expert-sorted list.
+"""
+
+# ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+def _p2(n: int) -> int:
+    return triton.next_power_of_2(max(1, int(n)))
+
+
+@triton.jit
+def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, H, eps, KS: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    m = offs < H
+    x = tl.load(h_ptr + row * H + offs, mask=m, other=0.0).to(tl.float32)
+    if KS > 0:
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for j in tl.static_range(KS):
+            acc += tl.load(d_ptr + (row * KS + j) * H + offs, mask=m, other=0.0).to(tl.float32)
+        x = (x + acc.to(h_ptr.dtype.element_ty).to(tl.float32)).to(h_ptr.dtype.element_ty)
+        tl.store(h_ptr + row * H + offs, x, mask=m)
+        x = x.to(tl.float32)
+    var = tl.sum(x * x, axis=0) / H
+    y = x * tl.rsqrt(var + eps)
+    w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * H + offs, (w * y).to(out_ptr.dtype.element_ty), mask=m)
+
+
+def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | None, ks: int, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """h (R, H) += sum of the ks rows of delta per row (in place, rounded to h's dtype); returns RMSNorm(h)."""
+    rows, hidden = h.shape
+    out = torch.empty_like(h)
+    _add_rmsnorm_kernel[(rows,)](
+        h, delta if delta is not None else h, weight, out, hidden, eps, KS=ks if delta is not None else 0,
+        BLOCK=_p2(hidden), num_warps=8 if hidden >= 2048 else 4,
+    )
+    return out
+
+
+@triton.jit
+def _rope_kv_kernel(
+    qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr, vc_ptr, HQ, HKV, S_CACHE, WINDOW, stride_row,
+    D: tl.constexpr, SLIDING: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    pos = tl.load(pos_ptr)
+    half = tl.arange(0, D // 2)
+    c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
+    s = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
+    base = qkv_ptr + b * stride_row
+    if h < HQ:
+        x1 = tl.load(base + h * D + half).to(tl.float32)
+        x2 = tl.load(base + h * D + D // 2 + half).to(tl.float32)
+        dst = q_ptr + (b * HQ + h) * D
+        tl.store(dst + half, (x1 * c - x2 * s).to(q_ptr.dtype.element_ty))
+        tl.store(dst + D // 2 + half, (x2 * c + x1 * s).to(q_ptr.dtype.element_ty))
+    else:
+        kh = h - HQ
+        if SLIDING:
+            slot = pos % WINDOW
+        else:
+            slot = pos
+        k1 = tl.load(base + (HQ + kh) * D + half).to(tl.float32)
+        k2 = tl.load(base + (HQ + kh) * D + D // 2 + half).to(tl.float32)
+        off = ((b * HKV + kh) * S_CACHE + slot) * D
+        tl.store(kc_ptr + off + half, (k1 * c - k2 * s).to(kc_ptr.dtype.element_ty))
+        tl.store(kc_ptr + off + D // 2 + half, (k2 * c + k1 * s).to(kc_ptr.dtype.element_ty))
+        dd = tl.arange(0, D)
+        v = tl.load(base + (HQ + HKV + kh) * D + dd)
+        tl.store(vc_ptr + off + dd, v.to(vc_ptr.dtype.element_ty))
+
+
+def rope_kv(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
+    hq: int, sliding: bool, window: int,
+) -> torch.Tensor:
+    """qkv (B, (hq+2hkv)*D) -> roped q (B, hq, D); writes roped k and v at the step's cache slot."""
+    bsz = qkv.shape[0]
+    _, hkv, s_cache, d = kc.shape
+    q = torch.empty((bsz, hq, d), dtype=qkv.dtype, device=qkv.device)
+    _rope_kv_kernel[(bsz, hq + hkv)](
+        qkv, cos, sin, pos, q, kc, vc, hq, hkv, s_cache, max(1, window), qkv.stride(0), D=d, SLIDING=sliding,
+        num_warps=1,
+    )
+    return q
+
+
+@triton.jit
+def _attn_decode_kernel(
+    q_ptr, kc_ptr, vc_ptr, sinks_ptr, pos_ptr, out_ptr, scale, HKV, S_CACHE,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+):
+    b = tl.program_id(0)
+    kh = tl.program_id(1)
+    pos = tl.load(pos_ptr)
+    g = tl.arange(0, GP)
+    gm = g < G
+    d = tl.arange(0, D)
+    hq = HKV * G
+    qrow = (b * hq + kh * G + g) * D
+    q = tl.load(q_ptr + qrow[:, None] + d[None, :], mask=gm[:, None], other=0.0)
+    m_i = tl.load(sinks_ptr + kh * G + g, mask=gm, other=0.0).to(tl.float32)  # the sink starts the softmax
+    l_i = tl.full([GP], 1.0, dtype=tl.float32)
+    acc = tl.zeros([GP, D], dtype=tl.float32)
+    # Slot s is valid iff s <= pos: on full layers slot = position; on sliding layers the ring of size
+    # <= window holds exactly the last `window` positions once pos >= window - 1.
+    end = tl.minimum(pos + 1, S_CACHE)
+    kv = (b * HKV + kh) * S_CACHE * D
+    for start in range(0, end, BS):
+        s = start + tl.arange(0, BS)
+        sm = s < end
+        k = tl.load(kc_ptr + kv + s[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
+        qk = tl.dot(q, tl.trans(k)) * scale
+        qk = tl.where(sm[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(vc_ptr + kv + s[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(out_ptr + qrow[:, None] + d[None, :], out.to(out_ptr.dtype.element_ty), mask=gm[:, None])
+
+
+def attn_decode(
+    q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, sinks: torch.Tensor, pos: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """q (B, hq, D) against the cache (B, hkv, S, D) up to `pos`, with sinks -> (B, hq*D)."""
+    bsz, hq, d = q.shape
+    _, hkv, s_cache, _ = kc.shape
+    g = hq // hkv
+    out = torch.empty((bsz, hq * d), dtype=q.dtype, device=q.device)
+    _attn_decode_kernel[(bsz, hkv)](
+        q, kc, vc, sinks, pos, out, scale, hkv, s_cache, G=g, GP=max(16, _p2(g)), D=d, BS=64, num_warps=4,
+    )
+    return out
+
+
+@triton.jit
+def _router_kernel(
+    x_ptr, w_ptr, b_ptr, topi_ptr, topw_ptr, H, E, K: tl.constexpr, KP: tl.constexpr, EP: tl.constexpr,
+    BH: tl.constexpr,
+):
+    t = tl.program_id(0)
+    e = tl.arange(0, EP)
+    em = e < E
+    acc = tl.zeros([EP], dtype=tl.float32)
+    for h0 in range(0, H, BH):
+        hh = h0 + tl.arange(0, BH)
+        hm = hh < H
+        x = tl.load(x_ptr + t * H + hh, mask=hm, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + e[:, None] * H + hh[None, :], mask=em[:, None] & hm[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(w * x[None, :], axis=1)
+    logits = acc + tl.load(b_ptr + e, mask=em, other=0.0).to(tl.float32)
+    logits = logits.to(x_ptr.dtype.element_ty).to(tl.float32)  # the router linear's output dtype, as in HF
+    logits = tl.where(em, logits, float("-inf"))
+    kk = tl.arange(0, KP)
+    vals = tl.full([KP], float("-inf"), dtype=tl.float32)
+    idxs = tl.zeros([KP], dtype=tl.int32)
+    for j in tl.static_range(K):
+        mx = tl.max(logits, axis=0)
+        idx = tl.min(tl.where(logits == mx, e, EP), axis=0)
+        vals = tl.where(kk == j, mx, vals)
+        idxs = tl.where(kk == j, idx, idxs)
+        logits = tl.where(e == idx, float("-inf"), logits)
+    km = kk < K
+    p = tl.exp(vals - tl.max(vals, axis=0))
+    p = tl.where(km, p, 0.0)
+    p = p / tl.sum(p, axis=0)
+    tl.store(topi_ptr + t * K + kk, idxs, mask=km)
+    tl.store(topw_ptr + t * K + kk, p, mask=km)
+
+
+def router(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (T, H) -> top-k expert ids (T, k) int32 and their softmax weights (T, k) float32."""
+    tokens, hidden = x.shape
+    experts = weight.shape[0]
+    topi = torch.empty((tokens, k), dtype=torch.int32, device=x.device)
+    topw = torch.empty((tokens, k), dtype=torch.float32, device=x.device)
+    ep = _p2(experts)
+    _router_kernel[(tokens,)](
+        x, weight, bias, topi, topw, hidden, experts, K=k, KP=_p2(k), EP=ep, BH=max(32, 4096 // ep), num_warps=4
+    )
+    return topi, topw
+
+
+@triton.jit
+def _moe_kernel(
+    x_ptr, w_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
+    P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit,
+    TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    e = tl.program_id(0)
+    nb = tl.program_id(1)
+    offs_n = nb * BN + tl.arange(0, BN)
+    nmask = offs_n < N
+    mm = tl.arange(0, BM)
+    if SCAN:
+        p = tl.arange(0, PB)
+        pe = tl.load(topi_ptr + p, mask=p < P, other=-1)
+        hit = (pe == e).to(tl.int32)
+        cnt = tl.sum(hit, axis=0)
+        rank = tl.cumsum(hit, axis=0) - 1
+        sel = (rank[None, :] == mm[:, None]) & (hit[None, :] > 0)
+        scan_rows = tl.sum(tl.where(sel, p[None, :], 0), axis=1)
+        start = 0
+        end = cnt
+    else:
+        start = tl.load(offs_ptr + e)
+        end = tl.load(offs_ptr + e + 1)
+    if COUNT:
+        if nb == 0:
+            if end > start:
+                tl.atomic_add(cnt_ptr, 1)
+    w_base = w_ptr + e * stride_we
+    for m0 in range(start, end, BM):
+        rm = m0 + mm
+        rmask = rm < end
+        if SCAN:
+            pair = scan_rows
+        else:
+            pair = tl.load(rows_ptr + rm, mask=rmask, other=0)
+        if GATE_UP:
+            xrow = pair // TOPK
+        else:
+            xrow = pair
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            offs_k = k0 + tl.arange(0, BK)
+            kmask = offs_k < K
+            a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
+                        other=0.0)
+            b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :], mask=kmask[:, None] & nmask[None, :],
+                        other=0.0)
+            acc = tl.dot(a, b, acc)
+        acc += tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        if GATE_UP:
+            gate, up = tl.split(tl.reshape(acc, (BM, BN // 2, 2)))
+            gate = tl.minimum(gate, limit)
+            up = tl.minimum(tl.maximum(up, -limit), limit)
+            glu = gate * tl.sigmoid(gate * alpha)
+            y = (up + 1.0) * glu
+            offs_o = nb * (BN // 2) + tl.arange(0, BN // 2)
+            omask = rmask[:, None] & (offs_o < N // 2)[None, :]
+            tl.store(out_ptr + pair[:, None] * stride_o + offs_o[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
+        else:
+            rw = tl.load(rw_ptr + pair, mask=rmask, other=0.0).to(tl.float32)
+            y = acc.to(out_ptr.dtype.element_ty).to(tl.float32) * rw[:, None]
+            omask = rmask[:, None] & nmask[None, :]
+            tl.store(out_ptr + pair[:, None] * stride_o + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
+
+
+# (BN, BK, num_warps, num_stages) per GEMM; tuned on the H100 (see docs/PERF.md), overridable for experiments.
+MOE_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
+
+
+def moe(
+    x: torch.Tensor,
+    gate_up: torch.Tensor,
+    gate_up_bias: torch.Tensor,
+    down: torch.Tensor,
+    down_bias: torch.Tensor,
+    topi: torch.Tensor,
+    topw: torch.Tensor,
+    alpha: float,
+    limit: float,
+    counter: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Routed experts for x (T, H) with routing (T, k) -> per (token, slot) outputs (T*k, H), weighted.
+
+    T*k <= 1024 pairs use scan mode (one pass over each routed expert's weights); larger T (prefill) sorts.
+    """
+    tokens, hidden = x.shape
+    k = topi.shape[1]
+    experts, _, n2 = gate_up.shape
+    inter = n2 // 2
+    pairs = tokens * k
+    flat = topi.reshape(-1)
+    scan = pairs <= 1024
+    if scan:
+        bm = max(16, _p2(tokens))
+        rows = offs = flat
+    else:
+        bm = 64
+        sorted_e, rows = torch.sort(flat.to(torch.int64), stable=True)
+        bounds = torch.arange(experts + 1, device=x.device, dtype=sorted_e.dtype)
+        offs = torch.searchsorted(sorted_e, bounds).to(torch.int32)
+        rows = rows.to(torch.int32)
+    act = torch.empty((pairs, inter), dtype=x.dtype, device=x.device)
+    out = torch.empty((pairs, hidden), dtype=x.dtype, device=x.device)
+    rw = topw.reshape(-1)
+    count = counter is not None
+    cnt = counter if counter is not None else flat
+    for name, src, w, bias, dst, n in (
+        ("gate_up", x, gate_up, gate_up_bias, act, n2),
+        ("down", act, down, down_bias, out, hidden),
+    ):
+        bn, bk, warps, stages = MOE_CONFIG[name]
+        gu = name == "gate_up"
+        _moe_kernel[(experts, triton.cdiv(n, bn))](
+            src, w, bias, flat, rows, offs, rw, dst, cnt,
+            pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
+            alpha, limit,
+            TOPK=k, GATE_UP=gu, SCAN=scan, PB=_p2(pairs), COUNT=count and gu,
+            BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
+        )
+    return out
