@@ -298,6 +298,8 @@ def prune_model(model: Any, keep: list[list[int]]) -> None:
         experts.num_experts = n
         router.num_experts = n
     model.config.num_local_experts = n
+    if torch.cuda.is_available() and any(p.is_cuda for p in model.parameters()):
+        torch.cuda.empty_cache()  # hand the dropped experts back, so reserved memory reflects the pruned model
 
 
 def mask_router(model: Any, keep: list[list[int]]) -> None:
