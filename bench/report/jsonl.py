@@ -103,6 +103,9 @@ def _coerce(value: Any, hint: Any, key: str, where: _Where) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise where.error(key, f"must be an integer, got {value!r}")
+        limit = 2**63 if key.endswith("throttle_reasons") else 2**31  # BIGINT / INTEGER columns
+        if not -limit <= value < limit:
+            raise where.error(key, f"integer {value} is out of range")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -111,6 +114,10 @@ def _coerce(value: Any, hint: Any, key: str, where: _Where) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise where.error(key, f"must be a string, got {value!r}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise where.error(key, "is not valid Unicode (a lone surrogate escape)") from None
         return value
     if hint is datetime:
         if not isinstance(value, str):

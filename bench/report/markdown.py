@@ -317,8 +317,8 @@ def _int(text: str, lines: _Lines, lineno: int, column: str, minimum: int = 0) -
         value = int(text)
     except ValueError:
         raise lines.error(f"an integer in column {column!r}", lineno) from None
-    if value < minimum:
-        raise lines.error(f"an integer >= {minimum} in column {column!r}", lineno)
+    if not minimum <= value < 2**31:
+        raise lines.error(f"an integer from {minimum} to 2**31-1 in column {column!r}", lineno)
     return value
 
 
@@ -343,7 +343,7 @@ def _typed_meta(raw: dict[str, str], lines: _Lines, lineno: int) -> dict[str, ob
                 meta[key] = int(raw[key])
             except ValueError:
                 raise lines.error(f"an integer for meta '{key}'", lineno) from None
-            if meta[key] < 1:  # type: ignore[operator]
+            if not 1 <= meta[key] < 2**31:  # type: ignore[operator]
                 raise lines.error(f"a positive integer for meta '{key}'", lineno)
     for key in _STR_META:
         if raw.get(key):
