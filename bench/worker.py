@@ -20,8 +20,8 @@ from bench.spec import PruneSpec
 
 GIB = 2**30
 
-# Fault injection for tests of failure handling: MOE_BENCH_FAULT="<batch>:<kind>[,<batch>:<kind>]" where kind is
-# oom | error | exit | segfault. The fault fires inside the timed point, on the same path a real failure takes.
+# Fault injection for tests of failure handling: MOE_BENCH_FAULT="[<variant>@]<batch>:<kind>[,...]" where kind is
+# oom | error | exit | segfault. The fault fires inside the point, on the same path a real failure takes.
 FAULT_ENV = "MOE_BENCH_FAULT"
 
 
@@ -56,12 +56,17 @@ class RunInfo:
     notes: list[str] = field(default_factory=list)
 
 
-def parse_faults(text: str | None) -> dict[int, str]:
+def parse_faults(text: str | None, variant: str) -> dict[int, str]:
     faults: dict[int, str] = {}
     for item in (text or "").split(","):
-        if ":" in item:
-            batch, kind = item.split(":", 1)
-            faults[int(batch)] = kind.strip()
+        if ":" not in item:
+            continue
+        target, kind = item.rsplit(":", 1)
+        if "@" in target:
+            name, target = target.split("@", 1)
+            if name != variant:
+                continue
+        faults[int(target)] = kind.strip()
     return faults
 
 
@@ -142,7 +147,7 @@ def run_job(job: WorkerJob, send) -> None:
             ),
         )
     )
-    faults = parse_faults(os.environ.get(FAULT_ENV))
+    faults = parse_faults(os.environ.get(FAULT_ENV), job.variant_name)
     engine = get_engine(job.engine)
     vocab = int(model.config.vocab_size)
     context = job.prompt_len + job.new_tokens / 2

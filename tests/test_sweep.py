@@ -1,0 +1,172 @@
+"""End-to-end CPU sweeps into a real DuckDB file: points, failures as rows, worker death, resume, rerun, locks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from bench.cli import main
+from bench.locks import try_lock
+from bench.paths import PROJECT_ROOT, logs_dir_for
+
+pytestmark = pytest.mark.slow
+
+SPEC = """
+title = "test sweep"
+[sweep]
+prompt_len = 8
+new_tokens = {new_tokens}
+batch_sizes = {batches}
+repeats = {repeats}
+device = "cpu"
+dtype = "float32"
+seed = 0
+{variants}
+"""
+BASE = '[[variants]]\nname = "base"\nmodel = "synthetic:tiny-moe"\ntop_k = 2\n'
+HALF = '[[variants]]\nname = "half"\nmodel = "synthetic:tiny-moe"\ntop_k = 2\nprune = { experts = 4, method = "first" }\n'
+
+
+def write_spec(tmp_path: Path, variants: str, batches="[1, 2]", repeats=2, new_tokens=6) -> Path:
+    p = tmp_path / "spec.toml"
+    p.write_text(SPEC.format(variants=variants, batches=batches, repeats=repeats, new_tokens=new_tokens))
+    return p
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_tiny_sweep_end_to_end_then_rerun(tmp_path, capsys):
+    db = tmp_path / "bench.duckdb"
+    spec = write_spec(tmp_path, BASE + HALF)
+    assert main(["sweep", "--spec", str(spec), "--db", str(db)]) == 0
+    out, err = capsys.readouterr()
+    summary = last_json(out)
+    assert summary["state"] == "done" and summary["points_done"] == summary["points_planned"] == 8
+    assert "[base]" in err and "2/4 points" in err  # progress bars on stderr
+    pts = rows(db, "SELECT r.name, p.batch, p.status, p.total_tps, p.per_stream_tps, p.decode_s, p.prefill_s, "
+                   "p.mem_used_gib, p.ceiling_tps, p.mbu, p.tokens_generated FROM points p JOIN runs r USING (run_id)")
+    assert len(pts) == 8
+    for name, batch, status, total, per_stream, decode_s, prefill_s, mem, ceiling, mbu, generated in pts:
+        assert status == "ok"
+        assert generated == 6
+        assert total == pytest.approx(batch * 5 / decode_s)
+        assert per_stream == pytest.approx(total / batch)
+        assert prefill_s > 0 and mem > 0 and ceiling > 0 and 0 < mbu < 1
+    runs = dict(rows(db, "SELECT name, experts FROM runs"))
+    assert runs == {"base": 8, "half": 4}
+    env = rows(db, "SELECT device_name, torch_version, transformers_version, bench_version, host, bandwidth_gbs "
+                   "FROM runs")
+    assert all(all(v is not None for v in r) for r in env)
+    kept = rows(db, "SELECT kept_experts_json FROM runs WHERE name = 'half'")[0][0]
+    assert json.loads(kept) == [[0, 1, 2, 3], [0, 1, 2, 3]]
+
+    assert main(["ls", "--json", "--db", str(db)]) == 0
+    listed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert listed[0]["state"] == "done" and listed[0]["points_done"] == 8 and listed[0]["points_planned"] == 8
+
+    half_id = rows(db, "SELECT run_id, config_json FROM runs WHERE name = 'half'")[0]
+    assert main(["rerun", half_id[0], "--db", str(db), "--quiet"]) == 0
+    capsys.readouterr()
+    rerun = rows(db, "SELECT run_id, config_json, rerun_of, sweep_id FROM runs WHERE rerun_of IS NOT NULL")
+    assert len(rerun) == 1 and rerun[0][2] == half_id[0]
+    assert json.loads(rerun[0][1])["variant"] == json.loads(half_id[1])["variant"]
+    assert rows(db, f"SELECT count(*) FROM points WHERE run_id = '{rerun[0][0]}' AND status = 'ok'")[0][0] == 4
+
+
+def test_failed_points_become_rows_and_the_sweep_goes_on(tmp_path, capsys, monkeypatch):
+    db = tmp_path / "bench.duckdb"
+    spec = write_spec(tmp_path, BASE, batches="[1, 2, 3, 4]", repeats=2, new_tokens=4)
+    monkeypatch.setenv("MOE_BENCH_FAULT", "2:oom,3:error")
+    assert main(["sweep", "--spec", str(spec), "--db", str(db), "--quiet"]) == 1  # an error row -> exit 1
+    summary = last_json(capsys.readouterr().out)
+    assert summary["state"] == "done" and summary["points_done"] == 8
+    got = {(b, r): (s, e) for b, r, s, e in rows(db, 'SELECT batch, "repeat", status, error FROM points')}
+    assert got[(1, 0)][0] == got[(1, 1)][0] == "ok"
+    assert got[(2, 0)][0] == "oom" and "out of memory" in got[(2, 0)][1]
+    assert got[(2, 1)][0] == "skipped"
+    assert got[(3, 0)][0] == "error" and "injected fault" in got[(3, 0)][1]
+    assert got[(4, 0)][0] == got[(4, 1)][0] == "ok"  # the batch after the failures still ran
+
+
+@pytest.mark.parametrize(("kind", "reason"), [("exit", "exited with code 3"), ("segfault", "SIGSEGV")])
+def test_worker_death_gives_error_rows_and_other_variants_finish(tmp_path, capsys, monkeypatch, kind, reason):
+    db = tmp_path / "bench.duckdb"
+    spec = write_spec(tmp_path, BASE + HALF, batches="[1, 2]", repeats=1, new_tokens=4)
+    monkeypatch.setenv("MOE_BENCH_FAULT", f"base@2:{kind}")
+    assert main(["sweep", "--spec", str(spec), "--db", str(db), "--quiet"]) == 1
+    capsys.readouterr()
+    got = {(n, b): (s, e) for n, b, s, e in rows(
+        db, "SELECT r.name, p.batch, p.status, p.error FROM points p JOIN runs r USING (run_id)")}
+    assert got[("base", 1)][0] == "ok"
+    assert got[("base", 2)][0] == "error" and reason in got[("base", 2)][1]
+    assert got[("half", 1)][0] == got[("half", 2)][0] == "ok"
+    assert rows(db, "SELECT state FROM runs WHERE name = 'base'")[0][0] == "failed"
+
+
+def test_second_sweep_on_a_busy_device_is_refused(tmp_path, capsys):
+    db = tmp_path / "bench.duckdb"
+    held = try_lock(logs_dir_for(db) / "device-cpu.lock", "s-running-elsewhere pid 1")
+    try:
+        spec = write_spec(tmp_path, BASE)
+        assert main(["sweep", "--spec", str(spec), "--db", str(db)]) == 2
+        assert "s-running-elsewhere" in capsys.readouterr().err
+    finally:
+        held.release()
+
+
+def _bench(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=PROJECT_ROOT, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_kill_9_mid_sweep_then_resume_runs_only_missing_points(tmp_path):
+    db = tmp_path / "bench.duckdb"
+    spec = write_spec(tmp_path, BASE, batches="[1, 2, 3, 4, 5, 6]", repeats=2, new_tokens=24)
+    proc = _bench("sweep", "--spec", str(spec), "--db", str(db), "--quiet", "--sweep-id", "s-kill")
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline:
+        if db.exists():
+            try:
+                done = rows(db, "SELECT count(*) FROM points")[0][0]
+            except duckdb.Error:
+                done = 0
+            if done >= 3:
+                break
+        time.sleep(0.2)
+    assert done >= 3, proc.communicate(timeout=5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    kept = rows(db, 'SELECT batch, "repeat", finished_at FROM points')
+    assert 3 <= len(kept) < 12
+    ls = subprocess.run([sys.executable, "-m", "bench", "ls", "--json", "--db", str(db)], cwd=PROJECT_ROOT,
+                        capture_output=True, text=True, check=True)
+    assert json.loads(ls.stdout.strip().splitlines()[-1])[0]["state"] == "crashed"
+
+    resumed = _bench("sweep", "--resume", "s-kill", "--db", str(db), "--quiet")
+    out, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err
+    assert last_json(out)["points_done"] == 12
+    after = {(b, r): f for b, r, f in rows(db, 'SELECT batch, "repeat", finished_at FROM points')}
+    assert len(after) == 12
+    for b, r, f in kept:  # finished points were not run again
+        assert after[(b, r)] == f
+    assert rows(db, "SELECT state FROM sweeps")[0][0] == "done"
