@@ -32,7 +32,8 @@ seed = 0
 {variants}
 """
 BASE = '[[variants]]\nname = "base"\nmodel = "synthetic:tiny-moe"\ntop_k = 2\n'
-HALF = '[[variants]]\nname = "half"\nmodel = "synthetic:tiny-moe"\ntop_k = 2\nprune = { experts = 4, method = "first" }\n'
+HALF = ('[[variants]]\nname = "half"\nmodel = "synthetic:tiny-moe"\ntop_k = 2\n'
+        'prune = { experts = 4, method = "first" }\n')
 
 
 def write_spec(tmp_path: Path, variants: str, batches="[1, 2]", repeats=2, new_tokens=6) -> Path:
@@ -64,7 +65,7 @@ def test_tiny_sweep_end_to_end_then_rerun(tmp_path, capsys):
     pts = rows(db, "SELECT r.name, p.batch, p.status, p.total_tps, p.per_stream_tps, p.decode_s, p.prefill_s, "
                    "p.mem_used_gib, p.ceiling_tps, p.mbu, p.tokens_generated FROM points p JOIN runs r USING (run_id)")
     assert len(pts) == 8
-    for name, batch, status, total, per_stream, decode_s, prefill_s, mem, ceiling, mbu, generated in pts:
+    for _name, batch, status, total, per_stream, decode_s, prefill_s, mem, ceiling, mbu, generated in pts:
         assert status == "ok"
         assert generated == 6
         assert total == pytest.approx(batch * 5 / decode_s)
