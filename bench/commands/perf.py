@@ -1,0 +1,263 @@
+"""`python -m bench perf`: decode engines side by side (default hf vs graph) on one card, with roofline and MBU.
+
+For each expert count (pruned by keeping the first N experts per layer) and top_k, the model is built once;
+each engine then runs each batch size: prepare (untimed: warm-up, capture), `--repeats` timed generations.
+Every repeat is a JSONL line with PointRecord field names plus the run's fields; a markdown table of medians
+(ms/step, tok/s, ceiling, MBU) is printed and optionally written. The ceiling uses the distinct experts the
+engine counted and the mean decode context. Worker-side: imports torch, never duckdb or streamlit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.errors import EXIT_OK, BadInputError
+
+DEFAULT_MODEL = "synthetic:gpt-oss-20b"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("perf", help="hf vs graph decode engines side by side: ms/step, tok/s, ceiling, MBU")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model source (default {DEFAULT_MODEL})")
+    p.add_argument("--engines", default="hf,graph", help="comma-separated engines (default hf,graph)")
+    p.add_argument(
+        "--experts", default="32,16", help="experts per layer, pruned by keeping the first N (default 32,16)"
+    )
+    p.add_argument("--top-k", default="4,2", help="comma-separated top_k values (default 4,2)")
+    p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
+    p.add_argument("--prompt-len", type=int, default=256, help="prompt tokens (default 256)")
+    p.add_argument("--new-tokens", type=int, default=64, help="generated tokens per stream (default 64)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per point (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cuda | cpu")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on cuda, float32 on cpu) | bfloat16 | float32")
+    p.add_argument("--out-jsonl", default=None, help="append one JSON line per repeat to this file")
+    p.add_argument("--out-md", default=None, help="write the markdown table of medians to this file")
+    p.add_argument("--run", default=None, help="run name prefix (default perf-<date>)")
+    p.set_defaults(func=run)
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v <= 0 for v in values):
+        raise BadInputError(f"{flag} {text!r}: give comma-separated positive integers, e.g. 1,8,32")
+    return values
+
+
+@dataclass
+class PerfRow:
+    """Median of one (experts, top_k, engine, batch) point."""
+
+    experts: int
+    top_k: int
+    engine: str
+    batch: int
+    status: str
+    ms_per_step: float | None = None
+    total_tps: float | None = None
+    ceiling_tps: float | None = None
+    mbu: float | None = None
+    spread_pct: float | None = None
+    distinct_experts: float | None = None
+    mem_used_gib: float | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _fmt(v: float | None, nd: int = 1) -> str:
+    return "—" if v is None else f"{v:.{nd}f}"
+
+
+def markdown_table(rows: list[PerfRow]) -> str:
+    lines = [
+        "| experts | top_k | batch | engine | ms/step | tok/s (total) | ceiling tok/s | MBU | spread | U | mem GiB |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mbu = "—" if r.mbu is None else f"{100 * r.mbu:.0f}%"
+        spread = "—" if r.spread_pct is None else f"±{r.spread_pct:.1f}%"
+        status = "" if r.status == "ok" else f" ({r.status})"
+        lines.append(
+            f"| {r.experts} | {r.top_k} | {r.batch} | {r.engine}{status} | {_fmt(r.ms_per_step, 2)} | "
+            f"{_fmt(r.total_tps)} | {_fmt(r.ceiling_tps)} | {mbu} | {spread} | {_fmt(r.distinct_experts, 2)} | "
+            f"{_fmt(r.mem_used_gib, 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    engines = [e.strip() for e in str(args.engines).split(",") if e.strip()]
+    from bench.spec import ENGINE_NAMES
+
+    bad = [e for e in engines if e not in ENGINE_NAMES]
+    if not engines or bad:
+        raise BadInputError(f"--engines {args.engines!r}: choose from {', '.join(ENGINE_NAMES)}")
+    experts_list = _ints(args.experts, "--experts")
+    topks = _ints(args.top_k, "--top-k")
+    batches = _ints(args.batch_sizes, "--batch-sizes")
+    if args.prompt_len < 1 or args.new_tokens < 2 or args.repeats < 1:
+        raise BadInputError("--prompt-len >= 1, --new-tokens >= 2 and --repeats >= 1 are required")
+
+    import torch
+
+    from bench.engines import get_engine
+    from bench.measure.bandwidth import measure_bandwidth
+    from bench.measure.env import fingerprint
+    from bench.measure.memory import MemoryTracker
+    from bench.models.loading import load_model, resolve_device, torch_dtype
+    from bench.models.pruning import apply_variant, set_top_k
+    from bench.records import PointRecord, record_to_json, utcnow
+    from bench.roofline import ArchSummary, bytes_per_step, ceiling_tps, mbu, mean_decode_context
+    from bench.spec import PruneSpec
+
+    device = resolve_device(args.device)
+    dtype = torch_dtype(args.dtype, device)
+    env = fingerprint(device)
+    bandwidth = measure_bandwidth(device)
+    date = datetime.now(UTC).strftime("%Y-%m-%d")
+    run_prefix = args.run or f"perf-{date}"
+    context = mean_decode_context(args.prompt_len, args.new_tokens)
+    out_jsonl = Path(args.out_jsonl) if args.out_jsonl else None
+    if out_jsonl:
+        out_jsonl.parent.mkdir(parents=True, exist_ok=True)
+    print(
+        f"perf: {env.device_name}, torch {env.torch}, transformers {env.transformers}, commit {env.git_commit}, "
+        f"bandwidth {bandwidth / 1e9:.0f} GB/s, {dtype}, prompt {args.prompt_len}, new {args.new_tokens}",
+        file=sys.stderr,
+        flush=True,
+    )
+    rows: list[PerfRow] = []
+    for n_exp in experts_list:
+        tracker = MemoryTracker(device)
+        tracker.baseline()
+        loaded = load_model(args.model, device=device, dtype=dtype, seed=args.seed)
+        tracker.after_load()
+        base = loaded.base_experts
+        if n_exp > base:
+            raise BadInputError(f"--experts {n_exp}: the model has {base} experts per layer")
+        for k in topks:
+            if k > n_exp:
+                continue
+            prune = PruneSpec(experts=n_exp, method="first") if n_exp < base else None
+            if prune is not None and loaded.config.num_local_experts != n_exp:
+                apply_variant(loaded, prune, k, args.seed)
+            else:
+                set_top_k(loaded.model, k)
+            model = loaded.model
+            arch = ArchSummary.from_model(model)
+            gen = torch.Generator().manual_seed(args.seed)
+            vocab = int(loaded.config.vocab_size)
+            for eng_name in engines:
+                run_name = f"{run_prefix}-{eng_name}-e{n_exp}-k{k}"
+                for b in batches:
+                    ids = torch.randint(0, vocab, (b, args.prompt_len), generator=gen).to(device)
+                    engine = get_engine(eng_name)
+                    row = PerfRow(n_exp, k, eng_name, b, "ok")
+                    times: list[float] = []
+                    try:
+                        tracker.reset_peak()
+                        engine.prepare(model, ids, args.new_tokens)
+                        for rep in range(args.repeats):
+                            started = utcnow()
+                            res = engine.generate(model, ids, args.new_tokens)
+                            steps = args.new_tokens - 1
+                            total = b * steps / res.decode_s
+                            ceil = ceiling_tps(arch, b, k, context, bandwidth, distinct=res.distinct_experts)
+                            mem = tracker.point_stats()
+                            step_ms = sorted(1000 * s for s in res.step_s) if res.step_s else []
+                            rec = PointRecord(
+                                run_id=run_name, batch=b, repeat=rep, status="ok", total_tps=total,
+                                per_stream_tps=total / b, decode_s=res.decode_s, prefill_s=res.prefill_s,
+                                tpot_p50_ms=step_ms[len(step_ms) // 2] if step_ms else None,
+                                tpot_p90_ms=step_ms[int(0.9 * (len(step_ms) - 1))] if step_ms else None,
+                                tokens_generated=int(res.tokens.shape[1]), distinct_experts=res.distinct_experts,
+                                ceiling_tps=ceil, mbu=mbu(total, ceil),
+                                bytes_per_step=bytes_per_step(arch, b, k, context, res.distinct_experts),
+                                started_at=started, finished_at=utcnow(),
+                                **mem,
+                            )
+                            times.append(res.decode_s)
+                            row.distinct_experts = res.distinct_experts
+                            row.ceiling_tps = ceil
+                            row.mem_used_gib = mem.get("mem_used_gib")
+                            _write(out_jsonl, rec, record_to_json, run_name, args, env, n_exp, k, eng_name,
+                                   bandwidth, dtype)
+                    except torch.cuda.OutOfMemoryError as exc:
+                        row.status, row.error = "oom", str(exc).splitlines()[0]
+                    except Exception as exc:  # one failing point must not lose the others
+                        row.status, row.error = "error", f"{type(exc).__name__}: {exc}"
+                    finally:
+                        engine.release()
+                        if device.startswith("cuda"):
+                            torch.cuda.empty_cache()
+                    if times:
+                        med = statistics.median(times)
+                        steps = args.new_tokens - 1
+                        row.ms_per_step = 1000 * med / steps
+                        row.total_tps = b * steps / med
+                        row.mbu = mbu(row.total_tps, row.ceiling_tps)
+                        row.spread_pct = 100 * (max(times) - min(times)) / med
+                    if row.status != "ok":
+                        _write_error(out_jsonl, row, run_name, args, env, bandwidth, dtype)
+                    rows.append(row)
+                    print(
+                        f"  e{n_exp} k{k} {eng_name:5s} b{b:<3d} {row.status:5s} "
+                        f"ms/step {_fmt(row.ms_per_step, 2):>7s} "
+                        f"tok/s {_fmt(row.total_tps):>8s} ceiling {_fmt(row.ceiling_tps):>8s} "
+                        f"MBU {_fmt(None if row.mbu is None else 100 * row.mbu, 0)}% {row.error or ''}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        del loaded, model
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    table = markdown_table(rows)
+    print(table)
+    if args.out_md:
+        Path(args.out_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out_md).write_text(table + "\n")
+    ok = sum(r.status == "ok" for r in rows)
+    print(json.dumps({"ok": ok == len(rows), "points": len(rows), "points_ok": ok, "out_jsonl": args.out_jsonl}))
+    return EXIT_OK
+
+
+def _run_fields(run_name: str, args: argparse.Namespace, env: Any, experts: int, k: int, engine: str,
+                bandwidth: float, dtype: Any) -> dict[str, Any]:
+    return {
+        "run": run_name, "model": args.model, "top_k": k, "experts": experts, "engine": engine,
+        "device_name": env.device_name, "dtype": str(dtype).removeprefix("torch."), "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens, "bandwidth_gbs": bandwidth / 1e9, "git_commit": env.git_commit,
+        "torch": env.torch, "transformers": env.transformers, "timing_convention": "decode",
+    }
+
+
+def _write(out: Path | None, rec: Any, to_json: Any, run_name: str, args: argparse.Namespace, env: Any,
+           experts: int, k: int, engine: str, bandwidth: float, dtype: Any) -> None:
+    if out is None:
+        return
+    line = json.loads(to_json(rec))
+    line.update(_run_fields(run_name, args, env, experts, k, engine, bandwidth, dtype))
+    with out.open("a") as f:
+        f.write(json.dumps(line, sort_keys=True) + "\n")
+
+
+def _write_error(out: Path | None, row: PerfRow, run_name: str, args: argparse.Namespace, env: Any,
+                 bandwidth: float, dtype: Any) -> None:
+    if out is None:
+        return
+    line = {"run_id": run_name, "batch": row.batch, "repeat": 0, "status": row.status, "error": row.error,
+            "started_at": datetime.now(UTC).isoformat()}
+    line.update(_run_fields(run_name, args, env, row.experts, row.top_k, row.engine, bandwidth, dtype))
+    with out.open("a") as f:
+        f.write(json.dumps(line, sort_keys=True) + "\n")
+

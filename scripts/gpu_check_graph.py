@@ -1,0 +1,163 @@
+"""GPU check of the `graph` engine on synthetic gpt-oss-20b (bf16): logits of the first 32 decode steps against
+a Hugging Face forward of the same tokens, a kernel profile of one decode step, and ablation timings.
+
+    PYTHONUNBUFFERED=1 python scripts/gpu_check_graph.py [--out DIR] [--skip-ablation]
+
+Writes check.json (and prints it) to --out (default $OUT or .). Exit 1 if the logits disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.engines import graph_kernels
+from bench.engines.graph import GraphEngine
+from bench.models.loading import load_model
+from bench.models.pruning import set_top_k
+
+STEPS = 32
+
+
+def check_logits(model, prompt_len: int) -> dict:
+    torch.manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (2, prompt_len), device="cuda")
+    eng = GraphEngine(keep_logits=True)
+    eng.prepare(model, ids, STEPS + 1)
+    dec = eng.decoder
+    got = []
+    with torch.inference_mode():
+        dec.prefill(ids)
+        got.append(dec.logits.float().clone())
+        for _ in range(STEPS - 1):
+            eng.step()
+            got.append(dec.logits.float().clone())
+        torch.cuda.synchronize()
+        toks = dec.out_tokens[:, :STEPS]
+        full = torch.cat([ids, toks], dim=1)
+        want = model(full).logits[:, prompt_len - 1 : prompt_len - 1 + STEPS].float()
+    got_t = torch.stack(got, dim=1)
+    diff = (got_t - want).abs()
+    scale = want.abs().amax().item()
+    cos = torch.nn.functional.cosine_similarity(got_t.flatten(0, 1), want.flatten(0, 1), dim=-1)
+    agree = (got_t.argmax(-1) == want.argmax(-1)).float().mean().item()
+    top5 = want.topk(5, dim=-1).indices
+    in_top5 = (got_t.argmax(-1).unsqueeze(-1) == top5).any(-1).float().mean().item()
+    eng.release()
+    out = {
+        "steps": STEPS,
+        "batch": 2,
+        "prompt_len": prompt_len,
+        "max_abs_diff": diff.max().item(),
+        "mean_abs_diff": diff.mean().item(),
+        "max_abs_logit": scale,
+        "rel_max_diff": diff.max().item() / scale,
+        "min_cosine": cos.min().item(),
+        "argmax_agreement": agree,
+        "graph_argmax_in_hf_top5": in_top5,
+    }
+    out["ok"] = out["min_cosine"] > 0.995 and out["rel_max_diff"] < 0.1 and in_top5 > 0.97
+    return out
+
+
+def profile_step(model, batch: int, prompt_len: int) -> dict:
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), device="cuda")
+    eng = GraphEngine(capture=False)
+    eng.prepare(model, ids, 8)
+    dec = eng.decoder
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        dec.decode_step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            dec.decode_step()
+            torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            t = getattr(ev, "device_time", None) or getattr(ev, "cuda_time", 0.0)
+            kernels.setdefault(ev.name[:60], []).append(t)
+    count = sum(len(v) for v in kernels.values())
+    top = sorted(((sum(v), len(v), k) for k, v in kernels.items()), reverse=True)[:12]
+    eng.release()
+    return {
+        "batch": batch,
+        "kernels_per_step": count,
+        "kernel_time_us": sum(sum(v) for v in kernels.values()),
+        "top": [{"name": k, "total_us": round(t, 1), "count": n} for t, n, k in top],
+    }
+
+
+def time_engine(model, batch: int, prompt_len: int, new_tokens: int, **kw) -> dict:
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), device="cuda")
+    eng = GraphEngine(**kw)
+    try:
+        eng.prepare(model, ids, new_tokens)
+        res = [eng.generate(model, ids, new_tokens) for _ in range(2)]
+        ms = min(1000 * r.decode_s / (new_tokens - 1) for r in res)
+        return {"batch": batch, **{k: str(v) for k, v in kw.items()}, "ms_per_step": round(ms, 3),
+                "tok_s": round(batch * 1000 / ms, 1), "distinct": res[-1].distinct_experts}
+    except Exception as exc:
+        return {"batch": batch, **{k: str(v) for k, v in kw.items()}, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    finally:
+        eng.release()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--prompt-len", type=int, default=256)
+    ap.add_argument("--skip-ablation", action="store_true")
+    ap.add_argument("--moe-sweep", action="store_true", help="also time other MoE kernel tile configs")
+    args = ap.parse_args()
+    t0 = time.time()
+    loaded = load_model("synthetic:gpt-oss-20b", device="cuda", dtype=torch.bfloat16, seed=0)
+    model = loaded.model
+    set_top_k(model, 4)
+    report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "build_s": time.time() - t0}
+    report["logits"] = check_logits(model, args.prompt_len)
+    print(json.dumps(report["logits"]), flush=True)
+    for b in (1, 32):
+        try:
+            report[f"profile_b{b}"] = profile_step(model, b, args.prompt_len)
+            print(json.dumps(report[f"profile_b{b}"]), flush=True)
+        except Exception as exc:
+            report[f"profile_b{b}"] = {"error": f"{type(exc).__name__}: {exc}"}
+    if not args.skip_ablation:
+        abl = []
+        for b in (1, 32):
+            for kw in ({}, {"kernels": "torch"}, {"kernels": "torch", "moe": "grouped_mm"}):
+                abl.append(time_engine(model, b, args.prompt_len, 64, **kw))
+                print(json.dumps(abl[-1]), flush=True)
+        cfgs = {
+            "gate_up": [(128, 64, 4, 4), (32, 128, 4, 4)],
+            "down": [(64, 128, 4, 4), (16, 256, 4, 3)],
+        }
+        base = dict(graph_kernels.MOE_CONFIG)
+        for i in range(2 if args.moe_sweep else 0):
+            graph_kernels.MOE_CONFIG.update({"gate_up": cfgs["gate_up"][i], "down": cfgs["down"][i]})
+            for b in (1, 32):
+                r = time_engine(model, b, args.prompt_len, 64)
+                r["moe_config"] = dict(graph_kernels.MOE_CONFIG)
+                abl.append(r)
+                print(json.dumps(r), flush=True)
+        graph_kernels.MOE_CONFIG.update(base)
+        report["ablation"] = abl
+    report["total_s"] = time.time() - t0
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "check.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps({"ok": report["logits"]["ok"], "total_s": report["total_s"]}))
+    return 0 if report["logits"]["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
