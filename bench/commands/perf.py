@@ -261,3 +261,20 @@ def _write_error(out: Path | None, row: PerfRow, run_name: str, args: argparse.N
     with out.open("a") as f:
         f.write(json.dumps(line, sort_keys=True) + "\n")
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.commands.perf ...`: the same command without the CLI front door (which imports the
+    DuckDB store; the GPU machine has no duckdb)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.commands.perf")
+    register(parser.add_subparsers())
+    args = parser.parse_args(["perf", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args))
+    except BadInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
