@@ -28,3 +28,11 @@ def resolve_db_path(cli_value: str | os.PathLike[str] | None = None) -> Path:
 def logs_dir_for(db_path: Path) -> Path:
     """Sweep logs and lock files live beside the database they belong to."""
     return db_path.parent / (db_path.stem + ".logs")
+
+
+def device_locks_dir() -> Path:
+    """Device locks are per machine, not per database: `$MOE_BENCH_LOCK_DIR`, else ~/.cache/moe-bench/locks."""
+    env = os.environ.get("MOE_BENCH_LOCK_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "moe-bench" / "locks"

@@ -19,7 +19,7 @@ from typing import Any
 from bench import store
 from bench.errors import BadInputError, BenchError, SweepBusyError
 from bench.locks import HeldLock, lock_owner, try_lock
-from bench.paths import logs_dir_for
+from bench.paths import device_locks_dir, logs_dir_for
 from bench.progress import ProgressBar
 from bench.records import PointRecord, RunRecord, SweepRecord, utcnow
 from bench.spec import SweepSpec, VariantSpec, spec_from_dict
@@ -134,9 +134,10 @@ class SweepRunner:
             preflight(spec)
         sweep_id = sweep_id or new_id("s")
         logs = logs_dir_for(self.db)
-        dev_lock = try_lock(logs / f"device-{device_key(device)}.lock", f"{sweep_id} pid {os.getpid()}")
+        dev_lock_path = device_locks_dir() / f"device-{device_key(device)}.lock"
+        dev_lock = try_lock(dev_lock_path, f"{sweep_id} pid {os.getpid()} db {self.db}")
         if dev_lock is None:
-            owner = lock_owner(logs / f"device-{device_key(device)}.lock") or "another sweep"
+            owner = lock_owner(dev_lock_path) or "another sweep"
             raise SweepBusyError(
                 f"device {device_key(device)} is busy with sweep {owner}; wait for it to finish or cancel it "
                 "(python -m bench ls shows it)"

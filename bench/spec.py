@@ -116,7 +116,7 @@ def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
     if unknown:
         raise _fail(
             f"{where}.{unknown[0]}" if where else unknown[0],
-            f"unknown key; allowed keys are {', '.join(sorted(allowed))}",
+            f"unknown key; allowed keys are {', '.join(sorted(k for k in allowed if not k.startswith('_')))}",
         )
 
 
@@ -136,8 +136,13 @@ def _str(value: Any, where: str, choices: tuple[str, ...] | None = None) -> str:
     return value
 
 
-def resolve_data_path(value: str, base_dir: Path | None, where: str) -> str:
-    """Resolve a keep-file path: absolute, else relative to the spec's folder, else to data/keep/."""
+def resolve_data_path(value: str, base_dir: Path | None, where: str, restrict: bool = False) -> str:
+    """Resolve a keep-file path: absolute, else relative to the spec's folder, data/keep/, data/ or the project.
+
+    With `restrict` (paths written inside a spec file), the file must lie inside the project's data/ folder or
+    the spec's own folder: a spec from elsewhere cannot make the bench read arbitrary files. Paths given
+    explicitly on the command line are not restricted.
+    """
     candidates = []
     p = Path(value).expanduser()
     if p.is_absolute():
@@ -148,19 +153,28 @@ def resolve_data_path(value: str, base_dir: Path | None, where: str) -> str:
         candidates += [DATA_DIR / "keep" / p, DATA_DIR / p, PROJECT_ROOT / p]
     for c in candidates:
         if c.is_file():
-            return str(c.resolve())
+            resolved = c.resolve()
+            roots = [DATA_DIR.resolve()] + ([base_dir.resolve()] if base_dir is not None else [])
+            if restrict and not any(resolved.is_relative_to(r) for r in roots):
+                raise _fail(
+                    where,
+                    f"{value!r} resolves to {resolved}, outside data/ and the spec's folder; a spec may only name "
+                    "files there. Copy the keep file into data/keep/ or pass it with --variant keep=PATH",
+                )
+            return str(resolved)
     tried = ", ".join(str(c) for c in candidates)
     raise _fail(where, f"keep file {value!r} not found (looked in: {tried}); create it or fix the path")
 
 
-def _prune(raw: Any, where: str, base_dir: Path | None) -> PruneSpec:
+def _prune(raw: Any, where: str, base_dir: Path | None, restrict: bool) -> PruneSpec:
     if not isinstance(raw, dict):
         raise _fail(where, f"must be a table such as {{experts = 16, method = \"first\"}}, got {raw!r}")
     _check_keys(raw, _PRUNE_KEYS, where)
     if "keep" in raw:
         if set(raw) != {"keep"}:
             raise _fail(where, "`keep` stands alone: {keep = \"file.json\"}")
-        return PruneSpec(keep=resolve_data_path(_str(raw["keep"], f"{where}.keep"), base_dir, f"{where}.keep"))
+        keep = resolve_data_path(_str(raw["keep"], f"{where}.keep"), base_dir, f"{where}.keep", restrict)
+        return PruneSpec(keep=keep)
     if "union" in raw:
         if set(raw) != {"union", "experts"}:
             raise _fail(where, "a union prune is {union = [\"a.json\", \"b.json\"], experts = N}")
@@ -168,7 +182,7 @@ def _prune(raw: Any, where: str, base_dir: Path | None) -> PruneSpec:
         if not isinstance(files, list) or not files:
             raise _fail(f"{where}.union", "must be a non-empty list of keep files")
         resolved = [
-            resolve_data_path(_str(f, f"{where}.union[{i}]"), base_dir, f"{where}.union[{i}]")
+            resolve_data_path(_str(f, f"{where}.union[{i}]"), base_dir, f"{where}.union[{i}]", restrict)
             for i, f in enumerate(files)
         ]
         return PruneSpec(union=resolved, experts=_int(raw["experts"], f"{where}.experts", 1))
@@ -181,8 +195,14 @@ def _prune(raw: Any, where: str, base_dir: Path | None) -> PruneSpec:
     )
 
 
-def spec_from_dict(raw: dict[str, Any], base_dir: Path | None = None, source_path: str | None = None) -> SweepSpec:
-    """Validate a parsed spec. Raises BadInputError naming the field (e.g. `variants[2].top_k`)."""
+def spec_from_dict(
+    raw: dict[str, Any], base_dir: Path | None = None, source_path: str | None = None, restrict_paths: bool = False
+) -> SweepSpec:
+    """Validate a parsed spec. Raises BadInputError naming the field (e.g. `variants[2].top_k`).
+
+    restrict_paths: the dict came from a spec file, so its keep files must lie in data/ or the spec's folder
+    (a variant marked `_explicit` came from a command-line flag and is not restricted).
+    """
     if not isinstance(raw, dict):
         raise _fail("spec", "must be a table")
     _check_keys(raw, _TOP_KEYS, "")
@@ -224,7 +244,7 @@ def spec_from_dict(raw: dict[str, Any], base_dir: Path | None = None, source_pat
         where = f"variants[{i}]"
         if not isinstance(v, dict):
             raise _fail(where, "must be a table with name, model and top_k")
-        _check_keys(v, _VARIANT_KEYS, where)
+        _check_keys(v, _VARIANT_KEYS | {"_explicit"}, where)
         for req in ("name", "model", "top_k"):
             if req not in v:
                 raise _fail(f"{where}.{req}", "is required")
@@ -232,7 +252,8 @@ def spec_from_dict(raw: dict[str, Any], base_dir: Path | None = None, source_pat
         if name in seen:
             raise _fail(f"{where}.name", f"duplicate variant name {name!r}; variant names must be unique")
         seen.add(name)
-        prune = _prune(v["prune"], f"{where}.prune", base_dir) if "prune" in v else None
+        restrict = restrict_paths and not v.get("_explicit")
+        prune = _prune(v["prune"], f"{where}.prune", base_dir, restrict) if "prune" in v else None
         top_k = _int(v["top_k"], f"{where}.top_k", 1)
         if prune is not None and prune.experts is not None and top_k > prune.experts:
             raise _fail(
@@ -253,4 +274,4 @@ def load_spec(path: str | Path) -> SweepSpec:
         raw = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(f"spec file {p} is not valid TOML: {exc}") from exc
-    return spec_from_dict(raw, base_dir=p.parent.resolve(), source_path=str(p))
+    return spec_from_dict(raw, base_dir=p.parent.resolve(), source_path=str(p), restrict_paths=True)

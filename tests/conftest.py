@@ -65,3 +65,9 @@ def tiny_input_ids():
 def tiny_keep_files() -> tuple[Path, Path]:
     """The two committed tiny-moe calibration-domain keep files (3 experts per layer each)."""
     return KEEP_DIR / "tiny-moe-domain-a.json", KEEP_DIR / "tiny-moe-domain-b.json"
+
+
+@pytest.fixture(autouse=True)
+def _private_device_locks(tmp_path_factory, monkeypatch):
+    """Each test gets its own device-lock folder, so tests never see a real sweep's (or each other's) locks."""
+    monkeypatch.setenv("MOE_BENCH_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))

@@ -137,3 +137,29 @@ def test_cli_flags_build_a_spec(tmp_path):
     spec = build_spec(args)
     assert spec.sweep.batch_sizes == [1, 2] and spec.sweep.repeats == 1
     assert spec.variants[0].prune.experts == 4 and spec.variants[0].prune.method == "first"
+
+
+def test_spec_file_may_not_name_files_outside_data(tmp_path, capsys):
+    outside = tmp_path / "elsewhere" / "keep.json"
+    outside.parent.mkdir()
+    outside.write_text('{"layers": [[0, 1, 2, 3], [0, 1, 2, 3]]}')
+    spec_dir = tmp_path / "specs"
+    spec_dir.mkdir()
+    spec = spec_dir / "s.toml"
+    spec.write_text(SPEC_TOML.format(batches="[1]", model="synthetic:tiny-moe", top_k=2)
+                    + f'prune = {{ keep = "{outside}" }}\n')
+    db = tmp_path / "b.duckdb"
+    assert main(["sweep", "--spec", str(spec), "--db", str(db)]) == 2
+    assert "outside data/" in capsys.readouterr().err
+    assert not db.exists()
+    # the same file named explicitly on the command line is the user's choice, and validates
+    from bench.commands.sweep import parse_variant
+
+    raw = dict(GOOD, variants=[parse_variant(f"name=a,model=synthetic:tiny-moe,top_k=2,keep={outside}")])
+    assert spec_from_dict(raw, restrict_paths=True).variants[0].prune.keep == str(outside.resolve())
+    # and a keep file in the spec's own folder is allowed
+    (spec_dir / "mine.json").write_text(outside.read_text())
+    ok = spec_dir / "ok.toml"
+    ok.write_text(SPEC_TOML.format(batches="[1]", model="synthetic:tiny-moe", top_k=2)
+                  + 'prune = { keep = "mine.json" }\n')
+    assert load_spec(ok).variants[0].prune.keep == str((spec_dir / "mine.json").resolve())

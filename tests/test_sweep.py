@@ -15,7 +15,7 @@ import pytest
 
 from bench.cli import main
 from bench.locks import try_lock
-from bench.paths import PROJECT_ROOT, logs_dir_for
+from bench.paths import PROJECT_ROOT, device_locks_dir
 
 pytestmark = pytest.mark.slow
 
@@ -124,7 +124,7 @@ def test_worker_death_gives_error_rows_and_other_variants_finish(tmp_path, capsy
 
 def test_second_sweep_on_a_busy_device_is_refused(tmp_path, capsys):
     db = tmp_path / "bench.duckdb"
-    held = try_lock(logs_dir_for(db) / "device-cpu.lock", "s-running-elsewhere pid 1")
+    held = try_lock(device_locks_dir() / "device-cpu.lock", "s-running-elsewhere pid 1")
     try:
         spec = write_spec(tmp_path, BASE)
         assert main(["sweep", "--spec", str(spec), "--db", str(db)]) == 2

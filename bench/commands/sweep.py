@@ -78,6 +78,7 @@ def parse_variant(text: str) -> dict[str, Any]:
             raise BadInputError(f"--variant: unknown key {key!r}; use name, model, top_k, experts, method, keep, union")
     if prune:
         variant["prune"] = prune
+    variant["_explicit"] = True  # paths given on the command line are the user's own choice
     return variant
 
 
@@ -110,7 +111,7 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
             raw["sweep"][name] = parse_batch_sizes(value) if name == "batch_sizes" else value
     if args.variant:
         raw["variants"] = list(raw.get("variants") or []) + [parse_variant(v) for v in args.variant]
-    return spec_from_dict(raw, base_dir=base_dir, source_path=args.spec)
+    return spec_from_dict(raw, base_dir=base_dir, source_path=args.spec, restrict_paths=bool(args.spec))
 
 
 def run(args: argparse.Namespace) -> int:
