@@ -11,10 +11,12 @@ import csv
 import io
 import json
 from dataclasses import fields
+from datetime import datetime
 from typing import Any
 
 from bench.records import EnvFingerprint, PointRecord, RunRecord
-from bench.report.jsonl import HEADLINE_KEYS, POINT_KEYS, iter_lines
+from bench.report.common import iso, order_runs, sort_points
+from bench.report.jsonl import HEADLINE_KEYS, POINT_KEYS, point_line
 
 
 def csv_columns() -> list[str]:
@@ -51,12 +53,32 @@ def _cell(value: Any) -> str:
 
 
 def render_csv(runs: list[RunRecord], points: list[PointRecord]) -> str:
-    """The CSV text (header + one row per point). A pure function of its arguments."""
-    cols = csv_columns()
+    """The CSV text (header + one row per point). A pure function of its arguments.
+
+    Same rows as flattening `bench.report.jsonl.point_line`; the run's cells are computed once per run.
+    """
+    runs = order_runs(runs)
+    by_id = {r.run_id: r for r in runs}
+    run_cells: dict[str, list[str]] = {}
+    for run in runs:
+        line = point_line(run, PointRecord(run_id=run.run_id, batch=0, repeat=0, status=""))
+        flat = _flatten(line)
+        run_cells[run.run_id] = [_cell(flat.get(c)) for c in _run_columns()]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(cols)
-    for line in iter_lines(runs, points):
-        flat = _flatten(line)
-        writer.writerow([_cell(flat.get(c)) for c in cols])
+    writer.writerow(csv_columns())
+    for point in sort_points([p for p in points if p.run_id in by_id], runs):
+        run = by_id[point.run_id]
+        head = [run.name, run.model, run.top_k, run.experts, run.engine, run.env.device_name]
+        cells = [_cell(v) for v in head] + [_cell(_point_value(point, k)) for k in POINT_KEYS]
+        writer.writerow(cells + run_cells[point.run_id])
     return buf.getvalue()
+
+
+def _run_columns() -> list[str]:
+    return csv_columns()[len(HEADLINE_KEYS) + len(POINT_KEYS) :]
+
+
+def _point_value(point: PointRecord, key: str) -> Any:
+    value = getattr(point, key)
+    return iso(value) if isinstance(value, datetime) else value

@@ -45,9 +45,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def point_line(run: RunRecord, point: PointRecord) -> dict[str, Any]:
-    """The JSONL object of one point (before json.dumps)."""
-    line: dict[str, Any] = {
+def _headline(run: RunRecord) -> dict[str, Any]:
+    return {
         "run": run.name,
         "model": run.model,
         "top_k": run.top_k,
@@ -55,8 +54,19 @@ def point_line(run: RunRecord, point: PointRecord) -> dict[str, Any]:
         "engine": run.engine,
         "device_name": run.env.device_name,
     }
+
+
+def _point_part(headline: dict[str, Any], point: PointRecord) -> dict[str, Any]:
+    line = dict(headline)
     for key in POINT_KEYS:
-        line[key] = _plain(getattr(point, key))
+        value = getattr(point, key)
+        line[key] = iso(value) if isinstance(value, datetime) else value
+    return line
+
+
+def point_line(run: RunRecord, point: PointRecord) -> dict[str, Any]:
+    """The JSONL object of one point (before json.dumps)."""
+    line = _point_part(_headline(run), point)
     line["run_meta"] = _plain(asdict(run))
     return line
 
@@ -69,8 +79,20 @@ def iter_lines(runs: list[RunRecord], points: list[PointRecord]) -> typing.Itera
 
 
 def render_jsonl(runs: list[RunRecord], points: list[PointRecord]) -> str:
-    """One JSON object per point, newline-terminated. A pure function of its arguments."""
-    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in iter_lines(runs, points))
+    """One JSON object per point, newline-terminated. A pure function of its arguments.
+
+    Same bytes as `json.dumps(point_line(run, point), ensure_ascii=False)` per line; the run part is
+    serialized once per run.
+    """
+    runs = order_runs(runs)
+    by_id = {r.run_id: r for r in runs}
+    heads = {r.run_id: _headline(r) for r in runs}
+    metas = {r.run_id: json.dumps(_plain(asdict(r)), ensure_ascii=False) for r in runs}
+    out = []
+    for point in sort_points([p for p in points if p.run_id in by_id], runs):
+        head = json.dumps(_point_part(heads[point.run_id], point), ensure_ascii=False)
+        out.append(f'{head[:-1]}, "run_meta": {metas[point.run_id]}}}\n')
+    return "".join(out)
 
 
 # ---------------------------------------------------------------------------------------------- parse

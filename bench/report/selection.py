@@ -20,7 +20,8 @@ from bench.report.jsonl import render_jsonl
 from bench.report.markdown import default_title, render_markdown
 
 EXPORT_FORMATS: tuple[str, ...] = ("markdown", "csv", "jsonl")
-_POINT_FIELDS = {f.name for f in fields(PointRecord)}
+_POINT_COLUMNS = [f.name for f in fields(PointRecord)]  # points table columns, in PointRecord order
+_POINT_FIELDS = set(_POINT_COLUMNS)
 
 
 @dataclass
