@@ -77,8 +77,9 @@ def load_selection(db_path: Path | str, run_names: list[str] | None = None) -> S
         points: list[PointRecord] = []
         titles: dict[str, str] = {}
         if ids:
-            rows = store.fetch_dicts(con, "SELECT * FROM points WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
-            points = [point_from_row(r) for r in rows]
+            cols = ", ".join(f'"{name}"' for name in _POINT_COLUMNS)
+            sql = f"SELECT {cols} FROM points WHERE run_id IN (SELECT unnest(?::VARCHAR[]))"
+            points = [PointRecord(*row) for row in con.execute(sql, [ids]).fetchall()]
             sweep_ids = sorted({r.sweep_id for r in runs if r.sweep_id})
             if sweep_ids and "sweeps" in tables:
                 marks = ", ".join("?" for _ in sweep_ids)
