@@ -1,6 +1,6 @@
 -- moe-bench DuckDB schema. The one schema file; bump SCHEMA_VERSION below and add a migration in
 -- bench/store.py (MIGRATIONS) whenever a table changes.
--- schema_version: 1
+-- schema_version: 2
 
 CREATE TABLE IF NOT EXISTS schema_meta (
     key   VARCHAR PRIMARY KEY,
@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS runs (
     notes             VARCHAR,
     timing_convention VARCHAR NOT NULL DEFAULT 'decode',
     started_at        TIMESTAMPTZ,
-    finished_at       TIMESTAMPTZ
+    finished_at       TIMESTAMPTZ,
+    engine_options    VARCHAR                  -- v2: JSON of the engine's settings (NULL: engine defaults)
 );
 
 CREATE TABLE IF NOT EXISTS points (
@@ -93,5 +94,6 @@ CREATE TABLE IF NOT EXISTS points (
     mbu                   DOUBLE,
     started_at            TIMESTAMPTZ,
     finished_at           TIMESTAMPTZ,
+    kv_bytes              DOUBLE,              -- v2: KV-cache bytes read per decode step at this batch
     PRIMARY KEY (run_id, batch, "repeat")
 );

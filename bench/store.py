@@ -26,8 +26,15 @@ SCHEMA_FILE = Path(__file__).with_name("schema.sql")
 _VERSION_RE = re.compile(r"^--\s*schema_version:\s*(\d+)\s*$", re.MULTILINE)
 SCHEMA_VERSION = int(_VERSION_RE.search(SCHEMA_FILE.read_text()).group(1))  # type: ignore[union-attr]
 
-# version -> SQL that migrates a database from (version - 1) to version.
-MIGRATIONS: dict[int, str] = {}
+# version -> SQL that migrates a database from (version - 1) to version. Each runs in the transaction that also
+# bumps schema_meta, so a failed migration leaves the file at its old version. New columns go at the end of their
+# table (ADD COLUMN appends), in the same place as in schema.sql, so old and new databases have the same layout.
+MIGRATIONS: dict[int, str] = {
+    2: """
+        ALTER TABLE runs ADD COLUMN engine_options VARCHAR;
+        ALTER TABLE points ADD COLUMN kv_bytes DOUBLE;
+    """,
+}
 
 LOCK_RETRY_SECONDS = 30.0
 
