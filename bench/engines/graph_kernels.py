@@ -273,6 +273,7 @@ def _moe_kernel(
             tl.store(out_ptr + pair[:, None] * stride_o + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
 
 
+SCAN_MAX_TOKENS = 64  # scan mode holds every row of an expert in one M tile (<= T rows): bounded for shared memory
 # (BN, BK, num_warps, num_stages) per GEMM; tuned on the H100 (see docs/PERF.md), overridable for experiments.
 MOE_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
 
@@ -291,7 +292,7 @@ def moe(
 ) -> torch.Tensor:
     """Routed experts for x (T, H) with routing (T, k) -> per (token, slot) outputs (T*k, H), weighted.
 
-    T*k <= 1024 pairs use scan mode (one pass over each routed expert's weights); larger T (prefill) sorts.
+    T <= SCAN_MAX_TOKENS (decode) uses scan mode, one M tile of >= T rows per expert; larger T (prefill) sorts.
     """
     tokens, hidden = x.shape
     k = topi.shape[1]
@@ -299,7 +300,7 @@ def moe(
     inter = n2 // 2
     pairs = tokens * k
     flat = topi.reshape(-1)
-    scan = pairs <= 1024
+    scan = tokens <= SCAN_MAX_TOKENS
     if scan:
         bm = max(16, _p2(tokens))
         rows = offs = flat
