@@ -21,7 +21,8 @@ from bench.spec import PruneSpec
 GIB = 2**30
 
 # Fault injection for tests of failure handling: MOE_BENCH_FAULT="[<variant>@]<batch>:<kind>[,...]" where kind is
-# oom | error | exit | segfault. The fault fires inside the point, on the same path a real failure takes.
+# oom | error | exit | segfault | hang (sleeps 10 minutes: a point that never ends, for kill/cancel tests).
+# The fault fires inside the point, on the same path a real failure takes.
 FAULT_ENV = "MOE_BENCH_FAULT"
 
 
@@ -83,6 +84,10 @@ def _inject(kind: str) -> None:
         import ctypes
 
         ctypes.string_at(0)
+    if kind == "hang":
+        import time
+
+        time.sleep(600)
 
 
 def _is_oom(exc: BaseException) -> bool:
