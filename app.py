@@ -12,12 +12,12 @@ from bench import ui_data
 st.set_page_config(page_title="moe-bench", page_icon="📈", layout="wide")
 
 PAGES = [
-    st.Page("pages/overview.py", title="Overview", icon="🏠", default=True),
-    st.Page("pages/scaling.py", title="Scaling", icon="📈"),
-    st.Page("pages/memory.py", title="Memory", icon="🧠"),
-    st.Page("pages/compare.py", title="Compare", icon="⚖️"),
-    st.Page("pages/runs.py", title="Runs", icon="🚀"),
-    st.Page("pages/export.py", title="Export", icon="📄"),
+    st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
+    st.Page("pages/scaling.py", title="Scaling", icon=":material/show_chart:"),
+    st.Page("pages/memory.py", title="Memory", icon=":material/memory:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/play_circle:"),
+    st.Page("pages/export.py", title="Export", icon=":material/description:"),
 ]
 
 page = st.navigation(PAGES)

@@ -176,9 +176,9 @@ def runs(db: Path | str) -> pd.DataFrame:
 
 
 def run_labels(df: pd.DataFrame) -> pd.Series:
-    """The run name when it is unique in the database, else `name · <first 8 of run_id>`."""
+    """The run name when it is unique in the database, else `name · <last 6 of run_id>` (the random part)."""
     dup = df["name"].duplicated(keep=False)
-    short = df["run_id"].astype(str).str.slice(0, 8)
+    short = df["run_id"].astype(str).str.slice(-6)
     return df["name"].where(~dup, df["name"] + " · " + short)
 
 

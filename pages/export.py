@@ -37,7 +37,7 @@ if not ids:
 
 version = file_version(data.db)
 try:
-    texts = {fmt: _export(str(data.db), version, tuple(ids), fmt) for fmt in ("markdown", "csv", "jsonl")}
+    markdown = _export(str(data.db), version, tuple(ids), "markdown")
 except BenchError as exc:
     st.error(str(exc))
     st.stop()
@@ -45,15 +45,22 @@ except BenchError as exc:
 cli = "python -m bench export --format markdown " + " ".join(f"--run {r}" for r in ids) + " --out report.md"
 st.caption(f"Same bytes as `{cli}` (with `--db {data.db}` or `BENCH_DB`).")
 c = st.columns(3)
-c[0].download_button("Download markdown", texts["markdown"].encode("utf-8"), file_name="moe-bench-report.md",
+c[0].download_button("Download markdown", markdown.encode("utf-8"), file_name="moe-bench-report.md",
                      mime="text/markdown", key="dl_markdown", type="primary")
-c[1].download_button("Download CSV", texts["csv"].encode("utf-8"), file_name="moe-bench-points.csv",
+
+
+def _bytes(fmt: str) -> bytes:
+    """CSV and JSONL are built only when their button is clicked (the slow ones on large selections)."""
+    return _export(str(data.db), version, tuple(ids), fmt).encode("utf-8")
+
+
+c[1].download_button("Download CSV", lambda: _bytes("csv"), file_name="moe-bench-points.csv",
                      mime="text/csv", key="dl_csv")
-c[2].download_button("Download JSONL", texts["jsonl"].encode("utf-8"), file_name="moe-bench-runs.jsonl",
+c[2].download_button("Download JSONL", lambda: _bytes("jsonl"), file_name="moe-bench-runs.jsonl",
                      mime="application/x-ndjson", key="dl_jsonl")
 
 tab_src, tab_preview = st.tabs(["Markdown (copy with the button at the top right)", "Preview"])
 with tab_src:
-    st.code(texts["markdown"], language="markdown")
+    st.code(markdown, language="markdown")
 with tab_preview:
-    st.markdown(texts["markdown"])
+    st.markdown(markdown)

@@ -15,7 +15,7 @@ if data is None:
     st.stop()
 
 ov = ui_data.overview()
-c = st.columns(5)
+c = st.columns([1, 1, 1, 1, 2.4])
 c[0].metric("Sweeps", ov["sweeps"])
 c[1].metric("Runs", ov["runs"])
 c[2].metric("Points", f"{ov['points']:,}")

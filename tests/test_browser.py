@@ -130,13 +130,13 @@ def test_dashboard_in_chromium(server: tuple[str, Path], tmp_path: Path) -> None
     url, db = server
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=_chromium_or_skip(), headless=True,
+        # a fresh profile: playwright passes it to chromium as --user-data-dir
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=_chromium_or_skip(), headless=True,
             args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run",
-                  f"--user-data-dir={tmp_path / 'chromium-profile'}"])
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            viewport={"width": 1280, "height": 860}, accept_downloads=True)
         try:
-            ctx = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True)
             page = ctx.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
@@ -178,6 +178,7 @@ def test_dashboard_in_chromium(server: tuple[str, Path], tmp_path: Path) -> None
             _wait_done(page, db, rerun.sweep_id)
             again = [r for r in queries.runs(db).to_dict("records") if r["sweep_id"] == rerun.sweep_id]
             assert len(again) == 1 and again[0]["rerun_of"] in {r["run_id"] for r in sweep_runs}
+            page.get_by_role("heading", name="Runs").first.scroll_into_view_if_needed()
             page.screenshot(path=str(SHOTS / "runs.png"))
             assert (SHOTS / "runs.png").stat().st_size < MAX_PNG
 
@@ -185,14 +186,16 @@ def test_dashboard_in_chromium(server: tuple[str, Path], tmp_path: Path) -> None
             page.goto(f"{url}/export")
             _wait_idle(page)
             page.get_by_role("button", name="Download markdown").wait_for()
-            with page.expect_download() as dl:
-                page.get_by_role("button", name="Download markdown").click()
-            downloaded = Path(dl.value.path()).read_bytes()
             ids = queries.default_runs(queries.runs(db))
-            cli = subprocess.run([sys.executable, "-m", "bench", "export", "--db", str(db), "--format", "markdown",
-                                  "--run", *ids], cwd=PROJECT_ROOT, capture_output=True, check=True).stdout
-            assert downloaded == cli
-            assert b"| half_topk1 |" in downloaded
+            for fmt, button in (("markdown", "Download markdown"), ("csv", "Download CSV"),
+                                ("jsonl", "Download JSONL")):
+                with page.expect_download() as dl:
+                    page.get_by_role("button", name=button).click()
+                downloaded = Path(dl.value.path()).read_bytes()
+                cli = subprocess.run([sys.executable, "-m", "bench", "export", "--db", str(db), "--format", fmt,
+                                      "--run", *ids], cwd=PROJECT_ROOT, capture_output=True, check=True).stdout
+                assert downloaded == cli, fmt
+                assert b"half_topk1" in downloaded, fmt
             assert not errors, errors
         finally:
-            browser.close()
+            ctx.close()
