@@ -43,6 +43,23 @@ def _chromium_or_skip() -> str:
     pytest.skip("chromium not installed (apt-get install -y chromium)")
 
 
+def _default_data(db: Path) -> None:
+    """What `make run` shows (the reference report and data/results/*.jsonl); the fixture if those don't import."""
+    from bench.errors import BenchError
+    from bench.paths import REPORTS_DIR, RESULTS_DIR
+    from bench.report import import_files
+
+    files = sorted(REPORTS_DIR.glob("*.md")) + sorted(RESULTS_DIR.glob("*.jsonl"))
+    try:
+        import_files(db, files)
+        return
+    except BenchError as exc:
+        print(f"default data did not import ({exc}); using the fixture database")
+    for p in (db, Path(str(db) + ".wal")):
+        p.unlink(missing_ok=True)
+    build_fixture(db)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,7 +72,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     if not (PROJECT_ROOT / "bench" / "runner.py").exists():
         pytest.skip("bench/runner.py not built yet")
     db = tmp_path / "bench.duckdb"
-    build_fixture(db)
+    _default_data(db)
     port = _free_port()
     log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115  (closed in the teardown below)
     proc = subprocess.Popen(
