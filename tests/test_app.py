@@ -233,3 +233,41 @@ def test_newer_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for page in PAGES:
         at = open_page(db, page, monkeypatch)
         assert at.error and "newer" in at.error[0].value, page
+
+
+def test_new_sweep_form_rejects_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "bench.duckdb"
+    at = open_page(db, "pages/runs.py", monkeypatch)
+    at.radio(key="new_mode").set_value("Fill in the fields").run()
+    box = next(t for t in at.text_input if t.label == "Batch sizes")
+    box.set_value("1, two")
+    next(b for b in at.button if b.label == "Launch sweep").click().run()
+    assert at.error and "Batch sizes" in at.error[0].value
+    box = next(t for t in at.text_input if t.label == "Batch sizes")
+    box.set_value("")
+    next(b for b in at.button if b.label == "Launch sweep").click().run()
+    assert at.error and "sweep.batch_sizes" in at.error[0].value
+    assert "last_launch" not in at.session_state
+    assert not (tmp_path / "bench.logs").exists()  # nothing was launched
+
+
+def test_spec_to_toml_round_trips_every_prune_form(tmp_path: Path) -> None:
+    import tomllib
+
+    from bench.paths import KEEP_DIR
+    from bench.spec import spec_from_dict
+    from bench.ui_launch import spec_to_toml
+
+    keeps = sorted(p.name for p in KEEP_DIR.glob("*.json"))[:2]
+    if len(keeps) < 2:
+        pytest.skip("needs two keep files in data/keep/")
+    raw = {"title": 'quotes " and \\ back', "sweep": {"prompt_len": 8, "new_tokens": 4, "batch_sizes": [1, 3]},
+           "variants": [{"name": "a", "model": "synthetic:tiny-moe", "top_k": 2},
+                        {"name": "b", "model": "synthetic:tiny-moe", "top_k": 1,
+                         "prune": {"experts": 4, "method": "random"}},
+                        {"name": "c", "model": "synthetic:tiny-moe", "top_k": 1, "prune": {"keep": keeps[0]}},
+                        {"name": "d", "model": "synthetic:tiny-moe", "top_k": 1,
+                         "prune": {"union": keeps, "experts": 4}}]}
+    spec = spec_from_dict(raw)
+    again = spec_from_dict(tomllib.loads(spec_to_toml(spec)))
+    assert again.to_dict() == spec.to_dict()
