@@ -87,6 +87,7 @@ def memory_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str) ->
                            "<br>weights %{customdata[1]:.2f} GiB (%{customdata[0]:.0%} of peak alloc)<extra></extra>"),
         ))
     _log2_axis(fig, summary.loc[summary[metric].notna(), "batch"].tolist())
+    fig.update_yaxes(rangemode="tozero")
     return _layout(fig, f"{label_of} (GiB)")
 
 
@@ -102,6 +103,7 @@ def saved_figure(saved: pd.DataFrame, colors: dict[str, str], names: dict[str, s
                            "<br>base %{customdata[1]:.2f} → %{customdata[2]:.2f} GiB<extra></extra>"),
         ))
     fig.update_layout(barmode="group", xaxis_title="batch size")
+    fig.update_xaxes(type="category")
     return _layout(fig, "memory saved (GiB)", height=360)
 
 
@@ -140,4 +142,5 @@ def delta_figure(deltas: pd.DataFrame, colors: dict[str, str], names: dict[str, 
         ))
     fig.add_hline(y=0, line_color="#888", line_width=1)
     fig.update_layout(barmode="group", xaxis_title="batch size")
+    fig.update_xaxes(type="category")
     return _layout(fig, "% change vs base", height=360)

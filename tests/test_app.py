@@ -138,6 +138,7 @@ def test_compare_deltas_noise_and_env_warning(fixture_db: Path, monkeypatch: pyt
     bars = figure(at)["data"][0]
     assert bars["y"] == pytest.approx([49.0196, 0.5, 52.5], rel=1e-4)
     assert bars["marker"]["pattern"]["shape"] == ["", "/", ""]
+    assert bars["x"] == ["1", "2", "4"] and figure(at)["layout"]["xaxis"]["type"] == "category"
     at.multiselect(key="cmp_cands").set_value(["run-pruned16", "run-a100-k2"]).run()
     assert not at.exception
     text = " ".join(w.value for w in at.warning)
