@@ -7,7 +7,10 @@ Readers (the dashboard) go through `bench.queries`, which uses `connect(..., rea
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
 import random
 import re
 import time
@@ -20,6 +23,7 @@ from typing import Any
 import duckdb
 
 from bench.errors import StoreError
+from bench.paths import device_locks_dir
 from bench.records import EnvFingerprint, PointRecord, RunRecord, SweepRecord, utcnow
 
 SCHEMA_FILE = Path(__file__).with_name("schema.sql")
@@ -58,10 +62,67 @@ def _is_lock_error(exc: BaseException) -> bool:
     return "Could not set lock" in text or "Conflicting lock" in text or "lock on file" in text
 
 
+class _Gate:
+    """Writer priority across processes. DuckDB lets one read-write or many read-only processes hold the file, and
+    readers that reopen it in a loop (several dashboard tabs during a sweep) can starve a writer for tens of
+    seconds. A writer holds an exclusive flock on a gate file beside the database while it waits for the file;
+    readers pass the gate (a momentary shared flock) before each open, so they queue behind a waiting writer.
+    Readers never create the gate file; flock is released by the kernel if a process dies. The gate is keyed by the
+    database's resolved path and lives in the machine's lock folder (bench.paths.device_locks_dir)."""
+
+    def __init__(self, db: Path) -> None:
+        # in the machine's lock folder (DuckDB's file lock is per machine too), so nothing is left beside the file
+        key = hashlib.sha1(str(db.resolve()).encode()).hexdigest()[:16]
+        self.path = device_locks_dir() / f"db-{key}.gate"
+        self.fd: int | None = None
+
+    def _open(self, create: bool) -> bool:
+        if create:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:  # a read-only folder: no gate, plain retry
+                return False
+        else:
+            try:
+                self.fd = os.open(self.path, os.O_RDONLY)
+            except OSError:
+                return False
+        return True
+
+    def _take(self, mode: int, deadline: float) -> bool:
+        while True:
+            try:
+                fcntl.flock(self.fd, mode | fcntl.LOCK_NB)  # type: ignore[arg-type]
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.005)
+
+    def hold_exclusive(self, deadline: float) -> None:
+        """Writer: hold the gate until release() (best effort: a gate that cannot be taken is skipped)."""
+        if self._open(create=True) and not self._take(fcntl.LOCK_EX, deadline):
+            self.release()
+
+    def pass_shared(self, deadline: float) -> bool:
+        """Reader: wait while a writer holds the gate, then let go at once. False when there is no gate file."""
+        if not self._open(create=False):
+            return False
+        self._take(fcntl.LOCK_SH, deadline)
+        self.release()
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the only descriptor drops its flock
+            self.fd = None
+
+
 def connect(
-    path: Path | str, read_only: bool = False, timeout_s: float = LOCK_RETRY_SECONDS
+    path: Path | str, read_only: bool = False, timeout_s: float = LOCK_RETRY_SECONDS, _gate: _Gate | None = None
 ) -> duckdb.DuckDBPyConnection:
-    """Open `path`, retrying with jittered backoff while another process holds the lock.
+    """Open `path`, retrying with jittered backoff while another process holds the lock (writers first, see _Gate).
 
     Raises StoreError naming the file when it is not a DuckDB database or stays locked.
     """
@@ -69,14 +130,30 @@ def connect(
     if read_only and not path.exists():
         raise StoreError(f"database {path} does not exist; run `make run` or `python -m bench import` first")
     deadline = time.monotonic() + timeout_s
+    if _gate is not None:  # writer(): the caller holds the gate until it has closed the connection
+        return _connect_retrying(path, read_only, timeout_s, deadline, _gate)
+    gate = _Gate(path)
+    if not read_only:
+        gate.hold_exclusive(deadline)
+    try:
+        return _connect_retrying(path, read_only, timeout_s, deadline, gate)
+    finally:
+        gate.release()
+
+
+def _connect_retrying(
+    path: Path, read_only: bool, timeout_s: float, deadline: float, gate: _Gate
+) -> duckdb.DuckDBPyConnection:
     delay = 0.02
     while True:
+        gated = gate.fd is not None or (read_only and gate.pass_shared(deadline))
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as exc:
             if _is_lock_error(exc) and time.monotonic() < deadline:
                 time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 1.6, 0.5)
+                # behind a gate the wait is short (the writer's transaction or readers already inside): poll quickly
+                delay = min(delay * 1.6, 0.05 if gated else 0.5)
                 continue
             if _is_lock_error(exc):
                 raise StoreError(
@@ -137,18 +214,23 @@ def writer(path: Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short read-write connection with the schema in place; commits on success, always closes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = connect(path, read_only=False)
+    gate = _Gate(path)
+    gate.hold_exclusive(time.monotonic() + LOCK_RETRY_SECONDS)  # readers queue until this write has closed
     try:
-        _ensure_schema(con, path)
-        con.execute("BEGIN TRANSACTION")
+        con = connect(path, read_only=False, _gate=gate)
         try:
-            yield con
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
+            _ensure_schema(con, path)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+        finally:
+            con.close()
     finally:
-        con.close()
+        gate.release()
 
 
 def init_db(path: Path | str) -> None:
