@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.measure.memory import MemoryTracker
     from bench.models.loading import load_model, resolve_device, torch_dtype
     from bench.models.pruning import apply_variant, set_top_k
-    from bench.records import PointRecord, record_to_json, utcnow
+    from bench.records import PointRecord, utcnow
     from bench.roofline import ArchSummary, bytes_per_step, ceiling_tps, mbu, mean_decode_context
     from bench.spec import PruneSpec
 
@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             vocab = int(loaded.config.vocab_size)
             for eng_name in engines:
                 run_name = f"{run_prefix}-{eng_name}-e{n_exp}-k{k}"
+                run_rec = _perf_run(run_name, args, env, n_exp, base, k, eng_name, bandwidth, dtype)
                 for b in batches:
                     ids = torch.randint(0, vocab, (b, args.prompt_len), generator=gen).to(device)
                     engine = get_engine(eng_name)
@@ -190,8 +191,7 @@ def run(args: argparse.Namespace) -> int:
                             row.distinct_experts = res.distinct_experts
                             row.ceiling_tps = ceil
                             row.mem_used_gib = mem.get("mem_used_gib")
-                            _write(out_jsonl, rec, record_to_json, run_name, args, env, n_exp, k, eng_name,
-                                   bandwidth, dtype)
+                            _append(out_jsonl, run_rec, rec)
                     except torch.cuda.OutOfMemoryError as exc:
                         row.status, row.error = "oom", str(exc).splitlines()[0]
                     except Exception as exc:  # one failing point must not lose the others
@@ -208,7 +208,9 @@ def run(args: argparse.Namespace) -> int:
                         row.mbu = mbu(row.total_tps, row.ceiling_tps)
                         row.spread_pct = 100 * (max(times) - min(times)) / med
                     if row.status != "ok":
-                        _write_error(out_jsonl, row, run_name, args, env, bandwidth, dtype)
+                        _append(out_jsonl, run_rec, PointRecord(
+                            run_id=run_name, batch=b, repeat=len(times), status=row.status, error=row.error,
+                            started_at=utcnow(), finished_at=utcnow()))
                     rows.append(row)
                     print(
                         f"  e{n_exp} k{k} {eng_name:5s} b{b:<3d} {row.status:5s} "
@@ -231,36 +233,38 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_fields(run_name: str, args: argparse.Namespace, env: Any, experts: int, k: int, engine: str,
-                bandwidth: float, dtype: Any) -> dict[str, Any]:
-    return {
-        "run": run_name, "model": args.model, "top_k": k, "experts": experts, "engine": engine,
-        "device_name": env.device_name, "dtype": str(dtype).removeprefix("torch."), "prompt_len": args.prompt_len,
-        "new_tokens": args.new_tokens, "bandwidth_gbs": bandwidth / 1e9, "git_commit": env.git_commit,
-        "torch": env.torch, "transformers": env.transformers, "timing_convention": "decode",
-    }
+def _perf_run(run_name: str, args: argparse.Namespace, env: Any, experts: int, base_experts: int, k: int,
+              engine: str, bandwidth: float, dtype: Any) -> Any:
+    """The RunRecord of one (experts, top_k, engine) combination, so the JSONL is the bench's own export format."""
+    from bench.records import RunRecord
+
+    dtype_name = str(dtype).removeprefix("torch.")
+    prune = {"experts": experts, "method": "first"} if experts < base_experts else None
+    variant: dict[str, Any] = {"name": run_name, "model": args.model, "top_k": k}
+    if prune:
+        variant["prune"] = prune
+    sweep = {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+             "batch_sizes": _ints(args.batch_sizes, "--batch-sizes"), "repeats": args.repeats, "engine": engine,
+             "dtype": dtype_name, "device": env.device_kind, "seed": args.seed, "warmup": True}
+    config = {"title": f"perf {run_name}", "sweep": sweep, "variant": variant,
+              "resolved": {"device": env.device_kind, "dtype": dtype_name}}
+    return RunRecord(
+        run_id=run_name, sweep_id=None, name=run_name, model=args.model, top_k=k, engine=engine, dtype=dtype_name,
+        device=env.device_kind, prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats,
+        seed=args.seed, experts=experts, base_experts=base_experts, prune=prune, env=env,
+        bandwidth_gbs=bandwidth / 1e9, config_json=json.dumps(config, sort_keys=True), source="measured",
+        state="done", notes="python -m bench perf",
+    )
 
 
-def _write(out: Path | None, rec: Any, to_json: Any, run_name: str, args: argparse.Namespace, env: Any,
-           experts: int, k: int, engine: str, bandwidth: float, dtype: Any) -> None:
+def _append(out: Path | None, run: Any, point: Any) -> None:
+    """Append one point in the bench's JSONL export format (importable with `python -m bench import`)."""
     if out is None:
         return
-    line = json.loads(to_json(rec))
-    line.update(_run_fields(run_name, args, env, experts, k, engine, bandwidth, dtype))
+    from bench.report.jsonl import render_jsonl
+
     with out.open("a") as f:
-        f.write(json.dumps(line, sort_keys=True) + "\n")
-
-
-def _write_error(out: Path | None, row: PerfRow, run_name: str, args: argparse.Namespace, env: Any,
-                 bandwidth: float, dtype: Any) -> None:
-    if out is None:
-        return
-    line = {"run_id": run_name, "batch": row.batch, "repeat": 0, "status": row.status, "error": row.error,
-            "started_at": datetime.now(UTC).isoformat()}
-    line.update(_run_fields(run_name, args, env, row.experts, row.top_k, row.engine, bandwidth, dtype))
-    with out.open("a") as f:
-        f.write(json.dumps(line, sort_keys=True) + "\n")
-
+        f.write(render_jsonl([run], [point]))
 
 
 def main(argv: list[str] | None = None) -> int:
