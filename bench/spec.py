@@ -265,13 +265,19 @@ def spec_from_dict(
     return SweepSpec(title=title, sweep=settings, variants=variants, source_path=source_path)
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a TOML spec file."""
+def read_spec_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML spec file into a dict (not yet validated); BadInputError names the file."""
     p = Path(path)
     if not p.is_file():
         raise BadInputError(f"spec file {p} not found; see data/specs/ for examples")
     try:
-        raw = tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(f"spec file {p} is not valid TOML: {exc}") from exc
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a TOML spec file."""
+    p = Path(path)
+    raw = read_spec_toml(p)
     return spec_from_dict(raw, base_dir=p.parent.resolve(), source_path=str(p), restrict_paths=True)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from bench.errors import EXIT_OK, EXIT_RUN_FAILED, BadInputError
 from bench.paths import resolve_db_path
-from bench.spec import SweepSpec, spec_from_dict
+from bench.spec import SweepSpec, read_spec_toml, spec_from_dict
 
 SWEEP_FLAGS = ("prompt_len", "new_tokens", "batch_sizes", "repeats", "engine", "dtype", "device", "seed")
 
@@ -94,12 +93,7 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     base_dir = None
     if args.spec:
         path = Path(args.spec)
-        if not path.is_file():
-            raise BadInputError(f"--spec: file {path} not found; see data/specs/ for examples")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise BadInputError(f"spec file {path} is not valid TOML: {exc}") from exc
+        raw = read_spec_toml(path)
         raw.setdefault("sweep", {})
         raw.setdefault("variants", [])
         base_dir = path.parent.resolve()
