@@ -141,6 +141,28 @@ def connect(
         gate.release()
 
 
+def _probed(con: duckdb.DuckDBPyConnection, path: Path) -> duckdb.DuckDBPyConnection:
+    """Read the catalog, one small table and the block count once: a truncated or damaged file often opens fine and
+    fails only at its first query (a raw duckdb error deep inside a command). Failing here gives the StoreError that
+    names the file. Damage in blocks read later (points data) still surfaces as a duckdb error at that read."""
+    try:
+        if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_meta'").fetchone()[0]:
+            con.execute("SELECT value FROM schema_meta WHERE key = 'schema_version'").fetchall()  # data + key index
+        block_size, blocks = con.execute(  # used blocks all lie in the file (free ones at its end may not)
+            "SELECT block_size, used_blocks FROM pragma_database_size() WHERE database_name = current_database()"
+        ).fetchone() or (0, 0)
+        size = path.stat().st_size
+        if size < int(block_size) * int(blocks):  # the metadata names more blocks than the file has room for
+            raise duckdb.IOException(f"file is {size} bytes but uses {blocks} blocks of {block_size} bytes")
+    except (duckdb.Error, OSError) as exc:
+        con.close()
+        raise StoreError(
+            f"database {path} cannot be read ({exc}); it is truncated or corrupt. "
+            "Move it aside and rebuild it with `make run` or `python -m bench import data/results/*.jsonl`"
+        ) from exc
+    return con
+
+
 def _connect_retrying(
     path: Path, read_only: bool, timeout_s: float, deadline: float, gate: _Gate
 ) -> duckdb.DuckDBPyConnection:
@@ -148,7 +170,8 @@ def _connect_retrying(
     while True:
         gated = gate.fd is not None or (read_only and gate.pass_shared(deadline))
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            con = duckdb.connect(str(path), read_only=read_only)
+            return _probed(con, path)
         except duckdb.IOException as exc:
             if _is_lock_error(exc) and time.monotonic() < deadline:
                 time.sleep(delay * (0.5 + random.random()))

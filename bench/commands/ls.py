@@ -39,10 +39,12 @@ def list_sweeps(db) -> list[dict]:
 def list_runs(db) -> list[dict]:
     con = store.connect(db, read_only=True)
     try:
+        store.check_version(db, store.schema_version_of(con))
         return store.fetch_dicts(
             con,
             "SELECT r.run_id AS id, r.sweep_id, r.name, r.model, r.top_k, r.experts, r.engine, r.device_name, "
-            "r.source, r.state, r.rerun_of, count(p.run_id) AS points FROM runs r LEFT JOIN points p USING (run_id) "
+            "r.source, r.state, r.rerun_of, r.started_at, count(p.run_id) AS points "
+            "FROM runs r LEFT JOIN points p USING (run_id) "
             "GROUP BY ALL ORDER BY r.started_at NULLS FIRST, r.name",
         )
     finally:
