@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from bench import queries
-from bench.paths import resolve_db_path
+from bench.paths import PROJECT_ROOT, resolve_db_path
 from bench.queries import DbInfo, Filters
 from bench.ui_colors import color_map
 
@@ -22,6 +22,15 @@ SOURCES = ("all", "measured", "imported")
 
 def db_path() -> Path:
     return resolve_db_path()
+
+
+def shown_path(path: Path) -> str:
+    """The database path as the sidebar shows it: relative to the project inside it, else the file name only
+    (the full path is in the tooltip), so no temp or home folder is spelled out on screen."""
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT_ROOT.resolve()))
+    except ValueError:
+        return Path(path).name
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -78,8 +87,8 @@ def sidebar() -> None:
     """The sidebar every page shares: which database, and the filters."""
     path = db_path()
     sb = st.sidebar
-    sb.caption("Database")
-    sb.code(str(path), language=None)
+    sb.caption("Database", help=f"`{path}`\n\nSet `BENCH_DB` (or `make run DB=...`) to open another file.")
+    sb.code(shown_path(path), language=None, wrap_lines=True)
     db = info()
     if db.error:
         sb.error("The database cannot be read; see the page for details.")
