@@ -120,3 +120,47 @@ def test_triton_moe_sorted_mode_matches_loop():
     got = gk.moe(x, lay.gate_up, lay.gate_up_bias, lay.down, lay.down_bias, i.to(torch.int32), w, lay.alpha,
                  lay.limit)  # 1200 pairs: sorted mode
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_interp
+@pytest.mark.slow
+def test_triton_split_router_matches_torch_topk():
+    """The decode router (split-K partials + per-token top-k) picks torch's top-k and softmax, like the
+    per-token kernel it replaces (which still serves prefill: more than ROUTER_SPLIT_MAX_TOKENS tokens)."""
+    from bench.engines import graph_kernels as gk
+
+    gen = torch.Generator().manual_seed(5)
+    for tokens, experts, hidden, k in ((1, 32, 2880, 4), (3, 8, 200, 2), (40, 16, 96, 4)):
+        x = torch.randn(tokens, hidden, generator=gen)
+        w = torch.randn(experts, hidden, generator=gen) * 0.1
+        b = torch.randn(experts, generator=gen)
+        v, i = torch.topk(torch.nn.functional.linear(x, w, b), k, dim=-1)
+        assert tokens <= gk.ROUTER_SPLIT_MAX_TOKENS
+        got_i, got_w = gk.router(x, w, b, k)
+        assert torch.equal(got_i.long(), i), (tokens, experts, hidden)
+        torch.testing.assert_close(got_w, torch.softmax(v, dim=-1), rtol=1e-5, atol=1e-6)
+
+
+@needs_interp
+@pytest.mark.slow
+def test_triton_moe_compact_grid_matches_full_grid(monkeypatch):
+    """Fewer pairs than experts: one program row per distinct routed expert gives the same outputs and the same
+    distinct-expert count as one row per expert."""
+    from bench.engines import graph_kernels as gk
+
+    gen = torch.Generator().manual_seed(6)
+    experts, hidden, inter = 16, 64, 32
+    gu, gub = torch.randn(experts, hidden, 2 * inter, generator=gen) * 0.1, torch.randn(experts, 2 * inter) * 0.1
+    dn, dnb = torch.randn(experts, inter, hidden, generator=gen) * 0.1, torch.randn(experts, hidden) * 0.1
+    for tokens, k in ((1, 4), (3, 2)):
+        x = torch.randn(tokens, hidden, generator=gen)
+        v, i = torch.topk(torch.randn(tokens, experts, generator=gen), k, dim=-1)
+        w = torch.softmax(v, dim=-1)
+        outs, counts = [], []
+        for compact in (True, False):
+            monkeypatch.setattr(gk, "MOE_COMPACT", compact)
+            cnt = torch.zeros((), dtype=torch.int32)
+            outs.append(gk.moe(x, gu, gub, dn, dnb, i.to(torch.int32), w, 1.702, 7.0, cnt))
+            counts.append(int(cnt))
+        assert torch.equal(outs[0], outs[1])
+        assert counts[0] == counts[1] == i.unique().numel()

@@ -193,6 +193,63 @@ def _router_kernel(
     tl.store(topw_ptr + t * K + kk, p, mask=km)
 
 
+@triton.jit
+def _router_partial_kernel(
+    x_ptr, w_ptr, part_ptr, T, H, E, stride_x, TP: tl.constexpr, EP: tl.constexpr, BH: tl.constexpr,
+):
+    """Split-K router logits: program s computes x[:, chunk s] @ w[:, chunk s]^T for every token and expert."""
+    s = tl.program_id(0)
+    hh = s * BH + tl.arange(0, BH)
+    hm = hh < H
+    t = tl.arange(0, TP)
+    e = tl.arange(0, EP)
+    x = tl.load(x_ptr + t[:, None] * stride_x + hh[None, :], mask=(t < T)[:, None] & hm[None, :], other=0.0)
+    w = tl.load(w_ptr + e[:, None] * H + hh[None, :], mask=(e < E)[:, None] & hm[None, :], other=0.0)
+    # float32 products and sums (exact products of bf16 inputs, as `_router_kernel`); tiny, so no tensor cores needed
+    acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+    tl.store(part_ptr + (s * TP + t[:, None]) * EP + e[None, :], acc)
+
+
+@triton.jit
+def _router_topk_kernel(
+    part_ptr, x_ptr, b_ptr, topi_ptr, topw_ptr, S, E, TP: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+    EP: tl.constexpr, SP: tl.constexpr,
+):
+    """Sums the split-K partials of one token in a fixed order, then bias, top-k and softmax as `_router_kernel`."""
+    t = tl.program_id(0)
+    e = tl.arange(0, EP)
+    em = e < E
+    ss = tl.arange(0, SP)
+    parts = tl.load(part_ptr + (ss[:, None] * TP + t) * EP + e[None, :], mask=(ss < S)[:, None], other=0.0)
+    acc = tl.sum(parts, axis=0)
+    logits = acc + tl.load(b_ptr + e, mask=em, other=0.0).to(tl.float32)
+    logits = logits.to(x_ptr.dtype.element_ty).to(tl.float32)  # the router linear's output dtype (x's), as in HF
+    logits = tl.where(em, logits, float("-inf"))
+    kk = tl.arange(0, KP)
+    vals = tl.full([KP], float("-inf"), dtype=tl.float32)
+    idxs = tl.zeros([KP], dtype=tl.int32)
+    for j in tl.static_range(K):
+        mx = tl.max(logits, axis=0)
+        idx = tl.min(tl.where(logits == mx, e, EP), axis=0)
+        vals = tl.where(kk == j, mx, vals)
+        idxs = tl.where(kk == j, idx, idxs)
+        logits = tl.where(e == idx, float("-inf"), logits)
+    km = kk < K
+    p = tl.exp(vals - tl.max(vals, axis=0))
+    p = tl.where(km, p, 0.0)
+    p = p / tl.sum(p, axis=0)
+    tl.store(topi_ptr + t * K + kk, idxs, mask=km)
+    tl.store(topw_ptr + t * K + kk, p, mask=km)
+
+
+# Decode steps (<= this many tokens) use the split-K router: (H / ROUTER_BH) programs each read one slice of the
+# router weight for all tokens, then one small program per token sums the slices and picks the top-k. The
+# one-program-per-token kernel read the whole weight in one CTA per token (0.75 ms per step at batch 1 on the
+# H100). 0 turns the split path off (ablation).
+ROUTER_SPLIT_MAX_TOKENS = 64
+ROUTER_BH = 64
+
+
 def router(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x (T, H) -> top-k expert ids (T, k) int32 and their softmax weights (T, k) float32."""
     tokens, hidden = x.shape
@@ -200,6 +257,17 @@ def router(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int) ->
     topi = torch.empty((tokens, k), dtype=torch.int32, device=x.device)
     topw = torch.empty((tokens, k), dtype=torch.float32, device=x.device)
     ep = _p2(experts)
+    if tokens <= ROUTER_SPLIT_MAX_TOKENS and x.stride(1) == 1 and weight.is_contiguous():
+        tp, epd, bh = max(16, _p2(tokens)), max(16, ep), ROUTER_BH
+        splits = triton.cdiv(hidden, bh)
+        part = torch.empty((splits, tp, epd), dtype=torch.float32, device=x.device)
+        _router_partial_kernel[(splits,)](
+            x, weight, part, tokens, hidden, experts, x.stride(0), TP=tp, EP=epd, BH=bh, num_warps=4,
+        )
+        _router_topk_kernel[(tokens,)](
+            part, x, bias, topi, topw, splits, experts, TP=tp, K=k, KP=_p2(k), EP=epd, SP=_p2(splits), num_warps=4,
+        )
+        return topi, topw
     _router_kernel[(tokens,)](
         x, weight, bias, topi, topw, hidden, experts, K=k, KP=_p2(k), EP=ep, BH=max(32, 4096 // ep), num_warps=4
     )
@@ -211,9 +279,8 @@ def _moe_kernel(
     x_ptr, w_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
     P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
-    e = tl.program_id(0)
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
     nmask = offs_n < N
@@ -221,7 +288,18 @@ def _moe_kernel(
     if SCAN:
         p = tl.arange(0, PB)
         pe = tl.load(topi_ptr + p, mask=p < P, other=-1)
-        hit = (pe == e).to(tl.int32)
+        if COMPACT:
+            # program i takes the i-th distinct routed expert (ascending id); programs past their count idle
+            slot = tl.program_id(0)
+            ee = tl.arange(0, EPAD)
+            present = tl.max((pe[None, :] == ee[:, None]).to(tl.int32), axis=1)
+            prank = tl.cumsum(present, axis=0) - 1
+            e = tl.sum(tl.where((present > 0) & (prank == slot), ee, 0), axis=0)
+            live = (slot < tl.sum(present, axis=0)).to(tl.int32)
+            hit = (pe == e).to(tl.int32) * live
+        else:
+            e = tl.program_id(0)
+            hit = (pe == e).to(tl.int32)
         cnt = tl.sum(hit, axis=0)
         rank = tl.cumsum(hit, axis=0) - 1
         sel = (rank[None, :] == mm[:, None]) & (hit[None, :] > 0)
@@ -229,6 +307,7 @@ def _moe_kernel(
         start = 0
         end = cnt
     else:
+        e = tl.program_id(0)
         start = tl.load(offs_ptr + e)
         end = tl.load(offs_ptr + e + 1)
     if COUNT:
@@ -273,9 +352,15 @@ def _moe_kernel(
             tl.store(out_ptr + pair[:, None] * stride_o + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
 
 
+# Decode with fewer (token, slot) pairs than experts (batch 1, 2, ...) launches one program row per pair instead of
+# one per expert: program i takes the i-th distinct routed expert, so no CTA is launched for the (E - U) experts
+# nobody routed to. False launches one row per expert (ablation).
+MOE_COMPACT = True
 SCAN_MAX_TOKENS = 64  # scan mode holds every row of an expert in one M tile (<= T rows): bounded for shared memory
 # (BN, BK, num_warps, num_stages) per GEMM; tuned on the H100 (see docs/PERF.md), overridable for experiments.
 MOE_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
+# the same for compact launches (fewer pairs than experts: batch 1, where few CTAs share the whole chip)
+MOE_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
 
 
 def moe(
@@ -301,6 +386,7 @@ def moe(
     pairs = tokens * k
     flat = topi.reshape(-1)
     scan = tokens <= SCAN_MAX_TOKENS
+    compact = scan and MOE_COMPACT and pairs < experts
     if scan:
         bm = max(16, _p2(tokens))
         rows = offs = flat
@@ -319,13 +405,13 @@ def moe(
         ("gate_up", x, gate_up, gate_up_bias, act, n2),
         ("down", act, down, down_bias, out, hidden),
     ):
-        bn, bk, warps, stages = MOE_CONFIG[name]
+        bn, bk, warps, stages = (MOE_CONFIG_FEW if compact else MOE_CONFIG)[name]
         gu = name == "gate_up"
-        _moe_kernel[(experts, triton.cdiv(n, bn))](
+        _moe_kernel[(pairs if compact else experts, triton.cdiv(n, bn))](
             src, w, bias, flat, rows, offs, rw, dst, cnt,
             pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
             alpha, limit,
-            TOPK=k, GATE_UP=gu, SCAN=scan, PB=_p2(pairs), COUNT=count and gu,
+            TOPK=k, GATE_UP=gu, SCAN=scan, PB=_p2(pairs), COUNT=count and gu, COMPACT=compact, EPAD=_p2(experts),
             BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
         )
     return out
