@@ -220,12 +220,32 @@ def apply_filters(runs_df: pd.DataFrame, f: Filters) -> pd.DataFrame:
 
 
 def default_runs(runs_df: pd.DataFrame, limit: int = 12) -> list[str]:
-    """Run ids to plot by default: the latest run of each variant name with points, at most `limit`."""
+    """Run ids to plot by default, at most `limit`: the runs of the latest sweep when it holds two or more runs
+    with points (what a user just measured), else the latest run of each variant name with points."""
     if runs_df.empty:
         return []
-    with_points = runs_df[runs_df["n_ok"] > 0]
-    latest = with_points.drop_duplicates("name", keep="first")  # runs() is ordered newest first
+    with_points = runs_df[runs_df["n_ok"] > 0]  # runs() is ordered newest first
+    sweep_runs = latest_sweep_runs(with_points)
+    if len(sweep_runs) >= 2:
+        return sweep_runs["run_id"].head(limit).tolist()
+    latest = with_points.drop_duplicates("name", keep="first")
     return latest["run_id"].head(limit).tolist()
+
+
+def latest_sweep_runs(runs_df: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the sweep holding the newest dated run (empty when that run belongs to no sweep).
+
+    Works from the runs table alone, so results imported from JSONL (runs that name a sweep the database has no
+    row for) count as a sweep too."""
+    if runs_df.empty:
+        return runs_df
+    dated = runs_df[runs_df["run_date"].notna()]
+    if dated.empty:
+        return runs_df.iloc[:0]
+    newest = dated.loc[pd.to_datetime(dated["run_date"], utc=True).idxmax()]
+    if _isna(newest["sweep_id"]):
+        return runs_df.iloc[:0]
+    return runs_df[runs_df["sweep_id"] == newest["sweep_id"]]
 
 
 # ---------------------------------------------------------------------------------------------- points

@@ -13,6 +13,7 @@ from bench.queries import MEMORY_METRICS
 from bench.ui_colors import color_of
 
 DASHES = ("solid", "dot", "dashdot", "longdash")
+DELTA_TITLES = {"total_pct": "total tok/s", "per_stream_pct": "per-stream tok/s", "mem_pct": "peak memory"}
 
 
 def _list(series: pd.Series) -> list[Any]:
@@ -26,10 +27,20 @@ def _log2_axis(fig: go.Figure, batches: list[int]) -> None:
                      title_text="batch size (log2 scale)")
 
 
-def _layout(fig: go.Figure, y_title: str, height: int = 420) -> go.Figure:
+def _layout(fig: go.Figure, y_title: str, title: str, height: int = 420) -> go.Figure:
+    """Title at the top left, the legend in rows under the x axis, the y axis titled with its unit."""
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), hovermode="closest",
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), yaxis_title=y_title)
+                      title=dict(text=title, x=0, xanchor="left", font=dict(size=15)),
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, title_text=""),
+                      yaxis_title=y_title)
     return fig
+
+
+def _ceiling_key(fig: go.Figure) -> None:
+    """One legend entry explaining the dashed lines (each run's ceiling is in its run's legend group)."""
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="roofline ceiling (dashed, run colour)",
+                             line=dict(color="#555", dash="dash", width=1.5), hoverinfo="skip",
+                             legendgroup="__ceiling"))
 
 
 def scaling_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str = "total_tps",
@@ -62,12 +73,15 @@ def scaling_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str = 
             c = g[g[ceiling_col].notna()]
             fig.add_trace(go.Scatter(
                 x=_list(c["batch"]), y=_list(c[ceiling_col]), name=f"{label} ceiling", mode="lines",
-                legendgroup=str(run_id), showlegend=True, line=dict(color=color, dash="dash", width=1.5),
+                legendgroup=str(run_id), showlegend=False, line=dict(color=color, dash="dash", width=1.5),
                 opacity=0.6, hovertemplate=f"<b>{label}</b> roofline<br>batch %{{x}}<br>ceiling %{{y:.1f}} {unit}"
                                            "<extra></extra>",
             ))
+    if show_ceiling and summary[ceiling_col].notna().any():
+        _ceiling_key(fig)
     _log2_axis(fig, summary.loc[summary[metric].notna(), "batch"].tolist())
-    return _layout(fig, unit)
+    what = "Per-stream tok/s (one sequence)" if per_stream else "Total tok/s (whole batch)"
+    return _layout(fig, unit, f"{what} against batch size", height=500)
 
 
 def memory_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str) -> go.Figure:
@@ -88,7 +102,7 @@ def memory_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str) ->
         ))
     _log2_axis(fig, summary.loc[summary[metric].notna(), "batch"].tolist())
     fig.update_yaxes(rangemode="tozero")
-    return _layout(fig, f"{label_of} (GiB)")
+    return _layout(fig, f"{label_of} (GiB)", f"{label_of.capitalize()} memory against batch size", height=460)
 
 
 def saved_figure(saved: pd.DataFrame, colors: dict[str, str], names: dict[str, str]) -> go.Figure:
@@ -104,26 +118,33 @@ def saved_figure(saved: pd.DataFrame, colors: dict[str, str], names: dict[str, s
         ))
     fig.update_layout(barmode="group", xaxis_title="batch size")
     fig.update_xaxes(type="category")
-    return _layout(fig, "memory saved (GiB)", height=360)
+    metric = str(saved["metric"].iloc[0]) if len(saved) and saved["metric"].nunique() == 1 else "peak memory"
+    return _layout(fig, "memory saved (GiB)", f"Memory saved against the base ({metric}), per batch size",
+                   height=420)
 
 
 def headline_figure(rows: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
-    """Median total tok/s of each run at its largest measured batch, with the roofline ceiling as a marker."""
+    """Median total tok/s of each run at its largest measured batch (one bar per run, in its colour), with the
+    roofline ceiling as a marker."""
     fig = go.Figure()
-    fig.add_trace(go.Bar(
-        x=_list(rows["label"]), y=_list(rows["total_tps"]), name="total tok/s (median)",
-        marker_color=[color_of(colors, n) for n in rows["name"]],
-        customdata=list(zip(_list(rows["batch"]), _list(rows["per_stream_tps"]), _list(rows["mbu"]), strict=True)),
-        hovertemplate=("<b>%{x}</b><br>batch %{customdata[0]}<br>total %{y:.2f} tok/s"
-                       "<br>per stream %{customdata[1]:.2f} tok/s<br>MBU %{customdata[2]:.1%}<extra></extra>"),
-    ))
+    for r in rows.to_dict("records"):
+        fig.add_trace(go.Bar(
+            x=[r["label"]], y=[r["total_tps"]], name=r["label"], marker_color=color_of(colors, r["label"]),
+            customdata=[[r["batch"], r["per_stream_tps"], None if pd.isna(r["mbu"]) else r["mbu"]]],
+            hovertemplate=("<b>%{x}</b><br>batch %{customdata[0]}<br>total %{y:.2f} tok/s"
+                           "<br>per stream %{customdata[1]:.2f} tok/s<br>MBU %{customdata[2]:.1%}<extra></extra>"),
+        ))
     if rows["ceiling_tps"].notna().any():
         fig.add_trace(go.Scatter(
             x=_list(rows["label"]), y=_list(rows["ceiling_tps"]), name="roofline ceiling", mode="markers",
             marker=dict(symbol="line-ew-open", size=28, color="#444", line=dict(width=2)),
             hovertemplate="<b>%{x}</b><br>ceiling %{y:.1f} tok/s<extra></extra>",
         ))
-    return _layout(fig, "total tok/s at the largest batch", height=380)
+    fig.update_layout(barmode="overlay", xaxis_title="run", showlegend=True)
+    fig.update_xaxes(type="category", tickangle=-30)
+    fig.update_layout(showlegend=False)  # the x axis names each bar; hover gives the numbers
+    return _layout(fig, "total tok/s (median)", "Total tok/s at each run's largest measured batch "
+                   "(bars: median, dashes: roofline ceiling)", height=440)
 
 
 def delta_figure(deltas: pd.DataFrame, colors: dict[str, str], names: dict[str, str],
@@ -143,4 +164,6 @@ def delta_figure(deltas: pd.DataFrame, colors: dict[str, str], names: dict[str, 
     fig.add_hline(y=0, line_color="#888", line_width=1)
     fig.update_layout(barmode="group", xaxis_title="batch size")
     fig.update_xaxes(type="category")
-    return _layout(fig, "% change vs base", height=360)
+    what = DELTA_TITLES.get(column, column)
+    return _layout(fig, "% change vs base", f"Change in {what} against the base, per batch size",
+                   height=420)

@@ -18,6 +18,8 @@ from bench.queries import DbInfo, Filters
 from bench.ui_colors import color_map
 
 SOURCES = ("all", "measured", "imported")
+DEFAULT_HELP = ("Default: the runs of the latest sweep (else the latest run of each variant) that pass the "
+                "sidebar filters.")
 
 
 def db_path() -> Path:
@@ -177,7 +179,7 @@ def page_data(need_points: bool = True) -> PageData | None:
 
 
 def run_picker(data: PageData, key: str, label: str = "Runs", limit: int = 12) -> list[str]:
-    """A multiselect of run labels (default: the latest run of each variant); returns run ids."""
+    """A multiselect of run labels (default: see DEFAULT_HELP); returns run ids."""
     runs_df = data.runs[data.runs["n_ok"] > 0]
     labels = dict(zip(runs_df["run_id"], runs_df["label"], strict=True))
     default = [r for r in queries.default_runs(runs_df, limit) if r in labels]
@@ -186,7 +188,7 @@ def run_picker(data: PageData, key: str, label: str = "Runs", limit: int = 12) -
     else:
         st.session_state[key] = default
     return st.multiselect(label, list(labels), format_func=lambda r: labels[r], key=key,
-                          help="Default: the latest run of each variant that passes the filters.")
+                          help=DEFAULT_HELP)
 
 
 def fmt_duration(seconds: object) -> str:
@@ -216,3 +218,58 @@ def sweeps_df() -> pd.DataFrame:
 
 def default_ids(runs_df: pd.DataFrame, limit: int = 12) -> list[str]:
     return queries.default_runs(runs_df, limit)
+
+
+def date_range(first: object, last: object) -> str:
+    """A date range short enough for a metric tile: `2025-01-10`, `2025-01-10 → 01-11`, `2024-12 → 2025-01`."""
+    if first is None or last is None or pd.isna(first) or pd.isna(last):
+        return "—"
+    a, b = pd.Timestamp(first), pd.Timestamp(last)
+    if a.date() == b.date():
+        return f"{a:%Y-%m-%d}"
+    if a.year == b.year:
+        return f"{a:%Y-%m-%d} → {b:%m-%d}"
+    return f"{a:%Y-%m} → {b:%Y-%m}"
+
+
+@dataclass
+class SweepCard:
+    """The latest sweep as the Overview shows it: a registered sweep, or one known only from its imported runs."""
+
+    sweep_id: str
+    title: str
+    state: str
+    points_done: int
+    points_planned: int
+    created_at: object
+    duration_s: object
+    runs: int
+    engines: str
+    cards: str
+
+
+def latest_sweep(runs_all: pd.DataFrame, sweeps: pd.DataFrame) -> SweepCard | None:
+    """The newest sweep: the newest registered one, unless runs of a newer (imported) sweep exist."""
+    from_runs = queries.latest_sweep_runs(runs_all[runs_all["n_points"] > 0]) if not runs_all.empty else runs_all
+    reg = sweeps.iloc[0] if not sweeps.empty else None
+    if len(from_runs):
+        start = pd.to_datetime(from_runs["run_date"], utc=True).min()
+        sid = str(from_runs["sweep_id"].iloc[0])
+        if reg is None or (sid != reg["sweep_id"] and pd.Timestamp(reg["created_at"]).tz_localize(None)
+                           < start.tz_localize(None)):
+            end = pd.to_datetime(from_runs["finished_at"], utc=True).max()
+            return SweepCard(
+                sweep_id=sid, title=f"{len(from_runs)} runs imported from results", state="done",
+                points_done=int(from_runs["n_ok"].sum()), points_planned=int(from_runs["n_points"].sum()),
+                created_at=start, duration_s=(end - start).total_seconds() if pd.notna(end) else None,
+                runs=len(from_runs), engines=", ".join(sorted(from_runs["engine"].dropna().unique())),
+                cards=", ".join(sorted(from_runs["device_name"].dropna().unique())))
+    if reg is None:
+        return None
+    mine = runs_all[runs_all["sweep_id"] == reg["sweep_id"]] if not runs_all.empty else runs_all
+    return SweepCard(
+        sweep_id=str(reg["sweep_id"]), title=str(reg["title"] or reg["sweep_id"]), state=str(reg["shown_state"]),
+        points_done=int(reg["points_done"] or 0), points_planned=int(reg["points_planned"] or 0),
+        created_at=reg["created_at"], duration_s=reg["duration_s"], runs=len(mine),
+        engines=", ".join(sorted(mine["engine"].dropna().unique())) if len(mine) else "",
+        cards=", ".join(sorted(mine["device_name"].dropna().unique())) if len(mine) else "")

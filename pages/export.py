@@ -30,7 +30,7 @@ if "export_runs" in st.session_state:
 else:
     st.session_state["export_runs"] = ui_data.default_ids(data.runs) or list(labels)[:12]
 ids = st.multiselect("Runs to export", list(labels), format_func=lambda r: labels[r], key="export_runs",
-                     help="Default: the latest run of each variant passing the filters.")
+                     help=ui_data.DEFAULT_HELP)
 if not ids:
     st.info("Pick at least one run to export.")
     st.stop()

@@ -15,27 +15,33 @@ if data is None:
     st.stop()
 
 ov = ui_data.overview()
-c = st.columns([1, 1, 1, 1, 2.4])
-c[0].metric("Sweeps", ov["sweeps"])
+c = st.columns([1, 1, 1, 1, 2.6])
+c[0].metric("Sweeps", ov["sweeps"], help="Sweeps launched from this database (imported results carry none)")
 c[1].metric("Runs", ov["runs"])
-c[2].metric("Points", f"{ov['points']:,}")
-c[3].metric("Cards", ov["cards"])
+c[2].metric("Points", f"{ov['points']:,}", help="One point = one (run, batch size, repeat)")
+c[3].metric("Cards", ov["cards"], help="Distinct GPUs (or CPUs) the runs were measured on")
 first, last = ov.get("first_date"), ov.get("last_date")
-c[4].metric("Dates", f"{pd.Timestamp(first):%Y-%m-%d} → {pd.Timestamp(last):%Y-%m-%d}" if first is not None else "—")
+undated = int(data.runs_all["run_date"].isna().sum())
+c[4].metric("Dates", ui_data.date_range(first, last),
+            help=(f"{pd.Timestamp(first):%Y-%m-%d %H:%M} → {pd.Timestamp(last):%Y-%m-%d %H:%M} (UTC)"
+                  if first is not None else "no dated runs")
+            + (f"; {undated} runs carry no date (imported report tables)" if undated else ""))
 
-sweeps_df = ui_data.sweeps_df()
 st.subheader("Latest sweep")
-if sweeps_df.empty:
-    st.caption("No sweep has been launched from this database yet (imported results only).")
+card = ui_data.latest_sweep(data.runs_all, ui_data.sweeps_df())
+if card is None:
+    st.caption("No sweep in this database yet (imported report tables only).")
 else:
-    s = sweeps_df.iloc[0]
     cols = st.columns([3, 1, 1, 1])
-    cols[0].markdown(f"**{s['title']}**  \n`{s['sweep_id']}` · created {pd.Timestamp(s['created_at']):%Y-%m-%d %H:%M}")
-    cols[1].metric("Sweep state", s["shown_state"])
-    cols[2].metric("Sweep points", f"{int(s['points_done'])}/{int(s['points_planned'])}")
-    cols[3].metric("Sweep duration", ui_data.fmt_duration(s["duration_s"]) or "—")
+    created = f" · started {pd.Timestamp(card.created_at):%Y-%m-%d %H:%M}" if pd.notna(card.created_at) else ""
+    where = " · ".join(x for x in (f"{card.runs} runs", card.engines, card.cards) if x)
+    cols[0].markdown(f"**{card.title}**  \n`{card.sweep_id}`{created}  \n{where}")
+    cols[1].metric("Sweep state", card.state)
+    cols[2].metric("Sweep points", f"{card.points_done}/{card.points_planned}", help="ok points / points recorded "
+                   "(or planned, for a sweep launched here)")
+    cols[3].metric("Sweep duration", ui_data.fmt_duration(card.duration_s) or "—")
 
-st.subheader("Headline: total tok/s at each run's largest batch")
+st.subheader("Headline")
 runs = data.runs[data.runs["n_ok"] > 0]
 if runs.empty:
     st.info("No successful points yet.")
@@ -56,4 +62,5 @@ st.dataframe(
         "mbu": st.column_config.NumberColumn("MBU", format="percent"), "device_name": "card",
     },
 )
-st.caption("Latest run of each variant passing the filters. Lines, spreads and ceilings are on **Scaling**.")
+st.caption("Default runs: the latest sweep (else the latest run of each variant) passing the filters. Lines, "
+           "spreads and ceilings are on **Scaling**.")

@@ -254,6 +254,14 @@ groups: dict[str, str] = {}
 for sid in sweeps["sweep_id"] if not sweeps.empty else []:
     if sid in set(runs["sweep_id"]):
         groups[sid] = f"{sweeps.set_index('sweep_id').at[sid, 'title']} · {sid}"
+# sweeps known only from imported runs (JSONL results name their sweep; the sweeps table has no row for it)
+by_date = runs[runs["sweep_id"].notna()].sort_values("run_date", ascending=False, na_position="last")
+for sid, g in by_date.groupby("sweep_id", sort=False):
+    if sid not in groups:
+        engines = ", ".join(sorted(g["engine"].dropna().unique()))
+        day = pd.to_datetime(g["run_date"], utc=True).min()
+        when = f" · {day:%Y-%m-%d %H:%M}" if pd.notna(day) else ""
+        groups[sid] = f"imported sweep · {len(g)} runs · {engines}{when} · {sid}"
 for src in sorted(runs.loc[runs["sweep_id"].isna(), "source"].unique()):
     groups[f"source:{src}"] = f"no sweep · {src}"
 if not groups:

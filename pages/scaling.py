@@ -18,10 +18,8 @@ if summ.empty or summ["total_tps"].notna().sum() == 0:
     st.info("Pick at least one run with successful points.")
     st.stop()
 
-st.subheader("Total tok/s")
 st.plotly_chart(ui_charts.scaling_figure(summ, data.colors, "total_tps", show_ceiling), width="stretch",
                 key="scaling_total")
-st.subheader("Per-stream tok/s")
 st.plotly_chart(ui_charts.scaling_figure(summ, data.colors, "per_stream_tps", show_ceiling), width="stretch",
                 key="scaling_per_stream")
 st.caption("Lines: median of the repeats; error bars: min..max of the repeats; dashed: roofline ceiling "

@@ -188,7 +188,7 @@ def take_screenshots(ctx, url: str, db: Path, out: Path) -> list[Path]:
         if story:
             set_multiselect(page, "Runs", story)
             settle(page, charts=True)
-        _to_top(page.get_by_role("heading", name="Total tok/s").first, offset=120)
+        _to_top(page.locator(".js-plotly-plot").first, offset=150)
         settle(page, charts=True)
         written.append(_shot(page, out, "scaling", charts=True))
 

@@ -64,9 +64,10 @@ def test_overview_counts_and_headline(fixture_db: Path, monkeypatch: pytest.Monk
     assert metrics["Runs"] == str(EXPECTED["runs"])
     assert metrics["Points"] == str(EXPECTED["points"])
     assert metrics["Cards"] == str(EXPECTED["cards"])
-    assert metrics["Dates"] == "2025-01-10 → 2025-01-11"
-    bars = figure(at)["data"][0]
-    heads = dict(zip(bars["x"], bars["y"], strict=True))
+    assert metrics["Dates"] == "2025-01-10 → 01-11"
+    fig = figure(at)
+    heads = {t["x"][0]: t["y"][0] for t in fig["data"] if t["type"] == "bar"}
+    assert fig["layout"]["title"]["text"] and fig["layout"]["yaxis"]["title"]["text"] == "total tok/s (median)"
     assert heads["pruned16_topk4"] == EXPECTED["median_total"][("pruned16_topk4", 4)]
     assert heads["base_topk4"] == EXPECTED["median_total"][("base_topk4", 4)]  # the OOM at batch 8 is not "largest"
     assert heads["report_base_topk4"] == 35.64
@@ -176,7 +177,7 @@ def test_export_matches_cli(fixture_db: Path, monkeypatch: pytest.MonkeyPatch, t
 def test_filters_persist_across_pages(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = open_page(fixture_db, "pages/overview.py", monkeypatch)  # the sidebar is set on the landing page
     at.multiselect(key="w_flt_variants").set_value(["pruned16_topk4"]).run()
-    assert figure(at)["data"][0]["x"] == ["pruned16_topk4"]
+    assert [t["x"] for t in figure(at)["data"] if t["type"] == "bar"] == [["pruned16_topk4"]]
     at.switch_page("pages/memory.py").run()
     assert not at.exception
     assert at.session_state["flt_variants"] == ["pruned16_topk4"]
@@ -278,3 +279,40 @@ def test_spec_to_toml_round_trips_every_prune_form(tmp_path: Path) -> None:
     spec = spec_from_dict(raw)
     again = spec_from_dict(tomllib.loads(spec_to_toml(spec)))
     assert again.to_dict() == spec.to_dict()
+
+
+# ---------------------------------------------------------------------------------------------- the default data
+
+
+@pytest.fixture(scope="module")
+def default_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What `make run` shows: `python -m bench build-db` from data/ (reference report + committed GPU results)."""
+    path = tmp_path_factory.mktemp("default") / "bench.duckdb"
+    subprocess.run([sys.executable, "-m", "bench", "build-db", "--db", str(path)], check=True, cwd=PROJECT_ROOT,
+                   capture_output=True)
+    return path
+
+
+def test_overview_on_default_data(default_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import queries
+
+    at = open_page(default_db, "pages/overview.py", monkeypatch)
+    metrics = {m.label: m.value for m in at.metric}
+    assert len(metrics["Dates"]) <= 18  # fits its tile without an ellipsis
+    runs = queries.runs(default_db)
+    newest = runs.loc[runs["run_date"].idxmax()]
+    # the latest sweep is known from its imported runs even though the sweeps table is empty
+    assert any(str(newest["sweep_id"]) in m.value for m in at.markdown)
+    assert metrics["Sweep state"] == "done"
+    bars = [t for t in figure(at)["data"] if t["type"] == "bar"]
+    same_sweep = set(runs.loc[runs["sweep_id"] == newest["sweep_id"], "label"])
+    assert {t["x"][0] for t in bars} == same_sweep  # default runs: the latest sweep's
+
+
+def test_date_range_is_compact() -> None:
+    from bench.ui_data import date_range
+
+    assert date_range("2025-01-10 12:00", "2025-01-10 18:00") == "2025-01-10"
+    assert date_range("2025-01-10", "2025-03-02") == "2025-01-10 → 03-02"
+    assert date_range("2024-12-30", "2025-01-02") == "2024-12 → 2025-01"
+    assert date_range(None, None) == "—"
