@@ -5,7 +5,8 @@
 Reproduces the worker's order (load synthetic gpt-oss-20b, apply the union50 prune, measure_bandwidth) and
 measures around it: before and after the prune, with and without prune_model's torch.cuda.empty_cache(), a
 control that only frees 20 GiB back to the driver, the per-copy time series after the prune, and candidate
-measurement methods (longer time-based warm-up, best of several medians). Writes bandwidth.json to --out.
+measurement methods: `official` is measure_bandwidth as it is now, `legacy` as it was before the fix (2 warm-up
+copies, median of 10). Writes bandwidth.json to --out. Findings: docs/PERF.md, seed sweep section.
 """
 
 from __future__ import annotations
@@ -64,6 +65,31 @@ def official(tag: str, log: list) -> float:
     return bw
 
 
+def legacy(tag: str, log: list) -> float:
+    """measure_bandwidth as it was before the fix: 2 warm-up copies, then the median of 10."""
+    src = torch.empty(SIZE, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    src.fill_(1)
+    for _ in range(2):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(10):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src)
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
+    bw = 2 * SIZE / statistics.median(ts) / 1e9
+    entry = {"tag": tag + " [legacy method]", "gbs": round(bw, 1), "t": round(time.time() - T0, 2), **clocks()}
+    log.append(entry)
+    print(json.dumps(entry), flush=True)
+    return bw
+
+
 def series(tag: str, log: list, n: int = 150) -> None:
     """n back-to-back 2 GiB copies, each timed: does a slow phase decay, and how fast?"""
     src = torch.empty(SIZE, dtype=torch.uint8, device="cuda")
@@ -85,34 +111,6 @@ def series(tag: str, log: list, n: int = 150) -> None:
     torch.cuda.empty_cache()
 
 
-def robust(tag: str, log: list, warm_s: float = 0.2, rounds: int = 5, repeats: int = 10) -> None:
-    """Candidate fix: time-based warm-up, then the best of `rounds` medians of `repeats` copies."""
-    torch.cuda.synchronize()
-    src = torch.empty(SIZE, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    src.fill_(1)
-    t_end = time.perf_counter() + warm_s
-    while time.perf_counter() < t_end:
-        dst.copy_(src)
-        torch.cuda.synchronize()
-    meds = []
-    for _ in range(rounds):
-        ts = []
-        for _ in range(repeats):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            dst.copy_(src)
-            b.record()
-            b.synchronize()
-            ts.append(a.elapsed_time(b) / 1e3)
-        meds.append(2 * SIZE / statistics.median(ts) / 1e9)
-    entry = {"tag": tag, "round_medians": [round(m) for m in meds], "max": round(max(meds), 1)}
-    log.append(entry)
-    print(json.dumps(entry), flush=True)
-    del src, dst
-    torch.cuda.empty_cache()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -127,11 +125,7 @@ def main() -> int:
     apply_variant(loaded, PruneSpec(union=UNION, experts=16), 4, seed=0)
     official("A after prune (worker order)", log)
     official("A after prune, again", log)
-    series("A series after prune", log)
-    official("A after series", log)
-    robust("A robust (0.2 s warm-up, best of 5 medians)", log)
-    time.sleep(2.0)
-    official("A after 2 s idle", log)
+    legacy("A after prune, third", log)
     del loaded
     torch.cuda.empty_cache()
 
@@ -149,8 +143,8 @@ def main() -> int:
     official("B after prune without empty_cache", log)
     log.append({"tag": "B clocks", **c})
     real_empty()
-    official("B after a later empty_cache", log)
-    robust("B robust", log)
+    legacy("B after a later empty_cache", log)
+    official("B after that", log)
     del loaded
     real_empty()
 
@@ -161,14 +155,18 @@ def main() -> int:
     del blocks
     torch.cuda.empty_cache()
     official("C right after freeing 20 GiB to the driver", log)
-    series("C series after free", log)
-    official("C after series", log)
+    blocks = [torch.ones(2 * 2**30, dtype=torch.uint8, device="cuda") for _ in range(10)]
+    del blocks
+    torch.cuda.empty_cache()
+    series("C series after freeing 20 GiB again", log)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "bandwidth.json").write_text(json.dumps(log, indent=1))
     print("BANDWIDTH SUMMARY")
     for e in log:
         if "gbs" in e:
             print(f"  {e['tag']:45s} {e['gbs']:7.1f} GB/s  sm {e.get('sm_mhz')} mem {e.get('mem_mhz')}")
+        elif "series_medians_per_10" in e:
+            print(f"  {e['tag']:45s} per 10 copies: {e['series_medians_per_10']}")
         elif "max" in e:
             print(f"  {e['tag']:45s} {e['max']:7.1f} GB/s (max of {e['round_medians']})")
     return 0

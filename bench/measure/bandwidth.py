@@ -10,6 +10,8 @@ import torch
 CUDA_COPY_BYTES = 2 * 2**30  # 2 GiB source, as DESIGN.md measured (3.0 TB/s on an H100 80GB HBM3)
 CUDA_MIN_COPY_BYTES = 256 * 2**20
 CPU_COPY_BYTES = 256 * 2**20
+CUDA_WARMUP_S = 0.5  # copies before timing (see _cuda_bandwidth)
+CUDA_ROUNDS = 3  # rounds of `repeats` timed copies; the fastest round's median counts
 
 
 def _cuda_bandwidth(device: torch.device, size_bytes: int, repeats: int, warmup: int) -> float:
@@ -26,19 +28,29 @@ def _cuda_bandwidth(device: torch.device, size_bytes: int, repeats: int, warmup:
             size //= 2
     try:
         src.fill_(1)
-        for _ in range(warmup):
-            dst.copy_(src)
+        # Warm up for CUDA_WARMUP_S, not a few copies: right after memory goes back to the driver (empty_cache after
+        # pruning) copies run ~14% slower for tens of ms (H100: 2590 vs 3010 GB/s; docs/PERF.md), and idle clocks
+        # need time to rise. Then the best of CUDA_ROUNDS medians.
         torch.cuda.synchronize(device)
-        times: list[float] = []
-        for _ in range(repeats):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
+        t_end = time.perf_counter() + CUDA_WARMUP_S
+        done = 0
+        while done < warmup or time.perf_counter() < t_end:
             dst.copy_(src)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000.0)
-        return 2 * size / statistics.median(times)
+            torch.cuda.synchronize(device)
+            done += 1
+        medians: list[float] = []
+        for _ in range(CUDA_ROUNDS):
+            times: list[float] = []
+            for _ in range(repeats):
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                dst.copy_(src)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1000.0)
+            medians.append(statistics.median(times))
+        return 2 * size / min(medians)
     finally:
         del src, dst
         torch.cuda.empty_cache()
@@ -66,7 +78,8 @@ def measure_bandwidth(
 ) -> float:
     """Bytes per second (read + write) of a large copy on `device`; the median of `repeats` copies.
 
-    CUDA: a 2 GiB device-to-device copy timed with events (halved on out-of-memory, down to 256 MiB).
+    CUDA: a 2 GiB device-to-device copy timed with events (halved on out-of-memory, down to 256 MiB), after
+    0.5 s of warm-up copies; the best median of 3 rounds.
     CPU: a 256 MiB tensor copy timed with perf_counter; well under a second on a laptop.
     """
     dev = torch.device(device)
