@@ -175,11 +175,52 @@ def runs(db: Path | str) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def short_card(device_name: Any) -> str | None:
+    """`NVIDIA H100 80GB HBM3` -> `H100`, `NVIDIA A100-SXM4-80GB` -> `A100`, `cpu: Intel Xeon` -> `cpu`."""
+    if device_name is None or _isna(device_name) or str(device_name).strip() in ("", "unknown"):
+        return None
+    text = str(device_name).strip()
+    if ":" in text:
+        return text.split(":", 1)[0].strip() or None
+    for word in ("NVIDIA ", "GeForce ", "Tesla ", "AMD ", "Radeon "):
+        text = text.replace(word, "")
+    tokens = text.replace("-", " ").split()
+    if not tokens:
+        return None
+    if tokens[0] in ("RTX", "GTX", "Quadro", "Instinct") and len(tokens) > 1:
+        return f"{tokens[0]} {tokens[1]}"
+    return tokens[0]
+
+
 def run_labels(df: pd.DataFrame) -> pd.Series:
-    """The run name when it is unique in the database, else `name · <last 6 of run_id>` (the random part)."""
-    dup = df["name"].duplicated(keep=False)
-    short = df["run_id"].astype(str).str.slice(-6)
-    return df["name"].where(~dup, df["name"] + " · " + short)
+    """A display label per run, unique in the database and the same on every page.
+
+    A run whose name is unique keeps its name. Runs sharing a name get `name · engine · card` (imported report
+    runs, which know neither: `name · imported`); if that still repeats, the run's start time follows, then the
+    last 6 characters of its run_id."""
+    if df.empty:
+        return pd.Series([], dtype=object, index=df.index)
+    name = df["name"].astype(str)
+    label = name.copy()
+    dup = name.duplicated(keep=False)
+    for i in df.index[dup]:
+        r = df.loc[i]
+        engine = None if _isna(r.get("engine")) or r.get("engine") == "unknown" else str(r["engine"])
+        card = short_card(r.get("device_name"))
+        parts = [p for p in (engine, card) if p]
+        if not parts:
+            parts = ["imported" if str(r.get("source") or "").startswith("imported") else "unknown setup"]
+        label[i] = " · ".join([name[i], *parts])
+    again = label.duplicated(keep=False)
+    if again.any():
+        when = pd.to_datetime(df["run_date"], utc=True)
+        for i in df.index[again]:
+            if pd.notna(when[i]):
+                label[i] = f"{label[i]} · {when[i]:%m-%d %H:%M}"
+    again = label.duplicated(keep=False)
+    if again.any():
+        label[again] = label[again] + " · " + df.loc[again, "run_id"].astype(str).str.slice(-6)
+    return label
 
 
 def filter_options(runs_df: pd.DataFrame) -> dict[str, list[Any]]:

@@ -10,9 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from bench.queries import MEMORY_METRICS
-from bench.ui_colors import color_of
+from bench.ui_colors import color_of, dash_of
 
-DASHES = ("solid", "dot", "dashdot", "longdash")
 DELTA_TITLES = {"total_pct": "total tok/s", "per_stream_pct": "per-stream tok/s", "mem_pct": "peak memory"}
 
 
@@ -44,18 +43,15 @@ def _ceiling_key(fig: go.Figure) -> None:
 
 
 def scaling_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str = "total_tps",
-                   show_ceiling: bool = True) -> go.Figure:
+                   show_ceiling: bool = True, dashes: dict[str, str] | None = None) -> go.Figure:
     """tok/s against batch size, one line per run, error bars spanning the repeats, dashed roofline ceiling."""
     per_stream = metric == "per_stream_tps"
     ceiling_col = "ceiling_per_stream_tps" if per_stream else "ceiling_tps"
     unit = "per-stream tok/s" if per_stream else "total tok/s"
     fig = go.Figure()
-    seen: dict[str, int] = {}
     for run_id, g in summary[summary[metric].notna()].groupby("run_id", sort=False):
-        name, label = g["name"].iloc[0], g["label"].iloc[0]
-        color = color_of(colors, name)
-        dash = DASHES[seen.get(name, 0) % len(DASHES)]
-        seen[name] = seen.get(name, 0) + 1
+        label = g["label"].iloc[0]
+        color, dash = color_of(colors, label), dash_of(dashes or {}, label)
         y = g[metric]
         custom = list(zip(_list(g[f"{metric}_min"]), _list(g[f"{metric}_max"]), _list(g["n_ok"]),
                           _list(g["mbu"]), _list(g[ceiling_col]), strict=True))
@@ -84,18 +80,16 @@ def scaling_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str = 
     return _layout(fig, unit, f"{what} against batch size", height=500)
 
 
-def memory_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str) -> go.Figure:
+def memory_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str,
+                  dashes: dict[str, str] | None = None) -> go.Figure:
     """One memory metric (GiB) against batch size, one line per run."""
     fig = go.Figure()
     label_of = MEMORY_METRICS.get(metric, metric)
-    seen: dict[str, int] = {}
     for run_id, g in summary[summary[metric].notna()].groupby("run_id", sort=False):
-        name, label = g["name"].iloc[0], g["label"].iloc[0]
-        dash = DASHES[seen.get(name, 0) % len(DASHES)]
-        seen[name] = seen.get(name, 0) + 1
+        label = g["label"].iloc[0]
         fig.add_trace(go.Scatter(
             x=_list(g["batch"]), y=_list(g[metric]), name=label, mode="lines+markers", legendgroup=str(run_id),
-            line=dict(color=color_of(colors, name), dash=dash),
+            line=dict(color=color_of(colors, label), dash=dash_of(dashes or {}, label)),
             customdata=list(zip(_list(g["weights_share"]), _list(g["mem_weights_gib"]), strict=True)),
             hovertemplate=(f"<b>{label}</b><br>batch %{{x}}<br>{label_of} %{{y:.3f}} GiB"
                            "<br>weights %{customdata[1]:.2f} GiB (%{customdata[0]:.0%} of peak alloc)<extra></extra>"),
@@ -105,18 +99,18 @@ def memory_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str) ->
     return _layout(fig, f"{label_of} (GiB)", f"{label_of.capitalize()} memory against batch size", height=460)
 
 
-def saved_figure(saved: pd.DataFrame, colors: dict[str, str], names: dict[str, str]) -> go.Figure:
+def saved_figure(saved: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
     """GiB saved by each pruned variant against its base, bars per batch size."""
     fig = go.Figure()
     for variant, g in saved.groupby("variant", sort=False):
         fig.add_trace(go.Bar(
             x=[str(b) for b in g["batch"]], y=_list(g["saved_gib"]), name=f"{variant} vs {g['base'].iloc[0]}",
-            marker_color=color_of(colors, names.get(variant, variant)),
+            marker_color=color_of(colors, str(variant)),
             customdata=list(zip(_list(g["saved_pct"]), _list(g["base_gib"]), _list(g["variant_gib"]), strict=True)),
             hovertemplate=("batch %{x}<br>saved %{y:.2f} GiB (%{customdata[0]:.1f}%)"
                            "<br>base %{customdata[1]:.2f} → %{customdata[2]:.2f} GiB<extra></extra>"),
         ))
-    fig.update_layout(barmode="group", xaxis_title="batch size")
+    fig.update_layout(barmode="group", xaxis_title="batch size", showlegend=True)
     fig.update_xaxes(type="category")
     metric = str(saved["metric"].iloc[0]) if len(saved) and saved["metric"].nunique() == 1 else "peak memory"
     return _layout(fig, "memory saved (GiB)", f"Memory saved against the base ({metric}), per batch size",
@@ -147,22 +141,21 @@ def headline_figure(rows: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
                    "(bars: median, dashes: roofline ceiling)", height=440)
 
 
-def delta_figure(deltas: pd.DataFrame, colors: dict[str, str], names: dict[str, str],
-                 column: str = "total_pct") -> go.Figure:
+def delta_figure(deltas: pd.DataFrame, colors: dict[str, str], column: str = "total_pct") -> go.Figure:
     """% change against the base per batch size; bars within noise are faded and hatched."""
     fig = go.Figure()
     for cand, g in deltas.groupby("candidate", sort=False):
         noise = g["within_noise"].tolist()
         fig.add_trace(go.Bar(
             x=[str(b) for b in g["batch"]], y=_list(g[column]), name=str(cand),
-            marker=dict(color=color_of(colors, names.get(cand, cand)),
+            marker=dict(color=color_of(colors, str(cand)),
                         opacity=[0.35 if n else 1.0 for n in noise],
                         pattern=dict(shape=["/" if n else "" for n in noise])),
             customdata=[["within noise" if n else "outside noise"] for n in noise],
             hovertemplate="batch %{x}<br>%{y:+.1f}%<br>%{customdata[0]}<extra>" + str(cand) + "</extra>",
         ))
     fig.add_hline(y=0, line_color="#888", line_width=1)
-    fig.update_layout(barmode="group", xaxis_title="batch size")
+    fig.update_layout(barmode="group", xaxis_title="batch size", showlegend=True)  # even for one candidate
     fig.update_xaxes(type="category")
     what = DELTA_TITLES.get(column, column)
     return _layout(fig, "% change vs base", f"Change in {what} against the base, per batch size",

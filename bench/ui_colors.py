@@ -1,24 +1,56 @@
-"""One colour per variant name, the same on every page of the dashboard.
+"""One colour and line style per run label, the same on every page of the dashboard.
 
-Colours are assigned in the sorted order of all variant names in the database (not the filtered view), so a
-filter never recolours a line. Beyond the palette's length, colours repeat.
+The hue comes from the variant name: names are given palette colours in sorted order over the whole database
+(not the filtered view), so a filter never recolours a line. Runs that share a name (the same variant measured
+with another engine, on another card, or again) get shades of that hue and their own line dash, in a fixed order:
+by engine, card, date. Beyond the palette's length, hues repeat.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import pandas as pd
 
+# tab10, then 12 hues that stay distinct from it (names far apart in sorted order must not look alike).
 PALETTE: tuple[str, ...] = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-    "#17becf", "#393b79", "#e6550d", "#31a354", "#843c39", "#7b4173", "#3182bd", "#fd8d3c", "#74c476",
-    "#ad494a", "#a55194", "#6baed6", "#fdae6b", "#a1d99b", "#ce6dbd",
+    "#17becf", "#00a08b", "#b68100", "#511cfb", "#fb00d1", "#6c7c32", "#862a16", "#2e91e5", "#750d86",
+    "#fc0080", "#0d2a63", "#a777f1", "#1ca71c",
 )
+# The k-th run of a name: (mix toward black (<0) or white (>0), line dash). "dash" is kept for roofline ceilings.
+SHADES: tuple[tuple[float, str], ...] = ((0.0, "solid"), (-0.38, "dot"), (0.45, "dashdot"), (-0.6, "longdashdot"),
+                                         (0.65, "dot"))
 
 
-def color_map(names: Iterable[str]) -> dict[str, str]:
-    """Variant name -> hex colour, stable for a given set of names."""
-    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(set(names)))}
+def shade(hex_color: str, amount: float) -> str:
+    """Mix `hex_color` toward white (amount > 0) or black (amount < 0)."""
+    rgb = [int(hex_color[i:i + 2], 16) for i in (1, 3, 5)]
+    target = 255 if amount > 0 else 0
+    mixed = [round(c + (target - c) * abs(amount)) for c in rgb]
+    return "#" + "".join(f"{c:02x}" for c in mixed)
 
 
-def color_of(colors: dict[str, str], name: str) -> str:
-    return colors.get(name, PALETTE[sum(map(ord, name)) % len(PALETTE)])
+def run_styles(runs: pd.DataFrame) -> tuple[dict[str, str], dict[str, str]]:
+    """(label -> colour, label -> line dash) for every run of the database (`bench.queries.runs`)."""
+    if runs.empty:
+        return {}, {}
+    hue = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(set(runs["name"].astype(str))))}
+    order = runs.assign(_imp=runs["source"].astype(str).str.startswith("imported"),
+                        _eng=runs["engine"].fillna("").astype(str), _card=runs["device_name"].fillna("").astype(str),
+                        _date=pd.to_datetime(runs["run_date"], utc=True))
+    order = order.sort_values(["name", "_imp", "_eng", "_card", "_date", "run_id"], na_position="last")
+    colors: dict[str, str] = {}
+    dashes: dict[str, str] = {}
+    for _, g in order.groupby("name", sort=False):
+        for k, label in enumerate(g["label"]):
+            amount, dash = SHADES[k % len(SHADES)]
+            colors[label] = shade(hue[str(g["name"].iloc[0])], amount)
+            dashes[label] = dash
+    return colors, dashes
+
+
+def color_of(colors: dict[str, str], label: str) -> str:
+    return colors.get(label, PALETTE[sum(map(ord, label)) % len(PALETTE)])
+
+
+def dash_of(dashes: dict[str, str], label: str) -> str:
+    return dashes.get(label, "solid")

@@ -15,7 +15,7 @@ import streamlit as st
 from bench import queries
 from bench.paths import PROJECT_ROOT, resolve_db_path
 from bench.queries import DbInfo, Filters
-from bench.ui_colors import color_map
+from bench.ui_colors import run_styles
 
 SOURCES = ("all", "measured", "imported")
 DEFAULT_HELP = ("Default: the runs of the latest sweep (else the latest run of each variant) that pass the "
@@ -110,9 +110,8 @@ def sidebar() -> None:
     _keep("flt_source", st.session_state.get("flt_source") or "all")
     sb.radio("Source", SOURCES, key="w_flt_source", on_change=_store, args=("flt_source",), horizontal=True,
              format_func=lambda s: {"all": "all", "measured": "measured here", "imported": "imported"}[s])
-    c1, c2 = sb.columns(2)
     lo, hi = (opts["dates"] + [None, None])[:2]
-    for col, key, label in ((c1, "flt_from", "From"), (c2, "flt_to", "To")):
+    for col, key, label in ((sb, "flt_from", "From date"), (sb, "flt_to", "To date")):  # full width: no clipping
         value = st.session_state.get(key)
         _keep(key, value if value is None or lo is None or lo <= value <= hi else None)
         col.date_input(label, min_value=lo, max_value=hi, key="w_" + key, on_change=_store, args=(key,))
@@ -141,12 +140,8 @@ class PageData:
     runs_all: pd.DataFrame  # every run (colours and labels come from here)
     runs: pd.DataFrame  # runs passing the sidebar filters
     summary: pd.DataFrame  # per (run, batch) medians, all runs
-    colors: dict[str, str]
-
-    @property
-    def names(self) -> dict[str, str]:
-        """label -> variant name (for colour lookups by label)."""
-        return dict(zip(self.runs_all["label"], self.runs_all["name"], strict=True))
+    colors: dict[str, str]  # run label -> colour (bench.ui_colors), the same on every page
+    dashes: dict[str, str]  # run label -> line dash
 
 
 def page_data(need_points: bool = True) -> PageData | None:
@@ -167,8 +162,8 @@ def page_data(need_points: bool = True) -> PageData | None:
         return None
     runs_all = all_runs()
     runs_f = queries.apply_filters(runs_all, filters())
-    data = PageData(db=path, runs_all=runs_all, runs=runs_f, summary=summary(),
-                    colors=color_map(runs_all["name"].tolist()))
+    colors, dashes = run_styles(runs_all)
+    data = PageData(db=path, runs_all=runs_all, runs=runs_f, summary=summary(), colors=colors, dashes=dashes)
     if runs_f.empty:
         st.info("No runs pass the sidebar filters. Clear a filter to see data.")
         return None

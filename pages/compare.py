@@ -20,22 +20,46 @@ if len(ids) < 2:
 
 pruned_ids = runs[runs["pruned"]]["run_id"].tolist()
 unpruned = runs[~runs["pruned"]]["run_id"].tolist()
-guess = queries.base_for(runs, pruned_ids[0]) if pruned_ids else None
+default_ids = [r for r in ui_data.default_ids(runs) if r in labels]
+default_pruned = [r for r in default_ids if r in pruned_ids] or pruned_ids
+guess = queries.base_for(runs, default_pruned[0]) if default_pruned else None
 default_base = guess or (unpruned[0] if unpruned else ids[0])
 base = st.selectbox("Base", ids, index=ids.index(default_base), format_func=lambda r: labels[r], key="cmp_base")
 cand_options = [r for r in ids if r != base]
+meta = runs.set_index("run_id")
+same_variant = [r for r in cand_options if meta.at[r, "name"] == meta.at[base, "name"] and not meta.at[r, "imported"]
+                and meta.at[r, "engine"] != meta.at[base, "engine"]]  # the same variant, another (known) engine
+
+
+def _engines() -> None:
+    st.session_state["cmp_cands"] = same_variant
+
+
 if "cmp_cands" in st.session_state:
     st.session_state["cmp_cands"] = [r for r in st.session_state["cmp_cands"] if r in cand_options]
 else:
-    st.session_state["cmp_cands"] = ([r for r in pruned_ids if r != base] or cand_options)[:3]
+    top_k = meta.at[base, "top_k"]
+    pick = [r for r in default_pruned if r != base and meta.at[r, "top_k"] == top_k]
+    st.session_state["cmp_cands"] = (pick or [r for r in pruned_ids if r != base] or cand_options)[:3]
 cands = st.multiselect("Candidates", cand_options, format_func=lambda r: labels[r], key="cmp_cands")
+if same_variant:
+    st.button(f"Compare engines: {meta.at[base, 'name']} measured with "
+              + ", ".join(sorted({str(meta.at[r, 'engine']) for r in same_variant})), key="cmp_engines",
+              on_click=_engines, help="Candidates: the same variant measured with another engine")
 if not cands:
     st.info("Pick one or more candidates.")
     st.stop()
 
 for c in cands:
     diffs = queries.env_differences(data.runs_all, base, c)
-    if diffs:
+    engine = [d for d in diffs if d.startswith("engine:")]
+    other = [d for d in diffs if not d.startswith("engine:")]
+    if engine and not other:
+        same = "the same variant" if meta.at[c, "name"] == meta.at[base, "name"] else "these runs"
+        st.info(f"**{labels[c]}** and **{labels[base]}** differ only in the decode engine "
+                f"({meta.at[base, 'engine']} → {meta.at[c, 'engine']}); card, dtype and software versions match, "
+                f"so the deltas below measure what the engine does to {same}.", icon=":material/info:")
+    elif diffs:
         st.warning(f"**{labels[c]}** and **{labels[base]}** were measured differently — the comparison may not "
                    "be fair:\n" + "\n".join(f"- {d}" for d in diffs))
 
@@ -47,7 +71,7 @@ if d.empty:
 metric = st.radio("Chart", ["total_pct", "per_stream_pct", "mem_pct"], horizontal=True, key="cmp_metric",
                   format_func={"total_pct": "total tok/s", "per_stream_pct": "per-stream tok/s",
                                "mem_pct": "peak memory"}.get)
-st.plotly_chart(ui_charts.delta_figure(d, data.colors, data.names, metric), width="stretch", key="cmp_chart")
+st.plotly_chart(ui_charts.delta_figure(d, data.colors, metric), width="stretch", key="cmp_chart")
 st.caption("Faded, hatched bars: the repeat spreads (min..max) of the two runs overlap — the difference is "
            "**within noise**.")
 n_noise = int(d["within_noise"].sum())

@@ -23,7 +23,7 @@ if not available:
     st.stop()
 metric = st.radio("Metric", available, format_func=lambda m: queries.MEMORY_METRICS[m], horizontal=True,
                   key="memory_metric")
-st.plotly_chart(ui_charts.memory_figure(summ, data.colors, metric), width="stretch", key="memory_chart")
+st.plotly_chart(ui_charts.memory_figure(summ, data.colors, metric, data.dashes), width="stretch", key="memory_chart")
 st.caption("Peak allocated/reserved come from torch.cuda after a peak reset; NVML is the per-process peak "
            "(includes the CUDA context); weights = allocated after load − baseline. Device-wide usage by other "
            "processes is never counted.")
@@ -60,7 +60,7 @@ saved = queries.memory_saved(data.summary, data.runs_all, pairs)
 if saved.empty:
     st.info("The pruned runs and their bases share no batch size.")
     st.stop()
-st.plotly_chart(ui_charts.saved_figure(saved, data.colors, data.names), width="stretch", key="memory_saved_chart")
+st.plotly_chart(ui_charts.saved_figure(saved, data.colors), width="stretch", key="memory_saved_chart")
 st.dataframe(saved, hide_index=True, width="stretch", key="memory_saved_table", column_config={
     "base_gib": st.column_config.NumberColumn("base GiB", format="%.2f"),
     "variant_gib": st.column_config.NumberColumn("variant GiB", format="%.2f"),

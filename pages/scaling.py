@@ -18,10 +18,9 @@ if summ.empty or summ["total_tps"].notna().sum() == 0:
     st.info("Pick at least one run with successful points.")
     st.stop()
 
-st.plotly_chart(ui_charts.scaling_figure(summ, data.colors, "total_tps", show_ceiling), width="stretch",
-                key="scaling_total")
-st.plotly_chart(ui_charts.scaling_figure(summ, data.colors, "per_stream_tps", show_ceiling), width="stretch",
-                key="scaling_per_stream")
+for metric in ("total_tps", "per_stream_tps"):
+    st.plotly_chart(ui_charts.scaling_figure(summ, data.colors, metric, show_ceiling, data.dashes), width="stretch",
+                    key="scaling_total" if metric == "total_tps" else "scaling_per_stream")
 st.caption("Lines: median of the repeats; error bars: min..max of the repeats; dashed: roofline ceiling "
            "(memory-bound bytes per step / measured bandwidth).")
 

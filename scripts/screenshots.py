@@ -179,18 +179,22 @@ def take_screenshots(ctx, url: str, db: Path, out: Path) -> list[Path]:
     page.on("pageerror", lambda e: errors.append(str(e)))
     written = []
     try:
+        page.set_viewport_size({"width": VIEWPORT["width"], "height": 1100})  # the README image: counts + headline
         page.goto(url)
         settle(page, charts=True)
         written.append(_shot(page, out, "overview", charts=True))
+        page.set_viewport_size(VIEWPORT)
 
         page.goto(f"{url}/scaling")
         settle(page, charts=True)
         if story:
             set_multiselect(page, "Runs", story)
             settle(page, charts=True)
+        page.set_viewport_size({"width": VIEWPORT["width"], "height": 1300})  # both charts: total and per-stream
         _to_top(page.locator(".js-plotly-plot").first, offset=150)
         settle(page, charts=True)
         written.append(_shot(page, out, "scaling", charts=True))
+        page.set_viewport_size(VIEWPORT)
 
         page.goto(f"{url}/memory")
         settle(page, charts=True)

@@ -316,3 +316,62 @@ def test_date_range_is_compact() -> None:
     assert date_range("2025-01-10", "2025-03-02") == "2025-01-10 → 03-02"
     assert date_range("2024-12-30", "2025-01-02") == "2024-12 → 2025-01"
     assert date_range(None, None) == "—"
+
+
+def _by_label(db: Path) -> dict[str, str]:
+    from bench import queries
+
+    r = queries.runs(db)
+    return dict(zip(r["label"], r["run_id"], strict=True))
+
+
+def test_same_name_runs_have_distinct_labels(default_db: Path) -> None:
+    from bench import queries
+
+    runs = queries.runs(default_db)
+    assert runs["label"].is_unique
+    b4 = runs[runs["name"] == "base_topk4"]
+    assert len(b4) >= 2  # hf and graph (and the imported report)
+    for r in b4.to_dict("records"):
+        if r["source"] == "measured":
+            assert r["label"] == f"base_topk4 · {r['engine']} · H100"
+        else:
+            assert r["label"] == "base_topk4 · imported"
+    assert queries.short_card("NVIDIA A100-SXM4-80GB") == "A100" and queries.short_card("cpu: Xeon") == "cpu"
+
+
+def test_compare_hf_against_graph_is_informative(default_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = _by_label(default_db)
+    hf, graph = ids["base_topk4 · hf · H100"], ids["base_topk4 · graph · H100"]
+    at = open_page(default_db, "pages/compare.py", monkeypatch)
+    at.selectbox(key="cmp_base").set_value(hf).run()
+    at.button(key="cmp_engines").click().run()  # "Compare engines": the same variant measured with graph
+    assert not at.exception
+    assert at.multiselect(key="cmp_cands").value == [graph]
+    assert not at.warning and not at.error
+    note = " ".join(i.value for i in at.info)
+    assert "differ only in the decode engine" in note and "hf → graph" in note and "same variant" in note
+    d = frame(at, "total_pct", "within_noise")
+    assert set(d["candidate"]) == {"base_topk4 · graph · H100"}
+    assert (d["total_pct"] > 0).all()  # the graph engine is faster at every batch size
+    # another card or timing convention is still a warning
+    at.multiselect(key="cmp_cands").set_value([ids["base_topk4 · imported"]]).run()
+    assert any("timing_convention" in w.value for w in at.warning)
+
+
+def test_one_colour_per_label_on_every_page(default_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = _by_label(default_db)
+    pair = ["base_topk4 · hf · H100", "base_topk4 · graph · H100"]
+    colours: dict[str, set[str]] = {label: set() for label in pair}
+    for page, key in (("pages/scaling.py", "scaling_runs"), ("pages/memory.py", "memory_runs")):
+        at = open_page(default_db, page, monkeypatch)
+        at.multiselect(key=key).set_value([ids[label] for label in pair]).run()
+        t = traces(figure(at, 0))
+        for label in pair:
+            colours[label].add(t[label]["line"]["color"])
+    at = open_page(default_db, "pages/compare.py", monkeypatch)
+    at.selectbox(key="cmp_base").set_value(ids[pair[0]]).run()
+    at.multiselect(key="cmp_cands").set_value([ids[pair[1]]]).run()
+    colours[pair[1]].add(traces(figure(at, 0))[pair[1]]["marker"]["color"])
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert colours[pair[0]] != colours[pair[1]]  # same variant, other engine: another shade
