@@ -13,6 +13,8 @@ from bench.errors import BenchError
 from bench.queries import file_version
 from bench.report import export_selection
 
+PREVIEW_POINTS = 20_000  # larger selections build the markdown preview on request, so the page stays under 1 s
+
 st.title("Export")
 data = ui_data.page_data(need_points=False)
 if data is None:
@@ -36,28 +38,49 @@ if not ids:
     st.stop()
 
 version = file_version(data.db)
-try:
-    markdown = _export(str(data.db), version, tuple(ids), "markdown")
-except BenchError as exc:
-    st.error(str(exc))
-    st.stop()
+key = (version, tuple(ids))
+n_points = int(data.runs.set_index("run_id").loc[ids, "n_points"].sum())
+eager = n_points <= PREVIEW_POINTS or st.session_state.get("export_preview_for") == key
+
+
+def _text(fmt: str) -> str:
+    return _export(str(data.db), version, tuple(ids), fmt)
+
+
+def _bytes(fmt: str):
+    """A download's bytes, built only when its button is clicked (the page stays fast on large selections)."""
+    return lambda: _text(fmt).encode("utf-8")
+
+
+markdown = None
+if eager:
+    try:
+        markdown = _text("markdown")
+    except BenchError as exc:
+        st.error(str(exc))
+        st.stop()
 
 cli = "python -m bench export --format markdown " + " ".join(f"--run {r}" for r in ids) + " --out report.md"
-st.caption(f"Same bytes as `{cli}` (with `--db {data.db}` or `BENCH_DB`).")
+st.caption(f"{len(ids)} runs, {n_points:,} points. Each download has the same bytes as `{cli}` (with `--db "
+           f"{ui_data.shown_path(data.db)}` or `BENCH_DB`; `--format csv` / `jsonl` for the others).")
 c = st.columns(3)
-c[0].download_button("Download markdown", markdown.encode("utf-8"), file_name="moe-bench-report.md",
-                     mime="text/markdown", key="dl_markdown", type="primary")
+c[0].download_button("Download markdown", markdown.encode("utf-8") if markdown is not None else _bytes("markdown"),
+                     file_name="moe-bench-report.md", mime="text/markdown", key="dl_markdown", type="primary",
+                     on_click="ignore")
+c[1].download_button("Download CSV", _bytes("csv"), file_name="moe-bench-points.csv", mime="text/csv", key="dl_csv",
+                     on_click="ignore", help="One row per point; built when you click")
+c[2].download_button("Download JSONL", _bytes("jsonl"), file_name="moe-bench-runs.jsonl",
+                     mime="application/x-ndjson", key="dl_jsonl", on_click="ignore",
+                     help="One line per run with its points (the format `python -m bench import` reads); built when "
+                          "you click")
 
-
-def _bytes(fmt: str) -> bytes:
-    """CSV and JSONL are built only when their button is clicked (the slow ones on large selections)."""
-    return _export(str(data.db), version, tuple(ids), fmt).encode("utf-8")
-
-
-c[1].download_button("Download CSV", lambda: _bytes("csv"), file_name="moe-bench-points.csv",
-                     mime="text/csv", key="dl_csv")
-c[2].download_button("Download JSONL", lambda: _bytes("jsonl"), file_name="moe-bench-runs.jsonl",
-                     mime="application/x-ndjson", key="dl_jsonl")
+if markdown is None:
+    st.info(f"{n_points:,} points are selected, so the markdown preview is built on request (about a second per "
+            "50,000 points); the download above builds it when clicked.")
+    if st.button("Build the markdown preview", key="export_preview"):
+        st.session_state["export_preview_for"] = key
+        st.rerun()
+    st.stop()
 
 tab_src, tab_preview = st.tabs(["Markdown (copy with the button at the top right)", "Preview"])
 with tab_src:

@@ -375,3 +375,26 @@ def test_one_colour_per_label_on_every_page(default_db: Path, monkeypatch: pytes
     colours[pair[1]].add(traces(figure(at, 0))[pair[1]]["marker"]["color"])
     assert all(len(c) == 1 for c in colours.values()), colours
     assert colours[pair[0]] != colours[pair[1]]  # same variant, other engine: another shade
+
+
+def test_export_large_selection_builds_files_on_demand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past PREVIEW_POINTS the page renders no export up front: the preview waits for its button, the downloads
+    are callables run on click."""
+    import importlib.util
+
+    from bench import queries
+
+    spec = importlib.util.spec_from_file_location("perf_dashboard", PROJECT_ROOT / "scripts" / "perf_dashboard.py")
+    perf = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(perf)  # type: ignore[union-attr]
+    db = tmp_path / "bench.duckdb"
+    assert perf.build(db, 25_000, sweeps=5) > 20_000
+    ids = queries.runs(db)["run_id"].tolist()
+    at = open_page(db, "pages/export.py", monkeypatch)
+    at.multiselect(key="export_runs").set_value(ids).run()
+    assert not at.exception
+    assert not at.code  # no markdown built yet
+    assert any("built on request" in i.value for i in at.info)
+    assert [b.label for b in at.get("download_button")] == ["Download markdown", "Download CSV", "Download JSONL"]
+    at.button(key="export_preview").click().run()
+    assert at.code and at.code[0].value == export_selection(db, ids, "markdown").rstrip("\n")
