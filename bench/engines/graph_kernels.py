@@ -8,11 +8,14 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   sliding-window layers).
 - `attn_decode`: one-token attention with sinks over the static cache (online softmax, GQA, one program per
   (stream, kv head)).
-- `router`: router linear + top-k + softmax over the k logits, one program per token.
+- `router`: router linear + top-k + softmax over the k logits. Decode (<= ROUTER_SPLIT_MAX_TOKENS tokens): split-K
+  partial logits (one program per slice of the hidden size, all tokens and experts), then one program per token
+  sums the slices in a fixed order and picks the top-k; prefill: one program per token.
 - `moe`: the expert GEMMs. One program per (expert, N tile) reads that tile of the expert's weights once and
   multiplies it by every row routed to the expert. The gate_up GEMM applies the clamped SwiGLU in its epilogue,
   the down GEMM the bias and routing weight. In scan mode (decode) each program finds its rows in the (B, k)
-  routing table itself, so no sort is needed; in sorted mode (prefill) rows come from an expert-sorted list.
+  routing table itself, so no sort is needed (with fewer pairs than experts, program row i takes the i-th distinct
+  routed expert: the compact grid); in sorted mode (prefill) rows come from an expert-sorted list.
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
