@@ -106,18 +106,22 @@ def test_readers_see_no_error_and_no_point_is_lost_while_a_sweep_writes(tmp_path
     assert not (tmp_path / "other" / "bench.duckdb").exists()  # the refused sweep wrote nothing
 
 
-def test_a_gpu_sweep_does_not_block_a_cpu_sweep(tmp_path: Path, capsys) -> None:
+def test_a_gpu_sweep_does_not_block_a_cpu_sweep(tmp_path: Path) -> None:
     gpu = try_lock(device_locks_dir() / "device-cuda-0.lock", "s-gpu-sweep pid 1 db /elsewhere/bench.duckdb")
     assert gpu is not None
     try:
         db = tmp_path / "bench.duckdb"
         spec = write_spec(tmp_path / "spec.toml", "[1]", 1)
-        assert main(["sweep", "--spec", str(spec), "--db", str(db), "--quiet", "--sweep-id", "s-cpu"]) == 0
-        capsys.readouterr()
+        # a subprocess, as a user runs it (an in-process sweep after AppTest tests spawns workers that re-run app.py)
+        res = subprocess.run([sys.executable, "-m", "bench", "sweep", "--spec", str(spec), "--db", str(db), "--quiet",
+                              "--sweep-id", "s-cpu"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+        code, err = res.returncode, res.stderr
     finally:
         gpu.release()
     con = duckdb.connect(str(db), read_only=True)
     try:
         assert con.execute("SELECT state, points_done, device_key FROM sweeps").fetchall() == [("done", 2, "cpu")]
+        failed = con.execute("SELECT error FROM points WHERE status <> 'ok'").fetchall()
     finally:
         con.close()
+    assert code == 0 and failed == [], (err, failed)
