@@ -15,6 +15,10 @@ from bench.paths import SPECS_DIR
 from bench.spec import DEVICES, DTYPES, ENGINE_NAMES, PRUNE_METHODS, load_spec, spec_from_dict
 
 TINY_SPEC = "tiny-cpu.toml"
+ENGINE_HELP = {"hf": "hf — transformers generate()", "graph": "graph — own decoder, CUDA-graph capture"}
+ENGINE_TIP = ("hf: the Hugging Face eager decode loop (the reference report's harness). graph: our gpt-oss "
+              "decoder with one decode step captured as a CUDA graph per batch size.")
+NO_GPU_GRAPH = " On this machine (no GPU) graph runs eagerly on the CPU, without capture: it works, just slowly."
 PROGRESS_EVERY_S = 2.0
 
 st.title("Runs")
@@ -164,7 +168,8 @@ names = [p.name for p in specs]
 tiny = SPECS_DIR / TINY_SPEC
 if not gpu:
     st.info("No GPU found (`nvidia-smi -L` lists none): the form defaults to the tiny CPU preset "
-            f"(`data/specs/{TINY_SPEC}`), which runs in seconds on the CPU.")
+            f"(`data/specs/{TINY_SPEC}`), which runs in seconds on the CPU. Engine `graph` works here too: on "
+            "the CPU it runs its decoder eagerly, **without CUDA-graph capture** (slower; capture needs a GPU).")
 mode = st.radio("Describe the sweep", ["Pick a spec file", "Fill in the fields"], horizontal=True, key="new_mode")
 if mode == "Pick a spec file":
     if not specs:
@@ -204,9 +209,13 @@ else:
         new_tokens = c[2].number_input("New tokens", min_value=2, value=int(sw.get("new_tokens", 12)))
         repeats = c[3].number_input("Repeats", min_value=1, value=int(sw.get("repeats", 3)))
         c = st.columns(3)
-        engine = c[0].selectbox("Engine", ENGINE_NAMES, index=ENGINE_NAMES.index(sw.get("engine", "hf")))
+        engine = c[0].selectbox("Engine", ENGINE_NAMES, index=ENGINE_NAMES.index(sw.get("engine", "hf")),
+                                format_func=lambda e: ENGINE_HELP.get(e, e),
+                                help=ENGINE_TIP + ("" if gpu else NO_GPU_GRAPH))
         device_default = sw.get("device", "auto") if gpu else "cpu"
-        device = c[1].selectbox("Device", DEVICES, index=DEVICES.index(device_default))
+        device = c[1].selectbox("Device", DEVICES, index=DEVICES.index(device_default),
+                                help="auto: the GPU when there is one, else the CPU" + ("" if gpu else
+                                                                                         " (no GPU on this machine)"))
         dtype = c[2].selectbox("Dtype", DTYPES, index=DTYPES.index(sw.get("dtype", "auto")))
         submitted = st.form_submit_button("Launch sweep", type="primary")
     if submitted:
@@ -225,6 +234,8 @@ else:
                 st.error(f"Not launched: {exc}")
             else:
                 _launched(ui_launch.launch_spec(db, spec))
+                if engine == "graph" and (device == "cpu" or not gpu):
+                    st.caption("graph on the CPU: eager decode, no CUDA-graph capture — slower than on a GPU.")
 
 
 # ---------------------------------------------------------------------------------------------- tables

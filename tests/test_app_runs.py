@@ -111,6 +111,33 @@ def test_launch_from_fields_form_then_points_on_scaling(tmp_path: Path, monkeypa
         assert t["x"] == [1, 2] and all(y > 0 for y in t["y"])
 
 
+def test_form_offers_graph_engine_and_devices_and_runs_graph_on_cpu(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.spec import DEVICES, ENGINE_NAMES
+
+    db = tmp_path / "bench.duckdb"
+    at = runs_page(db, monkeypatch)
+    assert any("without CUDA-graph capture" in i.value for i in at.info)  # this box has no GPU
+    at.radio(key="new_mode").set_value("Fill in the fields").run()
+    engine, device = by_label(at.selectbox, "Engine"), by_label(at.selectbox, "Device")
+    assert "graph" in ENGINE_NAMES
+    assert [o.split(" ")[0] for o in engine.options] == list(ENGINE_NAMES)  # shown as "graph — ..."
+    assert list(device.options) == list(DEVICES) and device.value == "cpu"
+    assert "without capture" in engine.help
+    engine.set_value("graph")
+    by_label(at.text_input, "Batch sizes").set_value("1")
+    by_label(at.number_input, "Repeats").set_value(1)
+    by_label(at.number_input, "New tokens").set_value(4)
+    by_label(at.button, "Launch sweep").click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert any("no CUDA-graph capture" in c.value for c in at.caption)
+    sweep_id = at.session_state["last_launch"]
+    row = wait_for(db, sweep_id, FINAL, at)
+    assert row["shown_state"] == "done", row
+    runs = queries.runs(db)
+    assert set(runs["engine"]) == {"graph"} and (runs["n_ok"] == 1).all()
+
+
 def test_progress_in_second_session_cancel_and_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "bench.duckdb"
     at = runs_page(db, monkeypatch)
