@@ -12,6 +12,8 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,7 +254,8 @@ class SweepRunner:
         proc = ctx.Process(target=worker_entry, args=(job, child), name=f"bench-worker-{v.name}", daemon=True)
         self.worker = proc
         store.update_run(self.db, run.run_id, state="running", started_at=utcnow())
-        proc.start()
+        with _main_script_hidden():
+            proc.start()
         child.close()
         remaining = list(todo)
         fatal: str | None = None
@@ -319,6 +322,28 @@ class SweepRunner:
             git_commit=e.git_commit, host=e.host, python_version=e.python,
             notes="; ".join(info.notes) if info.notes else None,
         )
+
+
+@contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Hide the parent's __main__ script while a worker is spawned, so the child never re-runs it.
+
+    The worker's target lives in bench.worker and needs nothing from __main__, but `spawn` re-imports the parent's
+    main script in the child when it has a file (AppTest, for one, makes app.py the __main__ module, which would
+    put streamlit into the worker).
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 def _death_reason(exitcode: int | None) -> str:

@@ -172,3 +172,22 @@ def test_kill_9_mid_sweep_then_resume_runs_only_missing_points(tmp_path):
     for b, r, f in kept:  # finished points were not run again
         assert after[(b, r)] == f
     assert rows(db, "SELECT state FROM sweeps")[0][0] == "done"
+
+
+def test_worker_never_reruns_the_parents_main_script(tmp_path, capsys, monkeypatch):
+    """Under AppTest, __main__ is app.py; a spawned worker must not execute it (nor import streamlit)."""
+    import types
+
+    marker = tmp_path / "main-was-run"
+    script = tmp_path / "fake_main.py"
+    script.write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    fake_main = types.ModuleType("__main__")
+    fake_main.__file__ = str(script)
+    fake_main.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
+    db = tmp_path / "bench.duckdb"
+    spec = write_spec(tmp_path, BASE, batches="[1]", repeats=1, new_tokens=4)
+    assert main(["sweep", "--spec", str(spec), "--db", str(db), "--quiet"]) == 0
+    capsys.readouterr()
+    assert not marker.exists()
+    assert fake_main.__file__ == str(script)  # restored after the spawn
