@@ -91,6 +91,7 @@ class RunRecord:
     env: EnvFingerprint = field(default_factory=EnvFingerprint)
     bandwidth_gbs: float | None = None  # measured once per run
     config_json: str | None = None  # exact resolved variant + sweep config, enough to rerun
+    engine_options: str | None = None  # JSON: the engine's settings as run (cache, capture, kernels)
     rerun_of: str | None = None
     source: str = "measured"  # "measured" | "imported:<file name>"
     state: str = "pending"
@@ -125,6 +126,7 @@ class PointRecord:
     sm_clock_mhz: float | None = None
     throttle_reasons: int | None = None
     bytes_per_step: float | None = None
+    kv_bytes: float | None = None  # KV-cache bytes read per decode step (part of bytes_per_step)
     distinct_experts: float | None = None  # mean distinct experts touched per layer per step
     ceiling_tps: float | None = None
     mbu: float | None = None

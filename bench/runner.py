@@ -321,6 +321,7 @@ class SweepRunner:
             torch_version=e.torch, transformers_version=e.transformers, bench_version=e.bench_version,
             git_commit=e.git_commit, host=e.host, python_version=e.python,
             notes="; ".join(info.notes) if info.notes else None,
+            engine_options=json.dumps(info.engine_options, sort_keys=True) if info.engine_options else None,
         )
 
 

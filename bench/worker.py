@@ -55,6 +55,7 @@ class RunInfo:
     model_fingerprint: str | None
     bandwidth_gbs: float | None
     notes: list[str] = field(default_factory=list)
+    engine_options: dict[str, Any] | None = None
 
 
 def parse_faults(text: str | None, variant: str) -> dict[int, str]:
@@ -122,7 +123,7 @@ def run_job(job: WorkerJob, send) -> None:
     from bench.measure.nvml import NvmlSampler
     from bench.models.loading import load_model
     from bench.models.pruning import apply_variant
-    from bench.roofline import ArchSummary, ceiling_tps
+    from bench.roofline import ArchSummary, ceiling_tps, kv_bytes_per_step
 
     dtype = getattr(torch, job.dtype)
     if job.device == "cuda" and job.gpu_mem_cap_gib:
@@ -138,6 +139,7 @@ def run_job(job: WorkerJob, send) -> None:
     tracker.after_load()
     bandwidth = measure_bandwidth(job.device)
     arch = ArchSummary.from_model(model)
+    engine = get_engine(job.engine)
     send(
         (
             "run",
@@ -149,11 +151,11 @@ def run_job(job: WorkerJob, send) -> None:
                 model_fingerprint=loaded.fingerprint,
                 bandwidth_gbs=bandwidth / 1e9,
                 notes=list(loaded.notes),
+                engine_options=engine.describe(job.device),
             ),
         )
     )
     faults = parse_faults(os.environ.get(FAULT_ENV), job.variant_name)
-    engine = get_engine(job.engine)
     vocab = int(model.config.vocab_size)
     context = job.prompt_len + job.new_tokens / 2
     device_index = 0
@@ -209,6 +211,7 @@ def run_job(job: WorkerJob, send) -> None:
                         sm_clock_mhz=getattr(window, "sm_clock_mhz", None),
                         throttle_reasons=getattr(window, "throttle_reasons", None),
                         bytes_per_step=batch / ceiling * bandwidth if ceiling else None,
+                        kv_bytes=kv_bytes_per_step(arch, batch, context),
                         distinct_experts=result.distinct_experts,
                         ceiling_tps=ceiling,
                         mbu=total_tps / ceiling if ceiling else None,

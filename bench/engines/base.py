@@ -39,6 +39,10 @@ class Engine(Protocol):
         """Free per-batch state (graphs, static caches) before the next batch size."""
         ...
 
+    def describe(self, device: str) -> dict[str, object]:
+        """The engine's settings as they apply on `device`, stored with the run (runs.engine_options)."""
+        ...
+
 
 def sync(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":

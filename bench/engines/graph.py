@@ -65,6 +65,12 @@ class GraphEngine:
         opts.keep_logits = self.keep_logits
         return opts
 
+    def describe(self, device: str) -> dict[str, object]:
+        dev = torch.device(device)
+        opts = self._options(dev)
+        capture = dev.type == "cuda" if self.capture is None else (self.capture and dev.type == "cuda")
+        return {"cuda_graph": capture, "kernels": opts.kernels, "moe": opts.moe, "cache": "static"}
+
     def prepare(self, model: torch.nn.Module, input_ids: torch.Tensor, new_tokens: int) -> None:
         _check_model(model)
         self.release()

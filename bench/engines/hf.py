@@ -111,3 +111,7 @@ class HFEngine:
 
     def release(self) -> None:
         self.distinct_experts = None
+
+    def describe(self, device: str) -> dict[str, object]:
+        return {"api": "generate", "cache": "dynamic", "warmup_tokens": WARMUP_TOKENS,
+                "distinct_experts": "router hooks during warm-up"}
