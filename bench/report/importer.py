@@ -8,12 +8,14 @@ no longer lists, so a report's import always mirrors the report.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import store
 from bench.errors import BadInputError
+from bench.records import SweepRecord, utcnow
 from bench.report.common import ParsedFile
 from bench.report.jsonl import parse_jsonl
 from bench.report.markdown import parse_markdown
@@ -56,6 +58,36 @@ def _insert(con: Any, table: str, row: dict[str, Any]) -> None:
     con.execute(f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})", [row[c] for c in cols])
 
 
+def reconstructed_sweeps(pf: ParsedFile) -> list[SweepRecord]:
+    """Sweep rows for measured runs whose sweep travelled only as a `sweep_id` (JSONL carries no sweep rows).
+
+    State done, title and spec from the runs' resolved configs, points and times from the file's points; the
+    message says the row was rebuilt on import. A sweep already in the database is left as it is.
+    """
+    by_sweep: dict[str, list[Any]] = {}
+    for run in pf.runs:
+        if run.sweep_id and run.source == "measured":
+            by_sweep.setdefault(run.sweep_id, []).append(run)
+    out = []
+    for sweep_id, runs in by_sweep.items():
+        ids = {r.run_id for r in runs}
+        pts = [p for p in pf.points if p.run_id in ids]
+        configs = [json.loads(r.config_json) for r in runs if r.config_json]
+        title = next((c.get("title") for c in configs if c.get("title")), f"imported from {pf.file_name}")
+        spec = {"title": title, "sweep": configs[0].get("sweep", {}) if configs else {},
+                "variants": [c["variant"] for c in configs if "variant" in c]}
+        starts = [t for t in [r.started_at for r in runs] + [p.started_at for p in pts] if t is not None]
+        ends = [t for t in [r.finished_at for r in runs] + [p.finished_at for p in pts] if t is not None]
+        first = min(starts) if starts else None
+        out.append(SweepRecord(
+            sweep_id=sweep_id, title=title, spec_json=json.dumps(spec, sort_keys=True), state="done",
+            host=runs[0].env.host, device_key=None, points_planned=len(pts), points_done=len(pts),
+            message=f"rebuilt on import of {pf.file_name}", created_at=first or utcnow(), started_at=first,
+            finished_at=max(ends) if ends else None,
+        ))
+    return out
+
+
 def write_parsed(db_path: Path | str, parsed: list[ParsedFile]) -> ImportSummary:
     """Write parsed files in one transaction (all or nothing)."""
     summary = ImportSummary()
@@ -88,6 +120,9 @@ def write_parsed(db_path: Path | str, parsed: list[ParsedFile]) -> ImportSummary
                 _insert(con, "runs", store.run_row(run))
             for point in pf.points:
                 _insert(con, "points", store.point_row(point))
+            for sweep in reconstructed_sweeps(pf):
+                if not con.execute("SELECT 1 FROM sweeps WHERE sweep_id = ?", [sweep.sweep_id]).fetchone():
+                    _insert(con, "sweeps", store.sweep_row(sweep))
             summary.files.append(pf.file_name)
             summary.runs += len(pf.runs)
             summary.points += len(pf.points)
