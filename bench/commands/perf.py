@@ -261,23 +261,10 @@ def _append(out: Path | None, run: Any, point: Any) -> None:
     """Append one point in the bench's JSONL export format (importable with `python -m bench import`)."""
     if out is None:
         return
-    render_jsonl = _render_jsonl()
+    from bench.report.jsonl import render_jsonl  # no duckdb needed: runs on the GPU box too
+
     with out.open("a") as f:
         f.write(render_jsonl([run], [point]))
-
-
-def _render_jsonl() -> Any:
-    """bench.report.jsonl's render_jsonl, also where duckdb is missing (the GPU box): importing it runs
-    bench/report/__init__.py, whose importer needs the DuckDB store and fails after bench.report.jsonl itself has
-    loaded (the first perf run on the H100 lost its first point to that)."""
-    try:
-        from bench.report.jsonl import render_jsonl
-    except ImportError:
-        mod = sys.modules.get("bench.report.jsonl")
-        if mod is None or not hasattr(mod, "render_jsonl"):
-            raise
-        render_jsonl = mod.render_jsonl
-    return render_jsonl
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,33 +12,33 @@ Public entry points (the CLI and the dashboard's Export page call the same ones,
 
 from __future__ import annotations
 
-from bench.report.csv_export import render_csv
-from bench.report.importer import ImportSummary, import_files, parse_file
-from bench.report.jsonl import parse_jsonl, render_jsonl
-from bench.report.markdown import ParsedFile, parse_markdown, render_markdown
-from bench.report.selection import (
-    EXPORT_FORMATS,
-    ExportResult,
-    Selection,
-    build_export,
-    export_selection,
-    load_selection,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "EXPORT_FORMATS",
-    "ExportResult",
-    "ImportSummary",
-    "ParsedFile",
-    "Selection",
-    "build_export",
-    "export_selection",
-    "import_files",
-    "load_selection",
-    "parse_file",
-    "parse_jsonl",
-    "parse_markdown",
-    "render_csv",
-    "render_jsonl",
-    "render_markdown",
-]
+# Names are loaded on first use (PEP 562), so `bench.report.jsonl` and `bench.report.markdown` import without the
+# DuckDB store: the GPU box writes JSONL (python -m bench perf) and has no duckdb.
+_WHERE: dict[str, str] = {
+    "render_csv": "csv_export",
+    "ImportSummary": "importer",
+    "import_files": "importer",
+    "parse_file": "importer",
+    "parse_jsonl": "jsonl",
+    "render_jsonl": "jsonl",
+    "ParsedFile": "markdown",
+    "parse_markdown": "markdown",
+    "render_markdown": "markdown",
+    "EXPORT_FORMATS": "selection",
+    "ExportResult": "selection",
+    "Selection": "selection",
+    "build_export": "selection",
+    "export_selection": "selection",
+    "load_selection": "selection",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'bench.report' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"bench.report.{_WHERE[name]}"), name)
