@@ -233,14 +233,7 @@ def parse_jsonl(text: str, file_name: str) -> ParsedFile:
         _check_run(run, where)
         point = _build(PointRecord, {k: obj[k] for k in POINT_KEYS if k in obj}, "", where)
         _check_point(point, where)
-        headline = {
-            "run": run.name,
-            "model": run.model,
-            "top_k": run.top_k,
-            "experts": run.experts,
-            "engine": run.engine,
-            "device_name": run.env.device_name,
-        }
+        headline = _headline(run)
         for key, expected in headline.items():
             if key in obj and obj[key] != expected:
                 raise where.error(key, f"{obj[key]!r} disagrees with run_meta ({expected!r})")
