@@ -27,22 +27,21 @@ def _text_config(config: Any) -> Any:
     return getter() if callable(getter) else config
 
 
-def config_num_experts(config: Any) -> int:
+def _first_positive_int(config: Any, names: tuple[str, ...]) -> int:
     cfg = _text_config(config)
-    for name in ("num_local_experts", "num_experts", "n_routed_experts"):
+    for name in names:
         value = getattr(cfg, name, None)
         if isinstance(value, int) and value > 0:
             return value
     return 0
+
+
+def config_num_experts(config: Any) -> int:
+    return _first_positive_int(config, ("num_local_experts", "num_experts", "n_routed_experts"))
 
 
 def config_top_k(config: Any) -> int:
-    cfg = _text_config(config)
-    for name in ("num_experts_per_tok", "top_k", "moe_topk"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 0
+    return _first_positive_int(config, ("num_experts_per_tok", "top_k", "moe_topk"))
 
 
 def _layer_types(cfg: Any, num_layers: int) -> list[str]:

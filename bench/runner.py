@@ -55,20 +55,12 @@ class SweepOutcome:
         }
 
 
-def resolve_device(requested: str) -> str:
-    import torch
+def resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
+    """The spec's device and dtype as run: `auto` -> cuda when visible, and bfloat16 on cuda / float32 on cpu."""
+    from bench.models.loading import resolve_device, torch_dtype
 
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise BadInputError("sweep.device: 'cuda' was asked for but no CUDA GPU is visible; use device = \"cpu\"")
-    return requested
-
-
-def resolve_dtype(requested: str, device: str) -> str:
-    if requested == "auto":
-        return "bfloat16" if device == "cuda" else "float32"
-    return requested
+    resolved = resolve_device(device)
+    return resolved, str(torch_dtype(dtype, resolved)).removeprefix("torch.")
 
 
 def device_key(device: str) -> str:
@@ -130,8 +122,7 @@ class SweepRunner:
         resume: bool = False,
         rerun_of: dict[str, str] | None = None,
     ) -> SweepOutcome:
-        device = resolve_device(spec.sweep.device)
-        dtype = resolve_dtype(spec.sweep.dtype, device)
+        device, dtype = resolve_device_dtype(spec.sweep.device, spec.sweep.dtype)
         if not resume:
             preflight(spec)
         sweep_id = sweep_id or new_id("s")

@@ -113,6 +113,61 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[idx]
 
 
+def point_from_result(
+    run_id: str,
+    batch: int,
+    repeat: int,
+    result: Any,
+    *,
+    expected_tokens: int,
+    arch: Any,
+    top_k: int,
+    context: float,
+    bandwidth: float,
+    mem: dict[str, float | None],
+    window: Any,
+    started: Any,
+) -> PointRecord:
+    """The one place a timed generation becomes a point: tok/s, TPOT, energy, roofline ceiling and MBU.
+
+    `result` is a DecodeResult, `arch` an ArchSummary, `window` an NvmlWindow (all-None fields on CPU), `mem` the
+    MemoryTracker's point_stats. Raises when the engine did not generate exactly `expected_tokens` per stream.
+    """
+    from bench.roofline import bytes_per_step, ceiling_tps, kv_bytes_per_step, mbu
+
+    generated = int(result.tokens.shape[1])
+    if generated != expected_tokens:
+        raise RuntimeError(f"engine generated {generated} tokens per stream, expected {expected_tokens}")
+    total_tps = batch * (generated - 1) / result.decode_s
+    ceiling = ceiling_tps(arch, batch, top_k, context, bandwidth, distinct=result.distinct_experts)
+    energy = getattr(window, "energy_j", None)
+    step_ms = [s * 1000 for s in result.step_s]
+    return PointRecord(
+        run_id=run_id,
+        batch=batch,
+        repeat=repeat,
+        status="ok",
+        total_tps=total_tps,
+        per_stream_tps=total_tps / batch,
+        decode_s=result.decode_s,
+        prefill_s=result.prefill_s,
+        tpot_p50_ms=statistics.median(step_ms) if step_ms else None,
+        tpot_p90_ms=_percentile(step_ms, 0.9),
+        tokens_generated=generated,
+        energy_j_per_token=(energy / (batch * generated)) if energy else None,
+        sm_clock_mhz=getattr(window, "sm_clock_mhz", None),
+        throttle_reasons=getattr(window, "throttle_reasons", None),
+        bytes_per_step=bytes_per_step(arch, batch, top_k, context, result.distinct_experts),
+        kv_bytes=kv_bytes_per_step(arch, batch, context),
+        distinct_experts=result.distinct_experts,
+        ceiling_tps=ceiling,
+        mbu=mbu(total_tps, ceiling),
+        started_at=started,
+        finished_at=utcnow(),
+        **mem,
+    )
+
+
 def run_job(job: WorkerJob, send) -> None:
     import torch
 
@@ -123,7 +178,7 @@ def run_job(job: WorkerJob, send) -> None:
     from bench.measure.nvml import NvmlSampler
     from bench.models.loading import load_model
     from bench.models.pruning import apply_variant
-    from bench.roofline import ArchSummary, ceiling_tps, kv_bytes_per_step
+    from bench.roofline import ArchSummary, mean_decode_context
 
     dtype = getattr(torch, job.dtype)
     if job.device == "cuda" and job.gpu_mem_cap_gib:
@@ -157,8 +212,7 @@ def run_job(job: WorkerJob, send) -> None:
     )
     faults = parse_faults(os.environ.get(FAULT_ENV), job.variant_name)
     vocab = int(model.config.vocab_size)
-    context = job.prompt_len + job.new_tokens / 2
-    device_index = 0
+    context = mean_decode_context(job.prompt_len, job.new_tokens)
     prepared_batch: int | None = None
     failed_batches: dict[int, str] = {}
     for batch, repeat in job.points:
@@ -181,46 +235,14 @@ def run_job(job: WorkerJob, send) -> None:
             if batch in faults:
                 _inject(faults[batch])
             tracker.reset_peak()
-            with NvmlSampler(device_index) if job.device == "cuda" else _null() as sampler:
+            with NvmlSampler(0 if job.device == "cuda" else None) as sampler:
                 result = engine.generate(model, input_ids, job.new_tokens)
-            window = getattr(sampler, "result", None)
-            generated = int(result.tokens.shape[1])
-            if generated != job.new_tokens:
-                raise RuntimeError(f"engine generated {generated} tokens per stream, expected {job.new_tokens}")
-            total_tps = batch * (generated - 1) / result.decode_s
-            mem = tracker.point_stats(window)
-            ceiling = ceiling_tps(arch, batch, job.top_k, context, bandwidth, distinct=result.distinct_experts)
-            energy = getattr(window, "energy_j", None)
-            step_ms = [s * 1000 for s in result.step_s]
-            send(
-                (
-                    "point",
-                    PointRecord(
-                        run_id=job.run_id,
-                        batch=batch,
-                        repeat=repeat,
-                        status="ok",
-                        total_tps=total_tps,
-                        per_stream_tps=total_tps / batch,
-                        decode_s=result.decode_s,
-                        prefill_s=result.prefill_s,
-                        tpot_p50_ms=statistics.median(step_ms) if step_ms else None,
-                        tpot_p90_ms=_percentile(step_ms, 0.9),
-                        tokens_generated=generated,
-                        energy_j_per_token=(energy / (batch * generated)) if energy else None,
-                        sm_clock_mhz=getattr(window, "sm_clock_mhz", None),
-                        throttle_reasons=getattr(window, "throttle_reasons", None),
-                        bytes_per_step=batch / ceiling * bandwidth if ceiling else None,
-                        kv_bytes=kv_bytes_per_step(arch, batch, context),
-                        distinct_experts=result.distinct_experts,
-                        ceiling_tps=ceiling,
-                        mbu=total_tps / ceiling if ceiling else None,
-                        started_at=started,
-                        finished_at=utcnow(),
-                        **mem,
-                    ),
-                )
+            point = point_from_result(
+                job.run_id, batch, repeat, result, expected_tokens=job.new_tokens, arch=arch, top_k=job.top_k,
+                context=context, bandwidth=bandwidth, mem=tracker.point_stats(sampler.result),
+                window=sampler.result, started=started,
             )
+            send(("point", point))
         except Exception as exc:  # a failed point becomes a row; the sweep goes on
             status = "oom" if _is_oom(exc) else "error"
             message = f"{type(exc).__name__}: {exc}".strip()[:2000]
@@ -238,16 +260,6 @@ def run_job(job: WorkerJob, send) -> None:
                 torch.cuda.empty_cache()
     if prepared_batch is not None:
         engine.release()
-
-
-class _null:
-    result = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def worker_entry(job: WorkerJob, conn) -> None:

@@ -117,8 +117,9 @@ def run(args: argparse.Namespace) -> int:
     from bench.models.loading import load_model, resolve_device, torch_dtype
     from bench.models.pruning import apply_variant, set_top_k
     from bench.records import PointRecord, utcnow
-    from bench.roofline import ArchSummary, bytes_per_step, ceiling_tps, mbu, mean_decode_context
+    from bench.roofline import ArchSummary, mbu, mean_decode_context
     from bench.spec import PruneSpec
+    from bench.worker import point_from_result
 
     device = resolve_device(args.device)
     dtype = torch_dtype(args.dtype, device)
@@ -171,26 +172,15 @@ def run(args: argparse.Namespace) -> int:
                         for rep in range(args.repeats):
                             started = utcnow()
                             res = engine.generate(model, ids, args.new_tokens)
-                            steps = args.new_tokens - 1
-                            total = b * steps / res.decode_s
-                            ceil = ceiling_tps(arch, b, k, context, bandwidth, distinct=res.distinct_experts)
-                            mem = tracker.point_stats()
-                            step_ms = sorted(1000 * s for s in res.step_s) if res.step_s else []
-                            rec = PointRecord(
-                                run_id=run_name, batch=b, repeat=rep, status="ok", total_tps=total,
-                                per_stream_tps=total / b, decode_s=res.decode_s, prefill_s=res.prefill_s,
-                                tpot_p50_ms=step_ms[len(step_ms) // 2] if step_ms else None,
-                                tpot_p90_ms=step_ms[int(0.9 * (len(step_ms) - 1))] if step_ms else None,
-                                tokens_generated=int(res.tokens.shape[1]), distinct_experts=res.distinct_experts,
-                                ceiling_tps=ceil, mbu=mbu(total, ceil),
-                                bytes_per_step=bytes_per_step(arch, b, k, context, res.distinct_experts),
-                                started_at=started, finished_at=utcnow(),
-                                **mem,
+                            rec = point_from_result(
+                                run_name, b, rep, res, expected_tokens=args.new_tokens, arch=arch, top_k=k,
+                                context=context, bandwidth=bandwidth, mem=tracker.point_stats(), window=None,
+                                started=started,
                             )
                             times.append(res.decode_s)
                             row.distinct_experts = res.distinct_experts
-                            row.ceiling_tps = ceil
-                            row.mem_used_gib = mem.get("mem_used_gib")
+                            row.ceiling_tps = rec.ceiling_tps
+                            row.mem_used_gib = rec.mem_used_gib
                             _append(out_jsonl, run_rec, rec)
                     except torch.cuda.OutOfMemoryError as exc:
                         row.status, row.error = "oom", str(exc).splitlines()[0]
