@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from bench import ui_data
+from bench.ui import data as ui_data
 
 st.set_page_config(page_title="moe-bench", page_icon="📈", layout="wide")
 

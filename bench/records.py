@@ -1,7 +1,7 @@
 """Records that cross a boundary: worker -> runner -> store -> export.
 
 These dataclasses are the one description of a sweep, a run and a point. The DuckDB schema
-(`bench/schema.sql`) and the JSONL export use the same field names.
+(`bench/store/schema.sql`) and the JSONL export use the same field names.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ class EnvFingerprint:
     git_commit: str | None = None
     host: str | None = None
     python: str | None = None
+    gpu_index: int | None = None  # CUDA device index on its host (None on CPU)
+    gpu_uuid: str | None = None  # NVML UUID, tells two cards of the same name apart
+    worker_address: str | None = None  # the Dask worker that ran it; None when the bench process launched it
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,6 +68,8 @@ class SweepRecord:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     heartbeat_at: datetime | None = None
+    source: str = "measured"  # "measured" | "imported:<file name>"
+    cluster: str | None = None  # None: this GPU; "local", "local:N" or a scheduler address
 
 
 @dataclass
@@ -99,6 +104,9 @@ class RunRecord:
     timing_convention: str = "decode"  # "decode": (new_tokens-1)/decode_s ; "generate": see report import
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    weights: str = "bf16"  # expert weight format: "bf16" | "mxfp4"
+    weights_impl: str | None = None  # how the engine ran them, e.g. "mxfp4 native" | "mxfp4 dequantized to bf16"
+    prompts: str | None = None  # "random" | "domain:<name>@<text hash>"
 
 
 @dataclass
@@ -132,6 +140,8 @@ class PointRecord:
     mbu: float | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    experts_measured: bool | None = None  # distinct_experts counted by the engine (True) or the uniform formula
+    bandwidth_source: str | None = None  # "measured" (device copy) | "datasheet"
 
 
 def to_jsonable(value: Any) -> Any:

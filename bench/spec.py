@@ -281,3 +281,27 @@ def load_spec(path: str | Path) -> SweepSpec:
     p = Path(path)
     raw = read_spec_toml(p)
     return spec_from_dict(raw, base_dir=p.parent.resolve(), source_path=str(p), restrict_paths=True)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def spec_to_toml(spec: SweepSpec) -> str:
+    """The spec as a TOML file that `bench.spec.load_spec` reads back to an equal spec."""
+    d = spec.to_dict()
+    out = [f"title = {_toml_value(d['title'])}", "", "[sweep]"]
+    out += [f"{k} = {_toml_value(v)}" for k, v in d["sweep"].items()]
+    for v in d["variants"]:
+        out += ["", "[[variants]]"] + [f"{k} = {_toml_value(x)}" for k, x in v.items()]
+    return "\n".join(out) + "\n"

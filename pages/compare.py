@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from bench import queries, ui_charts, ui_data
+from bench.analysis import compare
+from bench.ui import charts as ui_charts
+from bench.ui import data as ui_data
 
 st.title("Compare")
 data = ui_data.page_data()
@@ -22,7 +24,7 @@ pruned_ids = runs[runs["pruned"]]["run_id"].tolist()
 unpruned = runs[~runs["pruned"]]["run_id"].tolist()
 default_ids = [r for r in ui_data.default_ids(runs) if r in labels]
 default_pruned = [r for r in default_ids if r in pruned_ids] or pruned_ids
-guess = queries.base_for(runs, default_pruned[0]) if default_pruned else None
+guess = compare.base_for(runs, default_pruned[0]) if default_pruned else None
 default_base = guess or (unpruned[0] if unpruned else ids[0])
 base = st.selectbox("Base", ids, index=ids.index(default_base), format_func=lambda r: labels[r], key="cmp_base")
 cand_options = [r for r in ids if r != base]
@@ -51,7 +53,7 @@ if not cands:
     st.stop()
 
 for c in cands:
-    diffs = queries.env_differences(data.runs_all, base, c)
+    diffs = compare.env_differences(data.runs_all, base, c)
     engine = [d for d in diffs if d.startswith("engine:")]
     other = [d for d in diffs if not d.startswith("engine:")]
     if engine and not other:
@@ -63,7 +65,7 @@ for c in cands:
         st.warning(f"**{labels[c]}** and **{labels[base]}** were measured differently — the comparison may not "
                    "be fair:\n" + "\n".join(f"- {d}" for d in diffs))
 
-d = queries.deltas(data.summary, data.runs_all, base, cands)
+d = compare.deltas(data.summary, data.runs_all, base, cands)
 if d.empty:
     st.info("The base and the candidates share no batch size.")
     st.stop()

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from bench import ui_data
 from bench.errors import BenchError
-from bench.queries import file_version
 from bench.report import export_selection
+from bench.store.queries import file_version
+from bench.ui import data as ui_data
 
 PREVIEW_POINTS = 20_000  # larger selections build the markdown preview on request, so the page stays under 1 s
 

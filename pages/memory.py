@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from bench import queries, ui_charts, ui_data
+from bench.analysis import compare
+from bench.store import queries
+from bench.ui import charts as ui_charts
+from bench.ui import data as ui_data
 
 st.title("Memory")
 data = ui_data.page_data()
@@ -12,7 +15,7 @@ if data is None:
     st.stop()
 
 ids = ui_data.run_picker(data, key="memory_runs")
-summ = queries.summary_for(data.summary, data.runs_all, ids)
+summ = compare.summary_for(data.summary, data.runs_all, ids)
 if summ.empty:
     st.info("Pick at least one run.")
     st.stop()
@@ -50,13 +53,13 @@ base_labels = dict(zip(bases["run_id"], bases["label"], strict=True))
 pairs = []
 cols = st.columns(min(len(pruned), 3))
 for i, rid in enumerate(pruned):
-    guess = queries.base_for(data.runs, rid)
+    guess = compare.base_for(data.runs, rid)
     options = list(base_labels)
     choice = cols[i % len(cols)].selectbox(
         f"Base for {runs.at[rid, 'label']}", options, index=options.index(guess) if guess in options else 0,
         format_func=lambda r: base_labels[r], key=f"memory_base_{rid}")
     pairs.append((rid, choice))
-saved = queries.memory_saved(data.summary, data.runs_all, pairs)
+saved = compare.memory_saved(data.summary, data.runs_all, pairs)
 if saved.empty:
     st.info("The pruned runs and their bases share no batch size.")
     st.stop()

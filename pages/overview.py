@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from bench import ui_charts, ui_data
+from bench.ui import charts as ui_charts
+from bench.ui import data as ui_data
 
 st.title("moe-bench")
 st.caption("Decode throughput and memory of base and expert-pruned Mixture-of-Experts models.")

@@ -9,10 +9,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from bench import queries, ui_data, ui_launch
+from bench import locks
+from bench.analysis import labels
 from bench.errors import BadInputError
 from bench.paths import SPECS_DIR
 from bench.spec import DEVICES, DTYPES, ENGINE_NAMES, PRUNE_METHODS, load_spec, spec_from_dict
+from bench.store import queries
+from bench.ui import data as ui_data
+from bench.ui import launch as ui_launch
 
 TINY_SPEC = "tiny-cpu.toml"
 ENGINE_HELP = {"hf": "hf — transformers generate()", "graph": "graph — own decoder, CUDA-graph capture"}
@@ -47,7 +51,7 @@ def _panel(sweep_id: str, row: dict | None, launch: ui_launch.Launch | None) -> 
     with st.container(border=True):
         title = (row or {}).get("title") or (launch.label if launch else sweep_id)
         if row is None:
-            alive = launch is not None and queries.pid_alive(launch.pid)
+            alive = launch is not None and locks.pid_alive(launch.pid)
             state = "starting" if alive else "failed to start"
         else:
             state = row["shown_state"]
@@ -83,10 +87,10 @@ def live_progress() -> None:
     ui_launch.reap()
     rows = _sweep_rows()
     recs = {launch.sweep_id: launch for launch in ui_launch.launches(db)}
-    shown: list[str] = [sid for sid, r in rows.items() if r["shown_state"] in queries.ACTIVE_STATES]
+    shown: list[str] = [sid for sid, r in rows.items() if r["shown_state"] in locks.ACTIVE_STATES]
     # Launches not yet registered (the bench is importing torch) or that died before registering.
     for sid, launch in recs.items():
-        if sid not in rows and sid not in shown and (queries.pid_alive(launch.pid) or
+        if sid not in rows and sid not in shown and (locks.pid_alive(launch.pid) or
                                                      time.time() - launch.started < 600):
             shown.append(sid)
     latest = next(iter(recs), None)  # the newest launch stays visible after it ends
@@ -257,7 +261,7 @@ else:
 
 st.subheader("Runs")
 runs_all = ui_data.all_runs()
-runs = queries.apply_filters(runs_all, ui_data.filters())
+runs = labels.apply_filters(runs_all, ui_data.filters())
 if runs.empty:
     st.info("No runs pass the sidebar filters.")
     st.stop()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from bench import queries, ui_charts, ui_data
+from bench.analysis import compare
+from bench.ui import charts as ui_charts
+from bench.ui import data as ui_data
 
 st.title("Scaling")
 data = ui_data.page_data()
@@ -13,7 +15,7 @@ if data is None:
 
 ids = ui_data.run_picker(data, key="scaling_runs")
 show_ceiling = st.toggle("Show roofline ceilings (dashed)", value=True)
-summ = queries.summary_for(data.summary, data.runs_all, ids)
+summ = compare.summary_for(data.summary, data.runs_all, ids)
 if summ.empty or summ["total_tps"].notna().sum() == 0:
     st.info("Pick at least one run with successful points.")
     st.stop()

@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.engines import graph_kernels
 from bench.engines.graph import GraphEngine
+from bench.engines.graph import kernels as graph_kernels
 from bench.models.loading import load_model, set_experts_implementation
 from bench.models.pruning import set_top_k
 

@@ -103,7 +103,7 @@ def render_times(db: Path) -> dict[str, dict[str, float]]:
             warm.append(time.perf_counter() - t)
         out[page] = {"cold_s": cold, "warm_s": statistics.median(warm)}
     # Export with every run selected (all points): the page must stay fast; the files are built on click.
-    from bench import queries
+    from bench.store import queries
 
     all_ids = queries.runs(db)["run_id"].tolist()
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
@@ -123,8 +123,8 @@ def render_times(db: Path) -> dict[str, dict[str, float]]:
 
 def export_times(db: Path) -> dict[str, float]:
     """Seconds to build each export of every run (what a download button does when clicked)."""
-    from bench import queries
     from bench.report import export_selection
+    from bench.store import queries
 
     ids = queries.runs(db)["run_id"].tolist()
     out = {}

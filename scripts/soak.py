@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import queries  # noqa: E402
+from bench import locks  # noqa: E402
+from bench.analysis import compare, labels  # noqa: E402
+from bench.store import queries  # noqa: E402
 
 VARIANTS = [
     ("base_topk2", 2, None),
@@ -47,7 +49,7 @@ class ReaderStats:
 
 
 def read_all_pages(db: Path) -> int | None:
-    """One pass over every public bench.queries function the dashboard pages call. Returns the number of points
+    """One pass over every public bench.store.queries function the dashboard pages call. Returns the number of points
     the database held (None while it has no tables yet). Raises on any reader error."""
     info = queries.db_info(db)
     if info.error:
@@ -56,24 +58,24 @@ def read_all_pages(db: Path) -> int | None:
         return None
     queries.file_version(db)
     runs = queries.runs(db)
-    queries.filter_options(runs)
-    shown = queries.apply_filters(runs, queries.Filters())
-    ids = queries.default_runs(shown)
+    labels.filter_options(runs)
+    shown = labels.apply_filters(runs, labels.Filters())
+    ids = labels.default_runs(shown)
     summary = queries.point_summary(db)
-    queries.summary_for(summary, runs, ids)
+    compare.summary_for(summary, runs, ids)
     queries.points(db, ids[:3])
     sweeps = queries.sweeps(db)
     for row in sweeps.to_dict("records"):
         queries.sweep(db, row["sweep_id"])
-        queries.pid_alive(row.get("pid"))
+        locks.pid_alive(row.get("pid"))
     queries.overview(db)
     pruned = [r for r in ids if r in set(runs.loc[runs["pruned"], "run_id"])]
     for rid in pruned[:2]:
-        base = queries.base_for(runs, rid)
+        base = compare.base_for(runs, rid)
         if base:
-            queries.env_differences(runs, base, rid)
-            queries.deltas(summary, runs, base, [rid])
-            queries.memory_saved(summary, runs, [(rid, base)])
+            compare.env_differences(runs, base, rid)
+            compare.deltas(summary, runs, base, [rid])
+            compare.memory_saved(summary, runs, [(rid, base)])
     return info.n_points
 
 

@@ -196,7 +196,7 @@ def test_sidebar_shows_database_path(fixture_db: Path, monkeypatch: pytest.Monke
     shown = [c.value for c in at.sidebar.code]
     assert shown == ["bench.duckdb"] and not any(str(fixture_db.parent) in v for v in shown)
     assert any(str(fixture_db) in (c.proto.help or "") for c in at.sidebar.caption)
-    from bench.ui_data import shown_path
+    from bench.ui.data import shown_path
 
     assert shown_path(PROJECT_ROOT / "data" / "bench.duckdb") == "data/bench.duckdb"
 
@@ -263,8 +263,7 @@ def test_spec_to_toml_round_trips_every_prune_form(tmp_path: Path) -> None:
     import tomllib
 
     from bench.paths import KEEP_DIR
-    from bench.spec import spec_from_dict
-    from bench.ui_launch import spec_to_toml
+    from bench.spec import spec_from_dict, spec_to_toml
 
     keeps = sorted(p.name for p in KEEP_DIR.glob("*.json"))[:2]
     if len(keeps) < 2:
@@ -294,7 +293,7 @@ def default_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_overview_on_default_data(default_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bench import queries
+    from bench.store import queries
 
     at = open_page(default_db, "pages/overview.py", monkeypatch)
     metrics = {m.label: m.value for m in at.metric}
@@ -310,7 +309,7 @@ def test_overview_on_default_data(default_db: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_date_range_is_compact() -> None:
-    from bench.ui_data import date_range
+    from bench.ui.data import date_range
 
     assert date_range("2025-01-10 12:00", "2025-01-10 18:00") == "2025-01-10"
     assert date_range("2025-01-10", "2025-03-02") == "2025-01-10 → 03-02"
@@ -319,14 +318,14 @@ def test_date_range_is_compact() -> None:
 
 
 def _by_label(db: Path) -> dict[str, str]:
-    from bench import queries
+    from bench.store import queries
 
     r = queries.runs(db)
     return dict(zip(r["label"], r["run_id"], strict=True))
 
 
-def test_same_name_runs_have_distinct_labels(default_db: Path) -> None:
-    from bench import queries
+    from bench.analysis import labels
+    from bench.store import queries
 
     runs = queries.runs(default_db)
     assert runs["label"].is_unique
@@ -337,7 +336,7 @@ def test_same_name_runs_have_distinct_labels(default_db: Path) -> None:
             assert r["label"] == f"base_topk4 · {r['engine']} · H100"
         else:
             assert r["label"] == "base_topk4 · imported"
-    assert queries.short_card("NVIDIA A100-SXM4-80GB") == "A100" and queries.short_card("cpu: Xeon") == "cpu"
+    assert labels.short_card("NVIDIA A100-SXM4-80GB") == "A100" and labels.short_card("cpu: Xeon") == "cpu"
 
 
 def test_compare_hf_against_graph_is_informative(default_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -382,7 +381,7 @@ def test_export_large_selection_builds_files_on_demand(tmp_path: Path, monkeypat
     are callables run on click."""
     import importlib.util
 
-    from bench import queries
+    from bench.store import queries
 
     spec = importlib.util.spec_from_file_location("perf_dashboard", PROJECT_ROOT / "scripts" / "perf_dashboard.py")
     perf = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from bench import queries
 from bench.paths import PROJECT_ROOT
+from bench.store import queries
 
 APP = str(PROJECT_ROOT / "app.py")
 pytestmark = [
@@ -27,7 +27,7 @@ FINAL = ("done", "failed", "crashed", "cancelled")
 def _stop_launched(tmp_path: Path):
     """Whatever a test launched beside its database is stopped when the test ends, pass or fail."""
     yield
-    from bench import ui_launch
+    from bench.ui import launch as ui_launch
 
     for launch in ui_launch.launches(tmp_path / "bench.duckdb"):
         try:  # only our own bench process (its command line names this test's database)

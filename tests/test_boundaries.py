@@ -13,7 +13,7 @@ WORKER_SIDE = [
     "bench.measure.memory", "bench.measure.nvml", "bench.measure.bandwidth", "bench.measure.env", "bench.roofline",
     "bench.commands.perf", "bench.report.jsonl",
 ]
-DASHBOARD_SIDE = ["bench.queries", "bench.ui_data", "bench.ui_charts", "bench.ui_launch", "bench.ui_colors",
+DASHBOARD_SIDE = ["bench.store.queries", "bench.ui.data", "bench.ui.charts", "bench.ui.launch", "bench.ui.colors",
                   "bench.report"]
 
 

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import queries, ui_launch
+from bench.analysis import labels
 from bench.paths import PROJECT_ROOT
+from bench.store import queries
+from bench.ui import launch as ui_launch
 from tests.fixtures_db import build_fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -146,7 +148,7 @@ def test_dashboard_in_chromium(server: tuple[str, Path], tmp_path: Path) -> None
             page.goto(f"{url}/export")
             _wait_idle(page)
             page.get_by_role("button", name="Download markdown").wait_for()
-            ids = queries.default_runs(queries.runs(db))
+            ids = labels.default_runs(queries.runs(db))
             for fmt, button in (("markdown", "Download markdown"), ("csv", "Download CSV"),
                                 ("jsonl", "Download JSONL")):
                 with page.expect_download() as dl:

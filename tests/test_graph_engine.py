@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bench.engines import get_engine
-from bench.engines.graph_decoder import DecoderOptions, GptOssDecoder
+from bench.engines.graph.decoder import DecoderOptions, GptOssDecoder
 from bench.models.loading import load_model
 
 NEW_TOKENS = 64
@@ -107,7 +107,7 @@ def test_triton_kernels_match_torch_under_interpreter(lively):
 @needs_interp
 @pytest.mark.slow
 def test_triton_moe_sorted_mode_matches_loop():
-    from bench.engines import graph_kernels as gk
+    from bench.engines.graph import kernels as gk
 
     model = _lively_tiny_model()
     lay = GptOssDecoder(model, 1, 4, 4, DecoderOptions()).layers[0]
@@ -127,7 +127,7 @@ def test_triton_moe_sorted_mode_matches_loop():
 def test_triton_split_router_matches_torch_topk():
     """The decode router (split-K partials + per-token top-k) picks torch's top-k and softmax, like the
     per-token kernel it replaces (which still serves prefill: more than ROUTER_SPLIT_MAX_TOKENS tokens)."""
-    from bench.engines import graph_kernels as gk
+    from bench.engines.graph import kernels as gk
 
     gen = torch.Generator().manual_seed(5)
     for tokens, experts, hidden, k in ((1, 32, 2880, 4), (3, 8, 200, 2), (40, 16, 96, 4)):
@@ -146,7 +146,7 @@ def test_triton_split_router_matches_torch_topk():
 def test_triton_moe_compact_grid_matches_full_grid(monkeypatch):
     """Fewer pairs than experts: one program row per distinct routed expert gives the same outputs and the same
     distinct-expert count as one row per expert."""
-    from bench.engines import graph_kernels as gk
+    from bench.engines.graph import kernels as gk
 
     gen = torch.Generator().manual_seed(6)
     experts, hidden, inter = 16, 64, 32

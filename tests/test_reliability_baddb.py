@@ -17,9 +17,10 @@ import duckdb
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from bench import queries, store
+from bench import store
 from bench.cli import main
 from bench.paths import PROJECT_ROOT, RESULTS_DIR
+from bench.store import queries
 
 FIXTURE_SQL = PROJECT_ROOT / "tests" / "fixtures" / "schema_v1.sql"
 APP = str(PROJECT_ROOT / "app.py")

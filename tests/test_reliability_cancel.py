@@ -1,4 +1,4 @@
-"""Cancel from the dashboard: the Runs page's own launch and cancel helpers (bench.ui_launch) stop the whole process
+"""Cancel from the dashboard: the Runs page's own launch and cancel helpers (bench.ui.launch) stop the whole process
 tree (the bench and its spawned worker) within a few seconds, the sweep is *cancelled*, finished points are kept.
 
 The Cancel button itself is exercised under AppTest in tests/test_app_runs.py; this test checks the process tree.
@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import queries, ui_launch
+from bench import locks
 from bench.paths import PROJECT_ROOT
+from bench.store import queries
+from bench.ui import launch as ui_launch
 
 pytestmark = pytest.mark.slow
 
@@ -94,16 +96,16 @@ def test_cancel_stops_bench_and_worker_and_keeps_finished_points(tmp_path: Path)
 
         t0 = time.monotonic()
         assert ui_launch.cancel(launch.pid)
-        while time.monotonic() - t0 < 10 and any(queries.pid_alive(p) for p in pids):
+        while time.monotonic() - t0 < 10 and any(locks.pid_alive(p) for p in pids):
             ui_launch.reap()
             time.sleep(0.1)
         gone_after = time.monotonic() - t0
-        assert not [p for p in pids if queries.pid_alive(p)], [(p, cmdline(p)) for p in pids]
+        assert not [p for p in pids if locks.pid_alive(p)], [(p, cmdline(p)) for p in pids]
         assert gone_after < 5.0, gone_after  # the whole tree within a few seconds
         assert ui_launch.exit_code(launch.pid) is not None
     finally:  # on failure, stop what this test started (only the pids of its own launch)
         for p in pids or [launch.pid]:
-            if queries.pid_alive(p):
+            if locks.pid_alive(p):
                 os.kill(p, signal.SIGKILL)
 
     row = queries.sweep(db, launch.sweep_id)

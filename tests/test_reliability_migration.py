@@ -1,6 +1,6 @@
 """Schema migration: a database written by schema v1 (tests/fixtures/schema_v1.sql, a real tiny CPU sweep plus an
 imported GPU run) opens with the current code, is migrated to the current version on the first write, and keeps
-every row. Readers (bench.queries, `python -m bench ls --json`) work on it before and after the migration.
+every row. Readers (bench.store.queries, `python -m bench ls --json`) work on it before and after the migration.
 
 `dump_inserts` is the helper that produced the fixture's INSERT statements (see the fixture's header).
 """
@@ -18,15 +18,23 @@ from typing import Any
 import duckdb
 import pytest
 
-from bench import queries, store
+from bench import store
 from bench.paths import PROJECT_ROOT
 from bench.records import PointRecord, SweepRecord
+from bench.store import queries
 
 FIXTURE = PROJECT_ROOT / "tests" / "fixtures" / "schema_v1.sql"
 TABLES = ("schema_meta", "sweeps", "runs", "points")
-KEYS = {"schema_meta": "key", "sweeps": "sweep_id", "runs": "run_id", "points": 'run_id, batch, "repeat"'}
-# What schema v2 added (bench/store.py MIGRATIONS[2]): nullable columns, NULL on migrated rows.
+KEYS = {"schema_meta": "key", "sweeps": "sweep_id", "runs": "run_id", "points": 'run_id, batch, "repeat"',
+        "calibrations": "calibration_id", "calibration_experts": "calibration_id, layer, expert",
+        "quality": "run_id, domain, metric"}
+# What schema v2 and v3 added (bench/store/__init__.py MIGRATIONS): nullable columns, NULL on migrated rows.
 V2_COLUMNS = {"runs": {"engine_options"}, "points": {"kv_bytes"}}
+V3_COLUMNS = {"sweeps": {"source", "cluster"},
+              "runs": {"weights", "weights_impl", "prompts", "gpu_index", "gpu_uuid", "worker_address"},
+              "points": {"experts_measured", "bandwidth_source"}}
+NEW_COLUMNS = {t: V2_COLUMNS.get(t, set()) | V3_COLUMNS.get(t, set()) for t in ("sweeps", "runs", "points")}
+V3_TABLES = ("calibrations", "calibration_experts", "quality")
 
 
 def _literal(v: Any) -> str:
@@ -138,11 +146,14 @@ def test_first_write_migrates_to_the_current_version_and_keeps_every_row(v1_db: 
     for table, (cols, rows) in old.items():
         now_cols = column_names(v1_db, table)
         assert now_cols[: len(cols)] == cols  # old columns in the same order; new ones appended
-        assert set(now_cols) - set(cols) == V2_COLUMNS.get(table, set())
+        assert set(now_cols) - set(cols) == NEW_COLUMNS.get(table, set())
         after = table_rows(v1_db, table, cols)
         for row in rows:  # every v1 row is still there, value for value
             assert row in after, (table, row)
     assert len(table_rows(v1_db, "points")) == 12 and len(table_rows(v1_db, "sweeps")) == 2
+    for table in V3_TABLES:  # tables new in v3 exist (empty) after the migration
+        assert table_rows(v1_db, table) == []
+    assert {r[0] for r in table_rows(v1_db, "sweeps", ["source"])} == {"measured"}
     nulls = table_rows(v1_db, "points", ["kv_bytes"])
     assert all(r[0] is None for r in nulls)
 

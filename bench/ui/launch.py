@@ -18,10 +18,9 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from bench.paths import PROJECT_ROOT, logs_dir_for
-from bench.spec import SweepSpec
+from bench.spec import SweepSpec, spec_to_toml
 
 # Popen objects of this server process, polled so finished children are reaped (no zombies).
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -144,30 +143,3 @@ def has_gpu() -> bool:
                 found = False
         _GPU.append(found)
     return _GPU[0]
-
-
-# ---------------------------------------------------------------------------------------------- TOML
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def spec_to_toml(spec: SweepSpec) -> str:
-    """The spec as a TOML file that `bench.spec.load_spec` reads back to an equal spec."""
-    d = spec.to_dict()
-    out = [f"title = {_toml_value(d['title'])}", "", "[sweep]"]
-    out += [f"{k} = {_toml_value(v)}" for k, v in d["sweep"].items()]
-    for v in d["variants"]:
-        out += ["", "[[variants]]"] + [f"{k} = {_toml_value(x)}" for k, x in v.items()]
-    return "\n".join(out) + "\n"

@@ -30,7 +30,7 @@ def shade(hex_color: str, amount: float) -> str:
 
 
 def run_styles(runs: pd.DataFrame) -> tuple[dict[str, str], dict[str, str]]:
-    """(label -> colour, label -> line dash) for every run of the database (`bench.queries.runs`)."""
+    """(label -> colour, label -> line dash) for every run of the database (`bench.store.queries.runs`)."""
     if runs.empty:
         return {}, {}
     hue = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(set(runs["name"].astype(str))))}

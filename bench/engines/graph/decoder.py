@@ -8,7 +8,7 @@ counter of (layer, step, expert) hits. `prefill(input_ids)` runs the prompt; `de
 writes the greedy next token back into `tok` and `out_tokens[:, step_idx]`, and advances `pos`, all on the
 device, so the same call can be captured once as a CUDA graph and replayed.
 
-Kernels: "torch" (reference ops; the CPU path) or "triton" (bench/engines/graph_kernels.py) for norm, rope +
+Kernels: "torch" (reference ops; the CPU path) or "triton" (bench/engines/graph/kernels.py) for norm, rope +
 cache write, attention and router; MoE "loop" (HF-style per-expert loop, not capturable), "grouped_mm"
 (torch._grouped_mm over expert-sorted rows, capturable, CUDA bf16) or "triton".
 """
@@ -156,7 +156,7 @@ class GptOssDecoder:
         self.expert_hits = torch.zeros((), dtype=torch.int32, device=dev)
         self.logits = torch.zeros((batch, self.lm_head.shape[0]), dtype=dt, device=dev) if options.keep_logits else None
         if options.kernels == "triton" or options.moe == "triton":
-            from bench.engines import graph_kernels
+            from bench.engines.graph import kernels as graph_kernels
 
             self.tk = graph_kernels
         else:

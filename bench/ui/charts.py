@@ -1,4 +1,4 @@
-"""Plotly figure builders for the dashboard pages. Inputs are `bench.queries` DataFrames; outputs are figures
+"""Plotly figure builders for the dashboard pages. Inputs are `bench.store.queries` DataFrames; outputs are figures
 whose data arrays are plain lists (so their JSON is readable by tests and by people)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from bench.queries import MEMORY_METRICS
-from bench.ui_colors import color_of, dash_of
+from bench.store.queries import MEMORY_METRICS
+from bench.ui.colors import color_of, dash_of
 
 DELTA_TITLES = {"total_pct": "total tok/s", "per_stream_pct": "per-stream tok/s", "mem_pct": "peak memory"}
 

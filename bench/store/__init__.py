@@ -2,7 +2,7 @@
 
 Only bench processes write. Each write opens a short read-write connection, commits and closes, and
 retries with backoff while another process holds the file lock (DESIGN.md, "DuckDB across processes").
-Readers (the dashboard) go through `bench.queries`, which uses `connect(..., read_only=True)`.
+Readers (the dashboard) go through `bench.store.queries`, which uses `connect(..., read_only=True)`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,18 @@ MIGRATIONS: dict[int, str] = {
         ALTER TABLE runs ADD COLUMN engine_options VARCHAR;
         ALTER TABLE points ADD COLUMN kv_bytes DOUBLE;
     """,
+    3: """
+        ALTER TABLE sweeps ADD COLUMN source VARCHAR NOT NULL DEFAULT 'measured';
+        ALTER TABLE sweeps ADD COLUMN cluster VARCHAR;
+        ALTER TABLE runs ADD COLUMN weights VARCHAR NOT NULL DEFAULT 'bf16';
+        ALTER TABLE runs ADD COLUMN weights_impl VARCHAR;
+        ALTER TABLE runs ADD COLUMN prompts VARCHAR;
+        ALTER TABLE runs ADD COLUMN gpu_index INTEGER;
+        ALTER TABLE runs ADD COLUMN gpu_uuid VARCHAR;
+        ALTER TABLE runs ADD COLUMN worker_address VARCHAR;
+        ALTER TABLE points ADD COLUMN experts_measured BOOLEAN;
+        ALTER TABLE points ADD COLUMN bandwidth_source VARCHAR;
+    """,  # v3's new tables (calibrations, calibration_experts, quality) come from schema.sql after the migrations
 }
 
 LOCK_RETRY_SECONDS = 30.0
@@ -54,6 +66,9 @@ _ENV_COLUMNS = {
     "git_commit": "git_commit",
     "host": "host",
     "python": "python_version",
+    "gpu_index": "gpu_index",
+    "gpu_uuid": "gpu_uuid",
+    "worker_address": "worker_address",
 }
 
 
@@ -223,6 +238,7 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         else:
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 con.execute(MIGRATIONS[target])
+            con.execute(SCHEMA_FILE.read_text())  # every statement is IF NOT EXISTS: creates tables new since then
         con.execute(
             "INSERT OR REPLACE INTO schema_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
         )

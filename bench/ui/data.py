@@ -1,4 +1,4 @@
-"""Dashboard data plumbing: cached `bench.queries` results, the shared sidebar, and the empty/error states.
+"""Dashboard data plumbing: cached `bench.store.queries` results, the shared sidebar, and the empty/error states.
 
 DataFrames are cached with `st.cache_data` keyed by the database path and its file version (mtime and size of
 the file and its WAL), so a sweep's writes show up at once and no connection is ever kept open.
@@ -12,10 +12,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from bench import queries
+from bench.analysis import labels
+from bench.analysis.labels import Filters
 from bench.paths import PROJECT_ROOT, resolve_db_path
-from bench.queries import DbInfo, Filters
-from bench.ui_colors import run_styles
+from bench.store import queries
+from bench.store.queries import DbInfo
+from bench.ui.colors import run_styles
 
 SOURCES = ("all", "measured", "imported")
 DEFAULT_HELP = ("Default: the runs of the latest sweep (else the latest run of each variant) that pass the "
@@ -100,7 +102,7 @@ def sidebar() -> None:
         return
     sb.caption(f"{db.n_sweeps} sweeps · {db.n_runs} runs · {db.n_points:,} points · schema v{db.schema_version}")
     runs_df = all_runs()
-    opts = queries.filter_options(runs_df)
+    opts = labels.filter_options(runs_df)
     sb.subheader("Filters")
     for key, label, options in (("flt_variants", "Variant", opts["variants"]),
                                 ("flt_engines", "Engine", opts["engines"]),
@@ -117,7 +119,7 @@ def sidebar() -> None:
         col.date_input(label, min_value=lo, max_value=hi, key="w_" + key, on_change=_store, args=(key,))
     f = filters()
     if not f.is_default():
-        kept = len(queries.apply_filters(runs_df, f))
+        kept = len(labels.apply_filters(runs_df, f))
         sb.caption(f"{kept} of {len(runs_df)} runs pass the filters")
 
 
@@ -140,7 +142,7 @@ class PageData:
     runs_all: pd.DataFrame  # every run (colours and labels come from here)
     runs: pd.DataFrame  # runs passing the sidebar filters
     summary: pd.DataFrame  # per (run, batch) medians, all runs
-    colors: dict[str, str]  # run label -> colour (bench.ui_colors), the same on every page
+    colors: dict[str, str]  # run label -> colour (bench.ui.colors), the same on every page
     dashes: dict[str, str]  # run label -> line dash
 
 
@@ -161,7 +163,7 @@ def page_data(need_points: bool = True) -> PageData | None:
         )
         return None
     runs_all = all_runs()
-    runs_f = queries.apply_filters(runs_all, filters())
+    runs_f = labels.apply_filters(runs_all, filters())
     colors, dashes = run_styles(runs_all)
     data = PageData(db=path, runs_all=runs_all, runs=runs_f, summary=summary(), colors=colors, dashes=dashes)
     if runs_f.empty:
@@ -176,13 +178,13 @@ def page_data(need_points: bool = True) -> PageData | None:
 def run_picker(data: PageData, key: str, label: str = "Runs", limit: int = 12) -> list[str]:
     """A multiselect of run labels (default: see DEFAULT_HELP); returns run ids."""
     runs_df = data.runs[data.runs["n_ok"] > 0]
-    labels = dict(zip(runs_df["run_id"], runs_df["label"], strict=True))
-    default = [r for r in queries.default_runs(runs_df, limit) if r in labels]
+    label_of = dict(zip(runs_df["run_id"], runs_df["label"], strict=True))
+    default = [r for r in labels.default_runs(runs_df, limit) if r in label_of]
     if key in st.session_state:
-        st.session_state[key] = [r for r in st.session_state[key] if r in labels]
+        st.session_state[key] = [r for r in st.session_state[key] if r in label_of]
     else:
         st.session_state[key] = default
-    return st.multiselect(label, list(labels), format_func=lambda r: labels[r], key=key,
+    return st.multiselect(label, list(label_of), format_func=lambda r: label_of[r], key=key,
                           help=DEFAULT_HELP)
 
 
@@ -212,7 +214,7 @@ def sweeps_df() -> pd.DataFrame:
 
 
 def default_ids(runs_df: pd.DataFrame, limit: int = 12) -> list[str]:
-    return queries.default_runs(runs_df, limit)
+    return labels.default_runs(runs_df, limit)
 
 
 def date_range(first: object, last: object) -> str:
@@ -245,7 +247,7 @@ class SweepCard:
 
 def latest_sweep(runs_all: pd.DataFrame, sweeps: pd.DataFrame) -> SweepCard | None:
     """The newest sweep: the newest registered one, unless runs of a newer (imported) sweep exist."""
-    from_runs = queries.latest_sweep_runs(runs_all[runs_all["n_points"] > 0]) if not runs_all.empty else runs_all
+    from_runs = labels.latest_sweep_runs(runs_all[runs_all["n_points"] > 0]) if not runs_all.empty else runs_all
     reg = sweeps.iloc[0] if not sweeps.empty else None
     if len(from_runs):
         start = pd.to_datetime(from_runs["run_date"], utc=True).min()

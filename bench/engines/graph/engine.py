@@ -1,4 +1,4 @@
-"""Engine `graph`: our own gpt-oss decode (bench/engines/graph_decoder.py) with one decode step captured as a
+"""Engine `graph`: our own gpt-oss decode (bench/engines/graph/decoder.py) with one decode step captured as a
 CUDA graph per batch size.
 
 prepare(): builds the static caches for (batch, prompt + new_tokens), runs one prefill and two eager decode
@@ -20,7 +20,7 @@ import time
 import torch
 
 from bench.engines.base import DecodeResult, sync
-from bench.engines.graph_decoder import DecoderOptions, GptOssDecoder
+from bench.engines.graph.decoder import DecoderOptions, GptOssDecoder
 
 WARMUP_STEPS = 2
 

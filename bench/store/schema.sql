@@ -1,6 +1,6 @@
 -- moe-bench DuckDB schema. The one schema file; bump SCHEMA_VERSION below and add a migration in
--- bench/store.py (MIGRATIONS) whenever a table changes.
--- schema_version: 2
+-- bench/store/__init__.py (MIGRATIONS) whenever a table changes.
+-- schema_version: 3
 
 CREATE TABLE IF NOT EXISTS schema_meta (
     key   VARCHAR PRIMARY KEY,
@@ -24,7 +24,9 @@ CREATE TABLE IF NOT EXISTS sweeps (
     created_at      TIMESTAMPTZ NOT NULL,
     started_at      TIMESTAMPTZ,
     finished_at     TIMESTAMPTZ,
-    heartbeat_at    TIMESTAMPTZ
+    heartbeat_at    TIMESTAMPTZ,
+    source          VARCHAR NOT NULL DEFAULT 'measured', -- v3: measured | imported:<file>
+    cluster         VARCHAR                    -- v3: NULL (this GPU) | local | local:N | tcp://host:port
 );
 
 CREATE TABLE IF NOT EXISTS runs (
@@ -64,7 +66,13 @@ CREATE TABLE IF NOT EXISTS runs (
     timing_convention VARCHAR NOT NULL DEFAULT 'decode',
     started_at        TIMESTAMPTZ,
     finished_at       TIMESTAMPTZ,
-    engine_options    VARCHAR                  -- v2: JSON of the engine's settings (NULL: engine defaults)
+    engine_options    VARCHAR,                 -- v2: JSON of the engine's settings (NULL: engine defaults)
+    weights           VARCHAR NOT NULL DEFAULT 'bf16', -- v3: expert weight format: bf16 | mxfp4
+    weights_impl      VARCHAR,                 -- v3: how the engine ran them (native mxfp4 / dequantized to bf16)
+    prompts           VARCHAR,                 -- v3: prompt source: random | domain:<name>@<text hash>
+    gpu_index         INTEGER,                 -- v3: CUDA device index on its host
+    gpu_uuid          VARCHAR,                 -- v3: NVML UUID of the card
+    worker_address    VARCHAR                  -- v3: Dask worker that ran it (NULL: the bench process)
 );
 
 CREATE TABLE IF NOT EXISTS points (
@@ -95,5 +103,46 @@ CREATE TABLE IF NOT EXISTS points (
     started_at            TIMESTAMPTZ,
     finished_at           TIMESTAMPTZ,
     kv_bytes              DOUBLE,              -- v2: KV-cache bytes read per decode step at this batch
+    experts_measured      BOOLEAN,             -- v3: distinct_experts counted by the engine (true) or assumed
+    bandwidth_source      VARCHAR,             -- v3: the bandwidth MBU divides by: measured | datasheet
     PRIMARY KEY (run_id, batch, "repeat")
+);
+
+-- v3: routing statistics of a model over a text domain (bench calibrate), and quality per run (bench quality).
+CREATE TABLE IF NOT EXISTS calibrations (
+    calibration_id    VARCHAR PRIMARY KEY,
+    model             VARCHAR NOT NULL,
+    model_fingerprint VARCHAR NOT NULL,
+    domain            VARCHAR NOT NULL,
+    text_hash         VARCHAR NOT NULL,
+    text_source       VARCHAR,                 -- what the text was (paths, built-in domain description)
+    tokenizer         VARCHAR NOT NULL,        -- the model's own | byte-level (synthetic presets) | random
+    tokens            BIGINT NOT NULL,
+    layers            INTEGER NOT NULL,
+    experts           INTEGER NOT NULL,
+    top_k             INTEGER NOT NULL,
+    device            VARCHAR,
+    seconds           DOUBLE,
+    created_at        TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS calibration_experts (
+    calibration_id VARCHAR NOT NULL,
+    layer          INTEGER NOT NULL,
+    expert         INTEGER NOT NULL,
+    tokens_routed  BIGINT NOT NULL,
+    mean_weight    DOUBLE,                     -- mean routing weight over the tokens routed to it
+    saliency       DOUBLE,                     -- REAP: mean of routing weight x ||expert output|| over those tokens
+    PRIMARY KEY (calibration_id, layer, expert)
+);
+
+CREATE TABLE IF NOT EXISTS quality (
+    run_id      VARCHAR NOT NULL,
+    domain      VARCHAR NOT NULL,
+    metric      VARCHAR NOT NULL,              -- kl | top1_agreement | perplexity | base_perplexity
+    value       DOUBLE,
+    tokens      BIGINT,
+    base_run_id VARCHAR,
+    seconds     DOUBLE,
+    PRIMARY KEY (run_id, domain, metric)
 );

@@ -1,0 +1,141 @@
+"""Run labels and selection for the dashboard: a unique display label per run, the sidebar filters, and which runs
+a page shows by default. Pure pandas over the runs table that `bench.store.queries.runs` returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from bench.analysis.frames import isna as _isna
+
+
+def short_card(device_name: Any) -> str | None:
+    """`NVIDIA H100 80GB HBM3` -> `H100`, `NVIDIA A100-SXM4-80GB` -> `A100`, `cpu: Intel Xeon` -> `cpu`."""
+    if device_name is None or _isna(device_name) or str(device_name).strip() in ("", "unknown"):
+        return None
+    text = str(device_name).strip()
+    if ":" in text:
+        return text.split(":", 1)[0].strip() or None
+    for word in ("NVIDIA ", "GeForce ", "Tesla ", "AMD ", "Radeon "):
+        text = text.replace(word, "")
+    tokens = text.replace("-", " ").split()
+    if not tokens:
+        return None
+    if tokens[0] in ("RTX", "GTX", "Quadro", "Instinct") and len(tokens) > 1:
+        return f"{tokens[0]} {tokens[1]}"
+    return tokens[0]
+
+
+def run_labels(df: pd.DataFrame) -> pd.Series:
+    """A display label per run, unique in the database and the same on every page.
+
+    A run whose name is unique keeps its name. Runs sharing a name get `name · engine · card` (imported report
+    runs, which know neither: `name · imported`); if that still repeats, the run's start time follows, then the
+    last 6 characters of its run_id."""
+    if df.empty:
+        return pd.Series([], dtype=object, index=df.index)
+    name = df["name"].astype(str)
+    label = name.copy()
+    dup = name.duplicated(keep=False)
+    for i in df.index[dup]:
+        r = df.loc[i]
+        engine = None if _isna(r.get("engine")) or r.get("engine") == "unknown" else str(r["engine"])
+        card = short_card(r.get("device_name"))
+        parts = [p for p in (engine, card) if p]
+        if not parts:
+            parts = ["imported" if str(r.get("source") or "").startswith("imported") else "unknown setup"]
+        label[i] = " · ".join([name[i], *parts])
+    again = label.duplicated(keep=False)
+    if again.any():
+        when = pd.to_datetime(df["run_date"], utc=True)
+        for i in df.index[again]:
+            if pd.notna(when[i]):
+                label[i] = f"{label[i]} · {when[i]:%m-%d %H:%M}"
+    again = label.duplicated(keep=False)
+    if again.any():
+        label[again] = label[again] + " · " + df.loc[again, "run_id"].astype(str).str.slice(-6)
+    return label
+
+
+@dataclass
+class Filters:
+    """The sidebar filters. Empty lists mean "all"; dates are inclusive and apply to dated runs only."""
+
+    variants: list[str] = field(default_factory=list)
+    engines: list[str] = field(default_factory=list)
+    cards: list[str] = field(default_factory=list)
+    source: str = "all"  # all | measured | imported
+    date_from: Any = None  # datetime.date | None
+    date_to: Any = None
+
+    def is_default(self) -> bool:
+        return not (self.variants or self.engines or self.cards or self.source != "all"
+                    or self.date_from or self.date_to)
+
+
+def filter_options(runs_df: pd.DataFrame) -> dict[str, list[Any]]:
+    """Distinct values for the sidebar filters, computed from the unfiltered runs table."""
+    if runs_df.empty:
+        return {"variants": [], "engines": [], "cards": [], "dates": []}
+    dates = pd.to_datetime(runs_df["run_date"], utc=True).dropna()
+    return {
+        "variants": sorted(runs_df["name"].dropna().unique().tolist()),
+        "engines": sorted(runs_df["engine"].dropna().unique().tolist()),
+        "cards": sorted(runs_df["device_name"].fillna("unknown").unique().tolist()),
+        "dates": [dates.min().date(), dates.max().date()] if len(dates) else [],
+    }
+
+
+def apply_filters(runs_df: pd.DataFrame, f: Filters) -> pd.DataFrame:
+    """The runs that pass the sidebar filters (runs without a date pass the date filter)."""
+    if runs_df.empty:
+        return runs_df
+    mask = pd.Series(True, index=runs_df.index)
+    if f.variants:
+        mask &= runs_df["name"].isin(f.variants)
+    if f.engines:
+        mask &= runs_df["engine"].isin(f.engines)
+    if f.cards:
+        mask &= runs_df["device_name"].fillna("unknown").isin(f.cards)
+    if f.source == "measured":
+        mask &= ~runs_df["imported"]
+    elif f.source == "imported":
+        mask &= runs_df["imported"]
+    if f.date_from or f.date_to:
+        day = pd.to_datetime(runs_df["run_date"], utc=True).dt.date
+        if f.date_from:
+            mask &= day.isna() | (day >= f.date_from)
+        if f.date_to:
+            mask &= day.isna() | (day <= f.date_to)
+    return runs_df[mask]
+
+
+def default_runs(runs_df: pd.DataFrame, limit: int = 12) -> list[str]:
+    """Run ids to plot by default, at most `limit`: the runs of the latest sweep when it holds two or more runs
+    with points (what a user just measured), else the latest run of each variant name with points."""
+    if runs_df.empty:
+        return []
+    with_points = runs_df[runs_df["n_ok"] > 0]  # runs() is ordered newest first
+    sweep_runs = latest_sweep_runs(with_points)
+    if len(sweep_runs) >= 2:
+        return sweep_runs["run_id"].head(limit).tolist()
+    latest = with_points.drop_duplicates("name", keep="first")
+    return latest["run_id"].head(limit).tolist()
+
+
+def latest_sweep_runs(runs_df: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the sweep holding the newest dated run (empty when that run belongs to no sweep).
+
+    Works from the runs table alone, so results imported from JSONL (runs that name a sweep the database has no
+    row for) count as a sweep too."""
+    if runs_df.empty:
+        return runs_df
+    dated = runs_df[runs_df["run_date"].notna()]
+    if dated.empty:
+        return runs_df.iloc[:0]
+    newest = dated.loc[pd.to_datetime(dated["run_date"], utc=True).idxmax()]
+    if _isna(newest["sweep_id"]):
+        return runs_df.iloc[:0]
+    return runs_df[runs_df["sweep_id"] == newest["sweep_id"]]
