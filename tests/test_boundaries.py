@@ -13,8 +13,8 @@ WORKER_SIDE = [
     "bench.measure.memory", "bench.measure.nvml", "bench.measure.bandwidth", "bench.measure.env", "bench.roofline",
     "bench.commands.perf", "bench.report.jsonl",
 ]
-DASHBOARD_SIDE = ["bench.store.queries", "bench.ui.data", "bench.ui.charts", "bench.ui.launch", "bench.ui.colors",
-                  "bench.report"]
+DASHBOARD_SIDE = ["bench.store.queries", "bench.analysis.labels", "bench.analysis.compare", "bench.ui.data",
+                  "bench.ui.charts", "bench.ui.launch", "bench.ui.colors", "bench.report"]
 
 
 def _loaded_after_import(modules: list[str], watch: list[str]) -> list[str]:
