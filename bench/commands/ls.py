@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench import store
 from bench.errors import EXIT_OK
 from bench.locks import effective_state
 from bench.paths import resolve_db_path
 from bench.records import to_jsonable
+from bench.store import reads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,34 +21,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def list_sweeps(db) -> list[dict]:
-    con = store.connect(db, read_only=True)
-    try:
-        store.check_version(db, store.schema_version_of(con))
-        rows = store.fetch_dicts(
-            con,
-            "SELECT sweep_id AS id, title, state, points_done, points_planned, current_variant, device_key, pid, "
-            "lock_path, created_at, started_at, finished_at, heartbeat_at, message FROM sweeps ORDER BY created_at",
-        )
-    finally:
-        con.close()
+    rows = reads.list_sweeps(db)
     for r in rows:
         r["state"] = effective_state(r["state"], r.pop("lock_path"))
     return rows
 
 
 def list_runs(db) -> list[dict]:
-    con = store.connect(db, read_only=True)
-    try:
-        store.check_version(db, store.schema_version_of(con))
-        return store.fetch_dicts(
-            con,
-            "SELECT r.run_id AS id, r.sweep_id, r.name, r.model, r.top_k, r.experts, r.engine, r.device_name, "
-            "r.source, r.state, r.rerun_of, r.started_at, count(p.run_id) AS points "
-            "FROM runs r LEFT JOIN points p USING (run_id) "
-            "GROUP BY ALL ORDER BY r.started_at NULLS FIRST, r.name",
-        )
-    finally:
-        con.close()
+    return reads.list_runs(db)
+
+
+def _origin(source: str | None) -> str:
+    """'' for a measured sweep, else 'imported from <file>'."""
+    source = source or "measured"
+    return "" if source == "measured" else f"  [imported from {source.split(':', 1)[-1]}]"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         if args.runs:
             print(f"{r['id']}  {r['name']:<24} {r['engine']:<6} {r['source']:<24} {r['points']:>4} points")
         else:
-            print(f"{r['id']}  {r['state']:<10} {r['points_done']:>4}/{r['points_planned']:<4} {r['title']}")
+            print(f"{r['id']}  {r['state']:<10} {r['points_done']:>4}/{r['points_planned']:<4} {r['title']}"
+                  f"{_origin(r['source'])}")
     print(json.dumps({"ok": True, "count": len(rows)}))
     return EXIT_OK

@@ -10,13 +10,15 @@ Each line is one JSON object with, in this order:
   `EnvFingerprint`), keys sorted.
 
 Timestamps are ISO 8601 in UTC. Lines are ordered by run (start time, then file order), batch, repeat.
-Import checks types and that the headline keys agree with `run_meta`, and refuses unknown keys; a run's
-`run_meta` must be identical on all its lines. Runs and sources are kept as they are (lossless), so a
-JSONL file -> database -> JSONL round trip gives the same bytes.
+Import checks types and that the headline keys agree with `run_meta`, and refuses unknown keys and duplicated
+keys; a run's `run_meta` must be identical on all its lines; `run_meta.config_json` must be null or a JSON object
+(nested at most CONFIG_MAX_DEPTH deep). Every refusal names the file and line. Runs and sources are kept as they
+are (lossless), so a JSONL file -> database -> JSONL round trip gives the same bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import types
 import typing
@@ -32,6 +34,45 @@ HEADLINE_KEYS: tuple[str, ...] = ("run", "model", "top_k", "experts", "engine", 
 POINT_KEYS: tuple[str, ...] = tuple(f.name for f in fields(PointRecord))
 RUN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunRecord))
 ENV_KEYS: tuple[str, ...] = tuple(f.name for f in fields(EnvFingerprint))
+CONFIG_MAX_DEPTH = 32  # a run's config is a few levels deep (sweep, variant, prune); deeper is not ours
+
+
+class DuplicateKeyError(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object_pairs_hook: a key given twice is an error (json.loads would silently keep the last one)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(f"key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def strict_loads(text: str) -> Any:
+    """json.loads refusing duplicated keys (DuplicateKeyError) and too-deep nesting (RecursionError -> ValueError)."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value, stopping once it passes `limit`."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, d + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, d + 1) for v in item)
+    return deepest
 
 
 def _plain(value: Any) -> Any:
@@ -161,8 +202,13 @@ def _coerce(value: Any, hint: Any, key: str, where: _Where) -> Any:
     raise where.error(key, f"unsupported type {hint}")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type, raw: dict[str, Any], prefix: str, where: _Where) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
@@ -193,6 +239,15 @@ def _check_run(run: RunRecord, where: _Where) -> None:
     for key in ("top_k", "prompt_len", "new_tokens", "repeats"):
         if getattr(run, key) < 1:
             raise where.error(f"run_meta.{key}", f"must be >= 1, got {getattr(run, key)}")
+    if run.config_json is not None:
+        try:
+            config = strict_loads(run.config_json)
+        except ValueError as exc:
+            raise where.error("run_meta.config_json", f"is not valid JSON ({str(exc)[:200]})") from None
+        if not isinstance(config, dict):
+            raise where.error("run_meta.config_json", f"must be a JSON object, got {type(config).__name__}")
+        if _depth(config, CONFIG_MAX_DEPTH) > CONFIG_MAX_DEPTH:
+            raise where.error("run_meta.config_json", f"is nested more than {CONFIG_MAX_DEPTH} levels deep")
 
 
 def _check_point(point: PointRecord, where: _Where) -> None:
@@ -214,7 +269,9 @@ def parse_jsonl(text: str, file_name: str) -> ParsedFile:
             continue
         where = _Where(file_name, lineno)
         try:
-            obj = json.loads(line)
+            obj = strict_loads(line)
+        except DuplicateKeyError as exc:
+            raise where.error("line", f"{exc}; each key may appear once") from None
         except ValueError as exc:
             raise BadInputError(
                 f"{file_name}:{lineno}: not valid JSON ({exc}); the file may be truncated or damaged "
@@ -229,8 +286,12 @@ def parse_jsonl(text: str, file_name: str) -> ParsedFile:
         raw_run = obj.get("run_meta")
         if not isinstance(raw_run, dict):
             raise where.error("run_meta", "is missing or not an object (it holds the run's fields)")
-        run = _build(RunRecord, raw_run, "run_meta.", where)
-        _check_run(run, where)
+        known = runs.get(raw_run.get("run_id"))  # type: ignore[arg-type]
+        if known is not None and known[1] == raw_run:
+            run = known[0]  # the same run_meta as an earlier line: already built and checked
+        else:
+            run = _build(RunRecord, raw_run, "run_meta.", where)
+            _check_run(run, where)
         point = _build(PointRecord, {k: obj[k] for k in POINT_KEYS if k in obj}, "", where)
         _check_point(point, where)
         headline = _headline(run)

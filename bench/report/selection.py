@@ -1,6 +1,6 @@
 """Load runs and points from the store for export, and export them (the CLI and the dashboard both call this).
 
-Reads with a read-only connection (`bench.store.connect(path, read_only=True)`), closed before rendering.
+Reads through `bench.store.reads` (read-only connections, closed before rendering).
 `--run NAME` matches a run's name or its run_id; unknown names are a BadInputError listing what exists.
 The markdown title is the sweep's title when all selected runs come from one sweep, else the title an
 imported report carried, else a default.
@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from bench import store
 from bench.errors import BadInputError
 from bench.records import PointRecord, RunRecord
 from bench.report.common import order_runs, sort_points
 from bench.report.csv_export import render_csv
 from bench.report.jsonl import render_jsonl
 from bench.report.markdown import default_title, render_markdown
+from bench.store import reads
 
 EXPORT_FORMATS: tuple[str, ...] = ("markdown", "csv", "jsonl")
 _POINT_COLUMNS = [f.name for f in fields(PointRecord)]  # points table columns, in PointRecord order
@@ -66,29 +66,8 @@ def _select(runs: list[RunRecord], run_names: list[str] | None) -> list[RunRecor
 
 def load_selection(db_path: Path | str, run_names: list[str] | None = None) -> Selection:
     """Runs (by name or run_id; all when run_names is empty/None) with their points and sweep titles."""
-    con = store.connect(db_path, read_only=True)
-    try:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "runs" not in tables:
-            return Selection([], [], {})
-        store.check_version(Path(db_path), store.schema_version_of(con))
-        runs = _select([store.run_from_row(r) for r in store.fetch_dicts(con, "SELECT * FROM runs")], run_names)
-        ids = [r.run_id for r in runs]
-        points: list[PointRecord] = []
-        titles: dict[str, str] = {}
-        if ids:
-            cols = ", ".join(f'"{name}"' for name in _POINT_COLUMNS)
-            sql = f"SELECT {cols} FROM points WHERE run_id IN (SELECT unnest(?::VARCHAR[]))"
-            points = [PointRecord(*row) for row in con.execute(sql, [ids]).fetchall()]
-            sweep_ids = sorted({r.sweep_id for r in runs if r.sweep_id})
-            if sweep_ids and "sweeps" in tables:
-                marks = ", ".join("?" for _ in sweep_ids)
-                for sid, title in con.execute(
-                    f"SELECT sweep_id, title FROM sweeps WHERE sweep_id IN ({marks})", sweep_ids
-                ).fetchall():
-                    titles[sid] = title
-    finally:
-        con.close()
+    runs = _select(reads.all_runs(db_path), run_names)
+    points, titles = reads.points_and_titles(db_path, runs)
     runs = order_runs(runs)
     return Selection(runs, sort_points(points, runs), titles)
 

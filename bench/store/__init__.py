@@ -1,21 +1,21 @@
 """The DuckDB store: schema creation and migration, and every write the bench makes.
 
-Only bench processes write. Each write opens a short read-write connection, commits and closes, and
-retries with backoff while another process holds the file lock (DESIGN.md, "DuckDB across processes").
-Readers (the dashboard) go through `bench.store.queries`, which uses `connect(..., read_only=True)`.
+The package is the one persistence layer: `connection` opens files (gate, lock retry, errors that name the file),
+this module holds the schema, migrations and the bench's writes, `imports` writes imported files (in bounded
+batches, so a long import never starves a sweep), `reads` holds the read-only SQL of the commands (ls, export,
+existence checks) and `queries` the read-only SQL of the dashboard pages.
+
+Only bench processes write. Each write opens a short read-write connection, commits and closes, and retries with
+backoff while another process holds the file lock.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import os
-import random
 import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,18 @@ from typing import Any
 import duckdb
 
 from bench.errors import StoreError
-from bench.paths import device_locks_dir
 from bench.records import EnvFingerprint, PointRecord, RunRecord, SweepRecord, utcnow
+from bench.store.connection import (  # re-exported: `store.connect`, `store.LOCK_RETRY_SECONDS`, ...
+    LOCK_RETRY_SECONDS,
+    DiskFullError,
+    Gate,
+    connect,
+    is_disk_full,
+    is_lock_error,
+    prepare_folder,
+)
+
+__all__ = ["LOCK_RETRY_SECONDS", "DiskFullError", "Gate", "connect", "is_lock_error", "prepare_folder"]
 
 SCHEMA_FILE = Path(__file__).with_name("schema.sql")
 _VERSION_RE = re.compile(r"^--\s*schema_version:\s*(\d+)\s*$", re.MULTILINE)
@@ -52,7 +62,6 @@ MIGRATIONS: dict[int, str] = {
     """,  # v3's new tables (calibrations, calibration_experts, quality) come from schema.sql after the migrations
 }
 
-LOCK_RETRY_SECONDS = 30.0
 
 # RunRecord.env fields are stored flat, some under a clearer column name.
 _ENV_COLUMNS = {
@@ -70,143 +79,6 @@ _ENV_COLUMNS = {
     "gpu_uuid": "gpu_uuid",
     "worker_address": "worker_address",
 }
-
-
-def _is_lock_error(exc: BaseException) -> bool:
-    text = str(exc)
-    return "Could not set lock" in text or "Conflicting lock" in text or "lock on file" in text
-
-
-class _Gate:
-    """Writer priority across processes. DuckDB lets one read-write or many read-only processes hold the file, and
-    readers that reopen it in a loop (several dashboard tabs during a sweep) can starve a writer for tens of
-    seconds. A writer holds an exclusive flock on a gate file beside the database while it waits for the file;
-    readers pass the gate (a momentary shared flock) before each open, so they queue behind a waiting writer.
-    Readers never create the gate file; flock is released by the kernel if a process dies. The gate is keyed by the
-    database's resolved path and lives in the machine's lock folder (bench.paths.device_locks_dir)."""
-
-    def __init__(self, db: Path) -> None:
-        # in the machine's lock folder (DuckDB's file lock is per machine too), so nothing is left beside the file
-        key = hashlib.sha1(str(db.resolve()).encode()).hexdigest()[:16]
-        self.path = device_locks_dir() / f"db-{key}.gate"
-        self.fd: int | None = None
-
-    def _open(self, create: bool) -> bool:
-        if create:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError:  # a read-only folder: no gate, plain retry
-                return False
-        else:
-            try:
-                self.fd = os.open(self.path, os.O_RDONLY)
-            except OSError:
-                return False
-        return True
-
-    def _take(self, mode: int, deadline: float) -> bool:
-        while True:
-            try:
-                fcntl.flock(self.fd, mode | fcntl.LOCK_NB)  # type: ignore[arg-type]
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.005)
-
-    def hold_exclusive(self, deadline: float) -> None:
-        """Writer: hold the gate until release() (best effort: a gate that cannot be taken is skipped)."""
-        if self._open(create=True) and not self._take(fcntl.LOCK_EX, deadline):
-            self.release()
-
-    def pass_shared(self, deadline: float) -> bool:
-        """Reader: wait while a writer holds the gate, then let go at once. False when there is no gate file."""
-        if not self._open(create=False):
-            return False
-        self._take(fcntl.LOCK_SH, deadline)
-        self.release()
-        return True
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the only descriptor drops its flock
-            self.fd = None
-
-
-def connect(
-    path: Path | str, read_only: bool = False, timeout_s: float = LOCK_RETRY_SECONDS, _gate: _Gate | None = None
-) -> duckdb.DuckDBPyConnection:
-    """Open `path`, retrying with jittered backoff while another process holds the lock (writers first, see _Gate).
-
-    Raises StoreError naming the file when it is not a DuckDB database or stays locked.
-    """
-    path = Path(path)
-    if read_only and not path.exists():
-        raise StoreError(f"database {path} does not exist; run `make run` or `python -m bench import` first")
-    deadline = time.monotonic() + timeout_s
-    if _gate is not None:  # writer(): the caller holds the gate until it has closed the connection
-        return _connect_retrying(path, read_only, timeout_s, deadline, _gate)
-    gate = _Gate(path)
-    if not read_only:
-        gate.hold_exclusive(deadline)
-    try:
-        return _connect_retrying(path, read_only, timeout_s, deadline, gate)
-    finally:
-        gate.release()
-
-
-def _probed(con: duckdb.DuckDBPyConnection, path: Path) -> duckdb.DuckDBPyConnection:
-    """Read the catalog, one small table and the block count once: a truncated or damaged file often opens fine and
-    fails only at its first query (a raw duckdb error deep inside a command). Failing here gives the StoreError that
-    names the file. Damage in blocks read later (points data) still surfaces as a duckdb error at that read."""
-    try:
-        if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_meta'").fetchone()[0]:
-            con.execute("SELECT value FROM schema_meta WHERE key = 'schema_version'").fetchall()  # data + key index
-        block_size, blocks = con.execute(  # used blocks all lie in the file (free ones at its end may not)
-            "SELECT block_size, used_blocks FROM pragma_database_size() WHERE database_name = current_database()"
-        ).fetchone() or (0, 0)
-        size = path.stat().st_size
-        if size < int(block_size) * int(blocks):  # the metadata names more blocks than the file has room for
-            raise duckdb.IOException(f"file is {size} bytes but uses {blocks} blocks of {block_size} bytes")
-    except (duckdb.Error, OSError) as exc:
-        con.close()
-        raise StoreError(
-            f"database {path} cannot be read ({exc}); it is truncated or corrupt. "
-            "Move it aside and rebuild it with `make run` or `python -m bench import data/results/*.jsonl`"
-        ) from exc
-    return con
-
-
-def _connect_retrying(
-    path: Path, read_only: bool, timeout_s: float, deadline: float, gate: _Gate
-) -> duckdb.DuckDBPyConnection:
-    delay = 0.02
-    while True:
-        gated = gate.fd is not None or (read_only and gate.pass_shared(deadline))
-        try:
-            con = duckdb.connect(str(path), read_only=read_only)
-            return _probed(con, path)
-        except duckdb.IOException as exc:
-            if _is_lock_error(exc) and time.monotonic() < deadline:
-                time.sleep(delay * (0.5 + random.random()))
-                # behind a gate the wait is short (the writer's transaction or readers already inside): poll quickly
-                delay = min(delay * 1.6, 0.05 if gated else 0.5)
-                continue
-            if _is_lock_error(exc):
-                raise StoreError(
-                    f"database {path} stayed locked by another process for {timeout_s:.0f}s; "
-                    "wait for the running sweep to finish or point --db/BENCH_DB elsewhere"
-                ) from exc
-            raise StoreError(
-                f"database {path} cannot be opened ({exc}); it is not a DuckDB file or is corrupt. "
-                "Move it aside and rebuild it with `make run` or `python -m bench import data/results/*.jsonl`"
-            ) from exc
-        except duckdb.Error as exc:
-            raise StoreError(
-                f"database {path} cannot be opened ({exc}); it is not a DuckDB file or is corrupt. "
-                "Move it aside and rebuild it with `make run` or `python -m bench import data/results/*.jsonl`"
-            ) from exc
 
 
 def schema_version_of(con: duckdb.DuckDBPyConnection) -> int | None:
@@ -243,29 +115,57 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
             "INSERT OR REPLACE INTO schema_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
         )
         con.execute("COMMIT")
-    except Exception:
+    except Exception as exc:
+        _rollback_quietly(con)
+        cause = _real_cause(path, exc)
+        if cause is exc:
+            raise
+        raise cause from exc
+
+
+def _rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    """ROLLBACK after a failed statement or COMMIT. When the COMMIT itself failed (a full disk) DuckDB has already
+    ended the transaction and ROLLBACK raises "no transaction is active": that second error must never replace the
+    first one, which is the real cause."""
+    with suppress(duckdb.Error):
         con.execute("ROLLBACK")
-        raise
+
+
+def _real_cause(path: Path, exc: BaseException) -> BaseException:
+    """A full disk becomes a DiskFullError that says so (the raw duckdb text buries it); others pass unchanged."""
+    if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+        return DiskFullError(
+            f"database {path}: no space left on device; the last write was rolled back, everything committed "
+            f"before it is kept. Free some space, then resume ({type(exc).__name__}: {str(exc)[:300]})"
+        )
+    return exc
 
 
 @contextmanager
-def writer(path: Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A short read-write connection with the schema in place; commits on success, always closes."""
+def writer(path: Path | str, timeout_s: float = LOCK_RETRY_SECONDS) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short read-write connection with the schema in place; commits on success, always closes.
+
+    Creates the database's folder when missing (and says so on stderr). Any failure rolls back and raises the
+    real cause (a full disk is a DiskFullError, never the ROLLBACK's own error).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    gate = _Gate(path)
-    gate.hold_exclusive(time.monotonic() + LOCK_RETRY_SECONDS)  # readers queue until this write has closed
+    prepare_folder(path)
+    gate = Gate(path)
+    gate.hold_exclusive(time.monotonic() + timeout_s)  # readers queue until this write has closed
     try:
-        con = connect(path, read_only=False, _gate=gate)
+        con = connect(path, read_only=False, timeout_s=timeout_s, _gate=gate)
         try:
             _ensure_schema(con, path)
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
                 con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
+            except BaseException as exc:
+                _rollback_quietly(con)
+                cause = _real_cause(path, exc)
+                if cause is exc:
+                    raise
+                raise cause from exc
         finally:
             con.close()
     finally:
