@@ -17,7 +17,7 @@ SweepState = Literal["queued", "running", "done", "failed", "crashed", "cancelle
 RunState = Literal["pending", "running", "done", "failed", "imported"]
 
 POINT_STATUSES: tuple[str, ...] = ("ok", "oom", "error", "skipped")
-SWEEP_STATES: tuple[str, ...] = ("queued", "running", "done", "failed", "crashed", "cancelled")
+SWEEP_STATES: tuple[str, ...] = ("queued", "running", "done", "failed", "crashed", "cancelled", "incomplete")
 
 
 def utcnow() -> datetime:

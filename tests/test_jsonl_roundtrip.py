@@ -82,11 +82,20 @@ def test_jsonl_round_trip_is_lossless(tmp_path, capsys):
 
 
 def test_reimporting_jsonl_replaces_points(tmp_path, capsys):
+    """Issue 14 item 15: an import that would drop stored points is refused (with the count) unless --replace."""
     db = _mixed_db(tmp_path, capsys)
     path = tmp_path / "one.jsonl"
+    before_points = store.done_points(db, "r-1")
     lines = [ln for ln in export_selection(db, ["tiny_base"], "jsonl").splitlines() if '"batch": 8' not in ln]
+    dropped = len(before_points) - len(lines)
+    assert dropped > 0
     path.write_text("\n".join(lines) + "\n")
+    before = db.read_bytes()
     code, _, err = cli(capsys, "import", str(path), "--db", str(db))
+    assert code == 2
+    assert f"would remove {dropped} stored point" in err and "--replace" in err and "tiny_base" in err
+    assert db.read_bytes() == before
+    code, _, err = cli(capsys, "import", str(path), "--db", str(db), "--replace")
     assert code == 0, err
     assert store.done_points(db, "r-1") == {(b, r) for b in (1, 2, 4) for r in range(3)}
 

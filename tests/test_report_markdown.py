@@ -86,6 +86,8 @@ def test_reimport_replaces_instead_of_duplicating(tmp_path, capsys):
     edited = tmp_path / REFERENCE.name
     edited.write_text(text)
     code, _, err = cli(capsys, "import", str(edited), "--db", str(db))
+    assert code == 2 and "would remove 10 stored point" in err  # 4 runs lose batch 32, one run is gone
+    code, _, err = cli(capsys, "import", str(edited), "--db", str(db), "--replace")
     assert code == 0, err
     con = store.connect(db, read_only=True)
     try:

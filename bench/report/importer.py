@@ -3,7 +3,8 @@
 Every file is parsed before anything is written; a bad file raises BadInputError and the database is left
 as it was. An imported run replaces the stored run with the same run_id and all of that run's points.
 Re-importing a markdown file also drops runs an earlier import of the same file name created that the file
-no longer lists, so a report's import always mirrors the report.
+no longer lists, so a report's import always mirrors the report. An import that would so remove stored points
+is refused unless `replace=True` (`import --replace`). The writing itself is `bench.store.imports.write_import`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import store
 from bench.errors import BadInputError
-from bench.records import SweepRecord, utcnow
-from bench.report.common import ParsedFile
+from bench.records import RunRecord, SweepRecord, utcnow
+from bench.report.common import ParsedFile, config_of
 from bench.report.jsonl import parse_jsonl
 from bench.report.markdown import parse_markdown
+from bench.store.imports import ImportBatch, write_import
 
 MARKDOWN_SUFFIXES = (".md", ".markdown")
 JSONL_SUFFIXES = (".jsonl",)
@@ -51,46 +52,73 @@ def parse_file(path: Path | str) -> ParsedFile:
     return parse_markdown(text, p.name)
 
 
-def _insert(con: Any, table: str, row: dict[str, Any]) -> None:
-    cols = list(row)
-    names = ", ".join(f'"{c}"' for c in cols)
-    marks = ", ".join("?" for _ in cols)
-    con.execute(f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})", [row[c] for c in cols])
+def _planned(run: RunRecord) -> int | None:
+    """Points the run's own config planned (distinct batch sizes x repeats), None when the config does not say."""
+    sweep = config_of(run).get("sweep")
+    if not isinstance(sweep, dict):
+        return None
+    sizes, repeats = sweep.get("batch_sizes"), sweep.get("repeats", run.repeats)
+    if not isinstance(sizes, list) or not sizes or not isinstance(repeats, int) or isinstance(repeats, bool):
+        return None
+    return len(set(map(str, sizes))) * max(repeats, 0)
 
 
-def reconstructed_sweeps(pf: ParsedFile) -> list[SweepRecord]:
+def reconstructed_sweeps(parsed: list[ParsedFile]) -> list[SweepRecord]:
     """Sweep rows for measured runs whose sweep travelled only as a `sweep_id` (JSONL carries no sweep rows).
 
-    State done, title and spec from the runs' resolved configs, points and times from the file's points; the
-    message says the row was rebuilt on import. A sweep already in the database is left as it is.
+    Each row says where it came from (`source = 'imported:<file>'`) and what the file knows: planned points from
+    the runs' configs (batch sizes x repeats), done = the points the file holds. A sweep whose file holds fewer
+    points than planned, or whose runs did not finish, is `incomplete`, never `done` (a truncated JSONL). A JSONL
+    cannot tell how many variants the sweep had; the message says so when a run's plan is unknown.
     """
-    by_sweep: dict[str, list[Any]] = {}
-    for run in pf.runs:
-        if run.sweep_id and run.source == "measured":
-            by_sweep.setdefault(run.sweep_id, []).append(run)
+    by_sweep: dict[str, list[tuple[str, RunRecord]]] = {}
+    points_of: dict[str, int] = {}
+    for pf in parsed:
+        for point in pf.points:
+            points_of[point.run_id] = points_of.get(point.run_id, 0) + 1
+        for run in pf.runs:
+            if run.sweep_id and run.source == "measured":
+                by_sweep.setdefault(run.sweep_id, []).append((pf.file_name, run))
     out = []
-    for sweep_id, runs in by_sweep.items():
-        ids = {r.run_id for r in runs}
-        pts = [p for p in pf.points if p.run_id in ids]
-        configs = [json.loads(r.config_json) for r in runs if r.config_json]
-        title = next((c.get("title") for c in configs if c.get("title")), f"imported from {pf.file_name}")
-        spec = {"title": title, "sweep": configs[0].get("sweep", {}) if configs else {},
+    for sweep_id, pairs in by_sweep.items():
+        runs = [r for _, r in pairs]
+        files = list(dict.fromkeys(f for f, _ in pairs))
+        configs = [config_of(r) for r in runs]
+        title = next((str(c["title"]) for c in configs if c.get("title")), f"imported from {files[0]}")
+        spec = {"title": title, "sweep": next((c["sweep"] for c in configs if isinstance(c.get("sweep"), dict)), {}),
                 "variants": [c["variant"] for c in configs if "variant" in c]}
-        starts = [t for t in [r.started_at for r in runs] + [p.started_at for p in pts] if t is not None]
-        ends = [t for t in [r.finished_at for r in runs] + [p.finished_at for p in pts] if t is not None]
+        done = sum(points_of.get(r.run_id, 0) for r in runs)
+        plans = [_planned(r) for r in runs]
+        known = all(p is not None for p in plans)
+        planned = sum(p or 0 for p in plans) if known else done
+        unfinished = [r.name for r in runs if r.state not in ("done", "imported")]
+        complete = known and done >= planned and not unfinished
+        where = ", ".join(files)
+        message = f"imported from {where}: {done} of {planned} planned points" if known else (
+            f"imported from {where}: {done} points (the runs' configs do not say how many were planned)")
+        if not complete and known and done < planned:
+            message += "; the file holds fewer points than the sweep planned (truncated, or exported mid-sweep)"
+        if unfinished:
+            message += f"; runs not finished when exported: {', '.join(unfinished)}"
+        times = [(r.started_at, r.finished_at) for r in runs]
+        starts = [t for t, _ in times if t is not None]
+        ends = [t for _, t in times if t is not None]
         first = min(starts) if starts else None
         out.append(SweepRecord(
-            sweep_id=sweep_id, title=title, spec_json=json.dumps(spec, sort_keys=True), state="done",
-            host=runs[0].env.host, device_key=None, points_planned=len(pts), points_done=len(pts),
-            message=f"rebuilt on import of {pf.file_name}", created_at=first or utcnow(), started_at=first,
-            finished_at=max(ends) if ends else None,
+            sweep_id=sweep_id, title=title, spec_json=json.dumps(spec, sort_keys=True),
+            state="done" if complete else "incomplete", host=runs[0].env.host, device_key=None,
+            points_planned=planned, points_done=done, message=message, created_at=first or utcnow(),
+            started_at=first, finished_at=max(ends) if ends else None, source=f"imported:{where}",
         ))
     return out
 
 
-def write_parsed(db_path: Path | str, parsed: list[ParsedFile]) -> ImportSummary:
-    """Write parsed files in one transaction (all or nothing)."""
-    summary = ImportSummary()
+def write_parsed(db_path: Path | str, parsed: list[ParsedFile], replace: bool = False) -> ImportSummary:
+    """Write parsed files through the store (bench.store.imports): staged in batches, swapped in one transaction.
+
+    Refuses (BadInputError, nothing written) a run id found in two files, and an import that would remove stored
+    points unless `replace`.
+    """
     owner: dict[str, str] = {}
     for pf in parsed:
         for run in pf.runs:
@@ -100,38 +128,23 @@ def write_parsed(db_path: Path | str, parsed: list[ParsedFile]) -> ImportSummary
                     "import one of them (nothing was imported)"
                 )
             owner[run.run_id] = pf.file_name
-    with store.writer(db_path) as con:
-        for pf in parsed:
-            ids = [r.run_id for r in pf.runs]
-            if pf.fmt == "markdown":
-                stale = [
-                    r[0]
-                    for r in con.execute(
-                        "SELECT run_id FROM runs WHERE source = ? AND run_id NOT IN (SELECT unnest(?::VARCHAR[]))",
-                        [f"imported:{pf.file_name}", ids],
-                    ).fetchall()
-                ]
-                ids_to_clear = ids + stale
-                con.execute("DELETE FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [stale])
-            else:
-                ids_to_clear = ids
-            con.execute("DELETE FROM points WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids_to_clear])
-            for run in pf.runs:
-                _insert(con, "runs", store.run_row(run))
-            for point in pf.points:
-                _insert(con, "points", store.point_row(point))
-            for sweep in reconstructed_sweeps(pf):
-                if not con.execute("SELECT 1 FROM sweeps WHERE sweep_id = ?", [sweep.sweep_id]).fetchone():
-                    _insert(con, "sweeps", store.sweep_row(sweep))
-            summary.files.append(pf.file_name)
-            summary.runs += len(pf.runs)
-            summary.points += len(pf.points)
+    sweeps = reconstructed_sweeps(parsed)
+    batches = [
+        ImportBatch(pf.file_name, pf.runs, pf.points, sweeps=sweeps if i == 0 else [], drop_stale=pf.fmt == "markdown")
+        for i, pf in enumerate(parsed)
+    ]
+    write_import(db_path, batches, replace=replace)
+    summary = ImportSummary()
+    for pf in parsed:
+        summary.files.append(pf.file_name)
+        summary.runs += len(pf.runs)
+        summary.points += len(pf.points)
     return summary
 
 
-def import_files(db_path: Path | str, paths: list[Path | str]) -> ImportSummary:
-    """Parse every file, then write them all in one transaction."""
+def import_files(db_path: Path | str, paths: list[Path | str], replace: bool = False) -> ImportSummary:
+    """Parse every file, then write them all (all or nothing). See write_parsed for `replace`."""
     if not paths:
         raise BadInputError("import: give at least one .md or .jsonl file")
     parsed = [parse_file(p) for p in paths]
-    return write_parsed(db_path, parsed)
+    return write_parsed(db_path, parsed, replace=replace)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import statistics
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ SUMMARY_ALIGN = "|---|---:|---:|---:|---:|---:|---|"
 DETAIL_HEADER = ["batch", "total tok/s", "per-stream tok/s", "decode_s", "mem_used_gib", "status"]
 DETAIL_ALIGN = "|---:|---:|---:|---:|---:|---|"
 DETAILS_HEADING = "## Per-batch details"
+REPRODUCE_HEADING = "## Reproduce"
 MISSING = "-"
 
 TIMING_TEXT = {
@@ -235,7 +237,7 @@ def render_markdown(
 
     batches_by_run = {r.run_id: [row.batch for row in rows[r.run_id]] for r in runs}
     script = reproduce if reproduce is not None else reproduce_script(runs, title, batches_by_run)
-    out += ["## Reproduce", "", "```bash", script.rstrip("\n"), "```", ""]
+    out += [REPRODUCE_HEADING, "", "```bash", script.rstrip("\n"), "```", ""]
     return "\n".join(out)
 
 
@@ -243,7 +245,10 @@ def render_markdown(
 
 _CELL_SPLIT = re.compile(r"(?<!\\)\|")
 _ALIGN_CELL = re.compile(r"^:?-{1,}:?$")
-_ERROR_BULLET = re.compile(r"^- error at batch (\d+): (.*)$")
+_ERROR_BULLET = re.compile(r"^- error at batch ([0-9]{1,10}): (.*)$")
+# Numbers as the renderer writes them: ASCII digits only, no `_` separators, no nan/inf, no trailing text.
+_INT_TEXT = re.compile(r"-?[0-9]{1,10}")
+_FLOAT_TEXT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
 _INT_META = ("prompt_len", "new_tokens")
 _STR_META = ("engine", "dtype", "device", "card")
 
@@ -306,17 +311,21 @@ def _table(lines: _Lines, header: list[str], what: str) -> list[tuple[int, list[
 def _num(text: str, lines: _Lines, lineno: int, column: str) -> float | None:
     if text in ("", "-", "—", "–"):
         return None
-    try:
-        return float(text)
-    except ValueError:
-        raise lines.error(f"a number (or '-') in column {column!r}", lineno) from None
+    value = float(text) if _FLOAT_TEXT.fullmatch(text) else math.nan
+    if not math.isfinite(value):  # also 1e400, which float() reads as inf
+        raise lines.error(f"a finite number written with ASCII digits (or '-') in column {column!r}", lineno)
+    return value
+
+
+def _strict_int(text: str) -> int | None:
+    """An integer written with ASCII digits (at most 10), else None: `1_0`, `١٠`, `+1`, `1.0` are refused."""
+    return int(text) if _INT_TEXT.fullmatch(text) else None
 
 
 def _int(text: str, lines: _Lines, lineno: int, column: str, minimum: int = 0) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise lines.error(f"an integer in column {column!r}", lineno) from None
+    value = _strict_int(text)
+    if value is None:
+        raise lines.error(f"an integer written with ASCII digits in column {column!r}", lineno)
     if not minimum <= value < 2**31:
         raise lines.error(f"an integer from {minimum} to 2**31-1 in column {column!r}", lineno)
     return value
@@ -339,10 +348,10 @@ def _typed_meta(raw: dict[str, str], lines: _Lines, lineno: int) -> dict[str, ob
     meta: dict[str, object] = {}
     for key in _INT_META:
         if key in raw:
-            try:
-                meta[key] = int(raw[key])
-            except ValueError:
-                raise lines.error(f"an integer for meta '{key}'", lineno) from None
+            value = _strict_int(raw[key].strip())
+            if value is None:
+                raise lines.error(f"an integer written with ASCII digits for meta '{key}'", lineno)
+            meta[key] = value
             if not 1 <= meta[key] < 2**31:  # type: ignore[operator]
                 raise lines.error(f"a positive integer for meta '{key}'", lineno)
     for key in _STR_META:
@@ -353,6 +362,32 @@ def _typed_meta(raw: dict[str, str], lines: _Lines, lineno: int) -> dict[str, ob
             raise lines.error(f"timing 'decode' or 'generate', not {raw['timing']!r}", lineno)
         meta["timing"] = raw["timing"]
     return meta
+
+
+def _trailer(lines: _Lines) -> None:
+    """After the run sections: nothing, or the '## Reproduce' section with one fenced code block. Anything else
+    (a truncated file glued to another, 50 MB of junk) is refused with its line number instead of ignored."""
+    lines.skip_blank()
+    if lines.peek() is None:
+        return
+    if lines.peek().strip() != REPRODUCE_HEADING:  # type: ignore[union-attr]
+        raise lines.error(f"the end of the file or the heading '{REPRODUCE_HEADING}'")
+    lines.i += 1
+    lines.skip_blank()
+    fence = lines.peek()
+    if fence is None:
+        return
+    if not fence.startswith("```"):
+        raise lines.error("a fenced code block '```' under the Reproduce heading")
+    lines.i += 1
+    while (line := lines.peek()) is not None and not line.startswith("```"):
+        lines.i += 1
+    if lines.peek() is None:
+        raise lines.error("the closing '```' of the Reproduce code block")
+    lines.i += 1
+    lines.skip_blank()
+    if lines.peek() is not None:
+        raise lines.error("the end of the file after the Reproduce section")
 
 
 def imported_run_id(file_name: str, run_name: str) -> str:
@@ -441,6 +476,7 @@ def parse_markdown(text: str, file_name: str) -> ParsedFile:
             lines.i += 1
             lines.skip_blank()
         sections[name] = (run_meta, rows, errors)
+    _trailer(lines)
 
     missing = [n for n in order if n not in sections]
     if missing:

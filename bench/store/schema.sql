@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS sweeps (
     sweep_id        VARCHAR PRIMARY KEY,
     title           VARCHAR NOT NULL,
     spec_json       VARCHAR NOT NULL,
-    state           VARCHAR NOT NULL,          -- queued | running | done | failed | crashed | cancelled
+    state           VARCHAR NOT NULL,          -- queued | running | done | failed | crashed | cancelled | incomplete
     host            VARCHAR,
     pid             INTEGER,
     device_key      VARCHAR,
