@@ -110,8 +110,11 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
 
 def run(args: argparse.Namespace) -> int:
     from bench.runner import SweepRunner, spec_for_resume
+    from bench.store import reads
 
     db = resolve_db_path(args.db)
+    if args.resume and not reads.has_sweep(db, args.resume):  # read-only: a refused command writes nothing
+        raise BadInputError(f"--resume: no sweep {args.resume!r} in {db}; `python -m bench ls` lists the sweeps")
     if args.resume:
         spec = spec_for_resume(db, args.resume)
         sweep_id, resume = args.resume, True

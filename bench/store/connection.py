@@ -45,6 +45,11 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def read_only_error(path: Path, exc: BaseException) -> StoreError:
+    if not path.exists():
+        return StoreError(
+            f"cannot create the database {path} ({exc}): its folder {path.parent} is not writable. Make it writable "
+            "or point --db/BENCH_DB at a writable folder"
+        )
     return StoreError(
         f"database {path} cannot be opened for writing ({exc}): the file or its folder is read-only or immutable, "
         "so it cannot be locked for a write (the data in it is fine). Make it writable "
