@@ -3,7 +3,8 @@ data/results/*.jsonl (what `make run` shows on a fresh machine).
 
 A new database is built in a temporary file beside the target and renamed into place only when every
 import succeeded, so a failed build never leaves a half-filled database that `make` would take as done.
-An existing database is updated in place (re-imports replace the same runs).
+An existing database is updated in place (re-imports replace the same runs). Temporary files of a build that
+was killed (their pid is gone) are removed by the next build.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from bench import store
+from bench.locks import pid_alive
 from bench.paths import REPORTS_DIR, RESULTS_DIR, resolve_db_path
 from bench.report.importer import import_files
 
@@ -22,7 +25,21 @@ def default_files(reports_dir: Path = REPORTS_DIR, results_dir: Path = RESULTS_D
     return sorted(reports_dir.glob("*.md")) + sorted(results_dir.glob("*.jsonl"))
 
 
+def clean_stale_builds(db: Path) -> list[Path]:
+    """Remove `.NAME.building-PID` files (and their .wal) left by a build-db whose process is gone (killed)."""
+    removed = []
+    for leftover in sorted(db.parent.glob(f".{db.name}.building-*")):
+        pid = leftover.name.rsplit("-", 1)[-1].removesuffix(".wal")
+        if pid.isdigit() and not pid_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
 def build(db: Path, files: list[Path]) -> dict:
+    if db.parent.is_dir():
+        for stale in clean_stale_builds(db):
+            print(f"note: removed {stale}, left by a build-db that was killed", file=sys.stderr)
     fresh = not db.exists()
     target = db.with_name(f".{db.name}.building-{os.getpid()}") if fresh else db
     try:

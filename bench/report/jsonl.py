@@ -51,10 +51,14 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def strict_loads(text: str) -> Any:
-    """json.loads refusing duplicated keys (DuplicateKeyError) and too-deep nesting (RecursionError -> ValueError)."""
+    """json.loads refusing duplicated keys (DuplicateKeyError), NaN/Infinity and nesting too deep (ValueError)."""
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
