@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,7 @@ class SweepRunner:
         self.cancelled = False
         self.worker: mp.process.BaseProcess | None = None
         self.locks: list[HeldLock] = []
+        self.reserve: store.SpaceReserve | None = None
 
     # ------------------------------------------------------------------ public entry points
 
@@ -142,6 +143,7 @@ class SweepRunner:
             self._release()
             raise SweepBusyError(f"sweep {sweep_id} is already running in another process")
         self.locks.append(sweep_lock)
+        self.reserve = store.SpaceReserve(self.db, f"sweep-{sweep_id}")  # released on a full disk, see _record_failure
         previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
         signal.signal(signal.SIGTERM, self._on_term)
         try:
@@ -154,6 +156,8 @@ class SweepRunner:
     # ------------------------------------------------------------------ internals
 
     def _release(self) -> None:
+        if self.reserve is not None:
+            self.reserve.release()
         for lock in self.locks:
             lock.release()
         self.locks.clear()
@@ -198,11 +202,10 @@ class SweepRunner:
         except _Cancelled:
             state = "cancelled"
         except BenchError as exc:
-            store.update_sweep(self.db, sweep_id, state="failed", finished_at=utcnow(), message=str(exc))
+            self._record_failure(sweep_id, str(exc))
             raise
         except BaseException as exc:
-            store.update_sweep(self.db, sweep_id, state="failed", finished_at=utcnow(),
-                               message=f"{type(exc).__name__}: {exc}")
+            self._record_failure(sweep_id, f"{type(exc).__name__}: {exc}")
             raise
         if self.cancelled:
             state = "cancelled"
@@ -264,7 +267,7 @@ class SweepRunner:
                     if kind == "run":
                         self._record_run_info(run, payload)
                     elif kind == "point":
-                        store.insert_point(self.db, payload, sweep_id=sweep_id)
+                        self._write_point(payload, sweep_id)
                         key = (payload.batch, payload.repeat)
                         if key in remaining:
                             remaining.remove(key)
@@ -277,9 +280,12 @@ class SweepRunner:
                 elif not proc.is_alive() and not parent.poll(0):
                     break
                 if time.monotonic() - last_beat > HEARTBEAT_S:
-                    store.heartbeat(self.db, sweep_id)
+                    with suppress(store.DatabaseLockedError):  # a busy database only delays the next beat
+                        store.heartbeat(self.db, sweep_id)
                     last_beat = time.monotonic()
         finally:
+            if sys.exc_info()[0] is not None and proc.is_alive():  # a failed write (a full disk): stop measuring
+                proc.terminate()
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.kill()
@@ -301,6 +307,35 @@ class SweepRunner:
             print(f"[{v.name}] worker failed: {reason.splitlines()[0] if reason else '?'}", file=sys.stderr)
         store.update_run(self.db, run.run_id, state="failed" if remaining else "done", finished_at=utcnow(),
                          **({"notes": (fatal or _death_reason(proc.exitcode))[:2000]} if remaining else {}))
+
+    def _write_point(self, point: PointRecord, sweep_id: str) -> None:
+        """Store one point, waiting for other writers (a long import, another sweep's write) as long as it takes:
+        a sweep never dies of waiting while its worker has points to give. Cancel still stops it."""
+        while True:
+            try:
+                store.insert_point(self.db, point, sweep_id=sweep_id)
+                return
+            except store.DatabaseLockedError as exc:
+                if self.cancelled:
+                    raise _Cancelled from None
+                print(f"still waiting to write a point: {exc}", file=sys.stderr)
+
+    def _record_failure(self, sweep_id: str, message: str) -> None:
+        """Mark the sweep (and its unfinished runs) failed with the real cause. A full disk may refuse even this
+        small write, so the sweep's space reserve is given back first and the write is tried a few times; if it
+        never lands, stderr still says why."""
+        if self.reserve is not None:
+            self.reserve.release()
+        for attempt in range(3):
+            try:
+                store.fail_sweep(self.db, sweep_id, message)
+                return
+            except Exception as exc:  # the database cannot take even this row now
+                if attempt == 2:
+                    print(f"error: could not record the failure of sweep {sweep_id} ({exc}); it failed because: "
+                          f"{message}", file=sys.stderr)
+                else:
+                    time.sleep(0.5)
 
     def _record_run_info(self, run: RunRecord, info: RunInfo) -> None:
         e = info.env

@@ -12,6 +12,7 @@ backoff while another process holds the file lock.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -23,9 +24,11 @@ from typing import Any
 import duckdb
 
 from bench.errors import StoreError
+from bench.paths import logs_dir_for
 from bench.records import EnvFingerprint, PointRecord, RunRecord, SweepRecord, utcnow
 from bench.store.connection import (  # re-exported: `store.connect`, `store.LOCK_RETRY_SECONDS`, ...
     LOCK_RETRY_SECONDS,
+    DatabaseLockedError,
     DiskFullError,
     Gate,
     connect,
@@ -34,9 +37,12 @@ from bench.store.connection import (  # re-exported: `store.connect`, `store.LOC
     prepare_folder,
 )
 
-__all__ = ["LOCK_RETRY_SECONDS", "DiskFullError", "Gate", "connect", "is_lock_error", "prepare_folder"]
+__all__ = [  # re-exported from bench.store.connection; the rest of the package's API is defined below
+    "LOCK_RETRY_SECONDS", "DatabaseLockedError", "DiskFullError", "Gate", "connect", "is_lock_error", "prepare_folder",
+]
 
 SCHEMA_FILE = Path(__file__).with_name("schema.sql")
+RESERVE_BYTES = 1 << 20  # SpaceReserve: room for the last rows of a sweep that filled the disk
 _VERSION_RE = re.compile(r"^--\s*schema_version:\s*(\d+)\s*$", re.MULTILINE)
 SCHEMA_VERSION = int(_VERSION_RE.search(SCHEMA_FILE.read_text()).group(1))  # type: ignore[union-attr]
 
@@ -252,6 +258,42 @@ def update_sweep(path: Path | str, sweep_id: str, **values: Any) -> None:
 
 def heartbeat(path: Path | str, sweep_id: str, **values: Any) -> None:
     update_sweep(path, sweep_id, heartbeat_at=utcnow(), **values)
+
+
+def fail_sweep(path: Path | str, sweep_id: str, message: str) -> None:
+    """Mark a sweep failed with `message`, and its runs still `running` or `pending` failed too, in one small
+    transaction (the last write of a sweep that hit an error, a full disk included)."""
+    now = utcnow()
+    with writer(path) as con:
+        _update(con, "sweeps", "sweep_id", sweep_id, state="failed", finished_at=now, message=message[:4000])
+        con.execute(
+            "UPDATE runs SET state = 'failed', finished_at = coalesce(finished_at, ?), "
+            "notes = coalesce(notes, ?) WHERE sweep_id = ? AND state IN ('running', 'pending')",
+            [now, message[:2000], sweep_id],
+        )
+
+
+class SpaceReserve:
+    """Disk space held in a file beside the database while a sweep runs (in its logs folder), released when a write
+    fails for lack of space, so that the sweep can still record why it stopped. Best effort: without room for it
+    at the start there is no reserve."""
+
+    def __init__(self, db: Path | str, name: str, size: int = RESERVE_BYTES) -> None:
+        self.path: Path | None = logs_dir_for(Path(db)) / f"{name}.reserve"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "wb") as f:
+                f.write(b"\0" * size)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            self.release()
+
+    def release(self) -> None:
+        if self.path is not None:
+            with suppress(OSError):
+                self.path.unlink()
+            self.path = None
 
 
 def insert_run(path: Path | str, run: RunRecord, replace: bool = False) -> None:

@@ -187,7 +187,7 @@ def _connect_retrying(
                 delay = min(delay * 1.6, 0.05 if gated else 0.5)
                 continue
             if is_lock_error(exc):
-                raise StoreError(
+                raise DatabaseLockedError(
                     f"database {path} stayed locked by another process for {timeout_s:.0f}s; "
                     "wait for the running sweep or import to finish or point --db/BENCH_DB elsewhere"
                 ) from exc
@@ -209,3 +209,7 @@ class DiskFullError(StoreError):
     """A write failed because the disk is full: a failed run (exit 1), not bad input. Committed rows are kept."""
 
     exit_code = 1
+
+
+class DatabaseLockedError(StoreError):
+    """Another process held the database for the whole wait. A sweep retries its point writes on this."""
