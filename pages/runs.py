@@ -255,8 +255,8 @@ if sweeps.empty:
 else:
     view = sweeps.assign(points=sweeps["points_done"].astype(str) + " / " + sweeps["points_planned"].astype(str),
                          duration=sweeps["duration_s"].map(ui_data.fmt_duration))
-    st.dataframe(view[["sweep_id", "title", "shown_state", "points", "current_variant", "created_at", "duration",
-                       "host", "message"]], hide_index=True, width="stretch", key="sweeps_table",
+    st.dataframe(view[["sweep_id", "title", "shown_state", "origin", "points", "current_variant", "created_at",
+                       "duration", "host", "message"]], hide_index=True, width="stretch", key="sweeps_table",
                  column_config={"shown_state": "state", "created_at": st.column_config.DatetimeColumn("created")})
 
 st.subheader("Runs")

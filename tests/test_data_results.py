@@ -76,3 +76,24 @@ def test_a_truncated_jsonl_does_not_import_as_a_complete_sweep(tmp_path, capsys)
     assert main(["ls", "--db", str(db), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["state"], r["source"]) for r in rows] == [("incomplete", f"imported:{cut.name}")]
+
+
+def test_the_runs_page_shows_imported_sweeps_as_imported(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from bench.paths import PROJECT_ROOT
+
+    hf = RESULTS_DIR / "union-prunes-hf-h100-2026-11-27.jsonl"
+    cut = tmp_path / hf.name
+    cut.write_text("".join(hf.read_text().splitlines(keepends=True)[:-7]))
+    db = tmp_path / "bench.duckdb"
+    assert main(["import", str(cut), "--db", str(db)]) == 0
+    monkeypatch.setenv("BENCH_DB", str(db))
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/runs.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = next(df.value for df in at.dataframe if "origin" in df.value.columns)
+    row = table.set_index("sweep_id").loc["s20261127-144305-02dbea"]
+    assert row["origin"] == f"imported from {cut.name}"
+    assert row["shown_state"] == "incomplete" and row["points"] == "53 / 60"

@@ -210,16 +210,24 @@ def points(db: Path | str, run_ids: list[str]) -> pd.DataFrame:
 
 
 def sweeps(db: Path | str) -> pd.DataFrame:
-    """One row per sweep, newest first, with `shown_state`: a running sweep whose process is gone is crashed."""
+    """One row per sweep, newest first, with `shown_state` (a running sweep whose process is gone is crashed) and
+    `origin` ('measured here' or 'imported from <file>')."""
     df = _df(db, "SELECT * FROM sweeps ORDER BY created_at DESC")
     if df.empty:
         return df
     df["shown_state"] = [locks.shown_state(r) for r in df.to_dict("records")]
+    df["origin"] = [origin(r.get("source")) for r in df.to_dict("records")]
     df["duration_s"] = [
         (_ts(r["finished_at"]) or locks.now_ts()) - _ts(r["started_at"]) if _ts(r["started_at"]) else None
         for r in df.to_dict("records")
     ]
     return df
+
+
+def origin(source: Any) -> str:
+    """How a sweep row came to be: 'measured here' or 'imported from <file>' (sweeps.source)."""
+    text = "" if source is None or _isna(source) else str(source)
+    return f"imported from {text.split(':', 1)[1]}" if text.startswith("imported:") else "measured here"
 
 
 def sweep(db: Path | str, sweep_id: str) -> dict[str, Any] | None:
