@@ -100,6 +100,9 @@ def _variant_config(v: VariantSpec, spec: SweepSpec, device: str, dtype: str) ->
             "resolved": {"device": device, "dtype": dtype}}
 
 
+PATIENT_WRITE_S = 600.0  # a sweep's writes wait this long for other writers; point writes retry beyond it
+
+
 class _Cancelled(Exception):
     pass
 
@@ -147,7 +150,8 @@ class SweepRunner:
         previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
         signal.signal(signal.SIGTERM, self._on_term)
         try:
-            return self._run_locked(spec, sweep_id, resume, device, dtype, str(sweep_lock_path), rerun_of or {})
+            with store.patient_writes(PATIENT_WRITE_S):  # never die of waiting on another writer (an import)
+                return self._run_locked(spec, sweep_id, resume, device, dtype, str(sweep_lock_path), rerun_of or {})
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

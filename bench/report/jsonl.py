@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import types
 import typing
 from dataclasses import MISSING, asdict, fields
@@ -34,6 +35,7 @@ HEADLINE_KEYS: tuple[str, ...] = ("run", "model", "top_k", "experts", "engine", 
 POINT_KEYS: tuple[str, ...] = tuple(f.name for f in fields(PointRecord))
 RUN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunRecord))
 ENV_KEYS: tuple[str, ...] = tuple(f.name for f in fields(EnvFingerprint))
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # run and sweep ids: they name lock and log files
 CONFIG_MAX_DEPTH = 32  # a run's config is a few levels deep (sweep, variant, prune); deeper is not ours
 
 
@@ -243,6 +245,11 @@ def _check_run(run: RunRecord, where: _Where) -> None:
     for key in ("top_k", "prompt_len", "new_tokens", "repeats"):
         if getattr(run, key) < 1:
             raise where.error(f"run_meta.{key}", f"must be >= 1, got {getattr(run, key)}")
+    for key in ("run_id", "sweep_id", "rerun_of"):
+        value = getattr(run, key)
+        if value is not None and (not ID_RE.fullmatch(value) or ".." in value):
+            raise where.error(f"run_meta.{key}", f"{value[:80]!r} is not an id (letters, digits, '.', '_', '-'; "
+                              "no '..', at most 128 characters)")
     if run.config_json is not None:
         try:
             config = strict_loads(run.config_json)

@@ -147,14 +147,30 @@ def _real_cause(path: Path, exc: BaseException) -> BaseException:
     return exc
 
 
+_patience = LOCK_RETRY_SECONDS  # how long a write waits for other writers; see patient_writes
+
+
 @contextmanager
-def writer(path: Path | str, timeout_s: float = LOCK_RETRY_SECONDS) -> Iterator[duckdb.DuckDBPyConnection]:
+def patient_writes(seconds: float) -> Iterator[None]:
+    """Within this block every write of this process waits up to `seconds` for other writers (default 30 s).
+    A sweep uses it: it must never die of waiting on another writer (an import) while its worker has points."""
+    global _patience
+    saved, _patience = _patience, seconds
+    try:
+        yield
+    finally:
+        _patience = saved
+
+
+@contextmanager
+def writer(path: Path | str, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short read-write connection with the schema in place; commits on success, always closes.
 
     Creates the database's folder when missing (and says so on stderr). Any failure rolls back and raises the
     real cause (a full disk is a DiskFullError, never the ROLLBACK's own error).
     """
     path = Path(path)
+    timeout_s = _patience if timeout_s is None else timeout_s
     prepare_folder(path)
     gate = Gate(path)
     gate.hold_exclusive(time.monotonic() + timeout_s)  # readers queue until this write has closed

@@ -1,12 +1,13 @@
 """Writing imported files into the store: staged in bounded batches, then swapped in with one short transaction.
 
 A long import must not starve a running sweep (whose every point is a short write). So the points of an import
-are first copied into a staging table, `STAGE_BATCH_ROWS` at a time, each batch its own short transaction that
-takes and releases the writer gate (`bench.store.connection.Gate`) and then pauses, so a sweep waiting to write
-gets the file between two batches. The swap (delete the replaced rows, insert runs, points from the staging table
-and sweep rows, drop the staging table) is one transaction, so an import is still all or nothing: a failure or a
-kill before or during the swap leaves the stored rows as they were. A staging table left by a killed import
-(its name carries the importer's pid) is dropped by the next import.
+(and its runs and sweep rows) are first copied into staging tables, `STAGE_BATCH_ROWS` at a time, each batch its
+own short transaction that takes and releases the writer gate (`bench.store.connection.Gate`) and then pauses, so
+a sweep waiting to write gets the file between two batches. The swap (delete the replaced rows, insert runs,
+points and sweep rows from the staging tables with one INSERT ... SELECT each, drop the staging tables) is one
+short transaction, so an import is still all or nothing: a failure or a kill before or during the swap leaves the
+stored rows as they were. Staging tables left by a killed import (their names carry the importer's pid) are
+dropped by the next import.
 
 An import that would remove stored points (a run re-imported with fewer points than the database holds, or a
 report re-imported without a run it listed before) is refused unless `replace=True`, with the counts.
@@ -19,7 +20,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,12 @@ import pandas as pd
 from bench.errors import BadInputError
 from bench.locks import pid_alive
 from bench.records import PointRecord, RunRecord, SweepRecord
-from bench.store import _insert, point_row, run_row, sweep_row, writer
+from bench.store import point_row, run_row, sweep_row, writer
 
 STAGE_BATCH_ROWS = 1000  # about 0.3 s of writing on a 2-core box: the longest a sweep's point write waits
 YIELD_S = 0.05  # pause between batches so a waiting writer (a sweep's point) takes the gate first
 _STAGE_PREFIX = "import_stage_"
-_STAGE_RE = re.compile(rf"^{_STAGE_PREFIX}(\d+)_[0-9a-f]+$")
-_POINT_COLUMNS = [f.name for f in fields(PointRecord)]
+_STAGE_RE = re.compile(rf"^{_STAGE_PREFIX}(\d+)_[0-9a-f]+_[a-z]+$")
 
 
 @dataclass
@@ -72,19 +72,21 @@ def _keys_frame(batch: ImportBatch) -> pd.DataFrame:
     )
 
 
-def removals(con: duckdb.DuckDBPyConnection, batches: list[ImportBatch]) -> list[Removal]:
-    """Stored points each file would remove (points of its runs it does not carry, and runs it no longer lists)."""
+def removals(con: duckdb.DuckDBPyConnection, batches: list[ImportBatch], staged: str | None = None) -> list[Removal]:
+    """Stored points each file would remove (points of its runs it does not carry, and runs it no longer lists).
+    The file's keys come from the staging table `staged` (inside the swap) or from the batches themselves."""
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     if "points" not in tables:
         return []
     out = []
     for b in batches:
         ids = [r.run_id for r in b.runs]
-        keys = _keys_frame(b)  # noqa: F841  (read by name in the SQL below)
+        keys = _keys_frame(b)  # noqa: F841  (read by name in the SQL below when nothing is staged)
+        source = f'"{staged}"' if staged else "keys"
         lost = con.execute(
-            """SELECT p.run_id, any_value(r.name), count(*) FROM points p JOIN runs r USING (run_id)
+            f"""SELECT p.run_id, any_value(r.name), count(*) FROM points p JOIN runs r USING (run_id)
                WHERE p.run_id IN (SELECT unnest(?::VARCHAR[]))
-                 AND NOT EXISTS (SELECT 1 FROM keys k WHERE k.run_id = p.run_id AND k.batch = p.batch
+                 AND NOT EXISTS (SELECT 1 FROM {source} k WHERE k.run_id = p.run_id AND k.batch = p.batch
                                  AND k."repeat" = p."repeat")
                GROUP BY 1 ORDER BY 1""",
             [ids],
@@ -133,7 +135,7 @@ def check_removals(db: Path | str, batches: list[ImportBatch]) -> list[Removal]:
 def _frame(rows: list[dict[str, Any]], types: dict[str, str]) -> pd.DataFrame:
     """The rows as a DataFrame with each column's dtype set from the table's SQL type (None stays NULL)."""
     data = {}
-    for col in _POINT_COLUMNS:
+    for col in rows[0]:
         values = [r[col] for r in rows]
         sql = types[col].upper()
         if sql in ("DOUBLE", "FLOAT", "REAL"):
@@ -163,30 +165,31 @@ def drop_stale_stages(db: Path | str) -> list[str]:
     return dropped
 
 
-def _stage(db: Path | str, points: list[PointRecord], progress: Callable[[int, int], None] | None) -> str:
-    """Copy the points into a new staging table in batches, each in its own short transaction."""
-    table = f"{_STAGE_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+def _stage(db: Path | str, table: str, stage: str, rows: list[dict[str, Any]],
+           progress: Callable[[int, int], None] | None = None) -> None:
+    """Copy rows into a new staging table shaped like `table`, in batches, each its own short transaction."""
     with writer(db) as con:
-        con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM points LIMIT 0')
+        con.execute(f'CREATE TABLE "{stage}" AS SELECT * FROM {table} LIMIT 0')
         types = {name: typ for name, typ in con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?", [table]
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?", [stage]
         ).fetchall()}
-    names = ", ".join(f'"{c}"' for c in _POINT_COLUMNS)
-    for start in range(0, len(points), STAGE_BATCH_ROWS):
-        chunk = _frame([point_row(p) for p in points[start:start + STAGE_BATCH_ROWS]], types)  # noqa: F841
+    for start in range(0, len(rows), STAGE_BATCH_ROWS):
+        part = rows[start:start + STAGE_BATCH_ROWS]
+        chunk = _frame(part, types)  # noqa: F841  (read by name in the SQL below)
+        names = ", ".join(f'"{c}"' for c in part[0])
         with writer(db) as con:
-            con.execute(f'INSERT INTO "{table}" ({names}) SELECT {names} FROM chunk')
+            con.execute(f'INSERT INTO "{stage}" ({names}) SELECT {names} FROM chunk')
         if progress is not None:
-            progress(min(start + STAGE_BATCH_ROWS, len(points)), len(points))
+            progress(min(start + STAGE_BATCH_ROWS, len(rows)), len(rows))
         time.sleep(YIELD_S)  # let a writer that waited during this batch (a sweep's point) go first
-    return table
 
 
-def _drop(db: Path | str, table: str) -> None:
+def _drop(db: Path | str, stages: list[str]) -> None:
     try:
         with writer(db) as con:
-            con.execute(f'DROP TABLE IF EXISTS "{table}"')
-    except Exception:  # best effort: the next import drops it (its pid is gone by then)
+            for stage in stages:
+                con.execute(f'DROP TABLE IF EXISTS "{stage}"')
+    except Exception:  # best effort: the next import drops them (their pid is gone by then)
         pass
 
 
@@ -196,45 +199,52 @@ def write_import(
     replace: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Write parsed files: refuse removals unless `replace`, stage the points in batches, then swap in one
-    transaction. All or nothing; nothing is created when the import is refused."""
+    """Write parsed files: refuse removals unless `replace`, stage points, runs and sweeps in batches, then swap
+    them in with one short transaction. All or nothing; nothing is created when the import is refused."""
     found = check_removals(db, batches)
     if found and not replace:
         raise _refuse(found)
     if Path(db).exists():
         drop_stale_stages(db)
-    points = [p for b in batches for p in b.points]
-    table = _stage(db, points, progress)
+    token = f"{_STAGE_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+    stage = {kind: f"{token}_{kind}" for kind in ("points", "runs", "sweeps")}
+    rows = {
+        "points": [point_row(p) for b in batches for p in b.points],
+        "runs": [run_row(r) for b in batches for r in b.runs],
+        "sweeps": [sweep_row(s) for b in batches for s in b.sweeps],
+    }
     try:
+        for kind in ("points", "runs", "sweeps"):
+            if rows[kind]:
+                _stage(db, kind, stage[kind], rows[kind], progress if kind == "points" else None)
         with writer(db) as con:
-            if not replace:  # a sweep may have written between the check and here
-                found = removals(con, batches)
+            if not replace and rows["points"]:  # a sweep may have written between the check and here
+                found = removals(con, batches, staged=stage["points"])
                 if found:
                     raise _refuse(found)
+            ids = [r.run_id for b in batches for r in b.runs]
             for b in batches:
-                ids = [r.run_id for r in b.runs]
-                clear = list(ids)
                 if b.drop_stale:
                     stale = [r[0] for r in con.execute(
                         "SELECT run_id FROM runs WHERE source = ? AND run_id NOT IN (SELECT unnest(?::VARCHAR[]))",
-                        [b.source, ids],
+                        [b.source, [r.run_id for r in b.runs]],
                     ).fetchall()]
-                    clear += stale
-                    con.execute("DELETE FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [stale])
-                con.execute("DELETE FROM points WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [clear])
-                for run in b.runs:
-                    _insert(con, "runs", run_row(run), replace=True)
-            names = ", ".join(f'"{c}"' for c in _POINT_COLUMNS)
-            con.execute(f'INSERT INTO points ({names}) SELECT {names} FROM "{table}"')
-            for b in batches:
-                for sweep in b.sweeps:
-                    row = con.execute("SELECT source FROM sweeps WHERE sweep_id = ?", [sweep.sweep_id]).fetchone()
-                    if row is None:
-                        _insert(con, "sweeps", sweep_row(sweep))
-                    elif str(row[0]).startswith("imported:"):  # an earlier import's row: refresh it
-                        _insert(con, "sweeps", sweep_row(sweep), replace=True)
-                    # a measured sweep of this database keeps its own row
-            con.execute(f'DROP TABLE "{table}"')
+                    ids += stale
+            con.execute("DELETE FROM points WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+            con.execute("DELETE FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+            for kind in ("runs", "points"):
+                if rows[kind]:
+                    names = ", ".join(f'"{c}"' for c in rows[kind][0])
+                    con.execute(f'INSERT INTO {kind} ({names}) SELECT {names} FROM "{stage[kind]}"')
+            if rows["sweeps"]:
+                names = ", ".join(f'"{c}"' for c in rows["sweeps"][0])
+                # an earlier import's row is refreshed; a sweep measured in this database keeps its own row
+                con.execute(f"""DELETE FROM sweeps WHERE source LIKE 'imported:%'
+                                AND sweep_id IN (SELECT sweep_id FROM "{stage['sweeps']}")""")
+                con.execute(f"""INSERT INTO sweeps ({names}) SELECT {names} FROM "{stage['sweeps']}"
+                                WHERE sweep_id NOT IN (SELECT sweep_id FROM sweeps)""")
+            for kind in ("points", "runs", "sweeps"):
+                con.execute(f'DROP TABLE IF EXISTS "{stage[kind]}"')
     except BaseException:
-        _drop(db, table)
+        _drop(db, list(stage.values()))
         raise
