@@ -70,10 +70,13 @@ def list_sweeps(db: Path | str) -> list[dict[str, Any]]:
     with _reader(db) as (con, tables):
         if "sweeps" not in tables:
             return []
+        columns = {r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'sweeps'").fetchall()}
+        source = "source" if "source" in columns else "'measured' AS source"  # readers do not migrate (v1, v2)
         return _dicts(
             con,
             "SELECT sweep_id AS id, title, state, points_done, points_planned, current_variant, device_key, pid, "
-            "lock_path, created_at, started_at, finished_at, heartbeat_at, message, source "
+            f"lock_path, created_at, started_at, finished_at, heartbeat_at, message, {source} "
             "FROM sweeps ORDER BY created_at",
         )
 
