@@ -146,7 +146,8 @@ CASES: list[Case] = [
     # 5. emoji in a title: spec_to_toml must write TOML that reads back (the form's path)
     Case(5, "emoji title through spec_to_toml", [
         "-c", "import tomllib, pathlib, sys; from bench.spec import spec_from_dict, spec_to_toml; "
-        "s = spec_from_dict({'title': '\U0001f680 launch \\u2603', 'sweep': {'batch_sizes': [1]}, "
+        "s = spec_from_dict({'title': '\U0001f680 launch \\u2603', "
+        "'sweep': {'batch_sizes': [1], 'prompt_len': 8, 'new_tokens': 2}, "
         "'variants': [{'name': 'b', 'model': 'synthetic:tiny-moe', 'top_k': 2}]}); "
         "d = tomllib.loads(spec_to_toml(s)); assert d['title'] == s.title; pathlib.Path(sys.argv[1]).write_text('')",
         "{dir}/ok"], expect="ok", check=_toml_round_trip),
@@ -195,8 +196,8 @@ CASES: list[Case] = [
     Case(11, "JSONL NaN literal", ["import", "{dir}/x.jsonl", "--db", "{db}"],
          files={"x.jsonl": jsonl_line().replace('"total_tps": ', '"total_tps": NaN, "x": ', 1)}),
     # 14. re-measuring error points needs a flag that exists
-    Case(14, "sweep --retry-errors on an unknown sweep", ["sweep", "--resume", "nope", "--retry-errors", "--db",
-                                                          "{db}", "--quiet"]),
+    Case(14, "sweep --resume nope --retry-errors (refused, nothing written)",
+         ["sweep", "--resume", "nope", "--retry-errors", "--db", "{db}", "--quiet"]),
     # 15. a partial JSONL must not silently replace a stored run
     Case(15, "one-line JSONL over a stored 3-point run", ["import", "{dir}/x.jsonl", "--db", "{db}"],
          files={"x.jsonl": jsonl_line()}),
@@ -268,6 +269,7 @@ def run_case(case: Case, base_db: Path, work: Path, env: dict[str, str]) -> dict
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="one JSON object per case instead of the table")
+    ap.add_argument("--json-out", type=Path, help="also write one JSON object per case to this file")
     ap.add_argument("--only", type=int, action="append", help="run only the cases of this issue item (repeatable)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fuzz-inputs-"))
@@ -280,6 +282,8 @@ def main() -> int:
         return 1
     results = [run_case(c, base, work, env) for c in CASES if not args.only or c.item in args.only]
     shutil.rmtree(work, ignore_errors=True)
+    if args.json_out:
+        args.json_out.write_text("".join(json.dumps(r) + "\n" for r in results))
     if args.json:
         for r in results:
             print(json.dumps(r))

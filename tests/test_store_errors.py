@@ -90,3 +90,21 @@ def test_unknown_ids_create_no_database_and_no_folder(tmp_path, capsys, argv):
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM sweeps").fetchone()[0] == 1
     con.close()
+
+
+def test_a_failed_rollback_never_hides_the_real_error(tmp_path):
+    """Issue 14 item 12 without root: when the transaction is already over (as after a COMMIT that failed on a full
+    disk), the writer's ROLLBACK fails with "no transaction is active"; the caller must still see the first error."""
+    from bench import store
+
+    db = tmp_path / "x.duckdb"
+
+    class RealCause(Exception):
+        pass
+
+    with pytest.raises(RealCause), store.writer(db) as con:
+        con.execute("COMMIT")  # the transaction ends here, like a COMMIT that failed
+        raise RealCause("No space left on device")
+    err = OSError(28, "No space left on device")
+    assert isinstance(store._real_cause(db, err), store.DiskFullError)
+    assert "no space left on device" in str(store._real_cause(db, err)).lower()
