@@ -104,7 +104,7 @@ def test_a_failed_rollback_never_hides_the_real_error(tmp_path):
 
     with pytest.raises(RealCause), store.writer(db) as con:
         con.execute("COMMIT")  # the transaction ends here, like a COMMIT that failed
-        raise RealCause("No space left on device")
+        raise RealCause("the first error")
     err = OSError(28, "No space left on device")
     assert isinstance(store._real_cause(db, err), store.DiskFullError)
     assert "no space left on device" in str(store._real_cause(db, err)).lower()
