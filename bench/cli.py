@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "import_cmd",
     "build_db",
     "export",
+    "compare",
     "roofline",
     "env",
     "prune",
