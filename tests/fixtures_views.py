@@ -95,8 +95,6 @@ def build_views_fixture(path: Path | str, newest: str = "slow") -> dict:
     if newest in ("slow", "both"):
         r = _run("hist-slow", "base_topk4", T0 + timedelta(days=2), _env(H100, "ccc3333", "2.13.0"))
         runs_points.append((r, _points(r, base, tuple(0.9 * f for f in SPREAD), 2.0)))
-    for run, pts in runs_points:
-        store.insert_run(path, run)
-        for p in pts:
-            store.insert_point(path, p)
+    # one transaction for every row (the store's all-or-nothing batch write), so the fixture builds in a second
+    store.insert_imported(path, [r for r, _ in runs_points], [p for _, pts in runs_points for p in pts])
     return EXPECTED

@@ -171,7 +171,7 @@ def test_export_matches_cli(fixture_db: Path, monkeypatch: pytest.MonkeyPatch, t
                    capture_output=True)
     assert out.read_bytes() == text.encode("utf-8")
     labels = [b.label for b in at.get("download_button")]
-    assert labels == ["Download markdown", "Download CSV", "Download JSONL"]
+    assert labels == ["Download markdown", "Download CSV", "Download JSONL", "Download HTML report"]
 
 
 def test_filters_persist_across_pages(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
