@@ -30,7 +30,8 @@ PRUNED = {1: 150.0, 2: 260.0, 4: 396.0, 8: 500.0}
 
 EXPECTED = {
     # (per-stream, total) medians of the Pareto front, from the highest per-stream tok/s down
-    "front": [("pruned16_topk4", 1, 150.0, 150.0), ("pruned16_topk4", 2, 130.0, 260.0), ("base_topk4", 8, 100.0, 800.0)],
+    "front": [("pruned16_topk4", 1, 150.0, 150.0), ("pruned16_topk4", 2, 130.0, 260.0),
+              ("base_topk4", 8, 100.0, 800.0)],
     "j_per_token_base_b4": 0.5,
     "j_per_token_pruned_b4": 0.375,
     "usd_per_mtok_base_b4_default": 2.90 / (400.0 * 3600.0) * 1e6,  # H100 default $2.90/h

@@ -68,7 +68,7 @@ def test_energy_and_cost_in_markdown_and_csv(db: Path) -> None:
     assert "| base_topk4 | 4 | 0.5000 | H100 | 3.60 | 2.5000 |" in section
     assert "| cpu_topk4 | 1 | - | cpu | 0.20 |" in section  # no counter: '-', never 0
     rows = list(csv.DictReader(io.StringIO(export_selection(db, ["hist-old"], "csv", {"H100": 3.6}))))
-    b4 = [r for r in rows if r["batch"] == "4" and r["repeat"] == "1"][0]
+    b4 = next(r for r in rows if r["batch"] == "4" and r["repeat"] == "1")
     assert float(b4["energy_j_per_token"]) == 0.5 and float(b4["usd_per_gpu_hour"]) == 3.6
     assert abs(float(b4["usd_per_mtok"]) - 2.5) < 1e-12
     # the reference report (no energy, no price given) keeps its format: no extra section
