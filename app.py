@@ -8,7 +8,9 @@ from __future__ import annotations
 import streamlit as st
 
 from bench.ui import data as ui_data
+from bench.ui import warm
 
+warm.start()  # slow imports (scipy.stats for History's verdict) once per process, off the first view
 st.set_page_config(page_title="moe-bench", page_icon="📈", layout="wide")
 
 PAGES = [

@@ -17,9 +17,11 @@ METRICS = {"total_tps": "total tok/s", "per_stream_tps": "per-stream tok/s", "j_
            "usd_per_mtok": "$ / M tokens"}
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def _repeats(path: str, version: tuple, run_ids: tuple[str, ...]):
-    return queries.repeats(path, list(run_ids))
+@st.cache_data(max_entries=32, show_spinner=False)
+def _verdict(path: str, version: tuple, old_id: str, new_id: str, old_label: str, new_label: str
+             ) -> history.Verdict:
+    reps = queries.repeats(path, [old_id, new_id])
+    return history.verdict(reps, old_id, new_id, "total_tps", names={old_id: old_label, new_id: new_label})
 
 
 st.title("History")
@@ -70,9 +72,8 @@ hist = history.history_frame(summ, runs, batch, list(METRICS))
 # --- the verdict: newest run against the one before it
 if len(runs) >= 2:
     old_id, new_id = runs["run_id"].iloc[-2], runs["run_id"].iloc[-1]
-    reps = _repeats(str(data.db), queries.file_version(data.db), (old_id, new_id))
     labels = dict(zip(data.runs_all["run_id"], data.runs_all["label"], strict=True))
-    v = history.verdict(reps, old_id, new_id, "total_tps", names=labels)
+    v = _verdict(str(data.db), queries.file_version(data.db), old_id, new_id, labels[old_id], labels[new_id])
     text = v.sentence()
     if v.status == "slower":
         st.error(f"**Regression** — {text}", icon=":material/trending_down:")
@@ -87,16 +88,20 @@ if len(runs) >= 2:
 else:
     st.info("One run of this variant so far: the verdict needs two.")
 
-tabs = st.tabs(list(METRICS.values()))
-for tab, (metric, unit) in zip(tabs, METRICS.items(), strict=True):
-    with tab:
-        if hist[metric].notna().sum() == 0:
-            st.caption(f"No {unit} recorded for these runs"
-                       + (" (no NVML energy counter: CPU or imported runs)." if metric == "j_per_token" else "."))
-            continue
-        fig = ui_charts.history_figure(hist, metric, unit, f"{unit} of {names[identity]} at batch {batch}, run by run")
-        st.plotly_chart(fig, width="stretch", key=f"hist_{metric}")
-        ui_images.downloads(fig, f"moe-bench-history-{metric}", key=f"hist_{metric}_dl")
+share.seed_value("hist_metric", list(METRICS))
+metric = st.segmented_control("Metric", list(METRICS), format_func=METRICS.get, key="hist_metric",
+                              selection_mode="single", default="total_tps") or "total_tps"
+share.publish({"hist_metric": metric})
+unit = METRICS[metric]
+if hist[metric].notna().sum() == 0:
+    st.caption(f"No {unit} recorded for these runs"
+               + (" (no NVML energy counter: CPU or imported runs)." if metric == "j_per_token" else "."))
+else:
+    fig = ui_charts.history_figure(hist, metric, unit, f"{unit} of {names[identity]} at batch {batch}, run by run")
+    st.plotly_chart(fig, width="stretch", key=f"hist_{metric}")
+    ui_images.downloads(fig, f"moe-bench-history-{metric}", key=f"hist_{metric}_dl")
+    st.caption("A point per run (oldest first); error bars: min..max of its repeats (for $/M tokens, from the "
+               "tok/s spread).")
 
 st.subheader("Runs of this variant")
 st.dataframe(hist[["label", "run_date", "git_commit", "device_name", "torch_version", "transformers_version",

@@ -394,6 +394,7 @@ def test_export_large_selection_builds_files_on_demand(tmp_path: Path, monkeypat
     assert not at.exception
     assert not at.code  # no markdown built yet
     assert any("built on request" in i.value for i in at.info)
-    assert [b.label for b in at.get("download_button")] == ["Download markdown", "Download CSV", "Download JSONL"]
+    assert [b.label for b in at.get("download_button")] == ["Download markdown", "Download CSV", "Download JSONL",
+                                                          "Download HTML report"]
     at.button(key="export_preview").click().run()
     assert at.code and at.code[0].value == export_selection(db, ids, "markdown").rstrip("\n")

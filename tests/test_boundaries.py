@@ -14,7 +14,10 @@ WORKER_SIDE = [
     "bench.commands.perf", "bench.report.jsonl",
 ]
 DASHBOARD_SIDE = ["bench.store.queries", "bench.analysis.labels", "bench.analysis.compare", "bench.ui.data",
-                  "bench.ui.charts", "bench.ui.launch", "bench.ui.colors", "bench.report"]
+                  "bench.ui.charts", "bench.ui.launch", "bench.ui.colors", "bench.report",
+                  "bench.analysis.pareto", "bench.analysis.cost", "bench.analysis.history", "bench.ui.share",
+                  "bench.ui.images", "bench.ui.views", "bench.ui.warm", "bench.report.html", "bench.report.energy",
+                  "bench.commands.compare"]
 
 
 def _loaded_after_import(modules: list[str], watch: list[str]) -> list[str]:

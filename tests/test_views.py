@@ -245,3 +245,12 @@ def test_views_on_an_empty_database(page: str, tmp_path: Path, monkeypatch: pyte
     init_db(db)
     at = open_page(db, page, monkeypatch, {"scaling_view": "Pareto", "cmp_view": "Pareto", "scaling_runs": "x"})
     assert any("No benchmark data yet" in i.value for i in at.info)
+
+
+def test_export_page_default_is_one_card_and_engine(slow_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 8 item 5.5: the fixture holds H100/graph runs and a CPU/hf run; the default export takes one setup."""
+    at = open_page(slow_db, "pages/export.py", monkeypatch)
+    picked = at.multiselect(key="export_runs").value
+    assert picked and "cpu-run" not in picked
+    assert "batch_sweep: 1,2,4,8" in at.code[0].value
+    assert [b.label for b in at.get("download_button")][-1] == "Download HTML report"

@@ -63,16 +63,18 @@ def add_energy_cost(summary: pd.DataFrame, runs_df: pd.DataFrame, prices: dict[s
         for c in ("card_family", "usd_per_hour", "usd_per_mtok", "j_per_token", "energy_note"):
             out[c] = pd.Series(dtype=object)
         return out
-    meta = runs_df.set_index("run_id")
-    fam = out["run_id"].map(lambda r: card_family(meta.at[r, "device_name"]) if r in meta.index else "other")
+    rids = out["run_id"].unique().tolist()
+    meta = {r["run_id"]: r for r in runs_df.loc[runs_df["run_id"].isin(rids), ["run_id", "device_name", "device",
+                                                                                "source"]].to_dict("records")}
+    fam_of = {r: card_family(meta[r]["device_name"]) if r in meta else "other" for r in rids}
+    note_of = {r: energy_note(meta[r]) if r in meta else NO_COUNTER_CARD for r in rids}
+    fam = out["run_id"].map(fam_of)
     out["card_family"] = fam
-    out["usd_per_hour"] = fam.map(lambda f: prices.get(f, default_price(f)))
-    out["usd_per_mtok"] = [usd_per_mtok(t, p) for t, p in zip(out["total_tps"], out["usd_per_hour"], strict=True)]
+    out["usd_per_hour"] = fam.map(lambda f: prices.get(f, default_price(f))).astype(float)
+    tps = out["total_tps"].astype(float)
+    out["usd_per_mtok"] = (out["usd_per_hour"] / (tps.where(tps > 0) * 3600.0) * 1e6).astype(float)
     out["j_per_token"] = out["energy_j_per_token"]
-    notes = {r: energy_note(meta.loc[r].to_dict()) for r in out["run_id"].unique() if r in meta.index}
-    out["energy_note"] = [
-        "" if not _isna(j) else notes.get(r, NO_COUNTER_CARD) for r, j in zip(out["run_id"], out["j_per_token"],
-                                                                          strict=True)]
+    out["energy_note"] = out["run_id"].map(note_of).where(out["j_per_token"].isna(), "")
     return out
 
 
