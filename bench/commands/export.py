@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         "points": result.points,
         "bytes": len(result.text.encode("utf-8")),
         "out": args.out,
+        "notes": result.notes,
     }
     if args.out:
         out = Path(args.out)

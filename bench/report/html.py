@@ -84,7 +84,7 @@ def markdown_to_html(md: str) -> str:
                     continue
                 tag = "th" if k == 0 else "td"
                 cells = "".join(f'<{tag}{" class=num" if k < len(right) and right[j] else ""}>{_inline(c)}</{tag}>'
-                                for j, c in enumerate(r) if True)
+                                for j, c in enumerate(r))
                 out.append(f"<tr>{cells}</tr>")
             out.append("</table>")
             continue
