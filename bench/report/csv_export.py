@@ -3,7 +3,8 @@
 Columns: the JSONL headline keys and point fields under their names, then `usd_per_gpu_hour` and
 `usd_per_mtok` (the price of the run's card family, `bench.report.energy`; empty $/M tokens for points that are
 not ok), then `run_meta.<field>` for every RunRecord field (`run_meta.env.<field>` for the environment).
-Lists and dicts (kept experts, prune) are JSON text; null is an empty cell; floats use Python's repr so no digit is lost. Lines end with `\\n`.
+Lists and dicts (kept experts, prune) are JSON text; null is an empty cell; floats use Python's repr so no
+digit is lost. Lines end with `\\n`.
 """
 
 from __future__ import annotations
