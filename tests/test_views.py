@@ -147,11 +147,12 @@ def test_speedup_heatmap_marks_noise(slow_db: Path, monkeypatch: pytest.MonkeyPa
                     "cmp_heat": ["pruned", "hist-slow"]})
     heat = next(t for f in figures(at) for t in f["data"] if t["type"] == "heatmap")
     assert heat["x"] == ["1", "2", "4", "8"] and heat["y"][0] == "pruned16_topk4"
-    row = heat["z"][0]
+    row = heat["customdata"][0]
     assert [round(v, 6) for v in row] == [EXPECTED["speedup"][b] for b in (1, 2, 4, 8)]
+    assert math.isclose(heat["z"][0][0], math.log2(1.5))  # coloured by log2: 0.5× and 2× equally far from 1×
     marked = [t.startswith("≈") for t in heat["text"][0]]
     assert marked == [EXPECTED["within_noise"][b] for b in (1, 2, 4, 8)]
-    assert [round(v, 6) for v in heat["z"][1]] == [0.9] * 4  # the slowed-down rerun, as a second variant
+    assert [round(v, 6) for v in heat["customdata"][1]] == [0.9] * 4  # the slowed-down rerun, as a second variant
 
 
 # ---------------------------------------------------------------------------------------------- history

@@ -235,10 +235,14 @@ def heatmap_figure(heat: pd.DataFrame, base_label: str) -> go.Figure:
             tr.append(f"{'≈ ' if r.within_noise else ''}{r.speedup:.2f}×")
         z.append(zr)
         text.append(tr)
+    # colour by log2(speedup), so 0.5× and 2× are equally far from white (1×); the cell text and hover give ×
+    logz = [[None if v is None or v <= 0 else math.log2(v) for v in zr] for zr in z]
+    ticks = [0.125, 0.25, 0.5, 1, 2, 4, 8]
     fig = go.Figure(go.Heatmap(
-        z=z, x=[str(b) for b in cols], y=rows, text=text, texttemplate="%{text}", colorscale="RdBu",
-        zmid=1.0, colorbar=dict(title="× base"),
-        hovertemplate="%{y}<br>batch %{x}<br>%{z:.3f}× the base (≈: within noise)<extra></extra>",
+        z=logz, customdata=z, x=[str(b) for b in cols], y=rows, text=text, texttemplate="%{text}",
+        colorscale="RdBu", zmid=0.0,
+        colorbar=dict(title="× base", tickvals=[math.log2(t) for t in ticks], ticktext=[f"{t:g}×" for t in ticks]),
+        hovertemplate="%{y}<br>batch %{x}<br>%{customdata:.3f}× the base (≈: within noise)<extra></extra>",
     ))
     fig.update_xaxes(type="category", title_text="batch size")
     fig.update_yaxes(autorange="reversed")
