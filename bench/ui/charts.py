@@ -184,7 +184,7 @@ def pareto_figure(points: pd.DataFrame, colors: dict[str, str], dashes: dict[str
     if len(front):
         fig.add_trace(go.Scatter(
             x=_list(front["total_tps"]), y=_list(front["per_stream_tps"]), name="Pareto front", mode="lines+markers",
-            line=dict(color="#222", width=1.5, dash="dot", shape="hv"),
+            line=dict(color="#222", width=1.5, dash="dot", shape="vh"),  # the boundary of what the front attains
             marker=dict(symbol="circle-open", size=16, color="#222", line=dict(width=2)),
             customdata=list(zip(_list(front["label"]), _list(front["batch"]), strict=True)),
             hovertemplate="<b>front</b>: %{customdata[0]} batch %{customdata[1]}<extra></extra>",
