@@ -120,6 +120,7 @@ def render_html(runs: list[RunRecord], points: list[PointRecord], markdown: str,
         figs.append(charts.pareto_figure(pareto.pareto_points(summ), colors))
     parts = []
     for k, fig in enumerate(figs):
+        fig.update_layout(template="plotly_white")  # explicit: Streamlit changes plotly's default template in-process
         parts.append('<div class="chart">' + fig.to_html(full_html=False, include_plotlyjs=(k == 0),
                                                           div_id=f"chart-{k}", config={"responsive": True})
                      + "</div>")
