@@ -19,7 +19,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.paths import PROJECT_ROOT, logs_dir_for
+from bench.paths import PROJECT_ROOT, logs_dir_for, sweep_file
 from bench.spec import SweepSpec, spec_to_toml
 
 # Popen objects of this server process, polled so finished children are reaped (no zombies).
@@ -43,9 +43,8 @@ def new_sweep_id() -> str:
 
 def _launch(db: Path, args: list[str], kind: str, label: str, sweep_id: str | None = None) -> Launch:
     sweep_id = sweep_id or new_sweep_id()
-    logs = logs_dir_for(Path(db))
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{sweep_id}.log"
+    log_path = sweep_file(Path(db), sweep_id, ".log")  # refuses an id that would leave the logs folder
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "bench", *args, "--db", str(db), "--sweep-id", sweep_id]
     env = dict(os.environ, MOE_BENCH_LOG_PATH=str(log_path), PYTHONUNBUFFERED="1")
     with open(log_path, "ab") as log:
@@ -54,7 +53,7 @@ def _launch(db: Path, args: list[str], kind: str, label: str, sweep_id: str | No
     _CHILDREN[proc.pid] = proc
     launch = Launch(sweep_id=sweep_id, pid=proc.pid, log_path=str(log_path), argv=argv, kind=kind, label=label,
                     started=time.time())
-    (logs / f"{sweep_id}.launch.json").write_text(json.dumps(asdict(launch)))
+    sweep_file(Path(db), sweep_id, ".launch.json").write_text(json.dumps(asdict(launch)))
     return launch
 
 
@@ -66,9 +65,8 @@ def launch_sweep(db: Path, spec_path: Path, label: str = "") -> Launch:
 def launch_spec(db: Path, spec: SweepSpec) -> Launch:
     """Write a validated spec as TOML beside the logs, then launch it."""
     sweep_id = new_sweep_id()
-    logs = logs_dir_for(Path(db))
-    logs.mkdir(parents=True, exist_ok=True)
-    spec_path = logs / f"{sweep_id}.toml"
+    spec_path = sweep_file(Path(db), sweep_id, ".toml")
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(spec_to_toml(spec))
     return _launch(db, ["sweep", "--spec", str(spec_path), "--quiet"], "sweep", spec.title, sweep_id)
 

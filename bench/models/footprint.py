@@ -1,0 +1,108 @@
+"""Memory preflight: a model's bytes estimated before it is built, against the target device's free memory.
+
+The estimate is the roofline's `ArchSummary` (built on the meta device: no memory) × the dtype's width for the
+whole unpruned model (pruning happens after loading, so the full model is resident first), plus the KV cache of
+the largest batch at the full context (prompt_len + new_tokens), plus a 10% margin for activations, logits and
+the allocator. Free memory is the device's free memory from NVML (torch's `mem_get_info` where NVML cannot
+see the card) on CUDA, and `MemAvailable` from /proc/meminfo on the CPU. A variant that does not fit is refused
+with exit code 2 before anything is built or written (the 20B preset in float32 on a CPU box: ~84 GB).
+Runs in the bench process (not the dashboard): imports torch and transformers lazily.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.errors import BadInputError
+
+GIB = 2**30
+MARGIN = 1.10
+DTYPE_BYTES: dict[str, float] = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
+
+
+@dataclass
+class MemoryNeed:
+    """Estimated bytes of one variant on its device."""
+
+    model: str
+    dtype: str
+    weights_bytes: float
+    kv_bytes: float
+    batch: int
+    context: int
+
+    @property
+    def total_bytes(self) -> float:
+        return (self.weights_bytes + self.kv_bytes) * MARGIN
+
+
+def estimate(model: str, dtype: str, max_batch: int, prompt_len: int, new_tokens: int) -> MemoryNeed:
+    """Bytes `model` needs in `dtype` (a resolved name: bfloat16 | float16 | float32) at `max_batch` streams."""
+    from bench.models.loading import resolve_config
+    from bench.roofline import ArchSummary, kv_bytes_per_step
+
+    width = DTYPE_BYTES.get(dtype, 4.0)
+    arch = ArchSummary.from_config(resolve_config(model), dtype_bytes=width)
+    context = prompt_len + new_tokens
+    return MemoryNeed(model=model, dtype=dtype, weights_bytes=arch.total_params * width,
+                      kv_bytes=kv_bytes_per_step(arch, max_batch, context), batch=max_batch, context=context)
+
+
+def free_bytes(device: str, cap_gib: float | None = None) -> tuple[int | None, str]:
+    """(free bytes, where the figure comes from) on `device`; None when it cannot be told."""
+    free: int | None = None
+    source = "unknown"
+    if device.startswith("cuda"):
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        from bench.measure.nvml import _Nvml, _nvml_error_types, device_handle, pynvml
+
+        with _Nvml() as nv:
+            handle = device_handle(index) if nv.ok else None
+            if handle is not None:
+                try:
+                    free, source = int(pynvml.nvmlDeviceGetMemoryInfo(handle).free), "NVML free memory"
+                except _nvml_error_types():
+                    free = None
+        if free is None:
+            import torch
+
+            free, source = int(torch.cuda.mem_get_info(index)[0]), "CUDA free memory"
+        if cap_gib:
+            free, source = min(free, int(cap_gib * GIB)), source + f" (capped at {cap_gib} GiB)"
+        return free, source
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+    except (OSError, ValueError, IndexError):
+        pass
+    return None, source
+
+
+def check_fits(need: MemoryNeed, device: str, free: int | None, source: str, where: str, flag: str) -> None:
+    """Raise BadInputError (exit 2) when `need` exceeds `free`; the message names the need, what is free, and
+    the ways out (`flag` is the command's switch to skip the check)."""
+    if free is None or need.total_bytes <= free:
+        return
+    ways = ["a smaller model (e.g. synthetic:tiny-moe)", "smaller batch sizes or a shorter prompt/new_tokens"]
+    if device == "cpu":
+        ways.insert(0, "a GPU machine (--device cuda)")
+        if need.dtype == "float32":
+            ways.append("--dtype bfloat16 (half the bytes)")
+    ways.append(f"{flag} to try anyway")
+    raise BadInputError(
+        f"{where}: {need.model} needs about {need.total_bytes / GIB:.1f} GiB on {device} "
+        f"({need.weights_bytes / GIB:.1f} GiB of {need.dtype} weights + {need.kv_bytes / GIB:.2f} GiB KV cache at "
+        f"batch {need.batch}, context {need.context}, + {round((MARGIN - 1) * 100)}% margin), but only "
+        f"{free / GIB:.1f} GiB is free ({source}). Nothing was built or written. Use " + ", or ".join(ways)
+    )
+
+
+def preflight_memory(model: str, device: str, dtype: str, max_batch: int, prompt_len: int, new_tokens: int,
+                     where: str, flag: str = "--no-memory-check", cap_gib: float | None = None) -> MemoryNeed:
+    """Estimate, compare, refuse: the one memory check for sweeps, reruns and perf."""
+    need = estimate(model, dtype, max_batch, prompt_len, new_tokens)
+    free, source = free_bytes(device, cap_gib)
+    check_fits(need, device, free, source, where, flag)
+    return need
