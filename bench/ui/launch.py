@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.cancel import signal_bench
 from bench.paths import PROJECT_ROOT, logs_dir_for, sweep_file
 from bench.spec import SweepSpec, spec_to_toml
 
@@ -103,12 +103,9 @@ def exit_code(pid: int) -> int | None:
 
 
 def cancel(pid: int) -> bool:
-    """SIGTERM the bench's process group (the runner marks the sweep cancelled). False if it is gone."""
-    try:
-        os.killpg(int(pid), signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+    """SIGTERM the bench (its process group: a launch leads one), through bench.cancel.signal_bench, the path
+    `python -m bench cancel` takes too; the runner marks the sweep cancelled. False if it is gone."""
+    return signal_bench(pid)
 
 
 def log_tail(path: str | None, lines: int = 15) -> str:
