@@ -415,8 +415,10 @@ def spec_for_rerun(
                                 "this run cannot be rerun, start a new sweep instead")
     resolved = cfg.get("resolved") if isinstance(cfg.get("resolved"), dict) else {}
     sweep = dict(cfg["sweep"])
-    was_device = resolved.get("device") if resolved.get("device") in DEVICES else sweep.get("device", run.device)
-    was_dtype = resolved.get("dtype") if resolved.get("dtype") in DTYPES else sweep.get("dtype", run.dtype)
+    # what it ran with: the resolved values, else the config's, else the run row's; unknown (an imported report)
+    # pins nothing (auto)
+    was_device = next((d for d in (resolved.get("device"), sweep.get("device"), run.device) if d in DEVICES), "auto")
+    was_dtype = next((d for d in (resolved.get("dtype"), sweep.get("dtype"), run.dtype) if d in DTYPES), "auto")
     if allow_device_change:
         sweep["device"], sweep["dtype"] = device or "auto", dtype or "auto"
     else:

@@ -119,7 +119,7 @@ def test_cli_seed_overflow_is_rc2_and_writes_nothing(tmp_path, capsys):
 
 def test_title_and_names_refuse_control_characters_and_huge_values():
     for raw in ({**GOOD, "title": "a\nb"}, {**GOOD, "title": "x" * 500}):
-        with pytest.raises(BadInputError, match="^title"):
+        with pytest.raises(BadInputError, match=r"^title"):
             spec_from_dict(raw)
 
 
