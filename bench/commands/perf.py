@@ -122,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
         if not lo <= value <= hi:
             raise BadInputError(f"{flag} {value}: must be in {lo}..{hi:,}")
 
+    if args.run is not None:
+        from bench.spec import check_id
+
+        check_id(args.run, "--run")  # it prefixes the run ids, which name files once imported and resumed
     from bench.models.footprint import preflight_memory
     from bench.models.loading import resolve_config, resolve_device, torch_dtype
     from bench.worker import WorkerJob, run_job
