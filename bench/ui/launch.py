@@ -32,7 +32,7 @@ class Launch:
     pid: int
     log_path: str
     argv: list[str]
-    kind: str  # "sweep" | "rerun"
+    kind: str  # "sweep" | "rerun" | "retry"
     label: str  # spec title or the rerun run's name
     started: float
 
@@ -74,6 +74,13 @@ def launch_spec(db: Path, spec: SweepSpec) -> Launch:
 def launch_rerun(db: Path, run_id: str, name: str = "") -> Launch:
     """Start `python -m bench rerun RUN_ID` in the background."""
     return _launch(db, ["rerun", run_id, "--quiet"], "rerun", name or run_id)
+
+
+def launch_retry(db: Path, sweep_id: str, label: str = "") -> Launch:
+    """Start `python -m bench sweep --resume SWEEP_ID --retry-errors`: measure the sweep's error/oom/skipped
+    points again (and any still missing), under the same sweep id."""
+    return _launch(db, ["sweep", "--resume", sweep_id, "--retry-errors", "--quiet"], "retry", label or sweep_id,
+                   sweep_id)
 
 
 def reap() -> None:
