@@ -11,6 +11,7 @@ Runs in the bench process (not the dashboard): imports torch and transformers la
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from bench.errors import BadInputError
 GIB = 2**30
 MARGIN = 1.10
 DTYPE_BYTES: dict[str, float] = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
+_ARCH_CACHE: dict[tuple[str, float], object] = {}
 
 
 @dataclass
@@ -43,7 +45,10 @@ def estimate(model: str, dtype: str, max_batch: int, prompt_len: int, new_tokens
     from bench.roofline import ArchSummary, kv_bytes_per_step
 
     width = DTYPE_BYTES.get(dtype, 4.0)
-    arch = ArchSummary.from_config(resolve_config(model), dtype_bytes=width)
+    key = (model, width)
+    if key not in _ARCH_CACHE:  # a spec often names one model in several variants
+        _ARCH_CACHE[key] = ArchSummary.from_config(resolve_config(model), dtype_bytes=width)
+    arch = _ARCH_CACHE[key]
     context = prompt_len + new_tokens
     return MemoryNeed(model=model, dtype=dtype, weights_bytes=arch.total_params * width,
                       kv_bytes=kv_bytes_per_step(arch, max_batch, context), batch=max_batch, context=context)
@@ -100,9 +105,15 @@ def check_fits(need: MemoryNeed, device: str, free: int | None, source: str, whe
 
 
 def preflight_memory(model: str, device: str, dtype: str, max_batch: int, prompt_len: int, new_tokens: int,
-                     where: str, flag: str = "--no-memory-check", cap_gib: float | None = None) -> MemoryNeed:
+                     where: str, flag: str = "--no-memory-check", cap_gib: float | None = None) -> MemoryNeed | None:
     """Estimate, compare, refuse: the one memory check for sweeps, reruns and perf."""
-    need = estimate(model, dtype, max_batch, prompt_len, new_tokens)
-    free, source = free_bytes(device, cap_gib)
+    try:
+        need = estimate(model, dtype, max_batch, prompt_len, new_tokens)
+        free, source = free_bytes(device, cap_gib)
+    except BadInputError:
+        raise
+    except Exception as exc:  # an estimator that cannot read this model must not block the run: say so, go on
+        print(f"note: memory preflight skipped for {model} ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
     check_fits(need, device, free, source, where, flag)
     return need
