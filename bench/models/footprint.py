@@ -3,9 +3,11 @@
 The estimate is the roofline's `ArchSummary` (built on the meta device: no memory) × the dtype's width for the
 whole unpruned model (pruning happens after loading, so the full model is resident first), plus the KV cache of
 the largest batch at the full context (prompt_len + new_tokens), plus a 10% margin for activations, logits and
-the allocator. Free memory is the device's free memory from NVML (torch's `mem_get_info` where NVML cannot
-see the card) on CUDA, and `MemAvailable` from /proc/meminfo on the CPU. A variant that does not fit is refused
-with exit code 2 before anything is built or written (the 20B preset in float32 on a CPU box: ~84 GB).
+the allocator (a quick estimate from the config's sizes skips that count when the model clearly fits, so a
+small model costs no extra start-up time). Free memory is the device's free memory from NVML (torch's
+`mem_get_info` where NVML cannot see the card) on CUDA, and `MemAvailable` from /proc/meminfo on the CPU. A
+variant that does not fit is refused with exit code 2 before anything is built or written (the 20B preset in
+float32 on a CPU box: ~84 GB).
 Runs in the bench process (not the dashboard): imports torch and transformers lazily.
 """
 
@@ -52,6 +54,31 @@ def estimate(model: str, dtype: str, max_batch: int, prompt_len: int, new_tokens
     context = prompt_len + new_tokens
     return MemoryNeed(model=model, dtype=dtype, weights_bytes=arch.total_params * width,
                       kv_bytes=kv_bytes_per_step(arch, max_batch, context), batch=max_batch, context=context)
+
+
+def rough_bytes(model: str, dtype: str, max_batch: int, context: int) -> float | None:
+    """A quick upper-bound-ish estimate from the config's sizes (no model built): embeddings and lm_head, every
+    layer's attention and experts (3 matrices each), KV cache without sliding windows. None when the config
+    lacks a size. Only used to skip the exact count when the model clearly fits."""
+    from bench.models.loading import resolve_config
+
+    cfg = resolve_config(model)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    try:
+        h, n_layers, vocab = int(cfg.hidden_size), int(cfg.num_hidden_layers), int(cfg.vocab_size)
+        heads = int(cfg.num_attention_heads)
+        kv = int(getattr(cfg, "num_key_value_heads", None) or heads)
+        hd = int(getattr(cfg, "head_dim", None) or h // heads)
+        inter = int(getattr(cfg, "intermediate_size", None) or 4 * h)
+        experts = int(getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None) or 1)
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    width = DTYPE_BYTES.get(dtype, 4.0)
+    attn = h * hd * (2 * heads + 2 * kv) + hd * (heads + 2 * kv) + heads
+    mlp = experts * (3 * h * inter + 3 * inter + h) + experts * (h + 1)
+    params = 2 * vocab * h + n_layers * (attn + mlp + 4 * h) + h
+    kv_cache = max_batch * context * n_layers * 2 * kv * hd * width
+    return (params * width + kv_cache) * MARGIN
 
 
 def free_bytes(device: str, cap_gib: float | None = None) -> tuple[int | None, str]:
@@ -108,8 +135,13 @@ def preflight_memory(model: str, device: str, dtype: str, max_batch: int, prompt
                      where: str, flag: str = "--no-memory-check", cap_gib: float | None = None) -> MemoryNeed | None:
     """Estimate, compare, refuse: the one memory check for sweeps, reruns and perf."""
     try:
-        need = estimate(model, dtype, max_batch, prompt_len, new_tokens)
         free, source = free_bytes(device, cap_gib)
+        if free is None:
+            return None
+        rough = rough_bytes(model, dtype, max_batch, prompt_len + new_tokens)
+        if rough is not None and 2 * rough <= free:
+            return None  # fits with room to spare: no need to build the architecture for the exact count
+        need = estimate(model, dtype, max_batch, prompt_len, new_tokens)
     except BadInputError:
         raise
     except Exception as exc:  # an estimator that cannot read this model must not block the run: say so, go on
