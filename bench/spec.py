@@ -169,8 +169,9 @@ def _str(value: Any, where: str, choices: tuple[str, ...] | None = None, max_len
         raise _fail(where, f"must be one of {', '.join(choices)}; got {value!r}")
     if max_len is not None and len(value) > max_len:
         raise _fail(where, f"is {len(value)} characters long; at most {max_len} are allowed")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise _fail(where, f"contains a control character (newline, tab, ...): {value!r}; remove it")
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise _fail(where, f"contains a control character (newline, tab, ...) or a lone surrogate: {value!r}; "
+                    "remove it")
     return value
 
 
