@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import types
 import typing
 from dataclasses import MISSING, asdict, fields
@@ -30,12 +29,12 @@ from typing import Any
 from bench.errors import BadInputError
 from bench.records import POINT_STATUSES, EnvFingerprint, PointRecord, RunRecord
 from bench.report.common import ParsedFile, iso, order_runs, sort_points
+from bench.spec import check_id
 
 HEADLINE_KEYS: tuple[str, ...] = ("run", "model", "top_k", "experts", "engine", "device_name")
 POINT_KEYS: tuple[str, ...] = tuple(f.name for f in fields(PointRecord))
 RUN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunRecord))
 ENV_KEYS: tuple[str, ...] = tuple(f.name for f in fields(EnvFingerprint))
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # run and sweep ids: they name lock and log files
 CONFIG_MAX_DEPTH = 32  # a run's config is a few levels deep (sweep, variant, prune); deeper is not ours
 
 
@@ -245,11 +244,6 @@ def _check_run(run: RunRecord, where: _Where) -> None:
     for key in ("top_k", "prompt_len", "new_tokens", "repeats"):
         if getattr(run, key) < 1:
             raise where.error(f"run_meta.{key}", f"must be >= 1, got {getattr(run, key)}")
-    for key in ("run_id", "sweep_id", "rerun_of"):
-        value = getattr(run, key)
-        if value is not None and (not ID_RE.fullmatch(value) or ".." in value):
-            raise where.error(f"run_meta.{key}", f"{value[:80]!r} is not an id (letters, digits, '.', '_', '-'; "
-                              "no '..', at most 128 characters)")
     if run.config_json is not None:
         try:
             config = strict_loads(run.config_json)
@@ -303,6 +297,13 @@ def parse_jsonl(text: str, file_name: str) -> ParsedFile:
         else:
             run = _build(RunRecord, raw_run, "run_meta.", where)
             _check_run(run, where)
+            for key, value in (("run_meta.run_id", run.run_id), ("run_meta.sweep_id", run.sweep_id),
+                               ("run_meta.rerun_of", run.rerun_of)):
+                if value is not None:  # ids name files (logs, locks) once resumed: the same pattern as everywhere
+                    try:
+                        check_id(value, key)
+                    except BadInputError as exc:
+                        raise where.error(key, str(exc).split(": ", 1)[1]) from None
         point = _build(PointRecord, {k: obj[k] for k in POINT_KEYS if k in obj}, "", where)
         _check_point(point, where)
         headline = _headline(run)
