@@ -140,7 +140,11 @@ ORDER BY run_date DESC NULLS LAST, r.name
 
 def runs(db: Path | str) -> pd.DataFrame:
     """One row per run with its environment, duration, point counts and a stable display `label`."""
-    df = _df(db, _RUNS_SQL)
+    cols = _df(db, "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'")
+    sql = _RUNS_SQL
+    if not cols.empty and "weights" not in set(cols["column_name"]):  # a v1/v2 file: readers do not migrate
+        sql = sql.replace("r.weights,", "'bf16' AS weights,")
+    df = _df(db, sql)
     if df.empty:
         return df
     df["imported"] = df["source"].astype(str).str.startswith("imported")
