@@ -181,7 +181,7 @@ CASES: list[Case] = [
     Case(10, "sweep --resume nope (existing database)", ["sweep", "--resume", "nope", "--db", "{db}", "--quiet"]),
     Case(10, "rerun nope (existing database)", ["rerun", "nope", "--db", "{db}", "--quiet"]),
     # 11. lenient parsing
-    Case(11, "markdown batch 1_0", ["import", "{dir}/r.md", "--db", "{db}"],
+    Case(11, "markdown integer 1_0", ["import", "{dir}/r.md", "--db", "{db}"],
          files={"r.md": report("| 2 |", "| 1_0 |")}),
     Case(11, "markdown Arabic-Indic digits", ["import", "{dir}/r.md", "--db", "{db}"],
          files={"r.md": report("| 2 |", "| \u0661\u0660 |")}),
