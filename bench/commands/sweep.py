@@ -19,6 +19,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep-id", help="id to register the sweep under (the dashboard passes one)")
     p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     p.add_argument("--gpu-mem-cap-gib", type=float, help="cap the worker's CUDA memory (to test OOM handling)")
+    p.add_argument("--cluster", metavar="WHERE",
+                   help="spread the variants over a Dask cluster: local (every GPU of this host), local:N, or a "
+                        "scheduler address tcp://host:8786 (overrides the spec's sweep.cluster; see docs/SCALE.md)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -108,8 +111,23 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     return spec_from_dict(raw, base_dir=base_dir, source_path=args.spec, restrict_paths=bool(args.spec))
 
 
+def make_runner(db: Path, spec: SweepSpec, args: argparse.Namespace):
+    """The serial runner, or bench.cluster's when --cluster (or the spec's sweep.cluster) names a cluster."""
+    from bench.cluster.target import parse_cluster
+    from bench.runner import SweepRunner
+
+    flag = getattr(args, "cluster", None)
+    target = parse_cluster(flag) if flag is not None else parse_cluster(spec.sweep.cluster, where="sweep.cluster")
+    if target is None:
+        return SweepRunner(db, progress=not args.quiet, gpu_mem_cap_gib=args.gpu_mem_cap_gib)
+    from bench.cluster.coordinator import ClusterSweepRunner
+
+    spec.sweep.cluster = str(target)
+    return ClusterSweepRunner(db, target, progress=not args.quiet, gpu_mem_cap_gib=args.gpu_mem_cap_gib)
+
+
 def run(args: argparse.Namespace) -> int:
-    from bench.runner import SweepRunner, spec_for_resume
+    from bench.runner import spec_for_resume
 
     db = resolve_db_path(args.db)
     if args.resume:
@@ -120,9 +138,7 @@ def run(args: argparse.Namespace) -> int:
             raise BadInputError("sweep: give --spec FILE.toml or at least one --variant (or --resume SWEEP_ID)")
         spec = build_spec(args)
         sweep_id, resume = args.sweep_id, False
-    outcome = SweepRunner(db, progress=not args.quiet, gpu_mem_cap_gib=args.gpu_mem_cap_gib).run(
-        spec, sweep_id=sweep_id, resume=resume
-    )
+    outcome = make_runner(db, spec, args).run(spec, sweep_id=sweep_id, resume=resume)
     summary = outcome.summary()
     summary["db"] = str(db)
     print(json.dumps(summary))

@@ -427,3 +427,10 @@ def status_counts(path: Path | str, sweep_id: str) -> dict[str, int]:
             [sweep_id],
         ).fetchall()
     return {str(s): int(n) for s, n in rows}
+
+
+def point_statuses(path: Path | str, run_id: str) -> dict[tuple[int, int], tuple[str, str | None]]:
+    """(batch, repeat) -> (status, error) of a run's stored points (the cluster's --resume reruns lost ones)."""
+    with writer(path) as con:
+        rows = con.execute('SELECT batch, "repeat", status, error FROM points WHERE run_id = ?', [run_id]).fetchall()
+    return {(int(b), int(r)): (str(s), e) for b, r, s, e in rows}
