@@ -44,6 +44,7 @@ LOST_PREFIX = "worker lost before this point"
 CONTROL_EVERY_S = 1.0
 WORKER_CHECK_S = 1.0
 STALE_ENV = "MOE_BENCH_CLUSTER_STALE_S"
+STATS_ENV = "MOE_BENCH_CLUSTER_STATS"  # write per-task and per-point cost figures (JSON) to this file at the end
 DASK_CUDA_HINT = ("dask-cuda is not installed, so one Dask worker per GPU is started by moe-bench itself (same "
                   "pinning). On GPU hosts `pip install dask-cuda==26.10.0` gives LocalCUDACluster.")
 
@@ -65,6 +66,10 @@ class _Job:
     worker: str | None = None
     submitted: float = 0.0
     spawn_s: float | None = None  # submit -> child process started, seconds (coordinator clock)
+    start_s: float | None = None  # submit -> task running on its worker
+    first_point_s: float | None = None  # submit -> first point stored
+    end_s: float | None = None  # submit -> job closed
+    gpu: dict[str, Any] | None = None
     remaining: set[tuple[int, int]] = field(default_factory=set)
     exit: dict[str, Any] | None = None
     final: bool = False
@@ -149,6 +154,10 @@ class ClusterSweepRunner(SweepRunner):
         self.inventory: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, _Job] = {}
         self.overheads: list[float] = []
+        self.write_s: list[float] = []  # seconds per DuckDB write (a drain's points + the sweep count)
+        self.write_batches: list[int] = []  # points per write
+        self.pending: list[tuple[_Job, PointRecord]] = []
+        self.t0 = time.monotonic()
 
     # ------------------------------------------------------------------ entry
 
@@ -299,7 +308,7 @@ class ClusterSweepRunner(SweepRunner):
         last_control = last_workers = last_beat = time.monotonic()
         while not all(j.final for j in self.jobs.values()):
             if self.cancelled:
-                self._cancel_all()
+                self._cancel_all(sweep_id)
                 raise _Cancelled
             finished = [j for j in self.jobs.values() if not j.final and j.future.status in ("finished", "error",
                                                                                             "cancelled", "lost")]
@@ -320,14 +329,34 @@ class ClusterSweepRunner(SweepRunner):
             if not got:
                 time.sleep(0.2)
         self._drain(sweep_id)
+        self._write_stats()
+
+    def _write_stats(self) -> None:
+        path = os.environ.get(STATS_ENV)
+        if path:
+            Path(path).write_text(json.dumps(self.stats(), indent=1, default=str))
 
     def _drain(self, sweep_id: str) -> int:
         try:
             items = self.queue.get(batch=True)
         except Exception:
             return 0
+        self.pending: list[tuple[_Job, PointRecord]] = []
         for raw in items:
             self._handle(pickle.loads(raw), sweep_id)
+        if self.pending:  # every point of this drain in one transaction: the write rate scales with GPUs
+            t = time.perf_counter()
+            store.insert_points(self.db, [p for _, p in self.pending], sweep_id=sweep_id)
+            took = time.perf_counter() - t
+            self.write_s.append(took)
+            self.write_batches.append(len(self.pending))
+            for job, p in self.pending:
+                if job.first_point_s is None:
+                    job.first_point_s = time.time() - job.submitted
+                if job.bar is not None:
+                    tps = f" {p.total_tps:.1f} tok/s" if p.total_tps else ""
+                    job.bar.advance(f"batch {p.batch} #{p.repeat} {p.status}{tps}")
+            self.pending = []
         return len(items)
 
     def _handle(self, msg: dict[str, Any], sweep_id: str) -> None:
@@ -339,6 +368,7 @@ class ClusterSweepRunner(SweepRunner):
             if job.attempt is not None and job.attempt != msg["attempt"]:
                 return  # a rerun the scheduler started on its own: the coordinator already has this job
             job.attempt, job.worker = msg["attempt"], msg["worker"]
+            job.start_s, job.gpu = time.time() - job.submitted, payload["gpu"]
             gpu = WorkerGpu(**payload["gpu"])
             store.update_run(self.db, job.run.run_id, state="running", started_at=utcnow(), host=gpu.host,
                              gpu_index=gpu.index, gpu_uuid=gpu.uuid, worker_address=job.worker,
@@ -361,11 +391,8 @@ class ClusterSweepRunner(SweepRunner):
             key = (payload.batch, payload.repeat)
             if payload.run_id != job.run.run_id or key not in job.remaining:
                 return  # not ours, or already written: every point is written once
-            store.insert_point(self.db, payload, sweep_id=sweep_id)
             job.remaining.discard(key)
-            if job.bar is not None:
-                tps = f" {payload.total_tps:.1f} tok/s" if payload.total_tps else ""
-                job.bar.advance(f"batch {payload.batch} #{payload.repeat} {payload.status}{tps}")
+            self.pending.append((job, payload))
         elif kind == "exit":
             job.exit = payload
 
@@ -390,6 +417,7 @@ class ClusterSweepRunner(SweepRunner):
         if reason is None:
             reason = self._failure_reason(job)
         job.final = True
+        job.end_s = time.time() - job.submitted
         where = job.worker or "no worker"
         for batch, repeat in sorted(job.remaining):
             store.insert_point(self.db, PointRecord(
@@ -442,23 +470,18 @@ class ClusterSweepRunner(SweepRunner):
                 self._finish(job, sweep_id, reason=f"Dask worker {job.worker} left the cluster (killed or its "
                                                    "host went down)")
 
-    def _cancel_all(self) -> None:
+    def _cancel_all(self, sweep_id: str) -> None:
         self._set_control(cancel=True)
         futures = [j.future for j in self.jobs.values() if j.future is not None and not j.final]
         with contextlib.suppress(Exception):
             self.client.cancel(futures, force=True)
         # The tasks poll the control value every second and kill their processes; wait for them to say so.
+        # Points that arrive meanwhile are real measurements and are kept.
         deadline = time.monotonic() + 3.0
-        running = {j.run.run_id for j in self.jobs.values() if j.worker and not j.final}
-        while running and time.monotonic() < deadline:
-            try:
-                items = self.queue.get(batch=True)
-            except Exception:
+        while time.monotonic() < deadline:
+            self._drain(sweep_id)
+            if not [j for j in self.jobs.values() if j.worker and not j.final and j.exit is None]:
                 break
-            for raw in items:
-                msg = pickle.loads(raw)
-                if msg.get("kind") == "exit":
-                    running.discard(msg["job"])
             time.sleep(0.1)
         for job in self.jobs.values():
             if not job.final:
@@ -466,12 +489,20 @@ class ClusterSweepRunner(SweepRunner):
                                  notes="cancelled by the user")
                 job.final = True
 
-    def summary(self) -> dict[str, Any]:
-        """Scheduler overhead figures: seconds from submit to the variant's process starting."""
-        o = sorted(self.overheads)
-        return {"tasks": len(o), "spawn_s_median": o[len(o) // 2] if o else None, "spawn_s_max": o[-1] if o else None,
-                "host": socket.gethostname()}
-
-
-def overhead_json(runner: ClusterSweepRunner) -> str:
-    return json.dumps(runner.summary())
+    def stats(self) -> dict[str, Any]:
+        """Cost figures for docs/SCALE.md: per task (submit -> running -> process started -> first point -> end,
+        seconds on the coordinator's clock) and per point (the coordinator's DuckDB write)."""
+        o, w = sorted(self.overheads), sorted(self.write_s)
+        return {
+            "host": socket.gethostname(), "cluster": str(self.target), "workers": len(self.inventory),
+            "wall_s": time.monotonic() - self.t0,
+            "tasks": [{"variant": j.variant.name, "worker": j.worker, "gpu": j.gpu, "points": len(j.todo),
+                       "submit_to_start_s": j.start_s, "submit_to_process_s": j.spawn_s,
+                       "submit_to_first_point_s": j.first_point_s, "submit_to_end_s": j.end_s}
+                      for j in self.jobs.values()],
+            "submit_to_process_s_median": o[len(o) // 2] if o else None,
+            "submit_to_process_s_max": o[-1] if o else None,
+            "write_s_median": w[len(w) // 2] if w else None, "write_s_max": w[-1] if w else None,
+            "writes": len(w), "points_written": sum(self.write_batches),
+            "points_per_write_max": max(self.write_batches) if self.write_batches else None,
+        }

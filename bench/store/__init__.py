@@ -434,3 +434,18 @@ def point_statuses(path: Path | str, run_id: str) -> dict[tuple[int, int], tuple
     with writer(path) as con:
         rows = con.execute('SELECT batch, "repeat", status, error FROM points WHERE run_id = ?', [run_id]).fetchall()
     return {(int(b), int(r)): (str(s), e) for b, r, s, e in rows}
+
+
+def insert_points(path: Path | str, points: list[PointRecord], sweep_id: str | None = None) -> None:
+    """Write several points in one transaction (the cluster coordinator drains many at once), then the count."""
+    if not points:
+        return
+    with writer(path) as con:
+        for point in points:
+            _insert(con, "points", point_row(point), replace=True)
+        if sweep_id is not None:
+            con.execute(
+                "UPDATE sweeps SET points_done = (SELECT count(*) FROM points p JOIN runs r USING (run_id) "
+                "WHERE r.sweep_id = ?), heartbeat_at = ? WHERE sweep_id = ?",
+                [sweep_id, utcnow(), sweep_id],
+            )
