@@ -154,9 +154,11 @@ class ClusterSweepRunner(SweepRunner):
         self.inventory: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, _Job] = {}
         self.overheads: list[float] = []
+        self.exit_now = False  # the CLI should os._exit after its summary (a local cluster was killed, not closed)
         self.write_s: list[float] = []  # seconds per DuckDB write (a drain's points + the sweep count)
         self.write_batches: list[int] = []  # points per write
         self.pending: list[tuple[_Job, PointRecord]] = []
+        self.suspects: set[str | None] = set()
         self.t0 = time.monotonic()
 
     # ------------------------------------------------------------------ entry
@@ -195,11 +197,26 @@ class ClusterSweepRunner(SweepRunner):
         self.cancelled = True
 
     def _close(self) -> None:
+        if self.cluster is not None:
+            # A local cluster is ours: kill its workers (any variant process dies with its worker: PDEATHSIG) and
+            # let the CLI exit at once. A graceful close waits on nanny and scheduler timeouts (3-20 s on a busy
+            # machine), which would make cancel slow; the database is complete by now.
+            self._kill_local_workers()
+            self.exit_now = True
+            return
         for obj in (self.client, self.cluster):
             if obj is not None:
                 with contextlib.suppress(Exception):
                     obj.close(timeout=3)
         self.client = self.cluster = None
+
+    def _kill_local_workers(self) -> None:
+        for nanny in list(getattr(self.cluster, "workers", {}).values()):
+            proc = getattr(getattr(nanny, "process", None), "process", None)
+            pid = getattr(proc, "pid", None)
+            if pid:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _sweep_fields(self) -> dict[str, Any]:
         return {"cluster": str(self.target), "device_key": f"cluster {self.target}"}
@@ -455,14 +472,17 @@ class ClusterSweepRunner(SweepRunner):
         return f"task ended ({status}) before these points"
 
     def _check_workers(self, sweep_id: str) -> None:
+        """Close the jobs of workers that left. Asks the scheduler directly (Client.scheduler_info can return a
+        cached identity without workers when a query times out), and a worker must be missing twice in a row."""
         try:
-            alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
-        except TypeError:
-            alive = set(self.client.scheduler_info()["workers"])
+            info = self.client.sync(self.client.scheduler.identity, n_workers=-1)
+            alive = set(info["workers"])
         except Exception:
             return
+        missing = {j.worker for j in self.jobs.values() if not j.final and j.worker and j.worker not in alive}
+        confirmed, self.suspects = missing & self.suspects, missing
         for job in self.jobs.values():
-            if not job.final and job.worker and job.worker not in alive:
+            if not job.final and job.worker in confirmed:
                 self.stop.append(job.run.run_id)  # a rerun elsewhere exits at once; --resume decides instead
                 self._set_control()
                 with contextlib.suppress(Exception):
@@ -472,12 +492,15 @@ class ClusterSweepRunner(SweepRunner):
 
     def _cancel_all(self, sweep_id: str) -> None:
         self._set_control(cancel=True)
+        if self.cluster is not None:
+            self._kill_local_workers()  # the variant processes die with their workers, before any bookkeeping
         futures = [j.future for j in self.jobs.values() if j.future is not None and not j.final]
         with contextlib.suppress(Exception):
             self.client.cancel(futures, force=True)
         # The tasks poll the control value every second and kill their processes; wait for them to say so.
-        # Points that arrive meanwhile are real measurements and are kept.
-        deadline = time.monotonic() + 3.0
+        # Points that arrive meanwhile are real measurements and are kept. A local cluster's workers are killed
+        # right after (their variant processes die with them), so only a remote cluster is waited for.
+        deadline = time.monotonic() + (0.0 if self.cluster is not None else 3.0)
         while time.monotonic() < deadline:
             self._drain(sweep_id)
             if not [j for j in self.jobs.values() if j.worker and not j.final and j.exit is None]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +140,14 @@ def run(args: argparse.Namespace) -> int:
             raise BadInputError("sweep: give --spec FILE.toml or at least one --variant (or --resume SWEEP_ID)")
         spec = build_spec(args)
         sweep_id, resume = args.sweep_id, False
-    outcome = make_runner(db, spec, args).run(spec, sweep_id=sweep_id, resume=resume)
+    runner = make_runner(db, spec, args)
+    outcome = runner.run(spec, sweep_id=sweep_id, resume=resume)
     summary = outcome.summary()
     summary["db"] = str(db)
     print(json.dumps(summary))
-    return EXIT_OK if summary["ok"] else EXIT_RUN_FAILED
+    code = EXIT_OK if summary["ok"] else EXIT_RUN_FAILED
+    if getattr(runner, "exit_now", False):  # bench.cluster killed its local Dask cluster: skip Dask's atexit close
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
