@@ -195,6 +195,8 @@ class ClusterSweepRunner(SweepRunner):
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.cancelled = True
+        if self.cluster is not None:  # at once, not when the loop next looks: the variant processes die with them
+            self._kill_local_workers()
 
     def _close(self) -> None:
         if self.cluster is not None:
@@ -506,11 +508,11 @@ class ClusterSweepRunner(SweepRunner):
             if not [j for j in self.jobs.values() if j.worker and not j.final and j.exit is None]:
                 break
             time.sleep(0.1)
-        for job in self.jobs.values():
-            if not job.final:
-                store.update_run(self.db, job.run.run_id, state="failed", finished_at=utcnow(),
-                                 notes="cancelled by the user")
-                job.final = True
+        open_jobs = [j for j in self.jobs.values() if not j.final]
+        store.update_runs(self.db, [j.run.run_id for j in open_jobs], state="failed", finished_at=utcnow(),
+                          notes="cancelled by the user")
+        for job in open_jobs:
+            job.final = True
 
     def stats(self) -> dict[str, Any]:
         """Cost figures for docs/SCALE.md: per task (submit -> running -> process started -> first point -> end,

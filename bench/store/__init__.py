@@ -449,3 +449,12 @@ def insert_points(path: Path | str, points: list[PointRecord], sweep_id: str | N
                 "WHERE r.sweep_id = ?), heartbeat_at = ? WHERE sweep_id = ?",
                 [sweep_id, utcnow(), sweep_id],
             )
+
+
+def update_runs(path: Path | str, run_ids: list[str], **values: Any) -> None:
+    """The same update on several runs, in one transaction (a cancelled cluster sweep closes all its runs)."""
+    if not run_ids:
+        return
+    with writer(path) as con:
+        for run_id in run_ids:
+            _update(con, "runs", "run_id", run_id, **values)
