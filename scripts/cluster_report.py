@@ -54,7 +54,7 @@ def main(cluster_db: str, single_db: str, wall_json: str, stats_json: str, out_j
         return {"points": len(d), "median_abs_pct": statistics.median(d) if d else None,
                 "max_abs_pct": max(d) if d else None, "within_2pct": sum(1 for x in d if x <= 2.0)}
 
-    overhead = [t["submit_to_process_s"] for t in stats.get("tasks", []) if t.get("submit_to_process_s") is not None]
+    overhead = [t["overhead_s"] for t in stats.get("tasks", []) if t.get("overhead_s") is not None]
     summary = {
         "wall_cluster_s": wall.get("cluster_s"), "wall_single_s": wall.get("single_s"),
         "wall_ratio_single_over_cluster": (wall["single_s"] / wall["cluster_s"]) if wall.get("cluster_s") else None,
@@ -77,7 +77,8 @@ def main(cluster_db: str, single_db: str, wall_json: str, stats_json: str, out_j
              f"{summary['ok_single']}/{summary['points_single']}",
              f"- tok/s agreement, variant on the other GPU: {summary['agreement_other_gpu']}",
              f"- tok/s agreement, variant on the same GPU: {summary['agreement_same_gpu']}",
-             f"- scheduler overhead (submit -> process start): median {summary['scheduler_overhead_s']['median']} s, "
+             "- scheduler overhead (GPU free -> variant process started): median "
+             f"{summary['scheduler_overhead_s']['median']} s, "
              f"max {summary['scheduler_overhead_s']['max']} s over {len(overhead)} tasks",
              f"- coordinator DuckDB writes: {summary['writes']} for {summary['points_written']} points, median "
              f"{summary['write_s_median']} s each", "",

@@ -46,4 +46,4 @@ PYEOF
 cp "$work/wall.json" "$out/wall.json" 2>/dev/null || true
 $PY scripts/cluster_report.py "$work/cluster.duckdb" "$work/single.duckdb" "$work/wall.json" "$out/stats.json" \
   "$out/summary.json" "$out/summary.md"
-tail -3 "$out/cluster.log" "$out/single.log"
+tail -n 3 "$out/cluster.log" "$out/single.log"
