@@ -12,7 +12,10 @@
 set -uo pipefail
 out=${OUT:-/tmp/device-cluster}; mkdir -p "$out"
 NEW_TOKENS=${NEW_TOKENS:-64}; REPEATS=${REPEATS:-2}; SPEC=${SPEC:-data/specs/union-prunes.toml}
-ENGINE=${ENGINE:-graph}; DEVICE=${DEVICE:-auto}; CLUSTER=${CLUSTER:-local}; BUDGET_S=${BUDGET_S:-270}
+ENGINE=${ENGINE:-graph}; DEVICE=${DEVICE:-auto}; CLUSTER=${CLUSTER:-local}
+# Time limits per run (the device call has 600 s): H100 figures give ~45 s per variant at 64 tokens, so about
+# 150 s for the cluster (3 variants on one GPU) and 250 s for one GPU. A run cut short still exports its points.
+BUDGET_CLUSTER_S=${BUDGET_CLUSTER_S:-220}; BUDGET_SINGLE_S=${BUDGET_SINGLE_S:-320}
 PY=${PY:-python3}
 if [ -d .wheels ] && ls .wheels/*.whl >/dev/null 2>&1 && ! $PY -c "import duckdb, distributed" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .wheels/*.whl \
@@ -26,18 +29,19 @@ $PY -c "import dask_cuda; print('dask-cuda', dask_cuda.__version__)" 2>&1 | tail
 nvidia-smi -L 2>/dev/null || true
 args=(--spec "$SPEC" --engine "$ENGINE" --device "$DEVICE" --new-tokens "$NEW_TOKENS" --repeats "$REPEATS" --quiet)
 work=$(mktemp -d)
-run() {  # NAME EXTRA...
-  local name=$1; shift
-  local t0
+run() {  # NAME BUDGET_S EXTRA...
+  local name=$1 budget=$2; shift 2
+  local t0 rc
   t0=$(date +%s.%N)
   TRITON_CACHE_DIR="$work/triton-$name" MOE_BENCH_CLUSTER_STATS="$out/stats.json" \
-    timeout "$BUDGET_S" $PY -m bench sweep --db "$work/$name.duckdb" "${args[@]}" "$@" >"$out/$name.log" 2>&1
-  echo "$name rc=$?" | tee -a "$out/$name.log"
+    timeout "$budget" $PY -m bench sweep --db "$work/$name.duckdb" "${args[@]}" "$@" >"$out/$name.log" 2>&1
+  rc=$?
+  echo "$name rc=$rc (124: cut at ${budget} s)" | tee -a "$out/$name.log"
   echo "$name $($PY -c "import sys, time; print(time.time() - float(sys.argv[1]))" "$t0")" >>"$work/wall.txt"
   $PY -m bench export --format jsonl --db "$work/$name.duckdb" --out "$out/$name.jsonl" || true
 }
-run cluster --cluster "$CLUSTER"
-run single
+run cluster "$BUDGET_CLUSTER_S" --cluster "$CLUSTER"
+run single "$BUDGET_SINGLE_S"
 $PY - "$work/wall.txt" "$work/wall.json" <<'PYEOF'
 import json, sys
 wall = dict(line.split() for line in open(sys.argv[1]))

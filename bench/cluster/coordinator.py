@@ -45,8 +45,8 @@ CONTROL_EVERY_S = 1.0
 WORKER_CHECK_S = 1.0
 STALE_ENV = "MOE_BENCH_CLUSTER_STALE_S"
 STATS_ENV = "MOE_BENCH_CLUSTER_STATS"  # write per-task and per-point cost figures (JSON) to this file at the end
-DASK_CUDA_HINT = ("dask-cuda is not installed, so one Dask worker per GPU is started by moe-bench itself (same "
-                  "pinning). On GPU hosts `pip install dask-cuda==26.10.0` gives LocalCUDACluster.")
+DASK_CUDA_HINT = ("dask-cuda's LocalCUDACluster is not available, so moe-bench starts one Dask worker per GPU itself "
+                  "(same pinning). On GPU hosts `pip install dask-cuda==26.10.0` gives LocalCUDACluster.")
 
 
 def is_lost_point(status: str | None, error: str | None) -> bool:
@@ -69,6 +69,7 @@ class _Job:
     start_s: float | None = None  # submit -> task running on its worker
     first_point_s: float | None = None  # submit -> first point stored
     end_s: float | None = None  # submit -> job closed
+    exit_s: float | None = None  # submit -> the task's "exit" message (its worker is free again)
     gpu: dict[str, Any] | None = None
     remaining: set[tuple[int, int]] = field(default_factory=set)
     exit: dict[str, Any] | None = None
@@ -115,15 +116,16 @@ def start_cluster(target: ClusterTarget, device: str) -> tuple[Any, Any, str]:
         n = target.workers or gpus
         if n > gpus:
             raise BadInputError(f"--cluster local:{n}: this host has {gpus} GPU(s); use local:{gpus} or fewer")
+        cluster = None
         try:
             from dask_cuda import LocalCUDACluster
-        except Exception:
-            print(DASK_CUDA_HINT, file=sys.stderr)
-            cluster = _gpu_spec_cluster(n, common)
-            desc = f"local cluster of {n} GPU workers (moe-bench pinning)"
-        else:
+
             cluster = LocalCUDACluster(CUDA_VISIBLE_DEVICES=list(range(n)), **common)
             desc = f"LocalCUDACluster of {n} GPU workers"
+        except Exception as exc:  # not installed, or its CUDA bindings do not match this driver
+            print(f"{DASK_CUDA_HINT} ({type(exc).__name__}: {str(exc)[:200]})", file=sys.stderr)
+            cluster = _gpu_spec_cluster(n, common)
+            desc = f"local cluster of {n} GPU workers (moe-bench pinning)"
     client = distributed.Client(cluster, set_as_default=False)
     return client, cluster, desc
 
@@ -414,6 +416,7 @@ class ClusterSweepRunner(SweepRunner):
             self.pending.append((job, payload))
         elif kind == "exit":
             job.exit = payload
+            job.exit_s = time.time() - job.submitted
 
     def _where(self, address: str | None) -> str:
         info = self.inventory.get(address or "", {})
@@ -528,9 +531,10 @@ class ClusterSweepRunner(SweepRunner):
         for jobs in by_worker.values():
             ready = 0.0
             for j in sorted(jobs, key=lambda j: j.start_s or 0.0):
-                if j.spawn_s is not None:
-                    overhead[j.run.run_id] = max(0.0, j.spawn_s - ready)
-                ready = j.end_s if j.end_s is not None else ready
+                if j.spawn_s is not None and j.start_s is not None:
+                    # the exit message is seen a drain late, so never count from before the task started
+                    overhead[j.run.run_id] = j.spawn_s - (ready if j.start_s >= ready else j.start_s)
+                ready = j.exit_s if j.exit_s is not None else (j.end_s if j.end_s is not None else ready)
         o = sorted(overhead.values())
         return {
             "host": socket.gethostname(), "cluster": str(self.target), "workers": len(self.inventory),

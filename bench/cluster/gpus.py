@@ -10,6 +10,7 @@ pruning, KV cache, 15% + 1 GiB headroom for activations, the CUDA context and gr
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 from dataclasses import asdict, dataclass
@@ -102,13 +103,20 @@ def worker_gpu() -> WorkerGpu:
     return WorkerGpu(host=socket.gethostname(), kind="cpu", name="cpu")
 
 
+@functools.lru_cache(maxsize=16)
+def _arch(model: str, dtype_bytes: float):
+    from bench.models.loading import resolve_config
+    from bench.roofline import ArchSummary
+
+    return ArchSummary.from_config(resolve_config(model), dtype_bytes=dtype_bytes)
+
+
 def variant_gib(model: str, experts: int | None, batch: int, prompt_len: int, new_tokens: int,
                 dtype_bytes: float = 2.0) -> float:
     """Estimated peak GPU memory (GiB) of one variant at `batch`: pruned weights + KV cache, with headroom."""
-    from bench.models.loading import resolve_config
-    from bench.roofline import ArchSummary, kv_bytes_per_step
+    from bench.roofline import kv_bytes_per_step
 
-    arch = ArchSummary.from_config(resolve_config(model), dtype_bytes=dtype_bytes)
+    arch = _arch(model, dtype_bytes)
     kept = experts or arch.num_experts
     weights = (arch.non_expert_params + arch.expert_layers * kept * arch.expert_params) * dtype_bytes
     kv = kv_bytes_per_step(arch, batch, prompt_len + new_tokens)
