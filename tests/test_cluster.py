@@ -280,3 +280,38 @@ def test_serial_runner_is_unchanged_without_cluster(tmp_path: Path, monkeypatch)
                            "variants": [{"name": "a", "model": "synthetic:tiny-moe", "top_k": 2}]})
     runner = make_runner(tmp_path / "d.duckdb", spec, Namespace(cluster=None, quiet=True, gpu_mem_cap_gib=None))
     assert type(runner) is SweepRunner
+
+
+def test_batched_point_write_stores_what_single_writes_store(tmp_path: Path) -> None:
+    """store.insert_points (the coordinator's one-transaction write) gives the same rows as insert_point, NULLs,
+    ints, bools and timestamps included, and replaces an earlier row of the same point (one row per point)."""
+    from bench import store
+    from bench.records import PointRecord, RunRecord, SweepRecord, utcnow
+
+    now = utcnow()
+    full = PointRecord(run_id="r", batch=1, repeat=0, status="ok", total_tps=123.5, per_stream_tps=123.5,
+                       decode_s=0.5, tokens_generated=64, throttle_reasons=4, experts_measured=True,
+                       bandwidth_source="measured", started_at=now, finished_at=now)
+    sparse = PointRecord(run_id="r", batch=2, repeat=0, status="error", error="worker lost before this point: x",
+                         started_at=now, finished_at=now)
+    rows = {}
+    for name, batched in (("one", False), ("many", True)):
+        db = tmp_path / f"{name}.duckdb"
+        store.insert_sweep(db, SweepRecord(sweep_id="s", title="t", spec_json="{}"))
+        store.insert_run(db, RunRecord(run_id="r", sweep_id="s", name="r", model="m", top_k=1, engine="hf",
+                                       dtype="float32", device="cpu", prompt_len=1, new_tokens=2, repeats=1, seed=0))
+        if batched:
+            store.insert_points(db, [PointRecord(run_id="r", batch=2, repeat=0, status="ok", total_tps=1.0)],
+                                sweep_id="s")
+            store.insert_points(db, [full, sparse], sweep_id="s")
+        else:
+            store.insert_point(db, full, sweep_id="s")
+            store.insert_point(db, sparse, sweep_id="s")
+        rows[name] = queries.points(db, ["r"]).to_dict("records")
+        assert store.read_sweep(db, "s")["points_done"] == 2
+
+    def norm(v):
+        return None if v is None or v != v else v
+
+    assert [{k: norm(v) for k, v in r.items()} for r in rows["many"]] == [
+        {k: norm(v) for k, v in r.items()} for r in rows["one"]]

@@ -440,9 +440,18 @@ def insert_points(path: Path | str, points: list[PointRecord], sweep_id: str | N
     """Write several points in one transaction (the cluster coordinator drains many at once), then the count."""
     if not points:
         return
+    import pandas as pd
+
+    rows = [point_row(p) for p in points]
+    cols = list(rows[0])
+    frame = pd.DataFrame(rows, columns=cols).astype(object)  # object: None stays NULL, ints stay ints
+    quoted = ", ".join(f'"{c}"' for c in cols)
     with writer(path) as con:
-        for point in points:
-            _insert(con, "points", point_row(point), replace=True)
+        con.register("new_points", frame)  # one set-based statement: per-row INSERTs cost ~10-40 ms each
+        try:
+            con.execute(f"INSERT OR REPLACE INTO points ({quoted}) SELECT {quoted} FROM new_points")
+        finally:
+            con.unregister("new_points")
         if sweep_id is not None:
             con.execute(
                 "UPDATE sweeps SET points_done = (SELECT count(*) FROM points p JOIN runs r USING (run_id) "
