@@ -36,7 +36,8 @@ run() {  # NAME BUDGET_S EXTRA...
   TRITON_CACHE_DIR="$work/triton-$name" MOE_BENCH_CLUSTER_STATS="$out/stats.json" \
     timeout "$budget" $PY -m bench sweep --db "$work/$name.duckdb" "${args[@]}" "$@" >"$out/$name.log" 2>&1
   rc=$?
-  echo "$name rc=$rc (124: cut at ${budget} s)" | tee -a "$out/$name.log"
+  if [ "$rc" = 124 ]; then echo "$name rc=124: cut at ${budget} s" | tee -a "$out/$name.log"
+  else echo "$name rc=$rc" | tee -a "$out/$name.log"; fi
   echo "$name $($PY -c "import sys, time; print(time.time() - float(sys.argv[1]))" "$t0")" >>"$work/wall.txt"
   $PY -m bench export --format jsonl --db "$work/$name.duckdb" --out "$out/$name.jsonl" || true
 }
