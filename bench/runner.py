@@ -187,6 +187,7 @@ class SweepRunner:
                       points_planned=planned)
         if log_path:
             fields["log_path"] = log_path
+        fields.update(self._sweep_fields())
         if existing is None:
             store.insert_sweep(self.db, SweepRecord(sweep_id=sweep_id, title=spec.title, spec_json=spec.to_json(),
                                                     created_at=now, **fields))
@@ -195,16 +196,7 @@ class SweepRunner:
         runs_by_name = {r.name: r for r in store.read_runs(self.db, sweep_id=sweep_id)}
         outcome = SweepOutcome(sweep_id=sweep_id, state="running", points_planned=planned, points_done=0)
         try:
-            for v in spec.variants:
-                if self.cancelled:
-                    raise _Cancelled
-                run = runs_by_name.get(v.name) or self._new_run(v, spec, sweep_id, device, dtype, rerun_of.get(v.name))
-                outcome.run_ids.append(run.run_id)
-                done = store.done_points(self.db, run.run_id, redo=RETRY_STATUSES if retry_errors else ())
-                todo = [(b, r) for b in spec.sweep.batch_sizes for r in range(spec.sweep.repeats) if (b, r) not in done]
-                if todo:
-                    store.update_sweep(self.db, sweep_id, current_variant=v.name, heartbeat_at=utcnow())
-                    self._run_variant(v, spec, run, device, dtype, todo, sweep_id)
+            self._run_all(spec, sweep_id, device, dtype, runs_by_name, outcome, rerun_of, retry_errors)
             state = "done"
         except _Cancelled:
             state = "cancelled"
@@ -224,6 +216,27 @@ class SweepRunner:
         outcome.points_done = int(row.get("points_done") or 0)
         outcome.statuses = store.status_counts(self.db, sweep_id)
         return outcome
+
+    def _sweep_fields(self) -> dict[str, Any]:
+        """Extra sweep-row fields (the cluster runner names its cluster)."""
+        return {}
+
+    def _run_all(
+        self, spec: SweepSpec, sweep_id: str, device: str, dtype: str, runs_by_name: dict[str, RunRecord],
+        outcome: SweepOutcome, rerun_of: dict[str, str], retry_errors: bool = False,
+    ) -> None:
+        """Run every variant's missing points (and, with `retry_errors`, its error/oom/skipped ones), one variant
+        after another (bench.cluster spreads them instead)."""
+        for v in spec.variants:
+            if self.cancelled:
+                raise _Cancelled
+            run = runs_by_name.get(v.name) or self._new_run(v, spec, sweep_id, device, dtype, rerun_of.get(v.name))
+            outcome.run_ids.append(run.run_id)
+            done = store.done_points(self.db, run.run_id, redo=RETRY_STATUSES if retry_errors else ())
+            todo = [(b, r) for b in spec.sweep.batch_sizes for r in range(spec.sweep.repeats) if (b, r) not in done]
+            if todo:
+                store.update_sweep(self.db, sweep_id, current_variant=v.name, heartbeat_at=utcnow())
+                self._run_variant(v, spec, run, device, dtype, todo, sweep_id)
 
     def _new_run(
         self, v: VariantSpec, spec: SweepSpec, sweep_id: str, device: str, dtype: str, rerun_of: str | None

@@ -106,6 +106,7 @@ class SweepSettings:
     device: str = "auto"
     seed: int = 0
     warmup: bool = True
+    cluster: str | None = None  # None: this GPU; "local", "local:N" or a Dask scheduler address (bench.cluster)
 
 
 @dataclass
@@ -116,7 +117,10 @@ class SweepSpec:
     source_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"title": self.title, "sweep": dataclasses.asdict(self.sweep), "variants": []}
+        sweep = dataclasses.asdict(self.sweep)
+        if sweep.get("cluster") is None:
+            sweep.pop("cluster", None)  # absent = this GPU, as before the field existed
+        out: dict[str, Any] = {"title": self.title, "sweep": sweep, "variants": []}
         for v in self.variants:
             entry: dict[str, Any] = {"name": v.name, "model": v.model, "top_k": v.top_k}
             if v.prune is not None:
@@ -247,6 +251,18 @@ def _prune(raw: Any, where: str, base_dir: Path | None, restrict: bool) -> Prune
     )
 
 
+def _cluster(value: Any) -> str | None:
+    from bench.cluster.target import parse_cluster
+
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _fail("sweep.cluster", f"must be a string such as \"local\", \"local:2\" or \"tcp://host:8786\", "
+                                     f"got {value!r}")
+    target = parse_cluster(value, where="sweep.cluster")
+    return None if target is None else str(target)
+
+
 def spec_from_dict(
     raw: dict[str, Any], base_dir: Path | None = None, source_path: str | None = None, restrict_paths: bool = False
 ) -> SweepSpec:
@@ -286,6 +302,7 @@ def spec_from_dict(
         device=_str(sweep_raw.get("device", "auto"), "sweep.device", DEVICES),
         seed=_int(sweep_raw.get("seed", 0), "sweep.seed", limit="seed"),
         warmup=bool(sweep_raw.get("warmup", True)),
+        cluster=_cluster(sweep_raw.get("cluster")),
     )
     if "warmup" in sweep_raw and not isinstance(sweep_raw["warmup"], bool):
         raise _fail("sweep.warmup", "must be true or false")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="cap the worker's CUDA memory (to test OOM handling)")
     p.add_argument("--no-memory-check", dest="check_memory", action="store_false",
                    help="skip the preflight that refuses a model larger than the device's free memory")
+    p.add_argument("--cluster", metavar="WHERE",
+                   help="spread the variants over a Dask cluster: local (every GPU of this host), local:N, or a "
+                        "scheduler address tcp://host:8786 (overrides the spec's sweep.cluster; see docs/SCALE.md)")
 
 
 def _range(name: str) -> str:
@@ -142,8 +147,24 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     return spec_from_dict(raw, base_dir=base_dir, source_path=args.spec, restrict_paths=bool(args.spec))
 
 
+def make_runner(db: Path, spec: SweepSpec, args: argparse.Namespace):
+    """The serial runner, or bench.cluster's when --cluster (or the spec's sweep.cluster) names a cluster."""
+    from bench.cluster.target import parse_cluster
+    from bench.runner import SweepRunner
+
+    flag = getattr(args, "cluster", None)
+    target = parse_cluster(flag) if flag is not None else parse_cluster(spec.sweep.cluster, where="sweep.cluster")
+    if target is None:
+        return SweepRunner(db, progress=not args.quiet, gpu_mem_cap_gib=args.gpu_mem_cap_gib,
+                           check_memory=args.check_memory)
+    from bench.cluster.coordinator import ClusterSweepRunner
+
+    spec.sweep.cluster = str(target)
+    return ClusterSweepRunner(db, target, progress=not args.quiet, gpu_mem_cap_gib=args.gpu_mem_cap_gib)
+
+
 def run(args: argparse.Namespace) -> int:
-    from bench.runner import SweepRunner, spec_for_resume
+    from bench.runner import spec_for_resume
 
     if args.sweep_id is not None:
         check_id(args.sweep_id, "--sweep-id")
@@ -160,11 +181,14 @@ def run(args: argparse.Namespace) -> int:
             raise BadInputError("sweep: give --spec FILE.toml or at least one --variant (or --resume SWEEP_ID)")
         spec = build_spec(args)
         sweep_id, resume = args.sweep_id, False
-    outcome = SweepRunner(db, progress=not args.quiet, gpu_mem_cap_gib=args.gpu_mem_cap_gib,
-                          check_memory=args.check_memory).run(
-        spec, sweep_id=sweep_id, resume=resume, retry_errors=args.retry_errors
-    )
+    runner = make_runner(db, spec, args)
+    outcome = runner.run(spec, sweep_id=sweep_id, resume=resume, retry_errors=args.retry_errors)
     summary = outcome.summary()
     summary["db"] = str(db)
     print(json.dumps(summary))
-    return EXIT_OK if summary["ok"] else EXIT_RUN_FAILED
+    code = EXIT_OK if summary["ok"] else EXIT_RUN_FAILED
+    if getattr(runner, "exit_now", False):  # bench.cluster killed its local Dask cluster: skip Dask's atexit close
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
