@@ -22,6 +22,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "env",
     "prune",
     "perf",
+    "calibrate",
+    "quality",
 )
 
 
