@@ -136,7 +136,8 @@ def _read_file(p: Path, where: str) -> list[str]:
     try:
         raw = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise BadInputError(f"{where}: cannot read {p} ({exc.strerror or exc}); check the path and permissions") from exc
+        reason = exc.strerror or exc
+        raise BadInputError(f"{where}: cannot read {p} ({reason}); check the path and permissions") from exc
     except UnicodeDecodeError as exc:
         raise BadInputError(f"{where}: {p} is not UTF-8 text ({exc.reason}); convert it or leave it out") from exc
     if p.suffix != ".jsonl":
@@ -196,7 +197,7 @@ def parse_domain_arg(text: str) -> tuple[str, str]:
         name, path = (s.strip() for s in text.split("=", 1))
         if not name or not path:
             raise BadInputError(f"--domain {text!r}: write NAME=PATH (e.g. code=src/) or a built-in name")
-        return name, path if path.startswith("builtin:") else path
+        return name, path
     name = text.strip()
     if name not in BUILTIN_DOMAINS:
         raise BadInputError(

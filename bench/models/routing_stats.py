@@ -132,7 +132,7 @@ def collect_routing(
     finally:
         for h in handles:
             h.remove()
-    to_int = [[int(round(x)) for x in row] for row in acc.count.tolist()]
+    to_int = [[round(x) for x in row] for row in acc.count.tolist()]
     return RoutingStats(
         tokens=total,
         top_k=int(layers[0][0].top_k),

@@ -81,7 +81,7 @@ def save_calibration(db: Path | str, row: CalibrationRow, stats: Any, replace_do
             old = [r[0] for r in con.execute(
                 "SELECT calibration_id FROM calibrations WHERE model_fingerprint = ? AND domain = ?",
                 [row.model_fingerprint, row.domain]).fetchall()]
-            for cid in old + [row.calibration_id]:
+            for cid in [*old, row.calibration_id]:
                 con.execute("DELETE FROM calibration_experts WHERE calibration_id = ?", [cid])
                 con.execute("DELETE FROM calibrations WHERE calibration_id = ?", [cid])
         values = {**row.__dict__, "created_at": utcnow()}
