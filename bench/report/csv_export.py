@@ -17,6 +17,7 @@ from typing import Any
 from bench.records import EnvFingerprint, PointRecord, RunRecord
 from bench.report.common import iso, order_runs, sort_points
 from bench.report.jsonl import HEADLINE_KEYS, POINT_KEYS, point_line
+from bench.report.quality_export import quality_cells, quality_columns
 
 
 def csv_columns() -> list[str]:
@@ -52,7 +53,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def render_csv(runs: list[RunRecord], points: list[PointRecord]) -> str:
+def render_csv(runs: list[RunRecord], points: list[PointRecord], quality: dict[str, dict] | None = None) -> str:
     """The CSV text (header + one row per point). A pure function of its arguments.
 
     Same rows as flattening `bench.report.jsonl.point_line`; the run's cells are computed once per run.
@@ -66,12 +67,14 @@ def render_csv(runs: list[RunRecord], points: list[PointRecord]) -> str:
         run_cells[run.run_id] = [_cell(flat.get(c)) for c in _run_columns()]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(csv_columns())
+    qcols = quality_columns({r: q for r, q in (quality or {}).items() if r in by_id})
+    writer.writerow(csv_columns() + qcols)
     for point in sort_points([p for p in points if p.run_id in by_id], runs):
         run = by_id[point.run_id]
         head = [run.name, run.model, run.top_k, run.experts, run.engine, run.env.device_name]
         cells = [_cell(v) for v in head] + [_cell(_point_value(point, k)) for k in POINT_KEYS]
-        writer.writerow(cells + run_cells[point.run_id])
+        extra = [_cell(v) for v in quality_cells((quality or {}).get(point.run_id), qcols)] if qcols else []
+        writer.writerow(cells + run_cells[point.run_id] + extra)
     return buf.getvalue()
 
 

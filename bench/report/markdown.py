@@ -151,8 +151,10 @@ def render_markdown(
     points: list[PointRecord],
     title: str | None = None,
     reproduce: str | None = None,
+    quality: dict[str, dict] | None = None,
 ) -> str:
-    """The report in the reference layout. A pure function of its arguments."""
+    """The report in the reference layout (plus a Quality section when runs have quality). A pure function."""
+    from bench.report.quality_export import quality_markdown
     from bench.report.reproduce import reproduce_script
 
     runs = order_runs(runs)
@@ -235,6 +237,7 @@ def render_markdown(
 
     batches_by_run = {r.run_id: [row.batch for row in rows[r.run_id]] for r in runs}
     script = reproduce if reproduce is not None else reproduce_script(runs, title, batches_by_run)
+    out += quality_markdown(runs, labels, quality or {})
     out += ["## Reproduce", "", "```bash", script.rstrip("\n"), "```", ""]
     return "\n".join(out)
 

@@ -8,7 +8,7 @@ imported report carried, else a default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from bench import store
@@ -18,6 +18,7 @@ from bench.report.common import order_runs, sort_points
 from bench.report.csv_export import render_csv
 from bench.report.jsonl import render_jsonl
 from bench.report.markdown import default_title, render_markdown
+from bench.report.quality_export import load_quality
 
 EXPORT_FORMATS: tuple[str, ...] = ("markdown", "csv", "jsonl")
 _POINT_COLUMNS = [f.name for f in fields(PointRecord)]  # points table columns, in PointRecord order
@@ -29,6 +30,7 @@ class Selection:
     runs: list[RunRecord]
     points: list[PointRecord]
     sweep_titles: dict[str, str]  # sweep_id -> title, for the selected runs' sweeps
+    quality: dict[str, dict] = field(default_factory=dict)  # run_id -> {domain: {metric: value}}
 
     def title(self) -> str:
         sweep_ids = {r.sweep_id for r in self.runs}
@@ -76,6 +78,7 @@ def load_selection(db_path: Path | str, run_names: list[str] | None = None) -> S
         ids = [r.run_id for r in runs]
         points: list[PointRecord] = []
         titles: dict[str, str] = {}
+        quality = load_quality(con, ids)
         if ids:
             cols = ", ".join(f'"{name}"' for name in _POINT_COLUMNS)
             sql = f"SELECT {cols} FROM points WHERE run_id IN (SELECT unnest(?::VARCHAR[]))"
@@ -90,16 +93,16 @@ def load_selection(db_path: Path | str, run_names: list[str] | None = None) -> S
     finally:
         con.close()
     runs = order_runs(runs)
-    return Selection(runs, sort_points(points, runs), titles)
+    return Selection(runs, sort_points(points, runs), titles, quality)
 
 
 def render(selection: Selection, fmt: str) -> str:
     if fmt == "markdown":
-        return render_markdown(selection.runs, selection.points, title=selection.title())
+        return render_markdown(selection.runs, selection.points, title=selection.title(), quality=selection.quality)
     if fmt == "csv":
-        return render_csv(selection.runs, selection.points)
+        return render_csv(selection.runs, selection.points, quality=selection.quality)
     if fmt == "jsonl":
-        return render_jsonl(selection.runs, selection.points)
+        return render_jsonl(selection.runs, selection.points, quality=selection.quality)
     raise BadInputError(f"--format {fmt}: unknown export format; use one of {', '.join(EXPORT_FORMATS)}")
 
 
