@@ -7,6 +7,7 @@ import streamlit as st
 from bench.analysis import compare
 from bench.ui import charts as ui_charts
 from bench.ui import data as ui_data
+from bench.ui import quality_views
 
 st.title("Compare")
 data = ui_data.page_data()
@@ -87,3 +88,5 @@ num = {c: st.column_config.NumberColumn(t, format="%.2f") for c, t in
         ("base_mem_gib", "base GiB"), ("mem_gib", "GiB"))}
 st.dataframe(d.drop(columns=["candidate_id"]), hide_index=True, width="stretch", key="cmp_table",
              column_config={**pct, **num, "within_noise": st.column_config.CheckboxColumn("within noise")})
+
+quality_views.quality_section(data)
