@@ -8,7 +8,7 @@ import streamlit as st
 from bench.analysis import routing
 from bench.ui import data as ui_data
 from bench.ui import research_charts as charts
-from bench.ui import research_data
+from bench.ui import research_data, research_forms
 
 st.title("Routing")
 st.caption("Calibrations come from `python -m bench calibrate --model M --domain code --domain chat=FILE.jsonl`: "
@@ -18,6 +18,7 @@ info = ui_data.info()
 if info.error:
     st.error(info.error)
     st.stop()
+research_forms.calibrate_form()
 cals = research_data.calibrations() if info.exists else None
 if cals is None or cals.empty:
     if not info.exists or info.empty:

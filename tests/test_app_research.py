@@ -120,3 +120,34 @@ def test_compare_puts_quality_beside_speed(research_db: Path, monkeypatch: pytes
     assert "Speed against quality" in fig["layout"]["title"]["text"]
     assert "Pareto front" in traces(fig)
     assert any("perplexity means nothing" in i.value for i in at.info)
+
+
+def test_calibrate_from_the_routing_page_then_see_the_heatmap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from bench.locks import pid_alive
+    from bench.ui import launch as ui_launch
+    from bench.ui import research_launch
+
+    db = tmp_path / "cal.duckdb"
+    text = tmp_path / "notes.txt"
+    text.write_text("Experts route tokens; the router picks two of eight. " * 40)
+    at = open_page(db, "pages/routing.py", monkeypatch)
+    assert not db.exists()
+    at.selectbox(key="rt_cal_model").set_value("synthetic:tiny-moe")
+    at.multiselect(key="rt_cal_builtin").set_value([])
+    at.text_area(key="rt_cal_extra").set_value(f"notes={text}")
+    at.number_input(key="rt_cal_tokens").set_value(256)
+    next(b for b in at.button if b.label == "Calibrate").click().run()
+    assert not at.exception and any("Calibration started" in s.value for s in at.success)
+    launch = research_launch.research_launches(db, "calibrate")[0]
+    assert launch.argv[3:] == ["calibrate", "--model", "synthetic:tiny-moe", "--seed", "0", "--domain",
+                               f"notes={text}", "--tokens", "256", "--db", str(db)]
+    deadline = time.monotonic() + 600
+    while ui_launch.exit_code(launch.pid) is None and pid_alive(launch.pid) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert ui_launch.exit_code(launch.pid) == 0, ui_launch.log_tail(launch.log_path)
+    at = open_page(db, "pages/routing.py", monkeypatch)
+    figs = [figure(at, i) for i in range(len(at.get("plotly_chart")))]
+    heat = next(f for f in figs if "domain notes" in f["layout"]["title"]["text"])
+    assert sum(heat["data"][0]["z"][0]) == pytest.approx(1.0)

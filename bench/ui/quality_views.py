@@ -7,17 +7,25 @@ from __future__ import annotations
 import streamlit as st
 
 from bench.analysis import quality as aq
-from bench.ui import research_charts, research_data
+from bench.ui import research_charts, research_data, research_forms
 from bench.ui.data import PageData
 
 
 def quality_section(data: PageData) -> None:
     st.subheader("Quality beside speed")
+    _quality_figures(data)
+    measured = data.runs[~data.runs["imported"]]
+    cals = research_data.calibrations()
+    research_forms.quality_form(dict(zip(measured["run_id"], measured["label"], strict=True)),
+                                sorted(set(cals["domain"])) if not cals.empty else [])
+
+
+def _quality_figures(data: PageData) -> None:
     q = research_data.quality()
     runs = data.runs[data.runs["run_id"].isin(set(q["run_id"]))] if not q.empty else data.runs.iloc[0:0]
     if runs.empty:
         st.info("No quality figures for these runs yet: add `quality = true` to a sweep spec, or run "
-                "`python -m bench quality --sweep SWEEP_ID --domain code` after a sweep.")
+                "`python -m bench quality --sweep SWEEP_ID --domain code` after a sweep (or use the form below).")
         return
     ok = data.summary[data.summary["run_id"].isin(runs["run_id"]) & data.summary["total_tps"].notna()]
     batches = sorted(int(b) for b in ok["batch"].unique())
