@@ -203,6 +203,10 @@ def test_calibrate_bad_input_exits_2_with_a_clear_message(tmp_path, capsys):
     if not os.access(unreadable, os.R_OK):  # root reads anything
         rc, out, _ = _main(capsys, "calibrate", "--model", MODEL, "--domain", f"s={unreadable}", "--db", str(db))
         assert rc == 2 and "cannot read" in out["error"]
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("café résumé".encode("latin-1"))
+    rc, out, _ = _main(capsys, "calibrate", "--model", MODEL, "--domain", f"l={latin}", "--db", str(db))
+    assert rc == 2 and "not UTF-8" in out["error"] and "latin1.txt" in out["error"]
     rc, out, _ = _main(capsys, "calibrate", "--model", MODEL, "--domain", f"m={tmp_path / 'missing'}",
                        "--db", str(db))
     assert rc == 2 and "does not exist" in out["error"]
