@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The research loop on the lent GPU (torch, no duckdb, no network): calibrate two built-in domains on synthetic
-# gpt-oss-20b, sweep data/specs/research-20b.toml (union50/unionAgg/reap16/freq16 from those calibrations, prompts
+# gpt-oss-20b, sweep data/specs/union-research-20b.toml (union50/unionAgg/reap16/freq16 from those calibrations, prompts
 # from the code domain, quality after the speed points), export JSONL + markdown, and write timings.
 # Needs the duckdb wheel carried in .wheels/ (make gpu-wheels), like scripts/device_sweep.sh.
 # Writes to $OUT: research.duckdb, calibrate.json, sweep.json, research-<card>.jsonl, research.md, timings.json, *.log
@@ -18,7 +18,7 @@ t0=$(date +%s)
 python3 -m bench calibrate --model synthetic:gpt-oss-20b --domain code --domain prose --tokens "$tokens" \
     --db "$db" > "$out/calibrate.json" 2> "$out/calibrate.log"
 t1=$(date +%s)
-python3 -m bench sweep --spec data/specs/research-20b.toml --db "$db" --quiet > "$out/sweep.json" 2> "$out/sweep.log" || true
+python3 -m bench sweep --spec data/specs/union-research-20b.toml --db "$db" --quiet > "$out/sweep.json" 2> "$out/sweep.log" || true
 t2=$(date +%s)
 card=$(python3 -c "import torch; print(torch.cuda.get_device_name(0).split()[1].lower())" 2>/dev/null || echo gpu)
 python3 -m bench export --db "$db" --format jsonl --out "$out/research-$card.jsonl" > /dev/null
