@@ -18,14 +18,6 @@ from bench import store
 from bench.models.keep_sets import CalibrationData
 from bench.records import utcnow
 
-# Columns added to v3's calibration/quality tables after v3 first shipped: files created in between lack them.
-_LATE_COLUMNS = (
-    "ALTER TABLE calibrations ADD COLUMN IF NOT EXISTS text_spec VARCHAR",
-    "ALTER TABLE calibrations ADD COLUMN IF NOT EXISTS budget BIGINT",
-    "ALTER TABLE quality ADD COLUMN IF NOT EXISTS text_hash VARCHAR",
-    "ALTER TABLE quality ADD COLUMN IF NOT EXISTS tokenizer VARCHAR",
-)
-
 
 def calibration_id(fingerprint: str, domain: str, text_hash: str, budget: int) -> str:
     key = json.dumps([fingerprint, domain, text_hash, int(budget)])
@@ -51,11 +43,6 @@ class CalibrationRow:
     seconds: float
 
 
-def _late_columns(con: Any) -> None:
-    for sql in _LATE_COLUMNS:
-        con.execute(sql)
-
-
 def calibrations_for(db: Path | str, fingerprint: str | None = None, domain: str | None = None) -> list[dict]:
     """Stored calibration rows (no per-expert data), newest first; filtered by fingerprint and/or domain."""
     if not Path(db).exists():
@@ -68,7 +55,6 @@ def calibrations_for(db: Path | str, fingerprint: str | None = None, domain: str
         sql += " AND domain = ?"
         params.append(domain)
     with store.writer(db) as con:
-        _late_columns(con)
         return store.fetch_dicts(con, sql + " ORDER BY created_at DESC", params)
 
 
@@ -76,7 +62,6 @@ def save_calibration(db: Path | str, row: CalibrationRow, stats: Any, replace_do
     """Write one calibration and its per-expert rows in one transaction. With replace_domain, the model's earlier
     calibration(s) of this domain go first (their text differs or their budget does)."""
     with store.writer(db) as con:
-        _late_columns(con)
         if replace_domain:
             old = [r[0] for r in con.execute(
                 "SELECT calibration_id FROM calibrations WHERE model_fingerprint = ? AND domain = ?",
@@ -117,7 +102,6 @@ def load_calibration(db: Path | str, cal: dict) -> CalibrationData:
 def save_quality(db: Path | str, run_id: str, results: list[Any], base_run_id: str | None = None) -> None:
     """One row per (domain, metric) of each QualityResult; replaces earlier figures of the run for that domain."""
     with store.writer(db) as con:
-        _late_columns(con)
         for r in results:
             con.execute("DELETE FROM quality WHERE run_id = ? AND domain = ?", [run_id, r.domain])
             for metric, value in r.values.items():
@@ -133,6 +117,5 @@ def quality_rows(db: Path | str, run_ids: list[str]) -> list[dict]:
         return []
     marks = ", ".join("?" for _ in run_ids)
     with store.writer(db) as con:
-        _late_columns(con)
         return store.fetch_dicts(con, f"SELECT * FROM quality WHERE run_id IN ({marks}) ORDER BY run_id, domain, "
                                       "metric", list(run_ids))
