@@ -127,6 +127,7 @@ class SweepRunner:
         self.worker: mp.process.BaseProcess | None = None
         self.locks: list[HeldLock] = []
         self.reserve: store.SpaceReserve | None = None
+        self.plan: Any = None  # bench.calibrated.ResearchPlan: calibrated prunes, text prompts, quality phase
 
     # ------------------------------------------------------------------ public entry points
 
@@ -140,6 +141,7 @@ class SweepRunner:
     ) -> SweepOutcome:
         device, dtype = resolve_device_dtype(spec.sweep.device, spec.sweep.dtype)
         preflight(spec, device, dtype, check_memory=self.check_memory, gpu_mem_cap_gib=self.gpu_mem_cap_gib)
+        self.plan = _research_plan(self.db, spec, device)
         sweep_id = check_id(sweep_id or new_id("s"), "--sweep-id")
         sweep_lock_path = sweep_file(self.db, sweep_id, "sweep-{id}.lock")
         dev_lock_path = device_locks_dir() / f"device-{device_key(device)}.lock"
@@ -195,6 +197,7 @@ class SweepRunner:
                       points_planned=planned)
         if log_path:
             fields["log_path"] = log_path
+        fields.update(self._sweep_fields())
         if existing is None:
             store.insert_sweep(self.db, SweepRecord(sweep_id=sweep_id, title=spec.title, spec_json=spec.to_json(),
                                                     created_at=now, **fields))
@@ -203,16 +206,7 @@ class SweepRunner:
         runs_by_name = {r.name: r for r in store.read_runs(self.db, sweep_id=sweep_id)}
         outcome = SweepOutcome(sweep_id=sweep_id, state="running", points_planned=planned, points_done=0)
         try:
-            for v in spec.variants:
-                if self.cancelled:
-                    raise _Cancelled
-                run = runs_by_name.get(v.name) or self._new_run(v, spec, sweep_id, device, dtype, rerun_of.get(v.name))
-                outcome.run_ids.append(run.run_id)
-                done = store.done_points(self.db, run.run_id, redo=RETRY_STATUSES if retry_errors else ())
-                todo = [(b, r) for b in spec.sweep.batch_sizes for r in range(spec.sweep.repeats) if (b, r) not in done]
-                if todo:
-                    store.update_sweep(self.db, sweep_id, current_variant=v.name, heartbeat_at=utcnow())
-                    self._run_variant(v, spec, run, device, dtype, todo, sweep_id)
+            self._run_all(spec, sweep_id, device, dtype, runs_by_name, outcome, rerun_of, retry_errors)
             state = "done"
         except _Cancelled:
             state = "cancelled"
@@ -232,6 +226,27 @@ class SweepRunner:
         outcome.statuses = store.status_counts(self.db, sweep_id)
         return outcome
 
+    def _sweep_fields(self) -> dict[str, Any]:
+        """Extra sweep-row fields (the cluster runner names its cluster)."""
+        return {}
+
+    def _run_all(
+        self, spec: SweepSpec, sweep_id: str, device: str, dtype: str, runs_by_name: dict[str, RunRecord],
+        outcome: SweepOutcome, rerun_of: dict[str, str], retry_errors: bool = False,
+    ) -> None:
+        """Run every variant's missing points (and, with `retry_errors`, its error/oom/skipped ones), one variant
+        after another (bench.cluster spreads them instead)."""
+        for v in spec.variants:
+            if self.cancelled:
+                raise _Cancelled
+            run = runs_by_name.get(v.name) or self._new_run(v, spec, sweep_id, device, dtype, rerun_of.get(v.name))
+            outcome.run_ids.append(run.run_id)
+            done = store.done_points(self.db, run.run_id, redo=RETRY_STATUSES if retry_errors else ())
+            todo = [(b, r) for b in spec.sweep.batch_sizes for r in range(spec.sweep.repeats) if (b, r) not in done]
+            if todo:
+                store.update_sweep(self.db, sweep_id, current_variant=v.name, heartbeat_at=utcnow())
+                self._run_variant(v, spec, run, device, dtype, todo, sweep_id)
+
     def _new_run(
         self, v: VariantSpec, spec: SweepSpec, sweep_id: str, device: str, dtype: str, rerun_of: str | None
     ) -> RunRecord:
@@ -239,9 +254,10 @@ class SweepRunner:
         run = RunRecord(
             run_id=new_id("r"), sweep_id=sweep_id, name=v.name, model=v.model, top_k=v.top_k, engine=s.engine,
             dtype=dtype, device=device, prompt_len=s.prompt_len, new_tokens=s.new_tokens, repeats=s.repeats,
-            seed=s.seed, prune=v.prune.to_dict() if v.prune else None,
+            seed=s.seed, prune=self._prune_dict(v),
             config_json=json.dumps(_variant_config(v, spec, device, dtype), sort_keys=True),
             rerun_of=rerun_of, source="measured", state="pending",
+            prompts=self.plan.prompts_label.get(v.name, "random") if self.plan else "random",
         )
         store.insert_run(self.db, run)
         return run
@@ -253,9 +269,11 @@ class SweepRunner:
         s = spec.sweep
         job = WorkerJob(
             run_id=run.run_id, variant_name=v.name, model=v.model, top_k=v.top_k,
-            prune=v.prune.to_dict() if v.prune else None, engine=s.engine, device=device, dtype=dtype,
+            prune=self._prune_dict(v), engine=s.engine, device=device, dtype=dtype,
             prompt_len=s.prompt_len, new_tokens=s.new_tokens, seed=s.seed, warmup=s.warmup, points=todo,
             gpu_mem_cap_gib=self.gpu_mem_cap_gib,
+            prompt_text=self.plan.prompt_text.get(v.name) if self.plan else None,
+            quality=self.plan.quality.get(v.name) if self.plan else None,
         )
         bar = ProgressBar(v.name, total=len(todo), enabled=self.progress)
         ctx = mp.get_context("spawn")
@@ -288,6 +306,10 @@ class SweepRunner:
                             remaining.remove(key)
                         bar.advance(f"batch {payload.batch} #{payload.repeat} {payload.status}")
                         last_beat = time.monotonic()
+                    elif kind == "quality":
+                        self._record_quality(run, payload)
+                    elif kind == "quality_failed":
+                        print(f"[{v.name}] quality phase failed: {payload}", file=sys.stderr)
                     elif kind == "fatal":
                         fatal = payload
                     elif kind == "done":
@@ -351,6 +373,19 @@ class SweepRunner:
                           f"{message}", file=sys.stderr)
                 else:
                     time.sleep(0.5)
+    def _prune_dict(self, v: VariantSpec) -> dict[str, Any] | None:
+        """The variant's prune as run: a calibrated one carries its resolved keep set and note."""
+        prune = self.plan.prunes.get(v.name, v.prune) if self.plan else v.prune
+        return prune.to_dict() if prune else None
+
+    def _record_quality(self, run: RunRecord, results: list[Any]) -> None:
+        from bench.store import research as rstore
+
+        rstore.save_quality(self.db, run.run_id, results)
+        for q in results:
+            print(f"[{run.name}] quality {q.domain}: KL {q.values.get('kl', float('nan')):.4g}, top-1 agreement "
+                  f"{q.values.get('top1_agreement', float('nan')):.3f}, {q.tokens} positions in {q.seconds:.1f} s",
+                  file=sys.stderr)
 
     def _record_run_info(self, run: RunRecord, info: RunInfo) -> None:
         e = info.env
@@ -364,6 +399,13 @@ class SweepRunner:
             notes="; ".join(info.notes) if info.notes else None,
             engine_options=json.dumps(info.engine_options, sort_keys=True) if info.engine_options else None,
         )
+
+
+def _research_plan(db: Path, spec: SweepSpec, device: str) -> Any:
+    """Calibrated prunes, text prompts and the quality phase, resolved against the database (bench.calibrated)."""
+    from bench.calibrated import prepare_research
+
+    return prepare_research(db, spec, device)
 
 
 @contextmanager

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="cap the worker's CUDA memory (to test OOM handling)")
     p.add_argument("--no-memory-check", dest="check_memory", action="store_false",
                    help="skip the preflight that refuses a model larger than the device's free memory")
+    p.add_argument("--cluster", metavar="WHERE",
+                   help="spread the variants over a Dask cluster: local (every GPU of this host), local:N, or a "
+                        "scheduler address tcp://host:8786 (overrides the spec's sweep.cluster; see docs/SCALE.md)")
 
 
 def _range(name: str) -> str:
@@ -70,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"seed of the synthetic weights and prompts, {_range('seed')} (default 0)")
     p.add_argument(
         "--variant", action="append", default=[], metavar="KEY=VAL,...",
-        help="add a variant: name=x,model=synthetic:tiny-moe,top_k=2[,experts=4,method=first|keep=F|union=A;B]",
+        help="add a variant: name=x,model=synthetic:tiny-moe,top_k=2[,experts=4,method=first|keep=F|union=A;B"
+             "|method=union,domains=code;prose]",
     )
     add_run_options(p)
     p.set_defaults(func=run)
@@ -105,10 +111,15 @@ def parse_variant(text: str) -> dict[str, Any]:
             prune[key] = _as_int(value, "--variant experts")
         elif key in ("method", "keep"):
             prune[key] = value
-        elif key == "union":
+        elif key in ("union", "domains"):
             prune[key] = [s for s in value.split(";") if s]
+        elif key == "rank":
+            prune[key] = value
+        elif key == "per_domain":
+            prune[key] = _as_int(value, "--variant per_domain")
         else:
-            raise BadInputError(f"--variant: unknown key {key!r}; use name, model, top_k, experts, method, keep, union")
+            raise BadInputError(f"--variant: unknown key {key!r}; use name, model, top_k, experts, method, keep, "
+                                "union, domains, rank, per_domain")
     if prune:
         variant["prune"] = prune
     variant["_explicit"] = True  # paths given on the command line are the user's own choice
@@ -142,8 +153,24 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     return spec_from_dict(raw, base_dir=base_dir, source_path=args.spec, restrict_paths=bool(args.spec))
 
 
+def make_runner(db: Path, spec: SweepSpec, args: argparse.Namespace):
+    """The serial runner, or bench.cluster's when --cluster (or the spec's sweep.cluster) names a cluster."""
+    from bench.cluster.target import parse_cluster
+    from bench.runner import SweepRunner
+
+    flag = getattr(args, "cluster", None)
+    target = parse_cluster(flag) if flag is not None else parse_cluster(spec.sweep.cluster, where="sweep.cluster")
+    if target is None:
+        return SweepRunner(db, progress=not args.quiet, gpu_mem_cap_gib=args.gpu_mem_cap_gib,
+                           check_memory=args.check_memory)
+    from bench.cluster.coordinator import ClusterSweepRunner
+
+    spec.sweep.cluster = str(target)
+    return ClusterSweepRunner(db, target, progress=not args.quiet, gpu_mem_cap_gib=args.gpu_mem_cap_gib)
+
+
 def run(args: argparse.Namespace) -> int:
-    from bench.runner import SweepRunner, spec_for_resume
+    from bench.runner import spec_for_resume
     from bench.store import reads
 
     if args.sweep_id is not None:
@@ -163,11 +190,14 @@ def run(args: argparse.Namespace) -> int:
             raise BadInputError("sweep: give --spec FILE.toml or at least one --variant (or --resume SWEEP_ID)")
         spec = build_spec(args)
         sweep_id, resume = args.sweep_id, False
-    outcome = SweepRunner(db, progress=not args.quiet, gpu_mem_cap_gib=args.gpu_mem_cap_gib,
-                          check_memory=args.check_memory).run(
-        spec, sweep_id=sweep_id, resume=resume, retry_errors=args.retry_errors
-    )
+    runner = make_runner(db, spec, args)
+    outcome = runner.run(spec, sweep_id=sweep_id, resume=resume, retry_errors=args.retry_errors)
     summary = outcome.summary()
     summary["db"] = str(db)
     print(json.dumps(summary))
-    return EXIT_OK if summary["ok"] else EXIT_RUN_FAILED
+    code = EXIT_OK if summary["ok"] else EXIT_RUN_FAILED
+    if getattr(runner, "exit_now", False):  # bench.cluster killed its local Dask cluster: skip Dask's atexit close
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -130,7 +130,8 @@ def write_parsed(db_path: Path | str, parsed: list[ParsedFile], replace: bool = 
             owner[run.run_id] = pf.file_name
     sweeps = reconstructed_sweeps(parsed)
     batches = [
-        ImportBatch(pf.file_name, pf.runs, pf.points, sweeps=sweeps if i == 0 else [], drop_stale=pf.fmt == "markdown")
+        ImportBatch(pf.file_name, pf.runs, pf.points, sweeps=sweeps if i == 0 else [],
+                    drop_stale=pf.fmt == "markdown", quality=pf.quality)
         for i, pf in enumerate(parsed)
     ]
     write_import(db_path, batches, replace=replace)

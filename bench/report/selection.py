@@ -30,6 +30,7 @@ class Selection:
     points: list[PointRecord]
     sweep_titles: dict[str, str]  # sweep_id -> title, for the selected runs' sweeps
     notes: list[str] = field(default_factory=list)  # e.g. a --run name several runs share (the latest is taken)
+    quality: dict[str, dict] = field(default_factory=dict)  # run_id -> {domain: {metric: value}}
 
     def title(self) -> str:
         sweep_ids = {r.sweep_id for r in self.runs}
@@ -92,23 +93,25 @@ def load_selection(db_path: Path | str, run_names: list[str] | None = None) -> S
     """Runs (by name or run_id; all when run_names is empty/None) with their points and sweep titles."""
     runs, notes = _select(reads.all_runs(db_path), run_names)
     points, titles = reads.points_and_titles(db_path, runs)
+    quality = reads.quality_of(db_path, [r.run_id for r in runs])
     runs = order_runs(runs)
-    return Selection(runs, sort_points(points, runs), titles, notes)
+    return Selection(runs, sort_points(points, runs), titles, notes, quality)
 
 
 def render(selection: Selection, fmt: str, prices: dict[str, float] | None = None) -> str:
     """The export text; `prices` ($/GPU-hour per card family) override the defaults in the cost columns."""
     if fmt in ("markdown", "html"):
-        md = render_markdown(selection.runs, selection.points, title=selection.title(), prices=prices)
+        md = render_markdown(selection.runs, selection.points, title=selection.title(), prices=prices,
+                             quality=selection.quality)
         if fmt == "markdown":
             return md
         from bench.report.html import render_html
 
         return render_html(selection.runs, selection.points, md, selection.title())
     if fmt == "csv":
-        return render_csv(selection.runs, selection.points, prices)
+        return render_csv(selection.runs, selection.points, prices, quality=selection.quality)
     if fmt == "jsonl":
-        return render_jsonl(selection.runs, selection.points)
+        return render_jsonl(selection.runs, selection.points, quality=selection.quality)
     raise BadInputError(f"--format {fmt}: unknown export format; use one of {', '.join(EXPORT_FORMATS)}")
 
 

@@ -47,6 +47,7 @@ class ImportBatch:
     points: list[PointRecord]
     sweeps: list[SweepRecord] = field(default_factory=list)
     drop_stale: bool = False  # a report: drop runs an earlier import of this file created that it no longer lists
+    quality: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # run_id -> {domain: {metric: v}}
 
     @property
     def source(self) -> str:
@@ -243,6 +244,16 @@ def write_import(
                                 AND sweep_id IN (SELECT sweep_id FROM "{stage['sweeps']}")""")
                 con.execute(f"""INSERT INTO sweeps ({names}) SELECT {names} FROM "{stage['sweeps']}"
                                 WHERE sweep_id NOT IN (SELECT sweep_id FROM sweeps)""")
+            for b in batches:  # quality figures a JSONL carried: a few rows per run
+                for run_id, domains in b.quality.items():
+                    con.execute("DELETE FROM quality WHERE run_id = ?", [run_id])
+                    for domain, metrics in domains.items():
+                        for metric, value in metrics.items():
+                            if metric not in ("tokens", "seconds"):
+                                con.execute(
+                                    "INSERT INTO quality (run_id, domain, metric, value, tokens, seconds) "
+                                    "VALUES (?, ?, ?, ?, ?, ?)",
+                                    [run_id, domain, metric, value, metrics.get("tokens"), metrics.get("seconds")])
             for kind in ("points", "runs", "sweeps"):
                 con.execute(f'DROP TABLE IF EXISTS "{stage[kind]}"')
     except BaseException:

@@ -125,3 +125,23 @@ def points_and_titles(db: Path | str, runs: list[RunRecord]) -> tuple[list[Point
             ).fetchall()
             titles = {sid: title for sid, title in rows}
     return points, titles
+
+
+def quality_of(db: Path | str, run_ids: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Quality figures of the runs: run_id -> {domain: {metric: value, "tokens": n[, "seconds": s]}}."""
+    if not run_ids:
+        return {}
+    with _reader(db) as (con, tables):
+        if "quality" not in tables:
+            return {}
+        rows = con.execute(
+            "SELECT run_id, domain, metric, value, tokens, seconds FROM quality "
+            "WHERE run_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY run_id, domain, metric", [run_ids]).fetchall()
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for run_id, domain, metric, value, tokens, seconds in rows:
+        d = out.setdefault(run_id, {}).setdefault(domain, {})
+        d[metric] = value
+        d["tokens"] = tokens
+        if seconds is not None:
+            d["seconds"] = seconds
+    return out

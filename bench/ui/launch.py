@@ -57,9 +57,10 @@ def _launch(db: Path, args: list[str], kind: str, label: str, sweep_id: str | No
     return launch
 
 
-def launch_sweep(db: Path, spec_path: Path, label: str = "") -> Launch:
-    """Start `python -m bench sweep --spec FILE` in the background."""
-    return _launch(db, ["sweep", "--spec", str(spec_path), "--quiet"], "sweep", label or Path(spec_path).stem)
+def launch_sweep(db: Path, spec_path: Path, label: str = "", cluster: str | None = None) -> Launch:
+    """Start `python -m bench sweep --spec FILE [--cluster WHERE]` in the background."""
+    extra = ["--cluster", cluster] if cluster else []
+    return _launch(db, ["sweep", "--spec", str(spec_path), "--quiet", *extra], "sweep", label or Path(spec_path).stem)
 
 
 def launch_spec(db: Path, spec: SweepSpec) -> Launch:
