@@ -10,6 +10,7 @@ stay fast on databases of 100,000 points.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,10 @@ def runs(db: Path | str) -> pd.DataFrame:
     """One row per run with its environment, duration, point counts and a stable display `label`."""
     cols = _df(db, "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'")
     sql = _RUNS_SQL
-    if not cols.empty and "weights" not in set(cols["column_name"]):  # a v1/v2 file: readers do not migrate
-        sql = sql.replace("r.weights,", "'bf16' AS weights,")
+    if not cols.empty:  # a v1/v2 file: readers do not migrate, so newer columns read as their defaults
+        have = set(cols["column_name"])
+        for col in sorted(set(re.findall(r"\br\.(\w+)", sql)) - have):
+            sql = re.sub(rf"\br\.{col}\b", "'bf16' AS weights" if col == "weights" else f"NULL AS {col}", sql)
     df = _df(db, sql)
     if df.empty:
         return df
