@@ -16,24 +16,6 @@ METRIC_TITLES: dict[str, str] = {"kl": "KL(base‖variant) nats", "top1_agreemen
                                  "tokens": "positions"}
 
 
-def load_quality(con: Any, run_ids: list[str]) -> dict[str, RunQuality]:
-    """Quality of the runs, from an open connection (empty when the table is absent or holds none of them)."""
-    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    if "quality" not in tables or not run_ids:
-        return {}
-    rows = con.execute(
-        "SELECT run_id, domain, metric, value, tokens, seconds FROM quality "
-        "WHERE run_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY run_id, domain, metric", [run_ids]).fetchall()
-    out: dict[str, RunQuality] = {}
-    for run_id, domain, metric, value, tokens, seconds in rows:
-        d = out.setdefault(run_id, {}).setdefault(domain, {})
-        d[metric] = value
-        d["tokens"] = tokens
-        if seconds is not None:
-            d["seconds"] = seconds
-    return out
-
-
 def quality_columns(quality: dict[str, RunQuality]) -> list[str]:
     keys = sorted({(dom, m) for q in quality.values() for dom, ms in q.items() for m in ms})
     return [f"quality.{dom}.{m}" for dom, m in keys]
