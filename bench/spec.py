@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.engines import validate_engine_options
 from bench.errors import BadInputError
 from bench.paths import DATA_DIR, PROJECT_ROOT
 
@@ -76,6 +77,8 @@ class SweepSettings:
     device: str = "auto"
     seed: int = 0
     warmup: bool = True
+    # the engine's typed options ([sweep.engine_options]; graph: bench/engines/graph/options.py), defaults filled
+    engine_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -233,6 +236,7 @@ def spec_from_dict(
         seed=_int(sweep_raw.get("seed", 0), "sweep.seed", 0),
         warmup=bool(sweep_raw.get("warmup", True)),
     )
+    settings.engine_options = validate_engine_options(settings.engine, sweep_raw.get("engine_options"))
     if "warmup" in sweep_raw and not isinstance(sweep_raw["warmup"], bool):
         raise _fail("sweep.warmup", "must be true or false")
     variants_raw = raw.get("variants")
