@@ -250,7 +250,7 @@ ROUTER_BH = 64
 
 
 def router(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int, split: bool = True, bh: int = ROUTER_BH
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int, split: bool = True, bh: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (T, H) -> top-k expert ids (T, k) int32 and their softmax weights (T, k) float32."""
     tokens, hidden = x.shape
@@ -258,6 +258,7 @@ def router(
     topi = torch.empty((tokens, k), dtype=torch.int32, device=x.device)
     topw = torch.empty((tokens, k), dtype=torch.float32, device=x.device)
     ep = _p2(experts)
+    bh = bh or ROUTER_BH
     if split and tokens <= ROUTER_SPLIT_MAX_TOKENS and x.stride(1) == 1 and weight.is_contiguous():
         tp, epd = max(16, _p2(tokens)), max(16, ep)
         splits = triton.cdiv(hidden, bh)

@@ -4,8 +4,8 @@
     add_rmsnorm(h, delta, ks, w, eps) -> normed   h (R, H) += delta summed over ks rows per row (in place),
                                                  returns RMSNorm(h) * w (delta None: norm only)
     route(x, router) -> (topi (T, k) int32/int64, topw (T, k) float32)   router linear, top-k, softmax over k
-    decode_attention(qkv, layer, geom, state) -> (B, hq*D)   rope of q and k at `state.pos`, k/v written into
-                                                 the layer's cache slot, one-token attention with sinks
+    decode_attention(qkv, kc, vc, sinks, sliding, geom, state) -> (B, hq*D)   rope of q and k at `state.pos`,
+                                                 k/v written into the cache slot, one-token attention with sinks
     (the dense linears are torch's F.linear in both)
 
 `make_ops(options, geom)` picks one from the resolved GraphOptions.
