@@ -150,8 +150,8 @@ class GptOssDecoder:
         """One transformer layer on rows h (R, H) (updated in place); returns the next layer's normed input."""
         lay = self.layers[i]
         ops = self.ops
-        qkv = F.linear(normed, lay.wqkv, lay.bqkv)
-        o = F.linear(attend(qkv, lay), lay.wo, lay.bo)
+        qkv = ops.linear(normed, lay.wqkv, lay.bqkv)
+        o = ops.linear(attend(qkv, lay), lay.wo, lay.bo)
         normed = ops.add_rmsnorm(h, o, 1, lay.ln2, lay.eps)
         topi, topw = ops.route(normed, lay.router)
         y = lay.experts(normed, topi, topw, counter)
@@ -167,7 +167,7 @@ class GptOssDecoder:
         return normed
 
     def _emit(self, normed: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(normed, self.lm_head)
+        logits = self.ops.linear(normed, self.lm_head, None)
         if self.logits is not None:
             self.logits.copy_(logits)
         return torch.argmax(logits, dim=-1)

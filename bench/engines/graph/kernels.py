@@ -11,6 +11,9 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 - `router`: router linear + top-k + softmax over the k logits. Decode (<= ROUTER_SPLIT_MAX_TOKENS tokens): split-K
   partial logits (one program per slice of the hidden size, all tokens and experts), then one program per token
   sums the slices in a fixed order and picks the top-k; prefill: one program per token.
+- `gemv`: y = x W^T (+ b) for a few rows (decode, M <= GEMV_MAX_ROWS): qkv, o_proj and lm_head. One program per
+  BN output features streams its (BN, K) weight rows once (K-contiguous loads, M padded to 16 for tl.dot); one
+  launch where cuBLAS takes a split-K GEMM and a reduce at batch 1.
 - `moe`: the expert GEMMs. One program per (expert, N tile) reads that tile of the expert's weights once and
   multiplies it by every row routed to the expert. The gate_up GEMM applies the clamped SwiGLU in its epilogue,
   the down GEMM the bias and routing weight. In scan mode (decode) each program finds its rows in the (B, k)
@@ -62,6 +65,46 @@ def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | None, ks: int, weight: to
         BLOCK=_p2(hidden), num_warps=8 if hidden >= 2048 else 4,
     )
     return out
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, HAS_BIAS: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    nmask = offs_n < N
+    offs_m = tl.arange(0, BM)
+    mmask = offs_m < M
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        kmask = offs_k < K
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mmask[:, None] & kmask[None, :],
+                    other=0.0)
+        w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
+        acc = tl.dot(x, tl.trans(w), acc)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=mmask[:, None] & nmask[None, :])
+
+
+GEMV_MAX_ROWS = 8
+# (BN, BK, num_warps, num_stages) per weight shape class: "small" (N < 16384: qkv, o_proj) and "vocab" (lm_head).
+GEMV_CONFIG: dict[str, tuple[int, int, int, int] | None] = {"small": (16, 256, 4, 4), "vocab": (64, 128, 4, 4)}
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+         config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """x (M, K) @ weight (N, K)^T + bias for M <= GEMV_MAX_ROWS; weight contiguous, x rows unit-stride."""
+    m, k = x.shape
+    n = weight.shape[0]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    bn, bk, warps, stages = config or GEMV_CONFIG["vocab" if n >= 16384 else "small"]
+    _gemv_kernel[(triton.cdiv(n, bn),)](
+        x, weight, bias if bias is not None else weight, y, m, n, k, x.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, BM=16, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
+    )
+    return y
 
 
 @triton.jit
@@ -375,6 +418,9 @@ SCAN_MAX_TOKENS = 64  # scan mode holds every row of an expert in one M tile (<=
 MOE_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
 # the same for compact launches (fewer pairs than experts: batch 1, where few CTAs share the whole chip)
 MOE_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
+# the same for M tiles of >= 64 rows (batch >= 33: scan mode with BM 64, sorted mode); None: MOE_CONFIG
+MOE_CONFIG_BIG: dict[str, tuple[int, int, int, int]] | None = None
+SORTED_BM = 64  # M tile in sorted mode (more tokens than SCAN_MAX_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -407,7 +453,7 @@ def routing_plan(topi: torch.Tensor, experts: int, compact: bool = True) -> Rout
         bm = max(16, _p2(tokens))
         rows = offs = flat
     else:
-        bm = 64
+        bm = SORTED_BM
         sorted_e, order = torch.sort(flat.to(torch.int64), stable=True)
         bounds = torch.arange(experts + 1, device=topi.device, dtype=sorted_e.dtype)
         offs = torch.searchsorted(sorted_e, bounds).to(torch.int32)
@@ -447,7 +493,9 @@ def moe(
         ("gate_up", x, gate_up, gate_up_bias, act, n2),
         ("down", act, down, down_bias, out, hidden),
     ):
-        bn, bk, warps, stages = (tiles or (MOE_CONFIG_FEW if plan.compact else MOE_CONFIG))[name]
+        table = tiles or (MOE_CONFIG_FEW if plan.compact else
+                          (MOE_CONFIG_BIG if plan.bm >= 64 and MOE_CONFIG_BIG else MOE_CONFIG))
+        bn, bk, warps, stages = table[name]
         gu = name == "gate_up"
         _moe_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
             src, w, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,

@@ -6,7 +6,7 @@
     route(x, router) -> (topi (T, k) int32/int64, topw (T, k) float32)   router linear, top-k, softmax over k
     decode_attention(qkv, kc, vc, sinks, sliding, geom, state) -> (B, hq*D)   rope of q and k at `state.pos`,
                                                  k/v written into the cache slot, one-token attention with sinks
-    (the dense linears are torch's F.linear in both)
+    linear(x, w, b) -> x w^T + b   F.linear; TritonOps with gemv: the Triton GEMV for <= GEMV_MAX_ROWS rows
 
 `make_ops(options, geom)` picks one from the resolved GraphOptions.
 """
@@ -60,6 +60,9 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 class TorchOps:
     name = "torch"
 
+    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, w, b)
+
     def add_rmsnorm(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor,
                     eps: float) -> torch.Tensor:
         if delta is not None:
@@ -100,11 +103,19 @@ class TorchOps:
 class TritonOps:
     name = "triton"
 
-    def __init__(self, router_split: bool = True) -> None:
+    def __init__(self, router_split: bool = True, gemv: bool = False) -> None:
         from bench.engines.graph import kernels
 
         self.k = kernels
         self.router_split = router_split
+        self.gemv = gemv
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        if self.gemv and x.shape[0] <= self.k.GEMV_MAX_ROWS and x.stride(1) == 1 and w.is_contiguous():
+            cfg = self.k.GEMV_CONFIG.get("vocab" if w.shape[0] >= 16384 else "small")
+            if cfg is not None:  # None: cuBLAS measured faster for this weight class
+                return self.k.gemv(x, w, b, cfg)
+        return F.linear(x, w, b)
 
     def add_rmsnorm(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor,
                     eps: float) -> torch.Tensor:
@@ -122,5 +133,5 @@ class TritonOps:
 def make_ops(options: GraphOptions) -> TorchOps | TritonOps:
     """The backend for resolved options (kernels = torch | triton)."""
     if options.kernels == "triton":
-        return TritonOps(router_split=options.router_split)
+        return TritonOps(router_split=options.router_split, gemv=options.gemv)
     return TorchOps()

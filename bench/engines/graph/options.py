@@ -26,13 +26,16 @@ class GraphOptions:
     torch._grouped_mm, CUDA bf16; triton: bench/engines/graph/kernels.py `moe`).
     capture: one decode step captured as a CUDA graph (CUDA only).
     router_split: decode router as split-K partials + a per-token top-k kernel (off: one program per token).
-    moe_compact: with fewer (token, slot) pairs than experts, one program row per distinct routed expert."""
+    moe_compact: with fewer (token, slot) pairs than experts, one program row per distinct routed expert.
+    gemv: with kernels = triton, the dense linears (qkv, o_proj, lm_head) of decode steps of <= 8 rows use the
+    Triton GEMV instead of cuBLAS."""
 
     kernels: str = "auto"
     experts: str = "auto"
     capture: str = "auto"
     router_split: bool = True
     moe_compact: bool = True
+    gemv: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, where: str = "sweep.engine_options") -> GraphOptions:
@@ -51,7 +54,7 @@ class GraphOptions:
                 value = raw[key] = "on" if value else "off"
             if value not in choices:
                 raise BadInputError(f"{where}.{key}: must be one of {', '.join(choices)}; got {value!r}")
-        for key in ("router_split", "moe_compact"):
+        for key in ("router_split", "moe_compact", "gemv"):
             if key in raw and not isinstance(raw[key], bool):
                 raise BadInputError(f"{where}.{key}: must be true or false; got {raw[key]!r}")
         return cls(**raw)
