@@ -89,8 +89,10 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, HAS_
 
 
 GEMV_MAX_ROWS = 8
-# (BN, BK, num_warps, num_stages) per weight shape class: "small" (N < 16384: qkv, o_proj) and "vocab" (lm_head).
-GEMV_CONFIG: dict[str, tuple[int, int, int, int] | None] = {"small": (16, 256, 4, 4), "vocab": (64, 128, 4, 4)}
+# (BN, BK, num_warps, num_stages) per weight shape class: "small" (N < 16384: qkv, o_proj) and "vocab" (lm_head);
+# None keeps cuBLAS. Measured on the H200 (docs/PERF.md, 2026-11-30): for qkv and o_proj every tile tried was
+# slower than cuBLAS (best 1198 vs 1085 us over 24 layers at M = 1 and 8); lm_head 262 vs 276 us at M = 1.
+GEMV_CONFIG: dict[str, tuple[int, int, int, int] | None] = {"small": None, "vocab": (64, 128, 4, 4)}
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -288,7 +290,7 @@ def _router_topk_kernel(
 # router weight for all tokens, then one small program per token sums the slices and picks the top-k. The
 # one-program-per-token kernel read the whole weight in one CTA per token (0.75 ms per step at batch 1 on the
 # H100). `router(split=False)` (GraphOptions.router_split) turns the split path off (ablation).
-ROUTER_SPLIT_MAX_TOKENS = 64
+ROUTER_SPLIT_MAX_TOKENS = 256  # was 64; at batch 256 the split path measured 0.2% faster (noise level)
 ROUTER_BH = 64
 
 
@@ -418,9 +420,13 @@ SCAN_MAX_TOKENS = 64  # scan mode holds every row of an expert in one M tile (<=
 MOE_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
 # the same for compact launches (fewer pairs than experts: batch 1, where few CTAs share the whole chip)
 MOE_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
-# the same for M tiles of >= 64 rows (batch >= 33: scan mode with BM 64, sorted mode); None: MOE_CONFIG
-MOE_CONFIG_BIG: dict[str, tuple[int, int, int, int]] | None = None
-SORTED_BM = 64  # M tile in sorted mode (more tokens than SCAN_MAX_TOKENS)
+# the same for M tiles of >= 64 rows (batch >= 33: scan mode with BM 64, sorted mode); None: MOE_CONFIG.
+# H200 (docs/PERF.md): one E32 k4 expert layer at 64 / 128 / 256 tokens 565 / 590 / 612 us with MOE_CONFIG (BM 64:
+# 128 KB of shared memory for 4 stages, one CTA per SM) -> 419 / 444 / 456 us with these tiles (BM 64).
+MOE_CONFIG_BIG: dict[str, tuple[int, int, int, int]] | None = {"gate_up": (64, 64, 4, 3), "down": (64, 64, 4, 3)}
+# M tile in sorted mode (more tokens than SCAN_MAX_TOKENS). 128 is what the measured engine ran (a pick bug in
+# scripts/gpu_perf_graph.py); its own micro-benchmark has 64 faster (444 vs 527 us at 128 tokens): next to measure.
+SORTED_BM = 128
 
 
 @dataclass(frozen=True)

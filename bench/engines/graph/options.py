@@ -27,15 +27,15 @@ class GraphOptions:
     capture: one decode step captured as a CUDA graph (CUDA only).
     router_split: decode router as split-K partials + a per-token top-k kernel (off: one program per token).
     moe_compact: with fewer (token, slot) pairs than experts, one program row per distinct routed expert.
-    gemv: with kernels = triton, the dense linears (qkv, o_proj, lm_head) of decode steps of <= 8 rows use the
-    Triton GEMV instead of cuBLAS."""
+    gemv: with kernels = triton, the dense linears of decode steps of <= 8 rows use the Triton GEMV where
+    kernels.GEMV_CONFIG has a tile for their shape class (today lm_head only; cuBLAS measured faster for qkv/o_proj)."""
 
     kernels: str = "auto"
     experts: str = "auto"
     capture: str = "auto"
     router_split: bool = True
     moe_compact: bool = True
-    gemv: bool = False
+    gemv: bool = True
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, where: str = "sweep.engine_options") -> GraphOptions:
@@ -70,7 +70,8 @@ class GraphOptions:
         if capture == "on" and experts == "loop":
             raise BadInputError("engine_options.experts: \"loop\" is not capturable (it reads routing on the host); "
                                 "use experts = \"triton\" or \"grouped_mm\", or capture = \"off\"")
-        return dataclasses.replace(self, kernels=kernels, experts=experts, capture=capture)
+        gemv = self.gemv and kernels == "triton"
+        return dataclasses.replace(self, kernels=kernels, experts=experts, capture=capture, gemv=gemv)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
