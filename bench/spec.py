@@ -305,7 +305,7 @@ def spec_to_toml(spec: SweepSpec) -> str:
     """The spec as a TOML file that `bench.spec.load_spec` reads back to an equal spec."""
     d = spec.to_dict()
     out = [f"title = {_toml_value(d['title'])}", "", "[sweep]"]
-    out += [f"{k} = {_toml_value(v)}" for k, v in d["sweep"].items()]
+    out += [f"{k} = {_toml_value(v)}" for k, v in d["sweep"].items() if not (k == "engine_options" and not v)]
     for v in d["variants"]:
         out += ["", "[[variants]]"] + [f"{k} = {_toml_value(x)}" for k, x in v.items()]
     return "\n".join(out) + "\n"
