@@ -413,11 +413,11 @@ def read_runs(path: Path | str, sweep_id: str | None = None, run_id: str | None 
     return [run_from_row(r) for r in rows]
 
 
-def done_points(path: Path | str, run_id: str) -> set[tuple[int, int]]:
-    """(batch, repeat) pairs that already have a row for this run."""
+def done_points(path: Path | str, run_id: str, redo: tuple[str, ...] = ()) -> set[tuple[int, int]]:
+    """(batch, repeat) pairs that already have a row for this run, except rows whose status is in `redo`."""
     with writer(path) as con:
-        rows = con.execute('SELECT batch, "repeat" FROM points WHERE run_id = ?', [run_id]).fetchall()
-    return {(int(b), int(r)) for b, r in rows}
+        rows = con.execute('SELECT batch, "repeat", status FROM points WHERE run_id = ?', [run_id]).fetchall()
+    return {(int(b), int(r)) for b, r, status in rows if status not in redo}
 
 
 def status_counts(path: Path | str, sweep_id: str) -> dict[str, int]:

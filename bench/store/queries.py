@@ -125,7 +125,7 @@ SELECT r.run_id, r.sweep_id, r.name, r.model, r.top_k, r.engine, r.dtype, r.devi
        r.device_name, r.device_kind, r.driver, r.cuda, r.torch_version, r.transformers_version,
        r.bench_version, r.git_commit, r.host, r.python_version, r.bandwidth_gbs,
        r.config_json IS NOT NULL AS rerunnable, r.rerun_of, r.source, r.state, r.notes,
-       r.timing_convention, r.started_at, r.finished_at,
+       r.timing_convention, r.started_at, r.finished_at, r.weights,
        epoch(r.finished_at) - epoch(r.started_at) AS duration_s,
        coalesce(r.started_at, s.created_at) AS run_date,
        s.title AS sweep_title, s.state AS sweep_state,
@@ -204,6 +204,17 @@ def points(db: Path | str, run_ids: list[str]) -> pd.DataFrame:
         return pd.DataFrame()
     marks = ", ".join("?" for _ in run_ids)
     return _df(db, f'SELECT * FROM points WHERE run_id IN ({marks}) ORDER BY run_id, batch, "repeat"', run_ids)
+
+
+def repeats(db: Path | str, run_ids: list[str]) -> pd.DataFrame:
+    """One row per repeat of the given runs: run_id, batch, repeat, status and the throughputs (the regression
+    test's input; `bench compare` and the History page)."""
+    cols = ["run_id", "batch", "repeat", "status", "total_tps", "per_stream_tps", "energy_j_per_token"]
+    if not run_ids:
+        return pd.DataFrame(columns=cols)
+    df = _df(db, 'SELECT run_id, batch, "repeat", status, total_tps, per_stream_tps, energy_j_per_token FROM points '
+                 'WHERE run_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY run_id, batch, "repeat"', [list(run_ids)])
+    return df if not df.empty else pd.DataFrame(columns=cols)
 
 
 # ---------------------------------------------------------------------------------------------- sweeps
