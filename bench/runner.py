@@ -262,19 +262,25 @@ class SweepRunner:
         store.insert_run(self.db, run)
         return run
 
+    def _worker_job(
+        self, v: VariantSpec, spec: SweepSpec, run: RunRecord, device: str, dtype: str, todo: list[tuple[int, int]],
+    ) -> WorkerJob:
+        """What one variant's worker process is told to measure (the serial and the cluster runner alike)."""
+        s = spec.sweep
+        return WorkerJob(
+            run_id=run.run_id, variant_name=v.name, model=v.model, top_k=v.top_k,
+            prune=self._prune_dict(v), engine=s.engine, device=device, dtype=dtype,
+            prompt_len=s.prompt_len, new_tokens=s.new_tokens, seed=s.seed, warmup=s.warmup, points=list(todo),
+            gpu_mem_cap_gib=self.gpu_mem_cap_gib, engine_options=s.engine_options,
+            prompt_text=self.plan.prompt_text.get(v.name) if self.plan else None,
+            quality=self.plan.quality.get(v.name) if self.plan else None,
+        )
+
     def _run_variant(
         self, v: VariantSpec, spec: SweepSpec, run: RunRecord, device: str, dtype: str,
         todo: list[tuple[int, int]], sweep_id: str,
     ) -> None:
-        s = spec.sweep
-        job = WorkerJob(
-            run_id=run.run_id, variant_name=v.name, model=v.model, top_k=v.top_k,
-            prune=self._prune_dict(v), engine=s.engine, device=device, dtype=dtype,
-            prompt_len=s.prompt_len, new_tokens=s.new_tokens, seed=s.seed, warmup=s.warmup, points=todo,
-            gpu_mem_cap_gib=self.gpu_mem_cap_gib,
-            prompt_text=self.plan.prompt_text.get(v.name) if self.plan else None,
-            quality=self.plan.quality.get(v.name) if self.plan else None,
-        )
+        job = self._worker_job(v, spec, run, device, dtype, todo)
         bar = ProgressBar(v.name, total=len(todo), enabled=self.progress)
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=False)

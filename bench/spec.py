@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.engines import validate_engine_options
 from bench.errors import BadInputError
 from bench.paths import DATA_DIR, PROJECT_ROOT
 
@@ -124,6 +125,8 @@ class SweepSettings:
     quality: bool = False  # after the speed points, KL/agreement/perplexity against the base (same worker)
     quality_domains: list[str] | None = None  # default: the calibrated domains the variants name
     quality_tokens: int | None = None  # positions per domain (default: 32768 on cuda, 512 on cpu)
+    # the engine's typed options ([sweep.engine_options]; graph: bench/engines/graph/options.py), defaults filled
+    engine_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -376,6 +379,7 @@ def spec_from_dict(
         warmup=bool(sweep_raw.get("warmup", True)),
         cluster=_cluster(sweep_raw.get("cluster")),
     )
+    settings.engine_options = validate_engine_options(settings.engine, sweep_raw.get("engine_options"))
     if "warmup" in sweep_raw and not isinstance(sweep_raw["warmup"], bool):
         raise _fail("sweep.warmup", "must be true or false")
     _research_settings(sweep_raw, settings)

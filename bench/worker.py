@@ -46,6 +46,7 @@ class WorkerJob:
     gpu_mem_cap_gib: float | None = None
     prompt_text: str | None = None  # prompts cut from this (a domain's held-out text) instead of random ids
     quality: dict[str, Any] | None = None  # after the points: bench.research_worker.quality_phase arguments
+    engine_options: dict[str, Any] | None = None  # SweepSettings.engine_options
 
 
 @dataclass
@@ -196,7 +197,7 @@ def run_job(job: WorkerJob, send) -> None:
     tracker.after_load()
     bandwidth = measure_bandwidth(job.device)
     arch = ArchSummary.from_model(model)
-    engine = get_engine(job.engine)
+    engine = get_engine(job.engine, job.engine_options)
     send(
         (
             "run",

@@ -21,7 +21,8 @@ DASHBOARD_SIDE = ["bench.store.queries", "bench.analysis.labels", "bench.analysi
                   "bench.ui.images", "bench.ui.views", "bench.ui.warm", "bench.report.html", "bench.report.energy",
                   "bench.commands.compare", "bench.cancel", "bench.spec",
                   "bench.store.research_queries", "bench.analysis.routing", "bench.analysis.quality",
-                  "bench.ui.research_charts", "bench.ui.research_data", "bench.ui.quality_views"]
+                  "bench.ui.research_charts", "bench.ui.research_data", "bench.ui.quality_views",
+                  "bench.engines.graph.options"]
 
 
 def _loaded_after_import(modules: list[str], watch: list[str]) -> list[str]:

@@ -35,9 +35,18 @@ from bench.locks import try_lock
 from bench.paths import logs_dir_for
 from bench.progress import ProgressBar
 from bench.records import PointRecord, RunRecord, utcnow
-from bench.runner import HEARTBEAT_S, RETRY_STATUSES, SweepOutcome, SweepRunner, _Cancelled, new_id, preflight
+from bench.runner import (
+    HEARTBEAT_S,
+    RETRY_STATUSES,
+    SweepOutcome,
+    SweepRunner,
+    _Cancelled,
+    _research_plan,
+    new_id,
+    preflight,
+)
 from bench.spec import SweepSpec, VariantSpec
-from bench.worker import RunInfo, WorkerJob
+from bench.worker import RunInfo
 
 CONNECT_TIMEOUT_S = 4.0
 LOST_PREFIX = "worker lost before this point"
@@ -181,6 +190,7 @@ class ClusterSweepRunner(SweepRunner):
                 raise BadInputError(f"--cluster {self.target}: the scheduler has no workers; start some "
                                     "(`dask cuda worker ADDRESS`) and try again")
             device, dtype = self._resolve_device_dtype(spec)
+            self.plan = _research_plan(self.db, spec, device)  # calibrated prunes, text prompts, quality phase
             if self.progress:
                 print(f"[cluster] {desc}: {len(self.inventory)} workers, device {device}", file=sys.stderr)
             estimates = self._memory_preflight(spec, device, dtype)
@@ -305,13 +315,9 @@ class ClusterSweepRunner(SweepRunner):
         self.stop: list[str] = []
         self._set_control()
         stale = float(os.environ.get(STALE_ENV, "60"))
-        s = spec.sweep
         for rank, job in enumerate(jobs):
             v = job.variant
-            wj = WorkerJob(run_id=job.run.run_id, variant_name=v.name, model=v.model, top_k=v.top_k,
-                           prune=v.prune.to_dict() if v.prune else None, engine=s.engine, device=device, dtype=dtype,
-                           prompt_len=s.prompt_len, new_tokens=s.new_tokens, seed=s.seed, warmup=s.warmup,
-                           points=list(job.todo), gpu_mem_cap_gib=self.gpu_mem_cap_gib)
+            wj = self._worker_job(v, spec, job.run, device, dtype, job.todo)
             job.submitted = time.time()
             ts = TaskSpec(sweep_id=sweep_id, job_key=job.run.run_id, job=wj, queue_name=queue_name,
                           control_name=control_name, stale_s=stale, submitted=job.submitted)

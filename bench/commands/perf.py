@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--experts", default="32,16", help="experts per layer, pruned by keeping the first N (default 32,16)"
     )
     p.add_argument("--top-k", default="4,2", help="comma-separated top_k values (default 4,2)")
-    p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
+    p.add_argument("--batch-sizes", default="1,8,32,64,128,256",
+                   help="comma-separated batch sizes (default 1,8,32,64,128,256)")
     p.add_argument("--prompt-len", type=int, default=256, help="prompt tokens (default 256)")
     p.add_argument("--new-tokens", type=int, default=64, help="generated tokens per stream (default 64)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per point (default 3)")
