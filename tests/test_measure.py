@@ -123,6 +123,16 @@ def test_git_commit_falls_back_to_env(tmp_path: Path, monkeypatch: pytest.Monkey
     assert git_commit(tmp_path) is None
 
 
+def test_git_commit_env_wins_over_a_stale_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tree copied to a GPU machine may carry an old .git: the commit named explicitly is the one recorded."""
+    from bench.paths import PROJECT_ROOT
+
+    monkeypatch.delenv(GIT_COMMIT_ENV, raising=False)
+    from_git = git_commit(PROJECT_ROOT)
+    monkeypatch.setenv(GIT_COMMIT_ENV, "feedbee")
+    assert git_commit(PROJECT_ROOT) == "feedbee" != from_git
+
+
 def test_env_command_prints_fingerprint_json(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["env", "--device", "cpu", "--bandwidth"])
     out = capsys.readouterr().out

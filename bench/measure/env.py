@@ -40,7 +40,13 @@ def cpu_model() -> str:
 
 
 def git_commit(root: Path = PROJECT_ROOT) -> str | None:
-    """HEAD of the project checkout (+ "-dirty" when tracked files changed), else $MOE_BENCH_GIT_COMMIT."""
+    """$MOE_BENCH_GIT_COMMIT when set, else HEAD of the project checkout (+ "-dirty" when tracked files changed).
+
+    The variable wins: a copy of the tree sent to a GPU machine can carry a stale .git whose HEAD is not the code
+    that runs (seen on the lent H200: every run claimed the session's first commit, "-dirty")."""
+    explicit = os.environ.get(GIT_COMMIT_ENV)
+    if explicit:
+        return explicit
 
     def git(*args: str) -> str | None:
         try:
@@ -55,7 +61,7 @@ def git_commit(root: Path = PROJECT_ROOT) -> str | None:
     if head:
         status = git("status", "--porcelain", "--untracked-files=no")
         return f"{head}-dirty" if status else head
-    return os.environ.get(GIT_COMMIT_ENV) or None
+    return None
 
 
 def fingerprint(device: str | torch.device = "auto") -> EnvFingerprint:
