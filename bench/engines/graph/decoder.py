@@ -15,7 +15,9 @@ cache write, attention and router; MoE "loop" (HF-style per-expert loop, not cap
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,14 +50,15 @@ class _Layer:
     wr: torch.Tensor
     br: torch.Tensor
     top_k: int
-    gate_up: torch.Tensor
+    gate_up: torch.Tensor | None  # bf16/float experts [E, H, 2I]; None when the experts are MXFP4
     gate_up_bias: torch.Tensor
-    down: torch.Tensor
+    down: torch.Tensor | None  # [E, I, H]; None when MXFP4
     down_bias: torch.Tensor
     alpha: float
     limit: float
     kc: torch.Tensor | None = None
     vc: torch.Tensor | None = None
+    mx: Any = None  # MXFP4 experts module (blocks + scales, bench.models.mxfp4.Mxfp4Experts) or None
 
 
 def _fuse_qkv(attn: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -120,6 +123,7 @@ class GptOssDecoder:
             attn, mlp = layer.self_attn, layer.mlp
             wqkv, bqkv = _fuse_qkv(attn)
             ex = mlp.experts
+            mx = ex if hasattr(ex, "gate_up_proj_blocks") else None
             self.layers.append(
                 _Layer(
                     sliding=layer_types[i] == "sliding_attention" and self.window > 0,
@@ -134,15 +138,17 @@ class GptOssDecoder:
                     wr=mlp.router.weight,
                     br=mlp.router.bias,
                     top_k=int(mlp.router.top_k),
-                    gate_up=ex.gate_up_proj,
+                    gate_up=None if mx is not None else ex.gate_up_proj,
                     gate_up_bias=ex.gate_up_proj_bias,
-                    down=ex.down_proj,
+                    down=None if mx is not None else ex.down_proj,
                     down_bias=ex.down_proj_bias,
                     alpha=float(getattr(ex, "alpha", getattr(cfg, "swiglu_alpha", 1.702))),
                     limit=float(getattr(ex, "limit", cfg.swiglu_limit)),
+                    mx=mx,
                 )
             )
-        self.num_experts = int(self.layers[0].gate_up.shape[0])
+        self.num_experts = int(self.layers[0].gate_up_bias.shape[0])
+        self.mxfp4 = self.layers[0].mx is not None
         dev, dt = self.device, self.dtype
         for lay in self.layers:
             slots = min(self.window, max_len) if lay.sliding else max_len
@@ -161,6 +167,11 @@ class GptOssDecoder:
             self.tk = graph_kernels
         else:
             self.tk = None
+        self.mk = None
+        if self.mxfp4 and options.moe == "triton":
+            from bench.engines.graph import mxfp4_kernels
+
+            self.mk = mxfp4_kernels
 
     # ------------------------------------------------------------------ building blocks
 
@@ -193,6 +204,15 @@ class GptOssDecoder:
     def _moe(self, x: torch.Tensor, lay: _Layer, topi: torch.Tensor, topw: torch.Tensor, count: bool) -> torch.Tensor:
         """x (T, H) -> weighted expert outputs per (token, slot), (T*k, H)."""
         mode = self.options.moe
+        if lay.mx is not None:
+            if mode == "triton":
+                mx = lay.mx
+                return self.mk.moe_mxfp4(x, mx.gate_up_proj_blocks, mx.gate_up_proj_scales, lay.gate_up_bias,
+                                         mx.down_proj_blocks, mx.down_proj_scales, lay.down_bias, topi, topw,
+                                         lay.alpha, lay.limit, self.expert_hits if count else None)
+            # torch reference: dequantize the layer's experts, then the bf16 code path
+            gu, dn = lay.mx.expert_weights(slice(None), x.dtype)
+            lay = dataclasses.replace(lay, gate_up=gu, down=dn, mx=None)
         if mode == "triton":
             counter = self.expert_hits if count else None
             return self.tk.moe(x, lay.gate_up, lay.gate_up_bias, lay.down, lay.down_bias, topi, topw,

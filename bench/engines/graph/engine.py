@@ -32,12 +32,14 @@ def _check_model(model: torch.nn.Module) -> None:
     if ok:
         first = layers[0]
         ok = all(hasattr(first, n) for n in ("self_attn", "mlp")) and hasattr(first.mlp, "router")
-        ok = ok and hasattr(first.mlp.experts, "gate_up_proj") and hasattr(first.self_attn, "sinks")
+        ex = first.mlp.experts
+        ok = ok and (hasattr(ex, "gate_up_proj") or hasattr(ex, "gate_up_proj_blocks"))
+        ok = ok and hasattr(first.self_attn, "sinks")
     if not ok:
         from bench.errors import BadInputError
 
         raise BadInputError(
-            f"engine 'graph' supports gpt-oss models with bf16/float32 experts (got {type(model).__name__}); "
+            f"engine 'graph' supports gpt-oss models with bf16/float32 or MXFP4 experts (got {type(model).__name__}); "
             "use engine = \"hf\" for this model"
         )
 
