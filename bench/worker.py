@@ -127,19 +127,22 @@ def point_from_result(
     mem: dict[str, float | None],
     window: Any,
     started: Any,
+    bandwidth_source: str = "measured",
 ) -> PointRecord:
     """The one place a timed generation becomes a point: tok/s, TPOT, energy, roofline ceiling and MBU.
 
     `result` is a DecodeResult, `arch` an ArchSummary, `window` an NvmlWindow (all-None fields on CPU), `mem` the
     MemoryTracker's point_stats. Raises when the engine did not generate exactly `expected_tokens` per stream.
     """
-    from bench.roofline import bytes_per_step, ceiling_tps, kv_bytes_per_step, mbu
+    from bench.roofline import mbu, roofline_point
 
     generated = int(result.tokens.shape[1])
     if generated != expected_tokens:
         raise RuntimeError(f"engine generated {generated} tokens per stream, expected {expected_tokens}")
     total_tps = batch * (generated - 1) / result.decode_s
-    ceiling = ceiling_tps(arch, batch, top_k, context, bandwidth, distinct=result.distinct_experts)
+    roof = roofline_point(arch, batch, top_k, context, bandwidth, distinct=result.distinct_experts,
+                          bandwidth_source=bandwidth_source)
+    ceiling = roof.ceiling_tps
     energy = getattr(window, "energy_j", None)
     step_ms = [s * 1000 for s in result.step_s]
     return PointRecord(
@@ -157,11 +160,13 @@ def point_from_result(
         energy_j_per_token=(energy / (batch * generated)) if energy else None,
         sm_clock_mhz=getattr(window, "sm_clock_mhz", None),
         throttle_reasons=getattr(window, "throttle_reasons", None),
-        bytes_per_step=bytes_per_step(arch, batch, top_k, context, result.distinct_experts),
-        kv_bytes=kv_bytes_per_step(arch, batch, context),
+        bytes_per_step=roof.bytes_per_step,
+        kv_bytes=roof.kv_bytes,
         distinct_experts=result.distinct_experts,
         ceiling_tps=ceiling,
         mbu=mbu(total_tps, ceiling),
+        experts_measured=roof.experts_measured,
+        bandwidth_source=roof.bandwidth_source,
         started_at=started,
         finished_at=utcnow(),
         **mem,

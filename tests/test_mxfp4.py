@@ -125,7 +125,7 @@ def test_synthetic_mxfp4_is_the_checkpoint_layout_and_runs_like_its_dequantized_
     assert weights_impl(loaded, "graph", "cuda") == "mxfp4 native (triton)"
     # same seed, bf16: the mxfp4 experts are its experts quantized
     bf = load_model("synthetic:tiny-moe", "cpu", torch.float32, seed=0)
-    gu, dn = ex.expert_weights(slice(None), torch.float32)
+    gu, _ = ex.expert_weights(slice(None), torch.float32)
     ref = bf.model.model.layers[0].mlp.experts
     assert torch.equal(gu, mxfp4.dequantize(*mxfp4.quantize(ref.gate_up_proj.transpose(1, 2)),
                                             torch.float32).transpose(1, 2))

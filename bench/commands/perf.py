@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--experts", default="32,16", help="experts per layer, pruned by keeping the first N (default 32,16)"
     )
+    p.add_argument("--weights", default="bf16",
+                   help="comma-separated expert weight formats, run side by side: bf16, mxfp4 (default bf16)")
     p.add_argument("--top-k", default="4,2", help="comma-separated top_k values (default 4,2)")
     p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--prompt-len", type=int, default=256, help="prompt tokens (default 256)")
@@ -72,6 +74,7 @@ class PerfRow:
     mem_used_gib: float | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    weights: str = "bf16"
 
 
 def _fmt(v: float | None, nd: int = 1) -> str:
@@ -80,15 +83,16 @@ def _fmt(v: float | None, nd: int = 1) -> str:
 
 def markdown_table(rows: list[PerfRow]) -> str:
     lines = [
-        "| experts | top_k | batch | engine | ms/step | tok/s (total) | ceiling tok/s | MBU | spread | U | mem GiB |",
-        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| experts | top_k | batch | engine | weights | ms/step | tok/s (total) | ceiling tok/s | MBU | spread | U "
+        "| mem GiB |",
+        "|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mbu = "—" if r.mbu is None else f"{100 * r.mbu:.0f}%"
         spread = "—" if r.spread_pct is None else f"±{r.spread_pct:.1f}%"
         status = "" if r.status == "ok" else f" ({r.status})"
         lines.append(
-            f"| {r.experts} | {r.top_k} | {r.batch} | {r.engine}{status} | {_fmt(r.ms_per_step, 2)} | "
+            f"| {r.experts} | {r.top_k} | {r.batch} | {r.engine}{status} | {r.weights} | {_fmt(r.ms_per_step, 2)} | "
             f"{_fmt(r.total_tps)} | {_fmt(r.ceiling_tps)} | {mbu} | {spread} | {_fmt(r.distinct_experts, 2)} | "
             f"{_fmt(r.mem_used_gib, 2)} |"
         )
@@ -103,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     if not engines or bad:
         raise BadInputError(f"--engines {args.engines!r}: choose from {', '.join(ENGINE_NAMES)}")
     experts_list = _ints(args.experts, "--experts")
+    weights_list = [w.strip() for w in str(args.weights).split(",") if w.strip()]
+    if not weights_list or any(w not in ("bf16", "mxfp4") for w in weights_list):
+        raise BadInputError(f"--weights {args.weights!r}: give bf16, mxfp4 or bf16,mxfp4")
     topks = _ints(args.top_k, "--top-k")
     batches = _ints(args.batch_sizes, "--batch-sizes")
     if args.prompt_len < 1 or args.new_tokens < 2 or args.repeats < 1:
@@ -114,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.measure.bandwidth import measure_bandwidth
     from bench.measure.env import fingerprint
     from bench.measure.memory import MemoryTracker
-    from bench.models.loading import load_model, resolve_device, torch_dtype
+    from bench.models.loading import load_model, resolve_device, torch_dtype, weights_impl
     from bench.models.pruning import apply_variant, set_top_k
     from bench.records import PointRecord, utcnow
     from bench.roofline import ArchSummary, mbu, mean_decode_context
@@ -138,10 +145,10 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     rows: list[PerfRow] = []
-    for n_exp in experts_list:
+    for wfmt, n_exp in [(w, n) for w in weights_list for n in experts_list]:
         tracker = MemoryTracker(device)
         tracker.baseline()
-        loaded = load_model(args.model, device=device, dtype=dtype, seed=args.seed)
+        loaded = load_model(args.model, device=device, dtype=dtype, seed=args.seed, weights=wfmt)
         tracker.after_load()
         base = loaded.base_experts
         if n_exp > base:
@@ -159,12 +166,13 @@ def run(args: argparse.Namespace) -> int:
             gen = torch.Generator().manual_seed(args.seed)
             vocab = int(loaded.config.vocab_size)
             for eng_name in engines:
-                run_name = f"{run_prefix}-{eng_name}-e{n_exp}-k{k}"
+                run_name = f"{run_prefix}-{eng_name}-{wfmt}-e{n_exp}-k{k}"
                 run_rec = _perf_run(run_name, args, env, n_exp, base, k, eng_name, bandwidth, dtype)
+                run_rec.weights, run_rec.weights_impl = wfmt, weights_impl(loaded, eng_name, device)
                 for b in batches:
                     ids = torch.randint(0, vocab, (b, args.prompt_len), generator=gen).to(device)
                     engine = get_engine(eng_name)
-                    row = PerfRow(n_exp, k, eng_name, b, "ok")
+                    row = PerfRow(n_exp, k, eng_name, b, "ok", weights=wfmt)
                     times: list[float] = []
                     try:
                         tracker.reset_peak()
@@ -203,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
                             started_at=utcnow(), finished_at=utcnow()))
                     rows.append(row)
                     print(
-                        f"  e{n_exp} k{k} {eng_name:5s} b{b:<3d} {row.status:5s} "
+                        f"  {wfmt} e{n_exp} k{k} {eng_name:5s} b{b:<3d} {row.status:5s} "
                         f"ms/step {_fmt(row.ms_per_step, 2):>7s} "
                         f"tok/s {_fmt(row.total_tps):>8s} ceiling {_fmt(row.ceiling_tps):>8s} "
                         f"MBU {_fmt(None if row.mbu is None else 100 * row.mbu, 0)}% {row.error or ''}",
@@ -231,6 +239,8 @@ def _perf_run(run_name: str, args: argparse.Namespace, env: Any, experts: int, b
     dtype_name = str(dtype).removeprefix("torch.")
     prune = {"experts": experts, "method": "first"} if experts < base_experts else None
     variant: dict[str, Any] = {"name": run_name, "model": args.model, "top_k": k}
+    if "-mxfp4-" in run_name:
+        variant["weights"] = "mxfp4"
     if prune:
         variant["prune"] = prune
     sweep = {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens,

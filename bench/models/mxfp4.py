@@ -43,7 +43,7 @@ def bytes_per_weight() -> float:
 
 
 def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """w [..., rows, cols], cols % 32 == 0 -> blocks uint8 [..., rows, cols/32, 16], scales uint8 [..., rows, cols/32]."""
+    """w [..., rows, cols] (cols % 32 == 0) -> blocks uint8 [..., rows, cols/32, 16], scales [..., rows, cols/32]"""
     if w.shape[-1] % BLOCK:
         raise ValueError(f"MXFP4 needs the last dimension to be a multiple of {BLOCK}, got {tuple(w.shape)}")
     *lead, cols = w.shape
