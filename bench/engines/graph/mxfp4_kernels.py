@@ -37,6 +37,7 @@ def _moe_mxfp4_kernel(
     P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BITCAST: tl.constexpr,
 ):
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
@@ -70,49 +71,72 @@ def _moe_mxfp4_kernel(
         if nb == 0:
             if end > start:
                 tl.atomic_add(cnt_ptr, 1)
-    wb_base = wb_ptr + e.to(tl.int64) * stride_wbe + offs_n[:, None].to(tl.int64) * (K // 2)
-    ws_base = ws_ptr + e.to(tl.int64) * stride_wse + offs_n[:, None].to(tl.int64) * (K // 32)
+    wb_base = wb_ptr + e.to(tl.int64) * stride_wbe + offs_n[None, :].to(tl.int64) * (K // 2)
+    ws_base = ws_ptr + e.to(tl.int64) * stride_wse + offs_n[None, :].to(tl.int64) * (K // 32)
     if SCAN:  # every row of the expert fits one M tile (T <= SCAN_MAX_TOKENS)
         _mxfp4_tile(x_ptr, wb_base, ws_base, bias_ptr, rw_ptr, out_ptr, e, scan_rows, mm < end, N, K, stride_x,
-                    stride_be, stride_o, alpha, limit, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK)
+                    stride_be, stride_o, alpha, limit, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, BITCAST)
     else:
         for m0 in range(start, end, BM):
             rm = m0 + mm
             rmask = rm < end
             pair = tl.load(rows_ptr + rm, mask=rmask, other=0)
             _mxfp4_tile(x_ptr, wb_base, ws_base, bias_ptr, rw_ptr, out_ptr, e, pair, rmask, N, K, stride_x,
-                        stride_be, stride_o, alpha, limit, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK)
+                        stride_be, stride_o, alpha, limit, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, BITCAST)
+
+
+@triton.jit
+def _e2m1_bf16(code, scale):
+    """e2m1 codes (int32) and their e8m0 scales (int32) -> bf16 weights, by bit manipulation: a code of exponent
+    e >= 1 and mantissa m is the bf16 with exponent field e + 126 and top mantissa bit m, i.e. (code & 7) << 6
+    plus 0x3F00; code 1 (0.5) is 0x3F00; the scale 2^(s-127) is the bf16 whose exponent field is s, and the
+    product of the two is exact."""
+    em = code & 7
+    bits = tl.where(em > 1, (em << 6) + 0x3F00, tl.where(em == 1, 0x3F00, 0)) | ((code & 8) << 12)
+    w = bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
+    s = (scale << 7).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    return w * s
 
 
 @triton.jit
 def _mxfp4_tile(
     x_ptr, wb_base, ws_base, bias_ptr, rw_ptr, out_ptr, e, pair, rmask, N, K, stride_x, stride_be, stride_o,
     alpha, limit, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    BK: tl.constexpr,
+    BK: tl.constexpr, BITCAST: tl.constexpr,
 ):
-    """One M tile of rows `pair` (masked by rmask) against the expert's N tile: decode, MMA, epilogue, store."""
+    """One M tile of rows `pair` (masked by rmask) against the expert's N tile: decode, MMA, epilogue, store.
+
+    No interleave in registers: byte j of a row holds weights 2j (low nibble) and 2j+1 (high nibble), so the
+    low nibbles multiply the even activations and the high nibbles the odd ones, two MMAs per K chunk. Weight
+    tiles are loaded K-major ([BK/2, BN]) and each byte's scale is gathered at its own (row, j // 16), so no
+    reshape or transpose is needed either."""
     nb = tl.program_id(1)
     KB = K // 2
-    KG = K // 32
     if GATE_UP:
         xrow = pair // TOPK
     else:
         xrow = pair
     acc = tl.zeros([BM, BN], dtype=tl.float32)
+    jj = tl.arange(0, BK // 2)
     for k0 in range(0, K, BK):
-        offs_k = k0 + tl.arange(0, BK)
-        kmask = offs_k < K
-        a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
-                    other=0.0)
-        offs_b = k0 // 2 + tl.arange(0, BK // 2)
-        byt = tl.load(wb_base + offs_b[None, :], mask=nmask[:, None] & (offs_b < KB)[None, :], other=0)
-        offs_g = k0 // 32 + tl.arange(0, BK // 32)
-        sc = tl.load(ws_base + offs_g[None, :], mask=nmask[:, None] & (offs_g < KG)[None, :], other=127)
-        byt = byt.to(tl.int32)
-        w = tl.reshape(tl.join(_e2m1(byt & 15), _e2m1(byt >> 4)), (BN, BK // 32, 32))  # element 2j: low nibble
-        w = w * tl.exp2(sc.to(tl.float32) - 127.0)[:, :, None]
-        w = tl.reshape(w, (BN, BK)).to(x_ptr.dtype.element_ty)
-        acc = tl.dot(a, tl.trans(w), acc)
+        offs_b = k0 // 2 + jj
+        bmask = offs_b < KB
+        amask = rmask[:, None] & bmask[None, :]
+        xa = x_ptr + xrow[:, None] * stride_x + 2 * offs_b[None, :]
+        a_even = tl.load(xa, mask=amask, other=0.0)
+        a_odd = tl.load(xa + 1, mask=amask, other=0.0)
+        wmask = bmask[:, None] & nmask[None, :]
+        byt = tl.load(wb_base + offs_b[:, None], mask=wmask, other=0).to(tl.int32)
+        sc = tl.load(ws_base + (offs_b // 16)[:, None], mask=wmask, other=127).to(tl.int32)
+        if BITCAST:
+            w_lo = _e2m1_bf16(byt & 15, sc).to(x_ptr.dtype.element_ty)
+            w_hi = _e2m1_bf16(byt >> 4, sc).to(x_ptr.dtype.element_ty)
+        else:
+            scale = tl.exp2(sc.to(tl.float32) - 127.0)
+            w_lo = (_e2m1(byt & 15) * scale).to(x_ptr.dtype.element_ty)
+            w_hi = (_e2m1(byt >> 4) * scale).to(x_ptr.dtype.element_ty)
+        acc = tl.dot(a_even, w_lo, acc)
+        acc = tl.dot(a_odd, w_hi, acc)
     acc += tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
     if GATE_UP:
         gate, up = tl.split(tl.reshape(acc, (BM, BN // 2, 2)))
@@ -193,6 +217,7 @@ def moe_mxfp4(
             pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=scan, PB=_p2(pairs), COUNT=count and gu, COMPACT=compact, EPAD=_p2(experts),
-            BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
+            BM=bm, BN=bn, BK=bk, BITCAST=x.dtype == torch.bfloat16, num_warps=warps,
+            num_stages=stages,
         )
     return out
