@@ -37,7 +37,7 @@ def _moe_mxfp4_kernel(
     P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    BITCAST: tl.constexpr,
+    FAST: tl.constexpr,
 ):
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
@@ -72,71 +72,69 @@ def _moe_mxfp4_kernel(
             if end > start:
                 tl.atomic_add(cnt_ptr, 1)
     wb_base = wb_ptr + e.to(tl.int64) * stride_wbe + offs_n[None, :].to(tl.int64) * (K // 2)
-    ws_base = ws_ptr + e.to(tl.int64) * stride_wse + offs_n[None, :].to(tl.int64) * (K // 32)
+    ws_base = ws_ptr + e.to(tl.int64) * stride_wse + offs_n.to(tl.int64) * (K // 32)
     if SCAN:  # every row of the expert fits one M tile (T <= SCAN_MAX_TOKENS)
         _mxfp4_tile(x_ptr, wb_base, ws_base, bias_ptr, rw_ptr, out_ptr, e, scan_rows, mm < end, N, K, stride_x,
-                    stride_be, stride_o, alpha, limit, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, BITCAST)
+                    stride_be, stride_o, alpha, limit, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST)
     else:
         for m0 in range(start, end, BM):
             rm = m0 + mm
             rmask = rm < end
             pair = tl.load(rows_ptr + rm, mask=rmask, other=0)
             _mxfp4_tile(x_ptr, wb_base, ws_base, bias_ptr, rw_ptr, out_ptr, e, pair, rmask, N, K, stride_x,
-                        stride_be, stride_o, alpha, limit, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, BITCAST)
+                        stride_be, stride_o, alpha, limit, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST)
 
 
 @triton.jit
-def _e2m1_bf16(code, scale):
-    """e2m1 codes (int32) and their e8m0 scales (int32) -> bf16 weights, by bit manipulation: a code of exponent
-    e >= 1 and mantissa m is the bf16 with exponent field e + 126 and top mantissa bit m, i.e. (code & 7) << 6
-    plus 0x3F00; code 1 (0.5) is 0x3F00; the scale 2^(s-127) is the bf16 whose exponent field is s, and the
-    product of the two is exact."""
-    em = code & 7
-    bits = tl.where(em > 1, (em << 6) + 0x3F00, tl.where(em == 1, 0x3F00, 0)) | ((code & 8) << 12)
-    w = bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
-    s = (scale << 7).to(tl.int16).to(tl.bfloat16, bitcast=True)
-    return w * s
+def _e2m1_f16(code):
+    """e2m1 codes (int32) -> fp16 holding value * 2^-14, exactly, in three integer ops: the sign goes to bit 15
+    and exponent+mantissa (3 bits) to bits 11..9, so exponent field e and top mantissa bit m give
+    (1 + m/2) * 2^(e-15) for e >= 1 and the subnormal m * 2^-15 for e = 0: the e2m1 value times 2^-14."""
+    bits = ((code & 8) << 12) | ((code & 7) << 9)
+    return bits.to(tl.int16).to(tl.float16, bitcast=True)
 
 
 @triton.jit
 def _mxfp4_tile(
     x_ptr, wb_base, ws_base, bias_ptr, rw_ptr, out_ptr, e, pair, rmask, N, K, stride_x, stride_be, stride_o,
     alpha, limit, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    BK: tl.constexpr, BITCAST: tl.constexpr,
+    BK: tl.constexpr, FAST: tl.constexpr,
 ):
     """One M tile of rows `pair` (masked by rmask) against the expert's N tile: decode, MMA, epilogue, store.
 
-    No interleave in registers: byte j of a row holds weights 2j (low nibble) and 2j+1 (high nibble), so the
-    low nibbles multiply the even activations and the high nibbles the odd ones, two MMAs per K chunk. Weight
-    tiles are loaded K-major ([BK/2, BN]) and each byte's scale is gathered at its own (row, j // 16), so no
-    reshape or transpose is needed either."""
+    Per block of 32 weights (16 bytes of a row, one scale): byte j holds weights 2j (low nibble) and 2j+1 (high
+    nibble), so the low nibbles multiply the even activations and the high nibbles the odd ones (two MMAs, no
+    interleave in registers); weight tiles are loaded K-major ([16, BN], 16 contiguous bytes per row) and the
+    block's scale multiplies the fp32 partial product of the block ([BM, BN]), not every weight. FAST (CUDA,
+    bf16 activations): codes decode to fp16 by bit placement (value * 2^-14, folded into the scale) and the MMA
+    runs in fp16; otherwise (the CPU interpreter) decode is float arithmetic in the activation dtype."""
     nb = tl.program_id(1)
-    KB = K // 2
+    KG = K // 32
     if GATE_UP:
         xrow = pair // TOPK
     else:
         xrow = pair
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    jj = tl.arange(0, BK // 2)
-    for k0 in range(0, K, BK):
-        offs_b = k0 // 2 + jj
-        bmask = offs_b < KB
-        amask = rmask[:, None] & bmask[None, :]
-        xa = x_ptr + xrow[:, None] * stride_x + 2 * offs_b[None, :]
-        a_even = tl.load(xa, mask=amask, other=0.0)
-        a_odd = tl.load(xa + 1, mask=amask, other=0.0)
-        wmask = bmask[:, None] & nmask[None, :]
-        byt = tl.load(wb_base + offs_b[:, None], mask=wmask, other=0).to(tl.int32)
-        sc = tl.load(ws_base + (offs_b // 16)[:, None], mask=wmask, other=127).to(tl.int32)
-        if BITCAST:
-            w_lo = _e2m1_bf16(byt & 15, sc).to(x_ptr.dtype.element_ty)
-            w_hi = _e2m1_bf16(byt >> 4, sc).to(x_ptr.dtype.element_ty)
-        else:
-            scale = tl.exp2(sc.to(tl.float32) - 127.0)
-            w_lo = (_e2m1(byt & 15) * scale).to(x_ptr.dtype.element_ty)
-            w_hi = (_e2m1(byt >> 4) * scale).to(x_ptr.dtype.element_ty)
-        acc = tl.dot(a_even, w_lo, acc)
-        acc = tl.dot(a_odd, w_hi, acc)
+    j16 = tl.arange(0, 16)
+    xbase = x_ptr + xrow[:, None] * stride_x
+    for k0 in range(0, KG, BK // 32):
+        for gi in tl.static_range(BK // 32):
+            g = k0 + gi
+            offs_b = g * 16 + j16
+            live = offs_b < KG * 16  # the block exists (K is a multiple of 32)
+            amask = rmask[:, None] & live[None, :]
+            a_even = tl.load(xbase + 2 * offs_b[None, :], mask=amask, other=0.0)
+            a_odd = tl.load(xbase + 2 * offs_b[None, :] + 1, mask=amask, other=0.0)
+            byt = tl.load(wb_base + offs_b[:, None], mask=live[:, None] & nmask[None, :], other=0).to(tl.int32)
+            sc = tl.load(ws_base + g, mask=nmask & ((offs_n * 0 + g) < KG), other=0).to(tl.float32)
+            if FAST:
+                part = tl.dot(a_even.to(tl.float16), _e2m1_f16(byt & 15))
+                part = tl.dot(a_odd.to(tl.float16), _e2m1_f16(byt >> 4), part)
+                acc += part * tl.exp2(sc - 113.0)[None, :]  # 2^(s - 127) * 2^14
+            else:
+                part = tl.dot(a_even, _e2m1(byt & 15).to(x_ptr.dtype.element_ty))
+                part = tl.dot(a_odd, _e2m1(byt >> 4).to(x_ptr.dtype.element_ty), part)
+                acc += part * tl.exp2(sc - 127.0)[None, :]
     acc += tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
     if GATE_UP:
         gate, up = tl.split(tl.reshape(acc, (BM, BN // 2, 2)))
@@ -217,7 +215,7 @@ def moe_mxfp4(
             pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=scan, PB=_p2(pairs), COUNT=count and gu, COMPACT=compact, EPAD=_p2(experts),
-            BM=bm, BN=bn, BK=bk, BITCAST=x.dtype == torch.bfloat16, num_warps=warps,
+            BM=bm, BN=bn, BK=bk, FAST=x.dtype == torch.bfloat16 and x.is_cuda, num_warps=warps,
             num_stages=stages,
         )
     return out
