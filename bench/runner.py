@@ -223,7 +223,7 @@ class SweepRunner:
             dtype=dtype, device=device, prompt_len=s.prompt_len, new_tokens=s.new_tokens, repeats=s.repeats,
             seed=s.seed, prune=v.prune.to_dict() if v.prune else None,
             config_json=json.dumps(_variant_config(v, spec, device, dtype), sort_keys=True),
-            rerun_of=rerun_of, source="measured", state="pending",
+            rerun_of=rerun_of, source="measured", state="pending", weights=v.weights,
         )
         store.insert_run(self.db, run)
         return run
@@ -237,7 +237,7 @@ class SweepRunner:
             run_id=run.run_id, variant_name=v.name, model=v.model, top_k=v.top_k,
             prune=v.prune.to_dict() if v.prune else None, engine=s.engine, device=device, dtype=dtype,
             prompt_len=s.prompt_len, new_tokens=s.new_tokens, seed=s.seed, warmup=s.warmup, points=todo,
-            gpu_mem_cap_gib=self.gpu_mem_cap_gib,
+            gpu_mem_cap_gib=self.gpu_mem_cap_gib, weights=v.weights,
         )
         bar = ProgressBar(v.name, total=len(todo), enabled=self.progress)
         ctx = mp.get_context("spawn")
@@ -313,6 +313,7 @@ class SweepRunner:
             git_commit=e.git_commit, host=e.host, python_version=e.python,
             notes="; ".join(info.notes) if info.notes else None,
             engine_options=json.dumps(info.engine_options, sort_keys=True) if info.engine_options else None,
+            weights_impl=info.weights_impl,
         )
 
 

@@ -20,6 +20,7 @@ ENGINE_NAMES: tuple[str, ...] = ("hf", "graph")
 DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
 DEVICES: tuple[str, ...] = ("auto", "cuda", "cpu")
 PRUNE_METHODS: tuple[str, ...] = ("first", "random", "frequency")
+WEIGHT_FORMATS: tuple[str, ...] = ("bf16", "mxfp4")  # expert weight format (docs/MXFP4.md)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class VariantSpec:
     model: str
     top_k: int
     prune: PruneSpec | None = None
+    weights: str = "bf16"  # expert weight format: bf16 | mxfp4
 
 
 @dataclass
@@ -76,6 +78,7 @@ class SweepSettings:
     device: str = "auto"
     seed: int = 0
     warmup: bool = True
+    weights: str = "bf16"  # default expert weight format of the variants that do not set one
 
 
 @dataclass
@@ -91,6 +94,8 @@ class SweepSpec:
             entry: dict[str, Any] = {"name": v.name, "model": v.model, "top_k": v.top_k}
             if v.prune is not None:
                 entry["prune"] = v.prune.to_dict()
+            if v.weights != self.sweep.weights:
+                entry["weights"] = v.weights
             out["variants"].append(entry)
         return out
 
@@ -103,7 +108,7 @@ class SweepSpec:
 
 _TOP_KEYS = {"title", "sweep", "variants"}
 _SWEEP_KEYS = {f.name for f in dataclasses.fields(SweepSettings)}
-_VARIANT_KEYS = {"name", "model", "top_k", "prune"}
+_VARIANT_KEYS = {"name", "model", "top_k", "prune", "weights"}
 _PRUNE_KEYS = {"experts", "method", "keep", "union"}
 
 
@@ -232,6 +237,7 @@ def spec_from_dict(
         device=_str(sweep_raw.get("device", "auto"), "sweep.device", DEVICES),
         seed=_int(sweep_raw.get("seed", 0), "sweep.seed", 0),
         warmup=bool(sweep_raw.get("warmup", True)),
+        weights=_str(sweep_raw.get("weights", "bf16"), "sweep.weights", WEIGHT_FORMATS),
     )
     if "warmup" in sweep_raw and not isinstance(sweep_raw["warmup"], bool):
         raise _fail("sweep.warmup", "must be true or false")
@@ -261,7 +267,9 @@ def spec_from_dict(
                 f"top_k {top_k} is greater than the {prune.experts} experts this variant keeps; "
                 f"lower top_k or keep more experts",
             )
-        variants.append(VariantSpec(name=name, model=_str(v["model"], f"{where}.model"), top_k=top_k, prune=prune))
+        weights = _str(v.get("weights", settings.weights), f"{where}.weights", WEIGHT_FORMATS)
+        variants.append(VariantSpec(name=name, model=_str(v["model"], f"{where}.model"), top_k=top_k, prune=prune,
+                                    weights=weights))
     return SweepSpec(title=title, sweep=settings, variants=variants, source_path=source_path)
 
 

@@ -44,6 +44,7 @@ class WorkerJob:
     warmup: bool
     points: list[tuple[int, int]]  # (batch, repeat) to run, in order
     gpu_mem_cap_gib: float | None = None
+    weights: str = "bf16"  # expert weight format: bf16 | mxfp4
 
 
 @dataclass
@@ -56,6 +57,7 @@ class RunInfo:
     bandwidth_gbs: float | None
     notes: list[str] = field(default_factory=list)
     engine_options: dict[str, Any] | None = None
+    weights_impl: str | None = None  # how the engine runs the expert weights (runs.weights_impl)
 
 
 def parse_faults(text: str | None, variant: str) -> dict[int, str]:
@@ -181,7 +183,7 @@ def run_job(job: WorkerJob, send) -> None:
     from bench.measure.env import fingerprint
     from bench.measure.memory import MemoryTracker
     from bench.measure.nvml import NvmlSampler
-    from bench.models.loading import load_model
+    from bench.models.loading import load_model, weights_impl
     from bench.models.pruning import apply_variant
     from bench.roofline import ArchSummary, mean_decode_context
 
@@ -192,7 +194,8 @@ def run_job(job: WorkerJob, send) -> None:
     env = fingerprint(job.device)
     tracker = MemoryTracker(job.device)
     tracker.baseline()
-    loaded = load_model(job.model, device=job.device, dtype=dtype, seed=job.seed)
+    loaded = load_model(job.model, device=job.device, dtype=dtype, seed=job.seed, weights=job.weights,
+                        transformers_mxfp4=job.engine == "hf")
     prune = PruneSpec(**job.prune) if job.prune else None
     kept = apply_variant(loaded, prune, job.top_k, seed=job.seed)
     model = loaded.model
@@ -212,6 +215,7 @@ def run_job(job: WorkerJob, send) -> None:
                 bandwidth_gbs=bandwidth / 1e9,
                 notes=list(loaded.notes),
                 engine_options=engine.describe(job.device),
+                weights_impl=weights_impl(loaded, job.engine, job.device),
             ),
         )
     )

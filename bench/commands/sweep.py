@@ -11,7 +11,7 @@ from bench.errors import EXIT_OK, EXIT_RUN_FAILED, BadInputError
 from bench.paths import resolve_db_path
 from bench.spec import SweepSpec, read_spec_toml, spec_from_dict
 
-SWEEP_FLAGS = ("prompt_len", "new_tokens", "batch_sizes", "repeats", "engine", "dtype", "device", "seed")
+SWEEP_FLAGS = ("prompt_len", "new_tokens", "batch_sizes", "repeats", "engine", "dtype", "device", "seed", "weights")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -34,9 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype")
     p.add_argument("--device")
     p.add_argument("--seed", type=int)
+    p.add_argument("--weights", choices=("bf16", "mxfp4"),
+                   help="expert weight format of variants that do not set one (mxfp4: the released checkpoint layout)")
     p.add_argument(
         "--variant", action="append", default=[], metavar="KEY=VAL,...",
-        help="add a variant: name=x,model=synthetic:tiny-moe,top_k=2[,experts=4,method=first|keep=F|union=A;B]",
+        help="add a variant: name=x,model=synthetic:tiny-moe,top_k=2[,weights=mxfp4][,experts=4,method=first|keep=F"
+        "|union=A;B]",
     )
     add_run_options(p)
     p.set_defaults(func=run)
@@ -63,7 +66,7 @@ def parse_variant(text: str) -> dict[str, Any]:
     variant: dict[str, Any] = {}
     prune: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in ("name", "model"):
+        if key in ("name", "model", "weights"):
             variant[key] = value
         elif key == "top_k":
             variant[key] = _as_int(value, "--variant top_k")
@@ -74,7 +77,9 @@ def parse_variant(text: str) -> dict[str, Any]:
         elif key == "union":
             prune[key] = [s for s in value.split(";") if s]
         else:
-            raise BadInputError(f"--variant: unknown key {key!r}; use name, model, top_k, experts, method, keep, union")
+            raise BadInputError(
+                f"--variant: unknown key {key!r}; use name, model, top_k, weights, experts, method, keep, union"
+            )
     if prune:
         variant["prune"] = prune
     variant["_explicit"] = True  # paths given on the command line are the user's own choice

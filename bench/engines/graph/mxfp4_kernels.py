@@ -13,6 +13,9 @@ Runs under TRITON_INTERPRET=1 on CPU for tests (tests/test_mxfp4.py).
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -155,8 +158,15 @@ def _mxfp4_tile(
 MOE_COMPACT = True
 SCAN_MAX_TOKENS = 64
 # (BN, BK, num_warps, num_stages) per GEMM; BK is a multiple of 32 (one scale per 32 values).
-MXFP4_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
-MXFP4_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 256, 4, 3), "down": (32, 256, 4, 3)}
+MXFP4_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 128, 8, 3), "down": (128, 128, 8, 3)}
+MXFP4_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 3), "down": (64, 128, 4, 3)}
+# MOE_MXFP4_TILES='{"few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}}' overrides them (experiments,
+# or the tiles scripts/gpu_mxfp4.py tuned in the same session)
+TILES_ENV = "MOE_MXFP4_TILES"
+if os.environ.get(TILES_ENV):
+    _tiles = json.loads(os.environ[TILES_ENV])
+    MXFP4_CONFIG_FEW.update({k: tuple(v) for k, v in _tiles.get("few", {}).items()})
+    MXFP4_CONFIG.update({k: tuple(v) for k, v in _tiles.get("full", {}).items()})
 
 
 def moe_mxfp4(
