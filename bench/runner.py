@@ -237,7 +237,7 @@ class SweepRunner:
             run_id=run.run_id, variant_name=v.name, model=v.model, top_k=v.top_k,
             prune=v.prune.to_dict() if v.prune else None, engine=s.engine, device=device, dtype=dtype,
             prompt_len=s.prompt_len, new_tokens=s.new_tokens, seed=s.seed, warmup=s.warmup, points=todo,
-            gpu_mem_cap_gib=self.gpu_mem_cap_gib, weights=v.weights,
+            gpu_mem_cap_gib=self.gpu_mem_cap_gib, weights=v.weights, engine_options=s.engine_options,
         )
         bar = ProgressBar(v.name, total=len(todo), enabled=self.progress)
         ctx = mp.get_context("spawn")

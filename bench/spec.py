@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.engines import validate_engine_options
 from bench.errors import BadInputError
 from bench.paths import DATA_DIR, PROJECT_ROOT
 
@@ -79,6 +80,8 @@ class SweepSettings:
     seed: int = 0
     warmup: bool = True
     weights: str = "bf16"  # default expert weight format of the variants that do not set one
+    # the engine's typed options ([sweep.engine_options]; graph: bench/engines/graph/options.py), defaults filled
+    engine_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -239,6 +242,7 @@ def spec_from_dict(
         warmup=bool(sweep_raw.get("warmup", True)),
         weights=_str(sweep_raw.get("weights", "bf16"), "sweep.weights", WEIGHT_FORMATS),
     )
+    settings.engine_options = validate_engine_options(settings.engine, sweep_raw.get("engine_options"))
     if "warmup" in sweep_raw and not isinstance(sweep_raw["warmup"], bool):
         raise _fail("sweep.warmup", "must be true or false")
     variants_raw = raw.get("variants")

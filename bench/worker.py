@@ -45,6 +45,7 @@ class WorkerJob:
     points: list[tuple[int, int]]  # (batch, repeat) to run, in order
     gpu_mem_cap_gib: float | None = None
     weights: str = "bf16"  # expert weight format: bf16 | mxfp4
+    engine_options: dict[str, Any] | None = None  # SweepSettings.engine_options
 
 
 @dataclass
@@ -202,7 +203,7 @@ def run_job(job: WorkerJob, send) -> None:
     tracker.after_load()
     bandwidth = measure_bandwidth(job.device)
     arch = ArchSummary.from_model(model)
-    engine = get_engine(job.engine)
+    engine = get_engine(job.engine, job.engine_options)
     send(
         (
             "run",

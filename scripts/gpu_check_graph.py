@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.engines.graph import GraphEngine
+from bench.engines.graph import GraphEngine, GraphOptions
 from bench.engines.graph import kernels as graph_kernels
 from bench.models.loading import load_model, set_experts_implementation
 from bench.models.pruning import set_top_k
@@ -109,7 +109,7 @@ def check_logits(model, prompt_len: int, router_scale: float) -> dict:
 
 def profile_step(model, batch: int, prompt_len: int) -> dict:
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), device="cuda")
-    eng = GraphEngine(capture=False)
+    eng = GraphEngine(GraphOptions(capture="off"))
     eng.prepare(model, ids, 8)
     dec = eng.decoder
     from torch.profiler import ProfilerActivity, profile
@@ -138,7 +138,7 @@ def profile_step(model, batch: int, prompt_len: int) -> dict:
 
 def time_engine(model, batch: int, prompt_len: int, new_tokens: int, **kw) -> dict:
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), device="cuda")
-    eng = GraphEngine(**kw)
+    eng = GraphEngine(GraphOptions(**kw))
     try:
         eng.prepare(model, ids, new_tokens)
         res = [eng.generate(model, ids, new_tokens) for _ in range(2)]
@@ -152,7 +152,7 @@ def time_engine(model, batch: int, prompt_len: int, new_tokens: int, **kw) -> di
 
 
 def ablation(model, prompt_len: int) -> list[dict]:
-    """Batch-1 and batch-32 step times with one kernel choice changed at a time (graph_kernels' module switches)."""
+    """Batch-1 and batch-32 step times with one choice changed at a time (GraphOptions, or a kernels table)."""
     rows: list[dict] = []
 
     def timed(label: str, batch: int, k: int, _engine: dict | None = None, **patch) -> None:
@@ -176,17 +176,17 @@ def ablation(model, prompt_len: int) -> list[dict]:
     ]
     for k in (4, 2):
         timed("shipped", 1, k)
-        timed("per-token router", 1, k, ROUTER_SPLIT_MAX_TOKENS=0)
-        timed("MoE grid over all experts", 1, k, MOE_COMPACT=False)
-        timed("previous engine (per-token router, all-expert grid)", 1, k, ROUTER_SPLIT_MAX_TOKENS=0,
-              MOE_COMPACT=False)
+        timed("per-token router", 1, k, _engine={"router_split": False})
+        timed("MoE grid over all experts", 1, k, _engine={"moe_compact": False})
+        timed("previous engine (per-token router, all-expert grid)", 1, k,
+              _engine={"router_split": False, "moe_compact": False})
         for cfg in few:
             timed(f"MOE_CONFIG_FEW {cfg}", 1, k, MOE_CONFIG_FEW=cfg)
     timed("router BH 32", 1, 4, ROUTER_BH=32)
     timed("router BH 128", 1, 4, ROUTER_BH=128)
     timed("shipped", 32, 4)
-    timed("per-token router", 32, 4, ROUTER_SPLIT_MAX_TOKENS=0)
-    timed("torch ops + grouped_mm (no Triton)", 1, 4, _engine={"kernels": "torch", "moe": "grouped_mm"})
+    timed("per-token router", 32, 4, _engine={"router_split": False})
+    timed("torch ops + grouped_mm (no Triton)", 1, 4, _engine={"kernels": "torch", "experts": "grouped_mm"})
     set_top_k(model, 4)
     return rows
 

@@ -14,7 +14,8 @@ WORKER_SIDE = [
     "bench.commands.perf", "bench.report.jsonl",
 ]
 DASHBOARD_SIDE = ["bench.store.queries", "bench.analysis.labels", "bench.analysis.compare", "bench.ui.data",
-                  "bench.ui.charts", "bench.ui.launch", "bench.ui.colors", "bench.report"]
+                  "bench.ui.charts", "bench.ui.launch", "bench.ui.colors", "bench.report", "bench.spec",
+                  "bench.engines.graph.options"]
 
 
 def _loaded_after_import(modules: list[str], watch: list[str]) -> list[str]:

@@ -1,18 +1,20 @@
-"""The `graph` engine on CPU: same greedy tokens as the `hf` engine on tiny-moe (float32, 64 tokens, past the
-sliding window of 16), teacher-forced logits equal to a full HF forward, and the Triton kernels (under the
-Triton interpreter, when triton is installed) equal to the torch path."""
+"""The `graph` engine on CPU (torch ops): same greedy tokens as the `hf` engine on tiny-moe (float32, 64 tokens, past
+the sliding window of 16), teacher-forced logits equal to a full HF forward, the HF model left untouched, the
+clamped SwiGLU and near-tie routing equal to HF's modules, new_tokens = 2, and the typed options.
+The Triton kernels are checked under the Triton interpreter in tests/test_graph_kernels.py."""
 
 from __future__ import annotations
-
-import importlib.util
-import os
 
 import pytest
 import torch
 
 from bench.engines import get_engine
-from bench.engines.graph.decoder import DecoderOptions, GptOssDecoder
-from bench.models.loading import load_model
+from bench.engines.graph import GraphEngine, GraphOptions
+from bench.engines.graph.decoder import GptOssDecoder
+from bench.engines.graph.experts import build_experts
+from bench.engines.graph.ops import Router, TorchOps
+from bench.errors import BadInputError
+from bench.models.loading import load_model, set_experts_implementation
 
 NEW_TOKENS = 64
 
@@ -57,7 +59,7 @@ def test_graph_teacher_forced_logits_match_full_forward(lively):
     full = torch.cat([ids, ref.tokens], dim=1)
     with torch.no_grad():
         want = model(full).logits
-    dec = GptOssDecoder(model, 3, ids.shape[1], NEW_TOKENS, DecoderOptions(keep_logits=True))
+    dec = GptOssDecoder(model, 3, ids.shape[1], NEW_TOKENS, keep_logits=True)
     dec.prefill(ids)
     errs = [(dec.logits - want[:, ids.shape[1] - 1]).abs().max().item()]
     for s in range(NEW_TOKENS - 1):
@@ -67,100 +69,148 @@ def test_graph_teacher_forced_logits_match_full_forward(lively):
     assert max(errs) < 1e-3 * want.abs().max().item()
 
 
-def test_graph_detects_wrong_sliding_window():
+def test_graph_detects_wrong_sliding_window(lively):
     """A decoder that treats the sliding layer as full attention must not pass the equivalence check."""
-    model = _lively_tiny_model()
-    ids = torch.randint(2, model.config.vocab_size, (3, 10), generator=torch.Generator().manual_seed(1))
-    hf = get_engine("hf")
-    hf.prepare(model, ids, NEW_TOKENS)
-    ref = hf.generate(model, ids, NEW_TOKENS)
+    model, ids, ref = lively
+    saved = list(model.config.layer_types)
     model.config.layer_types = ["full_attention"] * model.config.num_hidden_layers
-    eng = get_engine("graph")
-    res = eng.generate(model, ids, NEW_TOKENS)
+    try:
+        res = get_engine("graph").generate(model, ids, NEW_TOKENS)
+    finally:
+        model.config.layer_types = saved
     assert not torch.equal(res.tokens, ref.tokens)
 
 
 def test_graph_rejects_non_gpt_oss_model():
-    from bench.errors import BadInputError
-
     with pytest.raises(BadInputError, match="engine 'graph'"):
         get_engine("graph").prepare(torch.nn.Linear(2, 2), torch.zeros((1, 4), dtype=torch.long), 4)
 
 
-needs_interp = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None or os.environ.get("TRITON_INTERPRET") != "1",
-    reason="Triton kernels on CPU need triton installed and TRITON_INTERPRET=1",
-)
+def _param_snapshot(model: torch.nn.Module) -> dict[str, tuple[int, torch.Tensor]]:
+    return {n: (p.data_ptr(), p.detach().clone()) for n, p in model.named_parameters()}
 
 
-@needs_interp
-@pytest.mark.slow
-def test_triton_kernels_match_torch_under_interpreter(lively):
+def test_graph_prepare_leaves_hf_parameters_untouched(lively):
+    """The decoder fuses q/k/v into its own buffer: the HF model's parameters keep their storage and values, so a
+    later `hf` run measures the model as loaded."""
+    model, ids, _ = lively
+    before = _param_snapshot(model)
+    eng = get_engine("graph")
+    eng.prepare(model, ids, 4)
+    eng.generate(model, ids, 4)
+    after = _param_snapshot(model)
+    eng.release()
+    assert before.keys() == after.keys()
+    for name, (ptr, value) in before.items():
+        assert after[name][0] == ptr, f"{name} was re-bound"
+        assert torch.equal(after[name][1], value), f"{name} changed"
+    assert not hasattr(model.model.layers[0].self_attn, "_graph_wqkv")
+
+
+def test_graph_two_new_tokens(lively):
+    """new_tokens = 2 (the spec's minimum): the warm-up steps before capture must not write past the output
+    (they used to write out_tokens[:, 2]); the first two tokens equal hf's."""
     model, ids, ref = lively
-    for kernels, moe in (("triton", "triton"), ("torch", "triton")):
-        eng = get_engine("graph")
-        eng.kernels, eng.moe = kernels, moe
-        res = eng.generate(model, ids[:, :10], 24)
-        assert torch.equal(res.tokens, ref.tokens[:, :24]), (kernels, moe)
+    eng = get_engine("graph")
+    eng.prepare(model, ids, 2)  # WARMUP_STEPS eager decode steps after a prefill, as before a capture on CUDA
+    res = eng.generate(model, ids, 2)
+    assert res.tokens.shape == (3, 2)
+    assert torch.equal(res.tokens, ref.tokens[:, :2])
+    assert len(res.step_s) == 1
+    dec = GptOssDecoder(model, 3, ids.shape[1], 2, extra_steps=5)
+    dec.prefill(ids)
+    for _ in range(5):
+        dec.decode_step()
+    assert dec.out_tokens.shape == (3, 2) and int(dec.pos) == ids.shape[1] + 5
+    assert torch.equal(dec.out_tokens, ref.tokens[:, :2])
 
 
-@needs_interp
-@pytest.mark.slow
-def test_triton_moe_sorted_mode_matches_loop():
-    from bench.engines.graph import kernels as gk
+def _hf_experts_out(model, mlp, x, topi, topw):
+    set_experts_implementation(model, "eager")
+    with torch.no_grad():
+        return mlp.experts(x, topi, topw)
 
+
+def test_swiglu_clamp_matches_hf_with_large_activations():
+    """Activations far past the clamp (limit 7): the graph experts equal HF's GptOssExperts. Without the clamp
+    (gate capped at 7, up clipped to [-7, 7]) the outputs differ by orders of magnitude."""
     model = _lively_tiny_model()
-    lay = GptOssDecoder(model, 1, 4, 4, DecoderOptions()).layers[0]
-    x = torch.randn(600, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
-    logits = torch.nn.functional.linear(x, lay.wr, lay.br)
-    v, i = torch.topk(logits, lay.top_k, dim=-1)
-    w = torch.softmax(v, dim=-1)
-    dec = GptOssDecoder(model, 1, 4, 4, DecoderOptions())
-    want = dec._moe_loop(x, lay, i, w)
-    got = gk.moe(x, lay.gate_up, lay.gate_up_bias, lay.down, lay.down_bias, i.to(torch.int32), w, lay.alpha,
-                 lay.limit)  # 1200 pairs: sorted mode
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    mlp = model.model.layers[0].mlp
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(6, model.config.hidden_size, generator=gen) * 20
+    topv, topi = torch.topk(torch.randn(6, mlp.experts.num_experts, generator=gen), 2, dim=-1)
+    topw = torch.softmax(topv, dim=-1)
+    gate_up = torch.einsum("th,thn->tn", x.repeat_interleave(2, 0), mlp.experts.gate_up_proj[topi.reshape(-1)])
+    assert model.config.swiglu_limit == 7.0
+    assert (gate_up[:, ::2] > 7).float().mean() > 0.2 and (gate_up[:, 1::2].abs() > 7).float().mean() > 0.2
+    want = _hf_experts_out(model, mlp, x, topi, topw)
+    experts = build_experts(mlp.experts, GraphOptions().resolve("cpu"))
+    got = experts(x, topi, topw, None).view(6, 2, -1).sum(1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
-@needs_interp
-@pytest.mark.slow
-def test_triton_split_router_matches_torch_topk():
-    """The decode router (split-K partials + per-token top-k) picks torch's top-k and softmax, like the
-    per-token kernel it replaces (which still serves prefill: more than ROUTER_SPLIT_MAX_TOKENS tokens)."""
-    from bench.engines.graph import kernels as gk
-
-    gen = torch.Generator().manual_seed(5)
-    for tokens, experts, hidden, k in ((1, 32, 2880, 4), (3, 8, 200, 2), (40, 16, 96, 4)):
-        x = torch.randn(tokens, hidden, generator=gen)
-        w = torch.randn(experts, hidden, generator=gen) * 0.1
-        b = torch.randn(experts, generator=gen)
-        v, i = torch.topk(torch.nn.functional.linear(x, w, b), k, dim=-1)
-        assert tokens <= gk.ROUTER_SPLIT_MAX_TOKENS
-        got_i, got_w = gk.router(x, w, b, k)
-        assert torch.equal(got_i.long(), i), (tokens, experts, hidden)
-        torch.testing.assert_close(got_w, torch.softmax(v, dim=-1), rtol=1e-5, atol=1e-6)
+def _near_tie_router(hidden: int, experts: int, dtype: torch.dtype) -> tuple[Router, torch.Tensor, list[int]]:
+    """Router weights whose logits tie at the top-k boundary up to 2**-12: experts 3 and 5 get 1 and 1 + 2**-12
+    (exact in float32, both 1.0 once rounded to bfloat16), expert 0 leads with 3, the rest are negative."""
+    w = torch.zeros(experts, hidden, dtype=dtype)
+    w[:, 0] = -1.0 - torch.arange(experts, dtype=dtype)
+    w[0, 0], w[3, 0], w[5, 0] = 3.0, 1.0, 1.0
+    w[5, 1] = 2.0**-12
+    x = torch.zeros(4, hidden, dtype=dtype)
+    x[:, 0], x[:, 1] = 1.0, 1.0
+    kept = [0, 5] if dtype == torch.float32 else [0, 3]
+    return Router(weight=w, bias=torch.zeros(experts, dtype=dtype), top_k=2), x, kept
 
 
-@needs_interp
-@pytest.mark.slow
-def test_triton_moe_compact_grid_matches_full_grid(monkeypatch):
-    """Fewer pairs than experts: one program row per distinct routed expert gives the same outputs and the same
-    distinct-expert count as one row per expert."""
-    from bench.engines.graph import kernels as gk
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_near_tie_routing_keeps_hf_experts(dtype):
+    """The kept experts at a near-tie follow HF's router: float32 keeps the larger logit (expert 5); bfloat16
+    rounds the logits first (the router linear's output dtype), so the tie goes to the lower id (expert 3)."""
+    model = _lively_tiny_model()
+    hf_router = model.model.layers[0].mlp.router
+    router, x, kept = _near_tie_router(model.config.hidden_size, hf_router.weight.shape[0], dtype)
+    hf_router = hf_router.to(dtype)
+    with torch.no_grad():
+        hf_router.weight.copy_(router.weight)
+        hf_router.bias.copy_(router.bias)
+        _, _, want = hf_router(x)
+    topi, _ = TorchOps().route(x, router)
+    assert sorted(want[0].tolist()) == kept
+    assert torch.equal(topi.long(), want.long())
 
-    gen = torch.Generator().manual_seed(6)
-    experts, hidden, inter = 16, 64, 32
-    gu, gub = torch.randn(experts, hidden, 2 * inter, generator=gen) * 0.1, torch.randn(experts, 2 * inter) * 0.1
-    dn, dnb = torch.randn(experts, inter, hidden, generator=gen) * 0.1, torch.randn(experts, hidden) * 0.1
-    for tokens, k in ((1, 4), (3, 2)):
-        x = torch.randn(tokens, hidden, generator=gen)
-        v, i = torch.topk(torch.randn(tokens, experts, generator=gen), k, dim=-1)
-        w = torch.softmax(v, dim=-1)
-        outs, counts = [], []
-        for compact in (True, False):
-            monkeypatch.setattr(gk, "MOE_COMPACT", compact)
-            cnt = torch.zeros((), dtype=torch.int32)
-            outs.append(gk.moe(x, gu, gub, dn, dnb, i.to(torch.int32), w, 1.702, 7.0, cnt))
-            counts.append(int(cnt))
-        assert torch.equal(outs[0], outs[1])
-        assert counts[0] == counts[1] == i.unique().numel()
+
+def test_graph_options_validated_and_stored():
+    with pytest.raises(BadInputError, match=r"sweep.engine_options.kernels: must be one of auto, torch, triton"):
+        GraphOptions.from_dict({"kernels": "cuda"})
+    with pytest.raises(BadInputError, match=r"sweep.engine_options.moe: unknown option"):
+        GraphOptions.from_dict({"moe": "triton"})
+    with pytest.raises(BadInputError, match="takes no options"):
+        get_engine("hf", {"kernels": "torch"})
+    eng = get_engine("graph", {"experts": "grouped_mm", "router_split": False})
+    assert isinstance(eng, GraphEngine)
+    cpu = eng.describe("cpu")
+    assert cpu["experts"] == "grouped_mm" and cpu["kernels"] == "torch" and cpu["router_split"] is False
+    assert cpu["capture"] == "off" and cpu["cuda_graph"] is False
+    assert get_engine("graph").describe("cuda")["kernels"] == "triton"
+    with pytest.raises(BadInputError, match="not capturable"):
+        GraphOptions(experts="loop", capture="on").resolve("cuda")
+
+
+def test_spec_carries_engine_options(tmp_path):
+    from bench.spec import load_spec, spec_to_toml
+
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'title = "t"\n[sweep]\nprompt_len = 4\nnew_tokens = 4\nbatch_sizes = [1]\nengine = "graph"\n'
+        '[sweep.engine_options]\nkernels = "torch"\nmoe_compact = false\n'
+        '[[variants]]\nname = "a"\nmodel = "synthetic:tiny-moe"\ntop_k = 2\n'
+    )
+    spec = load_spec(path)
+    assert spec.sweep.engine_options["kernels"] == "torch" and spec.sweep.engine_options["moe_compact"] is False
+    again = tmp_path / "again.toml"
+    again.write_text(spec_to_toml(spec))
+    assert load_spec(again).sweep.engine_options == spec.sweep.engine_options
+    bad = path.read_text().replace('kernels = "torch"', 'kernels = "fast"')
+    path.write_text(bad)
+    with pytest.raises(BadInputError, match=r"sweep.engine_options.kernels"):
+        load_spec(path)

@@ -1,26 +1,25 @@
-"""Engine `graph`: our own gpt-oss decode (bench/engines/graph/decoder.py) with one decode step captured as a
-CUDA graph per batch size.
+"""Engine `graph`: our own gpt-oss decode (decoder.py) with one decode step captured as a CUDA graph per batch size.
 
-prepare(): builds the static caches for (batch, prompt + new_tokens), runs one prefill and two eager decode
-steps (Triton compilation, cuBLAS workspaces), then captures one `decode_step` as a CUDA graph — all outside
-the timed region. generate(): prefill (timed, eager), then new_tokens - 1 graph replays that only touch
-device-side state, one synchronisation at the end; per-step times come from CUDA events between replays.
-On CPU the same decoder runs eagerly with torch kernels (no capture), which is what the CI test checks.
+prepare(): builds the decoder for (batch, prompt + new_tokens), runs one prefill and WARMUP_STEPS eager decode
+steps (Triton compilation, cuBLAS workspaces), then captures one `decode_step` as a CUDA graph — all outside the
+timed region. generate(): prefill (timed, eager), then new_tokens - 1 graph replays that only touch device-side
+state, one synchronisation at the end; per-step times come from CUDA events between replays. On CPU the same
+decoder runs eagerly with torch ops (no capture), which is what the CI tests check.
 
-Options (constructor or env GRAPH_KERNELS / GRAPH_MOE / GRAPH_CAPTURE) pick the kernels for ablations:
-kernels torch|triton, moe loop|grouped_mm|triton, capture 0|1.
+Options: a `GraphOptions` (options.py), from the spec's `[sweep.engine_options]`; `describe(device)` returns them
+resolved for the device, stored with the run.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import time
 
 import torch
 
 from bench.engines.base import DecodeResult, sync
-from bench.engines.graph.decoder import DecoderOptions, GptOssDecoder
+from bench.engines.graph.decoder import GptOssDecoder
+from bench.engines.graph.options import GraphOptions
 
 WARMUP_STEPS = 2
 
@@ -32,58 +31,41 @@ def _check_model(model: torch.nn.Module) -> None:
     if ok:
         first = layers[0]
         ok = all(hasattr(first, n) for n in ("self_attn", "mlp")) and hasattr(first.mlp, "router")
-        ex = first.mlp.experts
-        ok = ok and (hasattr(ex, "gate_up_proj") or hasattr(ex, "gate_up_proj_blocks"))
-        ok = ok and hasattr(first.self_attn, "sinks")
+        ok = ok and hasattr(first.mlp, "experts") and hasattr(first.self_attn, "sinks")
     if not ok:
         from bench.errors import BadInputError
 
         raise BadInputError(
-            f"engine 'graph' supports gpt-oss models with bf16/float32 or MXFP4 experts (got {type(model).__name__}); "
-            "use engine = \"hf\" for this model"
+            f"engine 'graph' supports gpt-oss models (got {type(model).__name__}); use engine = \"hf\" for this model"
         )
 
 
 class GraphEngine:
     name = "graph"
 
-    def __init__(self, kernels: str | None = None, moe: str | None = None, capture: bool | None = None,
-                 keep_logits: bool = False) -> None:
-        self.kernels = kernels or os.environ.get("GRAPH_KERNELS") or None
-        self.moe = moe or os.environ.get("GRAPH_MOE") or None
-        env_capture = os.environ.get("GRAPH_CAPTURE")
-        self.capture = capture if capture is not None else (None if env_capture is None else env_capture == "1")
+    def __init__(self, options: GraphOptions | None = None, keep_logits: bool = False) -> None:
+        self.options = options or GraphOptions()
         self.keep_logits = keep_logits
         self.decoder: GptOssDecoder | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self._key: tuple[int, int, int] | None = None
 
-    def _options(self, device: torch.device) -> DecoderOptions:
-        opts = DecoderOptions.for_device(device)
-        if self.kernels:
-            opts.kernels = self.kernels
-        if self.moe:
-            opts.moe = self.moe
-        opts.keep_logits = self.keep_logits
-        return opts
-
     def describe(self, device: str) -> dict[str, object]:
-        dev = torch.device(device)
-        opts = self._options(dev)
-        capture = dev.type == "cuda" if self.capture is None else (self.capture and dev.type == "cuda")
-        return {"cuda_graph": capture, "kernels": opts.kernels, "moe": opts.moe, "cache": "static"}
+        resolved = self.options.resolve(torch.device(device).type)
+        out: dict[str, object] = {**resolved.to_dict(), "cache": "static"}
+        out["cuda_graph"] = resolved.capture == "on"
+        return out
 
     def prepare(self, model: torch.nn.Module, input_ids: torch.Tensor, new_tokens: int) -> None:
         _check_model(model)
         self.release()
         device = input_ids.device
         b, t = input_ids.shape
-        opts = self._options(device)
-        use_graph = device.type == "cuda" if self.capture is None else (self.capture and device.type == "cuda")
         with torch.inference_mode():
-            dec = GptOssDecoder(model, b, t, new_tokens, opts)
+            dec = GptOssDecoder(model, b, t, new_tokens, self.options, keep_logits=self.keep_logits,
+                                extra_steps=WARMUP_STEPS)
             dec.prefill(input_ids)
-            if use_graph:
+            if dec.options.capture == "on":
                 stream = torch.cuda.Stream(device)
                 stream.wait_stream(torch.cuda.current_stream(device))
                 with torch.cuda.stream(stream):
@@ -97,7 +79,8 @@ class GraphEngine:
                 sync(device)
                 self.graph = graph
             else:
-                dec.decode_step()
+                for _ in range(WARMUP_STEPS):
+                    dec.decode_step()
         self.decoder = dec
         self._key = (b, t, new_tokens)
 

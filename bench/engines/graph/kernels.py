@@ -16,10 +16,14 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   the down GEMM the bias and routing weight. In scan mode (decode) each program finds its rows in the (B, k)
   routing table itself, so no sort is needed (with fewer pairs than experts, program row i takes the i-th distinct
   routed expert: the compact grid); in sorted mode (prefill) rows come from an expert-sorted list.
+  `routing_plan` (host side) and `routed_rows` (@triton.jit) are that row logic, shared with any other expert
+  weight format's kernels.
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -162,22 +166,9 @@ def attn_decode(
 
 
 @triton.jit
-def _router_kernel(
-    x_ptr, w_ptr, b_ptr, topi_ptr, topw_ptr, H, E, K: tl.constexpr, KP: tl.constexpr, EP: tl.constexpr,
-    BH: tl.constexpr,
-):
-    t = tl.program_id(0)
-    e = tl.arange(0, EP)
-    em = e < E
-    acc = tl.zeros([EP], dtype=tl.float32)
-    for h0 in range(0, H, BH):
-        hh = h0 + tl.arange(0, BH)
-        hm = hh < H
-        x = tl.load(x_ptr + t * H + hh, mask=hm, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + e[:, None] * H + hh[None, :], mask=em[:, None] & hm[None, :], other=0.0).to(tl.float32)
-        acc += tl.sum(w * x[None, :], axis=1)
-    logits = acc + tl.load(b_ptr + e, mask=em, other=0.0).to(tl.float32)
-    logits = logits.to(x_ptr.dtype.element_ty).to(tl.float32)  # the router linear's output dtype, as in HF
+def _topk_softmax_store(logits, e, em, topi_ptr, topw_ptr, t, K: tl.constexpr, KP: tl.constexpr, EP: tl.constexpr):
+    """Top-k of one token's router logits (ties: the lower expert id, as torch.topk) and the softmax over the k
+    kept logits; stores ids (int32) and weights (float32) at row t. Shared by both router paths."""
     logits = tl.where(em, logits, float("-inf"))
     kk = tl.arange(0, KP)
     vals = tl.full([KP], float("-inf"), dtype=tl.float32)
@@ -194,6 +185,26 @@ def _router_kernel(
     p = p / tl.sum(p, axis=0)
     tl.store(topi_ptr + t * K + kk, idxs, mask=km)
     tl.store(topw_ptr + t * K + kk, p, mask=km)
+
+
+@triton.jit
+def _router_kernel(
+    x_ptr, w_ptr, b_ptr, topi_ptr, topw_ptr, H, E, K: tl.constexpr, KP: tl.constexpr, EP: tl.constexpr,
+    BH: tl.constexpr,
+):
+    t = tl.program_id(0)
+    e = tl.arange(0, EP)
+    em = e < E
+    acc = tl.zeros([EP], dtype=tl.float32)
+    for h0 in range(0, H, BH):
+        hh = h0 + tl.arange(0, BH)
+        hm = hh < H
+        x = tl.load(x_ptr + t * H + hh, mask=hm, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + e[:, None] * H + hh[None, :], mask=em[:, None] & hm[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(w * x[None, :], axis=1)
+    logits = acc + tl.load(b_ptr + e, mask=em, other=0.0).to(tl.float32)
+    logits = logits.to(x_ptr.dtype.element_ty).to(tl.float32)  # the router linear's output dtype, as in HF
+    _topk_softmax_store(logits, e, em, topi_ptr, topw_ptr, t, K, KP, EP)
 
 
 @triton.jit
@@ -227,41 +238,29 @@ def _router_topk_kernel(
     acc = tl.sum(parts, axis=0)
     logits = acc + tl.load(b_ptr + e, mask=em, other=0.0).to(tl.float32)
     logits = logits.to(x_ptr.dtype.element_ty).to(tl.float32)  # the router linear's output dtype (x's), as in HF
-    logits = tl.where(em, logits, float("-inf"))
-    kk = tl.arange(0, KP)
-    vals = tl.full([KP], float("-inf"), dtype=tl.float32)
-    idxs = tl.zeros([KP], dtype=tl.int32)
-    for j in tl.static_range(K):
-        mx = tl.max(logits, axis=0)
-        idx = tl.min(tl.where(logits == mx, e, EP), axis=0)
-        vals = tl.where(kk == j, mx, vals)
-        idxs = tl.where(kk == j, idx, idxs)
-        logits = tl.where(e == idx, float("-inf"), logits)
-    km = kk < K
-    p = tl.exp(vals - tl.max(vals, axis=0))
-    p = tl.where(km, p, 0.0)
-    p = p / tl.sum(p, axis=0)
-    tl.store(topi_ptr + t * K + kk, idxs, mask=km)
-    tl.store(topw_ptr + t * K + kk, p, mask=km)
+    _topk_softmax_store(logits, e, em, topi_ptr, topw_ptr, t, K, KP, EP)
 
 
-# Decode steps (<= this many tokens) use the split-K router: (H / ROUTER_BH) programs each read one slice of the
+# Decode steps (<= this many tokens) use the split-K router: (H / bh) programs each read one slice of the
 # router weight for all tokens, then one small program per token sums the slices and picks the top-k. The
 # one-program-per-token kernel read the whole weight in one CTA per token (0.75 ms per step at batch 1 on the
-# H100). 0 turns the split path off (ablation).
+# H100). `router(split=False)` (GraphOptions.router_split) turns the split path off (ablation).
 ROUTER_SPLIT_MAX_TOKENS = 64
 ROUTER_BH = 64
 
 
-def router(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def router(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int, split: bool = True, bh: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x (T, H) -> top-k expert ids (T, k) int32 and their softmax weights (T, k) float32."""
     tokens, hidden = x.shape
     experts = weight.shape[0]
     topi = torch.empty((tokens, k), dtype=torch.int32, device=x.device)
     topw = torch.empty((tokens, k), dtype=torch.float32, device=x.device)
     ep = _p2(experts)
-    if tokens <= ROUTER_SPLIT_MAX_TOKENS and x.stride(1) == 1 and weight.is_contiguous():
-        tp, epd, bh = max(16, _p2(tokens)), max(16, ep), ROUTER_BH
+    bh = bh or ROUTER_BH
+    if split and tokens <= ROUTER_SPLIT_MAX_TOKENS and x.stride(1) == 1 and weight.is_contiguous():
+        tp, epd = max(16, _p2(tokens)), max(16, ep)
         splits = triton.cdiv(hidden, bh)
         part = torch.empty((splits, tp, epd), dtype=torch.float32, device=x.device)
         _router_partial_kernel[(splits,)](
@@ -278,21 +277,19 @@ def router(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int) ->
 
 
 @triton.jit
-def _moe_kernel(
-    x_ptr, w_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
-    P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit,
-    TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
-    COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-):
-    nb = tl.program_id(1)
-    offs_n = nb * BN + tl.arange(0, BN)
-    nmask = offs_n < N
+def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COMPACT: tl.constexpr,
+                EPAD: tl.constexpr, BM: tl.constexpr):
+    """Which expert this program serves and its (token, slot) rows: (e, start, end, scan_rows).
+
+    Scan mode (decode): the rows are found in the flat (T*k) routing table itself; scan_rows[i] is the i-th pair
+    routed to e (valid for i < end), start = 0. Compact: program row i takes the i-th distinct routed expert
+    (ascending id); rows past the count get end = 0. Sorted mode (prefill): rows offs[e]..offs[e+1] of an
+    expert-sorted pair list. Shared by every expert kernel (any weight format) so that they route identically."""
     mm = tl.arange(0, BM)
     if SCAN:
         p = tl.arange(0, PB)
         pe = tl.load(topi_ptr + p, mask=p < P, other=-1)
         if COMPACT:
-            # program i takes the i-th distinct routed expert (ascending id); programs past their count idle
             slot = tl.program_id(0)
             ee = tl.arange(0, EPAD)
             present = tl.max((pe[None, :] == ee[:, None]).to(tl.int32), axis=1)
@@ -303,16 +300,31 @@ def _moe_kernel(
         else:
             e = tl.program_id(0)
             hit = (pe == e).to(tl.int32)
-        cnt = tl.sum(hit, axis=0)
         rank = tl.cumsum(hit, axis=0) - 1
         sel = (rank[None, :] == mm[:, None]) & (hit[None, :] > 0)
         scan_rows = tl.sum(tl.where(sel, p[None, :], 0), axis=1)
         start = 0
-        end = cnt
+        end = tl.sum(hit, axis=0)
     else:
         e = tl.program_id(0)
         start = tl.load(offs_ptr + e)
         end = tl.load(offs_ptr + e + 1)
+        scan_rows = mm
+    return e, start, end, scan_rows
+
+
+@triton.jit
+def _moe_kernel(
+    x_ptr, w_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
+    P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit,
+    TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
+    COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    nb = tl.program_id(1)
+    offs_n = nb * BN + tl.arange(0, BN)
+    nmask = offs_n < N
+    mm = tl.arange(0, BM)
+    e, start, end, scan_rows = routed_rows(topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
     if COUNT:
         if nb == 0:
             if end > start:
@@ -357,13 +369,51 @@ def _moe_kernel(
 
 # Decode with fewer (token, slot) pairs than experts (batch 1, 2, ...) launches one program row per pair instead of
 # one per expert: program i takes the i-th distinct routed expert, so no CTA is launched for the (E - U) experts
-# nobody routed to. False launches one row per expert (ablation).
-MOE_COMPACT = True
+# nobody routed to. `moe(compact=False)` (GraphOptions.moe_compact) launches one row per expert (ablation).
 SCAN_MAX_TOKENS = 64  # scan mode holds every row of an expert in one M tile (<= T rows): bounded for shared memory
 # (BN, BK, num_warps, num_stages) per GEMM; tuned on the H100 (see docs/PERF.md), overridable for experiments.
 MOE_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
 # the same for compact launches (fewer pairs than experts: batch 1, where few CTAs share the whole chip)
 MOE_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
+
+
+@dataclass(frozen=True)
+class RoutingPlan:
+    """How an expert kernel finds its rows for one routing (T, k): shared by every expert weight format.
+
+    scan: decode (T <= SCAN_MAX_TOKENS); each program scans the flat routing table (`flat`) for its expert.
+    compact: scan with fewer pairs than experts; the grid has `pairs` program rows, one per distinct routed expert.
+    Otherwise (prefill) `rows` lists the pairs sorted by expert and `offs` (E + 1) bounds each expert's run."""
+
+    flat: torch.Tensor  # (T*k,) int32 expert id per (token, slot)
+    rows: torch.Tensor
+    offs: torch.Tensor
+    pairs: int
+    scan: bool
+    compact: bool
+    bm: int  # M tile: >= every expert's row count in scan mode
+    grid_rows: int  # program rows of the expert grid
+    pb: int  # power of two >= pairs
+    epad: int  # power of two >= experts
+
+
+def routing_plan(topi: torch.Tensor, experts: int, compact: bool = True) -> RoutingPlan:
+    tokens, k = topi.shape
+    pairs = tokens * k
+    flat = topi.reshape(-1)
+    scan = tokens <= SCAN_MAX_TOKENS
+    compact = scan and compact and pairs < experts
+    if scan:
+        bm = max(16, _p2(tokens))
+        rows = offs = flat
+    else:
+        bm = 64
+        sorted_e, order = torch.sort(flat.to(torch.int64), stable=True)
+        bounds = torch.arange(experts + 1, device=topi.device, dtype=sorted_e.dtype)
+        offs = torch.searchsorted(sorted_e, bounds).to(torch.int32)
+        rows = order.to(torch.int32)
+    return RoutingPlan(flat=flat, rows=rows, offs=offs, pairs=pairs, scan=scan, compact=compact, bm=bm,
+                       grid_rows=pairs if compact else experts, pb=_p2(pairs), epad=_p2(experts))
 
 
 def moe(
@@ -377,44 +427,33 @@ def moe(
     alpha: float,
     limit: float,
     counter: torch.Tensor | None = None,
+    compact: bool = True,
+    tiles: dict[str, tuple[int, int, int, int]] | None = None,
 ) -> torch.Tensor:
-    """Routed experts for x (T, H) with routing (T, k) -> per (token, slot) outputs (T*k, H), weighted.
+    """Routed bf16/float32 experts for x (T, H) with routing (T, k) -> per (token, slot) outputs (T*k, H), weighted.
 
     T <= SCAN_MAX_TOKENS (decode) uses scan mode, one M tile of >= T rows per expert; larger T (prefill) sorts.
+    counter (int32 scalar): += the number of distinct experts routed (decode statistics).
     """
-    tokens, hidden = x.shape
+    hidden = x.shape[1]
     k = topi.shape[1]
     experts, _, n2 = gate_up.shape
-    inter = n2 // 2
-    pairs = tokens * k
-    flat = topi.reshape(-1)
-    scan = tokens <= SCAN_MAX_TOKENS
-    compact = scan and MOE_COMPACT and pairs < experts
-    if scan:
-        bm = max(16, _p2(tokens))
-        rows = offs = flat
-    else:
-        bm = 64
-        sorted_e, rows = torch.sort(flat.to(torch.int64), stable=True)
-        bounds = torch.arange(experts + 1, device=x.device, dtype=sorted_e.dtype)
-        offs = torch.searchsorted(sorted_e, bounds).to(torch.int32)
-        rows = rows.to(torch.int32)
-    act = torch.empty((pairs, inter), dtype=x.dtype, device=x.device)
-    out = torch.empty((pairs, hidden), dtype=x.dtype, device=x.device)
+    plan = routing_plan(topi, experts, compact)
+    act = torch.empty((plan.pairs, n2 // 2), dtype=x.dtype, device=x.device)
+    out = torch.empty((plan.pairs, hidden), dtype=x.dtype, device=x.device)
     rw = topw.reshape(-1)
-    count = counter is not None
-    cnt = counter if counter is not None else flat
+    cnt = counter if counter is not None else plan.flat
     for name, src, w, bias, dst, n in (
         ("gate_up", x, gate_up, gate_up_bias, act, n2),
         ("down", act, down, down_bias, out, hidden),
     ):
-        bn, bk, warps, stages = (MOE_CONFIG_FEW if compact else MOE_CONFIG)[name]
+        bn, bk, warps, stages = (tiles or (MOE_CONFIG_FEW if plan.compact else MOE_CONFIG))[name]
         gu = name == "gate_up"
-        _moe_kernel[(pairs if compact else experts, triton.cdiv(n, bn))](
-            src, w, bias, flat, rows, offs, rw, dst, cnt,
-            pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
+        _moe_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
+            src, w, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
+            plan.pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
             alpha, limit,
-            TOPK=k, GATE_UP=gu, SCAN=scan, PB=_p2(pairs), COUNT=count and gu, COMPACT=compact, EPAD=_p2(experts),
-            BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
+            TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
+            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
         )
     return out

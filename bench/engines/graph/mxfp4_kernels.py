@@ -182,6 +182,7 @@ def moe_mxfp4(
     alpha: float,
     limit: float,
     counter: torch.Tensor | None = None,
+    compact: bool = True,
 ) -> torch.Tensor:
     """Routed MXFP4 experts for x (T, H), routing (T, k) -> weighted per (token, slot) outputs (T*k, H).
 
@@ -195,7 +196,7 @@ def moe_mxfp4(
     pairs = tokens * k
     flat = topi.reshape(-1)
     scan = tokens <= SCAN_MAX_TOKENS
-    compact = scan and MOE_COMPACT and pairs < experts
+    compact = scan and compact and MOE_COMPACT and pairs < experts
     if scan:
         bm = max(16, _p2(tokens))
         rows = offs = flat

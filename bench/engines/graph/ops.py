@@ -1,0 +1,126 @@
+"""The two ops backends of the `graph` decoder: `TorchOps` (reference torch ops; the CPU path) and `TritonOps`
+(bench/engines/graph/kernels.py). Both implement the same four calls, so the decoder's layer body names no backend:
+
+    add_rmsnorm(h, delta, ks, w, eps) -> normed   h (R, H) += delta summed over ks rows per row (in place),
+                                                 returns RMSNorm(h) * w (delta None: norm only)
+    route(x, router) -> (topi (T, k) int32/int64, topw (T, k) float32)   router linear, top-k, softmax over k
+    decode_attention(qkv, kc, vc, sinks, sliding, geom, state) -> (B, hq*D)   rope of q and k at `state.pos`,
+                                                 k/v written into the cache slot, one-token attention with sinks
+    (the dense linears are torch's F.linear in both)
+
+`make_ops(options, geom)` picks one from the resolved GraphOptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bench.engines.graph.options import GraphOptions
+
+
+@dataclass(frozen=True)
+class Geometry:
+    hq: int
+    hkv: int
+    head_dim: int
+    window: int  # sliding window (0: none)
+    scale: float
+
+
+@dataclass
+class Router:
+    weight: torch.Tensor  # (E, H)
+    bias: torch.Tensor  # (E,)
+    top_k: int
+
+
+@dataclass
+class StepState:
+    """Device-side position of the token being fed (0-d long) and the rope tables (max_len, D/2)."""
+
+    pos: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+def rmsnorm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.to(torch.float32)
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (w * xf).to(x.dtype)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = torch.chunk(x, 2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class TorchOps:
+    name = "torch"
+
+    def add_rmsnorm(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor,
+                    eps: float) -> torch.Tensor:
+        if delta is not None:
+            d = delta.view(h.shape[0], ks, -1).sum(1) if ks > 1 else delta.view_as(h)
+            h.add_(d.to(h.dtype))
+        return rmsnorm(h, w, eps)
+
+    def route(self, x: torch.Tensor, router: Router) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = F.linear(x, router.weight, router.bias)
+        top_v, top_i = torch.topk(logits, router.top_k, dim=-1)
+        return top_i, torch.softmax(top_v, dim=1, dtype=top_v.dtype)
+
+    def decode_attention(self, qkv: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, sinks: torch.Tensor,
+                         sliding: bool, geom: Geometry, state: StepState) -> torch.Tensor:
+        b, hq, hkv, d = qkv.shape[0], geom.hq, geom.hkv, geom.head_dim
+        qkv = qkv.view(b, hq + 2 * hkv, d)
+        cos = state.cos.index_select(0, state.pos.view(1))
+        sin = state.sin.index_select(0, state.pos.view(1))
+        q = rope(qkv[:, :hq], cos, sin)
+        k = rope(qkv[:, hq : hq + hkv], cos, sin)
+        v = qkv[:, hq + hkv :]
+        slot = state.pos % kc.shape[2] if sliding else state.pos
+        kc.index_copy_(2, slot.view(1), k.unsqueeze(2).to(kc.dtype))
+        vc.index_copy_(2, slot.view(1), v.unsqueeze(2).to(vc.dtype))
+        # slot s is valid iff s <= pos (see kernels._attn_decode_kernel)
+        g = hq // hkv
+        qg = q.view(b, hkv, g, d)
+        scores = torch.matmul(qg, kc.transpose(2, 3)) * geom.scale
+        valid = torch.arange(kc.shape[2], device=q.device) <= state.pos
+        scores = scores.masked_fill(~valid, float("-inf"))
+        sink = sinks.reshape(1, hkv, g, 1).expand(b, -1, -1, -1).to(scores.dtype)
+        comb = torch.cat([scores, sink], dim=-1)
+        comb = comb - comb.max(dim=-1, keepdim=True).values
+        probs = torch.softmax(comb, dim=-1)[..., :-1].to(vc.dtype)
+        return torch.matmul(probs, vc).reshape(b, hq * d)
+
+
+class TritonOps:
+    name = "triton"
+
+    def __init__(self, router_split: bool = True) -> None:
+        from bench.engines.graph import kernels
+
+        self.k = kernels
+        self.router_split = router_split
+
+    def add_rmsnorm(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor,
+                    eps: float) -> torch.Tensor:
+        return self.k.add_rmsnorm(h, delta, ks, w, eps)
+
+    def route(self, x: torch.Tensor, router: Router) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k.router(x, router.weight, router.bias, router.top_k, split=self.router_split)
+
+    def decode_attention(self, qkv: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, sinks: torch.Tensor,
+                         sliding: bool, geom: Geometry, state: StepState) -> torch.Tensor:
+        q = self.k.rope_kv(qkv, state.cos, state.sin, state.pos, kc, vc, geom.hq, sliding, geom.window)
+        return self.k.attn_decode(q, kc, vc, sinks, state.pos, geom.scale)
+
+
+def make_ops(options: GraphOptions) -> TorchOps | TritonOps:
+    """The backend for resolved options (kernels = torch | triton)."""
+    if options.kernels == "triton":
+        return TritonOps(router_split=options.router_split)
+    return TorchOps()

@@ -1,0 +1,127 @@
+"""The `graph` engine's Triton kernels on CPU under the Triton interpreter: same tokens as `hf`, the sorted (prefill)
+and compact MoE modes, the split-K router's top-k, the SwiGLU clamp and near-tie routing.
+
+Not collected by the main test session: tests/test_triton_interpreter.py runs this folder in a child pytest with
+TRITON_INTERPRET=1, which must be set before triton is first imported (the HF model code imports it)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from bench.engines import get_engine
+from bench.engines.graph import GraphOptions
+from bench.engines.graph.experts import DenseExperts, build_experts
+from bench.engines.graph.ops import TorchOps, TritonOps
+from tests.test_graph_engine import _hf_experts_out, _lively_tiny_model, _near_tie_router
+
+TOKENS = 8  # prompt 10 + 8 > the sliding window of 16: the ring slot logic is exercised
+
+
+@pytest.fixture(scope="module")
+def gk():
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_triton_interpreter.py"
+    from bench.engines.graph import kernels
+
+    return kernels
+
+
+@pytest.fixture(scope="module")
+def lively():
+    model = _lively_tiny_model()
+    ids = torch.randint(2, model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(1))
+    ref = get_engine("hf").generate(model, ids, TOKENS)
+    return model, ids, ref
+
+
+def test_triton_kernels_match_hf_tokens(gk, lively):
+    """Every Triton kernel in the decoder (norm, rope + cache write, attention, split-K router, scan-mode MoE in
+    decode; per-token router in prefill): the same greedy tokens as hf."""
+    model, ids, ref = lively
+    assert ref.tokens.unique().numel() > 4
+    res = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids, TOKENS)
+    assert torch.equal(res.tokens, ref.tokens)
+
+
+def test_triton_moe_sorted_mode_matches_loop(gk):
+    """More tokens than SCAN_MAX_TOKENS (prefill): rows sorted by expert."""
+    model = _lively_tiny_model()
+    mlp = model.model.layers[0].mlp
+    x = torch.randn(gk.SCAN_MAX_TOKENS + 6, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    v, i = torch.topk(torch.nn.functional.linear(x, mlp.router.weight, mlp.router.bias), 2, dim=-1)
+    w = torch.softmax(v, dim=-1)
+    want = build_experts(mlp.experts, GraphOptions(experts="loop").resolve("cpu"))(x, i, w, None)
+    assert not gk.routing_plan(i.to(torch.int32), mlp.experts.num_experts).scan
+    got = build_experts(mlp.experts, GraphOptions(experts="triton").resolve("cpu"))(x, i.to(torch.int32), w, None)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_triton_split_router_matches_torch_topk(gk):
+    """The decode router (split-K partials + per-token top-k) and the per-token one pick torch's top-k and
+    softmax."""
+    gen = torch.Generator().manual_seed(5)
+    for tokens, experts, hidden, k in ((1, 32, 2880, 4), (3, 8, 200, 2), (40, 16, 96, 4)):
+        x = torch.randn(tokens, hidden, generator=gen)
+        w = torch.randn(experts, hidden, generator=gen) * 0.1
+        b = torch.randn(experts, generator=gen)
+        v, i = torch.topk(torch.nn.functional.linear(x, w, b), k, dim=-1)
+        assert tokens <= gk.ROUTER_SPLIT_MAX_TOKENS
+        for split in (True, False):
+            got_i, got_w = gk.router(x, w, b, k, split=split)
+            assert torch.equal(got_i.long(), i), (tokens, experts, hidden, split)
+            torch.testing.assert_close(got_w, torch.softmax(v, dim=-1), rtol=1e-5, atol=1e-6)
+
+
+def test_triton_moe_compact_grid_matches_full_grid(gk):
+    """Fewer pairs than experts: one program row per distinct routed expert gives the same outputs and the same
+    distinct-expert count as one row per expert."""
+    gen = torch.Generator().manual_seed(6)
+    experts, hidden, inter = 16, 64, 32
+    gu, gub = torch.randn(experts, hidden, 2 * inter, generator=gen) * 0.1, torch.randn(experts, 2 * inter) * 0.1
+    dn, dnb = torch.randn(experts, inter, hidden, generator=gen) * 0.1, torch.randn(experts, hidden) * 0.1
+    for tokens, k in ((1, 4), (3, 2)):
+        x = torch.randn(tokens, hidden, generator=gen)
+        v, i = torch.topk(torch.randn(tokens, experts, generator=gen), k, dim=-1)
+        w = torch.softmax(v, dim=-1)
+        outs, counts = [], []
+        for compact in (True, False):
+            cnt = torch.zeros((), dtype=torch.int32)
+            outs.append(gk.moe(x, gu, gub, dn, dnb, i.to(torch.int32), w, 1.702, 7.0, cnt, compact=compact))
+            counts.append(int(cnt))
+        assert torch.equal(outs[0], outs[1])
+        assert counts[0] == counts[1] == i.unique().numel()
+
+
+def test_triton_swiglu_clamp_matches_hf_with_large_activations(gk):
+    """The gate_up kernel's epilogue clamps like HF (limit 7): activations far past it, outputs equal HF's."""
+    model = _lively_tiny_model()
+    mlp = model.model.layers[0].mlp
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(6, model.config.hidden_size, generator=gen) * 20
+    topv, topi = torch.topk(torch.randn(6, mlp.experts.num_experts, generator=gen), 2, dim=-1)
+    topw = torch.softmax(topv, dim=-1)
+    want = _hf_experts_out(model, mlp, x, topi, topw)
+    assert want.abs().max() > 50  # clamp-bound scale: (7 + 1) * 7 per unit of down weight
+    experts = build_experts(mlp.experts, GraphOptions(experts="triton").resolve("cpu"))
+    assert isinstance(experts, DenseExperts)
+    got = experts(x, topi.to(torch.int32), topw, None).view(6, 2, -1).sum(1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split", [True, False])
+def test_triton_router_near_tie_keeps_hf_experts(gk, dtype, split):
+    """Both Triton router paths resolve a near-tie at the top-k boundary as HF's router (and TorchOps) do."""
+    model = _lively_tiny_model()
+    hf_router = model.model.layers[0].mlp.router.to(dtype)
+    router, x, kept = _near_tie_router(model.config.hidden_size, hf_router.weight.shape[0], dtype)
+    with torch.no_grad():
+        hf_router.weight.copy_(router.weight)
+        hf_router.bias.copy_(router.bias)
+        _, _, want = hf_router(x)
+    got, _ = TritonOps(router_split=split).route(x, router)
+    assert sorted(got[0].tolist()) == kept
+    assert torch.equal(got.long(), want.long())
+    assert torch.equal(TorchOps().route(x, router)[0].long(), want.long())
