@@ -1,25 +1,17 @@
 """MXFP4 (the released gpt-oss expert format): codes and scales against an independent reference, the experts
 module, checkpoints in the real layout (ours and transformers' reader agree), pruning, and the graph engine's
-MXFP4 path (torch reference on CPU; the Triton kernels under TRITON_INTERPRET=1 in a subprocess)."""
+MXFP4 path (torch reference on CPU; its Triton kernels run under the interpreter: tests/interpreter/mxfp4_cases.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
 import torch
 
 from bench.engines import get_engine
 from bench.models import mxfp4
 from bench.models import pruning as P
 from bench.models.loading import load_model, weights_impl
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------- an independent reference of e2m1 / e8m0
 
@@ -192,15 +184,3 @@ def test_graph_engine_mxfp4_tokens_equal_hf_on_the_dequantized_model_past_the_wi
     ref = hf.generate(loaded.model, ids, new_tokens)
     assert ref.tokens.unique().numel() > 30
     assert torch.equal(res.tokens, ref.tokens)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="the Triton interpreter needs triton")
-def test_triton_mxfp4_moe_matches_the_torch_reference_under_the_interpreter():
-    """The MXFP4 expert kernels (scan, compact-grid and sorted modes) against dequantize + the torch loop; and the
-    whole graph decode with them equals the reference path's tokens. Runs in a subprocess: TRITON_INTERPRET must
-    be set before triton compiles anything."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "mxfp4_interp_check.py")], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "ok" in out.stdout
