@@ -7,6 +7,7 @@ import streamlit as st
 
 from bench.ui import charts as ui_charts
 from bench.ui import data as ui_data
+from bench.ui import images as ui_images
 
 st.title("moe-bench")
 st.caption("Decode throughput and memory of base and expert-pruned Mixture-of-Experts models.")
@@ -52,7 +53,9 @@ summ = data.summary[data.summary["run_id"].isin(ids) & data.summary["total_tps"]
 top = summ.sort_values("batch").groupby("run_id").tail(1).set_index("run_id")
 meta = data.runs_all.set_index("run_id")
 rows = top.join(meta[["name", "label", "device_name", "engine"]]).loc[[i for i in ids if i in top.index]].reset_index()
-st.plotly_chart(ui_charts.headline_figure(rows, data.colors), width="stretch")
+_fig = ui_charts.headline_figure(rows, data.colors)
+st.plotly_chart(_fig, width="stretch")
+ui_images.downloads(_fig, "moe-bench-overview", key="overview_chart_dl")
 st.dataframe(
     rows[["label", "batch", "total_tps", "per_stream_tps", "ceiling_tps", "mbu", "device_name", "engine"]],
     hide_index=True, width="stretch",
