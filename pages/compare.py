@@ -37,7 +37,8 @@ base = st.selectbox("Base", ids, index=ids.index(default_base), format_func=lamb
 cand_options = [r for r in ids if r != base]
 meta = runs.set_index("run_id")
 same_variant = [r for r in cand_options if meta.at[r, "name"] == meta.at[base, "name"] and not meta.at[r, "imported"]
-                and meta.at[r, "engine"] != meta.at[base, "engine"]]  # the same variant, another (known) engine
+                and meta.at[r, "engine"] != meta.at[base, "engine"]
+                and meta.at[r, "weights"] == meta.at[base, "weights"]]  # the same variant, another (known) engine
 
 
 other_weights = compare.other_weight_formats(runs, base)
