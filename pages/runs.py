@@ -140,9 +140,10 @@ def _variant_rows(variants: list[dict]) -> pd.DataFrame:
         keep = p.get("keep") or ";".join(p.get("union") or [])
         rows.append({"name": v.get("name"), "model": v.get("model"), "top_k": v.get("top_k"),
                      "weights": v.get("weights") or "bf16", "prune_experts": p.get("experts"),
-                     "prune_method": p.get("method"), "prune_keep": keep or None})
+                     "prune_method": p.get("method"), "prune_keep": keep or None,
+                     "prune_domains": ";".join(p.get("domains") or []) or None})
     return pd.DataFrame(rows, columns=["name", "model", "top_k", "weights", "prune_experts", "prune_method",
-                                       "prune_keep"])
+                                       "prune_keep", "prune_domains"])
 
 
 def _clean(v: object) -> object:
@@ -167,6 +168,9 @@ def variants_from_rows(df: pd.DataFrame) -> list[dict]:
             v["prune"] = {"keep": str(keep)}
         elif experts is not None or method is not None:
             v["prune"] = {"experts": experts, "method": method or "first"}
+            domains = _clean(r.get("prune_domains"))  # calibrated methods: calibration domains (or random-tokens)
+            if domains:
+                v["prune"]["domains"] = [s.strip() for s in str(domains).split(";") if s.strip()]
         out.append({k: x for k, x in v.items() if x is not None})
     return out
 
@@ -213,7 +217,9 @@ else:
     with st.form("fields_form"):
         title = st.text_input("Title", value=base.get("title", "my sweep"))
         st.caption("Variants: prune by `prune_experts` + `prune_method`, or a keep file in `prune_keep` "
-                   "(several files separated by `;` make a union prune to `prune_experts`).")
+                   "(several files separated by `;` make a union prune to `prune_experts`). Methods frequency, "
+                   "reap and union rank experts by calibrations: name them in `prune_domains` (`code;prose`, "
+                   "from `bench calibrate`), or `random-tokens` for frequency counted on random ids.")
         edited = st.data_editor(
             _variant_rows(base.get("variants", [])), num_rows="dynamic", width="stretch", key="new_variants",
             column_config={

@@ -30,7 +30,7 @@ from tests.fixtures_db import build_fixture
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SHOTS = PROJECT_ROOT / "docs" / "screenshots"
-PAGES = ("overview", "scaling", "memory", "compare", "runs", "export")
+PAGES = ("overview", "scaling", "memory", "compare", "routing", "runs", "export")
 
 
 def _load_screenshots():
