@@ -256,7 +256,7 @@ class SweepRunner:
             dtype=dtype, device=device, prompt_len=s.prompt_len, new_tokens=s.new_tokens, repeats=s.repeats,
             seed=s.seed, prune=self._prune_dict(v),
             config_json=json.dumps(_variant_config(v, spec, device, dtype), sort_keys=True),
-            rerun_of=rerun_of, source="measured", state="pending",
+            rerun_of=rerun_of, source="measured", state="pending", weights=v.weights,
             prompts=self.plan.prompts_label.get(v.name, "random") if self.plan else "random",
         )
         store.insert_run(self.db, run)
@@ -271,7 +271,7 @@ class SweepRunner:
             run_id=run.run_id, variant_name=v.name, model=v.model, top_k=v.top_k,
             prune=self._prune_dict(v), engine=s.engine, device=device, dtype=dtype,
             prompt_len=s.prompt_len, new_tokens=s.new_tokens, seed=s.seed, warmup=s.warmup, points=list(todo),
-            gpu_mem_cap_gib=self.gpu_mem_cap_gib, engine_options=s.engine_options,
+            gpu_mem_cap_gib=self.gpu_mem_cap_gib, weights=v.weights, engine_options=s.engine_options,
             prompt_text=self.plan.prompt_text.get(v.name) if self.plan else None,
             quality=self.plan.quality.get(v.name) if self.plan else None,
         )
@@ -404,6 +404,7 @@ class SweepRunner:
             git_commit=e.git_commit, host=e.host, python_version=e.python,
             notes="; ".join(info.notes) if info.notes else None,
             engine_options=json.dumps(info.engine_options, sort_keys=True) if info.engine_options else None,
+            weights_impl=info.weights_impl,
         )
 
 

@@ -24,6 +24,7 @@ DEVICES: tuple[str, ...] = ("auto", "cuda", "cpu")
 PRUNE_METHODS: tuple[str, ...] = ("first", "random", "frequency", "reap", "union")
 CALIBRATED_METHODS: tuple[str, ...] = ("frequency", "reap", "union")  # need `domains` (bench calibrate)
 RANDOM_TOKENS = "random-tokens"  # domains = ["random-tokens"]: the explicit, labelled random-id calibration
+WEIGHT_FORMATS: tuple[str, ...] = ("bf16", "mxfp4")  # expert weight format (docs/MXFP4.md)
 
 # Sane ranges of the numeric fields (inclusive). Every value the store keeps fits a 32-bit INTEGER column, and a
 # value past these limits is a typo, not a benchmark. new_tokens >= 2: the first token comes from the prefill,
@@ -107,6 +108,7 @@ class VariantSpec:
     model: str
     top_k: int
     prune: PruneSpec | None = None
+    weights: str = "bf16"  # expert weight format: bf16 | mxfp4
 
 
 @dataclass
@@ -120,13 +122,14 @@ class SweepSettings:
     device: str = "auto"
     seed: int = 0
     warmup: bool = True
+    weights: str = "bf16"  # default expert weight format of the variants that do not set one
+    # the engine's typed options ([sweep.engine_options]; graph: bench/engines/graph/options.py), defaults filled
+    engine_options: dict[str, Any] = field(default_factory=dict)
     cluster: str | None = None  # None: this GPU; "local", "local:N" or a Dask scheduler address (bench.cluster)
     prompts: str = "random"  # random | domain:<name> (cut from the domain's held-out text)
     quality: bool = False  # after the speed points, KL/agreement/perplexity against the base (same worker)
     quality_domains: list[str] | None = None  # default: the calibrated domains the variants name
     quality_tokens: int | None = None  # positions per domain (default: 32768 on cuda, 512 on cpu)
-    # the engine's typed options ([sweep.engine_options]; graph: bench/engines/graph/options.py), defaults filled
-    engine_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,6 +145,8 @@ class SweepSpec:
             entry: dict[str, Any] = {"name": v.name, "model": v.model, "top_k": v.top_k}
             if v.prune is not None:
                 entry["prune"] = v.prune.to_dict()
+            if v.weights != self.sweep.weights:
+                entry["weights"] = v.weights
             out["variants"].append(entry)
         return out
 
@@ -164,7 +169,7 @@ def _sweep_dict(settings: SweepSettings) -> dict[str, Any]:
 
 _TOP_KEYS = {"title", "sweep", "variants"}
 _SWEEP_KEYS = {f.name for f in dataclasses.fields(SweepSettings)}
-_VARIANT_KEYS = {"name", "model", "top_k", "prune"}
+_VARIANT_KEYS = {"name", "model", "top_k", "prune", "weights"}
 _PRUNE_KEYS = {"experts", "method", "keep", "union", "domains", "rank", "per_domain"}
 
 
@@ -377,6 +382,7 @@ def spec_from_dict(
         device=_str(sweep_raw.get("device", "auto"), "sweep.device", DEVICES),
         seed=_int(sweep_raw.get("seed", 0), "sweep.seed", limit="seed"),
         warmup=bool(sweep_raw.get("warmup", True)),
+        weights=_str(sweep_raw.get("weights", "bf16"), "sweep.weights", WEIGHT_FORMATS),
         cluster=_cluster(sweep_raw.get("cluster")),
     )
     settings.engine_options = validate_engine_options(settings.engine, sweep_raw.get("engine_options"))
@@ -411,7 +417,9 @@ def spec_from_dict(
                 f"top_k {top_k} is greater than the {prune.experts} experts this variant keeps; "
                 f"lower top_k or keep more experts",
             )
-        variants.append(VariantSpec(name=name, model=_model(v["model"], f"{where}.model"), top_k=top_k, prune=prune))
+        weights = _str(v.get("weights", settings.weights), f"{where}.weights", WEIGHT_FORMATS)
+        variants.append(VariantSpec(name=name, model=_model(v["model"], f"{where}.model"), top_k=top_k, prune=prune,
+                                    weights=weights))
     return SweepSpec(title=title, sweep=settings, variants=variants, source_path=source_path)
 
 

@@ -44,9 +44,10 @@ class WorkerJob:
     warmup: bool
     points: list[tuple[int, int]]  # (batch, repeat) to run, in order
     gpu_mem_cap_gib: float | None = None
+    weights: str = "bf16"  # expert weight format: bf16 | mxfp4
+    engine_options: dict[str, Any] | None = None  # SweepSettings.engine_options
     prompt_text: str | None = None  # prompts cut from this (a domain's held-out text) instead of random ids
     quality: dict[str, Any] | None = None  # after the points: bench.research_worker.quality_phase arguments
-    engine_options: dict[str, Any] | None = None  # SweepSettings.engine_options
 
 
 @dataclass
@@ -59,6 +60,7 @@ class RunInfo:
     bandwidth_gbs: float | None
     notes: list[str] = field(default_factory=list)
     engine_options: dict[str, Any] | None = None
+    weights_impl: str | None = None  # how the engine runs the expert weights (runs.weights_impl)
 
 
 def parse_faults(text: str | None, variant: str) -> dict[int, str]:
@@ -130,19 +132,22 @@ def point_from_result(
     mem: dict[str, float | None],
     window: Any,
     started: Any,
+    bandwidth_source: str = "measured",
 ) -> PointRecord:
     """The one place a timed generation becomes a point: tok/s, TPOT, energy, roofline ceiling and MBU.
 
     `result` is a DecodeResult, `arch` an ArchSummary, `window` an NvmlWindow (all-None fields on CPU), `mem` the
     MemoryTracker's point_stats. Raises when the engine did not generate exactly `expected_tokens` per stream.
     """
-    from bench.roofline import bytes_per_step, ceiling_tps, kv_bytes_per_step, mbu
+    from bench.roofline import mbu, roofline_point
 
     generated = int(result.tokens.shape[1])
     if generated != expected_tokens:
         raise RuntimeError(f"engine generated {generated} tokens per stream, expected {expected_tokens}")
     total_tps = batch * (generated - 1) / result.decode_s
-    ceiling = ceiling_tps(arch, batch, top_k, context, bandwidth, distinct=result.distinct_experts)
+    roof = roofline_point(arch, batch, top_k, context, bandwidth, distinct=result.distinct_experts,
+                          bandwidth_source=bandwidth_source)
+    ceiling = roof.ceiling_tps
     energy = getattr(window, "energy_j", None)
     step_ms = [s * 1000 for s in result.step_s]
     return PointRecord(
@@ -160,11 +165,13 @@ def point_from_result(
         energy_j_per_token=(energy / (batch * generated)) if energy else None,
         sm_clock_mhz=getattr(window, "sm_clock_mhz", None),
         throttle_reasons=getattr(window, "throttle_reasons", None),
-        bytes_per_step=bytes_per_step(arch, batch, top_k, context, result.distinct_experts),
-        kv_bytes=kv_bytes_per_step(arch, batch, context),
+        bytes_per_step=roof.bytes_per_step,
+        kv_bytes=roof.kv_bytes,
         distinct_experts=result.distinct_experts,
         ceiling_tps=ceiling,
         mbu=mbu(total_tps, ceiling),
+        experts_measured=roof.experts_measured,
+        bandwidth_source=roof.bandwidth_source,
         started_at=started,
         finished_at=utcnow(),
         **mem,
@@ -179,7 +186,7 @@ def run_job(job: WorkerJob, send) -> None:
     from bench.measure.env import fingerprint
     from bench.measure.memory import MemoryTracker
     from bench.measure.nvml import NvmlSampler
-    from bench.models.loading import load_model
+    from bench.models.loading import load_model, weights_impl
     from bench.models.pruning import apply_variant
     from bench.roofline import ArchSummary, mean_decode_context
 
@@ -190,7 +197,8 @@ def run_job(job: WorkerJob, send) -> None:
     env = fingerprint(job.device)
     tracker = MemoryTracker(job.device)
     tracker.baseline()
-    loaded = load_model(job.model, device=job.device, dtype=dtype, seed=job.seed)
+    loaded = load_model(job.model, device=job.device, dtype=dtype, seed=job.seed, weights=job.weights,
+                        transformers_mxfp4=job.engine == "hf")
     prune = PruneSpec(**job.prune) if job.prune else None
     kept = apply_variant(loaded, prune, job.top_k, seed=job.seed)
     model = loaded.model
@@ -210,6 +218,7 @@ def run_job(job: WorkerJob, send) -> None:
                 bandwidth_gbs=bandwidth / 1e9,
                 notes=list(loaded.notes),
                 engine_options=engine.describe(job.device),
+                weights_impl=weights_impl(loaded, job.engine, job.device),
             ),
         )
     )

@@ -37,11 +37,19 @@ base = st.selectbox("Base", ids, index=ids.index(default_base), format_func=lamb
 cand_options = [r for r in ids if r != base]
 meta = runs.set_index("run_id")
 same_variant = [r for r in cand_options if meta.at[r, "name"] == meta.at[base, "name"] and not meta.at[r, "imported"]
-                and meta.at[r, "engine"] != meta.at[base, "engine"]]  # the same variant, another (known) engine
+                and meta.at[r, "engine"] != meta.at[base, "engine"]
+                and meta.at[r, "weights"] == meta.at[base, "weights"]]  # the same variant, another (known) engine
+
+
+other_weights = compare.other_weight_formats(runs, base)
 
 
 def _engines() -> None:
     st.session_state["cmp_cands"] = same_variant
+
+
+def _weights() -> None:
+    st.session_state["cmp_cands"] = other_weights
 
 
 ui_data.shared_runs(data, "cmp_cands", cand_options)
@@ -57,6 +65,10 @@ if same_variant:
     st.button(f"Compare engines: {meta.at[base, 'name']} measured with "
               + ", ".join(sorted({str(meta.at[r, 'engine']) for r in same_variant})), key="cmp_engines",
               on_click=_engines, help="Candidates: the same variant measured with another engine")
+if other_weights:
+    st.button(f"Compare weight formats: {meta.at[base, 'name']} in "
+              + ", ".join(sorted({str(meta.at[r, 'weights']) for r in other_weights})), key="cmp_weights",
+              on_click=_weights, help="Candidates: the same variant with its experts in another weight format")
 if not cands:
     st.info("Pick one or more candidates.")
     st.stop()
@@ -70,6 +82,10 @@ for c in cands:
         st.info(f"**{labels[c]}** and **{labels[base]}** differ only in the decode engine "
                 f"({meta.at[base, 'engine']} → {meta.at[c, 'engine']}); card, dtype and software versions match, "
                 f"so the deltas below measure what the engine does to {same}.", icon=":material/info:")
+    elif compare.only_weights_differ(diffs):
+        st.info(f"**{labels[c]}** and **{labels[base]}** differ only in the expert weight format "
+                f"({meta.at[base, 'weights']} → {meta.at[c, 'weights']}), so the deltas below measure what the "
+                "format does to speed and memory.", icon=":material/info:")
     elif diffs:
         st.warning(f"**{labels[c]}** and **{labels[base]}** were measured differently — the comparison may not "
                    "be fair:\n" + "\n".join(f"- {d}" for d in diffs))

@@ -14,7 +14,7 @@ from bench.analysis import labels
 from bench.analysis.lanes import where_ran
 from bench.errors import BadInputError
 from bench.paths import SPECS_DIR
-from bench.spec import DEVICES, DTYPES, ENGINE_NAMES, PRUNE_METHODS, load_spec, spec_from_dict
+from bench.spec import DEVICES, DTYPES, ENGINE_NAMES, PRUNE_METHODS, WEIGHT_FORMATS, load_spec, spec_from_dict
 from bench.store import queries
 from bench.ui import cluster as ui_cluster
 from bench.ui import data as ui_data
@@ -139,10 +139,11 @@ def _variant_rows(variants: list[dict]) -> pd.DataFrame:
         p = v.get("prune") or {}
         keep = p.get("keep") or ";".join(p.get("union") or [])
         rows.append({"name": v.get("name"), "model": v.get("model"), "top_k": v.get("top_k"),
-                     "prune_experts": p.get("experts"), "prune_method": p.get("method"), "prune_keep": keep or None,
+                     "weights": v.get("weights") or "bf16", "prune_experts": p.get("experts"),
+                     "prune_method": p.get("method"), "prune_keep": keep or None,
                      "prune_domains": ";".join(p.get("domains") or []) or None})
-    return pd.DataFrame(rows, columns=["name", "model", "top_k", "prune_experts", "prune_method", "prune_keep",
-                                       "prune_domains"])
+    return pd.DataFrame(rows, columns=["name", "model", "top_k", "weights", "prune_experts", "prune_method",
+                                       "prune_keep", "prune_domains"])
 
 
 def _clean(v: object) -> object:
@@ -157,6 +158,8 @@ def variants_from_rows(df: pd.DataFrame) -> list[dict]:
         v: dict = {"name": _clean(r["name"]), "model": _clean(r["model"]), "top_k": _clean(r["top_k"])}
         if isinstance(v["top_k"], float):
             v["top_k"] = int(v["top_k"])
+        if _clean(r.get("weights")) not in (None, "bf16"):
+            v["weights"] = r["weights"]
         experts, method, keep = _clean(r["prune_experts"]), _clean(r["prune_method"]), _clean(r["prune_keep"])
         experts = int(experts) if isinstance(experts, float) else experts
         if keep and ";" in str(keep):
@@ -223,6 +226,9 @@ else:
                 "top_k": st.column_config.NumberColumn("top_k", min_value=1, step=1),
                 "prune_experts": st.column_config.NumberColumn("prune_experts", min_value=1, step=1),
                 "prune_method": st.column_config.SelectboxColumn("prune_method", options=list(PRUNE_METHODS)),
+                "weights": st.column_config.SelectboxColumn(
+                    "weights", options=list(WEIGHT_FORMATS), default="bf16",
+                    help="expert weights: bf16, or mxfp4 (the released checkpoint's blocks + scales, 4.25 bits)"),
             },
         )
         c = st.columns(4)
@@ -316,7 +322,8 @@ for r in in_group.sort_values("started_at", na_position="last").to_dict("records
         c[1].markdown(f"{r['state']} · {r['n_ok']}/{r['n_points']} points ok  \n"
                       f"{ui_data.fmt_duration(r['duration_s']) or '—'}")
         c[2].markdown(f"{r['device_name'] or '—'}  \n{r['engine']} · {r['dtype']} · torch {r['torch_version'] or '—'}"
-                      f"  \n{where_ran(r)}")
+                      f"  \n{where_ran(r)}"
+                      + (f"  \nweights: {r['weights_impl']}" if r.get("weights_impl") else ""))
         if c[3].button("Rerun", key=f"rerun_{r['run_id']}", disabled=not bool(r["rerunnable"]),
                        help="Run the same resolved config again as a new run" if r["rerunnable"]
                        else "Imported runs carry no config to rerun"):

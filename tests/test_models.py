@@ -406,3 +406,42 @@ def test_hf_id_loads_offline_from_the_local_cache(
     # the fingerprint follows the checkpoint's weights (same shapes, other values -> other fingerprint)
     tiny_model_factory(seed=1).model.save_pretrained(snapshot)
     assert load_model("acme/tiny-moe", "cpu", torch.float32, seed=0).fingerprint != loaded.fingerprint
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU paths")
+def test_prune_weights_mxfp4_slices_a_real_layout_checkpoint_and_loads_back_in_both_engines(
+    tiny_model, tmp_path, capsys, tiny_input_ids
+):
+    """`bench prune --weights mxfp4` on a checkpoint in the released MXFP4 layout slices blocks and scales with
+    the router rows and writes that layout again: our reader (engine graph) and transformers' dequantizing
+    reader (engine hf) load it, and it computes what the base checkpoint computes with its router masked."""
+    from bench.engines import get_engine
+    from bench.models import mxfp4
+
+    src = tmp_path / "src"
+    _write_mxfp4_checkpoint(tiny_model, src)
+    out = tmp_path / "pruned"
+    argv = ["prune", "--model", str(src), "--out", str(out), "--experts", "3", "--method", "first", "--top-k", "2",
+            "--device", "cpu", "--dtype", "float32", "--weights", "mxfp4"]
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["weights"] == "mxfp4" and summary["experts"] == 3
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["quantization_config"]["quant_method"] == "mxfp4" and cfg["num_local_experts"] == 3
+    ours = load_model(str(out), "cpu", torch.float32, seed=0, weights="mxfp4")
+    ex = ours.model.model.layers[0].mlp.experts
+    assert ex.gate_up_proj_blocks.shape == (3, 128, 2, 16) and ex.down_proj_scales.shape == (3, 64, 2)
+    # expert e of the source is the constant 2**e: the kept ones are 0, 1, 2
+    assert [ex.expert_weights(e, torch.float32)[1].unique().tolist() for e in range(3)] == [[1.0], [2.0], [4.0]]
+    base = load_model(str(src), "cpu", torch.float32, seed=0, weights="mxfp4")
+    P.set_top_k(base.model, 2)
+    P.mask_router(base.model, [[0, 1, 2], [0, 1, 2]])
+    want = logits(base.model, tiny_input_ids)
+    torch.testing.assert_close(logits(ours.model, tiny_input_ids), want, **TOL)
+    theirs = load_model(str(out), "cpu", torch.float32, seed=0, weights="bf16", dequantize_mxfp4=True)
+    assert not mxfp4.model_is_mxfp4(theirs.model)
+    torch.testing.assert_close(logits(theirs.model, tiny_input_ids), want, **TOL)
+    ids = tiny_input_ids[:1, :6]
+    graph = get_engine("graph").generate(ours.model, ids, 6)
+    hf = get_engine("hf").generate(theirs.model, ids, 6)
+    assert torch.equal(graph.tokens, hf.tokens)

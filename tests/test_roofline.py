@@ -14,7 +14,6 @@ from bench.models.presets import load_preset_config
 from bench.roofline import (
     ArchSummary,
     bytes_per_step,
-    ceiling_tps,
     expected_distinct_experts,
     kv_bytes_per_step,
     mbu,
@@ -55,9 +54,9 @@ def test_gpt_oss_20b_parameter_counts_match_design(gpt_oss_20b: ArchSummary) -> 
 
 
 def test_gpt_oss_20b_ceilings_match_design(gpt_oss_20b: ArchSummary, gpt_oss_20b_16e: ArchSummary) -> None:
-    assert _rel(ceiling_tps(gpt_oss_20b, 1, 4, CTX, BW), 414) < 0.02
-    assert _rel(ceiling_tps(gpt_oss_20b, 32, 4, CTX, BW), 2300) < 0.03
-    assert _rel(ceiling_tps(gpt_oss_20b_16e, 32, 4, CTX, BW), 4200) < 0.03
+    assert _rel(roofline_point(gpt_oss_20b, 1, 4, CTX, BW).ceiling_tps, 414) < 0.02
+    assert _rel(roofline_point(gpt_oss_20b, 32, 4, CTX, BW).ceiling_tps, 2300) < 0.03
+    assert _rel(roofline_point(gpt_oss_20b_16e, 32, 4, CTX, BW).ceiling_tps, 4200) < 0.03
     assert _rel(gpt_oss_20b_16e.total_params, 11.36e9) < 0.005  # DESIGN.md: the 16-expert variant
     assert mean_decode_context(256, 2048) == CTX
 
@@ -75,7 +74,7 @@ def test_measured_distinct_experts_replace_the_uniform_expectation(gpt_oss_20b: 
     skewed = bytes_per_step(a, 32, 4, CTX, distinct_experts=20.0)
     expected_gap = a.num_layers * (expected_distinct_experts(32, 4, 32) - 20.0) * a.expert_params * 2
     assert uniform - skewed == pytest.approx(expected_gap, rel=1e-9)
-    assert ceiling_tps(a, 32, 4, CTX, BW, distinct=20.0) > ceiling_tps(a, 32, 4, CTX, BW)
+    assert roofline_point(a, 32, 4, CTX, BW, distinct=20.0).ceiling_tps > roofline_point(a, 32, 4, CTX, BW).ceiling_tps
     point = roofline_point(a, 32, 4, CTX, BW, distinct=20.0)
     assert point.distinct_experts == 20.0 and point.bytes_per_step == pytest.approx(skewed)
 
@@ -200,3 +199,55 @@ def test_from_model_takes_expert_count_from_the_tensors_of_a_pruned_model() -> N
     assert full.num_experts == 8 and pruned.num_experts == 4
     assert pruned.expert_params == full.expert_params
     assert pruned.expert_params_total == full.expert_params_total / 2
+
+
+# ---------------------------------------------------------------- every tensor at its own width
+
+
+def test_mixed_dtype_model_counts_each_tensor_at_its_width() -> None:
+    """Experts in float32, everything else in bf16: bytes follow the tensors, and the KV cache the activations."""
+    cfg = load_preset_config("tiny-moe")
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    for layer in model.model.layers:
+        layer.mlp.experts.float()
+    a = ArchSummary.from_model(model)
+    expert_numel = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
+    other = [(n, p) for n, p in model.named_parameters() if ".experts." not in n]
+    assert a.expert_bytes_each * a.expert_layers * a.num_experts == expert_numel * 4
+    assert a.non_expert_bytes == sum(p.numel() * 2 for _, p in other)
+    assert a.kv_bytes_per_element == 2
+    emb = model.model.embed_tokens.weight.numel() * 2
+    per_kv_token = 2 * a.kv_heads * a.head_dim * 2
+    kv_tokens = 10 + 10  # sliding (window 16 > 10) + full layer, context 10
+    want = (a.non_expert_bytes - emb) + 3 * a.hidden_size * 2 + a.expert_layers * 2.5 * (expert_numel * 4 / 16) \
+        + 3 * kv_tokens * per_kv_token
+    assert bytes_per_step(a, 3, 2, 10, distinct_experts=2.5) == pytest.approx(want)
+
+
+def test_mxfp4_layout_counts_blocks_and_scales() -> None:
+    """An MXFP4 model counts its experts at blocks + scales (4.25 bits), the rest at bf16; a bf16 meta build
+    with weights="mxfp4" gives the same figures; gpt-oss-20b at batch 1, k4 reads about 3.7 GB per step."""
+    from bench.models import mxfp4
+
+    cfg = load_preset_config("tiny-moe")
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    mxfp4.quantize_model(model)
+    a = ArchSummary.from_model(model)
+    ex = model.model.layers[0].mlp.experts
+    per_expert = sum(getattr(ex, n)[0].numel() for n in ("gate_up_proj_blocks", "gate_up_proj_scales",
+                                                          "down_proj_blocks", "down_proj_scales"))
+    per_expert += (ex.gate_up_proj_bias[0].numel() + ex.down_proj_bias[0].numel()) * 2
+    assert a.weights == "mxfp4" and a.expert_bytes_each == per_expert
+    weights = 64 * 128 + 64 * 64  # gate_up (hidden 64 -> 2 x 64) + down (64 -> 64) weights of one expert
+    assert a.expert_params == weights + 128 + 64
+    assert a.expert_bytes_each == weights * 4.25 / 8 + (128 + 64) * 2
+    assert a.kv_bytes_per_element == 2 and a.dtype_bytes == 2
+    meta = ArchSummary.from_config(cfg, dtype_bytes=2, weights="mxfp4")
+    assert meta.expert_bytes_each == pytest.approx(a.expert_bytes_each)
+    assert meta.non_expert_bytes == a.non_expert_bytes
+    big = ArchSummary.from_config(load_preset_config("gpt-oss-20b"), dtype_bytes=2, weights="mxfp4")
+    nbytes = bytes_per_step(big, 1, 4, 256, distinct_experts=4)
+    assert 3.5e9 < nbytes < 3.9e9
+    point = roofline_point(big, 1, 4, 256, 4.27e12, distinct=4.0, bandwidth_source="datasheet")
+    assert point.experts_measured and point.bandwidth_source == "datasheet"
+    assert not roofline_point(big, 1, 4, 256, 4.27e12).experts_measured

@@ -11,8 +11,8 @@ import pandas as pd
 from bench.analysis.frames import isna as _isna
 from bench.store.queries import MEMORY_METRICS
 
-ENV_COLUMNS: tuple[str, ...] = ("device_name", "engine", "dtype", "torch_version", "transformers_version",
-                                "cuda", "driver", "bench_version", "timing_convention")
+ENV_COLUMNS: tuple[str, ...] = ("device_name", "engine", "dtype", "weights", "weights_impl", "torch_version",
+                                "transformers_version", "cuda", "driver", "bench_version", "timing_convention")
 
 
 def summary_for(summary: pd.DataFrame, runs_df: pd.DataFrame, run_ids: list[str]) -> pd.DataFrame:
@@ -27,7 +27,8 @@ def summary_for(summary: pd.DataFrame, runs_df: pd.DataFrame, run_ids: list[str]
 
 
 def base_for(runs_df: pd.DataFrame, run_id: str) -> str | None:
-    """A sensible unpruned base for a pruned run: same top_k and card, preferring the same model source."""
+    """A sensible unpruned base for a pruned run: same top_k and card, preferring the same model source and expert
+    weight format."""
     if runs_df.empty or run_id not in set(runs_df["run_id"]):
         return None
     run = runs_df.set_index("run_id").loc[run_id]
@@ -40,6 +41,8 @@ def base_for(runs_df: pd.DataFrame, run_id: str) -> str | None:
         + (bases["device_name"].fillna("") == (run["device_name"] or "")).astype(int) * 2
         + (bases["sweep_id"].fillna("") == (run["sweep_id"] or "")).astype(int)
     )
+    if "weights" in bases.columns:
+        score = score + (bases["weights"].fillna("bf16") == (run.get("weights") or "bf16")).astype(int) * 3
     return str(bases.loc[score.idxmax(), "run_id"])
 
 
@@ -48,6 +51,8 @@ def env_differences(runs_df: pd.DataFrame, base_id: str, other_id: str) -> list[
     r = runs_df.set_index("run_id")
     out = []
     for col in ENV_COLUMNS:
+        if col not in r.columns:
+            continue
         a, b = r.at[base_id, col], r.at[other_id, col]
         a = None if _isna(a) else a
         b = None if _isna(b) else b
@@ -139,3 +144,23 @@ def speedup_matrix(deltas_df: pd.DataFrame) -> pd.DataFrame:
     out["speedup"] = [None if _isna(c) or _isna(b) or not b else float(c) / float(b)
                       for c, b in zip(out["total_tps"], out["base_total_tps"], strict=True)]
     return out[cols].reset_index(drop=True)
+
+
+WEIGHT_COLUMNS: tuple[str, ...] = ("weights", "weights_impl")
+
+
+def other_weight_formats(runs_df: pd.DataFrame, base_id: str) -> list[str]:
+    """Runs of the base's variant (same name, top_k and engine, measured here) in another expert weight format:
+    the candidates of a "bf16 vs mxfp4" comparison."""
+    if runs_df.empty or "weights" not in runs_df.columns or base_id not in set(runs_df["run_id"]):
+        return []
+    r = runs_df.set_index("run_id")
+    b = r.loc[base_id]
+    w = r["weights"].fillna("bf16")
+    same = (r["name"] == b["name"]) & (r["top_k"] == b["top_k"]) & (r["engine"] == b["engine"]) & ~r["imported"]
+    return [str(i) for i in r.index[same & (w != (b["weights"] or "bf16")) & (r["n_ok"] > 0)]]
+
+
+def only_weights_differ(diffs: list[str]) -> bool:
+    """True when the environment differences of two runs are the expert weight format alone."""
+    return bool(diffs) and all(d.split(":", 1)[0] in WEIGHT_COLUMNS for d in diffs)

@@ -31,12 +31,16 @@ def short_card(device_name: Any) -> str | None:
 def run_labels(df: pd.DataFrame) -> pd.Series:
     """A display label per run, unique in the database and the same on every page.
 
-    A run whose name is unique keeps its name. Runs sharing a name get `name · engine · card` (imported report
-    runs, which know neither: `name · imported`); if that still repeats, the run's start time follows, then the
-    last 6 characters of its run_id."""
+    A run's name, followed by its expert weight format when that is not bf16 (`base_topk4 · mxfp4`), is its label
+    when unique. Runs sharing it get `… · engine · card` (imported report runs, which know neither:
+    `… · imported`); if that still repeats, the run's start time follows, then the last 6 characters of its
+    run_id."""
     if df.empty:
         return pd.Series([], dtype=object, index=df.index)
     name = df["name"].astype(str)
+    if "weights" in df.columns:
+        fmt = df["weights"].where(df["weights"].notna() & (df["weights"] != "bf16"), None)
+        name = name.where(fmt.isna(), name + " · " + fmt.astype(str))
     label = name.copy()
     dup = name.duplicated(keep=False)
     for i in df.index[dup]:
@@ -66,24 +70,33 @@ class Filters:
     variants: list[str] = field(default_factory=list)
     engines: list[str] = field(default_factory=list)
     cards: list[str] = field(default_factory=list)
+    weights: list[str] = field(default_factory=list)  # expert weight formats (bf16, mxfp4)
     source: str = "all"  # all | measured | imported
     date_from: Any = None  # datetime.date | None
     date_to: Any = None
 
     def is_default(self) -> bool:
-        return not (self.variants or self.engines or self.cards or self.source != "all"
+        return not (self.variants or self.engines or self.cards or self.weights or self.source != "all"
                     or self.date_from or self.date_to)
+
+
+def _weights(runs_df: pd.DataFrame) -> pd.Series:
+    """Each run's expert weight format (bf16 where the table has none)."""
+    if "weights" not in runs_df.columns:
+        return pd.Series("bf16", index=runs_df.index)
+    return runs_df["weights"].fillna("bf16")
 
 
 def filter_options(runs_df: pd.DataFrame) -> dict[str, list[Any]]:
     """Distinct values for the sidebar filters, computed from the unfiltered runs table."""
     if runs_df.empty:
-        return {"variants": [], "engines": [], "cards": [], "dates": []}
+        return {"variants": [], "engines": [], "cards": [], "weights": [], "dates": []}
     dates = pd.to_datetime(runs_df["run_date"], utc=True).dropna()
     return {
         "variants": sorted(runs_df["name"].dropna().unique().tolist()),
         "engines": sorted(runs_df["engine"].dropna().unique().tolist()),
         "cards": sorted(runs_df["device_name"].fillna("unknown").unique().tolist()),
+        "weights": sorted(_weights(runs_df).unique().tolist()),
         "dates": [dates.min().date(), dates.max().date()] if len(dates) else [],
     }
 
@@ -99,6 +112,8 @@ def apply_filters(runs_df: pd.DataFrame, f: Filters) -> pd.DataFrame:
         mask &= runs_df["engine"].isin(f.engines)
     if f.cards:
         mask &= runs_df["device_name"].fillna("unknown").isin(f.cards)
+    if f.weights:
+        mask &= _weights(runs_df).isin(f.weights)
     if f.source == "measured":
         mask &= ~runs_df["imported"]
     elif f.source == "imported":

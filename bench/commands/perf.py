@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--new-tokens", type=int, default=64, help="generated tokens per stream (default 64)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per point (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights and prompts (default 0)")
+    p.add_argument("--weights", default="bf16",
+                   help="comma-separated expert weight formats, run side by side: bf16, mxfp4 (default bf16)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
                    help="default auto: cuda when a GPU is visible, else cpu")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
@@ -83,6 +85,7 @@ class PerfRow:
     mem_used_gib: float | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    weights: str = "bf16"
 
 
 def _fmt(v: float | None, nd: int = 1) -> str:
@@ -91,15 +94,16 @@ def _fmt(v: float | None, nd: int = 1) -> str:
 
 def markdown_table(rows: list[PerfRow]) -> str:
     lines = [
-        "| experts | top_k | batch | engine | ms/step | tok/s (total) | ceiling tok/s | MBU | spread | U | mem GiB |",
-        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| experts | top_k | batch | engine | weights | ms/step | tok/s (total) | ceiling tok/s | MBU | spread | U "
+        "| mem GiB |",
+        "|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mbu = "—" if r.mbu is None else f"{100 * r.mbu:.0f}%"
         spread = "—" if r.spread_pct is None else f"±{r.spread_pct:.1f}%"
         status = "" if r.status == "ok" else f" ({r.status})"
         lines.append(
-            f"| {r.experts} | {r.top_k} | {r.batch} | {r.engine}{status} | {_fmt(r.ms_per_step, 2)} | "
+            f"| {r.experts} | {r.top_k} | {r.batch} | {r.engine}{status} | {r.weights} | {_fmt(r.ms_per_step, 2)} | "
             f"{_fmt(r.total_tps)} | {_fmt(r.ceiling_tps)} | {mbu} | {spread} | {_fmt(r.distinct_experts, 2)} | "
             f"{_fmt(r.mem_used_gib, 2)} |"
         )
@@ -114,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
     if not engines or bad:
         raise BadInputError(f"--engines {args.engines!r}: choose from {', '.join(ENGINE_NAMES)}")
     experts_list = _ints(args.experts, "--experts", "experts")
+    weights_list = [w.strip() for w in str(args.weights).split(",") if w.strip()]
+    if not weights_list or any(w not in ("bf16", "mxfp4") for w in weights_list):
+        raise BadInputError(f"--weights {args.weights!r}: give bf16, mxfp4 or bf16,mxfp4")
     topks = _ints(args.top_k, "--top-k", "top_k")
     batches = _ints(args.batch_sizes, "--batch-sizes", "batch_size")
     for flag, value, name in (("--prompt-len", args.prompt_len, "prompt_len"),
@@ -147,26 +154,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"perf: {args.model} on {device} in {dtype}, prompt {args.prompt_len}, new {args.new_tokens}, "
           f"repeats {args.repeats}", file=sys.stderr, flush=True)
     rows: list[PerfRow] = []
-    for n_exp in experts_list:
+    for wfmt, n_exp in [(w, n) for w in weights_list for n in experts_list]:
         for k in topks:
             if k > n_exp:
                 continue
             prune = {"experts": n_exp, "method": "first"} if n_exp < base else None
             for eng_name in engines:
-                run_name = f"{run_prefix}-{eng_name}-e{n_exp}-k{k}"
+                run_name = f"{run_prefix}-{eng_name}-e{n_exp}-k{k}" + ("" if wfmt == "bf16" else f"-{wfmt}")
                 job = WorkerJob(
                     run_id=run_name, variant_name=run_name, model=args.model, top_k=k, prune=prune, engine=eng_name,
                     device=device, dtype=dtype, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                     seed=args.seed, warmup=True, points=[(b, r) for b in batches for r in range(args.repeats)],
+                    weights=wfmt,
                 )
-                launcher = _InlineLauncher(args, run_name, n_exp, base, k, eng_name, dtype, out_jsonl)
+                launcher = _InlineLauncher(args, run_name, n_exp, base, k, eng_name, dtype, out_jsonl, wfmt)
                 try:
                     run_job(job, launcher.send)  # the worker's point loop, in this process
                 except BadInputError:
                     raise
                 except Exception as exc:  # the variant cannot run at all (load failed, ...): its points fail
                     launcher.fail_remaining(job.points, f"{type(exc).__name__}: {exc}")
-                rows += perf_rows(launcher.points, n_exp, k, eng_name, batches, args.new_tokens)
+                for row in perf_rows(launcher.points, n_exp, k, eng_name, batches, args.new_tokens):
+                    row.weights = wfmt
+                    rows.append(row)
     table = markdown_table(rows)
     print(table)
     if args.out_md:
@@ -181,9 +191,9 @@ class _InlineLauncher:
     """perf's launcher: receives the worker's messages in-process, writes JSONL lines and progress as they come."""
 
     def __init__(self, args: argparse.Namespace, run_name: str, experts: int, base: int, k: int, engine: str,
-                 dtype: str, out: Path | None) -> None:
+                 dtype: str, out: Path | None, weights: str = "bf16") -> None:
         self.args, self.run_name, self.experts, self.base, self.k = args, run_name, experts, base, k
-        self.engine, self.dtype, self.out = engine, dtype, out
+        self.engine, self.dtype, self.out, self.weights = engine, dtype, out, weights
         self.run: Any = None
         self.points: list[Any] = []
 
@@ -192,6 +202,7 @@ class _InlineLauncher:
         if kind == "run":
             self.run = _perf_run(self.run_name, self.args, payload, self.experts, self.base, self.k, self.engine,
                                  self.dtype)
+            self.run.weights, self.run.weights_impl = self.weights, payload.weights_impl
         elif kind == "point":
             self.points.append(payload)
             _append(self.out, self.run, payload)
@@ -251,6 +262,8 @@ def _perf_run(run_name: str, args: argparse.Namespace, info: Any, experts: int, 
     env = info.env
     prune = {"experts": experts, "method": "first"} if experts < base_experts else None
     variant: dict[str, Any] = {"name": run_name, "model": args.model, "top_k": k}
+    if run_name.endswith("-mxfp4"):
+        variant["weights"] = "mxfp4"
     if prune:
         variant["prune"] = prune
     sweep = {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens,

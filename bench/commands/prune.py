@@ -3,6 +3,11 @@
     python -m bench prune --model SRC --out DIR (--experts N --method first|random|frequency
                                                  | --keep FILE | --union A B ... --experts N)
                           [--top-k K] [--seed S] [--device auto|cpu|cuda] [--dtype auto|bfloat16|float16|float32]
+                          [--weights bf16|mxfp4]
+
+--weights mxfp4 writes the released MXFP4 layout (experts as *_blocks + *_scales, bf16 elsewhere, the MXFP4
+quantization_config): an MXFP4 checkpoint's blocks and scales are sliced as stored, a bf16 or synthetic model is
+quantized. It loads back in both engines (`weights = "mxfp4"`, or dequantized by transformers as bf16).
 
 Besides the weights and config, DIR gets `moe_bench_prune.json` (source, fingerprint, kept experts per layer).
 Last stdout line: a one-line JSON summary.
@@ -38,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("auto", "bfloat16", "float16", "float32"),
         help="auto: bfloat16 on cuda, float32 on cpu",
     )
+    p.add_argument("--weights", default="bf16", choices=("bf16", "mxfp4"),
+                   help="expert weight format written: bf16 (save_pretrained) or mxfp4 (the released layout)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     p.set_defaults(func=run)
 
@@ -94,20 +101,27 @@ def run(args: argparse.Namespace) -> int:
     check_writable_dir(out, "--out")
     device = resolve_device(args.device)
     dtype = torch_dtype(args.dtype, device)
-    # sliced experts must be plain tensors: an MXFP4 checkpoint is always dequantized before pruning
-    loaded = load_model(args.model, device=device, dtype=dtype, seed=args.seed, dequantize_mxfp4=True)
+    # bf16: an MXFP4 checkpoint is dequantized before pruning; mxfp4: blocks and scales are sliced as stored
+    loaded = load_model(args.model, device=device, dtype=dtype, seed=args.seed, dequantize_mxfp4=True,
+                        weights=args.weights)
     top_k = args.top_k if args.top_k is not None else int(loaded.config.num_experts_per_tok)
     print(f"pruning {args.model} ({loaded.base_experts} experts per layer) ...", file=sys.stderr)
     keep = apply_variant(loaded, prune, top_k, seed=args.seed)
     assert keep is not None
     try:
         out.mkdir(parents=True, exist_ok=True)
-        loaded.model.save_pretrained(out)
+        if args.weights == "mxfp4":
+            from bench.models.mxfp4 import save_checkpoint
+
+            save_checkpoint(loaded.model, out)
+        else:
+            loaded.model.save_pretrained(out)
     except OSError as exc:
         raise BadInputError(f"--out {out}: cannot write the checkpoint there ({exc}); choose another directory") \
             from None
     experts = len(keep[0])
-    params = sum(p.numel() for p in loaded.model.parameters())
+    params = sum(p.numel() for p in loaded.model.parameters()) + sum(
+        b.numel() * 2 for n, b in loaded.model.named_buffers() if n.endswith("_blocks"))
     info = {
         "source": args.model,
         "source_fingerprint": loaded.fingerprint,
@@ -117,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         "experts": experts,
         "top_k": top_k,
         "dtype": loaded.dtype,
+        "weights": args.weights,
         "notes": loaded.notes,
         "layers": keep,
     }
@@ -134,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
                 "layers": len(keep),
                 "params": params,
                 "dtype": loaded.dtype,
+                "weights": args.weights,
                 "notes": loaded.notes,
             }
         )

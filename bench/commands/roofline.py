@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="memory bandwidth in GB/s (default: measured on the GPU; 3000, an H100's, without one)",
     )
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES), help="weight dtype (default bf16)")
+    p.add_argument("--weights", default="bf16", choices=("bf16", "mxfp4"),
+                   help="expert weight format: bf16, or mxfp4 (blocks + scales, 4.25 bits; other weights stay bf16)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"), help="where to measure bandwidth")
     p.set_defaults(func=run)
 
@@ -91,12 +93,16 @@ def run(args: argparse.Namespace) -> int:
     if experts and not 1 <= top_k <= experts:
         raise BadInputError(f"--top-k {top_k}: must be between 1 and the expert count ({experts})")
     bandwidth, bw_source = resolve_bandwidth(args.bandwidth_gbs, args.device)
-    arch = ArchSummary.from_config(config, dtype_bytes=DTYPE_BYTES[args.dtype])
-    points = [roofline_point(arch, b, top_k, args.context, bandwidth) for b in batches]
+    if args.weights not in ("bf16", "mxfp4"):
+        raise BadInputError(f"--weights {args.weights!r}: must be bf16 or mxfp4")
+    arch = ArchSummary.from_config(config, dtype_bytes=DTYPE_BYTES[args.dtype], weights=args.weights)
+    source = "measured" if bw_source.startswith("measured") else "datasheet"
+    points = [roofline_point(arch, b, top_k, args.context, bandwidth, bandwidth_source=source) for b in batches]
 
     print(
         f"model {args.model}: {arch.total_params / 1e9:.2f}B params, {experts} experts/layer, top_k {top_k}, "
-        f"{arch.active_params(top_k) / 1e9:.2f}B active/token, {args.dtype}, context {args.context:g}"
+        f"{arch.active_params(top_k) / 1e9:.2f}B active/token, {args.dtype}, experts {args.weights}, "
+        f"context {args.context:g}"
     )
     print(f"bandwidth {bandwidth / 1e9:.0f} GB/s ({bw_source})")
     header = ("batch", "distinct experts", "MB/step", "ceiling tok/s", "per-stream tok/s")
@@ -122,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         "top_k": top_k,
         "context": args.context,
         "dtype": args.dtype,
+        "weights": args.weights,
         "total_params": arch.total_params,
         "active_params": arch.active_params(top_k),
         "bandwidth_gbs": bandwidth / 1e9,

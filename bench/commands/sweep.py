@@ -13,7 +13,7 @@ from bench.errors import EXIT_OK, EXIT_RUN_FAILED, BadInputError
 from bench.paths import resolve_db_path
 from bench.spec import DEVICES, DTYPES, ENGINE_NAMES, LIMITS, SweepSpec, check_id, read_spec_toml, spec_from_dict
 
-SWEEP_FLAGS = ("prompt_len", "new_tokens", "batch_sizes", "repeats", "engine", "dtype", "device", "seed")
+SWEEP_FLAGS = ("prompt_len", "new_tokens", "batch_sizes", "repeats", "engine", "dtype", "device", "seed", "weights")
 
 
 def _positive_float(text: str) -> float:
@@ -73,10 +73,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=DEVICES, help="default auto: cuda when a GPU is visible, else cpu")
     p.add_argument("--seed", type=int, metavar="N",
                    help=f"seed of the synthetic weights and prompts, {_range('seed')} (default 0)")
+    p.add_argument("--weights", choices=("bf16", "mxfp4"),
+                   help="expert weight format of variants that do not set one (mxfp4: the released checkpoint layout)")
     p.add_argument(
         "--variant", action="append", default=[], metavar="KEY=VAL,...",
-        help="add a variant: name=x,model=synthetic:tiny-moe,top_k=2[,experts=4,method=first|keep=F|union=A;B"
-             "|method=union,domains=code;prose]",
+        help="add a variant: name=x,model=synthetic:tiny-moe,top_k=2[,weights=mxfp4][,experts=4,method=first|keep=F"
+             "|union=A;B|method=union,domains=code;prose]",
     )
     add_run_options(p)
     p.set_defaults(func=run)
@@ -103,7 +105,7 @@ def parse_variant(text: str) -> dict[str, Any]:
     variant: dict[str, Any] = {}
     prune: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in ("name", "model"):
+        if key in ("name", "model", "weights"):
             variant[key] = value
         elif key == "top_k":
             variant[key] = _as_int(value, "--variant top_k")
@@ -118,8 +120,8 @@ def parse_variant(text: str) -> dict[str, Any]:
         elif key == "per_domain":
             prune[key] = _as_int(value, "--variant per_domain")
         else:
-            raise BadInputError(f"--variant: unknown key {key!r}; use name, model, top_k, experts, method, keep, "
-                                "union, domains, rank, per_domain")
+            raise BadInputError(f"--variant: unknown key {key!r}; use name, model, top_k, weights, experts, method, "
+                                "keep, union, domains, rank, per_domain")
     if prune:
         variant["prune"] = prune
     variant["_explicit"] = True  # paths given on the command line are the user's own choice

@@ -2,8 +2,14 @@
 directory, or a Hugging Face id (transformers' own from_pretrained, offline from the cache with HF_HUB_OFFLINE=1).
 
 `resolve_config` reads a config without building weights; `load_model` builds/loads the model in eval mode with
-eager attention and returns a `LoadedModel`. An MXFP4 checkpoint on a machine without the MXFP4 kernels (CUDA
-with compute capability >= 7.5, triton and the `kernels` package) is dequantized to bf16 and the note says so.
+eager attention and returns a `LoadedModel`.
+
+Weight formats (`weights`, see docs/MXFP4.md): "bf16" keeps the experts in the model dtype (an MXFP4 checkpoint
+is dequantized by transformers at load); "mxfp4" holds them as the released checkpoint's blocks + scales
+(bench.models.mxfp4.Mxfp4Experts): a synthetic model quantizes its seeded random weights on the device, an MXFP4
+checkpoint's blocks and scales are read from its safetensors as they are (transformers' own MXFP4 path needs
+kernels from the hub, which fails offline), a bf16 checkpoint is quantized at load. With `transformers_mxfp4`
+(the hf engine) and transformers' MXFP4 kernels installed, an MXFP4 checkpoint loads through transformers.
 Worker-side module: imports torch/transformers lazily, never duckdb or streamlit.
 """
 
@@ -41,6 +47,8 @@ class LoadedModel:
     synthetic: bool = False
     device: str = "cpu"
     dtype: str = "float32"
+    weights: str = "bf16"  # expert weight format as held: bf16 | mxfp4
+    weights_impl: str | None = None  # set when the loader fixed how they run (transformers' native MXFP4)
 
 
 def is_synthetic(source: str) -> bool:
@@ -202,6 +210,63 @@ def _build_synthetic(source: str, device: str, dtype: Any, seed: int):
     return model
 
 
+WEIGHT_FORMATS: tuple[str, ...] = ("bf16", "mxfp4")
+
+
+def _checkpoint_files(source: str) -> list[Path]:
+    ckpt = _checkpoint_dir(source)
+    files = sorted(ckpt.glob("*.safetensors")) if ckpt is not None else []
+    if not files:
+        raise BadInputError(
+            f"model {source!r}: no *.safetensors files found to read the MXFP4 blocks and scales from; "
+            "download the checkpoint's safetensors, or run it with weights = \"bf16\""
+        )
+    return files
+
+
+def _load_mxfp4_checkpoint(source: str, device: str, dtype: Any, notes: list[str]):
+    """Build the architecture without weights, swap in Mxfp4Experts, and fill every tensor from the checkpoint's
+    safetensors as stored (blocks and scales stay uint8)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from bench.models import mxfp4
+
+    config = resolve_config(source)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    for layer in model.model.layers:
+        layer.mlp.experts = mxfp4.empty_experts_like(layer.mlp.experts, config, device="meta")
+    state = {}
+    for f in _checkpoint_files(source):
+        with safe_open(str(f), framework="pt", device="cpu") as fh:
+            for key in fh.keys():  # noqa: SIM118 (safe_open has keys(), not __iter__)
+                t = fh.get_tensor(key)
+                state[key] = t if t.dtype == torch.uint8 else t.to(dtype)
+    expected = set(model.state_dict().keys())
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    missing = sorted(k for k in expected - set(state) if not (tied and k.endswith("lm_head.weight")))
+    if missing:
+        raise BadInputError(
+            f"model {source!r}: the checkpoint lacks {len(missing)} tensors of the MXFP4 layout, e.g. {missing[:3]}; "
+            "it is not a gpt-oss MXFP4 checkpoint (blocks + scales per expert projection)"
+        )
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
+    if tied:
+        model.tie_weights()
+    model.config.quantization_config = mxfp4.checkpoint_quantization_config()
+    # the rotary embedding's buffers are not in the checkpoint (non-persistent): build it anew on the device
+    rotary = model.model.rotary_emb
+    with torch.device(device):
+        model.model.rotary_emb = type(rotary)(config=model.config)
+    model.to(device)
+    notes.append("mxfp4 blocks and scales read from the checkpoint as stored")
+    return model
+
+
 def _load_pretrained(source: str, device: str, dtype: Any, dequantize_mxfp4: bool | None, notes: list[str]):
     from transformers import AutoModelForCausalLM
 
@@ -234,23 +299,45 @@ def load_model(
     seed: int,
     experts_implementation: str | None = None,
     dequantize_mxfp4: bool | None = None,
+    weights: str = "bf16",
+    transformers_mxfp4: bool = False,
 ) -> LoadedModel:
     """Build or load `source` on `device` in `dtype` (a torch.dtype), eval mode, eager attention.
 
     experts_implementation: None keeps the config's choice (the presets say grouped_mm).
-    dequantize_mxfp4: None = only when the MXFP4 kernels are unavailable; True/False force it.
+    weights: "bf16" (experts in `dtype`) or "mxfp4" (blocks + scales, the released layout).
+    dequantize_mxfp4 (weights bf16, MXFP4 checkpoint): None = only when the MXFP4 kernels are unavailable.
+    transformers_mxfp4 (weights mxfp4, MXFP4 checkpoint): load through transformers' own MXFP4 kernels when they
+    are installed (the hf engine), else read the blocks and scales ourselves.
     """
+    from bench.models import mxfp4
 
+    if weights not in WEIGHT_FORMATS:
+        raise BadInputError(f"weights {weights!r}: must be one of {', '.join(WEIGHT_FORMATS)}")
     device = resolve_device(device)
     notes: list[str] = []
+    weights_impl = None
     if is_synthetic(source):
         preset = preset_name(source)
         model = _build_synthetic(source, device, dtype, seed)
         fingerprint = synthetic_fingerprint(preset, seed)
         notes.append(f"synthetic weights: preset {preset}, seed {seed}")
+        if weights == "mxfp4":
+            mxfp4.quantize_model(model)
+            notes.append("synthetic experts quantized to mxfp4 on the device (checkpoint layout)")
+    elif weights == "mxfp4" and _is_mxfp4(resolve_config(source)):
+        if transformers_mxfp4 and mxfp4_kernels_available():
+            model = _load_pretrained(source, device, dtype, False, notes)
+            weights_impl = "mxfp4 native (transformers kernels)"
+        else:
+            model = _load_mxfp4_checkpoint(source, device, dtype, notes)
+        fingerprint = checkpoint_fingerprint(source, model.config)
     else:
         model = _load_pretrained(source, device, dtype, dequantize_mxfp4, notes)
         fingerprint = checkpoint_fingerprint(source, model.config)
+        if weights == "mxfp4":
+            mxfp4.quantize_model(model)
+            notes.append("bf16 checkpoint experts quantized to mxfp4 at load")
     model.eval()
     model.requires_grad_(False)
     _set_attn_eager(model)
@@ -267,7 +354,24 @@ def load_model(
         synthetic=is_synthetic(source),
         device=device,
         dtype=str(dtype).removeprefix("torch."),
+        weights=weights,
+        weights_impl=weights_impl,
     )
+
+
+def weights_impl(loaded: LoadedModel, engine: str, device: str) -> str:
+    """How `engine` runs the loaded experts on `device`, as the run records it (runs.weights_impl)."""
+    from bench.models import mxfp4
+
+    if loaded.weights_impl:
+        return loaded.weights_impl
+    if not mxfp4.model_is_mxfp4(loaded.model):
+        if any("mxfp4 dequantized to bf16" in n for n in loaded.notes):
+            return "mxfp4 checkpoint dequantized to bf16 at load"
+        return loaded.dtype if loaded.dtype != "bfloat16" else "bf16"
+    if engine == "graph":
+        return "mxfp4 native (triton)" if device.startswith("cuda") else "mxfp4 dequantized per step (torch reference)"
+    return "mxfp4 dequantized per routed expert (torch)"
 
 
 def torch_dtype(name: str, device: str):

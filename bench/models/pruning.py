@@ -3,7 +3,8 @@
 Keep sets are `list[list[int]]`: per layer, the sorted expert indices kept. They come from a method
 (first | random | frequency), a keep file (data/keep/*.json), or the per-layer union of several keep files,
 trimmed or filled to N experts by routing frequency. `prune_model` slices, per layer and together, the experts'
-gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias and the router's weight rows and bias, and sets
+gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias (MXFP4 experts: their *_blocks and *_scales) and the
+router's weight rows and bias, and sets
 num_experts on the modules and num_local_experts on the config (Hugging Face configs hold one expert count,
 so every layer keeps the same number). `apply_variant` is what the worker calls.
 
@@ -276,7 +277,8 @@ def prune_model(model: Any, keep: list[list[int]]) -> None:
     layers = _check_keep_for_model(model, keep)
     n = len(keep[0])
     for i, (router, experts) in enumerate(layers):
-        if not hasattr(experts, "gate_up_proj"):
+        mxfp4_experts = hasattr(experts, "gate_up_proj_blocks")  # bench.models.mxfp4.Mxfp4Experts
+        if not hasattr(experts, "gate_up_proj") and not mxfp4_experts:
             raise BadInputError(
                 f"layer {i}: experts of type {type(experts).__name__} are quantized and cannot be sliced; "
                 "load the model dequantized (mxfp4 -> bf16) before pruning"
@@ -295,6 +297,10 @@ def prune_model(model: Any, keep: list[list[int]]) -> None:
                         continue
                     sliced = param.data.index_select(0, idx.to(param.device)).contiguous()
                     setattr(mod, name, torch.nn.Parameter(sliced, requires_grad=param.requires_grad))
+            if mxfp4_experts:  # MXFP4: the blocks and scales (uint8 buffers) go with the biases and router rows
+                for name in ("gate_up_proj_blocks", "gate_up_proj_scales", "down_proj_blocks", "down_proj_scales"):
+                    buf = getattr(experts, name)
+                    setattr(experts, name, buf.index_select(0, idx.to(buf.device)).contiguous())
         experts.num_experts = n
         router.num_experts = n
     model.config.num_local_experts = n

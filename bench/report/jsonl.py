@@ -172,6 +172,10 @@ def _coerce(value: Any, hint: Any, key: str, where: _Where) -> Any:
         raise where.error(key, f"unsupported type {hint}")
     if hint is typing.Any:
         return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise where.error(key, f"must be true or false, got {value!r}")
+        return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise where.error(key, f"must be an integer, got {value!r}")

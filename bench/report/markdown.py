@@ -214,7 +214,7 @@ def render_markdown(
             _f(top.total_tps if top else None, 2),
             _f(top.per_stream_tps if top else None, 2),
             _f(top.mem_used_gib if top else None, 1),
-            f"`{escape_cell(run.model)}`",
+            f"`{escape_cell(run.model)}`" + (f" ({run.weights})" if run.weights != "bf16" else ""),
         ]
         out.append("| " + " | ".join(cells) + " |")
     out += ["", DETAILS_HEADING, ""]
@@ -430,7 +430,7 @@ def parse_markdown(text: str, file_name: str) -> ParsedFile:
     summary = _table(lines, SUMMARY_HEADER, "summary table")
 
     order: list[str] = []
-    info: dict[str, tuple[int, int, str]] = {}  # name -> (line, top_k, model)
+    info: dict[str, tuple[int, int, str, str]] = {}  # name -> (line, top_k, model, weights)
     for lineno, cells in summary:
         name = cells[0]
         if not name:
@@ -438,13 +438,16 @@ def parse_markdown(text: str, file_name: str) -> ParsedFile:
         if name in info:
             raise lines.error(f"a unique run name (run {name!r} appears twice)", lineno)
         top_k = _int(cells[1], lines, lineno, "top_k", 1)
-        model = cells[6]
+        model, weights = cells[6], "bf16"
+        fmt = re.fullmatch(r"(`.*`)\s*\((bf16|mxfp4)\)", model)  # the export names a non-bf16 format after the model
+        if fmt:
+            model, weights = fmt.group(1), fmt.group(2)
         if len(model) >= 2 and model.startswith("`") and model.endswith("`"):
             model = model[1:-1]
         if not model:
             raise lines.error("a model in column 'model'", lineno)
         order.append(name)
-        info[name] = (lineno, top_k, model)
+        info[name] = (lineno, top_k, model, weights)
 
     lines.skip_blank()
     if lines.peek() is None or lines.peek().strip() != DETAILS_HEADING:  # type: ignore[union-attr]
@@ -494,7 +497,7 @@ def parse_markdown(text: str, file_name: str) -> ParsedFile:
 
     parsed = ParsedFile(file_name=file_name, fmt="markdown", title=title)
     for position, name in enumerate(order):
-        lineno, top_k, model = info[name]
+        lineno, top_k, model, weights = info[name]
         run_meta, rows, errors = sections[name]
         m = {**meta, **run_meta}
         for key in _INT_META:
@@ -505,7 +508,8 @@ def parse_markdown(text: str, file_name: str) -> ParsedFile:
         config = {  # rerunnable like a measured run's config (title/sweep/variant), plus where it came from
             "title": title,
             "sweep": {"prompt_len": m["prompt_len"], "new_tokens": m["new_tokens"], "batch_sizes": batches or [1]},
-            "variant": {"name": name, "model": model, "top_k": top_k},
+            "variant": {"name": name, "model": model, "top_k": top_k,
+                        **({"weights": weights} if weights != "bf16" else {})},
             "imported": {"file": file_name, "position": position, "meta": {**raw_meta, **run_raw_str(run_meta)}},
         }
         run = RunRecord(
@@ -521,6 +525,7 @@ def parse_markdown(text: str, file_name: str) -> ParsedFile:
             new_tokens=int(m["new_tokens"]),  # type: ignore[call-overload]
             repeats=1,
             seed=0,
+            weights=weights,
             config_json=json.dumps(config, sort_keys=True),
             source=f"imported:{file_name}",
             state="imported",

@@ -127,7 +127,7 @@ SELECT r.run_id, r.sweep_id, r.name, r.model, r.top_k, r.engine, r.dtype, r.devi
        r.bench_version, r.git_commit, r.host, r.python_version, r.bandwidth_gbs,
        r.gpu_index, r.gpu_uuid, r.worker_address,
        r.config_json IS NOT NULL AS rerunnable, r.rerun_of, r.source, r.state, r.notes,
-       r.timing_convention, r.started_at, r.finished_at, r.weights,
+       r.timing_convention, r.started_at, r.finished_at, r.weights, r.weights_impl,
        epoch(r.finished_at) - epoch(r.started_at) AS duration_s,
        coalesce(r.started_at, s.created_at) AS run_date,
        s.title AS sweep_title, s.state AS sweep_state,

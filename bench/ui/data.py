@@ -83,7 +83,8 @@ def filters() -> Filters:
     ss = st.session_state
     return Filters(
         variants=list(ss.get("flt_variants") or []), engines=list(ss.get("flt_engines") or []),
-        cards=list(ss.get("flt_cards") or []), source=ss.get("flt_source") or "all",
+        cards=list(ss.get("flt_cards") or []), weights=list(ss.get("flt_weights") or []),
+        source=ss.get("flt_source") or "all",
         date_from=ss.get("flt_from"), date_to=ss.get("flt_to"),
     )
 
@@ -108,7 +109,8 @@ def sidebar() -> None:
     sb.subheader("Filters")
     for key, label, options in (("flt_variants", "Variant", opts["variants"]),
                                 ("flt_engines", "Engine", opts["engines"]),
-                                ("flt_cards", "Card", opts["cards"])):
+                                ("flt_cards", "Card", opts["cards"]),
+                                ("flt_weights", "Weights", opts["weights"])):
         _keep(key, [v for v in st.session_state.get(key) or [] if v in options])
         sb.multiselect(label, options, key="w_" + key, on_change=_store, args=(key,), placeholder="all")
     _keep("flt_source", st.session_state.get("flt_source") or "all")

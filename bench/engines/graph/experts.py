@@ -147,3 +147,46 @@ def _dense_factory(module: torch.nn.Module, options: GraphOptions) -> Experts | 
         return None
     alpha, limit = _swiglu_params(module)
     return DenseExperts(module, options.experts, options.moe_compact, alpha, limit)
+
+
+class Mxfp4Experts:
+    """Experts in the released MXFP4 layout (bench.models.mxfp4.Mxfp4Experts: uint8 blocks [E, N, K/32, 16] and
+    e8m0 scales [E, N, K/32] per projection, biases in the model dtype). mode "triton": the MXFP4 kernels
+    (mxfp4_kernels.moe_mxfp4: blocks and scales read once per step, decoded in registers, MMA); any other mode:
+    the torch reference (dequantize the layer, then the dense path of that mode)."""
+
+    weight_format = "mxfp4"
+
+    def __init__(self, module: torch.nn.Module, mode: str, compact: bool, alpha: float, limit: float) -> None:
+        self.module = module
+        self.num_experts = int(module.gate_up_proj_blocks.shape[0])
+        self.alpha, self.limit = alpha, limit
+        self.mode, self.compact = mode, compact
+        if mode == "triton":
+            from bench.engines.graph import mxfp4_kernels
+
+            self._kernels = mxfp4_kernels
+
+    def __call__(
+        self, x: torch.Tensor, topi: torch.Tensor, topw: torch.Tensor, counter: torch.Tensor | None
+    ) -> torch.Tensor:
+        m = self.module
+        if self.mode == "triton":
+            return self._kernels.moe_mxfp4(
+                x, m.gate_up_proj_blocks, m.gate_up_proj_scales, m.gate_up_proj_bias, m.down_proj_blocks,
+                m.down_proj_scales, m.down_proj_bias, topi, topw, self.alpha, self.limit, counter, compact=self.compact,
+            )
+        from types import SimpleNamespace
+
+        gu, dn = m.expert_weights(slice(None), x.dtype)
+        dense = SimpleNamespace(gate_up_proj=gu, gate_up_proj_bias=m.gate_up_proj_bias, down_proj=dn,
+                                down_proj_bias=m.down_proj_bias)
+        return DenseExperts(dense, self.mode, self.compact, self.alpha, self.limit)(x, topi, topw, counter)
+
+
+@register_experts
+def _mxfp4_factory(module: torch.nn.Module, options: GraphOptions) -> Experts | None:
+    if not isinstance(getattr(module, "gate_up_proj_blocks", None), torch.Tensor):
+        return None
+    alpha, limit = _swiglu_params(module)
+    return Mxfp4Experts(module, options.experts, options.moe_compact, alpha, limit)
