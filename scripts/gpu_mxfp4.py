@@ -173,6 +173,8 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--skip-probe", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--accuracy-batch", type=int, default=4,
+                    help="sequences in the accuracy check (4: one standard error ~2 points; 16: ~1)")
     ap.add_argument("--perf", default=None, help="arguments for bench perf, run afterwards in this process")
     args = ap.parse_args()
     out_dir = Path(args.out)
@@ -189,7 +191,7 @@ def main() -> int:
         report["tiles"] = {"few": dict(mk.MXFP4_CONFIG_FEW), "full": dict(mk.MXFP4_CONFIG)}
         (out_dir / "tiles.json").write_text(json.dumps(report["tiles"]))  # for MOE_MXFP4_TILES
     if not args.skip_accuracy:
-        report["accuracy"] = accuracy(loaded.model)
+        report["accuracy"] = accuracy(loaded.model, batch=args.accuracy_batch)
     del loaded
     torch.cuda.empty_cache()
     (out_dir / "mxfp4_check.json").write_text(json.dumps(report, indent=1, default=str))

@@ -191,12 +191,11 @@ def profile_case(model, batch: int, k: int, opts: GraphOptions, label: str) -> d
             "top": [[n, round(t, 1), c] for t, c, n in top]}
 
 
-def accuracy(model, opts: GraphOptions) -> dict:
+def accuracy(model, opts: GraphOptions, batch: int = 4, steps: int = 96) -> dict:
     from bench.models.loading import set_experts_implementation
     from bench.models.pruning import set_top_k
 
     set_top_k(model, 4)
-    steps, batch = 96, 4
     ids = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda",
                         generator=torch.Generator("cuda").manual_seed(7))
     eng = GraphEngine(opts)
@@ -220,6 +219,9 @@ def accuracy(model, opts: GraphOptions) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget-s", type=float, default=240)
+    ap.add_argument("--accuracy-only", type=int, metavar="BATCH", default=None,
+                    help="only the accuracy check, with BATCH sequences of 96 steps (a larger sample than the 4 of "
+                         "the full run: one standard error of the agreement is ~2 points at 4, ~1 at 16)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     left = lambda: args.budget_s - (time.time() - T0)  # noqa: E731
@@ -228,6 +230,11 @@ def main() -> int:
     from bench.roofline import ArchSummary
 
     model = load_model("synthetic:gpt-oss-20b", device="cuda", dtype=torch.bfloat16, seed=0).model
+    if args.accuracy_only:
+        emit({"sec": "env", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "commit": os.environ.get("MOE_BENCH_GIT_COMMIT")})
+        emit(accuracy(model, GraphOptions(), batch=args.accuracy_only))
+        return 0
     bandwidth = measure_bandwidth("cuda")
     arch = ArchSummary.from_model(model)
     emit({"sec": "env", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
