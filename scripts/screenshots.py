@@ -56,15 +56,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(db: Path, log_path: Path, timeout_s: float = 60) -> Iterator[str]:
-    """`streamlit run app.py` on `db` (BENCH_DB) at a free local port; yields its URL, stops it on exit."""
+def serve(db: Path | None, log_path: Path, timeout_s: float = 60, app: Path | None = None) -> Iterator[str]:
+    """`streamlit run app.py` on `db` (BENCH_DB) at a free local port; yields its URL, stops it on exit.
+
+    `app`: another Streamlit script to serve instead (run from its own folder; scripts/pageload.py times an empty
+    page with it)."""
     port = free_port()
+    env = dict(os.environ, BENCH_DB=str(db)) if db is not None else dict(os.environ)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
-             "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+            [sys.executable, "-m", "streamlit", "run", str(app or "app.py"), "--server.headless", "true",
+             "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
              "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=dict(os.environ, BENCH_DB=str(db)), stdout=log, stderr=subprocess.STDOUT,
+            cwd=app.parent if app else ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
