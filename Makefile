@@ -6,7 +6,7 @@ DB ?= data/bench.duckdb
 HOST ?= 127.0.0.1
 PORT ?= 8501
 
-.PHONY: run test lint db clean-db
+.PHONY: run test lint db clean-db screenshots pageload
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,15 @@ db: $(VENV)/.runtime
 
 run: $(VENV)/.runtime $(DB)
 	$(PY) -m streamlit run app.py --server.headless true --server.address $(HOST) --server.port $(PORT) \
-		--browser.gatherUsageStats false
+		--browser.gatherUsageStats false --server.fileWatcherType none
+
+# README screenshots (docs/screenshots/*.png) from the default database in headless chromium; never run by `make test`.
+screenshots: $(VENV)/.test
+	$(PY) scripts/screenshots.py --out docs/screenshots
+
+# Page-load times in headless chromium on a 100,000-point database (docs/PERF.md).
+pageload: $(VENV)/.test
+	$(PY) scripts/pageload.py --json pageload.json
 
 test: $(VENV)/.test
 	$(PY) -m ruff check .

@@ -301,6 +301,12 @@ def server_times(db: Path, pages: list[str]) -> dict[str, float]:
     return out
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -349,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=Path("pageload.json"), help="where to write the numbers")
     ap.add_argument("--no-empty", action="store_true", help="skip the empty-page (Streamlit fixed cost) timing")
     ap.add_argument("--no-server", action="store_true", help="skip AppTest's server-only render times")
+    ap.add_argument("--watcher", default="none", choices=("none", "auto", "poll", "watchdog"),
+                    help="Streamlit's server.fileWatcherType for the dashboard server (default none, as `make run`)")
     args = ap.parse_args(argv)
     shots = _load("screenshots")
     if not Path(shots.CHROMIUM).exists():
@@ -374,8 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=shots.CHROMIUM, headless=True, args=shots.CHROMIUM_ARGS)
             try:
-                with shots.serve(db, folder / "streamlit.log") as url:
+                pids: list[int] = []
+                with shots.serve(db, folder / "streamlit.log", watcher=args.watcher, pids=pids) as url:
+                    cpu0 = _cpu_s(pids[0])
                     report["pages"] = measure(url, pages, args.repeats, db, browser)
+                    views = 2 * args.repeats * len(pages)
+                    report["server_cpu_s_per_view"] = round((_cpu_s(pids[0]) - cpu0) / views, 3)
+                    report["watcher"] = args.watcher
                     if "scaling" in pages:
                         runs = []
                         for _ in range(args.repeats):
@@ -401,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{report['machine']} · {report['date']} · commit {report['commit']} · {report['db_points']:,} points · "
           f"load avg {report['load_avg']} → {report['load_avg_after']}\n")
     print(table(report))
+    print(f"\ndashboard server CPU per page view: {report.get('server_cpu_s_per_view')} s "
+          f"(fileWatcherType {report.get('watcher')})")
     args.json.write_text(json.dumps(report, indent=1))
     print(f"\nwrote {args.json}")
     return 0
