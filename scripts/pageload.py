@@ -267,6 +267,8 @@ def measure(url: str, pages: list[str], repeats: int, db: Path | None, browser) 
             finally:
                 ctx.close()
         results[name] = {"cold": _median(cold), "warm": _median(warm)}
+        print(f"{name}: cold {results[name]['cold']['traces_s']} s, warm {results[name]['warm']['traces_s']} s",
+              file=sys.stderr, flush=True)
     return results
 
 
@@ -274,8 +276,12 @@ def _median(rows: list[dict]) -> dict:
     out = {}
     for k in rows[0]:
         vals = [r[k] for r in rows if r[k] is not None]
-        out[k] = (round(statistics.median(vals), 3) if isinstance(vals[0], float) else statistics.median(vals)) \
-            if vals else None
+        if not vals:
+            out[k] = None
+        elif isinstance(vals[0], str):
+            out[k] = vals[0]
+        else:
+            out[k] = round(statistics.median(vals), 3) if isinstance(vals[0], float) else statistics.median(vals)
     return out
 
 
