@@ -140,8 +140,10 @@ if mode == "Pick a spec file":
             (n for n in names if n != TINY_SPEC), names[0])
         chosen = st.selectbox("Spec", names, index=names.index(default_name), key="new_spec")
         path = SPECS_DIR / chosen
-        with st.expander(f"data/specs/{chosen}", expanded=False):
-            st.code(path.read_text(), language="toml")
+        # rendered on demand (a code block loads the syntax highlighter, ~1.5 MB of script): docs/PERF.md
+        shown_spec = st.expander(f"data/specs/{chosen}", expanded=False, key="new_spec_open", on_change="rerun")
+        if shown_spec.open:
+            shown_spec.code(path.read_text(), language="toml")
         if st.button("Launch sweep", key="launch_spec", type="primary"):
             try:
                 load_spec(path)
@@ -251,10 +253,12 @@ for r in (sweep_form.clean_record(x) for x in in_group.to_dict("records")):
                        else "Imported runs carry no config to rerun"):
             _launched(ui_launch.launch_rerun(db, r["run_id"], r["name"]))
 
-with st.expander("All runs passing the filters (environment and counts)"):
-    st.dataframe(runs[["label", "sweep_title", "state", "n_ok", "n_points", "max_batch", "duration_s", "device_name",
-                       "engine", "dtype", "torch_version", "transformers_version", "cuda", "driver", "bench_version",
-                       "git_commit", "host", "source", "rerun_of", "run_date", "run_id"]],
-                 hide_index=True, width="stretch", key="runs_table",
-                 column_config={"label": "run", "sweep_title": "sweep",
-                                "duration_s": st.column_config.NumberColumn("duration s", format="%.0f")})
+all_runs_box = st.expander(f"All {len(runs)} runs passing the filters (environment and counts)", key="runs_all_open",
+                           on_change="rerun")  # the table is built when opened
+ALL_RUN_COLUMNS = ["label", "sweep_title", "state", "n_ok", "n_points", "max_batch", "duration_s", "device_name",
+                   "engine", "dtype", "torch_version", "transformers_version", "cuda", "driver", "bench_version",
+                   "git_commit", "host", "source", "rerun_of", "run_date", "run_id"]
+if all_runs_box.open:
+    all_runs_box.dataframe(runs[ALL_RUN_COLUMNS], hide_index=True, width="stretch", key="runs_table",
+                           column_config={"label": "run", "sweep_title": "sweep",
+                                          "duration_s": st.column_config.NumberColumn("duration s", format="%.0f")})
