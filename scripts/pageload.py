@@ -8,13 +8,15 @@ Per page, timed in the page itself (performance.now(), 0 = navigation start), me
 - cold: a fresh browser context (empty HTTP cache, new Streamlit session) after the database file's mtime was
   bumped (so the dashboard's cached queries miss, as after a sweep wrote);
 - warm: a second tab of the same context (scripts cached, server caches warm), the same URL.
-Marks: `title` (the page's h1 drawn), `idle` (the first script run finished: the status widget stopped showing
-"Running"), `traces` (every plotly trace of every chart on the page drawn: the number of `g.trace` groups equals
+Marks: `title` (the page's h1 drawn), `idle` (the first script run finished: its script_finished websocket
+message), `traces` (every plotly trace of every chart on the page drawn: the number of `g.trace` groups equals
 the number of visible traces in the figure data; for pages without charts it equals `idle`).
-Attribution per page: `server_s` (the script run as the browser sees it: new_session message → script_finished
-message), `ws_bytes` (websocket bytes received for the first run), `plotly_bytes` / `table_bytes` (figure JSON and
-Arrow table bytes in those deltas), `browser_main_s` (Chromium main-thread task time, CDP Performance.TaskDuration,
-during the load). With the server timing on (default), also AppTest's server-only render time (warm).
+Attribution per page: `browser_cpu_s` / `server_cpu_s` (CPU seconds used by all chromium processes and by the
+Streamlit server during the load, including the 1 s quiet wait: robust to a busy machine, unlike wall times),
+`server_s` (the script run as the browser sees it: new_session → script_finished message), `ws_bytes` (websocket
+bytes received for the first run), `plotly_bytes` / `table_bytes` (figure JSON and Arrow table bytes in those
+deltas), `browser_main_s` (Chromium main-thread task time, CDP Performance.TaskDuration; wall time, so a busy
+machine inflates it). With the server timing on (default), also AppTest's server-only render time (warm).
 Plus one interaction: on Scaling, pick a card in the sidebar's Card filter and time the click until both charts
 are redrawn. And Streamlit's own fixed cost: the same timings for an app whose only content is `st.title`.
 
@@ -173,6 +175,47 @@ def _finished(msgs: list, decoded: list[dict]) -> list[float]:
     return [t for (t, _), d in zip(msgs, decoded, strict=False) if d["kind"] == "script_finished"]
 
 
+# pids whose CPU time is counted per page load: the Streamlit server and the chromium browser (with its children)
+PIDS: dict[str, int] = {}
+MARKER = f"--moe-bench-pageload={os.getpid()}"  # an extra chromium switch to find the browser process by
+
+
+def _tree_cpu(root: int | None) -> float:
+    """CPU seconds (user + system) used so far by `root` and every live descendant (chromium's renderers)."""
+    if not root:
+        return 0.0
+    parent, cpu = {}, {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(d.name)] = int(f[1])
+        cpu[int(d.name)] = (int(f[11]) + int(f[12])) / tick
+    total = 0.0
+    for pid in cpu:
+        p = pid
+        while p and p != root and p in parent:
+            p = parent[p]
+        if p == root:
+            total += cpu[pid]
+    return total
+
+
+def _browser_pid() -> int | None:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if MARKER.encode() in (d / "cmdline").read_bytes():
+                    return int(d.name)
+            except OSError:
+                continue
+    return None
+
+
 def _open(ctx, url: str, charts: int) -> dict:
     """Open `url` in a new tab of `ctx`, wait until drawn, return its marks and attribution."""
     page = ctx.new_page()
@@ -181,11 +224,13 @@ def _open(ctx, url: str, charts: int) -> dict:
                                                                                     else p.encode())))
     cdp = ctx.new_cdp_session(page)
     cdp.send("Performance.enable")
+    cpu0 = (_tree_cpu(PIDS.get("browser")), _tree_cpu(PIDS.get("server")))
     try:
         page.goto(url, wait_until="commit")
         _settle(page, charts)
         pl = page.evaluate("() => window.__pl")
         metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+        cpu1 = (_tree_cpu(PIDS.get("browser")), _tree_cpu(PIDS.get("server")))
         exc = page.locator('[data-testid="stException"]')
         if exc.count():
             raise RuntimeError(f"{url}: the page shows an exception: {exc.first.inner_text()}")
@@ -195,6 +240,8 @@ def _open(ctx, url: str, charts: int) -> dict:
     out = _marks(pl["changes"], _finished(pl["msgs"], decoded), 0.0, charts)
     out.update(_attribute(pl["msgs"], decoded))
     out["browser_main_s"] = round(metrics.get("TaskDuration", 0.0), 3)
+    out["browser_cpu_s"] = round(cpu1[0] - cpu0[0], 3)  # all chromium processes, includes the 1 s quiet wait
+    out["server_cpu_s"] = round(cpu1[1] - cpu0[1], 3)
     out["browser_script_s"] = round(metrics.get("ScriptDuration", 0.0), 3)
     out["browser_layout_s"] = round(metrics.get("LayoutDuration", 0.0) + metrics.get("RecalcStyleDuration", 0.0), 3)
     return out
@@ -336,15 +383,18 @@ def _fmt(v: object, unit: str = "") -> str:
 
 def table(report: dict) -> str:
     lines = ["| page | cold: title / idle / traces (s) | warm: title / idle / traces (s) | server script (s) | "
-             "AppTest (s) | ws kB | plotly kB | table kB | browser main-thread (s) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "AppTest (s) | ws kB | plotly kB | table kB | browser main-thread (s) | CPU s cold: browser / server | "
+             "CPU s warm: browser / server |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for name, r in report["pages"].items():
         c, w = r["cold"], r["warm"]
         lines.append(
             f"| {name} | {_fmt(c['title_s'])} / {_fmt(c['idle_s'])} / **{_fmt(c['traces_s'])}** | "
             f"{_fmt(w['title_s'])} / {_fmt(w['idle_s'])} / **{_fmt(w['traces_s'])}** | {_fmt(w['server_s'])} | "
             f"{_fmt(report.get('apptest_s', {}).get(name))} | {_fmt(w['ws_bytes'], 'kB')} | "
-            f"{_fmt(w['plotly_bytes'], 'kB')} | {_fmt(w['table_bytes'], 'kB')} | {_fmt(w['browser_main_s'])} |")
+            f"{_fmt(w['plotly_bytes'], 'kB')} | {_fmt(w['table_bytes'], 'kB')} | {_fmt(w['browser_main_s'])} | "
+            f"{_fmt(c.get('browser_cpu_s'))} / {_fmt(c.get('server_cpu_s'))} | "
+            f"{_fmt(w.get('browser_cpu_s'))} / {_fmt(w.get('server_cpu_s'))} |")
     f = report.get("scaling_filter")
     if f:
         lines.append(f"\nScaling, Card filter → {f['picked']}: redrawn in **{_fmt(f['traces_s'])} s** "
@@ -386,11 +436,14 @@ def main(argv: list[str] | None = None) -> int:
 
         report["db_points"] = queries.db_info(db).n_points
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=shots.CHROMIUM, headless=True, args=shots.CHROMIUM_ARGS)
+            browser = pw.chromium.launch(executable_path=shots.CHROMIUM, headless=True,
+                                         args=[*shots.CHROMIUM_ARGS, MARKER])
+            PIDS["browser"] = _browser_pid()
             try:
                 pids: list[int] = []
                 with shots.serve(db, folder / "streamlit.log", watcher=args.watcher, pids=pids) as url:
                     cpu0 = _cpu_s(pids[0])
+                    PIDS["server"] = pids[0]
                     report["pages"] = measure(url, pages, args.repeats, db, browser)
                     views = 2 * args.repeats * len(pages)
                     report["server_cpu_s_per_view"] = round((_cpu_s(pids[0]) - cpu0) / views, 3)
@@ -409,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
                     app = folder / "empty" / "app.py"
                     app.parent.mkdir()
                     app.write_text(EMPTY_APP)
-                    with shots.serve(None, folder / "streamlit-empty.log", app=app) as url:
+                    with shots.serve(None, folder / "streamlit-empty.log", app=app, pids=pids) as url:
+                        PIDS["server"] = pids[-1]
                         report["pages"]["empty (Streamlit alone)"] = measure(url, ["empty"], args.repeats, None,
                                                                             browser)["empty"]
             finally:
