@@ -136,7 +136,7 @@ def _ready(page, charts: int) -> bool:
              return s.title && !s.running && s.charts >= charts && s.drawn === s.expected; }""", charts)
 
 
-def _settle(page, charts: int, timeout_s: float = 60, quiet_s: float = 1.0) -> None:
+def _settle(page, charts: int, timeout_s: float = 300, quiet_s: float = 1.0) -> None:
     """Wait until the page is drawn (title, script idle, every trace) and nothing changed for `quiet_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -278,11 +278,11 @@ def _filter_scaling(ctx, url: str) -> dict:
             has=page.locator('[data-testid="stWidgetLabel"]', has_text="Card")).first
         box.locator("input").first.click()
         option = page.get_by_role("option").first
-        option.wait_for()
+        option.wait_for(timeout=120_000)
         name = option.inner_text()
         since = page.evaluate("() => performance.now()")
         option.click()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300
         while not any(t > since for t in _finished(page.evaluate("() => window.__pl.msgs"), _decode(frames))):
             if time.monotonic() > deadline:
                 raise TimeoutError("the Card filter triggered no script run")
