@@ -17,8 +17,9 @@ Streamlit server during the load, including the 1 s quiet wait: robust to a busy
 bytes received for the first run), `plotly_bytes` / `table_bytes` (figure JSON and Arrow table bytes in those
 deltas), `browser_main_s` (Chromium main-thread task time, CDP Performance.TaskDuration; wall time, so a busy
 machine inflates it). With the server timing on (default), also AppTest's server-only render time (warm).
-Plus one interaction: on Scaling, pick a card in the sidebar's Card filter and time the click until both charts
-are redrawn. And Streamlit's own fixed cost: the same timings for an app whose only content is `st.title`.
+Plus one interaction: on Scaling, pick the last card of the sidebar's Card filter (not the newest sweep's) and
+time the click until both charts are redrawn. And Streamlit's own fixed cost: the same timings for an app whose
+only content is `st.title`.
 
 Prints a markdown table and writes the numbers as JSON (--json).
 """
@@ -283,7 +284,7 @@ def _filter_scaling(ctx, url: str) -> dict:
         box = page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"]').filter(
             has=page.locator('[data-testid="stWidgetLabel"]', has_text="Card")).first
         box.locator("input").first.click()
-        option = page.get_by_role("option").filter(has_not_text="Select all").first
+        option = page.get_by_role("option").filter(has_not_text="Select all").last  # not the default (newest) card
         option.wait_for(timeout=120_000)
         name = option.inner_text()
         since = page.evaluate("() => performance.now()")
