@@ -173,7 +173,8 @@ def _marks(changes: list, finished: list[float], since: float = 0.0, charts: int
 
 
 def _finished(msgs: list, decoded: list[dict]) -> list[float]:
-    return [t for (t, _), d in zip(msgs, decoded, strict=False) if d["kind"] == "script_finished"]
+    """In-page arrival times of the script_finished messages."""
+    return [d["t"] for d in _align(msgs, decoded) if d["kind"] == "script_finished" and d["t"] is not None]
 
 
 # pids whose CPU time is counted per page load: the Streamlit server and the chromium browser (with its children)
@@ -254,20 +255,36 @@ def _open(ctx, url: str, charts: int) -> dict:
     return out
 
 
+def _align(msgs: list, decoded: list[dict]) -> list[dict]:
+    """Give each decoded frame (playwright's view) its in-page arrival time: the next in-page message of the same
+    byte size (the two lists can differ by a frame at either end)."""
+    out, i = [], 0
+    for d in decoded:
+        j = i
+        while j < len(msgs) and msgs[j][1] != d["bytes"]:
+            j += 1
+        if j < len(msgs):
+            out.append({**d, "t": msgs[j][0]})
+            i = j + 1
+        else:
+            out.append({**d, "t": None})
+    return out
+
+
 def _attribute(msgs: list, decoded: list[dict]) -> dict:
-    """Websocket/plotly/table bytes and the server-side span of the first script run."""
-    n = min(len(msgs), len(decoded))
+    """Websocket/plotly/table bytes of the first script run (new_session → script_finished) and its span."""
     start = end = None
+    seen_start = seen_end = False
     ws = plotly = table = 0
-    for (t, _size), d in zip(msgs[:n], decoded[:n], strict=True):
-        if d["kind"] == "new_session" and start is None:
-            start = t
-        if start is not None and end is None:
+    for d in _align(msgs, decoded):
+        if d["kind"] == "new_session" and not seen_start:
+            seen_start, start = True, d["t"]
+        if seen_start and not seen_end:
             ws += d["bytes"]
             plotly += d["plotly"]
             table += d["table"]
-        if d["kind"] == "script_finished" and start is not None and end is None:
-            end = t
+        if d["kind"] == "script_finished" and seen_start and not seen_end:
+            seen_end, end = True, d["t"]
     return {"server_s": None if start is None or end is None else round((end - start) / 1000, 3),
             "ws_bytes": ws, "plotly_bytes": plotly, "table_bytes": table}
 
