@@ -223,7 +223,7 @@ if not groups:
     st.stop()
 group = st.selectbox("Sweep", list(groups), format_func=groups.get, key="runs_group")
 in_group = sweep_form.runs_in_group(runs, group)
-sweep_row = (sweeps.set_index("sweep_id").loc[group].to_dict()
+sweep_row = (sweep_form.clean_record(sweeps.set_index("sweep_id").loc[group].to_dict())
              if not sweeps.empty and group in set(sweeps["sweep_id"]) else None)
 sweep_state = sweep_row["shown_state"] if sweep_row else None
 n_bad = int((in_group["n_points"] - in_group["n_ok"]).clip(lower=0).sum())
