@@ -5,17 +5,23 @@ PY := $(VENV)/bin/python
 DB ?= data/bench.duckdb
 HOST ?= 127.0.0.1
 PORT ?= 8501
+# Extra wheel index for torch: on a machine without a GPU, `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu`
+# installs the CPU build (~200 MB) instead of PyPI's CUDA wheels (~2.7 GB). Empty: pip's own configuration decides.
+TORCH_INDEX ?=
+PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
-.PHONY: run test lint db clean-db screenshots pageload
+.PHONY: run test lint db clean-db gpu-wheels screenshots pageload
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=25.1"
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q $(PIP_INDEX) -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e . || \
+		echo "note: editable install skipped (no build backend reachable); python -m bench works from the repo"
 	touch $@
 
 $(VENV)/.test: $(VENV)/.runtime pyproject.toml
-	$(PY) -m pip install -q --group test
+	$(PY) -m pip install -q $(PIP_INDEX) --group test
 	touch $@
 
 $(DB): | $(VENV)/.runtime
@@ -46,7 +52,11 @@ lint: $(VENV)/.test
 clean-db:
 	rm -f $(DB) $(DB).wal
 
-# The duckdb wheel for the lent GPU machine (Python 3.12, no network there); carried by the device tool.
+# Wheels for the lent GPU machine (Python 3.12, torch there, no network): duckdb, and Dask + dask-cuda with the
+# dependencies its image lacks (scripts/device_cluster.sh). Carried by the device tool as `.wheels`.
+GPU_WHEELS := duckdb==2.0.1 dask==2026.7.1 distributed==2026.7.1 dask-cuda==26.10.0 tornado==6.6.1 zict==3.0.0 \
+	tblib==3.2.2 locket==1.0.0 partd==1.4.2
 gpu-wheels:
-	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-		--platform manylinux_2_28_x86_64 -d .wheels duckdb==2.0.1
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .wheels $(GPU_WHEELS)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import streamlit as st
 
 from bench.ui import data as ui_data
+from bench.ui import warm
 
+warm.start()  # slow imports (scipy.stats for History's verdict) once per process, off the first view
 st.set_page_config(page_title="moe-bench", page_icon="📈", layout="wide")
 
 PAGES = [
@@ -16,6 +18,7 @@ PAGES = [
     st.Page("pages/scaling.py", title="Scaling", icon=":material/show_chart:"),
     st.Page("pages/memory.py", title="Memory", icon=":material/memory:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("pages/history.py", title="History", icon=":material/history:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/play_circle:"),
     st.Page("pages/export.py", title="Export", icon=":material/description:"),
 ]

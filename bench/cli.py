@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 from bench import __version__
@@ -18,11 +19,37 @@ COMMAND_MODULES: tuple[str, ...] = (
     "import_cmd",
     "build_db",
     "export",
+    "compare",
     "roofline",
     "env",
     "prune",
     "perf",
+    "cancel",
 )
+# Command names whose module name differs (a module that cannot be imported still gets its command, with a message).
+COMMAND_NAMES: dict[str, str] = {"import_cmd": "import", "build_db": "build-db"}
+DUCKDB_MISSING = (
+    "duckdb is not installed in this Python ({exe}); `{cmd}` needs it for the results database. Install it with "
+    "`{exe} -m pip install duckdb==2.0.1` (or `pip install -e .` / `make test` in the repository). perf, env and "
+    "roofline run without it."
+)
+
+
+def _duckdb_missing(cmd: str) -> BenchError:
+    err = BenchError(DUCKDB_MISSING.format(exe=sys.executable, cmd=cmd))
+    err.exit_code = EXIT_BAD_INPUT
+    return err
+
+
+def _register_missing(sub: argparse._SubParsersAction, name: str) -> None:
+    """A command whose module needs duckdb, on a machine without it: it exists and says what is missing."""
+    p = sub.add_parser(name, help="(needs duckdb, not installed here)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def refuse(args: argparse.Namespace) -> int:
+        raise _duckdb_missing(name)
+
+    p.set_defaults(func=refuse)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
             module = importlib.import_module(f"bench.commands.{name}")
         except ModuleNotFoundError as exc:
             if exc.name == "duckdb":
-                # A GPU box may have torch but no duckdb: commands that need the store are left out there,
-                # while sweep workers, perf, roofline and env still run.
+                # A GPU box may have torch but no duckdb: commands that need the store say so there, while
+                # sweep workers, perf, roofline and env still run.
+                _register_missing(sub, COMMAND_NAMES.get(name, name))
                 continue
             raise
         module.register(sub)
@@ -46,6 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `python -m bench ls | head -1`: the reader left; stop quietly (and keep Python's exit flush quiet too).
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
+
+
+def entry() -> None:
+    """Console-script entry point (`moe-bench ...` after `pip install -e .`)."""
+    sys.exit(main())
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -55,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        return int(args.func(args))
+        try:
+            return int(args.func(args))
+        except ModuleNotFoundError as exc:
+            if exc.name != "duckdb":
+                raise
+            raise _duckdb_missing(args.command) from None
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         print(json.dumps({"ok": False, "error": str(exc), "exit_code": exc.exit_code}))

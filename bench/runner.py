@@ -21,13 +21,15 @@ from typing import Any
 from bench import store
 from bench.errors import BadInputError, BenchError, SweepBusyError
 from bench.locks import HeldLock, lock_owner, try_lock
-from bench.paths import device_locks_dir, logs_dir_for
+from bench.paths import device_locks_dir, sweep_file
 from bench.progress import ProgressBar
 from bench.records import PointRecord, RunRecord, SweepRecord, utcnow
-from bench.spec import SweepSpec, VariantSpec, spec_from_dict
+from bench.spec import DEVICES, DTYPES, SweepSpec, VariantSpec, check_id, spec_from_dict
 from bench.worker import RunInfo, WorkerJob, worker_entry
 
 HEARTBEAT_S = 5.0
+# `--retry-errors` measures these points again on resume (the rows are replaced).
+RETRY_STATUSES: tuple[str, ...] = ("error", "oom", "skipped")
 
 
 def new_id(prefix: str) -> str:
@@ -70,8 +72,10 @@ def device_key(device: str) -> str:
     return "cpu"
 
 
-def preflight(spec: SweepSpec) -> None:
-    """Check every variant against its model config before anything is written."""
+def preflight(spec: SweepSpec, device: str | None = None, dtype: str | None = None, check_memory: bool = False,
+              gpu_mem_cap_gib: float | None = None) -> None:
+    """Check every variant against its model config (and, with `check_memory`, against the free memory of
+    `device` in `dtype`) before anything is written."""
     from bench.models.loading import resolve_config
 
     s = spec.sweep
@@ -92,6 +96,11 @@ def preflight(spec: SweepSpec) -> None:
                 f"sweep.prompt_len: prompt_len + new_tokens = {s.prompt_len + s.new_tokens} exceeds {v.model}'s "
                 f"max_position_embeddings {limit}; shorten the prompt or new_tokens"
             )
+        if check_memory and device and dtype:
+            from bench.models.footprint import preflight_memory
+
+            preflight_memory(v.model, device, dtype, max(s.batch_sizes), s.prompt_len, s.new_tokens, where,
+                             cap_gib=gpu_mem_cap_gib)
 
 
 def _variant_config(v: VariantSpec, spec: SweepSpec, device: str, dtype: str) -> dict[str, Any]:
@@ -105,10 +114,12 @@ class _Cancelled(Exception):
 
 
 class SweepRunner:
-    def __init__(self, db: Path, progress: bool = True, gpu_mem_cap_gib: float | None = None) -> None:
+    def __init__(self, db: Path, progress: bool = True, gpu_mem_cap_gib: float | None = None,
+                 check_memory: bool = True) -> None:
         self.db = Path(db)
         self.progress = progress
         self.gpu_mem_cap_gib = gpu_mem_cap_gib
+        self.check_memory = check_memory
         self.cancelled = False
         self.worker: mp.process.BaseProcess | None = None
         self.locks: list[HeldLock] = []
@@ -121,12 +132,12 @@ class SweepRunner:
         sweep_id: str | None = None,
         resume: bool = False,
         rerun_of: dict[str, str] | None = None,
+        retry_errors: bool = False,
     ) -> SweepOutcome:
         device, dtype = resolve_device_dtype(spec.sweep.device, spec.sweep.dtype)
-        if not resume:
-            preflight(spec)
-        sweep_id = sweep_id or new_id("s")
-        logs = logs_dir_for(self.db)
+        preflight(spec, device, dtype, check_memory=self.check_memory, gpu_mem_cap_gib=self.gpu_mem_cap_gib)
+        sweep_id = check_id(sweep_id or new_id("s"), "--sweep-id")
+        sweep_lock_path = sweep_file(self.db, sweep_id, "sweep-{id}.lock")
         dev_lock_path = device_locks_dir() / f"device-{device_key(device)}.lock"
         dev_lock = try_lock(dev_lock_path, f"{sweep_id} pid {os.getpid()} db {self.db}")
         if dev_lock is None:
@@ -136,7 +147,6 @@ class SweepRunner:
                 "(python -m bench ls shows it)"
             )
         self.locks.append(dev_lock)
-        sweep_lock_path = logs / f"sweep-{sweep_id}.lock"
         sweep_lock = try_lock(sweep_lock_path, f"{sweep_id} pid {os.getpid()}")
         if sweep_lock is None:
             self._release()
@@ -145,7 +155,8 @@ class SweepRunner:
         previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
         signal.signal(signal.SIGTERM, self._on_term)
         try:
-            return self._run_locked(spec, sweep_id, resume, device, dtype, str(sweep_lock_path), rerun_of or {})
+            return self._run_locked(spec, sweep_id, resume, device, dtype, str(sweep_lock_path), rerun_of or {},
+                                    retry_errors)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -165,7 +176,7 @@ class SweepRunner:
 
     def _run_locked(
         self, spec: SweepSpec, sweep_id: str, resume: bool, device: str, dtype: str, lock_path: str,
-        rerun_of: dict[str, str],
+        rerun_of: dict[str, str], retry_errors: bool = False,
     ) -> SweepOutcome:
         planned = spec.planned_points()
         now = utcnow()
@@ -176,6 +187,7 @@ class SweepRunner:
                       points_planned=planned)
         if log_path:
             fields["log_path"] = log_path
+        fields.update(self._sweep_fields())
         if existing is None:
             store.insert_sweep(self.db, SweepRecord(sweep_id=sweep_id, title=spec.title, spec_json=spec.to_json(),
                                                     created_at=now, **fields))
@@ -184,16 +196,7 @@ class SweepRunner:
         runs_by_name = {r.name: r for r in store.read_runs(self.db, sweep_id=sweep_id)}
         outcome = SweepOutcome(sweep_id=sweep_id, state="running", points_planned=planned, points_done=0)
         try:
-            for v in spec.variants:
-                if self.cancelled:
-                    raise _Cancelled
-                run = runs_by_name.get(v.name) or self._new_run(v, spec, sweep_id, device, dtype, rerun_of.get(v.name))
-                outcome.run_ids.append(run.run_id)
-                done = store.done_points(self.db, run.run_id)
-                todo = [(b, r) for b in spec.sweep.batch_sizes for r in range(spec.sweep.repeats) if (b, r) not in done]
-                if todo:
-                    store.update_sweep(self.db, sweep_id, current_variant=v.name, heartbeat_at=utcnow())
-                    self._run_variant(v, spec, run, device, dtype, todo, sweep_id)
+            self._run_all(spec, sweep_id, device, dtype, runs_by_name, outcome, rerun_of, retry_errors)
             state = "done"
         except _Cancelled:
             state = "cancelled"
@@ -213,6 +216,27 @@ class SweepRunner:
         outcome.points_done = int(row.get("points_done") or 0)
         outcome.statuses = store.status_counts(self.db, sweep_id)
         return outcome
+
+    def _sweep_fields(self) -> dict[str, Any]:
+        """Extra sweep-row fields (the cluster runner names its cluster)."""
+        return {}
+
+    def _run_all(
+        self, spec: SweepSpec, sweep_id: str, device: str, dtype: str, runs_by_name: dict[str, RunRecord],
+        outcome: SweepOutcome, rerun_of: dict[str, str], retry_errors: bool = False,
+    ) -> None:
+        """Run every variant's missing points (and, with `retry_errors`, its error/oom/skipped ones), one variant
+        after another (bench.cluster spreads them instead)."""
+        for v in spec.variants:
+            if self.cancelled:
+                raise _Cancelled
+            run = runs_by_name.get(v.name) or self._new_run(v, spec, sweep_id, device, dtype, rerun_of.get(v.name))
+            outcome.run_ids.append(run.run_id)
+            done = store.done_points(self.db, run.run_id, redo=RETRY_STATUSES if retry_errors else ())
+            todo = [(b, r) for b in spec.sweep.batch_sizes for r in range(spec.sweep.repeats) if (b, r) not in done]
+            if todo:
+                store.update_sweep(self.db, sweep_id, current_variant=v.name, heartbeat_at=utcnow())
+                self._run_variant(v, spec, run, device, dtype, todo, sweep_id)
 
     def _new_run(
         self, v: VariantSpec, spec: SweepSpec, sweep_id: str, device: str, dtype: str, rerun_of: str | None
@@ -355,20 +379,75 @@ def _death_reason(exitcode: int | None) -> str:
 # ---------------------------------------------------------------------------------------------- helpers for commands
 
 
+def stored_config(text: str | None, where: str) -> dict[str, Any]:
+    """A config stored in (or imported into) the database, parsed as the untrusted input it is."""
+    try:
+        raw = json.loads(text or "")
+    except (ValueError, RecursionError) as exc:
+        raise BadInputError(f"{where} is not valid JSON ({str(exc)[:200]}); it cannot be run") from None
+    if not isinstance(raw, dict):
+        raise BadInputError(f"{where} must be a JSON object, got {type(raw).__name__}; it cannot be run")
+    return raw
+
+
+def validated_stored_spec(raw: dict[str, Any], where: str) -> SweepSpec:
+    """Validate a stored spec with the rules of a spec file, paths confined to data/ included."""
+    try:
+        return spec_from_dict(raw, restrict_paths=True)
+    except BadInputError as exc:
+        raise BadInputError(f"{where}: {exc}") from None
+
+
 def spec_for_resume(db: Path, sweep_id: str) -> SweepSpec:
+    check_id(sweep_id, "--resume")
     row = store.read_sweep(db, sweep_id)
     if row is None:
         raise BadInputError(f"--resume: no sweep {sweep_id!r} in {db}; `python -m bench ls` lists the sweeps")
-    return spec_from_dict(json.loads(row["spec_json"]))
+    where = f"--resume: sweep {sweep_id}'s stored spec"
+    return validated_stored_spec(stored_config(row["spec_json"], where), where)
 
 
-def spec_for_rerun(db: Path, run_id: str) -> tuple[SweepSpec, str]:
+def spec_for_rerun(
+    db: Path, run_id: str, device: str | None = None, dtype: str | None = None, allow_device_change: bool = False
+) -> tuple[SweepSpec, str]:
+    """The run's config as a one-variant spec, pinned to the device and dtype it ran with.
+
+    A rerun never changes either silently: `device`/`dtype` (the --device/--dtype flags) change them explicitly,
+    `allow_device_change` lets this machine pick (auto); otherwise a device this machine lacks is refused.
+    """
+    check_id(run_id, "rerun RUN_ID")
     runs = store.read_runs(db, run_id=run_id)
     if not runs:
         raise BadInputError(f"rerun: no run {run_id!r} in {db}; `python -m bench ls --runs` lists the runs")
     run = runs[0]
     if not run.config_json:
         raise BadInputError(f"rerun: run {run_id} ({run.name}) was imported ({run.source}) and has no config to rerun")
-    cfg = json.loads(run.config_json)
-    raw = {"title": f"rerun of {run.name}", "sweep": cfg["sweep"], "variants": [cfg["variant"]]}
-    return spec_from_dict(raw), run.name
+    where = f"rerun: run {run_id}'s stored config"
+    cfg = stored_config(run.config_json, where)
+    for key in ("sweep", "variant"):
+        if not isinstance(cfg.get(key), dict):
+            raise BadInputError(f"{where}.{key}: missing (the config must hold a sweep and a variant table); "
+                                "this run cannot be rerun, start a new sweep instead")
+    resolved = cfg.get("resolved") if isinstance(cfg.get("resolved"), dict) else {}
+    sweep = dict(cfg["sweep"])
+    # what it ran with: the resolved values, else the config's, else the run row's; unknown (an imported report)
+    # pins nothing (auto)
+    was_device = next((d for d in (resolved.get("device"), sweep.get("device"), run.device) if d in DEVICES), "auto")
+    was_dtype = next((d for d in (resolved.get("dtype"), sweep.get("dtype"), run.dtype) if d in DTYPES), "auto")
+    if allow_device_change:
+        sweep["device"], sweep["dtype"] = device or "auto", dtype or "auto"
+    else:
+        sweep["device"], sweep["dtype"] = device or was_device, dtype or was_dtype
+    raw = {"title": f"rerun of {run.name}", "sweep": sweep, "variants": [cfg["variant"]]}
+    spec = validated_stored_spec(raw, where)
+    if not (device or allow_device_change):
+        try:
+            resolve_device_dtype(spec.sweep.device, spec.sweep.dtype)
+        except BadInputError as exc:
+            raise BadInputError(
+                f"rerun: run {run_id} ({run.name}) ran on {was_device} in {was_dtype}, which this machine cannot "
+                f"give ({exc}). A rerun never changes the device or dtype silently: run it where {was_device} is, "
+                "or pass --device cpu --dtype float32 (or --allow-device-change) to measure it here as a "
+                "different configuration"
+            ) from None
+    return spec, run.name

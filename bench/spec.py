@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,35 @@ ENGINE_NAMES: tuple[str, ...] = ("hf", "graph")
 DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
 DEVICES: tuple[str, ...] = ("auto", "cuda", "cpu")
 PRUNE_METHODS: tuple[str, ...] = ("first", "random", "frequency")
+
+# Sane ranges of the numeric fields (inclusive). Every value the store keeps fits a 32-bit INTEGER column, and a
+# value past these limits is a typo, not a benchmark. new_tokens >= 2: the first token comes from the prefill,
+# decode throughput is timed over the new_tokens - 1 steps after it (both engines support 2, one timed step).
+INT32_MAX = 2**31 - 1
+LIMITS: dict[str, tuple[int, int]] = {
+    "prompt_len": (1, 1_048_576),
+    "new_tokens": (2, 1_048_576),
+    "batch_size": (1, 65_536),
+    "repeats": (1, 1_000),
+    "seed": (0, INT32_MAX),
+    "top_k": (1, 4_096),
+    "experts": (1, 4_096),
+}
+TITLE_MAX = 200
+NAME_MAX = 100
+# Sweep and run ids: they name files (logs, locks, launch records), so nothing but letters, digits, and . _ -
+# (not first), at most 128 characters. No slash, no "..", no leading dot or dash.
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_id(value: Any, where: str) -> str:
+    """A sweep or run id, validated against ID_RE (they become file names); BadInputError names `where`."""
+    if not isinstance(value, str) or not ID_RE.fullmatch(value) or ".." in value:
+        raise BadInputError(
+            f"{where}: {value!r} is not a valid id; use 1-128 letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit), e.g. s20261130-120000-abc123"
+        )
+    return value
 
 
 @dataclass
@@ -76,6 +106,7 @@ class SweepSettings:
     device: str = "auto"
     seed: int = 0
     warmup: bool = True
+    cluster: str | None = None  # None: this GPU; "local", "local:N" or a Dask scheduler address (bench.cluster)
 
 
 @dataclass
@@ -86,7 +117,10 @@ class SweepSpec:
     source_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"title": self.title, "sweep": dataclasses.asdict(self.sweep), "variants": []}
+        sweep = dataclasses.asdict(self.sweep)
+        if sweep.get("cluster") is None:
+            sweep.pop("cluster", None)  # absent = this GPU, as before the field existed
+        out: dict[str, Any] = {"title": self.title, "sweep": sweep, "variants": []}
         for v in self.variants:
             entry: dict[str, Any] = {"name": v.name, "model": v.model, "top_k": v.top_k}
             if v.prune is not None:
@@ -120,20 +154,42 @@ def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
         )
 
 
-def _int(value: Any, where: str, minimum: int | None = None) -> int:
+def _int(value: Any, where: str, minimum: int | None = None, limit: str | None = None) -> int:
+    """An integer; `limit` names a LIMITS range that it must lie in."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(where, f"must be an integer, got {type(value).__name__} {value!r}")
-    if minimum is not None and value < minimum:
-        raise _fail(where, f"must be >= {minimum}, got {value}")
+    lo, hi = LIMITS[limit] if limit else (minimum, None)
+    if lo is not None and value < lo:
+        raise _fail(where, f"must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise _fail(where, f"must be <= {hi:,}, got {value:,}")
     return value
 
 
-def _str(value: Any, where: str, choices: tuple[str, ...] | None = None) -> str:
+def _str(value: Any, where: str, choices: tuple[str, ...] | None = None, max_len: int | None = None) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _fail(where, f"must be a non-empty string, got {value!r}")
     if choices is not None and value not in choices:
         raise _fail(where, f"must be one of {', '.join(choices)}; got {value!r}")
+    if max_len is not None and len(value) > max_len:
+        raise _fail(where, f"is {len(value)} characters long; at most {max_len} are allowed")
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise _fail(where, f"contains a control character (newline, tab, ...) or a lone surrogate: {value!r}; "
+                    "remove it")
     return value
+
+
+def _model(value: Any, where: str) -> str:
+    """A model source; a `synthetic:` one must name a preset in data/presets/ (a name, never a path)."""
+    from bench.models.presets import check_preset_name
+
+    source = _str(value, where, max_len=1000)
+    if source.startswith("synthetic:"):
+        try:
+            check_preset_name(source[len("synthetic:"):].strip())
+        except BadInputError as exc:
+            raise _fail(where, str(exc)) from None
+    return source
 
 
 def resolve_data_path(value: str, base_dir: Path | None, where: str, restrict: bool = False) -> str:
@@ -185,14 +241,26 @@ def _prune(raw: Any, where: str, base_dir: Path | None, restrict: bool) -> Prune
             resolve_data_path(_str(f, f"{where}.union[{i}]"), base_dir, f"{where}.union[{i}]", restrict)
             for i, f in enumerate(files)
         ]
-        return PruneSpec(union=resolved, experts=_int(raw["experts"], f"{where}.experts", 1))
+        return PruneSpec(union=resolved, experts=_int(raw["experts"], f"{where}.experts", limit="experts"))
     if set(raw) != {"experts", "method"}:
         missing = sorted({"experts", "method"} - set(raw))
         raise _fail(where, f"missing {', '.join(missing)}; write {{experts = N, method = \"first\"}}")
     return PruneSpec(
-        experts=_int(raw["experts"], f"{where}.experts", 1),
+        experts=_int(raw["experts"], f"{where}.experts", limit="experts"),
         method=_str(raw["method"], f"{where}.method", PRUNE_METHODS),
     )
+
+
+def _cluster(value: Any) -> str | None:
+    from bench.cluster.target import parse_cluster
+
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _fail("sweep.cluster", f"must be a string such as \"local\", \"local:2\" or \"tcp://host:8786\", "
+                                     f"got {value!r}")
+    target = parse_cluster(value, where="sweep.cluster")
+    return None if target is None else str(target)
 
 
 def spec_from_dict(
@@ -206,7 +274,7 @@ def spec_from_dict(
     if not isinstance(raw, dict):
         raise _fail("spec", "must be a table")
     _check_keys(raw, _TOP_KEYS, "")
-    title = _str(raw.get("title", "moe-bench sweep"), "title")
+    title = _str(raw.get("title", "moe-bench sweep"), "title", max_len=TITLE_MAX)
     sweep_raw = raw.get("sweep")
     if not isinstance(sweep_raw, dict):
         raise _fail("sweep", "missing [sweep] table with prompt_len, new_tokens and batch_sizes")
@@ -219,25 +287,30 @@ def spec_from_dict(
         raise _fail("sweep.batch_sizes", f"must be a list of integers such as [1, 2, 4], got {batches!r}")
     if not batches:
         raise _fail("sweep.batch_sizes", "is empty; give at least one batch size, e.g. [1, 8, 32]")
-    batch_sizes = [_int(b, f"sweep.batch_sizes[{i}]", 1) for i, b in enumerate(batches)]
+    if len(batches) > 64:
+        raise _fail("sweep.batch_sizes", f"has {len(batches)} entries; at most 64 are allowed")
+    batch_sizes = [_int(b, f"sweep.batch_sizes[{i}]", limit="batch_size") for i, b in enumerate(batches)]
     if len(set(batch_sizes)) != len(batch_sizes):
         raise _fail("sweep.batch_sizes", f"has duplicates: {batch_sizes}")
     settings = SweepSettings(
-        prompt_len=_int(sweep_raw["prompt_len"], "sweep.prompt_len", 1),
-        new_tokens=_int(sweep_raw["new_tokens"], "sweep.new_tokens", 2),
+        prompt_len=_int(sweep_raw["prompt_len"], "sweep.prompt_len", limit="prompt_len"),
+        new_tokens=_int(sweep_raw["new_tokens"], "sweep.new_tokens", limit="new_tokens"),
         batch_sizes=batch_sizes,
-        repeats=_int(sweep_raw.get("repeats", 3), "sweep.repeats", 1),
+        repeats=_int(sweep_raw.get("repeats", 3), "sweep.repeats", limit="repeats"),
         engine=_str(sweep_raw.get("engine", "hf"), "sweep.engine", ENGINE_NAMES),
         dtype=_str(sweep_raw.get("dtype", "auto"), "sweep.dtype", DTYPES),
         device=_str(sweep_raw.get("device", "auto"), "sweep.device", DEVICES),
-        seed=_int(sweep_raw.get("seed", 0), "sweep.seed", 0),
+        seed=_int(sweep_raw.get("seed", 0), "sweep.seed", limit="seed"),
         warmup=bool(sweep_raw.get("warmup", True)),
+        cluster=_cluster(sweep_raw.get("cluster")),
     )
     if "warmup" in sweep_raw and not isinstance(sweep_raw["warmup"], bool):
         raise _fail("sweep.warmup", "must be true or false")
     variants_raw = raw.get("variants")
     if not isinstance(variants_raw, list) or not variants_raw:
         raise _fail("variants", "missing; add at least one [[variants]] table with name, model and top_k")
+    if len(variants_raw) > 256:
+        raise _fail("variants", f"has {len(variants_raw)} entries; at most 256 are allowed")
     variants: list[VariantSpec] = []
     seen: set[str] = set()
     for i, v in enumerate(variants_raw):
@@ -248,20 +321,20 @@ def spec_from_dict(
         for req in ("name", "model", "top_k"):
             if req not in v:
                 raise _fail(f"{where}.{req}", "is required")
-        name = _str(v["name"], f"{where}.name")
+        name = _str(v["name"], f"{where}.name", max_len=NAME_MAX)
         if name in seen:
             raise _fail(f"{where}.name", f"duplicate variant name {name!r}; variant names must be unique")
         seen.add(name)
         restrict = restrict_paths and not v.get("_explicit")
         prune = _prune(v["prune"], f"{where}.prune", base_dir, restrict) if "prune" in v else None
-        top_k = _int(v["top_k"], f"{where}.top_k", 1)
+        top_k = _int(v["top_k"], f"{where}.top_k", limit="top_k")
         if prune is not None and prune.experts is not None and top_k > prune.experts:
             raise _fail(
                 f"{where}.top_k",
                 f"top_k {top_k} is greater than the {prune.experts} experts this variant keeps; "
                 f"lower top_k or keep more experts",
             )
-        variants.append(VariantSpec(name=name, model=_str(v["model"], f"{where}.model"), top_k=top_k, prune=prune))
+        variants.append(VariantSpec(name=name, model=_model(v["model"], f"{where}.model"), top_k=top_k, prune=prune))
     return SweepSpec(title=title, sweep=settings, variants=variants, source_path=source_path)
 
 
@@ -271,9 +344,21 @@ def read_spec_toml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise BadInputError(f"spec file {p} not found; see data/specs/ for examples")
     try:
-        return tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"spec file {p} is not valid TOML: {exc}") from exc
+        return parse_spec_toml(p.read_text())
+    except BadInputError as exc:
+        raise BadInputError(f"spec file {p} {exc}") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise BadInputError(f"spec file {p} cannot be read as UTF-8 text: {exc}") from exc
+
+
+def parse_spec_toml(text: str) -> dict[str, Any]:
+    """Parse spec TOML text; BadInputError ("is not valid TOML: ...") for malformed or absurdly nested input."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInputError(f"is not valid TOML: {exc}") from exc
+    except RecursionError:
+        raise BadInputError("is not a usable spec: its tables/arrays are nested too deeply") from None
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -283,25 +368,46 @@ def load_spec(path: str | Path) -> SweepSpec:
     return spec_from_dict(raw, base_dir=p.parent.resolve(), source_path=str(p), restrict_paths=True)
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
 def spec_to_toml(spec: SweepSpec) -> str:
-    """The spec as a TOML file that `bench.spec.load_spec` reads back to an equal spec."""
-    d = spec.to_dict()
-    out = [f"title = {_toml_value(d['title'])}", "", "[sweep]"]
-    out += [f"{k} = {_toml_value(v)}" for k, v in d["sweep"].items()]
-    for v in d["variants"]:
-        out += ["", "[[variants]]"] + [f"{k} = {_toml_value(x)}" for k, x in v.items()]
-    return "\n".join(out) + "\n"
+    """The spec as a TOML file that `bench.spec.load_spec` reads back to an equal spec (written by tomli-w, so
+    any title or name, emoji included, is escaped correctly)."""
+    import tomli_w  # dashboard side only: the GPU box never writes specs
+
+    return tomli_w.dumps(spec.to_dict())
+
+
+def validate_for_launch(raw: dict[str, Any]) -> SweepSpec:
+    """The one check the dashboard form runs before it says "Launched": the spec rules (`spec_from_dict`), the
+    TOML round trip the launch goes through, and what can be checked against the model configs without torch
+    (presets exist, top_k and prune.experts within the model's experts, prompt_len + new_tokens within its
+    positions). Raises BadInputError naming the field; returns the spec to launch."""
+    spec = spec_from_dict(raw)
+    text = spec_to_toml(spec)
+    try:
+        again = spec_from_dict(parse_spec_toml(text))
+    except BadInputError as exc:
+        raise BadInputError(f"spec: does not survive being written as TOML ({exc})") from None
+    if again.to_dict() != spec.to_dict():
+        raise BadInputError("spec: changes when written as TOML; check the title and names for odd characters")
+    for i, v in enumerate(spec.variants):
+        _check_against_preset(spec, v, f"variants[{i}]")
+    return spec
+
+
+def _check_against_preset(spec: SweepSpec, v: VariantSpec, where: str) -> None:
+    if not v.model.startswith("synthetic:"):
+        return
+    from bench.models.presets import preset_dict
+
+    cfg = preset_dict(v.model[len("synthetic:"):].strip())
+    experts = int(cfg.get("num_local_experts") or 0)
+    kept = v.prune.experts if v.prune is not None and v.prune.experts else experts
+    if v.prune is not None and v.prune.experts and experts and v.prune.experts > experts:
+        raise _fail(f"{where}.prune.experts", f"{v.prune.experts} exceeds {v.model}'s {experts} experts per layer")
+    if kept and v.top_k > kept:
+        raise _fail(f"{where}.top_k", f"top_k {v.top_k} is greater than the {kept} experts per layer; lower top_k")
+    limit = int(cfg.get("max_position_embeddings") or 0)
+    total = spec.sweep.prompt_len + spec.sweep.new_tokens
+    if limit and total > limit:
+        raise _fail("sweep.prompt_len", f"prompt_len + new_tokens = {total} exceeds {v.model}'s "
+                    f"max_position_embeddings {limit}; shorten the prompt or new_tokens")

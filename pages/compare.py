@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from bench.analysis import compare
+from bench.analysis import compare, cost
 from bench.ui import charts as ui_charts
 from bench.ui import data as ui_data
+from bench.ui import images as ui_images
+from bench.ui import share
+from bench.ui import views as ui_views
 
 st.title("Compare")
 data = ui_data.page_data()
@@ -26,6 +29,10 @@ default_ids = [r for r in ui_data.default_ids(runs) if r in labels]
 default_pruned = [r for r in default_ids if r in pruned_ids] or pruned_ids
 guess = compare.base_for(runs, default_pruned[0]) if default_pruned else None
 default_base = guess or (unpruned[0] if unpruned else ids[0])
+_bad_base = share.seed_value("cmp_base", set(data.runs_all["run_id"]))
+share.unknown_notice("a base run id", [_bad_base] if _bad_base else [])
+if st.session_state.get("cmp_base") not in labels:
+    st.session_state.pop("cmp_base", None)
 base = st.selectbox("Base", ids, index=ids.index(default_base), format_func=lambda r: labels[r], key="cmp_base")
 cand_options = [r for r in ids if r != base]
 meta = runs.set_index("run_id")
@@ -37,6 +44,7 @@ def _engines() -> None:
     st.session_state["cmp_cands"] = same_variant
 
 
+ui_data.shared_runs(data, "cmp_cands", cand_options)
 if "cmp_cands" in st.session_state:
     st.session_state["cmp_cands"] = [r for r in st.session_state["cmp_cands"] if r in cand_options]
 else:
@@ -44,6 +52,7 @@ else:
     pick = [r for r in default_pruned if r != base and meta.at[r, "top_k"] == top_k]
     st.session_state["cmp_cands"] = (pick or [r for r in pruned_ids if r != base] or cand_options)[:3]
 cands = st.multiselect("Candidates", cand_options, format_func=lambda r: labels[r], key="cmp_cands")
+share.publish({"cmp_base": base, "cmp_cands": cands})
 if same_variant:
     st.button(f"Compare engines: {meta.at[base, 'name']} measured with "
               + ", ".join(sorted({str(meta.at[r, 'engine']) for r in same_variant})), key="cmp_engines",
@@ -70,10 +79,14 @@ if d.empty:
     st.info("The base and the candidates share no batch size.")
     st.stop()
 
+share.seed_value("cmp_metric", ["total_pct", "per_stream_pct", "mem_pct"])
 metric = st.radio("Chart", ["total_pct", "per_stream_pct", "mem_pct"], horizontal=True, key="cmp_metric",
                   format_func={"total_pct": "total tok/s", "per_stream_pct": "per-stream tok/s",
                                "mem_pct": "peak memory"}.get)
-st.plotly_chart(ui_charts.delta_figure(d, data.colors, metric), width="stretch", key="cmp_chart")
+share.publish({"cmp_metric": metric})
+fig = ui_charts.delta_figure(d, data.colors, metric)
+st.plotly_chart(fig, width="stretch", key="cmp_chart")
+ui_images.downloads(fig, "moe-bench-compare", key="cmp_chart_dl")
 st.caption("Faded, hatched bars: the repeat spreads (min..max) of the two runs overlap — the difference is "
            "**within noise**.")
 n_noise = int(d["within_noise"].sum())
@@ -85,5 +98,33 @@ num = {c: st.column_config.NumberColumn(t, format="%.2f") for c, t in
        (("base_total_tps", "base total tok/s"), ("total_tps", "total tok/s"),
         ("base_per_stream_tps", "base per-stream"), ("per_stream_tps", "per-stream"),
         ("base_mem_gib", "base GiB"), ("mem_gib", "GiB"))}
+d = cost.add_cost_deltas(d, data.summary, data.runs_all, base, ui_data.prices())
+pct.update({c: st.column_config.NumberColumn(t, format="%+.1f%%") for c, t in
+            (("j_pct", "Δ J/token"), ("usd_pct", "Δ $/Mtok"))})
+num.update({c: ui_views.ENERGY_COLUMNS[k] for c, k in
+            (("base_j_per_token", "j_per_token"), ("j_per_token", "j_per_token"),
+             ("base_usd_per_mtok", "usd_per_mtok"), ("usd_per_mtok", "usd_per_mtok"))})
+num["base_j_per_token"] = st.column_config.NumberColumn("base J/token", format="%.3f")
+num["base_usd_per_mtok"] = st.column_config.NumberColumn("base $/Mtok", format="$%.3f")
 st.dataframe(d.drop(columns=["candidate_id"]), hide_index=True, width="stretch", key="cmp_table",
              column_config={**pct, **num, "within_noise": st.column_config.CheckboxColumn("within noise")})
+if d["j_per_token"].isna().all() and d["base_j_per_token"].isna().all():
+    st.caption("J/token is blank: none of these runs recorded NVML energy (CPU runs and imported reports have no "
+               "counter). $/Mtok uses the sidebar's $ per GPU-hour.")
+
+view = ui_views.more_views("cmp_view", ("Pareto", "Heatmap: many variants", "Energy & cost"))
+if view == "Pareto":
+    ui_views.pareto_view(compare.summary_for(data.summary, data.runs_all, [base, *cands]), data, key="cmp_pareto")
+elif view == "Energy & cost":
+    ui_views.energy_cost_view(compare.summary_for(data.summary, data.runs_all, [base, *cands]), data,
+                              key="cmp_energy")
+elif view == "Heatmap: many variants":
+    _others = [r for r in cand_options if r not in cands]
+    share.seed_list("cmp_heat")
+    if "cmp_heat" not in st.session_state:
+        st.session_state["cmp_heat"] = cands + _others[: max(0, 12 - len(cands))]
+    st.session_state["cmp_heat"] = [r for r in st.session_state["cmp_heat"] if r in cand_options]
+    heat_ids = st.multiselect("Variants in the heatmap", cand_options, format_func=lambda r: labels[r],
+                              key="cmp_heat", help="Default: the candidates, then other runs, up to 12")
+    share.publish({"cmp_heat": heat_ids})
+    ui_views.heatmap_view(data.summary, data, base, heat_ids, key="cmp_heatmap")

@@ -8,6 +8,8 @@ from bench.analysis import compare
 from bench.store import queries
 from bench.ui import charts as ui_charts
 from bench.ui import data as ui_data
+from bench.ui import images as ui_images
+from bench.ui import share
 
 st.title("Memory")
 data = ui_data.page_data()
@@ -24,9 +26,13 @@ available = [m for m in queries.MEMORY_METRICS if summ[m].notna().any()]
 if not available:
     st.info("These runs recorded no memory figures.")
     st.stop()
+share.seed_value("memory_metric", available)
 metric = st.radio("Metric", available, format_func=lambda m: queries.MEMORY_METRICS[m], horizontal=True,
                   key="memory_metric")
-st.plotly_chart(ui_charts.memory_figure(summ, data.colors, metric, data.dashes), width="stretch", key="memory_chart")
+share.publish({"memory_metric": metric})
+_fig = ui_charts.memory_figure(summ, data.colors, metric, data.dashes)
+st.plotly_chart(_fig, width="stretch", key="memory_chart")
+ui_images.downloads(_fig, "moe-bench-memory", key="memory_chart_dl")
 st.caption("Peak allocated/reserved come from torch.cuda after a peak reset; NVML is the per-process peak "
            "(includes the CUDA context); weights = allocated after load − baseline. Device-wide usage by other "
            "processes is never counted.")
@@ -63,7 +69,9 @@ saved = compare.memory_saved(data.summary, data.runs_all, pairs)
 if saved.empty:
     st.info("The pruned runs and their bases share no batch size.")
     st.stop()
-st.plotly_chart(ui_charts.saved_figure(saved, data.colors), width="stretch", key="memory_saved_chart")
+_fig = ui_charts.saved_figure(saved, data.colors)
+st.plotly_chart(_fig, width="stretch", key="memory_saved_chart")
+ui_images.downloads(_fig, "moe-bench-memory-saved", key="memory_saved_chart_dl")
 st.dataframe(saved, hide_index=True, width="stretch", key="memory_saved_table", column_config={
     "base_gib": st.column_config.NumberColumn("base GiB", format="%.2f"),
     "variant_gib": st.column_config.NumberColumn("variant GiB", format="%.2f"),

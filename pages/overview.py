@@ -7,6 +7,7 @@ import streamlit as st
 
 from bench.ui import charts as ui_charts
 from bench.ui import data as ui_data
+from bench.ui import images as ui_images
 
 st.title("moe-bench")
 st.caption("Decode throughput and memory of base and expert-pruned Mixture-of-Experts models.")
@@ -53,7 +54,9 @@ top = summ.sort_values("batch").groupby("run_id").tail(1).set_index("run_id")
 meta = data.runs_all.set_index("run_id")
 rows = top.join(meta[["name", "label", "device_name", "engine"]]).loc[[i for i in ids if i in top.index]].reset_index()
 dwarf = ui_charts.ceilings_dwarf(rows)
-st.plotly_chart(ui_charts.headline_figure(rows, data.colors, show_ceiling=not dwarf), width="stretch")
+_fig = ui_charts.headline_figure(rows, data.colors, show_ceiling=not dwarf)
+st.plotly_chart(_fig, width="stretch")
+ui_images.downloads(_fig, "moe-bench-overview", key="overview_chart_dl")
 if dwarf:
     st.caption(f"Roofline ceilings not drawn: they are about {ui_charts.ceiling_ratio(rows):,.0f}× the measured "
                "values (the table lists them; the Scaling page can show them on a log axis).")

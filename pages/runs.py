@@ -10,10 +10,12 @@ import streamlit as st
 
 from bench import locks
 from bench.analysis import labels
+from bench.analysis.lanes import where_ran
 from bench.errors import BadInputError
 from bench.paths import SPECS_DIR
 from bench.spec import DEVICES, DTYPES, ENGINE_NAMES, PRUNE_METHODS, load_spec
 from bench.store import queries
+from bench.ui import cluster as ui_cluster
 from bench.ui import data as ui_data
 from bench.ui import launch as ui_launch
 from bench.ui import sweep_form
@@ -70,6 +72,11 @@ def _panel(sweep_id: str, row: dict | None, launch: ui_launch.Launch | None) -> 
             st.progress(min(done / planned, 1.0) if planned else 0.0,
                         text=f"{done} / {planned} points" + (f" · current variant: **{row['current_variant']}**"
                                                              if row.get("current_variant") and active else ""))
+            lanes = ui_cluster.lanes_for(db, sweep_id, row)
+            if not lanes.empty:
+                st.dataframe(lanes, hide_index=True, width="stretch", key=f"lanes_{sweep_id}",
+                             column_config={"last_tps": st.column_config.NumberColumn("last tok/s", format="%.1f"),
+                                            "runs_done": "variants done"})
             if row.get("message"):
                 (st.error if state in ("failed", "crashed") else st.caption)(str(row["message"]))
             if state == "crashed":
@@ -131,6 +138,9 @@ if not gpu:
     st.info("No GPU found (`nvidia-smi -L` lists none): the form defaults to the tiny CPU preset "
             f"(`data/specs/{TINY_SPEC}`), which runs in seconds on the CPU. Engine `graph` works here too: on "
             "the CPU it runs its decoder eagerly, **without CUDA-graph capture** (slower; capture needs a GPU).")
+where = st.radio("Run on", ui_cluster.WHERE_OPTIONS, horizontal=True, key="new_where", help=ui_cluster.WHERE_HELP)
+address = st.text_input("Dask scheduler address", key="new_cluster_address", placeholder="tcp://head-node:8786") \
+    if where == ui_cluster.ADDRESS else ""
 mode = st.radio("Describe the sweep", ["Pick a spec file", "Fill in the fields"], horizontal=True, key="new_mode")
 if mode == "Pick a spec file":
     if not specs:
@@ -147,10 +157,11 @@ if mode == "Pick a spec file":
         if st.button("Launch sweep", key="launch_spec", type="primary"):
             try:
                 load_spec(path)
+                cluster = ui_cluster.cluster_choice(where, address)
             except BadInputError as exc:
                 st.error(str(exc))
             else:
-                _launched(ui_launch.launch_sweep(db, path, chosen))
+                _launched(ui_launch.launch_sweep(db, path, chosen, cluster=cluster))
 else:
     base = sweep_form.defaults(tiny if (not gpu and tiny.exists()) else (specs[0] if specs else None))
     sw = base.get("sweep", {})
@@ -185,7 +196,8 @@ else:
         try:  # the whole spec is validated before anything is launched
             spec = sweep_form.form_to_spec(sweep_form.FormValues(
                 title=title, variants=edited, batches=batches, prompt_len=prompt_len, new_tokens=new_tokens,
-                repeats=repeats, engine=engine, device=device, dtype=dtype))
+                repeats=repeats, engine=engine, device=device, dtype=dtype,
+                cluster=ui_cluster.cluster_choice(where, address)))
         except BadInputError as exc:
             st.error(f"Not launched: {exc}")
         else:
@@ -247,7 +259,8 @@ for r in (sweep_form.clean_record(x) for x in in_group.to_dict("records")):
                       + (f"  \nrerun of `{r['rerun_of']}`" if r.get("rerun_of") else ""))
         c[1].markdown(f"{state} · {r['n_ok']}/{r['n_points']} points ok  \n"
                       f"{ui_data.fmt_duration(r['duration_s']) or '—'}")
-        c[2].markdown(f"{r['device_name'] or '—'}  \n{r['engine']} · {r['dtype']} · torch {r['torch_version'] or '—'}")
+        c[2].markdown(f"{r['device_name'] or '—'}  \n{r['engine']} · {r['dtype']} · torch {r['torch_version'] or '—'}"
+                      f"  \n{where_ran(r)}")
         if c[3].button("Rerun", key=f"rerun_{r['run_id']}", disabled=not bool(r["rerunnable"]),
                        help="Run the same resolved config again as a new run" if r["rerunnable"]
                        else "Imported runs carry no config to rerun"):
@@ -257,7 +270,8 @@ all_runs_box = st.expander(f"All {len(runs)} runs passing the filters (environme
                            on_change="rerun")  # the table is built when opened
 ALL_RUN_COLUMNS = ["label", "sweep_title", "state", "n_ok", "n_points", "max_batch", "duration_s", "device_name",
                    "engine", "dtype", "torch_version", "transformers_version", "cuda", "driver", "bench_version",
-                   "git_commit", "host", "source", "rerun_of", "run_date", "run_id"]
+                   "git_commit", "host", "gpu_index", "gpu_uuid", "worker_address", "source", "rerun_of",
+                   "run_date", "run_id"]
 if all_runs_box.open:
     all_runs_box.dataframe(runs[ALL_RUN_COLUMNS], hide_index=True, width="stretch", key="runs_table",
                            column_config={"label": "run", "sweep_title": "sweep",

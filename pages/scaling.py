@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from bench.analysis import compare
+from bench.analysis import compare, cost
 from bench.ui import charts as ui_charts
 from bench.ui import data as ui_data
+from bench.ui import images as ui_images
+from bench.ui import views as ui_views
 
 st.title("Scaling")
 data = ui_data.page_data()
@@ -34,8 +36,10 @@ if dwarf and not show_ceiling:
                "lists them.")
 
 for metric in ("total_tps", "per_stream_tps"):
-    st.plotly_chart(ui_charts.scaling_figure(summ, data.colors, metric, show_ceiling, data.dashes, log_y),
-                    width="stretch", key="scaling_total" if metric == "total_tps" else "scaling_per_stream")
+    fig = ui_charts.scaling_figure(summ, data.colors, metric, show_ceiling, data.dashes, log_y)
+    name = "scaling_total" if metric == "total_tps" else "scaling_per_stream"
+    st.plotly_chart(fig, width="stretch", key=name)
+    ui_images.downloads(fig, f"moe-bench-{name.replace('_', '-')}", key=f"{name}_dl")
 st.caption("Lines: median of the repeats; error bars: min..max of the repeats; dashed: roofline ceiling "
            "(memory-bound bytes per step / measured bandwidth).")
 
@@ -46,8 +50,9 @@ if not failed.empty:
     st.warning("Some points did not run cleanly:\n" + "\n".join(lines))
 
 st.subheader("MBU: measured against the roofline ceiling")
-table = summ[["label", "batch", "n_ok", "total_tps", "total_tps_min", "total_tps_max", "per_stream_tps",
-              "ceiling_tps", "mbu", "distinct_experts"]]
+summ_ec = cost.add_energy_cost(summ, data.runs_all, ui_data.prices())
+table = summ_ec[["label", "batch", "n_ok", "total_tps", "total_tps_min", "total_tps_max", "per_stream_tps",
+                 "ceiling_tps", "mbu", "distinct_experts", "j_per_token", "usd_per_mtok"]]
 st.dataframe(
     table, hide_index=True, width="stretch", key="scaling_table",
     column_config={
@@ -59,8 +64,16 @@ st.dataframe(
         "ceiling_tps": st.column_config.NumberColumn("ceiling tok/s", format="%.1f"),
         "mbu": st.column_config.NumberColumn("MBU", format="percent"),
         "distinct_experts": st.column_config.NumberColumn("experts touched / layer", format="%.1f"),
+        "j_per_token": ui_views.ENERGY_COLUMNS["j_per_token"],
+        "usd_per_mtok": ui_views.ENERGY_COLUMNS["usd_per_mtok"],
     },
 )
 low = summ[(summ["mbu"] < 0.3) & summ["mbu"].notna()]
 if not low.empty:
     st.caption(f"{len(low)} point(s) run below 30% of their ceiling: the harness, not the model, may dominate.")
+
+view = ui_views.more_views("scaling_view")
+if view == "Pareto":
+    ui_views.pareto_view(summ, data, key="scaling_pareto")
+elif view == "Energy & cost":
+    ui_views.energy_cost_view(summ, data, key="scaling_energy")

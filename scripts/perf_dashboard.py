@@ -28,8 +28,12 @@ import pandas as pd  # noqa: E402
 from bench import store  # noqa: E402
 from bench.records import EnvFingerprint, PointRecord, RunRecord, SweepRecord  # noqa: E402
 
-PAGES = ["pages/overview.py", "pages/scaling.py", "pages/memory.py", "pages/compare.py", "pages/runs.py",
-         "pages/export.py"]
+PAGES = ["pages/overview.py", "pages/scaling.py", "pages/memory.py", "pages/compare.py", "pages/history.py",
+         "pages/runs.py", "pages/export.py"]
+# The views drawn on request (issue 13): page, the query parameter that opens the view, its value.
+VIEWS = [("pages/scaling.py", "scaling_view", "Pareto"), ("pages/scaling.py", "scaling_view", "Energy & cost"),
+         ("pages/compare.py", "cmp_view", "Pareto"), ("pages/compare.py", "cmp_view", "Heatmap: many variants"),
+         ("pages/compare.py", "cmp_view", "Energy & cost")]
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 VARIANTS = [("base_topk4", 32, 4), ("base_topk2", 32, 2), ("prune24_topk4", 24, 4), ("prune24_topk2", 24, 2),
             ("prune16_topk4", 16, 4), ("prune16_topk2", 16, 2), ("union50_topk4", 16, 4), ("union50_topk2", 16, 2),
@@ -69,7 +73,8 @@ def build(db: Path, n_points: int, sweeps: int = 50) -> int:
                         run_id=rid, batch=b, repeat=r, status="ok", total_tps=tps, per_stream_tps=tps / b,
                         decode_s=b * 255 / tps, prefill_s=0.05, tpot_p50_ms=1000 * b / tps, mem_weights_gib=weights,
                         mem_peak_alloc_gib=mem, mem_peak_reserved_gib=mem + 1, mem_nvml_peak_gib=mem + 1.6,
-                        mem_used_gib=mem + 1.6, ceiling_tps=ceiling, mbu=tps / ceiling))
+                        mem_used_gib=mem + 1.6, ceiling_tps=ceiling, mbu=tps / ceiling,
+                        energy_j_per_token=700.0 / tps))
     store.insert_imported(db, runs, [])
     # 100,000 single-row INSERTs take many minutes; load the points in one bulk insert through the store's writer.
     frame = pd.DataFrame([store.point_row(p) for p in points])
@@ -102,6 +107,7 @@ def render_times(db: Path) -> dict[str, dict[str, float]]:
             at.run()
             warm.append(time.perf_counter() - t)
         out[page] = {"cold_s": cold, "warm_s": statistics.median(warm)}
+    out.update(view_times())
     # Export with every run selected (all points): the page must stay fast; the files are built on click.
     from bench.store import queries
 
@@ -121,6 +127,28 @@ def render_times(db: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def view_times() -> dict[str, dict[str, float]]:
+    """The on-request views, opened as a shared link opens them (the query parameter set from the first run)."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    out: dict[str, dict[str, float]] = {}
+    for page, key, value in VIEWS:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+        at.query_params[key] = value
+        at.run()
+        st.cache_data.clear()
+        t = time.perf_counter()
+        at.switch_page(page).run()
+        cold = time.perf_counter() - t
+        if at.exception:
+            raise SystemExit(f"{page} {value}: {at.exception[0].value}")
+        t = time.perf_counter()
+        at.run()
+        out[f"{Path(page).stem}: {value}.py"] = {"cold_s": cold, "warm_s": time.perf_counter() - t}
+    return out
+
+
 def export_times(db: Path) -> dict[str, float]:
     """Seconds to build each export of every run (what a download button does when clicked)."""
     from bench.report import export_selection
@@ -128,7 +156,7 @@ def export_times(db: Path) -> dict[str, float]:
 
     ids = queries.runs(db)["run_id"].tolist()
     out = {}
-    for fmt in ("markdown", "csv", "jsonl"):
+    for fmt in ("markdown", "csv", "jsonl", "html"):
         t = time.perf_counter()
         export_selection(db, ids, fmt)
         out[fmt] = time.perf_counter() - t

@@ -171,7 +171,7 @@ def test_export_matches_cli(fixture_db: Path, monkeypatch: pytest.MonkeyPatch, t
                    capture_output=True)
     assert out.read_bytes() == text.encode("utf-8")
     labels = [b.label for b in at.get("download_button")]
-    assert labels == ["Download markdown", "Download CSV", "Download JSONL"]
+    assert labels == ["Download markdown", "Download CSV", "Download JSONL", "Download HTML report"]
 
 
 def test_filters_persist_across_pages(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -394,6 +394,7 @@ def test_export_large_selection_builds_files_on_demand(tmp_path: Path, monkeypat
     assert not at.exception
     assert not at.code  # no markdown built yet
     assert any("built on request" in i.value for i in at.info)
-    assert [b.label for b in at.get("download_button")] == ["Download markdown", "Download CSV", "Download JSONL"]
+    assert [b.label for b in at.get("download_button")] == ["Download markdown", "Download CSV", "Download JSONL",
+                                                          "Download HTML report"]
     at.button(key="export_preview").click().run()
     assert at.code and at.code[0].value == export_selection(db, ids, "markdown").rstrip("\n")

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -82,8 +83,8 @@ def test_launch_from_fields_form_then_points_on_scaling(tmp_path: Path, monkeypa
     by_label(at.button, "Launch sweep").click().run()
     assert not at.error, [e.value for e in at.error]
     sweep_id = at.session_state["last_launch"]
-    spec = (db.parent / "bench.logs" / f"{sweep_id}.toml").read_text()
-    assert "batch_sizes = [1, 2]" in spec and 'model = "synthetic:tiny-moe"' in spec
+    spec = tomllib.loads((db.parent / "bench.logs" / f"{sweep_id}.toml").read_text())
+    assert spec["sweep"]["batch_sizes"] == [1, 2] and spec["variants"][0]["model"] == "synthetic:tiny-moe"
     seen_progress = False
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline:

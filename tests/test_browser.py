@@ -153,7 +153,7 @@ def test_dashboard_in_chromium(server: tuple[str, Path], tmp_path: Path) -> None
             page.goto(f"{url}/export")
             _wait_idle(page)
             page.get_by_role("button", name="Download markdown").wait_for()
-            ids = labels.default_runs(queries.runs(db))
+            ids = labels.export_default(queries.runs(db))  # one card and engine (issue 8, 5.5)
             for fmt, button in (("markdown", "Download markdown"), ("csv", "Download CSV"),
                                 ("jsonl", "Download JSONL")):
                 with page.expect_download() as dl:
@@ -164,5 +164,43 @@ def test_dashboard_in_chromium(server: tuple[str, Path], tmp_path: Path) -> None
                 assert downloaded == cli, fmt
                 assert b"half_topk1" in downloaded, fmt
             assert not errors, errors
+        finally:
+            ctx.close()
+
+
+def test_shared_link_opens_the_same_selection(server: tuple[str, Path], tmp_path: Path) -> None:
+    """A copied link (issue 13, shareable views): the page opens with the link's runs and metric, writes later
+    changes back into the address bar, and that address opens the changed view in a fresh browser session."""
+    from playwright.sync_api import sync_playwright
+
+    url, _db = server
+    with sync_playwright() as pw:
+        ctx = shots.launch_browser(pw, tmp_path / "chromium-profile-link")
+        try:
+            page = ctx.new_page()
+            page.goto(f"{url}/compare?cmp_base=run-base4&cmp_cands=run-pruned16&cmp_metric=per_stream_pct"
+                      "&flt_cards=NVIDIA+H100+80GB+HBM3")
+            _wait_idle(page)
+            page.get_by_text("Change in per-stream tok/s against the base").first.wait_for(timeout=30_000)
+            assert page.get_by_role("radio", name="per-stream tok/s").is_checked()
+            cands = page.get_by_test_id("stMultiSelect").filter(has_text="Candidates")
+            assert "pruned16_topk4" in cands.inner_text()
+            assert "base_topk2" not in page.get_by_test_id("stMain").inner_text()  # the card filter of the link
+            # a change goes into the address bar ...
+            page.get_by_text("peak memory", exact=True).click()
+            page.wait_for_function("() => location.search.includes('cmp_metric=mem_pct')", timeout=30_000)
+            shared = page.url
+            assert "cmp_base=run-base4" in shared and "cmp_cands=run-pruned16" in shared
+            # ... and that address opens the same view in a new session
+            other = ctx.new_page()
+            other.goto(shared)
+            _wait_idle(other)
+            other.get_by_text("Change in peak memory against the base").first.wait_for(timeout=30_000)
+            assert other.get_by_role("radio", name="peak memory").is_checked()
+            # an unknown run id in a link is a notice, not an error
+            other.goto(f"{url}/scaling?scaling_runs=run-pruned16&scaling_runs=no-such-run")
+            _wait_idle(other)
+            other.get_by_text("this database does not hold").first.wait_for(timeout=30_000)
+            assert not other.get_by_test_id("stException").count()
         finally:
             ctx.close()

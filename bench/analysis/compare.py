@@ -127,3 +127,15 @@ def _pct(new: Any, old: Any) -> float | None:
     if _isna(new) or _isna(old) or not old:
         return None
     return 100.0 * (float(new) - float(old)) / float(old)
+
+
+def speedup_matrix(deltas_df: pd.DataFrame) -> pd.DataFrame:
+    """Per candidate and batch size: total tok/s as a multiple of the base (`speedup`) and `within_noise`, from
+    the rows `deltas` returns (the heatmap of many variants against one base)."""
+    cols = ["candidate", "candidate_id", "batch", "speedup", "within_noise"]
+    if deltas_df.empty:
+        return pd.DataFrame(columns=cols)
+    out = deltas_df[["candidate", "candidate_id", "batch", "total_tps", "base_total_tps", "within_noise"]].copy()
+    out["speedup"] = [None if _isna(c) or _isna(b) or not b else float(c) / float(b)
+                      for c, b in zip(out["total_tps"], out["base_total_tps"], strict=True)]
+    return out[cols].reset_index(drop=True)

@@ -139,3 +139,30 @@ def latest_sweep_runs(runs_df: pd.DataFrame) -> pd.DataFrame:
     if _isna(newest["sweep_id"]):
         return runs_df.iloc[:0]
     return runs_df[runs_df["sweep_id"] == newest["sweep_id"]]
+
+
+def single_setup(runs_df: pd.DataFrame, run_ids: list[str]) -> list[str]:
+    """`run_ids` narrowed to one (card, engine) setup, so a default never mixes cards or engines: the setup that
+    holds the most of them, ties going to the one with the newest run (`run_ids` order is kept)."""
+    if not run_ids or runs_df.empty:
+        return run_ids
+    meta = runs_df.set_index("run_id")
+    setup = {r: (str(meta.at[r, "device_name"]) if not _isna(meta.at[r, "device_name"]) else "unknown",
+                 str(meta.at[r, "engine"]) if not _isna(meta.at[r, "engine"]) else "unknown")
+             for r in run_ids if r in meta.index}
+    if not setup:
+        return run_ids
+    when = pd.to_datetime(meta.loc[list(setup), "run_date"], utc=True)
+    counts: dict[tuple[str, str], int] = {}
+    newest: dict[tuple[str, str], float] = {}
+    for r, s in setup.items():
+        counts[s] = counts.get(s, 0) + 1
+        t = when[r].timestamp() if pd.notna(when[r]) else float("-inf")
+        newest[s] = max(newest.get(s, float("-inf")), t)
+    best = max(counts, key=lambda s: (counts[s], newest[s]))
+    return [r for r in run_ids if setup.get(r) == best]
+
+
+def export_default(runs_df: pd.DataFrame, limit: int = 12) -> list[str]:
+    """The Export page's default selection: `default_runs`, narrowed to one card and engine (`single_setup`)."""
+    return single_setup(runs_df, default_runs(runs_df, limit))

@@ -1,10 +1,13 @@
 """`python -m bench perf`: decode engines side by side (default hf vs graph) on one card, with roofline and MBU.
 
-For each expert count (pruned by keeping the first N experts per layer) and top_k, the model is built once;
-each engine then runs each batch size: prepare (untimed: warm-up, capture), `--repeats` timed generations.
-Every repeat is a JSONL line with PointRecord field names plus the run's fields; a markdown table of medians
-(ms/step, tok/s, ceiling, MBU) is printed and optionally written. The ceiling uses the distinct experts the
-engine counted and the mean decode context. Worker-side: imports torch, never duckdb or streamlit.
+perf is a launcher of the worker's point loop (`bench.worker.run_job`), the one loop sweeps use too: for each
+expert count (pruned by keeping the first N experts per layer), top_k and engine it runs one job in this process
+(a fresh model per job, so no engine sees a model another engine changed); the job prepares each batch
+(untimed: warm-up, capture) and times `--repeats` generations, with NVML and memory as in a sweep. Every
+PointRecord it sends is a JSONL line with the run's fields (the bench's export format, written without duckdb);
+a markdown table of medians (ms/step, tok/s, ceiling, MBU) is printed and optionally written. A memory
+preflight refuses (exit 2) a model larger than the device's free memory before anything is built.
+Worker-side: imports torch, never duckdb or streamlit.
 """
 
 from __future__ import annotations
@@ -35,22 +38,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-len", type=int, default=256, help="prompt tokens (default 256)")
     p.add_argument("--new-tokens", type=int, default=64, help="generated tokens per stream (default 64)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per point (default 3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cuda | cpu")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on cuda, float32 on cpu) | bfloat16 | float32")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights and prompts (default 0)")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                   help="default auto: cuda when a GPU is visible, else cpu")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                   help="default auto: bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--no-memory-check", dest="check_memory", action="store_false",
+                   help="skip the preflight that refuses a model larger than the device's free memory")
     p.add_argument("--out-jsonl", default=None, help="append one JSON line per repeat to this file")
     p.add_argument("--out-md", default=None, help="write the markdown table of medians to this file")
     p.add_argument("--run", default=None, help="run name prefix (default perf-<date>)")
     p.set_defaults(func=run)
 
 
-def _ints(text: str, flag: str) -> list[int]:
+def _ints(text: str, flag: str, limit: str) -> list[int]:
+    from bench.spec import LIMITS
+
+    lo, hi = LIMITS[limit]
     try:
         values = [int(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
         values = []
-    if not values or any(v <= 0 for v in values):
-        raise BadInputError(f"{flag} {text!r}: give comma-separated positive integers, e.g. 1,8,32")
+    if not values or any(not lo <= v <= hi for v in values):
+        raise BadInputError(f"{flag} {text!r}: give comma-separated integers in {lo}..{hi:,}, e.g. 1,8,32")
     return values
 
 
@@ -97,122 +107,65 @@ def markdown_table(rows: list[PerfRow]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     engines = [e.strip() for e in str(args.engines).split(",") if e.strip()]
-    from bench.spec import ENGINE_NAMES
+    from bench.spec import ENGINE_NAMES, LIMITS
 
     bad = [e for e in engines if e not in ENGINE_NAMES]
     if not engines or bad:
         raise BadInputError(f"--engines {args.engines!r}: choose from {', '.join(ENGINE_NAMES)}")
-    experts_list = _ints(args.experts, "--experts")
-    topks = _ints(args.top_k, "--top-k")
-    batches = _ints(args.batch_sizes, "--batch-sizes")
-    if args.prompt_len < 1 or args.new_tokens < 2 or args.repeats < 1:
-        raise BadInputError("--prompt-len >= 1, --new-tokens >= 2 and --repeats >= 1 are required")
+    experts_list = _ints(args.experts, "--experts", "experts")
+    topks = _ints(args.top_k, "--top-k", "top_k")
+    batches = _ints(args.batch_sizes, "--batch-sizes", "batch_size")
+    for flag, value, name in (("--prompt-len", args.prompt_len, "prompt_len"),
+                              ("--new-tokens", args.new_tokens, "new_tokens"), ("--repeats", args.repeats, "repeats"),
+                              ("--seed", args.seed, "seed")):
+        lo, hi = LIMITS[name]
+        if not lo <= value <= hi:
+            raise BadInputError(f"{flag} {value}: must be in {lo}..{hi:,}")
 
-    import torch
+    if args.run is not None:
+        from bench.spec import check_id
 
-    from bench.engines import get_engine
-    from bench.measure.bandwidth import measure_bandwidth
-    from bench.measure.env import fingerprint
-    from bench.measure.memory import MemoryTracker
-    from bench.models.loading import load_model, resolve_device, torch_dtype
-    from bench.models.pruning import apply_variant, set_top_k
-    from bench.records import PointRecord, utcnow
-    from bench.roofline import ArchSummary, mbu, mean_decode_context
-    from bench.spec import PruneSpec
-    from bench.worker import point_from_result
+        check_id(args.run, "--run")  # it prefixes the run ids, which name files once imported and resumed
+    from bench.models.footprint import preflight_memory
+    from bench.models.loading import resolve_config, resolve_device, torch_dtype
+    from bench.worker import WorkerJob, run_job
 
     device = resolve_device(args.device)
-    dtype = torch_dtype(args.dtype, device)
-    env = fingerprint(device)
-    bandwidth = measure_bandwidth(device)
+    dtype = str(torch_dtype(args.dtype, device)).removeprefix("torch.")
+    base = int(getattr(resolve_config(args.model), "num_local_experts", 0) or 0)
+    too_many = [n for n in experts_list if n > base]
+    if too_many:
+        raise BadInputError(f"--experts {too_many[0]}: the model has {base} experts per layer")
+    if args.check_memory:  # the full model is built before pruning: one check covers every expert count
+        preflight_memory(args.model, device, dtype, max(batches), args.prompt_len, args.new_tokens, "perf")
     date = datetime.now(UTC).strftime("%Y-%m-%d")
     run_prefix = args.run or f"perf-{date}"
-    context = mean_decode_context(args.prompt_len, args.new_tokens)
     out_jsonl = Path(args.out_jsonl) if args.out_jsonl else None
     if out_jsonl:
         out_jsonl.parent.mkdir(parents=True, exist_ok=True)
-    print(
-        f"perf: {env.device_name}, torch {env.torch}, transformers {env.transformers}, commit {env.git_commit}, "
-        f"bandwidth {bandwidth / 1e9:.0f} GB/s, {dtype}, prompt {args.prompt_len}, new {args.new_tokens}",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(f"perf: {args.model} on {device} in {dtype}, prompt {args.prompt_len}, new {args.new_tokens}, "
+          f"repeats {args.repeats}", file=sys.stderr, flush=True)
     rows: list[PerfRow] = []
     for n_exp in experts_list:
-        tracker = MemoryTracker(device)
-        tracker.baseline()
-        loaded = load_model(args.model, device=device, dtype=dtype, seed=args.seed)
-        tracker.after_load()
-        base = loaded.base_experts
-        if n_exp > base:
-            raise BadInputError(f"--experts {n_exp}: the model has {base} experts per layer")
         for k in topks:
             if k > n_exp:
                 continue
-            prune = PruneSpec(experts=n_exp, method="first") if n_exp < base else None
-            if prune is not None and loaded.config.num_local_experts != n_exp:
-                apply_variant(loaded, prune, k, args.seed)
-            else:
-                set_top_k(loaded.model, k)
-            model = loaded.model
-            arch = ArchSummary.from_model(model)
-            gen = torch.Generator().manual_seed(args.seed)
-            vocab = int(loaded.config.vocab_size)
+            prune = {"experts": n_exp, "method": "first"} if n_exp < base else None
             for eng_name in engines:
                 run_name = f"{run_prefix}-{eng_name}-e{n_exp}-k{k}"
-                run_rec = _perf_run(run_name, args, env, n_exp, base, k, eng_name, bandwidth, dtype)
-                for b in batches:
-                    ids = torch.randint(0, vocab, (b, args.prompt_len), generator=gen).to(device)
-                    engine = get_engine(eng_name)
-                    row = PerfRow(n_exp, k, eng_name, b, "ok")
-                    times: list[float] = []
-                    try:
-                        tracker.reset_peak()
-                        engine.prepare(model, ids, args.new_tokens)
-                        for rep in range(args.repeats):
-                            started = utcnow()
-                            res = engine.generate(model, ids, args.new_tokens)
-                            rec = point_from_result(
-                                run_name, b, rep, res, expected_tokens=args.new_tokens, arch=arch, top_k=k,
-                                context=context, bandwidth=bandwidth, mem=tracker.point_stats(), window=None,
-                                started=started,
-                            )
-                            times.append(res.decode_s)
-                            row.distinct_experts = res.distinct_experts
-                            row.ceiling_tps = rec.ceiling_tps
-                            row.mem_used_gib = rec.mem_used_gib
-                            _append(out_jsonl, run_rec, rec)
-                    except torch.cuda.OutOfMemoryError as exc:
-                        row.status, row.error = "oom", str(exc).splitlines()[0]
-                    except Exception as exc:  # one failing point must not lose the others
-                        row.status, row.error = "error", f"{type(exc).__name__}: {exc}"
-                    finally:
-                        engine.release()
-                        if device.startswith("cuda"):
-                            torch.cuda.empty_cache()
-                    if times:
-                        med = statistics.median(times)
-                        steps = args.new_tokens - 1
-                        row.ms_per_step = 1000 * med / steps
-                        row.total_tps = b * steps / med
-                        row.mbu = mbu(row.total_tps, row.ceiling_tps)
-                        row.spread_pct = 100 * (max(times) - min(times)) / med
-                    if row.status != "ok":
-                        _append(out_jsonl, run_rec, PointRecord(
-                            run_id=run_name, batch=b, repeat=len(times), status=row.status, error=row.error,
-                            started_at=utcnow(), finished_at=utcnow()))
-                    rows.append(row)
-                    print(
-                        f"  e{n_exp} k{k} {eng_name:5s} b{b:<3d} {row.status:5s} "
-                        f"ms/step {_fmt(row.ms_per_step, 2):>7s} "
-                        f"tok/s {_fmt(row.total_tps):>8s} ceiling {_fmt(row.ceiling_tps):>8s} "
-                        f"MBU {_fmt(None if row.mbu is None else 100 * row.mbu, 0)}% {row.error or ''}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-        del loaded, model
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+                job = WorkerJob(
+                    run_id=run_name, variant_name=run_name, model=args.model, top_k=k, prune=prune, engine=eng_name,
+                    device=device, dtype=dtype, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                    seed=args.seed, warmup=True, points=[(b, r) for b in batches for r in range(args.repeats)],
+                )
+                launcher = _InlineLauncher(args, run_name, n_exp, base, k, eng_name, dtype, out_jsonl)
+                try:
+                    run_job(job, launcher.send)  # the worker's point loop, in this process
+                except BadInputError:
+                    raise
+                except Exception as exc:  # the variant cannot run at all (load failed, ...): its points fail
+                    launcher.fail_remaining(job.points, f"{type(exc).__name__}: {exc}")
+                rows += perf_rows(launcher.points, n_exp, k, eng_name, batches, args.new_tokens)
     table = markdown_table(rows)
     print(table)
     if args.out_md:
@@ -223,27 +176,95 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _perf_run(run_name: str, args: argparse.Namespace, env: Any, experts: int, base_experts: int, k: int,
-              engine: str, bandwidth: float, dtype: Any) -> Any:
-    """The RunRecord of one (experts, top_k, engine) combination, so the JSONL is the bench's own export format."""
+class _InlineLauncher:
+    """perf's launcher: receives the worker's messages in-process, writes JSONL lines and progress as they come."""
+
+    def __init__(self, args: argparse.Namespace, run_name: str, experts: int, base: int, k: int, engine: str,
+                 dtype: str, out: Path | None) -> None:
+        self.args, self.run_name, self.experts, self.base, self.k = args, run_name, experts, base, k
+        self.engine, self.dtype, self.out = engine, dtype, out
+        self.run: Any = None
+        self.points: list[Any] = []
+
+    def send(self, message: tuple[str, Any]) -> None:
+        kind, payload = message
+        if kind == "run":
+            self.run = _perf_run(self.run_name, self.args, payload, self.experts, self.base, self.k, self.engine,
+                                 self.dtype)
+        elif kind == "point":
+            self.points.append(payload)
+            _append(self.out, self.run, payload)
+            p = payload
+            tpot = "" if p.tpot_p50_ms is None else f" tpot p50 {p.tpot_p50_ms:.2f} ms"
+            tps = "" if p.total_tps is None else f" {p.total_tps:.1f} tok/s"
+            print(f"  e{self.experts} k{self.k} {self.engine:5s} b{p.batch:<4d} #{p.repeat} {p.status:5s}{tps}{tpot}"
+                  + (f" {p.error.splitlines()[0]}" if p.error else ""), file=sys.stderr, flush=True)
+
+    def fail_remaining(self, planned: list[tuple[int, int]], error: str) -> None:
+        from bench.records import PointRecord, utcnow
+
+        seen = {(p.batch, p.repeat) for p in self.points}
+        for b, r in planned:
+            if (b, r) not in seen:
+                self.send(("point", PointRecord(run_id=self.run_name, batch=b, repeat=r, status="error",
+                                                error=error[:2000], started_at=utcnow(), finished_at=utcnow())))
+
+
+def perf_rows(points: list[Any], experts: int, k: int, engine: str, batches: list[int], new_tokens: int
+              ) -> list[PerfRow]:
+    """One median row per batch from the worker's PointRecords (the same records a sweep stores)."""
+    from bench.roofline import mbu
+
+    rows = []
+    for b in batches:
+        pts = [p for p in points if p.batch == b]
+        ok = [p for p in pts if p.status == "ok"]
+        bad = next((p for p in pts if p.status != "ok"), None)
+        row = PerfRow(experts, k, engine, b, "ok" if ok and bad is None else (bad.status if bad else "missing"))
+        if bad is not None:
+            row.error = (bad.error or "").splitlines()[0] if bad.error else None
+        if ok:
+            times = [p.decode_s for p in ok]
+            med = statistics.median(times)
+            steps = new_tokens - 1
+            row.ms_per_step = 1000 * med / steps
+            row.total_tps = b * steps / med
+            row.ceiling_tps = ok[-1].ceiling_tps
+            row.mbu = mbu(row.total_tps, row.ceiling_tps)
+            row.spread_pct = 100 * (max(times) - min(times)) / med
+            row.distinct_experts = ok[-1].distinct_experts
+            row.mem_used_gib = max((p.mem_used_gib for p in ok if p.mem_used_gib is not None), default=None)
+            energy = [p.energy_j_per_token for p in ok if p.energy_j_per_token is not None]
+            if energy:
+                row.extra["energy_j_per_token"] = statistics.median(energy)
+        rows.append(row)
+    return rows
+
+
+def _perf_run(run_name: str, args: argparse.Namespace, info: Any, experts: int, base_experts: int, k: int,
+              engine: str, dtype_name: str) -> Any:
+    """The RunRecord of one (experts, top_k, engine) combination from the worker's RunInfo, so the JSONL is the
+    bench's own export format and carries what a sweep's run records (env, kept experts, fingerprint, options)."""
     from bench.records import RunRecord
 
-    dtype_name = str(dtype).removeprefix("torch.")
+    env = info.env
     prune = {"experts": experts, "method": "first"} if experts < base_experts else None
     variant: dict[str, Any] = {"name": run_name, "model": args.model, "top_k": k}
     if prune:
         variant["prune"] = prune
     sweep = {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-             "batch_sizes": _ints(args.batch_sizes, "--batch-sizes"), "repeats": args.repeats, "engine": engine,
-             "dtype": dtype_name, "device": env.device_kind, "seed": args.seed, "warmup": True}
+             "batch_sizes": _ints(args.batch_sizes, "--batch-sizes", "batch_size"), "repeats": args.repeats,
+             "engine": engine, "dtype": dtype_name, "device": env.device_kind, "seed": args.seed, "warmup": True}
     config = {"title": f"perf {run_name}", "sweep": sweep, "variant": variant,
               "resolved": {"device": env.device_kind, "dtype": dtype_name}}
     return RunRecord(
         run_id=run_name, sweep_id=None, name=run_name, model=args.model, top_k=k, engine=engine, dtype=dtype_name,
         device=env.device_kind, prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats,
-        seed=args.seed, experts=experts, base_experts=base_experts, prune=prune, env=env,
-        bandwidth_gbs=bandwidth / 1e9, config_json=json.dumps(config, sort_keys=True), source="measured",
-        state="done", notes="python -m bench perf",
+        seed=args.seed, experts=info.experts, base_experts=info.base_experts, prune=prune, env=env,
+        kept_experts=info.kept_experts, model_fingerprint=info.model_fingerprint, bandwidth_gbs=info.bandwidth_gbs,
+        engine_options=json.dumps(info.engine_options, sort_keys=True) if info.engine_options else None,
+        config_json=json.dumps(config, sort_keys=True), source="measured",
+        state="done", notes="; ".join(["python -m bench perf", *info.notes]),
     )
 
 

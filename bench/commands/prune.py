@@ -64,6 +64,23 @@ def prune_spec_from_args(args: argparse.Namespace) -> PruneSpec:
     return PruneSpec(experts=args.experts, method=args.method)
 
 
+def check_writable_dir(out: Path, flag: str) -> None:
+    """Refuse (exit 2) an output directory that cannot be created or written, before any work: the nearest
+    existing ancestor must be a directory where a directory can be made (probed, then removed)."""
+    import tempfile
+
+    ancestor = out
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise BadInputError(f"{flag} {out}: {ancestor} is not a directory; choose another path")
+    try:
+        Path(tempfile.mkdtemp(prefix=".moe-bench-probe-", dir=ancestor)).rmdir()
+    except OSError as exc:
+        raise BadInputError(f"{flag} {out}: cannot create a directory in {ancestor} ({exc.strerror or exc}); "
+                            "choose a writable path") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from bench.models.loading import load_model, resolve_device, torch_dtype
     from bench.models.pruning import apply_variant
@@ -74,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError(f"--out {out} exists and is not a directory; choose another path")
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise BadInputError(f"--out {out} is not empty; choose an empty directory or pass --force")
+    check_writable_dir(out, "--out")
     device = resolve_device(args.device)
     dtype = torch_dtype(args.dtype, device)
     # sliced experts must be plain tensors: an MXFP4 checkpoint is always dequantized before pruning
@@ -82,8 +100,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"pruning {args.model} ({loaded.base_experts} experts per layer) ...", file=sys.stderr)
     keep = apply_variant(loaded, prune, top_k, seed=args.seed)
     assert keep is not None
-    out.mkdir(parents=True, exist_ok=True)
-    loaded.model.save_pretrained(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        loaded.model.save_pretrained(out)
+    except OSError as exc:
+        raise BadInputError(f"--out {out}: cannot write the checkpoint there ({exc}); choose another directory") \
+            from None
     experts = len(keep[0])
     params = sum(p.numel() for p in loaded.model.parameters())
     info = {

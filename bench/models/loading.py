@@ -56,17 +56,27 @@ def preset_name(source: str) -> str:
     return name
 
 
+def looks_like_path(source: str) -> bool:
+    """A local path rather than a Hugging Face id (`org/name`): absolute, ./ ../ ~, or more than one slash."""
+    return source.startswith(("/", "./", "../", "~", ".\\")) or source in (".", "..") or source.count("/") > 1
+
+
 def _missing_model(source: str, exc: Exception) -> BadInputError:
+    presets = f"for a synthetic model use synthetic:<preset> with one of: {', '.join(list_presets())}"
+    if looks_like_path(source):
+        p = Path(source).expanduser()
+        what = "does not exist" if not p.exists() else "is not a model directory (no loadable config.json)"
+        return BadInputError(f"model {source!r}: the path {p} {what}; check the path ({presets}).")
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     how = (
         f"HF_HUB_OFFLINE is set, so it must already be in the local Hugging Face cache: run "
-        f"`huggingface-cli download {source}` on a machine with network, or unset HF_HUB_OFFLINE"
+        f"`hf download {source}` on a machine with network, or unset HF_HUB_OFFLINE"
         if offline
-        else f"check the id or path, or run `huggingface-cli download {source}`"
+        else f"check the id, or fetch it with `hf download {source}` (the huggingface_hub CLI)"
     )
     return BadInputError(
         f"model {source!r} could not be found as a local directory or a Hugging Face model ({how}); "
-        f"for a synthetic model use synthetic:<preset> with one of: {', '.join(list_presets())}. ({exc})"
+        f"{presets}. ({str(exc)[:300]})"
     )
 
 

@@ -23,8 +23,22 @@ def list_presets(presets_dir: Path = PRESETS_DIR) -> list[str]:
     return sorted(p.stem for p in presets_dir.glob("*.json"))
 
 
+def check_preset_name(name: str, presets_dir: Path = PRESETS_DIR) -> str:
+    """`name` must be the stem of a file in `presets_dir`: a plain name, never a path (`synthetic:/tmp/x` and
+    `synthetic:../x` are refused before any file is opened)."""
+    available = list_presets(presets_dir)
+    if name not in available:
+        shown = ", ".join(available) or "(none)"
+        raise BadInputError(
+            f"model preset {name!r} not found in {presets_dir}; available presets: {shown}. "
+            f"Use synthetic:<preset> with one of those (a name, not a path), or add a .json file there"
+        )
+    return name
+
+
 def preset_dict(name: str, presets_dir: Path = PRESETS_DIR) -> dict[str, Any]:
     """The raw config dict of a preset, without `_`-prefixed documentation keys."""
+    check_preset_name(name, presets_dir)
     path = presets_dir / f"{name}.json"
     if not path.is_file():
         available = ", ".join(list_presets(presets_dir)) or "(none)"

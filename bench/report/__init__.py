@@ -5,7 +5,8 @@ Public entry points (the CLI and the dashboard's Export page call the same ones,
 - `render_markdown(runs, points, title=None, reproduce=None) -> str`   (bench.report.markdown)
 - `render_jsonl(runs, points) -> str`, `render_csv(runs, points) -> str`
 - `parse_markdown(text, file_name)`, `parse_jsonl(text, file_name) -> ParsedFile`
-- `export_selection(db_path, run_names, fmt) -> str`                   (bench.report.selection)
+- `render_html(runs, points, markdown, title) -> str`                   (bench.report.html)
+- `export_selection(db_path, run_names, fmt, prices=None) -> str`      (bench.report.selection; fmt html too)
 - `load_selection(db_path, run_names) -> Selection`
 - `import_files(db_path, paths) -> ImportSummary`                       (bench.report.importer)
 """
@@ -27,6 +28,7 @@ _WHERE: dict[str, str] = {
     "ParsedFile": "markdown",
     "parse_markdown": "markdown",
     "render_markdown": "markdown",
+    "render_html": "html",
     "EXPORT_FORMATS": "selection",
     "ExportResult": "selection",
     "Selection": "selection",

@@ -54,13 +54,14 @@ def order_runs(runs: list[RunRecord]) -> list[RunRecord]:
 
 
 def run_labels(runs: list[RunRecord]) -> dict[str, str]:
-    """run_id -> the name shown in tables; names that occur twice get `@<run_id prefix>` appended."""
+    """run_id -> the name shown in tables, unique in the export: names that occur twice get `@<run_id>` appended
+    (the whole run_id: a prefix cut to the hour made two runs of one sweep share a label)."""
     counts: dict[str, int] = {}
     for run in runs:
         counts[run.name] = counts.get(run.name, 0) + 1
     labels = {}
     for run in runs:
-        labels[run.run_id] = run.name if counts[run.name] == 1 else f"{run.name}@{run.run_id[:12]}"
+        labels[run.run_id] = run.name if counts[run.name] == 1 else f"{run.name}@{run.run_id}"
     return labels
 
 

@@ -1,8 +1,10 @@
 """CSV export: one row per point, the JSONL columns flattened.
 
-Columns: the JSONL headline keys and point fields under their names, then `run_meta.<field>` for every
-RunRecord field (`run_meta.env.<field>` for the environment). Lists and dicts (kept experts, prune) are
-JSON text; null is an empty cell; floats use Python's repr so no digit is lost. Lines end with `\\n`.
+Columns: the JSONL headline keys and point fields under their names, then `usd_per_gpu_hour` and
+`usd_per_mtok` (the price of the run's card family, `bench.report.energy`; empty $/M tokens for points that are
+not ok), then `run_meta.<field>` for every RunRecord field (`run_meta.env.<field>` for the environment).
+Lists and dicts (kept experts, prune) are JSON text; null is an empty cell; floats use Python's repr so no
+digit is lost. Lines end with `\\n`.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from datetime import datetime
 from typing import Any
 
 from bench.records import EnvFingerprint, PointRecord, RunRecord
+from bench.report import energy
 from bench.report.common import iso, order_runs, sort_points
 from bench.report.jsonl import HEADLINE_KEYS, POINT_KEYS, point_line
 
+COST_KEYS = ("usd_per_gpu_hour", "usd_per_mtok")  # from the $/GPU-hour of the run's card (bench.report.energy)
+
 
 def csv_columns() -> list[str]:
-    cols = list(HEADLINE_KEYS) + list(POINT_KEYS)
+    cols = list(HEADLINE_KEYS) + list(POINT_KEYS) + list(COST_KEYS)
     for f in fields(RunRecord):
         if f.name == "env":
             cols += [f"run_meta.env.{e.name}" for e in fields(EnvFingerprint)]
@@ -52,7 +57,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def render_csv(runs: list[RunRecord], points: list[PointRecord]) -> str:
+def render_csv(runs: list[RunRecord], points: list[PointRecord], prices: dict[str, float] | None = None) -> str:
     """The CSV text (header + one row per point). A pure function of its arguments.
 
     Same rows as flattening `bench.report.jsonl.point_line`; the run's cells are computed once per run.
@@ -60,6 +65,7 @@ def render_csv(runs: list[RunRecord], points: list[PointRecord]) -> str:
     runs = order_runs(runs)
     by_id = {r.run_id: r for r in runs}
     run_cells: dict[str, list[str]] = {}
+    run_price = {run.run_id: energy.price_of(run, prices)[1] for run in runs}
     for run in runs:
         line = point_line(run, PointRecord(run_id=run.run_id, batch=0, repeat=0, status=""))
         flat = _flatten(line)
@@ -71,12 +77,14 @@ def render_csv(runs: list[RunRecord], points: list[PointRecord]) -> str:
         run = by_id[point.run_id]
         head = [run.name, run.model, run.top_k, run.experts, run.engine, run.env.device_name]
         cells = [_cell(v) for v in head] + [_cell(_point_value(point, k)) for k in POINT_KEYS]
-        writer.writerow(cells + run_cells[point.run_id])
+        usd = run_price[point.run_id]
+        cost = energy.usd_per_mtok(point.total_tps, usd) if point.status == "ok" else None
+        writer.writerow([*cells, _cell(usd), _cell(cost), *run_cells[point.run_id]])
     return buf.getvalue()
 
 
 def _run_columns() -> list[str]:
-    return csv_columns()[len(HEADLINE_KEYS) + len(POINT_KEYS) :]
+    return csv_columns()[len(HEADLINE_KEYS) + len(POINT_KEYS) + len(COST_KEYS) :]
 
 
 def _point_value(point: PointRecord, key: str) -> Any:

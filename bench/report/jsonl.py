@@ -27,6 +27,7 @@ from typing import Any
 from bench.errors import BadInputError
 from bench.records import POINT_STATUSES, EnvFingerprint, PointRecord, RunRecord
 from bench.report.common import ParsedFile, iso, order_runs, sort_points
+from bench.spec import check_id
 
 HEADLINE_KEYS: tuple[str, ...] = ("run", "model", "top_k", "experts", "engine", "device_name")
 POINT_KEYS: tuple[str, ...] = tuple(f.name for f in fields(PointRecord))
@@ -231,6 +232,12 @@ def parse_jsonl(text: str, file_name: str) -> ParsedFile:
             raise where.error("run_meta", "is missing or not an object (it holds the run's fields)")
         run = _build(RunRecord, raw_run, "run_meta.", where)
         _check_run(run, where)
+        for key, value in (("run_meta.run_id", run.run_id), ("run_meta.sweep_id", run.sweep_id)):
+            if value is not None:  # ids name files (logs, locks) once resumed: the same pattern as everywhere
+                try:
+                    check_id(value, key)
+                except BadInputError as exc:
+                    raise where.error(key, str(exc).split(": ", 1)[1]) from None
         point = _build(PointRecord, {k: obj[k] for k in POINT_KEYS if k in obj}, "", where)
         _check_point(point, where)
         headline = _headline(run)

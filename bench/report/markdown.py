@@ -151,8 +151,11 @@ def render_markdown(
     points: list[PointRecord],
     title: str | None = None,
     reproduce: str | None = None,
+    prices: dict[str, float] | None = None,
 ) -> str:
-    """The report in the reference layout. A pure function of its arguments."""
+    """The report in the reference layout. A pure function of its arguments. `prices` ($/GPU-hour per card family)
+    override the defaults in the energy/cost section (`bench.report.energy`)."""
+    from bench.report import energy
     from bench.report.reproduce import reproduce_script
 
     runs = order_runs(runs)
@@ -233,6 +236,7 @@ def render_markdown(
             out += [f"- error at batch {b}: {escape_cell(e)}" for b, e in errors]
         out.append("")
 
+    out += energy.section(runs, by_run, labels, prices)
     batches_by_run = {r.run_id: [row.batch for row in rows[r.run_id]] for r in runs}
     script = reproduce if reproduce is not None else reproduce_script(runs, title, batches_by_run)
     out += ["## Reproduce", "", "```bash", script.rstrip("\n"), "```", ""]

@@ -8,7 +8,7 @@ imported report carried, else a default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from bench import store
@@ -19,7 +19,7 @@ from bench.report.csv_export import render_csv
 from bench.report.jsonl import render_jsonl
 from bench.report.markdown import default_title, render_markdown
 
-EXPORT_FORMATS: tuple[str, ...] = ("markdown", "csv", "jsonl")
+EXPORT_FORMATS: tuple[str, ...] = ("markdown", "csv", "jsonl", "html")
 _POINT_COLUMNS = [f.name for f in fields(PointRecord)]  # points table columns, in PointRecord order
 _POINT_FIELDS = set(_POINT_COLUMNS)
 
@@ -29,6 +29,7 @@ class Selection:
     runs: list[RunRecord]
     points: list[PointRecord]
     sweep_titles: dict[str, str]  # sweep_id -> title, for the selected runs' sweeps
+    notes: list[str] = field(default_factory=list)  # e.g. a --run name several runs share (the latest is taken)
 
     def title(self) -> str:
         sweep_ids = {r.sweep_id for r in self.runs}
@@ -45,23 +46,46 @@ class ExportResult:
     fmt: str
     runs: int
     points: int
+    notes: list[str] = field(default_factory=list)
 
 
 def point_from_row(row: dict) -> PointRecord:
     return PointRecord(**{k: v for k, v in row.items() if k in _POINT_FIELDS})
 
 
-def _select(runs: list[RunRecord], run_names: list[str] | None) -> list[RunRecord]:
+def _newest_first(run: RunRecord) -> tuple:
+    ts = run.started_at.timestamp() if run.started_at is not None else float("-inf")
+    return (-ts, run.run_id)
+
+
+def resolve_runs(runs: list[RunRecord], wanted: list[str], flag: str = "--run") -> tuple[list[RunRecord], list[str]]:
+    """Each of `wanted` as one run: a run_id picks that run; a name held by several runs picks the latest (by start
+    time; undated imported runs count as oldest) and adds a note naming the others. Unknown names: BadInputError."""
+    by_id = {r.run_id: r for r in runs}
+    chosen: list[RunRecord] = []
+    notes: list[str] = []
+    for want in dict.fromkeys(wanted):
+        if want in by_id:
+            run = by_id[want]
+        else:
+            named = sorted((r for r in runs if r.name == want), key=_newest_first)
+            if not named:
+                names = ", ".join(sorted({r.name for r in runs})) or "(none: the database holds no runs)"
+                raise BadInputError(f"{flag} {want}: no run with that name or id in the database; runs: {names}")
+            run = named[0]
+            if len(named) > 1:
+                others = ", ".join(r.run_id for r in named[1:])
+                notes.append(f"{flag} {want}: {len(named)} runs have that name; using the latest, {run.run_id} "
+                             f"(others: {others}; pass a run_id to pick one)")
+        if run not in chosen:
+            chosen.append(run)
+    return chosen, notes
+
+
+def _select(runs: list[RunRecord], run_names: list[str] | None) -> tuple[list[RunRecord], list[str]]:
     if not run_names:
-        return runs
-    wanted = list(dict.fromkeys(run_names))
-    chosen = [r for r in runs if r.name in wanted or r.run_id in wanted]
-    found = {r.name for r in chosen} | {r.run_id for r in chosen}
-    missing = [n for n in wanted if n not in found]
-    if missing:
-        names = ", ".join(sorted({r.name for r in runs})) or "(none: the database holds no runs)"
-        raise BadInputError(f"--run {missing[0]}: no run with that name or id in the database; runs: {names}")
-    return chosen
+        return runs, []
+    return resolve_runs(runs, run_names)
 
 
 def load_selection(db_path: Path | str, run_names: list[str] | None = None) -> Selection:
@@ -72,7 +96,8 @@ def load_selection(db_path: Path | str, run_names: list[str] | None = None) -> S
         if "runs" not in tables:
             return Selection([], [], {})
         store.check_version(Path(db_path), store.schema_version_of(con))
-        runs = _select([store.run_from_row(r) for r in store.fetch_dicts(con, "SELECT * FROM runs")], run_names)
+        runs, notes = _select([store.run_from_row(r) for r in store.fetch_dicts(con, "SELECT * FROM runs")],
+                              run_names)
         ids = [r.run_id for r in runs]
         points: list[PointRecord] = []
         titles: dict[str, str] = {}
@@ -90,26 +115,35 @@ def load_selection(db_path: Path | str, run_names: list[str] | None = None) -> S
     finally:
         con.close()
     runs = order_runs(runs)
-    return Selection(runs, sort_points(points, runs), titles)
+    return Selection(runs, sort_points(points, runs), titles, notes)
 
 
-def render(selection: Selection, fmt: str) -> str:
-    if fmt == "markdown":
-        return render_markdown(selection.runs, selection.points, title=selection.title())
+def render(selection: Selection, fmt: str, prices: dict[str, float] | None = None) -> str:
+    """The export text; `prices` ($/GPU-hour per card family) override the defaults in the cost columns."""
+    if fmt in ("markdown", "html"):
+        md = render_markdown(selection.runs, selection.points, title=selection.title(), prices=prices)
+        if fmt == "markdown":
+            return md
+        from bench.report.html import render_html
+
+        return render_html(selection.runs, selection.points, md, selection.title())
     if fmt == "csv":
-        return render_csv(selection.runs, selection.points)
+        return render_csv(selection.runs, selection.points, prices)
     if fmt == "jsonl":
         return render_jsonl(selection.runs, selection.points)
     raise BadInputError(f"--format {fmt}: unknown export format; use one of {', '.join(EXPORT_FORMATS)}")
 
 
-def build_export(db_path: Path | str, run_names: list[str] | None, fmt: str) -> ExportResult:
+def build_export(db_path: Path | str, run_names: list[str] | None, fmt: str,
+                 prices: dict[str, float] | None = None) -> ExportResult:
     if fmt not in EXPORT_FORMATS:
         raise BadInputError(f"--format {fmt}: unknown export format; use one of {', '.join(EXPORT_FORMATS)}")
     selection = load_selection(db_path, run_names)
-    return ExportResult(render(selection, fmt), fmt, len(selection.runs), len(selection.points))
+    return ExportResult(render(selection, fmt, prices), fmt, len(selection.runs), len(selection.points),
+                        selection.notes)
 
 
-def export_selection(db_path: Path | str, run_names: list[str] | None, fmt: str) -> str:
+def export_selection(db_path: Path | str, run_names: list[str] | None, fmt: str,
+                     prices: dict[str, float] | None = None) -> str:
     """The export text for the selected runs: the same bytes `python -m bench export` writes with --out."""
-    return build_export(db_path, run_names, fmt).text
+    return build_export(db_path, run_names, fmt, prices).text

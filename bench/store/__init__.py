@@ -413,11 +413,11 @@ def read_runs(path: Path | str, sweep_id: str | None = None, run_id: str | None 
     return [run_from_row(r) for r in rows]
 
 
-def done_points(path: Path | str, run_id: str) -> set[tuple[int, int]]:
-    """(batch, repeat) pairs that already have a row for this run."""
+def done_points(path: Path | str, run_id: str, redo: tuple[str, ...] = ()) -> set[tuple[int, int]]:
+    """(batch, repeat) pairs that already have a row for this run, except rows whose status is in `redo`."""
     with writer(path) as con:
-        rows = con.execute('SELECT batch, "repeat" FROM points WHERE run_id = ?', [run_id]).fetchall()
-    return {(int(b), int(r)) for b, r in rows}
+        rows = con.execute('SELECT batch, "repeat", status FROM points WHERE run_id = ?', [run_id]).fetchall()
+    return {(int(b), int(r)) for b, r, status in rows if status not in redo}
 
 
 def status_counts(path: Path | str, sweep_id: str) -> dict[str, int]:
@@ -427,3 +427,43 @@ def status_counts(path: Path | str, sweep_id: str) -> dict[str, int]:
             [sweep_id],
         ).fetchall()
     return {str(s): int(n) for s, n in rows}
+
+
+def point_statuses(path: Path | str, run_id: str) -> dict[tuple[int, int], tuple[str, str | None]]:
+    """(batch, repeat) -> (status, error) of a run's stored points (the cluster's --resume reruns lost ones)."""
+    with writer(path) as con:
+        rows = con.execute('SELECT batch, "repeat", status, error FROM points WHERE run_id = ?', [run_id]).fetchall()
+    return {(int(b), int(r)): (str(s), e) for b, r, s, e in rows}
+
+
+def insert_points(path: Path | str, points: list[PointRecord], sweep_id: str | None = None) -> None:
+    """Write several points in one transaction (the cluster coordinator drains many at once), then the count."""
+    if not points:
+        return
+    import pandas as pd
+
+    rows = [point_row(p) for p in points]
+    cols = list(rows[0])
+    frame = pd.DataFrame(rows, columns=cols).astype(object)  # object: None stays NULL, ints stay ints
+    quoted = ", ".join(f'"{c}"' for c in cols)
+    with writer(path) as con:
+        con.register("new_points", frame)  # one set-based statement: per-row INSERTs cost ~10-40 ms each
+        try:
+            con.execute(f"INSERT OR REPLACE INTO points ({quoted}) SELECT {quoted} FROM new_points")
+        finally:
+            con.unregister("new_points")
+        if sweep_id is not None:
+            con.execute(
+                "UPDATE sweeps SET points_done = (SELECT count(*) FROM points p JOIN runs r USING (run_id) "
+                "WHERE r.sweep_id = ?), heartbeat_at = ? WHERE sweep_id = ?",
+                [sweep_id, utcnow(), sweep_id],
+            )
+
+
+def update_runs(path: Path | str, run_ids: list[str], **values: Any) -> None:
+    """The same update on several runs, in one transaction (a cancelled cluster sweep closes all its runs)."""
+    if not run_ids:
+        return
+    with writer(path) as con:
+        for run_id in run_ids:
+            _update(con, "runs", "run_id", run_id, **values)

@@ -124,8 +124,9 @@ SELECT r.run_id, r.sweep_id, r.name, r.model, r.top_k, r.engine, r.dtype, r.devi
        r.new_tokens, r.repeats, r.seed, r.experts, r.base_experts, r.prune_json, r.model_fingerprint,
        r.device_name, r.device_kind, r.driver, r.cuda, r.torch_version, r.transformers_version,
        r.bench_version, r.git_commit, r.host, r.python_version, r.bandwidth_gbs,
+       r.gpu_index, r.gpu_uuid, r.worker_address,
        r.config_json IS NOT NULL AS rerunnable, r.rerun_of, r.source, r.state, r.notes,
-       r.timing_convention, r.started_at, r.finished_at,
+       r.timing_convention, r.started_at, r.finished_at, r.weights,
        epoch(r.finished_at) - epoch(r.started_at) AS duration_s,
        coalesce(r.started_at, s.created_at) AS run_date,
        s.title AS sweep_title, s.state AS sweep_state,
@@ -206,6 +207,17 @@ def points(db: Path | str, run_ids: list[str]) -> pd.DataFrame:
     return _df(db, f'SELECT * FROM points WHERE run_id IN ({marks}) ORDER BY run_id, batch, "repeat"', run_ids)
 
 
+def repeats(db: Path | str, run_ids: list[str]) -> pd.DataFrame:
+    """One row per repeat of the given runs: run_id, batch, repeat, status and the throughputs (the regression
+    test's input; `bench compare` and the History page)."""
+    cols = ["run_id", "batch", "repeat", "status", "total_tps", "per_stream_tps", "energy_j_per_token"]
+    if not run_ids:
+        return pd.DataFrame(columns=cols)
+    df = _df(db, 'SELECT run_id, batch, "repeat", status, total_tps, per_stream_tps, energy_j_per_token FROM points '
+                 'WHERE run_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY run_id, batch, "repeat"', [list(run_ids)])
+    return df if not df.empty else pd.DataFrame(columns=cols)
+
+
 # ---------------------------------------------------------------------------------------------- sweeps
 
 
@@ -253,3 +265,26 @@ def overview(db: Path | str) -> dict[str, Any]:
     if df.empty:
         return {"sweeps": 0, "runs": 0, "points": 0, "cards": 0, "first_date": None, "last_date": None}
     return {k: (None if _isna(v) else v) for k, v in df.iloc[0].to_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------- cluster lanes
+
+_LANES_SQL = """
+WITH last AS (
+    SELECT run_id, count(*) AS n_points, count(*) FILTER (WHERE status = 'ok') AS n_ok,
+           arg_max(total_tps, finished_at) AS last_tps, arg_max(batch, finished_at) AS last_batch,
+           max(finished_at) AS last_at
+    FROM points GROUP BY run_id
+)
+SELECT r.run_id, r.name, r.state, r.host, r.gpu_index, r.gpu_uuid, r.worker_address, r.device_name, r.repeats,
+       r.started_at, r.finished_at, coalesce(l.n_points, 0) AS n_points, coalesce(l.n_ok, 0) AS n_ok,
+       l.last_tps, l.last_batch, l.last_at
+FROM runs r LEFT JOIN last l USING (run_id)
+WHERE r.sweep_id = ?
+ORDER BY r.started_at NULLS LAST, r.name
+"""
+
+
+def sweep_run_progress(db: Path | str, sweep_id: str) -> pd.DataFrame:
+    """A sweep's runs with where they run (host, GPU, Dask worker), points stored and the last point's tok/s."""
+    return _df(db, _LANES_SQL, [sweep_id])

@@ -181,3 +181,91 @@ def delta_figure(deltas: pd.DataFrame, colors: dict[str, str], column: str = "to
     what = DELTA_TITLES.get(column, column)
     return _layout(fig, "% change vs base", f"Change in {what} against the base, per batch size",
                    height=420)
+
+
+# ---------------------------------------------------------------------------------------------- issue 13 views
+
+
+def pareto_figure(points: pd.DataFrame, colors: dict[str, str], dashes: dict[str, str] | None = None) -> go.Figure:
+    """Per-stream tok/s against total tok/s: one curve per run (a point per batch size, labelled), the Pareto front
+    of the whole selection as a grey step line with ringed members (`bench.analysis.pareto.pareto_points`)."""
+    fig = go.Figure()
+    for run_id, g in points.groupby("run_id", sort=False):
+        g = g.sort_values("batch")
+        label = g["label"].iloc[0]
+        fig.add_trace(go.Scatter(
+            x=_list(g["total_tps"]), y=_list(g["per_stream_tps"]), name=label, mode="lines+markers+text",
+            legendgroup=str(run_id), text=[f"b{b}" for b in g["batch"]], textposition="top center",
+            textfont=dict(size=10), line=dict(color=color_of(colors, label), dash=dash_of(dashes or {}, label)),
+            marker=dict(size=8), customdata=_list(g["batch"]),
+            hovertemplate=(f"<b>{label}</b><br>batch %{{customdata}}<br>total %{{x:.2f}} tok/s"
+                           "<br>per-stream %{y:.2f} tok/s<extra></extra>"),
+        ))
+    front = points[points["on_front"]].sort_values("total_tps")
+    if len(front):
+        fig.add_trace(go.Scatter(
+            x=_list(front["total_tps"]), y=_list(front["per_stream_tps"]), name="Pareto front", mode="lines+markers",
+            line=dict(color="#222", width=1.5, dash="dot", shape="vh"),  # the boundary of what the front attains
+            marker=dict(symbol="circle-open", size=16, color="#222", line=dict(width=2)),
+            customdata=list(zip(_list(front["label"]), _list(front["batch"]), strict=True)),
+            hovertemplate="<b>front</b>: %{customdata[0]} batch %{customdata[1]}<extra></extra>",
+        ))
+    fig.update_xaxes(type="log", title_text="total tok/s (whole batch; log scale) — what the GPU earns")
+    fig.update_yaxes(type="log")
+    return _layout(fig, "per-stream tok/s (log scale) — what one user feels",
+                   "Throughput vs per-user speed: each point a batch size; ringed points form the Pareto front",
+                   height=520)
+
+
+def history_figure(hist: pd.DataFrame, metric: str, unit: str, title: str) -> go.Figure:
+    """One metric of one variant across its runs (x: run date, else run order), error bars = repeat min..max."""
+    fig = go.Figure()
+    h = hist[hist[metric].notna()]
+    x = [str(d)[:16] if d is not None and not pd.isna(d) else f"#{i + 1} {lab}"
+         for i, (d, lab) in enumerate(zip(h["run_date"], h["label"], strict=True))]
+    fig.add_trace(go.Scatter(
+        x=x, y=_list(h[metric]), name=unit, mode="lines+markers", line=dict(color="#1f77b4"),
+        error_y=dict(type="data", symmetric=False, array=_list(h[f"{metric}_max"] - h[metric]),
+                     arrayminus=_list(h[metric] - h[f"{metric}_min"]), thickness=1.2, width=4),
+        customdata=list(zip(_list(h["label"]), _list(h["git_commit"]), _list(h["device_name"]),
+                            _list(h["torch_version"]), strict=True)),
+        hovertemplate=("<b>%{customdata[0]}</b><br>%{x}<br>" + unit + " %{y:.3f}<br>commit %{customdata[1]} · "
+                       "%{customdata[2]} · torch %{customdata[3]}<extra></extra>"),
+    ))
+    fig.update_xaxes(type="category", title_text="run (start time, UTC)")
+    fig.update_layout(showlegend=True)
+    return _layout(fig, unit, title, height=360)
+
+
+def heatmap_figure(heat: pd.DataFrame, base_label: str) -> go.Figure:
+    """Speedup vs the base: variants (rows) × batch sizes (columns); cells within noise are marked `≈` and their
+    number greyed (`bench.analysis.compare.speedup_matrix`)."""
+    rows = list(dict.fromkeys(heat["candidate"]))
+    cols = sorted(set(heat["batch"]))
+    idx = {(r.candidate, int(r.batch)): r for r in heat.itertuples()}
+    z, text = [], []
+    for cand in rows:
+        zr, tr = [], []
+        for b in cols:
+            r = idx.get((cand, b))
+            if r is None or pd.isna(r.speedup):
+                zr.append(None)
+                tr.append("")
+                continue
+            zr.append(float(r.speedup))
+            tr.append(f"{'≈ ' if r.within_noise else ''}{r.speedup:.2f}×")
+        z.append(zr)
+        text.append(tr)
+    # colour by log2(speedup), so 0.5× and 2× are equally far from white (1×); the cell text and hover give ×
+    logz = [[None if v is None or v <= 0 else math.log2(v) for v in zr] for zr in z]
+    ticks = [0.125, 0.25, 0.5, 1, 2, 4, 8]
+    fig = go.Figure(go.Heatmap(
+        z=logz, customdata=z, x=[str(b) for b in cols], y=rows, text=text, texttemplate="%{text}",
+        colorscale="RdBu", zmid=0.0,
+        colorbar=dict(title="× base", tickvals=[math.log2(t) for t in ticks], ticktext=[f"{t:g}×" for t in ticks]),
+        hovertemplate="%{y}<br>batch %{x}<br>%{customdata:.3f}× the base (≈: within noise)<extra></extra>",
+    ))
+    fig.update_xaxes(type="category", title_text="batch size")
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, "variant", f"Speedup in total tok/s against {base_label} (≈: within noise)",
+                   height=max(260, 60 + 36 * len(rows)))

@@ -12,11 +12,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from bench.analysis import labels
+from bench.analysis import cost, labels
 from bench.analysis.labels import Filters
 from bench.paths import PROJECT_ROOT, resolve_db_path
 from bench.store import queries
 from bench.store.queries import DbInfo
+from bench.ui import share
 from bench.ui.colors import run_styles
 
 SOURCES = ("all", "measured", "imported")
@@ -105,6 +106,7 @@ def sidebar() -> None:
     sb.caption(f"{db.n_sweeps} sweeps · {db.n_runs} runs · {db.n_points:,} points · schema v{db.schema_version}")
     runs_df = all_runs()
     opts = labels.filter_options(runs_df)
+    _seed_filters(opts)
     sb.subheader("Filters")
     for key, label, options in (("flt_variants", "Variant", opts["variants"]),
                                 ("flt_engines", "Engine", opts["engines"]),
@@ -123,6 +125,65 @@ def sidebar() -> None:
     if not f.is_default():
         kept = len(labels.apply_filters(runs_df, f))
         sb.caption(f"{kept} of {len(runs_df)} runs pass the filters")
+    price_inputs(runs_df)
+    _publish_filters()
+
+
+def _seed_filters(opts: dict) -> None:
+    """Filters named in the page's URL (a shared link) seed the session once; unknown values get a notice."""
+    unknown = []
+    for key, options in (("flt_variants", opts["variants"]), ("flt_engines", opts["engines"]),
+                         ("flt_cards", opts["cards"])):
+        unknown += share.seed_list(key, options)
+    bad = share.seed_value("flt_source", SOURCES)
+    for key in ("flt_from", "flt_to"):
+        bad = share.seed_value(key, cast=lambda v: pd.Timestamp(v).date()) or bad
+    if unknown or bad:
+        st.sidebar.warning("The link's filters name values this database does not hold: "
+                           + ", ".join(f"`{v}`" for v in [*unknown, *([bad] if bad else [])]) + "; they were left out.")
+
+
+def _publish_filters() -> None:
+    f = filters()
+    share.publish({"flt_variants": f.variants, "flt_engines": f.engines, "flt_cards": f.cards,
+                   "flt_source": None if f.source == "all" else f.source,
+                   "flt_from": f.date_from.isoformat() if f.date_from else None,
+                   "flt_to": f.date_to.isoformat() if f.date_to else None})
+
+
+def price_key(family: str) -> str:
+    return "usd_" + "".join(c if c.isalnum() else "_" for c in family)
+
+
+def prices() -> dict[str, float]:
+    """$ per GPU-hour per card family: what the user set in the sidebar (this session or the link), else the
+    defaults of `bench.analysis.cost`."""
+    out = dict(cost.DEFAULT_USD_PER_HOUR)
+    for fam in list(out) + list(st.session_state.get("_price_families", [])):
+        v = st.session_state.get(price_key(fam))
+        out[fam] = float(v) if v is not None else cost.default_price(fam)
+    return out
+
+
+def price_inputs(runs_df: pd.DataFrame) -> None:
+    """The sidebar's cost settings: one $/GPU-hour per card family in the database (editable, kept across pages;
+    a changed price is also in the URL, so it survives a reload and travels with a shared link)."""
+    fams = sorted({cost.card_family(d) for d in runs_df["device_name"]}) if len(runs_df) else []
+    st.session_state["_price_families"] = fams
+    changed = {}
+    with st.sidebar.expander("Cost: $ per GPU-hour", icon=":material/payments:"):
+        st.caption("Used for $ per million tokens (`$/h ÷ (total tok/s × 3600) × 10⁶`). Defaults: on-demand cloud "
+                   "list prices; set yours.")
+        for fam in fams:
+            key = price_key(fam)
+            share.seed_value(key, cast=lambda v: max(0.0, float(v)))
+            value = st.session_state.get(key)
+            _keep(key, float(value) if value is not None else cost.default_price(fam))
+            st.number_input(f"{fam} ($/h)", min_value=0.0, step=0.1, format="%.2f", key="w_" + key,
+                            on_change=_store, args=(key,))
+            v = st.session_state[key]
+            changed[key] = None if abs(v - cost.default_price(fam)) < 1e-9 else f"{v:g}"
+    share.publish(changed)
 
 
 def _keep(key: str, value: object) -> None:
@@ -182,12 +243,26 @@ def run_picker(data: PageData, key: str, label: str = "Runs", limit: int = 12) -
     runs_df = data.runs[data.runs["n_ok"] > 0]
     label_of = dict(zip(runs_df["run_id"], runs_df["label"], strict=True))
     default = [r for r in labels.default_runs(runs_df, limit) if r in label_of]
+    shared_runs(data, key, label_of)
     if key in st.session_state:
         st.session_state[key] = [r for r in st.session_state[key] if r in label_of]
     else:
         st.session_state[key] = default
-    return st.multiselect(label, list(label_of), format_func=lambda r: label_of[r], key=key,
-                          help=DEFAULT_HELP)
+    picked = st.multiselect(label, list(label_of), format_func=lambda r: label_of[r], key=key,
+                            help=DEFAULT_HELP)
+    share.publish({key: picked})
+    return picked
+
+
+def shared_runs(data: PageData, key: str, options: dict[str, str] | list[str]) -> None:
+    """Seed the run list `key` from a shared link (once per session): ids the database lacks get a notice, ids
+    hidden by the filters another."""
+    unknown = share.seed_list(key, set(data.runs_all["run_id"]))
+    share.unknown_notice("run ids", unknown)
+    hidden = [r for r in st.session_state.get(key, []) if r not in options] if not unknown else []
+    if hidden and st.session_state.get("_share_hidden_" + key) is None:
+        st.session_state["_share_hidden_" + key] = hidden
+        st.info(f"{len(hidden)} run(s) in the link are hidden by the sidebar filters or have no ok points.")
 
 
 def fmt_duration(seconds: object) -> str:

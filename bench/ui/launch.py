@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.paths import PROJECT_ROOT, logs_dir_for
+from bench.cancel import signal_bench
+from bench.paths import PROJECT_ROOT, logs_dir_for, sweep_file
 from bench.spec import SweepSpec, spec_to_toml
 
 # Popen objects of this server process, polled so finished children are reaped (no zombies).
@@ -44,9 +44,8 @@ def new_sweep_id() -> str:
 
 def _launch(db: Path, args: list[str], kind: str, label: str, sweep_id: str | None = None) -> Launch:
     sweep_id = sweep_id or new_sweep_id()
-    logs = logs_dir_for(Path(db))
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{sweep_id}.log"
+    log_path = sweep_file(Path(db), sweep_id, ".log")  # refuses an id that would leave the logs folder
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "bench", *args, "--db", str(db), "--sweep-id", sweep_id]
     env = dict(os.environ, MOE_BENCH_LOG_PATH=str(log_path), PYTHONUNBUFFERED="1")
     with open(log_path, "ab") as log:
@@ -55,21 +54,21 @@ def _launch(db: Path, args: list[str], kind: str, label: str, sweep_id: str | No
     _CHILDREN[proc.pid] = proc
     launch = Launch(sweep_id=sweep_id, pid=proc.pid, log_path=str(log_path), argv=argv, kind=kind, label=label,
                     started=time.time())
-    (logs / f"{sweep_id}.launch.json").write_text(json.dumps(asdict(launch)))
+    sweep_file(Path(db), sweep_id, ".launch.json").write_text(json.dumps(asdict(launch)))
     return launch
 
 
-def launch_sweep(db: Path, spec_path: Path, label: str = "") -> Launch:
-    """Start `python -m bench sweep --spec FILE` in the background."""
-    return _launch(db, ["sweep", "--spec", str(spec_path)], "sweep", label or Path(spec_path).stem)
+def launch_sweep(db: Path, spec_path: Path, label: str = "", cluster: str | None = None) -> Launch:
+    """Start `python -m bench sweep --spec FILE [--cluster WHERE]` in the background."""
+    extra = ["--cluster", cluster] if cluster else []
+    return _launch(db, ["sweep", "--spec", str(spec_path), *extra], "sweep", label or Path(spec_path).stem)
 
 
 def launch_spec(db: Path, spec: SweepSpec) -> Launch:
     """Write a validated spec as TOML beside the logs, then launch it."""
     sweep_id = new_sweep_id()
-    logs = logs_dir_for(Path(db))
-    logs.mkdir(parents=True, exist_ok=True)
-    spec_path = logs / f"{sweep_id}.toml"
+    spec_path = sweep_file(Path(db), sweep_id, ".toml")
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(spec_to_toml(spec))
     return _launch(db, ["sweep", "--spec", str(spec_path)], "sweep", spec.title, sweep_id)
 
@@ -106,12 +105,9 @@ def launches(db: Path, limit: int = 20) -> list[Launch]:
 
 
 def cancel(pid: int) -> bool:
-    """SIGTERM the bench's process group (the runner marks the sweep cancelled). False if it is gone."""
-    try:
-        os.killpg(int(pid), signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+    """SIGTERM the bench (its process group: a launch leads one), through bench.cancel.signal_bench, the path
+    `python -m bench cancel` takes too; the runner marks the sweep cancelled. False if it is gone."""
+    return signal_bench(pid)
 
 
 def log_tail(path: str | None, lines: int = 15) -> str:

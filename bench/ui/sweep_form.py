@@ -15,9 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench import spec as spec_mod
 from bench.errors import BadInputError
-from bench.spec import SweepSpec
+from bench.spec import SweepSpec, validate_for_launch
 
 VARIANT_COLUMNS = ["name", "model", "top_k", "prune_experts", "prune_method", "prune_keep"]
 FALLBACK_SPEC: dict[str, Any] = {
@@ -110,22 +109,23 @@ class FormValues:
     engine: str
     device: str
     dtype: str
+    cluster: str | None = None  # `--cluster` value of the "Run on" choice (bench.ui.cluster), None: this machine
 
 
 def form_to_raw(f: FormValues) -> dict[str, Any]:
     """The form as a spec dict (the shape of a spec TOML file)."""
-    return {"title": f.title,
-            "sweep": {"prompt_len": int(f.prompt_len), "new_tokens": int(f.new_tokens),
-                      "batch_sizes": parse_batches(f.batches), "repeats": int(f.repeats), "engine": f.engine,
-                      "device": f.device, "dtype": f.dtype},
-            "variants": variants_from_rows(f.variants)}
+    sweep: dict[str, Any] = {"prompt_len": int(f.prompt_len), "new_tokens": int(f.new_tokens),
+                             "batch_sizes": parse_batches(f.batches), "repeats": int(f.repeats), "engine": f.engine,
+                             "device": f.device, "dtype": f.dtype}
+    if f.cluster:
+        sweep["cluster"] = f.cluster
+    return {"title": f.title, "sweep": sweep, "variants": variants_from_rows(f.variants)}
 
 
 def validate(raw: dict[str, Any]) -> SweepSpec:
     """The whole spec checked before the page says "Launched": `bench.spec.validate_for_launch` (spec rules, the
-    TOML round trip the launch goes through, model configs) where it exists, else `spec_from_dict`."""
-    check = getattr(spec_mod, "validate_for_launch", None) or spec_mod.spec_from_dict
-    return check(raw)
+    TOML round trip the launch goes through, model configs)."""
+    return validate_for_launch(raw)
 
 
 def form_to_spec(f: FormValues) -> SweepSpec:

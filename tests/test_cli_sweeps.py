@@ -1,0 +1,80 @@
+"""CLI commands around a running or finished sweep, end to end on CPU with tiny-moe: `bench cancel SWEEP_ID`
+(issue 8 §5.9, the dashboard's Cancel path) and `sweep --resume ID --retry-errors` (issue 14.14)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import duckdb
+import pytest
+
+from bench.cli import main
+from bench.paths import PROJECT_ROOT
+from bench.store import queries
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["--variant", "name=base,model=synthetic:tiny-moe,top_k=2", "--prompt-len", "4", "--new-tokens", "3",
+        "--repeats", "1", "--device", "cpu", "--dtype", "float32", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def _own_locks(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOE_BENCH_LOCK_DIR", str(tmp_path / "locks"))
+
+
+def _statuses(db) -> dict[int, str]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return dict(con.execute("SELECT batch, status FROM points ORDER BY batch").fetchall())
+    finally:
+        con.close()
+
+
+def test_cli_cancel_stops_a_running_sweep(tmp_path, capsys):
+    db = tmp_path / "c.duckdb"
+    env = dict(os.environ, MOE_BENCH_FAULT="2:hang", MOE_BENCH_LOCK_DIR=str(tmp_path / "locks"))
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "sweep", *ARGS, "--batch-sizes", "1,2", "--db", str(db),
+                             "--sweep-id", "s-cancel-me"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        row = None
+        while time.monotonic() < deadline:  # batch 1 is stored, batch 2 hangs
+            row = queries.sweep(db, "s-cancel-me") if db.exists() else None
+            if row and row["points_done"] >= 1:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.5)
+        assert row and row["shown_state"] == "running", row
+        assert main(["cancel", "s-cancel-me", "--db", str(db)]) == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert out == {"ok": True, "sweep_id": "s-cancel-me", "state": "cancelled", "signalled": True}
+        assert proc.wait(timeout=30) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    row = queries.sweep(db, "s-cancel-me")
+    assert row["state"] == "cancelled" and row["message"] == "cancelled by the user"
+    assert _statuses(db) == {1: "ok"}  # the finished point is kept
+    assert main(["cancel", "s-cancel-me", "--db", str(db)]) == 2  # no longer running: nothing to cancel
+    assert "is cancelled, not running" in capsys.readouterr().err
+    assert main(["cancel", "nope", "--db", str(db)]) == 2
+
+
+def test_resume_with_retry_errors_measures_failed_points_again(tmp_path, monkeypatch, capsys):
+    db = tmp_path / "r.duckdb"
+    monkeypatch.setenv("MOE_BENCH_FAULT", "2:error")
+    assert main(["sweep", *ARGS, "--batch-sizes", "1,2", "--db", str(db), "--sweep-id", "s-retry"]) == 1
+    assert _statuses(db) == {1: "ok", 2: "error"}
+    monkeypatch.delenv("MOE_BENCH_FAULT")
+    assert main(["sweep", "--retry-errors", "--db", str(db)]) == 2  # goes with --resume
+    assert main(["sweep", "--resume", "s-retry", "--retry-errors", "--quiet", "--db", str(db)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["statuses"] == {"ok": 2} and summary["state"] == "done"
+    assert _statuses(db) == {1: "ok", 2: "ok"}
