@@ -186,6 +186,8 @@ def _form(**kw) -> sweep_form.FormValues:
 def test_form_to_spec_validates_the_whole_spec() -> None:
     spec = sweep_form.form_to_spec(_form())
     assert spec.sweep.batch_sizes == [1, 2, 4] and spec.variants[0].name == "base_topk2" and spec.title == "t"
+    assert spec.sweep.cluster is None
+    assert sweep_form.form_to_spec(_form(cluster="local:2")).sweep.cluster == "local:2"  # the "Run on" choice
     with pytest.raises(BadInputError, match="Batch sizes"):
         sweep_form.form_to_spec(_form(batches="1, two"))
     with pytest.raises(BadInputError, match="batch_sizes"):
