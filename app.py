@@ -19,6 +19,7 @@ PAGES = [
     st.Page("pages/memory.py", title="Memory", icon=":material/memory:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("pages/history.py", title="History", icon=":material/history:"),
+    st.Page("pages/routing.py", title="Routing", icon=":material/hub:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/play_circle:"),
     st.Page("pages/export.py", title="Export", icon=":material/description:"),
 ]

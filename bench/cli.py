@@ -25,6 +25,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "prune",
     "perf",
     "cancel",
+    "calibrate",
+    "quality",
 )
 # Command names whose module name differs (a module that cannot be imported still gets its command, with a message).
 COMMAND_NAMES: dict[str, str] = {"import_cmd": "import", "build_db": "build-db"}

@@ -123,6 +123,7 @@ class SweepRunner:
         self.cancelled = False
         self.worker: mp.process.BaseProcess | None = None
         self.locks: list[HeldLock] = []
+        self.plan: Any = None  # bench.calibrated.ResearchPlan: calibrated prunes, text prompts, quality phase
 
     # ------------------------------------------------------------------ public entry points
 
@@ -136,6 +137,7 @@ class SweepRunner:
     ) -> SweepOutcome:
         device, dtype = resolve_device_dtype(spec.sweep.device, spec.sweep.dtype)
         preflight(spec, device, dtype, check_memory=self.check_memory, gpu_mem_cap_gib=self.gpu_mem_cap_gib)
+        self.plan = _research_plan(self.db, spec, device)
         sweep_id = check_id(sweep_id or new_id("s"), "--sweep-id")
         sweep_lock_path = sweep_file(self.db, sweep_id, "sweep-{id}.lock")
         dev_lock_path = device_locks_dir() / f"device-{device_key(device)}.lock"
@@ -245,9 +247,10 @@ class SweepRunner:
         run = RunRecord(
             run_id=new_id("r"), sweep_id=sweep_id, name=v.name, model=v.model, top_k=v.top_k, engine=s.engine,
             dtype=dtype, device=device, prompt_len=s.prompt_len, new_tokens=s.new_tokens, repeats=s.repeats,
-            seed=s.seed, prune=v.prune.to_dict() if v.prune else None,
+            seed=s.seed, prune=self._prune_dict(v),
             config_json=json.dumps(_variant_config(v, spec, device, dtype), sort_keys=True),
             rerun_of=rerun_of, source="measured", state="pending",
+            prompts=self.plan.prompts_label.get(v.name, "random") if self.plan else "random",
         )
         store.insert_run(self.db, run)
         return run
@@ -259,9 +262,11 @@ class SweepRunner:
         s = spec.sweep
         job = WorkerJob(
             run_id=run.run_id, variant_name=v.name, model=v.model, top_k=v.top_k,
-            prune=v.prune.to_dict() if v.prune else None, engine=s.engine, device=device, dtype=dtype,
+            prune=self._prune_dict(v), engine=s.engine, device=device, dtype=dtype,
             prompt_len=s.prompt_len, new_tokens=s.new_tokens, seed=s.seed, warmup=s.warmup, points=todo,
             gpu_mem_cap_gib=self.gpu_mem_cap_gib,
+            prompt_text=self.plan.prompt_text.get(v.name) if self.plan else None,
+            quality=self.plan.quality.get(v.name) if self.plan else None,
         )
         bar = ProgressBar(v.name, total=len(todo), enabled=self.progress)
         ctx = mp.get_context("spawn")
@@ -294,6 +299,10 @@ class SweepRunner:
                             remaining.remove(key)
                         bar.advance(f"batch {payload.batch} #{payload.repeat} {payload.status}")
                         last_beat = time.monotonic()
+                    elif kind == "quality":
+                        self._record_quality(run, payload)
+                    elif kind == "quality_failed":
+                        print(f"[{v.name}] quality phase failed: {payload}", file=sys.stderr)
                     elif kind == "fatal":
                         fatal = payload
                     elif kind == "done":
@@ -328,6 +337,20 @@ class SweepRunner:
         store.update_run(self.db, run.run_id, state="failed" if remaining else "done", finished_at=utcnow(),
                          **({"notes": (fatal or _death_reason(proc.exitcode))[:2000]} if remaining else {}))
 
+    def _prune_dict(self, v: VariantSpec) -> dict[str, Any] | None:
+        """The variant's prune as run: a calibrated one carries its resolved keep set and note."""
+        prune = self.plan.prunes.get(v.name, v.prune) if self.plan else v.prune
+        return prune.to_dict() if prune else None
+
+    def _record_quality(self, run: RunRecord, results: list[Any]) -> None:
+        from bench.store import research as rstore
+
+        rstore.save_quality(self.db, run.run_id, results)
+        for q in results:
+            print(f"[{run.name}] quality {q.domain}: KL {q.values.get('kl', float('nan')):.4g}, top-1 agreement "
+                  f"{q.values.get('top1_agreement', float('nan')):.3f}, {q.tokens} positions in {q.seconds:.1f} s",
+                  file=sys.stderr)
+
     def _record_run_info(self, run: RunRecord, info: RunInfo) -> None:
         e = info.env
         store.update_run(
@@ -340,6 +363,13 @@ class SweepRunner:
             notes="; ".join(info.notes) if info.notes else None,
             engine_options=json.dumps(info.engine_options, sort_keys=True) if info.engine_options else None,
         )
+
+
+def _research_plan(db: Path, spec: SweepSpec, device: str) -> Any:
+    """Calibrated prunes, text prompts and the quality phase, resolved against the database (bench.calibrated)."""
+    from bench.calibrated import prepare_research
+
+    return prepare_research(db, spec, device)
 
 
 @contextmanager

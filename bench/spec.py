@@ -20,7 +20,9 @@ from bench.paths import DATA_DIR, PROJECT_ROOT
 ENGINE_NAMES: tuple[str, ...] = ("hf", "graph")
 DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
 DEVICES: tuple[str, ...] = ("auto", "cuda", "cpu")
-PRUNE_METHODS: tuple[str, ...] = ("first", "random", "frequency")
+PRUNE_METHODS: tuple[str, ...] = ("first", "random", "frequency", "reap", "union")
+CALIBRATED_METHODS: tuple[str, ...] = ("frequency", "reap", "union")  # need `domains` (bench calibrate)
+RANDOM_TOKENS = "random-tokens"  # domains = ["random-tokens"]: the explicit, labelled random-id calibration
 
 # Sane ranges of the numeric fields (inclusive). Every value the store keeps fits a 32-bit INTEGER column, and a
 # value past these limits is a typo, not a benchmark. new_tokens >= 2: the first token comes from the prefill,
@@ -54,19 +56,30 @@ def check_id(value: Any, where: str) -> str:
 
 @dataclass
 class PruneSpec:
-    """One of: {experts, method} | {keep} | {union, experts}. Paths are resolved, absolute."""
+    """One of: {experts, method} | {experts, method, domains[, rank, per_domain]} | {keep} | {union, experts}.
+    Paths are resolved, absolute. A calibrated prune (domains) is resolved by the bench process against the
+    stored calibrations into keep_layers + note (bench.calibrated) before the worker sees it."""
 
     experts: int | None = None
     method: str | None = None
     keep: str | None = None
     union: list[str] | None = None
+    domains: list[str] | None = None
+    rank: str | None = None
+    per_domain: int | None = None
+    keep_layers: list[list[int]] | None = None
+    note: str | None = None
 
     @property
     def kind(self) -> str:
+        if self.keep_layers is not None:
+            return "resolved"
         if self.keep is not None:
             return "keep"
         if self.union is not None:
             return "union"
+        if self.domains is not None and self.domains != [RANDOM_TOKENS]:
+            return "calibrated"
         return "method"
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,6 +120,10 @@ class SweepSettings:
     seed: int = 0
     warmup: bool = True
     cluster: str | None = None  # None: this GPU; "local", "local:N" or a Dask scheduler address (bench.cluster)
+    prompts: str = "random"  # random | domain:<name> (cut from the domain's held-out text)
+    quality: bool = False  # after the speed points, KL/agreement/perplexity against the base (same worker)
+    quality_domains: list[str] | None = None  # default: the calibrated domains the variants name
+    quality_tokens: int | None = None  # positions per domain (default: 32768 on cuda, 512 on cpu)
 
 
 @dataclass
@@ -117,10 +134,7 @@ class SweepSpec:
     source_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        sweep = dataclasses.asdict(self.sweep)
-        if sweep.get("cluster") is None:
-            sweep.pop("cluster", None)  # absent = this GPU, as before the field existed
-        out: dict[str, Any] = {"title": self.title, "sweep": sweep, "variants": []}
+        out: dict[str, Any] = {"title": self.title, "sweep": _sweep_dict(self.sweep), "variants": []}
         for v in self.variants:
             entry: dict[str, Any] = {"name": v.name, "model": v.model, "top_k": v.top_k}
             if v.prune is not None:
@@ -135,10 +149,20 @@ class SweepSpec:
         return len(self.variants) * len(self.sweep.batch_sizes) * self.sweep.repeats
 
 
+def _sweep_dict(settings: SweepSettings) -> dict[str, Any]:
+    """The [sweep] table; the research settings (prompts, quality...) and cluster only when not their default."""
+    out = dataclasses.asdict(settings)
+    for key, default in (("prompts", "random"), ("quality", False), ("quality_domains", None),
+                         ("quality_tokens", None), ("cluster", None)):  # cluster absent = this GPU
+        if out.get(key) == default:
+            out.pop(key)
+    return out
+
+
 _TOP_KEYS = {"title", "sweep", "variants"}
 _SWEEP_KEYS = {f.name for f in dataclasses.fields(SweepSettings)}
 _VARIANT_KEYS = {"name", "model", "top_k", "prune"}
-_PRUNE_KEYS = {"experts", "method", "keep", "union"}
+_PRUNE_KEYS = {"experts", "method", "keep", "union", "domains", "rank", "per_domain"}
 
 
 def _fail(where: str, message: str) -> BadInputError:
@@ -242,13 +266,61 @@ def _prune(raw: Any, where: str, base_dir: Path | None, restrict: bool) -> Prune
             for i, f in enumerate(files)
         ]
         return PruneSpec(union=resolved, experts=_int(raw["experts"], f"{where}.experts", limit="experts"))
-    if set(raw) != {"experts", "method"}:
-        missing = sorted({"experts", "method"} - set(raw))
+    missing = sorted({"experts", "method"} - set(raw))
+    if missing:
         raise _fail(where, f"missing {', '.join(missing)}; write {{experts = N, method = \"first\"}}")
-    return PruneSpec(
-        experts=_int(raw["experts"], f"{where}.experts", limit="experts"),
-        method=_str(raw["method"], f"{where}.method", PRUNE_METHODS),
-    )
+    method = _str(raw["method"], f"{where}.method", PRUNE_METHODS)
+    return _calibrated_prune(raw, where, _int(raw["experts"], f"{where}.experts", limit="experts"), method)
+
+
+def _calibrated_prune(raw: dict[str, Any], where: str, experts: int, method: str) -> PruneSpec:
+    """{experts, method[, domains, rank, per_domain]}: frequency/reap/union name calibration domains."""
+    extra = sorted(set(raw) - {"experts", "method"})
+    if method not in CALIBRATED_METHODS:
+        if extra:
+            raise _fail(f"{where}.{extra[0]}", f"method {method!r} takes no {extra[0]}; only experts and method")
+        return PruneSpec(experts=experts, method=method)
+    if "domains" not in raw:
+        raise _fail(
+            f"{where}.domains",
+            f"method {method!r} ranks experts by calibration on text: add domains = [\"code\", ...] (calibrate "
+            f"them first: python -m bench calibrate --model M --domain code), or domains = [\"{RANDOM_TOKENS}\"] "
+            "for the labelled count over seeded random token ids (frequency only)",
+        )
+    domains = raw["domains"]
+    if not isinstance(domains, list) or not domains:
+        raise _fail(f"{where}.domains", f"must be a non-empty list of calibrated domain names, got {domains!r}")
+    names = [_str(d, f"{where}.domains[{i}]") for i, d in enumerate(domains)]
+    if len(set(names)) != len(names):
+        raise _fail(f"{where}.domains", f"lists a domain twice: {names}")
+    if RANDOM_TOKENS in names and (names != [RANDOM_TOKENS] or method != "frequency" or len(raw) > 3):
+        raise _fail(f"{where}.domains", f"{RANDOM_TOKENS!r} stands alone, with method = \"frequency\"")
+    if method == "union" and len(names) < 2:
+        raise _fail(f"{where}.domains", "a union needs at least two domains")
+    for key in ("rank", "per_domain"):
+        if key in raw and method != "union":
+            raise _fail(f"{where}.{key}", f"applies to method \"union\" only, not {method!r}")
+    rank = _str(raw["rank"], f"{where}.rank", ("saliency", "frequency")) if "rank" in raw else None
+    per_domain = _int(raw["per_domain"], f"{where}.per_domain", 1) if "per_domain" in raw else None
+    return PruneSpec(experts=experts, method=method, domains=names, rank=rank, per_domain=per_domain)
+
+
+def _research_settings(sweep_raw: dict[str, Any], settings: SweepSettings) -> None:
+    """sweep.prompts, sweep.quality, sweep.quality_domains, sweep.quality_tokens."""
+    prompts = _str(sweep_raw.get("prompts", "random"), "sweep.prompts")
+    if prompts != "random" and not (prompts.startswith("domain:") and prompts.removeprefix("domain:").strip()):
+        raise _fail("sweep.prompts", f'must be "random" or "domain:<name>" (e.g. "domain:code"), got {prompts!r}')
+    settings.prompts = prompts
+    if "quality" in sweep_raw and not isinstance(sweep_raw["quality"], bool):
+        raise _fail("sweep.quality", "must be true or false")
+    settings.quality = bool(sweep_raw.get("quality", False))
+    if "quality_domains" in sweep_raw:
+        qd = sweep_raw["quality_domains"]
+        if not isinstance(qd, list) or not qd:
+            raise _fail("sweep.quality_domains", f"must be a non-empty list of domain names, got {qd!r}")
+        settings.quality_domains = [_str(d, f"sweep.quality_domains[{i}]") for i, d in enumerate(qd)]
+    if "quality_tokens" in sweep_raw:
+        settings.quality_tokens = _int(sweep_raw["quality_tokens"], "sweep.quality_tokens", 16)
 
 
 def _cluster(value: Any) -> str | None:
@@ -306,6 +378,7 @@ def spec_from_dict(
     )
     if "warmup" in sweep_raw and not isinstance(sweep_raw["warmup"], bool):
         raise _fail("sweep.warmup", "must be true or false")
+    _research_settings(sweep_raw, settings)
     variants_raw = raw.get("variants")
     if not isinstance(variants_raw, list) or not variants_raw:
         raise _fail("variants", "missing; add at least one [[variants]] table with name, model and top_k")

@@ -44,6 +44,8 @@ class WorkerJob:
     warmup: bool
     points: list[tuple[int, int]]  # (batch, repeat) to run, in order
     gpu_mem_cap_gib: float | None = None
+    prompt_text: str | None = None  # prompts cut from this (a domain's held-out text) instead of random ids
+    quality: dict[str, Any] | None = None  # after the points: bench.research_worker.quality_phase arguments
 
 
 @dataclass
@@ -222,7 +224,8 @@ def run_job(job: WorkerJob, send) -> None:
                                        error=failed_batches[batch], started_at=started, finished_at=utcnow())))
             continue
         try:
-            input_ids = _prompt(batch, job.prompt_len, vocab, job.seed, job.device)
+            input_ids = _text_prompt(job, loaded, batch) if job.prompt_text else _prompt(
+                batch, job.prompt_len, vocab, job.seed, job.device)
             if prepared_batch != batch:
                 if prepared_batch is not None:
                     engine.release()
@@ -260,6 +263,29 @@ def run_job(job: WorkerJob, send) -> None:
                 torch.cuda.empty_cache()
     if prepared_batch is not None:
         engine.release()
+    if job.quality:
+        _quality_phase(job, loaded, send)
+
+
+def _text_prompt(job: WorkerJob, loaded: Any, batch: int):
+    """[batch, prompt_len] ids cut from the domain text (the model's tokenizer, or byte-level for synthetic)."""
+    from bench.models.text_tokens import prompt_ids, tokenizer_for
+
+    return prompt_ids(tokenizer_for(loaded), job.prompt_text or "", batch, job.prompt_len, job.device)
+
+
+def _quality_phase(job: WorkerJob, loaded: Any, send) -> None:
+    """Quality against the base after the speed points, in this same worker; a failure is reported, not fatal."""
+    from bench.research_worker import quality_phase
+
+    q = job.quality or {}
+    try:
+        results = quality_phase(loaded, job.model, job.seed, job.device, job.dtype, q["domains"], q["budget"],
+                                q["seq_len"], lambda msg: None)
+    except Exception as exc:  # the speed points are already stored
+        send(("quality_failed", f"{type(exc).__name__}: {exc}"))
+        return
+    send(("quality", results))
 
 
 def worker_entry(job: WorkerJob, conn) -> None:

@@ -8,7 +8,7 @@ from bench.analysis import compare, cost
 from bench.ui import charts as ui_charts
 from bench.ui import data as ui_data
 from bench.ui import images as ui_images
-from bench.ui import share
+from bench.ui import quality_views, share
 from bench.ui import views as ui_views
 
 st.title("Compare")
@@ -128,3 +128,5 @@ elif view == "Heatmap: many variants":
                               key="cmp_heat", help="Default: the candidates, then other runs, up to 12")
     share.publish({"cmp_heat": heat_ids})
     ui_views.heatmap_view(data.summary, data, base, heat_ids, key="cmp_heatmap")
+
+quality_views.quality_section(data)

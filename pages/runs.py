@@ -168,7 +168,9 @@ else:
     with st.form("fields_form"):
         title = st.text_input("Title", value=base.get("title", "my sweep"))
         st.caption("Variants: prune by `prune_experts` + `prune_method`, or a keep file in `prune_keep` "
-                   "(several files separated by `;` make a union prune to `prune_experts`).")
+                   "(several files separated by `;` make a union prune to `prune_experts`). Methods frequency, "
+                   "reap and union rank experts by calibrations: name them in `prune_domains` (`code;prose`, "
+                   "from `bench calibrate`), or `random-tokens` for frequency counted on random ids.")
         edited = st.data_editor(
             sweep_form.variant_rows(base.get("variants", [])), num_rows="dynamic", width="stretch", key="new_variants",
             column_config={

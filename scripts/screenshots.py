@@ -241,6 +241,10 @@ def take_screenshots(ctx, url: str, db: Path, out: Path) -> list[Path]:
             settle(page, charts=True)
         written.append(_shot(page, out, "compare", charts=True))
 
+        page.goto(f"{url}/routing")  # heatmaps when the database holds calibrations (bench calibrate)
+        settle(page)
+        written.append(_shot(page, out, "routing"))
+
         page.goto(f"{url}/runs")
         settle(page)
         page.get_by_text("Fill in the fields").first.click()

@@ -17,8 +17,8 @@ from bench.store import init_db
 from tests.fixtures_db import EXPECTED, build_fixture
 
 APP = str(PROJECT_ROOT / "app.py")
-PAGES = ["pages/overview.py", "pages/scaling.py", "pages/memory.py", "pages/compare.py", "pages/runs.py",
-         "pages/export.py"]
+PAGES = ["pages/overview.py", "pages/scaling.py", "pages/memory.py", "pages/compare.py", "pages/routing.py",
+         "pages/runs.py", "pages/export.py"]
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from tests.fixtures_db import build_fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-PAGES = ("overview", "scaling", "memory", "compare", "runs", "export")
+PAGES = ("overview", "scaling", "memory", "compare", "routing", "runs", "export")
 CHART_PAGES = {"overview": 1, "scaling": 2, "memory": 2, "compare": 1}  # page -> charts it draws at least
 
 

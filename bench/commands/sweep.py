@@ -75,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"seed of the synthetic weights and prompts, {_range('seed')} (default 0)")
     p.add_argument(
         "--variant", action="append", default=[], metavar="KEY=VAL,...",
-        help="add a variant: name=x,model=synthetic:tiny-moe,top_k=2[,experts=4,method=first|keep=F|union=A;B]",
+        help="add a variant: name=x,model=synthetic:tiny-moe,top_k=2[,experts=4,method=first|keep=F|union=A;B"
+             "|method=union,domains=code;prose]",
     )
     add_run_options(p)
     p.set_defaults(func=run)
@@ -110,10 +111,15 @@ def parse_variant(text: str) -> dict[str, Any]:
             prune[key] = _as_int(value, "--variant experts")
         elif key in ("method", "keep"):
             prune[key] = value
-        elif key == "union":
+        elif key in ("union", "domains"):
             prune[key] = [s for s in value.split(";") if s]
+        elif key == "rank":
+            prune[key] = value
+        elif key == "per_domain":
+            prune[key] = _as_int(value, "--variant per_domain")
         else:
-            raise BadInputError(f"--variant: unknown key {key!r}; use name, model, top_k, experts, method, keep, union")
+            raise BadInputError(f"--variant: unknown key {key!r}; use name, model, top_k, experts, method, keep, "
+                                "union, domains, rank, per_domain")
     if prune:
         variant["prune"] = prune
     variant["_explicit"] = True  # paths given on the command line are the user's own choice

@@ -325,6 +325,10 @@ def resolve_keep(loaded: Any, prune: Any, seed: int) -> tuple[list[list[int]], s
     cfg = loaded.config
     num_layers, num_experts = len(moe_layers(loaded.model)), int(cfg.num_local_experts)
     kind = prune.kind
+    if kind == "resolved":  # chosen from stored calibrations by the bench process (bench.calibrated)
+        return _validate_keep(prune.keep_layers, "calibrated keep set", num_layers, num_experts), str(prune.note)
+    if kind == "calibrated":
+        raise BadInputError("a calibrated prune (domains) must be resolved against the database first")
     if kind == "keep":
         keep = load_keep_file(prune.keep, num_layers, num_experts)
         return keep, f"kept experts from {Path(prune.keep).name}"
@@ -340,6 +344,9 @@ def resolve_keep(loaded: Any, prune: Any, seed: int) -> tuple[list[list[int]], s
         _check_count(prune.experts, num_experts)
         freq = routing_frequency(loaded.model, calibration_input_ids(cfg.vocab_size, seed))
     keep = select_keep(num_layers, num_experts, int(prune.experts), method, seed, freq)
+    if method == "frequency":
+        return keep, (f"kept the {prune.experts} most-routed experts per layer, routing counted over seeded random "
+                      f"token ids (random-token calibration, seed {seed}; not text)")
     return keep, f"kept {prune.experts} experts per layer by method {method}"
 
 

@@ -20,6 +20,7 @@ class ParsedFile:
     runs: list[RunRecord] = field(default_factory=list)
     points: list[PointRecord] = field(default_factory=list)
     title: str | None = None
+    quality: dict[str, dict] = field(default_factory=dict)  # run_id -> {domain: {metric: value}} (JSONL only)
 
 
 def config_of(run: RunRecord) -> dict:

@@ -20,6 +20,7 @@ from bench.records import EnvFingerprint, PointRecord, RunRecord
 from bench.report import energy
 from bench.report.common import iso, order_runs, sort_points
 from bench.report.jsonl import HEADLINE_KEYS, POINT_KEYS, point_line
+from bench.report.quality_export import quality_cells, quality_columns
 
 COST_KEYS = ("usd_per_gpu_hour", "usd_per_mtok")  # from the $/GPU-hour of the run's card (bench.report.energy)
 
@@ -57,7 +58,8 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def render_csv(runs: list[RunRecord], points: list[PointRecord], prices: dict[str, float] | None = None) -> str:
+def render_csv(runs: list[RunRecord], points: list[PointRecord], prices: dict[str, float] | None = None,
+               quality: dict[str, dict] | None = None) -> str:
     """The CSV text (header + one row per point). A pure function of its arguments.
 
     Same rows as flattening `bench.report.jsonl.point_line`; the run's cells are computed once per run.
@@ -72,14 +74,16 @@ def render_csv(runs: list[RunRecord], points: list[PointRecord], prices: dict[st
         run_cells[run.run_id] = [_cell(flat.get(c)) for c in _run_columns()]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(csv_columns())
+    qcols = quality_columns({r: q for r, q in (quality or {}).items() if r in by_id})
+    writer.writerow(csv_columns() + qcols)
     for point in sort_points([p for p in points if p.run_id in by_id], runs):
         run = by_id[point.run_id]
         head = [run.name, run.model, run.top_k, run.experts, run.engine, run.env.device_name]
         cells = [_cell(v) for v in head] + [_cell(_point_value(point, k)) for k in POINT_KEYS]
         usd = run_price[point.run_id]
         cost = energy.usd_per_mtok(point.total_tps, usd) if point.status == "ok" else None
-        writer.writerow([*cells, _cell(usd), _cell(cost), *run_cells[point.run_id]])
+        extra = [_cell(v) for v in quality_cells((quality or {}).get(point.run_id), qcols)] if qcols else []
+        writer.writerow([*cells, _cell(usd), _cell(cost), *run_cells[point.run_id], *extra])
     return buf.getvalue()
 
 

@@ -120,6 +120,7 @@ def write_parsed(db_path: Path | str, parsed: list[ParsedFile]) -> ImportSummary
                 _insert(con, "runs", store.run_row(run))
             for point in pf.points:
                 _insert(con, "points", store.point_row(point))
+            _insert_quality(con, pf)
             for sweep in reconstructed_sweeps(pf):
                 if not con.execute("SELECT 1 FROM sweeps WHERE sweep_id = ?", [sweep.sweep_id]).fetchone():
                     _insert(con, "sweeps", store.sweep_row(sweep))
@@ -127,6 +128,19 @@ def write_parsed(db_path: Path | str, parsed: list[ParsedFile]) -> ImportSummary
             summary.runs += len(pf.runs)
             summary.points += len(pf.points)
     return summary
+
+
+def _insert_quality(con: Any, pf: ParsedFile) -> None:
+    """Quality figures a JSONL file carried (run_id -> {domain: {metric: value, tokens, seconds}})."""
+    for run_id, domains in pf.quality.items():
+        con.execute("DELETE FROM quality WHERE run_id = ?", [run_id])
+        for domain, metrics in domains.items():
+            for metric, value in metrics.items():
+                if metric in ("tokens", "seconds"):
+                    continue
+                con.execute("INSERT INTO quality (run_id, domain, metric, value, tokens, seconds) VALUES "
+                            "(?, ?, ?, ?, ?, ?)", [run_id, domain, metric, value, metrics.get("tokens"),
+                                                   metrics.get("seconds")])
 
 
 def import_files(db_path: Path | str, paths: list[Path | str]) -> ImportSummary:

@@ -79,7 +79,7 @@ def iter_lines(runs: list[RunRecord], points: list[PointRecord]) -> typing.Itera
         yield point_line(by_id[point.run_id], point)
 
 
-def render_jsonl(runs: list[RunRecord], points: list[PointRecord]) -> str:
+def render_jsonl(runs: list[RunRecord], points: list[PointRecord], quality: dict[str, dict] | None = None) -> str:
     """One JSON object per point, newline-terminated. A pure function of its arguments.
 
     Same bytes as `json.dumps(point_line(run, point), ensure_ascii=False)` per line; the run part is
@@ -89,6 +89,10 @@ def render_jsonl(runs: list[RunRecord], points: list[PointRecord]) -> str:
     by_id = {r.run_id: r for r in runs}
     heads = {r.run_id: _headline(r) for r in runs}
     metas = {r.run_id: json.dumps(_plain(asdict(r)), ensure_ascii=False) for r in runs}
+    quality = quality or {}
+    for rid, q in quality.items():  # the run's quality figures ride after run_meta, only when it has some
+        if rid in metas:
+            metas[rid] += f', "quality": {json.dumps(_plain(q), ensure_ascii=False)}'
     out = []
     for point in sort_points([p for p in points if p.run_id in by_id], runs):
         head = json.dumps(_point_part(heads[point.run_id], point), ensure_ascii=False)
@@ -223,7 +227,7 @@ def parse_jsonl(text: str, file_name: str) -> ParsedFile:
             ) from None
         if not isinstance(obj, dict):
             raise where.error("line", f"must be a JSON object, got {type(obj).__name__}")
-        allowed = set(HEADLINE_KEYS) | set(POINT_KEYS) | {"run_meta"}
+        allowed = set(HEADLINE_KEYS) | set(POINT_KEYS) | {"run_meta", "quality"}
         unknown = sorted(set(obj) - allowed)
         if unknown:
             raise where.error(unknown[0], "unknown key; see the bench.report.jsonl docstring for the keys")
@@ -252,6 +256,8 @@ def parse_jsonl(text: str, file_name: str) -> ParsedFile:
         else:
             runs[run.run_id] = (run, raw_run)
             parsed.runs.append(run)
+        if isinstance(obj.get("quality"), dict):
+            parsed.quality[run.run_id] = obj["quality"]
         key = (point.run_id, point.batch, point.repeat)
         if key in seen:
             raise where.error(

@@ -152,10 +152,13 @@ def render_markdown(
     title: str | None = None,
     reproduce: str | None = None,
     prices: dict[str, float] | None = None,
+    quality: dict[str, dict] | None = None,
 ) -> str:
-    """The report in the reference layout. A pure function of its arguments. `prices` ($/GPU-hour per card family)
-    override the defaults in the energy/cost section (`bench.report.energy`)."""
+    """The report in the reference layout (plus a Quality section when runs have quality). A pure function of its
+    arguments. `prices` ($/GPU-hour per card family) override the defaults in the energy/cost section
+    (`bench.report.energy`)."""
     from bench.report import energy
+    from bench.report.quality_export import quality_markdown
     from bench.report.reproduce import reproduce_script
 
     runs = order_runs(runs)
@@ -239,6 +242,7 @@ def render_markdown(
     out += energy.section(runs, by_run, labels, prices)
     batches_by_run = {r.run_id: [row.batch for row in rows[r.run_id]] for r in runs}
     script = reproduce if reproduce is not None else reproduce_script(runs, title, batches_by_run)
+    out += quality_markdown(runs, labels, quality or {})
     out += ["## Reproduce", "", "```bash", script.rstrip("\n"), "```", ""]
     return "\n".join(out)
 

@@ -18,6 +18,7 @@ from bench.report.common import order_runs, sort_points
 from bench.report.csv_export import render_csv
 from bench.report.jsonl import render_jsonl
 from bench.report.markdown import default_title, render_markdown
+from bench.report.quality_export import load_quality
 
 EXPORT_FORMATS: tuple[str, ...] = ("markdown", "csv", "jsonl", "html")
 _POINT_COLUMNS = [f.name for f in fields(PointRecord)]  # points table columns, in PointRecord order
@@ -30,6 +31,7 @@ class Selection:
     points: list[PointRecord]
     sweep_titles: dict[str, str]  # sweep_id -> title, for the selected runs' sweeps
     notes: list[str] = field(default_factory=list)  # e.g. a --run name several runs share (the latest is taken)
+    quality: dict[str, dict] = field(default_factory=dict)  # run_id -> {domain: {metric: value}}
 
     def title(self) -> str:
         sweep_ids = {r.sweep_id for r in self.runs}
@@ -101,6 +103,7 @@ def load_selection(db_path: Path | str, run_names: list[str] | None = None) -> S
         ids = [r.run_id for r in runs]
         points: list[PointRecord] = []
         titles: dict[str, str] = {}
+        quality = load_quality(con, ids)
         if ids:
             cols = ", ".join(f'"{name}"' for name in _POINT_COLUMNS)
             sql = f"SELECT {cols} FROM points WHERE run_id IN (SELECT unnest(?::VARCHAR[]))"
@@ -115,22 +118,23 @@ def load_selection(db_path: Path | str, run_names: list[str] | None = None) -> S
     finally:
         con.close()
     runs = order_runs(runs)
-    return Selection(runs, sort_points(points, runs), titles, notes)
+    return Selection(runs, sort_points(points, runs), titles, notes, quality)
 
 
 def render(selection: Selection, fmt: str, prices: dict[str, float] | None = None) -> str:
     """The export text; `prices` ($/GPU-hour per card family) override the defaults in the cost columns."""
     if fmt in ("markdown", "html"):
-        md = render_markdown(selection.runs, selection.points, title=selection.title(), prices=prices)
+        md = render_markdown(selection.runs, selection.points, title=selection.title(), prices=prices,
+                             quality=selection.quality)
         if fmt == "markdown":
             return md
         from bench.report.html import render_html
 
         return render_html(selection.runs, selection.points, md, selection.title())
     if fmt == "csv":
-        return render_csv(selection.runs, selection.points, prices)
+        return render_csv(selection.runs, selection.points, prices, quality=selection.quality)
     if fmt == "jsonl":
-        return render_jsonl(selection.runs, selection.points)
+        return render_jsonl(selection.runs, selection.points, quality=selection.quality)
     raise BadInputError(f"--format {fmt}: unknown export format; use one of {', '.join(EXPORT_FORMATS)}")
 
 

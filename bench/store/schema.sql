@@ -123,7 +123,9 @@ CREATE TABLE IF NOT EXISTS calibrations (
     top_k             INTEGER NOT NULL,
     device            VARCHAR,
     seconds           DOUBLE,
-    created_at        TIMESTAMPTZ NOT NULL
+    created_at        TIMESTAMPTZ NOT NULL,
+    text_spec         VARCHAR,                 -- what to re-read for held-out text: builtin:code | a path
+    budget            BIGINT                   -- the token budget asked for (tokens may be fewer: short text)
 );
 
 CREATE TABLE IF NOT EXISTS calibration_experts (
@@ -144,5 +146,7 @@ CREATE TABLE IF NOT EXISTS quality (
     tokens      BIGINT,
     base_run_id VARCHAR,
     seconds     DOUBLE,
+    text_hash   VARCHAR,                       -- the domain text whose held-out tail was read
+    tokenizer   VARCHAR,                       -- own | byte-level (synthetic presets)
     PRIMARY KEY (run_id, domain, metric)
 );

@@ -18,7 +18,7 @@ import pandas as pd
 from bench.errors import BadInputError
 from bench.spec import SweepSpec, validate_for_launch
 
-VARIANT_COLUMNS = ["name", "model", "top_k", "prune_experts", "prune_method", "prune_keep"]
+VARIANT_COLUMNS = ["name", "model", "top_k", "prune_experts", "prune_method", "prune_keep", "prune_domains"]
 FALLBACK_SPEC: dict[str, Any] = {
     "title": "my sweep",
     "sweep": {"prompt_len": 16, "new_tokens": 12, "batch_sizes": [1, 2, 4], "repeats": 2, "engine": "hf",
@@ -58,7 +58,8 @@ def variant_rows(variants: list[dict[str, Any]]) -> pd.DataFrame:
         p = v.get("prune") or {}
         keep = p.get("keep") or ";".join(p.get("union") or [])
         rows.append({"name": v.get("name"), "model": v.get("model"), "top_k": v.get("top_k"),
-                     "prune_experts": p.get("experts"), "prune_method": p.get("method"), "prune_keep": keep or None})
+                     "prune_experts": p.get("experts"), "prune_method": p.get("method"), "prune_keep": keep or None,
+                     "prune_domains": ";".join(p.get("domains") or []) or None})
     return pd.DataFrame(rows, columns=VARIANT_COLUMNS)
 
 
@@ -83,6 +84,9 @@ def variants_from_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
             v["prune"] = {"keep": str(keep)}
         elif experts is not None or method is not None:
             v["prune"] = {"experts": experts, "method": method or "first"}
+            domains = clean(r.get("prune_domains"))  # calibrated methods: calibration domains (or random-tokens)
+            if domains:
+                v["prune"]["domains"] = [s.strip() for s in str(domains).split(";") if s.strip()]
         out.append({k: x for k, x in v.items() if x is not None})
     return out
 
