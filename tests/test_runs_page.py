@@ -170,6 +170,13 @@ def test_variants_from_rows_every_prune_form() -> None:
         {"name": "keep", "model": "m", "top_k": 2, "prune": {"keep": "a.json"}},
         {"name": "union", "model": "m", "top_k": 2, "prune": {"union": ["a.json", "b.json"], "experts": 16}},
     ]
+    # a calibrated method names its calibration domains (research's prune_domains column)
+    calibrated = pd.DataFrame([{"name": "freq", "model": "m", "top_k": 2, "prune_experts": 16,
+                                "prune_method": "frequency", "prune_keep": None, "prune_domains": "code; prose"}])
+    assert sweep_form.variants_from_rows(calibrated) == [
+        {"name": "freq", "model": "m", "top_k": 2,
+         "prune": {"experts": 16, "method": "frequency", "domains": ["code", "prose"]}}]
+    assert sweep_form.variant_rows(sweep_form.variants_from_rows(calibrated)).iloc[0]["prune_domains"] == "code;prose"
     # and back: the editor rows of a spec
     back = sweep_form.variant_rows([{"name": "u", "model": "m", "top_k": 2,
                                      "prune": {"union": ["a.json", "b.json"], "experts": 16}}])
