@@ -10,7 +10,7 @@ PORT ?= 8501
 TORCH_INDEX ?=
 PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
-.PHONY: run test lint db clean-db gpu-wheels
+.PHONY: run test lint db clean-db gpu-wheels screenshots pageload
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,15 @@ db: $(VENV)/.runtime
 
 run: $(VENV)/.runtime $(DB)
 	$(PY) -m streamlit run app.py --server.headless true --server.address $(HOST) --server.port $(PORT) \
-		--browser.gatherUsageStats false
+		--browser.gatherUsageStats false --server.fileWatcherType none
+
+# README screenshots (docs/screenshots/*.png) from the default database in headless chromium; never run by `make test`.
+screenshots: $(VENV)/.test
+	$(PY) scripts/screenshots.py --out docs/screenshots
+
+# Page-load times in headless chromium on a 100,000-point database (docs/PERF.md).
+pageload: $(VENV)/.test
+	$(PY) scripts/pageload.py --json pageload.json
 
 test: $(VENV)/.test
 	$(PY) -m ruff check .

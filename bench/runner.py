@@ -335,6 +335,8 @@ class SweepRunner:
                 proc.join(timeout=5)
             self.worker = None
             bar.close()
+            if self.cancelled:  # the run stops here too; it must not stay `running`
+                store.update_run(self.db, run.run_id, state="cancelled", finished_at=utcnow())
         if self.cancelled:
             raise _Cancelled
         if remaining:

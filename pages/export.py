@@ -96,8 +96,11 @@ if markdown is None:
         st.rerun()
     st.stop()
 
-tab_src, tab_preview = st.tabs(["Markdown (copy with the button at the top right)", "Preview"])
-with tab_src:
-    st.code(markdown, language="markdown")
-with tab_preview:
-    st.markdown(markdown)
+# only the open tab is rendered (on_change="rerun"): the source and the preview of a large selection each cost
+# the browser a second or more (docs/PERF.md)
+tab_src, tab_preview = st.tabs(["Markdown (copy with the button at the top right)", "Preview"], key="export_tab",
+                               on_change="rerun")
+if tab_src.open:
+    tab_src.code(markdown, language="markdown")
+if tab_preview.open:
+    tab_preview.markdown(markdown)

@@ -53,9 +53,13 @@ summ = data.summary[data.summary["run_id"].isin(ids) & data.summary["total_tps"]
 top = summ.sort_values("batch").groupby("run_id").tail(1).set_index("run_id")
 meta = data.runs_all.set_index("run_id")
 rows = top.join(meta[["name", "label", "device_name", "engine"]]).loc[[i for i in ids if i in top.index]].reset_index()
-_fig = ui_charts.headline_figure(rows, data.colors)
+dwarf = ui_charts.ceilings_dwarf(rows)
+_fig = ui_charts.headline_figure(rows, data.colors, show_ceiling=not dwarf)
 st.plotly_chart(_fig, width="stretch")
 ui_images.downloads(_fig, "moe-bench-overview", key="overview_chart_dl")
+if dwarf:
+    st.caption(f"Roofline ceilings not drawn: they are about {ui_charts.ceiling_ratio(rows):,.0f}× the measured "
+               "values (the table lists them; the Scaling page can show them on a log axis).")
 st.dataframe(
     rows[["label", "batch", "total_tps", "per_stream_tps", "ceiling_tps", "mbu", "device_name", "engine"]],
     hide_index=True, width="stretch",

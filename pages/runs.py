@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import tomllib
 from pathlib import Path
 
 import pandas as pd
@@ -14,11 +13,12 @@ from bench.analysis import labels
 from bench.analysis.lanes import where_ran
 from bench.errors import BadInputError
 from bench.paths import SPECS_DIR
-from bench.spec import DEVICES, DTYPES, ENGINE_NAMES, PRUNE_METHODS, WEIGHT_FORMATS, load_spec, spec_from_dict
+from bench.spec import DEVICES, DTYPES, ENGINE_NAMES, PRUNE_METHODS, WEIGHT_FORMATS, load_spec
 from bench.store import queries
 from bench.ui import cluster as ui_cluster
 from bench.ui import data as ui_data
 from bench.ui import launch as ui_launch
+from bench.ui import sweep_form
 
 TINY_SPEC = "tiny-cpu.toml"
 ENGINE_HELP = {"hf": "hf — transformers generate()", "graph": "graph — own decoder, CUDA-graph capture"}
@@ -26,6 +26,7 @@ ENGINE_TIP = ("hf: the Hugging Face eager decode loop (the reference report's ha
               "decoder with one decode step captured as a CUDA graph per batch size.")
 NO_GPU_GRAPH = " On this machine (no GPU) graph runs eagerly on the CPU, without capture: it works, just slowly."
 PROGRESS_EVERY_S = 2.0
+STARTING_GRACE_S = 60  # a launch whose process is gone and that never registered: shown this long, unless newest
 
 st.title("Runs")
 db = ui_data.db_path()
@@ -46,7 +47,7 @@ def _sweep_rows() -> dict[str, dict]:
     except Exception as exc:  # a locked or damaged file: say so, keep the page alive
         st.caption(f"progress unavailable for a moment: {exc}")
         return {}
-    return {r["sweep_id"]: r for r in df.to_dict("records")} if not df.empty else {}
+    return {r["sweep_id"]: sweep_form.clean_record(r) for r in df.to_dict("records")} if not df.empty else {}
 
 
 def _panel(sweep_id: str, row: dict | None, launch: ui_launch.Launch | None) -> None:
@@ -86,7 +87,8 @@ def _panel(sweep_id: str, row: dict | None, launch: ui_launch.Launch | None) -> 
         if tail:
             st.code(tail, language=None)
         elif active:
-            st.caption("waiting for the first log lines…")
+            st.caption("waiting for the first log lines (the bench is starting: importing torch, loading the "
+                       "model)…")
 
 
 @st.fragment(run_every=PROGRESS_EVERY_S)
@@ -95,10 +97,11 @@ def live_progress() -> None:
     rows = _sweep_rows()
     recs = {launch.sweep_id: launch for launch in ui_launch.launches(db)}
     shown: list[str] = [sid for sid, r in rows.items() if r["shown_state"] in locks.ACTIVE_STATES]
-    # Launches not yet registered (the bench is importing torch) or that died before registering.
+    # Launches not yet registered (the bench is importing torch); one that died before registering shows a
+    # minute ("failed to start", with its log), then only while it is the newest launch, below the active ones.
     for sid, launch in recs.items():
         if sid not in rows and sid not in shown and (locks.pid_alive(launch.pid) or
-                                                     time.time() - launch.started < 600):
+                                                     time.time() - launch.started < STARTING_GRACE_S):
             shown.append(sid)
     latest = next(iter(recs), None)  # the newest launch stays visible after it ends
     if latest and latest not in shown:
@@ -119,60 +122,6 @@ live_progress()
 
 def _spec_files() -> list[Path]:
     return sorted(SPECS_DIR.glob("*.toml"))
-
-
-def _defaults(path: Path | None) -> dict:
-    fallback = {"title": "my sweep", "sweep": {"prompt_len": 16, "new_tokens": 12, "batch_sizes": [1, 2, 4],
-                                               "repeats": 2, "engine": "hf", "dtype": "float32", "device": "cpu"},
-                "variants": [{"name": "base_topk2", "model": "synthetic:tiny-moe", "top_k": 2}]}
-    if path is None:
-        return fallback
-    try:
-        return tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return fallback
-
-
-def _variant_rows(variants: list[dict]) -> pd.DataFrame:
-    rows = []
-    for v in variants:
-        p = v.get("prune") or {}
-        keep = p.get("keep") or ";".join(p.get("union") or [])
-        rows.append({"name": v.get("name"), "model": v.get("model"), "top_k": v.get("top_k"),
-                     "weights": v.get("weights") or "bf16", "prune_experts": p.get("experts"),
-                     "prune_method": p.get("method"), "prune_keep": keep or None,
-                     "prune_domains": ";".join(p.get("domains") or []) or None})
-    return pd.DataFrame(rows, columns=["name", "model", "top_k", "weights", "prune_experts", "prune_method",
-                                       "prune_keep", "prune_domains"])
-
-
-def _clean(v: object) -> object:
-    return None if v is None or (isinstance(v, float) and v != v) or v == "" else v
-
-
-def variants_from_rows(df: pd.DataFrame) -> list[dict]:
-    out = []
-    for r in df.to_dict("records"):
-        if all(_clean(v) is None for v in r.values()):
-            continue
-        v: dict = {"name": _clean(r["name"]), "model": _clean(r["model"]), "top_k": _clean(r["top_k"])}
-        if isinstance(v["top_k"], float):
-            v["top_k"] = int(v["top_k"])
-        if _clean(r.get("weights")) not in (None, "bf16"):
-            v["weights"] = r["weights"]
-        experts, method, keep = _clean(r["prune_experts"]), _clean(r["prune_method"]), _clean(r["prune_keep"])
-        experts = int(experts) if isinstance(experts, float) else experts
-        if keep and ";" in str(keep):
-            v["prune"] = {"union": [s.strip() for s in str(keep).split(";") if s.strip()], "experts": experts}
-        elif keep:
-            v["prune"] = {"keep": str(keep)}
-        elif experts is not None or method is not None:
-            v["prune"] = {"experts": experts, "method": method or "first"}
-            domains = _clean(r.get("prune_domains"))  # calibrated methods: calibration domains (or random-tokens)
-            if domains:
-                v["prune"]["domains"] = [s.strip() for s in str(domains).split(";") if s.strip()]
-        out.append({k: x for k, x in v.items() if x is not None})
-    return out
 
 
 def _launched(launch: ui_launch.Launch) -> None:
@@ -201,8 +150,10 @@ if mode == "Pick a spec file":
             (n for n in names if n != TINY_SPEC), names[0])
         chosen = st.selectbox("Spec", names, index=names.index(default_name), key="new_spec")
         path = SPECS_DIR / chosen
-        with st.expander(f"data/specs/{chosen}", expanded=False):
-            st.code(path.read_text(), language="toml")
+        # rendered on demand (a code block loads the syntax highlighter, ~1.5 MB of script): docs/PERF.md
+        shown_spec = st.expander(f"data/specs/{chosen}", expanded=False, key="new_spec_open", on_change="rerun")
+        if shown_spec.open:
+            shown_spec.code(path.read_text(), language="toml")
         if st.button("Launch sweep", key="launch_spec", type="primary"):
             try:
                 load_spec(path)
@@ -212,7 +163,7 @@ if mode == "Pick a spec file":
             else:
                 _launched(ui_launch.launch_sweep(db, path, chosen, cluster=cluster))
 else:
-    base = _defaults(tiny if (not gpu and tiny.exists()) else (specs[0] if specs else None))
+    base = sweep_form.defaults(tiny if (not gpu and tiny.exists()) else (specs[0] if specs else None))
     sw = base.get("sweep", {})
     with st.form("fields_form"):
         title = st.text_input("Title", value=base.get("title", "my sweep"))
@@ -221,7 +172,7 @@ else:
                    "reap and union rank experts by calibrations: name them in `prune_domains` (`code;prose`, "
                    "from `bench calibrate`), or `random-tokens` for frequency counted on random ids.")
         edited = st.data_editor(
-            _variant_rows(base.get("variants", [])), num_rows="dynamic", width="stretch", key="new_variants",
+            sweep_form.variant_rows(base.get("variants", [])), num_rows="dynamic", width="stretch", key="new_variants",
             column_config={
                 "top_k": st.column_config.NumberColumn("top_k", min_value=1, step=1),
                 "prune_experts": st.column_config.NumberColumn("prune_experts", min_value=1, step=1),
@@ -247,26 +198,17 @@ else:
         dtype = c[2].selectbox("Dtype", DTYPES, index=DTYPES.index(sw.get("dtype", "auto")))
         submitted = st.form_submit_button("Launch sweep", type="primary")
     if submitted:
-        try:
-            batch_sizes = [int(b) for b in batches.replace(";", ",").split(",") if b.strip()]
-        except ValueError:
-            st.error(f"Batch sizes: {batches!r} is not a comma-separated list of integers such as 1, 2, 4")
+        try:  # the whole spec is validated before anything is launched
+            spec = sweep_form.form_to_spec(sweep_form.FormValues(
+                title=title, variants=edited, batches=batches, prompt_len=prompt_len, new_tokens=new_tokens,
+                repeats=repeats, engine=engine, device=device, dtype=dtype,
+                cluster=ui_cluster.cluster_choice(where, address)))
+        except BadInputError as exc:
+            st.error(f"Not launched: {exc}")
         else:
-            raw = {"title": title, "sweep": {"prompt_len": int(prompt_len), "new_tokens": int(new_tokens),
-                                             "batch_sizes": batch_sizes, "repeats": int(repeats), "engine": engine,
-                                             "device": device, "dtype": dtype},
-                   "variants": variants_from_rows(edited)}
-            try:
-                cluster = ui_cluster.cluster_choice(where, address)
-                if cluster:
-                    raw["sweep"]["cluster"] = cluster
-                spec = spec_from_dict(raw)
-            except BadInputError as exc:
-                st.error(f"Not launched: {exc}")
-            else:
-                _launched(ui_launch.launch_spec(db, spec))
-                if engine == "graph" and (device == "cpu" or not gpu):
-                    st.caption("graph on the CPU: eager decode, no CUDA-graph capture — slower than on a GPU.")
+            _launched(ui_launch.launch_spec(db, spec))
+            if engine == "graph" and (device == "cpu" or not gpu):
+                st.caption("graph on the CPU: eager decode, no CUDA-graph capture — slower than on a GPU.")
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -292,34 +234,35 @@ runs = labels.apply_filters(runs_all, ui_data.filters())
 if runs.empty:
     st.info("No runs pass the sidebar filters.")
     st.stop()
-groups: dict[str, str] = {}
-for sid in sweeps["sweep_id"] if not sweeps.empty else []:
-    if sid in set(runs["sweep_id"]):
-        groups[sid] = f"{sweeps.set_index('sweep_id').at[sid, 'title']} · {sid}"
-# sweeps known only from imported runs (JSONL results name their sweep; the sweeps table has no row for it)
-by_date = runs[runs["sweep_id"].notna()].sort_values("run_date", ascending=False, na_position="last")
-for sid, g in by_date.groupby("sweep_id", sort=False):
-    if sid not in groups:
-        engines = ", ".join(sorted(g["engine"].dropna().unique()))
-        day = pd.to_datetime(g["run_date"], utc=True).min()
-        when = f" · {day:%Y-%m-%d %H:%M}" if pd.notna(day) else ""
-        groups[sid] = f"imported sweep · {len(g)} runs · {engines}{when} · {sid}"
-for src in sorted(runs.loc[runs["sweep_id"].isna(), "source"].unique()):
-    groups[f"source:{src}"] = f"no sweep · {src}"
+groups = sweep_form.run_groups(runs, sweeps)
 if not groups:
     st.info("No runs pass the sidebar filters.")
     st.stop()
 group = st.selectbox("Sweep", list(groups), format_func=groups.get, key="runs_group")
-in_group = runs[runs["sweep_id"] == group] if not group.startswith("source:") else runs[
-    runs["sweep_id"].isna() & (runs["source"] == group.removeprefix("source:"))]
-for r in in_group.sort_values("started_at", na_position="last").to_dict("records"):
+in_group = sweep_form.runs_in_group(runs, group)
+sweep_row = (sweep_form.clean_record(sweeps.set_index("sweep_id").loc[group].to_dict())
+             if not sweeps.empty and group in set(sweeps["sweep_id"]) else None)
+sweep_state = sweep_row["shown_state"] if sweep_row else None
+n_bad = int((in_group["n_points"] - in_group["n_ok"]).clip(lower=0).sum())
+if sweep_row is not None and n_bad:
+    c = st.columns([3, 1])
+    c[0].caption(f"{n_bad} point(s) of this sweep did not run cleanly (error, oom or skipped).")
+    if c[1].button("Retry failed points", key=f"retry_{group}", disabled=sweep_state in locks.ACTIVE_STATES,
+                   help=f"`python -m bench sweep --resume {group} --retry-errors`: measures them again under the "
+                        "same sweep id" + (" (wait until the sweep has stopped)" if sweep_state in
+                                           locks.ACTIVE_STATES else "")):
+        _launched(ui_launch.launch_retry(db, group, str(sweep_row.get("title") or group)))
+for r in (sweep_form.clean_record(x) for x in in_group.to_dict("records")):
+    state = r["state"]
+    if state in ("running", "pending") and sweep_state and sweep_state not in locks.ACTIVE_STATES:
+        state = sweep_state  # the sweep stopped (cancelled, crashed) before this run finished
     with st.container(border=True):
         c = st.columns([3, 2, 2, 1])
         prune = f" · {int(r['experts'])}/{int(r['base_experts'])} experts" if pd.notna(r["experts"]) and pd.notna(
             r["base_experts"]) else ""
         c[0].markdown(f"**{r['label']}** · top_k {r['top_k']}{prune}  \n`{r['model']}`"
                       + (f"  \nrerun of `{r['rerun_of']}`" if r.get("rerun_of") else ""))
-        c[1].markdown(f"{r['state']} · {r['n_ok']}/{r['n_points']} points ok  \n"
+        c[1].markdown(f"{state} · {r['n_ok']}/{r['n_points']} points ok  \n"
                       f"{ui_data.fmt_duration(r['duration_s']) or '—'}")
         c[2].markdown(f"{r['device_name'] or '—'}  \n{r['engine']} · {r['dtype']} · torch {r['torch_version'] or '—'}"
                       f"  \n{where_ran(r)}"
@@ -329,11 +272,13 @@ for r in in_group.sort_values("started_at", na_position="last").to_dict("records
                        else "Imported runs carry no config to rerun"):
             _launched(ui_launch.launch_rerun(db, r["run_id"], r["name"]))
 
-with st.expander("All runs passing the filters (environment and counts)"):
-    st.dataframe(runs[["label", "sweep_title", "state", "n_ok", "n_points", "max_batch", "duration_s", "device_name",
-                       "engine", "dtype", "torch_version", "transformers_version", "cuda", "driver", "bench_version",
-                       "git_commit", "host", "gpu_index", "gpu_uuid", "worker_address", "source", "rerun_of",
-                       "run_date", "run_id"]],
-                 hide_index=True, width="stretch", key="runs_table",
-                 column_config={"label": "run", "sweep_title": "sweep",
-                                "duration_s": st.column_config.NumberColumn("duration s", format="%.0f")})
+all_runs_box = st.expander(f"All {len(runs)} runs passing the filters (environment and counts)", key="runs_all_open",
+                           on_change="rerun")  # the table is built when opened
+ALL_RUN_COLUMNS = ["label", "sweep_title", "state", "n_ok", "n_points", "max_batch", "duration_s", "device_name",
+                   "engine", "dtype", "torch_version", "transformers_version", "cuda", "driver", "bench_version",
+                   "git_commit", "host", "gpu_index", "gpu_uuid", "worker_address", "source", "rerun_of",
+                   "run_date", "run_id"]
+if all_runs_box.open:
+    all_runs_box.dataframe(runs[ALL_RUN_COLUMNS], hide_index=True, width="stretch", key="runs_table",
+                           column_config={"label": "run", "sweep_title": "sweep",
+                                          "duration_s": st.column_config.NumberColumn("duration s", format="%.0f")})

@@ -16,14 +16,27 @@ if data is None:
     st.stop()
 
 ids = ui_data.run_picker(data, key="scaling_runs")
-show_ceiling = st.toggle("Show roofline ceilings (dashed)", value=True)
 summ = compare.summary_for(data.summary, data.runs_all, ids)
 if summ.empty or summ["total_tps"].notna().sum() == 0:
     st.info("Pick at least one run with successful points.")
     st.stop()
 
+ratio = ui_charts.ceiling_ratio(summ)
+dwarf = ui_charts.ceilings_dwarf(summ)
+c = st.columns(2)
+show_ceiling = c[0].toggle("Show roofline ceilings (dashed)", value=not dwarf, key=f"scaling_ceiling_{dwarf}",
+                           help=f"Hidden by default when the ceilings are more than "
+                                f"{ui_charts.CEILING_HIDE_RATIO:.0f}× the measured values (they would flatten the "
+                                "measured lines to 0)")
+log_y = c[1].toggle("Log y axis", value=False, key="scaling_log_y",
+                    help="For runs whose tok/s differ by orders of magnitude (CPU next to GPU, or with ceilings)")
+if dwarf and not show_ceiling:
+    st.caption(f"Roofline ceilings hidden: they are about {ratio:,.0f}× the measured values (CPU runs are far from "
+               "the memory-bandwidth bound). Switch them on, with the log y axis, to compare; the table below "
+               "lists them.")
+
 for metric in ("total_tps", "per_stream_tps"):
-    fig = ui_charts.scaling_figure(summ, data.colors, metric, show_ceiling, data.dashes)
+    fig = ui_charts.scaling_figure(summ, data.colors, metric, show_ceiling, data.dashes, log_y)
     name = "scaling_total" if metric == "total_tps" else "scaling_per_stream"
     st.plotly_chart(fig, width="stretch", key=name)
     ui_images.downloads(fig, f"moe-bench-{name.replace('_', '-')}", key=f"{name}_dl")

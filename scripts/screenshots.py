@@ -6,7 +6,8 @@ Without --db it builds the default database (`python -m bench build-db`: the ref
 GPU results in data/) in a fresh temp folder, starts `streamlit run app.py` on it, and drives Debian's chromium
 through playwright into page states that tell the story (graph-engine union prunes on Scaling, base_topk4 vs
 union50_topk4 on Compare, the GiB saved on Memory). It waits for the web fonts (the material icons of the
-navigation) before each shot. tests/test_browser.py calls `take_screenshots` with its own browser.
+navigation) before each shot. `make screenshots` runs it; tests never write docs/screenshots/ (tests/test_browser.py
+calls `take_screenshots` into a temp folder).
 """
 
 from __future__ import annotations
@@ -56,16 +57,23 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(db: Path, log_path: Path, timeout_s: float = 60) -> Iterator[str]:
-    """`streamlit run app.py` on `db` (BENCH_DB) at a free local port; yields its URL, stops it on exit."""
+def serve(db: Path | None, log_path: Path, timeout_s: float = 60, app: Path | None = None,
+          watcher: str = "none", pids: list[int] | None = None) -> Iterator[str]:
+    """`streamlit run app.py` on `db` (BENCH_DB) at a free local port; yields its URL, stops it on exit.
+
+    `app`: another Streamlit script to serve instead (run from its own folder; scripts/pageload.py times an empty
+    page with it). `watcher`: Streamlit's server.fileWatcherType. `pids` receives the server's pid."""
     port = free_port()
+    env = dict(os.environ, BENCH_DB=str(db)) if db is not None else dict(os.environ)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
-             "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=dict(os.environ, BENCH_DB=str(db)), stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "streamlit", "run", str(app or "app.py"), "--server.headless", "true",
+             "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+             "--server.fileWatcherType", watcher],
+            cwd=app.parent if app else ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
+        if pids is not None:
+            pids.append(proc.pid)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + timeout_s
@@ -113,6 +121,24 @@ def settle(page, charts: bool = False) -> None:
     page.wait_for_timeout(600)  # plotly's and streamlit's enter transitions
 
 
+TRACES_JS = """() => [...document.querySelectorAll('[data-testid="stMainBlockContainer"] .js-plotly-plot')].map(gd => [
+  (gd.data || []).filter(t => t.visible !== false && t.visible !== 'legendonly').length,
+  gd._fullLayout ? gd.querySelectorAll('g.trace').length : 0])"""
+
+
+def chart_traces(page) -> list[tuple[int, int]]:
+    """(visible traces in the figure data, trace groups drawn) for every plotly chart of the page."""
+    return [tuple(x) for x in page.evaluate(TRACES_JS)]
+
+
+def wait_traces(page, charts: int, timeout_ms: int = 30_000) -> list[tuple[int, int]]:
+    """Wait until the page shows at least `charts` charts and every trace of every chart is drawn."""
+    page.wait_for_function(
+        f"(n) => {{ const c = ({TRACES_JS})(); return c.length >= n && c.every(([e, d]) => e > 0 && e === d); }}",
+        arg=charts, timeout=timeout_ms)
+    return chart_traces(page)
+
+
 def _widget(page, testid: str, label: str):
     return page.locator(f'[data-testid="{testid}"]').filter(
         has=page.locator('[data-testid="stWidgetLabel"]', has_text=label)).first
@@ -145,8 +171,10 @@ def _shot(page, out: Path, name: str, full: bool = False, charts: bool = False) 
     exc = page.locator('[data-testid="stException"]')
     if exc.count():
         raise RuntimeError(f"{name}: the page shows an exception: {exc.first.inner_text()}")
-    if charts and page.locator(".js-plotly-plot g.trace").count() == 0:
-        raise RuntimeError(f"{name}: no plotly traces drawn")
+    if charts:
+        drawn = chart_traces(page)
+        if not drawn or any(e != d or e == 0 for e, d in drawn):
+            raise RuntimeError(f"{name}: plotly traces not all drawn (expected, drawn per chart): {drawn}")
     path = out / f"{name}.png"
     page.screenshot(path=str(path), full_page=full)
     if path.stat().st_size >= MAX_PNG:

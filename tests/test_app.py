@@ -193,8 +193,8 @@ def test_filters_persist_across_pages(fixture_db: Path, monkeypatch: pytest.Monk
 def test_sidebar_shows_database_path(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Outside the project only the file name shows (the full path is in the tooltip); inside, the relative path."""
     at = open_page(fixture_db, "pages/overview.py", monkeypatch)
-    shown = [c.value for c in at.sidebar.code]
-    assert shown == ["bench.duckdb"] and not any(str(fixture_db.parent) in v for v in shown)
+    shown = [m.value for m in at.sidebar.markdown]
+    assert shown == ["`bench.duckdb`"] and not any(str(fixture_db.parent) in v for v in shown)
     assert any(str(fixture_db) in (c.proto.help or "") for c in at.sidebar.caption)
     from bench.ui.data import shown_path
 

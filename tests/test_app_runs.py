@@ -17,10 +17,7 @@ from bench.paths import PROJECT_ROOT
 from bench.store import queries
 
 APP = str(PROJECT_ROOT / "app.py")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (PROJECT_ROOT / "bench" / "runner.py").exists(), reason="bench/runner.py not built yet"),
-]
+pytestmark = [pytest.mark.slow]
 FINAL = ("done", "failed", "crashed", "cancelled")
 
 

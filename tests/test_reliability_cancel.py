@@ -85,7 +85,7 @@ def test_cancel_stops_bench_and_worker_and_keeps_finished_points(tmp_path: Path)
             row = queries.sweep(db, launch.sweep_id) if db.exists() else None
             if row and row["points_done"] >= 2:
                 break
-            assert ui_launch.exit_code(launch.pid) is None, Path(launch.log_path).read_text()
+            assert locks.pid_alive(launch.pid), Path(launch.log_path).read_text()
             time.sleep(0.3)
         assert row and row["points_done"] >= 2 and row["shown_state"] == "running", row
         pids = tree(launch.pid)
@@ -102,7 +102,15 @@ def test_cancel_stops_bench_and_worker_and_keeps_finished_points(tmp_path: Path)
         gone_after = time.monotonic() - t0
         assert not [p for p in pids if locks.pid_alive(p)], [(p, cmdline(p)) for p in pids]
         assert gone_after < 5.0, gone_after  # the whole tree within a few seconds
-        assert ui_launch.exit_code(launch.pid) is not None
+        ui_launch.reap()
+        assert not locks.pid_alive(launch.pid)
+        # the run that was measuring when the sweep was cancelled says so (not `running` forever)
+        wait = time.monotonic() + 10
+        while time.monotonic() < wait and queries.sweep(db, launch.sweep_id)["shown_state"] != "cancelled":
+            time.sleep(0.2)
+        assert queries.sweep(db, launch.sweep_id)["shown_state"] == "cancelled"
+        states = dict(zip(queries.runs(db)["name"], queries.runs(db)["state"], strict=True))
+        assert "running" not in states.values() and "cancelled" in states.values(), states
     finally:  # on failure, stop what this test started (only the pids of its own launch)
         for p in pids or [launch.pid]:
             if locks.pid_alive(p):

@@ -13,6 +13,23 @@ from bench.store.queries import MEMORY_METRICS
 from bench.ui.colors import color_of, dash_of
 
 DELTA_TITLES = {"total_pct": "total tok/s", "per_stream_pct": "per-stream tok/s", "mem_pct": "peak memory"}
+CEILING_HIDE_RATIO = 20.0  # ceilings this many times the measured values flatten the measured lines to 0
+
+
+def ceiling_ratio(frame: pd.DataFrame, measured: str = "total_tps", ceiling: str = "ceiling_tps") -> float | None:
+    """How many times the measured values the roofline ceilings are (median over the rows that have both); None
+    without ceilings. CPU runs: ceilings of 40k-120k tok/s against 25-400 measured."""
+    both = frame[[measured, ceiling]].dropna()
+    both = both[both[measured] > 0]
+    if both.empty:
+        return None
+    return float((both[ceiling] / both[measured]).median())
+
+
+def ceilings_dwarf(frame: pd.DataFrame, measured: str = "total_tps", ceiling: str = "ceiling_tps") -> bool:
+    """True when the ceilings are more than CEILING_HIDE_RATIO times the measured values (hide them by default)."""
+    r = ceiling_ratio(frame, measured, ceiling)
+    return r is not None and r > CEILING_HIDE_RATIO
 
 
 def _list(series: pd.Series) -> list[Any]:
@@ -43,8 +60,9 @@ def _ceiling_key(fig: go.Figure) -> None:
 
 
 def scaling_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str = "total_tps",
-                   show_ceiling: bool = True, dashes: dict[str, str] | None = None) -> go.Figure:
-    """tok/s against batch size, one line per run, error bars spanning the repeats, dashed roofline ceiling."""
+                   show_ceiling: bool = True, dashes: dict[str, str] | None = None, log_y: bool = False) -> go.Figure:
+    """tok/s against batch size, one line per run, error bars spanning the repeats, dashed roofline ceiling;
+    `log_y`: a log y axis (runs whose values differ by orders of magnitude, CPU next to GPU)."""
     per_stream = metric == "per_stream_tps"
     ceiling_col = "ceiling_per_stream_tps" if per_stream else "ceiling_tps"
     unit = "per-stream tok/s" if per_stream else "total tok/s"
@@ -77,6 +95,9 @@ def scaling_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str = 
         _ceiling_key(fig)
     _log2_axis(fig, summary.loc[summary[metric].notna(), "batch"].tolist())
     what = "Per-stream tok/s (one sequence)" if per_stream else "Total tok/s (whole batch)"
+    if log_y:
+        fig.update_yaxes(type="log")
+        unit += " (log scale)"
     return _layout(fig, unit, f"{what} against batch size", height=500)
 
 
@@ -117,9 +138,9 @@ def saved_figure(saved: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
                    height=420)
 
 
-def headline_figure(rows: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
+def headline_figure(rows: pd.DataFrame, colors: dict[str, str], show_ceiling: bool = True) -> go.Figure:
     """Median total tok/s of each run at its largest measured batch (one bar per run, in its colour), with the
-    roofline ceiling as a marker."""
+    roofline ceiling as a marker (`show_ceiling`)."""
     fig = go.Figure()
     for r in rows.to_dict("records"):
         fig.add_trace(go.Bar(
@@ -128,7 +149,7 @@ def headline_figure(rows: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
             hovertemplate=("<b>%{x}</b><br>batch %{customdata[0]}<br>total %{y:.2f} tok/s"
                            "<br>per stream %{customdata[1]:.2f} tok/s<br>MBU %{customdata[2]:.1%}<extra></extra>"),
         ))
-    if rows["ceiling_tps"].notna().any():
+    if show_ceiling and rows["ceiling_tps"].notna().any():
         fig.add_trace(go.Scatter(
             x=_list(rows["label"]), y=_list(rows["ceiling_tps"]), name="roofline ceiling", mode="markers",
             marker=dict(symbol="line-ew-open", size=28, color="#444", line=dict(width=2)),
@@ -138,7 +159,7 @@ def headline_figure(rows: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
     fig.update_xaxes(type="category", tickangle=-30)
     fig.update_layout(showlegend=False)  # the x axis names each bar; hover gives the numbers
     return _layout(fig, "total tok/s (median)", "Total tok/s at each run's largest measured batch "
-                   "(bars: median, dashes: roofline ceiling)", height=440)
+                   "(bars: median" + (", dashes: roofline ceiling)" if show_ceiling else ")"), height=440)
 
 
 def delta_figure(deltas: pd.DataFrame, colors: dict[str, str], column: str = "total_pct") -> go.Figure:

@@ -94,7 +94,9 @@ def sidebar() -> None:
     path = db_path()
     sb = st.sidebar
     sb.caption("Database", help=f"`{path}`\n\nSet `BENCH_DB` (or `make run DB=...`) to open another file.")
-    sb.code(shown_path(path), language=None, wrap_lines=True)
+    # inline code in markdown, not st.code: a code block loads the syntax highlighter (about 1.5 MB of script,
+    # 10-15% of a page's browser time on every page, docs/PERF.md) for one line of text
+    sb.markdown(f"`{shown_path(path).replace('`', '')}`")
     db = info()
     if db.error:
         sb.error("The database cannot be read; see the page for details.")

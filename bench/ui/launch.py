@@ -2,8 +2,9 @@
 
 The dashboard never writes the database: it starts `python -m bench sweep|rerun ... --sweep-id ID` as a
 background process (argument list, no shell, its own session so Cancel can signal the whole group), with output
-in a log file beside the database. A small launch record (JSON) in the same folder lets any tab, and a reloaded
-page, find a launch before the bench has registered its sweep row.
+in a log file beside the database: the bench's per-point progress lines (no `--quiet`), which the Runs page tails.
+A small launch record (JSON) in the same folder lets any tab, and a reloaded page, find a launch before the bench
+has registered its sweep row.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _launch(db: Path, args: list[str], kind: str, label: str, sweep_id: str | No
 def launch_sweep(db: Path, spec_path: Path, label: str = "", cluster: str | None = None) -> Launch:
     """Start `python -m bench sweep --spec FILE [--cluster WHERE]` in the background."""
     extra = ["--cluster", cluster] if cluster else []
-    return _launch(db, ["sweep", "--spec", str(spec_path), "--quiet", *extra], "sweep", label or Path(spec_path).stem)
+    return _launch(db, ["sweep", "--spec", str(spec_path), *extra], "sweep", label or Path(spec_path).stem)
 
 
 def launch_spec(db: Path, spec: SweepSpec) -> Launch:
@@ -69,19 +70,18 @@ def launch_spec(db: Path, spec: SweepSpec) -> Launch:
     spec_path = sweep_file(Path(db), sweep_id, ".toml")
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(spec_to_toml(spec))
-    return _launch(db, ["sweep", "--spec", str(spec_path), "--quiet"], "sweep", spec.title, sweep_id)
+    return _launch(db, ["sweep", "--spec", str(spec_path)], "sweep", spec.title, sweep_id)
 
 
 def launch_rerun(db: Path, run_id: str, name: str = "") -> Launch:
     """Start `python -m bench rerun RUN_ID` in the background."""
-    return _launch(db, ["rerun", run_id, "--quiet"], "rerun", name or run_id)
+    return _launch(db, ["rerun", run_id], "rerun", name or run_id)
 
 
 def launch_retry(db: Path, sweep_id: str, label: str = "") -> Launch:
     """Start `python -m bench sweep --resume SWEEP_ID --retry-errors`: measure the sweep's error/oom/skipped
     points again (and any still missing), under the same sweep id."""
-    return _launch(db, ["sweep", "--resume", sweep_id, "--retry-errors", "--quiet"], "retry", label or sweep_id,
-                   sweep_id)
+    return _launch(db, ["sweep", "--resume", sweep_id, "--retry-errors"], "retry", label or sweep_id, sweep_id)
 
 
 def reap() -> None:
@@ -102,12 +102,6 @@ def launches(db: Path, limit: int = 20) -> list[Launch]:
         except (OSError, ValueError, TypeError):
             continue
     return out
-
-
-def exit_code(pid: int) -> int | None:
-    """The exit code of a child of this server process, when it has finished (None otherwise/unknown)."""
-    proc = _CHILDREN.get(pid)
-    return None if proc is None else proc.poll()
 
 
 def cancel(pid: int) -> bool:

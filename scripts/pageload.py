@@ -1,0 +1,509 @@
+"""Dashboard page-load times as a person feels them: a real browser (Debian's chromium through playwright) on a
+real `streamlit run app.py`, by default on a 100,000-point database (scripts/perf_dashboard.py builds it).
+
+    .venv/bin/python scripts/pageload.py [--points 100000] [--db FILE] [--repeats 3] [--json pageload.json]
+                                         [--pages overview,scaling,...] [--no-empty] [--no-server]
+
+Per page, timed in the page itself (performance.now(), 0 = navigation start), median of --repeats:
+- cold: a fresh browser context (empty HTTP cache, new Streamlit session) after the database file's mtime was
+  bumped (so the dashboard's cached queries miss, as after a sweep wrote);
+- warm: a second tab of the same context (scripts cached, server caches warm), the same URL.
+Marks: `title` (the page's h1 drawn), `idle` (the first script run finished: its script_finished websocket
+message), `traces` (every plotly trace of every chart on the page drawn: the number of `g.trace` groups equals
+the number of visible traces in the figure data; for pages without charts it equals `idle`).
+Attribution per page: `browser_cpu_s` / `server_cpu_s` (CPU seconds used by all chromium processes and by the
+Streamlit server during the load, including the 1 s quiet wait: robust to a busy machine, unlike wall times),
+`server_s` (the script run as the browser sees it: new_session → script_finished message), `ws_bytes` (websocket
+bytes received for the first run), `plotly_bytes` / `table_bytes` (figure JSON and Arrow table bytes in those
+deltas), `browser_main_s` (Chromium main-thread task time, CDP Performance.TaskDuration; wall time, so a busy
+machine inflates it). With the server timing on (default), also AppTest's server-only render time (warm).
+Plus one interaction: on Scaling, pick the last card of the sidebar's Card filter (not the newest sweep's) and
+time the click until both charts are redrawn. And Streamlit's own fixed cost: the same timings for an app whose
+only content is `st.title`.
+
+Prints a markdown table and writes the numbers as JSON (--json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PAGES = ("overview", "scaling", "memory", "compare", "runs", "export")
+CHART_PAGES = {"overview": 1, "scaling": 2, "memory": 2, "compare": 1}  # charts each page draws at least
+EMPTY_APP = 'import streamlit as st\n\nst.title("Empty page")\n'
+
+# Recorder injected before any page script: websocket message sizes/times and, every animation frame, the page
+# state (title drawn, script running, traces expected/drawn per chart); each change is logged with its time.
+RECORDER = r"""
+(() => {
+  const pl = {msgs: [], changes: [], marks: {}};
+  window.__pl = pl;
+  const Orig = window.WebSocket;
+  window.WebSocket = class extends Orig {
+    constructor(...a) {
+      super(...a);
+      this.addEventListener('message', e => {
+        const d = e.data;
+        pl.msgs.push([performance.now(), d.byteLength ?? d.size ?? d.length ?? 0]);
+      });
+    }
+  };
+  const state = () => {
+    const main = document.querySelector('[data-testid="stMainBlockContainer"]');
+    const title = !!(main && main.querySelector('h1'));
+    const running = !!document.querySelector('[data-testid="stStatusWidgetRunningIcon"], '
+                                             + '[data-testid="stStatusWidgetRunningManIcon"]');
+    let expected = 0, drawn = 0, names = [];
+    for (const gd of (main ? main.querySelectorAll('.js-plotly-plot') : [])) {
+      const vis = (gd.data || []).filter(t => t.visible !== false && t.visible !== 'legendonly');
+      expected += vis.length;
+      drawn += gd._fullLayout ? gd.querySelectorAll('g.trace').length : 0;
+      names.push(vis.map(t => t.name).join('|'));
+    }
+    return {title, running, charts: names.length, expected, drawn, names: names.join('#')};
+  };
+  let last = '';
+  const tick = () => {
+    const s = state();
+    const key = JSON.stringify(s);
+    if (key !== last) { last = key; pl.changes.push([performance.now(), s]); }
+    requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+  // rAF pauses in background tabs; a timer keeps sampling there (coarser)
+  setInterval(() => { const s = state(); const k = JSON.stringify(s);
+                      if (k !== last) { last = k; pl.changes.push([performance.now(), s]); } }, 50);
+})();
+"""
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"moe_bench_{name}", ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def _decode(payloads: list[bytes]) -> list[dict]:
+    """Each websocket frame as {kind, bytes, plotly, table} (ForwardMsg type; plotly/table bytes in deltas)."""
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    out = []
+    for raw in payloads:
+        msg = ForwardMsg()
+        try:
+            msg.ParseFromString(raw)
+        except Exception:  # not a ForwardMsg (should not happen): count its bytes only
+            out.append({"kind": "?", "bytes": len(raw), "plotly": 0, "table": 0})
+            continue
+        kind = msg.WhichOneof("type") or "?"
+        plotly = table = 0
+        if kind == "delta" and msg.delta.WhichOneof("type") == "new_element":
+            el = msg.delta.new_element
+            which = el.WhichOneof("type")
+            if which == "plotly_chart":
+                plotly = len(el.plotly_chart.spec.encode())
+            elif which in ("arrow_data_frame", "arrow_table", "data_frame"):
+                table = el.ByteSize()
+        out.append({"kind": kind, "bytes": len(raw), "plotly": plotly, "table": table})
+    return out
+
+
+# ms since the drawn content (title, charts, traces) last changed; the running flag alone does not count (the Runs
+# page's progress fragment reruns every 2 s)
+QUIET = """() => { const c = window.__pl.changes; let i = c.length - 1;
+  const key = s => JSON.stringify([s.title, s.charts, s.expected, s.drawn, s.names]);
+  while (i > 0 && key(c[i - 1][1]) === key(c[i][1])) i--;
+  return performance.now() - c[i][0]; }"""
+
+
+def _ready(page, charts: int) -> bool:
+    return page.evaluate(
+        """(charts) => { const c = window.__pl.changes; if (!c.length) return false; const s = c[c.length - 1][1];
+             return s.title && !s.running && s.charts >= charts && s.drawn === s.expected; }""", charts)
+
+
+def _settle(page, charts: int, timeout_s: float = 300, quiet_s: float = 1.0) -> None:
+    """Wait until the page is drawn (title, script idle, every trace) and nothing changed for `quiet_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _ready(page, charts):
+            last = page.evaluate(QUIET)
+            if last >= quiet_s * 1000:
+                return
+        page.wait_for_timeout(100)
+    raise TimeoutError(f"{page.url}: not drawn after {timeout_s:.0f} s: "
+                       f"{page.evaluate('() => window.__pl.changes.slice(-1)')}")
+
+
+def _marks(changes: list, finished: list[float], since: float = 0.0, charts: int = 0) -> dict[str, float | None]:
+    """title / idle / traces times (s after `since`, ms) from the recorded changes and script_finished times."""
+    title = traces = None
+    idle = next((t for t in finished if t >= since), None)
+    last_plot = None
+    for t, s in changes:
+        plot = (s["charts"], s["expected"], s["drawn"], s["names"])
+        if t < since:
+            last_plot = plot
+            continue
+        if title is None and s["title"]:
+            title = t
+        if plot != last_plot:
+            last_plot = plot
+            if charts and s["charts"] >= charts and s["drawn"] == s["expected"]:
+                traces = t
+    if not charts or (traces is not None and idle is not None and traces < idle):
+        traces = idle  # no chart, or the charts were already drawn: the page is done when its script is
+    return {k: None if v is None else round((v - since) / 1000, 3)
+            for k, v in (("title_s", title), ("idle_s", idle), ("traces_s", traces))}
+
+
+def _finished(msgs: list, decoded: list[dict]) -> list[float]:
+    """In-page arrival times of the script_finished messages."""
+    return [d["t"] for d in _align(msgs, decoded) if d["kind"] == "script_finished" and d["t"] is not None]
+
+
+# pids whose CPU time is counted per page load: the Streamlit server and the chromium browser (with its children)
+PIDS: dict[str, int] = {}
+MARKER = f"--moe-bench-pageload={os.getpid()}"  # an extra chromium switch to find the browser process by
+
+
+def _tree_cpu(root: int | None) -> dict[int, float]:
+    """pid -> CPU seconds (user + system) used so far, for `root` and every live descendant (chromium's
+    renderers, GPU process)."""
+    if not root:
+        return {}
+    parent, cpu = {}, {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(d.name)] = int(f[1])
+        cpu[int(d.name)] = (int(f[11]) + int(f[12])) / tick
+    out = {}
+    for pid in cpu:
+        p = pid
+        while p and p != root and p in parent:
+            p = parent[p]
+        if p == root:
+            out[pid] = cpu[pid]
+    return out
+
+
+def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two snapshots by the processes alive at the second (a tab closed meanwhile drops out)."""
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+
+
+def _browser_pid() -> int | None:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if MARKER.encode() in (d / "cmdline").read_bytes():
+                    return int(d.name)
+            except OSError:
+                continue
+    return None
+
+
+def _open(ctx, url: str, charts: int) -> dict:
+    """Open `url` in a new tab of `ctx`, wait until drawn, return its marks and attribution."""
+    page = ctx.new_page()
+    frames: list[bytes] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda p: frames.append(p if isinstance(p, bytes)
+                                                                                    else p.encode())))
+    cdp = ctx.new_cdp_session(page)
+    cdp.send("Performance.enable")
+    cpu0 = (_tree_cpu(PIDS.get("browser")), _tree_cpu(PIDS.get("server")))
+    try:
+        page.goto(url, wait_until="commit")
+        _settle(page, charts)
+        pl = page.evaluate("() => window.__pl")
+        metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+        cpu1 = (_tree_cpu(PIDS.get("browser")), _tree_cpu(PIDS.get("server")))
+        exc = page.locator('[data-testid="stException"]')
+        if exc.count():
+            raise RuntimeError(f"{url}: the page shows an exception: {exc.first.inner_text()}")
+    finally:
+        page.close()
+    decoded = _decode(frames)
+    out = _marks(pl["changes"], _finished(pl["msgs"], decoded), 0.0, charts)
+    out.update(_attribute(pl["msgs"], decoded))
+    out["browser_main_s"] = round(metrics.get("TaskDuration", 0.0), 3)
+    out["browser_cpu_s"] = round(_cpu_delta(cpu0[0], cpu1[0]), 3)  # all chromium processes, with the 1 s quiet wait
+    out["server_cpu_s"] = round(_cpu_delta(cpu0[1], cpu1[1]), 3)
+    out["browser_script_s"] = round(metrics.get("ScriptDuration", 0.0), 3)
+    out["browser_layout_s"] = round(metrics.get("LayoutDuration", 0.0) + metrics.get("RecalcStyleDuration", 0.0), 3)
+    return out
+
+
+def _align(msgs: list, decoded: list[dict]) -> list[dict]:
+    """Give each decoded frame (playwright's view) its in-page arrival time: the next in-page message of the same
+    byte size (the two lists can differ by a frame at either end)."""
+    out, i = [], 0
+    for d in decoded:
+        j = i
+        while j < len(msgs) and msgs[j][1] != d["bytes"]:
+            j += 1
+        if j < len(msgs):
+            out.append({**d, "t": msgs[j][0]})
+            i = j + 1
+        else:
+            out.append({**d, "t": None})
+    return out
+
+
+def _attribute(msgs: list, decoded: list[dict]) -> dict:
+    """Websocket/plotly/table bytes of the first script run (new_session → script_finished) and its span."""
+    start = end = None
+    seen_start = seen_end = False
+    ws = plotly = table = 0
+    for d in _align(msgs, decoded):
+        if d["kind"] == "new_session" and not seen_start:
+            seen_start, start = True, d["t"]
+        if seen_start and not seen_end:
+            ws += d["bytes"]
+            plotly += d["plotly"]
+            table += d["table"]
+        if d["kind"] == "script_finished" and seen_start and not seen_end:
+            seen_end, end = True, d["t"]
+    return {"server_s": None if start is None or end is None else round((end - start) / 1000, 3),
+            "ws_bytes": ws, "plotly_bytes": plotly, "table_bytes": table}
+
+
+def _filter_scaling(ctx, url: str) -> dict:
+    """On Scaling: pick the other card in the sidebar's Card filter; time the click until both charts redrawn."""
+    page = ctx.new_page()
+    frames: list[bytes] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda p: frames.append(p if isinstance(p, bytes)
+                                                                                    else p.encode())))
+    try:
+        page.goto(f"{url}/scaling", wait_until="commit")
+        _settle(page, CHART_PAGES["scaling"])
+        box = page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"]').filter(
+            has=page.locator('[data-testid="stWidgetLabel"]', has_text="Card")).first
+        box.locator("input").first.click()
+        option = page.get_by_role("option").filter(has_not_text="Select all").last  # not the default (newest) card
+        option.wait_for(timeout=120_000)
+        name = option.inner_text()
+        since = page.evaluate("() => performance.now()")
+        option.click()
+        deadline = time.monotonic() + 300
+        while not any(t > since for t in _finished(page.evaluate("() => window.__pl.msgs"), _decode(frames))):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Card filter triggered no script run")
+            page.wait_for_timeout(100)
+        _settle(page, CHART_PAGES["scaling"])
+        pl = page.evaluate("() => window.__pl")
+    finally:
+        page.close()
+    out = _marks(pl["changes"], _finished(pl["msgs"], _decode(frames)), since, CHART_PAGES["scaling"])
+    out["picked"] = name
+    return out
+
+
+def measure(url: str, pages: list[str], repeats: int, db: Path | None, browser) -> dict:
+    """cold/warm marks per page (median of `repeats`), plus the Scaling filter interaction."""
+    results: dict[str, dict] = {}
+    for name in pages:
+        path = "" if name in ("overview", "empty") else name
+        charts = CHART_PAGES.get(name, 0)
+        cold, warm = [], []
+        for _ in range(repeats):
+            if db is not None:
+                os.utime(db)  # a new file version: the dashboard's cached queries miss
+            ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+            ctx.add_init_script(RECORDER)
+            try:
+                cold.append(_open(ctx, f"{url}/{path}", charts))
+                warm.append(_open(ctx, f"{url}/{path}", charts))
+            finally:
+                ctx.close()
+        results[name] = {"cold": _median(cold), "warm": _median(warm)}
+        print(f"{name}: cold {results[name]['cold']['traces_s']} s, warm {results[name]['warm']['traces_s']} s",
+              file=sys.stderr, flush=True)
+    return results
+
+
+def _median(rows: list[dict]) -> dict:
+    out = {}
+    for k in rows[0]:
+        vals = [r[k] for r in rows if r[k] is not None]
+        if not vals:
+            out[k] = None
+        elif isinstance(vals[0], str):
+            out[k] = vals[0]
+        else:
+            out[k] = round(statistics.median(vals), 3) if isinstance(vals[0], float) else statistics.median(vals)
+    return out
+
+
+def server_times(db: Path, pages: list[str]) -> dict[str, float]:
+    """AppTest's warm render time per page (server only, no browser), median of 3."""
+    import streamlit as st  # noqa: F401
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["BENCH_DB"] = str(db)
+    out = {}
+    for name in pages:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+        at.run()
+        at.switch_page(f"pages/{name}.py").run()
+        if at.exception:
+            raise SystemExit(f"{name}: {at.exception[0].value}")
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            at.run()
+            times.append(time.perf_counter() - t)
+        out[name] = round(statistics.median(times), 3)
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _fmt(v: object, unit: str = "") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.2f}{unit}"
+    if isinstance(v, int) and unit == "kB":
+        return f"{v / 1000:.0f}"
+    return str(v)
+
+
+def table(report: dict) -> str:
+    lines = ["| page | cold: title / idle / traces (s) | warm: title / idle / traces (s) | server script (s) | "
+             "AppTest (s) | ws kB | plotly kB | table kB | browser main-thread (s) | CPU s cold: browser / server | "
+             "CPU s warm: browser / server |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for name, r in report["pages"].items():
+        c, w = r["cold"], r["warm"]
+        lines.append(
+            f"| {name} | {_fmt(c['title_s'])} / {_fmt(c['idle_s'])} / **{_fmt(c['traces_s'])}** | "
+            f"{_fmt(w['title_s'])} / {_fmt(w['idle_s'])} / **{_fmt(w['traces_s'])}** | {_fmt(w['server_s'])} | "
+            f"{_fmt(report.get('apptest_s', {}).get(name))} | {_fmt(w['ws_bytes'], 'kB')} | "
+            f"{_fmt(w['plotly_bytes'], 'kB')} | {_fmt(w['table_bytes'], 'kB')} | {_fmt(w['browser_main_s'])} | "
+            f"{_fmt(c.get('browser_cpu_s'))} / {_fmt(c.get('server_cpu_s'))} | "
+            f"{_fmt(w.get('browser_cpu_s'))} / {_fmt(w.get('server_cpu_s'))} |")
+    f = report.get("scaling_filter")
+    if f:
+        lines.append(f"\nScaling, Card filter → {f['picked']}: redrawn in **{_fmt(f['traces_s'])} s** "
+                     f"(script idle {_fmt(f['idle_s'])} s); median of {report['repeats']}.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--points", type=int, default=100_000, help="size of the database to build (without --db)")
+    ap.add_argument("--db", type=Path, help="an existing database (default: build one with --points points)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pages", default=",".join(PAGES))
+    ap.add_argument("--json", type=Path, default=Path("pageload.json"), help="where to write the numbers")
+    ap.add_argument("--no-empty", action="store_true", help="skip the empty-page (Streamlit fixed cost) timing")
+    ap.add_argument("--no-server", action="store_true", help="skip AppTest's server-only render times")
+    ap.add_argument("--watcher", default="none", choices=("none", "auto", "poll", "watchdog"),
+                    help="Streamlit's server.fileWatcherType for the dashboard server (default none, as `make run`)")
+    args = ap.parse_args(argv)
+    shots = _load("screenshots")
+    if not Path(shots.CHROMIUM).exists():
+        print("chromium not found (apt-get install -y chromium)", file=sys.stderr)
+        return 2
+    pages = [p for p in args.pages.split(",") if p]
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="moe-bench-pageload-") as tmp:
+        folder = Path(tmp)
+        db = args.db
+        if db is None:
+            db = folder / "perf.duckdb"
+            n = _load("perf_dashboard").build(db, args.points)
+            print(f"built {n:,} points in {db}", file=sys.stderr)
+        report: dict = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": _commit(),
+                        "machine": f"{platform.node()} · {os.cpu_count()} cores · {platform.machine()}",
+                        "load_avg": [round(x, 2) for x in os.getloadavg()], "repeats": args.repeats,
+                        "db_points": None, "command": " ".join(["scripts/pageload.py", *(argv or sys.argv[1:])])}
+        from bench.store import queries
+
+        report["db_points"] = queries.db_info(db).n_points
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=shots.CHROMIUM, headless=True,
+                                         args=[*shots.CHROMIUM_ARGS, MARKER])
+            PIDS["browser"] = _browser_pid()
+            try:
+                pids: list[int] = []
+                with shots.serve(db, folder / "streamlit.log", watcher=args.watcher, pids=pids) as url:
+                    cpu0 = _cpu_s(pids[0])
+                    PIDS["server"] = pids[0]
+                    report["pages"] = measure(url, pages, args.repeats, db, browser)
+                    views = 2 * args.repeats * len(pages)
+                    report["server_cpu_s_per_view"] = round((_cpu_s(pids[0]) - cpu0) / views, 3)
+                    report["watcher"] = args.watcher
+                    if "scaling" in pages:
+                        runs = []
+                        for _ in range(args.repeats):
+                            ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+                            ctx.add_init_script(RECORDER)
+                            try:
+                                runs.append(_filter_scaling(ctx, url))
+                            finally:
+                                ctx.close()
+                        report["scaling_filter"] = _median(runs)
+                if not args.no_empty:
+                    app = folder / "empty" / "app.py"
+                    app.parent.mkdir()
+                    app.write_text(EMPTY_APP)
+                    with shots.serve(None, folder / "streamlit-empty.log", app=app, pids=pids) as url:
+                        PIDS["server"] = pids[-1]
+                        report["pages"]["empty (Streamlit alone)"] = measure(url, ["empty"], args.repeats, None,
+                                                                            browser)["empty"]
+            finally:
+                browser.close()
+        report["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+        if not args.no_server:
+            report["apptest_s"] = server_times(db, [p for p in pages if p in PAGES])
+    print(f"{report['machine']} · {report['date']} · commit {report['commit']} · {report['db_points']:,} points · "
+          f"load avg {report['load_avg']} → {report['load_avg_after']}\n")
+    print(table(report))
+    print(f"\ndashboard server CPU per page view: {report.get('server_cpu_s_per_view')} s "
+          f"(fileWatcherType {report.get('watcher')})")
+    args.json.write_text(json.dumps(report, indent=1))
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Sections rendered on demand (issue 15): closed expanders and tabs send nothing to the browser until opened,
+and show their content, unchanged, once opened. AppTest on the fixture database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from bench.paths import PROJECT_ROOT, SPECS_DIR
+from bench.report import export_selection
+from tests.fixtures_db import build_fixture
+
+APP = str(PROJECT_ROOT / "app.py")
+
+
+@pytest.fixture(scope="module")
+def fixture_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("fx-lazy") / "bench.duckdb"
+    build_fixture(path)
+    return path
+
+
+def open_page(db: Path, page: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("BENCH_DB", str(db))
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_runs_page_all_runs_table_and_spec_file_on_demand(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page(fixture_db, "pages/runs.py", monkeypatch)
+    assert [e.label for e in at.expander] == ["data/specs/tiny-cpu.toml",
+                                              "All 4 runs passing the filters (environment and counts)"]
+    assert len(at.dataframe) == 1 and not at.code  # the sweeps table only; no spec text, no all-runs table
+    at.session_state["runs_all_open"] = True  # what opening the expander does
+    at.session_state["new_spec_open"] = True
+    at.run()
+    assert not at.exception
+    table = [d.value for d in at.dataframe if "sweep_title" in d.value.columns]
+    assert len(table) == 1 and sorted(table[0]["run_id"]) == ["run-a100-k2", "run-base4", "run-pruned16",
+                                                              "run-report-k4"]
+    assert [c.value for c in at.code] == [(SPECS_DIR / "tiny-cpu.toml").read_text().rstrip("\n")]
+
+
+def test_export_renders_only_the_open_tab(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page(fixture_db, "pages/export.py", monkeypatch)
+    at.multiselect(key="export_runs").set_value(["run-base4", "run-pruned16"]).run()
+    text = export_selection(fixture_db, ["run-base4", "run-pruned16"], "markdown")
+    assert [c.value for c in at.code] == [text.rstrip("\n")]
+    assert not [m for m in at.markdown if "| base_topk4 |" in m.value]  # the preview tab is not rendered
+    at.session_state["export_tab"] = "Preview"
+    at.run()
+    assert not at.code
+    assert [m.value.strip() for m in at.markdown if "| base_topk4 |" in m.value] == [text.strip()]
