@@ -1,4 +1,4 @@
-"""Bandwidth roofline of MoE decode: bytes read per step, ceiling tok/s and MBU (see DESIGN.md, "Roofline").
+"""Bandwidth roofline of MoE decode: bytes read per step, ceiling tok/s and MBU (see docs/METHOD.md, "Roofline").
 
 One decode step of a batch of B streams reads, at best once each:
 - every non-expert weight (attention, router, norms, lm_head), except the input embedding table, of which only

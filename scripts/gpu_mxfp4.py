@@ -8,7 +8,7 @@ probe: moe_mxfp4 vs dequantize + torch loop (bf16) for T = 1, 4, 32 tokens (deco
 then the (BN, BK, warps, stages) of each GEMM is timed at T=1 (compact grid) and T=32 (full grid), the best are
 set for the rest of the run and written out, with the bytes each call streams and the GB/s it reached.
 
-accuracy (DESIGN.md "teacher-forced agreement"): greedy tokens from the graph engine on the MXFP4 model (batch 4,
+accuracy (docs/METHOD.md "teacher-forced agreement"): greedy tokens from the graph engine on the MXFP4 model (batch 4,
 prompt 256, 96 steps), then the same sequences through Hugging Face on the dequantized weights in bf16 and in
 float32; reports how often the graph engine's token and HF bf16's argmax equal the float32 argmax. The graph
 engine passes when its agreement is at least HF bf16's.

@@ -39,7 +39,7 @@ def test_presets_listed_and_20b_matches_the_real_architecture():
     assert cfg.rope_parameters["rope_type"] == "yarn" and cfg.rope_parameters["factor"] == 32.0
     assert cfg.rope_parameters["rope_theta"] == 150000.0
     assert cfg._attn_implementation == "eager" and cfg._experts_implementation == "grouped_mm"
-    # parameter count on the meta device (no memory): DESIGN.md's 20.91B total, 24.88M per expert
+    # parameter count on the meta device (no memory): docs/METHOD.md's 20.91B total, 24.88M per expert
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -165,7 +165,7 @@ def test_top_k_is_set_on_every_router_and_changes_outputs(tiny_model, tiny_input
 def test_editing_config_alone_does_not_change_top_k(tiny_model, tiny_input_ids):
     before = logits(tiny_model.model, tiny_input_ids)
     tiny_model.config.num_experts_per_tok = 4
-    torch.testing.assert_close(logits(tiny_model.model, tiny_input_ids), before)  # the trap DESIGN.md names
+    torch.testing.assert_close(logits(tiny_model.model, tiny_input_ids), before)  # the trap docs/METHOD.md names
 
 
 # ---------------------------------------------------------------- keep-set selection

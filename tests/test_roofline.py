@@ -1,4 +1,4 @@
-"""Roofline: parameter counts and ceilings of gpt-oss-20b against DESIGN.md, and the byte model's parts."""
+"""Roofline: parameter counts and ceilings of gpt-oss-20b against docs/METHOD.md, and the byte model's parts."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from bench.roofline import (
     roofline_point,
 )
 
-BW = 3.0e12  # DESIGN.md: measured copy bandwidth of the H100 80GB HBM3
+BW = 3.0e12  # docs/METHOD.md: measured copy bandwidth of the H100 80GB HBM3
 CTX = 1280  # prompt 256 + 2048 new tokens -> mean context 1280 ("ctx ≈ 1.3k")
 
 
@@ -57,7 +57,7 @@ def test_gpt_oss_20b_ceilings_match_design(gpt_oss_20b: ArchSummary, gpt_oss_20b
     assert _rel(roofline_point(gpt_oss_20b, 1, 4, CTX, BW).ceiling_tps, 414) < 0.02
     assert _rel(roofline_point(gpt_oss_20b, 32, 4, CTX, BW).ceiling_tps, 2300) < 0.03
     assert _rel(roofline_point(gpt_oss_20b_16e, 32, 4, CTX, BW).ceiling_tps, 4200) < 0.03
-    assert _rel(gpt_oss_20b_16e.total_params, 11.36e9) < 0.005  # DESIGN.md: the 16-expert variant
+    assert _rel(gpt_oss_20b_16e.total_params, 11.36e9) < 0.005  # docs/METHOD.md: the 16-expert variant
     assert mean_decode_context(256, 2048) == CTX
 
 

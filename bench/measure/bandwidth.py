@@ -7,7 +7,7 @@ import time
 
 import torch
 
-CUDA_COPY_BYTES = 2 * 2**30  # 2 GiB source, as DESIGN.md measured (3.0 TB/s on an H100 80GB HBM3)
+CUDA_COPY_BYTES = 2 * 2**30  # 2 GiB source, as docs/METHOD.md records (3.0 TB/s on an H100 80GB HBM3)
 CUDA_MIN_COPY_BYTES = 256 * 2**20
 CPU_COPY_BYTES = 256 * 2**20
 CUDA_WARMUP_S = 0.5  # copies before timing (see _cuda_bandwidth)
