@@ -36,12 +36,10 @@ if st.session_state.get("cmp_base") not in labels:
 base = st.selectbox("Base", ids, index=ids.index(default_base), format_func=lambda r: labels[r], key="cmp_base")
 cand_options = [r for r in ids if r != base]
 meta = runs.set_index("run_id")
-same_variant = [r for r in cand_options if meta.at[r, "name"] == meta.at[base, "name"] and not meta.at[r, "imported"]
-                and meta.at[r, "engine"] != meta.at[base, "engine"]
-                and meta.at[r, "weights"] == meta.at[base, "weights"]]  # the same variant, another (known) engine
+same_variant = [r for r in compare.other_engines(runs, base) if r in cand_options]  # same variant and card
 
 
-other_weights = compare.other_weight_formats(runs, base)
+other_weights = [r for r in compare.other_weight_formats(runs, base) if r in cand_options]
 
 
 def _engines() -> None:

@@ -376,6 +376,20 @@ def test_one_colour_per_label_on_every_page(default_db: Path, monkeypatch: pytes
     assert colours[pair[0]] != colours[pair[1]]  # same variant, other engine: another shade
 
 
+def test_ten_runs_of_one_variant_get_ten_styles() -> None:
+    """Runs sharing a name (engines, cards, formats, reruns) must stay apart on a chart: colour shade + dash."""
+    import pandas as pd
+
+    from bench.ui.colors import run_styles
+
+    runs = pd.DataFrame({"name": ["v"] * 10, "label": [f"v · {i}" for i in range(10)], "source": ["measured"] * 10,
+                         "engine": ["graph"] * 10, "device_name": [f"card {i}" for i in range(10)],
+                         "run_date": pd.date_range("2026-11-01", periods=10, tz="UTC"),
+                         "run_id": [f"r{i}" for i in range(10)]})
+    colors, dashes = run_styles(runs)
+    assert len({(colors[label], dashes[label]) for label in runs["label"]}) == 10
+
+
 def test_export_large_selection_builds_files_on_demand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Past PREVIEW_POINTS the page renders no export up front: the preview waits for its button, the downloads
     are callables run on click."""

@@ -150,15 +150,35 @@ WEIGHT_COLUMNS: tuple[str, ...] = ("weights", "weights_impl")
 
 
 def other_weight_formats(runs_df: pd.DataFrame, base_id: str) -> list[str]:
-    """Runs of the base's variant (same name, top_k and engine, measured here) in another expert weight format:
+    """Runs of the base's variant (same name, top_k, engine and card, measured here) in another expert weight format:
     the candidates of a "bf16 vs mxfp4" comparison."""
     if runs_df.empty or "weights" not in runs_df.columns or base_id not in set(runs_df["run_id"]):
         return []
     r = runs_df.set_index("run_id")
     b = r.loc[base_id]
     w = r["weights"].fillna("bf16")
-    same = (r["name"] == b["name"]) & (r["top_k"] == b["top_k"]) & (r["engine"] == b["engine"]) & ~r["imported"]
+    same = _same_card_and_variant(r, b) & (r["engine"] == b["engine"])
     return [str(i) for i in r.index[same & (w != (b["weights"] or "bf16")) & (r["n_ok"] > 0)]]
+
+
+def other_engines(runs_df: pd.DataFrame, base_id: str) -> list[str]:
+    """Runs of the base's variant (same name, top_k, weight format and card, measured here) with another decode
+    engine: the candidates of an "hf vs graph" comparison. Another card would mix the card into the difference."""
+    if runs_df.empty or base_id not in set(runs_df["run_id"]):
+        return []
+    r = runs_df.set_index("run_id")
+    b = r.loc[base_id]
+    same = _same_card_and_variant(r, b)
+    if "weights" in r.columns:
+        same &= r["weights"].fillna("bf16") == (b["weights"] or "bf16")
+    return [str(i) for i in r.index[same & (r["engine"] != b["engine"]) & (r["n_ok"] > 0)]]
+
+
+def _same_card_and_variant(r: pd.DataFrame, b: pd.Series) -> pd.Series:
+    """Rows of `r` (indexed by run_id) measured here on the base row's card, of its variant name and top_k."""
+    card = r["device_name"].fillna("")
+    return ((r["name"] == b["name"]) & (r["top_k"] == b["top_k"]) & ~r["imported"]
+            & (card == (b["device_name"] if not _isna(b["device_name"]) else "")))
 
 
 def only_weights_differ(diffs: list[str]) -> bool:

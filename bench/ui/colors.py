@@ -17,8 +17,11 @@ PALETTE: tuple[str, ...] = (
     "#fc0080", "#0d2a63", "#a777f1", "#1ca71c",
 )
 # The k-th run of a name: (mix toward black (<0) or white (>0), line dash). "dash" is kept for roofline ceilings.
+# Ten distinct (shade, dash) pairs: a variant measured with two engines on three cards in two formats still gets
+# one style per run; past ten runs of one name the styles repeat.
 SHADES: tuple[tuple[float, str], ...] = ((0.0, "solid"), (-0.38, "dot"), (0.45, "dashdot"), (-0.6, "longdashdot"),
-                                         (0.65, "dot"))
+                                         (0.65, "dot"), (0.25, "longdash"), (-0.2, "dashdot"), (0.55, "solid"),
+                                         (-0.5, "longdash"), (0.35, "longdashdot"))
 
 
 def shade(hex_color: str, amount: float) -> str:
