@@ -164,7 +164,7 @@ def make_runner(db: Path, spec: SweepSpec, args: argparse.Namespace):
     target = parse_cluster(flag) if flag is not None else parse_cluster(spec.sweep.cluster, where="sweep.cluster")
     if target is None:
         return SweepRunner(db, progress=not args.quiet, gpu_mem_cap_gib=args.gpu_mem_cap_gib,
-                           check_memory=args.check_memory)
+                           check_memory=getattr(args, "check_memory", True))
     from bench.cluster.coordinator import ClusterSweepRunner
 
     spec.sweep.cluster = str(target)

@@ -84,6 +84,13 @@ def launch_retry(db: Path, sweep_id: str, label: str = "") -> Launch:
     return _launch(db, ["sweep", "--resume", sweep_id, "--retry-errors"], "retry", label or sweep_id, sweep_id)
 
 
+def exit_code(pid: int) -> int | None:
+    """The exit code of a child of this server process, when it has finished (None otherwise/unknown); the
+    Routing and Compare pages' calibrate/quality launches show it."""
+    proc = _CHILDREN.get(pid)
+    return None if proc is None else proc.poll()
+
+
 def reap() -> None:
     for pid, proc in list(_CHILDREN.items()):
         if proc.poll() is not None:
