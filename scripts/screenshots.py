@@ -98,7 +98,7 @@ def serve(db: Path | None, log_path: Path, timeout_s: float = 60, app: Path | No
                 proc.wait(timeout=10)
 
 
-def wait_idle(page, timeout_ms: int = 30_000) -> None:
+def wait_idle(page, timeout_ms: int = 90_000) -> None:
     """Wait until the app has drawn its title and is not running a script."""
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
     page.wait_for_selector('[data-testid="stMainBlockContainer"] h1', timeout=timeout_ms)
@@ -117,7 +117,7 @@ def settle(page, charts: bool = False) -> None:
     page.wait_for_function(
         "() => [...document.fonts].every(f => f.status !== 'loading')", timeout=15_000)
     if charts:
-        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=timeout_ms)
     page.wait_for_timeout(600)  # plotly's and streamlit's enter transitions
 
 
