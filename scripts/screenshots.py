@@ -117,7 +117,7 @@ def settle(page, charts: bool = False) -> None:
     page.wait_for_function(
         "() => [...document.fonts].every(f => f.status !== 'loading')", timeout=15_000)
     if charts:
-        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=timeout_ms)
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
     page.wait_for_timeout(600)  # plotly's and streamlit's enter transitions
 
 
