@@ -12,17 +12,26 @@ PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
 .PHONY: run test lint db clean-db gpu-wheels screenshots pageload
 
-$(VENV)/.runtime: requirements.txt
+# pytest workers (pytest-xdist) for `make test`: one per CPU core by default; PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= auto
+EDITABLE = $(PY) -m pip install -q --no-deps -e . || \
+	echo "note: editable install skipped (no build backend reachable); python -m bench works from the repo"
+
+$(VENV)/.pip:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=25.1"
-	$(PY) -m pip install -q $(PIP_INDEX) -r requirements.txt
-	$(PY) -m pip install -q --no-deps -e . || \
-		echo "note: editable install skipped (no build backend reachable); python -m bench works from the repo"
 	touch $@
 
-$(VENV)/.test: $(VENV)/.runtime pyproject.toml
-	$(PY) -m pip install -q $(PIP_INDEX) --group test
+$(VENV)/.runtime: requirements.txt | $(VENV)/.pip
+	$(PY) -m pip install -q $(PIP_INDEX) -r requirements.txt
+	$(EDITABLE)
 	touch $@
+
+# The runtime and the test group in one pip run (one resolve; `make test` on a fresh clone never installs twice).
+$(VENV)/.test: requirements.txt pyproject.toml | $(VENV)/.pip
+	$(PY) -m pip install -q $(PIP_INDEX) -r requirements.txt --group test
+	$(EDITABLE)
+	touch $(VENV)/.runtime $@
 
 $(DB): | $(VENV)/.runtime
 	$(PY) -m bench build-db --db $(DB)
@@ -44,7 +53,7 @@ pageload: $(VENV)/.test
 
 test: $(VENV)/.test
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
 lint: $(VENV)/.test
 	$(PY) -m ruff check .

@@ -27,27 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.helpers.sweeps import BASE, HALF, last_json, run_bench, start_bench, sweep_spec  # noqa: E402
+
 SOURCE = ROOT / "data" / "results" / "union-prunes-hf-h100-2026-11-27.jsonl"
-SPEC = """
-title = "sweep during a big import"
-[sweep]
-prompt_len = 8
-new_tokens = 4
-batch_sizes = [1, 2, 3]
-repeats = 4
-device = "cpu"
-dtype = "float32"
-seed = 0
-[[variants]]
-name = "base"
-model = "synthetic:tiny-moe"
-top_k = 2
-[[variants]]
-name = "half"
-model = "synthetic:tiny-moe"
-top_k = 2
-prune = { experts = 4, method = "first" }
-"""
+SPEC = sweep_spec(BASE, HALF, title="sweep during a big import", batches=(1, 2, 3), repeats=4)
 
 PROBE = r"""
 import json, sys, time
@@ -100,16 +83,15 @@ def main() -> int:
     lines = build_jsonl(big, args.mb)
     spec.write_text(SPEC)
     py = sys.executable
-    subprocess.run([py, "-m", "bench", "import", str(SOURCE), "--db", str(db)], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
-    sweep = subprocess.Popen([py, "-m", "bench", "sweep", "--spec", str(spec), "--db", str(db), "--quiet"],
-                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = run_bench("import", str(SOURCE), "--db", str(db), env=env, timeout=600)
+    if first.returncode:
+        raise SystemExit(f"import of {SOURCE.name} failed: {first.stderr[-500:]}")
+    sweep = start_bench("sweep", "--spec", str(spec), "--db", str(db), "--quiet", env=env)
     probe = subprocess.Popen([py, "-c", PROBE, str(db), str(stop)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     time.sleep(5)
     t0 = time.monotonic()
-    imp = subprocess.run([py, "-m", "bench", "import", str(big), "--db", str(db)], cwd=ROOT, env=env,
-                         capture_output=True, text=True)
+    imp = run_bench("import", str(big), "--db", str(db), env=env, timeout=3600)
     import_s = time.monotonic() - t0
     stop.write_text("")
     probe_out, probe_err = probe.communicate(timeout=600)
@@ -122,7 +104,7 @@ def main() -> int:
         "import_s": round(import_s, 1),
         "import_error": imp.stderr.strip()[-300:] if imp.returncode else None,
         "sweep_rc": sweep.returncode,
-        "sweep": json.loads(sweep_out.strip().splitlines()[-1]) if sweep_out.strip() else sweep_err[-300:],
+        "sweep": last_json(sweep_out) if sweep_out.strip() else sweep_err[-300:],
         "probe_writes": len(waits),
         "probe_wait_median_s": round(statistics.median(waits), 3) if waits else None,
         "probe_wait_p90_s": round(sorted(waits)[int(0.9 * (len(waits) - 1))], 3) if waits else None,

@@ -1,5 +1,6 @@
-"""The Runs page under AppTest with the real bench: launch a tiny CPU sweep from the form and see its points on
-the Scaling page; live progress in a second session; Cancel; a killed sweep shows as crashed."""
+"""The Runs page under AppTest with the real bench: launch a tiny CPU sweep (graph engine) from the form and see its
+points on the Scaling page; live progress in a second session; Cancel; a killed sweep shows as crashed. (The form's
+default engine, hf, is launched from the form in real Chromium: tests/test_browser.py.)"""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def wait_for(db: Path, sweep_id: str, states: tuple[str, ...], at: AppTest | Non
         row = queries.sweep(db, sweep_id) if db.exists() else None
         if row and row["shown_state"] in states:
             return row
-        time.sleep(1.0)
+        time.sleep(0.5)
     log = Path(db.parent / (db.stem + ".logs") / f"{sweep_id}.log")
     raise AssertionError(f"sweep {sweep_id} never reached {states}: {row}\n{log.read_text() if log.exists() else ''}")
 
@@ -71,20 +72,34 @@ def panel_text(at: AppTest) -> str:
     return " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.code)
 
 
-def test_launch_from_fields_form_then_points_on_scaling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_launch_graph_from_fields_form_then_points_on_scaling(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The form offers every engine and device (CPU preselected on this GPU-less box); one launch of the `graph`
+    engine (no CUDA-graph capture on CPU) shows live progress, ends done with every point, and its lines appear on
+    the Scaling page."""
+    from bench.spec import DEVICES, ENGINE_NAMES
+
     db = tmp_path / "bench.duckdb"
     at = runs_page(db, monkeypatch)
     assert any("No GPU found" in i.value for i in at.info)  # this CI box has no GPU: tiny CPU preset
+    assert any("without CUDA-graph capture" in i.value for i in at.info)
     at.radio(key="new_mode").set_value("Fill in the fields").run()
+    engine, device = by_label(at.selectbox, "Engine"), by_label(at.selectbox, "Device")
+    assert "graph" in ENGINE_NAMES
+    assert [o.split(" ")[0] for o in engine.options] == list(ENGINE_NAMES)  # shown as "graph — ..."
+    assert list(device.options) == list(DEVICES) and device.value == "cpu"
+    assert "without capture" in engine.help
+    engine.set_value("graph")
     by_label(at.text_input, "Batch sizes").set_value("1, 2")
     by_label(at.number_input, "Repeats").set_value(1)
     by_label(at.number_input, "New tokens").set_value(4)
-    assert by_label(at.selectbox, "Device").value == "cpu"
     by_label(at.button, "Launch sweep").click().run()
     assert not at.error, [e.value for e in at.error]
+    assert any("no CUDA-graph capture" in c.value for c in at.caption)
     sweep_id = at.session_state["last_launch"]
     spec = tomllib.loads((db.parent / "bench.logs" / f"{sweep_id}.toml").read_text())
     assert spec["sweep"]["batch_sizes"] == [1, 2] and spec["variants"][0]["model"] == "synthetic:tiny-moe"
+    assert spec["sweep"]["engine"] == "graph"
     seen_progress = False
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline:
@@ -94,10 +109,12 @@ def test_launch_from_fields_form_then_points_on_scaling(tmp_path: Path, monkeypa
         row = queries.sweep(db, sweep_id) if db.exists() else None
         if row and row["shown_state"] in FINAL:
             break
-        time.sleep(1.0)
+        time.sleep(0.5)
     assert row and row["shown_state"] == "done", row
     assert row["points_done"] == row["points_planned"] == 3 * 2 * 1
     assert seen_progress
+    runs = queries.runs(db)
+    assert set(runs["engine"]) == {"graph"} and (runs["n_ok"] == 2).all()
     at.run()
     assert sweep_id in panel_text(at)  # the finished sweep stays visible with its final state
     at.switch_page("pages/scaling.py").run()
@@ -107,33 +124,6 @@ def test_launch_from_fields_form_then_points_on_scaling(tmp_path: Path, monkeypa
     assert set(lines) == {"base_topk2", "half_topk2", "half_topk1"}
     for t in lines.values():
         assert t["x"] == [1, 2] and all(y > 0 for y in t["y"])
-
-
-def test_form_offers_graph_engine_and_devices_and_runs_graph_on_cpu(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from bench.spec import DEVICES, ENGINE_NAMES
-
-    db = tmp_path / "bench.duckdb"
-    at = runs_page(db, monkeypatch)
-    assert any("without CUDA-graph capture" in i.value for i in at.info)  # this box has no GPU
-    at.radio(key="new_mode").set_value("Fill in the fields").run()
-    engine, device = by_label(at.selectbox, "Engine"), by_label(at.selectbox, "Device")
-    assert "graph" in ENGINE_NAMES
-    assert [o.split(" ")[0] for o in engine.options] == list(ENGINE_NAMES)  # shown as "graph — ..."
-    assert list(device.options) == list(DEVICES) and device.value == "cpu"
-    assert "without capture" in engine.help
-    engine.set_value("graph")
-    by_label(at.text_input, "Batch sizes").set_value("1")
-    by_label(at.number_input, "Repeats").set_value(1)
-    by_label(at.number_input, "New tokens").set_value(4)
-    by_label(at.button, "Launch sweep").click().run()
-    assert not at.error, [e.value for e in at.error]
-    assert any("no CUDA-graph capture" in c.value for c in at.caption)
-    sweep_id = at.session_state["last_launch"]
-    row = wait_for(db, sweep_id, FINAL, at)
-    assert row["shown_state"] == "done", row
-    runs = queries.runs(db)
-    assert set(runs["engine"]) == {"graph"} and (runs["n_ok"] == 1).all()
 
 
 def test_progress_in_second_session_cancel_and_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
-import sys
-import time
 
-import duckdb
 import pytest
 
 from bench.cli import main
-from bench.paths import PROJECT_ROOT
 from bench.store import queries
+from tests.helpers.sweeps import bench_env, rows, start_bench, wait_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -28,36 +26,24 @@ def _own_locks(tmp_path, monkeypatch):
 
 
 def _statuses(db) -> dict[int, str]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return dict(con.execute("SELECT batch, status FROM points ORDER BY batch").fetchall())
-    finally:
-        con.close()
+    return dict(rows(db, "SELECT batch, status FROM points ORDER BY batch"))
 
 
 def test_cli_cancel_stops_a_running_sweep(tmp_path, capsys):
     db = tmp_path / "c.duckdb"
-    env = dict(os.environ, MOE_BENCH_FAULT="2:hang", MOE_BENCH_LOCK_DIR=str(tmp_path / "locks"))
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "sweep", *ARGS, "--batch-sizes", "1,2", "--db", str(db),
-                             "--sweep-id", "s-cancel-me"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 240
-        row = None
-        while time.monotonic() < deadline:  # batch 1 is stored, batch 2 hangs
-            row = queries.sweep(db, "s-cancel-me") if db.exists() else None
-            if row and row["points_done"] >= 1:
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.5)
-        assert row and row["shown_state"] == "running", row
+    proc = start_bench("sweep", *ARGS, "--batch-sizes", "1,2", "--db", str(db), "--sweep-id", "s-cancel-me",
+                       env=bench_env(MOE_BENCH_FAULT="2:hang"), stdout=subprocess.DEVNULL)
+    try:  # batch 1 is stored, batch 2 hangs
+        row = wait_sweep(db, "s-cancel-me", lambda r: r["points_done"] >= 1, "1 point stored", timeout=240,
+                         proc=proc)
+        assert row["shown_state"] == "running", row
         assert main(["cancel", "s-cancel-me", "--db", str(db)]) == 0
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert out == {"ok": True, "sweep_id": "s-cancel-me", "state": "cancelled", "signalled": True}
         assert proc.wait(timeout=30) is not None
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     row = queries.sweep(db, "s-cancel-me")
     assert row["state"] == "cancelled" and row["message"] == "cancelled by the user"

@@ -8,11 +8,8 @@ someone else makes a task wait; a Dask worker killed mid-variant gives error row
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,10 +19,20 @@ from bench import locks
 from bench.cluster.coordinator import LOST_PREFIX, is_lost_point
 from bench.cluster.target import ClusterTarget, parse_cluster
 from bench.errors import BadInputError
-from bench.paths import PROJECT_ROOT
 from bench.runner import SweepRunner
 from bench.spec import load_spec, spec_from_dict, spec_to_toml
 from bench.store import queries
+from tests.helpers.sweeps import (
+    bench_env,
+    cmdline,
+    last_json,
+    parent,
+    run_bench,
+    start_bench,
+    tree,
+    variant_children,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -36,55 +43,14 @@ FLAGS = ["--device", "cpu", "--dtype", "float32", "--prompt-len", "8", "--new-to
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ, MOE_BENCH_LOCK_DIR=str(tmp_path / "locks"), PYTHONUNBUFFERED="1")
-    env.pop("MOE_BENCH_FAULT", None)
-    env.update(extra)
+    env = bench_env(MOE_BENCH_LOCK_DIR=str(tmp_path / "locks"), **extra)
+    if "MOE_BENCH_FAULT" not in extra:
+        env.pop("MOE_BENCH_FAULT", None)
     return env
 
 
 def _bench(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 400):
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env or _env(tmp_path))
-
-
-def _summary(stdout: str) -> dict:
-    return json.loads(stdout.strip().splitlines()[-1])
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return out
-
-
-def _tree(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo += _children(p)
-    return found
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _variant_children(pid: int) -> dict[str, int]:
-    """variant name -> pid of its bench.cluster.child process, among the descendants of `pid`."""
-    out = {}
-    for p in _tree(pid):
-        cmd = _cmdline(p).split()
-        if "bench.cluster.child" in cmd and "--variant" in cmd:
-            out[cmd[cmd.index("--variant") + 1]] = p
-    return out
+    return run_bench(*args, env=env or _env(tmp_path), timeout=timeout)
 
 
 def _points(db: Path) -> list[dict]:
@@ -146,19 +112,22 @@ def test_unreachable_scheduler_is_rc2_within_seconds(tmp_path: Path) -> None:
 def test_local2_stores_every_point_once_in_two_processes_like_a_serial_run(tmp_path: Path) -> None:
     db = tmp_path / "c.duckdb"
     env = _env(tmp_path)
-    # Another sweep holds worker 1's device lock for a few seconds: its task must wait, then run.
+    # Another sweep holds worker 1's device lock: its task must say that it waits, then run once it is free.
     held = locks.try_lock(tmp_path / "locks" / "device-cpu-1.lock", "other sweep pid 1")
     assert held is not None
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "sweep", "--db", str(db), "--cluster", "local:2",
-                             *FLAGS, *VARIANTS], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    log = tmp_path / "c.log"
+    with open(log, "w") as fh:
+        proc = start_bench("sweep", "--db", str(db), "--cluster", "local:2", *FLAGS, *VARIANTS, env=env, stderr=fh)
     try:
-        time.sleep(8)
+        wait_for(lambda: "waiting for cpu-1" in log.read_text(), "a task waiting for worker 1's device lock",
+                 proc=proc, log=log)
+        assert "held by other sweep pid 1" in log.read_text()
     finally:
         held.release()
-    out, err = proc.communicate(timeout=400)
+    out, _ = proc.communicate(timeout=400)
+    err = log.read_text()
     assert proc.returncode == 0, err[-3000:]
-    summary = _summary(out)
+    summary = last_json(out)
     assert summary["statuses"] == {"ok": 4} and summary["points_done"] == 4
     pts = _points(db)
     keys = [(p["name"], p["batch"], p["repeat"]) for p in pts]
@@ -185,27 +154,20 @@ def test_killed_worker_gives_error_rows_for_its_variant_only_and_resume_complete
     env = _env(tmp_path, MOE_BENCH_FAULT="half@2:hang")
     log = tmp_path / "k.log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "bench", "sweep", "--db", str(db), "--cluster", "local:2",
-                                 "--sweep-id", "kill-me", *FLAGS, *VARIANTS], cwd=PROJECT_ROOT,
-                                stdout=subprocess.PIPE, stderr=fh, text=True, env=env)
+        proc = start_bench("sweep", "--db", str(db), "--cluster", "local:2", "--sweep-id", "kill-me", *FLAGS,
+                           *VARIANTS, env=env, stderr=fh)
     try:
-        deadline = time.monotonic() + 300
-
-        def half_started() -> bool:
+        def half_started() -> bool:  # half's batch 1 is stored; batch 2 hangs
             return any(line.startswith("[half @") and "1/2 points" in line for line in log.read_text().splitlines())
 
-        while time.monotonic() < deadline and not half_started():  # half's batch 1 is stored; batch 2 hangs
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.3)
-        child = _variant_children(proc.pid).get("half")
-        assert child, log.read_text()
-        # kill the Dask worker process that runs half (the parent of its variant process)
-        worker = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        os.kill(worker, signal.SIGKILL)
+        wait_for(half_started, "half's first point", proc=proc, log=log)
+        child = wait_for(lambda: variant_children(proc.pid).get("half"), "half's variant process", timeout=30,
+                         proc=proc, log=log)
+        os.kill(parent(child), signal.SIGKILL)  # the Dask worker process that runs half
         proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     text = log.read_text()
     assert proc.returncode == 1, text[-3000:]
     assert not locks.pid_alive(child)  # the variant's process died with its worker
@@ -241,27 +203,24 @@ def test_cancel_from_the_dashboard_stops_every_process_within_5s(tmp_path: Path,
     launch = ui_launch.launch_spec(db, spec_from_dict(raw))
     pids: list[int] = []
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and len(_variant_children(launch.pid)) < 2:
-            assert locks.pid_alive(launch.pid), Path(launch.log_path).read_text()
-            time.sleep(0.3)
-        assert len(_variant_children(launch.pid)) == 2, Path(launch.log_path).read_text()
-        pids = _tree(launch.pid)
-        workers = [p for p in pids if p != launch.pid and "multiprocessing.spawn" in _cmdline(p)]
-        variants = list(_variant_children(launch.pid).values())
-        assert len(workers) == 2, [(p, _cmdline(p)) for p in pids]
+        wait_for(lambda: len(variant_children(launch.pid)) == 2, "both variant processes",
+                 alive=lambda: locks.pid_alive(launch.pid), log=Path(launch.log_path))
+        pids = tree(launch.pid)
+        workers = [p for p in pids if p != launch.pid and "multiprocessing.spawn" in cmdline(p)]
+        variants = list(variant_children(launch.pid).values())
+        assert len(workers) == 2, [(p, cmdline(p)) for p in pids]
         t0 = time.monotonic()
         assert ui_launch.cancel(launch.pid)
         while time.monotonic() - t0 < 5 and any(locks.pid_alive(p) for p in workers + variants):
             time.sleep(0.05)
         killed = time.monotonic() - t0
-        assert not [p for p in workers + variants if locks.pid_alive(p)], [(p, _cmdline(p)) for p in pids]
+        assert not [p for p in workers + variants if locks.pid_alive(p)], [(p, cmdline(p)) for p in pids]
         assert killed < 5.0, killed  # every Dask worker and variant process is gone within 5 s
         while time.monotonic() - t0 < 30 and any(locks.pid_alive(p) for p in pids):
             ui_launch.reap()
             time.sleep(0.1)
         # the coordinator itself records the cancel (a few DuckDB writes) and exits
-        assert not [p for p in pids if locks.pid_alive(p)], [(p, _cmdline(p)) for p in pids]
+        assert not [p for p in pids if locks.pid_alive(p)], [(p, cmdline(p)) for p in pids]
     finally:
         for p in pids or [launch.pid]:
             if locks.pid_alive(p):

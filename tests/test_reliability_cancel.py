@@ -6,70 +6,22 @@ The Cancel button itself is exercised under AppTest in tests/test_app_runs.py; t
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from bench import locks
-from bench.paths import PROJECT_ROOT
 from bench.store import queries
 from bench.ui import launch as ui_launch
+from tests.helpers.sweeps import BASE, cmdline, last_json, run_bench, sweep_spec, tree, variant, wait_sweep
 
 pytestmark = pytest.mark.slow
 
-SPEC = """
-title = "cancel me"
-[sweep]
-prompt_len = 8
-new_tokens = 24
-batch_sizes = [1, 2, 3, 4, 5, 6, 7, 8]
-repeats = 3
-device = "cpu"
-dtype = "float32"
-seed = 0
-[[variants]]
-name = "base"
-model = "synthetic:tiny-moe"
-top_k = 2
-[[variants]]
-name = "half"
-model = "synthetic:tiny-moe"
-top_k = 1
-prune = { experts = 4, method = "first" }
-"""
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of `pid`, from /proc/<pid>/task/*/children."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return out
-
-
-def tree(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo += children(p)
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+SPEC = sweep_spec(BASE, variant("half", top_k=1, experts=4), title="cancel me", batches=range(1, 9), repeats=3,
+                  new_tokens=24)
 
 
 def test_cancel_stops_bench_and_worker_and_keeps_finished_points(tmp_path: Path) -> None:
@@ -79,15 +31,9 @@ def test_cancel_stops_bench_and_worker_and_keeps_finished_points(tmp_path: Path)
     launch = ui_launch.launch_sweep(db, spec)
     pids: list[int] = []
     try:
-        deadline = time.monotonic() + 180
-        row = None
-        while time.monotonic() < deadline:
-            row = queries.sweep(db, launch.sweep_id) if db.exists() else None
-            if row and row["points_done"] >= 2:
-                break
-            assert locks.pid_alive(launch.pid), Path(launch.log_path).read_text()
-            time.sleep(0.3)
-        assert row and row["points_done"] >= 2 and row["shown_state"] == "running", row
+        row = wait_sweep(db, launch.sweep_id, lambda r: r["points_done"] >= 2, "2 points stored", timeout=180,
+                         alive=lambda: locks.pid_alive(launch.pid), log=Path(launch.log_path))
+        assert row["shown_state"] == "running", row
         pids = tree(launch.pid)
         workers = [p for p in pids if p != launch.pid and "multiprocessing" in cmdline(p)]
         assert workers, [(p, cmdline(p)) for p in pids]  # the spawned worker is alive, a child of the bench
@@ -105,10 +51,7 @@ def test_cancel_stops_bench_and_worker_and_keeps_finished_points(tmp_path: Path)
         ui_launch.reap()
         assert not locks.pid_alive(launch.pid)
         # the run that was measuring when the sweep was cancelled says so (not `running` forever)
-        wait = time.monotonic() + 10
-        while time.monotonic() < wait and queries.sweep(db, launch.sweep_id)["shown_state"] != "cancelled":
-            time.sleep(0.2)
-        assert queries.sweep(db, launch.sweep_id)["shown_state"] == "cancelled"
+        wait_sweep(db, launch.sweep_id, lambda r: r["shown_state"] == "cancelled", "shown as cancelled", timeout=10)
         states = dict(zip(queries.runs(db)["name"], queries.runs(db)["state"], strict=True))
         assert "running" not in states.values() and "cancelled" in states.values(), states
     finally:  # on failure, stop what this test started (only the pids of its own launch)
@@ -119,9 +62,9 @@ def test_cancel_stops_bench_and_worker_and_keeps_finished_points(tmp_path: Path)
     row = queries.sweep(db, launch.sweep_id)
     assert row["state"] == "cancelled" and row["shown_state"] == "cancelled", row
     assert row["finished_at"] is not None and row["message"] == "cancelled by the user"
-    ls = subprocess.run([sys.executable, "-m", "bench", "ls", "--json", "--db", str(db)], cwd=PROJECT_ROOT,
-                        capture_output=True, text=True, timeout=60, check=True)
-    assert json.loads(ls.stdout.strip().splitlines()[-1])[0]["state"] == "cancelled"
+    ls = run_bench("ls", "--json", "--db", str(db), timeout=60)
+    assert ls.returncode == 0, ls.stderr
+    assert last_json(ls.stdout)[0]["state"] == "cancelled"
     after = {(r["run_id"], r["batch"], r["repeat"]): (r["finished_at"], r["status"])
              for r in queries.points(db, list(queries.runs(db)["run_id"])).to_dict("records")}
     for key, finished in before.items():  # every point finished before the cancel is still there, unchanged

@@ -10,60 +10,32 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from bench.cli import main
 from bench.locks import try_lock
-from bench.paths import PROJECT_ROOT, device_locks_dir
+from bench.paths import device_locks_dir
 from scripts.soak import check_points, read_all_pages
+from tests.helpers.sweeps import BASE, last_json, rows, run_bench, start_bench, variant, write_spec
 
 pytestmark = pytest.mark.slow
 
-SPEC = """
-title = "concurrency"
-[sweep]
-prompt_len = 8
-new_tokens = 4
-batch_sizes = {batches}
-repeats = {repeats}
-device = "cpu"
-dtype = "float32"
-seed = 0
-warmup = false
-[[variants]]
-name = "base"
-model = "synthetic:tiny-moe"
-top_k = 2
-[[variants]]
-name = "half"
-model = "synthetic:tiny-moe"
-top_k = 1
-prune = {{ experts = 4, method = "first" }}
-"""
+VARIANTS = (BASE, variant("half", top_k=1, experts=4))
 
 
-def write_spec(path: Path, batches: str = "[1, 2, 3]", repeats: int = 2) -> Path:
-    path.write_text(SPEC.format(batches=batches, repeats=repeats))
-    return path
+def spec_file(path: Path, batches: tuple[int, ...] = (1, 2, 3), repeats: int = 2,
+              variants: tuple[str, ...] = VARIANTS) -> Path:
+    return write_spec(path, *variants, title="concurrency", batches=batches, repeats=repeats, warmup=False)
 
 
 def test_readers_see_no_error_and_no_point_is_lost_while_a_sweep_writes(tmp_path: Path, capsys) -> None:
     db = tmp_path / "bench.duckdb"
-    spec = write_spec(tmp_path / "spec.toml")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench", "sweep", "--spec", str(spec), "--db", str(db), "--quiet",
-         "--sweep-id", "s-writer"],
-        cwd=PROJECT_ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )
+    spec = spec_file(tmp_path / "spec.toml")
+    proc = start_bench("sweep", "--spec", str(spec), "--db", str(db), "--quiet", "--sweep-id", "s-writer")
     passes, errors, seen, backwards = 0, [], [], 0
     refused = None
     try:
@@ -83,7 +55,7 @@ def test_readers_see_no_error_and_no_point_is_lost_while_a_sweep_writes(tmp_path
             if refused is None and n >= 1:
                 # a second sweep on the same device but another database file: refused, naming the running sweep
                 other = tmp_path / "other" / "bench.duckdb"
-                code = main(["sweep", "--spec", str(write_spec(tmp_path / "one.toml", "[1]", 1)), "--db", str(other),
+                code = main(["sweep", "--spec", str(spec_file(tmp_path / "one.toml", (1,), 1)), "--db", str(other),
                              "--quiet"])
                 refused = (code, capsys.readouterr().err)
         out, err = proc.communicate(timeout=60)
@@ -98,7 +70,7 @@ def test_readers_see_no_error_and_no_point_is_lost_while_a_sweep_writes(tmp_path
     result = check_points(db, "s-writer")
     assert result["lost"] == 0 and result["present"] == result["planned"] == result["points_done"] == 12
     assert result["statuses"] == {"ok": 12}
-    assert json.loads(out.strip().splitlines()[-1])["points_done"] == 12
+    assert last_json(out)["points_done"] == 12
 
     assert refused is not None
     code, err = refused
@@ -111,17 +83,12 @@ def test_a_gpu_sweep_does_not_block_a_cpu_sweep(tmp_path: Path) -> None:
     assert gpu is not None
     try:
         db = tmp_path / "bench.duckdb"
-        spec = write_spec(tmp_path / "spec.toml", "[1]", 1)
+        spec = spec_file(tmp_path / "spec.toml", (1,), 1, (BASE,))  # one variant: one worker process is enough
         # a subprocess, as a user runs it (an in-process sweep after AppTest tests spawns workers that re-run app.py)
-        res = subprocess.run([sys.executable, "-m", "bench", "sweep", "--spec", str(spec), "--db", str(db), "--quiet",
-                              "--sweep-id", "s-cpu"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+        res = run_bench("sweep", "--spec", str(spec), "--db", str(db), "--quiet", "--sweep-id", "s-cpu", timeout=300)
         code, err = res.returncode, res.stderr
     finally:
         gpu.release()
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        assert con.execute("SELECT state, points_done, device_key FROM sweeps").fetchall() == [("done", 2, "cpu")]
-        failed = con.execute("SELECT error FROM points WHERE status <> 'ok'").fetchall()
-    finally:
-        con.close()
+    assert rows(db, "SELECT state, points_done, device_key FROM sweeps") == [("done", 1, "cpu")]
+    failed = rows(db, "SELECT error FROM points WHERE status <> 'ok'")
     assert code == 0 and failed == [], (err, failed)

@@ -2,61 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from bench.cli import main
 from bench.locks import try_lock
-from bench.paths import PROJECT_ROOT, device_locks_dir
+from bench.paths import device_locks_dir
+from tests.helpers.sweeps import BASE, HALF, bench_env, last_json, rows, run_bench, start_bench, wait_points, write_spec
 
 pytestmark = pytest.mark.slow
 
-SPEC = """
-title = "test sweep"
-[sweep]
-prompt_len = 8
-new_tokens = {new_tokens}
-batch_sizes = {batches}
-repeats = {repeats}
-device = "cpu"
-dtype = "float32"
-seed = 0
-{variants}
-"""
-BASE = '[[variants]]\nname = "base"\nmodel = "synthetic:tiny-moe"\ntop_k = 2\n'
-HALF = ('[[variants]]\nname = "half"\nmodel = "synthetic:tiny-moe"\ntop_k = 2\n'
-        'prune = { experts = 4, method = "first" }\n')
 
-
-def write_spec(tmp_path: Path, variants: str, batches="[1, 2]", repeats=2, new_tokens=6) -> Path:
-    p = tmp_path / "spec.toml"
-    p.write_text(SPEC.format(variants=variants, batches=batches, repeats=repeats, new_tokens=new_tokens))
-    return p
-
-
-def rows(db: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
-def last_json(text: str) -> dict:
-    return json.loads(text.strip().splitlines()[-1])
+def spec_file(tmp_path: Path, *variants: str, batches=(1, 2), repeats=2, new_tokens=6) -> Path:
+    return write_spec(tmp_path / "spec.toml", *variants, batches=batches, repeats=repeats, new_tokens=new_tokens)
 
 
 def test_tiny_sweep_end_to_end_then_rerun(tmp_path, capsys):
     db = tmp_path / "bench.duckdb"
-    spec = write_spec(tmp_path, BASE + HALF)
+    spec = spec_file(tmp_path, BASE, HALF)
     assert main(["sweep", "--spec", str(spec), "--db", str(db)]) == 0
     out, err = capsys.readouterr()
     summary = last_json(out)
@@ -94,7 +63,7 @@ def test_tiny_sweep_end_to_end_then_rerun(tmp_path, capsys):
 
 def test_failed_points_become_rows_and_the_sweep_goes_on(tmp_path, capsys, monkeypatch):
     db = tmp_path / "bench.duckdb"
-    spec = write_spec(tmp_path, BASE, batches="[1, 2, 3, 4]", repeats=2, new_tokens=4)
+    spec = spec_file(tmp_path, BASE, batches=(1, 2, 3, 4), repeats=2, new_tokens=4)
     monkeypatch.setenv("MOE_BENCH_FAULT", "2:oom,3:error")
     assert main(["sweep", "--spec", str(spec), "--db", str(db), "--quiet"]) == 1  # an error row -> exit 1
     summary = last_json(capsys.readouterr().out)
@@ -110,7 +79,7 @@ def test_failed_points_become_rows_and_the_sweep_goes_on(tmp_path, capsys, monke
 @pytest.mark.parametrize(("kind", "reason"), [("exit", "exited with code 3"), ("segfault", "SIGSEGV")])
 def test_worker_death_gives_error_rows_and_other_variants_finish(tmp_path, capsys, monkeypatch, kind, reason):
     db = tmp_path / "bench.duckdb"
-    spec = write_spec(tmp_path, BASE + HALF, batches="[1, 2]", repeats=1, new_tokens=4)
+    spec = spec_file(tmp_path, BASE, HALF, batches=(1, 2), repeats=1, new_tokens=4)
     monkeypatch.setenv("MOE_BENCH_FAULT", f"base@2:{kind}")
     assert main(["sweep", "--spec", str(spec), "--db", str(db), "--quiet"]) == 1
     capsys.readouterr()
@@ -126,44 +95,32 @@ def test_second_sweep_on_a_busy_device_is_refused(tmp_path, capsys):
     db = tmp_path / "bench.duckdb"
     held = try_lock(device_locks_dir() / "device-cpu.lock", "s-running-elsewhere pid 1")
     try:
-        spec = write_spec(tmp_path, BASE)
+        spec = spec_file(tmp_path, BASE)
         assert main(["sweep", "--spec", str(spec), "--db", str(db)]) == 2
         assert "s-running-elsewhere" in capsys.readouterr().err
     finally:
         held.release()
 
 
-def _bench(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=PROJECT_ROOT, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
 def test_kill_9_mid_sweep_then_resume_runs_only_missing_points(tmp_path):
     db = tmp_path / "bench.duckdb"
-    spec = write_spec(tmp_path, BASE, batches="[1, 2, 3, 4]", repeats=2, new_tokens=16)
-    proc = _bench("sweep", "--spec", str(spec), "--db", str(db), "--quiet", "--sweep-id", "s-kill",
-                  env={"MOE_BENCH_FAULT": "3:hang"})  # batch 3 never ends: the kill lands mid-sweep
-    deadline = time.monotonic() + 120
-    done = 0
-    while time.monotonic() < deadline:
-        if db.exists():
-            try:
-                done = rows(db, "SELECT count(*) FROM points")[0][0]
-            except duckdb.Error:
-                done = 0
-            if done >= 4:
-                break
-        time.sleep(0.2)
-    assert done >= 4, proc.communicate(timeout=5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    spec = spec_file(tmp_path, BASE, batches=(1, 2, 3, 4), repeats=2, new_tokens=16)
+    proc = start_bench("sweep", "--spec", str(spec), "--db", str(db), "--quiet", "--sweep-id", "s-kill",
+                       env=bench_env(MOE_BENCH_FAULT="3:hang"))  # batch 3 never ends: the kill lands mid-sweep
+    try:
+        wait_points(db, 4, timeout=120, proc=proc)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
     kept = rows(db, 'SELECT batch, "repeat", finished_at FROM points')
     assert len(kept) == 4  # batches 1 and 2, two repeats each
-    ls = subprocess.run([sys.executable, "-m", "bench", "ls", "--json", "--db", str(db)], cwd=PROJECT_ROOT,
-                        capture_output=True, text=True, check=True)
-    assert json.loads(ls.stdout.strip().splitlines()[-1])[0]["state"] == "crashed"
+    ls = run_bench("ls", "--json", "--db", str(db), timeout=60)
+    assert ls.returncode == 0, ls.stderr
+    assert last_json(ls.stdout)[0]["state"] == "crashed"
 
-    resumed = _bench("sweep", "--resume", "s-kill", "--db", str(db), "--quiet", env={"MOE_BENCH_FAULT": ""})
+    resumed = start_bench("sweep", "--resume", "s-kill", "--db", str(db), "--quiet",
+                          env=bench_env(MOE_BENCH_FAULT=""))
     out, err = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, err
     assert last_json(out)["points_done"] == 8
@@ -186,7 +143,7 @@ def test_worker_never_reruns_the_parents_main_script(tmp_path, capsys, monkeypat
     fake_main.__spec__ = None
     monkeypatch.setitem(sys.modules, "__main__", fake_main)
     db = tmp_path / "bench.duckdb"
-    spec = write_spec(tmp_path, BASE, batches="[1]", repeats=1, new_tokens=4)
+    spec = spec_file(tmp_path, BASE, batches=(1,), repeats=1, new_tokens=4)
     assert main(["sweep", "--spec", str(spec), "--db", str(db), "--quiet"]) == 0
     capsys.readouterr()
     assert not marker.exists()

@@ -17,7 +17,8 @@ from bench.engines.graph.experts import DenseExperts, build_experts
 from bench.engines.graph.ops import TorchOps, TritonOps
 from tests.test_graph_engine import _hf_experts_out, _lively_tiny_model, _near_tie_router
 
-TOKENS = 8  # prompt 10 + 8 > the sliding window of 16: the ring slot logic is exercised
+PROMPT, TOKENS = 13, 5  # 13 + 5 > the sliding window of 16: decode writes position 16, the ring slot logic is
+# exercised (few decode steps: every kernel launch is interpreted in Python)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,8 @@ def gk():
 @pytest.fixture(scope="module")
 def lively():
     model = _lively_tiny_model()
-    ids = torch.randint(2, model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(2, model.config.vocab_size, (2, PROMPT), generator=torch.Generator().manual_seed(1))
+    assert model.config.sliding_window <= PROMPT + TOKENS - 2  # the last decode step writes position 16
     ref = get_engine("hf").generate(model, ids, TOKENS)
     return model, ids, ref
 

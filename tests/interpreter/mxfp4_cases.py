@@ -44,8 +44,8 @@ def test_mxfp4_kernels_match_the_torch_reference(model, tokens, k):
 
 def test_mxfp4_triton_decode_equals_the_reference_tokens(model):
     ids = torch.randint(2, model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(1))
-    ref = get_engine("graph").generate(model, ids, 12)
-    res = get_engine("graph", {"experts": "triton"}).generate(model, ids, 12)
+    ref = get_engine("graph").generate(model, ids, 6)  # 5 decode steps: each interpreted kernel launch is slow
+    res = get_engine("graph", {"experts": "triton"}).generate(model, ids, 6)
     assert ref.tokens.unique().numel() > 4
     assert torch.equal(res.tokens, ref.tokens)
     assert res.distinct_experts == pytest.approx(ref.distinct_experts)
