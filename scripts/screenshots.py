@@ -264,9 +264,13 @@ def take_screenshots(ctx, url: str, db: Path, out: Path) -> list[Path]:
 
 
 def launch_browser(pw, profile: Path):
-    return pw.chromium.launch_persistent_context(
+    ctx = pw.chromium.launch_persistent_context(
         str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, viewport=VIEWPORT,
         accept_downloads=True)
+    # clicks and waits without their own timeout: 90 s, like wait_idle (playwright's 30 s default is too short when
+    # `make test` runs a sweep on the other core of a 2-core box)
+    ctx.set_default_timeout(90_000)
+    return ctx
 
 
 def main(argv: list[str] | None = None) -> int:
