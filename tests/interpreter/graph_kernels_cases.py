@@ -143,3 +143,19 @@ def test_triton_gemv_decoder_tokens(gk, lively):
     model, ids, ref = lively
     res = get_engine("graph", {"kernels": "triton", "experts": "loop", "gemv": True}).generate(model, ids, 4)
     assert torch.equal(res.tokens, ref.tokens[:, :4])
+
+
+@pytest.mark.parametrize("pairs,experts", [(7, 4), (140, 8), (1024, 32)])
+def test_triton_routing_sort_is_a_stable_sort(gk, pairs, experts):
+    """The one-program counting sort of sorted mode equals torch.sort(stable=True) + searchsorted."""
+    flat = torch.randint(0, experts, (pairs,), dtype=torch.int32, generator=torch.Generator().manual_seed(pairs))
+    plan = gk.routing_plan(flat.view(-1, 1).expand(-1, 1).contiguous(), experts)
+    sorted_e, order = torch.sort(flat.long(), stable=True)
+    if pairs > gk.SCAN_MAX_TOKENS:
+        assert torch.equal(plan.rows.long(), order)
+        assert torch.equal(plan.offs.long(), torch.searchsorted(sorted_e, torch.arange(experts + 1)))
+    rows = torch.empty(pairs, dtype=torch.int32)
+    offs = torch.empty(experts + 1, dtype=torch.int32)
+    gk._routing_sort_kernel[(1,)](flat, rows, offs, pairs, experts, PB=gk._p2(pairs), EPAD=gk._p2(experts))
+    assert torch.equal(rows.long(), order)
+    assert torch.equal(offs.long(), torch.searchsorted(sorted_e, torch.arange(experts + 1)))

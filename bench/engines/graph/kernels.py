@@ -20,7 +20,8 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   routing table itself, so no sort is needed (with fewer pairs than experts, program row i takes the i-th distinct
   routed expert: the compact grid); in sorted mode (prefill) rows come from an expert-sorted list.
   `routing_plan` (host side) and `routed_rows` (@triton.jit) are that row logic, shared with any other expert
-  weight format's kernels.
+  weight format's kernels; in decode the sorted list comes from `_routing_sort_kernel` (a one-program counting
+  sort) instead of torch.sort + searchsorted.
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
@@ -425,9 +426,31 @@ MOE_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 
 # H200 (docs/PERF.md): one E32 k4 expert layer at 64 / 128 / 256 tokens 565 / 590 / 612 us with MOE_CONFIG (BM 64:
 # 128 KB of shared memory for 4 stages, one CTA per SM) -> 419 / 444 / 456 us with these tiles (BM 64).
 MOE_CONFIG_BIG: dict[str, tuple[int, int, int, int]] | None = {"gate_up": (64, 64, 4, 3), "down": (64, 64, 4, 3)}
-# M tile in sorted mode (more tokens than SCAN_MAX_TOKENS). 128 is what the measured engine ran (a pick bug in
-# scripts/gpu_perf_graph.py); its own micro-benchmark has 64 faster (444 vs 527 us at 128 tokens): next to measure.
-SORTED_BM = 128
+# M tile in sorted mode (more tokens than SCAN_MAX_TOKENS). 128 was measured end to end first (a pick bug in
+# scripts/gpu_perf_graph.py); the micro-benchmark has 64 faster (444 vs 527 us at 128 tokens, docs/PERF.md).
+SORTED_BM = 64
+# Sorted mode's expert-sorted pair list: "triton" (one program, `_routing_sort_kernel`, up to ROUTING_SORT_MAX_PAIRS
+# pairs: every decode step) or "torch" (torch.sort + searchsorted: 0.74 ms of a batch-256 step on the H200).
+ROUTING_SORT = "triton"
+ROUTING_SORT_MAX_PAIRS = 2048
+
+
+@triton.jit
+def _routing_sort_kernel(flat_ptr, rows_ptr, offs_ptr, P, E, PB: tl.constexpr, EPAD: tl.constexpr):
+    """Stable counting sort of the (token, slot) pairs by expert in one program: rows[offs[e] + r] = the r-th pair
+    routed to e (pair order kept, as a stable torch.sort), offs (E + 1) = each expert's first row."""
+    p = tl.arange(0, PB)
+    pm = p < P
+    pe = tl.load(flat_ptr + p, mask=pm, other=-1)
+    ee = tl.arange(0, EPAD)
+    hit = (pe[None, :] == ee[:, None]).to(tl.int32)  # [EPAD, PB]
+    cnt = tl.sum(hit, axis=1)
+    first = tl.cumsum(cnt, axis=0) - cnt
+    rank = tl.cumsum(hit, axis=1) - 1
+    pos = tl.sum(tl.where(hit > 0, first[:, None] + rank, 0), axis=0)
+    tl.store(rows_ptr + pos, p, mask=pm)
+    tl.store(offs_ptr + ee, first, mask=ee < E)
+    tl.store(offs_ptr + E, tl.sum(cnt, axis=0))
 
 
 @dataclass(frozen=True)
@@ -461,10 +484,17 @@ def routing_plan(topi: torch.Tensor, experts: int, compact: bool = True) -> Rout
         rows = offs = flat
     else:
         bm = SORTED_BM
-        sorted_e, order = torch.sort(flat.to(torch.int64), stable=True)
-        bounds = torch.arange(experts + 1, device=topi.device, dtype=sorted_e.dtype)
-        offs = torch.searchsorted(sorted_e, bounds).to(torch.int32)
-        rows = order.to(torch.int32)
+        if ROUTING_SORT == "triton" and pairs <= ROUTING_SORT_MAX_PAIRS:
+            flat = flat.to(torch.int32)
+            rows = torch.empty((pairs,), dtype=torch.int32, device=topi.device)
+            offs = torch.empty((experts + 1,), dtype=torch.int32, device=topi.device)
+            _routing_sort_kernel[(1,)](flat, rows, offs, pairs, experts, PB=_p2(pairs), EPAD=_p2(experts),
+                                       num_warps=8)
+        else:
+            sorted_e, order = torch.sort(flat.to(torch.int64), stable=True)
+            bounds = torch.arange(experts + 1, device=topi.device, dtype=sorted_e.dtype)
+            offs = torch.searchsorted(sorted_e, bounds).to(torch.int32)
+            rows = order.to(torch.int32)
     return RoutingPlan(flat=flat, rows=rows, offs=offs, pairs=pairs, scan=scan, compact=compact, bm=bm,
                        grid_rows=pairs if compact else experts, pb=_p2(pairs), epad=_p2(experts))
 
