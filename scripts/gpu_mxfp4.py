@@ -52,9 +52,9 @@ NEW = 33
 T0 = time.time()
 LOG: Path | None = None
 CANDIDATES = {
-    "gemv": [(32, 128, 4, 3), (64, 128, 4, 3), (16, 256, 4, 3), (32, 256, 8, 3), (64, 256, 8, 2)],
-    "few": [(64, 128, 4, 3), (64, 256, 4, 3)],
-    "full": [(128, 128, 8, 3), (64, 128, 4, 3), (64, 256, 4, 3), (128, 256, 8, 3)],
+    "gemv": [(16, 256, 4, 3), (8, 256, 4, 3), (16, 512, 4, 3), (16, 256, 2, 3), (8, 512, 4, 2), (16, 128, 4, 3)],
+    "few": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2)],
+    "full": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2), (64, 256, 8, 3), (128, 256, 4, 3)],
 }
 # main's kernel (commit de7112e): the two-MMA loop for every launch with these tiles
 BEFORE = {"gemv_max_tokens": 0, "mma_impl": "mma", "few": {"gate_up": (64, 128, 4, 3), "down": (64, 128, 4, 3)},
@@ -104,12 +104,14 @@ def _time(fn) -> float:
 def set_tables(cfg: dict) -> None:
     mk.GEMV_MAX_TOKENS = int(cfg["gemv_max_tokens"])
     mk.MMA_IMPL = cfg["mma_impl"]
+    mk.GEMV_IMPL = cfg.get("gemv_impl", "gemv")
     for key, table in (("gemv", mk.MXFP4_CONFIG_GEMV), ("few", mk.MXFP4_CONFIG_FEW), ("full", mk.MXFP4_CONFIG)):
         table.update({g: tuple(v) for g, v in cfg.get(key, {}).items()})
 
 
 def current_tables() -> dict:
-    return {"gemv_max_tokens": mk.GEMV_MAX_TOKENS, "mma_impl": mk.MMA_IMPL, "gemv": dict(mk.MXFP4_CONFIG_GEMV),
+    return {"gemv_max_tokens": mk.GEMV_MAX_TOKENS, "mma_impl": mk.MMA_IMPL, "gemv_impl": mk.GEMV_IMPL,
+            "gemv": dict(mk.MXFP4_CONFIG_GEMV),
             "few": dict(mk.MXFP4_CONFIG_FEW), "full": dict(mk.MXFP4_CONFIG)}
 
 
@@ -125,7 +127,7 @@ def probe(model) -> dict:
         topi, topw = _routing(tokens, ex.num_experts, 4, gen)
         inputs[tokens] = (x, topi, topw)
         want = _ref_moe(x, ex, topi, topw).float()
-        for impl in (("gemv", "mma", "scaled") if tokens <= 4 else ("mma", "scaled")):
+        for impl in (("gemv", "gemv2", "mma", "scaled") if tokens <= 4 else ("mma", "scaled")):
             try:
                 cnt = torch.zeros((), dtype=torch.int32, device="cuda")
                 got = _call(x, ex, topi, topw, cnt, impl=impl).float()
@@ -137,8 +139,8 @@ def probe(model) -> dict:
                       "tb": traceback.format_exc()[-1200:]})
     # timing: every (loop, tiles) candidate per GEMM, the other GEMM at the loop's current tile
     results: dict[tuple[int, str], tuple[float, tuple]] = {}
-    plan = [(1, "gemv", "gemv"), (1, "mma", "few"), (1, "scaled", "few"), (4, "gemv", "gemv"),
-            (4, "mma", "few"), (4, "scaled", "few"), (32, "mma", "full"), (32, "scaled", "full")]
+    plan = [(1, "gemv", "gemv"), (1, "gemv2", "gemv"), (1, "scaled", "few"), (4, "gemv", "gemv"),
+            (4, "scaled", "few"), (32, "scaled", "full")]
     for tokens, impl, mode in plan:
         x, topi, topw = inputs[tokens]
         nbytes = per_expert * int(topi.unique().numel())
@@ -183,22 +185,24 @@ def probe(model) -> dict:
     pick["full"] = {**pick["full"], **results[(32, full_impl)][1]}
     few_impl = full_impl if (4, full_impl) in results else "mma"
     pick["few"] = {**pick["few"], **results.get((4, few_impl), (0, {}))[1]}
-    g1, _ = fastest(1, ("gemv", "mma", "scaled"))
-    g4, _ = fastest(4, ("gemv", "mma", "scaled"))
-    pick["gemv_max_tokens"] = 4 if g4 == "gemv" else (1 if g1 == "gemv" else 0)
-    if g1 == "gemv":
-        pick["gemv"] = {**pick["gemv"], **results[(1, "gemv")][1]}
+    g1, _ = fastest(1, ("gemv", "gemv2", "mma", "scaled"))
+    g4, _ = fastest(4, ("gemv", "gemv2", "mma", "scaled"))
+    pick["gemv_max_tokens"] = 4 if g4.startswith("gemv") else (1 if g1.startswith("gemv") else 0)
+    if g1.startswith("gemv"):
+        pick["gemv_impl"] = g1
+        pick["gemv"] = {**pick["gemv"], **results[(1, g1)][1]}
     emit({"sec": "pick", **pick})
     return {"results": {f"{t}|{i}": v for (t, i), v in results.items()}, "pick": pick}
 
 
-def time_case(model, batch: int, k: int, arch, bandwidth: float, label: str, weights: str) -> dict:
+def time_case(model, batch: int, k: int, arch, bandwidth: float, label: str, weights: str,
+              splitk: bool = False) -> dict:
     from bench.roofline import mean_decode_context, roofline_point
 
     set_top_k(model, k)
     ids = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda",
                         generator=torch.Generator("cuda").manual_seed(batch))
-    eng = GraphEngine(GraphOptions())
+    eng = GraphEngine(GraphOptions(splitk=splitk))
     try:
         eng.prepare(model, ids, NEW)
         res = [eng.generate(model, ids, NEW) for _ in range(2)]
@@ -250,6 +254,8 @@ def main() -> int:
     ap.add_argument("--accuracy-batch", type=int, default=32,
                     help="sequences in the accuracy check (96 steps each; 32: 3,072 tokens)")
     ap.add_argument("--perf", default=None, help="arguments for bench perf, run afterwards in this process")
+    ap.add_argument("--bf16-picks", default=None,
+                    help="picks_bf16.json of scripts/gpu_perf_graph.py: its split-K tile (if any) joins 'after'")
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -280,6 +286,13 @@ def main() -> int:
         except Exception as exc:
             emit({"sec": "probe", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
         (out_dir / "tiles.json").write_text(json.dumps(after))  # for MOE_MXFP4_TILES
+    splitk = None
+    if args.bf16_picks and Path(args.bf16_picks).exists():
+        from bench.engines.graph import kernels as gk
+
+        splitk = json.loads(Path(args.bf16_picks).read_text()).get("splitk")
+        if splitk:
+            gk.SPLITK_CONFIG["small"] = tuple(splitk)
     if not args.skip_engine:
         arch = ArchSummary.from_model(model)
         for b, k in ((1, 4), (32, 4), (1, 2), (4, 4)):
@@ -287,7 +300,7 @@ def main() -> int:
                 if left() < 60 + (0 if args.skip_accuracy else 60):
                     break
                 set_tables(cfg)
-                emit(time_case(model, b, k, arch, bandwidth, label, "mxfp4"))
+                emit(time_case(model, b, k, arch, bandwidth, label, "mxfp4", splitk=bool(splitk) and label == "after"))
     set_tables(after)
     if not args.skip_accuracy and left() > 40:
         try:

@@ -6,13 +6,17 @@
 Sections, in order, each skipped once the budget is spent; every record is appended to $OUT/perf_graph.jsonl as it
 is made (so a killed run still returns what it measured):
 1. micro: the expert layer (`kernels.moe`) at 128/256 tokens (sorted mode) with sorted M tile 64 / 128, the tile
-   candidates, and the torch vs Triton routing sort; each timed in a CUDA graph (triton.testing.do_bench_cudagraph,
-   median); the fastest become the "after" engine's tables.
+   candidates, and the torch vs Triton routing sort; at 1 token the tensor-core launch vs the GEMV loop's tiles;
+   qkv and o_proj (24 layers, M = 1) with cuBLAS vs `kernels.splitk_linear` tiles. Each timed in a CUDA graph
+   (triton.testing.do_bench_cudagraph, median); the fastest become the "after" engine's tables
+   ($OUT/picks_bf16.json).
 2. engine: synthetic gpt-oss-20b bf16, prompt 256, 33 new tokens (32 timed steps), best of 2 generations;
-   "before" = the tables main shipped (sorted M tile 128, torch.sort routing), "after" = this commit's (M tile
-   64, Triton counting sort, the picked tiles). Batches <= 64 run scan mode, which neither touches: measured once
-   (before = after). Then the same with the model pruned to its first 16 experts. Roofline % with the measured
-   copy bandwidth and the counted distinct experts (bench/roofline.py).
+   "before" = what main shipped (sorted M tile 128, torch.sort routing, cuBLAS qkv/o_proj, tensor-core experts at
+   batch 1), "after" = this commit's (M tile 64, Triton counting sort, the picked tiles; at batch 1 the split-K
+   qkv/o_proj and the expert GEMV where their micro-benchmarks beat the shipped kernels), with a batch-1
+   ablation. Batches 2..64 run code no change touches: measured once ("same"). Then the same with the model
+   pruned to its first 16 experts. Roofline % with the measured copy bandwidth and the counted distinct experts
+   (bench/roofline.py).
 3. profile: one eager decode step at batch 1 and 256 under torch.profiler (kernel count, time per kernel family).
 4. accuracy: --accuracy-batch sequences x 96 steps: the after engine's tokens vs a float32 HF forward (teacher
    forced), against HF bf16's agreement with the same float32 forward, with a paired test (`paired_agreement`).
@@ -140,6 +144,79 @@ def micro_moe(model) -> dict:
                               "error": repr(exc)[:300]})
     gk.SORTED_BM, gk.ROUTING_SORT = old
     return {"scores": scores, "configs": configs}
+
+
+def micro_splitk(model) -> tuple[int, int, int, int] | None:
+    """qkv and o_proj of all 24 layers at M = 1: F.linear (cuBLAS) against kernels.splitk_linear tiles, plus the
+    consumers' extra reads; returns the fastest tile if it beats cuBLAS on the sum, else None."""
+    layers = model.model.layers
+    mats = {
+        "qkv": [(torch.cat([la.self_attn.q_proj.weight, la.self_attn.k_proj.weight, la.self_attn.v_proj.weight]),
+                 torch.cat([la.self_attn.q_proj.bias, la.self_attn.k_proj.bias, la.self_attn.v_proj.bias]))
+                for la in layers],
+        "o_proj": [(la.self_attn.o_proj.weight, la.self_attn.o_proj.bias) for la in layers],
+    }
+    cands = [(32, 128, 4, 4), (16, 256, 4, 4), (64, 128, 4, 4), (32, 256, 2, 4), (16, 128, 8, 4), (64, 64, 8, 4),
+             (32, 128, 8, 8), (128, 64, 4, 8)]
+    totals: dict[object, float] = {}
+    for name, ws in mats.items():
+        x = torch.randn(1, ws[0][0].shape[1], device="cuda", dtype=torch.bfloat16)
+        nbytes = sum(w.numel() * 2 for w, _ in ws)
+        ms = bench_graph(lambda x=x, ws=ws: [torch.nn.functional.linear(x, w, b) for w, b in ws])
+        totals[None] = totals.get(None, 0.0) + ms
+        emit({"sec": "splitk", "shape": name, "impl": "F.linear", "us": round(ms * 1000, 1),
+              "tb_s": round(nbytes / ms / 1e9, 3)})
+        ref = torch.nn.functional.linear(x, ws[0][0], ws[0][1]).float()
+        for cfg in cands:
+            try:
+                err = ((gk.splitk_linear(x, ws[0][0], ws[0][1], cfg).materialize().float() - ref).norm()
+                       / ref.norm()).item()
+                ms2 = bench_graph(lambda x=x, ws=ws, cfg=cfg: [gk.splitk_linear(x, w, b, cfg) for w, b in ws])
+                emit({"sec": "splitk", "shape": name, "impl": str(cfg), "us": round(ms2 * 1000, 1),
+                      "tb_s": round(nbytes / ms2 / 1e9, 3), "rel_err": err})
+                totals[cfg] = totals.get(cfg, 0.0) + (ms2 if err < 1e-2 else float("inf"))
+            except Exception as exc:
+                totals[cfg] = float("inf")
+                emit({"sec": "splitk", "shape": name, "impl": str(cfg), "error": repr(exc)[:300]})
+    best = min(totals, key=totals.get)
+    emit({"sec": "splitk_pick", "pick": str(best),
+          "totals_us": {str(c): round(t * 1000, 1) for c, t in totals.items()}})
+    return best
+
+
+def micro_moe_gemv(model) -> dict | None:
+    """One layer's expert GEMMs at 1 token (top_k 4, compact): the tensor-core tiles (MOE_CONFIG_FEW) against the
+    GEMV loop's tiles; returns the best GEMV table if it beats the shipped launch, else None."""
+    ex = model.model.layers[0].mlp.experts
+    experts = ex.gate_up_proj.shape[0]
+    x = torch.randn(1, ex.gate_up_proj.shape[1], device="cuda", dtype=torch.bfloat16)
+    topi = torch.randperm(experts, device="cuda")[:4].view(1, 4).to(torch.int32)
+    topw = torch.softmax(torch.randn(1, 4, device="cuda"), -1)
+    args = (x, ex.gate_up_proj, ex.gate_up_proj_bias, ex.down_proj, ex.down_proj_bias, topi, topw, 1.702, 7.0)
+    nbytes = 4 * (ex.gate_up_proj[0].numel() + ex.down_proj[0].numel()) * 2
+    old = gk.MOE_GEMV_MAX_TOKENS
+    gk.MOE_GEMV_MAX_TOKENS = 0
+    ref = gk.moe(*args).float()
+    base = bench_graph(lambda: gk.moe(*args))
+    emit({"sec": "moe_gemv", "impl": "mma (shipped)", "us": round(base * 1000, 1),
+          "tb_s": round(nbytes / base / 1e9, 3)})
+    gk.MOE_GEMV_MAX_TOKENS = 1
+    best, best_ms = None, base
+    for cfg in [(64, 64, 4, 3), (32, 128, 4, 3), (128, 32, 4, 3), (64, 128, 8, 3), (32, 64, 4, 4), (128, 64, 8, 3),
+                (64, 32, 4, 4), (256, 32, 8, 3)]:
+        table = {"gate_up": cfg, "down": cfg}
+        try:
+            err = ((gk.moe(*args, tiles=table).float() - ref).norm() / ref.norm()).item()
+            ms = bench_graph(lambda table=table: gk.moe(*args, tiles=table))
+            emit({"sec": "moe_gemv", "impl": str(cfg), "us": round(ms * 1000, 1), "tb_s": round(nbytes / ms / 1e9, 3),
+                  "rel_err": err})
+            if err < 1e-2 and ms < best_ms:
+                best, best_ms = table, ms
+        except Exception as exc:
+            emit({"sec": "moe_gemv", "impl": str(cfg), "error": repr(exc)[:300]})
+    gk.MOE_GEMV_MAX_TOKENS = old
+    emit({"sec": "moe_gemv_pick", "pick": str(best), "us": round(best_ms * 1000, 1)})
+    return best
 
 
 def time_case(model, batch: int, k: int, opts: GraphOptions, arch, bandwidth: float, label: str) -> dict:
@@ -294,31 +371,60 @@ def main() -> int:
         idx = int(key.split("|")[1])
         big = mo["configs"][idx] or shipped[0]
         emit({"sec": "moe_pick", "cfg": str(big), "scores": {k: round(v * 1000, 1) for k, v in mo["scores"].items()}})
-    opts = GraphOptions()
+    try:
+        gemv_tiles = micro_moe_gemv(model)
+    except Exception as exc:
+        gemv_tiles = None
+        emit({"sec": "moe_gemv", "error": repr(exc)[:400], "tb": traceback.format_exc()[-800:]})
+    try:
+        splitk_cfg = micro_splitk(model)
+    except Exception as exc:
+        splitk_cfg = None
+        emit({"sec": "splitk", "error": repr(exc)[:400], "tb": traceback.format_exc()[-800:]})
+    picks = {"moe_config_big": big, "moe_gemv": gemv_tiles, "splitk": splitk_cfg}
+    (OUT / "picks_bf16.json").write_text(json.dumps(picks, default=list))
+    before = GraphOptions()
+    after = GraphOptions(splitk=splitk_cfg is not None)
 
-    def set_tables(new: bool) -> None:
+    def set_tables(new: bool, gemv: bool | None = None) -> None:
+        gemv = new if gemv is None else gemv
         if new:
             gk.MOE_CONFIG_BIG, gk.SORTED_BM, gk.ROUTING_SORT = dict(big), 64, "triton"
+            if splitk_cfg is not None:
+                gk.SPLITK_CONFIG["small"] = splitk_cfg
         else:  # what main shipped (commit de7112e)
             gk.MOE_CONFIG_BIG, gk.SORTED_BM, gk.ROUTING_SORT = dict(shipped[0]), 128, "torch"
+        gk.MOE_GEMV_MAX_TOKENS = 1 if gemv and gemv_tiles is not None else 0
+        if gemv_tiles is not None:
+            gk.MOE_CONFIG_GEMV.update(gemv_tiles)
 
     def run_cases(cases, arch) -> None:
         for b, k in cases:
-            sorted_mode = b > gk.SCAN_MAX_TOKENS
-            for label, new in ((("before", False), ("after", True)) if sorted_mode else (("same", True),)):
-                if left() < 45:
-                    return
+            if left() < 45:
+                return
+            # 2..64 tokens: scan mode, no change touches it (splitk and the expert gemv are for 1 row): once
+            same = 1 < b <= gk.SCAN_MAX_TOKENS
+            for label, new in ((("same", True),) if same else (("before", False), ("after", True))):
                 set_tables(new)
-                emit(time_case(model, b, k, opts, arch, bandwidth, label))
+                emit(time_case(model, b, k, after if new else before, arch, bandwidth, label))
 
     arch = ArchSummary.from_model(model)
-    run_cases([(1, 4), (1, 2), (128, 4), (256, 4), (8, 4), (32, 4), (64, 4), (8, 2), (32, 2)], arch)
+    run_cases([(1, 4), (1, 2)], arch)
+    # batch-1 ablation: each change alone
+    if left() > 90:
+        set_tables(False, gemv=True)
+        emit(time_case(model, 1, 4, before, arch, bandwidth, "expert gemv only"))
+        if splitk_cfg is not None:
+            set_tables(False, gemv=False)
+            gk.SPLITK_CONFIG["small"] = splitk_cfg
+            emit(time_case(model, 1, 4, after, arch, bandwidth, "splitk only"))
+    run_cases([(128, 4), (256, 4), (8, 4), (32, 4), (64, 4), (8, 2), (32, 2)], arch)
     set_tables(True)
     for b in (1, 256):
         if left() < 60:
             break
         try:
-            emit(profile_case(model, b, 4, opts, "after"))
+            emit(profile_case(model, b, 4, after, "after"))
         except Exception as exc:
             emit({"sec": "profile", "batch": b, "error": repr(exc)[:300]})
     if left() > 90:  # E16: the first 16 experts of every layer (as `bench perf --experts 16`)

@@ -55,6 +55,7 @@ def test_mxfp4_triton_decode_equals_the_reference_tokens(model):
     (1, 2, "gemv", torch.float32),  # batch 1 decode: one row per expert, exact
     (3, 4, "gemv", torch.float32),  # several rows per expert share the decoded weights
     (2, 2, "gemv", torch.bfloat16),  # the CUDA path's fp16 bit-placement decode
+    (3, 2, "gemv2", torch.float32),  # activations loaded in (even, odd) pairs
     (5, 4, "scaled", torch.bfloat16),  # tl.dot_scaled, compact grid
     (70, 2, "scaled", torch.bfloat16),  # tl.dot_scaled, sorted (prefill)
 ])

@@ -97,9 +97,9 @@ def _moe_mxfp4_kernel(
                 tl.atomic_add(cnt_ptr, 1)
     if end > start:
         e64 = e.to(tl.int64)
-        if IMPL == 0:  # gemv (scan mode only; BM >= every expert's row count)
+        if IMPL == 0 or IMPL == 3:  # gemv (scan mode only; BM >= every expert's row count)
             acc = _gemv_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K,
-                             stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST)
+                             stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST, IMPL == 3)
             _epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                       offs_n, nmask, N, GATE_UP, BM, BN)
         else:
@@ -120,8 +120,11 @@ def _moe_mxfp4_kernel(
 
 @triton.jit
 def _gemv_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr,
-               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr):
-    """[BM, BN] fp32 = rows of x (the expert's `end` routed rows) times the expert's N tile, without tensor cores."""
+               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr, PAIRS: tl.constexpr):
+    """[BM, BN] fp32 = rows of x (the expert's `end` routed rows) times the expert's N tile, without tensor cores.
+
+    PAIRS ("gemv2"): the two nibbles of a byte are joined into a trailing pair axis and the activations loaded as
+    [NB, 16, 2] (32 contiguous values a block, vector loads) instead of two stride-2 loads of even / odd values."""
     NB: tl.constexpr = BK // 32  # blocks of 32 weights per iteration
     KG = K // 32
     mm = tl.arange(0, BM)
@@ -148,13 +151,20 @@ def _gemv_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: t
             wlo = _e2m1(byt & 15)
             whi = _e2m1(byt >> 4)
             scale = tl.exp2(sc - 127.0)
+        if PAIRS:
+            w2 = tl.join(wlo, whi)  # [BN, NB, 16, 2]: weight 2j + h of each block
+            xoff2 = (g * 32)[:, None, None] + 2 * j16[None, :, None] + tl.arange(0, 2)[None, None, :]
         xoff = (g * 32)[:, None] + 2 * j16[None, :]
         for r in tl.static_range(BM):
             xr = tl.sum(tl.where(mm == r, xrow, 0), axis=0)
             # rows past `end` read row 0 (scan_rows is 0 there, a valid row) and are masked at the store
-            xe = tl.load(x_ptr + xr * stride_x + xoff, mask=gm[:, None], other=0.0).to(tl.float32)
-            xo = tl.load(x_ptr + xr * stride_x + xoff + 1, mask=gm[:, None], other=0.0).to(tl.float32)
-            s = tl.sum(wlo * xe[None, :, :] + whi * xo[None, :, :], axis=2) * scale  # [BN, NB]
+            if PAIRS:
+                xv = tl.load(x_ptr + xr * stride_x + xoff2, mask=gm[:, None, None], other=0.0).to(tl.float32)
+                s = tl.sum(tl.sum(w2 * xv[None, :, :, :], axis=3), axis=2) * scale
+            else:
+                xe = tl.load(x_ptr + xr * stride_x + xoff, mask=gm[:, None], other=0.0).to(tl.float32)
+                xo = tl.load(x_ptr + xr * stride_x + xoff + 1, mask=gm[:, None], other=0.0).to(tl.float32)
+                s = tl.sum(wlo * xe[None, :, :] + whi * xo[None, :, :], axis=2) * scale  # [BN, NB]
             if BM == 1:
                 part += s[None, :, :]
             else:
@@ -211,18 +221,21 @@ def _mma_tile(x_ptr, wb_base, ws_base, pair, rmask, K, stride_x, offs_n, nmask, 
     return acc
 
 
-IMPLS = {"gemv": 0, "mma": 1, "scaled": 2}
+IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3}
 # Decode with at most this many tokens uses the gemv loop (every expert then has <= this many rows; one M "tile"
-# of p2(tokens) rows, the weights decoded once per program and reused for each row).
-GEMV_MAX_TOKENS = 4
+# of p2(tokens) rows, the weights decoded once per program and reused for each row). H200, one E32 k4 layer
+# (docs/MXFP4.md): 1 token gemv 56 us, scaled 77, mma 120; 4 tokens gemv 275, scaled 175, mma 262.
+GEMV_MAX_TOKENS = 1
 # (BN, BK, num_warps, num_stages) per GEMM; BK is a multiple of 32 (one scale per 32 values).
 # "gemv": decode with <= GEMV_MAX_TOKENS tokens; "few": other compact launches (fewer pairs than experts);
-# "full": every other launch (scan over all experts, or sorted prefill).
-MXFP4_CONFIG_GEMV: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 128, 4, 3), "down": (32, 128, 4, 3)}
-MXFP4_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 128, 8, 3), "down": (128, 128, 8, 3)}
-MXFP4_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 3), "down": (64, 128, 4, 3)}
-# the inner loop of the non-gemv launches on CUDA with bf16 activations ("mma" or "scaled")
-MMA_IMPL = "mma"
+# "full": every other launch (scan over all experts, or sorted prefill). Picked on the H200 (docs/MXFP4.md).
+MXFP4_CONFIG_GEMV: dict[str, tuple[int, int, int, int]] = {"gate_up": (16, 256, 4, 3), "down": (16, 256, 4, 3)}
+MXFP4_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}
+MXFP4_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}
+# the inner loop of the non-gemv launches on CUDA with bf16 activations ("mma" or "scaled"); 32 tokens, one
+# layer: scaled 510 us, mma 787
+MMA_IMPL = "scaled"
+GEMV_IMPL = "gemv"  # or "gemv2" (activations loaded in pairs)
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}}' overrides them
 # (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 TILES_ENV = "MOE_MXFP4_TILES"
@@ -232,6 +245,7 @@ if os.environ.get(TILES_ENV):
     MXFP4_CONFIG_FEW.update({k: tuple(v) for k, v in _tiles.get("few", {}).items()})
     MXFP4_CONFIG.update({k: tuple(v) for k, v in _tiles.get("full", {}).items()})
     MMA_IMPL = _tiles.get("mma_impl", MMA_IMPL)
+    GEMV_IMPL = _tiles.get("gemv_impl", GEMV_IMPL)
     GEMV_MAX_TOKENS = int(_tiles.get("gemv_max_tokens", GEMV_MAX_TOKENS))
 
 
@@ -254,8 +268,9 @@ def moe_mxfp4(
     """Routed MXFP4 experts for x (T, H), routing (T, k) -> weighted per (token, slot) outputs (T*k, H).
 
     gate_up_blocks [E, 2I, H/32, 16], gate_up_scales [E, 2I, H/32], down_blocks [E, H, I/32, 16],
-    down_scales [E, H, I/32] (uint8, contiguous); biases [E, 2I] and [E, H]. impl: "gemv" | "mma" | "scaled"
-    forces the inner loop (tests, benchmarks); None picks it (gemv for <= GEMV_MAX_TOKENS tokens in decode, else
+    down_scales [E, H, I/32] (uint8, contiguous); biases [E, 2I] and [E, H]. impl: "gemv" | "gemv2" | "mma" |
+    "scaled" forces the inner loop (tests, benchmarks); None picks it (GEMV_IMPL for <= GEMV_MAX_TOKENS tokens in
+    decode, else
     MMA_IMPL on CUDA bf16, "mma" otherwise).
     """
     tokens, hidden = x.shape
@@ -264,19 +279,20 @@ def moe_mxfp4(
     plan = routing_plan(topi, experts, compact)
     fast = x.dtype == torch.bfloat16 and x.is_cuda
     if impl is None:
-        impl = "gemv" if plan.scan and tokens <= GEMV_MAX_TOKENS else (MMA_IMPL if fast else "mma")
-    if impl == "gemv" and not plan.scan:
+        impl = GEMV_IMPL if plan.scan and tokens <= GEMV_MAX_TOKENS else (MMA_IMPL if fast else "mma")
+    gemv = impl in ("gemv", "gemv2")
+    if gemv and not plan.scan:
         raise ValueError("the MXFP4 gemv loop is for decode (scan mode) only")
     if impl == "scaled" and x.dtype != torch.bfloat16:
         raise ValueError("the MXFP4 'scaled' loop (tl.dot_scaled) takes bf16 activations")
-    bm = _p2(tokens) if impl == "gemv" else plan.bm
-    if impl != "gemv" and not plan.scan:
+    bm = _p2(tokens) if gemv else plan.bm
+    if not gemv and not plan.scan:
         bm = 64
     act = torch.empty((plan.pairs, n2 // 2), dtype=x.dtype, device=x.device)
     out = torch.empty((plan.pairs, hidden), dtype=x.dtype, device=x.device)
     rw = topw.reshape(-1)
     cnt = counter if counter is not None else plan.flat
-    table = MXFP4_CONFIG_GEMV if impl == "gemv" else (MXFP4_CONFIG_FEW if plan.compact else MXFP4_CONFIG)
+    table = MXFP4_CONFIG_GEMV if gemv else (MXFP4_CONFIG_FEW if plan.compact else MXFP4_CONFIG)
     for name, src, wb, ws, bias, dst, n in (
         ("gate_up", x, gate_up_blocks, gate_up_scales, gate_up_bias, act, n2),
         ("down", act, down_blocks, down_scales, down_bias, out, hidden),
