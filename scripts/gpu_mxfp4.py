@@ -254,6 +254,7 @@ def main() -> int:
     ap.add_argument("--accuracy-batch", type=int, default=32,
                     help="sequences in the accuracy check (96 steps each; 32: 3,072 tokens)")
     ap.add_argument("--perf", default=None, help="arguments for bench perf, run afterwards in this process")
+    ap.add_argument("--e16", action="store_true", help="then E16 at batch 32 (prunes the model: no accuracy after)")
     ap.add_argument("--bf16-picks", default=None,
                     help="picks_bf16.json of scripts/gpu_perf_graph.py: its split-K tile (if any) joins 'after'")
     args = ap.parse_args()
@@ -269,10 +270,11 @@ def main() -> int:
     model = load_model(MODEL, device="cuda", dtype=torch.bfloat16, seed=0).model
     bandwidth = measure_bandwidth("cuda")
     emit({"sec": "env", **report, "bandwidth_gbs": round(bandwidth / 1e9, 1), "load_s": round(time.time() - T0, 1)})
-    if not args.skip_engine:
+    if not args.skip_engine:  # bf16 side by side: main (no split-K) and this commit at batch 1; 32: the same code
         arch = ArchSummary.from_model(model)
-        for b in (1, 32):
-            emit(time_case(model, b, 4, arch, bandwidth, "main", "bf16"))
+        emit(time_case(model, 1, 4, arch, bandwidth, "before", "bf16", splitk=False))
+        emit(time_case(model, 1, 4, arch, bandwidth, "after", "bf16", splitk=True))
+        emit(time_case(model, 32, 4, arch, bandwidth, "same", "bf16", splitk=True))
     t1 = time.time()
     mxfp4.quantize_model(model)
     torch.cuda.empty_cache()
@@ -286,7 +288,7 @@ def main() -> int:
         except Exception as exc:
             emit({"sec": "probe", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
         (out_dir / "tiles.json").write_text(json.dumps(after))  # for MOE_MXFP4_TILES
-    splitk = None
+    splitk = True  # the committed default (GraphOptions.splitk)
     if args.bf16_picks and Path(args.bf16_picks).exists():
         from bench.engines.graph import kernels as gk
 
@@ -301,6 +303,16 @@ def main() -> int:
                     break
                 set_tables(cfg)
                 emit(time_case(model, b, k, arch, bandwidth, label, "mxfp4", splitk=bool(splitk) and label == "after"))
+        if args.e16 and left() > 60:  # E16 at batch 32 (target: >= 1.5x E32), the first 16 experts per layer
+            from bench.models.pruning import prune_model
+
+            prune_model(model, [list(range(16))] * len(model.model.layers))
+            torch.cuda.empty_cache()
+            arch16 = ArchSummary.from_model(model)
+            for label, cfg in (("before", BEFORE), ("after", after)):
+                set_tables(cfg)
+                emit(time_case(model, 32, 4, arch16, bandwidth, label, "mxfp4", splitk=label == "after"))
+            args.skip_accuracy = True  # the accuracy check needs the unpruned model
     set_tables(after)
     if not args.skip_accuracy and left() > 40:
         try:

@@ -1,25 +1,26 @@
 """H200 measurement for issue 12 (one call): kernel micro-benchmarks, the graph engine before/after side by side
 (E32 and E16), a step profile, and the teacher-forced accuracy check against float32 with a paired statistic.
 
-    PYTHONUNBUFFERED=1 python scripts/gpu_perf_graph.py [--budget-s 240] [--accuracy-batch 32]
+    PYTHONUNBUFFERED=1 python scripts/gpu_perf_graph.py [--budget-s 240] [--micro] [--accuracy-only]
+        [--accuracy-batch 32]
 
 Sections, in order, each skipped once the budget is spent; every record is appended to $OUT/perf_graph.jsonl as it
 is made (so a killed run still returns what it measured):
-1. micro: the expert layer (`kernels.moe`) at 128/256 tokens (sorted mode) with sorted M tile 64 / 128, the tile
-   candidates, and the torch vs Triton routing sort; at 1 token the tensor-core launch vs the GEMV loop's tiles;
-   qkv and o_proj (24 layers, M = 1) with cuBLAS vs `kernels.splitk_linear` tiles. Each timed in a CUDA graph
-   (triton.testing.do_bench_cudagraph, median); the fastest become the "after" engine's tables
-   ($OUT/picks_bf16.json).
+1. micro (--micro): the expert layer (`kernels.moe`) at 128/256 tokens (sorted mode) with sorted M tile 64 / 128,
+   the tile candidates, and the torch vs Triton routing sort; qkv and o_proj (24 layers, M = 1) with cuBLAS vs
+   `kernels.splitk_linear` tiles. Each timed in a CUDA graph (triton.testing.do_bench_cudagraph, median); the
+   fastest replace the committed tables in "after" ($OUT/picks_bf16.json). Without --micro, "after" is the
+   committed tables.
 2. engine: synthetic gpt-oss-20b bf16, prompt 256, 33 new tokens (32 timed steps), best of 2 generations;
-   "before" = what main shipped (sorted M tile 128, torch.sort routing, cuBLAS qkv/o_proj, tensor-core experts at
-   batch 1), "after" = this commit's (M tile 64, Triton counting sort, the picked tiles; at batch 1 the split-K
-   qkv/o_proj and the expert GEMV where their micro-benchmarks beat the shipped kernels), with a batch-1
-   ablation. Batches 2..64 run code no change touches: measured once ("same"). Then the same with the model
-   pruned to its first 16 experts. Roofline % with the measured copy bandwidth and the counted distinct experts
-   (bench/roofline.py).
+   "before" = what main shipped (de7112e: sorted M tile 128, torch.sort routing, cuBLAS qkv/o_proj), "after" =
+   this commit's (M tile 64, or 128 past 40 rows per expert; Triton counting sort; sorted-mode tiles; split-K
+   qkv/o_proj at batch 1). Batches 2..64 run code no change touches: measured once ("same"). Then the same with
+   the model pruned to its first 16 experts. Roofline % with the measured copy bandwidth and the counted distinct
+   experts (bench/roofline.py).
 3. profile: one eager decode step at batch 1 and 256 under torch.profiler (kernel count, time per kernel family).
-4. accuracy: --accuracy-batch sequences x 96 steps: the after engine's tokens vs a float32 HF forward (teacher
-   forced), against HF bf16's agreement with the same float32 forward, with a paired test (`paired_agreement`).
+4. accuracy (--accuracy-only): --accuracy-batch sequences x 96 steps: the engine's tokens vs a float32 HF forward
+   (teacher forced), against HF bf16's agreement with the same float32 forward, with a paired test
+   (`paired_agreement`).
 """
 
 from __future__ import annotations
@@ -184,41 +185,6 @@ def micro_splitk(model) -> tuple[int, int, int, int] | None:
     return best
 
 
-def micro_moe_gemv(model) -> dict | None:
-    """One layer's expert GEMMs at 1 token (top_k 4, compact): the tensor-core tiles (MOE_CONFIG_FEW) against the
-    GEMV loop's tiles; returns the best GEMV table if it beats the shipped launch, else None."""
-    ex = model.model.layers[0].mlp.experts
-    experts = ex.gate_up_proj.shape[0]
-    x = torch.randn(1, ex.gate_up_proj.shape[1], device="cuda", dtype=torch.bfloat16)
-    topi = torch.randperm(experts, device="cuda")[:4].view(1, 4).to(torch.int32)
-    topw = torch.softmax(torch.randn(1, 4, device="cuda"), -1)
-    args = (x, ex.gate_up_proj, ex.gate_up_proj_bias, ex.down_proj, ex.down_proj_bias, topi, topw, 1.702, 7.0)
-    nbytes = 4 * (ex.gate_up_proj[0].numel() + ex.down_proj[0].numel()) * 2
-    old = gk.MOE_GEMV_MAX_TOKENS
-    gk.MOE_GEMV_MAX_TOKENS = 0
-    ref = gk.moe(*args).float()
-    base = bench_graph(lambda: gk.moe(*args))
-    emit({"sec": "moe_gemv", "impl": "mma (shipped)", "us": round(base * 1000, 1),
-          "tb_s": round(nbytes / base / 1e9, 3)})
-    gk.MOE_GEMV_MAX_TOKENS = 1
-    best, best_ms = None, base
-    for cfg in [(64, 64, 4, 3), (32, 128, 4, 3), (128, 32, 4, 3), (64, 128, 8, 3), (32, 64, 4, 4), (128, 64, 8, 3),
-                (64, 32, 4, 4), (256, 32, 8, 3)]:
-        table = {"gate_up": cfg, "down": cfg}
-        try:
-            err = ((gk.moe(*args, tiles=table).float() - ref).norm() / ref.norm()).item()
-            ms = bench_graph(lambda table=table: gk.moe(*args, tiles=table))
-            emit({"sec": "moe_gemv", "impl": str(cfg), "us": round(ms * 1000, 1), "tb_s": round(nbytes / ms / 1e9, 3),
-                  "rel_err": err})
-            if err < 1e-2 and ms < best_ms:
-                best, best_ms = table, ms
-        except Exception as exc:
-            emit({"sec": "moe_gemv", "impl": str(cfg), "error": repr(exc)[:300]})
-    gk.MOE_GEMV_MAX_TOKENS = old
-    emit({"sec": "moe_gemv_pick", "pick": str(best), "us": round(best_ms * 1000, 1)})
-    return best
-
-
 def time_case(model, batch: int, k: int, opts: GraphOptions, arch, bandwidth: float, label: str) -> dict:
     from bench.models.pruning import set_top_k
     from bench.roofline import mean_decode_context, roofline_point
@@ -338,6 +304,9 @@ def main() -> int:
                     help="sequences in the accuracy check (96 steps each; 32: 3,104 tokens)")
     ap.add_argument("--accuracy-only", action="store_true", help="only the accuracy check")
     ap.add_argument("--gemv-micro", action="store_true", help="also the dense GEMV micro-benchmark")
+    ap.add_argument("--micro", action="store_true",
+                    help="micro-benchmarks first (sorted-mode tiles, split-K tiles); their picks replace the "
+                         "committed tables in 'after'")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     left = lambda: args.budget_s - (time.time() - T0)  # noqa: E731
@@ -359,50 +328,45 @@ def main() -> int:
             micro_gemv(model)
         except Exception as exc:
             emit({"sec": "gemv", "error": repr(exc)[:400], "tb": traceback.format_exc()[-800:]})
-    try:
-        mo = micro_moe(model)
-    except Exception as exc:
-        mo = {"scores": {}}
-        emit({"sec": "moe", "error": repr(exc)[:400], "tb": traceback.format_exc()[-800:]})
-    shipped = (dict(gk.MOE_CONFIG_BIG), gk.SORTED_BM, gk.ROUTING_SORT)
-    big = shipped[0]
-    if mo["scores"]:
-        key = min((k for k in mo["scores"] if k.endswith("triton") and k.startswith("64|")), key=mo["scores"].get)
-        idx = int(key.split("|")[1])
-        big = mo["configs"][idx] or shipped[0]
-        emit({"sec": "moe_pick", "cfg": str(big), "scores": {k: round(v * 1000, 1) for k, v in mo["scores"].items()}})
-    try:
-        gemv_tiles = micro_moe_gemv(model)
-    except Exception as exc:
-        gemv_tiles = None
-        emit({"sec": "moe_gemv", "error": repr(exc)[:400], "tb": traceback.format_exc()[-800:]})
-    try:
-        splitk_cfg = micro_splitk(model)
-    except Exception as exc:
-        splitk_cfg = None
-        emit({"sec": "splitk", "error": repr(exc)[:400], "tb": traceback.format_exc()[-800:]})
-    picks = {"moe_config_big": big, "moe_gemv": gemv_tiles, "splitk": splitk_cfg}
-    (OUT / "picks_bf16.json").write_text(json.dumps(picks, default=list))
-    before = GraphOptions()
-    after = GraphOptions(splitk=splitk_cfg is not None)
+    mo: dict = {"scores": {}}
+    if args.micro:
+        try:
+            mo = micro_moe(model)
+        except Exception as exc:
+            emit({"sec": "moe", "error": repr(exc)[:400], "tb": traceback.format_exc()[-800:]})
+    committed = (dict(gk.MOE_CONFIG_BIG), gk.SORTED_BM, gk.SORTED_BM_LARGE, gk.ROUTING_SORT,
+                 dict(gk.SPLITK_CONFIG))
+    main_tables = ({"gate_up": (64, 64, 4, 3), "down": (64, 64, 4, 3)}, 128, 128, "torch", dict(gk.SPLITK_CONFIG))
+    picks: dict = {}
+    if args.micro:
+        if mo["scores"]:
+            key = min((k for k in mo["scores"] if k.endswith("triton") and k.startswith("64|")),
+                      key=mo["scores"].get)
+            picks["moe_config_big"] = mo["configs"][int(key.split("|")[1])] or committed[0]
+            emit({"sec": "moe_pick", "cfg": str(picks["moe_config_big"]),
+                  "scores": {k: round(v * 1000, 1) for k, v in mo["scores"].items()}})
+        try:
+            picks["splitk"] = micro_splitk(model)
+        except Exception as exc:
+            emit({"sec": "splitk", "error": repr(exc)[:400], "tb": traceback.format_exc()[-800:]})
+        (OUT / "picks_bf16.json").write_text(json.dumps(picks, default=list))
+    before = GraphOptions(splitk=False)  # main (de7112e) had no split-K linears
+    after = GraphOptions(splitk=picks.get("splitk", True) is not None)
 
-    def set_tables(new: bool, gemv: bool | None = None) -> None:
-        gemv = new if gemv is None else gemv
-        if new:
-            gk.MOE_CONFIG_BIG, gk.SORTED_BM, gk.ROUTING_SORT = dict(big), 64, "triton"
-            if splitk_cfg is not None:
-                gk.SPLITK_CONFIG["small"] = splitk_cfg
-        else:  # what main shipped (commit de7112e)
-            gk.MOE_CONFIG_BIG, gk.SORTED_BM, gk.ROUTING_SORT = dict(shipped[0]), 128, "torch"
-        gk.MOE_GEMV_MAX_TOKENS = 1 if gemv and gemv_tiles is not None else 0
-        if gemv_tiles is not None:
-            gk.MOE_CONFIG_GEMV.update(gemv_tiles)
+    def set_tables(new: bool) -> None:
+        t = committed if new else main_tables
+        gk.MOE_CONFIG_BIG, gk.SORTED_BM, gk.SORTED_BM_LARGE, gk.ROUTING_SORT = dict(t[0]), t[1], t[2], t[3]
+        gk.SPLITK_CONFIG.update(t[4])
+        if new and picks.get("moe_config_big"):
+            gk.MOE_CONFIG_BIG = dict(picks["moe_config_big"])
+        if new and picks.get("splitk"):
+            gk.SPLITK_CONFIG["small"] = tuple(picks["splitk"])
 
     def run_cases(cases, arch) -> None:
         for b, k in cases:
             if left() < 45:
                 return
-            # 2..64 tokens: scan mode, no change touches it (splitk and the expert gemv are for 1 row): once
+            # 2..64 tokens: scan mode, no change touches it (split-K is for 1 row): measured once
             same = 1 < b <= gk.SCAN_MAX_TOKENS
             for label, new in ((("same", True),) if same else (("before", False), ("after", True))):
                 set_tables(new)
@@ -410,14 +374,6 @@ def main() -> int:
 
     arch = ArchSummary.from_model(model)
     run_cases([(1, 4), (1, 2)], arch)
-    # batch-1 ablation: each change alone
-    if left() > 90:
-        set_tables(False, gemv=True)
-        emit(time_case(model, 1, 4, before, arch, bandwidth, "expert gemv only"))
-        if splitk_cfg is not None:
-            set_tables(False, gemv=False)
-            gk.SPLITK_CONFIG["small"] = splitk_cfg
-            emit(time_case(model, 1, 4, after, arch, bandwidth, "splitk only"))
     run_cases([(128, 4), (256, 4), (8, 4), (32, 4), (64, 4), (8, 2), (32, 2)], arch)
     set_tables(True)
     for b in (1, 256):
@@ -431,7 +387,7 @@ def main() -> int:
         prune_model(model, [list(range(16))] * len(model.model.layers))
         torch.cuda.empty_cache()
         arch16 = ArchSummary.from_model(model)
-        run_cases([(128, 4), (256, 4), (8, 4), (32, 4), (64, 4), (8, 2), (32, 2)], arch16)
+        run_cases([(256, 4), (128, 4), (8, 4), (32, 4), (64, 4), (8, 2), (32, 2)], arch16)
     emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
     return 0
 

@@ -24,7 +24,7 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   routed expert: the compact grid); in sorted mode (prefill) rows come from an expert-sorted list.
   `routing_plan` (host side) and `routed_rows` (@triton.jit) are that row logic, shared with any other expert
   weight format's kernels; in decode the sorted list comes from `_routing_sort_kernel` (a one-program counting
-  sort) instead of torch.sort + searchsorted.
+  sort, one program per expert) instead of torch.sort + searchsorted.
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
@@ -107,8 +107,9 @@ def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: 
 
 # Split-K linears for decode steps of <= SPLITK_MAX_ROWS rows (GraphOptions.splitk): (BN, BK, S, num_warps) per
 # weight class; "small" = qkv and o_proj (N < 16384). Their output stays as Partials for the next kernel.
+# H200, 24 layers at M = 1 (docs/PERF.md): qkv 249 -> 241 us, o_proj 289 -> 187 us against cuBLAS.
 SPLITK_MAX_ROWS = 1
-SPLITK_CONFIG: dict[str, tuple[int, int, int, int]] = {"small": (32, 128, 4, 4)}
+SPLITK_CONFIG: dict[str, tuple[int, int, int, int]] = {"small": (16, 256, 4, 4)}
 
 
 def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -514,7 +515,6 @@ def _moe_kernel(
     P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    GEMV: tl.constexpr,
 ):
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
@@ -526,46 +526,28 @@ def _moe_kernel(
             if end > start:
                 tl.atomic_add(cnt_ptr, 1)
     w_base = w_ptr + e * stride_we
-    if GEMV:  # scan mode, one row per expert (BM = 1): CUDA-core FMAs, the K reduction once at the end
-        if end > 0:
-            if GATE_UP:
-                xr = tl.sum(scan_rows, axis=0) // TOPK
-            else:
-                xr = tl.sum(scan_rows, axis=0)
-            acc2 = tl.zeros([BK, BN], dtype=tl.float32)
-            for k0 in range(0, K, BK):
-                offs_k = k0 + tl.arange(0, BK)
-                kmask = offs_k < K
-                a = tl.load(x_ptr + xr * stride_x + offs_k, mask=kmask, other=0.0).to(tl.float32)
-                b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
-                            mask=kmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
-                acc2 += b * a[:, None]
-            acc = tl.sum(acc2, axis=0)[None, :]
-            _moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                          offs_n, nmask, N, GATE_UP, BM, BN)
-    else:
-        for m0 in range(start, end, BM):
-            rm = m0 + mm
-            rmask = rm < end
-            if SCAN:
-                pair = scan_rows
-            else:
-                pair = tl.load(rows_ptr + rm, mask=rmask, other=0)
-            if GATE_UP:
-                xrow = pair // TOPK
-            else:
-                xrow = pair
-            acc = tl.zeros([BM, BN], dtype=tl.float32)
-            for k0 in range(0, K, BK):
-                offs_k = k0 + tl.arange(0, BK)
-                kmask = offs_k < K
-                a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :],
-                            mask=rmask[:, None] & kmask[None, :], other=0.0)
-                b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
-                            mask=kmask[:, None] & nmask[None, :], other=0.0)
-                acc = tl.dot(a, b, acc)
-            _moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                          offs_n, nmask, N, GATE_UP, BM, BN)
+    for m0 in range(start, end, BM):
+        rm = m0 + mm
+        rmask = rm < end
+        if SCAN:
+            pair = scan_rows
+        else:
+            pair = tl.load(rows_ptr + rm, mask=rmask, other=0)
+        if GATE_UP:
+            xrow = pair // TOPK
+        else:
+            xrow = pair
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            offs_k = k0 + tl.arange(0, BK)
+            kmask = offs_k < K
+            a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :],
+                        mask=rmask[:, None] & kmask[None, :], other=0.0)
+            b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
+                        mask=kmask[:, None] & nmask[None, :], other=0.0)
+            acc = tl.dot(a, b, acc)
+        _moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                      offs_n, nmask, N, GATE_UP, BM, BN)
 
 
 # Decode with fewer (token, slot) pairs than experts (batch 1, 2, ...) launches one program row per pair instead of
@@ -579,36 +561,40 @@ MOE_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 
 # the same for M tiles of >= 64 rows (batch >= 33: scan mode with BM 64, sorted mode); None: MOE_CONFIG.
 # H200 (docs/PERF.md): one E32 k4 expert layer at 64 / 128 / 256 tokens 565 / 590 / 612 us with MOE_CONFIG (BM 64:
 # 128 KB of shared memory for 4 stages, one CTA per SM) -> 419 / 444 / 456 us with these tiles (BM 64).
-MOE_CONFIG_BIG: dict[str, tuple[int, int, int, int]] | None = {"gate_up": (64, 64, 4, 3), "down": (64, 64, 4, 3)}
-# M tile in sorted mode (more tokens than SCAN_MAX_TOKENS). 128 was measured end to end first (a pick bug in
-# scripts/gpu_perf_graph.py); the micro-benchmark has 64 faster (444 vs 527 us at 128 tokens, docs/PERF.md).
+# Re-picked on the H200 at 128 / 256 tokens with M tile 64 (docs/PERF.md): gate_up BN 128 (395 / 413 us a layer
+# against 412 / 431 with BN 64).
+MOE_CONFIG_BIG: dict[str, tuple[int, int, int, int]] | None = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)}
+# M tile in sorted mode (more tokens than SCAN_MAX_TOKENS): SORTED_BM while an expert gets at most
+# SORTED_BM_ROWS rows on average (pairs / experts), else SORTED_BM_LARGE, so that most experts still fit one M tile
+# and their weights are read once. H200 (docs/PERF.md): E32 at 128 / 256 tokens (16 / 32 rows per expert) one
+# expert layer 395 / 413 us with M tile 64 against 470 / 493 with 128; E16 at 256 tokens (64 rows per expert) the
+# whole step was slower with 64 (11.06 vs 10.56 ms).
 SORTED_BM = 64
-# Decode with at most this many tokens (one row per routed expert) runs the expert GEMMs without tensor cores
-# (`_moe_kernel` GEMV=True, tiles MOE_CONFIG_GEMV); 0 = off.
-MOE_GEMV_MAX_TOKENS = 0
-MOE_CONFIG_GEMV: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 64, 4, 3), "down": (64, 64, 4, 3)}
-# Sorted mode's expert-sorted pair list: "triton" (one program, `_routing_sort_kernel`, up to ROUTING_SORT_MAX_PAIRS
-# pairs: every decode step) or "torch" (torch.sort + searchsorted: 0.74 ms of a batch-256 step on the H200).
+SORTED_BM_LARGE = 128
+SORTED_BM_ROWS = 40
+# Sorted mode's expert-sorted pair list: "triton" (`_routing_sort_kernel`, one program per expert, up to
+# ROUTING_SORT_MAX_PAIRS pairs: every decode step) or "torch" (torch.sort + searchsorted: 39-40 us a layer at 128 and
+# 256 tokens on the H200, 0.74 ms of a batch-256 step).
 ROUTING_SORT = "triton"
-ROUTING_SORT_MAX_PAIRS = 2048
+ROUTING_SORT_MAX_PAIRS = 4096
 
 
 @triton.jit
-def _routing_sort_kernel(flat_ptr, rows_ptr, offs_ptr, P, E, PB: tl.constexpr, EPAD: tl.constexpr):
-    """Stable counting sort of the (token, slot) pairs by expert in one program: rows[offs[e] + r] = the r-th pair
-    routed to e (pair order kept, as a stable torch.sort), offs (E + 1) = each expert's first row."""
+def _routing_sort_kernel(flat_ptr, rows_ptr, offs_ptr, P, PB: tl.constexpr):
+    """Stable counting sort of the (token, slot) pairs by expert, one program per expert e: rows[offs[e] + r] = the
+    r-th pair routed to e (pair order kept, as a stable torch.sort), offs[e] = pairs routed to lower experts,
+    offs[E] = P."""
+    e = tl.program_id(0)
     p = tl.arange(0, PB)
     pm = p < P
     pe = tl.load(flat_ptr + p, mask=pm, other=-1)
-    ee = tl.arange(0, EPAD)
-    hit = (pe[None, :] == ee[:, None]).to(tl.int32)  # [EPAD, PB]
-    cnt = tl.sum(hit, axis=1)
-    first = tl.cumsum(cnt, axis=0) - cnt
-    rank = tl.cumsum(hit, axis=1) - 1
-    pos = tl.sum(tl.where(hit > 0, first[:, None] + rank, 0), axis=0)
-    tl.store(rows_ptr + pos, p, mask=pm)
-    tl.store(offs_ptr + ee, first, mask=ee < E)
-    tl.store(offs_ptr + E, tl.sum(cnt, axis=0))
+    hit = (pe == e).to(tl.int32)
+    first = tl.sum(((pe < e) & pm).to(tl.int32), axis=0)
+    rank = tl.cumsum(hit, axis=0) - 1
+    tl.store(rows_ptr + first + rank, p, mask=hit > 0)
+    tl.store(offs_ptr + e, first)
+    if e == tl.num_programs(0) - 1:
+        tl.store(offs_ptr + e + 1, P)
 
 
 @dataclass(frozen=True)
@@ -641,13 +627,12 @@ def routing_plan(topi: torch.Tensor, experts: int, compact: bool = True) -> Rout
         bm = max(16, _p2(tokens))
         rows = offs = flat
     else:
-        bm = SORTED_BM
+        bm = SORTED_BM if pairs <= SORTED_BM_ROWS * experts else SORTED_BM_LARGE
         if ROUTING_SORT == "triton" and pairs <= ROUTING_SORT_MAX_PAIRS:
             flat = flat.to(torch.int32)
             rows = torch.empty((pairs,), dtype=torch.int32, device=topi.device)
             offs = torch.empty((experts + 1,), dtype=torch.int32, device=topi.device)
-            _routing_sort_kernel[(1,)](flat, rows, offs, pairs, experts, PB=_p2(pairs), EPAD=_p2(experts),
-                                       num_warps=8)
+            _routing_sort_kernel[(experts,)](flat, rows, offs, pairs, PB=_p2(pairs), num_warps=4)
         else:
             sorted_e, order = torch.sort(flat.to(torch.int64), stable=True)
             bounds = torch.arange(experts + 1, device=topi.device, dtype=sorted_e.dtype)
@@ -684,12 +669,11 @@ def moe(
     out = torch.empty((plan.pairs, hidden), dtype=x.dtype, device=x.device)
     rw = topw.reshape(-1)
     cnt = counter if counter is not None else plan.flat
-    gemv = plan.scan and x.shape[0] <= MOE_GEMV_MAX_TOKENS
     for name, src, w, bias, dst, n in (
         ("gate_up", x, gate_up, gate_up_bias, act, n2),
         ("down", act, down, down_bias, out, hidden),
     ):
-        table = tiles or (MOE_CONFIG_GEMV if gemv else MOE_CONFIG_FEW if plan.compact else
+        table = tiles or (MOE_CONFIG_FEW if plan.compact else
                           (MOE_CONFIG_BIG if plan.bm >= 64 and MOE_CONFIG_BIG else MOE_CONFIG))
         bn, bk, warps, stages = table[name]
         gu = name == "gate_up"
@@ -698,6 +682,6 @@ def moe(
             plan.pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=1 if gemv else plan.bm, BN=bn, BK=bk, GEMV=gemv, num_warps=warps, num_stages=stages,
+            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
         )
     return out

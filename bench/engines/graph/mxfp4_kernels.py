@@ -224,18 +224,18 @@ def _mma_tile(x_ptr, wb_base, ws_base, pair, rmask, K, stride_x, offs_n, nmask, 
 IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3}
 # Decode with at most this many tokens uses the gemv loop (every expert then has <= this many rows; one M "tile"
 # of p2(tokens) rows, the weights decoded once per program and reused for each row). H200, one E32 k4 layer
-# (docs/MXFP4.md): 1 token gemv 56 us, scaled 77, mma 120; 4 tokens gemv 275, scaled 175, mma 262.
+# (docs/MXFP4.md): 1 token gemv2 49 us, gemv 52, scaled 77, mma 120; 4 tokens gemv 275, scaled 174, mma 262.
 GEMV_MAX_TOKENS = 1
 # (BN, BK, num_warps, num_stages) per GEMM; BK is a multiple of 32 (one scale per 32 values).
 # "gemv": decode with <= GEMV_MAX_TOKENS tokens; "few": other compact launches (fewer pairs than experts);
 # "full": every other launch (scan over all experts, or sorted prefill). Picked on the H200 (docs/MXFP4.md).
-MXFP4_CONFIG_GEMV: dict[str, tuple[int, int, int, int]] = {"gate_up": (16, 256, 4, 3), "down": (16, 256, 4, 3)}
+MXFP4_CONFIG_GEMV: dict[str, tuple[int, int, int, int]] = {"gate_up": (16, 512, 4, 3), "down": (16, 512, 4, 3)}
 MXFP4_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}
 MXFP4_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}
 # the inner loop of the non-gemv launches on CUDA with bf16 activations ("mma" or "scaled"); 32 tokens, one
 # layer: scaled 510 us, mma 787
 MMA_IMPL = "scaled"
-GEMV_IMPL = "gemv"  # or "gemv2" (activations loaded in pairs)
+GEMV_IMPL = "gemv2"  # activations loaded in (even, odd) pairs; "gemv": two stride-2 loads
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}}' overrides them
 # (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 TILES_ENV = "MOE_MXFP4_TILES"
