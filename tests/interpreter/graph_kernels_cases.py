@@ -194,14 +194,16 @@ def test_triton_splitk_linear_partials_feed_rope_and_norm(gk):
         torch.testing.assert_close(h2, h1, rtol=1e-5, atol=1e-5)
 
 
-def test_triton_splitk_decode_matches_hf_tokens(lively):
-    """Batch-1 decode with qkv and o_proj as split-K partials (GraphOptions.splitk, the default): the same greedy
-    tokens as hf; with splitk off, the same tokens too."""
+def test_triton_splitk_decode_matches_hf_tokens(gk, lively):
+    """Batch-1 decode with qkv and o_proj as split-K partials (GraphOptions.splitk, the default; batch 1 is where it
+    applies): the same greedy tokens as hf."""
     model, ids, _ = lively
     one = ids[:1]
     ref = get_engine("hf").generate(model, one, TOKENS)
     assert ref.tokens.unique().numel() > 2
-    for splitk in (True, False):
-        res = get_engine("graph", {"kernels": "triton", "experts": "triton", "splitk": splitk}).generate(model, one,
-                                                                                                          TOKENS)
-        assert torch.equal(res.tokens, ref.tokens), splitk
+    eng = get_engine("graph", {"kernels": "triton", "experts": "triton", "splitk": True})
+    res = eng.generate(model, one, TOKENS)
+    lay = eng.decoder.layers[0]
+    x = torch.zeros(1, lay.wqkv.shape[1])
+    assert isinstance(eng.decoder.ops.linear(x, lay.wqkv, lay.bqkv, partials=True), gk.Partials)
+    assert torch.equal(res.tokens, ref.tokens)
