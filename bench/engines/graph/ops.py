@@ -17,11 +17,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from bench.engines.graph.options import GraphOptions
+
+if TYPE_CHECKING:
+    from bench.engines.graph.kernels import Partials
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,8 @@ class TritonOps:
         self.gemv = gemv
         self.splitk = splitk
 
-    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, partials: bool = False):
+    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+               partials: bool = False) -> torch.Tensor | Partials:
         small = w.shape[0] < 16384
         if (partials and self.splitk and small and x.shape[0] <= self.k.SPLITK_MAX_ROWS and x.stride(1) == 1
                 and w.is_contiguous() and self.k.SPLITK_CONFIG.get("small") is not None):
