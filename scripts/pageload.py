@@ -9,7 +9,9 @@ Per page, timed in the page itself (performance.now(), 0 = navigation start), me
   file's mtime was bumped (so every cached query of the dashboard misses, as after a sweep wrote). The server
   process itself is not new: before timing, each page is opened once (`first_view_s` in the JSON: the first view
   after `streamlit run` also imports the page's modules, a once-per-process cost);
-- warm: a second tab of the same context (HTTP cache filled, server caches warm), the same URL.
+- warm: a second tab of the same context (HTTP cache filled, server caches warm), the same URL;
+- switch: in a third tab of that context, on another page, a click on the page's link in the sidebar (in-app
+  navigation: no JavaScript is loaded again, the session is kept) until its script ran and its charts are drawn.
 Marks: `title` (the page's h1 drawn), `idle` (the first script run finished: its script_finished websocket
 message), `traces` (every plotly trace of every chart on the page drawn: the number of `g.trace` groups equals
 the number of visible traces in the figure data; for pages without charts it equals `idle`).
@@ -47,7 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PAGES = ("overview", "scaling", "memory", "compare", "history", "routing", "runs", "export")
-CHART_PAGES = {"overview": 1, "scaling": 2, "memory": 2, "compare": 1, "history": 1}  # charts each page draws at least
+CHART_PAGES = {"overview": 1, "scaling": 2, "memory": 2, "compare": 1, "history": 1}  # charts each page draws
+NAV_TITLES = {p: p.capitalize() for p in PAGES}  # the page list's link texts (app.py)
 EMPTY_APP = 'import streamlit as st\n\nst.title("Empty page")\n'
 # Streamlit + its plotly.js chunk: the same empty page with one one-trace chart (the floor of any chart page)
 EMPTY_CHART_APP = ('import plotly.graph_objects as go\nimport streamlit as st\n\nst.title("Empty page, one chart")\n'
@@ -344,6 +347,33 @@ def _filter_scaling(ctx, url: str, card: str, timeout_s: float = 120) -> dict:
     return out
 
 
+def _switch(ctx, url: str, name: str, charts: int) -> dict:
+    """In-app navigation: on another page of the same tab (JavaScript, plotly.js and the session already loaded),
+    click `name` in the sidebar's page list; time the click until its script ran and its charts are drawn."""
+    start = "export" if charts else "overview"  # a page without charts (or, for one without, another page)
+    page = ctx.new_page()
+    frames: list[bytes] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda p: frames.append(p if isinstance(p, bytes)
+                                                                                    else p.encode())))
+    try:
+        page.goto(f"{url}/{'' if start == 'overview' else start}", wait_until="commit")
+        _settle(page, CHART_PAGES.get(start, 0))
+        link = page.locator('[data-testid="stSidebarNav"] a').filter(has_text=NAV_TITLES[name]).first
+        since = page.evaluate("() => performance.now()")
+        link.click()
+        deadline = time.monotonic() + 120
+        while not any(t > since for t in _finished(page.evaluate("() => window.__pl.msgs"), _decode(frames))):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"switching to {name} ran no script")
+            page.wait_for_timeout(100)
+        _settle(page, charts)
+        pl = page.evaluate("() => window.__pl")
+    finally:
+        page.close()
+    out = _marks(pl["changes"], _finished(pl["msgs"], _decode(frames)), since, charts)
+    return {"idle_s": out["idle_s"], "traces_s": out["traces_s"]}
+
+
 def warm_up(url: str, pages: list[str], browser) -> dict[str, float | None]:
     """Open each page once in a throwaway context: the server imports the page modules (and app.py's background
     import of scipy.stats) on a page's first view after start, which is not what a user waits for on later
@@ -367,7 +397,7 @@ def measure(url: str, pages: list[str], repeats: int, db: Path | None, browser, 
     for name in pages:
         path = "" if name in ("overview", "empty") else name
         n_charts = CHART_PAGES.get(name, 0) if charts is None else charts
-        cold, warm = [], []
+        cold, warm, switch = [], [], []
         for _ in range(repeats):
             if db is not None:
                 os.utime(db)  # a new file version: the dashboard's cached queries miss
@@ -376,10 +406,14 @@ def measure(url: str, pages: list[str], repeats: int, db: Path | None, browser, 
             try:
                 cold.append(_open(ctx, f"{url}/{path}", n_charts))
                 warm.append(_open(ctx, f"{url}/{path}", n_charts))
+                if name in NAV_TITLES:
+                    switch.append(_switch(ctx, url, name, n_charts))
             finally:
                 ctx.close()
         results[name] = {"cold": _median(cold), "warm": _median(warm),
                          "load_avg_1min": round(os.getloadavg()[0], 2)}
+        if switch:
+            results[name]["switch"] = _median(switch)
         print(f"{name}: cold {results[name]['cold']['traces_s']} s, warm {results[name]['warm']['traces_s']} s",
               file=sys.stderr, flush=True)
     return results
@@ -450,8 +484,8 @@ def _fmt(v: object, unit: str = "") -> str:
 def table(report: dict) -> str:
     lines = ["| page | cold: title / idle / traces (s) | warm: title / idle / traces (s) | server script (s) | "
              "AppTest (s) | ws kB | plotly kB | table kB | browser main-thread (s) | CPU s cold: browser / server | "
-             "CPU s warm: browser / server | load (1 min) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+             "CPU s warm: browser / server | in-app switch (s) | load (1 min) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"]
     for name, r in report["pages"].items():
         c, w = r["cold"], r["warm"]
         lines.append(
@@ -460,7 +494,8 @@ def table(report: dict) -> str:
             f"{_fmt(report.get('apptest_s', {}).get(name))} | {_fmt(w['ws_bytes'], 'kB')} | "
             f"{_fmt(w['plotly_bytes'], 'kB')} | {_fmt(w['table_bytes'], 'kB')} | {_fmt(w['browser_main_s'])} | "
             f"{_fmt(c.get('browser_cpu_s'))} / {_fmt(c.get('server_cpu_s'))} | "
-            f"{_fmt(w.get('browser_cpu_s'))} / {_fmt(w.get('server_cpu_s'))} | {_fmt(r.get('load_avg_1min'))} |")
+            f"{_fmt(w.get('browser_cpu_s'))} / {_fmt(w.get('server_cpu_s'))} | "
+            f"{_fmt(r.get('switch', {}).get('traces_s'))} | {_fmt(r.get('load_avg_1min'))} |")
     f = report.get("scaling_filter")
     if f:
         lines.append(f"\nScaling, Card filter → {f['picked']}: redrawn in **{_fmt(f['traces_s'])} s** "

@@ -185,18 +185,26 @@ def price_inputs(runs_df: pd.DataFrame) -> None:
     fams = sorted({cost.card_family(d) for d in runs_df["device_name"]}) if len(runs_df) else []
     st.session_state["_price_families"] = fams
     changed = {}
-    with st.sidebar.expander("Cost: $ per GPU-hour", icon=":material/payments:"):
-        st.caption("Used for $ per million tokens (`$/h ÷ (total tok/s × 3600) × 10⁶`). Defaults: on-demand cloud "
-                   "list prices; set yours.")
-        for fam in fams:
-            key = price_key(fam)
-            share.seed_value(key, cast=lambda v: max(0.0, float(v)))
-            value = st.session_state.get(key)
-            _keep(key, float(value) if value is not None else cost.default_price(fam))
-            st.number_input(f"{fam} ($/h)", min_value=0.0, step=0.1, format="%.2f", key="w_" + key,
-                            on_change=_store, args=(key,))
-            v = st.session_state[key]
-            changed[key] = None if abs(v - cost.default_price(fam)) < 1e-9 else f"{v:g}"
+    for fam in fams:  # a link's prices count whether or not the inputs are drawn
+        key = price_key(fam)
+        share.seed_value(key, cast=lambda v: max(0.0, float(v)))
+        value = st.session_state.get(key)
+        st.session_state[key] = float(value) if value is not None else cost.default_price(fam)
+    # the inputs are drawn only while the expander is open (on_change="rerun"): closed, the sidebar skips a number
+    # input per card family on every page view (docs/PERF.md)
+    box = st.sidebar.expander("Cost: $ per GPU-hour", icon=":material/payments:", key="cost_open", on_change="rerun")
+    if box.open:
+        with box:
+            st.caption("Used for $ per million tokens (`$/h ÷ (total tok/s × 3600) × 10⁶`). Defaults: on-demand "
+                       "cloud list prices; set yours.")
+            for fam in fams:
+                key = price_key(fam)
+                _keep(key, st.session_state[key])
+                st.number_input(f"{fam} ($/h)", min_value=0.0, step=0.1, format="%.2f", key="w_" + key,
+                                on_change=_store, args=(key,))
+    for fam in fams:
+        v = st.session_state[price_key(fam)]
+        changed[price_key(fam)] = None if abs(v - cost.default_price(fam)) < 1e-9 else f"{v:g}"
     share.publish(changed)
 
 
