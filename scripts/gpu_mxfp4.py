@@ -1,21 +1,25 @@
-"""GPU checks of MXFP4 on synthetic gpt-oss-20b: the Triton MXFP4 expert kernels against the torch reference at
-the real shapes, a tile sweep of those kernels, and the teacher-forced accuracy check of the graph engine.
+"""GPU measurement of MXFP4 on synthetic gpt-oss-20b (issue 9), one call: the Triton MXFP4 expert kernels against
+the torch reference at the real shapes, a sweep of their inner loops and tiles, the graph engine before/after side
+by side with bf16, and the teacher-forced accuracy check with a paired statistic.
 
-    PYTHONUNBUFFERED=1 python scripts/gpu_mxfp4.py [--out DIR] [--skip-probe] [--skip-accuracy]
-        [--perf "ARGS for bench perf"]
+    PYTHONUNBUFFERED=1 python scripts/gpu_mxfp4.py [--out DIR] [--budget-s 300] [--accuracy-batch 32]
+        [--skip-probe] [--skip-engine] [--skip-accuracy] [--perf "ARGS for bench perf"]
 
-probe: moe_mxfp4 vs dequantize + torch loop (bf16) for T = 1, 4, 32 tokens (decode) and 300 (prefill, sorted);
-then the (BN, BK, warps, stages) of each GEMM is timed at T=1 (compact grid) and T=32 (full grid), the best are
-set for the rest of the run and written out, with the bytes each call streams and the GB/s it reached.
-
-accuracy (docs/METHOD.md "teacher-forced agreement"): greedy tokens from the graph engine on the MXFP4 model (batch 4,
-prompt 256, 96 steps), then the same sequences through Hugging Face on the dequantized weights in bf16 and in
-float32; reports how often the graph engine's token and HF bf16's argmax equal the float32 argmax. The graph
-engine passes when its agreement is at least HF bf16's.
-
---perf runs `bench perf` in this process afterwards (with the tuned tiles), e.g.
-    --perf "--engines graph --weights bf16,mxfp4 --experts 32,16 --top-k 4 --batch-sizes 1,32"
-Writes mxfp4_check.json to --out (default $OUT or .).
+1. load: the seeded bf16 model; bf16 graph engine at batch 1 and 32 (E32, top_k 4), the side-by-side reference;
+   then the experts are quantized in place (what `weights = "mxfp4"` builds).
+2. probe: `moe_mxfp4` against dequantize + torch loop (bf16) for T = 1, 4, 32 (decode) and 300 (prefill, sorted)
+   in every inner loop that applies (gemv, mma, scaled); then each loop's (BN, BK, warps, stages) per GEMM is timed
+   at T = 1 and 4 (gemv vs the compact MMA launches), and T = 32 (mma vs scaled); the fastest become the module's
+   tables (and tiles.json, the MOE_MXFP4_TILES of later runs).
+3. engine: mxfp4 graph engine "before" (main's kernel: mma loop everywhere, main's tiles) and "after" (the picks),
+   alternately in the same process, batch 1 (top_k 4 and 2), 4 and 32; prompt 256, 33 new tokens (32 timed
+   steps), best of 2; roofline % against the MXFP4 ceiling (every tensor at its own width, U counted).
+4. accuracy (docs/METHOD.md "teacher-forced agreement"): greedy tokens from the graph engine on the MXFP4 model
+   (--accuracy-batch sequences, prompt 256, 96 steps), then the same sequences through HF on the dequantized
+   weights in bf16 and in float32; agreement of each with the float32 argmax and a paired test of the difference
+   (scripts/gpu_perf_graph.paired_agreement: token-level McNemar and sequence-level standard error).
+--perf runs `bench perf` in this process afterwards (with the tuned tiles).
+Every record is appended to DIR/mxfp4.jsonl as it is made; mxfp4_check.json holds the probe and the picks.
 """
 
 from __future__ import annotations
@@ -26,23 +30,44 @@ import os
 import shlex
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench.engines.graph import GraphEngine
+from gpu_perf_graph import hf_argmax, paired_agreement
+
+from bench.engines.graph import GraphEngine, GraphOptions
 from bench.engines.graph import mxfp4_kernels as mk
 from bench.models import mxfp4
 from bench.models.loading import load_model, set_experts_implementation
 from bench.models.pruning import set_top_k
 
 MODEL = "synthetic:gpt-oss-20b"
-TILE_CANDIDATES = {
-    "few": [(32, 128, 4, 3), (64, 128, 4, 3), (64, 256, 4, 3)],
-    "full": [(64, 128, 4, 3), (128, 128, 8, 3), (64, 256, 4, 3)],
+PROMPT = 256
+NEW = 33
+T0 = time.time()
+LOG: Path | None = None
+CANDIDATES = {
+    "gemv": [(16, 256, 4, 3), (8, 256, 4, 3), (16, 512, 4, 3), (16, 256, 2, 3), (8, 512, 4, 2), (16, 128, 4, 3)],
+    "few": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2)],
+    "full": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2), (64, 256, 8, 3), (128, 256, 4, 3)],
 }
+# main's kernel (commit de7112e): the two-MMA loop for every launch with these tiles
+BEFORE = {"gemv_max_tokens": 0, "mma_impl": "mma", "few": {"gate_up": (64, 128, 4, 3), "down": (64, 128, 4, 3)},
+          "full": {"gate_up": (128, 128, 8, 3), "down": (128, 128, 8, 3)}}
+
+
+def emit(rec: dict) -> None:
+    rec = {"t": round(time.time() - T0, 1), **rec}
+    line = json.dumps(rec, default=str)
+    print(line, flush=True)
+    if LOG is not None:
+        with LOG.open("a") as f:
+            f.write(line + "\n")
 
 
 def _ref_moe(x, ex, topi, topw):
@@ -64,144 +89,245 @@ def _routing(tokens: int, experts: int, k: int, gen: torch.Generator):
     return i.to(torch.int32), torch.softmax(v, dim=-1).to(torch.bfloat16)
 
 
-def _call(x, ex, topi, topw, cnt=None):
+def _call(x, ex, topi, topw, cnt=None, impl=None):
     return mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias, ex.down_proj_blocks,
-                        ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha, ex.limit, cnt)
+                        ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha, ex.limit, cnt, impl=impl)
 
 
-def _time(fn, iters: int = 50) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters * 1000  # us
+def _time(fn) -> float:
+    """Median µs of fn replayed in a CUDA graph (launch overhead excluded, as in the engine)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median")) * 1000
+
+
+def set_tables(cfg: dict) -> None:
+    mk.GEMV_MAX_TOKENS = int(cfg["gemv_max_tokens"])
+    mk.MMA_IMPL = cfg["mma_impl"]
+    mk.GEMV_IMPL = cfg.get("gemv_impl", "gemv")
+    for key, table in (("gemv", mk.MXFP4_CONFIG_GEMV), ("few", mk.MXFP4_CONFIG_FEW), ("full", mk.MXFP4_CONFIG)):
+        table.update({g: tuple(v) for g, v in cfg.get(key, {}).items()})
+
+
+def current_tables() -> dict:
+    return {"gemv_max_tokens": mk.GEMV_MAX_TOKENS, "mma_impl": mk.MMA_IMPL, "gemv_impl": mk.GEMV_IMPL,
+            "gemv": dict(mk.MXFP4_CONFIG_GEMV),
+            "few": dict(mk.MXFP4_CONFIG_FEW), "full": dict(mk.MXFP4_CONFIG)}
 
 
 def probe(model) -> dict:
     ex = model.model.layers[0].mlp.experts
     gen = torch.Generator(device="cuda").manual_seed(0)
     hidden = ex.hidden_size
-    checks = []
+    per_expert = sum(getattr(ex, n)[0].numel() for n in ("gate_up_proj_blocks", "gate_up_proj_scales",
+                                                          "down_proj_blocks", "down_proj_scales"))
+    inputs = {}
     for tokens in (1, 4, 32, 300):
         x = torch.randn(tokens, hidden, generator=gen, device="cuda").to(torch.bfloat16)
         topi, topw = _routing(tokens, ex.num_experts, 4, gen)
-        cnt = torch.zeros((), dtype=torch.int32, device="cuda")
-        got = _call(x, ex, topi, topw, cnt).float()
+        inputs[tokens] = (x, topi, topw)
         want = _ref_moe(x, ex, topi, topw).float()
-        rel = ((got - want).norm() / want.norm()).item()
-        checks.append({"tokens": tokens, "rel_l2_err": round(rel, 5),
-                       "max_abs": round((got - want).abs().max().item(), 4), "count": int(cnt),
-                       "distinct": int(topi.unique().numel())})
-        print("probe check", checks[-1], flush=True)
-    per_expert = sum(getattr(ex, n)[0].numel() for n in ("gate_up_proj_blocks", "gate_up_proj_scales",
-                                                          "down_proj_blocks", "down_proj_scales"))
-    tuning = {}
-    for mode, tokens in (("few", 1), ("full", 32)):
-        x = torch.randn(tokens, hidden, generator=gen, device="cuda").to(torch.bfloat16)
-        topi, topw = _routing(tokens, ex.num_experts, 4, gen)
+        for impl in (("gemv", "gemv2", "mma", "scaled") if tokens <= 4 else ("mma", "scaled")):
+            try:
+                cnt = torch.zeros((), dtype=torch.int32, device="cuda")
+                got = _call(x, ex, topi, topw, cnt, impl=impl).float()
+                rel = ((got - want).norm() / want.norm()).item()
+                emit({"sec": "check", "tokens": tokens, "impl": impl, "rel_l2_err": round(rel, 5),
+                      "count": int(cnt), "distinct": int(topi.unique().numel())})
+            except Exception as exc:
+                emit({"sec": "check", "tokens": tokens, "impl": impl, "error": repr(exc)[:400],
+                      "tb": traceback.format_exc()[-1200:]})
+    # timing: every (loop, tiles) candidate per GEMM, the other GEMM at the loop's current tile
+    results: dict[tuple[int, str], tuple[float, tuple]] = {}
+    plan = [(1, "gemv", "gemv"), (1, "gemv2", "gemv"), (1, "scaled", "few"), (4, "gemv", "gemv"),
+            (4, "scaled", "few"), (32, "scaled", "full")]
+    for tokens, impl, mode in plan:
+        x, topi, topw = inputs[tokens]
         nbytes = per_expert * int(topi.unique().numel())
-        table = mk.MXFP4_CONFIG_FEW if mode == "few" else mk.MXFP4_CONFIG
+        table = {"gemv": mk.MXFP4_CONFIG_GEMV, "few": mk.MXFP4_CONFIG_FEW, "full": mk.MXFP4_CONFIG}[mode]
+        saved = dict(table)
         best = {}
-        results = []
         for gemm in ("gate_up", "down"):
             timings = []
-            for cand in TILE_CANDIDATES[mode]:
-                saved = table[gemm]
+            for cand in CANDIDATES[mode]:
                 table[gemm] = cand
                 try:
-                    us = _time(lambda x=x, topi=topi, topw=topw: _call(x, ex, topi, topw))
+                    us = _time(lambda x=x, topi=topi, topw=topw, impl=impl: _call(x, ex, topi, topw, impl=impl))
+                    timings.append((us, cand))
                 except Exception as exc:  # a tile that does not compile (shared memory) is skipped
-                    print(f"  {mode} {gemm} {cand}: {type(exc).__name__}", flush=True)
-                    table[gemm] = saved
-                    continue
-                timings.append((us, cand))
-                table[gemm] = saved
-            us, cand = min(timings)
-            table[gemm] = cand
-            best[gemm] = cand
-            results.append({"gemm": gemm, "timings_us": [(round(t, 1), c) for t, c in sorted(timings)]})
-        us = _time(lambda x=x, topi=topi, topw=topw: _call(x, ex, topi, topw))
-        tuning[mode] = {"tokens": tokens, "best": best, "us_per_layer": round(us, 2), "bytes": nbytes,
-                        "gb_s": round(nbytes / us / 1e3, 1), "sweep": results}
-        print("probe tuning", mode, json.dumps({k: v for k, v in tuning[mode].items() if k != "sweep"}), flush=True)
-    return {"checks": checks, "tuning": tuning}
+                    emit({"sec": "tile", "tokens": tokens, "impl": impl, "gemm": gemm, "cand": cand,
+                          "error": repr(exc)[:200]})
+            table[gemm] = saved[gemm]
+            if timings:
+                us, cand = min(timings)
+                table[gemm] = best[gemm] = cand
+                emit({"sec": "tile", "tokens": tokens, "impl": impl, "gemm": gemm,
+                      "timings_us": [(round(t, 1), c) for t, c in sorted(timings)]})
+        try:
+            us = _time(lambda x=x, topi=topi, topw=topw, impl=impl: _call(x, ex, topi, topw, impl=impl))
+        except Exception:
+            us = float("inf")
+        results[(tokens, impl)] = (us, best)
+        emit({"sec": "layer", "tokens": tokens, "impl": impl, "best": best, "us_per_layer": round(us, 2),
+              "bytes": nbytes, "gb_s": round(nbytes / us / 1e3, 1)})
+        table.clear()
+        table.update(saved)
+    # picks: gemv vs the compact MMA launches at 1 and 4 tokens; mma vs scaled at 32
+    pick = current_tables()
+
+    def fastest(tokens: int, impls: tuple[str, ...]) -> tuple[str, float]:
+        cands = [(results[(tokens, i)][0], i) for i in impls if (tokens, i) in results]
+        us, impl = min(cands)
+        return impl, us
+
+    full_impl, _ = fastest(32, ("mma", "scaled"))
+    pick["mma_impl"] = full_impl
+    pick["full"] = {**pick["full"], **results[(32, full_impl)][1]}
+    few_impl = full_impl if (4, full_impl) in results else "mma"
+    pick["few"] = {**pick["few"], **results.get((4, few_impl), (0, {}))[1]}
+    g1, _ = fastest(1, ("gemv", "gemv2", "mma", "scaled"))
+    g4, _ = fastest(4, ("gemv", "gemv2", "mma", "scaled"))
+    pick["gemv_max_tokens"] = 4 if g4.startswith("gemv") else (1 if g1.startswith("gemv") else 0)
+    if g1.startswith("gemv"):
+        pick["gemv_impl"] = g1
+        pick["gemv"] = {**pick["gemv"], **results[(1, g1)][1]}
+    emit({"sec": "pick", **pick})
+    return {"results": {f"{t}|{i}": v for (t, i), v in results.items()}, "pick": pick}
 
 
-def accuracy(model, batch: int = 4, prompt_len: int = 256, steps: int = 96) -> dict:
+def time_case(model, batch: int, k: int, arch, bandwidth: float, label: str, weights: str,
+              splitk: bool = False) -> dict:
+    from bench.roofline import mean_decode_context, roofline_point
+
+    set_top_k(model, k)
+    ids = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda",
+                        generator=torch.Generator("cuda").manual_seed(batch))
+    eng = GraphEngine(GraphOptions(splitk=splitk))
+    try:
+        eng.prepare(model, ids, NEW)
+        res = [eng.generate(model, ids, NEW) for _ in range(2)]
+        r = min(res, key=lambda r: r.decode_s)
+        tps = batch * (NEW - 1) / r.decode_s
+        ceil = roofline_point(arch, batch, k, mean_decode_context(PROMPT, NEW), bandwidth,
+                              distinct=r.distinct_experts).ceiling_tps
+        return {"sec": "engine", "weights": weights, "label": label, "experts": arch.num_experts, "batch": batch,
+                "top_k": k, "ms_step": round(1000 * r.decode_s / (NEW - 1), 3), "tok_s": round(tps, 1),
+                "ceiling_tok_s": round(ceil, 1), "roofline_pct": round(100 * tps / ceil, 1), "U": r.distinct_experts,
+                "spread_pct": round(100 * (max(x.decode_s for x in res) / r.decode_s - 1), 2)}
+    except Exception as exc:
+        return {"sec": "engine", "weights": weights, "label": label, "batch": batch, "top_k": k,
+                "error": repr(exc)[:400], "tb": traceback.format_exc()[-800:]}
+    finally:
+        eng.release()
+
+
+def accuracy(model, batch: int, steps: int = 96) -> dict:
     """Teacher-forced agreement with the float32 argmax: the graph engine (MXFP4) and HF bf16 (dequantized)."""
     set_top_k(model, 4)
-    torch.manual_seed(1)
-    ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), device="cuda")
+    ids = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda",
+                        generator=torch.Generator("cuda").manual_seed(1))
     eng = GraphEngine()
-    t0 = time.time()
-    res = eng.generate(model, ids, steps)
+    toks = eng.generate(model, ids, steps).tokens.to("cuda")
     eng.release()
-    toks = res.tokens.to("cuda")
     full = torch.cat([ids, toks], dim=1)
-    print(f"accuracy: graph generated {tuple(toks.shape)} in {time.time() - t0:.1f}s", flush=True)
     mxfp4.dequantize_model(model, torch.bfloat16)
     torch.cuda.empty_cache()
-
-    def argmaxes() -> torch.Tensor:
-        with torch.inference_mode():
-            logits = model(full[:, :-1]).logits[:, prompt_len - 1 :]
-        return logits.argmax(-1)
-
+    sl = slice(PROMPT - 1, PROMPT - 1 + steps)
     set_experts_implementation(model, "grouped_mm")
-    bf16 = argmaxes()
+    bf16 = hf_argmax(model, full[:, :-1], sl)
     model.float()
     torch.cuda.empty_cache()
     set_experts_implementation(model, "eager")
-    fp32 = argmaxes()
-    graph_agree = (toks == fp32).float().mean().item()
-    bf16_agree = (bf16 == fp32).float().mean().item()
-    out = {"batch": batch, "prompt_len": prompt_len, "steps": steps,
-           "graph_mxfp4_vs_fp32": round(graph_agree, 4), "hf_bf16_vs_fp32": round(bf16_agree, 4),
-           "graph_vs_hf_bf16": round((toks == bf16).float().mean().item(), 4),
-           "pass": graph_agree >= bf16_agree}
-    print("accuracy", json.dumps(out), flush=True)
-    return out
+    fp32 = hf_argmax(model, full[:, :-1], sl)
+    return {"sec": "accuracy", "weights": "mxfp4", "batch": batch, "prompt_len": PROMPT, "steps": steps,
+            **paired_agreement(toks, bf16, fp32)}
 
 
 def main() -> int:
+    global LOG
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--budget-s", type=float, default=300)
     ap.add_argument("--skip-probe", action="store_true")
+    ap.add_argument("--skip-engine", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
-    ap.add_argument("--accuracy-batch", type=int, default=4,
-                    help="sequences in the accuracy check (4: one standard error ~2 points; 16: ~1)")
+    ap.add_argument("--accuracy-batch", type=int, default=32,
+                    help="sequences in the accuracy check (96 steps each; 32: 3,072 tokens)")
     ap.add_argument("--perf", default=None, help="arguments for bench perf, run afterwards in this process")
+    ap.add_argument("--e16", action="store_true", help="then E16 at batch 32 (prunes the model: no accuracy after)")
+    ap.add_argument("--bf16-picks", default=None,
+                    help="picks_bf16.json of scripts/gpu_perf_graph.py: its split-K tile (if any) joins 'after'")
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    t0 = time.time()
-    loaded = load_model(MODEL, device="cuda", dtype=torch.bfloat16, seed=0, weights="mxfp4")
-    torch.cuda.synchronize()
-    report["load_quantize_s"] = round(time.time() - t0, 2)
-    report["allocated_after_load_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
-    print("loaded", report, flush=True)
+    LOG = out_dir / "mxfp4.jsonl"
+    left = lambda: args.budget_s - (time.time() - T0)  # noqa: E731
+    from bench.measure.bandwidth import measure_bandwidth
+    from bench.roofline import ArchSummary
+
+    report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                    "commit": os.environ.get("MOE_BENCH_GIT_COMMIT")}
+    model = load_model(MODEL, device="cuda", dtype=torch.bfloat16, seed=0).model
+    bandwidth = measure_bandwidth("cuda")
+    emit({"sec": "env", **report, "bandwidth_gbs": round(bandwidth / 1e9, 1), "load_s": round(time.time() - T0, 1)})
+    if not args.skip_engine:  # bf16 side by side: main (no split-K) and this commit at batch 1; 32: the same code
+        arch = ArchSummary.from_model(model)
+        emit(time_case(model, 1, 4, arch, bandwidth, "before", "bf16", splitk=False))
+        emit(time_case(model, 1, 4, arch, bandwidth, "after", "bf16", splitk=True))
+        emit(time_case(model, 32, 4, arch, bandwidth, "same", "bf16", splitk=True))
+    t1 = time.time()
+    mxfp4.quantize_model(model)
+    torch.cuda.empty_cache()
+    emit({"sec": "quantize", "s": round(time.time() - t1, 1),
+          "allocated_gib": round(torch.cuda.memory_allocated() / 2**30, 2)})
+    after = current_tables()
     if not args.skip_probe:
-        report["probe"] = probe(loaded.model)
-        report["tiles"] = {"few": dict(mk.MXFP4_CONFIG_FEW), "full": dict(mk.MXFP4_CONFIG)}
-        (out_dir / "tiles.json").write_text(json.dumps(report["tiles"]))  # for MOE_MXFP4_TILES
-    if not args.skip_accuracy:
-        report["accuracy"] = accuracy(loaded.model, batch=args.accuracy_batch)
-    del loaded
+        try:
+            report["probe"] = probe(model)
+            after = report["probe"]["pick"]
+        except Exception as exc:
+            emit({"sec": "probe", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
+        (out_dir / "tiles.json").write_text(json.dumps(after))  # for MOE_MXFP4_TILES
+    splitk = True  # the committed default (GraphOptions.splitk)
+    if args.bf16_picks and Path(args.bf16_picks).exists():
+        from bench.engines.graph import kernels as gk
+
+        splitk = json.loads(Path(args.bf16_picks).read_text()).get("splitk")
+        if splitk:
+            gk.SPLITK_CONFIG["small"] = tuple(splitk)
+    if not args.skip_engine:
+        arch = ArchSummary.from_model(model)
+        for b, k in ((1, 4), (32, 4), (1, 2), (4, 4)):
+            for label, cfg in (("before", BEFORE), ("after", after)):
+                if left() < 60 + (0 if args.skip_accuracy else 60):
+                    break
+                set_tables(cfg)
+                emit(time_case(model, b, k, arch, bandwidth, label, "mxfp4", splitk=bool(splitk) and label == "after"))
+        if args.e16 and left() > 60:  # E16 at batch 32 (target: >= 1.5x E32), the first 16 experts per layer
+            from bench.models.pruning import prune_model
+
+            prune_model(model, [list(range(16))] * len(model.model.layers))
+            torch.cuda.empty_cache()
+            arch16 = ArchSummary.from_model(model)
+            for label, cfg in (("before", BEFORE), ("after", after)):
+                set_tables(cfg)
+                emit(time_case(model, 32, 4, arch16, bandwidth, label, "mxfp4", splitk=label == "after"))
+            args.skip_accuracy = True  # the accuracy check needs the unpruned model
+    set_tables(after)
+    if not args.skip_accuracy and left() > 40:
+        try:
+            emit(accuracy(model, batch=args.accuracy_batch))
+        except Exception as exc:
+            emit({"sec": "accuracy", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
+    del model
     torch.cuda.empty_cache()
     (out_dir / "mxfp4_check.json").write_text(json.dumps(report, indent=1, default=str))
-    rc = 0
+    emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
     if args.perf:
         from bench.commands.perf import main as perf_main
 
-        rc = perf_main(shlex.split(args.perf))
-    acc = report.get("accuracy")
-    return rc or (1 if acc and not acc["pass"] else 0)
+        return perf_main(shlex.split(args.perf))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,19 +1,26 @@
-"""H200 measurement for issue 12 (one call): kernel micro-benchmarks, the graph engine before/after side by side,
-a step profile, and the teacher-forced accuracy check against float32.
+"""H200 measurement for issue 12 (one call): kernel micro-benchmarks, the graph engine before/after side by side
+(E32 and E16), a step profile, and the teacher-forced accuracy check against float32 with a paired statistic.
 
-    PYTHONUNBUFFERED=1 python scripts/gpu_perf_graph.py [--budget-s 240]
+    PYTHONUNBUFFERED=1 python scripts/gpu_perf_graph.py [--budget-s 240] [--micro] [--accuracy-only]
+        [--accuracy-batch 32]
 
-Sections, in order of importance, each skipped once the budget is spent; every record is appended to
-$OUT/perf_graph.jsonl as it is made (so a killed run still returns what it measured):
-1. micro: the Triton GEMV (qkv, o_proj, lm_head over all 24 layers' weights, M = 1 and 8) against F.linear, and the
-   expert GEMM tiles at 64/128/256 tokens, each timed in a CUDA graph (triton.testing.do_bench_cudagraph, median);
-   the fastest choices become the "after" engine's tables.
+Sections, in order, each skipped once the budget is spent; every record is appended to $OUT/perf_graph.jsonl as it
+is made (so a killed run still returns what it measured):
+1. micro (--micro): the expert layer (`kernels.moe`) at 128/256 tokens (sorted mode) with sorted M tile 64 / 128,
+   the tile candidates, and the torch vs Triton routing sort; qkv and o_proj (24 layers, M = 1) with cuBLAS vs
+   `kernels.splitk_linear` tiles. Each timed in a CUDA graph (triton.testing.do_bench_cudagraph, median); the
+   fastest replace the committed tables in "after" ($OUT/picks_bf16.json). Without --micro, "after" is the
+   committed tables.
 2. engine: synthetic gpt-oss-20b bf16, prompt 256, 33 new tokens (32 timed steps), best of 2 generations;
-   "before" = GraphOptions() with the shipped tables, "after" = gemv on + the picked tiles + the split router up to
-   256 tokens; roofline % with the measured copy bandwidth and the counted distinct experts (bench/roofline.py).
-3. accuracy: batch 4, 96 steps: the after engine's tokens vs a float32 HF forward (teacher forced), against HF
-   bf16's agreement with the same float32 forward (pass: graph >= HF bf16).
-4. profile: one eager decode step per case under torch.profiler (kernel count and time per kernel family).
+   "before" = what main shipped (de7112e: sorted M tile 128, torch.sort routing, cuBLAS qkv/o_proj), "after" =
+   this commit's (M tile 64, or 128 past 40 rows per expert; Triton counting sort; sorted-mode tiles; split-K
+   qkv/o_proj at batch 1). Batches 2..64 run code no change touches: measured once ("same"). Then the same with
+   the model pruned to its first 16 experts. Roofline % with the measured copy bandwidth and the counted distinct
+   experts (bench/roofline.py).
+3. profile: one eager decode step at batch 1 and 256 under torch.profiler (kernel count, time per kernel family).
+4. accuracy (--accuracy-only): --accuracy-batch sequences x 96 steps: the engine's tokens vs a float32 HF forward
+   (teacher forced), against HF bf16's agreement with the same float32 forward, with a paired test
+   (`paired_agreement`).
 """
 
 from __future__ import annotations
@@ -98,47 +105,89 @@ def micro_gemv(model) -> dict:
 
 
 def micro_moe(model) -> dict:
+    """One layer's expert GEMMs at 128 / 256 tokens (sorted mode): M tile x tiles x routing sort; scores summed."""
     ex = model.model.layers[0].mlp.experts
+    experts = ex.gate_up_proj.shape[0]
     configs = [None, {"gate_up": (64, 64, 4, 3), "down": (64, 64, 4, 3)},
                {"gate_up": (128, 64, 8, 3), "down": (64, 64, 8, 3)},
-               {"gate_up": (64, 128, 8, 3), "down": (32, 128, 8, 3)}]
+               {"gate_up": (64, 64, 4, 4), "down": (64, 64, 4, 4)},
+               {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)}]
     scores: dict[str, float] = {}
-    last_ms: dict[int, float] = {}
-    for tokens in (64, 128, 256):
+    old = (gk.SORTED_BM, gk.ROUTING_SORT)
+    for tokens in (128, 256):
         x = torch.randn(tokens, ex.gate_up_proj.shape[1], device="cuda", dtype=torch.bfloat16)
-        topi = torch.stack([torch.randperm(32, device="cuda")[:4] for _ in range(tokens)]).to(torch.int32)
+        topi = torch.stack([torch.randperm(experts, device="cuda")[:4] for _ in range(tokens)]).to(torch.int32)
         topw = torch.softmax(torch.randn(tokens, 4, device="cuda"), -1)
         args = (x, ex.gate_up_proj, ex.gate_up_proj_bias, ex.down_proj, ex.down_proj_bias, topi, topw, 1.702, 7.0)
-        ref = gk.moe(*args)
+        gk.SORTED_BM, gk.ROUTING_SORT = old
+        ref = gk.moe(*args).float()
         used = topi.unique().numel()
         nbytes = used * (ex.gate_up_proj[0].numel() + ex.down_proj[0].numel()) * 2
-        for sbm in (64, 128):  # 64 first: its scan-mode times also count for 128 (no sorted tile at 64 tokens)
-            for i, cfg in enumerate(configs):
-                if sbm != 64 and (tokens <= gk.SCAN_MAX_TOKENS or i == 0):
-                    if tokens <= gk.SCAN_MAX_TOKENS and i and f"64|{i}" in scores:  # scan: no sorted M tile
-                        scores[f"{sbm}|{i}"] = scores.get(f"{sbm}|{i}", 0.0) + last_ms[i]
-                    continue
-                old = gk.SORTED_BM
-                gk.SORTED_BM = sbm
-                try:
-                    err = (gk.moe(*args, tiles=cfg).float() - ref.float()).norm() / ref.float().norm()
-                    ms = bench_graph(lambda cfg=cfg, args=args: gk.moe(*args, tiles=cfg))
-                    emit({"sec": "moe", "tokens": tokens, "sorted_bm": sbm, "cfg": str(cfg), "us": round(ms * 1000, 1),
-                          "tb_s": round(nbytes / ms / 1e9, 3), "rel_err": float(err)})
-                    last_ms[i] = ms / (tokens / 64)
-                    if err < 1e-2:
-                        key = f"{sbm}|{i}"
-                        scores[key] = scores.get(key, 0.0) + ms / (tokens / 64)
-                except Exception as exc:
-                    emit({"sec": "moe", "tokens": tokens, "sorted_bm": sbm, "cfg": str(cfg), "error": repr(exc)[:300]})
-                finally:
-                    gk.SORTED_BM = old
+        for sort in ("torch", "triton"):
+            gk.ROUTING_SORT = sort
+            ms = bench_graph(lambda topi=topi: gk.routing_plan(topi, experts))
+            emit({"sec": "routing_sort", "tokens": tokens, "sort": sort, "us": round(ms * 1000, 1)})
+            for sbm in (64, 128):
+                for i, cfg in enumerate(configs):
+                    if sort == "torch" and i > 1:
+                        continue  # the sort's effect is the same for every tile: two suffice
+                    gk.SORTED_BM = sbm
+                    key = f"{sbm}|{i}|{sort}"
+                    try:
+                        err = ((gk.moe(*args, tiles=cfg).float() - ref).norm() / ref.norm()).item()
+                        ms = bench_graph(lambda cfg=cfg, args=args: gk.moe(*args, tiles=cfg))
+                        emit({"sec": "moe", "tokens": tokens, "sorted_bm": sbm, "sort": sort, "cfg": str(cfg),
+                              "us": round(ms * 1000, 1), "tb_s": round(nbytes / ms / 1e9, 3), "rel_err": err})
+                        scores[key] = scores.get(key, 0.0) + (ms if err < 1e-2 else float("inf"))
+                    except Exception as exc:
+                        scores[key] = float("inf")
+                        emit({"sec": "moe", "tokens": tokens, "sorted_bm": sbm, "cfg": str(cfg),
+                              "error": repr(exc)[:300]})
+    gk.SORTED_BM, gk.ROUTING_SORT = old
     return {"scores": scores, "configs": configs}
+
+
+def micro_splitk(model) -> tuple[int, int, int, int] | None:
+    """qkv and o_proj of all 24 layers at M = 1: F.linear (cuBLAS) against kernels.splitk_linear tiles, plus the
+    consumers' extra reads; returns the fastest tile if it beats cuBLAS on the sum, else None."""
+    layers = model.model.layers
+    mats = {
+        "qkv": [(torch.cat([la.self_attn.q_proj.weight, la.self_attn.k_proj.weight, la.self_attn.v_proj.weight]),
+                 torch.cat([la.self_attn.q_proj.bias, la.self_attn.k_proj.bias, la.self_attn.v_proj.bias]))
+                for la in layers],
+        "o_proj": [(la.self_attn.o_proj.weight, la.self_attn.o_proj.bias) for la in layers],
+    }
+    cands = [(32, 128, 4, 4), (16, 256, 4, 4), (64, 128, 4, 4), (32, 256, 2, 4), (16, 128, 8, 4), (64, 64, 8, 4),
+             (32, 128, 8, 8), (128, 64, 4, 8)]
+    totals: dict[object, float] = {}
+    for name, ws in mats.items():
+        x = torch.randn(1, ws[0][0].shape[1], device="cuda", dtype=torch.bfloat16)
+        nbytes = sum(w.numel() * 2 for w, _ in ws)
+        ms = bench_graph(lambda x=x, ws=ws: [torch.nn.functional.linear(x, w, b) for w, b in ws])
+        totals[None] = totals.get(None, 0.0) + ms
+        emit({"sec": "splitk", "shape": name, "impl": "F.linear", "us": round(ms * 1000, 1),
+              "tb_s": round(nbytes / ms / 1e9, 3)})
+        ref = torch.nn.functional.linear(x, ws[0][0], ws[0][1]).float()
+        for cfg in cands:
+            try:
+                err = ((gk.splitk_linear(x, ws[0][0], ws[0][1], cfg).materialize().float() - ref).norm()
+                       / ref.norm()).item()
+                ms2 = bench_graph(lambda x=x, ws=ws, cfg=cfg: [gk.splitk_linear(x, w, b, cfg) for w, b in ws])
+                emit({"sec": "splitk", "shape": name, "impl": str(cfg), "us": round(ms2 * 1000, 1),
+                      "tb_s": round(nbytes / ms2 / 1e9, 3), "rel_err": err})
+                totals[cfg] = totals.get(cfg, 0.0) + (ms2 if err < 1e-2 else float("inf"))
+            except Exception as exc:
+                totals[cfg] = float("inf")
+                emit({"sec": "splitk", "shape": name, "impl": str(cfg), "error": repr(exc)[:300]})
+    best = min(totals, key=totals.get)
+    emit({"sec": "splitk_pick", "pick": str(best),
+          "totals_us": {str(c): round(t * 1000, 1) for c, t in totals.items()}})
+    return best
 
 
 def time_case(model, batch: int, k: int, opts: GraphOptions, arch, bandwidth: float, label: str) -> dict:
     from bench.models.pruning import set_top_k
-    from bench.roofline import ceiling_tps, mean_decode_context
+    from bench.roofline import mean_decode_context, roofline_point
 
     set_top_k(model, k)
     ids = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda",
@@ -150,7 +199,8 @@ def time_case(model, batch: int, k: int, opts: GraphOptions, arch, bandwidth: fl
         r = min(res, key=lambda r: r.decode_s)
         ms = 1000 * r.decode_s / (NEW - 1)
         tps = batch * (NEW - 1) / r.decode_s
-        ceil = ceiling_tps(arch, batch, k, mean_decode_context(PROMPT, NEW), bandwidth, distinct=r.distinct_experts)
+        ceil = roofline_point(arch, batch, k, mean_decode_context(PROMPT, NEW), bandwidth,
+                              distinct=r.distinct_experts).ceiling_tps
         steps = sorted(1000 * s for s in r.step_s)
         return {"sec": "engine", "label": label, "experts": arch.num_experts, "batch": batch, "top_k": k,
                 "ms_step": round(ms, 3), "step_p50_ms": round(steps[len(steps) // 2], 3), "tok_s": round(tps, 1),
@@ -191,6 +241,42 @@ def profile_case(model, batch: int, k: int, opts: GraphOptions, label: str) -> d
             "top": [[n, round(t, 1), c] for t, c, n in top]}
 
 
+def paired_agreement(graph: torch.Tensor, bf16: torch.Tensor, fp32: torch.Tensor) -> dict:
+    """Agreement of the graph engine's tokens and of HF bf16's argmax with the float32 argmax on the same
+    (sequence, position) tokens, and a paired test of the difference: token level (McNemar: only the tokens
+    where exactly one of the two agrees count) and sequence level (mean of per-sequence differences, its
+    standard error over sequences: positions of one sequence are not independent)."""
+    g = (graph == fp32).float()
+    h = (bf16 == fp32).float()
+    n = g.numel()
+    b = int(((g == 1) & (h == 0)).sum())  # graph right, HF bf16 wrong
+    c = int(((g == 0) & (h == 1)).sum())
+    diff = (b - c) / n
+    se_tok = ((b + c - (b - c) ** 2 / n) ** 0.5) / n if n else 0.0
+    per_seq = (g - h).mean(dim=1)
+    nseq = per_seq.numel()
+    se_seq = float(per_seq.std(unbiased=True) / nseq**0.5) if nseq > 1 else float("nan")
+    return {"tokens": n, "sequences": nseq, "graph_vs_fp32": round(g.mean().item(), 4),
+            "hf_bf16_vs_fp32": round(h.mean().item(), 4),
+            "graph_vs_hf_bf16": round((graph == bf16).float().mean().item(), 4),
+            "graph_only_right": b, "hf_bf16_only_right": c, "diff": round(diff, 4),
+            "se_token_paired": round(se_tok, 4), "z_token": round(diff / se_tok, 2) if se_tok else None,
+            "se_sequence": round(se_seq, 4), "z_sequence": round(diff / se_seq, 2) if se_seq else None,
+            "ci95_sequence": [round(diff - 1.96 * se_seq, 4), round(diff + 1.96 * se_seq, 4)],
+            "pass_point": g.mean().item() >= h.mean().item(),
+            "not_worse_at_95": diff + 1.96 * se_seq >= 0}
+
+
+def hf_argmax(model, full: torch.Tensor, sl: slice, chunk: int = 8) -> torch.Tensor:
+    """Argmax of HF's logits at positions `sl`, in chunks of sequences (the float32 logits of 32 x 352 positions
+    over a 201k vocabulary are 9 GB)."""
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, full.shape[0], chunk):
+            outs.append(model(full[i : i + chunk]).logits[:, sl].argmax(-1))
+    return torch.cat(outs)
+
+
 def accuracy(model, opts: GraphOptions, batch: int = 4, steps: int = 96) -> dict:
     from bench.models.loading import set_experts_implementation
     from bench.models.pruning import set_top_k
@@ -203,109 +289,105 @@ def accuracy(model, opts: GraphOptions, batch: int = 4, steps: int = 96) -> dict
     eng.release()
     full = torch.cat([ids, toks], dim=1)
     sl = slice(PROMPT - 1, PROMPT - 1 + steps + 1)
-    with torch.inference_mode():
-        bf16 = model(full).logits[:, sl].argmax(-1)
+    bf16 = hf_argmax(model, full, sl)
     model.float()
     torch.cuda.empty_cache()
     set_experts_implementation(model, "eager")
-    with torch.inference_mode():
-        fp32 = model(full).logits[:, sl].argmax(-1)
-    return {"sec": "accuracy", "batch": batch, "steps": steps + 1,
-            "graph_vs_fp32": round((toks == fp32).float().mean().item(), 4),
-            "hf_bf16_vs_fp32": round((bf16 == fp32).float().mean().item(), 4),
-            "graph_vs_hf_bf16": round((toks == bf16).float().mean().item(), 4)}
+    fp32 = hf_argmax(model, full, sl)
+    return {"sec": "accuracy", "batch": batch, "steps": steps + 1, **paired_agreement(toks, bf16, fp32)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget-s", type=float, default=240)
-    ap.add_argument("--accuracy-only", type=int, metavar="BATCH", default=None,
-                    help="only the accuracy check, with BATCH sequences of 96 steps (a larger sample than the 4 of "
-                         "the full run: one standard error of the agreement is ~2 points at 4, ~1 at 16)")
+    ap.add_argument("--accuracy-batch", type=int, default=32,
+                    help="sequences in the accuracy check (96 steps each; 32: 3,104 tokens)")
+    ap.add_argument("--accuracy-only", action="store_true", help="only the accuracy check")
+    ap.add_argument("--gemv-micro", action="store_true", help="also the dense GEMV micro-benchmark")
+    ap.add_argument("--micro", action="store_true",
+                    help="micro-benchmarks first (sorted-mode tiles, split-K tiles); their picks replace the "
+                         "committed tables in 'after'")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     left = lambda: args.budget_s - (time.time() - T0)  # noqa: E731
     from bench.measure.bandwidth import measure_bandwidth
     from bench.models.loading import load_model
+    from bench.models.pruning import prune_model
     from bench.roofline import ArchSummary
 
     model = load_model("synthetic:gpt-oss-20b", device="cuda", dtype=torch.bfloat16, seed=0).model
+    emit({"sec": "env", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+          "commit": os.environ.get("MOE_BENCH_GIT_COMMIT"), "load_s": round(time.time() - T0, 1)})
     if args.accuracy_only:
-        emit({"sec": "env", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "commit": os.environ.get("MOE_BENCH_GIT_COMMIT")})
-        emit(accuracy(model, GraphOptions(), batch=args.accuracy_only))
+        emit(accuracy(model, GraphOptions(), batch=args.accuracy_batch))
         return 0
     bandwidth = measure_bandwidth("cuda")
-    arch = ArchSummary.from_model(model)
-    emit({"sec": "env", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-          "bandwidth_gbs": round(bandwidth / 1e9, 1), "commit": os.environ.get("MOE_BENCH_GIT_COMMIT")})
-    try:
-        picks = micro_gemv(model)
-    except Exception as exc:
-        picks = {}
-        emit({"sec": "gemv", "error": repr(exc)[:400], "tb": traceback.format_exc()[-800:]})
-    try:
-        mo = micro_moe(model)
-    except Exception as exc:
-        mo = {"scores": {}}
-        emit({"sec": "moe", "error": repr(exc)[:400], "tb": traceback.format_exc()[-800:]})
-    big = None
-    if mo["scores"]:
-        key = min(mo["scores"], key=mo["scores"].get)
-        sbm, idx = key.split("|")
-        big = (int(sbm), mo["configs"][int(idx)])
-        emit({"sec": "moe_pick", "sorted_bm": big[0], "cfg": str(big[1]), "scores": mo["scores"]})
-    before = GraphOptions()
-    after = GraphOptions(gemv=any(v is not None for v in picks.values()))
-    shipped = (dict(gk.GEMV_CONFIG), gk.MOE_CONFIG_BIG, gk.SORTED_BM, gk.ROUTER_SPLIT_MAX_TOKENS)
+    emit({"sec": "bandwidth", "bandwidth_gbs": round(bandwidth / 1e9, 1)})
+    if args.gemv_micro:
+        try:
+            micro_gemv(model)
+        except Exception as exc:
+            emit({"sec": "gemv", "error": repr(exc)[:400], "tb": traceback.format_exc()[-800:]})
+    mo: dict = {"scores": {}}
+    if args.micro:
+        try:
+            mo = micro_moe(model)
+        except Exception as exc:
+            emit({"sec": "moe", "error": repr(exc)[:400], "tb": traceback.format_exc()[-800:]})
+    committed = (dict(gk.MOE_CONFIG_BIG), gk.SORTED_BM, gk.SORTED_BM_LARGE, gk.ROUTING_SORT,
+                 dict(gk.SPLITK_CONFIG))
+    main_tables = ({"gate_up": (64, 64, 4, 3), "down": (64, 64, 4, 3)}, 128, 128, "torch", dict(gk.SPLITK_CONFIG))
+    picks: dict = {}
+    if args.micro:
+        if mo["scores"]:
+            key = min((k for k in mo["scores"] if k.endswith("triton") and k.startswith("64|")),
+                      key=mo["scores"].get)
+            picks["moe_config_big"] = mo["configs"][int(key.split("|")[1])] or committed[0]
+            emit({"sec": "moe_pick", "cfg": str(picks["moe_config_big"]),
+                  "scores": {k: round(v * 1000, 1) for k, v in mo["scores"].items()}})
+        try:
+            picks["splitk"] = micro_splitk(model)
+        except Exception as exc:
+            emit({"sec": "splitk", "error": repr(exc)[:400], "tb": traceback.format_exc()[-800:]})
+        (OUT / "picks_bf16.json").write_text(json.dumps(picks, default=list))
+    before = GraphOptions(splitk=False)  # main (de7112e) had no split-K linears
+    after = GraphOptions(splitk=picks.get("splitk", True) is not None)
 
     def set_tables(new: bool) -> None:
-        if new:
-            gk.GEMV_CONFIG.update(picks)
-            if big is not None:
-                gk.SORTED_BM, gk.MOE_CONFIG_BIG = big[0], big[1]
-            gk.ROUTER_SPLIT_MAX_TOKENS = 256
-        else:
-            gk.GEMV_CONFIG.clear()
-            gk.GEMV_CONFIG.update(shipped[0])
-            gk.MOE_CONFIG_BIG, gk.SORTED_BM, gk.ROUTER_SPLIT_MAX_TOKENS = shipped[1], shipped[2], shipped[3]
+        t = committed if new else main_tables
+        gk.MOE_CONFIG_BIG, gk.SORTED_BM, gk.SORTED_BM_LARGE, gk.ROUTING_SORT = dict(t[0]), t[1], t[2], t[3]
+        gk.SPLITK_CONFIG.update(t[4])
+        if new and picks.get("moe_config_big"):
+            gk.MOE_CONFIG_BIG = dict(picks["moe_config_big"])
+        if new and picks.get("splitk"):
+            gk.SPLITK_CONFIG["small"] = tuple(picks["splitk"])
 
-    cases = [(1, 4), (1, 2), (8, 4), (32, 4), (64, 4), (128, 4), (256, 4), (8, 2), (32, 2)]
-    for b, k in cases:
-        for label, opts, new in (("before", before, False), ("after", after, True)):
-            if left() < 60:
-                break
-            set_tables(new)
-            emit(time_case(model, b, k, opts, arch, bandwidth, label))
-    # ablation at batch 1 / 256: one change at a time
-    for b, label in ((1, "gemv only"), (256, "moe tiles only"), (256, "router split only")):
+    def run_cases(cases, arch) -> None:
+        for b, k in cases:
+            if left() < 45:
+                return
+            # 2..64 tokens: scan mode, no change touches it (split-K is for 1 row): measured once
+            same = 1 < b <= gk.SCAN_MAX_TOKENS
+            for label, new in ((("same", True),) if same else (("before", False), ("after", True))):
+                set_tables(new)
+                emit(time_case(model, b, k, after if new else before, arch, bandwidth, label))
+
+    arch = ArchSummary.from_model(model)
+    run_cases([(1, 4), (1, 2)], arch)
+    run_cases([(128, 4), (256, 4), (8, 4), (32, 4), (64, 4), (8, 2), (32, 2)], arch)
+    set_tables(True)
+    for b in (1, 256):
         if left() < 60:
             break
-        set_tables(False)
-        if label == "gemv only":
-            gk.GEMV_CONFIG.update(picks)
-            emit(time_case(model, b, 4, after, arch, bandwidth, label))
-        elif label == "moe tiles only" and big is not None:
-            gk.SORTED_BM, gk.MOE_CONFIG_BIG = big[0], big[1]
-            emit(time_case(model, b, 4, before, arch, bandwidth, label))
-        elif label == "router split only":
-            gk.ROUTER_SPLIT_MAX_TOKENS = 256
-            emit(time_case(model, b, 4, before, arch, bandwidth, label))
-    for b in (1, 256):
-        for label, opts, new in (("before", before, False), ("after", after, True)):
-            if left() < 45:
-                break
-            set_tables(new)
-            try:
-                emit(profile_case(model, b, 4, opts, label))
-            except Exception as exc:
-                emit({"sec": "profile", "label": label, "batch": b, "error": repr(exc)[:300]})
-    set_tables(True)
-    if left() > 25:
         try:
-            emit(accuracy(model, after))
+            emit(profile_case(model, b, 4, after, "after"))
         except Exception as exc:
-            emit({"sec": "accuracy", "error": repr(exc)[:400], "tb": traceback.format_exc()[-800:]})
+            emit({"sec": "profile", "batch": b, "error": repr(exc)[:300]})
+    if left() > 90:  # E16: the first 16 experts of every layer (as `bench perf --experts 16`)
+        prune_model(model, [list(range(16))] * len(model.model.layers))
+        torch.cuda.empty_cache()
+        arch16 = ArchSummary.from_model(model)
+        run_cases([(256, 4), (128, 4), (8, 4), (32, 4), (64, 4), (8, 2), (32, 2)], arch16)
     emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
     return 0
 

@@ -192,6 +192,10 @@ def test_graph_options_validated_and_stored():
     assert cpu["experts"] == "grouped_mm" and cpu["kernels"] == "torch" and cpu["router_split"] is False
     assert cpu["capture"] == "off" and cpu["cuda_graph"] is False
     assert get_engine("graph").describe("cuda")["kernels"] == "triton"
+    # split-K qkv/o_proj: a bool, on by default where the kernels are Triton, off (stored as such) with torch ops
+    with pytest.raises(BadInputError, match=r"sweep.engine_options.splitk: must be true or false"):
+        GraphOptions.from_dict({"splitk": "yes"})
+    assert get_engine("graph").describe("cuda")["splitk"] is True and cpu["splitk"] is False
     with pytest.raises(BadInputError, match="not capturable"):
         GraphOptions(experts="loop", capture="on").resolve("cuda")
 

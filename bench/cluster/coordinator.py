@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import store
-from bench.cluster.gpus import WorkerGpu, gpu_count, variant_gib
+from bench.cluster.gpus import WorkerGpu, gpu_count
 from bench.cluster.target import ClusterTarget
 from bench.cluster.task import TaskSpec, probe, run_variant_task
 from bench.errors import BadInputError, SweepBusyError
@@ -261,22 +261,24 @@ class ClusterSweepRunner(SweepRunner):
         return device, str(torch_dtype(spec.sweep.dtype, device)).removeprefix("torch.")
 
     def _memory_preflight(self, spec: SweepSpec, device: str, dtype: str) -> dict[str, float | None]:
-        """Estimated GiB per variant; BadInputError naming a variant that fits on none of the cluster's GPUs."""
+        """Estimated GiB per variant (bench.models.footprint: the serial runner's own estimate, so both launchers
+        agree); BadInputError naming a variant that fits on none of the cluster's GPUs."""
+        from bench.models.footprint import GIB, estimate
+
         if device != "cuda":
             return {v.name: None for v in spec.variants}
-        dtype_bytes = 4.0 if dtype == "float32" else 2.0
-        gpus = self._gpus()
-        biggest = max((g.total_gib or 0.0) for g in gpus.values())
+        biggest = max((g.total_gib or 0.0) for g in self._gpus().values())
+        batch = max(spec.sweep.batch_sizes)
         out: dict[str, float | None] = {}
         for i, v in enumerate(spec.variants):
-            experts = v.prune.experts if v.prune else None
-            gib = variant_gib(v.model, experts, max(spec.sweep.batch_sizes), spec.sweep.prompt_len,
-                              spec.sweep.new_tokens, dtype_bytes)
+            need = estimate(v.model, dtype, batch, spec.sweep.prompt_len, spec.sweep.new_tokens)
+            gib = need.total_bytes / GIB
             if gib > biggest:
                 raise BadInputError(
-                    f"variants[{i}] ({v.name}): needs about {gib:.1f} GiB at batch {max(spec.sweep.batch_sizes)} "
-                    f"but the largest GPU in the cluster has {biggest:.1f} GiB; drop the large batch sizes, prune "
-                    "more experts, or add bigger GPUs"
+                    f"variants[{i}] ({v.name}): needs about {gib:.1f} GiB at batch {batch} "
+                    f"({need.weights_bytes / GIB:.1f} GiB of {dtype} weights, loaded whole before pruning, + "
+                    f"{need.kv_bytes / GIB:.2f} GiB KV cache) but the largest GPU in the cluster has {biggest:.1f} "
+                    "GiB; drop the large batch sizes, use a smaller model, or add bigger GPUs"
                 )
             out[v.name] = gib
         return out
@@ -306,7 +308,7 @@ class ClusterSweepRunner(SweepRunner):
             eligible = None if gib is None else [a for a, g in gpus.items() if (g.total_gib or 0) >= gib]
             jobs.append(_Job(variant=v, run=run, todo=todo, gib=gib, workers=eligible, remaining=set(todo)))
         # Largest first: the biggest variants start at once, small ones fill the GPUs that free up.
-        jobs.sort(key=lambda j: -(j.gib if j.gib is not None else self._size_rank(j.variant)))
+        jobs.sort(key=lambda j: (-(j.gib or 0.0), -self._size_rank(j.variant)))
         self.jobs = {j.run.run_id: j for j in jobs}
         queue_name, control_name = f"moe-bench-points-{sweep_id}", f"moe-bench-control-{sweep_id}"
         self.queue = Queue(queue_name, client=self.client)

@@ -3,22 +3,18 @@
 `worker_gpu()` runs inside a Dask worker (no torch import): the worker's GPU is the first entry of its
 CUDA_VISIBLE_DEVICES (LocalCUDACluster and `dask cuda worker` give each worker its own), described through NVML
 (name, UUID, total memory). On a host without GPUs it describes the CPU slot instead.
-`variant_gib()` runs in the coordinator: a memory estimate of one variant at its largest batch (weights after
-pruning, KV cache, 15% + 1 GiB headroom for activations, the CUDA context and graphs).
+Whether a variant fits is bench.models.footprint's estimate, the same one the serial runner uses.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import socket
 from dataclasses import asdict, dataclass
 from typing import Any
 
 GIB = 2**30
-HEADROOM = 1.15
-FIXED_GIB = 1.0
 
 
 @dataclass
@@ -101,23 +97,3 @@ def worker_gpu() -> WorkerGpu:
     if gpu is not None:
         return gpu
     return WorkerGpu(host=socket.gethostname(), kind="cpu", name="cpu")
-
-
-@functools.lru_cache(maxsize=16)
-def _arch(model: str, dtype_bytes: float):
-    from bench.models.loading import resolve_config
-    from bench.roofline import ArchSummary
-
-    return ArchSummary.from_config(resolve_config(model), dtype_bytes=dtype_bytes)
-
-
-def variant_gib(model: str, experts: int | None, batch: int, prompt_len: int, new_tokens: int,
-                dtype_bytes: float = 2.0) -> float:
-    """Estimated peak GPU memory (GiB) of one variant at `batch`: pruned weights + KV cache, with headroom."""
-    from bench.roofline import kv_bytes_per_step
-
-    arch = _arch(model, dtype_bytes)
-    kept = experts or arch.num_experts
-    weights = (arch.non_expert_params + arch.expert_layers * kept * arch.expert_params) * dtype_bytes
-    kv = kv_bytes_per_step(arch, batch, prompt_len + new_tokens)
-    return (weights + kv) * HEADROOM / GIB + FIXED_GIB

@@ -143,3 +143,67 @@ def test_triton_gemv_decoder_tokens(gk, lively):
     model, ids, ref = lively
     res = get_engine("graph", {"kernels": "triton", "experts": "loop", "gemv": True}).generate(model, ids, 4)
     assert torch.equal(res.tokens, ref.tokens[:, :4])
+
+
+@pytest.mark.parametrize("pairs,experts", [(7, 4), (140, 8), (1024, 32)])
+def test_triton_routing_sort_is_a_stable_sort(gk, pairs, experts):
+    """The one-program counting sort of sorted mode equals torch.sort(stable=True) + searchsorted."""
+    flat = torch.randint(0, experts, (pairs,), dtype=torch.int32, generator=torch.Generator().manual_seed(pairs))
+    plan = gk.routing_plan(flat.view(-1, 1).expand(-1, 1).contiguous(), experts)
+    sorted_e, order = torch.sort(flat.long(), stable=True)
+    if pairs > gk.SCAN_MAX_TOKENS:
+        assert torch.equal(plan.rows.long(), order)
+        assert torch.equal(plan.offs.long(), torch.searchsorted(sorted_e, torch.arange(experts + 1)))
+    rows = torch.empty(pairs, dtype=torch.int32)
+    offs = torch.empty(experts + 1, dtype=torch.int32)
+    gk._routing_sort_kernel[(experts,)](flat, rows, offs, pairs, PB=gk._p2(pairs))
+    assert torch.equal(rows.long(), order)
+    assert torch.equal(offs.long(), torch.searchsorted(sorted_e, torch.arange(experts + 1)))
+
+
+def test_triton_splitk_linear_partials_feed_rope_and_norm(gk):
+    """splitk_linear's partials, summed by their consumers (rope_kv for qkv, add_rmsnorm for o_proj), give what
+    F.linear's output gives them: the same roped q, cache writes and normed rows (float32, 1 and 2 rows)."""
+    gen = torch.Generator().manual_seed(8)
+    hq, hkv, d, hidden = 4, 2, 16, 96
+    for rows in (1, 2):
+        x = torch.randn(rows, hidden, generator=gen)
+        w = torch.randn((hq + 2 * hkv) * d, hidden, generator=gen) * 0.1
+        b = torch.randn((hq + 2 * hkv) * d, generator=gen)
+        for cfg in ((16, 32, 2, 4), (32, 64, 4, 4)):
+            part = gk.splitk_linear(x, w, b, cfg)
+            ref = torch.nn.functional.linear(x, w, b)
+            torch.testing.assert_close(part.materialize(), ref, rtol=1e-5, atol=1e-5)
+            cos, sin = torch.randn(8, d // 2, generator=gen), torch.randn(8, d // 2, generator=gen)
+            pos = torch.tensor(5)
+            caches = [torch.zeros(rows, hkv, 8, d) for _ in range(4)]
+            q_ref = gk.rope_kv(ref, cos, sin, pos, caches[0], caches[1], hq, False, 0)
+            q_got = gk.rope_kv(part, cos, sin, pos, caches[2], caches[3], hq, False, 0)
+            torch.testing.assert_close(q_got, q_ref, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(caches[2], caches[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(caches[3], caches[1], rtol=1e-5, atol=1e-5)
+        wo = torch.randn(hidden, hq * d, generator=gen) * 0.1
+        bo = torch.randn(hidden, generator=gen)
+        att = torch.randn(rows, hq * d, generator=gen)
+        h1, h2 = torch.randn(rows, hidden, generator=gen), None
+        h2 = h1.clone()
+        ln = torch.randn(hidden, generator=gen)
+        want = gk.add_rmsnorm(h1, torch.nn.functional.linear(att, wo, bo), 1, ln, 1e-5)
+        got = gk.add_rmsnorm(h2, gk.splitk_linear(att, wo, bo, (16, 32, 2, 4)), 1, ln, 1e-5)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(h2, h1, rtol=1e-5, atol=1e-5)
+
+
+def test_triton_splitk_decode_matches_hf_tokens(gk, lively):
+    """Batch-1 decode with qkv and o_proj as split-K partials (GraphOptions.splitk, the default; batch 1 is where it
+    applies): the same greedy tokens as hf."""
+    model, ids, _ = lively
+    one = ids[:1]
+    ref = get_engine("hf").generate(model, one, TOKENS)
+    assert ref.tokens.unique().numel() > 2
+    eng = get_engine("graph", {"kernels": "triton", "experts": "triton", "splitk": True})
+    res = eng.generate(model, one, TOKENS)
+    lay = eng.decoder.layers[0]
+    x = torch.zeros(1, lay.wqkv.shape[1])
+    assert isinstance(eng.decoder.ops.linear(x, lay.wqkv, lay.bqkv, partials=True), gk.Partials)
+    assert torch.equal(res.tokens, ref.tokens)

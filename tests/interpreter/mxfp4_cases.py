@@ -49,3 +49,31 @@ def test_mxfp4_triton_decode_equals_the_reference_tokens(model):
     assert ref.tokens.unique().numel() > 4
     assert torch.equal(res.tokens, ref.tokens)
     assert res.distinct_experts == pytest.approx(ref.distinct_experts)
+
+
+@pytest.mark.parametrize("tokens,k,impl,dtype", [
+    (1, 2, "gemv", torch.float32),  # batch 1 decode: one row per expert, exact
+    (3, 4, "gemv", torch.float32),  # several rows per expert share the decoded weights
+    (2, 2, "gemv", torch.bfloat16),  # the CUDA path's fp16 bit-placement decode
+    (3, 2, "gemv2", torch.float32),  # activations loaded in (even, odd) pairs
+    (5, 4, "scaled", torch.bfloat16),  # tl.dot_scaled, compact grid
+    (70, 2, "scaled", torch.bfloat16),  # tl.dot_scaled, sorted (prefill)
+])
+def test_mxfp4_inner_loops_match_the_torch_reference(model, tokens, k, impl, dtype):
+    """Each inner loop of moe_mxfp4 (gemv without tensor cores, tl.dot_scaled) against the float32 torch reference:
+    exact in float32, within bf16 rounding in bf16."""
+    from bench.engines.graph import mxfp4_kernels as mk
+
+    mod = model.model.layers[0].mlp.experts
+    gen = torch.Generator().manual_seed(tokens)
+    x = torch.randn(tokens, model.config.hidden_size, generator=gen)
+    v, i = torch.topk(torch.randn(tokens, mod.num_experts, generator=gen), k, dim=-1)
+    w = torch.softmax(v, dim=-1)
+    want = build_experts(mod, GraphOptions(experts="loop").resolve("cpu"))(x, i, w, None)
+    cnt = torch.zeros((), dtype=torch.int32)
+    got = mk.moe_mxfp4(x.to(dtype), mod.gate_up_proj_blocks, mod.gate_up_proj_scales, mod.gate_up_proj_bias.to(dtype),
+                       mod.down_proj_blocks, mod.down_proj_scales, mod.down_proj_bias.to(dtype), i.to(torch.int32), w,
+                       mod.alpha, mod.limit, cnt, impl=impl)
+    err = ((got.float() - want).norm() / want.norm()).item()
+    assert err < (1e-5 if dtype == torch.float32 else 2e-2), err
+    assert int(cnt) == i.unique().numel()

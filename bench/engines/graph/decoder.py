@@ -150,8 +150,10 @@ class GptOssDecoder:
         """One transformer layer on rows h (R, H) (updated in place); returns the next layer's normed input."""
         lay = self.layers[i]
         ops = self.ops
-        qkv = ops.linear(normed, lay.wqkv, lay.bqkv)
-        o = ops.linear(attend(qkv, lay), lay.wo, lay.bo)
+        # in decode, qkv and o_proj may come back as split-K partials that their consumers sum (ops docstring)
+        fuse = attend == self._decode_attention
+        qkv = ops.linear(normed, lay.wqkv, lay.bqkv, partials=fuse)
+        o = ops.linear(attend(qkv, lay), lay.wo, lay.bo, partials=fuse)
         normed = ops.add_rmsnorm(h, o, 1, lay.ln2, lay.eps)
         topi, topw = ops.route(normed, lay.router)
         y = lay.experts(normed, topi, topw, counter)

@@ -11,6 +11,9 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 - `router`: router linear + top-k + softmax over the k logits. Decode (<= ROUTER_SPLIT_MAX_TOKENS tokens): split-K
   partial logits (one program per slice of the hidden size, all tokens and experts), then one program per token
   sums the slices in a fixed order and picks the top-k; prefill: one program per token.
+- `splitk_linear`: y = x W^T (+ b) for decode steps of <= SPLITK_MAX_ROWS rows (GraphOptions.splitk), as split-K
+  fp32 partials (more programs than output tiles, no tensor cores) that the next kernel (`rope_kv` for qkv,
+  `add_rmsnorm` for o_proj) sums, biases and rounds: no reduce kernel, one launch per linear.
 - `gemv`: y = x W^T (+ b) for a few rows (decode, M <= GEMV_MAX_ROWS): qkv, o_proj and lm_head. One program per
   BN output features streams its (BN, K) weight rows once (K-contiguous loads, M padded to 16 for tl.dot); one
   launch where cuBLAS takes a split-K GEMM and a reduce at batch 1.
@@ -20,7 +23,8 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   routing table itself, so no sort is needed (with fewer pairs than experts, program row i takes the i-th distinct
   routed expert: the compact grid); in sorted mode (prefill) rows come from an expert-sorted list.
   `routing_plan` (host side) and `routed_rows` (@triton.jit) are that row logic, shared with any other expert
-  weight format's kernels.
+  weight format's kernels; in decode the sorted list comes from `_routing_sort_kernel` (a one-program counting
+  sort, one program per expert) instead of torch.sort + searchsorted.
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
@@ -37,13 +41,105 @@ def _p2(n: int) -> int:
     return triton.next_power_of_2(max(1, int(n)))
 
 
+@dataclass(frozen=True)
+class Partials:
+    """A linear's output y = x W^T + b (M, N) left as split-K fp32 partial sums (S, M, N) and the bias: the
+    consumer (rope_kv, add_rmsnorm) sums the S slices in a fixed order, adds the bias and rounds to `dtype`, as
+    F.linear's epilogue would, so no reduce kernel runs in between. From `splitk_linear` (decode, few rows)."""
+
+    part: torch.Tensor
+    bias: torch.Tensor | None
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.part.shape[1]), int(self.part.shape[2]))
+
+    def materialize(self) -> torch.Tensor:
+        y = self.part.sum(0)
+        return (y + self.bias.float() if self.bias is not None else y).to(self.dtype)
+
+
 @triton.jit
-def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, H, eps, KS: tl.constexpr, BLOCK: tl.constexpr):
+def _lin_load(y_ptr, part_ptr, bias_ptr, row, idx, M, N, mask, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Element idx of row `row` of a linear's output, as float32: from y (NSPLIT = 0), or the sum of NSPLIT split-K
+    partials (S, M, N) + bias, rounded to y's dtype (what F.linear would have stored)."""
+    if NSPLIT == 0:
+        v = tl.load(y_ptr + row * N + idx, mask=mask, other=0.0).to(tl.float32)
+    else:
+        v = tl.zeros(idx.shape, dtype=tl.float32)
+        for s in tl.static_range(NSPLIT):
+            v += tl.load(part_ptr + (s * M + row) * N + idx, mask=mask, other=0.0)
+        if HAS_BIAS:
+            v += tl.load(bias_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        v = v.to(y_ptr.dtype.element_ty).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: tl.constexpr, BN: tl.constexpr,
+                        BK: tl.constexpr):
+    """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] (fp32, no tensor cores). Grid (N / BN, S)."""
+    offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    s = tl.program_id(1)
+    nmask = offs_n < N
+    mm = tl.arange(0, BM)
+    k_lo = s * KSPLIT
+    acc = tl.zeros([BM, BN, BK], dtype=tl.float32) if BM > 1 else tl.zeros([BN, BK], dtype=tl.float32)
+    for k0 in range(k_lo, k_lo + KSPLIT, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        kmask = (offs_k < K) & (offs_k < k_lo + KSPLIT)
+        w = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :], mask=nmask[:, None] & kmask[None, :],
+                    other=0.0).to(tl.float32)
+        if BM == 1:
+            x = tl.load(x_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)
+            acc += w * x[None, :]
+        else:
+            x = tl.load(x_ptr + mm[:, None] * stride_xm + offs_k[None, :], mask=(mm < M)[:, None] & kmask[None, :],
+                        other=0.0).to(tl.float32)
+            acc += w[None, :, :] * x[:, None, :]
+    if BM == 1:
+        tl.store(part_ptr + (s * M) * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
+    else:
+        tl.store(part_ptr + (s * M + mm[:, None]) * N + offs_n[None, :], tl.sum(acc, axis=2),
+                 mask=(mm < M)[:, None] & nmask[None, :])
+
+
+# Split-K linears for decode steps of <= SPLITK_MAX_ROWS rows (GraphOptions.splitk): (BN, BK, S, num_warps) per
+# weight class; "small" = qkv and o_proj (N < 16384). Their output stays as Partials for the next kernel.
+# H200, 24 layers at M = 1 (docs/PERF.md): qkv 249 -> 241 us, o_proj 289 -> 187 us against cuBLAS.
+SPLITK_MAX_ROWS = 1
+SPLITK_CONFIG: dict[str, tuple[int, int, int, int]] = {"small": (16, 256, 4, 4)}
+
+
+def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  config: tuple[int, int, int, int] | None = None) -> Partials:
+    """x (M, K) @ weight (N, K)^T (+ bias) as split-K partials (S, M, N) fp32; weight contiguous."""
+    m, k = x.shape
+    n = weight.shape[0]
+    bn, bk, splits, warps = config or SPLITK_CONFIG["small"]
+    ksplit = triton.cdiv(triton.cdiv(k, splits), bk) * bk
+    splits = triton.cdiv(k, ksplit)
+    part = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
+    _splitk_gemv_kernel[(triton.cdiv(n, bn), splits)](
+        x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, num_warps=warps,
+    )
+    return Partials(part=part, bias=bias, dtype=x.dtype)
+
+
+@triton.jit
+def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, part_ptr, bias_ptr, H, eps, KS: tl.constexpr,
+                        BLOCK: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     m = offs < H
     x = tl.load(h_ptr + row * H + offs, mask=m, other=0.0).to(tl.float32)
-    if KS > 0:
+    if NSPLIT > 0:  # delta = one linear's output, as split-K partials (KS = 1)
+        d = _lin_load(h_ptr, part_ptr, bias_ptr, row, offs, tl.num_programs(0), H, m, NSPLIT, HAS_BIAS)
+        x = (x + d).to(h_ptr.dtype.element_ty)
+        tl.store(h_ptr + row * H + offs, x, mask=m)
+        x = x.to(tl.float32)
+    elif KS > 0:
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for j in tl.static_range(KS):
             acc += tl.load(d_ptr + (row * KS + j) * H + offs, mask=m, other=0.0).to(tl.float32)
@@ -56,13 +152,21 @@ def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, H, eps, KS: tl.constexpr, 
     tl.store(out_ptr + row * H + offs, (w * y).to(out_ptr.dtype.element_ty), mask=m)
 
 
-def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | None, ks: int, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """h (R, H) += sum of the ks rows of delta per row (in place, rounded to h's dtype); returns RMSNorm(h)."""
+def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | Partials | None, ks: int, weight: torch.Tensor,
+                eps: float) -> torch.Tensor:
+    """h (R, H) += sum of the ks rows of delta per row (in place, rounded to h's dtype); returns RMSNorm(h).
+    delta may be a linear's Partials (ks = 1): summed, biased and rounded here."""
     rows, hidden = h.shape
     out = torch.empty_like(h)
+    parts = delta if isinstance(delta, Partials) else None
+    if parts is not None and (ks != 1 or parts.shape != (rows, hidden)):
+        raise ValueError(f"add_rmsnorm: partials of shape {parts.shape} for h {tuple(h.shape)} (ks {ks})")
     _add_rmsnorm_kernel[(rows,)](
-        h, delta if delta is not None else h, weight, out, hidden, eps, KS=ks if delta is not None else 0,
-        BLOCK=_p2(hidden), num_warps=8 if hidden >= 2048 else 4,
+        h, delta if isinstance(delta, torch.Tensor) else h, weight, out,
+        parts.part if parts is not None else h, parts.bias if parts is not None and parts.bias is not None else h,
+        hidden, eps, KS=ks if delta is not None else 0, BLOCK=_p2(hidden), num_warps=8 if hidden >= 2048 else 4,
+        NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
+        HAS_BIAS=parts is not None and parts.bias is not None,
     )
     return out
 
@@ -112,8 +216,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 
 @triton.jit
 def _rope_kv_kernel(
-    qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr, vc_ptr, HQ, HKV, S_CACHE, WINDOW, stride_row,
-    D: tl.constexpr, SLIDING: tl.constexpr,
+    qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr, vc_ptr, part_ptr, bias_ptr, HQ, HKV, S_CACHE, WINDOW,
+    stride_row, D: tl.constexpr, SLIDING: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -122,9 +226,16 @@ def _rope_kv_kernel(
     c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
     s = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
     base = qkv_ptr + b * stride_row
+    NQKV = (HQ + 2 * HKV) * D  # qkv as split-K partials (NSPLIT > 0): summed, biased, rounded as F.linear would
+    mp = tl.num_programs(0)
     if h < HQ:
-        x1 = tl.load(base + h * D + half).to(tl.float32)
-        x2 = tl.load(base + h * D + D // 2 + half).to(tl.float32)
+        if NSPLIT > 0:
+            x1 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, h * D + half, mp, NQKV, half < D, NSPLIT, HAS_BIAS)
+            x2 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, h * D + D // 2 + half, mp, NQKV, half < D, NSPLIT,
+                           HAS_BIAS)
+        else:
+            x1 = tl.load(base + h * D + half).to(tl.float32)
+            x2 = tl.load(base + h * D + D // 2 + half).to(tl.float32)
         dst = q_ptr + (b * HQ + h) * D
         tl.store(dst + half, (x1 * c - x2 * s).to(q_ptr.dtype.element_ty))
         tl.store(dst + D // 2 + half, (x2 * c + x1 * s).to(q_ptr.dtype.element_ty))
@@ -134,27 +245,44 @@ def _rope_kv_kernel(
             slot = pos % WINDOW
         else:
             slot = pos
-        k1 = tl.load(base + (HQ + kh) * D + half).to(tl.float32)
-        k2 = tl.load(base + (HQ + kh) * D + D // 2 + half).to(tl.float32)
+        dd = tl.arange(0, D)
+        if NSPLIT > 0:
+            k1 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, (HQ + kh) * D + half, mp, NQKV, half < D, NSPLIT, HAS_BIAS)
+            k2 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, (HQ + kh) * D + D // 2 + half, mp, NQKV, half < D, NSPLIT,
+                           HAS_BIAS)
+            v = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, (HQ + HKV + kh) * D + dd, mp, NQKV, dd < D, NSPLIT,
+                          HAS_BIAS)
+        else:
+            k1 = tl.load(base + (HQ + kh) * D + half).to(tl.float32)
+            k2 = tl.load(base + (HQ + kh) * D + D // 2 + half).to(tl.float32)
+            v = tl.load(base + (HQ + HKV + kh) * D + dd)
         off = ((b * HKV + kh) * S_CACHE + slot) * D
         tl.store(kc_ptr + off + half, (k1 * c - k2 * s).to(kc_ptr.dtype.element_ty))
         tl.store(kc_ptr + off + D // 2 + half, (k2 * c + k1 * s).to(kc_ptr.dtype.element_ty))
-        dd = tl.arange(0, D)
-        v = tl.load(base + (HQ + HKV + kh) * D + dd)
         tl.store(vc_ptr + off + dd, v.to(vc_ptr.dtype.element_ty))
 
 
 def rope_kv(
-    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
-    hq: int, sliding: bool, window: int,
+    qkv: torch.Tensor | Partials, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, kc: torch.Tensor,
+    vc: torch.Tensor, hq: int, sliding: bool, window: int,
 ) -> torch.Tensor:
-    """qkv (B, (hq+2hkv)*D) -> roped q (B, hq, D); writes roped k and v at the step's cache slot."""
+    """qkv (B, (hq+2hkv)*D) -> roped q (B, hq, D); writes roped k and v at the step's cache slot. qkv may be the
+    qkv linear's Partials (summed, biased and rounded here)."""
     bsz = qkv.shape[0]
     _, hkv, s_cache, d = kc.shape
-    q = torch.empty((bsz, hq, d), dtype=qkv.dtype, device=qkv.device)
+    parts = qkv if isinstance(qkv, Partials) else None
+    dtype = parts.dtype if parts is not None else qkv.dtype
+    q = torch.empty((bsz, hq, d), dtype=dtype, device=kc.device)
+    if parts is not None:  # q stands in for the qkv pointer: never read, it carries the dtype of the rounding
+        _rope_kv_kernel[(bsz, hq + hkv)](
+            q, cos, sin, pos, q, kc, vc, parts.part, parts.bias if parts.bias is not None else q, hq, hkv,
+            s_cache, max(1, window), 0, D=d, SLIDING=sliding, NSPLIT=int(parts.part.shape[0]),
+            HAS_BIAS=parts.bias is not None, num_warps=1,
+        )
+        return q
     _rope_kv_kernel[(bsz, hq + hkv)](
-        qkv, cos, sin, pos, q, kc, vc, hq, hkv, s_cache, max(1, window), qkv.stride(0), D=d, SLIDING=sliding,
-        num_warps=1,
+        qkv, cos, sin, pos, q, kc, vc, qkv, qkv, hq, hkv, s_cache, max(1, window), qkv.stride(0), D=d,
+        SLIDING=sliding, NSPLIT=0, HAS_BIAS=False, num_warps=1,
     )
     return q
 
@@ -360,6 +488,28 @@ def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COM
 
 
 @triton.jit
+def _moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit, offs_n, nmask,
+                  N, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Bias; gate_up: clamped SwiGLU over interleaved (gate, up) columns; down: routing weight. Store the rows."""
+    nb = tl.program_id(1)
+    acc += tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    if GATE_UP:
+        gate, up = tl.split(tl.reshape(acc, (BM, BN // 2, 2)))
+        gate = tl.minimum(gate, limit)
+        up = tl.minimum(tl.maximum(up, -limit), limit)
+        glu = gate * tl.sigmoid(gate * alpha)
+        y = (up + 1.0) * glu
+        offs_o = nb * (BN // 2) + tl.arange(0, BN // 2)
+        omask = rmask[:, None] & (offs_o < N // 2)[None, :]
+        tl.store(out_ptr + pair[:, None] * stride_o + offs_o[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
+    else:
+        rw = tl.load(rw_ptr + pair, mask=rmask, other=0.0).to(tl.float32)
+        y = acc.to(out_ptr.dtype.element_ty).to(tl.float32) * rw[:, None]
+        omask = rmask[:, None] & nmask[None, :]
+        tl.store(out_ptr + pair[:, None] * stride_o + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
 def _moe_kernel(
     x_ptr, w_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
     P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit,
@@ -391,26 +541,13 @@ def _moe_kernel(
         for k0 in range(0, K, BK):
             offs_k = k0 + tl.arange(0, BK)
             kmask = offs_k < K
-            a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
-                        other=0.0)
-            b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :], mask=kmask[:, None] & nmask[None, :],
-                        other=0.0)
+            a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :],
+                        mask=rmask[:, None] & kmask[None, :], other=0.0)
+            b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
+                        mask=kmask[:, None] & nmask[None, :], other=0.0)
             acc = tl.dot(a, b, acc)
-        acc += tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        if GATE_UP:
-            gate, up = tl.split(tl.reshape(acc, (BM, BN // 2, 2)))
-            gate = tl.minimum(gate, limit)
-            up = tl.minimum(tl.maximum(up, -limit), limit)
-            glu = gate * tl.sigmoid(gate * alpha)
-            y = (up + 1.0) * glu
-            offs_o = nb * (BN // 2) + tl.arange(0, BN // 2)
-            omask = rmask[:, None] & (offs_o < N // 2)[None, :]
-            tl.store(out_ptr + pair[:, None] * stride_o + offs_o[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
-        else:
-            rw = tl.load(rw_ptr + pair, mask=rmask, other=0.0).to(tl.float32)
-            y = acc.to(out_ptr.dtype.element_ty).to(tl.float32) * rw[:, None]
-            omask = rmask[:, None] & nmask[None, :]
-            tl.store(out_ptr + pair[:, None] * stride_o + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
+        _moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                      offs_n, nmask, N, GATE_UP, BM, BN)
 
 
 # Decode with fewer (token, slot) pairs than experts (batch 1, 2, ...) launches one program row per pair instead of
@@ -424,10 +561,40 @@ MOE_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 
 # the same for M tiles of >= 64 rows (batch >= 33: scan mode with BM 64, sorted mode); None: MOE_CONFIG.
 # H200 (docs/PERF.md): one E32 k4 expert layer at 64 / 128 / 256 tokens 565 / 590 / 612 us with MOE_CONFIG (BM 64:
 # 128 KB of shared memory for 4 stages, one CTA per SM) -> 419 / 444 / 456 us with these tiles (BM 64).
-MOE_CONFIG_BIG: dict[str, tuple[int, int, int, int]] | None = {"gate_up": (64, 64, 4, 3), "down": (64, 64, 4, 3)}
-# M tile in sorted mode (more tokens than SCAN_MAX_TOKENS). 128 is what the measured engine ran (a pick bug in
-# scripts/gpu_perf_graph.py); its own micro-benchmark has 64 faster (444 vs 527 us at 128 tokens): next to measure.
-SORTED_BM = 128
+# Re-picked on the H200 at 128 / 256 tokens with M tile 64 (docs/PERF.md): gate_up BN 128 (395 / 413 us a layer
+# against 412 / 431 with BN 64).
+MOE_CONFIG_BIG: dict[str, tuple[int, int, int, int]] | None = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)}
+# M tile in sorted mode (more tokens than SCAN_MAX_TOKENS): SORTED_BM while an expert gets at most
+# SORTED_BM_ROWS rows on average (pairs / experts), else SORTED_BM_LARGE, so that most experts still fit one M tile
+# and their weights are read once. H200 (docs/PERF.md): E32 at 128 / 256 tokens (16 / 32 rows per expert) one
+# expert layer 395 / 413 us with M tile 64 against 470 / 493 with 128; E16 at 256 tokens (64 rows per expert) the
+# whole step was slower with 64 (11.06 vs 10.56 ms).
+SORTED_BM = 64
+SORTED_BM_LARGE = 128
+SORTED_BM_ROWS = 40
+# Sorted mode's expert-sorted pair list: "triton" (`_routing_sort_kernel`, one program per expert, up to
+# ROUTING_SORT_MAX_PAIRS pairs: every decode step) or "torch" (torch.sort + searchsorted: 39-40 us a layer at 128 and
+# 256 tokens on the H200, 0.74 ms of a batch-256 step).
+ROUTING_SORT = "triton"
+ROUTING_SORT_MAX_PAIRS = 4096
+
+
+@triton.jit
+def _routing_sort_kernel(flat_ptr, rows_ptr, offs_ptr, P, PB: tl.constexpr):
+    """Stable counting sort of the (token, slot) pairs by expert, one program per expert e: rows[offs[e] + r] = the
+    r-th pair routed to e (pair order kept, as a stable torch.sort), offs[e] = pairs routed to lower experts,
+    offs[E] = P."""
+    e = tl.program_id(0)
+    p = tl.arange(0, PB)
+    pm = p < P
+    pe = tl.load(flat_ptr + p, mask=pm, other=-1)
+    hit = (pe == e).to(tl.int32)
+    first = tl.sum(((pe < e) & pm).to(tl.int32), axis=0)
+    rank = tl.cumsum(hit, axis=0) - 1
+    tl.store(rows_ptr + first + rank, p, mask=hit > 0)
+    tl.store(offs_ptr + e, first)
+    if e == tl.num_programs(0) - 1:
+        tl.store(offs_ptr + e + 1, P)
 
 
 @dataclass(frozen=True)
@@ -460,11 +627,17 @@ def routing_plan(topi: torch.Tensor, experts: int, compact: bool = True) -> Rout
         bm = max(16, _p2(tokens))
         rows = offs = flat
     else:
-        bm = SORTED_BM
-        sorted_e, order = torch.sort(flat.to(torch.int64), stable=True)
-        bounds = torch.arange(experts + 1, device=topi.device, dtype=sorted_e.dtype)
-        offs = torch.searchsorted(sorted_e, bounds).to(torch.int32)
-        rows = order.to(torch.int32)
+        bm = SORTED_BM if pairs <= SORTED_BM_ROWS * experts else SORTED_BM_LARGE
+        if ROUTING_SORT == "triton" and pairs <= ROUTING_SORT_MAX_PAIRS:
+            flat = flat.to(torch.int32)
+            rows = torch.empty((pairs,), dtype=torch.int32, device=topi.device)
+            offs = torch.empty((experts + 1,), dtype=torch.int32, device=topi.device)
+            _routing_sort_kernel[(experts,)](flat, rows, offs, pairs, PB=_p2(pairs), num_warps=4)
+        else:
+            sorted_e, order = torch.sort(flat.to(torch.int64), stable=True)
+            bounds = torch.arange(experts + 1, device=topi.device, dtype=sorted_e.dtype)
+            offs = torch.searchsorted(sorted_e, bounds).to(torch.int32)
+            rows = order.to(torch.int32)
     return RoutingPlan(flat=flat, rows=rows, offs=offs, pairs=pairs, scan=scan, compact=compact, bm=bm,
                        grid_rows=pairs if compact else experts, pb=_p2(pairs), epad=_p2(experts))
 

@@ -1,13 +1,24 @@
 """Triton MoE expert GEMMs of the `graph` engine for MXFP4 weights (the released gpt-oss layout, see
 bench/models/mxfp4.py): the counterpart of `kernels.moe` for experts held as blocks + scales.
 
-One program per (expert, N tile) reads that tile of the expert's blocks (uint8, two e2m1 codes per byte) and
-e8m0 scales once, decodes them in registers to the activation dtype, and runs `tl.dot` (bf16 MMA on Hopper)
-against every row routed to the expert. gate_up applies the clamped SwiGLU in its epilogue, down the bias and
-routing weight, exactly like the bf16 kernel. Decode uses scan mode (each program finds its rows in the (T, k)
-routing table, compact grid when there are fewer pairs than experts), prefill an expert-sorted row list. Every
-step-dependent value lives in device memory, so a decode step with these kernels is CUDA-graph capturable.
-Runs under TRITON_INTERPRET=1 on CPU for tests (tests/test_mxfp4.py).
+Rows come from `kernels.routed_rows` (the bf16 kernel's row logic: scan mode in decode, with the compact grid when
+there are fewer pairs than experts; an expert-sorted list in prefill), so both formats route identically. Every
+program reads its N tile of the expert's blocks (uint8, two e2m1 codes per byte, low nibble = even element) and
+e8m0 scales once. gate_up applies the clamped SwiGLU in its epilogue, down the bias and routing weight, exactly
+like the bf16 kernel. Every step-dependent value lives in device memory, so a decode step with these kernels is
+CUDA-graph capturable. Three inner loops (`IMPL`, picked per launch by `moe_mxfp4`):
+
+- "gemv" (few rows per expert: decode at batch <= GEMV_MAX_TOKENS): no tensor cores. One program per (expert,
+  BN output rows) loads [BN, NB, 16] bytes (16 contiguous bytes = one block per thread vector), decodes both
+  nibbles, multiplies by the even / odd activations in fp32, sums each block, applies the block's scale to the
+  block sum, and keeps per-block partials until the end (one cross-thread reduction per program, not per step).
+- "mma": per block of 32 weights, low nibbles x even activations and high nibbles x odd ones (two tl.dot), the
+  block's scale applied to the fp32 partial product.
+- "scaled": `tl.dot_scaled` (bf16 activations x e2m1 weights with e8m0 scales): Triton lowers the decode itself
+  (on Hopper it upcasts to bf16 in registers before the MMA).
+CUDA with bf16 activations decodes codes to fp16 by bit placement (value * 2^-14, folded into the scale);
+otherwise (the CPU interpreter, float32 tests) the decode is float arithmetic in the activation dtype, exact.
+Runs under TRITON_INTERPRET=1 on CPU for tests (tests/interpreter/mxfp4_cases.py).
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
@@ -19,6 +30,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from bench.engines.graph.kernels import routed_rows, routing_plan
 
 
 def _p2(n: int) -> int:
@@ -35,60 +48,6 @@ def _e2m1(code):
 
 
 @triton.jit
-def _moe_mxfp4_kernel(
-    x_ptr, wb_ptr, ws_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
-    P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
-    TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
-    COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    FAST: tl.constexpr,
-):
-    nb = tl.program_id(1)
-    offs_n = nb * BN + tl.arange(0, BN)
-    nmask = offs_n < N
-    mm = tl.arange(0, BM)
-    if SCAN:
-        p = tl.arange(0, PB)
-        pe = tl.load(topi_ptr + p, mask=p < P, other=-1)
-        if COMPACT:
-            slot = tl.program_id(0)
-            ee = tl.arange(0, EPAD)
-            present = tl.max((pe[None, :] == ee[:, None]).to(tl.int32), axis=1)
-            prank = tl.cumsum(present, axis=0) - 1
-            e = tl.sum(tl.where((present > 0) & (prank == slot), ee, 0), axis=0)
-            live = (slot < tl.sum(present, axis=0)).to(tl.int32)
-            hit = (pe == e).to(tl.int32) * live
-        else:
-            e = tl.program_id(0)
-            hit = (pe == e).to(tl.int32)
-        cnt = tl.sum(hit, axis=0)
-        rank = tl.cumsum(hit, axis=0) - 1
-        sel = (rank[None, :] == mm[:, None]) & (hit[None, :] > 0)
-        scan_rows = tl.sum(tl.where(sel, p[None, :], 0), axis=1)
-        start = 0
-        end = cnt
-    else:
-        e = tl.program_id(0)
-        start = tl.load(offs_ptr + e)
-        end = tl.load(offs_ptr + e + 1)
-    if COUNT:
-        if nb == 0:
-            if end > start:
-                tl.atomic_add(cnt_ptr, 1)
-    wb_base = wb_ptr + e.to(tl.int64) * stride_wbe + offs_n[None, :].to(tl.int64) * (K // 2)
-    ws_base = ws_ptr + e.to(tl.int64) * stride_wse + offs_n.to(tl.int64) * (K // 32)
-    if SCAN:  # every row of the expert fits one M tile (T <= SCAN_MAX_TOKENS)
-        _mxfp4_tile(x_ptr, wb_base, ws_base, bias_ptr, rw_ptr, out_ptr, e, scan_rows, mm < end, N, K, stride_x,
-                    stride_be, stride_o, alpha, limit, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST)
-    else:
-        for m0 in range(start, end, BM):
-            rm = m0 + mm
-            rmask = rm < end
-            pair = tl.load(rows_ptr + rm, mask=rmask, other=0)
-            _mxfp4_tile(x_ptr, wb_base, ws_base, bias_ptr, rw_ptr, out_ptr, e, pair, rmask, N, K, stride_x,
-                        stride_be, stride_o, alpha, limit, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST)
-
-
-@triton.jit
 def _e2m1_f16(code):
     """e2m1 codes (int32) -> fp16 holding value * 2^-14, exactly, in three integer ops: the sign goes to bit 15
     and exponent+mantissa (3 bits) to bits 11..9, so exponent field e and top mantissa bit m give
@@ -98,46 +57,10 @@ def _e2m1_f16(code):
 
 
 @triton.jit
-def _mxfp4_tile(
-    x_ptr, wb_base, ws_base, bias_ptr, rw_ptr, out_ptr, e, pair, rmask, N, K, stride_x, stride_be, stride_o,
-    alpha, limit, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    BK: tl.constexpr, FAST: tl.constexpr,
-):
-    """One M tile of rows `pair` (masked by rmask) against the expert's N tile: decode, MMA, epilogue, store.
-
-    Per block of 32 weights (16 bytes of a row, one scale): byte j holds weights 2j (low nibble) and 2j+1 (high
-    nibble), so the low nibbles multiply the even activations and the high nibbles the odd ones (two MMAs, no
-    interleave in registers); weight tiles are loaded K-major ([16, BN], 16 contiguous bytes per row) and the
-    block's scale multiplies the fp32 partial product of the block ([BM, BN]), not every weight. FAST (CUDA,
-    bf16 activations): codes decode to fp16 by bit placement (value * 2^-14, folded into the scale) and the MMA
-    runs in fp16; otherwise (the CPU interpreter) decode is float arithmetic in the activation dtype."""
+def _epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit, offs_n, nmask, N,
+              GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Bias; gate_up: clamped SwiGLU over the interleaved (gate, up) columns; down: routing weight. Store."""
     nb = tl.program_id(1)
-    KG = K // 32
-    if GATE_UP:
-        xrow = pair // TOPK
-    else:
-        xrow = pair
-    acc = tl.zeros([BM, BN], dtype=tl.float32)
-    j16 = tl.arange(0, 16)
-    xbase = x_ptr + xrow[:, None] * stride_x
-    for k0 in range(0, KG, BK // 32):
-        for gi in tl.static_range(BK // 32):
-            g = k0 + gi
-            offs_b = g * 16 + j16
-            live = offs_b < KG * 16  # the block exists (K is a multiple of 32)
-            amask = rmask[:, None] & live[None, :]
-            a_even = tl.load(xbase + 2 * offs_b[None, :], mask=amask, other=0.0)
-            a_odd = tl.load(xbase + 2 * offs_b[None, :] + 1, mask=amask, other=0.0)
-            byt = tl.load(wb_base + offs_b[:, None], mask=live[:, None] & nmask[None, :], other=0).to(tl.int32)
-            sc = tl.load(ws_base + g, mask=nmask & ((offs_n * 0 + g) < KG), other=0).to(tl.float32)
-            if FAST:
-                part = tl.dot(a_even.to(tl.float16), _e2m1_f16(byt & 15))
-                part = tl.dot(a_odd.to(tl.float16), _e2m1_f16(byt >> 4), part)
-                acc += part * tl.exp2(sc - 113.0)[None, :]  # 2^(s - 127) * 2^14
-            else:
-                part = tl.dot(a_even, _e2m1(byt & 15).to(x_ptr.dtype.element_ty))
-                part = tl.dot(a_odd, _e2m1(byt >> 4).to(x_ptr.dtype.element_ty), part)
-                acc += part * tl.exp2(sc - 127.0)[None, :]
     acc += tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
     if GATE_UP:
         gate, up = tl.split(tl.reshape(acc, (BM, BN // 2, 2)))
@@ -155,18 +78,175 @@ def _mxfp4_tile(
         tl.store(out_ptr + pair[:, None] * stride_o + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
 
 
-MOE_COMPACT = True
-SCAN_MAX_TOKENS = 64
+@triton.jit
+def _moe_mxfp4_kernel(
+    x_ptr, wb_ptr, ws_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
+    P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
+    TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
+    COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    FAST: tl.constexpr, IMPL: tl.constexpr,
+):
+    nb = tl.program_id(1)
+    offs_n = nb * BN + tl.arange(0, BN)
+    nmask = offs_n < N
+    mm = tl.arange(0, BM)
+    e, start, end, scan_rows = routed_rows(topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
+    if COUNT:
+        if nb == 0:
+            if end > start:
+                tl.atomic_add(cnt_ptr, 1)
+    if end > start:
+        e64 = e.to(tl.int64)
+        if IMPL == 0 or IMPL == 3:  # gemv (scan mode only; BM >= every expert's row count)
+            acc = _gemv_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K,
+                             stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST, IMPL == 3)
+            _epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                      offs_n, nmask, N, GATE_UP, BM, BN)
+        else:
+            wb_base = wb_ptr + e64 * stride_wbe + offs_n[None, :].to(tl.int64) * (K // 2)
+            ws_base = ws_ptr + e64 * stride_wse + offs_n.to(tl.int64) * (K // 32)
+            for m0 in range(start, end, BM):
+                rm = m0 + mm
+                rmask = rm < end
+                if SCAN:  # every row of the expert fits one M tile (T <= SCAN_MAX_TOKENS)
+                    pair = scan_rows
+                else:
+                    pair = tl.load(rows_ptr + rm, mask=rmask, other=0)
+                acc = _mma_tile(x_ptr, wb_base, ws_base, pair, rmask, K, stride_x, offs_n, nmask, TOPK, GATE_UP,
+                                BM, BN, BK, FAST, IMPL)
+                _epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                          offs_n, nmask, N, GATE_UP, BM, BN)
+
+
+@triton.jit
+def _gemv_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr,
+               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr, PAIRS: tl.constexpr):
+    """[BM, BN] fp32 = rows of x (the expert's `end` routed rows) times the expert's N tile, without tensor cores.
+
+    PAIRS ("gemv2"): the two nibbles of a byte are joined into a trailing pair axis and the activations loaded as
+    [NB, 16, 2] (32 contiguous values a block, vector loads) instead of two stride-2 loads of even / odd values."""
+    NB: tl.constexpr = BK // 32  # blocks of 32 weights per iteration
+    KG = K // 32
+    mm = tl.arange(0, BM)
+    if GATE_UP:
+        xrow = rows // TOPK
+    else:
+        xrow = rows
+    blk = tl.arange(0, NB)
+    j16 = tl.arange(0, 16)
+    wrow = wb_e + offs_n.to(tl.int64)[:, None, None] * (KG * 16)
+    srow = ws_e + offs_n.to(tl.int64)[:, None] * KG
+    part = tl.zeros([BM, BN, NB], dtype=tl.float32)  # scaled block sums, reduced over NB at the end
+    for g0 in range(0, KG, NB):
+        g = g0 + blk
+        gm = g < KG
+        byt = tl.load(wrow + (g * 16)[None, :, None] + j16[None, None, :],
+                      mask=nmask[:, None, None] & gm[None, :, None], other=0).to(tl.int32)
+        sc = tl.load(srow + g[None, :], mask=nmask[:, None] & gm[None, :], other=0).to(tl.float32)
+        if FAST:
+            wlo = _e2m1_f16(byt & 15).to(tl.float32)
+            whi = _e2m1_f16(byt >> 4).to(tl.float32)
+            scale = tl.exp2(sc - 113.0)  # 2^(s - 127) * 2^14
+        else:
+            wlo = _e2m1(byt & 15)
+            whi = _e2m1(byt >> 4)
+            scale = tl.exp2(sc - 127.0)
+        if PAIRS:
+            w2 = tl.join(wlo, whi)  # [BN, NB, 16, 2]: weight 2j + h of each block
+            xoff2 = (g * 32)[:, None, None] + 2 * j16[None, :, None] + tl.arange(0, 2)[None, None, :]
+        xoff = (g * 32)[:, None] + 2 * j16[None, :]
+        for r in tl.static_range(BM):
+            xr = tl.sum(tl.where(mm == r, xrow, 0), axis=0)
+            # rows past `end` read row 0 (scan_rows is 0 there, a valid row) and are masked at the store
+            if PAIRS:
+                xv = tl.load(x_ptr + xr * stride_x + xoff2, mask=gm[:, None, None], other=0.0).to(tl.float32)
+                s = tl.sum(tl.sum(w2 * xv[None, :, :, :], axis=3), axis=2) * scale
+            else:
+                xe = tl.load(x_ptr + xr * stride_x + xoff, mask=gm[:, None], other=0.0).to(tl.float32)
+                xo = tl.load(x_ptr + xr * stride_x + xoff + 1, mask=gm[:, None], other=0.0).to(tl.float32)
+                s = tl.sum(wlo * xe[None, :, :] + whi * xo[None, :, :], axis=2) * scale  # [BN, NB]
+            if BM == 1:
+                part += s[None, :, :]
+            else:
+                part = tl.where((mm == r)[:, None, None], part + s[None, :, :], part)
+    return tl.sum(part, axis=2)
+
+
+@triton.jit
+def _mma_tile(x_ptr, wb_base, ws_base, pair, rmask, K, stride_x, offs_n, nmask, TOPK: tl.constexpr,
+              GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr,
+              IMPL: tl.constexpr):
+    """[BM, BN] fp32 for one M tile of rows `pair` (masked by rmask) against the expert's N tile, with tl.dot.
+
+    IMPL 1 ("mma"): per block of 32 weights (16 bytes of a row, one scale), the low nibbles multiply the even
+    activations and the high nibbles the odd ones (two MMAs, no interleave in registers); weight tiles are loaded
+    K-major ([16, BN]) and the block's scale multiplies the fp32 partial product of the block. IMPL 2 ("scaled"):
+    tl.dot_scaled over BK weights per step (CUDA bf16 only)."""
+    KG = K // 32
+    if GATE_UP:
+        xrow = pair // TOPK
+    else:
+        xrow = pair
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    xbase = x_ptr + xrow[:, None] * stride_x
+    if IMPL == 2:
+        for k0 in range(0, K, BK):
+            offs_k = k0 + tl.arange(0, BK)
+            a = tl.load(xbase + offs_k[None, :], mask=rmask[:, None] & (offs_k < K)[None, :], other=0.0)
+            kb = k0 // 2 + tl.arange(0, BK // 2)
+            b = tl.load(wb_base + kb[:, None], mask=(kb < K // 2)[:, None] & nmask[None, :], other=0)
+            sg = k0 // 32 + tl.arange(0, BK // 32)
+            s = tl.load(ws_base[:, None] + sg[None, :], mask=nmask[:, None] & (sg < KG)[None, :], other=127)
+            acc = tl.dot_scaled(a.to(tl.bfloat16), None, "bf16", b, s, "e2m1", acc)
+    else:
+        j16 = tl.arange(0, 16)
+        for k0 in range(0, KG, BK // 32):
+            for gi in tl.static_range(BK // 32):
+                g = k0 + gi
+                offs_b = g * 16 + j16
+                live = offs_b < KG * 16  # the block exists (K is a multiple of 32)
+                amask = rmask[:, None] & live[None, :]
+                a_even = tl.load(xbase + 2 * offs_b[None, :], mask=amask, other=0.0)
+                a_odd = tl.load(xbase + 2 * offs_b[None, :] + 1, mask=amask, other=0.0)
+                byt = tl.load(wb_base + offs_b[:, None], mask=live[:, None] & nmask[None, :], other=0).to(tl.int32)
+                sc = tl.load(ws_base + g, mask=nmask & ((offs_n * 0 + g) < KG), other=0).to(tl.float32)
+                if FAST:
+                    part = tl.dot(a_even.to(tl.float16), _e2m1_f16(byt & 15))
+                    part = tl.dot(a_odd.to(tl.float16), _e2m1_f16(byt >> 4), part)
+                    acc += part * tl.exp2(sc - 113.0)[None, :]  # 2^(s - 127) * 2^14
+                else:
+                    part = tl.dot(a_even, _e2m1(byt & 15).to(x_ptr.dtype.element_ty))
+                    part = tl.dot(a_odd, _e2m1(byt >> 4).to(x_ptr.dtype.element_ty), part)
+                    acc += part * tl.exp2(sc - 127.0)[None, :]
+    return acc
+
+
+IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3}
+# Decode with at most this many tokens uses the gemv loop (every expert then has <= this many rows; one M "tile"
+# of p2(tokens) rows, the weights decoded once per program and reused for each row). H200, one E32 k4 layer
+# (docs/MXFP4.md): 1 token gemv2 49 us, gemv 52, scaled 77, mma 120; 4 tokens gemv 275, scaled 174, mma 262.
+GEMV_MAX_TOKENS = 1
 # (BN, BK, num_warps, num_stages) per GEMM; BK is a multiple of 32 (one scale per 32 values).
-MXFP4_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 128, 8, 3), "down": (128, 128, 8, 3)}
-MXFP4_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 3), "down": (64, 128, 4, 3)}
-# MOE_MXFP4_TILES='{"few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}}' overrides them (experiments,
-# or the tiles scripts/gpu_mxfp4.py tuned in the same session)
+# "gemv": decode with <= GEMV_MAX_TOKENS tokens; "few": other compact launches (fewer pairs than experts);
+# "full": every other launch (scan over all experts, or sorted prefill). Picked on the H200 (docs/MXFP4.md).
+MXFP4_CONFIG_GEMV: dict[str, tuple[int, int, int, int]] = {"gate_up": (16, 512, 4, 3), "down": (16, 512, 4, 3)}
+MXFP4_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}
+MXFP4_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}
+# the inner loop of the non-gemv launches on CUDA with bf16 activations ("mma" or "scaled"); 32 tokens, one
+# layer: scaled 510 us, mma 787
+MMA_IMPL = "scaled"
+GEMV_IMPL = "gemv2"  # activations loaded in (even, odd) pairs; "gemv": two stride-2 loads
+# MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}}' overrides them
+# (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 TILES_ENV = "MOE_MXFP4_TILES"
 if os.environ.get(TILES_ENV):
     _tiles = json.loads(os.environ[TILES_ENV])
+    MXFP4_CONFIG_GEMV.update({k: tuple(v) for k, v in _tiles.get("gemv", {}).items()})
     MXFP4_CONFIG_FEW.update({k: tuple(v) for k, v in _tiles.get("few", {}).items()})
     MXFP4_CONFIG.update({k: tuple(v) for k, v in _tiles.get("full", {}).items()})
+    MMA_IMPL = _tiles.get("mma_impl", MMA_IMPL)
+    GEMV_IMPL = _tiles.get("gemv_impl", GEMV_IMPL)
+    GEMV_MAX_TOKENS = int(_tiles.get("gemv_max_tokens", GEMV_MAX_TOKENS))
 
 
 def moe_mxfp4(
@@ -183,50 +263,51 @@ def moe_mxfp4(
     limit: float,
     counter: torch.Tensor | None = None,
     compact: bool = True,
+    impl: str | None = None,
 ) -> torch.Tensor:
     """Routed MXFP4 experts for x (T, H), routing (T, k) -> weighted per (token, slot) outputs (T*k, H).
 
     gate_up_blocks [E, 2I, H/32, 16], gate_up_scales [E, 2I, H/32], down_blocks [E, H, I/32, 16],
-    down_scales [E, H, I/32] (uint8, contiguous); biases [E, 2I] and [E, H].
+    down_scales [E, H, I/32] (uint8, contiguous); biases [E, 2I] and [E, H]. impl: "gemv" | "gemv2" | "mma" |
+    "scaled" forces the inner loop (tests, benchmarks); None picks it (GEMV_IMPL for <= GEMV_MAX_TOKENS tokens in
+    decode, else
+    MMA_IMPL on CUDA bf16, "mma" otherwise).
     """
     tokens, hidden = x.shape
     k = topi.shape[1]
     experts, n2 = gate_up_blocks.shape[0], gate_up_blocks.shape[1]
-    inter = n2 // 2
-    pairs = tokens * k
-    flat = topi.reshape(-1)
-    scan = tokens <= SCAN_MAX_TOKENS
-    compact = scan and compact and MOE_COMPACT and pairs < experts
-    if scan:
-        bm = max(16, _p2(tokens))
-        rows = offs = flat
-    else:
+    plan = routing_plan(topi, experts, compact)
+    fast = x.dtype == torch.bfloat16 and x.is_cuda
+    if impl is None:
+        impl = GEMV_IMPL if plan.scan and tokens <= GEMV_MAX_TOKENS else (MMA_IMPL if fast else "mma")
+    gemv = impl in ("gemv", "gemv2")
+    if gemv and not plan.scan:
+        raise ValueError("the MXFP4 gemv loop is for decode (scan mode) only")
+    if impl == "scaled" and x.dtype != torch.bfloat16:
+        raise ValueError("the MXFP4 'scaled' loop (tl.dot_scaled) takes bf16 activations")
+    bm = _p2(tokens) if gemv else plan.bm
+    if not gemv and not plan.scan:
         bm = 64
-        sorted_e, rows = torch.sort(flat.to(torch.int64), stable=True)
-        bounds = torch.arange(experts + 1, device=x.device, dtype=sorted_e.dtype)
-        offs = torch.searchsorted(sorted_e, bounds).to(torch.int32)
-        rows = rows.to(torch.int32)
-    act = torch.empty((pairs, inter), dtype=x.dtype, device=x.device)
-    out = torch.empty((pairs, hidden), dtype=x.dtype, device=x.device)
+    act = torch.empty((plan.pairs, n2 // 2), dtype=x.dtype, device=x.device)
+    out = torch.empty((plan.pairs, hidden), dtype=x.dtype, device=x.device)
     rw = topw.reshape(-1)
-    count = counter is not None
-    cnt = counter if counter is not None else flat
+    cnt = counter if counter is not None else plan.flat
+    table = MXFP4_CONFIG_GEMV if gemv else (MXFP4_CONFIG_FEW if plan.compact else MXFP4_CONFIG)
     for name, src, wb, ws, bias, dst, n in (
         ("gate_up", x, gate_up_blocks, gate_up_scales, gate_up_bias, act, n2),
         ("down", act, down_blocks, down_scales, down_bias, out, hidden),
     ):
-        bn, bk, warps, stages = (MXFP4_CONFIG_FEW if compact else MXFP4_CONFIG)[name]
+        bn, bk, warps, stages = table[name]
         kdim = src.shape[1]
         if kdim % 32:
             raise ValueError(f"MXFP4 GEMM needs K % 32 == 0, got K={kdim}")
         bk = min(bk, max(32, _p2(kdim)))
         gu = name == "gate_up"
-        _moe_mxfp4_kernel[(pairs if compact else experts, triton.cdiv(n, bn))](
-            src, wb, ws, bias, flat, rows, offs, rw, dst, cnt,
-            pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
+        _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
+            src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
+            plan.pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
             alpha, limit,
-            TOPK=k, GATE_UP=gu, SCAN=scan, PB=_p2(pairs), COUNT=count and gu, COMPACT=compact, EPAD=_p2(experts),
-            BM=bm, BN=bn, BK=bk, FAST=x.dtype == torch.bfloat16 and x.is_cuda, num_warps=warps,
-            num_stages=stages,
+            TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
+            EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], num_warps=warps, num_stages=stages,
         )
     return out

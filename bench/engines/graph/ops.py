@@ -6,7 +6,10 @@
     route(x, router) -> (topi (T, k) int32/int64, topw (T, k) float32)   router linear, top-k, softmax over k
     decode_attention(qkv, kc, vc, sinks, sliding, geom, state) -> (B, hq*D)   rope of q and k at `state.pos`,
                                                  k/v written into the cache slot, one-token attention with sinks
-    linear(x, w, b) -> x w^T + b   F.linear; TritonOps with gemv: the Triton GEMV for <= GEMV_MAX_ROWS rows
+    linear(x, w, b, partials=False) -> x w^T + b   F.linear; TritonOps with gemv: the Triton GEMV for <= GEMV_MAX_ROWS
+                                 rows; with splitk and partials=True (the decoder's qkv and o_proj in decode),
+                                 <= SPLITK_MAX_ROWS rows return kernels.Partials, which only decode_attention (qkv)
+                                 and add_rmsnorm (o_proj, ks = 1) of TritonOps take
 
 `make_ops(options, geom)` picks one from the resolved GraphOptions.
 """
@@ -14,11 +17,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from bench.engines.graph.options import GraphOptions
+
+if TYPE_CHECKING:
+    from bench.engines.graph.kernels import Partials
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 class TorchOps:
     name = "torch"
 
-    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, partials: bool = False) -> torch.Tensor:
         return F.linear(x, w, b)
 
     def add_rmsnorm(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor,
@@ -103,14 +110,20 @@ class TorchOps:
 class TritonOps:
     name = "triton"
 
-    def __init__(self, router_split: bool = True, gemv: bool = False) -> None:
+    def __init__(self, router_split: bool = True, gemv: bool = False, splitk: bool = False) -> None:
         from bench.engines.graph import kernels
 
         self.k = kernels
         self.router_split = router_split
         self.gemv = gemv
+        self.splitk = splitk
 
-    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+               partials: bool = False) -> torch.Tensor | Partials:
+        small = w.shape[0] < 16384
+        if (partials and self.splitk and small and x.shape[0] <= self.k.SPLITK_MAX_ROWS and x.stride(1) == 1
+                and w.is_contiguous() and self.k.SPLITK_CONFIG.get("small") is not None):
+            return self.k.splitk_linear(x, w, b, self.k.SPLITK_CONFIG["small"])
         if self.gemv and x.shape[0] <= self.k.GEMV_MAX_ROWS and x.stride(1) == 1 and w.is_contiguous():
             cfg = self.k.GEMV_CONFIG.get("vocab" if w.shape[0] >= 16384 else "small")
             if cfg is not None:  # None: cuBLAS measured faster for this weight class
@@ -133,5 +146,5 @@ class TritonOps:
 def make_ops(options: GraphOptions) -> TorchOps | TritonOps:
     """The backend for resolved options (kernels = torch | triton)."""
     if options.kernels == "triton":
-        return TritonOps(router_split=options.router_split, gemv=options.gemv)
+        return TritonOps(router_split=options.router_split, gemv=options.gemv, splitk=options.splitk)
     return TorchOps()

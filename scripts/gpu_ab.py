@@ -1,0 +1,66 @@
+"""Same-card A/B of two source trees (e.g. main's checkout and this branch): the graph engine's ms/step at a few
+batch sizes, run with the `bench` package of --root, so that two processes on one GPU compare code, not cards.
+
+    PYTHONUNBUFFERED=1 python scripts/gpu_ab.py --root PATH --label NAME [--cases 1x4,8x4,32x4]
+
+Uses only APIs both trees have (GraphEngine, GraphOptions, load_model, measure_bandwidth, ArchSummary,
+roofline_point). Prompt 256, 33 new tokens (32 timed steps), best of 2 generations, E32; one JSON line per case
+appended to $OUT/ab.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+PROMPT, NEW = 256, 33
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--root", required=True, help="source tree whose `bench` package runs")
+    ap.add_argument("--label", required=True)
+    ap.add_argument("--cases", default="1x4,8x4,32x4", help="BATCHxTOP_K, comma-separated")
+    args = ap.parse_args()
+    sys.path.insert(0, str(Path(args.root).resolve()))
+    import torch
+
+    import bench
+    from bench.engines.graph import GraphEngine, GraphOptions
+    from bench.measure.bandwidth import measure_bandwidth
+    from bench.models.loading import load_model
+    from bench.models.pruning import set_top_k
+    from bench.roofline import ArchSummary, mean_decode_context, roofline_point
+
+    model = load_model("synthetic:gpt-oss-20b", device="cuda", dtype=torch.bfloat16, seed=0).model
+    bandwidth = measure_bandwidth("cuda")
+    arch = ArchSummary.from_model(model)
+    out = Path(os.environ.get("OUT", ".")) / "ab.jsonl"
+    for case in args.cases.split(","):
+        batch, k = (int(v) for v in case.split("x"))
+        set_top_k(model, k)
+        ids = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda",
+                            generator=torch.Generator("cuda").manual_seed(batch))
+        eng = GraphEngine(GraphOptions())
+        eng.prepare(model, ids, NEW)
+        r = min((eng.generate(model, ids, NEW) for _ in range(2)), key=lambda r: r.decode_s)
+        eng.release()
+        tps = batch * (NEW - 1) / r.decode_s
+        ceil = roofline_point(arch, batch, k, mean_decode_context(PROMPT, NEW), bandwidth,
+                              distinct=r.distinct_experts).ceiling_tps
+        rec = {"label": args.label, "bench": str(Path(bench.__file__).parent), "batch": batch, "top_k": k,
+               "ms_step": round(1000 * r.decode_s / (NEW - 1), 3), "tok_s": round(tps, 1),
+               "roofline_pct": round(100 * tps / ceil, 1), "bandwidth_gbs": round(bandwidth / 1e9, 1),
+               "t": round(time.time(), 1)}
+        print(json.dumps(rec), flush=True)
+        with out.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
