@@ -2,7 +2,7 @@
 real `streamlit run app.py`, by default on a 100,000-point database (scripts/perf_dashboard.py builds it).
 
     .venv/bin/python scripts/pageload.py [--points 100000] [--db FILE] [--repeats 3] [--json pageload.json]
-                                         [--pages overview,scaling,...] [--no-empty] [--no-server]
+                                         [--pages overview,scaling,...] [--no-empty] [--no-filter] [--no-server]
 
 Per page, timed in the page itself (performance.now(), 0 = navigation start), median of --repeats:
 - cold: a fresh browser context (empty HTTP cache, no V8 code cache, new Streamlit session) after the database
