@@ -2,12 +2,16 @@
 real `streamlit run app.py`, by default on a 100,000-point database (scripts/perf_dashboard.py builds it).
 
     .venv/bin/python scripts/pageload.py [--points 100000] [--db FILE] [--repeats 3] [--json pageload.json]
-                                         [--pages overview,scaling,...] [--no-empty] [--no-server]
+                                         [--pages overview,scaling,...] [--no-empty] [--no-filter] [--no-server]
 
 Per page, timed in the page itself (performance.now(), 0 = navigation start), median of --repeats:
-- cold: a fresh browser context (empty HTTP cache, new Streamlit session) after the database file's mtime was
-  bumped (so the dashboard's cached queries miss, as after a sweep wrote);
-- warm: a second tab of the same context (scripts cached, server caches warm), the same URL.
+- cold: a fresh browser context (empty HTTP cache, no V8 code cache, new Streamlit session) after the database
+  file's mtime was bumped (so every cached query of the dashboard misses, as after a sweep wrote). The server
+  process itself is not new: before timing, each page is opened once (`first_view_s` in the JSON: the first view
+  after `streamlit run` also imports the page's modules, a once-per-process cost);
+- warm: a second tab of the same context (HTTP cache filled, server caches warm), the same URL;
+- switch: in a third tab of that context, on another page, a click on the page's link in the sidebar (in-app
+  navigation: no JavaScript is loaded again, the session is kept) until its script ran and its charts are drawn.
 Marks: `title` (the page's h1 drawn), `idle` (the first script run finished: its script_finished websocket
 message), `traces` (every plotly trace of every chart on the page drawn: the number of `g.trace` groups equals
 the number of visible traces in the figure data; for pages without charts it equals `idle`).
@@ -17,9 +21,11 @@ Streamlit server during the load, including the 1 s quiet wait: robust to a busy
 bytes received for the first run), `plotly_bytes` / `table_bytes` (figure JSON and Arrow table bytes in those
 deltas), `browser_main_s` (Chromium main-thread task time, CDP Performance.TaskDuration; wall time, so a busy
 machine inflates it). With the server timing on (default), also AppTest's server-only render time (warm).
-Plus one interaction: on Scaling, pick the last card of the sidebar's Card filter (not the newest sweep's) and
-time the click until both charts are redrawn. And Streamlit's own fixed cost: the same timings for an app whose
-only content is `st.title`.
+Plus one interaction: on Scaling, pick a card of the database that the default selection does not show in the
+sidebar's Card filter and time the click until both charts are redrawn with that card's runs. And two baselines
+served the same way (same flags, same browser): an app whose only content is `st.title` (Streamlit's own fixed
+cost) and the same with one one-trace `st.plotly_chart` (Streamlit + its plotly.js chunk: the floor of any chart
+page). The load average (1 min) is recorded per page: on a shared machine compare runs made back to back.
 
 Prints a markdown table and writes the numbers as JSON (--json).
 """
@@ -42,9 +48,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PAGES = ("overview", "scaling", "memory", "compare", "runs", "export")
-CHART_PAGES = {"overview": 1, "scaling": 2, "memory": 2, "compare": 1}  # charts each page draws at least
+PAGES = ("overview", "scaling", "memory", "compare", "history", "routing", "runs", "export")
+CHART_PAGES = {"overview": 1, "scaling": 2, "memory": 2, "compare": 1, "history": 1}  # charts each page draws
+NAV_TITLES = {p: p.capitalize() for p in PAGES}  # the page list's link texts (app.py)
 EMPTY_APP = 'import streamlit as st\n\nst.title("Empty page")\n'
+# Streamlit + its plotly.js chunk: the same empty page with one one-trace chart (the floor of any chart page)
+EMPTY_CHART_APP = ('import plotly.graph_objects as go\nimport streamlit as st\n\nst.title("Empty page, one chart")\n'
+                   'st.plotly_chart(go.Figure(go.Scatter(x=[1, 2, 3], y=[1, 3, 2], name="one")), width="stretch")\n')
+BASELINES = {"empty (Streamlit alone)": (EMPTY_APP, 0), "empty + 1 chart (Streamlit + plotly.js)": (EMPTY_CHART_APP, 1)}
 
 # Recorder injected before any page script: websocket message sizes/times and, every animation frame, the page
 # state (title drawn, script running, traces expected/drawn per chart); each change is logged with its time.
@@ -168,6 +179,8 @@ def _marks(changes: list, finished: list[float], since: float = 0.0, charts: int
                 traces = t
     if not charts or (traces is not None and idle is not None and traces < idle):
         traces = idle  # no chart, or the charts were already drawn: the page is done when its script is
+    if traces is not None and title is not None and traces < title:
+        traces = title  # ... and its title is drawn
     return {k: None if v is None else round((v - since) / 1000, 3)
             for k, v in (("title_s", title), ("idle_s", idle), ("traces_s", traces))}
 
@@ -289,55 +302,118 @@ def _attribute(msgs: list, decoded: list[dict]) -> dict:
             "ws_bytes": ws, "plotly_bytes": plotly, "table_bytes": table}
 
 
-def _filter_scaling(ctx, url: str) -> dict:
-    """On Scaling: pick the other card in the sidebar's Card filter; time the click until both charts redrawn."""
+def other_card(db: Path) -> str | None:
+    """A card of `db` that the default selection does not show (the filter step picks it), or None."""
+    from bench.analysis import labels
+    from bench.store import queries
+
+    runs = queries.runs(db)
+    shown = set(runs.set_index("run_id").loc[labels.default_runs(runs[runs["n_ok"] > 0]), "device_name"])
+    others = sorted(set(runs["device_name"].dropna()) - shown)
+    return others[0] if others else None
+
+
+def _filter_scaling(ctx, url: str, card: str, timeout_s: float = 120) -> dict:
+    """On Scaling: pick `card` (a card of the database the default selection does not show) in the sidebar's Card
+    filter; time the click until both charts are redrawn with that card's runs."""
     page = ctx.new_page()
     frames: list[bytes] = []
     page.on("websocket", lambda ws: ws.on("framereceived", lambda p: frames.append(p if isinstance(p, bytes)
                                                                                     else p.encode())))
     try:
         page.goto(f"{url}/scaling", wait_until="commit")
-        _settle(page, CHART_PAGES["scaling"])
+        _settle(page, CHART_PAGES["scaling"], timeout_s)
+        before = page.evaluate("() => window.__pl.changes.slice(-1)[0][1].names")
         box = page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"]').filter(
             has=page.locator('[data-testid="stWidgetLabel"]', has_text="Card")).first
         box.locator("input").first.click()
-        option = page.get_by_role("option").filter(has_not_text="Select all").last  # not the default (newest) card
-        option.wait_for(timeout=120_000)
-        name = option.inner_text()
+        option = page.get_by_role("option", name=card, exact=True)
+        option.wait_for(timeout=timeout_s * 1000)
         since = page.evaluate("() => performance.now()")
         option.click()
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + timeout_s
         while not any(t > since for t in _finished(page.evaluate("() => window.__pl.msgs"), _decode(frames))):
             if time.monotonic() > deadline:
                 raise TimeoutError("the Card filter triggered no script run")
             page.wait_for_timeout(100)
-        _settle(page, CHART_PAGES["scaling"])
+        _settle(page, CHART_PAGES["scaling"], timeout_s)
         pl = page.evaluate("() => window.__pl")
     finally:
         page.close()
+    if pl["changes"][-1][1]["names"] == before:
+        raise RuntimeError(f"the Card filter ({card}) did not change the charts")
     out = _marks(pl["changes"], _finished(pl["msgs"], _decode(frames)), since, CHART_PAGES["scaling"])
-    out["picked"] = name
+    out["picked"] = card
     return out
 
 
-def measure(url: str, pages: list[str], repeats: int, db: Path | None, browser) -> dict:
-    """cold/warm marks per page (median of `repeats`), plus the Scaling filter interaction."""
+def _switch(ctx, url: str, name: str, charts: int) -> dict:
+    """In-app navigation: on another page of the same tab (JavaScript, plotly.js and the session already loaded),
+    click `name` in the sidebar's page list; time the click until its script ran and its charts are drawn."""
+    start = "export" if charts else "overview"  # a page without charts (or, for one without, another page)
+    page = ctx.new_page()
+    frames: list[bytes] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda p: frames.append(p if isinstance(p, bytes)
+                                                                                    else p.encode())))
+    try:
+        page.goto(f"{url}/{'' if start == 'overview' else start}", wait_until="commit")
+        _settle(page, CHART_PAGES.get(start, 0))
+        link = page.locator('[data-testid="stSidebarNav"] a').filter(has_text=NAV_TITLES[name]).first
+        since = page.evaluate("() => performance.now()")
+        link.click()
+        deadline = time.monotonic() + 120
+        while not any(t > since for t in _finished(page.evaluate("() => window.__pl.msgs"), _decode(frames))):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"switching to {name} ran no script")
+            page.wait_for_timeout(100)
+        _settle(page, charts)
+        pl = page.evaluate("() => window.__pl")
+    finally:
+        page.close()
+    out = _marks(pl["changes"], _finished(pl["msgs"], _decode(frames)), since, charts)
+    return {"idle_s": out["idle_s"], "traces_s": out["traces_s"]}
+
+
+def warm_up(url: str, pages: list[str], browser) -> dict[str, float | None]:
+    """Open each page once in a throwaway context: the server imports the page modules (and app.py's background
+    import of scipy.stats) on a page's first view after start, which is not what a user waits for on later
+    views. Returns each first view's marks (traces_s), reported apart as `first_view_s`."""
+    out: dict[str, float | None] = {}
+    ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+    ctx.add_init_script(RECORDER)
+    try:
+        for name in pages:
+            out[name] = _open(ctx, f"{url}/{'' if name == 'overview' else name}", CHART_PAGES.get(name, 0))["traces_s"]
+    finally:
+        ctx.close()
+    time.sleep(2)  # let the background imports finish
+    return out
+
+
+def measure(url: str, pages: list[str], repeats: int, db: Path | None, browser, charts: int | None = None) -> dict:
+    """cold/warm marks per page (median of `repeats`). `charts`: how many charts the page draws (default: the
+    dashboard page's CHART_PAGES entry)."""
     results: dict[str, dict] = {}
     for name in pages:
         path = "" if name in ("overview", "empty") else name
-        charts = CHART_PAGES.get(name, 0)
-        cold, warm = [], []
+        n_charts = CHART_PAGES.get(name, 0) if charts is None else charts
+        cold, warm, switch = [], [], []
         for _ in range(repeats):
             if db is not None:
                 os.utime(db)  # a new file version: the dashboard's cached queries miss
             ctx = browser.new_context(viewport={"width": 1280, "height": 860})
             ctx.add_init_script(RECORDER)
             try:
-                cold.append(_open(ctx, f"{url}/{path}", charts))
-                warm.append(_open(ctx, f"{url}/{path}", charts))
+                cold.append(_open(ctx, f"{url}/{path}", n_charts))
+                warm.append(_open(ctx, f"{url}/{path}", n_charts))
+                if name in NAV_TITLES:
+                    switch.append(_switch(ctx, url, name, n_charts))
             finally:
                 ctx.close()
-        results[name] = {"cold": _median(cold), "warm": _median(warm)}
+        results[name] = {"cold": _median(cold), "warm": _median(warm),
+                         "load_avg_1min": round(os.getloadavg()[0], 2)}
+        if switch:
+            results[name]["switch"] = _median(switch)
         print(f"{name}: cold {results[name]['cold']['traces_s']} s, warm {results[name]['warm']['traces_s']} s",
               file=sys.stderr, flush=True)
     return results
@@ -408,8 +484,8 @@ def _fmt(v: object, unit: str = "") -> str:
 def table(report: dict) -> str:
     lines = ["| page | cold: title / idle / traces (s) | warm: title / idle / traces (s) | server script (s) | "
              "AppTest (s) | ws kB | plotly kB | table kB | browser main-thread (s) | CPU s cold: browser / server | "
-             "CPU s warm: browser / server |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+             "CPU s warm: browser / server | in-app switch (s) | load (1 min) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"]
     for name, r in report["pages"].items():
         c, w = r["cold"], r["warm"]
         lines.append(
@@ -418,11 +494,17 @@ def table(report: dict) -> str:
             f"{_fmt(report.get('apptest_s', {}).get(name))} | {_fmt(w['ws_bytes'], 'kB')} | "
             f"{_fmt(w['plotly_bytes'], 'kB')} | {_fmt(w['table_bytes'], 'kB')} | {_fmt(w['browser_main_s'])} | "
             f"{_fmt(c.get('browser_cpu_s'))} / {_fmt(c.get('server_cpu_s'))} | "
-            f"{_fmt(w.get('browser_cpu_s'))} / {_fmt(w.get('server_cpu_s'))} |")
+            f"{_fmt(w.get('browser_cpu_s'))} / {_fmt(w.get('server_cpu_s'))} | "
+            f"{_fmt(r.get('switch', {}).get('traces_s'))} | {_fmt(r.get('load_avg_1min'))} |")
     f = report.get("scaling_filter")
     if f:
         lines.append(f"\nScaling, Card filter → {f['picked']}: redrawn in **{_fmt(f['traces_s'])} s** "
-                     f"(script idle {_fmt(f['idle_s'])} s); median of {report['repeats']}.")
+                     f"(script idle {_fmt(f['idle_s'])} s); median of {report['repeats']}."
+                     + (f" Failed runs: {f['errors']}" if f.get("errors") else ""))
+    first = report.get("first_view_s")
+    if first:
+        lines.append("\nFirst view of each page after the server started (not in the table; module imports): "
+                     + ", ".join(f"{k} {_fmt(v)} s" for k, v in first.items()))
     return "\n".join(lines)
 
 
@@ -434,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pages", default=",".join(PAGES))
     ap.add_argument("--json", type=Path, default=Path("pageload.json"), help="where to write the numbers")
     ap.add_argument("--no-empty", action="store_true", help="skip the empty-page (Streamlit fixed cost) timing")
+    ap.add_argument("--no-filter", action="store_true", help="skip the Scaling filter interaction")
     ap.add_argument("--no-server", action="store_true", help="skip AppTest's server-only render times")
     ap.add_argument("--watcher", default="none", choices=("none", "auto", "poll", "watchdog"),
                     help="Streamlit's server.fileWatcherType for the dashboard server (default none, as `make run`)")
@@ -466,30 +549,39 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 pids: list[int] = []
                 with shots.serve(db, folder / "streamlit.log", watcher=args.watcher, pids=pids) as url:
-                    cpu0 = _cpu_s(pids[0])
                     PIDS["server"] = pids[0]
+                    report["first_view_s"] = warm_up(url, pages, browser)
+                    cpu0 = _cpu_s(pids[0])
                     report["pages"] = measure(url, pages, args.repeats, db, browser)
                     views = 2 * args.repeats * len(pages)
                     report["server_cpu_s_per_view"] = round((_cpu_s(pids[0]) - cpu0) / views, 3)
                     report["watcher"] = args.watcher
-                    if "scaling" in pages:
-                        runs = []
+                    card = other_card(db) if "scaling" in pages and not args.no_filter else None
+                    if card:
+                        runs, errors = [], []
                         for _ in range(args.repeats):
                             ctx = browser.new_context(viewport={"width": 1280, "height": 860})
                             ctx.add_init_script(RECORDER)
                             try:
-                                runs.append(_filter_scaling(ctx, url))
+                                runs.append(_filter_scaling(ctx, url, card))
+                            except (TimeoutError, RuntimeError) as exc:  # reported, the page timings still count
+                                errors.append(str(exc)[:300])
                             finally:
                                 ctx.close()
-                        report["scaling_filter"] = _median(runs)
+                        report["scaling_filter"] = _median(runs) if runs else {"picked": card, "traces_s": None,
+                                                                               "idle_s": None}
+                        if errors:
+                            report["scaling_filter"]["errors"] = errors
                 if not args.no_empty:
-                    app = folder / "empty" / "app.py"
-                    app.parent.mkdir()
-                    app.write_text(EMPTY_APP)
-                    with shots.serve(None, folder / "streamlit-empty.log", app=app, pids=pids) as url:
-                        PIDS["server"] = pids[-1]
-                        report["pages"]["empty (Streamlit alone)"] = measure(url, ["empty"], args.repeats, None,
-                                                                            browser)["empty"]
+                    for i, (label, (source, n_charts)) in enumerate(BASELINES.items()):
+                        app = folder / f"baseline{i}" / "app.py"
+                        app.parent.mkdir()
+                        app.write_text(source)
+                        with shots.serve(None, folder / f"streamlit-baseline{i}.log", app=app, pids=pids) as url:
+                            PIDS["server"] = pids[-1]
+                            warm_up(url, ["empty"], browser)
+                            report["pages"][label] = measure(url, ["empty"], args.repeats, None, browser,
+                                                             charts=n_charts)["empty"]
             finally:
                 browser.close()
         report["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -241,6 +241,10 @@ def take_screenshots(ctx, url: str, db: Path, out: Path) -> list[Path]:
             settle(page, charts=True)
         written.append(_shot(page, out, "compare", charts=True))
 
+        page.goto(f"{url}/history")  # default: the variant with the most runs, its newest run against the one before
+        settle(page, charts=True)
+        written.append(_shot(page, out, "history", charts=True))
+
         page.goto(f"{url}/routing")  # heatmaps when the database holds calibrations (bench calibrate)
         settle(page)
         written.append(_shot(page, out, "routing"))

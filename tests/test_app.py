@@ -190,6 +190,32 @@ def test_filters_persist_across_pages(fixture_db: Path, monkeypatch: pytest.Monk
     assert any("filters" in i.value for i in at.info)  # pruned16 is measured: nothing passes
 
 
+def test_run_selection_follows_the_filters(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filter that hides every picked run shows that filter's default runs (not an empty page); a filter that
+    hides some keeps the rest; an untouched (default) selection follows the filters."""
+    from tests.fixtures_db import H100
+
+    at = open_page(fixture_db, "pages/scaling.py", monkeypatch)
+    at.multiselect(key="scaling_runs").set_value(["run-base4", "run-a100-k2"]).run()
+    at.session_state["flt_cards"] = [H100]
+    at.run()
+    assert at.multiselect(key="scaling_runs").value == ["run-base4"]  # the A100 run is hidden, the rest kept
+    at.multiselect(key="scaling_runs").set_value(["run-base4"]).run()
+    at.session_state["flt_variants"] = ["pruned16_topk4"]
+    at.run()
+    assert not at.exception
+    assert at.multiselect(key="scaling_runs").value == ["run-pruned16"]  # all hidden: the filter's default
+    assert {n for n in traces(figure(at, 0)) if "ceiling" not in n} == {"pruned16_topk4"}
+    at = open_page(fixture_db, "pages/memory.py", monkeypatch)  # untouched default: follows each filter change
+    at.session_state["flt_cards"] = [H100]
+    at.run()
+    assert set(at.multiselect(key="memory_runs").value) == {"run-base4", "run-pruned16"}
+    at.session_state["flt_cards"] = []
+    at.session_state["flt_variants"] = ["base_topk2"]
+    at.run()
+    assert at.multiselect(key="memory_runs").value == ["run-a100-k2"]
+
+
 def test_sidebar_shows_database_path(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Outside the project only the file name shows (the full path is in the tooltip); inside, the relative path."""
     at = open_page(fixture_db, "pages/overview.py", monkeypatch)

@@ -30,8 +30,8 @@ from tests.fixtures_db import build_fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-PAGES = ("overview", "scaling", "memory", "compare", "routing", "runs", "export")
-CHART_PAGES = {"overview": 1, "scaling": 2, "memory": 2, "compare": 1}  # page -> charts it draws at least
+PAGES = ("overview", "scaling", "memory", "compare", "history", "routing", "runs", "export")
+CHART_PAGES = {"overview": 1, "scaling": 2, "memory": 2, "compare": 1, "history": 1}  # page -> charts it draws at least
 
 
 def _load_screenshots():

@@ -115,6 +115,35 @@ def test_energy_and_cost_with_sidebar_price(slow_db: Path, monkeypatch: pytest.M
     assert mbu["j_per_token"].dropna().min() == 2.0 / 8 * 0.75  # pruned at batch 8: 1.5 / 8
 
 
+def test_sidebar_prices_and_chart_downloads_are_drawn_when_opened(slow_db: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Cost expander's inputs and a chart's PNG/SVG buttons are sent only while opened (page weight); a price
+    typed in the opened sidebar reaches the cost columns, and stays in force once the expander is closed."""
+    at = open_page(slow_db, "pages/overview.py", monkeypatch)
+    assert [e.label for e in at.sidebar.expander] == ["Cost: $ per GPU-hour"] and not at.sidebar.number_input
+    assert not at.get("download_button")
+    at.session_state["overview_chart_dl"] = True  # what opening the popover does
+    at.run()
+    assert [b.label for b in at.get("download_button")] == ["PNG", "SVG"] or any(
+        "PNG/SVG downloads need" in c.value for c in at.caption)  # no browser: the note instead
+    # AppTest drops the sidebar's elements after a rerun, so the expander is opened before the first run
+    monkeypatch.setenv("BENCH_DB", str(slow_db))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["cost_open"] = True
+    at.run()
+    assert "w_usd_H100" in [n.key for n in at.sidebar.number_input]
+    at.sidebar.number_input(key="w_usd_H100").set_value(3.6).run()
+    assert at.session_state["usd_H100"] == 3.6  # (the URL part is test_price_from_the_link_is_used_and_remembered)
+    at.session_state["cost_open"] = False
+    at.switch_page("pages/scaling.py").run()  # closed again: the price stays in force
+    at.session_state["scaling_runs"] = ["hist-old"]
+    at.session_state["scaling_view"] = "Energy & cost"
+    at.run()
+    ec = table(at, "label", "batch", "total_tps", "j_per_token", "energy_note", "card_family", "usd_per_hour",
+               "usd_per_mtok")
+    assert ec[ec["batch"] == 4].iloc[0]["usd_per_hour"] == 3.6
+
+
 def test_price_from_the_link_is_used_and_remembered(slow_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = open_page(slow_db, "pages/scaling.py", monkeypatch,
                    {"scaling_runs": ["hist-old"], "scaling_view": "Energy & cost", "usd_H100": "3.6"})

@@ -58,6 +58,18 @@ def _overview(path: str, version: tuple) -> dict:
     return queries.overview(path)
 
 
+@st.cache_data(max_entries=8, show_spinner=False)
+def _styles(path: str, version: tuple) -> tuple[dict[str, str], dict[str, str]]:
+    return run_styles(_runs(path, version))
+
+
+def styles() -> tuple[dict[str, str], dict[str, str]]:
+    """(label -> colour, label -> dash) for every run (`bench.ui.colors.run_styles`), cached per file version: it
+    loops over the runs (~0.1 s for 500), which every page view paid."""
+    path = db_path()
+    return _styles(str(path), queries.file_version(path))
+
+
 def info() -> DbInfo:
     path = db_path()
     return _info(str(path), queries.file_version(path))
@@ -173,18 +185,26 @@ def price_inputs(runs_df: pd.DataFrame) -> None:
     fams = sorted({cost.card_family(d) for d in runs_df["device_name"]}) if len(runs_df) else []
     st.session_state["_price_families"] = fams
     changed = {}
-    with st.sidebar.expander("Cost: $ per GPU-hour", icon=":material/payments:"):
-        st.caption("Used for $ per million tokens (`$/h ÷ (total tok/s × 3600) × 10⁶`). Defaults: on-demand cloud "
-                   "list prices; set yours.")
-        for fam in fams:
-            key = price_key(fam)
-            share.seed_value(key, cast=lambda v: max(0.0, float(v)))
-            value = st.session_state.get(key)
-            _keep(key, float(value) if value is not None else cost.default_price(fam))
-            st.number_input(f"{fam} ($/h)", min_value=0.0, step=0.1, format="%.2f", key="w_" + key,
-                            on_change=_store, args=(key,))
-            v = st.session_state[key]
-            changed[key] = None if abs(v - cost.default_price(fam)) < 1e-9 else f"{v:g}"
+    for fam in fams:  # a link's prices count whether or not the inputs are drawn
+        key = price_key(fam)
+        share.seed_value(key, cast=lambda v: max(0.0, float(v)))
+        value = st.session_state.get(key)
+        st.session_state[key] = float(value) if value is not None else cost.default_price(fam)
+    # the inputs are drawn only while the expander is open (on_change="rerun"): closed, the sidebar skips a number
+    # input per card family on every page view (docs/PERF.md)
+    box = st.sidebar.expander("Cost: $ per GPU-hour", icon=":material/payments:", key="cost_open", on_change="rerun")
+    if box.open:
+        with box:
+            st.caption("Used for $ per million tokens (`$/h ÷ (total tok/s × 3600) × 10⁶`). Defaults: on-demand "
+                       "cloud list prices; set yours.")
+            for fam in fams:
+                key = price_key(fam)
+                _keep(key, st.session_state[key])
+                st.number_input(f"{fam} ($/h)", min_value=0.0, step=0.1, format="%.2f", key="w_" + key,
+                                on_change=_store, args=(key,))
+    for fam in fams:
+        v = st.session_state[price_key(fam)]
+        changed[price_key(fam)] = None if abs(v - cost.default_price(fam)) < 1e-9 else f"{v:g}"
     share.publish(changed)
 
 
@@ -229,7 +249,7 @@ def page_data(need_points: bool = True) -> PageData | None:
         return None
     runs_all = all_runs()
     runs_f = labels.apply_filters(runs_all, filters())
-    colors, dashes = run_styles(runs_all)
+    colors, dashes = styles()
     data = PageData(db=path, runs_all=runs_all, runs=runs_f, summary=summary(), colors=colors, dashes=dashes)
     if runs_f.empty:
         st.info("No runs pass the sidebar filters. Clear a filter to see data.")
@@ -246,10 +266,14 @@ def run_picker(data: PageData, key: str, label: str = "Runs", limit: int = 12) -
     label_of = dict(zip(runs_df["run_id"], runs_df["label"], strict=True))
     default = [r for r in labels.default_runs(runs_df, limit) if r in label_of]
     shared_runs(data, key, label_of)
-    if key in st.session_state:
-        st.session_state[key] = [r for r in st.session_state[key] if r in label_of]
-    else:
+    seeded = st.session_state.get("_default_" + key)
+    if key in st.session_state and st.session_state[key] != seeded:
+        kept = [r for r in st.session_state[key] if r in label_of]
+        # a filter that hides every picked run shows the new filter's default runs, not an empty page
+        st.session_state[key] = kept if kept or not st.session_state[key] else default
+    else:  # first view, or the selection is still the default: follow the filters' default
         st.session_state[key] = default
+    st.session_state["_default_" + key] = list(st.session_state[key]) if st.session_state[key] == default else None
     picked = st.multiselect(label, list(label_of), format_func=lambda r: label_of[r], key=key,
                             help=DEFAULT_HELP)
     share.publish({key: picked})
