@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_perf_graph import hf_argmax, paired_agreement
+from gpu_perf_graph import graph_tokens, hf_argmax, paired_agreement
 
 from bench.engines.graph import GraphEngine, GraphOptions
 from bench.engines.graph import mxfp4_kernels as mk
@@ -221,14 +221,12 @@ def time_case(model, batch: int, k: int, arch, bandwidth: float, label: str, wei
         eng.release()
 
 
-def accuracy(model, batch: int, steps: int = 96) -> dict:
+def accuracy(model, batch: int, steps: int = 96, one_by_one: bool = False) -> dict:
     """Teacher-forced agreement with the float32 argmax: the graph engine (MXFP4) and HF bf16 (dequantized)."""
     set_top_k(model, 4)
     ids = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda",
                         generator=torch.Generator("cuda").manual_seed(1))
-    eng = GraphEngine()
-    toks = eng.generate(model, ids, steps).tokens.to("cuda")
-    eng.release()
+    toks = graph_tokens(model, GraphOptions(), ids, steps, one_by_one)
     full = torch.cat([ids, toks], dim=1)
     mxfp4.dequantize_model(model, torch.bfloat16)
     torch.cuda.empty_cache()
@@ -239,7 +237,8 @@ def accuracy(model, batch: int, steps: int = 96) -> dict:
     torch.cuda.empty_cache()
     set_experts_implementation(model, "eager")
     fp32 = hf_argmax(model, full[:, :-1], sl)
-    return {"sec": "accuracy", "weights": "mxfp4", "batch": batch, "prompt_len": PROMPT, "steps": steps,
+    return {"sec": "accuracy", "weights": "mxfp4", "batch": 1 if one_by_one else batch, "sequences": batch,
+            "prompt_len": PROMPT, "steps": steps,
             **paired_agreement(toks, bf16, fp32)}
 
 
@@ -253,6 +252,8 @@ def main() -> int:
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--accuracy-batch", type=int, default=32,
                     help="sequences in the accuracy check (96 steps each; 32: 3,072 tokens)")
+    ap.add_argument("--accuracy-one-by-one", action="store_true",
+                    help="the accuracy check's sequences generated one at a time (batch 1's kernels: gemv2, split-K)")
     ap.add_argument("--perf", default=None, help="arguments for bench perf, run afterwards in this process")
     ap.add_argument("--e16", action="store_true", help="then E16 at batch 32 (prunes the model: no accuracy after)")
     ap.add_argument("--bf16-picks", default=None,
@@ -316,7 +317,7 @@ def main() -> int:
     set_tables(after)
     if not args.skip_accuracy and left() > 40:
         try:
-            emit(accuracy(model, batch=args.accuracy_batch))
+            emit(accuracy(model, batch=args.accuracy_batch, one_by_one=args.accuracy_one_by_one))
         except Exception as exc:
             emit({"sec": "accuracy", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
     del model

@@ -277,16 +277,26 @@ def hf_argmax(model, full: torch.Tensor, sl: slice, chunk: int = 8) -> torch.Ten
     return torch.cat(outs)
 
 
-def accuracy(model, opts: GraphOptions, batch: int = 4, steps: int = 96) -> dict:
+def graph_tokens(model, opts: GraphOptions, ids: torch.Tensor, new: int, one_by_one: bool) -> torch.Tensor:
+    """The graph engine's greedy tokens for `ids`: as one batch, or one sequence at a time (batch 1: the split-K
+    qkv/o_proj and batch-1 expert loops)."""
+    rows = [ids[i : i + 1] for i in range(ids.shape[0])] if one_by_one else [ids]
+    out = []
+    for row in rows:
+        eng = GraphEngine(opts)
+        out.append(eng.generate(model, row, new).tokens.cuda())
+        eng.release()
+    return torch.cat(out)
+
+
+def accuracy(model, opts: GraphOptions, batch: int = 4, steps: int = 96, one_by_one: bool = False) -> dict:
     from bench.models.loading import set_experts_implementation
     from bench.models.pruning import set_top_k
 
     set_top_k(model, 4)
     ids = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda",
                         generator=torch.Generator("cuda").manual_seed(7))
-    eng = GraphEngine(opts)
-    toks = eng.generate(model, ids, steps + 1).tokens.cuda()
-    eng.release()
+    toks = graph_tokens(model, opts, ids, steps + 1, one_by_one)
     full = torch.cat([ids, toks], dim=1)
     sl = slice(PROMPT - 1, PROMPT - 1 + steps + 1)
     bf16 = hf_argmax(model, full, sl)
@@ -294,7 +304,8 @@ def accuracy(model, opts: GraphOptions, batch: int = 4, steps: int = 96) -> dict
     torch.cuda.empty_cache()
     set_experts_implementation(model, "eager")
     fp32 = hf_argmax(model, full, sl)
-    return {"sec": "accuracy", "batch": batch, "steps": steps + 1, **paired_agreement(toks, bf16, fp32)}
+    return {"sec": "accuracy", "batch": 1 if one_by_one else batch, "sequences": batch, "steps": steps + 1,
+            **paired_agreement(toks, bf16, fp32)}
 
 
 def main() -> int:
@@ -303,6 +314,8 @@ def main() -> int:
     ap.add_argument("--accuracy-batch", type=int, default=32,
                     help="sequences in the accuracy check (96 steps each; 32: 3,104 tokens)")
     ap.add_argument("--accuracy-only", action="store_true", help="only the accuracy check")
+    ap.add_argument("--accuracy-one-by-one", action="store_true",
+                    help="the accuracy check's sequences generated one at a time (batch 1's kernels)")
     ap.add_argument("--gemv-micro", action="store_true", help="also the dense GEMV micro-benchmark")
     ap.add_argument("--micro", action="store_true",
                     help="micro-benchmarks first (sorted-mode tiles, split-K tiles); their picks replace the "
@@ -319,7 +332,7 @@ def main() -> int:
     emit({"sec": "env", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
           "commit": os.environ.get("MOE_BENCH_GIT_COMMIT"), "load_s": round(time.time() - T0, 1)})
     if args.accuracy_only:
-        emit(accuracy(model, GraphOptions(), batch=args.accuracy_batch))
+        emit(accuracy(model, GraphOptions(), batch=args.accuracy_batch, one_by_one=args.accuracy_one_by_one))
         return 0
     bandwidth = measure_bandwidth("cuda")
     emit({"sec": "bandwidth", "bandwidth_gbs": round(bandwidth / 1e9, 1)})
