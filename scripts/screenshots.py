@@ -166,15 +166,21 @@ def set_selectbox(page, label: str, option: str) -> None:
     wait_idle(page)
 
 
-def _shot(page, out: Path, name: str, full: bool = False, charts: bool = False) -> Path:
-    """Save `name`.png after checking the page drew no exception (and, for chart pages, plotly traces)."""
+def _shot(page, out: Path, name: str, full: bool = False, charts: bool = False,
+          traces: dict[str, list[tuple[int, int]]] | None = None) -> Path:
+    """Save `name`.png after checking the page drew no exception (and, for chart pages, every plotly trace: the
+    (expected, drawn) counts per chart go into `traces[name]` when a dict is given)."""
     exc = page.locator('[data-testid="stException"]')
     if exc.count():
         raise RuntimeError(f"{name}: the page shows an exception: {exc.first.inner_text()}")
     if charts:
+        with contextlib.suppress(Exception):
+            wait_traces(page, 1)
         drawn = chart_traces(page)
         if not drawn or any(e != d or e == 0 for e, d in drawn):
             raise RuntimeError(f"{name}: plotly traces not all drawn (expected, drawn per chart): {drawn}")
+        if traces is not None:
+            traces[name] = drawn
     path = out / f"{name}.png"
     page.screenshot(path=str(path), full_page=full)
     if path.stat().st_size >= MAX_PNG:
@@ -197,8 +203,10 @@ def story_labels(db: Path) -> dict[str, str]:
     return dict(zip(latest["name"], latest["label"], strict=True))
 
 
-def take_screenshots(ctx, url: str, db: Path, out: Path) -> list[Path]:
-    """One PNG per page under `out`, in the states the README describes. Returns the files written."""
+def take_screenshots(ctx, url: str, db: Path, out: Path,
+                     traces: dict[str, list[tuple[int, int]]] | None = None) -> list[Path]:
+    """One PNG per page under `out`, in the states the README describes. Returns the files written; `traces`
+    (when given) receives each chart page's (expected, drawn) trace counts per chart."""
     out.mkdir(parents=True, exist_ok=True)
     labels = story_labels(db)
     story = [labels[n] for n in STORY_NAMES if n in labels]
@@ -210,7 +218,7 @@ def take_screenshots(ctx, url: str, db: Path, out: Path) -> list[Path]:
         page.set_viewport_size({"width": VIEWPORT["width"], "height": 1100})  # the README image: counts + headline
         page.goto(url)
         settle(page, charts=True)
-        written.append(_shot(page, out, "overview", charts=True))
+        written.append(_shot(page, out, "overview", charts=True, traces=traces))
         page.set_viewport_size(VIEWPORT)
 
         page.goto(f"{url}/scaling")
@@ -221,7 +229,7 @@ def take_screenshots(ctx, url: str, db: Path, out: Path) -> list[Path]:
         page.set_viewport_size({"width": VIEWPORT["width"], "height": 1300})  # both charts: total and per-stream
         _to_top(page.locator(".js-plotly-plot").first, offset=150)
         settle(page, charts=True)
-        written.append(_shot(page, out, "scaling", charts=True))
+        written.append(_shot(page, out, "scaling", charts=True, traces=traces))
         page.set_viewport_size(VIEWPORT)
 
         page.goto(f"{url}/memory")
@@ -231,7 +239,7 @@ def take_screenshots(ctx, url: str, db: Path, out: Path) -> list[Path]:
             settle(page, charts=True)
         _to_top(page.get_by_role("heading", name="Memory saved by pruning").first)
         settle(page, charts=True)
-        written.append(_shot(page, out, "memory", charts=True))
+        written.append(_shot(page, out, "memory", charts=True, traces=traces))
 
         page.goto(f"{url}/compare")
         settle(page, charts=True)
@@ -239,11 +247,11 @@ def take_screenshots(ctx, url: str, db: Path, out: Path) -> list[Path]:
             set_selectbox(page, "Base", labels["base_topk4"])
             set_multiselect(page, "Candidates", [labels["union50_topk4"]])
             settle(page, charts=True)
-        written.append(_shot(page, out, "compare", charts=True))
+        written.append(_shot(page, out, "compare", charts=True, traces=traces))
 
         page.goto(f"{url}/history")  # default: the variant with the most runs, its newest run against the one before
         settle(page, charts=True)
-        written.append(_shot(page, out, "history", charts=True))
+        written.append(_shot(page, out, "history", charts=True, traces=traces))
 
         page.goto(f"{url}/routing")  # heatmaps when the database holds calibrations (bench calibrate)
         settle(page)
