@@ -4,9 +4,9 @@ bench/models/mxfp4.py): the counterpart of `kernels.moe` for experts held as blo
 Rows come from `kernels.routed_rows` (the bf16 kernel's row logic: scan mode in decode, with the compact grid when
 there are fewer pairs than experts; an expert-sorted list in prefill), so both formats route identically. Every
 program reads its N tile of the expert's blocks (uint8, two e2m1 codes per byte, low nibble = even element) and
-e8m0 scales once. gate_up applies the clamped SwiGLU in its epilogue, down the bias and routing weight, exactly
-like the bf16 kernel. Every step-dependent value lives in device memory, so a decode step with these kernels is
-CUDA-graph capturable. Three inner loops (`IMPL`, picked per launch by `moe_mxfp4`):
+e8m0 scales once. gate_up applies the clamped SwiGLU in its epilogue, down the bias and routing weight, with the
+bf16 kernel's own `kernels.moe_epilogue`. Every step-dependent value lives in device memory, so a decode step with
+these kernels is CUDA-graph capturable. Three inner loops (`IMPL`, picked per launch by `moe_mxfp4`):
 
 - "gemv" (few rows per expert: decode at batch <= GEMV_MAX_TOKENS): no tensor cores. One program per (expert,
   BN output rows) loads [BN, NB, 16] bytes (16 contiguous bytes = one block per thread vector), decodes both
@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bench.engines.graph.kernels import routed_rows, routing_plan
+from bench.engines.graph.kernels import moe_epilogue, routed_rows, routing_plan
 
 
 def _p2(n: int) -> int:
@@ -57,28 +57,6 @@ def _e2m1_f16(code):
 
 
 @triton.jit
-def _epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit, offs_n, nmask, N,
-              GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """Bias; gate_up: clamped SwiGLU over the interleaved (gate, up) columns; down: routing weight. Store."""
-    nb = tl.program_id(1)
-    acc += tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    if GATE_UP:
-        gate, up = tl.split(tl.reshape(acc, (BM, BN // 2, 2)))
-        gate = tl.minimum(gate, limit)
-        up = tl.minimum(tl.maximum(up, -limit), limit)
-        glu = gate * tl.sigmoid(gate * alpha)
-        y = (up + 1.0) * glu
-        offs_o = nb * (BN // 2) + tl.arange(0, BN // 2)
-        omask = rmask[:, None] & (offs_o < N // 2)[None, :]
-        tl.store(out_ptr + pair[:, None] * stride_o + offs_o[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
-    else:
-        rw = tl.load(rw_ptr + pair, mask=rmask, other=0.0).to(tl.float32)
-        y = acc.to(out_ptr.dtype.element_ty).to(tl.float32) * rw[:, None]
-        omask = rmask[:, None] & nmask[None, :]
-        tl.store(out_ptr + pair[:, None] * stride_o + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
-
-
-@triton.jit
 def _moe_mxfp4_kernel(
     x_ptr, wb_ptr, ws_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
     P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
@@ -100,7 +78,7 @@ def _moe_mxfp4_kernel(
         if IMPL == 0 or IMPL == 3:  # gemv (scan mode only; BM >= every expert's row count)
             acc = _gemv_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K,
                              stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST, IMPL == 3)
-            _epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+            moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                       offs_n, nmask, N, GATE_UP, BM, BN)
         else:
             wb_base = wb_ptr + e64 * stride_wbe + offs_n[None, :].to(tl.int64) * (K // 2)
@@ -114,7 +92,7 @@ def _moe_mxfp4_kernel(
                     pair = tl.load(rows_ptr + rm, mask=rmask, other=0)
                 acc = _mma_tile(x_ptr, wb_base, ws_base, pair, rmask, K, stride_x, offs_n, nmask, TOPK, GATE_UP,
                                 BM, BN, BK, FAST, IMPL)
-                _epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                           offs_n, nmask, N, GATE_UP, BM, BN)
 
 
