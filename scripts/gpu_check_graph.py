@@ -107,9 +107,11 @@ def check_logits(model, prompt_len: int, router_scale: float) -> dict:
     }
 
 
-def profile_step(model, batch: int, prompt_len: int) -> dict:
+def profile_step(model, batch: int, prompt_len: int, opts: GraphOptions | None = None, top_n: int = 12) -> dict:
+    """One eager decode step (`opts` with capture off) under torch.profiler: kernels per step, their total time,
+    and the `top_n` kernel families by time."""
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), device="cuda")
-    eng = GraphEngine(GraphOptions(capture="off"))
+    eng = GraphEngine(GraphOptions(**{**(opts or GraphOptions()).to_dict(), "capture": "off"}))
     eng.prepare(model, ids, 8)
     dec = eng.decoder
     from torch.profiler import ProfilerActivity, profile
@@ -126,7 +128,7 @@ def profile_step(model, batch: int, prompt_len: int) -> dict:
             t = getattr(ev, "device_time", None) or getattr(ev, "cuda_time", 0.0)
             kernels.setdefault(ev.name[:60], []).append(t)
     count = sum(len(v) for v in kernels.values())
-    top = sorted(((sum(v), len(v), k) for k, v in kernels.items()), reverse=True)[:12]
+    top = sorted(((sum(v), len(v), k) for k, v in kernels.items()), reverse=True)[:top_n]
     eng.release()
     return {
         "batch": batch,

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_check_graph
 
 from bench.engines.graph import GraphEngine, GraphOptions
 from bench.engines.graph import kernels as gk
@@ -214,31 +215,16 @@ def time_case(model, batch: int, k: int, opts: GraphOptions, arch, bandwidth: fl
 
 
 def profile_case(model, batch: int, k: int, opts: GraphOptions, label: str) -> dict:
-    from torch.profiler import ProfilerActivity, profile
+    """gpu_check_graph.profile_step at top_k `k`, as one JSON line."""
+    from gpu_check_graph import profile_step
 
     from bench.models.pruning import set_top_k
 
     set_top_k(model, k)
-    ids = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda")
-    eng = GraphEngine(GraphOptions(**{**opts.to_dict(), "capture": "off"}))
-    eng.prepare(model, ids, 8)
-    dec = eng.decoder
-    with torch.inference_mode():
-        dec.decode_step()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            dec.decode_step()
-            torch.cuda.synchronize()
-    fam: dict[str, list[float]] = {}
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            t = getattr(ev, "device_time", None) or getattr(ev, "cuda_time", 0.0)
-            fam.setdefault(ev.name[:50], []).append(t)
-    eng.release()
-    top = sorted(((sum(v), len(v), n) for n, v in fam.items()), reverse=True)[:14]
-    return {"sec": "profile", "label": label, "batch": batch, "top_k": k,
-            "kernels": sum(len(v) for v in fam.values()), "kernel_us": round(sum(sum(v) for v in fam.values()), 1),
-            "top": [[n, round(t, 1), c] for t, c, n in top]}
+    prof = profile_step(model, batch, PROMPT, opts, top_n=14)
+    return {"sec": "profile", "label": label, "batch": batch, "top_k": k, "kernels": prof["kernels_per_step"],
+            "kernel_us": round(prof["kernel_time_us"], 1),
+            "top": [[t["name"], t["total_us"], t["count"]] for t in prof["top"]]}
 
 
 def paired_agreement(graph: torch.Tensor, bf16: torch.Tensor, fp32: torch.Tensor) -> dict:
