@@ -6,13 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from bench.paths import PROJECT_ROOT, SPECS_DIR
+from bench.paths import SPECS_DIR
 from bench.report import export_selection
 from tests.fixtures_db import build_fixture
-
-APP = str(PROJECT_ROOT / "app.py")
+from tests.test_app import open_page
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +18,6 @@ def fixture_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("fx-lazy") / "bench.duckdb"
     build_fixture(path)
     return path
-
-
-def open_page(db: Path, page: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("BENCH_DB", str(db))
-    at = AppTest.from_file(APP, default_timeout=30)
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def test_runs_page_all_runs_table_and_spec_file_on_demand(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
