@@ -377,11 +377,18 @@ def _switch(ctx, url: str, name: str, charts: int) -> dict:
 def warm_up(url: str, pages: list[str], browser) -> dict[str, float | None]:
     """Open each page once in a throwaway context: the server imports the page modules (and app.py's background
     import of scipy.stats) on a page's first view after start, which is not what a user waits for on later
-    views. Returns each first view's marks (traces_s), reported apart as `first_view_s`."""
+    views. Returns each first view's marks (traces_s), reported apart as `first_view_s`.
+
+    The dashboard's root page is always opened first: Streamlit decides once per server process, on its first
+    script run, whether the app is a `pages/`-folder app; a first request for /scaling runs pages/scaling.py on
+    its own (no app.py: no sidebar, the folder's file names as navigation) for every later session too, so
+    `--pages scaling` measured a different app (docs/PERF.md)."""
     out: dict[str, float | None] = {}
     ctx = browser.new_context(viewport={"width": 1280, "height": 860})
     ctx.add_init_script(RECORDER)
     try:
+        if pages and pages[0] in PAGES and pages[0] != "overview":
+            _open(ctx, f"{url}/", CHART_PAGES["overview"])
         for name in pages:
             out[name] = _open(ctx, f"{url}/{'' if name == 'overview' else name}", CHART_PAGES.get(name, 0))["traces_s"]
     finally:
@@ -526,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         print("chromium not found (apt-get install -y chromium)", file=sys.stderr)
         return 2
     pages = [p for p in args.pages.split(",") if p]
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory(prefix="moe-bench-pageload-") as tmp:
@@ -564,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
                             ctx.add_init_script(RECORDER)
                             try:
                                 runs.append(_filter_scaling(ctx, url, card))
-                            except (TimeoutError, RuntimeError) as exc:  # reported, the page timings still count
+                            except (TimeoutError, RuntimeError, PlaywrightError) as exc:  # reported; pages count
                                 errors.append(str(exc)[:300])
                             finally:
                                 ctx.close()
