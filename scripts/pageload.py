@@ -3,6 +3,7 @@ real `streamlit run app.py`, by default on a 100,000-point database (scripts/per
 
     .venv/bin/python scripts/pageload.py [--points 100000] [--db FILE] [--repeats 3] [--json pageload.json]
                                          [--pages overview,scaling,...] [--no-empty] [--no-filter] [--no-server]
+                                         [--plotly-bundle plotly-cartesian.min.js]
 
 Per page, timed in the page itself (performance.now(), 0 = navigation start), median of --repeats:
 - cold: a fresh browser context (empty HTTP cache, no V8 code cache, new Streamlit session) after the database
@@ -37,6 +38,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -56,6 +58,43 @@ EMPTY_APP = 'import streamlit as st\n\nst.title("Empty page")\n'
 EMPTY_CHART_APP = ('import plotly.graph_objects as go\nimport streamlit as st\n\nst.title("Empty page, one chart")\n'
                    'st.plotly_chart(go.Figure(go.Scatter(x=[1, 2, 3], y=[1, 3, 2], name="one")), width="stretch")\n')
 BASELINES = {"empty (Streamlit alone)": (EMPTY_APP, 0), "empty + 1 chart (Streamlit + plotly.js)": (EMPTY_CHART_APP, 1)}
+# --plotly-bundle FILE: a third baseline, the same one-trace chart drawn by a minimal Streamlit component (an iframe
+# page that loads FILE, e.g. plotly.js's "cartesian" partial bundle from npm, instead of Streamlit's 4.7 MB plotly
+# chunk). What a lighter plotly.js would save; the bundle is a generated file, never committed.
+COMPONENT_LABEL = "empty + 1 chart (component + partial plotly.js bundle)"
+COMPONENT_APP = """from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+import streamlit.components.v1 as components
+
+chart = components.declare_component("partial_plotly", path=str(Path(__file__).parent / "frontend"))
+st.title("Empty page, one chart (partial plotly.js bundle)")
+chart(spec=go.Figure(go.Scatter(x=[1, 2, 3], y=[1, 3, 2], name="one")).to_json(), key="c", default=None)
+"""
+# Streamlit's component protocol by hand (no npm package): ready -> render(args) -> draw -> frame height. When
+# drawn, the frame writes the time (ms after the parent page's navigation start) to the parent's __componentDrawn.
+COMPONENT_HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><style>body{margin:0}</style></head><body><div id="plot"></div>
+<script src="plotly.min.js"></script>
+<script>
+function send(type, data) {
+  window.parent.postMessage(Object.assign({isStreamlitMessage: true, type: type}, data), "*");
+}
+window.addEventListener("message", function (e) {
+  if (!e.data || e.data.type !== "streamlit:render") return;
+  const fig = JSON.parse(e.data.args.spec);
+  const layout = Object.assign({}, fig.layout, {autosize: true});
+  Plotly.react("plot", fig.data, layout, {responsive: true}).then(function (gd) {
+    send("streamlit:setFrameHeight", {height: gd.offsetHeight});
+    const p = window.parent;
+    if (gd.querySelectorAll("g.trace").length === fig.data.length)
+      p.__componentDrawn = performance.timeOrigin + performance.now() - p.performance.timeOrigin;
+  });
+});
+send("streamlit:componentReady", {apiVersion: 1});
+</script></body></html>
+"""
 
 # Recorder injected before any page script: websocket message sizes/times and, every animation frame, the page
 # state (title drawn, script running, traces expected/drawn per chart); each change is logged with its time.
@@ -237,8 +276,9 @@ def _browser_pid() -> int | None:
     return None
 
 
-def _open(ctx, url: str, charts: int) -> dict:
-    """Open `url` in a new tab of `ctx`, wait until drawn, return its marks and attribution."""
+def _open(ctx, url: str, charts: int, component: bool = False) -> dict:
+    """Open `url` in a new tab of `ctx`, wait until drawn, return its marks and attribution. `component`: the page's
+    chart is drawn by the --plotly-bundle component (its frame reports when its traces are drawn)."""
     page = ctx.new_page()
     frames: list[bytes] = []
     page.on("websocket", lambda ws: ws.on("framereceived", lambda p: frames.append(p if isinstance(p, bytes)
@@ -249,6 +289,14 @@ def _open(ctx, url: str, charts: int) -> dict:
     try:
         page.goto(url, wait_until="commit")
         _settle(page, charts)
+        drawn = None
+        if component:
+            deadline = time.monotonic() + 120
+            while (drawn := page.evaluate("() => window.__componentDrawn")) is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{url}: the component drew no chart")
+                page.wait_for_timeout(100)
+            _settle(page, charts)
         pl = page.evaluate("() => window.__pl")
         metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
         cpu1 = (_tree_cpu(PIDS.get("browser")), _tree_cpu(PIDS.get("server")))
@@ -259,6 +307,8 @@ def _open(ctx, url: str, charts: int) -> dict:
         page.close()
     decoded = _decode(frames)
     out = _marks(pl["changes"], _finished(pl["msgs"], decoded), 0.0, charts)
+    if drawn is not None:
+        out["traces_s"] = round(max(drawn / 1000, out["idle_s"] or 0.0), 3)
     out.update(_attribute(pl["msgs"], decoded))
     out["browser_main_s"] = round(metrics.get("TaskDuration", 0.0), 3)
     out["browser_cpu_s"] = round(_cpu_delta(cpu0[0], cpu1[0]), 3)  # all chromium processes, with the 1 s quiet wait
@@ -397,9 +447,10 @@ def warm_up(url: str, pages: list[str], browser) -> dict[str, float | None]:
     return out
 
 
-def measure(url: str, pages: list[str], repeats: int, db: Path | None, browser, charts: int | None = None) -> dict:
+def measure(url: str, pages: list[str], repeats: int, db: Path | None, browser, charts: int | None = None,
+            component: bool = False) -> dict:
     """cold/warm marks per page (median of `repeats`). `charts`: how many charts the page draws (default: the
-    dashboard page's CHART_PAGES entry)."""
+    dashboard page's CHART_PAGES entry); `component`: its chart is the --plotly-bundle component's."""
     results: dict[str, dict] = {}
     for name in pages:
         path = "" if name in ("overview", "empty") else name
@@ -411,8 +462,8 @@ def measure(url: str, pages: list[str], repeats: int, db: Path | None, browser, 
             ctx = browser.new_context(viewport={"width": 1280, "height": 860})
             ctx.add_init_script(RECORDER)
             try:
-                cold.append(_open(ctx, f"{url}/{path}", n_charts))
-                warm.append(_open(ctx, f"{url}/{path}", n_charts))
+                cold.append(_open(ctx, f"{url}/{path}", n_charts, component))
+                warm.append(_open(ctx, f"{url}/{path}", n_charts, component))
                 if name in NAV_TITLES:
                     switch.append(_switch(ctx, url, name, n_charts))
             finally:
@@ -523,6 +574,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pages", default=",".join(PAGES))
     ap.add_argument("--json", type=Path, default=Path("pageload.json"), help="where to write the numbers")
     ap.add_argument("--no-empty", action="store_true", help="skip the empty-page (Streamlit fixed cost) timing")
+    ap.add_argument("--plotly-bundle", type=Path,
+                    help="a plotly.js partial bundle (e.g. plotly-cartesian.min.js of npm's "
+                         "plotly.js-cartesian-dist-min)"
+                         ": adds the baseline 'one chart drawn by a component with it'")
     ap.add_argument("--no-filter", action="store_true", help="skip the Scaling filter interaction")
     ap.add_argument("--no-server", action="store_true", help="skip AppTest's server-only render times")
     ap.add_argument("--watcher", default="none", choices=("none", "auto", "poll", "watchdog"),
@@ -590,6 +645,17 @@ def main(argv: list[str] | None = None) -> int:
                             warm_up(url, ["empty"], browser)
                             report["pages"][label] = measure(url, ["empty"], args.repeats, None, browser,
                                                              charts=n_charts)["empty"]
+                    if args.plotly_bundle:
+                        app = folder / "baseline-component" / "app.py"
+                        (app.parent / "frontend").mkdir(parents=True)
+                        app.write_text(COMPONENT_APP)
+                        (app.parent / "frontend" / "index.html").write_text(COMPONENT_HTML)
+                        shutil.copyfile(args.plotly_bundle, app.parent / "frontend" / "plotly.min.js")
+                        with shots.serve(None, folder / "streamlit-component.log", app=app, pids=pids) as url:
+                            PIDS["server"] = pids[-1]
+                            warm_up(url, ["empty"], browser)
+                            report["pages"][COMPONENT_LABEL] = measure(url, ["empty"], args.repeats, None, browser,
+                                                                       charts=0, component=True)["empty"]
             finally:
                 browser.close()
         report["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
