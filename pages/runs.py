@@ -14,6 +14,7 @@ from bench.analysis.lanes import where_ran
 from bench.errors import BadInputError
 from bench.paths import SPECS_DIR
 from bench.spec import DEVICES, DTYPES, ENGINE_NAMES, PRUNE_METHODS, WEIGHT_FORMATS, load_spec
+from bench.store import queries
 from bench.ui import cluster as ui_cluster
 from bench.ui import data as ui_data
 from bench.ui import launch as ui_launch
@@ -42,7 +43,7 @@ def _sweep_rows() -> dict[str, dict]:
     if not Path(db).exists():
         return {}
     try:
-        df = ui_data.sweeps_df()  # the same cached frame as the Sweeps table below: one query per run
+        df = queries.sweeps(db)
     except Exception as exc:  # a locked or damaged file: say so, keep the page alive
         st.caption(f"progress unavailable for a moment: {exc}")
         return {}

@@ -305,17 +305,13 @@ def fmt_duration(seconds: object) -> str:
     return f"{s / 3600:.1f} h"
 
 
-SWEEPS_TTL_S = 2.0  # = the Runs page's progress refresh: a crash changes no file (only a lock), so it shows this late
-
-
-@st.cache_data(max_entries=8, show_spinner=False, ttl=SWEEPS_TTL_S)
+@st.cache_data(max_entries=8, show_spinner=False, ttl=5)
 def _sweeps(path: str, version: tuple) -> pd.DataFrame:
     return queries.sweeps(path)
 
 
 def sweeps_df() -> pd.DataFrame:
-    """Sweeps with `shown_state`, cached per file version for SWEEPS_TTL_S seconds: the Runs page's live progress and
-    its Sweeps table share one query per script run (each opened its own connection before, docs/PERF.md)."""
+    """Sweeps with `shown_state` (cached a few seconds: a crash changes no file, only a lock)."""
     path = db_path()
     return _sweeps(str(path), queries.file_version(path))
 
