@@ -14,7 +14,6 @@ from bench.analysis.lanes import where_ran
 from bench.errors import BadInputError
 from bench.paths import SPECS_DIR
 from bench.spec import DEVICES, DTYPES, ENGINE_NAMES, PRUNE_METHODS, WEIGHT_FORMATS, load_spec
-from bench.store import queries
 from bench.ui import cluster as ui_cluster
 from bench.ui import data as ui_data
 from bench.ui import launch as ui_launch
@@ -43,7 +42,7 @@ def _sweep_rows() -> dict[str, dict]:
     if not Path(db).exists():
         return {}
     try:
-        df = queries.sweeps(db)
+        df = ui_data.sweeps_df()  # rows cached per file version, state derived now; the Sweeps table below shares it
     except Exception as exc:  # a locked or damaged file: say so, keep the page alive
         st.caption(f"progress unavailable for a moment: {exc}")
         return {}
