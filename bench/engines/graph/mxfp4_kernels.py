@@ -267,12 +267,21 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
     perm = (pos // 32) * 32 + ((pos >> 1) & 3) * 8 + (pos & 1) * 4 + ((pos >> 3) & 1) + ((pos >> 4) & 1) * 2
     xb = x_ptr + xrow[None, :].to(tl.int64) * stride_x
     acc = tl.zeros([BN, BM], dtype=tl.float32)
+    # the scales and the gathered activations are loaded one step ahead (the weights go through Triton's
+    # cp.async pipeline; these small loads would otherwise wait a memory round trip every step)
+    s_nxt = tl.load(srow[:, None] + gg[None, :], mask=nmask[:, None] & (gg < KG)[None, :], other=127)
+    x_nxt = tl.load(xb + perm[:, None], mask=(perm < K)[:, None] & rmask[None, :], other=0.0)
     for k0 in range(0, K, BK):
         g = k0 // 32 + gg
         gm = g < KG
         wm = nmask[:, None, None] & gm[None, :, None]
         wd = tl.load(wrow[:, None, None] + (g * 8)[None, :, None] + hh[None, None, :], mask=wm, other=0)
-        s = tl.load(srow[:, None] + g[None, :], mask=nmask[:, None] & gm[None, :], other=127).to(tl.int32)
+        s = s_nxt.to(tl.int32)
+        xt = x_nxt
+        g2 = g + NG
+        s_nxt = tl.load(srow[:, None] + g2[None, :], mask=nmask[:, None] & (g2 < KG)[None, :], other=127)
+        kx = k0 + BK + perm
+        x_nxt = tl.load(xb + kx[:, None], mask=(kx < K)[:, None] & rmask[None, :], other=0.0)
         if FOLD:  # 2^(s - 127) * 2^126 = 2^(s - 1): bf16 exponent field s + 126 (s <= 128)
             sbits = (s + 126) << 7
         else:  # 2^(s - 127); s = 0 is the subnormal 2^-127
@@ -284,8 +293,6 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
         t = tl.join(tl.join(o0, o1), tl.join(o2, o3))  # [BN, NG, 8 = (c, b0), b3, b4]
         t = tl.reshape(t, (BN, NG, 4, 2, 2, 2))  # (n, g, c, b0, b3, b4)
         w = tl.reshape(tl.permute(t, (0, 1, 5, 4, 2, 3)), (BN, BK))  # -> (n, g, b4, b3, c, b0)
-        kx = k0 + perm
-        xt = tl.load(xb + kx[:, None], mask=(kx < K)[:, None] & rmask[None, :], other=0.0)
         acc = tl.dot(w, xt.to(tl.bfloat16), acc)
     return tl.trans(acc)
 
