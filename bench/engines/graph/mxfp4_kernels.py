@@ -392,6 +392,8 @@ def moe_mxfp4(
         ("down", act, down_blocks, down_scales, down_bias, out, hidden),
     ):
         bn, bk, warps, stages = table[name]
+        if dq and not plan.scan:
+            bn = min(bn, 64)  # sorted mode's 64-row M tiles: a wider N tile spills registers
         kdim = src.shape[1]
         if kdim % 32:
             raise ValueError(f"MXFP4 GEMM needs K % 32 == 0, got K={kdim}")
