@@ -56,6 +56,7 @@ CANDIDATES = {
     "dq1": [(64, 128, 4, 3), (64, 128, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4), (128, 128, 4, 3), (128, 64, 4, 3),
             (64, 256, 4, 3), (128, 128, 8, 3)],
     "dq": [(128, 128, 4, 3), (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3), (64, 64, 4, 4)],
+    "gemv3": [(16, 512, 4, 3), (32, 256, 4, 3), (32, 128, 4, 3), (64, 128, 4, 3), (16, 256, 4, 3), (64, 64, 4, 3)],
     "few": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2)],
     "full": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2), (64, 256, 8, 3), (128, 256, 4, 3)],
 }
@@ -65,7 +66,7 @@ BEFORE = {"gemv_max_tokens": 1, "gemv_impl": "gemv2", "mma_impl": "scaled",
           "few": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)},
           "full": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}}
 TABLES = {"gemv": "MXFP4_CONFIG_GEMV", "few": "MXFP4_CONFIG_FEW", "full": "MXFP4_CONFIG", "dq1": "MXFP4_CONFIG_DQ1",
-          "dq": "MXFP4_CONFIG_DQ"}
+          "dq": "MXFP4_CONFIG_DQ", "gemv3": "MXFP4_CONFIG_GEMV"}
 
 
 def emit(rec: dict) -> None:
@@ -157,7 +158,7 @@ def probe(model) -> dict:
         topi, topw = _routing(tokens, ex.num_experts, 4, gen)
         inputs[tokens] = (x, topi, topw)
         want = _ref_moe(x, ex, topi, topw).float()
-        for impl in (("gemv2", "scaled", "dq", "dqf") if tokens <= 4 else ("scaled", "dq", "dqf")):
+        for impl in (("gemv2", "gemv3", "gemv3f", "scaled", "dq", "dqf") if tokens <= 4 else ("scaled", "dq", "dqf")):
             try:
                 cnt = torch.zeros((), dtype=torch.int32, device="cuda")
                 got = _call(x, ex, topi, topw, cnt, impl=impl).float()
@@ -170,9 +171,9 @@ def probe(model) -> dict:
     # timing: every (loop, tiles) candidate per GEMM, the other GEMM at the loop's current tile
     results: dict[tuple[int, str], tuple[float, tuple]] = {}
     # (tokens, loop, table, sweep the table's candidates): main's loops at main's tiles, then the dq loop's tiles
-    plan = [(1, "gemv2", "gemv", False), (1, "scaled", "few", False), (1, "dq", "dq1", False),
-            (1, "dqf", "dq1", True), (32, "scaled", "full", False), (32, "dq", "dq", False), (32, "dqf", "dq", True),
-            (4, "scaled", "few", False), (4, "dqf", "dq", False)]
+    plan = [(1, "gemv2", "gemv", False), (1, "dqf", "dq1", False), (1, "gemv3f", "gemv3", True),
+            (32, "scaled", "full", False), (32, "dqf", "dq", False), (4, "scaled", "few", False),
+            (4, "dqf", "dq", False)]
     for tokens, impl, mode, sweep in plan:
         x, topi, topw = inputs[tokens]
         nbytes = per_expert * int(topi.unique().numel())
@@ -202,15 +203,16 @@ def probe(model) -> dict:
         results[(tokens, impl)] = (us, best)
         emit({"sec": "layer", "tokens": tokens, "impl": impl, "tiles": dict(table), "us_per_layer": round(us, 2),
               "bytes": nbytes, "gb_s": round(nbytes / us / 1e3, 1)})
-        if impl != "dqf":  # the dqf picks stay in the table for the runs after (dq at 32 tokens reuses them)
-            table.clear()
-            table.update(saved)
+        table.clear()
+        table.update(saved)
     # picks: gemv2 vs dq at 1 token; scaled vs dq at 32 (dq runs folded on this model: every scale <= 128)
     pick = current_tables()
-    t1 = {i: results[(1, i)][0] for i in ("gemv2", "scaled", "dqf") if (1, i) in results}
+    t1 = {i: results[(1, i)][0] for i in ("gemv2", "gemv3f", "dqf") if (1, i) in results}
     t32 = {i: results[(32, i)][0] for i in ("scaled", "dqf") if (32, i) in results}
-    if t1 and min(t1, key=t1.get) == "dqf":
-        pick["gemv_impl"] = "dq"
+    if t1 and min(t1, key=t1.get) != "gemv2":
+        pick["gemv_impl"] = min(t1, key=t1.get).rstrip("f")
+        if pick["gemv_impl"] == "gemv3":
+            pick["gemv"] = {**pick["gemv"], **results[(1, "gemv3f")][1]}
     if t32 and min(t32, key=t32.get) == "dqf":
         pick["mma_impl"] = "dq"
     emit({"sec": "pick", **pick})
@@ -276,6 +278,8 @@ def main() -> int:
                     help="sequences in the accuracy check (96 steps each; 32: 3,072 tokens)")
     ap.add_argument("--accuracy-one-by-one", action="store_true",
                     help="the accuracy check's sequences generated one at a time (batch 1's kernels: gemv2, split-K)")
+    ap.add_argument("--no-picks", action="store_true",
+                    help="'after' is the committed tables (the probe only measures), not the probe's picks")
     ap.add_argument("--perf", default=None, help="arguments for bench perf, run afterwards in this process")
     ap.add_argument("--e16", action="store_true", help="then E16 at batch 32 (prunes the model: no accuracy after)")
     ap.add_argument("--bf16-picks", default=None,
@@ -311,7 +315,8 @@ def main() -> int:
     if not args.skip_probe:
         try:
             report["probe"] = probe(model)
-            after = report["probe"]["pick"]
+            if not args.no_picks:
+                after = report["probe"]["pick"]
         except Exception as exc:
             emit({"sec": "probe", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
         (out_dir / "tiles.json").write_text(json.dumps(after))  # for MOE_MXFP4_TILES

@@ -1,4 +1,5 @@
-"""The MXFP4 "dq" expert loop (bench/engines/graph/mxfp4_kernels.py: inline-PTX e2m1 decode + bf16 MMA) on a CUDA
+"""The MXFP4 expert loops with the inline-PTX e2m1 decode (bench/engines/graph/mxfp4_kernels.py: "dq" = decode + bf16
+MMA, "gemv3" = decode + fp32 FMA; "f": scale folded) on a CUDA
 device: skipped on CPU, where the Triton interpreter cannot run PTX (tests/interpreter/mxfp4_cases.py covers the
 other loops). Run on the GPU machine with `python3 -m pytest -q tests/test_mxfp4_gpu.py`."""
 
@@ -40,9 +41,13 @@ def _reference(ex, x, topi, topw) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("tokens,k", [(1, 2), (1, 4), (3, 2), (40, 4), (80, 2)])  # compact, scan, sorted
-@pytest.mark.parametrize("impl,scales", [("dq", (100, 150)), ("dqf", (100, 129))])  # dqf needs scales <= 128
-def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales):
+CASES = [(t, k, impl, sc) for t, k in [(1, 2), (1, 4), (3, 2), (40, 4), (80, 2)]  # compact, scan, sorted
+         for impl, sc in [("dq", (100, 150)), ("dqf", (100, 129))]]  # dqf needs scales <= 128
+CASES += [(t, k, impl, sc) for t, k in [(1, 4), (3, 2)] for impl, sc in [("gemv3", (100, 150)), ("gemv3f", (100, 129))]]
+
+
+@pytest.mark.parametrize("tokens,k,impl,scales", CASES)
+def test_ptx_decode_loops_match_the_float32_reference(tokens, k, impl, scales):
     from bench.engines.graph import mxfp4_kernels as mk
 
     ex = _experts(scales, seed=tokens)
@@ -61,7 +66,7 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales):
     assert int(cnt) == i.unique().numel()
 
 
-def test_dq_is_picked_by_the_engine_tables_only_on_cuda_bf16():
+def test_ptx_loops_reject_float32_activations():
     from bench.engines.graph import mxfp4_kernels as mk
 
     ex = _experts((110, 126))

@@ -75,9 +75,13 @@ def _moe_mxfp4_kernel(
                 tl.atomic_add(cnt_ptr, 1)
     if end > start:
         e64 = e.to(tl.int64)
-        if IMPL == 0 or IMPL == 3:  # gemv (scan mode only; BM >= every expert's row count)
-            acc = _gemv_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K,
-                             stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST, IMPL == 3)
+        if IMPL == 0 or IMPL == 3 or IMPL == 6 or IMPL == 7:  # gemv (scan mode only; BM >= every expert's rows)
+            if IMPL >= 6:
+                acc = _gemv3_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, K,
+                                  stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, IMPL == 7)
+            else:
+                acc = _gemv_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K,
+                                 stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST, IMPL == 3)
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                       offs_n, nmask, N, GATE_UP, BM, BN)
         elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
@@ -297,7 +301,60 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
     return tl.trans(acc)
 
 
-IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5}
+@triton.jit
+def _gemv3_rows(x_ptr, wb_e, ws_e, rows, K, stride_x, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FOLD: tl.constexpr):
+    """[BM, BN] fp32 without tensor cores, the weights decoded by _e2m1_asm (inline PTX, CUDA bf16 only).
+
+    The expert's N tile is read as 16-bit halves [BN, BK/32, 8] (4 codes each: half e of a block holds K offsets
+    4e..4e+3); the decode gives 4 bf16 tensors of that shape (code j of every half), each converted to fp32 and
+    multiplied by the activations at 4e + j; per-position partial sums stay in registers until the end."""
+    NG: tl.constexpr = BK // 32
+    KG = K // 32
+    mm = tl.arange(0, BM)
+    if GATE_UP:
+        xrow = rows // TOPK
+    else:
+        xrow = rows
+    gg = tl.arange(0, NG)
+    ee = tl.arange(0, 8)
+    wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 8), 8)  # wb_e: int16 view of the blocks
+    srow = ws_e + offs_n.to(tl.int64) * KG
+    part = tl.zeros([BM, BN, NG, 8], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        g = k0 // 32 + gg
+        gm = g < KG
+        wd = tl.load(wrow[:, None, None] + (g * 8)[None, :, None] + ee[None, None, :],
+                     mask=nmask[:, None, None] & gm[None, :, None], other=0)
+        s = tl.load(srow[:, None] + g[None, :], mask=nmask[:, None] & gm[None, :], other=127).to(tl.int32)
+        if FOLD:
+            sbits = (s + 126) << 7
+        else:
+            sbits = tl.where(s == 0, 64, s << 7)
+        sc = tl.broadcast_to(sbits.to(tl.int16).to(tl.bfloat16, bitcast=True)[:, :, None], (BN, NG, 8))
+        o0, o1, o2, o3 = tl.inline_asm_elementwise(
+            _E2M1_ASM_FOLD if FOLD else _E2M1_ASM, "=r,=r,=r,=r,r,r", [wd, sc], dtype=(tl.bfloat16,) * 4,
+            is_pure=True, pack=2)
+        w0 = o0.to(tl.float32)
+        w1 = o1.to(tl.float32)
+        w2 = o2.to(tl.float32)
+        w3 = o3.to(tl.float32)
+        xoff = (g * 32)[:, None, None] + 4 * ee[None, :, None] + tl.arange(0, 4)[None, None, :]  # [NG, 8, 4]
+        for r in tl.static_range(BM):
+            xr = tl.sum(tl.where(mm == r, xrow, 0), axis=0)
+            xv = tl.load(x_ptr + xr * stride_x + xoff, mask=gm[:, None, None], other=0.0).to(tl.float32)
+            xa, xb = tl.split(tl.reshape(xv, (NG, 8, 2, 2)))  # xa: j = 0, 2; xb: j = 1, 3
+            x0, x2 = tl.split(xa)
+            x1, x3 = tl.split(xb)
+            sr = w0 * x0[None, :, :] + w1 * x1[None, :, :] + w2 * x2[None, :, :] + w3 * x3[None, :, :]
+            if BM == 1:
+                part += sr[None, :, :, :]
+            else:
+                part = tl.where((mm == r)[:, None, None, None], part + sr[None, :, :, :], part)
+    return tl.sum(tl.sum(part, axis=3), axis=2)
+
+
+IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5, "gemv3": 6, "gemv3f": 7}
 # Decode with at most this many tokens uses the gemv loop (every expert then has <= this many rows; one M "tile"
 # of p2(tokens) rows, the weights decoded once per program and reused for each row). H200, one E32 k4 layer
 # (docs/MXFP4.md): 1 token gemv2 49 us, gemv 52, scaled 77, mma 120; 4 tokens gemv 275, scaled 174, mma 262.
@@ -308,12 +365,14 @@ GEMV_MAX_TOKENS = 1
 MXFP4_CONFIG_GEMV: dict[str, tuple[int, int, int, int]] = {"gate_up": (16, 512, 4, 3), "down": (16, 512, 4, 3)}
 MXFP4_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}
 MXFP4_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}
-# the inner loop of the non-gemv launches on CUDA with bf16 activations ("mma" or "scaled"); 32 tokens, one
-# layer: scaled 510 us, mma 787
-MMA_IMPL = "scaled"
+# the inner loop of the other decode (scan-mode) launches on CUDA with bf16 activations, and of prefill (sorted
+# mode). H200, one E32 k4 layer, 32 tokens: dq 346 us, scaled 512, mma 787; 4 tokens: dq 115, scaled 176
+# (docs/MXFP4.md); prefill keeps tl.dot_scaled (dq there is checked, not timed)
+MMA_IMPL = "dq"
+SORTED_IMPL = "scaled"
 # the "dq" loop's tiles: decode with <= GEMV_MAX_TOKENS tokens ("dq1"), every other launch ("dq")
-MXFP4_CONFIG_DQ1: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}
-MXFP4_CONFIG_DQ: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}
+MXFP4_CONFIG_DQ1: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 64, 4, 3), "down": (64, 128, 4, 3)}
+MXFP4_CONFIG_DQ: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4)}
 GEMV_IMPL = "gemv2"  # activations loaded in (even, odd) pairs; "gemv": two stride-2 loads
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}}' overrides them
 # (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
@@ -326,6 +385,7 @@ if os.environ.get(TILES_ENV):
     MXFP4_CONFIG_DQ1.update({k: tuple(v) for k, v in _tiles.get("dq1", {}).items()})
     MXFP4_CONFIG_DQ.update({k: tuple(v) for k, v in _tiles.get("dq", {}).items()})
     MMA_IMPL = _tiles.get("mma_impl", MMA_IMPL)
+    SORTED_IMPL = _tiles.get("sorted_impl", SORTED_IMPL)
     GEMV_IMPL = _tiles.get("gemv_impl", GEMV_IMPL)
     GEMV_MAX_TOKENS = int(_tiles.get("gemv_max_tokens", GEMV_MAX_TOKENS))
 
@@ -363,15 +423,18 @@ def moe_mxfp4(
     few = plan.scan and tokens <= GEMV_MAX_TOKENS
     if impl is None:
         if few:
-            impl = GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2") else "gemv2"
-        else:
+            impl = GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2") else "gemv2"  # PTX loops: CUDA only
+        elif plan.scan:
             impl = MMA_IMPL if fast else "mma"
+        else:
+            impl = SORTED_IMPL if fast else "mma"
     dq = impl in ("dq", "dqf")
-    if dq and not fast:
-        raise ValueError("the MXFP4 'dq' loop (inline PTX decode) runs on CUDA with bf16 activations only")
-    if impl == "dq" and fold:
-        impl = "dqf"  # every scale <= 128: one multiply by 2^(s-1) instead of 2^126 then 2^(s-127)
-    gemv = impl in ("gemv", "gemv2")
+    ptx = dq or impl in ("gemv3", "gemv3f")
+    if ptx and not fast:
+        raise ValueError(f"the MXFP4 '{impl}' loop (inline PTX decode) runs on CUDA with bf16 activations only")
+    if fold and impl in ("dq", "gemv3"):
+        impl += "f"  # every scale <= 128: one multiply by 2^(s-1) instead of 2^126 then 2^(s-127)
+    gemv = impl in ("gemv", "gemv2", "gemv3", "gemv3f")
     if gemv and not plan.scan:
         raise ValueError("the MXFP4 gemv loop is for decode (scan mode) only")
     if impl == "scaled" and x.dtype != torch.bfloat16:
@@ -399,8 +462,8 @@ def moe_mxfp4(
             raise ValueError(f"MXFP4 GEMM needs K % 32 == 0, got K={kdim}")
         bk = min(bk, max(32, _p2(kdim)))
         gu = name == "gate_up"
-        if dq:
-            wb = wb.view(torch.int16)  # the dq loop reads 16-bit halves of the blocks' words
+        if ptx:
+            wb = wb.view(torch.int16)  # the PTX-decode loops read 16-bit halves of the blocks' words
         _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
             src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
             plan.pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
