@@ -56,6 +56,9 @@ CANDIDATES = {
     "dq1": [(64, 128, 4, 3), (64, 128, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4), (128, 128, 4, 3), (128, 64, 4, 3),
             (64, 256, 4, 3), (128, 128, 8, 3)],
     "dq": [(128, 128, 4, 3), (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3), (64, 64, 4, 4)],
+    "dq21": [(64, 64, 4, 5), (64, 128, 4, 4), (64, 64, 4, 3), (64, 128, 4, 3), (64, 256, 4, 3), (128, 64, 4, 4),
+             (64, 64, 4, 7), (128, 128, 8, 3)],
+    "dq2": [(64, 64, 4, 5), (128, 64, 4, 4), (64, 128, 4, 4), (128, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 3)],
     "gemv3": [(16, 512, 4, 3), (32, 256, 4, 3), (32, 128, 4, 3), (64, 128, 4, 3), (16, 256, 4, 3), (64, 64, 4, 3)],
     "few": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2)],
     "full": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2), (64, 256, 8, 3), (128, 256, 4, 3)],
@@ -66,7 +69,7 @@ BEFORE = {"gemv_max_tokens": 1, "gemv_impl": "gemv2", "mma_impl": "scaled",
           "few": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)},
           "full": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}}
 TABLES = {"gemv": "MXFP4_CONFIG_GEMV", "few": "MXFP4_CONFIG_FEW", "full": "MXFP4_CONFIG", "dq1": "MXFP4_CONFIG_DQ1",
-          "dq": "MXFP4_CONFIG_DQ", "gemv3": "MXFP4_CONFIG_GEMV"}
+          "dq": "MXFP4_CONFIG_DQ", "gemv3": "MXFP4_CONFIG_GEMV", "dq21": "MXFP4_CONFIG_DQ1", "dq2": "MXFP4_CONFIG_DQ"}
 
 
 def emit(rec: dict) -> None:
@@ -158,7 +161,8 @@ def probe(model) -> dict:
         topi, topw = _routing(tokens, ex.num_experts, 4, gen)
         inputs[tokens] = (x, topi, topw)
         want = _ref_moe(x, ex, topi, topw).float()
-        for impl in (("gemv2", "gemv3", "gemv3f", "scaled", "dq", "dqf") if tokens <= 4 else ("scaled", "dq", "dqf")):
+        for impl in (("gemv2", "gemv3f", "scaled", "dqf", "dq2", "dq2f") if tokens <= 4 else
+                     ("scaled", "dqf", "dq2", "dq2f")):
             try:
                 cnt = torch.zeros((), dtype=torch.int32, device="cuda")
                 got = _call(x, ex, topi, topw, cnt, impl=impl).float()
@@ -171,9 +175,9 @@ def probe(model) -> dict:
     # timing: every (loop, tiles) candidate per GEMM, the other GEMM at the loop's current tile
     results: dict[tuple[int, str], tuple[float, tuple]] = {}
     # (tokens, loop, table, sweep the table's candidates): main's loops at main's tiles, then the dq loop's tiles
-    plan = [(1, "gemv2", "gemv", False), (1, "dqf", "dq1", False), (1, "gemv3f", "gemv3", True),
-            (32, "scaled", "full", False), (32, "dqf", "dq", False), (4, "scaled", "few", False),
-            (4, "dqf", "dq", False)]
+    plan = [(1, "gemv2", "gemv", False), (1, "dqf", "dq1", False), (1, "dq2f", "dq21", True),
+            (1, "gemv3f", "gemv3", True), (32, "scaled", "full", False), (32, "dqf", "dq", False),
+            (32, "dq2f", "dq2", True), (4, "scaled", "few", False), (4, "dqf", "dq", False), (4, "dq2f", "dq2", False)]
     for tokens, impl, mode, sweep in plan:
         x, topi, topw = inputs[tokens]
         nbytes = per_expert * int(topi.unique().numel())
@@ -207,14 +211,17 @@ def probe(model) -> dict:
         table.update(saved)
     # picks: gemv2 vs dq at 1 token; scaled vs dq at 32 (dq runs folded on this model: every scale <= 128)
     pick = current_tables()
-    t1 = {i: results[(1, i)][0] for i in ("gemv2", "gemv3f", "dqf") if (1, i) in results}
-    t32 = {i: results[(32, i)][0] for i in ("scaled", "dqf") if (32, i) in results}
+    t1 = {i: results[(1, i)][0] for i in ("gemv2", "gemv3f", "dqf", "dq2f") if (1, i) in results}
+    t32 = {i: results[(32, i)][0] for i in ("scaled", "dqf", "dq2f") if (32, i) in results}
+    tile_key = {"gemv3f": "gemv", "dqf": "dq1", "dq2f": "dq1"}
     if t1 and min(t1, key=t1.get) != "gemv2":
-        pick["gemv_impl"] = min(t1, key=t1.get).rstrip("f")
-        if pick["gemv_impl"] == "gemv3":
-            pick["gemv"] = {**pick["gemv"], **results[(1, "gemv3f")][1]}
-    if t32 and min(t32, key=t32.get) == "dqf":
-        pick["mma_impl"] = "dq"
+        best1 = min(t1, key=t1.get)
+        pick["gemv_impl"] = best1[:-1]
+        pick[tile_key[best1]] = {**pick[tile_key[best1]], **results[(1, best1)][1]}
+    if t32 and min(t32, key=t32.get) != "scaled":
+        best32 = min(t32, key=t32.get)
+        pick["mma_impl"] = best32[:-1]
+        pick["dq"] = {**pick["dq"], **results[(32, best32)][1]}
     emit({"sec": "pick", **pick})
     return {"results": {f"{t}|{i}": v for (t, i), v in results.items()}, "pick": pick}
 

@@ -42,7 +42,7 @@ def _reference(ex, x, topi, topw) -> torch.Tensor:
 
 
 CASES = [(t, k, impl, sc) for t, k in [(1, 2), (1, 4), (3, 2), (40, 4), (80, 2)]  # compact, scan, sorted
-         for impl, sc in [("dq", (100, 150)), ("dqf", (100, 129))]]  # dqf needs scales <= 128
+         for impl, sc in [("dq", (100, 150)), ("dqf", (100, 129)), ("dq2", (100, 150)), ("dq2f", (100, 129))]]
 CASES += [(t, k, impl, sc) for t, k in [(1, 4), (3, 2)] for impl, sc in [("gemv3", (100, 150)), ("gemv3f", (100, 129))]]
 
 
