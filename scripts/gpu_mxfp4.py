@@ -34,6 +34,8 @@ import traceback
 from pathlib import Path
 
 import torch
+import triton
+import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,10 +58,6 @@ CANDIDATES = {
     "dq1": [(64, 128, 4, 3), (64, 128, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4), (128, 128, 4, 3), (128, 64, 4, 3),
             (64, 256, 4, 3), (128, 128, 8, 3)],
     "dq": [(128, 128, 4, 3), (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3), (64, 64, 4, 4)],
-    "dq21": [(64, 64, 4, 5), (64, 128, 4, 4), (64, 64, 4, 3), (64, 128, 4, 3), (64, 256, 4, 3), (128, 64, 4, 4),
-             (64, 64, 4, 7), (128, 128, 8, 3)],
-    "dq2": [(64, 64, 4, 5), (128, 64, 4, 4), (64, 128, 4, 4), (128, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 3)],
-    "gemv3": [(16, 512, 4, 3), (32, 256, 4, 3), (32, 128, 4, 3), (64, 128, 4, 3), (16, 256, 4, 3), (64, 64, 4, 3)],
     "few": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2)],
     "full": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2), (64, 256, 8, 3), (128, 256, 4, 3)],
 }
@@ -69,7 +67,7 @@ BEFORE = {"gemv_max_tokens": 1, "gemv_impl": "gemv2", "mma_impl": "scaled",
           "few": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)},
           "full": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}}
 TABLES = {"gemv": "MXFP4_CONFIG_GEMV", "few": "MXFP4_CONFIG_FEW", "full": "MXFP4_CONFIG", "dq1": "MXFP4_CONFIG_DQ1",
-          "dq": "MXFP4_CONFIG_DQ", "gemv3": "MXFP4_CONFIG_GEMV", "dq21": "MXFP4_CONFIG_DQ1", "dq2": "MXFP4_CONFIG_DQ"}
+          "dq": "MXFP4_CONFIG_DQ"}
 
 
 def emit(rec: dict) -> None:
@@ -129,6 +127,39 @@ def decode_check() -> None:
                   "nan": bool(got.isnan().any())})
 
 
+@triton.jit
+def _read_kernel(w_ptr, e_ptr, out_ptr, N, KW, stride_e, BN: tl.constexpr, BW: tl.constexpr):
+    """Reads rows [BN, KW] int32 of the routed experts (program_id(0) -> e_ptr) BW words a step; stores an xor."""
+    e = tl.load(e_ptr + tl.program_id(0)).to(tl.int64)
+    rows = tl.program_id(1) * BN + tl.arange(0, BN)
+    base = w_ptr + e * stride_e + tl.multiple_of(rows.to(tl.int64) * KW, 4)
+    acc = tl.zeros([BN, BW], dtype=tl.int32)
+    for k0 in range(0, KW, BW):
+        cols = tl.max_contiguous(tl.multiple_of(k0 + tl.arange(0, BW), 4), 4)
+        acc ^= tl.load(base[:, None] + cols[None, :], mask=(rows < N)[:, None] & (cols < KW)[None, :], other=0)
+    tl.store(out_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.sum(tl.sum(acc, 1), 0))
+
+
+def read_floor(ex, topi) -> None:
+    """How fast a kernel with the expert loop's grid and tiles can only *read* the routed experts' blocks (int32
+    words, 16 bytes a thread vector, no decode, no math but an xor): the floor of this launch structure, to set
+    beside gemv2 / dq at the same tokens (an estimate of what the decode costs, not a counter reading)."""
+    experts = topi.reshape(-1).unique().to(torch.int32)
+    gu = ex.gate_up_proj_blocks.view(torch.int32)
+    dn = ex.down_proj_blocks.view(torch.int32)
+    nbytes = (gu[0].numel() + dn[0].numel()) * 4 * experts.numel()
+    out = torch.empty(4096 * 64, dtype=torch.int32, device="cuda")
+    for bn, bw, warps, stages in ((16, 128, 4, 3), (64, 64, 4, 3), (64, 128, 4, 4), (32, 128, 4, 3), (16, 64, 4, 4)):
+        def run(bn=bn, bw=bw, warps=warps, stages=stages):
+            for w in (gu, dn):
+                n, kw = w.shape[1], w.shape[2] * w.shape[3]
+                _read_kernel[(experts.numel(), triton.cdiv(n, bn))](w, experts, out, n, kw, w.stride(0), BN=bn, BW=bw,
+                                                             num_warps=warps, num_stages=stages)
+        us = _time(run)
+        emit({"sec": "read_floor", "tokens": int(topi.shape[0]), "tile": (bn, bw * 8, warps, stages),
+              "us_per_layer": round(us, 2), "bytes": nbytes, "gb_s": round(nbytes / us / 1e3, 1)})
+
+
 def _time(fn) -> float:
     """Median µs of fn replayed in a CUDA graph (launch overhead excluded, as in the engine)."""
     import triton.testing
@@ -149,7 +180,7 @@ def current_tables() -> dict:
             **{key: dict(getattr(mk, attr)) for key, attr in TABLES.items()}}
 
 
-def probe(model) -> dict:
+def probe(model, sweep_dq: bool = True) -> dict:
     ex = model.model.layers[0].mlp.experts
     gen = torch.Generator(device="cuda").manual_seed(0)
     hidden = ex.hidden_size
@@ -161,8 +192,7 @@ def probe(model) -> dict:
         topi, topw = _routing(tokens, ex.num_experts, 4, gen)
         inputs[tokens] = (x, topi, topw)
         want = _ref_moe(x, ex, topi, topw).float()
-        for impl in (("gemv2", "gemv3f", "scaled", "dqf", "dq2", "dq2f") if tokens <= 4 else
-                     ("scaled", "dqf", "dq2", "dq2f")):
+        for impl in (("gemv2", "scaled", "dq", "dqf") if tokens <= 4 else ("scaled", "dq", "dqf")):
             try:
                 cnt = torch.zeros((), dtype=torch.int32, device="cuda")
                 got = _call(x, ex, topi, topw, cnt, impl=impl).float()
@@ -172,12 +202,16 @@ def probe(model) -> dict:
             except Exception as exc:
                 emit({"sec": "check", "tokens": tokens, "impl": impl, "error": repr(exc)[:400],
                       "tb": traceback.format_exc()[-1200:]})
+    for tokens in (1, 32):
+        try:
+            read_floor(ex, inputs[tokens][1])
+        except Exception as exc:
+            emit({"sec": "read_floor", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1200:]})
     # timing: every (loop, tiles) candidate per GEMM, the other GEMM at the loop's current tile
     results: dict[tuple[int, str], tuple[float, tuple]] = {}
     # (tokens, loop, table, sweep the table's candidates): main's loops at main's tiles, then the dq loop's tiles
-    plan = [(1, "gemv2", "gemv", False), (1, "dqf", "dq1", False), (1, "dq2f", "dq21", True),
-            (1, "gemv3f", "gemv3", True), (32, "scaled", "full", False), (32, "dqf", "dq", False),
-            (32, "dq2f", "dq2", True), (4, "scaled", "few", False), (4, "dqf", "dq", False), (4, "dq2f", "dq2", False)]
+    plan = [(1, "gemv2", "gemv", False), (1, "dqf", "dq1", False), (32, "scaled", "full", False),
+            (32, "dqf", "dq", sweep_dq), (4, "scaled", "few", False), (4, "dqf", "dq", False)]
     for tokens, impl, mode, sweep in plan:
         x, topi, topw = inputs[tokens]
         nbytes = per_expert * int(topi.unique().numel())
@@ -211,9 +245,9 @@ def probe(model) -> dict:
         table.update(saved)
     # picks: gemv2 vs dq at 1 token; scaled vs dq at 32 (dq runs folded on this model: every scale <= 128)
     pick = current_tables()
-    t1 = {i: results[(1, i)][0] for i in ("gemv2", "gemv3f", "dqf", "dq2f") if (1, i) in results}
-    t32 = {i: results[(32, i)][0] for i in ("scaled", "dqf", "dq2f") if (32, i) in results}
-    tile_key = {"gemv3f": "gemv", "dqf": "dq1", "dq2f": "dq1"}
+    t1 = {i: results[(1, i)][0] for i in ("gemv2", "dqf") if (1, i) in results}
+    t32 = {i: results[(32, i)][0] for i in ("scaled", "dqf") if (32, i) in results}
+    tile_key = {"dqf": "dq1"}
     if t1 and min(t1, key=t1.get) != "gemv2":
         best1 = min(t1, key=t1.get)
         pick["gemv_impl"] = best1[:-1]
@@ -321,7 +355,7 @@ def main() -> int:
         emit({"sec": "decode_check", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
     if not args.skip_probe:
         try:
-            report["probe"] = probe(model)
+            report["probe"] = probe(model, sweep_dq=not args.no_picks)
             if not args.no_picks:
                 after = report["probe"]["pick"]
         except Exception as exc:

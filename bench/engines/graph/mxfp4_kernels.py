@@ -15,7 +15,13 @@ these kernels is CUDA-graph capturable. Three inner loops (`IMPL`, picked per la
 - "mma": per block of 32 weights, low nibbles x even activations and high nibbles x odd ones (two tl.dot), the
   block's scale applied to the fp32 partial product.
 - "scaled": `tl.dot_scaled` (bf16 activations x e2m1 weights with e8m0 scales): Triton lowers the decode itself
-  (on Hopper it upcasts to bf16 in registers before the MMA).
+  (on Hopper it upcasts to bf16 in registers before the MMA). Prefill (sorted mode) on CUDA.
+- "dq" (decode launches past GEMV_MAX_TOKENS on CUDA with bf16 activations): the weights are read as 16-bit
+  halves and decoded to bf16 by inline PTX (_e2m1_asm: shifts and masks put each code's bits where bf16 holds
+  e2m1 * 2^-126, then one bf16x2 multiply by the block scale times 2^126), then one bf16 MMA (wgmma) per BK with
+  the weights as the register operand. K is reordered inside each 32-value block so that the decoded registers
+  are already the MMA's operand layout; the activations are gathered in the same order. GPU-only: covered by
+  tests/test_mxfp4_gpu.py on the device; the CPU interpreter cannot run PTX.
 CUDA with bf16 activations decodes codes to fp16 by bit placement (value * 2^-14, folded into the scale);
 otherwise (the CPU interpreter, float32 tests) the decode is float arithmetic in the activation dtype, exact.
 Runs under TRITON_INTERPRET=1 on CPU for tests (tests/interpreter/mxfp4_cases.py).
@@ -75,16 +81,12 @@ def _moe_mxfp4_kernel(
                 tl.atomic_add(cnt_ptr, 1)
     if end > start:
         e64 = e.to(tl.int64)
-        if IMPL == 0 or IMPL == 3 or IMPL == 6 or IMPL == 7:  # gemv (scan mode only; BM >= every expert's rows)
-            if IMPL >= 6:
-                acc = _gemv3_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, K,
-                                  stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, IMPL == 7)
-            else:
-                acc = _gemv_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K,
-                                 stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST, IMPL == 3)
+        if IMPL == 0 or IMPL == 3:  # gemv (scan mode only; BM >= every expert's row count)
+            acc = _gemv_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K,
+                             stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST, IMPL == 3)
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                       offs_n, nmask, N, GATE_UP, BM, BN)
-        elif IMPL == 4 or IMPL == 5 or IMPL == 8 or IMPL == 9:  # dq / dq2: PTX decode, bf16 MMA; 5, 9 = FOLD
+        elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
             for m0 in range(start, end, BM):
                 rm = m0 + mm
                 rmask = rm < end
@@ -96,12 +98,8 @@ def _moe_mxfp4_kernel(
                     xrow = pair // TOPK
                 else:
                     xrow = pair
-                if IMPL >= 8:
-                    acc = _dq2_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K,
-                                    stride_x, offs_n, nmask, BM, BN, BK, IMPL == 9)
-                else:
-                    acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K,
-                                   stride_x, offs_n, nmask, BM, BN, BK, IMPL == 5)
+                acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K, stride_x,
+                               offs_n, nmask, BM, BN, BK, IMPL == 5)
                 moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                              offs_n, nmask, N, GATE_UP, BM, BN)
         else:
@@ -305,122 +303,7 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
     return tl.trans(acc)
 
 
-def _e2m1_byte_asm(fold: bool) -> str:
-    """PTX: 4 bytes (2 e2m1 codes each, low nibble first) and their scales (bf16, 2 registers) -> two bf16x4
-    outputs, the low-nibble values and the high-nibble values of the 4 bytes, each times its scale, exactly.
-
-    prmt spreads bytes (0, 1) (then (2, 3)) to the two 16-bit halves; from there one shift moves a nibble's
-    magnitude bits to bf16 bits 8..6 and another its sign to bit 15 (the e2m1 * 2^-126 placement of _e2m1_asm),
-    then the multiplies. Elementwise per byte (pack=4)."""
-    out = ["{", ".reg .b32 p, t, u;"]
-    if not fold:
-        out += [".reg .b32 b;", "mov.b32 b, 0x7E807E80;"]  # 2^126 in both halves
-    regs = {("lo", 0): "$0", ("lo", 1): "$1", ("hi", 0): "$2", ("hi", 1): "$3"}
-    for pair, sel, scale in ((0, "0x4140", "$5"), (1, "0x4342", "$6")):
-        out.append(f"prmt.b32 p, $4, 0, {sel};")
-        for nib, mag, sign in (("lo", 6, 12), ("hi", 2, 8)):
-            out += [f"shl.b32 t, p, {mag};", "and.b32 t, t, 0x01C001C0;", f"shl.b32 u, p, {sign};",
-                    "and.b32 u, u, 0x80008000;", "or.b32 t, t, u;"]
-            if not fold:
-                out.append("mul.rn.bf16x2 t, t, b;")
-            out.append(f"mul.rn.bf16x2 {regs[(nib, pair)]}, t, {scale};")
-    out.append("}")
-    return "\n".join(out)
-
-
-_E2M1_BYTE_ASM = tl.constexpr(_e2m1_byte_asm(False))
-_E2M1_BYTE_ASM_FOLD = tl.constexpr(_e2m1_byte_asm(True))
-
-
-@triton.jit
-def _dq2_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.constexpr, BN: tl.constexpr,
-              BK: tl.constexpr, FOLD: tl.constexpr):
-    """As _dq_tile, but the decode is elementwise per byte (_e2m1_byte_asm), so the K order stays natural: the
-    activations are a contiguous [BK, BM] tile (pipelined with the weights by Triton's cp.async loop)."""
-    NG: tl.constexpr = BK // 32
-    KB = K // 2
-    KG = K // 32
-    wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * KB, 16)
-    srow = ws_e + offs_n.to(tl.int64) * KG
-    gg = tl.arange(0, NG)
-    jj = tl.arange(0, 16)
-    kk = tl.arange(0, BK)
-    xb = x_ptr + xrow[None, :].to(tl.int64) * stride_x
-    acc = tl.zeros([BN, BM], dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        g = k0 // 32 + gg
-        gm = g < KG
-        byt = tl.load(wrow[:, None, None] + (g * 16)[None, :, None] + jj[None, None, :],
-                      mask=nmask[:, None, None] & gm[None, :, None], other=0)
-        s = tl.load(srow[:, None] + g[None, :], mask=nmask[:, None] & gm[None, :], other=127).to(tl.int32)
-        if FOLD:
-            sbits = (s + 126) << 7
-        else:
-            sbits = tl.where(s == 0, 64, s << 7)
-        sc = tl.broadcast_to(sbits.to(tl.int16).to(tl.bfloat16, bitcast=True)[:, :, None], (BN, NG, 16))
-        lo, hi = tl.inline_asm_elementwise(_E2M1_BYTE_ASM_FOLD if FOLD else _E2M1_BYTE_ASM, "=r,=r,=r,=r,r,r,r",
-                                           [byt, sc], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
-        w = tl.reshape(tl.join(lo, hi), (BN, BK))  # byte e -> K offsets 2e (low nibble), 2e + 1
-        kx = tl.max_contiguous(tl.multiple_of(k0 + kk, 16), 16)
-        xt = tl.load(xb + kx[:, None], mask=(kx < K)[:, None] & rmask[None, :], other=0.0)
-        acc = tl.dot(w, xt.to(tl.bfloat16), acc)
-    return tl.trans(acc)
-
-
-@triton.jit
-def _gemv3_rows(x_ptr, wb_e, ws_e, rows, K, stride_x, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FOLD: tl.constexpr):
-    """[BM, BN] fp32 without tensor cores, the weights decoded by _e2m1_asm (inline PTX, CUDA bf16 only).
-
-    The expert's N tile is read as 16-bit halves [BN, BK/32, 8] (4 codes each: half e of a block holds K offsets
-    4e..4e+3); the decode gives 4 bf16 tensors of that shape (code j of every half), each converted to fp32 and
-    multiplied by the activations at 4e + j; per-position partial sums stay in registers until the end."""
-    NG: tl.constexpr = BK // 32
-    KG = K // 32
-    mm = tl.arange(0, BM)
-    if GATE_UP:
-        xrow = rows // TOPK
-    else:
-        xrow = rows
-    gg = tl.arange(0, NG)
-    ee = tl.arange(0, 8)
-    wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 8), 8)  # wb_e: int16 view of the blocks
-    srow = ws_e + offs_n.to(tl.int64) * KG
-    part = tl.zeros([BM, BN, NG, 8], dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        g = k0 // 32 + gg
-        gm = g < KG
-        wd = tl.load(wrow[:, None, None] + (g * 8)[None, :, None] + ee[None, None, :],
-                     mask=nmask[:, None, None] & gm[None, :, None], other=0)
-        s = tl.load(srow[:, None] + g[None, :], mask=nmask[:, None] & gm[None, :], other=127).to(tl.int32)
-        if FOLD:
-            sbits = (s + 126) << 7
-        else:
-            sbits = tl.where(s == 0, 64, s << 7)
-        sc = tl.broadcast_to(sbits.to(tl.int16).to(tl.bfloat16, bitcast=True)[:, :, None], (BN, NG, 8))
-        o0, o1, o2, o3 = tl.inline_asm_elementwise(
-            _E2M1_ASM_FOLD if FOLD else _E2M1_ASM, "=r,=r,=r,=r,r,r", [wd, sc], dtype=(tl.bfloat16,) * 4,
-            is_pure=True, pack=2)
-        w0 = o0.to(tl.float32)
-        w1 = o1.to(tl.float32)
-        w2 = o2.to(tl.float32)
-        w3 = o3.to(tl.float32)
-        xoff = (g * 32)[:, None, None] + 4 * ee[None, :, None] + tl.arange(0, 4)[None, None, :]  # [NG, 8, 4]
-        for r in tl.static_range(BM):
-            xr = tl.sum(tl.where(mm == r, xrow, 0), axis=0)
-            xv = tl.load(x_ptr + xr * stride_x + xoff, mask=gm[:, None, None], other=0.0).to(tl.float32)
-            xa, xb = tl.split(tl.reshape(xv, (NG, 8, 2, 2)))  # xa: j = 0, 2; xb: j = 1, 3
-            x0, x2 = tl.split(xa)
-            x1, x3 = tl.split(xb)
-            sr = w0 * x0[None, :, :] + w1 * x1[None, :, :] + w2 * x2[None, :, :] + w3 * x3[None, :, :]
-            if BM == 1:
-                part += sr[None, :, :, :]
-            else:
-                part = tl.where((mm == r)[:, None, None, None], part + sr[None, :, :, :], part)
-    return tl.sum(tl.sum(part, axis=3), axis=2)
-
-
-IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5, "gemv3": 6, "gemv3f": 7, "dq2": 8, "dq2f": 9}
+IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5}
 # Decode with at most this many tokens uses the gemv loop (every expert then has <= this many rows; one M "tile"
 # of p2(tokens) rows, the weights decoded once per program and reused for each row). H200, one E32 k4 layer
 # (docs/MXFP4.md): 1 token gemv2 49 us, gemv 52, scaled 77, mma 120; 4 tokens gemv 275, scaled 174, mma 262.
@@ -489,18 +372,17 @@ def moe_mxfp4(
     few = plan.scan and tokens <= GEMV_MAX_TOKENS
     if impl is None:
         if few:
-            impl = GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2") else "gemv2"  # PTX loops: CUDA only
+            impl = GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2") else "gemv2"  # dq: CUDA only
         elif plan.scan:
             impl = MMA_IMPL if fast else "mma"
         else:
             impl = SORTED_IMPL if fast else "mma"
-    dq = impl in ("dq", "dqf", "dq2", "dq2f")
-    ptx = dq or impl in ("gemv3", "gemv3f")
-    if ptx and not fast:
+    dq = impl in ("dq", "dqf")
+    if dq and not fast:
         raise ValueError(f"the MXFP4 '{impl}' loop (inline PTX decode) runs on CUDA with bf16 activations only")
-    if fold and impl in ("dq", "gemv3", "dq2"):
-        impl += "f"  # every scale <= 128: one multiply by 2^(s-1) instead of 2^126 then 2^(s-127)
-    gemv = impl in ("gemv", "gemv2", "gemv3", "gemv3f")
+    if fold and impl == "dq":
+        impl = "dqf"  # every scale <= 128: one multiply by 2^(s-1) instead of 2^126 then 2^(s-127)
+    gemv = impl in ("gemv", "gemv2")
     if gemv and not plan.scan:
         raise ValueError("the MXFP4 gemv loop is for decode (scan mode) only")
     if impl == "scaled" and x.dtype != torch.bfloat16:
@@ -528,8 +410,8 @@ def moe_mxfp4(
             raise ValueError(f"MXFP4 GEMM needs K % 32 == 0, got K={kdim}")
         bk = min(bk, max(32, _p2(kdim)))
         gu = name == "gate_up"
-        if ptx and impl not in ("dq2", "dq2f"):
-            wb = wb.view(torch.int16)  # the PTX-decode loops read 16-bit halves of the blocks' words
+        if dq:
+            wb = wb.view(torch.int16)  # the dq loop reads 16-bit halves of the blocks' words
         _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
             src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
             plan.pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
