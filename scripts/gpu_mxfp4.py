@@ -55,7 +55,8 @@ T0 = time.time()
 LOG: Path | None = None
 CANDIDATES = {
     "gemv": [(16, 256, 4, 3), (8, 256, 4, 3), (16, 512, 4, 3), (16, 256, 2, 3), (8, 512, 4, 2), (16, 128, 4, 3)],
-    "dq1": [(64, 64, 4, 3), (64, 128, 4, 3), (64, 64, 4, 4), (128, 64, 4, 3), (64, 128, 4, 4)],
+    "dq1": [(64, 128, 4, 3), (64, 128, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4), (128, 128, 4, 3), (128, 64, 4, 3),
+            (64, 256, 4, 3), (128, 128, 8, 3)],
     "dq": [(128, 128, 4, 3), (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3), (64, 64, 4, 4)],
     "few": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2)],
     "full": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2), (64, 256, 8, 3), (128, 256, 4, 3)],
@@ -170,14 +171,12 @@ def set_tables(cfg: dict) -> None:
     mk.GEMV_MAX_TOKENS = int(cfg["gemv_max_tokens"])
     mk.MMA_IMPL = cfg["mma_impl"]
     mk.GEMV_IMPL = cfg.get("gemv_impl", "gemv")
-    mk.DQ_SPLIT = int(cfg.get("dq_split", mk.DQ_SPLIT))
     for key, attr in TABLES.items():
         getattr(mk, attr).update({g: tuple(v) for g, v in cfg.get(key, {}).items()})
 
 
 def current_tables() -> dict:
     return {"gemv_max_tokens": mk.GEMV_MAX_TOKENS, "mma_impl": mk.MMA_IMPL, "gemv_impl": mk.GEMV_IMPL,
-            "dq_split": mk.DQ_SPLIT,
             **{key: dict(getattr(mk, attr)) for key, attr in TABLES.items()}}
 
 
@@ -211,55 +210,8 @@ def probe(model, sweep_dq: bool = True) -> dict:
     # timing: every (loop, tiles) candidate per GEMM, the other GEMM at the loop's current tile
     results: dict[tuple[int, str], tuple[float, tuple]] = {}
     # (tokens, loop, table, sweep the table's candidates): main's loops at main's tiles, then the dq loop's tiles
-    plan = [(1, "gemv2", "gemv", False), (32, "scaled", "full", False),
+    plan = [(1, "gemv2", "gemv", False), (1, "dqf", "dq1", False), (32, "scaled", "full", False),
             (32, "dqf", "dq", sweep_dq), (4, "scaled", "few", False), (4, "dqf", "dq", False)]
-    # dq at one token with split-K: each split count, the dq1 tiles swept at each
-    saved_split = mk.DQ_SPLIT
-    best_split = None
-    for split in (1, 2, 4, 8):
-        mk.DQ_SPLIT = split
-        key = f"dqf_s{split}"
-        x, topi, topw = inputs[1]
-        try:
-            want = _ref_moe(x, ex, topi, topw).float()
-            got = _call(x, ex, topi, topw, impl="dqf").float()
-            again = _call(x, ex, topi, topw, impl="dqf").float()
-            rel = ((got - want).norm() / want.norm()).item()
-            emit({"sec": "check", "tokens": 1, "impl": key, "rel_l2_err": round(rel, 5),
-                  "repeat_equal": bool(torch.equal(got, again))})
-        except Exception as exc:
-            emit({"sec": "check", "tokens": 1, "impl": key, "error": repr(exc)[:400],
-                  "tb": traceback.format_exc()[-1200:]})
-            continue
-        table = mk.MXFP4_CONFIG_DQ1
-        saved = dict(table)
-        best = {}
-        for gemm in ("gate_up", "down"):
-            timings = []
-            for cand in CANDIDATES["dq1"]:
-                table[gemm] = cand
-                try:
-                    run = lambda x=x, topi=topi, topw=topw: _call(x, ex, topi, topw, impl="dqf")  # noqa: E731
-                    timings.append((_time(run), cand))
-                except Exception as exc:
-                    emit({"sec": "tile", "tokens": 1, "impl": key, "gemm": gemm, "cand": cand,
-                          "error": repr(exc)[:200]})
-            table[gemm] = saved[gemm]
-            if timings:
-                us, cand = min(timings)
-                table[gemm] = best[gemm] = cand
-                emit({"sec": "tile", "tokens": 1, "impl": key, "gemm": gemm,
-                      "timings_us": [(round(t, 1), c) for t, c in sorted(timings)]})
-        us = _time(lambda x=x, topi=topi, topw=topw: _call(x, ex, topi, topw, impl="dqf"))
-        nbytes = per_expert * int(topi.unique().numel())
-        emit({"sec": "layer", "tokens": 1, "impl": key, "tiles": dict(table), "us_per_layer": round(us, 2),
-              "bytes": nbytes, "gb_s": round(nbytes / us / 1e3, 1)})
-        results[(1, key)] = (us, best)
-        if best_split is None or us < results[(1, best_split)][0]:
-            best_split = key
-        table.clear()
-        table.update(saved)
-    mk.DQ_SPLIT = saved_split
     for tokens, impl, mode, sweep in plan:
         x, topi, topw = inputs[tokens]
         nbytes = per_expert * int(topi.unique().numel())
@@ -293,13 +245,13 @@ def probe(model, sweep_dq: bool = True) -> dict:
         table.update(saved)
     # picks: gemv2 vs dq at 1 token; scaled vs dq at 32 (dq runs folded on this model: every scale <= 128)
     pick = current_tables()
-    t1 = {i: results[(1, i)][0] for i in ("gemv2", best_split) if (1, i) in results}
+    t1 = {i: results[(1, i)][0] for i in ("gemv2", "dqf") if (1, i) in results}
     t32 = {i: results[(32, i)][0] for i in ("scaled", "dqf") if (32, i) in results}
+    tile_key = {"dqf": "dq1"}
     if t1 and min(t1, key=t1.get) != "gemv2":
         best1 = min(t1, key=t1.get)
-        pick["gemv_impl"] = "dq"
-        pick["dq_split"] = int(best1.split("_s")[1])
-        pick["dq1"] = {**pick["dq1"], **results[(1, best1)][1]}
+        pick["gemv_impl"] = best1[:-1]
+        pick[tile_key[best1]] = {**pick[tile_key[best1]], **results[(1, best1)][1]}
     if t32 and min(t32, key=t32.get) != "scaled":
         best32 = min(t32, key=t32.get)
         pick["mma_impl"] = best32[:-1]

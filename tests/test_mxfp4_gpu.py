@@ -60,10 +60,6 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales):
     got = mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias, ex.down_proj_blocks,
                        ex.down_proj_scales, ex.down_proj_bias, i.to(torch.int32), w, ex.alpha, ex.limit, cnt, impl=impl)
     assert not got.isnan().any()
-    again = mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
-                         ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, i.to(torch.int32), w, ex.alpha,
-                         ex.limit, impl=impl)
-    assert torch.equal(got, again)  # split-K (one token) sums its slices in a fixed order and re-arms its counters
     err = ((got.float() - want).norm() / want.norm()).item()
     assert err < 1e-2, err  # bf16 activations and outputs; a wrong code or scale gives O(1)
     assert int(cnt) == i.unique().numel()

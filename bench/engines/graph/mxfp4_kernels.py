@@ -20,9 +20,7 @@ these kernels is CUDA-graph capturable. Three inner loops (`IMPL`, picked per la
   halves and decoded to bf16 by inline PTX (_e2m1_asm: shifts and masks put each code's bits where bf16 holds
   e2m1 * 2^-126, then one bf16x2 multiply by the block scale times 2^126), then one bf16 MMA (wgmma) per BK with
   the weights as the register operand. K is reordered inside each 32-value block so that the decoded registers
-  are already the MMA's operand layout; the activations are gathered in the same order. With <= GEMV_MAX_TOKENS
-  tokens it splits K over DQ_SPLIT programs (fp32 partial slices, the last program to arrive sums them in order
-  and runs the epilogue: deterministic). GPU-only: covered by
+  are already the MMA's operand layout; the activations are gathered in the same order. GPU-only: covered by
   tests/test_mxfp4_gpu.py on the device; the CPU interpreter cannot run PTX.
 CUDA with bf16 activations decodes codes to fp16 by bit placement (value * 2^-14, folded into the scale);
 otherwise (the CPU interpreter, float32 tests) the decode is float arithmetic in the activation dtype, exact.
@@ -66,20 +64,19 @@ def _e2m1_f16(code):
 
 @triton.jit
 def _moe_mxfp4_kernel(
-    x_ptr, wb_ptr, ws_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr, part_ptr, sem_ptr,
+    x_ptr, wb_ptr, ws_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
     P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    FAST: tl.constexpr, IMPL: tl.constexpr, SPLIT: tl.constexpr = 1,
+    FAST: tl.constexpr, IMPL: tl.constexpr,
 ):
-    nb = tl.program_id(1) // SPLIT
-    ks = tl.program_id(1) % SPLIT
+    nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
     nmask = offs_n < N
     mm = tl.arange(0, BM)
     e, start, end, scan_rows = routed_rows(topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
     if COUNT:
-        if tl.program_id(1) == 0:
+        if nb == 0:
             if end > start:
                 tl.atomic_add(cnt_ptr, 1)
     if end > start:
@@ -101,28 +98,10 @@ def _moe_mxfp4_kernel(
                     xrow = pair // TOPK
                 else:
                     xrow = pair
-                # split-K (SPLIT > 1, decode with few tokens): this program's K slice, BK-aligned
-                ksl = tl.cdiv(tl.cdiv(K, SPLIT), BK) * BK
-                k_lo = ks * ksl
-                k_hi = tl.minimum(K, k_lo + ksl)
-                acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K, k_lo,
-                               k_hi, stride_x, offs_n, nmask, BM, BN, BK, IMPL == 5)
-                if SPLIT == 1:
-                    moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                                 offs_n, nmask, N, GATE_UP, BM, BN)
-                else:  # fp32 partials, one slice per K slice; the program that lands last sums them in slice
-                    # order (deterministic), runs the epilogue and re-arms the counter
-                    pmask = rmask[:, None] & nmask[None, :]
-                    pp = part_ptr + pair[:, None].to(tl.int64) * N + offs_n[None, :]
-                    tl.store(pp + ks * P * N, acc, mask=pmask)
-                    slot = sem_ptr + tl.program_id(0) * (tl.num_programs(1) // SPLIT) + nb
-                    if tl.atomic_add(slot, 1, sem="acq_rel") == SPLIT - 1:
-                        tot = tl.zeros_like(acc)
-                        for s in tl.static_range(SPLIT):
-                            tot += tl.load(pp + s * P * N, mask=pmask, other=0.0, cache_modifier=".cg")
-                        tl.atomic_xchg(slot, 0)
-                        moe_epilogue(tot, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha,
-                                     limit, offs_n, nmask, N, GATE_UP, BM, BN)
+                acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K, stride_x,
+                               offs_n, nmask, BM, BN, BK, IMPL == 5)
+                moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                             offs_n, nmask, N, GATE_UP, BM, BN)
         else:
             wb_base = wb_ptr + e64 * stride_wbe + offs_n[None, :].to(tl.int64) * (K // 2)
             ws_base = ws_ptr + e64 * stride_wse + offs_n.to(tl.int64) * (K // 32)
@@ -274,8 +253,8 @@ _E2M1_ASM_FOLD = tl.constexpr(_e2m1_asm(True))
 
 
 @triton.jit
-def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, k_lo, k_hi, stride_x, offs_n, nmask, BM: tl.constexpr,
-             BN: tl.constexpr, BK: tl.constexpr, FOLD: tl.constexpr):
+def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.constexpr, BN: tl.constexpr,
+             BK: tl.constexpr, FOLD: tl.constexpr):
     """[BM, BN] fp32 with the weights dequantized to bf16 in registers (inline PTX, CUDA only) and one bf16 MMA per
     BK: the expert's N tile [BN, BK] as A, the rows' activations [BK, BM] as B.
 
@@ -296,21 +275,19 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, k_lo, k_hi, stride_x, offs_n, nm
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     # the scales and the gathered activations are loaded one step ahead (the weights go through Triton's
     # cp.async pipeline; these small loads would otherwise wait a memory round trip every step)
-    g_hi = k_hi // 32  # this program's K slice [k_lo, k_hi) (the whole K without split-K)
-    g0 = k_lo // 32 + gg
-    s_nxt = tl.load(srow[:, None] + g0[None, :], mask=nmask[:, None] & (g0 < g_hi)[None, :], other=127)
-    x_nxt = tl.load(xb + (k_lo + perm)[:, None], mask=((k_lo + perm) < k_hi)[:, None] & rmask[None, :], other=0.0)
-    for k0 in range(k_lo, k_hi, BK):
+    s_nxt = tl.load(srow[:, None] + gg[None, :], mask=nmask[:, None] & (gg < KG)[None, :], other=127)
+    x_nxt = tl.load(xb + perm[:, None], mask=(perm < K)[:, None] & rmask[None, :], other=0.0)
+    for k0 in range(0, K, BK):
         g = k0 // 32 + gg
-        gm = g < g_hi
+        gm = g < KG
         wm = nmask[:, None, None] & gm[None, :, None]
         wd = tl.load(wrow[:, None, None] + (g * 8)[None, :, None] + hh[None, None, :], mask=wm, other=0)
         s = s_nxt.to(tl.int32)
         xt = x_nxt
         g2 = g + NG
-        s_nxt = tl.load(srow[:, None] + g2[None, :], mask=nmask[:, None] & (g2 < g_hi)[None, :], other=127)
+        s_nxt = tl.load(srow[:, None] + g2[None, :], mask=nmask[:, None] & (g2 < KG)[None, :], other=127)
         kx = k0 + BK + perm
-        x_nxt = tl.load(xb + kx[:, None], mask=(kx < k_hi)[:, None] & rmask[None, :], other=0.0)
+        x_nxt = tl.load(xb + kx[:, None], mask=(kx < K)[:, None] & rmask[None, :], other=0.0)
         if FOLD:  # 2^(s - 127) * 2^126 = 2^(s - 1): bf16 exponent field s + 126 (s <= 128)
             sbits = (s + 126) << 7
         else:  # 2^(s - 127); s = 0 is the subnormal 2^-127
@@ -342,8 +319,6 @@ MXFP4_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 256, 4
 # (docs/MXFP4.md); prefill keeps tl.dot_scaled (dq there is checked, not timed)
 MMA_IMPL = "dq"
 SORTED_IMPL = "scaled"
-# split-K of the dq loop with <= GEMV_MAX_TOKENS tokens (more programs in flight for a one-token GEMV)
-DQ_SPLIT = 4
 # the "dq" loop's tiles: decode with <= GEMV_MAX_TOKENS tokens ("dq1"), every other launch ("dq")
 MXFP4_CONFIG_DQ1: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 64, 4, 3), "down": (64, 128, 4, 3)}
 MXFP4_CONFIG_DQ: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4)}
@@ -362,22 +337,6 @@ if os.environ.get(TILES_ENV):
     SORTED_IMPL = _tiles.get("sorted_impl", SORTED_IMPL)
     GEMV_IMPL = _tiles.get("gemv_impl", GEMV_IMPL)
     GEMV_MAX_TOKENS = int(_tiles.get("gemv_max_tokens", GEMV_MAX_TOKENS))
-    DQ_SPLIT = int(_tiles.get("dq_split", DQ_SPLIT))
-
-
-_SPLIT_BUFFERS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _split_buffers(device: torch.device, rows: int, n: int, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 partial sums [rows = SPLIT * pairs, n] and zeroed int32 arrival counters [slots] for the dq loop's
-    split-K. The kernel overwrites the partials and re-arms the counters, so one pair per shape serves every layer
-    and every replay of a captured step (the first call, in the engine's eager warm-up steps, allocates them
-    outside the graph)."""
-    key = (str(device), rows, n, slots)
-    if key not in _SPLIT_BUFFERS:
-        _SPLIT_BUFFERS[key] = (torch.zeros((rows, n), dtype=torch.float32, device=device),
-                               torch.zeros((slots,), dtype=torch.int32, device=device))
-    return _SPLIT_BUFFERS[key]
 
 
 def moe_mxfp4(
@@ -451,17 +410,13 @@ def moe_mxfp4(
             raise ValueError(f"MXFP4 GEMM needs K % 32 == 0, got K={kdim}")
         bk = min(bk, max(32, _p2(kdim)))
         gu = name == "gate_up"
-        split = DQ_SPLIT if dq and few else 1
-        part, sem = (_split_buffers(x.device, split * plan.pairs, n, plan.grid_rows * triton.cdiv(n, bn))
-                     if split > 1 else (dst, cnt))  # unused without split-K
         if dq:
             wb = wb.view(torch.int16)  # the dq loop reads 16-bit halves of the blocks' words
-        _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn) * split)](
-            src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt, part, sem,
+        _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
+            src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
             plan.pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], SPLIT=split, num_warps=warps,
-            num_stages=stages,
+            EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], num_warps=warps, num_stages=stages,
         )
     return out
