@@ -6,7 +6,7 @@ there are fewer pairs than experts; an expert-sorted list in prefill), so both f
 program reads its N tile of the expert's blocks (uint8, two e2m1 codes per byte, low nibble = even element) and
 e8m0 scales once. gate_up applies the clamped SwiGLU in its epilogue, down the bias and routing weight, with the
 bf16 kernel's own `kernels.moe_epilogue`. Every step-dependent value lives in device memory, so a decode step with
-these kernels is CUDA-graph capturable. Three inner loops (`IMPL`, picked per launch by `moe_mxfp4`):
+these kernels is CUDA-graph capturable. Four inner loops (`IMPL`, picked per launch by `moe_mxfp4`):
 
 - "gemv" (few rows per expert: decode at batch <= GEMV_MAX_TOKENS): no tensor cores. One program per (expert,
   BN output rows) loads [BN, NB, 16] bytes (16 contiguous bytes = one block per thread vector), decodes both
@@ -22,8 +22,8 @@ these kernels is CUDA-graph capturable. Three inner loops (`IMPL`, picked per la
   the weights as the register operand. K is reordered inside each 32-value block so that the decoded registers
   are already the MMA's operand layout; the activations are gathered in the same order. GPU-only: covered by
   tests/test_mxfp4_gpu.py on the device; the CPU interpreter cannot run PTX.
-CUDA with bf16 activations decodes codes to fp16 by bit placement (value * 2^-14, folded into the scale);
-otherwise (the CPU interpreter, float32 tests) the decode is float arithmetic in the activation dtype, exact.
+In gemv / mma, CUDA with bf16 activations decodes codes to fp16 by bit placement (value * 2^-14, folded into the
+scale); otherwise (the CPU interpreter, float32 tests) the decode is float arithmetic in the activation dtype, exact.
 Runs under TRITON_INTERPRET=1 on CPU for tests (tests/interpreter/mxfp4_cases.py).
 """
 
