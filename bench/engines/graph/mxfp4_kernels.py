@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bench.engines.graph.kernels import moe_epilogue, routed_rows, routing_plan
+from bench.engines.graph.kernels import moe_epilogue, routed_rows, routing_plan, tile_pairs
 
 
 def _p2(n: int) -> int:
@@ -88,12 +88,7 @@ def _moe_mxfp4_kernel(
                       offs_n, nmask, N, GATE_UP, BM, BN)
         elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
             for m0 in range(start, end, BM):
-                rm = m0 + mm
-                rmask = rm < end
-                if SCAN:
-                    pair = scan_rows
-                else:
-                    pair = tl.load(rows_ptr + rm, mask=rmask, other=0)
+                pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
                 if GATE_UP:
                     xrow = pair // TOPK
                 else:
@@ -106,12 +101,7 @@ def _moe_mxfp4_kernel(
             wb_base = wb_ptr + e64 * stride_wbe + offs_n[None, :].to(tl.int64) * (K // 2)
             ws_base = ws_ptr + e64 * stride_wse + offs_n.to(tl.int64) * (K // 32)
             for m0 in range(start, end, BM):
-                rm = m0 + mm
-                rmask = rm < end
-                if SCAN:  # every row of the expert fits one M tile (T <= SCAN_MAX_TOKENS)
-                    pair = scan_rows
-                else:
-                    pair = tl.load(rows_ptr + rm, mask=rmask, other=0)
+                pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
                 acc = _mma_tile(x_ptr, wb_base, ws_base, pair, rmask, K, stride_x, offs_n, nmask, TOPK, GATE_UP,
                                 BM, BN, BK, FAST, IMPL)
                 moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
