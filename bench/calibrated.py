@@ -1,13 +1,12 @@
 """Bench-process side of the research loop: which model a calibration belongs to, resolving a spec's calibrated
 prunes into keep sets, finding a domain's text again (held-out quality text, prompts), and running the research
-worker (bench.research_worker) in a spawned process, as sweeps do.
+worker (bench.research_worker) in a worker process of its own, as sweeps do.
 
 Imports the store (duckdb): never imported by worker-side code.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -112,17 +111,12 @@ def quality_domain_names(spec: SweepSpec) -> list[str]:
 
 
 def run_research_job(job: Any, on_message: Callable[[str, Any], None]) -> None:
-    """Spawn bench.research_worker on `job`, hand every message to on_message until "done". A BadInputError in the
-    worker comes back as one here (exit 2); any other failure as a BenchError (exit 1)."""
+    """Run bench.research_worker in a new process on `job`, hand every message to on_message until "done". A
+    BadInputError in the worker comes back as one here (exit 2); any other failure as a BenchError (exit 1)."""
+    from bench.processes import start_process
     from bench.research_worker import research_entry
-    from bench.runner import _main_script_hidden
 
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=research_entry, args=(job, child), name="bench-research", daemon=True)
-    with _main_script_hidden():
-        proc.start()
-    child.close()
+    proc, parent = start_process(research_entry, (job,), name="bench-research")
     error: tuple[str, str] | None = None
     try:
         while True:

@@ -1,5 +1,5 @@
-"""Worker side of `bench calibrate` and `bench quality` (and the sweep's quality phase): runs in a spawned process,
-builds the model, and sends results back over a pipe. Never imports duckdb or streamlit.
+"""Worker side of `bench calibrate` and `bench quality` (and the sweep's quality phase): runs in a worker process of its
+own, builds the model, and sends results back over a pipe. Never imports duckdb or streamlit.
 
 Messages: ("model", {fingerprint, device, ...}), ("progress", (domain, done, total)),
 ("calibration", CalibrationOut), ("quality", QualityResult), ("done", None), ("fatal", message).
@@ -121,7 +121,7 @@ def _quality(job: QualityJob, send) -> None:
 
 
 def research_entry(job: CalibrationJob | QualityJob, conn) -> None:
-    """Target of the spawned process."""
+    """Target of the worker process (bench.processes)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         (_calibrate if isinstance(job, CalibrationJob) else _quality)(job, conn.send)

@@ -1,4 +1,4 @@
-"""Sweep orchestration in the bench process: preflight, locks, one spawned worker per variant, and a DuckDB
+"""Sweep orchestration in the bench process: preflight, locks, one worker process per variant, and a DuckDB
 write for every point as it arrives. Resume fills only missing points; rerun replays a run's resolved config.
 """
 
@@ -12,8 +12,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from bench import store
 from bench.errors import BadInputError, BenchError, SweepBusyError
 from bench.locks import HeldLock, lock_owner, try_lock
 from bench.paths import device_locks_dir, sweep_file
+from bench.processes import start_process
 from bench.progress import ProgressBar
 from bench.records import PointRecord, RunRecord, SweepRecord, utcnow
 from bench.spec import DEVICES, DTYPES, SweepSpec, VariantSpec, check_id, spec_from_dict
@@ -282,14 +282,17 @@ class SweepRunner:
     ) -> None:
         job = self._worker_job(v, spec, run, device, dtype, todo)
         bar = ProgressBar(v.name, total=len(todo), enabled=self.progress)
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=worker_entry, args=(job, child), name=f"bench-worker-{v.name}", daemon=True)
-        self.worker = proc
         store.update_run(self.db, run.run_id, state="running", started_at=utcnow())
-        with _main_script_hidden():
-            proc.start()
-        child.close()
+        try:
+            proc, parent = start_process(worker_entry, (job,), name=f"bench-worker-{v.name}")
+        except (OSError, EOFError):
+            if not self.cancelled:
+                raise
+            # a cancel's SIGTERM reached the process group while the worker was being started (the fork server
+            # was still importing torch): the run is cancelled, not failed
+            store.update_run(self.db, run.run_id, state="cancelled", finished_at=utcnow())
+            raise _Cancelled from None
+        self.worker = proc
         remaining = list(todo)
         fatal: str | None = None
         last_beat = time.monotonic()
@@ -415,28 +418,6 @@ def _research_plan(db: Path, spec: SweepSpec, device: str) -> Any:
     from bench.calibrated import prepare_research
 
     return prepare_research(db, spec, device)
-
-
-@contextmanager
-def _main_script_hidden() -> Iterator[None]:
-    """Hide the parent's __main__ script while a worker is spawned, so the child never re-runs it.
-
-    The worker's target lives in bench.worker and needs nothing from __main__, but `spawn` re-imports the parent's
-    main script in the child when it has a file (AppTest, for one, makes app.py the __main__ module, which would
-    put streamlit into the worker).
-    """
-    main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
-    main.__dict__.pop("__file__", None)
-    main.__dict__["__spec__"] = None
-    try:
-        yield
-    finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)
 
 
 def _death_reason(exitcode: int | None) -> str:

@@ -1,4 +1,5 @@
-"""The worker: one spawned process per variant. Builds the model, runs the engine over its points, measures.
+"""The worker: one process per variant (started by bench.processes). Builds the model, runs the engine over its
+points, measures.
 
 It sends messages back over a pipe and never touches the database (nor imports duckdb or streamlit):
   ("run", RunInfo)        once the model is loaded and pruned
@@ -28,7 +29,7 @@ FAULT_ENV = "MOE_BENCH_FAULT"
 
 @dataclass
 class WorkerJob:
-    """Everything the worker needs; plain data so it pickles across `spawn`."""
+    """Everything the worker needs; plain data so it pickles to the worker process."""
 
     run_id: str
     variant_name: str
@@ -299,7 +300,7 @@ def _quality_phase(job: WorkerJob, loaded: Any, send) -> None:
 
 
 def worker_entry(job: WorkerJob, conn) -> None:
-    """Target of the spawned process."""
+    """Target of the worker process (bench.processes)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         run_job(job, conn.send)

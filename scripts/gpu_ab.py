@@ -1,7 +1,7 @@
 """Same-card A/B of two source trees (e.g. main's checkout and this branch): the graph engine's ms/step at a few
 batch sizes, run with the `bench` package of --root, so that two processes on one GPU compare code, not cards.
 
-    PYTHONUNBUFFERED=1 python scripts/gpu_ab.py --root PATH --label NAME [--cases 1x4,8x4,32x4]
+    PYTHONUNBUFFERED=1 python scripts/gpu_ab.py --root PATH --label NAME [--cases 1x4,8x4,32x4] [--splitk-rows N]
 
 Uses only APIs both trees have (GraphEngine, GraphOptions, load_model, measure_bandwidth, ArchSummary,
 roofline_point). Prompt 256, 33 new tokens (32 timed steps), best of 2 generations, E32; one JSON line per case
@@ -25,6 +25,8 @@ def main() -> int:
     ap.add_argument("--root", required=True, help="source tree whose `bench` package runs")
     ap.add_argument("--label", required=True)
     ap.add_argument("--cases", default="1x4,8x4,32x4", help="BATCHxTOP_K, comma-separated")
+    ap.add_argument("--splitk-rows", type=int, default=None,
+                    help="set kernels.SPLITK_MAX_ROWS (split-K qkv/o_proj up to this many rows) before measuring")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(args.root).resolve()))
     import torch
@@ -36,6 +38,10 @@ def main() -> int:
     from bench.models.pruning import set_top_k
     from bench.roofline import ArchSummary, mean_decode_context, roofline_point
 
+    if args.splitk_rows is not None:
+        from bench.engines.graph import kernels
+
+        kernels.SPLITK_MAX_ROWS = args.splitk_rows
     model = load_model("synthetic:gpt-oss-20b", device="cuda", dtype=torch.bfloat16, seed=0).model
     bandwidth = measure_bandwidth("cuda")
     arch = ArchSummary.from_model(model)
@@ -55,7 +61,7 @@ def main() -> int:
         rec = {"label": args.label, "bench": str(Path(bench.__file__).parent), "batch": batch, "top_k": k,
                "ms_step": round(1000 * r.decode_s / (NEW - 1), 3), "tok_s": round(tps, 1),
                "roofline_pct": round(100 * tps / ceil, 1), "bandwidth_gbs": round(bandwidth / 1e9, 1),
-               "t": round(time.time(), 1)}
+               "splitk_rows": args.splitk_rows, "t": round(time.time(), 1)}
         print(json.dumps(rec), flush=True)
         with out.open("a") as f:
             f.write(json.dumps(rec) + "\n")

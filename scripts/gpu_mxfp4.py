@@ -34,6 +34,8 @@ import traceback
 from pathlib import Path
 
 import torch
+import triton
+import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,12 +55,19 @@ T0 = time.time()
 LOG: Path | None = None
 CANDIDATES = {
     "gemv": [(16, 256, 4, 3), (8, 256, 4, 3), (16, 512, 4, 3), (16, 256, 2, 3), (8, 512, 4, 2), (16, 128, 4, 3)],
+    "dq1": [(64, 128, 4, 3), (64, 128, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4), (128, 128, 4, 3), (128, 64, 4, 3),
+            (64, 256, 4, 3), (128, 128, 8, 3)],
+    "dq": [(128, 128, 4, 3), (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3), (64, 64, 4, 4)],
     "few": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2)],
     "full": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2), (64, 256, 8, 3), (128, 256, 4, 3)],
 }
-# main's kernel (commit de7112e): the two-MMA loop for every launch with these tiles
-BEFORE = {"gemv_max_tokens": 0, "mma_impl": "mma", "few": {"gate_up": (64, 128, 4, 3), "down": (64, 128, 4, 3)},
-          "full": {"gate_up": (128, 128, 8, 3), "down": (128, 128, 8, 3)}}
+# main's kernel (commit ef10157): gemv2 at batch 1, tl.dot_scaled elsewhere, with these tiles
+BEFORE = {"gemv_max_tokens": 1, "gemv_impl": "gemv2", "mma_impl": "scaled",
+          "gemv": {"gate_up": (16, 512, 4, 3), "down": (16, 512, 4, 3)},
+          "few": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)},
+          "full": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}}
+TABLES = {"gemv": "MXFP4_CONFIG_GEMV", "few": "MXFP4_CONFIG_FEW", "full": "MXFP4_CONFIG", "dq1": "MXFP4_CONFIG_DQ1",
+          "dq": "MXFP4_CONFIG_DQ"}
 
 
 def emit(rec: dict) -> None:
@@ -94,6 +103,63 @@ def _call(x, ex, topi, topw, cnt=None, impl=None):
                         ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha, ex.limit, cnt, impl=impl)
 
 
+def decode_check() -> None:
+    """The dq loop's decode on every byte value and on scales past 128 (where FOLD does not apply), against the
+    torch reference, at small shapes (the real-shape check below covers the tiles)."""
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    ex = mxfp4.Mxfp4Experts(4, 256, 128, 1.702, 7.0, device="cuda")
+    for name in ("gate_up_proj_blocks", "down_proj_blocks"):
+        buf = getattr(ex, name)
+        buf.copy_(torch.randint(0, 256, buf.shape, generator=gen, device="cuda", dtype=torch.int32).to(torch.uint8))
+    for name, lo, hi in (("gate_up_proj_scales", 112, 140), ("down_proj_scales", 100, 130)):
+        buf = getattr(ex, name)
+        buf.copy_(torch.randint(lo, hi, buf.shape, generator=gen, device="cuda", dtype=torch.int32).to(torch.uint8))
+    ex.gate_up_proj_bias.normal_(0, 0.1, generator=gen)
+    ex.down_proj_bias.normal_(0, 0.1, generator=gen)
+    for tokens in (1, 5, 40, 80):
+        x = (torch.randn(tokens, 256, generator=gen, device="cuda") * 1e-3).to(torch.bfloat16)
+        topi, topw = _routing(tokens, 4, 2, gen)
+        want = _ref_moe(x, ex, topi, topw).float()
+        for impl in ("dq", "scaled"):
+            got = _call(x, ex, topi, topw, impl=impl).float()
+            rel = ((got - want).norm() / want.norm()).item()
+            emit({"sec": "decode_check", "tokens": tokens, "impl": impl, "rel_l2_err": round(rel, 6),
+                  "nan": bool(got.isnan().any())})
+
+
+@triton.jit
+def _read_kernel(w_ptr, e_ptr, out_ptr, N, KW, stride_e, BN: tl.constexpr, BW: tl.constexpr):
+    """Reads rows [BN, KW] int32 of the routed experts (program_id(0) -> e_ptr) BW words a step; stores an xor."""
+    e = tl.load(e_ptr + tl.program_id(0)).to(tl.int64)
+    rows = tl.program_id(1) * BN + tl.arange(0, BN)
+    base = w_ptr + e * stride_e + tl.multiple_of(rows.to(tl.int64) * KW, 4)
+    acc = tl.zeros([BN, BW], dtype=tl.int32)
+    for k0 in range(0, KW, BW):
+        cols = tl.max_contiguous(tl.multiple_of(k0 + tl.arange(0, BW), 4), 4)
+        acc ^= tl.load(base[:, None] + cols[None, :], mask=(rows < N)[:, None] & (cols < KW)[None, :], other=0)
+    tl.store(out_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.sum(tl.sum(acc, 1), 0))
+
+
+def read_floor(ex, topi) -> None:
+    """How fast a kernel with the expert loop's grid and tiles can only *read* the routed experts' blocks (int32
+    words, 16 bytes a thread vector, no decode, no math but an xor): the floor of this launch structure, to set
+    beside gemv2 / dq at the same tokens (an estimate of what the decode costs, not a counter reading)."""
+    experts = topi.reshape(-1).unique().to(torch.int32)
+    gu = ex.gate_up_proj_blocks.view(torch.int32)
+    dn = ex.down_proj_blocks.view(torch.int32)
+    nbytes = (gu[0].numel() + dn[0].numel()) * 4 * experts.numel()
+    out = torch.empty(4096 * 64, dtype=torch.int32, device="cuda")
+    for bn, bw, warps, stages in ((16, 128, 4, 3), (64, 64, 4, 3), (64, 128, 4, 4), (32, 128, 4, 3), (16, 64, 4, 4)):
+        def run(bn=bn, bw=bw, warps=warps, stages=stages):
+            for w in (gu, dn):
+                n, kw = w.shape[1], w.shape[2] * w.shape[3]
+                _read_kernel[(experts.numel(), triton.cdiv(n, bn))](w, experts, out, n, kw, w.stride(0), BN=bn, BW=bw,
+                                                             num_warps=warps, num_stages=stages)
+        us = _time(run)
+        emit({"sec": "read_floor", "tokens": int(topi.shape[0]), "tile": (bn, bw * 8, warps, stages),
+              "us_per_layer": round(us, 2), "bytes": nbytes, "gb_s": round(nbytes / us / 1e3, 1)})
+
+
 def _time(fn) -> float:
     """Median µs of fn replayed in a CUDA graph (launch overhead excluded, as in the engine)."""
     import triton.testing
@@ -105,17 +171,16 @@ def set_tables(cfg: dict) -> None:
     mk.GEMV_MAX_TOKENS = int(cfg["gemv_max_tokens"])
     mk.MMA_IMPL = cfg["mma_impl"]
     mk.GEMV_IMPL = cfg.get("gemv_impl", "gemv")
-    for key, table in (("gemv", mk.MXFP4_CONFIG_GEMV), ("few", mk.MXFP4_CONFIG_FEW), ("full", mk.MXFP4_CONFIG)):
-        table.update({g: tuple(v) for g, v in cfg.get(key, {}).items()})
+    for key, attr in TABLES.items():
+        getattr(mk, attr).update({g: tuple(v) for g, v in cfg.get(key, {}).items()})
 
 
 def current_tables() -> dict:
     return {"gemv_max_tokens": mk.GEMV_MAX_TOKENS, "mma_impl": mk.MMA_IMPL, "gemv_impl": mk.GEMV_IMPL,
-            "gemv": dict(mk.MXFP4_CONFIG_GEMV),
-            "few": dict(mk.MXFP4_CONFIG_FEW), "full": dict(mk.MXFP4_CONFIG)}
+            **{key: dict(getattr(mk, attr)) for key, attr in TABLES.items()}}
 
 
-def probe(model) -> dict:
+def probe(model, sweep_dq: bool = True) -> dict:
     ex = model.model.layers[0].mlp.experts
     gen = torch.Generator(device="cuda").manual_seed(0)
     hidden = ex.hidden_size
@@ -127,7 +192,7 @@ def probe(model) -> dict:
         topi, topw = _routing(tokens, ex.num_experts, 4, gen)
         inputs[tokens] = (x, topi, topw)
         want = _ref_moe(x, ex, topi, topw).float()
-        for impl in (("gemv", "gemv2", "mma", "scaled") if tokens <= 4 else ("mma", "scaled")):
+        for impl in (("gemv2", "scaled", "dq", "dqf") if tokens <= 4 else ("scaled", "dq", "dqf")):
             try:
                 cnt = torch.zeros((), dtype=torch.int32, device="cuda")
                 got = _call(x, ex, topi, topw, cnt, impl=impl).float()
@@ -137,17 +202,23 @@ def probe(model) -> dict:
             except Exception as exc:
                 emit({"sec": "check", "tokens": tokens, "impl": impl, "error": repr(exc)[:400],
                       "tb": traceback.format_exc()[-1200:]})
+    for tokens in (1, 32):
+        try:
+            read_floor(ex, inputs[tokens][1])
+        except Exception as exc:
+            emit({"sec": "read_floor", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1200:]})
     # timing: every (loop, tiles) candidate per GEMM, the other GEMM at the loop's current tile
     results: dict[tuple[int, str], tuple[float, tuple]] = {}
-    plan = [(1, "gemv", "gemv"), (1, "gemv2", "gemv"), (1, "scaled", "few"), (4, "gemv", "gemv"),
-            (4, "scaled", "few"), (32, "scaled", "full")]
-    for tokens, impl, mode in plan:
+    # (tokens, loop, table, sweep the table's candidates): main's loops at main's tiles, then the dq loop's tiles
+    plan = [(1, "gemv2", "gemv", False), (1, "dqf", "dq1", False), (32, "scaled", "full", False),
+            (32, "dqf", "dq", sweep_dq), (4, "scaled", "few", False), (4, "dqf", "dq", False)]
+    for tokens, impl, mode, sweep in plan:
         x, topi, topw = inputs[tokens]
         nbytes = per_expert * int(topi.unique().numel())
-        table = {"gemv": mk.MXFP4_CONFIG_GEMV, "few": mk.MXFP4_CONFIG_FEW, "full": mk.MXFP4_CONFIG}[mode]
+        table = getattr(mk, TABLES[mode])
         saved = dict(table)
         best = {}
-        for gemm in ("gate_up", "down"):
+        for gemm in ("gate_up", "down") if sweep else ():
             timings = []
             for cand in CANDIDATES[mode]:
                 table[gemm] = cand
@@ -168,29 +239,23 @@ def probe(model) -> dict:
         except Exception:
             us = float("inf")
         results[(tokens, impl)] = (us, best)
-        emit({"sec": "layer", "tokens": tokens, "impl": impl, "best": best, "us_per_layer": round(us, 2),
+        emit({"sec": "layer", "tokens": tokens, "impl": impl, "tiles": dict(table), "us_per_layer": round(us, 2),
               "bytes": nbytes, "gb_s": round(nbytes / us / 1e3, 1)})
         table.clear()
         table.update(saved)
-    # picks: gemv vs the compact MMA launches at 1 and 4 tokens; mma vs scaled at 32
+    # picks: gemv2 vs dq at 1 token; scaled vs dq at 32 (dq runs folded on this model: every scale <= 128)
     pick = current_tables()
-
-    def fastest(tokens: int, impls: tuple[str, ...]) -> tuple[str, float]:
-        cands = [(results[(tokens, i)][0], i) for i in impls if (tokens, i) in results]
-        us, impl = min(cands)
-        return impl, us
-
-    full_impl, _ = fastest(32, ("mma", "scaled"))
-    pick["mma_impl"] = full_impl
-    pick["full"] = {**pick["full"], **results[(32, full_impl)][1]}
-    few_impl = full_impl if (4, full_impl) in results else "mma"
-    pick["few"] = {**pick["few"], **results.get((4, few_impl), (0, {}))[1]}
-    g1, _ = fastest(1, ("gemv", "gemv2", "mma", "scaled"))
-    g4, _ = fastest(4, ("gemv", "gemv2", "mma", "scaled"))
-    pick["gemv_max_tokens"] = 4 if g4.startswith("gemv") else (1 if g1.startswith("gemv") else 0)
-    if g1.startswith("gemv"):
-        pick["gemv_impl"] = g1
-        pick["gemv"] = {**pick["gemv"], **results[(1, g1)][1]}
+    t1 = {i: results[(1, i)][0] for i in ("gemv2", "dqf") if (1, i) in results}
+    t32 = {i: results[(32, i)][0] for i in ("scaled", "dqf") if (32, i) in results}
+    tile_key = {"dqf": "dq1"}
+    if t1 and min(t1, key=t1.get) != "gemv2":
+        best1 = min(t1, key=t1.get)
+        pick["gemv_impl"] = best1[:-1]
+        pick[tile_key[best1]] = {**pick[tile_key[best1]], **results[(1, best1)][1]}
+    if t32 and min(t32, key=t32.get) != "scaled":
+        best32 = min(t32, key=t32.get)
+        pick["mma_impl"] = best32[:-1]
+        pick["dq"] = {**pick["dq"], **results[(32, best32)][1]}
     emit({"sec": "pick", **pick})
     return {"results": {f"{t}|{i}": v for (t, i), v in results.items()}, "pick": pick}
 
@@ -254,6 +319,8 @@ def main() -> int:
                     help="sequences in the accuracy check (96 steps each; 32: 3,072 tokens)")
     ap.add_argument("--accuracy-one-by-one", action="store_true",
                     help="the accuracy check's sequences generated one at a time (batch 1's kernels: gemv2, split-K)")
+    ap.add_argument("--no-picks", action="store_true",
+                    help="'after' is the committed tables (the probe only measures), not the probe's picks")
     ap.add_argument("--perf", default=None, help="arguments for bench perf, run afterwards in this process")
     ap.add_argument("--e16", action="store_true", help="then E16 at batch 32 (prunes the model: no accuracy after)")
     ap.add_argument("--bf16-picks", default=None,
@@ -282,10 +349,15 @@ def main() -> int:
     emit({"sec": "quantize", "s": round(time.time() - t1, 1),
           "allocated_gib": round(torch.cuda.memory_allocated() / 2**30, 2)})
     after = current_tables()
+    try:
+        decode_check()
+    except Exception as exc:
+        emit({"sec": "decode_check", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
     if not args.skip_probe:
         try:
-            report["probe"] = probe(model)
-            after = report["probe"]["pick"]
+            report["probe"] = probe(model, sweep_dq=not args.no_picks)
+            if not args.no_picks:
+                after = report["probe"]["pick"]
         except Exception as exc:
             emit({"sec": "probe", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
         (out_dir / "tiles.json").write_text(json.dumps(after))  # for MOE_MXFP4_TILES

@@ -28,9 +28,9 @@ def fixture_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def open_page(db: Path, page: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+def open_page(db: Path, page: str, monkeypatch: pytest.MonkeyPatch, timeout: float = 30) -> AppTest:
     monkeypatch.setenv("BENCH_DB", str(db))
-    at = AppTest.from_file(APP, default_timeout=30)
+    at = AppTest.from_file(APP, default_timeout=timeout)
     at.run()
     if page != "pages/overview.py":  # the default page; AppTest drops sidebar elements after switch_page
         at.switch_page(page).run()

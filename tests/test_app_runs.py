@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from bench.paths import PROJECT_ROOT
 from bench.store import queries
+from tests.test_app import open_page
 
-APP = str(PROJECT_ROOT / "app.py")
 pytestmark = [pytest.mark.slow]
 FINAL = ("done", "failed", "crashed", "cancelled")
 
@@ -37,12 +36,7 @@ def _stop_launched(tmp_path: Path):
 
 
 def runs_page(db: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("BENCH_DB", str(db))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page("pages/runs.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page(db, "pages/runs.py", monkeypatch, timeout=60)
 
 
 def by_label(elements, label: str):

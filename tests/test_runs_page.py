@@ -19,14 +19,13 @@ from streamlit.testing.v1 import AppTest
 
 from bench import store
 from bench.errors import BadInputError
-from bench.paths import PROJECT_ROOT, logs_dir_for
+from bench.paths import logs_dir_for
 from bench.records import PointRecord, RunRecord, SweepRecord
 from bench.store import queries
 from bench.ui import launch as ui_launch
 from bench.ui import sweep_form
 from tests.fixtures_db import build_fixture
-
-APP = str(PROJECT_ROOT / "app.py")
+from tests.test_app import open_page
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +50,7 @@ def db(fixture_src: Path, tmp_path: Path) -> Path:
 
 
 def runs_page(db: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("BENCH_DB", str(db))
-    at = AppTest.from_file(APP, default_timeout=30)
-    at.run()
-    at.switch_page("pages/runs.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page(db, "pages/runs.py", monkeypatch, timeout=30)
 
 
 def texts(at: AppTest) -> list[str]:

@@ -166,6 +166,8 @@ class Mxfp4Experts:
             from bench.engines.graph import mxfp4_kernels
 
             self._kernels = mxfp4_kernels
+            # the dq loop may fold 2^126 into the scale (one bf16 multiply by 2^(s-1)) when every scale <= 128
+            self.fold = max(int(module.gate_up_proj_scales.max()), int(module.down_proj_scales.max())) <= 128
 
     def __call__(
         self, x: torch.Tensor, topi: torch.Tensor, topw: torch.Tensor, counter: torch.Tensor | None
@@ -175,6 +177,7 @@ class Mxfp4Experts:
             return self._kernels.moe_mxfp4(
                 x, m.gate_up_proj_blocks, m.gate_up_proj_scales, m.gate_up_proj_bias, m.down_proj_blocks,
                 m.down_proj_scales, m.down_proj_bias, topi, topw, self.alpha, self.limit, counter, compact=self.compact,
+                fold=self.fold,
             )
         from types import SimpleNamespace
 

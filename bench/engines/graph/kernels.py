@@ -488,6 +488,19 @@ def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COM
 
 
 @triton.jit
+def tile_pairs(rows_ptr, m0, end, scan_rows, SCAN: tl.constexpr, BM: tl.constexpr):
+    """The (token, slot) pairs of the M tile at row m0 of an expert's rows, and which of them are real (< end).
+    Scan mode: every row of the expert fits one M tile (scan_rows); else the rows come from the sorted list."""
+    rm = m0 + tl.arange(0, BM)
+    rmask = rm < end
+    if SCAN:
+        pair = scan_rows
+    else:
+        pair = tl.load(rows_ptr + rm, mask=rmask, other=0)
+    return pair, rmask
+
+
+@triton.jit
 def moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit, offs_n, nmask,
                   N, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """Bias; gate_up: clamped SwiGLU over interleaved (gate, up) columns; down: routing weight. Store the rows."""
@@ -519,7 +532,6 @@ def _moe_kernel(
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
     nmask = offs_n < N
-    mm = tl.arange(0, BM)
     e, start, end, scan_rows = routed_rows(topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
     if COUNT:
         if nb == 0:
@@ -527,12 +539,7 @@ def _moe_kernel(
                 tl.atomic_add(cnt_ptr, 1)
     w_base = w_ptr + e * stride_we
     for m0 in range(start, end, BM):
-        rm = m0 + mm
-        rmask = rm < end
-        if SCAN:
-            pair = scan_rows
-        else:
-            pair = tl.load(rows_ptr + rm, mask=rmask, other=0)
+        pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
         if GATE_UP:
             xrow = pair // TOPK
         else:

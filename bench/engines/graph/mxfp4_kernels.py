@@ -6,7 +6,7 @@ there are fewer pairs than experts; an expert-sorted list in prefill), so both f
 program reads its N tile of the expert's blocks (uint8, two e2m1 codes per byte, low nibble = even element) and
 e8m0 scales once. gate_up applies the clamped SwiGLU in its epilogue, down the bias and routing weight, with the
 bf16 kernel's own `kernels.moe_epilogue`. Every step-dependent value lives in device memory, so a decode step with
-these kernels is CUDA-graph capturable. Three inner loops (`IMPL`, picked per launch by `moe_mxfp4`):
+these kernels is CUDA-graph capturable. Four inner loops (`IMPL`, picked per launch by `moe_mxfp4`):
 
 - "gemv" (few rows per expert: decode at batch <= GEMV_MAX_TOKENS): no tensor cores. One program per (expert,
   BN output rows) loads [BN, NB, 16] bytes (16 contiguous bytes = one block per thread vector), decodes both
@@ -15,9 +15,15 @@ these kernels is CUDA-graph capturable. Three inner loops (`IMPL`, picked per la
 - "mma": per block of 32 weights, low nibbles x even activations and high nibbles x odd ones (two tl.dot), the
   block's scale applied to the fp32 partial product.
 - "scaled": `tl.dot_scaled` (bf16 activations x e2m1 weights with e8m0 scales): Triton lowers the decode itself
-  (on Hopper it upcasts to bf16 in registers before the MMA).
-CUDA with bf16 activations decodes codes to fp16 by bit placement (value * 2^-14, folded into the scale);
-otherwise (the CPU interpreter, float32 tests) the decode is float arithmetic in the activation dtype, exact.
+  (on Hopper it upcasts to bf16 in registers before the MMA). Prefill (sorted mode) on CUDA.
+- "dq" (decode launches past GEMV_MAX_TOKENS on CUDA with bf16 activations): the weights are read as 16-bit
+  halves and decoded to bf16 by inline PTX (_e2m1_asm: shifts and masks put each code's bits where bf16 holds
+  e2m1 * 2^-126, then one bf16x2 multiply by the block scale times 2^126), then one bf16 MMA (wgmma) per BK with
+  the weights as the register operand. K is reordered inside each 32-value block so that the decoded registers
+  are already the MMA's operand layout; the activations are gathered in the same order. GPU-only: covered by
+  tests/test_mxfp4_gpu.py on the device; the CPU interpreter cannot run PTX.
+In gemv / mma, CUDA with bf16 activations decodes codes to fp16 by bit placement (value * 2^-14, folded into the
+scale); otherwise (the CPU interpreter, float32 tests) the decode is float arithmetic in the activation dtype, exact.
 Runs under TRITON_INTERPRET=1 on CPU for tests (tests/interpreter/mxfp4_cases.py).
 """
 
@@ -31,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bench.engines.graph.kernels import moe_epilogue, routed_rows, routing_plan
+from bench.engines.graph.kernels import moe_epilogue, routed_rows, routing_plan, tile_pairs
 
 
 def _p2(n: int) -> int:
@@ -80,16 +86,22 @@ def _moe_mxfp4_kernel(
                              stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST, IMPL == 3)
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                       offs_n, nmask, N, GATE_UP, BM, BN)
+        elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
+            for m0 in range(start, end, BM):
+                pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
+                if GATE_UP:
+                    xrow = pair // TOPK
+                else:
+                    xrow = pair
+                acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K, stride_x,
+                               offs_n, nmask, BM, BN, BK, IMPL == 5)
+                moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                             offs_n, nmask, N, GATE_UP, BM, BN)
         else:
             wb_base = wb_ptr + e64 * stride_wbe + offs_n[None, :].to(tl.int64) * (K // 2)
             ws_base = ws_ptr + e64 * stride_wse + offs_n.to(tl.int64) * (K // 32)
             for m0 in range(start, end, BM):
-                rm = m0 + mm
-                rmask = rm < end
-                if SCAN:  # every row of the expert fits one M tile (T <= SCAN_MAX_TOKENS)
-                    pair = scan_rows
-                else:
-                    pair = tl.load(rows_ptr + rm, mask=rmask, other=0)
+                pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
                 acc = _mma_tile(x_ptr, wb_base, ws_base, pair, rmask, K, stride_x, offs_n, nmask, TOPK, GATE_UP,
                                 BM, BN, BK, FAST, IMPL)
                 moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
@@ -112,7 +124,7 @@ def _gemv_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: t
         xrow = rows
     blk = tl.arange(0, NB)
     j16 = tl.arange(0, 16)
-    wrow = wb_e + offs_n.to(tl.int64)[:, None, None] * (KG * 16)
+    wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 16), 16)[:, None, None]  # rows start 16-byte blocks
     srow = ws_e + offs_n.to(tl.int64)[:, None] * KG
     part = tl.zeros([BM, BN, NB], dtype=tl.float32)  # scaled block sums, reduced over NB at the end
     for g0 in range(0, KG, NB):
@@ -199,7 +211,89 @@ def _mma_tile(x_ptr, wb_base, ws_base, pair, rmask, K, stride_x, offs_n, nmask, 
     return acc
 
 
-IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3}
+def _e2m1_asm(fold: bool) -> str:
+    """PTX: a 32-bit register of two 16-bit elements, each 4 e2m1 codes (code j in bits 4j..4j+3 of its half), and
+    their block scales (bf16x2) -> 4 bf16x2 registers, register j = (code j of element 0, code j of element 1),
+    each times its scale, exactly.
+
+    Both halves move together: one shift puts the magnitude bits (e1 e0 m) of code j at bf16 bits 8..6 (the bf16
+    value is then e2m1 * 2^-126, subnormal for e = 0), another its sign at bit 15; a bf16x2 multiply by 2^126 and
+    one by the scale make the value (FOLD: one multiply by 2^(s-1), valid for s <= 128). bf16 multiplies keep
+    subnormals and powers of two are exact. Each output half depends only on its own input half, so the op is
+    elementwise (pack=2) whatever register layout Triton picks."""
+    out = ["{", ".reg .b32 t, u;"]
+    if not fold:
+        out += [".reg .b32 b;", "mov.b32 b, 0x7E807E80;"]  # 2^126 in both halves
+    for j in range(4):
+        mag, sign = 6 - 4 * j, 12 - 4 * j
+        out.append(f"shl.b32 t, $4, {mag};" if mag >= 0 else f"shr.u32 t, $4, {-mag};")
+        out.append("and.b32 t, t, 0x01C001C0;")
+        out.append(f"shl.b32 u, $4, {sign};" if sign else "mov.b32 u, $4;")
+        out.append("and.b32 u, u, 0x80008000;")
+        out.append("or.b32 t, t, u;")
+        if not fold:
+            out.append("mul.rn.bf16x2 t, t, b;")
+        out.append(f"mul.rn.bf16x2 ${j}, t, $5;")
+    out.append("}")
+    return "\n".join(out)
+
+
+_E2M1_ASM = tl.constexpr(_e2m1_asm(False))
+_E2M1_ASM_FOLD = tl.constexpr(_e2m1_asm(True))
+
+
+@triton.jit
+def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.constexpr, BN: tl.constexpr,
+             BK: tl.constexpr, FOLD: tl.constexpr):
+    """[BM, BN] fp32 with the weights dequantized to bf16 in registers (inline PTX, CUDA only) and one bf16 MMA per
+    BK: the expert's N tile [BN, BK] as A, the rows' activations [BK, BM] as B.
+
+    Weights are read as 16-bit halves of 32-bit words (4 codes each; 4 words = one 32-value block = one scale).
+    Inside the tile, K is reordered so that the decoded values land where the MMA's register layout holds them
+    (pairs of adjacent K in one register, a word in one thread): position 32g + 16*b4 + 8*b3 + 2c + b0 holds code
+    (b3 + 2*b4) of half b0 of word c of block g, i.e. K offset 32g + 8c + 4*b0 + b3 + 2*b4; the activations are
+    gathered in the same order, so the dot product is unchanged."""
+    NG: tl.constexpr = BK // 32
+    KG = K // 32
+    wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 8), 8)  # wb_e: int16 view of the blocks
+    srow = ws_e + offs_n.to(tl.int64) * KG
+    gg = tl.arange(0, NG)
+    hh = tl.arange(0, 8)  # 8 halves = 4 words = one block
+    pos = tl.arange(0, BK)
+    perm = (pos // 32) * 32 + ((pos >> 1) & 3) * 8 + (pos & 1) * 4 + ((pos >> 3) & 1) + ((pos >> 4) & 1) * 2
+    xb = x_ptr + xrow[None, :].to(tl.int64) * stride_x
+    acc = tl.zeros([BN, BM], dtype=tl.float32)
+    # the scales and the gathered activations are loaded one step ahead (the weights go through Triton's
+    # cp.async pipeline; these small loads would otherwise wait a memory round trip every step)
+    s_nxt = tl.load(srow[:, None] + gg[None, :], mask=nmask[:, None] & (gg < KG)[None, :], other=127)
+    x_nxt = tl.load(xb + perm[:, None], mask=(perm < K)[:, None] & rmask[None, :], other=0.0)
+    for k0 in range(0, K, BK):
+        g = k0 // 32 + gg
+        gm = g < KG
+        wm = nmask[:, None, None] & gm[None, :, None]
+        wd = tl.load(wrow[:, None, None] + (g * 8)[None, :, None] + hh[None, None, :], mask=wm, other=0)
+        s = s_nxt.to(tl.int32)
+        xt = x_nxt
+        g2 = g + NG
+        s_nxt = tl.load(srow[:, None] + g2[None, :], mask=nmask[:, None] & (g2 < KG)[None, :], other=127)
+        kx = k0 + BK + perm
+        x_nxt = tl.load(xb + kx[:, None], mask=(kx < K)[:, None] & rmask[None, :], other=0.0)
+        if FOLD:  # 2^(s - 127) * 2^126 = 2^(s - 1): bf16 exponent field s + 126 (s <= 128)
+            sbits = (s + 126) << 7
+        else:  # 2^(s - 127); s = 0 is the subnormal 2^-127
+            sbits = tl.where(s == 0, 64, s << 7)
+        sc = tl.broadcast_to(sbits.to(tl.int16).to(tl.bfloat16, bitcast=True)[:, :, None], (BN, NG, 8))
+        o0, o1, o2, o3 = tl.inline_asm_elementwise(
+            _E2M1_ASM_FOLD if FOLD else _E2M1_ASM, "=r,=r,=r,=r,r,r", [wd, sc], dtype=(tl.bfloat16,) * 4,
+            is_pure=True, pack=2)
+        t = tl.join(tl.join(o0, o1), tl.join(o2, o3))  # [BN, NG, 8 = (c, b0), b3, b4]
+        t = tl.reshape(t, (BN, NG, 4, 2, 2, 2))  # (n, g, c, b0, b3, b4)
+        w = tl.reshape(tl.permute(t, (0, 1, 5, 4, 2, 3)), (BN, BK))  # -> (n, g, b4, b3, c, b0)
+        acc = tl.dot(w, xt.to(tl.bfloat16), acc)
+    return tl.trans(acc)
+
+
+IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5}
 # Decode with at most this many tokens uses the gemv loop (every expert then has <= this many rows; one M "tile"
 # of p2(tokens) rows, the weights decoded once per program and reused for each row). H200, one E32 k4 layer
 # (docs/MXFP4.md): 1 token gemv2 49 us, gemv 52, scaled 77, mma 120; 4 tokens gemv 275, scaled 174, mma 262.
@@ -210,9 +304,14 @@ GEMV_MAX_TOKENS = 1
 MXFP4_CONFIG_GEMV: dict[str, tuple[int, int, int, int]] = {"gate_up": (16, 512, 4, 3), "down": (16, 512, 4, 3)}
 MXFP4_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}
 MXFP4_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}
-# the inner loop of the non-gemv launches on CUDA with bf16 activations ("mma" or "scaled"); 32 tokens, one
-# layer: scaled 510 us, mma 787
-MMA_IMPL = "scaled"
+# the inner loop of the other decode (scan-mode) launches on CUDA with bf16 activations, and of prefill (sorted
+# mode). H200, one E32 k4 layer, 32 tokens: dq 346 us, scaled 512, mma 787; 4 tokens: dq 115, scaled 176
+# (docs/MXFP4.md); prefill keeps tl.dot_scaled (dq there is checked, not timed)
+MMA_IMPL = "dq"
+SORTED_IMPL = "scaled"
+# the "dq" loop's tiles: decode with <= GEMV_MAX_TOKENS tokens ("dq1"), every other launch ("dq")
+MXFP4_CONFIG_DQ1: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 64, 4, 3), "down": (64, 128, 4, 3)}
+MXFP4_CONFIG_DQ: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4)}
 GEMV_IMPL = "gemv2"  # activations loaded in (even, odd) pairs; "gemv": two stride-2 loads
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}}' overrides them
 # (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
@@ -222,7 +321,10 @@ if os.environ.get(TILES_ENV):
     MXFP4_CONFIG_GEMV.update({k: tuple(v) for k, v in _tiles.get("gemv", {}).items()})
     MXFP4_CONFIG_FEW.update({k: tuple(v) for k, v in _tiles.get("few", {}).items()})
     MXFP4_CONFIG.update({k: tuple(v) for k, v in _tiles.get("full", {}).items()})
+    MXFP4_CONFIG_DQ1.update({k: tuple(v) for k, v in _tiles.get("dq1", {}).items()})
+    MXFP4_CONFIG_DQ.update({k: tuple(v) for k, v in _tiles.get("dq", {}).items()})
     MMA_IMPL = _tiles.get("mma_impl", MMA_IMPL)
+    SORTED_IMPL = _tiles.get("sorted_impl", SORTED_IMPL)
     GEMV_IMPL = _tiles.get("gemv_impl", GEMV_IMPL)
     GEMV_MAX_TOKENS = int(_tiles.get("gemv_max_tokens", GEMV_MAX_TOKENS))
 
@@ -242,6 +344,7 @@ def moe_mxfp4(
     counter: torch.Tensor | None = None,
     compact: bool = True,
     impl: str | None = None,
+    fold: bool = False,
 ) -> torch.Tensor:
     """Routed MXFP4 experts for x (T, H), routing (T, k) -> weighted per (token, slot) outputs (T*k, H).
 
@@ -256,8 +359,19 @@ def moe_mxfp4(
     experts, n2 = gate_up_blocks.shape[0], gate_up_blocks.shape[1]
     plan = routing_plan(topi, experts, compact)
     fast = x.dtype == torch.bfloat16 and x.is_cuda
+    few = plan.scan and tokens <= GEMV_MAX_TOKENS
     if impl is None:
-        impl = GEMV_IMPL if plan.scan and tokens <= GEMV_MAX_TOKENS else (MMA_IMPL if fast else "mma")
+        if few:
+            impl = GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2") else "gemv2"  # dq: CUDA only
+        elif plan.scan:
+            impl = MMA_IMPL if fast else "mma"
+        else:
+            impl = SORTED_IMPL if fast else "mma"
+    dq = impl in ("dq", "dqf")
+    if dq and not fast:
+        raise ValueError(f"the MXFP4 '{impl}' loop (inline PTX decode) runs on CUDA with bf16 activations only")
+    if fold and impl == "dq":
+        impl = "dqf"  # every scale <= 128: one multiply by 2^(s-1) instead of 2^126 then 2^(s-127)
     gemv = impl in ("gemv", "gemv2")
     if gemv and not plan.scan:
         raise ValueError("the MXFP4 gemv loop is for decode (scan mode) only")
@@ -270,17 +384,24 @@ def moe_mxfp4(
     out = torch.empty((plan.pairs, hidden), dtype=x.dtype, device=x.device)
     rw = topw.reshape(-1)
     cnt = counter if counter is not None else plan.flat
-    table = MXFP4_CONFIG_GEMV if gemv else (MXFP4_CONFIG_FEW if plan.compact else MXFP4_CONFIG)
+    if dq:
+        table = MXFP4_CONFIG_DQ1 if few else MXFP4_CONFIG_DQ
+    else:
+        table = MXFP4_CONFIG_GEMV if gemv else (MXFP4_CONFIG_FEW if plan.compact else MXFP4_CONFIG)
     for name, src, wb, ws, bias, dst, n in (
         ("gate_up", x, gate_up_blocks, gate_up_scales, gate_up_bias, act, n2),
         ("down", act, down_blocks, down_scales, down_bias, out, hidden),
     ):
         bn, bk, warps, stages = table[name]
+        if dq and not plan.scan:
+            bn = min(bn, 64)  # sorted mode's 64-row M tiles: a wider N tile spills registers
         kdim = src.shape[1]
         if kdim % 32:
             raise ValueError(f"MXFP4 GEMM needs K % 32 == 0, got K={kdim}")
         bk = min(bk, max(32, _p2(kdim)))
         gu = name == "gate_up"
+        if dq:
+            wb = wb.view(torch.int16)  # the dq loop reads 16-bit halves of the blocks' words
         _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
             src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
             plan.pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),

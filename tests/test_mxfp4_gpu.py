@@ -1,0 +1,77 @@
+"""The MXFP4 expert loop with the inline-PTX e2m1 decode (bench/engines/graph/mxfp4_kernels.py: "dq" = decode + bf16
+MMA; "dqf": the scale folded into the one multiply) on a CUDA
+device: skipped on CPU, where the Triton interpreter cannot run PTX (tests/interpreter/mxfp4_cases.py covers the
+other loops). Run on the GPU machine with `python3 -m pytest -q tests/test_mxfp4_gpu.py`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.models import mxfp4
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (inline PTX)")
+
+
+def _experts(scale_range: tuple[int, int], seed: int = 0) -> mxfp4.Mxfp4Experts:
+    """Every byte value in the blocks (all 16 codes in both nibbles), scales drawn from scale_range."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    ex = mxfp4.Mxfp4Experts(4, 256, 128, 1.702, 7.0, device="cuda")
+    for name in ("gate_up_proj_blocks", "down_proj_blocks"):
+        buf = getattr(ex, name)
+        buf.copy_(torch.randint(0, 256, buf.shape, generator=gen, device="cuda").to(torch.uint8))
+    for name in ("gate_up_proj_scales", "down_proj_scales"):
+        buf = getattr(ex, name)
+        buf.copy_(torch.randint(*scale_range, buf.shape, generator=gen, device="cuda").to(torch.uint8))
+    ex.gate_up_proj_bias.normal_(0, 0.1, generator=gen)
+    ex.down_proj_bias.normal_(0, 0.1, generator=gen)
+    return ex
+
+
+def _reference(ex, x, topi, topw) -> torch.Tensor:
+    """float32: dequantize (exact), then the per-expert loop; (T*k, H) per (token, slot) like moe_mxfp4."""
+    k = topi.shape[1]
+    out = torch.zeros((x.shape[0] * k, x.shape[1]), dtype=torch.float32, device=x.device)
+    flat = topi.reshape(-1).long()
+    for e in torch.unique(flat).tolist():
+        pairs = torch.nonzero(flat == e).squeeze(1)
+        gu, dn = ex.expert_weights(e, torch.float32)
+        h = ex._apply_gate(x[pairs // k].float() @ gu + ex.gate_up_proj_bias[e].float())
+        out[pairs] = (h @ dn + ex.down_proj_bias[e].float()) * topw.reshape(-1)[pairs, None].float()
+    return out
+
+
+CASES = [(t, k, impl, sc) for t, k in [(1, 2), (1, 4), (3, 2), (40, 4), (80, 2)]  # compact, scan, sorted
+         for impl, sc in [("dq", (100, 150)), ("dqf", (100, 129))]]  # dqf needs scales <= 128
+
+
+@pytest.mark.parametrize("tokens,k,impl,scales", CASES)
+def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales):
+    from bench.engines.graph import mxfp4_kernels as mk
+
+    ex = _experts(scales, seed=tokens)
+    gen = torch.Generator(device="cuda").manual_seed(tokens + 1)
+    # small activations keep the clamped SwiGLU in its live range for these large random weights
+    x = (torch.randn(tokens, 256, generator=gen, device="cuda") * 2.0 ** (120 - scales[1])).to(torch.bfloat16)
+    v, i = torch.topk(torch.randn(tokens, 4, generator=gen, device="cuda"), k, dim=-1)
+    w = torch.softmax(v, dim=-1).to(torch.bfloat16)
+    want = _reference(ex, x, i, w)
+    cnt = torch.zeros((), dtype=torch.int32, device="cuda")
+    got = mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias, ex.down_proj_blocks,
+                       ex.down_proj_scales, ex.down_proj_bias, i.to(torch.int32), w, ex.alpha, ex.limit, cnt, impl=impl)
+    assert not got.isnan().any()
+    err = ((got.float() - want).norm() / want.norm()).item()
+    assert err < 1e-2, err  # bf16 activations and outputs; a wrong code or scale gives O(1)
+    assert int(cnt) == i.unique().numel()
+
+
+def test_ptx_loops_reject_float32_activations():
+    from bench.engines.graph import mxfp4_kernels as mk
+
+    ex = _experts((110, 126))
+    x = torch.randn(1, 256, device="cuda")
+    i = torch.tensor([[0, 1]], dtype=torch.int32, device="cuda")
+    w = torch.tensor([[0.5, 0.5]], device="cuda")
+    with pytest.raises(ValueError, match="bf16"):
+        mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias, ex.down_proj_blocks,
+                     ex.down_proj_scales, ex.down_proj_bias, i, w, ex.alpha, ex.limit, impl="dq")
