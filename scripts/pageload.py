@@ -26,7 +26,10 @@ Plus one interaction: on Scaling, pick a card of the database that the default s
 sidebar's Card filter and time the click until both charts are redrawn with that card's runs. And two baselines
 served the same way (same flags, same browser): an app whose only content is `st.title` (Streamlit's own fixed
 cost) and the same with one one-trace `st.plotly_chart` (Streamlit + its plotly.js chunk: the floor of any chart
-page). The load average (1 min) is recorded per page: on a shared machine compare runs made back to back.
+page); with --plotly-bundle FILE a third: the same chart drawn by a minimal Streamlit component that loads FILE (a
+plotly.js partial bundle, e.g. the "cartesian" one from npm) instead of Streamlit's plotly chunk. The load average
+(1 min) is recorded per page: on a shared machine compare runs made back to back. The root page is always opened
+first on a fresh server (see `warm_up`).
 
 Prints a markdown table and writes the numbers as JSON (--json).
 """
