@@ -47,9 +47,10 @@ run: $(VENV)/.runtime $(DB)
 screenshots: $(VENV)/.test
 	$(PY) scripts/screenshots.py --out docs/screenshots
 
-# Page-load times in headless chromium on a 100,000-point database (docs/PERF.md).
+# Page-load times in headless chromium on a 100,000-point database (docs/PERF.md). PLOTLY_BUNDLE=FILE (a plotly.js
+# partial bundle, e.g. npm's plotly.js-cartesian-dist-min; never committed) adds a baseline chart drawn with it.
 pageload: $(VENV)/.test
-	$(PY) scripts/pageload.py --json pageload.json
+	$(PY) scripts/pageload.py --json pageload.json $(if $(PLOTLY_BUNDLE),--plotly-bundle $(PLOTLY_BUNDLE))
 
 test: $(VENV)/.test
 	$(PY) -m ruff check .

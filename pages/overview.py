@@ -59,16 +59,21 @@ st.plotly_chart(_fig, width="stretch")
 ui_images.downloads(_fig, "moe-bench-overview", key="overview_chart_dl")
 if dwarf:
     st.caption(f"Roofline ceilings not drawn: they are about {ui_charts.ceiling_ratio(rows):,.0f}× the measured "
-               "values (the table lists them; the Scaling page can show them on a log axis).")
-st.dataframe(
-    rows[["label", "batch", "total_tps", "per_stream_tps", "ceiling_tps", "mbu", "device_name", "engine"]],
-    hide_index=True, width="stretch",
-    column_config={
-        "label": "run", "total_tps": st.column_config.NumberColumn("total tok/s", format="%.2f"),
-        "per_stream_tps": st.column_config.NumberColumn("per-stream tok/s", format="%.2f"),
-        "ceiling_tps": st.column_config.NumberColumn("ceiling tok/s", format="%.1f"),
-        "mbu": st.column_config.NumberColumn("MBU", format="percent"), "device_name": "card",
-    },
-)
+               "values (the table below lists them; the Scaling page can show them on a log axis).")
+# the chart's numbers as a sortable table, built when opened: the data grid cost ~0.8 CPU-s of the browser on every
+# Overview view for numbers the chart's hover already gives (docs/PERF.md)
+table_box = st.expander("The chart's numbers as a table (batch, tok/s, ceiling, MBU, card, engine)",
+                        icon=":material/table:", key="overview_table_open", on_change="rerun")
+if table_box.open:
+    table_box.dataframe(
+        rows[["label", "batch", "total_tps", "per_stream_tps", "ceiling_tps", "mbu", "device_name", "engine"]],
+        hide_index=True, width="stretch", key="overview_table",
+        column_config={
+            "label": "run", "total_tps": st.column_config.NumberColumn("total tok/s", format="%.2f"),
+            "per_stream_tps": st.column_config.NumberColumn("per-stream tok/s", format="%.2f"),
+            "ceiling_tps": st.column_config.NumberColumn("ceiling tok/s", format="%.1f"),
+            "mbu": st.column_config.NumberColumn("MBU", format="percent"), "device_name": "card",
+        },
+    )
 st.caption("Default runs: the latest sweep (else the latest run of each variant) passing the filters. Lines, "
            "spreads and ceilings are on **Scaling**.")

@@ -14,7 +14,6 @@ from bench.analysis.lanes import where_ran
 from bench.errors import BadInputError
 from bench.paths import SPECS_DIR
 from bench.spec import DEVICES, DTYPES, ENGINE_NAMES, PRUNE_METHODS, WEIGHT_FORMATS, load_spec
-from bench.store import queries
 from bench.ui import cluster as ui_cluster
 from bench.ui import data as ui_data
 from bench.ui import launch as ui_launch
@@ -43,7 +42,7 @@ def _sweep_rows() -> dict[str, dict]:
     if not Path(db).exists():
         return {}
     try:
-        df = queries.sweeps(db)
+        df = ui_data.sweeps_df()  # rows cached per file version, state derived now; the Sweeps table below shares it
     except Exception as exc:  # a locked or damaged file: say so, keep the page alive
         st.caption(f"progress unavailable for a moment: {exc}")
         return {}
@@ -257,17 +256,18 @@ for r in (sweep_form.clean_record(x) for x in in_group.to_dict("records")):
     if state in ("running", "pending") and sweep_state and sweep_state not in locks.ACTIVE_STATES:
         state = sweep_state  # the sweep stopped (cancelled, crashed) before this run finished
     with st.container(border=True):
-        c = st.columns([3, 2, 2, 1])
+        # one markdown per run, not three columns of markdown: a card is 6 forward messages instead of 10 (the latest
+        # sweep's cards were most of the page's 135 messages; warm load 1.64 -> 1.41 s, docs/PERF.md)
+        c = st.columns([7, 1])
         prune = f" · {int(r['experts'])}/{int(r['base_experts'])} experts" if pd.notna(r["experts"]) and pd.notna(
             r["base_experts"]) else ""
-        c[0].markdown(f"**{r['label']}** · top_k {r['top_k']}{prune}  \n`{r['model']}`"
-                      + (f"  \nrerun of `{r['rerun_of']}`" if r.get("rerun_of") else ""))
-        c[1].markdown(f"{state} · {r['n_ok']}/{r['n_points']} points ok  \n"
-                      f"{ui_data.fmt_duration(r['duration_s']) or '—'}")
-        c[2].markdown(f"{r['device_name'] or '—'}  \n{r['engine']} · {r['dtype']} · torch {r['torch_version'] or '—'}"
-                      f"  \n{where_ran(r)}"
-                      + (f"  \nweights: {r['weights_impl']}" if r.get("weights_impl") else ""))
-        if c[3].button("Rerun", key=f"rerun_{r['run_id']}", disabled=not bool(r["rerunnable"]),
+        what = f"**{r['label']}** · top_k {r['top_k']}{prune} · `{r['model']}`" + (
+            f" · rerun of `{r['rerun_of']}`" if r.get("rerun_of") else "")
+        how = f"{state} · {r['n_ok']}/{r['n_points']} points ok · {ui_data.fmt_duration(r['duration_s']) or '—'}"
+        where = (f"{r['device_name'] or '—'} · {r['engine']} · {r['dtype']} · torch {r['torch_version'] or '—'} · "
+                 f"{where_ran(r)}" + (f" · weights: {r['weights_impl']}" if r.get("weights_impl") else ""))
+        c[0].markdown(f"{what}  \n{how}  \n{where}")
+        if c[1].button("Rerun", key=f"rerun_{r['run_id']}", disabled=not bool(r["rerunnable"]),
                        help="Run the same resolved config again as a new run" if r["rerunnable"]
                        else "Imported runs carry no config to rerun"):
             _launched(ui_launch.launch_rerun(db, r["run_id"], r["name"]))

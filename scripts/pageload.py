@@ -3,6 +3,7 @@ real `streamlit run app.py`, by default on a 100,000-point database (scripts/per
 
     .venv/bin/python scripts/pageload.py [--points 100000] [--db FILE] [--repeats 3] [--json pageload.json]
                                          [--pages overview,scaling,...] [--no-empty] [--no-filter] [--no-server]
+                                         [--plotly-bundle plotly-cartesian.min.js]
 
 Per page, timed in the page itself (performance.now(), 0 = navigation start), median of --repeats:
 - cold: a fresh browser context (empty HTTP cache, no V8 code cache, new Streamlit session) after the database
@@ -25,7 +26,10 @@ Plus one interaction: on Scaling, pick a card of the database that the default s
 sidebar's Card filter and time the click until both charts are redrawn with that card's runs. And two baselines
 served the same way (same flags, same browser): an app whose only content is `st.title` (Streamlit's own fixed
 cost) and the same with one one-trace `st.plotly_chart` (Streamlit + its plotly.js chunk: the floor of any chart
-page). The load average (1 min) is recorded per page: on a shared machine compare runs made back to back.
+page); with --plotly-bundle FILE a third: the same chart drawn by a minimal Streamlit component that loads FILE (a
+plotly.js partial bundle, e.g. the "cartesian" one from npm) instead of Streamlit's plotly chunk. The load average
+(1 min) is recorded per page: on a shared machine compare runs made back to back. The root page is always opened
+first on a fresh server (see `warm_up`).
 
 Prints a markdown table and writes the numbers as JSON (--json).
 """
@@ -37,6 +41,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -56,6 +61,43 @@ EMPTY_APP = 'import streamlit as st\n\nst.title("Empty page")\n'
 EMPTY_CHART_APP = ('import plotly.graph_objects as go\nimport streamlit as st\n\nst.title("Empty page, one chart")\n'
                    'st.plotly_chart(go.Figure(go.Scatter(x=[1, 2, 3], y=[1, 3, 2], name="one")), width="stretch")\n')
 BASELINES = {"empty (Streamlit alone)": (EMPTY_APP, 0), "empty + 1 chart (Streamlit + plotly.js)": (EMPTY_CHART_APP, 1)}
+# --plotly-bundle FILE: a third baseline, the same one-trace chart drawn by a minimal Streamlit component (an iframe
+# page that loads FILE, e.g. plotly.js's "cartesian" partial bundle from npm, instead of Streamlit's 4.7 MB plotly
+# chunk). What a lighter plotly.js would save; the bundle is a generated file, never committed.
+COMPONENT_LABEL = "empty + 1 chart (component + partial plotly.js bundle)"
+COMPONENT_APP = """from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+import streamlit.components.v1 as components
+
+chart = components.declare_component("partial_plotly", path=str(Path(__file__).parent / "frontend"))
+st.title("Empty page, one chart (partial plotly.js bundle)")
+chart(spec=go.Figure(go.Scatter(x=[1, 2, 3], y=[1, 3, 2], name="one")).to_json(), key="c", default=None)
+"""
+# Streamlit's component protocol by hand (no npm package): ready -> render(args) -> draw -> frame height. When
+# drawn, the frame writes the time (ms after the parent page's navigation start) to the parent's __componentDrawn.
+COMPONENT_HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><style>body{margin:0}</style></head><body><div id="plot"></div>
+<script src="plotly.min.js"></script>
+<script>
+function send(type, data) {
+  window.parent.postMessage(Object.assign({isStreamlitMessage: true, type: type}, data), "*");
+}
+window.addEventListener("message", function (e) {
+  if (!e.data || e.data.type !== "streamlit:render") return;
+  const fig = JSON.parse(e.data.args.spec);
+  const layout = Object.assign({}, fig.layout, {autosize: true});
+  Plotly.react("plot", fig.data, layout, {responsive: true}).then(function (gd) {
+    send("streamlit:setFrameHeight", {height: gd.offsetHeight});
+    const p = window.parent;
+    if (gd.querySelectorAll("g.trace").length === fig.data.length)
+      p.__componentDrawn = performance.timeOrigin + performance.now() - p.performance.timeOrigin;
+  });
+});
+send("streamlit:componentReady", {apiVersion: 1});
+</script></body></html>
+"""
 
 # Recorder injected before any page script: websocket message sizes/times and, every animation frame, the page
 # state (title drawn, script running, traces expected/drawn per chart); each change is logged with its time.
@@ -237,8 +279,9 @@ def _browser_pid() -> int | None:
     return None
 
 
-def _open(ctx, url: str, charts: int) -> dict:
-    """Open `url` in a new tab of `ctx`, wait until drawn, return its marks and attribution."""
+def _open(ctx, url: str, charts: int, component: bool = False) -> dict:
+    """Open `url` in a new tab of `ctx`, wait until drawn, return its marks and attribution. `component`: the page's
+    chart is drawn by the --plotly-bundle component (its frame reports when its traces are drawn)."""
     page = ctx.new_page()
     frames: list[bytes] = []
     page.on("websocket", lambda ws: ws.on("framereceived", lambda p: frames.append(p if isinstance(p, bytes)
@@ -249,6 +292,14 @@ def _open(ctx, url: str, charts: int) -> dict:
     try:
         page.goto(url, wait_until="commit")
         _settle(page, charts)
+        drawn = None
+        if component:
+            deadline = time.monotonic() + 120
+            while (drawn := page.evaluate("() => window.__componentDrawn")) is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{url}: the component drew no chart")
+                page.wait_for_timeout(100)
+            _settle(page, charts)
         pl = page.evaluate("() => window.__pl")
         metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
         cpu1 = (_tree_cpu(PIDS.get("browser")), _tree_cpu(PIDS.get("server")))
@@ -259,6 +310,8 @@ def _open(ctx, url: str, charts: int) -> dict:
         page.close()
     decoded = _decode(frames)
     out = _marks(pl["changes"], _finished(pl["msgs"], decoded), 0.0, charts)
+    if drawn is not None:
+        out["traces_s"] = round(max(drawn / 1000, out["idle_s"] or 0.0), 3)
     out.update(_attribute(pl["msgs"], decoded))
     out["browser_main_s"] = round(metrics.get("TaskDuration", 0.0), 3)
     out["browser_cpu_s"] = round(_cpu_delta(cpu0[0], cpu1[0]), 3)  # all chromium processes, with the 1 s quiet wait
@@ -377,11 +430,18 @@ def _switch(ctx, url: str, name: str, charts: int) -> dict:
 def warm_up(url: str, pages: list[str], browser) -> dict[str, float | None]:
     """Open each page once in a throwaway context: the server imports the page modules (and app.py's background
     import of scipy.stats) on a page's first view after start, which is not what a user waits for on later
-    views. Returns each first view's marks (traces_s), reported apart as `first_view_s`."""
+    views. Returns each first view's marks (traces_s), reported apart as `first_view_s`.
+
+    The dashboard's root page is always opened first: Streamlit decides once per server process, on its first
+    script run, whether the app is a `pages/`-folder app; a first request for /scaling runs pages/scaling.py on
+    its own (no app.py: no sidebar, the folder's file names as navigation) for every later session too, so
+    `--pages scaling` measured a different app (docs/PERF.md)."""
     out: dict[str, float | None] = {}
     ctx = browser.new_context(viewport={"width": 1280, "height": 860})
     ctx.add_init_script(RECORDER)
     try:
+        if pages and pages[0] in PAGES and pages[0] != "overview":
+            _open(ctx, f"{url}/", CHART_PAGES["overview"])
         for name in pages:
             out[name] = _open(ctx, f"{url}/{'' if name == 'overview' else name}", CHART_PAGES.get(name, 0))["traces_s"]
     finally:
@@ -390,9 +450,10 @@ def warm_up(url: str, pages: list[str], browser) -> dict[str, float | None]:
     return out
 
 
-def measure(url: str, pages: list[str], repeats: int, db: Path | None, browser, charts: int | None = None) -> dict:
+def measure(url: str, pages: list[str], repeats: int, db: Path | None, browser, charts: int | None = None,
+            component: bool = False) -> dict:
     """cold/warm marks per page (median of `repeats`). `charts`: how many charts the page draws (default: the
-    dashboard page's CHART_PAGES entry)."""
+    dashboard page's CHART_PAGES entry); `component`: its chart is the --plotly-bundle component's."""
     results: dict[str, dict] = {}
     for name in pages:
         path = "" if name in ("overview", "empty") else name
@@ -404,8 +465,8 @@ def measure(url: str, pages: list[str], repeats: int, db: Path | None, browser, 
             ctx = browser.new_context(viewport={"width": 1280, "height": 860})
             ctx.add_init_script(RECORDER)
             try:
-                cold.append(_open(ctx, f"{url}/{path}", n_charts))
-                warm.append(_open(ctx, f"{url}/{path}", n_charts))
+                cold.append(_open(ctx, f"{url}/{path}", n_charts, component))
+                warm.append(_open(ctx, f"{url}/{path}", n_charts, component))
                 if name in NAV_TITLES:
                     switch.append(_switch(ctx, url, name, n_charts))
             finally:
@@ -516,6 +577,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pages", default=",".join(PAGES))
     ap.add_argument("--json", type=Path, default=Path("pageload.json"), help="where to write the numbers")
     ap.add_argument("--no-empty", action="store_true", help="skip the empty-page (Streamlit fixed cost) timing")
+    ap.add_argument("--plotly-bundle", type=Path,
+                    help="a plotly.js partial bundle (e.g. plotly-cartesian.min.js of npm's "
+                         "plotly.js-cartesian-dist-min)"
+                         ": adds the baseline 'one chart drawn by a component with it'")
     ap.add_argument("--no-filter", action="store_true", help="skip the Scaling filter interaction")
     ap.add_argument("--no-server", action="store_true", help="skip AppTest's server-only render times")
     ap.add_argument("--watcher", default="none", choices=("none", "auto", "poll", "watchdog"),
@@ -526,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         print("chromium not found (apt-get install -y chromium)", file=sys.stderr)
         return 2
     pages = [p for p in args.pages.split(",") if p]
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory(prefix="moe-bench-pageload-") as tmp:
@@ -564,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
                             ctx.add_init_script(RECORDER)
                             try:
                                 runs.append(_filter_scaling(ctx, url, card))
-                            except (TimeoutError, RuntimeError) as exc:  # reported, the page timings still count
+                            except (TimeoutError, RuntimeError, PlaywrightError) as exc:  # reported; pages count
                                 errors.append(str(exc)[:300])
                             finally:
                                 ctx.close()
@@ -582,6 +648,17 @@ def main(argv: list[str] | None = None) -> int:
                             warm_up(url, ["empty"], browser)
                             report["pages"][label] = measure(url, ["empty"], args.repeats, None, browser,
                                                              charts=n_charts)["empty"]
+                    if args.plotly_bundle:
+                        app = folder / "baseline-component" / "app.py"
+                        (app.parent / "frontend").mkdir(parents=True)
+                        app.write_text(COMPONENT_APP)
+                        (app.parent / "frontend" / "index.html").write_text(COMPONENT_HTML)
+                        shutil.copyfile(args.plotly_bundle, app.parent / "frontend" / "plotly.min.js")
+                        with shots.serve(None, folder / "streamlit-component.log", app=app, pids=pids) as url:
+                            PIDS["server"] = pids[-1]
+                            warm_up(url, ["empty"], browser)
+                            report["pages"][COMPONENT_LABEL] = measure(url, ["empty"], args.repeats, None, browser,
+                                                                       charts=0, component=True)["empty"]
             finally:
                 browser.close()
         report["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]

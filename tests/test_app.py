@@ -438,3 +438,23 @@ def test_export_large_selection_builds_files_on_demand(tmp_path: Path, monkeypat
                                                           "Download HTML report"]
     at.button(key="export_preview").click().run()
     assert at.code and at.code[0].value == export_selection(db, ids, "markdown").rstrip("\n")
+
+
+def test_no_page_needs_magic() -> None:
+    """.streamlit/config.toml turns Streamlit's magic off (Streamlit recompiles every script in each new session; the
+    magic AST pass was most of it, docs/PERF.md). That is only safe while no script has a bare expression magic
+    would draw: magic's own transform must find nothing to write in app.py and every page."""
+    import ast
+    import tomllib
+
+    from streamlit.runtime.scriptrunner import magic
+
+    config = tomllib.loads((PROJECT_ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["runner"]["magicEnabled"] is False
+    scripts = [PROJECT_ROOT / "app.py", *sorted((PROJECT_ROOT / "pages").glob("*.py"))]
+    assert len(scripts) >= 9
+    for script in scripts:
+        tree = magic.add_magic(script.read_text(), str(script))
+        writes = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                  and n.func.attr == "transparent_write"]
+        assert not writes, f"{script.name} lines {writes}: a bare expression would not be drawn with magic off"

@@ -3,6 +3,7 @@ and show their content, unchanged, once opened. AppTest on the fixture database.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,18 @@ def test_export_renders_only_the_open_tab(fixture_db: Path, monkeypatch: pytest.
     at.run()
     assert not at.code
     assert [m.value.strip() for m in at.markdown if "| base_topk4 |" in m.value] == [text.strip()]
+
+
+def test_overview_table_on_demand(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Overview's table of the headline chart's numbers is built when its expander is opened, with one row per
+    bar of the chart (the same runs)."""
+    at = open_page(fixture_db, "pages/overview.py", monkeypatch)
+    assert "The chart's numbers as a table (batch, tok/s, ceiling, MBU, card, engine)" in [e.label for e in at.expander]
+    assert not at.dataframe
+    bars = {t["x"][0] for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"] if t["type"] == "bar"}
+    at.session_state["overview_table_open"] = True  # what opening the expander does
+    at.run()
+    assert not at.exception
+    [table] = [d.value for d in at.dataframe]
+    assert set(table["label"]) == bars and len(table) == len(bars)
+    assert {"batch", "total_tps", "per_stream_tps", "ceiling_tps", "mbu", "device_name", "engine"} <= set(table.columns)

@@ -90,8 +90,11 @@ def test_cancelled_sweeps_run_is_not_running_on_its_card(db: Path, monkeypatch: 
                                        per_stream_tps=10.0))
     at = runs_page(db, monkeypatch)
     at.selectbox(key="runs_group").set_value("gone-1").run()
-    state_lines = [t for t in texts(at) if "points ok" in t]
-    assert state_lines == ["cancelled · 1/1 points ok  \n—"] or state_lines[0].startswith("cancelled · 1/1")
+    [card] = [t for t in texts(at) if "points ok" in t]
+    lines = card.split("  \n")
+    # one markdown per run card (page weight, docs/PERF.md): what ran, its state, where it ran
+    assert len(lines) == 3 and lines[0].startswith("**base_topk2 · hf** · top_k 2 · `synthetic:tiny-moe`")
+    assert lines[1].startswith("cancelled · 1/1 points ok · ") and "hf · float32 · torch" in lines[2]
 
 
 def test_stale_failed_launch_leaves_the_panel(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -231,9 +231,21 @@ def repeats(db: Path | str, run_ids: list[str]) -> pd.DataFrame:
 def sweeps(db: Path | str) -> pd.DataFrame:
     """One row per sweep, newest first, with `shown_state` (a running sweep whose process is gone is crashed) and
     `origin` ('measured here' or 'imported from <file>')."""
-    df = _df(db, "SELECT * FROM sweeps ORDER BY created_at DESC")
-    if df.empty:
-        return df
+    return with_shown_state(sweep_table(db))
+
+
+def sweep_table(db: Path | str) -> pd.DataFrame:
+    """The sweeps table as stored, newest first: what a file version determines (the dashboard caches it per version;
+    `with_shown_state` adds what also depends on the clock and on locks)."""
+    return _df(db, "SELECT * FROM sweeps ORDER BY created_at DESC")
+
+
+def with_shown_state(table: pd.DataFrame) -> pd.DataFrame:
+    """`sweep_table` plus `shown_state`, `origin` and `duration_s`, derived now (a crash frees a lock and changes no
+    file; a running sweep's duration grows with the clock)."""
+    if table.empty:
+        return table
+    df = table.copy()
     df["shown_state"] = [locks.shown_state(r) for r in df.to_dict("records")]
     df["origin"] = [origin(r.get("source")) for r in df.to_dict("records")]
     df["duration_s"] = [

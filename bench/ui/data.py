@@ -305,15 +305,17 @@ def fmt_duration(seconds: object) -> str:
     return f"{s / 3600:.1f} h"
 
 
-@st.cache_data(max_entries=8, show_spinner=False, ttl=5)
-def _sweeps(path: str, version: tuple) -> pd.DataFrame:
-    return queries.sweeps(path)
+@st.cache_data(max_entries=8, show_spinner=False)
+def _sweep_table(path: str, version: tuple) -> pd.DataFrame:
+    return queries.sweep_table(path)
 
 
 def sweeps_df() -> pd.DataFrame:
-    """Sweeps with `shown_state` (cached a few seconds: a crash changes no file, only a lock)."""
+    """Sweeps with `shown_state`: the stored rows cached per file version (one database read per change, not per page
+    view: it cost 0.05 s alone and 0.2-0.6 s inside a busy server, docs/PERF.md), the state derived on every call
+    (a crash frees a lock and changes no file)."""
     path = db_path()
-    return _sweeps(str(path), queries.file_version(path))
+    return queries.with_shown_state(_sweep_table(str(path), queries.file_version(path)))
 
 
 def default_ids(runs_df: pd.DataFrame, limit: int = 12) -> list[str]:
