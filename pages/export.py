@@ -15,9 +15,11 @@ from bench.report import export_selection
 from bench.store.queries import file_version
 from bench.ui import data as ui_data
 from bench.ui import share
+from bench.ui.shell import in_app_navigation
 
 PREVIEW_POINTS = 20_000  # larger selections build the markdown preview on request, so the page stays under 1 s
 
+in_app_navigation()  # first: a direct run of this file (Streamlit's pages/ mode) reruns through app.py
 st.title("Export")
 data = ui_data.page_data(need_points=False)
 if data is None:

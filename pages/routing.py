@@ -9,7 +9,9 @@ from bench.analysis import routing
 from bench.ui import data as ui_data
 from bench.ui import research_charts as charts
 from bench.ui import research_data, research_forms
+from bench.ui.shell import in_app_navigation
 
+in_app_navigation()  # first: a direct run of this file (Streamlit's pages/ mode) reruns through app.py
 st.title("Routing")
 st.caption("Calibrations come from `python -m bench calibrate --model M --domain code --domain chat=FILE.jsonl`: "
            "per layer and expert, the tokens routed, the mean routing weight and the REAP saliency "

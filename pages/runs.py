@@ -18,6 +18,7 @@ from bench.ui import cluster as ui_cluster
 from bench.ui import data as ui_data
 from bench.ui import launch as ui_launch
 from bench.ui import sweep_form
+from bench.ui.shell import in_app_navigation
 
 TINY_SPEC = "tiny-cpu.toml"
 ENGINE_HELP = {"hf": "hf — transformers generate()", "graph": "graph — own decoder, CUDA-graph capture"}
@@ -27,6 +28,7 @@ NO_GPU_GRAPH = " On this machine (no GPU) graph runs eagerly on the CPU, without
 PROGRESS_EVERY_S = 2.0
 STARTING_GRACE_S = 60  # a launch whose process is gone and that never registered: shown this long, unless newest
 
+in_app_navigation()  # first: a direct run of this file (Streamlit's pages/ mode) reruns through app.py
 st.title("Runs")
 db = ui_data.db_path()
 info = ui_data.info()

@@ -458,3 +458,20 @@ def test_no_page_needs_magic() -> None:
         writes = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
                   and n.func.attr == "transparent_write"]
         assert not writes, f"{script.name} lines {writes}: a bare expression would not be drawn with magic off"
+
+
+@pytest.mark.parametrize("page", [*PAGES[1:], "pages/history.py"])
+def test_a_first_request_for_a_sub_page_still_runs_inside_app_navigation(fixture_db: Path, page: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tab on /scaling that reconnects first after a server start: Streamlit would run pages/scaling.py alone
+    (its old pages/-folder mode), with no sidebar or filters for any session of that server (bench.ui.shell)."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    monkeypatch.setenv("BENCH_DB", str(fixture_db))
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.switch_page(page)  # before the first run: the first request names the sub-page
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert PagesManager.uses_pages_directory is False  # app.py's st.navigation ran
+    assert "Card" in [m.label for m in at.sidebar.multiselect]  # the shared sidebar is there
+    assert at.title[0].value == Path(page).stem.capitalize()  # and the page that was asked for

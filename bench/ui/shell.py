@@ -1,0 +1,21 @@
+"""The app shell around every page: each page runs inside app.py's navigation (its sidebar, filters and page list).
+
+Streamlit still has its old multipage mode for apps with a `pages/` folder beside the main script, and it picks the
+mode on the first script run after the server starts: while `PagesManager.uses_pages_directory` is set (it is, at
+start, because `pages/` exists), a run for a sub-page executes that page's script directly, and app.py (whose
+`st.navigation` would clear the flag) never runs. A tab left open on /scaling that reconnects first after a restart
+would leave every session of that server without the sidebar. `in_app_navigation()`, called first by every page,
+clears the flag and reruns, so the same request is served through app.py.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
+
+
+def in_app_navigation() -> None:
+    """Rerun through app.py when Streamlit ran this page as an old-style `pages/` script (see the module doc)."""
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
