@@ -13,9 +13,18 @@ from __future__ import annotations
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
+_SEEN = "_shell_seen"  # session-state marker: this session has run a page before
+
 
 def in_app_navigation() -> None:
-    """Rerun through app.py when Streamlit ran this page as an old-style `pages/` script (see the module doc)."""
-    if PagesManager.uses_pages_directory:
+    """Rerun through app.py when Streamlit ran this page as an old-style `pages/` script (see the module doc).
+
+    Only on a session's first run: the server-wide flag is what goes wrong, and that first run clears it for every
+    session. A rerun on later runs would also drop the widget event that caused them (a button's click); AppTest,
+    which sets the flag again before every run, relies on that.
+    """
+    first = _SEEN not in st.session_state
+    st.session_state[_SEEN] = True
+    if first and PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         st.rerun()
