@@ -10,6 +10,19 @@ from bench.paths import KEEP_DIR
 
 TINY_SOURCE = "synthetic:tiny-moe"
 
+# The files with the longest tests (`pytest --durations`, 2026-11-30), longest first, run before the rest: make test's
+# wall time is its slowest pytest-xdist worker's, and a long test started last leaves the other core idle meanwhile.
+# Whole files move, in their own order, so module-scoped fixtures are still built once per worker.
+SLOW_FIRST = ["test_browser.py", "test_triton_interpreter.py", "test_cluster.py", "test_sweep.py", "test_models.py",
+              "test_app_runs.py", "test_processes.py", "test_disk_full.py", "test_app_research.py",
+              "test_cli_sweeps.py", "test_reliability_concurrency.py", "test_research.py", "test_perf_command.py",
+              "test_graph_engine.py", "test_mxfp4.py"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: the rest keep their order
+
 
 def randomize_expert_biases(model, seed: int = 123) -> None:
     """Give the experts' (zero-initialised) biases random values, so tests see a wrongly sliced bias."""
