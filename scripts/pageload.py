@@ -279,13 +279,19 @@ def _browser_pid() -> int | None:
     return None
 
 
-def _open(ctx, url: str, charts: int, component: bool = False) -> dict:
-    """Open `url` in a new tab of `ctx`, wait until drawn, return its marks and attribution. `component`: the page's
-    chart is drawn by the --plotly-bundle component (its frame reports when its traces are drawn)."""
+def _page_with_frames(ctx):
+    """A new tab, and the list its websocket's received frames are appended to (Streamlit's forward messages)."""
     page = ctx.new_page()
     frames: list[bytes] = []
     page.on("websocket", lambda ws: ws.on("framereceived", lambda p: frames.append(p if isinstance(p, bytes)
                                                                                     else p.encode())))
+    return page, frames
+
+
+def _open(ctx, url: str, charts: int, component: bool = False) -> dict:
+    """Open `url` in a new tab of `ctx`, wait until drawn, return its marks and attribution. `component`: the page's
+    chart is drawn by the --plotly-bundle component (its frame reports when its traces are drawn)."""
+    page, frames = _page_with_frames(ctx)
     cdp = ctx.new_cdp_session(page)
     cdp.send("Performance.enable")
     cpu0 = (_tree_cpu(PIDS.get("browser")), _tree_cpu(PIDS.get("server")))
@@ -369,10 +375,7 @@ def other_card(db: Path) -> str | None:
 def _filter_scaling(ctx, url: str, card: str, timeout_s: float = 120) -> dict:
     """On Scaling: pick `card` (a card of the database the default selection does not show) in the sidebar's Card
     filter; time the click until both charts are redrawn with that card's runs."""
-    page = ctx.new_page()
-    frames: list[bytes] = []
-    page.on("websocket", lambda ws: ws.on("framereceived", lambda p: frames.append(p if isinstance(p, bytes)
-                                                                                    else p.encode())))
+    page, frames = _page_with_frames(ctx)
     try:
         page.goto(f"{url}/scaling", wait_until="commit")
         _settle(page, CHART_PAGES["scaling"], timeout_s)
@@ -404,10 +407,7 @@ def _switch(ctx, url: str, name: str, charts: int) -> dict:
     """In-app navigation: on another page of the same tab (JavaScript, plotly.js and the session already loaded),
     click `name` in the sidebar's page list; time the click until its script ran and its charts are drawn."""
     start = "export" if charts else "overview"  # a page without charts (or, for one without, another page)
-    page = ctx.new_page()
-    frames: list[bytes] = []
-    page.on("websocket", lambda ws: ws.on("framereceived", lambda p: frames.append(p if isinstance(p, bytes)
-                                                                                    else p.encode())))
+    page, frames = _page_with_frames(ctx)
     try:
         page.goto(f"{url}/{'' if start == 'overview' else start}", wait_until="commit")
         _settle(page, CHART_PAGES.get(start, 0))
