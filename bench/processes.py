@@ -6,9 +6,8 @@ a forked one starts with them done, so a sweep of N variants pays the imports on
 is a clean interpreter started by the bench process: it never initialises CUDA, so each worker still gets its own
 CUDA context, memory and failure domain.
 
-The parent's environment is what a worker runs with: it is sent with every start and applied before the target
-runs (a forked child would otherwise see the server's environment from when it started), and the server is
-restarted when the parent's environment has changed since, so that import-time settings follow too.
+A forked child sees the server's environment, so the server is restarted whenever the parent's environment has
+changed since it started: a worker always runs with the parent's environment as of its start, as with `spawn`.
 """
 
 from __future__ import annotations
@@ -50,8 +49,7 @@ def start_process(
     ctx = mp.get_context("forkserver")
     _server_for(dict(os.environ))
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_with_environment, args=(dict(os.environ), target, (*args, child)), name=name,
-                       daemon=True)
+    proc = ctx.Process(target=target, args=(*args, child), name=name, daemon=True)
     with main_script_hidden():
         proc.start()
     child.close()
@@ -67,13 +65,6 @@ def _server_for(env: dict[str, str]) -> None:
     if _server_env is None:
         forkserver.set_forkserver_preload(PRELOAD)
         _server_env = env
-
-
-def _with_environment(env: dict[str, str], target: Callable[..., None], args: tuple[Any, ...]) -> None:
-    """Child side: run with the parent's environment as of the start, then the target."""
-    os.environ.clear()
-    os.environ.update(env)
-    target(*args)
 
 
 @contextmanager
