@@ -53,20 +53,10 @@ pruned = [r for r in ids if bool(runs.at[r, "pruned"])]
 if not pruned:
     st.info("None of the selected runs is pruned. Select a pruned variant to see what it saves against its base.")
     st.stop()
-bases = data.runs[~data.runs["pruned"] & (data.runs["n_ok"] > 0)]
-if bases.empty:
+if data.runs[~data.runs["pruned"] & (data.runs["n_ok"] > 0)].empty:
     st.info("No unpruned base run passes the filters.")
     st.stop()
-base_labels = dict(zip(bases["run_id"], bases["label"], strict=True))
-pairs = []
-cols = st.columns(min(len(pruned), 3))
-for i, rid in enumerate(pruned):
-    guess = compare.base_for(data.runs, rid)
-    options = list(base_labels)
-    choice = cols[i % len(cols)].selectbox(
-        f"Base for {runs.at[rid, 'label']}", options, index=options.index(guess) if guess in options else 0,
-        format_func=lambda r: base_labels[r], key=f"memory_base_{rid}")
-    pairs.append((rid, choice))
+pairs = ui_data.base_pickers(data, pruned)
 saved = compare.memory_saved(data.summary, data.runs_all, pairs)
 if saved.empty:
     st.info("The pruned runs and their bases share no batch size.")

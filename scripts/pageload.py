@@ -493,6 +493,146 @@ def _median(rows: list[dict]) -> dict:
     return out
 
 
+
+# ------------------------------------------------------------------------------------------------- --attribute
+# Where the time of a warm load goes, phase by phase, from Chromium's own trace (CDP Tracing) and a CPU profile of
+# the page's main thread (CDP Profiler), both on the monotonic clock of the navigation. For the two baselines this
+# splits Streamlit's fixed cost (empty page) and its plotly.js chunk (+1 chart) into fetching, parsing, compiling,
+# evaluating and the first draw; for a dashboard page it shows when its plotly chunk arrives and what its main thread
+# spent the load on.
+TRACE_CATEGORIES = "devtools.timeline,v8,v8.execute,blink.user_timing,loading"
+PLOTLY_CHUNK = "/PlotlyChart."  # Streamlit's lazily imported chunk with plotly.js (static/js/PlotlyChart.<hash>.js)
+
+
+def _profile_split(profile: dict, t0: float, t1: float, chunk: str) -> dict[str, float]:
+    """Main-thread seconds between t0 and t1 (µs, trace clock) from a CDP CPU profile: busy, of which inside the
+    plotly chunk (any frame of the stack in it), other JavaScript, native work ("(program)": style, layout, paint,
+    HTML parsing, compiling) and garbage collection."""
+    nodes = {n["id"]: n for n in profile["nodes"]}
+    parent = {c: n["id"] for n in profile["nodes"] for c in n.get("children", [])}
+    in_chunk: dict[int, bool] = {}
+
+    def has_chunk(nid: int) -> bool:
+        if nid not in in_chunk:
+            url = nodes[nid]["callFrame"]["url"]
+            in_chunk[nid] = chunk in url or (nid in parent and has_chunk(parent[nid]))
+        return in_chunk[nid]
+
+    out = {"busy": 0.0, "plotly": 0.0, "js": 0.0, "native": 0.0, "gc": 0.0}
+    by_file: dict[str, float] = {}
+    t = profile["startTime"]
+    deltas = profile["timeDeltas"]
+    for i, nid in enumerate(profile["samples"]):
+        t += deltas[i]
+        if not t0 <= t <= t1:
+            continue
+        name = nodes[nid]["callFrame"]["functionName"]
+        interval = (deltas[i + 1] if i + 1 < len(deltas) else deltas[i]) / 1e6  # until the next sample
+        if name == "(idle)":
+            continue
+        out["busy"] += interval
+        if name == "(garbage collector)":
+            out["gc"] += interval
+        elif name == "(program)":
+            out["native"] += interval
+        elif has_chunk(nid):
+            out["plotly"] += interval
+        else:
+            out["js"] += interval
+            file = nodes[nid]["callFrame"]["url"].rsplit("/", 1)[-1].split(".")[0] or "(page)"
+            by_file[file] = by_file.get(file, 0.0) + interval
+    top = sorted(by_file.items(), key=lambda kv: -kv[1])[:6]
+    return {**{k: round(v, 3) for k, v in out.items()}, "js_top": ", ".join(f"{k} {v:.2f}" for k, v in top)}
+
+
+def _phases(events: list[dict], profile: dict, page: dict, marks: dict) -> dict:
+    """The milestones (s after navigation start) and main-thread split of one traced load."""
+    nav = next((e["ts"] for e in events if e["name"] == "navigationStart"
+                and e.get("args", {}).get("data", {}).get("documentLoaderURL")), None)  # not the about:blank one
+    if nav is None:
+        raise RuntimeError("no navigationStart in the trace")
+    s = lambda ts: None if ts is None else round((ts - nav) / 1e6, 3)  # noqa: E731
+    main = [e for e in events if e.get("ph") == "X" and e["name"] in ("v8.evaluateModule", "v8.compileModule",
+                                                                      "v8.compile", "v8.parseOnBackground")]
+    evals = sorted((e for e in main if e["name"] == "v8.evaluateModule"), key=lambda e: e["ts"])
+    out: dict = {"html_s": round(page["nav"]["responseEnd"] / 1000, 3),
+                 "bundle_s": s(evals[0]["ts"] + evals[0]["dur"]) if evals else None,  # Streamlit's entry module run
+                 "ws_first_s": round(page["pl"]["msgs"][0][0] / 1000, 3) if page["pl"]["msgs"] else None,
+                 **marks}
+    parse = [e for e in main if e["name"] == "v8.parseOnBackground"]
+    out["bg_parse_s"] = round(sum(e["dur"] for e in parse) / 1e6, 3)  # off the main thread, all scripts
+    res = next((r for r in page["res"] if PLOTLY_CHUNK in r["name"]), None)
+    done_ts = nav + 1e6 * (marks["traces_s"] or marks["idle_s"] or 0)
+    if res is not None:
+        chunk_url = res["name"]
+        p_parse = [e for e in parse if e.get("args", {}).get("data", {}).get("url") == chunk_url]
+        comp = [e for e in main if e["name"] in ("v8.compileModule", "v8.compile")
+                and e.get("args", {}).get("data", {}).get("url") == chunk_url]
+        comp_end = max((e["ts"] + e["dur"] for e in comp), default=None)
+        ev = next((e for e in evals if comp_end is not None and e["ts"] >= comp_end), None)
+        out.update({
+            "plotly_request_s": round(res["start"] / 1000, 3), "plotly_fetched_s": round(res["end"] / 1000, 3),
+            "plotly_bytes": res["dec"],
+            "plotly_parsed_s": s(max((e["ts"] + e["dur"] for e in p_parse), default=None)),
+            "plotly_parse_s": round(sum(e["dur"] for e in p_parse) / 1e6, 3),
+            "plotly_compile_s": round(sum(e["dur"] for e in comp) / 1e6, 3),
+            "plotly_eval_start_s": s(ev["ts"]) if ev else None,
+            "plotly_eval_s": round(ev["dur"] / 1e6, 3) if ev else None,
+            "plotly_evaluated_s": s(ev["ts"] + ev["dur"]) if ev else None,
+        })
+        if ev is not None:
+            out["first_draw_main"] = _profile_split(profile, ev["ts"] + ev["dur"], done_ts, PLOTLY_CHUNK)
+    out["main"] = _profile_split(profile, nav, done_ts, PLOTLY_CHUNK)
+    return out
+
+
+def _trace_open(ctx, url: str, charts: int, interval_us: int = 200) -> dict:
+    """Open `url` in a new tab of `ctx` under CDP tracing and the CPU profiler; its phases (`_phases`)."""
+    page, frames = _page_with_frames(ctx)
+    cdp = ctx.new_cdp_session(page)
+    events: list[dict] = []
+    complete: list[bool] = []
+    cdp.on("Tracing.dataCollected", lambda e: events.extend(e["value"]))
+    cdp.on("Tracing.tracingComplete", lambda e: complete.append(True))
+    cdp.send("Tracing.start", {"categories": TRACE_CATEGORIES, "transferMode": "ReportEvents"})
+    cdp.send("Profiler.enable")
+    cdp.send("Profiler.setSamplingInterval", {"interval": interval_us})
+    cdp.send("Profiler.start")
+    try:
+        page.goto(url, wait_until="commit")
+        _settle(page, charts)
+        profile = cdp.send("Profiler.stop")["profile"]
+        data = page.evaluate("""() => ({pl: window.__pl, nav: performance.getEntriesByType('navigation')[0].toJSON(),
+            res: performance.getEntriesByType('resource').map(r => ({name: r.name, start: r.startTime,
+                                                                     end: r.responseEnd, dec: r.decodedBodySize}))})""")
+        cdp.send("Tracing.end")
+        deadline = time.monotonic() + 60
+        while not complete and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+    finally:
+        page.close()
+    marks = _marks(data["pl"]["changes"], _finished(data["pl"]["msgs"], _decode(frames)), 0.0, charts)
+    return _phases(events, profile, data, marks)
+
+
+def attribute(url: str, path: str, charts: int, repeats: int, browser) -> dict:
+    """Phases of a warm load (second tab of a context; the first tab fills the HTTP and code caches), median of
+    `repeats` fresh contexts."""
+    runs = []
+    for _ in range(repeats):
+        ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+        ctx.add_init_script(RECORDER)
+        try:
+            _open(ctx, f"{url}/{path}", charts)  # the cold tab
+            runs.append(_trace_open(ctx, f"{url}/{path}", charts))
+        finally:
+            ctx.close()
+    flat = [{**{k: v for k, v in r.items() if not isinstance(v, dict)},
+             **{f"{g}_{k}": v for g in ("main", "first_draw_main") for k, v in r.get(g, {}).items()}} for r in runs]
+    keys = {k for r in flat for k in r}
+    return {k: _median([{k: r.get(k)} for r in flat])[k] for k in sorted(keys)}
+
+
 def server_times(db: Path, pages: list[str]) -> dict[str, float]:
     """AppTest's warm render time per page (server only, no browser), median of 3."""
     import streamlit as st  # noqa: F401
@@ -569,6 +709,37 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+PHASE_COLUMNS = (("html_s", "HTML"), ("bundle_s", "Streamlit JS run"), ("ws_first_s", "1st ws msg"),
+                 ("title_s", "title"), ("idle_s", "idle"), ("plotly_request_s", "plotly chunk asked"),
+                 ("plotly_fetched_s", "fetched"), ("plotly_eval_start_s", "parsed+compiled"),
+                 ("plotly_evaluated_s", "evaluated"), ("traces_s", "traces"))
+
+
+def phases_table(report: dict) -> str:
+    """--attribute: the milestones of a traced warm load (s after navigation start) and its main thread's CPU."""
+    lines = ["Traced warm loads (--attribute; tracing adds some overhead): milestones in s after navigation start; "
+             "main thread = CPU seconds of the tab's main thread until the traces are drawn (plotly = samples "
+             "inside Streamlit's plotly chunk; native = style, layout, paint, HTML; bg parse = script parsing off "
+             "the main thread).\n",
+             "| page | " + " | ".join(h for _, h in PHASE_COLUMNS) + " | plotly: bg parse / compile / evaluate / "
+             "first draw (s) | main thread: busy / plotly / other JS / native / GC (s) | bg parse, all scripts (s) |",
+             "|---|" + "---:|" * len(PHASE_COLUMNS) + "---|---|---:|"]
+    for name, r in report["pages"].items():
+        ph = r.get("phases")
+        if not ph:
+            continue
+        draw = (None if ph.get("plotly_evaluated_s") is None or ph.get("traces_s") is None
+                else round(ph["traces_s"] - ph["plotly_evaluated_s"], 3))
+        plotly = (" / ".join(_fmt(ph.get(k)) for k in ("plotly_parse_s", "plotly_compile_s", "plotly_eval_s"))
+                  + f" / {_fmt(draw)}") if ph.get("plotly_request_s") is not None else "—"
+        main = " / ".join(_fmt(ph.get(f"main_{k}")) for k in ("busy", "plotly", "js", "native", "gc"))
+        lines.append(f"| {name} | " + " | ".join(_fmt(ph.get(k)) for k, _ in PHASE_COLUMNS)
+                     + f" | {plotly} | {main} | {_fmt(ph.get('bg_parse_s'))} |")
+    lines.append("\nOther JS by script (self time, s; `(page)` = this benchmark's recorder and inline code):")
+    lines += [f"- {name}: {r['phases'].get('main_js_top')}" for name, r in report["pages"].items() if r.get("phases")]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--points", type=int, default=100_000, help="size of the database to build (without --db)")
@@ -582,6 +753,10 @@ def main(argv: list[str] | None = None) -> int:
                          "plotly.js-cartesian-dist-min)"
                          ": adds the baseline 'one chart drawn by a component with it'")
     ap.add_argument("--no-filter", action="store_true", help="skip the Scaling filter interaction")
+    ap.add_argument("--attribute", action="store_true",
+                    help="also trace one more warm load per page and baseline (CDP tracing + CPU profile, --repeats "
+                         "times) and print where its time went: Streamlit's JavaScript, websocket, script run, the "
+                         "plotly chunk's fetch/parse/compile/evaluation and the first draw")
     ap.add_argument("--no-server", action="store_true", help="skip AppTest's server-only render times")
     ap.add_argument("--watcher", default="none", choices=("none", "auto", "poll", "watchdog"),
                     help="Streamlit's server.fileWatcherType for the dashboard server (default none, as `make run`)")
@@ -619,6 +794,11 @@ def main(argv: list[str] | None = None) -> int:
                     report["first_view_s"] = warm_up(url, pages, browser)
                     cpu0 = _cpu_s(pids[0])
                     report["pages"] = measure(url, pages, args.repeats, db, browser)
+                    if args.attribute:
+                        for name in pages:
+                            report["pages"][name]["phases"] = attribute(
+                                url, "" if name == "overview" else name, CHART_PAGES.get(name, 0), args.repeats,
+                                browser)
                     views = 2 * args.repeats * len(pages)
                     report["server_cpu_s_per_view"] = round((_cpu_s(pids[0]) - cpu0) / views, 3)
                     report["watcher"] = args.watcher
@@ -648,6 +828,8 @@ def main(argv: list[str] | None = None) -> int:
                             warm_up(url, ["empty"], browser)
                             report["pages"][label] = measure(url, ["empty"], args.repeats, None, browser,
                                                              charts=n_charts)["empty"]
+                            if args.attribute:
+                                report["pages"][label]["phases"] = attribute(url, "", n_charts, args.repeats, browser)
                     if args.plotly_bundle:
                         app = folder / "baseline-component" / "app.py"
                         (app.parent / "frontend").mkdir(parents=True)
@@ -667,6 +849,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{report['machine']} · {report['date']} · commit {report['commit']} · {report['db_points']:,} points · "
           f"load avg {report['load_avg']} → {report['load_avg_after']}\n")
     print(table(report))
+    if args.attribute:
+        print("\n" + phases_table(report))
     print(f"\ndashboard server CPU per page view: {report.get('server_cpu_s_per_view')} s "
           f"(fileWatcherType {report.get('watcher')})")
     args.json.write_text(json.dumps(report, indent=1))

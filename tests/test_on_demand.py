@@ -61,3 +61,26 @@ def test_overview_table_on_demand(fixture_db: Path, monkeypatch: pytest.MonkeyPa
     [table] = [d.value for d in at.dataframe]
     assert set(table["label"]) == bars and len(table) == len(bars)
     assert {"batch", "total_tps", "per_stream_tps", "ceiling_tps", "mbu", "device_name", "engine"} <= set(table.columns)
+
+
+def test_memory_base_pickers_on_demand(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Memory page's base selectbox per pruned run is drawn when its expander is opened; closed, the guessed
+    base is used (and shown in the saved table); a base changed in it stays chosen after the expander is closed."""
+    at = open_page(fixture_db, "pages/memory.py", monkeypatch)
+    assert [e.label for e in at.expander if e.label.startswith("Base run of each pruned variant")] == [
+        "Base run of each pruned variant (1; guessed: same top-k, card and model)"]
+    assert not at.selectbox  # closed: no selectbox sent
+    saved = next(d.value for d in at.dataframe if "saved_gib" in d.value.columns)
+    assert set(saved["base"]) == {"base_topk4"}
+    at.session_state["memory_bases_open"] = True  # what opening the expander does
+    at.run()
+    box = at.selectbox(key="w_memory_base_run-pruned16")
+    assert box.value == "run-base4" and box.label.startswith("Base for ")
+    assert box.options == ["base_topk2", "base_topk4", "report_base_topk4"]
+    box.set_value("run-report-k4").run()
+    assert set(next(d.value for d in at.dataframe if "saved_gib" in d.value.columns)["base"]) == {"report_base_topk4"}
+    at.session_state["memory_bases_open"] = False
+    at.run()
+    assert not at.selectbox
+    saved = next(d.value for d in at.dataframe if "saved_gib" in d.value.columns)
+    assert set(saved["base"]) == {"report_base_topk4"}  # the changed base is kept while the expander is closed

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from bench.analysis import cost, labels
+from bench.analysis import compare, cost, labels
 from bench.analysis.labels import Filters
 from bench.paths import PROJECT_ROOT, resolve_db_path
 from bench.store import queries
@@ -278,6 +278,34 @@ def run_picker(data: PageData, key: str, label: str = "Runs", limit: int = 12) -
                             help=DEFAULT_HELP)
     share.publish({key: picked})
     return picked
+
+
+def base_pickers(data: PageData, pruned: list[str]) -> list[tuple[str, str]]:
+    """(pruned run, base run) pairs for the Memory page's saving: each pruned run's base is guessed
+    (`compare.base_for`) and can be changed in a selectbox per run. The selectboxes sit in an expander drawn when
+    opened (`on_change="rerun"`): eight of them cost the browser about a tenth of a second on every Memory view
+    (docs/PERF.md), for a choice the saved table's `base` column and the chart's legend already show. A changed
+    choice is kept in `memory_base_<run>` (plain session state) while the expander is closed."""
+    bases = data.runs[~data.runs["pruned"] & (data.runs["n_ok"] > 0)]
+    base_labels = dict(zip(bases["run_id"], bases["label"], strict=True))
+    options = list(base_labels)
+    labels_all = data.runs_all.set_index("run_id")["label"]
+    box = st.expander(f"Base run of each pruned variant ({len(pruned)}; guessed: same top-k, card and model)",
+                      icon=":material/tune:", key="memory_bases_open", on_change="rerun")
+    cols = box.columns(min(len(pruned), 3)) if box.open else []
+    pairs = []
+    for i, rid in enumerate(pruned):
+        key = f"memory_base_{rid}"
+        choice = st.session_state.get(key)
+        if choice not in base_labels:
+            guess = compare.base_for(data.runs, rid)
+            choice = guess if guess in base_labels else options[0]
+        _keep(key, choice)
+        if cols:
+            cols[i % len(cols)].selectbox(f"Base for {labels_all.get(rid, rid)}", options, key="w_" + key,
+                                          format_func=base_labels.get, on_change=_store, args=(key,))
+        pairs.append((rid, st.session_state[key]))
+    return pairs
 
 
 def shared_runs(data: PageData, key: str, options: dict[str, str] | list[str]) -> None:
