@@ -6,6 +6,7 @@ the file and its WAL), so a sweep's writes show up at once and no connection is 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,9 +227,14 @@ class PageData:
     db: Path
     runs_all: pd.DataFrame  # every run (colours and labels come from here)
     runs: pd.DataFrame  # runs passing the sidebar filters
-    summary: pd.DataFrame  # per (run, batch) medians, all runs
     colors: dict[str, str]  # run label -> colour (bench.ui.colors), the same on every page
     dashes: dict[str, str]  # run label -> line dash
+
+    @functools.cached_property
+    def summary(self) -> pd.DataFrame:
+        """Per (run, batch) medians, all runs; read when a page first uses it (the Export page never does: after a
+        database change the summary costs 0.2 s of its first view, docs/PERF.md)."""
+        return summary()
 
 
 def page_data(need_points: bool = True) -> PageData | None:
@@ -250,7 +256,7 @@ def page_data(need_points: bool = True) -> PageData | None:
     runs_all = all_runs()
     runs_f = labels.apply_filters(runs_all, filters())
     colors, dashes = styles()
-    data = PageData(db=path, runs_all=runs_all, runs=runs_f, summary=summary(), colors=colors, dashes=dashes)
+    data = PageData(db=path, runs_all=runs_all, runs=runs_f, colors=colors, dashes=dashes)
     if runs_f.empty:
         st.info("No runs pass the sidebar filters. Clear a filter to see data.")
         return None
