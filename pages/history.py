@@ -12,7 +12,7 @@ from bench.ui import charts as ui_charts
 from bench.ui import data as ui_data
 from bench.ui import images as ui_images
 from bench.ui import share
-from bench.ui.shell import in_app_navigation, preload_charts
+from bench.ui.shell import in_app_navigation
 
 METRICS = {"total_tps": "total tok/s", "per_stream_tps": "per-stream tok/s", "j_per_token": "J / token",
            "usd_per_mtok": "$ / M tokens"}
@@ -26,7 +26,6 @@ def _verdict(path: str, version: tuple, old_id: str, new_id: str, old_label: str
 
 
 in_app_navigation()  # first: a direct run of this file (Streamlit's pages/ mode) reruns through app.py
-preload_charts()  # this page draws charts: the browser starts loading plotly.js now
 st.title("History")
 data = ui_data.page_data()
 if data is None:

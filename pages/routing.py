@@ -9,7 +9,7 @@ from bench.analysis import routing
 from bench.ui import data as ui_data
 from bench.ui import research_charts as charts
 from bench.ui import research_data, research_forms
-from bench.ui.shell import in_app_navigation, preload_charts
+from bench.ui.shell import in_app_navigation
 
 in_app_navigation()  # first: a direct run of this file (Streamlit's pages/ mode) reruns through app.py
 st.title("Routing")
@@ -29,7 +29,6 @@ if cals is None or cals.empty:
             "--domain prose` (built-in domains from the Python standard library), then reload.")
     st.stop()
 
-preload_charts()  # the heatmaps below: the browser starts loading plotly.js now
 models = list(dict.fromkeys(cals["model_fingerprint"]))
 model_names = {fp: f"{cals.loc[cals['model_fingerprint'] == fp, 'model'].iloc[0]} ({fp})" for fp in models}
 fp = st.selectbox("Model", models, format_func=model_names.get, key="rt_model")

@@ -9,10 +9,9 @@ from bench.ui import charts as ui_charts
 from bench.ui import data as ui_data
 from bench.ui import images as ui_images
 from bench.ui import views as ui_views
-from bench.ui.shell import in_app_navigation, preload_charts
+from bench.ui.shell import in_app_navigation
 
 in_app_navigation()  # first: a direct run of this file (Streamlit's pages/ mode) reruns through app.py
-preload_charts()  # this page draws charts: the browser starts loading plotly.js now
 st.title("Scaling")
 data = ui_data.page_data()
 if data is None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from bench.paths import PROJECT_ROOT
 
@@ -30,35 +29,6 @@ def test_warm_up_freezes_the_long_lived_objects_out_of_the_post_script_gc() -> N
     counts = json.loads(out.stdout.strip().splitlines()[-1])
     assert counts["frozen"] > 50_000  # the imported modules' objects
     assert 1000 <= counts["tracked"] < counts["frozen"] // 10  # the collector sees only the new objects
-
-
-def _preload_scripts(at) -> list[str]:
-    return [e.proto.body for e in at.sidebar if getattr(e, "type", "") == "html"]
-
-
-def test_chart_pages_ask_for_plotly_js_at_their_start(tmp_path, monkeypatch) -> None:
-    """Pages that draw charts put a script in the sidebar that imports Streamlit's plotly.js chunk (the file exists in
-    Streamlit's static folder) before their first chart; pages without charts do not load it."""
-    import streamlit
-
-    from bench.ui import shell
-    from tests.fixtures_db import build_fixture
-    from tests.test_app import open_page
-
-    chunk = shell.plotly_chunk()
-    assert chunk and (Path(streamlit.__file__).parent / "static" / "static" / "js" / chunk).is_file()
-    db = tmp_path / "bench.duckdb"
-    build_fixture(db)
-    for page, charts in (("pages/overview.py", True), ("pages/scaling.py", True), ("pages/memory.py", True),
-                         ("pages/compare.py", True), ("pages/history.py", True), ("pages/runs.py", False),
-                         ("pages/export.py", False), ("pages/routing.py", False)):  # routing: no calibrations here
-        at = open_page(db, page, monkeypatch)
-        scripts = _preload_scripts(at)
-        if charts:
-            assert len(scripts) == 1 and f'"{chunk}"' in scripts[0] and "import(" in scripts[0], page
-            assert at.get("plotly_chart"), page
-        else:
-            assert scripts == [], page
 
 
 def _summary_cached() -> int:

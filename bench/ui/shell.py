@@ -10,9 +10,6 @@ clears the flag and reruns, so the same request is served through app.py.
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
@@ -31,35 +28,3 @@ def in_app_navigation() -> None:
     if first and PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         st.rerun()
-
-
-# Streamlit imports its plotly.js chunk (static/js/PlotlyChart.<hash>.js, 4.7 MB) only when the first chart element
-# is rendered, i.e. after the page's title, widgets and data: its fetch, parse and evaluation (0.8-1 s on the 2-core
-# VM, docs/PERF.md) then start late and delay the first chart. A page that will draw charts asks for the chunk at its
-# start; the browser fetches and parses it off the main thread while the script runs, and the chart element finds
-# the module already loaded (same URL: one module instance).
-_PRELOAD = """<script>(() => {{
-  const main = document.querySelector('script[type="module"][src*="/static/js/index."]');
-  if (main) import(new URL("{chunk}", main.src).href).catch(() => {{}});
-}})();</script>"""
-
-
-def plotly_chunk() -> str | None:
-    """The file name of Streamlit's plotly.js chunk in its static folder, or None (another Streamlit build)."""
-    import streamlit
-
-    found = sorted((Path(streamlit.__file__).parent / "static" / "static" / "js").glob("PlotlyChart.*.js"))
-    return found[0].name if len(found) == 1 else None
-
-
-def preload_charts() -> None:
-    """Start loading plotly.js in the browser now (see `_PRELOAD`): a script at the end of the sidebar (it draws
-    nothing). Pages call it once they know they will draw a chart; without the chunk file it does nothing."""
-    chunk = _chunk_name()
-    if chunk:
-        st.sidebar.html(_PRELOAD.format(chunk=chunk), unsafe_allow_javascript=True)
-
-
-@functools.cache
-def _chunk_name() -> str | None:
-    return plotly_chunk()
