@@ -3,7 +3,7 @@ real `streamlit run app.py`, by default on a 100,000-point database (scripts/per
 
     .venv/bin/python scripts/pageload.py [--points 100000] [--db FILE] [--repeats 3] [--json pageload.json]
                                          [--pages overview,scaling,...] [--no-empty] [--no-filter] [--no-server]
-                                         [--plotly-bundle plotly-cartesian.min.js]
+                                         [--plotly-bundle plotly-cartesian.min.js] [--attribute]
 
 Per page, timed in the page itself (performance.now(), 0 = navigation start), median of --repeats:
 - cold: a fresh browser context (empty HTTP cache, no V8 code cache, new Streamlit session) after the database
@@ -30,6 +30,15 @@ page); with --plotly-bundle FILE a third: the same chart drawn by a minimal Stre
 plotly.js partial bundle, e.g. the "cartesian" one from npm) instead of Streamlit's plotly chunk. The load average
 (1 min) is recorded per page: on a shared machine compare runs made back to back. The root page is always opened
 first on a fresh server (see `warm_up`).
+
+--attribute: after the timings, one more warm load per page and baseline (--repeats times, median) runs under
+Chromium's tracing and CPU profiler (CDP `Tracing`, `Profiler`), and a second table splits it: when Streamlit's own
+JavaScript has run, the first websocket message, title, script idle, when Streamlit's plotly.js chunk was asked
+for, fetched, parsed and compiled, evaluated (the module's top level: plotly.js initialising), and the traces drawn;
+the CPU of the tab's main thread (inside the plotly chunk, other JavaScript by script, native style/layout/paint,
+GC) and the script parsing done off the main thread. A third tab is traced too: Chromium writes a script's code
+cache on its second load and reads it from the third on (a returning user). On the two baselines this is the
+attribution of Streamlit's fixed cost (docs/PERF.md).
 
 Prints a markdown table and writes the numbers as JSON (--json).
 """
@@ -616,21 +625,31 @@ def _trace_open(ctx, url: str, charts: int, interval_us: int = 200) -> dict:
 
 
 def attribute(url: str, path: str, charts: int, repeats: int, browser) -> dict:
-    """Phases of a warm load (second tab of a context; the first tab fills the HTTP and code caches), median of
-    `repeats` fresh contexts."""
-    runs = []
+    """Phases of a warm load (second tab of a context; the first tab fills the HTTP cache), median of `repeats`
+    fresh contexts; `third_*`: the same for a third tab. Chromium writes a script's V8 code cache on its second load
+    and reads it from the third on, so the third tab is what a returning user's browser does (`bg_parse_s` drops)."""
+    second, third = [], []
     for _ in range(repeats):
         ctx = browser.new_context(viewport={"width": 1280, "height": 860})
         ctx.add_init_script(RECORDER)
         try:
             _open(ctx, f"{url}/{path}", charts)  # the cold tab
-            runs.append(_trace_open(ctx, f"{url}/{path}", charts))
+            second.append(_trace_open(ctx, f"{url}/{path}", charts))
+            third.append(_trace_open(ctx, f"{url}/{path}", charts))
         finally:
             ctx.close()
-    flat = [{**{k: v for k, v in r.items() if not isinstance(v, dict)},
-             **{f"{g}_{k}": v for g in ("main", "first_draw_main") for k, v in r.get(g, {}).items()}} for r in runs]
-    keys = {k for r in flat for k in r}
-    return {k: _median([{k: r.get(k)} for r in flat])[k] for k in sorted(keys)}
+
+    def median(runs: list[dict]) -> dict:
+        flat = [{**{k: v for k, v in r.items() if not isinstance(v, dict)},
+                 **{f"{g}_{k}": v for g in ("main", "first_draw_main") for k, v in r.get(g, {}).items()}}
+                for r in runs]
+        keys = {k for r in flat for k in r}
+        return {k: _median([{k: r.get(k)} for r in flat])[k] for k in sorted(keys)}
+
+    out = median(second)
+    out.update({f"third_{k}": v for k, v in median(third).items()
+                if k in ("title_s", "traces_s", "bg_parse_s", "main_busy", "plotly_eval_s", "plotly_parse_s")})
+    return out
 
 
 def server_times(db: Path, pages: list[str]) -> dict[str, float]:
@@ -735,6 +754,13 @@ def phases_table(report: dict) -> str:
         main = " / ".join(_fmt(ph.get(f"main_{k}")) for k in ("busy", "plotly", "js", "native", "gc"))
         lines.append(f"| {name} | " + " | ".join(_fmt(ph.get(k)) for k, _ in PHASE_COLUMNS)
                      + f" | {plotly} | {main} | {_fmt(ph.get('bg_parse_s'))} |")
+    lines.append("\nThird tab (V8 code cache read): " + "; ".join(
+        f"{name}: traces {_fmt(r['phases'].get('third_traces_s'))} s, "
+        f"bg parse {_fmt(r['phases'].get('third_bg_parse_s'))} s, "
+        f"main busy {_fmt(r['phases'].get('third_main_busy'))} s"
+        + (f", plotly evaluate {_fmt(r['phases'].get('third_plotly_eval_s'))} s"
+           if r["phases"].get("third_plotly_eval_s") is not None else "")
+        for name, r in report["pages"].items() if r.get("phases")))
     lines.append("\nOther JS by script (self time, s; `(page)` = this benchmark's recorder and inline code):")
     lines += [f"- {name}: {r['phases'].get('main_js_top')}" for name, r in report["pages"].items() if r.get("phases")]
     return "\n".join(lines)
