@@ -1,15 +1,18 @@
-"""H200 ablation of the batch-1 decode step's launch-count work (issue 12, session 5), one call: which of
-programmatic dependent launch (`kernels.PDL`), rope + KV write folded into attention (`kernels.FUSE_ROPE_ATTN`) and
-the post-attention norm + router in one launch (`kernels.FUSE_NORM_ROUTER`) is faster, alone and together; the
-compact expert launch's tiles at batch 1 (`kernels.MOE_CONFIG_FEW`); a step profile; exactness of every
-configuration against the unfused one (bf16 and, after quantizing the experts, MXFP4).
+"""H200 ablation of the batch-1 decode step's launch-count work (issue 12, session 5), one call: programmatic
+dependent launch (`kernels.PDL`: 0 off, 1 implicit trigger, 2 trigger after the wait), the post-attention norm +
+router in one launch (`kernels.FUSE_NORM_ROUTER`) and the compact expert launch's down tile at batch 1
+(`kernels.MOE_CONFIG_FEW`), alone and together, each timed twice, interleaved; a step profile; exactness of every
+configuration against the plain one (bf16 and, after quantizing the experts, MXFP4).
 
-    PYTHONUNBUFFERED=1 python scripts/gpu_step_ablation.py [--cases 1x4,1x2,8x4] [--skip-tiles] [--skip-mxfp4]
+    PYTHONUNBUFFERED=1 python scripts/gpu_step_ablation.py [--cases 1x4,1x2] [--big-cases 8x4,32x4,128x4]
+        [--skip-mxfp4]
 
-Every record is appended to $OUT/ablation.jsonl as it is made; $OUT/picks.json holds the flags and tile measured
-fastest at batch 1 top_k 4 (as `--set NAME=JSON` arguments for scripts/gpu_ab.py and scripts/gpu_perf_graph.py).
-Engine timings as scripts/gpu_ab.py: prompt 256, 33 new tokens (32 timed steps), best of 2 generations, E32,
-roofline % with the measured copy bandwidth and the counted distinct experts.
+Every record is appended to $OUT/ablation.jsonl as it is made; $OUT/picks.json holds the choices measured fastest
+(as `--set @picks.json` for scripts/gpu_ab.py and scripts/gpu_perf_graph.py): the fusion and the tile if faster at
+batch 1 with both top_k, the PDL mode with the lowest mean time ratio to PDL 0 over all cases (kept if >= 0.5%
+faster). A configuration whose tokens differ from the plain one's is never picked. Engine timings as
+scripts/gpu_ab.py: prompt 256, 33 new tokens (32 timed steps), best of 2 generations, E32, roofline % with the
+measured copy bandwidth and the counted distinct experts.
 """
 
 from __future__ import annotations
@@ -34,14 +37,16 @@ T0 = time.time()
 OUT = Path(os.environ.get("OUT", "."))
 LOG = OUT / "ablation.jsonl"
 PROMPT, NEW = 256, 33
-FLAGS = ("PDL", "FUSE_ROPE_ATTN", "FUSE_NORM_ROUTER")
-CONFIGS = {  # name -> (PDL, FUSE_ROPE_ATTN, FUSE_NORM_ROUTER)
-    "base": (False, False, False),
-    "pdl": (True, False, False),
-    "rope_attn": (False, True, False),
-    "norm_router": (False, False, True),
-    "fused": (False, True, True),
-    "all": (True, True, True),
+SHIPPED_FEW = dict(gk.MOE_CONFIG_FEW)
+TILE = {"gate_up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}  # call 1's sweep: down 65.3 -> 62.8 us a layer
+CONFIGS = {  # name -> (PDL mode, FUSE_NORM_ROUTER, MOE_CONFIG_FEW)
+    "base": (0, False, SHIPPED_FEW),
+    "nr": (0, True, SHIPPED_FEW),
+    "nr_tile": (0, True, TILE),
+    "pdl1": (1, False, SHIPPED_FEW),
+    "pdl2": (2, False, SHIPPED_FEW),
+    "nr_tile_pdl1": (1, True, TILE),
+    "nr_tile_pdl2": (2, True, TILE),
 }
 
 
@@ -54,8 +59,8 @@ def emit(rec: dict) -> None:
 
 
 def set_config(name: str) -> None:
-    for flag, value in zip(FLAGS, CONFIGS[name], strict=True):
-        setattr(gk, flag, value)
+    gk.PDL, gk.FUSE_NORM_ROUTER, few = CONFIGS[name]
+    gk.MOE_CONFIG_FEW = dict(few)
 
 
 def run_engine(model, batch: int, k: int, keep_logits: bool = False):
@@ -93,9 +98,11 @@ def time_case(model, batch: int, k: int, arch, bandwidth: float, label: str, wei
                 "tb": traceback.format_exc()[-1200:]}
 
 
-def exactness(model, batch: int, k: int, names, weights: str = "bf16") -> None:
-    """Tokens and the last step's logits of each configuration against "base" (no PDL, no fusion)."""
+def exactness(model, batch: int, k: int, names, weights: str = "bf16") -> dict[str, bool]:
+    """Tokens and the last step's logits of each configuration against the first ("base": no PDL, no fusion);
+    returns, per configuration, whether it gave the first one's tokens."""
     ref = None
+    same: dict[str, bool] = {}
     for name in names:
         set_config(name)
         try:
@@ -103,67 +110,15 @@ def exactness(model, batch: int, k: int, names, weights: str = "bf16") -> None:
             toks = res[-1].tokens
             if ref is None:
                 ref = (toks, logits)
+            same[name] = bool(torch.equal(toks, ref[0]))
             emit({"sec": "exact", "weights": weights, "batch": batch, "top_k": k, "config": name,
-                  "tokens_equal": bool(torch.equal(toks, ref[0])),
-                  "token_agreement": round((toks == ref[0]).float().mean().item(), 4),
+                  "tokens_equal": same[name], "token_agreement": round((toks == ref[0]).float().mean().item(), 4),
                   "logits_max_abs_diff": round((logits - ref[1]).abs().max().item(), 5),
                   "repeat_equal": bool(torch.equal(res[0].tokens, res[1].tokens))})
         except Exception as exc:
+            same[name] = False
             emit({"sec": "exact", "config": name, "error": repr(exc)[:400], "tb": traceback.format_exc()[-1200:]})
-
-
-def tile_sweep(model, k: int = 4) -> dict | None:
-    """One token's expert layer (compact launch, MOE_CONFIG_FEW) over the 24 layers' weights in turn (no L2 reuse),
-    gate_up tiles with the shipped down tile, then down tiles with the best gate_up; CUDA graph median."""
-    import triton.testing
-
-    layers = [la.mlp.experts for la in model.model.layers]
-    experts = layers[0].gate_up_proj.shape[0]
-    gen = torch.Generator("cuda").manual_seed(3)
-    xs = [torch.randn(1, layers[0].gate_up_proj.shape[1], device="cuda", dtype=torch.bfloat16, generator=gen)
-          for _ in layers]
-    topis = [torch.randperm(experts, device="cuda", generator=gen)[:k].view(1, k).to(torch.int32) for _ in layers]
-    topw = torch.softmax(torch.randn(1, k, device="cuda", generator=gen), -1)
-    nbytes = len(layers) * k * (layers[0].gate_up_proj[0].numel() + layers[0].down_proj[0].numel()) * 2
-
-    def run(tiles):
-        return [gk.moe(x, ex.gate_up_proj, ex.gate_up_proj_bias, ex.down_proj, ex.down_proj_bias, ti, topw, 1.702,
-                       7.0, tiles=tiles) for x, ex, ti in zip(xs, layers, topis, strict=True)]
-
-    ref = [o.float() for o in run(None)]
-    shipped = dict(gk.MOE_CONFIG_FEW)
-
-    def measure(tiles) -> float:
-        try:
-            err = max(((o.float() - r).norm() / r.norm()).item() for o, r in zip(run(tiles), ref, strict=True))
-            ms = float(triton.testing.do_bench_cudagraph(lambda: run(tiles), rep=30, return_mode="median"))
-            emit({"sec": "tiles", "k": k, "tiles": {n: list(v) for n, v in tiles.items()}, "us_layer":
-                  round(1000 * ms / len(layers), 2), "tb_s": round(nbytes / ms / 1e9, 3), "rel_err": err})
-            return ms if err < 1e-2 else float("inf")
-        except Exception as exc:
-            emit({"sec": "tiles", "tiles": str(tiles), "error": repr(exc)[:300]})
-            return float("inf")
-
-    gate_ups = [shipped["gate_up"], (64, 128, 4, 3), (32, 128, 4, 4), (128, 64, 4, 4), (64, 256, 4, 3),
-                (128, 128, 8, 3)]
-    downs = [shipped["down"], (32, 128, 4, 3), (16, 256, 4, 3), (64, 128, 4, 4), (32, 256, 4, 3)]
-    base = measure(shipped)
-    best_gu, best = shipped["gate_up"], base
-    for gu in gate_ups[1:]:
-        ms = measure({"gate_up": gu, "down": shipped["down"]})
-        if ms < best:
-            best_gu, best = gu, ms
-    best_dn = shipped["down"]
-    for dn in downs[1:]:
-        ms = measure({"gate_up": best_gu, "down": dn})
-        if ms < best:
-            best_dn, best = dn, ms
-    again = measure(shipped)  # the spread: the shipped tiles timed twice
-    pick = {"gate_up": best_gu, "down": best_dn}
-    emit({"sec": "tiles_pick", "k": k, "pick": {n: list(v) for n, v in pick.items()}, "us_layer": round(
-        1000 * best / len(layers), 2), "shipped_us_layer": [round(1000 * base / len(layers), 2),
-                                                           round(1000 * again / len(layers), 2)]})
-    return pick if best < 0.98 * min(base, again) else None
+    return same
 
 
 def profile(model, label: str) -> None:
@@ -181,10 +136,14 @@ def profile(model, label: str) -> None:
         emit({"sec": "profile", "label": label, "error": repr(exc)[:300]})
 
 
+def mean(v: list[float]) -> float:
+    return sum(v) / len(v) if v else float("inf")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", default="1x4,1x2,8x4")
-    ap.add_argument("--skip-tiles", action="store_true")
+    ap.add_argument("--cases", default="1x4,1x2", help="batch-1 cases: every configuration, twice")
+    ap.add_argument("--big-cases", default="8x4,32x4,128x4", help="PDL modes only (the rest is batch-1 only), once")
     ap.add_argument("--skip-mxfp4", action="store_true")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -196,53 +155,67 @@ def main() -> int:
     bandwidth = measure_bandwidth("cuda")
     emit({"sec": "env", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
           "commit": os.environ.get("MOE_BENCH_GIT_COMMIT"), "bandwidth_gbs": round(bandwidth / 1e9, 1),
-          "pdl_supported": gk.pdl_launch(), "load_s": round(time.time() - T0, 1)})
+          "pdl_supported": gk.pdl_launch() > 0, "load_s": round(time.time() - T0, 1)})
     arch = ArchSummary.from_model(model)
-    exactness(model, 1, 4, list(CONFIGS))
-    exactness(model, 8, 4, ["base", "all"])
-    cases = [tuple(int(v) for v in c.split("x")) for c in args.cases.split(",")]
-    times: dict[tuple[str, int, int], float] = {}
-    for b, k in cases:
-        order = list(CONFIGS) + (["base", "all"] if b == 1 else [])  # batch 1: base and all twice (spread)
-        for name in order:
-            set_config(name)
-            rec = time_case(model, b, k, arch, bandwidth, name)
-            emit(rec)
-            if "ms_step" in rec:
-                key = (name, b, k)
-                times[key] = min(times.get(key, float("inf")), rec["ms_step"])
+    exact = exactness(model, 1, 4, list(CONFIGS))
+    big_exact = exactness(model, 8, 4, ["base", "pdl1", "pdl2"])
+    for mode in (1, 2):
+        exact[f"pdl{mode}"] = exact[f"pdl{mode}"] and big_exact[f"pdl{mode}"]
+    times: dict[tuple[str, int, int], list[float]] = {}
+
+    def timed(name: str, b: int, k: int) -> None:
+        set_config(name)
+        rec = time_case(model, b, k, arch, bandwidth, name)
+        emit(rec)
+        if "ms_step" in rec:
+            times.setdefault((name, b, k), []).append(rec["ms_step"])
+
+    small = [tuple(int(v) for v in c.split("x")) for c in args.cases.split(",") if c]
+    big = [tuple(int(v) for v in c.split("x")) for c in args.big_cases.split(",") if c]
+    for b, k in small:
+        for _ in range(2):
+            for name in CONFIGS:
+                timed(name, b, k)
+    for b, k in big:
+        for name in ("base", "pdl1", "pdl2"):
+            timed(name, b, k)
     set_config("base")
     profile(model, "base")
-    set_config("fused")
-    profile(model, "fused (no PDL)")
-    picks: dict[str, object] = {}
-    for i, flag in enumerate(FLAGS):  # a flag stays on if it alone beats base at batch 1 top_k 4
-        alone = next(n for n, v in CONFIGS.items() if sum(v) == 1 and v[i])
-        picks[flag] = times.get((alone, 1, 4), 1e9) < times.get(("base", 1, 4), 0.0)
-    if not args.skip_tiles:
-        for name, on in zip(FLAGS, (picks[f] for f in FLAGS), strict=True):
-            setattr(gk, name, on)
-        try:
-            tiles = tile_sweep(model)
-            if tiles:
-                picks["MOE_CONFIG_FEW"] = {n: list(v) for n, v in tiles.items()}
-                gk.MOE_CONFIG_FEW = dict(tiles)
-                emit(time_case(model, 1, 4, arch, bandwidth, "picks"))
-                emit(time_case(model, 1, 2, arch, bandwidth, "picks"))
-        except Exception as exc:
-            emit({"sec": "tiles", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1200:]})
+    set_config("nr_tile")
+    profile(model, "nr_tile (no PDL)")
+
+    ok = lambda n: exact.get(n, False)  # noqa: E731
+    t = lambda n, b, k: mean(times.get((n, b, k), []))  # noqa: E731
+    nr = ok("nr") and all(t("nr", b, k) < t("base", b, k) for b, k in small)
+    tile = nr and ok("nr_tile") and all(t("nr_tile", b, k) < t("nr", b, k) for b, k in small)
+    plain = "nr_tile" if tile else ("nr" if nr else "base")
+    scores = {}
+    for mode in (1, 2):
+        with_pdl = f"nr_tile_pdl{mode}" if tile else f"pdl{mode}"
+        if not (ok(f"pdl{mode}") and ok(with_pdl)):
+            continue
+        ratios = [t(with_pdl, b, k) / t(plain, b, k) for b, k in small]
+        ratios += [t(f"pdl{mode}", b, k) / t("base", b, k) for b, k in big]
+        scores[mode] = mean(ratios)
+    pdl = min(scores, key=scores.get) if scores else 0
+    if pdl and scores[pdl] > 0.995:
+        pdl = 0
+    picks = {"PDL": pdl, "FUSE_NORM_ROUTER": nr, "MOE_CONFIG_FEW": {n: list(v) for n, v in
+                                                                   (TILE if tile else SHIPPED_FEW).items()}}
     (OUT / "picks.json").write_text(json.dumps(picks))
-    emit({"sec": "picks", **picks})
+    emit({"sec": "picks", **picks, "pdl_scores": scores,
+          "means": {f"{n}|{b}x{k}": round(mean(v), 4) for (n, b, k), v in times.items()}})
     if not args.skip_mxfp4:  # the shared decoder on the MXFP4 experts: same tokens, and the time
         from bench.models import mxfp4
 
         mxfp4.quantize_model(model)
         torch.cuda.empty_cache()
-        exactness(model, 1, 4, ["base", "all"], weights="mxfp4")
-        for b in (1,):
-            for name in ("base", "all"):
-                set_config(name)
-                emit(time_case(model, b, 4, arch, bandwidth, name, weights="mxfp4"))
+        gk.PDL, gk.FUSE_NORM_ROUTER = pdl, nr
+        CONFIGS["picks"] = (pdl, nr, SHIPPED_FEW)
+        exactness(model, 1, 4, ["base", "picks"], weights="mxfp4")
+        for name in ("base", "picks"):
+            set_config(name)
+            emit(time_case(model, 1, 4, arch, bandwidth, name, weights="mxfp4"))
     emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
     return 0
 

@@ -8,6 +8,10 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   sliding-window layers).
 - `attn_decode`: one-token attention with sinks over the static cache (online softmax, GQA, one program per
   (stream, kv head)).
+- `add_rmsnorm_route`: the post-attention `add_rmsnorm` and the decode router in one launch for a step of
+  <= NORM_ROUTER_MAX_TOKENS tokens (FUSE_NORM_ROUTER): each program recomputes the rows' RMS, normalizes its slice
+  and computes that slice's router partials; the last program to finish (an atomic count) picks the top-k and
+  writes the residual.
 - `router`: router linear + top-k + softmax over the k logits. Decode (<= ROUTER_SPLIT_MAX_TOKENS tokens): split-K
   partial logits (one program per slice of the hidden size, all tokens and experts), then one program per token
   sums the slices in a fixed order and picks the top-k; prefill: one program per token.
@@ -25,6 +29,10 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   `routing_plan` (host side) and `routed_rows` (@triton.jit) are that row logic, shared with any other expert
   weight format's kernels; in decode the sorted list comes from `_routing_sort_kernel` (a one-program counting
   sort, one program per expert) instead of torch.sort + searchsorted.
+
+Programmatic dependent launch (PDL, Hopper): each decode kernel here is launched with `launch_pdl` and waits
+(`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel writes, so its launch overlaps the end of
+the kernel before it (`PDL`, `pdl_launch`).
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
@@ -42,35 +50,37 @@ def _p2(n: int) -> int:
 
 
 # Programmatic dependent launch (Hopper and later; `pdl_launch()`): every kernel of this module launched with it
-# calls `_gdc` before its first access to memory that an earlier kernel of the step may write (it only reads
-# weights before), and lets the next kernel launch right after that wait. So a kernel's launch and prologue
-# overlap the tail of the kernel before it, and when kernel N starts, kernel N-2 has completed (N-1 triggered only
-# after its own wait). PDL = False launches plainly (ablation).
-PDL = True
+# calls `_gdc` before its first access to memory that an earlier kernel of the step may write (only weights and
+# constants are read before), so its launch and prologue overlap the end of the kernel before it. PDL = 0: plain
+# launches; 1: the next kernel may start once every program of this one has exited (the implicit trigger); 2: it
+# may start once every program of this one has passed its wait (the explicit trigger right after the wait). In
+# both modes, when kernel N starts, kernel N-2 has completed (N-1's programs had passed their wait).
+PDL = 2
 _PDL_OK: bool | None = None
 
 
-def pdl_launch() -> bool:
-    """Whether this process launches the decode kernels with PDL (PDL on, a CUDA device of compute capability >= 9,
-    not the Triton interpreter)."""
+def pdl_launch() -> int:
+    """The PDL mode of this process's decode launches: PDL, or 0 without a CUDA device of compute capability >= 9
+    or under the Triton interpreter."""
     global _PDL_OK
     if _PDL_OK is None:
         import os
 
         _PDL_OK = (os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available()
                    and torch.cuda.get_device_capability()[0] >= 9)
-    return bool(PDL and _PDL_OK)
+    return int(PDL) if _PDL_OK else 0
 
 
-def _pdl_kw(on: bool) -> dict:
-    return {"launch_pdl": True} if on else {}
+def _pdl_kw(mode: int) -> dict:
+    return {"launch_pdl": True} if mode > 0 else {}
 
 
 @triton.jit
 def _gdc(PDL: tl.constexpr):
-    """Wait for the kernel before (all its memory visible), then let the next kernel launch (PDL only)."""
-    if PDL:
+    """Wait for the kernel before (all its memory visible); mode 2: then let the next kernel launch."""
+    if PDL > 0:
         tl.extra.cuda.gdc_wait()
+    if PDL > 1:
         tl.extra.cuda.gdc_launch_dependents()
 
 
@@ -112,25 +122,19 @@ def _lin_load(y_ptr, part_ptr, bias_ptr, row, idx, M, N, mask, NSPLIT: tl.conste
 @triton.jit
 def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: tl.constexpr, BN: tl.constexpr,
                         BK: tl.constexpr, PDL: tl.constexpr):
-    """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] (fp32, no tensor cores). Grid (N / BN, S).
-    With PDL the slice's first weight tile is loaded before the wait for the kernel that writes x."""
+    """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] (fp32, no tensor cores). Grid (N / BN, S)."""
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     s = tl.program_id(1)
     nmask = offs_n < N
     mm = tl.arange(0, BM)
     k_lo = s * KSPLIT
     acc = tl.zeros([BM, BN, BK], dtype=tl.float32) if BM > 1 else tl.zeros([BN, BK], dtype=tl.float32)
-    offs_k = k_lo + tl.arange(0, BK)
-    w_next = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :],
-                     mask=nmask[:, None] & ((offs_k < K) & (offs_k < k_lo + KSPLIT))[None, :], other=0.0)
     _gdc(PDL)
     for k0 in range(k_lo, k_lo + KSPLIT, BK):
         offs_k = k0 + tl.arange(0, BK)
         kmask = (offs_k < K) & (offs_k < k_lo + KSPLIT)
-        w = w_next.to(tl.float32)
-        offs_k2 = offs_k + BK
-        w_next = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k2[None, :],
-                         mask=nmask[:, None] & ((offs_k2 < K) & (offs_k2 < k_lo + KSPLIT))[None, :], other=0.0)
+        w = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :], mask=nmask[:, None] & kmask[None, :],
+                    other=0.0).to(tl.float32)
         if BM == 1:
             x = tl.load(x_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)
             acc += w * x[None, :]
@@ -340,14 +344,8 @@ def rope_kv(
 @triton.jit
 def _attn_decode_kernel(
     q_ptr, kc_ptr, vc_ptr, sinks_ptr, pos_ptr, out_ptr, scale, HKV, S_CACHE,
-    qkv_ptr, cos_ptr, sin_ptr, part_ptr, bias_ptr, WINDOW, stride_row,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, PDL: tl.constexpr,
-    ROPE: tl.constexpr, SLIDING: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
-    """One-token attention of the G query heads of kv head program_id(1) over the cache. ROPE (`rope_attn_decode`):
-    also what `_rope_kv_kernel` does for these heads (q and k roped from the qkv row or its split-K partials, k and v
-    written at the step's slot), with q and the new k/v kept in registers: the loop takes the new slot's k/v from
-    them (the values it stores), so the result is the same as rope_kv + attn_decode."""
     b = tl.program_id(0)
     kh = tl.program_id(1)
     _gdc(PDL)
@@ -357,45 +355,7 @@ def _attn_decode_kernel(
     d = tl.arange(0, D)
     hq = HKV * G
     qrow = (b * hq + kh * G + g) * D
-    if ROPE:
-        half = tl.arange(0, D // 2)
-        c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
-        sn = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
-        nqkv = (hq + 2 * HKV) * D
-        mp = tl.num_programs(0)
-        col = (kh * G + g)[:, None] * D + half[None, :]
-        m2 = gm[:, None] & (half < D)[None, :]
-        if NSPLIT > 0:  # q stands for qkv (out_ptr: the dtype of the rounding)
-            x1 = _lin_load(out_ptr, part_ptr, bias_ptr, b, col, mp, nqkv, m2, NSPLIT, HAS_BIAS)
-            x2 = _lin_load(out_ptr, part_ptr, bias_ptr, b, col + D // 2, mp, nqkv, m2, NSPLIT, HAS_BIAS)
-            k1 = _lin_load(out_ptr, part_ptr, bias_ptr, b, (hq + kh) * D + half, mp, nqkv, half < D, NSPLIT, HAS_BIAS)
-            k2 = _lin_load(out_ptr, part_ptr, bias_ptr, b, (hq + kh) * D + D // 2 + half, mp, nqkv, half < D, NSPLIT,
-                           HAS_BIAS)
-            vn = _lin_load(out_ptr, part_ptr, bias_ptr, b, (hq + HKV + kh) * D + d, mp, nqkv, d < D, NSPLIT, HAS_BIAS)
-        else:
-            base = qkv_ptr + b * stride_row
-            x1 = tl.load(base + col, mask=m2, other=0.0).to(tl.float32)
-            x2 = tl.load(base + col + D // 2, mask=m2, other=0.0).to(tl.float32)
-            k1 = tl.load(base + (hq + kh) * D + half).to(tl.float32)
-            k2 = tl.load(base + (hq + kh) * D + D // 2 + half).to(tl.float32)
-            vn = tl.load(base + (hq + HKV + kh) * D + d)
-        q1 = (x1 * c[None, :] - x2 * sn[None, :]).to(out_ptr.dtype.element_ty)
-        q2 = (x2 * c[None, :] + x1 * sn[None, :]).to(out_ptr.dtype.element_ty)
-        q = tl.reshape(tl.permute(tl.join(q1, q2), (0, 2, 1)), (GP, D))
-        kn1 = (k1 * c - k2 * sn).to(kc_ptr.dtype.element_ty)
-        kn2 = (k2 * c + k1 * sn).to(kc_ptr.dtype.element_ty)
-        knew = tl.reshape(tl.permute(tl.join(kn1, kn2), (1, 0)), (D,))
-        vnew = vn.to(vc_ptr.dtype.element_ty)
-        if SLIDING:
-            slot = pos % WINDOW
-        else:
-            slot = pos
-        off = ((b * HKV + kh) * S_CACHE + slot) * D
-        tl.store(kc_ptr + off + half, kn1)
-        tl.store(kc_ptr + off + D // 2 + half, kn2)
-        tl.store(vc_ptr + off + d, vnew)
-    else:
-        q = tl.load(q_ptr + qrow[:, None] + d[None, :], mask=gm[:, None], other=0.0)
+    q = tl.load(q_ptr + qrow[:, None] + d[None, :], mask=gm[:, None], other=0.0)
     m_i = tl.load(sinks_ptr + kh * G + g, mask=gm, other=0.0).to(tl.float32)  # the sink starts the softmax
     l_i = tl.full([GP], 1.0, dtype=tl.float32)
     acc = tl.zeros([GP, D], dtype=tl.float32)
@@ -407,8 +367,6 @@ def _attn_decode_kernel(
         s = start + tl.arange(0, BS)
         sm = s < end
         k = tl.load(kc_ptr + kv + s[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
-        if ROPE:
-            k = tl.where((s == slot)[:, None], knew[None, :], k)
         qk = tl.dot(q, tl.trans(k)) * scale
         qk = tl.where(sm[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
@@ -416,8 +374,6 @@ def _attn_decode_kernel(
         p = tl.exp(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(vc_ptr + kv + s[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
-        if ROPE:
-            v = tl.where((s == slot)[:, None], vnew[None, :], v)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     out = acc / l_i[:, None]
@@ -434,39 +390,8 @@ def attn_decode(
     out = torch.empty((bsz, hq * d), dtype=q.dtype, device=q.device)
     pdl = pdl_launch()
     _attn_decode_kernel[(bsz, hkv)](
-        q, kc, vc, sinks, pos, out, scale, hkv, s_cache, q, q, q, q, q, 1, 0, G=g, GP=max(16, _p2(g)), D=d, BS=64,
-        PDL=pdl, ROPE=False, SLIDING=False, NSPLIT=0, HAS_BIAS=False, num_warps=4, **_pdl_kw(pdl),
-    )
-    return out
-
-
-# Decode attention with the rope + KV write folded in (`rope_attn_decode`, one launch a layer instead of two);
-# False: rope_kv then attn_decode (ablation).
-FUSE_ROPE_ATTN = True
-
-
-def rope_attn_decode(
-    qkv: torch.Tensor | Partials, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, kc: torch.Tensor,
-    vc: torch.Tensor, sinks: torch.Tensor, hq: int, sliding: bool, window: int, scale: float,
-) -> torch.Tensor:
-    """rope_kv + attn_decode in one launch: qkv (B, (hq+2hkv)*D) or its Partials -> attention output (B, hq*D);
-    writes roped k and v at the step's cache slot."""
-    bsz = qkv.shape[0]
-    _, hkv, s_cache, d = kc.shape
-    parts = qkv if isinstance(qkv, Partials) else None
-    dtype = parts.dtype if parts is not None else qkv.dtype
-    g = hq // hkv
-    out = torch.empty((bsz, hq * d), dtype=dtype, device=kc.device)
-    pdl = pdl_launch()
-    src = out if parts is not None else qkv
-    _attn_decode_kernel[(bsz, hkv)](
-        out, kc, vc, sinks, pos, out, scale, hkv, s_cache, src, cos, sin,
-        parts.part if parts is not None else src,
-        parts.bias if parts is not None and parts.bias is not None else src,
-        max(1, window), 0 if parts is not None else qkv.stride(0),
-        G=g, GP=max(16, _p2(g)), D=d, BS=64, PDL=pdl, ROPE=True, SLIDING=sliding,
-        NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
-        HAS_BIAS=parts is not None and parts.bias is not None, num_warps=4, **_pdl_kw(pdl),
+        q, kc, vc, sinks, pos, out, scale, hkv, s_cache, G=g, GP=max(16, _p2(g)), D=d, BS=64, PDL=pdl, num_warps=4,
+        **_pdl_kw(pdl),
     )
     return out
 
@@ -650,10 +575,10 @@ def _norm_router_kernel(
 
 
 # The post-attention add_rmsnorm and the decode router as one launch (`add_rmsnorm_route`) for steps of up to
-# NORM_ROUTER_MAX_TOKENS tokens (each program reads every row once for its RMS); False: add_rmsnorm, then router
-# (two launches; ablation).
+# NORM_ROUTER_MAX_TOKENS tokens (each program reads every row for its RMS: at 8 tokens the step was 4% slower on
+# the H200, docs/PERF.md); False: add_rmsnorm, then router (two launches; ablation).
 FUSE_NORM_ROUTER = True
-NORM_ROUTER_MAX_TOKENS = 8
+NORM_ROUTER_MAX_TOKENS = 1
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 

@@ -156,9 +156,6 @@ class TritonOps:
 
     def decode_attention(self, qkv: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, sinks: torch.Tensor,
                          sliding: bool, geom: Geometry, state: StepState) -> torch.Tensor:
-        if self.k.FUSE_ROPE_ATTN:
-            return self.k.rope_attn_decode(qkv, state.cos, state.sin, state.pos, kc, vc, sinks, geom.hq, sliding,
-                                           geom.window, geom.scale)
         q = self.k.rope_kv(qkv, state.cos, state.sin, state.pos, kc, vc, geom.hq, sliding, geom.window)
         return self.k.attn_decode(q, kc, vc, sinks, state.pos, geom.scale)
 
