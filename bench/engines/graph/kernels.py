@@ -54,21 +54,25 @@ def _p2(n: int) -> int:
 # constants are read before), so its launch and prologue overlap the end of the kernel before it. PDL = 0: plain
 # launches; 1: the next kernel may start once every program of this one has exited (the implicit trigger); 2: it
 # may start once every program of this one has passed its wait (the explicit trigger right after the wait). In
-# both modes, when kernel N starts, kernel N-2 has completed (N-1's programs had passed their wait).
-PDL = 2
+# both modes, when kernel N starts, kernel N-2 has completed (N-1's programs had passed their wait). Only for steps
+# of <= PDL_MAX_TOKENS tokens. H200 (docs/PERF.md, session 5): mode 1 at batch 1 (with the norm + router fusion)
+# 2.502 -> 2.484 ms (top_k 4), 1.933 -> 1.899 (top_k 2); at 8 / 32 / 128 tokens it was not faster (+0.1 / +0.2 /
+# +0.6%), mode 2 mixed (-0.9% at 8, +2.0% at 128, +1.7% at batch 1 top_k 2 without the fusion).
+PDL = 1
+PDL_MAX_TOKENS = 1
 _PDL_OK: bool | None = None
 
 
-def pdl_launch() -> int:
-    """The PDL mode of this process's decode launches: PDL, or 0 without a CUDA device of compute capability >= 9
-    or under the Triton interpreter."""
+def pdl_launch(tokens: int = 1) -> int:
+    """The PDL mode of a decode launch for a step of `tokens` tokens: PDL up to PDL_MAX_TOKENS, else 0; always 0
+    without a CUDA device of compute capability >= 9 or under the Triton interpreter."""
     global _PDL_OK
     if _PDL_OK is None:
         import os
 
         _PDL_OK = (os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available()
                    and torch.cuda.get_device_capability()[0] >= 9)
-    return int(PDL) if _PDL_OK else 0
+    return int(PDL) if _PDL_OK and tokens <= PDL_MAX_TOKENS else 0
 
 
 def _pdl_kw(mode: int) -> dict:
@@ -165,7 +169,7 @@ def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     ksplit = triton.cdiv(triton.cdiv(k, splits), bk) * bk
     splits = triton.cdiv(k, ksplit)
     part = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
-    pdl = pdl_launch()
+    pdl = pdl_launch(m)
     _splitk_gemv_kernel[(triton.cdiv(n, bn), splits)](
         x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, PDL=pdl, num_warps=warps,
         **_pdl_kw(pdl),
@@ -208,7 +212,7 @@ def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | Partials | None, ks: int,
     parts = delta if isinstance(delta, Partials) else None
     if parts is not None and (ks != 1 or parts.shape != (rows, hidden)):
         raise ValueError(f"add_rmsnorm: partials of shape {parts.shape} for h {tuple(h.shape)} (ks {ks})")
-    pdl = pdl_launch()
+    pdl = pdl_launch(rows)
     _add_rmsnorm_kernel[(rows,)](
         h, delta if isinstance(delta, torch.Tensor) else h, weight, out,
         parts.part if parts is not None else h, parts.bias if parts is not None and parts.bias is not None else h,
@@ -256,7 +260,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     # the class's tile; a class that keeps cuBLAS in the decoder (None) still runs here with the generic tile
     bn, bk, warps, stages = config or GEMV_CONFIG.get("vocab" if n >= 16384 else "small") or (32, 128, 4, 4)
-    pdl = pdl_launch()
+    pdl = pdl_launch(m)
     _gemv_kernel[(triton.cdiv(n, bn),)](
         x, weight, bias if bias is not None else weight, y, m, n, k, x.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, BM=16, BN=bn, BK=bk, PDL=pdl, num_warps=warps, num_stages=stages,
@@ -326,7 +330,7 @@ def rope_kv(
     parts = qkv if isinstance(qkv, Partials) else None
     dtype = parts.dtype if parts is not None else qkv.dtype
     q = torch.empty((bsz, hq, d), dtype=dtype, device=kc.device)
-    pdl = pdl_launch()
+    pdl = pdl_launch(bsz)
     if parts is not None:  # q stands in for the qkv pointer: never read, it carries the dtype of the rounding
         _rope_kv_kernel[(bsz, hq + hkv)](
             q, cos, sin, pos, q, kc, vc, parts.part, parts.bias if parts.bias is not None else q, hq, hkv,
@@ -388,7 +392,7 @@ def attn_decode(
     _, hkv, s_cache, _ = kc.shape
     g = hq // hkv
     out = torch.empty((bsz, hq * d), dtype=q.dtype, device=q.device)
-    pdl = pdl_launch()
+    pdl = pdl_launch(bsz)
     _attn_decode_kernel[(bsz, hkv)](
         q, kc, vc, sinks, pos, out, scale, hkv, s_cache, G=g, GP=max(16, _p2(g)), D=d, BS=64, PDL=pdl, num_warps=4,
         **_pdl_kw(pdl),
@@ -497,7 +501,7 @@ def router(
         tp, epd = max(16, _p2(tokens)), max(16, ep)
         splits = triton.cdiv(hidden, bh)
         part = torch.empty((splits, tp, epd), dtype=torch.float32, device=x.device)
-        pdl = pdl_launch()
+        pdl = pdl_launch(tokens)
         _router_partial_kernel[(splits,)](
             x, weight, part, tokens, hidden, experts, x.stride(0), TP=tp, EP=epd, BH=bh, PDL=pdl, num_warps=4,
             **_pdl_kw(pdl),
@@ -604,7 +608,7 @@ def add_rmsnorm_route(
     topi = torch.empty((rows, k), dtype=torch.int32, device=h.device)
     topw = torch.empty((rows, k), dtype=torch.float32, device=h.device)
     rpart = torch.empty((splits, tp, ep), dtype=torch.float32, device=h.device)
-    pdl = pdl_launch()
+    pdl = pdl_launch(rows)
     _norm_router_kernel[(splits,)](
         h, delta if parts is None else h, parts.part if parts is not None else h,
         parts.bias if parts is not None and parts.bias is not None else h, weight, out, rweight, rbias, rpart, cnt,
@@ -735,8 +739,10 @@ def _moe_kernel(
 SCAN_MAX_TOKENS = 64  # scan mode holds every row of an expert in one M tile (<= T rows): bounded for shared memory
 # (BN, BK, num_warps, num_stages) per GEMM; tuned on the H100 (see docs/PERF.md), overridable for experiments.
 MOE_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
-# the same for compact launches (fewer pairs than experts: batch 1, where few CTAs share the whole chip)
-MOE_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
+# the same for compact launches (fewer pairs than experts: batch 1, where few CTAs share the whole chip). H200
+# (docs/PERF.md, session 5): down BN 64 (was 32) 65.3 -> 62.8 us a layer at one token; batch 1 top_k 4 2.534 ->
+# 2.502 ms; no gate_up tile tried beat (64, 128, 4, 4).
+MOE_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}
 # the same for M tiles of >= 64 rows (batch >= 33: scan mode with BM 64, sorted mode); None: MOE_CONFIG.
 # H200 (docs/PERF.md): one E32 k4 expert layer at 64 / 128 / 256 tokens 565 / 590 / 612 us with MOE_CONFIG (BM 64:
 # 128 KB of shared memory for 4 stages, one CTA per SM) -> 419 / 444 / 456 us with these tiles (BM 64).
@@ -848,7 +854,7 @@ def moe(
     out = torch.empty((plan.pairs, hidden), dtype=x.dtype, device=x.device)
     rw = topw.reshape(-1)
     cnt = counter if counter is not None else plan.flat
-    pdl = pdl_launch()
+    pdl = pdl_launch(x.shape[0])
     for name, src, w, bias, dst, n in (
         ("gate_up", x, gate_up, gate_up_bias, act, n2),
         ("down", act, down, down_bias, out, hidden),
