@@ -30,9 +30,9 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   weight format's kernels; in decode the sorted list comes from `_routing_sort_kernel` (a one-program counting
   sort, one program per expert) instead of torch.sort + searchsorted.
 
-Programmatic dependent launch (PDL, Hopper): each decode kernel here is launched with `launch_pdl` and waits
-(`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel writes, so its launch overlaps the end of
-the kernel before it (`PDL`, `pdl_launch`).
+Programmatic dependent launch (PDL, Hopper): in one-token steps (PDL_MAX_TOKENS) each decode kernel here is
+launched with `launch_pdl` and waits (`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel
+writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`).
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
