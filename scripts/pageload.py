@@ -179,7 +179,7 @@ def _decode(payloads: list[bytes]) -> list[dict]:
             which = el.WhichOneof("type")
             if which == "plotly_chart":
                 plotly = len(el.plotly_chart.spec.encode())
-            elif which in ("arrow_data_frame", "arrow_table", "data_frame"):
+            elif which in ("dataframe", "arrow_data_frame", "arrow_table", "data_frame"):  # "dataframe" since 1.5x
                 table = el.ByteSize()
         out.append({"kind": kind, "bytes": len(raw), "plotly": plotly, "table": table})
     return out
