@@ -578,7 +578,14 @@ def _phases(events: list[dict], profile: dict, page: dict, marks: dict) -> dict:
         comp = [e for e in main if e["name"] in ("v8.compileModule", "v8.compile")
                 and e.get("args", {}).get("data", {}).get("url") == chunk_url]
         comp_end = max((e["ts"] + e["dur"] for e in comp), default=None)
-        ev = next((e for e in evals if comp_end is not None and e["ts"] >= comp_end), None)
+        # the chunk's evaluation: the first module evaluation after its compilation whose CPU samples are mostly in
+        # the chunk (other chunks, e.g. the data grid's, can be evaluated in between), else the longest one
+        after = [e for e in evals if comp_end is not None and e["ts"] >= comp_end]
+        def mostly_plotly(e: dict) -> bool:
+            split = _profile_split(profile, e["ts"], e["ts"] + e["dur"], PLOTLY_CHUNK)
+            return split["busy"] > 0 and split["plotly"] > 0.5 * split["busy"]
+
+        ev = next((e for e in after if mostly_plotly(e)), max(after, key=lambda e: e["dur"], default=None))
         out.update({
             "plotly_request_s": round(res["start"] / 1000, 3), "plotly_fetched_s": round(res["end"] / 1000, 3),
             "plotly_bytes": res["dec"],
