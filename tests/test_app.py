@@ -17,6 +17,7 @@ from bench.store import init_db
 from tests.fixtures_db import EXPECTED, build_fixture
 
 APP = str(PROJECT_ROOT / "app.py")
+EXPORT_SOURCE_TAB = "Markdown (copy with the button at the top right)"  # the Export page's second tab (st.code)
 PAGES = ["pages/overview.py", "pages/scaling.py", "pages/memory.py", "pages/compare.py", "pages/routing.py",
          "pages/runs.py", "pages/export.py"]
 
@@ -161,7 +162,8 @@ def test_runs_page_lists_sweeps_and_rerun_buttons(fixture_db: Path, monkeypatch:
 def test_export_matches_cli(fixture_db: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     at = open_page(fixture_db, "pages/export.py", monkeypatch)
     at.multiselect(key="export_runs").set_value(["run-base4", "run-pruned16"]).run()
-    shown = at.code[0].value
+    at.session_state["export_tab"] = EXPORT_SOURCE_TAB  # what clicking the tab does
+    shown = at.run().code[0].value
     assert "| base_topk4 |" in shown and "| pruned16_topk4 |" in shown
     text = export_selection(fixture_db, ["run-base4", "run-pruned16"], "markdown")
     assert shown == text.rstrip("\n")  # st.code drops the final newline; the download keeps it
@@ -437,6 +439,8 @@ def test_export_large_selection_builds_files_on_demand(tmp_path: Path, monkeypat
     assert [b.label for b in at.get("download_button")] == ["Download markdown", "Download CSV", "Download JSONL",
                                                           "Download HTML report"]
     at.button(key="export_preview").click().run()
+    at.session_state["export_tab"] = EXPORT_SOURCE_TAB
+    at.run()
     assert at.code and at.code[0].value == export_selection(db, ids, "markdown").rstrip("\n")
 
 

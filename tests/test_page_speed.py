@@ -50,7 +50,7 @@ def test_export_page_does_not_read_the_point_summary(tmp_path, monkeypatch) -> N
     at = open_page(db, "pages/export.py", monkeypatch)  # after the Overview, the default page, which reads it
     ui_data._summary.clear()
     at.run()
-    assert at.multiselect(key="export_runs").value and at.code  # the page drew its selection and the markdown
+    assert at.multiselect(key="export_runs").value and at.get("tabs")  # it drew its selection and the report
     assert _summary_cached() == 0
     at.switch_page("pages/scaling.py").run()
     assert at.get("plotly_chart") and _summary_cached() == 1

@@ -282,5 +282,5 @@ def test_export_page_default_is_one_card_and_engine(slow_db: Path, monkeypatch: 
     at = open_page(slow_db, "pages/export.py", monkeypatch)
     picked = at.multiselect(key="export_runs").value
     assert picked and "cpu-run" not in picked
-    assert "batch_sweep: 1,2,4,8" in at.code[0].value
+    assert any("batch_sweep: 1,2,4,8" in m.value for m in at.markdown)  # the preview (the first tab)
     assert [b.label for b in at.get("download_button")][-1] == "Download HTML report"
