@@ -54,38 +54,3 @@ def test_export_page_does_not_read_the_point_summary(tmp_path, monkeypatch) -> N
     assert _summary_cached() == 0
     at.switch_page("pages/scaling.py").run()
     assert at.get("plotly_chart") and _summary_cached() == 1
-
-
-def test_date_filter_inputs_on_demand(tmp_path, monkeypatch) -> None:
-    """The sidebar's From/To date inputs are drawn when their expander is opened; a date set there filters the pages
-    and keeps filtering with the expander closed, whose label then shows the range in force. (AppTest drops the
-    sidebar's elements after a rerun: each sidebar state is looked at on a first run.)"""
-    from streamlit.testing.v1 import AppTest
-
-    from tests.fixtures_db import build_fixture
-    from tests.test_app import APP, open_page
-
-    db = tmp_path / "bench.duckdb"
-    build_fixture(db)
-    at = open_page(db, "pages/overview.py", monkeypatch)
-    assert not at.sidebar.date_input  # closed: no date input sent
-    assert [e.label for e in at.sidebar.expander if e.label.startswith("Dates")] == ["Dates: all"]
-    every = set(at.switch_page("pages/export.py").run().multiselect(key="export_runs").options)
-
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.session_state["dates_open"] = True  # what opening the expander does
-    at.run()
-    assert [d.label for d in at.sidebar.date_input] == ["From date", "To date"]
-    last_day = at.sidebar.date_input(key="w_flt_from").max
-    at.sidebar.date_input(key="w_flt_from").set_value(last_day).run()  # only the last day's runs (and undated ones)
-    assert at.session_state["flt_from"] == last_day
-    at.session_state["dates_open"] = False
-    kept = set(at.switch_page("pages/export.py").run().multiselect(key="export_runs").options)
-    assert kept and kept < every  # still filtered with the inputs closed
-
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.session_state["flt_from"] = last_day
-    at.run()
-    assert not at.sidebar.date_input
-    assert [e.label for e in at.sidebar.expander if e.label.startswith("Dates")] == [f"Dates: {last_day} → last"]
-    assert [c.value for c in at.sidebar.caption if "runs pass the filters" in c.value]
