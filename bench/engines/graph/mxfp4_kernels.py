@@ -68,7 +68,7 @@ def _moe_mxfp4_kernel(
     P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    FAST: tl.constexpr, IMPL: tl.constexpr,
+    FAST: tl.constexpr, IMPL: tl.constexpr, PF: tl.constexpr = False,
 ):
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
@@ -86,6 +86,11 @@ def _moe_mxfp4_kernel(
                              stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST, IMPL == 3)
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                       offs_n, nmask, N, GATE_UP, BM, BN)
+        elif IMPL == 6:  # gemv4: integer-multiply decode, fp32 FMA (scan mode only, like gemv)
+            acc = _gemv4_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, K, stride_x,
+                              offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, PF)
+            moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                         offs_n, nmask, N, GATE_UP, BM, BN)
         elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
             for m0 in range(start, end, BM):
                 pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
@@ -160,6 +165,94 @@ def _gemv_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: t
             else:
                 part = tl.where((mm == r)[:, None, None], part + s[None, :, :], part)
     return tl.sum(part, axis=2)
+
+
+@triton.jit
+def _e2m1_pair_f32(t, MUL: tl.constexpr):
+    """Two e2m1 codes of a uint32 word, masked to the nibbles at bits p..p+3 and p+16..p+19 (p = 0 with MUL 4160,
+    p = 4 with MUL 260), -> two float32 holding each code's value * 2^-126, exactly. One integer multiply by
+    2^(6-p) + 2^(12-p) makes two copies of each nibble that do not overlap (no carries): in the first the
+    magnitude bits (e1 e0 m) land at bits 8..6 (24..22 for the high nibble), in the second the sign at bit 15
+    (31). The high code is then one mask (sign 31, exponent field e1 e0, top mantissa bit m: an fp32 whose value is
+    e2m1 * 2^-126, subnormal for e = 0), the low code a shift by 16 and the same mask."""
+    m = t * MUL
+    hi = (m & 0x81C00000).to(tl.float32, bitcast=True)
+    lo = ((m << 16) & 0x81C00000).to(tl.float32, bitcast=True)
+    return lo, hi
+
+
+@triton.jit
+def _x64(xp, wm, j: tl.constexpr):
+    """Activation j of each word (K offset 8 * word + j) as float32 times 2^64."""
+    return tl.load(xp + j, mask=wm, other=0.0).to(tl.float32) * 18446744073709551616.0
+
+
+@triton.jit
+def _gemv4_rows(x_ptr, wb_e, ws_e, rows, K, stride_x, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PF: tl.constexpr):
+    """[BM, BN] fp32 = rows of x times the expert's N tile without tensor cores, from the released layout read as
+    uint32 words (wb_e: an int32 view of the blocks; word c of a block = codes 8c..8c+7, code i in bits 4i..4i+3).
+
+    Per word: codes (i, i+4) for i = 0..3 decode as a pair (_e2m1_pair_f32: mask, one integer multiply, two masks
+    and a shift: ~2.6 integer instructions a weight, about half of them multiplies, which run on the FMA pipe),
+    each an fp32 value * 2^-126; one fp32 FMA a weight with the activation * 2^64 (so that products stay far from
+    fp32 subnormals); the block sum times the block scale 2^(s-127), then 2^62 once at the end. Activations are
+    loaded in natural K order (32 contiguous values a block)."""
+    NB: tl.constexpr = BK // 32
+    NW: tl.constexpr = BK // 8  # words per step
+    KG = K // 32
+    mm = tl.arange(0, BM)
+    if GATE_UP:
+        xrow = rows // TOPK
+    else:
+        xrow = rows
+    blk = tl.arange(0, NB)
+    wi = tl.arange(0, NW)
+    wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 4), 4)[:, None]  # 4 words a block
+    srow = ws_e + offs_n.to(tl.int64)[:, None] * KG
+    part = tl.zeros([BM, BN, NB], dtype=tl.float32)
+    if PF:  # the weights and scales of the next step are loaded before this step's decode (register prefetch)
+        wd_n = tl.load(wrow + wi[None, :], mask=nmask[:, None] & (wi < KG * 4)[None, :], other=0)
+        sc_n = tl.load(srow + blk[None, :], mask=nmask[:, None] & (blk < KG)[None, :], other=0)
+    for g0 in range(0, KG, NB):
+        w0 = g0 * 4
+        wm = (w0 + wi) < KG * 4
+        g = g0 + blk
+        if PF:
+            wd = wd_n.to(tl.uint32, bitcast=True)
+            sc = sc_n.to(tl.int32)
+            w1 = w0 + NW
+            wd_n = tl.load(wrow + w1 + wi[None, :], mask=nmask[:, None] & ((w1 + wi) < KG * 4)[None, :], other=0)
+            sc_n = tl.load(srow + (g + NB)[None, :], mask=nmask[:, None] & ((g + NB) < KG)[None, :], other=0)
+        else:
+            wd = tl.load(wrow + w0 + wi[None, :], mask=nmask[:, None] & wm[None, :], other=0).to(tl.uint32,
+                                                                                                  bitcast=True)
+            sc = tl.load(srow + g[None, :], mask=nmask[:, None] & (g < KG)[None, :], other=0).to(tl.int32)
+        scale = tl.where(sc == 0, 0x00400000, sc << 23).to(tl.float32, bitcast=True)  # 2^(s-127), s = 0 subnormal
+        lo0, hi0 = _e2m1_pair_f32(wd & 0x000F000F, 4160)  # codes 0, 4 of each word
+        lo1, hi1 = _e2m1_pair_f32(wd & 0x00F000F0, 260)  # codes 1, 5
+        v = wd >> 8
+        lo2, hi2 = _e2m1_pair_f32(v & 0x000F000F, 4160)  # codes 2, 6
+        lo3, hi3 = _e2m1_pair_f32(v & 0x00F000F0, 260)  # codes 3, 7
+        xoff = (w0 + wi) * 8
+        for r in tl.static_range(BM):
+            xr = tl.sum(tl.where(mm == r, xrow, 0), axis=0)
+            # rows past `end` read row 0 (scan_rows is 0 there, a valid row) and are masked at the store
+            xp = x_ptr + xr * stride_x + xoff
+            s = lo0 * _x64(xp, wm, 0)[None, :]
+            s = tl.fma(hi0, _x64(xp, wm, 4)[None, :], s)
+            s = tl.fma(lo1, _x64(xp, wm, 1)[None, :], s)
+            s = tl.fma(hi1, _x64(xp, wm, 5)[None, :], s)
+            s = tl.fma(lo2, _x64(xp, wm, 2)[None, :], s)
+            s = tl.fma(hi2, _x64(xp, wm, 6)[None, :], s)
+            s = tl.fma(lo3, _x64(xp, wm, 3)[None, :], s)
+            s = tl.fma(hi3, _x64(xp, wm, 7)[None, :], s)  # [BN, NW]
+            s = tl.sum(tl.reshape(s, (BN, NB, 4)), axis=2) * scale  # [BN, NB]
+            if BM == 1:
+                part += s[None, :, :]
+            else:
+                part = tl.where((mm == r)[:, None, None], part + s[None, :, :], part)
+    return tl.sum(part, axis=2) * 4611686018427387904.0  # 2^62: 2^-126 of the codes, 2^64 of the activations
 
 
 @triton.jit
@@ -293,7 +386,7 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
     return tl.trans(acc)
 
 
-IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5}
+IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5, "gemv4": 6}
 # Decode with at most this many tokens uses the gemv loop (every expert then has <= this many rows; one M "tile"
 # of p2(tokens) rows, the weights decoded once per program and reused for each row). H200, one E32 k4 layer
 # (docs/MXFP4.md): 1 token gemv2 49 us, gemv 52, scaled 77, mma 120; 4 tokens gemv 275, scaled 174, mma 262.
@@ -312,13 +405,18 @@ SORTED_IMPL = "scaled"
 # the "dq" loop's tiles: decode with <= GEMV_MAX_TOKENS tokens ("dq1"), every other launch ("dq")
 MXFP4_CONFIG_DQ1: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 64, 4, 3), "down": (64, 128, 4, 3)}
 MXFP4_CONFIG_DQ: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4)}
-GEMV_IMPL = "gemv2"  # activations loaded in (even, odd) pairs; "gemv": two stride-2 loads
+# the batch-1 loop: "gemv4" (integer-multiply decode of 32-bit words, fp32 FMA); "gemv2": float decode, activations
+# loaded in (even, odd) pairs; "gemv": two stride-2 loads
+GEMV_IMPL = "gemv4"
+# the "gemv4" loop's tiles (BN, BK, warps, stages); stages > 1 = register prefetch of the next step's weights
+MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 512, 4, 2), "down": (32, 512, 4, 2)}
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}}' overrides them
 # (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 TILES_ENV = "MOE_MXFP4_TILES"
 if os.environ.get(TILES_ENV):
     _tiles = json.loads(os.environ[TILES_ENV])
     MXFP4_CONFIG_GEMV.update({k: tuple(v) for k, v in _tiles.get("gemv", {}).items()})
+    MXFP4_CONFIG_GEMV4.update({k: tuple(v) for k, v in _tiles.get("gemv4", {}).items()})
     MXFP4_CONFIG_FEW.update({k: tuple(v) for k, v in _tiles.get("few", {}).items()})
     MXFP4_CONFIG.update({k: tuple(v) for k, v in _tiles.get("full", {}).items()})
     MXFP4_CONFIG_DQ1.update({k: tuple(v) for k, v in _tiles.get("dq1", {}).items()})
@@ -362,7 +460,7 @@ def moe_mxfp4(
     few = plan.scan and tokens <= GEMV_MAX_TOKENS
     if impl is None:
         if few:
-            impl = GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2") else "gemv2"  # dq: CUDA only
+            impl = GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2", "gemv4") else "gemv2"  # dq: CUDA only
         elif plan.scan:
             impl = MMA_IMPL if fast else "mma"
         else:
@@ -372,7 +470,7 @@ def moe_mxfp4(
         raise ValueError(f"the MXFP4 '{impl}' loop (inline PTX decode) runs on CUDA with bf16 activations only")
     if fold and impl == "dq":
         impl = "dqf"  # every scale <= 128: one multiply by 2^(s-1) instead of 2^126 then 2^(s-127)
-    gemv = impl in ("gemv", "gemv2")
+    gemv = impl in ("gemv", "gemv2", "gemv4")
     if gemv and not plan.scan:
         raise ValueError("the MXFP4 gemv loop is for decode (scan mode) only")
     if impl == "scaled" and x.dtype != torch.bfloat16:
@@ -386,6 +484,8 @@ def moe_mxfp4(
     cnt = counter if counter is not None else plan.flat
     if dq:
         table = MXFP4_CONFIG_DQ1 if few else MXFP4_CONFIG_DQ
+    elif impl == "gemv4":
+        table = MXFP4_CONFIG_GEMV4
     else:
         table = MXFP4_CONFIG_GEMV if gemv else (MXFP4_CONFIG_FEW if plan.compact else MXFP4_CONFIG)
     for name, src, wb, ws, bias, dst, n in (
@@ -402,11 +502,14 @@ def moe_mxfp4(
         gu = name == "gate_up"
         if dq:
             wb = wb.view(torch.int16)  # the dq loop reads 16-bit halves of the blocks' words
+        elif impl == "gemv4":
+            wb = wb.view(torch.int32)  # gemv4 reads the blocks' 32-bit words
         _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
             src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
             plan.pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], num_warps=warps, num_stages=stages,
+            EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl],
+            PF=impl == "gemv4" and stages > 1, num_warps=warps, num_stages=stages,
         )
     return out
