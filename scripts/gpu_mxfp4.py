@@ -256,10 +256,14 @@ def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
     t1 = {i: results[(1, i)][0] for i in ("gemv2", "gemv4", "dqf") if (1, i) in results}
     t32 = {i: results[(32, i)][0] for i in ("scaled", "dqf") if (32, i) in results}
     tile_key = {"dqf": "dq1", "gemv4": "gemv4"}
-    if t1 and min(t1, key=t1.get) != "gemv2":
+    if t1:
         best1 = min(t1, key=t1.get)
         pick["gemv_impl"] = {"dqf": "dq"}.get(best1, best1)
-        pick[tile_key[best1]] = {**pick[tile_key[best1]], **results[(1, best1)][1]}
+        if best1 in tile_key:
+            pick[tile_key[best1]] = {**pick[tile_key[best1]], **results[(1, best1)][1]}
+    t4 = {i: results[(4, i)][0] for i in ("gemv4", "dqf") if (4, i) in results}
+    if pick["gemv_impl"] == "gemv4" and t4 and min(t4, key=t4.get) == "gemv4":
+        pick["gemv_max_tokens"] = 4  # gemv4 also at 2-4 tokens (decoded once per program, one FMA per row)
     if t32 and min(t32, key=t32.get) != "scaled":
         best32 = min(t32, key=t32.get)
         pick["mma_impl"] = best32[:-1]

@@ -87,7 +87,7 @@ def _moe_mxfp4_kernel(
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                       offs_n, nmask, N, GATE_UP, BM, BN)
         elif IMPL == 6:  # gemv4: integer-multiply decode, fp32 FMA (scan mode only, like gemv)
-            acc = _gemv4_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, K, stride_x,
+            acc = _gemv4_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K, stride_x,
                               offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, PF)
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                          offs_n, nmask, N, GATE_UP, BM, BN)
@@ -188,7 +188,7 @@ def _x64(xp, wm, j: tl.constexpr):
 
 
 @triton.jit
-def _gemv4_rows(x_ptr, wb_e, ws_e, rows, K, stride_x, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr,
+def _gemv4_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PF: tl.constexpr):
     """[BM, BN] fp32 = rows of x times the expert's N tile without tensor cores, from the released layout read as
     uint32 words (wb_e: an int32 view of the blocks; word c of a block = codes 8c..8c+7, code i in bits 4i..4i+3).
@@ -236,22 +236,22 @@ def _gemv4_rows(x_ptr, wb_e, ws_e, rows, K, stride_x, offs_n, nmask, TOPK: tl.co
         lo3, hi3 = _e2m1_pair_f32(v & 0x00F000F0, 260)  # codes 3, 7
         xoff = (w0 + wi) * 8
         for r in tl.static_range(BM):
-            xr = tl.sum(tl.where(mm == r, xrow, 0), axis=0)
-            # rows past `end` read row 0 (scan_rows is 0 there, a valid row) and are masked at the store
-            xp = x_ptr + xr * stride_x + xoff
-            s = lo0 * _x64(xp, wm, 0)[None, :]
-            s = tl.fma(hi0, _x64(xp, wm, 4)[None, :], s)
-            s = tl.fma(lo1, _x64(xp, wm, 1)[None, :], s)
-            s = tl.fma(hi1, _x64(xp, wm, 5)[None, :], s)
-            s = tl.fma(lo2, _x64(xp, wm, 2)[None, :], s)
-            s = tl.fma(hi2, _x64(xp, wm, 6)[None, :], s)
-            s = tl.fma(lo3, _x64(xp, wm, 3)[None, :], s)
-            s = tl.fma(hi3, _x64(xp, wm, 7)[None, :], s)  # [BN, NW]
-            s = tl.sum(tl.reshape(s, (BN, NB, 4)), axis=2) * scale  # [BN, NB]
-            if BM == 1:
-                part += s[None, :, :]
-            else:
-                part = tl.where((mm == r)[:, None, None], part + s[None, :, :], part)
+            if r < end:  # the expert's own rows (BM is the launch's p2(tokens); the rest are masked at the store)
+                xr = tl.sum(tl.where(mm == r, xrow, 0), axis=0)
+                xp = x_ptr + xr * stride_x + xoff
+                s = lo0 * _x64(xp, wm, 0)[None, :]
+                s = tl.fma(hi0, _x64(xp, wm, 4)[None, :], s)
+                s = tl.fma(lo1, _x64(xp, wm, 1)[None, :], s)
+                s = tl.fma(hi1, _x64(xp, wm, 5)[None, :], s)
+                s = tl.fma(lo2, _x64(xp, wm, 2)[None, :], s)
+                s = tl.fma(hi2, _x64(xp, wm, 6)[None, :], s)
+                s = tl.fma(lo3, _x64(xp, wm, 3)[None, :], s)
+                s = tl.fma(hi3, _x64(xp, wm, 7)[None, :], s)  # [BN, NW]
+                s = tl.sum(tl.reshape(s, (BN, NB, 4)), axis=2) * scale  # [BN, NB]
+                if BM == 1:
+                    part += s[None, :, :]
+                else:
+                    part = tl.where((mm == r)[:, None, None], part + s[None, :, :], part)
     return tl.sum(part, axis=2) * 4611686018427387904.0  # 2^62: 2^-126 of the codes, 2^64 of the activations
 
 
@@ -499,6 +499,8 @@ def moe_mxfp4(
         if kdim % 32:
             raise ValueError(f"MXFP4 GEMM needs K % 32 == 0, got K={kdim}")
         bk = min(bk, max(32, _p2(kdim)))
+        if impl == "gemv4":
+            bn = min(bn, max(16, 128 // bm))  # the rows' partial sums: a wider N tile spills registers past 2 rows
         gu = name == "gate_up"
         if dq:
             wb = wb.view(torch.int16)  # the dq loop reads 16-bit halves of the blocks' words
