@@ -59,7 +59,7 @@ def test_mxfp4_triton_decode_equals_the_reference_tokens(model):
     (1, 2, "gemv4", torch.float32),  # integer-multiply decode of the 32-bit words, fp32 FMA: exact
     (3, 4, "gemv4", torch.float32),  # several rows per expert
     (1, 4, "gemv4", torch.bfloat16),  # batch 1 on the GPU: bf16 activations
-    (2, 2, "gemv4-steps", torch.float32),  # one block a step: the register prefetch across steps, and without it
+    (2, 2, "gemv4-steps", torch.float32),  # one or two blocks a step: several steps
     (5, 4, "scaled", torch.bfloat16),  # tl.dot_scaled, compact grid
     (70, 2, "scaled", torch.bfloat16),  # tl.dot_scaled, sorted (prefill)
 ])
@@ -77,7 +77,7 @@ def test_mxfp4_inner_loops_match_the_torch_reference(model, tokens, k, impl, dty
     cnt = torch.zeros((), dtype=torch.int32)
     if impl == "gemv4-steps":
         impl = "gemv4"
-        monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (16, 32, 4, 2), "down": (8, 32, 4, 1)})
+        monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (16, 64, 4, 1), "down": (8, 32, 4, 1)})
     got = mk.moe_mxfp4(x.to(dtype), mod.gate_up_proj_blocks, mod.gate_up_proj_scales, mod.gate_up_proj_bias.to(dtype),
                        mod.down_proj_blocks, mod.down_proj_scales, mod.down_proj_bias.to(dtype), i.to(torch.int32), w,
                        mod.alpha, mod.limit, cnt, impl=impl)
@@ -87,14 +87,16 @@ def test_mxfp4_inner_loops_match_the_torch_reference(model, tokens, k, impl, dty
 
 
 @pytest.mark.parametrize("scales", [(100, 150), (0, 171)])
-def test_gemv4_decodes_every_byte_and_scale(scales):
+def test_gemv4_decodes_every_byte_and_scale(scales, monkeypatch):
     """gemv4's integer-multiply decode on random blocks holding every byte value (all 16 codes in both nibbles of
     every word position) and scales across (100, 150) or 0..170 (0 = the subnormal 2^-127; 2^43 at the top, so
-    that float32 outputs stay finite): equal to dequantize + a float64 per-expert loop."""
+    that float32 outputs stay finite): equal to dequantize + a float64 per-expert loop. K = 96 = 3 blocks with two
+    blocks a step: the second step is half masked, as at the real K = 2880 (90 blocks, 16 a step)."""
     from bench.engines.graph import mxfp4_kernels as mk
 
     gen = torch.Generator().manual_seed(scales[0])
-    ex = mxfp4.Mxfp4Experts(4, 64, 32, 1.702, 7.0, dtype=torch.float32)
+    monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (32, 64, 4, 1), "down": (32, 64, 4, 1)})
+    ex = mxfp4.Mxfp4Experts(4, 96, 96, 1.702, 7.0, dtype=torch.float32)
     for name in ("gate_up_proj_blocks", "down_proj_blocks"):
         buf = getattr(ex, name)
         buf.copy_(torch.randint(0, 256, buf.shape, generator=gen).to(torch.uint8))
@@ -106,11 +108,11 @@ def test_gemv4_decodes_every_byte_and_scale(scales):
     ex.gate_up_proj_bias.normal_(0, 0.1, generator=gen)
     ex.down_proj_bias.normal_(0, 0.1, generator=gen)
     # small activations keep gate_up's outputs near the clamped SwiGLU's live range for these large weights
-    x = torch.randn(1, 64, generator=gen) * 2.0 ** (-10 if hi <= 150 else -50)
+    x = torch.randn(1, 96, generator=gen) * 2.0 ** (-10 if hi <= 150 else -50)
     i = torch.tensor([[0, 3]], dtype=torch.int32)
     w = torch.tensor([[0.75, 0.25]])
     k = 2
-    want = torch.zeros((k, 64), dtype=torch.float64)
+    want = torch.zeros((k, 96), dtype=torch.float64)
     for j in range(k):
         e = int(i[0, j])
         gu, dn = ex.expert_weights(e, torch.float64)

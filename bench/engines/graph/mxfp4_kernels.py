@@ -68,7 +68,7 @@ def _moe_mxfp4_kernel(
     P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    FAST: tl.constexpr, IMPL: tl.constexpr, PF: tl.constexpr = False,
+    FAST: tl.constexpr, IMPL: tl.constexpr,
 ):
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
@@ -88,7 +88,7 @@ def _moe_mxfp4_kernel(
                       offs_n, nmask, N, GATE_UP, BM, BN)
         elif IMPL == 6:  # gemv4: integer-multiply decode, fp32 FMA (scan mode only, like gemv)
             acc = _gemv4_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K, stride_x,
-                              offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, PF)
+                              offs_n, nmask, TOPK, GATE_UP, BM, BN, BK)
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                          offs_n, nmask, N, GATE_UP, BM, BN)
         elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
@@ -189,7 +189,7 @@ def _x64(xp, wm, j: tl.constexpr):
 
 @triton.jit
 def _gemv4_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PF: tl.constexpr):
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """[BM, BN] fp32 = rows of x times the expert's N tile without tensor cores, from the released layout read as
     uint32 words (wb_e: an int32 view of the blocks; word c of a block = codes 8c..8c+7, code i in bits 4i..4i+3).
 
@@ -211,23 +211,12 @@ def _gemv4_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: 
     wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 4), 4)[:, None]  # 4 words a block
     srow = ws_e + offs_n.to(tl.int64)[:, None] * KG
     part = tl.zeros([BM, BN, NB], dtype=tl.float32)
-    if PF:  # the weights and scales of the next step are loaded before this step's decode (register prefetch)
-        wd_n = tl.load(wrow + wi[None, :], mask=nmask[:, None] & (wi < KG * 4)[None, :], other=0)
-        sc_n = tl.load(srow + blk[None, :], mask=nmask[:, None] & (blk < KG)[None, :], other=0)
     for g0 in range(0, KG, NB):
         w0 = g0 * 4
         wm = (w0 + wi) < KG * 4
         g = g0 + blk
-        if PF:
-            wd = wd_n.to(tl.uint32, bitcast=True)
-            sc = sc_n.to(tl.int32)
-            w1 = w0 + NW
-            wd_n = tl.load(wrow + w1 + wi[None, :], mask=nmask[:, None] & ((w1 + wi) < KG * 4)[None, :], other=0)
-            sc_n = tl.load(srow + (g + NB)[None, :], mask=nmask[:, None] & ((g + NB) < KG)[None, :], other=0)
-        else:
-            wd = tl.load(wrow + w0 + wi[None, :], mask=nmask[:, None] & wm[None, :], other=0).to(tl.uint32,
-                                                                                                  bitcast=True)
-            sc = tl.load(srow + g[None, :], mask=nmask[:, None] & (g < KG)[None, :], other=0).to(tl.int32)
+        wd = tl.load(wrow + w0 + wi[None, :], mask=nmask[:, None] & wm[None, :], other=0).to(tl.uint32, bitcast=True)
+        sc = tl.load(srow + g[None, :], mask=nmask[:, None] & (g < KG)[None, :], other=0).to(tl.int32)
         scale = tl.where(sc == 0, 0x00400000, sc << 23).to(tl.float32, bitcast=True)  # 2^(s-127), s = 0 subnormal
         lo0, hi0 = _e2m1_pair_f32(wd & 0x000F000F, 4160)  # codes 0, 4 of each word
         lo1, hi1 = _e2m1_pair_f32(wd & 0x00F000F0, 260)  # codes 1, 5
@@ -408,8 +397,9 @@ MXFP4_CONFIG_DQ: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4,
 # the batch-1 loop: "gemv4" (integer-multiply decode of 32-bit words, fp32 FMA); "gemv2": float decode, activations
 # loaded in (even, odd) pairs; "gemv": two stride-2 loads
 GEMV_IMPL = "gemv4"
-# the "gemv4" loop's tiles (BN, BK, warps, stages); stages > 1 = register prefetch of the next step's weights
-MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 512, 4, 2), "down": (32, 512, 4, 2)}
+# the "gemv4" loop's tiles (BN, BK, warps, stages; no loads are pipelined in it): H200, one E32 k4 layer at one
+# token, 33.2 us (gemv2 49.3); docs/MXFP4.md round 4
+MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 512, 4, 1), "down": (32, 512, 4, 1)}
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}}' overrides them
 # (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 TILES_ENV = "MOE_MXFP4_TILES"
@@ -511,7 +501,6 @@ def moe_mxfp4(
             plan.pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl],
-            PF=impl == "gemv4" and stages > 1, num_warps=warps, num_stages=stages,
+            EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], num_warps=warps, num_stages=stages,
         )
     return out
