@@ -6,9 +6,14 @@ there are fewer pairs than experts; an expert-sorted list in prefill), so both f
 program reads its N tile of the expert's blocks (uint8, two e2m1 codes per byte, low nibble = even element) and
 e8m0 scales once. gate_up applies the clamped SwiGLU in its epilogue, down the bias and routing weight, with the
 bf16 kernel's own `kernels.moe_epilogue`. Every step-dependent value lives in device memory, so a decode step with
-these kernels is CUDA-graph capturable. Four inner loops (`IMPL`, picked per launch by `moe_mxfp4`):
+these kernels is CUDA-graph capturable. Inner loops (`IMPL`, picked per launch by `moe_mxfp4`):
 
-- "gemv" (few rows per expert: decode at batch <= GEMV_MAX_TOKENS): no tensor cores. One program per (expert,
+- "gemv4" (decode at batch <= GEMV_MAX_TOKENS, the default GEMV_IMPL): no tensor cores; the blocks read as 32-bit
+  words, codes i and i+4 of a word decoded together to two fp32 values by a mask, one integer multiply (two
+  non-overlapping copies of each nibble: magnitude and sign land where fp32 holds e2m1 * 2^-126) and two masks
+  (_e2m1_pair_f32), one fp32 FMA a weight against the activation * 2^64 in natural K order, the block scale on
+  the block sum. Plain Triton (no PTX): the interpreter runs the same code.
+- "gemv"/"gemv2" (round 2's batch-1 loops): no tensor cores. One program per (expert,
   BN output rows) loads [BN, NB, 16] bytes (16 contiguous bytes = one block per thread vector), decodes both
   nibbles, multiplies by the even / odd activations in fp32, sums each block, applies the block's scale to the
   block sum, and keeps per-block partials until the end (one cross-thread reduction per program, not per step).
@@ -378,7 +383,7 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
 IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5, "gemv4": 6}
 # Decode with at most this many tokens uses the gemv loop (every expert then has <= this many rows; one M "tile"
 # of p2(tokens) rows, the weights decoded once per program and reused for each row). H200, one E32 k4 layer
-# (docs/MXFP4.md): 1 token gemv2 49 us, gemv 52, scaled 77, mma 120; 4 tokens gemv 275, scaled 174, mma 262.
+# (docs/MXFP4.md): 1 token gemv4 31 us, gemv2 49, dq 54, scaled 77, mma 120; 4 tokens dq 114, gemv4 181, gemv 275.
 GEMV_MAX_TOKENS = 1
 # (BN, BK, num_warps, num_stages) per GEMM; BK is a multiple of 32 (one scale per 32 values).
 # "gemv": decode with <= GEMV_MAX_TOKENS tokens; "few": other compact launches (fewer pairs than experts);
