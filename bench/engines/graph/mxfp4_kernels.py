@@ -402,9 +402,9 @@ MXFP4_CONFIG_DQ: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4,
 # the batch-1 loop: "gemv4" (integer-multiply decode of 32-bit words, fp32 FMA); "gemv2": float decode, activations
 # loaded in (even, odd) pairs; "gemv": two stride-2 loads
 GEMV_IMPL = "gemv4"
-# the "gemv4" loop's tiles (BN, BK, warps, stages; no loads are pipelined in it), picked on the H200 (call 2 of
-# docs/MXFP4.md round 4): one E32 k4 layer at one token 31.1 us (gemv2 49.0, dq 53.9)
-MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512, 2, 1), "down": (16, 512, 2, 1)}
+# the "gemv4" loop's tiles (BN, BK, warps, stages; no loads are pipelined in it), picked on the H200 (call 3 of
+# docs/MXFP4.md round 4): one E32 k4 layer at one token 30.3 us (gemv2 49.1, dq 54.9)
+MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)}
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}}' overrides them
 # (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 TILES_ENV = "MOE_MXFP4_TILES"
