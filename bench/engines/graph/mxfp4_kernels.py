@@ -383,7 +383,7 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
 IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5, "gemv4": 6}
 # Decode with at most this many tokens uses the gemv loop (every expert then has <= this many rows; one M "tile"
 # of p2(tokens) rows, the weights decoded once per program and reused for each row). H200, one E32 k4 layer
-# (docs/MXFP4.md): 1 token gemv4 31 us, gemv2 49, dq 54, scaled 77, mma 120; 4 tokens dq 114, gemv4 181, gemv 275.
+# (docs/MXFP4.md): 1 token gemv4 30 us, gemv2 49, dq 54, scaled 77, mma 120; 4 tokens dq 114, gemv4 181, gemv 275.
 GEMV_MAX_TOKENS = 1
 # (BN, BK, num_warps, num_stages) per GEMM; BK is a multiple of 32 (one scale per 32 values).
 # "gemv": decode with <= GEMV_MAX_TOKENS tokens; "few": other compact launches (fewer pairs than experts);
