@@ -2,6 +2,7 @@
 batch sizes, run with the `bench` package of --root, so that two processes on one GPU compare code, not cards.
 
     PYTHONUNBUFFERED=1 python scripts/gpu_ab.py --root PATH --label NAME [--cases 1x4,8x4,32x4] [--splitk-rows N]
+        [--set NAME=JSON ...]
 
 Uses only APIs both trees have (GraphEngine, GraphOptions, load_model, measure_bandwidth, ArchSummary,
 roofline_point). Prompt 256, 33 new tokens (32 timed steps), best of 2 generations, E32; one JSON line per case
@@ -20,6 +21,26 @@ from pathlib import Path
 PROMPT, NEW = 256, 33
 
 
+def set_kernel_tables(assignments: list[str]) -> None:
+    """NAME=JSON -> bench.engines.graph.kernels.NAME (lists inside a table become tuples); @FILE: every NAME: value
+    of a JSON object in FILE (scripts/gpu_step_ablation.py's picks.json)."""
+    from bench.engines.graph import kernels
+
+    pairs = []
+    for item in assignments:
+        if item.startswith("@"):
+            pairs += list(json.loads(Path(item[1:]).read_text()).items())
+        else:
+            name, _, raw = item.partition("=")
+            pairs.append((name, json.loads(raw)))
+    for name, value in pairs:
+        if isinstance(value, dict):
+            value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+        if not hasattr(kernels, name):
+            raise SystemExit(f"--set {name}: kernels has no such name")
+        setattr(kernels, name, value)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", required=True, help="source tree whose `bench` package runs")
@@ -27,6 +48,9 @@ def main() -> int:
     ap.add_argument("--cases", default="1x4,8x4,32x4", help="BATCHxTOP_K, comma-separated")
     ap.add_argument("--splitk-rows", type=int, default=None,
                     help="set kernels.SPLITK_MAX_ROWS (split-K qkv/o_proj up to this many rows) before measuring")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
+                    help="set kernels.NAME (a flag or a tile table, JSON) before measuring; repeatable; "
+                         "@FILE: every entry of a JSON object")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(args.root).resolve()))
     import torch
@@ -42,6 +66,7 @@ def main() -> int:
         from bench.engines.graph import kernels
 
         kernels.SPLITK_MAX_ROWS = args.splitk_rows
+    set_kernel_tables(args.set)
     model = load_model("synthetic:gpt-oss-20b", device="cuda", dtype=torch.bfloat16, seed=0).model
     bandwidth = measure_bandwidth("cuda")
     arch = ArchSummary.from_model(model)
@@ -61,7 +86,7 @@ def main() -> int:
         rec = {"label": args.label, "bench": str(Path(bench.__file__).parent), "batch": batch, "top_k": k,
                "ms_step": round(1000 * r.decode_s / (NEW - 1), 3), "tok_s": round(tps, 1),
                "roofline_pct": round(100 * tps / ceil, 1), "bandwidth_gbs": round(bandwidth / 1e9, 1),
-               "splitk_rows": args.splitk_rows, "t": round(time.time(), 1)}
+               "splitk_rows": args.splitk_rows, "set": args.set, "t": round(time.time(), 1)}
         print(json.dumps(rec), flush=True)
         with out.open("a") as f:
             f.write(json.dumps(rec) + "\n")

@@ -303,11 +303,16 @@ def main() -> int:
     ap.add_argument("--accuracy-one-by-one", action="store_true",
                     help="the accuracy check's sequences generated one at a time (batch 1's kernels)")
     ap.add_argument("--gemv-micro", action="store_true", help="also the dense GEMV micro-benchmark")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
+                    help="set kernels.NAME (a flag or a tile table, JSON) first (scripts/gpu_ab.py); repeatable")
     ap.add_argument("--micro", action="store_true",
                     help="micro-benchmarks first (sorted-mode tiles, split-K tiles); their picks replace the "
                          "committed tables in 'after'")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    from gpu_ab import set_kernel_tables
+
+    set_kernel_tables(args.set)
     left = lambda: args.budget_s - (time.time() - T0)  # noqa: E731
     from bench.measure.bandwidth import measure_bandwidth
     from bench.models.loading import load_model
@@ -316,7 +321,7 @@ def main() -> int:
 
     model = load_model("synthetic:gpt-oss-20b", device="cuda", dtype=torch.bfloat16, seed=0).model
     emit({"sec": "env", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-          "commit": os.environ.get("MOE_BENCH_GIT_COMMIT"), "load_s": round(time.time() - T0, 1)})
+          "commit": os.environ.get("MOE_BENCH_GIT_COMMIT"), "set": args.set, "load_s": round(time.time() - T0, 1)})
     if args.accuracy_only:
         emit(accuracy(model, GraphOptions(), batch=args.accuracy_batch, one_by_one=args.accuracy_one_by_one))
         return 0

@@ -78,7 +78,8 @@ def test_triton_split_router_matches_torch_topk(gk):
 
 def test_triton_moe_compact_grid_matches_full_grid(gk):
     """Fewer pairs than experts: one program row per distinct routed expert gives the same outputs and the same
-    distinct-expert count as one row per expert."""
+    distinct-expert count as one row per expert (both with the same tiles: MOE_CONFIG_FEW may differ from
+    MOE_CONFIG, and a float32 tl.dot of another N tile may round differently)."""
     gen = torch.Generator().manual_seed(6)
     experts, hidden, inter = 16, 64, 32
     gu, gub = torch.randn(experts, hidden, 2 * inter, generator=gen) * 0.1, torch.randn(experts, 2 * inter) * 0.1
@@ -90,7 +91,8 @@ def test_triton_moe_compact_grid_matches_full_grid(gk):
         outs, counts = [], []
         for compact in (True, False):
             cnt = torch.zeros((), dtype=torch.int32)
-            outs.append(gk.moe(x, gu, gub, dn, dnb, i.to(torch.int32), w, 1.702, 7.0, cnt, compact=compact))
+            outs.append(gk.moe(x, gu, gub, dn, dnb, i.to(torch.int32), w, 1.702, 7.0, cnt, compact=compact,
+                               tiles=gk.MOE_CONFIG))
             counts.append(int(cnt))
         assert torch.equal(outs[0], outs[1])
         assert counts[0] == counts[1] == i.unique().numel()
@@ -213,3 +215,40 @@ def test_triton_splitk_and_gemv_decode_matches_hf_tokens(gk, lively, monkeypatch
     res = eng.generate(model, one, TOKENS)
     assert calls["splitk"] > 0 and calls["gemv"] > 0, calls
     assert torch.equal(res.tokens, ref.tokens)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_triton_norm_router_fused_equals_norm_then_router(gk, rows):
+    """`add_rmsnorm_route` (post-attention norm + split-K router, one launch, the last program picks the top-k):
+    the same residual update, normed rows, expert ids and weights as `add_rmsnorm` then `router`, with the delta as
+    a tensor or as split-K partials; twice in a row, so the program count is reset after each launch."""
+    gen = torch.Generator().manual_seed(12)
+    hidden, experts, k = 200, 8, 2
+    for use_partials in (False, True):
+        for _ in range(2):
+            h = torch.randn(rows, hidden, generator=gen)
+            h2 = h.clone()
+            att = torch.randn(rows, 24, generator=gen)
+            wo, bo = torch.randn(hidden, 24, generator=gen) * 0.2, torch.randn(hidden, generator=gen)
+            delta = (gk.splitk_linear(att, wo, bo, (16, 32, 2, 4)) if use_partials
+                     else torch.nn.functional.linear(att, wo, bo))
+            ln = torch.randn(hidden, generator=gen)
+            rw, rb = torch.randn(experts, hidden, generator=gen) * 0.1, torch.randn(experts, generator=gen)
+            normed = gk.add_rmsnorm(h, delta, 1, ln, 1e-5)
+            want_i, want_w = gk.router(normed, rw, rb, k)
+            got, got_i, got_w = gk.add_rmsnorm_route(h2, delta, ln, 1e-5, rw, rb, k)
+            assert torch.equal(got, normed) and torch.equal(h2, h)
+            assert torch.equal(got_i, want_i) and torch.equal(got_w, want_w)
+            assert int(gk._COUNTERS[h.device].item()) == 0
+
+
+def test_triton_unfused_norm_router_matches_hf_tokens(gk, lively, monkeypatch):
+    """With the norm + router fusion off (add_rmsnorm, then router: the ablation path) the decode still gives hf's
+    tokens, at batch 2 and batch 1 (split-K partials; batch 1 is where the fused kernel runs by default, see
+    test_triton_splitk_and_gemv_decode_matches_hf_tokens)."""
+    model, ids, ref = lively
+    monkeypatch.setattr(gk, "FUSE_NORM_ROUTER", False)
+    res = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids, TOKENS)
+    assert torch.equal(res.tokens, ref.tokens)
+    one = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids[:1], TOKENS)
+    assert torch.equal(one.tokens, get_engine("hf").generate(model, ids[:1], TOKENS).tokens)

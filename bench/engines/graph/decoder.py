@@ -154,8 +154,7 @@ class GptOssDecoder:
         fuse = attend == self._decode_attention
         qkv = ops.linear(normed, lay.wqkv, lay.bqkv, partials=fuse)
         o = ops.linear(attend(qkv, lay), lay.wo, lay.bo, partials=fuse)
-        normed = ops.add_rmsnorm(h, o, 1, lay.ln2, lay.eps)
-        topi, topw = ops.route(normed, lay.router)
+        normed, topi, topw = ops.norm_route(h, o, lay.ln2, lay.eps, lay.router)
         y = lay.experts(normed, topi, topw, counter)
         w, eps = self._next_norm(i)
         return ops.add_rmsnorm(h, y, lay.router.top_k, w, eps)

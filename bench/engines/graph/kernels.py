@@ -8,6 +8,10 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   sliding-window layers).
 - `attn_decode`: one-token attention with sinks over the static cache (online softmax, GQA, one program per
   (stream, kv head)).
+- `add_rmsnorm_route`: the post-attention `add_rmsnorm` and the decode router in one launch for a step of
+  <= NORM_ROUTER_MAX_TOKENS tokens (FUSE_NORM_ROUTER): each program recomputes the rows' RMS, normalizes its slice
+  and computes that slice's router partials; the last program to finish (an atomic count) picks the top-k and
+  writes the residual.
 - `router`: router linear + top-k + softmax over the k logits. Decode (<= ROUTER_SPLIT_MAX_TOKENS tokens): split-K
   partial logits (one program per slice of the hidden size, all tokens and experts), then one program per token
   sums the slices in a fixed order and picks the top-k; prefill: one program per token.
@@ -25,6 +29,10 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   `routing_plan` (host side) and `routed_rows` (@triton.jit) are that row logic, shared with any other expert
   weight format's kernels; in decode the sorted list comes from `_routing_sort_kernel` (a one-program counting
   sort, one program per expert) instead of torch.sort + searchsorted.
+
+Programmatic dependent launch (PDL, Hopper): in one-token steps (PDL_MAX_TOKENS) each decode kernel here is
+launched with `launch_pdl` and waits (`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel
+writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`).
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
@@ -39,6 +47,45 @@ import triton.language as tl
 
 def _p2(n: int) -> int:
     return triton.next_power_of_2(max(1, int(n)))
+
+
+# Programmatic dependent launch (Hopper and later; `pdl_launch()`): every kernel of this module launched with it
+# calls `_gdc` before its first access to memory that an earlier kernel of the step may write (only weights and
+# constants are read before), so its launch and prologue overlap the end of the kernel before it. PDL = 0: plain
+# launches; 1: the next kernel may start once every program of this one has exited (the implicit trigger); 2: it
+# may start once every program of this one has passed its wait (the explicit trigger right after the wait). In
+# both modes, when kernel N starts, kernel N-2 has completed (N-1's programs had passed their wait). Only for steps
+# of <= PDL_MAX_TOKENS tokens. H200 (docs/PERF.md, session 5): mode 1 at batch 1 (with the norm + router fusion)
+# 2.502 -> 2.484 ms (top_k 4), 1.933 -> 1.899 (top_k 2); at 8 / 32 / 128 tokens it was not faster (+0.1 / +0.2 /
+# +0.6%), mode 2 mixed (-0.9% at 8, +2.0% at 128, +1.7% at batch 1 top_k 2 without the fusion).
+PDL = 1
+PDL_MAX_TOKENS = 1
+_PDL_OK: bool | None = None
+
+
+def pdl_launch(tokens: int = 1) -> int:
+    """The PDL mode of a decode launch for a step of `tokens` tokens: PDL up to PDL_MAX_TOKENS, else 0; always 0
+    without a CUDA device of compute capability >= 9 or under the Triton interpreter."""
+    global _PDL_OK
+    if _PDL_OK is None:
+        import os
+
+        _PDL_OK = (os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available()
+                   and torch.cuda.get_device_capability()[0] >= 9)
+    return int(PDL) if _PDL_OK and tokens <= PDL_MAX_TOKENS else 0
+
+
+def _pdl_kw(mode: int) -> dict:
+    return {"launch_pdl": True} if mode > 0 else {}
+
+
+@triton.jit
+def _gdc(PDL: tl.constexpr):
+    """Wait for the kernel before (all its memory visible); mode 2: then let the next kernel launch."""
+    if PDL > 0:
+        tl.extra.cuda.gdc_wait()
+    if PDL > 1:
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 @dataclass(frozen=True)
@@ -78,7 +125,7 @@ def _lin_load(y_ptr, part_ptr, bias_ptr, row, idx, M, N, mask, NSPLIT: tl.conste
 
 @triton.jit
 def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: tl.constexpr, BN: tl.constexpr,
-                        BK: tl.constexpr):
+                        BK: tl.constexpr, PDL: tl.constexpr):
     """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] (fp32, no tensor cores). Grid (N / BN, S)."""
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     s = tl.program_id(1)
@@ -86,6 +133,7 @@ def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: 
     mm = tl.arange(0, BM)
     k_lo = s * KSPLIT
     acc = tl.zeros([BM, BN, BK], dtype=tl.float32) if BM > 1 else tl.zeros([BN, BK], dtype=tl.float32)
+    _gdc(PDL)
     for k0 in range(k_lo, k_lo + KSPLIT, BK):
         offs_k = k0 + tl.arange(0, BK)
         kmask = (offs_k < K) & (offs_k < k_lo + KSPLIT)
@@ -121,18 +169,22 @@ def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     ksplit = triton.cdiv(triton.cdiv(k, splits), bk) * bk
     splits = triton.cdiv(k, ksplit)
     part = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
+    pdl = pdl_launch(m)
     _splitk_gemv_kernel[(triton.cdiv(n, bn), splits)](
-        x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, num_warps=warps,
+        x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, PDL=pdl, num_warps=warps,
+        **_pdl_kw(pdl),
     )
     return Partials(part=part, bias=bias, dtype=x.dtype)
 
 
 @triton.jit
 def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, part_ptr, bias_ptr, H, eps, KS: tl.constexpr,
-                        BLOCK: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
+                        BLOCK: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr):
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     m = offs < H
+    w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    _gdc(PDL)
     x = tl.load(h_ptr + row * H + offs, mask=m, other=0.0).to(tl.float32)
     if NSPLIT > 0:  # delta = one linear's output, as split-K partials (KS = 1)
         d = _lin_load(h_ptr, part_ptr, bias_ptr, row, offs, tl.num_programs(0), H, m, NSPLIT, HAS_BIAS)
@@ -148,7 +200,6 @@ def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, part_ptr, bias_ptr, H, eps
         x = x.to(tl.float32)
     var = tl.sum(x * x, axis=0) / H
     y = x * tl.rsqrt(var + eps)
-    w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * H + offs, (w * y).to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -161,24 +212,26 @@ def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | Partials | None, ks: int,
     parts = delta if isinstance(delta, Partials) else None
     if parts is not None and (ks != 1 or parts.shape != (rows, hidden)):
         raise ValueError(f"add_rmsnorm: partials of shape {parts.shape} for h {tuple(h.shape)} (ks {ks})")
+    pdl = pdl_launch(rows)
     _add_rmsnorm_kernel[(rows,)](
         h, delta if isinstance(delta, torch.Tensor) else h, weight, out,
         parts.part if parts is not None else h, parts.bias if parts is not None and parts.bias is not None else h,
         hidden, eps, KS=ks if delta is not None else 0, BLOCK=_p2(hidden), num_warps=8 if hidden >= 2048 else 4,
         NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
-        HAS_BIAS=parts is not None and parts.bias is not None,
+        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, **_pdl_kw(pdl),
     )
     return out
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, HAS_BIAS: tl.constexpr,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     nmask = offs_n < N
     offs_m = tl.arange(0, BM)
     mmask = offs_m < M
     acc = tl.zeros([BM, BN], dtype=tl.float32)
+    _gdc(PDL)
     for k0 in range(0, K, BK):
         offs_k = k0 + tl.arange(0, BK)
         kmask = offs_k < K
@@ -207,9 +260,11 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     # the class's tile; a class that keeps cuBLAS in the decoder (None) still runs here with the generic tile
     bn, bk, warps, stages = config or GEMV_CONFIG.get("vocab" if n >= 16384 else "small") or (32, 128, 4, 4)
+    pdl = pdl_launch(m)
     _gemv_kernel[(triton.cdiv(n, bn),)](
         x, weight, bias if bias is not None else weight, y, m, n, k, x.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, BM=16, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
+        HAS_BIAS=bias is not None, BM=16, BN=bn, BK=bk, PDL=pdl, num_warps=warps, num_stages=stages,
+        **_pdl_kw(pdl),
     )
     return y
 
@@ -218,9 +273,11 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 def _rope_kv_kernel(
     qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr, vc_ptr, part_ptr, bias_ptr, HQ, HKV, S_CACHE, WINDOW,
     stride_row, D: tl.constexpr, SLIDING: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
+    _gdc(PDL)
     pos = tl.load(pos_ptr)
     half = tl.arange(0, D // 2)
     c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
@@ -273,16 +330,17 @@ def rope_kv(
     parts = qkv if isinstance(qkv, Partials) else None
     dtype = parts.dtype if parts is not None else qkv.dtype
     q = torch.empty((bsz, hq, d), dtype=dtype, device=kc.device)
+    pdl = pdl_launch(bsz)
     if parts is not None:  # q stands in for the qkv pointer: never read, it carries the dtype of the rounding
         _rope_kv_kernel[(bsz, hq + hkv)](
             q, cos, sin, pos, q, kc, vc, parts.part, parts.bias if parts.bias is not None else q, hq, hkv,
             s_cache, max(1, window), 0, D=d, SLIDING=sliding, NSPLIT=int(parts.part.shape[0]),
-            HAS_BIAS=parts.bias is not None, num_warps=1,
+            HAS_BIAS=parts.bias is not None, PDL=pdl, num_warps=1, **_pdl_kw(pdl),
         )
         return q
     _rope_kv_kernel[(bsz, hq + hkv)](
         qkv, cos, sin, pos, q, kc, vc, qkv, qkv, hq, hkv, s_cache, max(1, window), qkv.stride(0), D=d,
-        SLIDING=sliding, NSPLIT=0, HAS_BIAS=False, num_warps=1,
+        SLIDING=sliding, NSPLIT=0, HAS_BIAS=False, PDL=pdl, num_warps=1, **_pdl_kw(pdl),
     )
     return q
 
@@ -290,10 +348,11 @@ def rope_kv(
 @triton.jit
 def _attn_decode_kernel(
     q_ptr, kc_ptr, vc_ptr, sinks_ptr, pos_ptr, out_ptr, scale, HKV, S_CACHE,
-    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, PDL: tl.constexpr,
 ):
     b = tl.program_id(0)
     kh = tl.program_id(1)
+    _gdc(PDL)
     pos = tl.load(pos_ptr)
     g = tl.arange(0, GP)
     gm = g < G
@@ -333,8 +392,10 @@ def attn_decode(
     _, hkv, s_cache, _ = kc.shape
     g = hq // hkv
     out = torch.empty((bsz, hq * d), dtype=q.dtype, device=q.device)
+    pdl = pdl_launch(bsz)
     _attn_decode_kernel[(bsz, hkv)](
-        q, kc, vc, sinks, pos, out, scale, hkv, s_cache, G=g, GP=max(16, _p2(g)), D=d, BS=64, num_warps=4,
+        q, kc, vc, sinks, pos, out, scale, hkv, s_cache, G=g, GP=max(16, _p2(g)), D=d, BS=64, PDL=pdl, num_warps=4,
+        **_pdl_kw(pdl),
     )
     return out
 
@@ -384,6 +445,7 @@ def _router_kernel(
 @triton.jit
 def _router_partial_kernel(
     x_ptr, w_ptr, part_ptr, T, H, E, stride_x, TP: tl.constexpr, EP: tl.constexpr, BH: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Split-K router logits: program s computes x[:, chunk s] @ w[:, chunk s]^T for every token and expert."""
     s = tl.program_id(0)
@@ -391,8 +453,9 @@ def _router_partial_kernel(
     hm = hh < H
     t = tl.arange(0, TP)
     e = tl.arange(0, EP)
-    x = tl.load(x_ptr + t[:, None] * stride_x + hh[None, :], mask=(t < T)[:, None] & hm[None, :], other=0.0)
     w = tl.load(w_ptr + e[:, None] * H + hh[None, :], mask=(e < E)[:, None] & hm[None, :], other=0.0)
+    _gdc(PDL)
+    x = tl.load(x_ptr + t[:, None] * stride_x + hh[None, :], mask=(t < T)[:, None] & hm[None, :], other=0.0)
     # float32 products and sums (exact products of bf16 inputs, as `_router_kernel`); tiny, so no tensor cores needed
     acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
     tl.store(part_ptr + (s * TP + t[:, None]) * EP + e[None, :], acc)
@@ -401,10 +464,11 @@ def _router_partial_kernel(
 @triton.jit
 def _router_topk_kernel(
     part_ptr, x_ptr, b_ptr, topi_ptr, topw_ptr, S, E, TP: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
-    EP: tl.constexpr, SP: tl.constexpr,
+    EP: tl.constexpr, SP: tl.constexpr, PDL: tl.constexpr,
 ):
     """Sums the split-K partials of one token in a fixed order, then bias, top-k and softmax as `_router_kernel`."""
     t = tl.program_id(0)
+    _gdc(PDL)
     e = tl.arange(0, EP)
     em = e < E
     ss = tl.arange(0, SP)
@@ -437,17 +501,122 @@ def router(
         tp, epd = max(16, _p2(tokens)), max(16, ep)
         splits = triton.cdiv(hidden, bh)
         part = torch.empty((splits, tp, epd), dtype=torch.float32, device=x.device)
+        pdl = pdl_launch(tokens)
         _router_partial_kernel[(splits,)](
-            x, weight, part, tokens, hidden, experts, x.stride(0), TP=tp, EP=epd, BH=bh, num_warps=4,
+            x, weight, part, tokens, hidden, experts, x.stride(0), TP=tp, EP=epd, BH=bh, PDL=pdl, num_warps=4,
+            **_pdl_kw(pdl),
         )
         _router_topk_kernel[(tokens,)](
-            part, x, bias, topi, topw, splits, experts, TP=tp, K=k, KP=_p2(k), EP=epd, SP=_p2(splits), num_warps=4,
+            part, x, bias, topi, topw, splits, experts, TP=tp, K=k, KP=_p2(k), EP=epd, SP=_p2(splits), PDL=pdl,
+            num_warps=4, **_pdl_kw(pdl),
         )
         return topi, topw
     _router_kernel[(tokens,)](
         x, weight, bias, topi, topw, hidden, experts, K=k, KP=_p2(k), EP=ep, BH=max(32, 4096 // ep), num_warps=4
     )
     return topi, topw
+
+
+@triton.jit
+def _residual(h_ptr, d_ptr, part_ptr, bias_ptr, row, idx, T, H, mask, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """h[row, idx] + delta[row, idx] rounded to h's dtype, as float32 (what `_add_rmsnorm_kernel` stores with
+    KS = 1); delta from d_ptr, or a linear's split-K partials (NSPLIT > 0)."""
+    x = tl.load(h_ptr + row * H + idx, mask=mask, other=0.0).to(tl.float32)
+    if NSPLIT > 0:
+        d = _lin_load(h_ptr, part_ptr, bias_ptr, row, idx, T, H, mask, NSPLIT, HAS_BIAS)
+    else:
+        d = tl.load(d_ptr + row * H + idx, mask=mask, other=0.0).to(tl.float32)
+    return (x + d).to(h_ptr.dtype.element_ty).to(tl.float32)
+
+
+@triton.jit
+def _norm_router_kernel(
+    h_ptr, d_ptr, part_ptr, bias_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, rpart_ptr, cnt_ptr, topi_ptr, topw_ptr,
+    T, H, E, S, eps, TP: tl.constexpr, EP: tl.constexpr, BH: tl.constexpr, BLOCK: tl.constexpr, K: tl.constexpr,
+    KP: tl.constexpr, SP: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+):
+    """`add_rmsnorm` (KS = 1) + the split-K router in one launch. Program s: every row's RMS (the whole row), its
+    slice of the normed rows (stored) and of the router logits (partials, as `_router_partial_kernel`); the last
+    program to finish (an atomic count) sums the partials, picks the top-k (`_router_topk_kernel`) and writes the
+    updated residual rows h (no program reads h after that), then resets the count for the next launch."""
+    s = tl.program_id(0)
+    hh = s * BH + tl.arange(0, BH)
+    hm = hh < H
+    e = tl.arange(0, EP)
+    em = e < E
+    rw = tl.load(rw_ptr + e[:, None] * H + hh[None, :], mask=em[:, None] & hm[None, :], other=0.0)
+    nw = tl.load(nw_ptr + hh, mask=hm, other=0.0).to(tl.float32)
+    _gdc(PDL)
+    offs = tl.arange(0, BLOCK)
+    m = offs < H
+    tt = tl.arange(0, TP)
+    tm = tt < T
+    rinv = tl.zeros([TP], dtype=tl.float32)
+    for t in range(T):
+        x = _residual(h_ptr, d_ptr, part_ptr, bias_ptr, t, offs, T, H, m, NSPLIT, HAS_BIAS)
+        var = tl.sum(x * x, axis=0) / H
+        rinv = tl.where(tt == t, tl.rsqrt(var + eps), rinv)
+    m2 = tm[:, None] & hm[None, :]
+    xs = _residual(h_ptr, d_ptr, part_ptr, bias_ptr, tt[:, None], hh[None, :], T, H, m2, NSPLIT, HAS_BIAS)
+    normed = (nw[None, :] * (xs * rinv[:, None])).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + tt[:, None] * H + hh[None, :], normed, mask=m2)
+    normed = tl.where(m2, normed, 0.0)
+    acc = tl.dot(normed.to(tl.float32), tl.trans(rw.to(tl.float32)), input_precision="ieee")
+    tl.store(rpart_ptr + (s * TP + tt[:, None]) * EP + e[None, :], acc)
+    tl.debug_barrier()
+    done = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")
+    if done == S - 1:
+        ss = tl.arange(0, SP)
+        for t in range(T):
+            parts = tl.load(rpart_ptr + (ss[:, None] * TP + t) * EP + e[None, :], mask=(ss < S)[:, None], other=0.0,
+                            cache_modifier=".cg")
+            logits = tl.sum(parts, axis=0) + tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)
+            logits = logits.to(out_ptr.dtype.element_ty).to(tl.float32)  # the router linear's output dtype
+            _topk_softmax_store(logits, e, em, topi_ptr, topw_ptr, t, K, KP, EP)
+            x = _residual(h_ptr, d_ptr, part_ptr, bias_ptr, t, offs, T, H, m, NSPLIT, HAS_BIAS)
+            tl.store(h_ptr + t * H + offs, x.to(h_ptr.dtype.element_ty), mask=m)
+        tl.store(cnt_ptr, 0)
+
+
+# The post-attention add_rmsnorm and the decode router as one launch (`add_rmsnorm_route`) for steps of up to
+# NORM_ROUTER_MAX_TOKENS tokens (each program reads every row for its RMS: at 8 tokens the step was 4% slower on
+# the H200, docs/PERF.md); False: add_rmsnorm, then router (two launches; ablation).
+FUSE_NORM_ROUTER = True
+NORM_ROUTER_MAX_TOKENS = 1
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def add_rmsnorm_route(
+    h: torch.Tensor, delta: torch.Tensor | Partials, weight: torch.Tensor, eps: float, rweight: torch.Tensor,
+    rbias: torch.Tensor, k: int, bh: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """add_rmsnorm(h, delta, 1, weight, eps) and router(normed, rweight, rbias, k) in one launch, for few rows:
+    h (T, H) += delta (in place), returns (normed, topi (T, k) int32, topw (T, k) float32). delta: (T, H) or a
+    linear's Partials."""
+    rows, hidden = h.shape
+    experts = rweight.shape[0]
+    parts = delta if isinstance(delta, Partials) else None
+    if parts is not None and parts.shape != (rows, hidden):
+        raise ValueError(f"add_rmsnorm_route: partials of shape {parts.shape} for h {tuple(h.shape)}")
+    bh = bh or ROUTER_BH
+    tp, ep = max(16, _p2(rows)), max(16, _p2(experts))
+    splits = triton.cdiv(hidden, bh)
+    cnt = _COUNTERS.get(h.device)
+    if cnt is None:
+        cnt = _COUNTERS[h.device] = torch.zeros((1,), dtype=torch.int32, device=h.device)
+    out = torch.empty_like(h)
+    topi = torch.empty((rows, k), dtype=torch.int32, device=h.device)
+    topw = torch.empty((rows, k), dtype=torch.float32, device=h.device)
+    rpart = torch.empty((splits, tp, ep), dtype=torch.float32, device=h.device)
+    pdl = pdl_launch(rows)
+    _norm_router_kernel[(splits,)](
+        h, delta if parts is None else h, parts.part if parts is not None else h,
+        parts.bias if parts is not None and parts.bias is not None else h, weight, out, rweight, rbias, rpart, cnt,
+        topi, topw, rows, hidden, experts, splits, eps, TP=tp, EP=ep, BH=bh, BLOCK=_p2(hidden), K=k, KP=_p2(k),
+        SP=_p2(splits), NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
+        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, num_warps=8, **_pdl_kw(pdl),
+    )
+    return out, topi, topw
 
 
 @triton.jit
@@ -528,11 +697,18 @@ def _moe_kernel(
     P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
     nmask = offs_n < N
+    if GATE_UP:
+        _gdc(PDL)
+    # the down GEMM's routing was written two kernels back (complete once this kernel runs, see PDL): read it
+    # before the wait for gate_up's activations
     e, start, end, scan_rows = routed_rows(topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
+    if not GATE_UP:
+        _gdc(PDL)
     if COUNT:
         if nb == 0:
             if end > start:
@@ -563,8 +739,10 @@ def _moe_kernel(
 SCAN_MAX_TOKENS = 64  # scan mode holds every row of an expert in one M tile (<= T rows): bounded for shared memory
 # (BN, BK, num_warps, num_stages) per GEMM; tuned on the H100 (see docs/PERF.md), overridable for experiments.
 MOE_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
-# the same for compact launches (fewer pairs than experts: batch 1, where few CTAs share the whole chip)
-MOE_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
+# the same for compact launches (fewer pairs than experts: batch 1, where few CTAs share the whole chip). H200
+# (docs/PERF.md, session 5): down BN 64 (was 32) 65.3 -> 62.8 us a layer at one token; batch 1 top_k 4 2.534 ->
+# 2.502 ms; no gate_up tile tried beat (64, 128, 4, 4).
+MOE_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}
 # the same for M tiles of >= 64 rows (batch >= 33: scan mode with BM 64, sorted mode); None: MOE_CONFIG.
 # H200 (docs/PERF.md): one E32 k4 expert layer at 64 / 128 / 256 tokens 565 / 590 / 612 us with MOE_CONFIG (BM 64:
 # 128 KB of shared memory for 4 stages, one CTA per SM) -> 419 / 444 / 456 us with these tiles (BM 64).
@@ -676,6 +854,7 @@ def moe(
     out = torch.empty((plan.pairs, hidden), dtype=x.dtype, device=x.device)
     rw = topw.reshape(-1)
     cnt = counter if counter is not None else plan.flat
+    pdl = pdl_launch(x.shape[0])
     for name, src, w, bias, dst, n in (
         ("gate_up", x, gate_up, gate_up_bias, act, n2),
         ("down", act, down, down_bias, out, hidden),
@@ -689,6 +868,6 @@ def moe(
             plan.pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
+            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
         )
     return out

@@ -1,15 +1,17 @@
 """The two ops backends of the `graph` decoder: `TorchOps` (reference torch ops; the CPU path) and `TritonOps`
-(bench/engines/graph/kernels.py). Both implement the same four calls, so the decoder's layer body names no backend:
+(bench/engines/graph/kernels.py). Both implement the same five calls, so the decoder's layer body names no backend:
 
     add_rmsnorm(h, delta, ks, w, eps) -> normed   h (R, H) += delta summed over ks rows per row (in place),
                                                  returns RMSNorm(h) * w (delta None: norm only)
     route(x, router) -> (topi (T, k) int32/int64, topw (T, k) float32)   router linear, top-k, softmax over k
+    norm_route(h, delta, w, eps, router) -> (normed, topi, topw)   add_rmsnorm(h, delta, 1, w, eps), then route
+                                                 (TritonOps: one launch for few rows, kernels.add_rmsnorm_route)
     decode_attention(qkv, kc, vc, sinks, sliding, geom, state) -> (B, hq*D)   rope of q and k at `state.pos`,
                                                  k/v written into the cache slot, one-token attention with sinks
     linear(x, w, b, partials=False) -> x w^T + b   F.linear; TritonOps with gemv: the Triton GEMV for <= GEMV_MAX_ROWS
                                  rows; with splitk and partials=True (the decoder's qkv and o_proj in decode),
                                  <= SPLITK_MAX_ROWS rows return kernels.Partials, which only decode_attention (qkv)
-                                 and add_rmsnorm (o_proj, ks = 1) of TritonOps take
+                                 and add_rmsnorm / norm_route (o_proj, ks = 1) of TritonOps take
 
 `make_ops(options, geom)` picks one from the resolved GraphOptions.
 """
@@ -77,6 +79,11 @@ class TorchOps:
             h.add_(d.to(h.dtype))
         return rmsnorm(h, w, eps)
 
+    def norm_route(self, h: torch.Tensor, delta: torch.Tensor, w: torch.Tensor, eps: float,
+                   router: Router) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        normed = self.add_rmsnorm(h, delta, 1, w, eps)
+        return (normed, *self.route(normed, router))
+
     def route(self, x: torch.Tensor, router: Router) -> tuple[torch.Tensor, torch.Tensor]:
         logits = F.linear(x, router.weight, router.bias)
         top_v, top_i = torch.topk(logits, router.top_k, dim=-1)
@@ -133,6 +140,16 @@ class TritonOps:
     def add_rmsnorm(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor,
                     eps: float) -> torch.Tensor:
         return self.k.add_rmsnorm(h, delta, ks, w, eps)
+
+    def norm_route(self, h: torch.Tensor, delta: torch.Tensor | Partials, w: torch.Tensor, eps: float,
+                   router: Router) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k = self.k
+        if (k.FUSE_NORM_ROUTER and self.router_split and h.shape[0] <= k.NORM_ROUTER_MAX_TOKENS
+                and h.is_contiguous() and router.weight.is_contiguous()
+                and (isinstance(delta, k.Partials) or delta.is_contiguous())):
+            return k.add_rmsnorm_route(h, delta, w, eps, router.weight, router.bias, router.top_k)
+        normed = self.add_rmsnorm(h, delta, 1, w, eps)
+        return (normed, *self.route(normed, router))
 
     def route(self, x: torch.Tensor, router: Router) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k.router(x, router.weight, router.bias, router.top_k, split=self.router_split)

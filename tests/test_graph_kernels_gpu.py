@@ -1,0 +1,71 @@
+"""The `graph` engine's fused norm + router kernel and programmatic dependent launch (PDL) on a CUDA device: skipped
+on CPU, where the Triton interpreter runs the fused kernel (tests/interpreter/graph_kernels_cases.py) but cannot run
+PDL's `griddepcontrol` PTX. Run on the GPU machine with `python3 -m pytest -q tests/test_graph_kernels_gpu.py`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (PDL, sm_90)")
+
+
+@pytest.fixture()
+def gk():
+    from bench.engines.graph import kernels
+
+    return kernels
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_fused_norm_router_equals_two_kernels_on_cuda(gk, rows):
+    """Same residual and expert ids as add_rmsnorm + router; normed rows and weights within one bf16 / fp32
+    rounding (the fused kernel's RMS reduction may sum in another order); the program count resets."""
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    hidden, experts, k = 2880, 32, 4
+    for use_partials in (True, False):
+        for _ in range(3):
+            h = torch.randn(rows, hidden, generator=gen, device="cuda", dtype=torch.bfloat16)
+            h2 = h.clone()
+            att = torch.randn(rows, 4096, generator=gen, device="cuda", dtype=torch.bfloat16)
+            wo = torch.randn(hidden, 4096, generator=gen, device="cuda", dtype=torch.bfloat16) * 0.02
+            bo = torch.randn(hidden, generator=gen, device="cuda", dtype=torch.bfloat16)
+            delta = gk.splitk_linear(att, wo, bo) if use_partials else torch.nn.functional.linear(att, wo, bo)
+            ln = torch.randn(hidden, generator=gen, device="cuda", dtype=torch.bfloat16)
+            rw = torch.randn(experts, hidden, generator=gen, device="cuda", dtype=torch.bfloat16) * 0.05
+            rb = torch.randn(experts, generator=gen, device="cuda", dtype=torch.bfloat16)
+            normed = gk.add_rmsnorm(h, delta, 1, ln, 1e-5)
+            want_i, want_w = gk.router(normed, rw, rb, k)
+            got, got_i, got_w = gk.add_rmsnorm_route(h2, delta, ln, 1e-5, rw, rb, k)
+            torch.cuda.synchronize()
+            assert torch.equal(h2, h)
+            torch.testing.assert_close(got.float(), normed.float(), rtol=8e-3, atol=1e-2)
+            assert torch.equal(got_i, want_i)
+            torch.testing.assert_close(got_w, want_w, rtol=1e-2, atol=1e-3)
+            assert int(gk._COUNTERS[h.device].item()) == 0
+
+
+def test_pdl_graph_replay_gives_the_same_tokens_and_logits(gk):
+    """A decode step captured as a CUDA graph with PDL launches (both trigger modes) gives the same tokens and last
+    logits as with plain launches (a missing wait would race: the results would move)."""
+    from bench.engines.graph import GraphEngine
+    from bench.models.loading import load_model
+
+    shipped = gk.PDL
+    assert gk.pdl_launch() == (shipped if torch.cuda.get_device_capability()[0] >= 9 else 0)
+    model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
+    ids = torch.randint(0, model.config.vocab_size, (1, 40), device="cuda",
+                        generator=torch.Generator("cuda").manual_seed(2))
+    out = {}
+    for mode in (0, 1, 2):
+        gk.PDL = mode
+        try:
+            eng = GraphEngine(keep_logits=True)
+            res = eng.generate(model, ids, 24)
+            out[mode] = (res.tokens, eng.decoder.logits.clone())
+            eng.release()
+        finally:
+            gk.PDL = shipped
+    for mode in (1, 2):
+        assert torch.equal(out[mode][0], out[0][0]), mode
+        assert torch.equal(out[mode][1], out[0][1]), mode
