@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_perf_graph import graph_tokens, hf_argmax, paired_agreement
+from jsonl_log import JsonlLog
 
 from bench.engines.graph import GraphEngine, GraphOptions
 from bench.engines.graph import mxfp4_kernels as mk
@@ -54,7 +55,6 @@ MODEL = "synthetic:gpt-oss-20b"
 PROMPT = 256
 NEW = 33
 T0 = time.time()
-LOG: Path | None = None
 CANDIDATES = {
     "gemv": [(16, 256, 4, 3), (8, 256, 4, 3), (16, 512, 4, 3), (16, 256, 2, 3), (8, 512, 4, 2), (16, 128, 4, 3)],
     "gemv4": [(32, 512, 2, 1), (16, 512, 2, 1), (64, 512, 4, 1), (32, 512, 4, 1), (16, 1024, 4, 1),
@@ -76,13 +76,8 @@ TABLES = {"gemv": "MXFP4_CONFIG_GEMV", "gemv4": "MXFP4_CONFIG_GEMV4", "few": "MX
           "full": "MXFP4_CONFIG", "dq1": "MXFP4_CONFIG_DQ1", "dq": "MXFP4_CONFIG_DQ"}
 
 
-def emit(rec: dict) -> None:
-    rec = {"t": round(time.time() - T0, 1), **rec}
-    line = json.dumps(rec, default=str)
-    print(line, flush=True)
-    if LOG is not None:
-        with LOG.open("a") as f:
-            f.write(line + "\n")
+LOG = JsonlLog(None, T0)  # main() points it at $OUT/mxfp4.jsonl
+emit = LOG.emit
 
 
 def _ref_moe(x, ex, topi, topw):
@@ -320,7 +315,6 @@ def accuracy(model, batch: int, steps: int = 96, one_by_one: bool = False) -> di
 
 
 def main() -> int:
-    global LOG
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--budget-s", type=float, default=300)
@@ -344,7 +338,7 @@ def main() -> int:
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    LOG = out_dir / "mxfp4.jsonl"
+    LOG.path = out_dir / "mxfp4.jsonl"
     left = lambda: args.budget_s - (time.time() - T0)  # noqa: E731
     from bench.measure.bandwidth import measure_bandwidth
     from bench.roofline import ArchSummary
