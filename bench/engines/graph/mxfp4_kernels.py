@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bench.engines.graph.kernels import moe_epilogue, routed_rows, routing_plan, tile_pairs
+from bench.engines.graph.kernels import activation_rows, moe_epilogue, routed_rows, routing_plan, tile_pairs
 
 
 def _p2(n: int) -> int:
@@ -99,10 +99,7 @@ def _moe_mxfp4_kernel(
         elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
             for m0 in range(start, end, BM):
                 pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
-                if GATE_UP:
-                    xrow = pair // TOPK
-                else:
-                    xrow = pair
+                xrow = activation_rows(pair, TOPK, GATE_UP)
                 acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K, stride_x,
                                offs_n, nmask, BM, BN, BK, IMPL == 5)
                 moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
@@ -128,10 +125,7 @@ def _gemv_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: t
     NB: tl.constexpr = BK // 32  # blocks of 32 weights per iteration
     KG = K // 32
     mm = tl.arange(0, BM)
-    if GATE_UP:
-        xrow = rows // TOPK
-    else:
-        xrow = rows
+    xrow = activation_rows(rows, TOPK, GATE_UP)
     blk = tl.arange(0, NB)
     j16 = tl.arange(0, 16)
     wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 16), 16)[:, None, None]  # rows start 16-byte blocks
@@ -207,10 +201,7 @@ def _gemv4_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: 
     NW: tl.constexpr = BK // 8  # words per step
     KG = K // 32
     mm = tl.arange(0, BM)
-    if GATE_UP:
-        xrow = rows // TOPK
-    else:
-        xrow = rows
+    xrow = activation_rows(rows, TOPK, GATE_UP)
     blk = tl.arange(0, NB)
     wi = tl.arange(0, NW)
     wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 4), 4)[:, None]  # 4 words a block
@@ -260,10 +251,7 @@ def _mma_tile(x_ptr, wb_base, ws_base, pair, rmask, K, stride_x, offs_n, nmask, 
     K-major ([16, BN]) and the block's scale multiplies the fp32 partial product of the block. IMPL 2 ("scaled"):
     tl.dot_scaled over BK weights per step (CUDA bf16 only)."""
     KG = K // 32
-    if GATE_UP:
-        xrow = pair // TOPK
-    else:
-        xrow = pair
+    xrow = activation_rows(pair, TOPK, GATE_UP)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     xbase = x_ptr + xrow[:, None] * stride_x
     if IMPL == 2:
