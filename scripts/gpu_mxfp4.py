@@ -3,16 +3,18 @@ the torch reference at the real shapes, a sweep of their inner loops and tiles, 
 by side with bf16, and the teacher-forced accuracy check with a paired statistic.
 
     PYTHONUNBUFFERED=1 python scripts/gpu_mxfp4.py [--out DIR] [--budget-s 300] [--accuracy-batch 32]
-        [--skip-probe] [--skip-engine] [--skip-accuracy] [--perf "ARGS for bench perf"]
+        [--skip-probe] [--skip-engine] [--skip-bf16] [--skip-accuracy] [--sweep-dq] [--engine-cases 1x4,32x4]
+        [--perf "ARGS for bench perf"]
 
-1. load: the seeded bf16 model; bf16 graph engine at batch 1 and 32 (E32, top_k 4), the side-by-side reference;
-   then the experts are quantized in place (what `weights = "mxfp4"` builds).
+1. load: the seeded bf16 model; bf16 graph engine at batch 1 and 32 (E32, top_k 4), the side-by-side reference
+   (not with --skip-bf16); then the experts are quantized in place (what `weights = "mxfp4"` builds).
 2. probe: `moe_mxfp4` against dequantize + torch loop (bf16) for T = 1, 4, 32 (decode) and 300 (prefill, sorted)
-   in every inner loop that applies (gemv, mma, scaled); then each loop's (BN, BK, warps, stages) per GEMM is timed
-   at T = 1 and 4 (gemv vs the compact MMA launches), and T = 32 (mma vs scaled); the fastest become the module's
-   tables (and tiles.json, the MOE_MXFP4_TILES of later runs).
-3. engine: mxfp4 graph engine "before" (main's kernel: mma loop everywhere, main's tiles) and "after" (the picks),
-   alternately in the same process, batch 1 (top_k 4 and 2), 4 and 32; prompt 256, 33 new tokens (32 timed
+   in every inner loop that applies (gemv2, gemv4, scaled, dq); the read floor at T = 1 and 32; then one layer is
+   timed: gemv2, gemv4 (its tiles swept per GEMM) and dq at T = 1, dq and gemv4 at T = 4 (with --sweep-dq also
+   scaled vs dq at T = 32, dq's tiles swept); the fastest T = 1 loop and tiles become the module's tables (and
+   tiles.json, the MOE_MXFP4_TILES of later runs).
+3. engine: mxfp4 graph engine "before" (main's loops and tiles: gemv2 at batch 1, dq elsewhere) and "after" (the
+   picks), alternately in the same process, the --engine-cases (batch x top_k); prompt 256, 33 new tokens (32 timed
    steps), best of 2; roofline % against the MXFP4 ceiling (every tensor at its own width, U counted).
 4. accuracy (docs/METHOD.md "teacher-forced agreement"): greedy tokens from the graph engine on the MXFP4 model
    (--accuracy-batch sequences, prompt 256, 96 steps), then the same sequences through HF on the dequantized
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_perf_graph import graph_tokens, hf_argmax, paired_agreement
+from jsonl_log import JsonlLog
 
 from bench.engines.graph import GraphEngine, GraphOptions
 from bench.engines.graph import mxfp4_kernels as mk
@@ -52,31 +55,29 @@ MODEL = "synthetic:gpt-oss-20b"
 PROMPT = 256
 NEW = 33
 T0 = time.time()
-LOG: Path | None = None
 CANDIDATES = {
     "gemv": [(16, 256, 4, 3), (8, 256, 4, 3), (16, 512, 4, 3), (16, 256, 2, 3), (8, 512, 4, 2), (16, 128, 4, 3)],
+    "gemv4": [(32, 512, 2, 1), (16, 512, 2, 1), (64, 512, 4, 1), (32, 512, 4, 1), (16, 1024, 4, 1),
+              (32, 1024, 4, 1), (8, 1024, 2, 1), (16, 1024, 2, 1), (32, 1024, 8, 1), (32, 256, 2, 1)],
     "dq1": [(64, 128, 4, 3), (64, 128, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4), (128, 128, 4, 3), (128, 64, 4, 3),
             (64, 256, 4, 3), (128, 128, 8, 3)],
     "dq": [(128, 128, 4, 3), (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3), (64, 64, 4, 4)],
     "few": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2)],
     "full": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2), (64, 256, 8, 3), (128, 256, 4, 3)],
 }
-# main's kernel (commit ef10157): gemv2 at batch 1, tl.dot_scaled elsewhere, with these tiles
-BEFORE = {"gemv_max_tokens": 1, "gemv_impl": "gemv2", "mma_impl": "scaled",
+# main's kernel (commit 30dd53a): gemv2 at batch 1, the dq loop for the other decode launches, with these tiles
+BEFORE = {"gemv_max_tokens": 1, "gemv_impl": "gemv2", "mma_impl": "dq",
           "gemv": {"gate_up": (16, 512, 4, 3), "down": (16, 512, 4, 3)},
           "few": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)},
-          "full": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)}}
-TABLES = {"gemv": "MXFP4_CONFIG_GEMV", "few": "MXFP4_CONFIG_FEW", "full": "MXFP4_CONFIG", "dq1": "MXFP4_CONFIG_DQ1",
-          "dq": "MXFP4_CONFIG_DQ"}
+          "full": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)},
+          "dq1": {"gate_up": (64, 64, 4, 3), "down": (64, 128, 4, 3)},
+          "dq": {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4)}}
+TABLES = {"gemv": "MXFP4_CONFIG_GEMV", "gemv4": "MXFP4_CONFIG_GEMV4", "few": "MXFP4_CONFIG_FEW",
+          "full": "MXFP4_CONFIG", "dq1": "MXFP4_CONFIG_DQ1", "dq": "MXFP4_CONFIG_DQ"}
 
 
-def emit(rec: dict) -> None:
-    rec = {"t": round(time.time() - T0, 1), **rec}
-    line = json.dumps(rec, default=str)
-    print(line, flush=True)
-    if LOG is not None:
-        with LOG.open("a") as f:
-            f.write(line + "\n")
+LOG = JsonlLog(None, T0)  # main() points it at $OUT/mxfp4.jsonl
+emit = LOG.emit
 
 
 def _ref_moe(x, ex, topi, topw):
@@ -180,7 +181,7 @@ def current_tables() -> dict:
             **{key: dict(getattr(mk, attr)) for key, attr in TABLES.items()}}
 
 
-def probe(model, sweep_dq: bool = True) -> dict:
+def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
     ex = model.model.layers[0].mlp.experts
     gen = torch.Generator(device="cuda").manual_seed(0)
     hidden = ex.hidden_size
@@ -192,7 +193,7 @@ def probe(model, sweep_dq: bool = True) -> dict:
         topi, topw = _routing(tokens, ex.num_experts, 4, gen)
         inputs[tokens] = (x, topi, topw)
         want = _ref_moe(x, ex, topi, topw).float()
-        for impl in (("gemv2", "scaled", "dq", "dqf") if tokens <= 4 else ("scaled", "dq", "dqf")):
+        for impl in (("gemv2", "gemv4", "scaled", "dq", "dqf") if tokens <= 4 else ("scaled", "dq", "dqf")):
             try:
                 cnt = torch.zeros((), dtype=torch.int32, device="cuda")
                 got = _call(x, ex, topi, topw, cnt, impl=impl).float()
@@ -210,8 +211,10 @@ def probe(model, sweep_dq: bool = True) -> dict:
     # timing: every (loop, tiles) candidate per GEMM, the other GEMM at the loop's current tile
     results: dict[tuple[int, str], tuple[float, tuple]] = {}
     # (tokens, loop, table, sweep the table's candidates): main's loops at main's tiles, then the dq loop's tiles
-    plan = [(1, "gemv2", "gemv", False), (1, "dqf", "dq1", False), (32, "scaled", "full", False),
-            (32, "dqf", "dq", sweep_dq), (4, "scaled", "few", False), (4, "dqf", "dq", False)]
+    plan = [(1, "gemv2", "gemv", False), (1, "gemv4", "gemv4", sweep_gemv4), (1, "dqf", "dq1", False),
+            (4, "dqf", "dq", False), (4, "gemv4", "gemv4", False)]
+    if sweep_dq:
+        plan += [(32, "scaled", "full", False), (32, "dqf", "dq", True), (4, "scaled", "few", False)]
     for tokens, impl, mode, sweep in plan:
         x, topi, topw = inputs[tokens]
         nbytes = per_expert * int(topi.unique().numel())
@@ -245,13 +248,17 @@ def probe(model, sweep_dq: bool = True) -> dict:
         table.update(saved)
     # picks: gemv2 vs dq at 1 token; scaled vs dq at 32 (dq runs folded on this model: every scale <= 128)
     pick = current_tables()
-    t1 = {i: results[(1, i)][0] for i in ("gemv2", "dqf") if (1, i) in results}
+    t1 = {i: results[(1, i)][0] for i in ("gemv2", "gemv4", "dqf") if (1, i) in results}
     t32 = {i: results[(32, i)][0] for i in ("scaled", "dqf") if (32, i) in results}
-    tile_key = {"dqf": "dq1"}
-    if t1 and min(t1, key=t1.get) != "gemv2":
+    tile_key = {"dqf": "dq1", "gemv4": "gemv4"}
+    if t1:
         best1 = min(t1, key=t1.get)
-        pick["gemv_impl"] = best1[:-1]
-        pick[tile_key[best1]] = {**pick[tile_key[best1]], **results[(1, best1)][1]}
+        pick["gemv_impl"] = {"dqf": "dq"}.get(best1, best1)
+        if best1 in tile_key:
+            pick[tile_key[best1]] = {**pick[tile_key[best1]], **results[(1, best1)][1]}
+    t4 = {i: results[(4, i)][0] for i in ("gemv4", "dqf") if (4, i) in results}
+    if pick["gemv_impl"] == "gemv4" and t4 and min(t4, key=t4.get) == "gemv4":
+        pick["gemv_max_tokens"] = 4  # gemv4 also at 2-4 tokens (decoded once per program, one FMA per row)
     if t32 and min(t32, key=t32.get) != "scaled":
         best32 = min(t32, key=t32.get)
         pick["mma_impl"] = best32[:-1]
@@ -308,19 +315,22 @@ def accuracy(model, batch: int, steps: int = 96, one_by_one: bool = False) -> di
 
 
 def main() -> int:
-    global LOG
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--budget-s", type=float, default=300)
     ap.add_argument("--skip-probe", action="store_true")
     ap.add_argument("--skip-engine", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--skip-bf16", action="store_true", help="no bf16 engine side-by-side before quantizing")
     ap.add_argument("--accuracy-batch", type=int, default=32,
                     help="sequences in the accuracy check (96 steps each; 32: 3,072 tokens)")
     ap.add_argument("--accuracy-one-by-one", action="store_true",
                     help="the accuracy check's sequences generated one at a time (batch 1's kernels: gemv2, split-K)")
     ap.add_argument("--no-picks", action="store_true",
                     help="'after' is the committed tables (the probe only measures), not the probe's picks")
+    ap.add_argument("--sweep-dq", action="store_true", help="also time scaled vs dq at 32 tokens and sweep dq's tiles")
+    ap.add_argument("--engine-cases", default="1x4,32x4,1x2,4x4",
+                    help="engine before/after cases, BATCHxTOPK comma-separated")
     ap.add_argument("--perf", default=None, help="arguments for bench perf, run afterwards in this process")
     ap.add_argument("--e16", action="store_true", help="then E16 at batch 32 (prunes the model: no accuracy after)")
     ap.add_argument("--bf16-picks", default=None,
@@ -328,7 +338,7 @@ def main() -> int:
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    LOG = out_dir / "mxfp4.jsonl"
+    LOG.path = out_dir / "mxfp4.jsonl"
     left = lambda: args.budget_s - (time.time() - T0)  # noqa: E731
     from bench.measure.bandwidth import measure_bandwidth
     from bench.roofline import ArchSummary
@@ -338,7 +348,7 @@ def main() -> int:
     model = load_model(MODEL, device="cuda", dtype=torch.bfloat16, seed=0).model
     bandwidth = measure_bandwidth("cuda")
     emit({"sec": "env", **report, "bandwidth_gbs": round(bandwidth / 1e9, 1), "load_s": round(time.time() - T0, 1)})
-    if not args.skip_engine:  # bf16 side by side: main (no split-K) and this commit at batch 1; 32: the same code
+    if not args.skip_engine and not args.skip_bf16:  # bf16 side by side: batch 1 without / with split-K, and 32
         arch = ArchSummary.from_model(model)
         emit(time_case(model, 1, 4, arch, bandwidth, "before", "bf16", splitk=False))
         emit(time_case(model, 1, 4, arch, bandwidth, "after", "bf16", splitk=True))
@@ -355,7 +365,8 @@ def main() -> int:
         emit({"sec": "decode_check", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
     if not args.skip_probe:
         try:
-            report["probe"] = probe(model, sweep_dq=not args.no_picks)
+            report["probe"] = probe(model, sweep_dq=args.sweep_dq and not args.no_picks,
+                                    sweep_gemv4=not args.no_picks)
             if not args.no_picks:
                 after = report["probe"]["pick"]
         except Exception as exc:
@@ -370,12 +381,12 @@ def main() -> int:
             gk.SPLITK_CONFIG["small"] = tuple(splitk)
     if not args.skip_engine:
         arch = ArchSummary.from_model(model)
-        for b, k in ((1, 4), (32, 4), (1, 2), (4, 4)):
+        for b, k in (tuple(int(v) for v in c.split("x")) for c in args.engine_cases.split(",")):
             for label, cfg in (("before", BEFORE), ("after", after)):
                 if left() < 60 + (0 if args.skip_accuracy else 60):
                     break
                 set_tables(cfg)
-                emit(time_case(model, b, k, arch, bandwidth, label, "mxfp4", splitk=bool(splitk) and label == "after"))
+                emit(time_case(model, b, k, arch, bandwidth, label, "mxfp4", splitk=bool(splitk)))
         if args.e16 and left() > 60:  # E16 at batch 32 (target: >= 1.5x E32), the first 16 experts per layer
             from bench.models.pruning import prune_model
 
@@ -384,7 +395,7 @@ def main() -> int:
             arch16 = ArchSummary.from_model(model)
             for label, cfg in (("before", BEFORE), ("after", after)):
                 set_tables(cfg)
-                emit(time_case(model, 32, 4, arch16, bandwidth, label, "mxfp4", splitk=label == "after"))
+                emit(time_case(model, 32, 4, arch16, bandwidth, label, "mxfp4", splitk=bool(splitk)))
             args.skip_accuracy = True  # the accuracy check needs the unpruned model
     set_tables(after)
     if not args.skip_accuracy and left() > 40:

@@ -38,6 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_check_graph
 
+from jsonl_log import JsonlLog
+
 from bench.engines.graph import GraphEngine, GraphOptions
 from bench.engines.graph import kernels as gk
 
@@ -48,12 +50,7 @@ PROMPT = 256
 NEW = 33
 
 
-def emit(rec: dict) -> None:
-    rec = {"t": round(time.time() - T0, 1), **rec}
-    line = json.dumps(rec)
-    print(line, flush=True)
-    with LOG.open("a") as f:
-        f.write(line + "\n")
+emit = JsonlLog(LOG, T0).emit
 
 
 def bench_graph(fn) -> float:

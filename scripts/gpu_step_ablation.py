@@ -30,6 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_check_graph
 
+from jsonl_log import JsonlLog
+
 from bench.engines.graph import GraphEngine, GraphOptions
 from bench.engines.graph import kernels as gk
 
@@ -51,12 +53,7 @@ CONFIGS = {  # name -> (PDL mode, FUSE_NORM_ROUTER, MOE_CONFIG_FEW)
 }
 
 
-def emit(rec: dict) -> None:
-    rec = {"t": round(time.time() - T0, 1), **rec}
-    line = json.dumps(rec)
-    print(line, flush=True)
-    with LOG.open("a") as f:
-        f.write(line + "\n")
+emit = JsonlLog(LOG, T0).emit
 
 
 def set_config(name: str) -> None:

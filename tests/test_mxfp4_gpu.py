@@ -1,7 +1,8 @@
-"""The MXFP4 expert loop with the inline-PTX e2m1 decode (bench/engines/graph/mxfp4_kernels.py: "dq" = decode + bf16
-MMA; "dqf": the scale folded into the one multiply) on a CUDA
-device: skipped on CPU, where the Triton interpreter cannot run PTX (tests/interpreter/mxfp4_cases.py covers the
-other loops). Run on the GPU machine with `python3 -m pytest -q tests/test_mxfp4_gpu.py`."""
+"""The MXFP4 expert loops on a CUDA device (bench/engines/graph/mxfp4_kernels.py): the inline-PTX e2m1 decode ("dq"
+= decode + bf16 MMA; "dqf": the scale folded into the one multiply) and the batch-1 "gemv4" loop as compiled for
+the GPU (its integer-multiply decode also runs in the interpreter cases) on random blocks. Skipped on CPU, where
+the Triton interpreter cannot run PTX (tests/interpreter/mxfp4_cases.py covers the other loops). Run on the GPU
+machine with `python3 -m pytest -q tests/test_mxfp4_gpu.py`."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def _reference(ex, x, topi, topw) -> torch.Tensor:
 
 CASES = [(t, k, impl, sc) for t, k in [(1, 2), (1, 4), (3, 2), (40, 4), (80, 2)]  # compact, scan, sorted
          for impl, sc in [("dq", (100, 150)), ("dqf", (100, 129))]]  # dqf needs scales <= 128
+# gemv4 (integer-multiply decode, fp32 FMA; decode only): the batch-1 loop, and several rows per expert
+CASES += [(t, k, "gemv4", sc) for t, k in [(1, 2), (1, 4), (3, 2)] for sc in [(100, 150), (0, 171)]]
 
 
 @pytest.mark.parametrize("tokens,k,impl,scales", CASES)
@@ -52,7 +55,7 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales):
     ex = _experts(scales, seed=tokens)
     gen = torch.Generator(device="cuda").manual_seed(tokens + 1)
     # small activations keep the clamped SwiGLU in its live range for these large random weights
-    x = (torch.randn(tokens, 256, generator=gen, device="cuda") * 2.0 ** (120 - scales[1])).to(torch.bfloat16)
+    x = (torch.randn(tokens, 256, generator=gen, device="cuda") * 2.0 ** (120 - min(scales[1], 150))).to(torch.bfloat16)
     v, i = torch.topk(torch.randn(tokens, 4, generator=gen, device="cuda"), k, dim=-1)
     w = torch.softmax(v, dim=-1).to(torch.bfloat16)
     want = _reference(ex, x, i, w)

@@ -56,10 +56,14 @@ def test_mxfp4_triton_decode_equals_the_reference_tokens(model):
     (3, 4, "gemv", torch.float32),  # several rows per expert share the decoded weights
     (2, 2, "gemv", torch.bfloat16),  # the CUDA path's fp16 bit-placement decode
     (3, 2, "gemv2", torch.float32),  # activations loaded in (even, odd) pairs
+    (1, 2, "gemv4", torch.float32),  # integer-multiply decode of the 32-bit words, fp32 FMA: exact
+    (3, 4, "gemv4", torch.float32),  # several rows per expert
+    (1, 4, "gemv4", torch.bfloat16),  # batch 1 on the GPU: bf16 activations
+    (2, 2, "gemv4-steps", torch.float32),  # one or two blocks a step: several steps
     (5, 4, "scaled", torch.bfloat16),  # tl.dot_scaled, compact grid
     (70, 2, "scaled", torch.bfloat16),  # tl.dot_scaled, sorted (prefill)
 ])
-def test_mxfp4_inner_loops_match_the_torch_reference(model, tokens, k, impl, dtype):
+def test_mxfp4_inner_loops_match_the_torch_reference(model, tokens, k, impl, dtype, monkeypatch):
     """Each inner loop of moe_mxfp4 (gemv without tensor cores, tl.dot_scaled) against the float32 torch reference:
     exact in float32, within bf16 rounding in bf16."""
     from bench.engines.graph import mxfp4_kernels as mk
@@ -71,9 +75,51 @@ def test_mxfp4_inner_loops_match_the_torch_reference(model, tokens, k, impl, dty
     w = torch.softmax(v, dim=-1)
     want = build_experts(mod, GraphOptions(experts="loop").resolve("cpu"))(x, i, w, None)
     cnt = torch.zeros((), dtype=torch.int32)
+    if impl == "gemv4-steps":
+        impl = "gemv4"
+        monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (16, 64, 4, 1), "down": (8, 32, 4, 1)})
     got = mk.moe_mxfp4(x.to(dtype), mod.gate_up_proj_blocks, mod.gate_up_proj_scales, mod.gate_up_proj_bias.to(dtype),
                        mod.down_proj_blocks, mod.down_proj_scales, mod.down_proj_bias.to(dtype), i.to(torch.int32), w,
                        mod.alpha, mod.limit, cnt, impl=impl)
     err = ((got.float() - want).norm() / want.norm()).item()
     assert err < (1e-5 if dtype == torch.float32 else 2e-2), err
     assert int(cnt) == i.unique().numel()
+
+
+@pytest.mark.parametrize("scales", [(100, 150), (0, 171)])
+def test_gemv4_decodes_every_byte_and_scale(scales, monkeypatch):
+    """gemv4's integer-multiply decode on random blocks holding every byte value (all 16 codes in both nibbles of
+    every word position) and scales across (100, 150) or 0..170 (0 = the subnormal 2^-127; 2^43 at the top, so
+    that float32 outputs stay finite): equal to dequantize + a float64 per-expert loop. K = 96 = 3 blocks with two
+    blocks a step: the second step is half masked, as at the real K = 2880 (90 blocks, 16 a step)."""
+    from bench.engines.graph import mxfp4_kernels as mk
+
+    gen = torch.Generator().manual_seed(scales[0])
+    monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (32, 64, 4, 1), "down": (32, 64, 4, 1)})
+    ex = mxfp4.Mxfp4Experts(4, 96, 96, 1.702, 7.0, dtype=torch.float32)
+    for name in ("gate_up_proj_blocks", "down_proj_blocks"):
+        buf = getattr(ex, name)
+        buf.copy_(torch.randint(0, 256, buf.shape, generator=gen).to(torch.uint8))
+        assert buf.unique().numel() == 256
+    lo, hi = scales
+    for name in ("gate_up_proj_scales", "down_proj_scales"):
+        buf = getattr(ex, name)
+        buf.copy_(torch.randint(lo, hi, buf.shape, generator=gen).to(torch.uint8))
+    ex.gate_up_proj_bias.normal_(0, 0.1, generator=gen)
+    ex.down_proj_bias.normal_(0, 0.1, generator=gen)
+    # small activations keep gate_up's outputs near the clamped SwiGLU's live range for these large weights
+    x = torch.randn(1, 96, generator=gen) * 2.0 ** (-10 if hi <= 150 else -50)
+    i = torch.tensor([[0, 3]], dtype=torch.int32)
+    w = torch.tensor([[0.75, 0.25]])
+    k = 2
+    want = torch.zeros((k, 96), dtype=torch.float64)
+    for j in range(k):
+        e = int(i[0, j])
+        gu, dn = ex.expert_weights(e, torch.float64)
+        h = ex._apply_gate(x.double() @ gu + ex.gate_up_proj_bias[e].double())
+        want[j] = (h @ dn + ex.down_proj_bias[e].double()) * float(w[0, j])
+    got = mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias, ex.down_proj_blocks,
+                       ex.down_proj_scales, ex.down_proj_bias, i, w, ex.alpha, ex.limit, impl="gemv4")
+    assert torch.isfinite(got).all()
+    err = ((got.double() - want).norm() / want.norm()).item()
+    assert err < 1e-5, err

@@ -670,6 +670,16 @@ def tile_pairs(rows_ptr, m0, end, scan_rows, SCAN: tl.constexpr, BM: tl.constexp
 
 
 @triton.jit
+def activation_rows(pair, TOPK: tl.constexpr, GATE_UP: tl.constexpr):
+    """The input row each routed (token, slot) pair reads: gate_up its token's hidden state (pair // TOPK), down the
+    pair's own gate_up output row."""
+    rows = pair
+    if GATE_UP:
+        rows = pair // TOPK
+    return rows
+
+
+@triton.jit
 def moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit, offs_n, nmask,
                   N, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """Bias; gate_up: clamped SwiGLU over interleaved (gate, up) columns; down: routing weight. Store the rows."""
@@ -716,10 +726,7 @@ def _moe_kernel(
     w_base = w_ptr + e * stride_we
     for m0 in range(start, end, BM):
         pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
-        if GATE_UP:
-            xrow = pair // TOPK
-        else:
-            xrow = pair
+        xrow = activation_rows(pair, TOPK, GATE_UP)
         acc = tl.zeros([BM, BN], dtype=tl.float32)
         for k0 in range(0, K, BK):
             offs_k = k0 + tl.arange(0, BK)

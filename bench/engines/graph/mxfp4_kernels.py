@@ -6,9 +6,14 @@ there are fewer pairs than experts; an expert-sorted list in prefill), so both f
 program reads its N tile of the expert's blocks (uint8, two e2m1 codes per byte, low nibble = even element) and
 e8m0 scales once. gate_up applies the clamped SwiGLU in its epilogue, down the bias and routing weight, with the
 bf16 kernel's own `kernels.moe_epilogue`. Every step-dependent value lives in device memory, so a decode step with
-these kernels is CUDA-graph capturable. Four inner loops (`IMPL`, picked per launch by `moe_mxfp4`):
+these kernels is CUDA-graph capturable. Inner loops (`IMPL`, picked per launch by `moe_mxfp4`):
 
-- "gemv" (few rows per expert: decode at batch <= GEMV_MAX_TOKENS): no tensor cores. One program per (expert,
+- "gemv4" (decode at batch <= GEMV_MAX_TOKENS, the default GEMV_IMPL): no tensor cores; the blocks read as 32-bit
+  words, codes i and i+4 of a word decoded together to two fp32 values by a mask, one integer multiply (two
+  non-overlapping copies of each nibble: magnitude and sign land where fp32 holds e2m1 * 2^-126) and two masks
+  (_e2m1_pair_f32), one fp32 FMA a weight against the activation * 2^64 in natural K order, the block scale on
+  the block sum. Plain Triton (no PTX): the interpreter runs the same code.
+- "gemv"/"gemv2" (round 2's batch-1 loops): no tensor cores. One program per (expert,
   BN output rows) loads [BN, NB, 16] bytes (16 contiguous bytes = one block per thread vector), decodes both
   nibbles, multiplies by the even / odd activations in fp32, sums each block, applies the block's scale to the
   block sum, and keeps per-block partials until the end (one cross-thread reduction per program, not per step).
@@ -37,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bench.engines.graph.kernels import moe_epilogue, routed_rows, routing_plan, tile_pairs
+from bench.engines.graph.kernels import activation_rows, moe_epilogue, routed_rows, routing_plan, tile_pairs
 
 
 def _p2(n: int) -> int:
@@ -86,13 +91,15 @@ def _moe_mxfp4_kernel(
                              stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST, IMPL == 3)
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                       offs_n, nmask, N, GATE_UP, BM, BN)
+        elif IMPL == 6:  # gemv4: integer-multiply decode, fp32 FMA (scan mode only, like gemv)
+            acc = _gemv4_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K, stride_x,
+                              offs_n, nmask, TOPK, GATE_UP, BM, BN, BK)
+            moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                         offs_n, nmask, N, GATE_UP, BM, BN)
         elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
             for m0 in range(start, end, BM):
                 pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
-                if GATE_UP:
-                    xrow = pair // TOPK
-                else:
-                    xrow = pair
+                xrow = activation_rows(pair, TOPK, GATE_UP)
                 acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K, stride_x,
                                offs_n, nmask, BM, BN, BK, IMPL == 5)
                 moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
@@ -118,10 +125,7 @@ def _gemv_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: t
     NB: tl.constexpr = BK // 32  # blocks of 32 weights per iteration
     KG = K // 32
     mm = tl.arange(0, BM)
-    if GATE_UP:
-        xrow = rows // TOPK
-    else:
-        xrow = rows
+    xrow = activation_rows(rows, TOPK, GATE_UP)
     blk = tl.arange(0, NB)
     j16 = tl.arange(0, 16)
     wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 16), 16)[:, None, None]  # rows start 16-byte blocks
@@ -163,6 +167,80 @@ def _gemv_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: t
 
 
 @triton.jit
+def _e2m1_pair_f32(t, MUL: tl.constexpr):
+    """Two e2m1 codes of a uint32 word, masked to the nibbles at bits p..p+3 and p+16..p+19 (p = 0 with MUL 4160,
+    p = 4 with MUL 260), -> two float32 holding each code's value * 2^-126, exactly. One integer multiply by
+    2^(6-p) + 2^(12-p) makes two copies of each nibble that do not overlap (no carries): in the first the
+    magnitude bits (e1 e0 m) land at bits 8..6 (24..22 for the high nibble), in the second the sign at bit 15
+    (31). The high code is then one mask (sign 31, exponent field e1 e0, top mantissa bit m: an fp32 whose value is
+    e2m1 * 2^-126, subnormal for e = 0), the low code a shift by 16 and the same mask."""
+    m = t * MUL
+    hi = (m & 0x81C00000).to(tl.float32, bitcast=True)
+    lo = ((m << 16) & 0x81C00000).to(tl.float32, bitcast=True)
+    return lo, hi
+
+
+@triton.jit
+def _x64(xp, wm, j: tl.constexpr):
+    """Activation j of each word (K offset 8 * word + j) as float32 times 2^64."""
+    return tl.load(xp + j, mask=wm, other=0.0).to(tl.float32) * 18446744073709551616.0
+
+
+@triton.jit
+def _gemv4_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """[BM, BN] fp32 = rows of x times the expert's N tile without tensor cores, from the released layout read as
+    uint32 words (wb_e: an int32 view of the blocks; word c of a block = codes 8c..8c+7, code i in bits 4i..4i+3).
+
+    Per word: codes (i, i+4) for i = 0..3 decode as a pair (_e2m1_pair_f32: mask, one integer multiply, two masks
+    and a shift: ~2.6 integer instructions a weight, about half of them multiplies, which run on the FMA pipe),
+    each an fp32 value * 2^-126; one fp32 FMA a weight with the activation * 2^64 (so that products stay far from
+    fp32 subnormals); the block sum times the block scale 2^(s-127), then 2^62 once at the end. Activations are
+    loaded in natural K order (32 contiguous values a block)."""
+    NB: tl.constexpr = BK // 32
+    NW: tl.constexpr = BK // 8  # words per step
+    KG = K // 32
+    mm = tl.arange(0, BM)
+    xrow = activation_rows(rows, TOPK, GATE_UP)
+    blk = tl.arange(0, NB)
+    wi = tl.arange(0, NW)
+    wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 4), 4)[:, None]  # 4 words a block
+    srow = ws_e + offs_n.to(tl.int64)[:, None] * KG
+    part = tl.zeros([BM, BN, NB], dtype=tl.float32)
+    for g0 in range(0, KG, NB):
+        w0 = g0 * 4
+        wm = (w0 + wi) < KG * 4
+        g = g0 + blk
+        wd = tl.load(wrow + w0 + wi[None, :], mask=nmask[:, None] & wm[None, :], other=0).to(tl.uint32, bitcast=True)
+        sc = tl.load(srow + g[None, :], mask=nmask[:, None] & (g < KG)[None, :], other=0).to(tl.int32)
+        scale = tl.where(sc == 0, 0x00400000, sc << 23).to(tl.float32, bitcast=True)  # 2^(s-127), s = 0 subnormal
+        lo0, hi0 = _e2m1_pair_f32(wd & 0x000F000F, 4160)  # codes 0, 4 of each word
+        lo1, hi1 = _e2m1_pair_f32(wd & 0x00F000F0, 260)  # codes 1, 5
+        v = wd >> 8
+        lo2, hi2 = _e2m1_pair_f32(v & 0x000F000F, 4160)  # codes 2, 6
+        lo3, hi3 = _e2m1_pair_f32(v & 0x00F000F0, 260)  # codes 3, 7
+        xoff = (w0 + wi) * 8
+        for r in tl.static_range(BM):
+            if r < end:  # the expert's own rows (BM is the launch's p2(tokens); the rest are masked at the store)
+                xr = tl.sum(tl.where(mm == r, xrow, 0), axis=0)
+                xp = x_ptr + xr * stride_x + xoff
+                s = lo0 * _x64(xp, wm, 0)[None, :]
+                s = tl.fma(hi0, _x64(xp, wm, 4)[None, :], s)
+                s = tl.fma(lo1, _x64(xp, wm, 1)[None, :], s)
+                s = tl.fma(hi1, _x64(xp, wm, 5)[None, :], s)
+                s = tl.fma(lo2, _x64(xp, wm, 2)[None, :], s)
+                s = tl.fma(hi2, _x64(xp, wm, 6)[None, :], s)
+                s = tl.fma(lo3, _x64(xp, wm, 3)[None, :], s)
+                s = tl.fma(hi3, _x64(xp, wm, 7)[None, :], s)  # [BN, NW]
+                s = tl.sum(tl.reshape(s, (BN, NB, 4)), axis=2) * scale  # [BN, NB]
+                if BM == 1:
+                    part += s[None, :, :]
+                else:
+                    part = tl.where((mm == r)[:, None, None], part + s[None, :, :], part)
+    return tl.sum(part, axis=2) * 4611686018427387904.0  # 2^62: 2^-126 of the codes, 2^64 of the activations
+
+
+@triton.jit
 def _mma_tile(x_ptr, wb_base, ws_base, pair, rmask, K, stride_x, offs_n, nmask, TOPK: tl.constexpr,
               GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr,
               IMPL: tl.constexpr):
@@ -173,10 +251,7 @@ def _mma_tile(x_ptr, wb_base, ws_base, pair, rmask, K, stride_x, offs_n, nmask, 
     K-major ([16, BN]) and the block's scale multiplies the fp32 partial product of the block. IMPL 2 ("scaled"):
     tl.dot_scaled over BK weights per step (CUDA bf16 only)."""
     KG = K // 32
-    if GATE_UP:
-        xrow = pair // TOPK
-    else:
-        xrow = pair
+    xrow = activation_rows(pair, TOPK, GATE_UP)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     xbase = x_ptr + xrow[:, None] * stride_x
     if IMPL == 2:
@@ -293,10 +368,10 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
     return tl.trans(acc)
 
 
-IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5}
+IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5, "gemv4": 6}
 # Decode with at most this many tokens uses the gemv loop (every expert then has <= this many rows; one M "tile"
 # of p2(tokens) rows, the weights decoded once per program and reused for each row). H200, one E32 k4 layer
-# (docs/MXFP4.md): 1 token gemv2 49 us, gemv 52, scaled 77, mma 120; 4 tokens gemv 275, scaled 174, mma 262.
+# (docs/MXFP4.md): 1 token gemv4 30 us, gemv2 49, dq 54, scaled 77, mma 120; 4 tokens dq 114, gemv4 181, gemv 275.
 GEMV_MAX_TOKENS = 1
 # (BN, BK, num_warps, num_stages) per GEMM; BK is a multiple of 32 (one scale per 32 values).
 # "gemv": decode with <= GEMV_MAX_TOKENS tokens; "few": other compact launches (fewer pairs than experts);
@@ -312,13 +387,19 @@ SORTED_IMPL = "scaled"
 # the "dq" loop's tiles: decode with <= GEMV_MAX_TOKENS tokens ("dq1"), every other launch ("dq")
 MXFP4_CONFIG_DQ1: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 64, 4, 3), "down": (64, 128, 4, 3)}
 MXFP4_CONFIG_DQ: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4)}
-GEMV_IMPL = "gemv2"  # activations loaded in (even, odd) pairs; "gemv": two stride-2 loads
+# the batch-1 loop: "gemv4" (integer-multiply decode of 32-bit words, fp32 FMA); "gemv2": float decode, activations
+# loaded in (even, odd) pairs; "gemv": two stride-2 loads
+GEMV_IMPL = "gemv4"
+# the "gemv4" loop's tiles (BN, BK, warps, stages; no loads are pipelined in it), picked on the H200 (call 3 of
+# docs/MXFP4.md round 4): one E32 k4 layer at one token 30.3 us (gemv2 49.1, dq 54.9)
+MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)}
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}}' overrides them
 # (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 TILES_ENV = "MOE_MXFP4_TILES"
 if os.environ.get(TILES_ENV):
     _tiles = json.loads(os.environ[TILES_ENV])
     MXFP4_CONFIG_GEMV.update({k: tuple(v) for k, v in _tiles.get("gemv", {}).items()})
+    MXFP4_CONFIG_GEMV4.update({k: tuple(v) for k, v in _tiles.get("gemv4", {}).items()})
     MXFP4_CONFIG_FEW.update({k: tuple(v) for k, v in _tiles.get("few", {}).items()})
     MXFP4_CONFIG.update({k: tuple(v) for k, v in _tiles.get("full", {}).items()})
     MXFP4_CONFIG_DQ1.update({k: tuple(v) for k, v in _tiles.get("dq1", {}).items()})
@@ -362,7 +443,7 @@ def moe_mxfp4(
     few = plan.scan and tokens <= GEMV_MAX_TOKENS
     if impl is None:
         if few:
-            impl = GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2") else "gemv2"  # dq: CUDA only
+            impl = GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2", "gemv4") else "gemv2"  # dq: CUDA only
         elif plan.scan:
             impl = MMA_IMPL if fast else "mma"
         else:
@@ -372,7 +453,7 @@ def moe_mxfp4(
         raise ValueError(f"the MXFP4 '{impl}' loop (inline PTX decode) runs on CUDA with bf16 activations only")
     if fold and impl == "dq":
         impl = "dqf"  # every scale <= 128: one multiply by 2^(s-1) instead of 2^126 then 2^(s-127)
-    gemv = impl in ("gemv", "gemv2")
+    gemv = impl in ("gemv", "gemv2", "gemv4")
     if gemv and not plan.scan:
         raise ValueError("the MXFP4 gemv loop is for decode (scan mode) only")
     if impl == "scaled" and x.dtype != torch.bfloat16:
@@ -386,6 +467,8 @@ def moe_mxfp4(
     cnt = counter if counter is not None else plan.flat
     if dq:
         table = MXFP4_CONFIG_DQ1 if few else MXFP4_CONFIG_DQ
+    elif impl == "gemv4":
+        table = MXFP4_CONFIG_GEMV4
     else:
         table = MXFP4_CONFIG_GEMV if gemv else (MXFP4_CONFIG_FEW if plan.compact else MXFP4_CONFIG)
     for name, src, wb, ws, bias, dst, n in (
@@ -399,9 +482,13 @@ def moe_mxfp4(
         if kdim % 32:
             raise ValueError(f"MXFP4 GEMM needs K % 32 == 0, got K={kdim}")
         bk = min(bk, max(32, _p2(kdim)))
+        if impl == "gemv4":
+            bn = min(bn, max(16, 128 // bm))  # the rows' partial sums: a wider N tile spills registers past 2 rows
         gu = name == "gate_up"
         if dq:
             wb = wb.view(torch.int16)  # the dq loop reads 16-bit halves of the blocks' words
+        elif impl == "gemv4":
+            wb = wb.view(torch.int32)  # gemv4 reads the blocks' 32-bit words
         _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
             src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
             plan.pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
