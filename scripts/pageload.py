@@ -23,9 +23,10 @@ bytes received for the first run), `plotly_bytes` / `table_bytes` (figure JSON a
 deltas), `browser_main_s` (Chromium main-thread task time, CDP Performance.TaskDuration; wall time, so a busy
 machine inflates it). With the server timing on (default), also AppTest's server-only render time (warm).
 Plus one interaction: on Scaling, pick a card of the database that the default selection does not show in the
-sidebar's Card filter and time the click until both charts are redrawn with that card's runs. And two baselines
-served the same way (same flags, same browser): an app whose only content is `st.title` (Streamlit's own fixed
-cost) and the same with one one-trace `st.plotly_chart` (Streamlit + its plotly.js chunk: the floor of any chart
+sidebar's Card filter and time the click until both charts are redrawn with that card's runs; and the same click on
+a baseline page that holds only such a filter and two small charts (Streamlit's own cost of a filter change). And two
+baselines served the same way (same flags, same browser): an app whose only content is `st.title` (Streamlit's own
+fixed cost) and the same with one one-trace `st.plotly_chart` (Streamlit + its plotly.js chunk: the floor of any chart
 page); with --plotly-bundle FILE a third: the same chart drawn by a minimal Streamlit component that loads FILE (a
 plotly.js partial bundle, e.g. the "cartesian" one from npm) instead of Streamlit's plotly chunk. The load average
 (1 min) is recorded per page: on a shared machine compare runs made back to back. The root page is always opened
@@ -70,6 +71,15 @@ EMPTY_APP = 'import streamlit as st\n\nst.title("Empty page")\n'
 EMPTY_CHART_APP = ('import plotly.graph_objects as go\nimport streamlit as st\n\nst.title("Empty page, one chart")\n'
                    'st.plotly_chart(go.Figure(go.Scatter(x=[1, 2, 3], y=[1, 3, 2], name="one")), width="stretch")\n')
 BASELINES = {"empty (Streamlit alone)": (EMPTY_APP, 0), "empty + 1 chart (Streamlit + plotly.js)": (EMPTY_CHART_APP, 1)}
+# Streamlit's own cost of a filter change: a sidebar Card multiselect and two charts with a trace per picked card
+# (what Scaling's filter does, without the dashboard's data, shell and figures): the floor of the filter target.
+FILTER_APP = ('import plotly.graph_objects as go\nimport streamlit as st\n\n'
+              'st.title("Empty page, a filter, two charts")\n'
+              'cards = st.sidebar.multiselect("Card", ["NVIDIA A100", "NVIDIA H200"], default=["NVIDIA A100"])\n'
+              'for title in ("one", "two"):\n'
+              '    st.plotly_chart(go.Figure([go.Scatter(x=[1, 2, 3], y=[1, 3, 2], name=c) for c in cards],\n'
+              '                              layout={"title": {"text": title}}), width="stretch")\n')
+FILTER_BASELINE_CARD = "NVIDIA H200"
 # --plotly-bundle FILE: a third baseline, the same one-trace chart drawn by a minimal Streamlit component (an iframe
 # page that loads FILE, e.g. plotly.js's "cartesian" partial bundle from npm, instead of Streamlit's 4.7 MB plotly
 # chunk). What a lighter plotly.js would save; the bundle is a generated file, never committed.
@@ -381,13 +391,14 @@ def other_card(db: Path) -> str | None:
     return others[0] if others else None
 
 
-def _filter_scaling(ctx, url: str, card: str, timeout_s: float = 120) -> dict:
-    """On Scaling: pick `card` (a card of the database the default selection does not show) in the sidebar's Card
-    filter; time the click until both charts are redrawn with that card's runs."""
+def _filter_scaling(ctx, url: str, card: str, timeout_s: float = 120, path: str = "scaling",
+                    charts: int = CHART_PAGES["scaling"]) -> dict:
+    """On Scaling (or the filter baseline's page at `path`, drawing `charts` charts): pick `card` (a card the default
+    selection does not show) in the sidebar's Card filter; time the click until the charts are redrawn with it."""
     page, frames = _page_with_frames(ctx)
     try:
-        page.goto(f"{url}/scaling", wait_until="commit")
-        _settle(page, CHART_PAGES["scaling"], timeout_s)
+        page.goto(f"{url}/{path}", wait_until="commit")
+        _settle(page, charts, timeout_s)
         before = page.evaluate("() => window.__pl.changes.slice(-1)[0][1].names")
         box = page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"]').filter(
             has=page.locator('[data-testid="stWidgetLabel"]', has_text="Card")).first
@@ -401,13 +412,13 @@ def _filter_scaling(ctx, url: str, card: str, timeout_s: float = 120) -> dict:
             if time.monotonic() > deadline:
                 raise TimeoutError("the Card filter triggered no script run")
             page.wait_for_timeout(100)
-        _settle(page, CHART_PAGES["scaling"], timeout_s)
+        _settle(page, charts, timeout_s)
         pl = page.evaluate("() => window.__pl")
     finally:
         page.close()
     if pl["changes"][-1][1]["names"] == before:
         raise RuntimeError(f"the Card filter ({card}) did not change the charts")
-    out = _marks(pl["changes"], _finished(pl["msgs"], _decode(frames)), since, CHART_PAGES["scaling"])
+    out = _marks(pl["changes"], _finished(pl["msgs"], _decode(frames)), since, charts)
     out["picked"] = card
     return out
 
@@ -728,6 +739,11 @@ def table(report: dict) -> str:
         lines.append(f"\nScaling, Card filter → {f['picked']}: redrawn in **{_fmt(f['traces_s'])} s** "
                      f"(script idle {_fmt(f['idle_s'])} s); median of {report['repeats']}."
                      + (f" Failed runs: {f['errors']}" if f.get("errors") else ""))
+    b = report.get("filter_baseline")
+    if b:
+        lines.append(f"Streamlit's own filter cost (an empty page: a sidebar Card multiselect, two charts with a "
+                     f"trace a card), Card → {b['picked']}: redrawn in **{_fmt(b['traces_s'])} s** (script idle "
+                     f"{_fmt(b['idle_s'])} s); median of {report['repeats']}.")
     first = report.get("first_view_s")
     if first:
         lines.append("\nFirst view of each page after the server started (not in the table; module imports): "
@@ -863,6 +879,22 @@ def main(argv: list[str] | None = None) -> int:
                                                              charts=n_charts)["empty"]
                             if args.attribute:
                                 report["pages"][label]["phases"] = attribute(url, "", n_charts, args.repeats, browser)
+                    if not args.no_filter:
+                        app = folder / "baseline-filter" / "app.py"
+                        app.parent.mkdir()
+                        app.write_text(FILTER_APP)
+                        with shots.serve(None, folder / "streamlit-filter.log", app=app, pids=pids) as url:
+                            PIDS["server"] = pids[-1]
+                            warm_up(url, ["empty"], browser)
+                            runs = []
+                            for _ in range(args.repeats):
+                                ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+                                ctx.add_init_script(RECORDER)
+                                try:
+                                    runs.append(_filter_scaling(ctx, url, FILTER_BASELINE_CARD, path="", charts=2))
+                                finally:
+                                    ctx.close()
+                            report["filter_baseline"] = _median(runs)
                     if args.plotly_bundle:
                         app = folder / "baseline-component" / "app.py"
                         (app.parent / "frontend").mkdir(parents=True)
