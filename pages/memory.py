@@ -53,7 +53,7 @@ pruned = [r for r in ids if bool(runs.at[r, "pruned"])]
 if not pruned:
     st.info("None of the selected runs is pruned. Select a pruned variant to see what it saves against its base.")
     st.stop()
-if data.runs[~data.runs["pruned"] & (data.runs["n_ok"] > 0)].empty:
+if ui_data.base_runs(data).empty:
     st.info("No unpruned base run passes the filters.")
     st.stop()
 pairs = ui_data.base_pickers(data, pruned)

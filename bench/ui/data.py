@@ -286,13 +286,18 @@ def run_picker(data: PageData, key: str, label: str = "Runs", limit: int = 12) -
     return picked
 
 
+def base_runs(data: PageData) -> pd.DataFrame:
+    """The unpruned runs passing the filters that have successful points: the candidate bases of a pruned run."""
+    return data.runs[~data.runs["pruned"] & (data.runs["n_ok"] > 0)]
+
+
 def base_pickers(data: PageData, pruned: list[str]) -> list[tuple[str, str]]:
     """(pruned run, base run) pairs for the Memory page's saving: each pruned run's base is guessed
     (`compare.base_for`) and can be changed in a selectbox per run. The selectboxes sit in an expander drawn when
     opened (`on_change="rerun"`): eight of them cost the browser about a tenth of a second on every Memory view
     (docs/PERF.md), for a choice the saved table's `base` column and the chart's legend already show. A changed
     choice is kept in `memory_base_<run>` (plain session state) while the expander is closed."""
-    bases = data.runs[~data.runs["pruned"] & (data.runs["n_ok"] > 0)]
+    bases = base_runs(data)
     base_labels = dict(zip(bases["run_id"], bases["label"], strict=True))
     options = list(base_labels)
     labels_all = data.runs_all.set_index("run_id")["label"]
