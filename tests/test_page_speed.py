@@ -54,3 +54,71 @@ def test_export_page_does_not_read_the_point_summary(tmp_path, monkeypatch) -> N
     assert _summary_cached() == 0
     at.switch_page("pages/scaling.py").run()
     assert at.get("plotly_chart") and _summary_cached() == 1
+
+
+def _layout(block) -> list[str]:
+    """The element types of a block's children, in order: what the browser matches a rerun's elements by."""
+    return [getattr(node, "type", type(node).__name__) for node in block.children.values()]
+
+
+def test_a_filter_change_keeps_every_element_in_its_place(tmp_path, monkeypatch) -> None:
+    """Streamlit's browser side matches a rerun's elements to the drawn ones by position: an element inserted above
+    others makes it mount every element after it anew (toggles, table, popovers: the Scaling filter's redraw,
+    docs/PERF.md). A Card filter that hides the picked runs leaves Scaling's elements where they were (the picked
+    runs were the user's, not a link's: no link notice), and the sidebar's "N of M runs pass" caption fills a slot
+    drawn on every run."""
+    from tests.fixtures_db import A100, build_fixture
+    from tests.test_app import open_page
+
+    db = tmp_path / "bench.duckdb"
+    build_fixture(db)
+    at = open_page(db, "pages/scaling.py", monkeypatch)
+    at.multiselect(key="scaling_runs").set_value(["run-base4"]).run()
+    before = _layout(at.main)
+    at.session_state["flt_cards"] = [A100]
+    at.run()
+    assert not at.exception
+    assert at.multiselect(key="scaling_runs").value == ["run-a100-k2"]  # the filter's default runs
+    charts = max(i for i, kind in enumerate(before) if kind == "plotly_chart") + 2  # the charts and their downloads
+    assert _layout(at.main)[:charts] == before[:charts] and not at.info  # (a warning about failed points follows)
+    # the sidebar, as AppTest shows it on a session's first run: without a filter, and with one (from a link)
+    side = _first_run_sidebar(db, monkeypatch, {})
+    filtered = _first_run_sidebar(db, monkeypatch, {"flt_cards": A100})
+    assert side[filtered.index("1 of 4 runs pass the filters")] == "empty"  # the caption fills the slot
+    assert len(filtered) == len(side) and filtered.index("expander") == side.index("expander")  # the Cost expander
+
+
+def _first_run_sidebar(db, monkeypatch, params: dict) -> list[str]:
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_app import APP
+
+    monkeypatch.setenv("BENCH_DB", str(db))
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params.update(params)
+    at.run()
+    assert not at.exception
+    return [node.value if node.type == "caption" and "runs pass" in node.value else node.type
+            for node in at.sidebar.children.values()]
+
+
+def test_a_links_runs_hidden_by_its_filters_get_a_notice(tmp_path, monkeypatch) -> None:
+    """The notice for a shared link's runs that its own filters hide stays (on the run that opens the link)."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.fixtures_db import H100, build_fixture
+    from tests.test_app import APP
+
+    db = tmp_path / "bench.duckdb"
+    build_fixture(db)
+    monkeypatch.setenv("BENCH_DB", str(db))
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params.update({"scaling_runs": ["run-base4", "run-a100-k2"], "flt_cards": H100})
+    at.run()
+    at.switch_page("pages/scaling.py").run()
+    assert not at.exception
+    assert [i.value for i in at.info] == ["1 run(s) in the link are hidden by the sidebar filters or have no ok "
+                                          "points."]
+    assert at.multiselect(key="scaling_runs").value == ["run-base4"]
+    at.run()
+    assert not at.info  # once

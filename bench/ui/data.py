@@ -137,9 +137,12 @@ def sidebar() -> None:
         _keep(key, value if value is None or lo is None or lo <= value <= hi else None)
         col.date_input(label, min_value=lo, max_value=hi, key="w_" + key, on_change=_store, args=(key,))
     f = filters()
+    # a slot drawn on every run, filled when a filter is set: the caption appearing would shift the elements after
+    # it (the Cost expander), which the browser then mounts anew on the filter change (docs/PERF.md)
+    kept_slot = sb.empty()
     if not f.is_default():
         kept = len(labels.apply_filters(runs_df, f))
-        sb.caption(f"{kept} of {len(runs_df)} runs pass the filters")
+        kept_slot.caption(f"{kept} of {len(runs_df)} runs pass the filters")
     price_inputs(runs_df)
     _publish_filters()
 
@@ -322,11 +325,14 @@ def base_pickers(data: PageData, pruned: list[str]) -> list[tuple[str, str]]:
 def shared_runs(data: PageData, key: str, options: dict[str, str] | list[str]) -> None:
     """Seed the run list `key` from a shared link (once per session): ids the database lacks get a notice, ids
     hidden by the filters another."""
+    from_link = share.pending(key)
     unknown = share.seed_list(key, set(data.runs_all["run_id"]))
     share.unknown_notice("run ids", unknown)
-    hidden = [r for r in st.session_state.get(key, []) if r not in options] if not unknown else []
-    if hidden and st.session_state.get("_share_hidden_" + key) is None:
-        st.session_state["_share_hidden_" + key] = hidden
+    # only on the run that opens the link: later, the picked runs a filter change hides are the user's own (the run
+    # picker falls back to the filter's default runs), and a notice inserted above the page's content would also
+    # shift every element after it, which the browser then mounts anew (the Scaling filter, docs/PERF.md)
+    hidden = [r for r in st.session_state.get(key, []) if r not in options] if from_link and not unknown else []
+    if hidden:
         st.info(f"{len(hidden)} run(s) in the link are hidden by the sidebar filters or have no ok points.")
 
 

@@ -25,6 +25,11 @@ def _first_time(key: str) -> bool:
     return True
 
 
+def pending(key: str) -> bool:
+    """True while the URL holds `key` and this session has not seeded it yet (the run that opens a link)."""
+    return key in st.query_params and key not in st.session_state.get(_SEEDED, set())
+
+
 def seed_list(key: str, valid: Iterable[str] | None = None) -> list[str]:
     """Seed `st.session_state[key]` (a list) from the URL once per session; return the values not in `valid`."""
     if not _first_time(key) or key not in st.query_params:
