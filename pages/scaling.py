@@ -52,24 +52,29 @@ if not failed.empty:
     st.warning("Some points did not run cleanly:\n" + "\n".join(lines))
 
 st.subheader("MBU: measured against the roofline ceiling")
-summ_ec = cost.add_energy_cost(summ, data.runs_all, ui_data.prices())
-table = summ_ec[["label", "batch", "n_ok", "total_tps", "total_tps_min", "total_tps_max", "per_stream_tps",
-                 "ceiling_tps", "mbu", "distinct_experts", "j_per_token", "usd_per_mtok"]]
-st.dataframe(
-    table, hide_index=True, width="stretch", key="scaling_table",
-    column_config={
-        "label": "run", "n_ok": "repeats ok",
-        "total_tps": st.column_config.NumberColumn("total tok/s", format="%.2f"),
-        "total_tps_min": st.column_config.NumberColumn("min", format="%.2f"),
-        "total_tps_max": st.column_config.NumberColumn("max", format="%.2f"),
-        "per_stream_tps": st.column_config.NumberColumn("per-stream tok/s", format="%.2f"),
-        "ceiling_tps": st.column_config.NumberColumn("ceiling tok/s", format="%.1f"),
-        "mbu": st.column_config.NumberColumn("MBU", format="percent"),
-        "distinct_experts": st.column_config.NumberColumn("experts touched / layer", format="%.1f"),
-        "j_per_token": ui_views.ENERGY_COLUMNS["j_per_token"],
-        "usd_per_mtok": ui_views.ENERGY_COLUMNS["usd_per_mtok"],
-    },
-)
+# the table is built when opened: its data grid cost the browser ~0.2 CPU-s on every Scaling view and on every filter
+# change (docs/PERF.md), for numbers the charts' hover also gives per point (median, min, max, repeats, ceiling, MBU)
+table_box = st.expander("The table: per run and batch size, tok/s (median, min, max), ceiling, MBU, experts touched, "
+                        "J/token, $/M tokens", icon=":material/table:", key="scaling_table_open", on_change="rerun")
+if table_box.open:
+    summ_ec = cost.add_energy_cost(summ, data.runs_all, ui_data.prices())
+    table = summ_ec[["label", "batch", "n_ok", "total_tps", "total_tps_min", "total_tps_max", "per_stream_tps",
+                     "ceiling_tps", "mbu", "distinct_experts", "j_per_token", "usd_per_mtok"]]
+    table_box.dataframe(
+        table, hide_index=True, width="stretch", key="scaling_table",
+        column_config={
+            "label": "run", "n_ok": "repeats ok",
+            "total_tps": st.column_config.NumberColumn("total tok/s", format="%.2f"),
+            "total_tps_min": st.column_config.NumberColumn("min", format="%.2f"),
+            "total_tps_max": st.column_config.NumberColumn("max", format="%.2f"),
+            "per_stream_tps": st.column_config.NumberColumn("per-stream tok/s", format="%.2f"),
+            "ceiling_tps": st.column_config.NumberColumn("ceiling tok/s", format="%.1f"),
+            "mbu": st.column_config.NumberColumn("MBU", format="percent"),
+            "distinct_experts": st.column_config.NumberColumn("experts touched / layer", format="%.1f"),
+            "j_per_token": ui_views.ENERGY_COLUMNS["j_per_token"],
+            "usd_per_mtok": ui_views.ENERGY_COLUMNS["usd_per_mtok"],
+        },
+    )
 low = summ[(summ["mbu"] < 0.3) & summ["mbu"].notna()]
 if not low.empty:
     st.caption(f"{len(low)} point(s) run below 30% of their ceiling: the harness, not the model, may dominate.")

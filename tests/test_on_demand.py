@@ -11,7 +11,7 @@ import pytest
 from bench.paths import SPECS_DIR
 from bench.report import export_selection
 from tests.fixtures_db import build_fixture
-from tests.test_app import EXPORT_SOURCE_TAB, open_page
+from tests.test_app import EXPORT_SOURCE_TAB, figure, open_page
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +86,22 @@ def test_memory_base_pickers_on_demand(fixture_db: Path, monkeypatch: pytest.Mon
     assert not at.selectbox
     saved = next(d.value for d in at.dataframe if "saved_gib" in d.value.columns)
     assert set(saved["base"]) == {"report_base_topk4"}  # the changed base is kept while the expander is closed
+
+
+def test_scaling_mbu_table_on_demand(fixture_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scaling's MBU table is built when its expander is opened (its data grid cost the browser ~0.2 CPU-s on every
+    view and filter change), with a row per point of the charts and every column it had."""
+    at = open_page(fixture_db, "pages/scaling.py", monkeypatch)
+    box = [e for e in at.expander if e.label.startswith("The table: per run and batch size")]
+    assert len(box) == 1 and not at.dataframe
+    points = {(t["name"], x) for fig in (figure(at, 0), figure(at, 1)) for t in fig["data"]
+              if "ceiling" not in t["name"] for x in t["x"]}
+    at.session_state["scaling_table_open"] = True  # what opening the expander does
+    at.run()
+    assert not at.exception
+    [table] = [d.value for d in at.dataframe]
+    assert list(table.columns) == ["label", "batch", "n_ok", "total_tps", "total_tps_min", "total_tps_max",
+                                   "per_stream_tps", "ceiling_tps", "mbu", "distinct_experts", "j_per_token",
+                                   "usd_per_mtok"]
+    measured = table[table["total_tps"].notna()]  # (a failed point has a row, and no marker in the charts)
+    assert set(zip(measured["label"], measured["batch"], strict=True)) == points

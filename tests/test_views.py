@@ -110,7 +110,9 @@ def test_energy_and_cost_with_sidebar_price(slow_db: Path, monkeypatch: pytest.M
     cpu = ec[ec["label"] == "cpu_topk4"]
     assert cpu["j_per_token"].isna().all() and set(cpu["energy_note"]) == {"no energy counter (CPU run)"}
     assert any("no J/token" in c.value and "not 0" in c.value for c in at.caption)
-    # the MBU table carries both columns too
+    # the MBU table carries both columns too (drawn when its expander is opened)
+    at.session_state["scaling_table_open"] = True
+    at.run()
     mbu = with_columns(at, "mbu", "j_per_token", "usd_per_mtok")
     assert mbu["j_per_token"].dropna().min() == 2.0 / 8 * 0.75  # pruned at batch 8: 1.5 / 8
 
