@@ -384,8 +384,22 @@ def _attn_decode_kernel(
     tl.store(out_ptr + qrow[:, None] + d[None, :], out.to(out_ptr.dtype.element_ty), mask=gm[:, None])
 
 
+# decode attention's (cache block BS, num_warps, num_stages or None for Triton's default) by batch size:
+# ((max streams, config), ...), first match wins, else ATTN_CONFIG
+ATTN_CONFIG: tuple[int, int, int | None] = (64, 4, None)
+ATTN_CONFIG_BY_BATCH: tuple[tuple[int, tuple[int, int, int | None]], ...] = ()
+
+
+def attn_config(bsz: int) -> tuple[int, int, int | None]:
+    for most, cfg in ATTN_CONFIG_BY_BATCH:
+        if bsz <= most:
+            return cfg
+    return ATTN_CONFIG
+
+
 def attn_decode(
-    q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, sinks: torch.Tensor, pos: torch.Tensor, scale: float
+    q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, sinks: torch.Tensor, pos: torch.Tensor, scale: float,
+    config: tuple[int, int, int | None] | None = None,
 ) -> torch.Tensor:
     """q (B, hq, D) against the cache (B, hkv, S, D) up to `pos`, with sinks -> (B, hq*D)."""
     bsz, hq, d = q.shape
@@ -393,9 +407,11 @@ def attn_decode(
     g = hq // hkv
     out = torch.empty((bsz, hq * d), dtype=q.dtype, device=q.device)
     pdl = pdl_launch(bsz)
+    bs, warps, stages = config or attn_config(bsz)
+    extra = {"num_stages": stages} if stages else {}
     _attn_decode_kernel[(bsz, hkv)](
-        q, kc, vc, sinks, pos, out, scale, hkv, s_cache, G=g, GP=max(16, _p2(g)), D=d, BS=64, PDL=pdl, num_warps=4,
-        **_pdl_kw(pdl),
+        q, kc, vc, sinks, pos, out, scale, hkv, s_cache, G=g, GP=max(16, _p2(g)), D=d, BS=bs, PDL=pdl,
+        num_warps=warps, **extra, **_pdl_kw(pdl),
     )
     return out
 
@@ -485,6 +501,16 @@ def _router_topk_kernel(
 # H100). `router(split=False)` (GraphOptions.router_split) turns the split path off (ablation).
 ROUTER_SPLIT_MAX_TOKENS = 256  # was 64; at batch 256 the split path measured 0.2% faster (noise level)
 ROUTER_BH = 64
+# the split router's slice width by step size: ((max tokens, BH), ...), first match wins, else ROUTER_BH (more,
+# narrower slices for many tokens: each program's float32 products grow with the tokens)
+ROUTER_BH_BY_TOKENS: tuple[tuple[int, int], ...] = ()
+
+
+def router_bh(tokens: int) -> int:
+    for most, bh in ROUTER_BH_BY_TOKENS:
+        if tokens <= most:
+            return int(bh)
+    return ROUTER_BH
 
 
 def router(
@@ -496,7 +522,7 @@ def router(
     topi = torch.empty((tokens, k), dtype=torch.int32, device=x.device)
     topw = torch.empty((tokens, k), dtype=torch.float32, device=x.device)
     ep = _p2(experts)
-    bh = bh or ROUTER_BH
+    bh = bh or router_bh(tokens)
     if split and tokens <= ROUTER_SPLIT_MAX_TOKENS and x.stride(1) == 1 and weight.is_contiguous():
         tp, epd = max(16, _p2(tokens)), max(16, ep)
         splits = triton.cdiv(hidden, bh)
@@ -756,6 +782,13 @@ MOE_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 
 # Re-picked on the H200 at 128 / 256 tokens with M tile 64 (docs/PERF.md): gate_up BN 128 (395 / 413 us a layer
 # against 412 / 431 with BN 64).
 MOE_CONFIG_BIG: dict[str, tuple[int, int, int, int]] | None = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)}
+# Scan-mode tiles per M tile (decode launches that are neither compact nor of >= 64 rows: batch 2-16 -> M tile 16,
+# 17-32 -> 32), {BM: {"gate_up": ..., "down": ...}}; an M tile not listed takes MOE_CONFIG.
+MOE_CONFIG_SCAN: dict[int, dict[str, tuple[int, int, int, int]]] = {}
+# Compact launches of more than COMPACT_FEW_PAIRS (token, slot) pairs (E32 batch 8 top_k 2: 16 pairs, ~13 distinct
+# experts) take MOE_CONFIG_COMPACT (None: MOE_CONFIG_FEW, which was tuned at one token).
+MOE_CONFIG_COMPACT: dict[str, tuple[int, int, int, int]] | None = None
+COMPACT_FEW_PAIRS = 8
 # M tile in sorted mode (more tokens than SCAN_MAX_TOKENS): SORTED_BM while an expert gets at most
 # SORTED_BM_ROWS rows on average (pairs / experts), else SORTED_BM_LARGE, so that most experts still fit one M tile
 # and their weights are read once. H200 (docs/PERF.md): E32 at 128 / 256 tokens (16 / 32 rows per expert) one
@@ -834,6 +867,17 @@ def routing_plan(topi: torch.Tensor, experts: int, compact: bool = True) -> Rout
                        grid_rows=pairs if compact else experts, pb=_p2(pairs), epad=_p2(experts))
 
 
+def moe_tiles(plan: RoutingPlan) -> dict[str, tuple[int, int, int, int]]:
+    """The (BN, BK, num_warps, num_stages) table of both expert GEMMs for one routing plan: compact launches
+    MOE_CONFIG_FEW (MOE_CONFIG_COMPACT past COMPACT_FEW_PAIRS pairs), M tiles of >= 64 rows MOE_CONFIG_BIG, other
+    scan launches MOE_CONFIG_SCAN[M tile] or MOE_CONFIG."""
+    if plan.compact:
+        return MOE_CONFIG_COMPACT if MOE_CONFIG_COMPACT and plan.pairs > COMPACT_FEW_PAIRS else MOE_CONFIG_FEW
+    if plan.bm >= 64 and MOE_CONFIG_BIG:
+        return MOE_CONFIG_BIG
+    return MOE_CONFIG_SCAN.get(plan.bm) or MOE_CONFIG
+
+
 def moe(
     x: torch.Tensor,
     gate_up: torch.Tensor,
@@ -866,8 +910,7 @@ def moe(
         ("gate_up", x, gate_up, gate_up_bias, act, n2),
         ("down", act, down, down_bias, out, hidden),
     ):
-        table = tiles or (MOE_CONFIG_FEW if plan.compact else
-                          (MOE_CONFIG_BIG if plan.bm >= 64 and MOE_CONFIG_BIG else MOE_CONFIG))
+        table = tiles or moe_tiles(plan)
         bn, bk, warps, stages = table[name]
         gu = name == "gate_up"
         _moe_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
