@@ -6,6 +6,15 @@ configuration against the plain one (bf16 and, after quantizing the experts, MXF
 
     PYTHONUNBUFFERED=1 python scripts/gpu_step_ablation.py [--cases 1x4,1x2] [--big-cases 8x4,32x4,128x4]
         [--skip-mxfp4]
+    PYTHONUNBUFFERED=1 python scripts/gpu_step_ablation.py --sweep [--classes scan32,scan16,compact,few,big]
+        [--budget-s 300]
+
+--sweep (session 6, batch 8-256): a profile at 8 and 32 tokens; per class of expert launch (scan M tile 32 / 16,
+compact past COMPACT_FEW_PAIRS, one token, sorted M tile 64 at 256 tokens) a coordinate sweep of the gate_up and
+down tiles and the N-tile-major grid over the 24 layers' weights (`sweep_class`); the split router's slice width at
+8 / 32 / 256 tokens; decode attention's block and warps at 1 / 8 / 32 / 256 streams; $OUT/picks.json (only the
+tables measured >= 1% (tiles), 5% (router) or 3% (attention) faster than main's); then the engine with main's
+tables and with the picks, interleaved, at every batch whose tables changed (E32, then pruned to E16).
 
 Every record is appended to $OUT/ablation.jsonl as it is made; $OUT/picks.json holds the choices measured fastest
 (as `--set @picks.json` for scripts/gpu_ab.py and scripts/gpu_perf_graph.py): the fusion and the tile if faster at
@@ -146,14 +155,17 @@ SCAN_DOWN = [(32, 128, 4, 4), (64, 128, 4, 4), (32, 128, 4, 5), (32, 256, 4, 3),
              (16, 256, 4, 4), (64, 256, 4, 3)]
 BIG_GATE_UP = [(128, 64, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3), (256, 64, 8, 3), (64, 128, 4, 3), (128, 64, 8, 3)]
 BIG_DOWN = [(64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 3)]
-# class -> (kernels table, M-tile key or None, cases (tokens, experts, top_k), gate_up and down candidates). Each
+# class -> (kernels table, M-tile key or None, cases (tokens, experts, top_k), gate_up and down candidates; each
+# also tried with the N-tile-major grid). Each
 # case takes the class's table in the engine: batch 8 at E32 k4 / E16 k4 -> scan M tile 16; E32 k2 (16 pairs < 32
-# experts) -> compact past COMPACT_FEW_PAIRS; 32 tokens -> scan M tile 32; 256 tokens E32 k4 -> sorted M tile 64.
+# experts) -> compact past COMPACT_FEW_PAIRS; 32 tokens -> scan M tile 32; 256 tokens E32 k4 -> sorted M tile 64;
+# one token -> compact, MOE_CONFIG_FEW (only the grid order is new there).
 CLASSES = {
     "scan32": ("MOE_CONFIG_SCAN", 32, [(32, 32, 4), (32, 32, 2), (32, 16, 4)], SCAN_GATE_UP, SCAN_DOWN),
     "scan16": ("MOE_CONFIG_SCAN", 16, [(8, 32, 4), (8, 16, 4)], SCAN_GATE_UP, SCAN_DOWN),
     "compact": ("MOE_CONFIG_COMPACT", None, [(8, 32, 2)], SCAN_GATE_UP, SCAN_DOWN),
     "big": ("MOE_CONFIG_BIG", None, [(256, 32, 4)], BIG_GATE_UP, BIG_DOWN),
+    "few": ("MOE_CONFIG_FEW", None, [(1, 32, 4), (1, 32, 2)], [(64, 128, 4, 4)], [(64, 128, 4, 4)]),
 }
 ATTN_CANDIDATES = [(64, 4, None), (128, 4, None), (64, 8, None), (128, 8, None), (32, 4, None), (64, 4, 2)]
 KEEP = 0.99  # a pick must be >= 1% faster than the shipped table, on the mean ratio over the class's cases
@@ -161,7 +173,7 @@ KEEP = 0.99  # a pick must be >= 1% faster than the shipped table, on the mean r
 
 def class_base(name: str) -> dict:
     key = CLASSES[name][1]
-    if name == "compact":
+    if name in ("compact", "few"):
         return dict(gk.MOE_CONFIG_FEW)
     if name == "big":
         return dict(gk.MOE_CONFIG_BIG)
@@ -239,6 +251,11 @@ def sweep_class(model, name: str) -> dict | None:
             continue
         cand = {"gate_up": best["gate_up"], "down": tuple(dn)}
         t = score(cand, "down")
+        if t < best_t:
+            best_t, best = t, cand
+    for gemm in ("gate_up", "down"):  # the same tiles with the N-tile-major grid (kernels._moe_kernel NB_MAJOR)
+        cand = {**best, gemm: (*tuple(best[gemm])[:4], 1)}
+        t = score(cand, f"{gemm} N-major")
         if t < best_t:
             best_t, best = t, cand
     again = score(base, "shipped again")
@@ -339,7 +356,7 @@ def sweep_main(args, model, bandwidth: float) -> int:
 
     left = lambda: args.budget_s - (time.time() - T0)  # noqa: E731
     gk.PDL_MAX_TOKENS = 1  # as shipped
-    shipped = {n: getattr(gk, n) for n in ("MOE_CONFIG_SCAN", "MOE_CONFIG_COMPACT", "MOE_CONFIG_BIG",
+    shipped = {n: getattr(gk, n) for n in ("MOE_CONFIG_SCAN", "MOE_CONFIG_COMPACT", "MOE_CONFIG_BIG", "MOE_CONFIG_FEW",
                                            "ROUTER_BH_BY_TOKENS", "ATTN_CONFIG_BY_BATCH")}
     from gpu_check_graph import profile_step
 
@@ -360,7 +377,7 @@ def sweep_main(args, model, bandwidth: float) -> int:
     picks: dict = {}
     scan: dict = {}
     for name in args.classes.split(","):
-        if left() < 150:
+        if left() < 170:
             emit({"sec": "skip", "class": name, "left_s": round(left())})
             continue
         try:
@@ -377,11 +394,11 @@ def sweep_main(args, model, bandwidth: float) -> int:
             picks[table] = pick
     if scan:
         picks["MOE_CONFIG_SCAN"] = scan
-    if left() > 130:
+    if left() > 155:
         rb = router_sweep(model)
         if rb:
             picks["ROUTER_BH_BY_TOKENS"] = rb
-    if left() > 120:
+    if left() > 145:
         at = attn_sweep(model)
         if at:
             picks["ATTN_CONFIG_BY_BATCH"] = at
@@ -398,10 +415,22 @@ def sweep_main(args, model, bandwidth: float) -> int:
     arch = ArchSummary.from_model(model)
     e32 = [tuple(int(v) for v in c.split("x")) for c in args.engine_cases.split(",") if c]
     e16 = [tuple(int(v) for v in c.split("x")) for c in args.engine_cases16.split(",") if c]
-    again = {(8, 4), (32, 4)}
+    again = {(8, 4), (32, 4), (1, 4)}
+
+    def signature(b: int, k: int, experts: int) -> tuple:
+        """The tables a (batch, top_k, experts) step takes: the expert tiles, the router slice, the attention."""
+        plan = gk.routing_plan(torch.zeros((b, k), dtype=torch.int32, device="cuda"), experts)
+        return str(gk.moe_tiles(plan)), gk.router_bh(b), gk.attn_config(b)
 
     def engine(cases, arch, experts: int) -> None:
         for b, k in cases:
+            sig = []
+            for which in ("main", "picks"):
+                apply(which)
+                sig.append(signature(b, k, experts))
+            if sig[0] == sig[1]:
+                emit({"sec": "engine", "skip": "same tables", "experts": experts, "batch": b, "top_k": k})
+                continue
             for rep in range(2 if (b, k) in again else 1):
                 for which in (("main", "picks") if rep == 0 else ("picks", "main")):
                     if left() < 20:
@@ -427,11 +456,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true",
                     help="session 6: per-batch expert tiles, router slices, attention blocks (sweep_main)")
-    ap.add_argument("--classes", default="scan32,scan16,compact,big", help="--sweep: tile classes (CLASSES)")
-    ap.add_argument("--engine-cases", default="8x4,32x4,8x2,32x2,1x4,256x4,64x4,128x4",
+    ap.add_argument("--classes", default="scan32,scan16,compact,few,big", help="--sweep: tile classes (CLASSES)")
+    ap.add_argument("--engine-cases", default="8x4,32x4,8x2,32x2,1x4,1x2,256x4,64x4,128x4",
                     help="--sweep: E32 engine cases, main's tables vs the picks")
     ap.add_argument("--engine-cases16", default="8x4,32x4,8x2,32x2,256x4", help="--sweep: the same at E16")
-    ap.add_argument("--budget-s", type=float, default=230, help="--sweep: sections stop once this is spent")
+    ap.add_argument("--budget-s", type=float, default=300, help="--sweep: sections stop once this is spent")
     ap.add_argument("--cases", default="1x4,1x2", help="batch-1 cases: every configuration, twice")
     ap.add_argument("--big-cases", default="8x4,32x4,128x4", help="PDL modes only (the rest is batch-1 only), once")
     ap.add_argument("--skip-mxfp4", action="store_true")

@@ -157,7 +157,7 @@ def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: 
 # weight class; "small" = qkv and o_proj (N < 16384). Their output stays as Partials for the next kernel.
 # H200, 24 layers at M = 1 (docs/PERF.md): qkv 249 -> 241 us, o_proj 289 -> 187 us against cuBLAS.
 SPLITK_MAX_ROWS = 1
-SPLITK_CONFIG: dict[str, tuple[int, int, int, int]] = {"small": (16, 256, 4, 4)}
+SPLITK_CONFIG: dict[str, tuple[int, ...]] = {"small": (16, 256, 4, 4)}
 
 
 def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -648,7 +648,14 @@ def add_rmsnorm_route(
 @triton.jit
 def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COMPACT: tl.constexpr,
                 EPAD: tl.constexpr, BM: tl.constexpr):
-    """Which expert this program serves and its (token, slot) rows: (e, start, end, scan_rows).
+    """`routed_rows_at` for program row tl.program_id(0) (the expert / compact slot axis of the grid)."""
+    return routed_rows_at(tl.program_id(0), topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
+
+
+@triton.jit
+def routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COMPACT: tl.constexpr,
+                   EPAD: tl.constexpr, BM: tl.constexpr):
+    """Which expert program row `pid` serves and its (token, slot) rows: (e, start, end, scan_rows).
 
     Scan mode (decode): the rows are found in the flat (T*k) routing table itself; scan_rows[i] is the i-th pair
     routed to e (valid for i < end), start = 0. Compact: program row i takes the i-th distinct routed expert
@@ -659,7 +666,7 @@ def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COM
         p = tl.arange(0, PB)
         pe = tl.load(topi_ptr + p, mask=p < P, other=-1)
         if COMPACT:
-            slot = tl.program_id(0)
+            slot = pid
             ee = tl.arange(0, EPAD)
             present = tl.max((pe[None, :] == ee[:, None]).to(tl.int32), axis=1)
             prank = tl.cumsum(present, axis=0) - 1
@@ -667,7 +674,7 @@ def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COM
             live = (slot < tl.sum(present, axis=0)).to(tl.int32)
             hit = (pe == e).to(tl.int32) * live
         else:
-            e = tl.program_id(0)
+            e = pid
             hit = (pe == e).to(tl.int32)
         rank = tl.cumsum(hit, axis=0) - 1
         sel = (rank[None, :] == mm[:, None]) & (hit[None, :] > 0)
@@ -675,7 +682,7 @@ def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COM
         start = 0
         end = tl.sum(hit, axis=0)
     else:
-        e = tl.program_id(0)
+        e = pid
         start = tl.load(offs_ptr + e)
         end = tl.load(offs_ptr + e + 1)
         scan_rows = mm
@@ -708,8 +715,16 @@ def activation_rows(pair, TOPK: tl.constexpr, GATE_UP: tl.constexpr):
 @triton.jit
 def moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit, offs_n, nmask,
                   N, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """Bias; gate_up: clamped SwiGLU over interleaved (gate, up) columns; down: routing weight. Store the rows."""
-    nb = tl.program_id(1)
+    """`moe_epilogue_at` for N tile tl.program_id(1)."""
+    moe_epilogue_at(tl.program_id(1), acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha,
+                    limit, offs_n, nmask, N, GATE_UP, BM, BN)
+
+
+@triton.jit
+def moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit, offs_n,
+                    nmask, N, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Bias; gate_up: clamped SwiGLU over interleaved (gate, up) columns; down: routing weight. Store the rows of
+    N tile `nb`."""
     acc += tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
     if GATE_UP:
         gate, up = tl.split(tl.reshape(acc, (BM, BN // 2, 2)))
@@ -733,16 +748,23 @@ def _moe_kernel(
     P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, NB_MAJOR: tl.constexpr,
 ):
-    nb = tl.program_id(1)
+    # grid (expert rows, N tiles), or (N tiles, expert rows) with NB_MAJOR: then the CTAs launched together
+    # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many
+    if NB_MAJOR:
+        nb = tl.program_id(0)
+        pid = tl.program_id(1)
+    else:
+        nb = tl.program_id(1)
+        pid = tl.program_id(0)
     offs_n = nb * BN + tl.arange(0, BN)
     nmask = offs_n < N
     if GATE_UP:
         _gdc(PDL)
     # the down GEMM's routing was written two kernels back (complete once this kernel runs, see PDL): read it
     # before the wait for gate_up's activations
-    e, start, end, scan_rows = routed_rows(topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
+    e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
     if not GATE_UP:
         _gdc(PDL)
     if COUNT:
@@ -762,32 +784,33 @@ def _moe_kernel(
             b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
                         mask=kmask[:, None] & nmask[None, :], other=0.0)
             acc = tl.dot(a, b, acc)
-        moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                      offs_n, nmask, N, GATE_UP, BM, BN)
+        moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                        offs_n, nmask, N, GATE_UP, BM, BN)
 
 
 # Decode with fewer (token, slot) pairs than experts (batch 1, 2, ...) launches one program row per pair instead of
 # one per expert: program i takes the i-th distinct routed expert, so no CTA is launched for the (E - U) experts
 # nobody routed to. `moe(compact=False)` (GraphOptions.moe_compact) launches one row per expert (ablation).
 SCAN_MAX_TOKENS = 64  # scan mode holds every row of an expert in one M tile (<= T rows): bounded for shared memory
-# (BN, BK, num_warps, num_stages) per GEMM; tuned on the H100 (see docs/PERF.md), overridable for experiments.
-MOE_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
+# (BN, BK, num_warps, num_stages[, 1 = N-tile-major grid]) per GEMM; tuned on the H100 (see docs/PERF.md),
+# overridable for experiments.
+MOE_CONFIG: dict[str, tuple[int, ...]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
 # the same for compact launches (fewer pairs than experts: batch 1, where few CTAs share the whole chip). H200
 # (docs/PERF.md, session 5): down BN 64 (was 32) 65.3 -> 62.8 us a layer at one token; batch 1 top_k 4 2.534 ->
 # 2.502 ms; no gate_up tile tried beat (64, 128, 4, 4).
-MOE_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}
+MOE_CONFIG_FEW: dict[str, tuple[int, ...]] = {"gate_up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}
 # the same for M tiles of >= 64 rows (batch >= 33: scan mode with BM 64, sorted mode); None: MOE_CONFIG.
 # H200 (docs/PERF.md): one E32 k4 expert layer at 64 / 128 / 256 tokens 565 / 590 / 612 us with MOE_CONFIG (BM 64:
 # 128 KB of shared memory for 4 stages, one CTA per SM) -> 419 / 444 / 456 us with these tiles (BM 64).
 # Re-picked on the H200 at 128 / 256 tokens with M tile 64 (docs/PERF.md): gate_up BN 128 (395 / 413 us a layer
 # against 412 / 431 with BN 64).
-MOE_CONFIG_BIG: dict[str, tuple[int, int, int, int]] | None = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)}
+MOE_CONFIG_BIG: dict[str, tuple[int, ...]] | None = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)}
 # Scan-mode tiles per M tile (decode launches that are neither compact nor of >= 64 rows: batch 2-16 -> M tile 16,
 # 17-32 -> 32), {BM: {"gate_up": ..., "down": ...}}; an M tile not listed takes MOE_CONFIG.
-MOE_CONFIG_SCAN: dict[int, dict[str, tuple[int, int, int, int]]] = {}
+MOE_CONFIG_SCAN: dict[int, dict[str, tuple[int, ...]]] = {}
 # Compact launches of more than COMPACT_FEW_PAIRS (token, slot) pairs (E32 batch 8 top_k 2: 16 pairs, ~13 distinct
 # experts) take MOE_CONFIG_COMPACT (None: MOE_CONFIG_FEW, which was tuned at one token).
-MOE_CONFIG_COMPACT: dict[str, tuple[int, int, int, int]] | None = None
+MOE_CONFIG_COMPACT: dict[str, tuple[int, ...]] | None = None
 COMPACT_FEW_PAIRS = 8
 # M tile in sorted mode (more tokens than SCAN_MAX_TOKENS): SORTED_BM while an expert gets at most
 # SORTED_BM_ROWS rows on average (pairs / experts), else SORTED_BM_LARGE, so that most experts still fit one M tile
@@ -867,7 +890,7 @@ def routing_plan(topi: torch.Tensor, experts: int, compact: bool = True) -> Rout
                        grid_rows=pairs if compact else experts, pb=_p2(pairs), epad=_p2(experts))
 
 
-def moe_tiles(plan: RoutingPlan) -> dict[str, tuple[int, int, int, int]]:
+def moe_tiles(plan: RoutingPlan) -> dict[str, tuple[int, ...]]:
     """The (BN, BK, num_warps, num_stages) table of both expert GEMMs for one routing plan: compact launches
     MOE_CONFIG_FEW (MOE_CONFIG_COMPACT past COMPACT_FEW_PAIRS pairs), M tiles of >= 64 rows MOE_CONFIG_BIG, other
     scan launches MOE_CONFIG_SCAN[M tile] or MOE_CONFIG."""
@@ -890,7 +913,7 @@ def moe(
     limit: float,
     counter: torch.Tensor | None = None,
     compact: bool = True,
-    tiles: dict[str, tuple[int, int, int, int]] | None = None,
+    tiles: dict[str, tuple[int, ...]] | None = None,
 ) -> torch.Tensor:
     """Routed bf16/float32 experts for x (T, H) with routing (T, k) -> per (token, slot) outputs (T*k, H), weighted.
 
@@ -911,13 +934,16 @@ def moe(
         ("down", act, down, down_bias, out, hidden),
     ):
         table = tiles or moe_tiles(plan)
-        bn, bk, warps, stages = table[name]
+        bn, bk, warps, stages, *order = table[name]  # an optional 5th entry: 1 = N-tile-major grid (NB_MAJOR)
+        nb_major = bool(order and order[0])
         gu = name == "gate_up"
-        _moe_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
+        grid = (triton.cdiv(n, bn), plan.grid_rows) if nb_major else (plan.grid_rows, triton.cdiv(n, bn))
+        _moe_kernel[grid](
             src, w, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
             plan.pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
+            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl, NB_MAJOR=nb_major, num_warps=warps, num_stages=stages,
+            **_pdl_kw(pdl),
         )
     return out
