@@ -6,8 +6,8 @@ configuration against the plain one (bf16 and, after quantizing the experts, MXF
 
     PYTHONUNBUFFERED=1 python scripts/gpu_step_ablation.py [--cases 1x4,1x2] [--big-cases 8x4,32x4,128x4]
         [--skip-mxfp4]
-    PYTHONUNBUFFERED=1 python scripts/gpu_step_ablation.py --sweep [--classes scan32,scan16,compact,few,big]
-        [--budget-s 300]
+    PYTHONUNBUFFERED=1 python scripts/gpu_step_ablation.py --sweep [--classes scan32,scan16,compact,big,few]
+        [--budget-s 270]
 
 --sweep (session 6, batch 8-256): a profile at 8 and 32 tokens; per class of expert launch (scan M tile 32 / 16,
 compact past COMPACT_FEW_PAIRS, one token, sorted M tile 64 at 256 tokens) a coordinate sweep of the gate_up and
@@ -377,7 +377,7 @@ def sweep_main(args, model, bandwidth: float) -> int:
     picks: dict = {}
     scan: dict = {}
     for name in args.classes.split(","):
-        if left() < 170:
+        if left() < 140:
             emit({"sec": "skip", "class": name, "left_s": round(left())})
             continue
         try:
@@ -394,11 +394,11 @@ def sweep_main(args, model, bandwidth: float) -> int:
             picks[table] = pick
     if scan:
         picks["MOE_CONFIG_SCAN"] = scan
-    if left() > 155:
+    if left() > 125:
         rb = router_sweep(model)
         if rb:
             picks["ROUTER_BH_BY_TOKENS"] = rb
-    if left() > 145:
+    if left() > 115:
         at = attn_sweep(model)
         if at:
             picks["ATTN_CONFIG_BY_BATCH"] = at
@@ -456,11 +456,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true",
                     help="session 6: per-batch expert tiles, router slices, attention blocks (sweep_main)")
-    ap.add_argument("--classes", default="scan32,scan16,compact,few,big", help="--sweep: tile classes (CLASSES)")
+    ap.add_argument("--classes", default="scan32,scan16,compact,big,few", help="--sweep: tile classes (CLASSES)")
     ap.add_argument("--engine-cases", default="8x4,32x4,8x2,32x2,1x4,1x2,256x4,64x4,128x4",
                     help="--sweep: E32 engine cases, main's tables vs the picks")
     ap.add_argument("--engine-cases16", default="8x4,32x4,8x2,32x2,256x4", help="--sweep: the same at E16")
-    ap.add_argument("--budget-s", type=float, default=300, help="--sweep: sections stop once this is spent")
+    ap.add_argument("--budget-s", type=float, default=270, help="--sweep: sections stop once this is spent")
     ap.add_argument("--cases", default="1x4,1x2", help="batch-1 cases: every configuration, twice")
     ap.add_argument("--big-cases", default="8x4,32x4,128x4", help="PDL modes only (the rest is batch-1 only), once")
     ap.add_argument("--skip-mxfp4", action="store_true")
