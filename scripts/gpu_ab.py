@@ -22,7 +22,7 @@ PROMPT, NEW = 256, 33
 
 
 def _table(value):
-    """JSON -> the kernels module's table types: lists become tuples, digit keys ints (MOE_CONFIG_SCAN's M tiles)."""
+    """JSON -> the kernels module's table types: lists become tuples, digit keys ints (MOE_CONFIG_BM's M tiles)."""
     if isinstance(value, dict):
         return {int(k) if isinstance(k, str) and k.isdigit() else k: _table(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -13,8 +13,8 @@ configuration against the plain one (bf16 and, after quantizing the experts, MXF
 compact past COMPACT_FEW_PAIRS, one token, sorted M tile 64 at 256 tokens) a coordinate sweep of the gate_up and
 down tiles and the N-tile-major grid over the 24 layers' weights (`sweep_class`); the split router's slice width at
 8 / 32 / 256 tokens; decode attention's block and warps at 1 / 8 / 32 / 256 streams; $OUT/picks.json (only the
-tables measured >= 1% (tiles), 5% (router) or 3% (attention) faster than main's); then the engine with main's
-tables and with the picks, interleaved, at every batch whose tables changed (E32, then pruned to E16).
+tables measured >= 1% (tiles), 5% (router) or 3% (attention) faster than the shipped ones); then the engine with
+the shipped tables and with the picks, interleaved, at every batch whose tables changed (E32, then pruned to E16).
 
 Every record is appended to $OUT/ablation.jsonl as it is made; $OUT/picks.json holds the choices measured fastest
 (as `--set @picks.json` for scripts/gpu_ab.py and scripts/gpu_perf_graph.py): the fusion and the tile if faster at
@@ -148,7 +148,8 @@ def mean(v: list[float]) -> float:
 
 
 # ---- session 6 (--sweep): per-batch tiles of the expert launches, the router's slice, decode attention ----
-# (BN, BK, num_warps, num_stages) candidates; the first of each list is the table main ships for that class
+# (BN, BK, num_warps, num_stages) candidates (session 6's; the first were main's then); the shipped table of each
+# class is timed first and last
 SCAN_GATE_UP = [(64, 128, 4, 4), (64, 128, 4, 3), (64, 128, 4, 5), (64, 64, 4, 6), (128, 64, 4, 4),
                 (128, 128, 4, 3), (128, 128, 8, 3), (64, 256, 4, 3), (256, 64, 8, 3)]
 SCAN_DOWN = [(32, 128, 4, 4), (64, 128, 4, 4), (32, 128, 4, 5), (32, 256, 4, 3), (64, 64, 4, 6), (128, 64, 4, 4),
@@ -161,10 +162,10 @@ BIG_DOWN = [(64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 4, 3), (64, 128, 4, 3), (1
 # experts) -> compact past COMPACT_FEW_PAIRS; 32 tokens -> scan M tile 32; 256 tokens E32 k4 -> sorted M tile 64;
 # one token -> compact, MOE_CONFIG_FEW (only the grid order is new there).
 CLASSES = {
-    "scan32": ("MOE_CONFIG_SCAN", 32, [(32, 32, 4), (32, 32, 2), (32, 16, 4)], SCAN_GATE_UP, SCAN_DOWN),
-    "scan16": ("MOE_CONFIG_SCAN", 16, [(8, 32, 4), (8, 16, 4)], SCAN_GATE_UP, SCAN_DOWN),
+    "scan32": ("MOE_CONFIG_BM", 32, [(32, 32, 4), (32, 32, 2), (32, 16, 4)], SCAN_GATE_UP, SCAN_DOWN),
+    "scan16": ("MOE_CONFIG_BM", 16, [(8, 32, 4), (8, 16, 4)], SCAN_GATE_UP, SCAN_DOWN),
     "compact": ("MOE_CONFIG_COMPACT", None, [(8, 32, 2)], SCAN_GATE_UP, SCAN_DOWN),
-    "big": ("MOE_CONFIG_BIG", None, [(256, 32, 4)], BIG_GATE_UP, BIG_DOWN),
+    "big": ("MOE_CONFIG_BM", 64, [(256, 32, 4)], BIG_GATE_UP, BIG_DOWN),
     "few": ("MOE_CONFIG_FEW", None, [(1, 32, 4), (1, 32, 2)], [(64, 128, 4, 4)], [(64, 128, 4, 4)]),
 }
 ATTN_CANDIDATES = [(64, 4, None), (128, 4, None), (64, 8, None), (128, 8, None), (32, 4, None), (64, 4, 2)]
@@ -175,9 +176,7 @@ def class_base(name: str) -> dict:
     key = CLASSES[name][1]
     if name in ("compact", "few"):
         return dict(gk.MOE_CONFIG_FEW)
-    if name == "big":
-        return dict(gk.MOE_CONFIG_BIG)
-    return dict(gk.MOE_CONFIG_SCAN.get(key) or gk.MOE_CONFIG)
+    return dict(gk.MOE_CONFIG_BM.get(key) or (gk.MOE_CONFIG_BIG if key >= 64 else gk.MOE_CONFIG))
 
 
 def moe_bench(model, tokens: int, experts: int, k: int):
@@ -218,7 +217,6 @@ def sweep_class(model, name: str) -> dict | None:
     first and last (its spread). Returns the pick if it beats the shipped table by KEEP, else None."""
     _, _, cases, gus, dns = CLASSES[name]
     base = class_base(name)
-    gk.MOE_CONFIG_SCAN = {}  # moe(tiles=None) in moe_bench's reference: main's tables
     benches = [(c, moe_bench(model, *c)) for c in cases]
     base_ms: dict = {}
 
@@ -347,8 +345,9 @@ def attn_sweep(model) -> tuple:
 
 
 def sweep_main(args, model, bandwidth: float) -> int:
-    """Session 6: profile, the tile / router / attention sweeps, picks.json, then the engine with main's tables and
-    with the picks, interleaved (E32, then the model pruned to E16)."""
+    """Session 6: profile, the tile / router / attention sweeps, picks.json, then the engine with the shipped tables
+    (label "main" in session 6's call 1, when they were main's) and with the picks, interleaved (E32, then the model
+    pruned to E16)."""
     from gpu_ab import _table
 
     from bench.models.pruning import prune_model
@@ -356,7 +355,7 @@ def sweep_main(args, model, bandwidth: float) -> int:
 
     left = lambda: args.budget_s - (time.time() - T0)  # noqa: E731
     gk.PDL_MAX_TOKENS = 1  # as shipped
-    shipped = {n: getattr(gk, n) for n in ("MOE_CONFIG_SCAN", "MOE_CONFIG_COMPACT", "MOE_CONFIG_BIG", "MOE_CONFIG_FEW",
+    shipped = {n: getattr(gk, n) for n in ("MOE_CONFIG_BM", "MOE_CONFIG_COMPACT", "MOE_CONFIG_BIG", "MOE_CONFIG_FEW",
                                            "ROUTER_BH_BY_TOKENS", "ATTN_CONFIG_BY_BATCH")}
     from gpu_check_graph import profile_step
 
@@ -373,7 +372,7 @@ def sweep_main(args, model, bandwidth: float) -> int:
             emit({"sec": "profile", "label": label, "batch": batch, "error": repr(exc)[:300]})
 
     for b in (8, 32):
-        prof(b, "main tables")
+        prof(b, "shipped tables")
     picks: dict = {}
     scan: dict = {}
     for name in args.classes.split(","):
@@ -388,12 +387,12 @@ def sweep_main(args, model, bandwidth: float) -> int:
         if pick is None:
             continue
         table, key, *_ = CLASSES[name]
-        if table == "MOE_CONFIG_SCAN":
+        if table == "MOE_CONFIG_BM":
             scan[key] = pick
         else:
             picks[table] = pick
     if scan:
-        picks["MOE_CONFIG_SCAN"] = scan
+        picks["MOE_CONFIG_BM"] = {**gk.MOE_CONFIG_BM, **scan}
     if left() > 125:
         rb = router_sweep(model)
         if rb:
@@ -425,14 +424,14 @@ def sweep_main(args, model, bandwidth: float) -> int:
     def engine(cases, arch, experts: int) -> None:
         for b, k in cases:
             sig = []
-            for which in ("main", "picks"):
+            for which in ("shipped", "picks"):
                 apply(which)
                 sig.append(signature(b, k, experts))
             if sig[0] == sig[1]:
                 emit({"sec": "engine", "skip": "same tables", "experts": experts, "batch": b, "top_k": k})
                 continue
             for rep in range(2 if (b, k) in again else 1):
-                for which in (("main", "picks") if rep == 0 else ("picks", "main")):
+                for which in (("shipped", "picks") if rep == 0 else ("picks", "shipped")):
                     if left() < 20:
                         return
                     apply(which)
@@ -447,7 +446,7 @@ def sweep_main(args, model, bandwidth: float) -> int:
             prune_model(model, [list(range(16))] * len(model.model.layers))
             torch.cuda.empty_cache()
             engine(e16, ArchSummary.from_model(model), 16)
-    apply("main")
+    apply("shipped")
     emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
     return 0
 
@@ -458,7 +457,7 @@ def main() -> int:
                     help="session 6: per-batch expert tiles, router slices, attention blocks (sweep_main)")
     ap.add_argument("--classes", default="scan32,scan16,compact,big,few", help="--sweep: tile classes (CLASSES)")
     ap.add_argument("--engine-cases", default="8x4,32x4,8x2,32x2,1x4,1x2,256x4,64x4,128x4",
-                    help="--sweep: E32 engine cases, main's tables vs the picks")
+                    help="--sweep: E32 engine cases, the shipped tables vs the picks")
     ap.add_argument("--engine-cases16", default="8x4,32x4,8x2,32x2,256x4", help="--sweep: the same at E16")
     ap.add_argument("--budget-s", type=float, default=270, help="--sweep: sections stop once this is spent")
     ap.add_argument("--cases", default="1x4,1x2", help="batch-1 cases: every configuration, twice")

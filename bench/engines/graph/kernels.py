@@ -385,7 +385,9 @@ def _attn_decode_kernel(
 
 
 # decode attention's (cache block BS, num_warps, num_stages or None for Triton's default) by batch size:
-# ((max streams, config), ...), first match wins, else ATTN_CONFIG
+# ((max streams, config), ...), first match wins, else ATTN_CONFIG. H200 (session 6, 24 layers' caches): no candidate
+# beat (64, 4) by 3% at 8 / 32 / 256 streams; at one stream BS 128 4.36 -> 4.16 us a layer, the step 0.35% faster,
+# not shipped (another rounding of the softmax, and no batch-1 accuracy run with it).
 ATTN_CONFIG: tuple[int, int, int | None] = (64, 4, None)
 ATTN_CONFIG_BY_BATCH: tuple[tuple[int, tuple[int, int, int | None]], ...] = ()
 
@@ -503,7 +505,9 @@ ROUTER_SPLIT_MAX_TOKENS = 256  # was 64; at batch 256 the split path measured 0.
 ROUTER_BH = 64
 # the split router's slice width by step size: ((max tokens, BH), ...), first match wins, else ROUTER_BH (more,
 # narrower slices for many tokens: each program's float32 products grow with the tokens)
-ROUTER_BH_BY_TOKENS: tuple[tuple[int, int], ...] = ()
+# H200 (docs/PERF.md, session 6): BH 32 at 8 / 32 / 256 tokens 6.3 -> 5.4 / 6.6 -> 5.7 / 27.1 -> 10.9 us a layer
+# (16 and 128 slower); each token's logits are summed in the same order whatever the step size.
+ROUTER_BH_BY_TOKENS: tuple[tuple[int, int], ...] = ((256, 32),)
 
 
 def router_bh(tokens: int) -> int:
@@ -799,18 +803,28 @@ MOE_CONFIG: dict[str, tuple[int, ...]] = {"gate_up": (64, 128, 4, 4), "down": (3
 # (docs/PERF.md, session 5): down BN 64 (was 32) 65.3 -> 62.8 us a layer at one token; batch 1 top_k 4 2.534 ->
 # 2.502 ms; no gate_up tile tried beat (64, 128, 4, 4).
 MOE_CONFIG_FEW: dict[str, tuple[int, ...]] = {"gate_up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}
-# the same for M tiles of >= 64 rows (batch >= 33: scan mode with BM 64, sorted mode); None: MOE_CONFIG.
+# the same for M tiles of >= 64 rows not in MOE_CONFIG_BM (sorted mode's SORTED_BM_LARGE); None: MOE_CONFIG.
 # H200 (docs/PERF.md): one E32 k4 expert layer at 64 / 128 / 256 tokens 565 / 590 / 612 us with MOE_CONFIG (BM 64:
 # 128 KB of shared memory for 4 stages, one CTA per SM) -> 419 / 444 / 456 us with these tiles (BM 64).
 # Re-picked on the H200 at 128 / 256 tokens with M tile 64 (docs/PERF.md): gate_up BN 128 (395 / 413 us a layer
 # against 412 / 431 with BN 64).
 MOE_CONFIG_BIG: dict[str, tuple[int, ...]] | None = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)}
-# Scan-mode tiles per M tile (decode launches that are neither compact nor of >= 64 rows: batch 2-16 -> M tile 16,
-# 17-32 -> 32), {BM: {"gate_up": ..., "down": ...}}; an M tile not listed takes MOE_CONFIG.
-MOE_CONFIG_SCAN: dict[int, dict[str, tuple[int, ...]]] = {}
-# Compact launches of more than COMPACT_FEW_PAIRS (token, slot) pairs (E32 batch 8 top_k 2: 16 pairs, ~13 distinct
-# experts) take MOE_CONFIG_COMPACT (None: MOE_CONFIG_FEW, which was tuned at one token).
-MOE_CONFIG_COMPACT: dict[str, tuple[int, ...]] | None = None
+# Per M tile (non-compact launches, scan or sorted: batch 2-16 -> M tile 16, 17-32 -> 32, 33-64 and sorted mode with
+# SORTED_BM -> 64), {BM: {"gate_up": ..., "down": ...}}; an M tile not listed takes MOE_CONFIG_BIG (>= 64 rows) or
+# MOE_CONFIG. The 5th entry 1 = the N-tile-major grid: the CTAs that run together read adjacent column strips of one
+# expert's weight rows. H200 (docs/PERF.md, session 6; one expert layer over the 24 layers' weights, E32 k4): 32
+# tokens 453 -> 369 us (3.44 -> 4.23 TB/s), 8 tokens 295 -> 254 us (3.61 -> 4.20), 256 tokens 391 -> 378 us (4.07
+# -> 4.21); the step: batch 32 k4 12.12 -> 10.16 ms, batch 8 8.00 -> 7.12, batch 256 13.01 -> 12.00. Most of it is
+# the down GEMM's BN 32 -> 128 (64 -> 256-byte rows); the N-tile-major grid adds 2-3%.
+MOE_CONFIG_BM: dict[int, dict[str, tuple[int, ...]]] = {
+    16: {"gate_up": (128, 128, 4, 3, 1), "down": (128, 64, 4, 4)},
+    32: {"gate_up": (128, 64, 4, 4, 1), "down": (128, 64, 4, 4, 1)},
+    64: {"gate_up": (128, 64, 4, 3, 1), "down": (128, 64, 4, 3, 1)},
+}
+# Compact launches of more than COMPACT_FEW_PAIRS (token, slot) pairs (batch 3-7 at E32 top_k 4, batch 8 top_k 2:
+# 16 pairs, ~13 distinct experts) take MOE_CONFIG_COMPACT (None: MOE_CONFIG_FEW, tuned at one token). H200 (session
+# 6): E32 batch 8 top_k 2, one expert layer 166 -> 158 us (3.91 -> 4.12 TB/s), the step 5.20 -> 4.97 ms.
+MOE_CONFIG_COMPACT: dict[str, tuple[int, ...]] | None = {"gate_up": (64, 64, 4, 6, 1), "down": (128, 64, 4, 4)}
 COMPACT_FEW_PAIRS = 8
 # M tile in sorted mode (more tokens than SCAN_MAX_TOKENS): SORTED_BM while an expert gets at most
 # SORTED_BM_ROWS rows on average (pairs / experts), else SORTED_BM_LARGE, so that most experts still fit one M tile
@@ -891,14 +905,17 @@ def routing_plan(topi: torch.Tensor, experts: int, compact: bool = True) -> Rout
 
 
 def moe_tiles(plan: RoutingPlan) -> dict[str, tuple[int, ...]]:
-    """The (BN, BK, num_warps, num_stages) table of both expert GEMMs for one routing plan: compact launches
-    MOE_CONFIG_FEW (MOE_CONFIG_COMPACT past COMPACT_FEW_PAIRS pairs), M tiles of >= 64 rows MOE_CONFIG_BIG, other
-    scan launches MOE_CONFIG_SCAN[M tile] or MOE_CONFIG."""
+    """The (BN, BK, num_warps, num_stages[, N-tile-major]) table of both expert GEMMs for one routing plan: compact
+    launches MOE_CONFIG_FEW (MOE_CONFIG_COMPACT past COMPACT_FEW_PAIRS pairs); others MOE_CONFIG_BM[M tile], else
+    MOE_CONFIG_BIG for M tiles of >= 64 rows, else MOE_CONFIG."""
     if plan.compact:
         return MOE_CONFIG_COMPACT if MOE_CONFIG_COMPACT and plan.pairs > COMPACT_FEW_PAIRS else MOE_CONFIG_FEW
+    table = MOE_CONFIG_BM.get(plan.bm)
+    if table:
+        return table
     if plan.bm >= 64 and MOE_CONFIG_BIG:
         return MOE_CONFIG_BIG
-    return MOE_CONFIG_SCAN.get(plan.bm) or MOE_CONFIG
+    return MOE_CONFIG
 
 
 def moe(
