@@ -28,7 +28,9 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   routed expert: the compact grid); in sorted mode (prefill) rows come from an expert-sorted list.
   `routing_plan` (host side) and `routed_rows` (@triton.jit) are that row logic, shared with any other expert
   weight format's kernels; in decode the sorted list comes from `_routing_sort_kernel` (a one-program counting
-  sort, one program per expert) instead of torch.sort + searchsorted.
+  sort, one program per expert) instead of torch.sort + searchsorted. `moe_tiles` picks the tiles per launch class
+  (compact few / compact many pairs, M tile 16 / 32 / 64, larger); a table may put the N tiles on the fast grid
+  axis (NB_MAJOR), so that the CTAs resident together read adjacent column strips of one expert's weight rows.
 
 Programmatic dependent launch (PDL, Hopper): in one-token steps (PDL_MAX_TOKENS) each decode kernel here is
 launched with `launch_pdl` and waits (`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel
