@@ -77,7 +77,8 @@ def test_mxfp4_inner_loops_match_the_torch_reference(model, tokens, k, impl, dty
     cnt = torch.zeros((), dtype=torch.int32)
     if impl == "gemv4-steps":
         impl = "gemv4"
-        monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (16, 64, 4, 1), "down": (8, 32, 4, 1)})
+        # gate_up with loop stages 3 (on the GPU: the weight words pipelined through shared memory)
+        monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (16, 64, 4, 3), "down": (8, 32, 4, 1)})
     got = mk.moe_mxfp4(x.to(dtype), mod.gate_up_proj_blocks, mod.gate_up_proj_scales, mod.gate_up_proj_bias.to(dtype),
                        mod.down_proj_blocks, mod.down_proj_scales, mod.down_proj_bias.to(dtype), i.to(torch.int32), w,
                        mod.alpha, mod.limit, cnt, impl=impl)

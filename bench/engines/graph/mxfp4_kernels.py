@@ -42,7 +42,16 @@ import torch
 import triton
 import triton.language as tl
 
-from bench.engines.graph.kernels import activation_rows, moe_epilogue, routed_rows, routing_plan, tile_pairs
+from bench.engines.graph.kernels import (
+    _gdc,
+    _pdl_kw,
+    activation_rows,
+    moe_epilogue,
+    pdl_launch,
+    routed_rows,
+    routing_plan,
+    tile_pairs,
+)
 
 
 def _p2(n: int) -> int:
@@ -68,18 +77,42 @@ def _e2m1_f16(code):
 
 
 @triton.jit
+def _prefetch_rows_l2(w_e, offs_n, nmask, K, BN: tl.constexpr):
+    """L2 prefetch (PTX prefetch.global.L2, no registers held) of the expert's N tile rows (K / 2 bytes each, any
+    element type of w_e: addresses are taken in bytes), one instruction a 128-byte line: the down GEMM's weights,
+    fetched while it waits for the gate_up GEMM (PDL mode 2). CUDA only."""
+    rb = K // 2  # bytes a row
+    LINES: tl.constexpr = 16  # lines a row per pass (128 bytes each)
+    base = w_e.to(tl.pointer_type(tl.uint8)) + offs_n.to(tl.int64)[:, None] * rb
+    for l0 in range(0, tl.cdiv(rb, 128), LINES):
+        ln = l0 + tl.arange(0, LINES)
+        m = nmask[:, None] & (ln < tl.cdiv(rb, 128))[None, :]
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }", "=r,l,r",
+            [base + (ln * 128)[None, :], m.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _moe_mxfp4_kernel(
     x_ptr, wb_ptr, ws_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
     P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    FAST: tl.constexpr, IMPL: tl.constexpr,
+    FAST: tl.constexpr, IMPL: tl.constexpr, LS: tl.constexpr = 1, PDL: tl.constexpr = 0,
 ):
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
     nmask = offs_n < N
     mm = tl.arange(0, BM)
+    if GATE_UP:  # the routing and x come from the kernel right before; mode 2 lets the down GEMM launch now
+        _gdc(PDL)
     e, start, end, scan_rows = routed_rows(topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
+    if not GATE_UP:  # the routing is two kernels old (complete once this kernel runs); the activations are not
+        if PDL > 1:
+            if end > start:
+                _prefetch_rows_l2(wb_ptr + e.to(tl.int64) * stride_wbe, offs_n, nmask, K, BN)
+        if PDL > 0:
+            tl.extra.cuda.gdc_wait()  # no early trigger here: the next kernel starts when this one has exited
     if COUNT:
         if nb == 0:
             if end > start:
@@ -93,7 +126,7 @@ def _moe_mxfp4_kernel(
                       offs_n, nmask, N, GATE_UP, BM, BN)
         elif IMPL == 6:  # gemv4: integer-multiply decode, fp32 FMA (scan mode only, like gemv)
             acc = _gemv4_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K, stride_x,
-                              offs_n, nmask, TOPK, GATE_UP, BM, BN, BK)
+                              offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, LS)
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                          offs_n, nmask, N, GATE_UP, BM, BN)
         elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
@@ -188,7 +221,7 @@ def _x64(xp, wm, j: tl.constexpr):
 
 @triton.jit
 def _gemv4_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, LS: tl.constexpr):
     """[BM, BN] fp32 = rows of x times the expert's N tile without tensor cores, from the released layout read as
     uint32 words (wb_e: an int32 view of the blocks; word c of a block = codes 8c..8c+7, code i in bits 4i..4i+3).
 
@@ -207,7 +240,9 @@ def _gemv4_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: 
     wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 4), 4)[:, None]  # 4 words a block
     srow = ws_e + offs_n.to(tl.int64)[:, None] * KG
     part = tl.zeros([BM, BN, NB], dtype=tl.float32)
-    for g0 in range(0, KG, NB):
+    # LS > 1: Triton's software pipeliner streams the weight words through shared memory (cp.async, LS - 1 steps
+    # in flight, no registers held for them); LS = 1: one plain load a step
+    for g0 in tl.range(0, KG, NB, num_stages=LS):
         w0 = g0 * 4
         wm = (w0 + wi) < KG * 4
         g = g0 + blk
@@ -395,6 +430,12 @@ GEMV_IMPL = "gemv4"
 MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)}
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}}' overrides them
 # (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
+# Programmatic dependent launch of the expert GEMMs in one-token steps (kernels.pdl_launch decides where PDL
+# applies): 0 plain launches; 1 both GEMMs wait (griddepcontrol.wait) before reading what an earlier kernel wrote,
+# so their launch overlaps the end of the kernel before (kernels.PDL mode 1); 2 as 1, and gate_up lets the down
+# GEMM launch as soon as all its programs have passed their wait: down then prefetches its weight rows into L2
+# while gate_up finishes, before its own wait for the activations.
+MXFP4_PDL = 1
 TILES_ENV = "MOE_MXFP4_TILES"
 if os.environ.get(TILES_ENV):
     _tiles = json.loads(os.environ[TILES_ENV])
@@ -408,6 +449,7 @@ if os.environ.get(TILES_ENV):
     SORTED_IMPL = _tiles.get("sorted_impl", SORTED_IMPL)
     GEMV_IMPL = _tiles.get("gemv_impl", GEMV_IMPL)
     GEMV_MAX_TOKENS = int(_tiles.get("gemv_max_tokens", GEMV_MAX_TOKENS))
+    MXFP4_PDL = int(_tiles.get("pdl", MXFP4_PDL))
 
 
 def moe_mxfp4(
@@ -465,6 +507,7 @@ def moe_mxfp4(
     out = torch.empty((plan.pairs, hidden), dtype=x.dtype, device=x.device)
     rw = topw.reshape(-1)
     cnt = counter if counter is not None else plan.flat
+    pdl = MXFP4_PDL if plan.scan and pdl_launch(tokens) else 0
     if dq:
         table = MXFP4_CONFIG_DQ1 if few else MXFP4_CONFIG_DQ
     elif impl == "gemv4":
@@ -494,6 +537,7 @@ def moe_mxfp4(
             plan.pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], num_warps=warps, num_stages=stages,
+            EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], LS=stages if impl == "gemv4" else 1,
+            PDL=pdl, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
         )
     return out
