@@ -4,18 +4,20 @@ by side with bf16, and the teacher-forced accuracy check with a paired statistic
 
     PYTHONUNBUFFERED=1 python scripts/gpu_mxfp4.py [--out DIR] [--budget-s 300] [--accuracy-batch 32]
         [--skip-probe] [--skip-engine] [--skip-bf16] [--skip-accuracy] [--sweep-dq] [--engine-cases 1x4,32x4]
-        [--perf "ARGS for bench perf"]
+        [--engine-pdl 0,1,2] [--perf "ARGS for bench perf"]
 
 1. load: the seeded bf16 model; bf16 graph engine at batch 1 and 32 (E32, top_k 4), the side-by-side reference
    (not with --skip-bf16); then the experts are quantized in place (what `weights = "mxfp4"` builds).
 2. probe: `moe_mxfp4` against dequantize + torch loop (bf16) for T = 1, 4, 32 (decode) and 300 (prefill, sorted)
    in every inner loop that applies (gemv2, gemv4, scaled, dq); the read floor at T = 1 and 32; then one layer is
-   timed: gemv2, gemv4 (its tiles swept per GEMM) and dq at T = 1, dq and gemv4 at T = 4 (with --sweep-dq also
-   scaled vs dq at T = 32, dq's tiles swept); the fastest T = 1 loop and tiles become the module's tables (and
-   tiles.json, the MOE_MXFP4_TILES of later runs).
-3. engine: mxfp4 graph engine "before" (main's loops and tiles: gemv2 at batch 1, dq elsewhere) and "after" (the
-   picks), alternately in the same process, the --engine-cases (batch x top_k); prompt 256, 33 new tokens (32 timed
-   steps), best of 2; roofline % against the MXFP4 ceiling (every tensor at its own width, U counted).
+   timed with plain launches: gemv4 at main's tiles, gemv4 with its tiles swept per GEMM, dq at T = 1 (with
+   --sweep-dq also scaled vs dq at T = 32, dq's tiles swept), then gemv4's picks under each MXFP4_PDL mode; the
+   fastest T = 1 loop and tiles become the module's tables (and tiles.json, the MOE_MXFP4_TILES of later runs).
+3. engine: mxfp4 graph engine "before" (main's loops and tiles: gemv4 with plain launches at batch 1, dq
+   elsewhere) and "after" (the picks; at batch 1 once per --engine-pdl mode, the fastest at 1x4 kept), one after
+   the other in the same process, the --engine-cases (batch x top_k); prompt 256, 33 new tokens (32 timed steps),
+   best of 2; roofline % against the MXFP4 ceiling (every tensor at its own width, U counted). Each case runs
+   only while more than 60 s (120 with the accuracy check) of --budget-s are left.
 4. accuracy (docs/METHOD.md "teacher-forced agreement"): greedy tokens from the graph engine on the MXFP4 model
    (--accuracy-batch sequences, prompt 256, 96 steps), then the same sequences through HF on the dequantized
    weights in bf16 and in float32; agreement of each with the float32 argmax and a paired test of the difference
@@ -57,21 +59,16 @@ NEW = 33
 T0 = time.time()
 CANDIDATES = {
     "gemv": [(16, 256, 4, 3), (8, 256, 4, 3), (16, 512, 4, 3), (16, 256, 2, 3), (8, 512, 4, 2), (16, 128, 4, 3)],
-    # (BN, BK, warps, loop stages[, KSPLIT]): stages > 1 pipeline the weight words through shared memory (cp.async;
-    # call 1 of docs/MXFP4.md round 5: no faster); KSPLIT > 1 splits K over that many programs (fixup by the last)
-    "gemv4": [(32, 512, 2, 1), (32, 1024, 4, 1), (32, 512, 2, 1, 2), (32, 512, 2, 1, 3), (32, 512, 2, 1, 4),
-              (32, 512, 2, 3, 2), (32, 1024, 4, 1, 2), (32, 1024, 4, 1, 3), (16, 1024, 2, 1), (16, 1024, 2, 1, 2),
-              (16, 1024, 2, 1, 3), (16, 512, 2, 1, 2), (16, 512, 2, 1, 3), (64, 512, 4, 1, 2), (64, 512, 4, 1, 3),
-              (32, 256, 2, 1, 2), (16, 512, 1, 1), (16, 512, 1, 1, 2), (8, 1024, 1, 1), (8, 1024, 1, 1, 2),
-              (32, 256, 1, 1), (16, 256, 1, 1), (8, 512, 1, 1), (16, 256, 1, 1, 2)],
+    "gemv4": [(32, 512, 2, 1), (16, 512, 2, 1), (64, 512, 4, 1), (32, 512, 4, 1), (16, 1024, 4, 1),
+              (32, 1024, 4, 1), (8, 1024, 2, 1), (16, 1024, 2, 1), (32, 1024, 8, 1), (32, 256, 2, 1)],
     "dq1": [(64, 128, 4, 3), (64, 128, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4), (128, 128, 4, 3), (128, 64, 4, 3),
             (64, 256, 4, 3), (128, 128, 8, 3)],
     "dq": [(128, 128, 4, 3), (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3), (64, 64, 4, 4)],
     "few": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2)],
     "full": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2), (64, 256, 8, 3), (128, 256, 4, 3)],
 }
-# main's kernel (commit 5076efa): gemv4 at batch 1 (no loop pipelining, plain launches), the dq loop for the other
-# decode launches, with these tiles
+# main's kernel (commit b988982 to 272e801): gemv4 at batch 1 with plain launches (no PDL), the dq loop for the
+# other decode launches, with these tiles
 BEFORE = {"gemv_max_tokens": 1, "gemv_impl": "gemv4", "mma_impl": "dq", "pdl": 0,
           "gemv4": {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)},
           "gemv": {"gate_up": (16, 512, 4, 3), "down": (16, 512, 4, 3)},

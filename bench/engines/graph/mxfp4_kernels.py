@@ -27,6 +27,10 @@ these kernels is CUDA-graph capturable. Inner loops (`IMPL`, picked per launch b
   the weights as the register operand. K is reordered inside each 32-value block so that the decoded registers
   are already the MMA's operand layout; the activations are gathered in the same order. GPU-only: covered by
   tests/test_mxfp4_gpu.py on the device; the CPU interpreter cannot run PTX.
+Programmatic dependent launch (MXFP4_PDL, one-token steps as kernels.pdl_launch decides): both GEMMs wait
+(griddepcontrol.wait) before reading what an earlier kernel wrote; in mode 2 gate_up lets the down GEMM launch once
+all its programs have passed their wait, and down prefetches its weight rows into L2 (_prefetch_rows_l2) before
+its own wait, so its first reads overlap gate_up's last programs.
 In gemv / mma, CUDA with bf16 activations decodes codes to fp16 by bit placement (value * 2^-14, folded into the
 scale); otherwise (the CPU interpreter, float32 tests) the decode is float arithmetic in the activation dtype, exact.
 Runs under TRITON_INTERPRET=1 on CPU for tests (tests/interpreter/mxfp4_cases.py).
@@ -77,48 +81,28 @@ def _e2m1_f16(code):
 
 
 @triton.jit
-def _prefetch_rows_l2(w_e, offs_n, nmask, K, b_lo, b_hi, BN: tl.constexpr):
-    """L2 prefetch (PTX prefetch.global.L2, no registers held) of bytes [b_lo, b_hi) of the expert's N tile rows
-    (K / 2 bytes each, any element type of w_e: addresses are taken in bytes), one instruction a 128-byte line: the
-    down GEMM's weights, fetched while it waits for the gate_up GEMM (PDL mode 2). CUDA only."""
+def _prefetch_rows_l2(w_e, offs_n, nmask, K, BN: tl.constexpr):
+    """L2 prefetch (PTX prefetch.global.L2, no registers held) of the expert's N tile rows (K / 2 bytes each, any
+    element type of w_e: addresses are taken in bytes), one instruction a 128-byte line: the down GEMM's weights,
+    fetched while it waits for the gate_up GEMM (PDL mode 2). CUDA only."""
     rb = K // 2  # bytes a row
     LINES: tl.constexpr = 16  # lines a row per pass (128 bytes each)
     base = w_e.to(tl.pointer_type(tl.uint8)) + offs_n.to(tl.int64)[:, None] * rb
-    for l0 in range(0, tl.cdiv(b_hi - b_lo, 128), LINES):
+    for l0 in range(0, tl.cdiv(rb, 128), LINES):
         ln = l0 + tl.arange(0, LINES)
-        m = nmask[:, None] & (ln < tl.cdiv(b_hi - b_lo, 128))[None, :]
+        m = nmask[:, None] & (ln < tl.cdiv(rb, 128))[None, :]
         tl.inline_asm_elementwise(
             "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }", "=r,l,r",
-            [base + (b_lo + ln * 128)[None, :], m.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _splitk_done(acc, pair, rmask, offs_n, nmask, part_ptr, sem_ptr, P, N, KSPLIT: tl.constexpr):
-    """Split-K fixup: store this program's fp32 partial [BM, BN] as slice program_id(2) of part (KSPLIT, P, N), then
-    count it in the (expert row, N tile)'s semaphore; the program that arrives last reads every slice back in a
-    fixed order (deterministic, like kernels.Partials), resets the semaphore for the next launch, and returns
-    (True, the sum); the others return (False, their partial)."""
-    offs = pair[:, None].to(tl.int64) * N + offs_n[None, :]
-    m = rmask[:, None] & nmask[None, :]
-    tl.store(part_ptr + tl.program_id(2) * P * N + offs, acc, mask=m)
-    tl.debug_barrier()  # every thread's partial is written before the release below
-    sidx = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
-    last = tl.atomic_add(sem_ptr + sidx, 1, sem="acq_rel") == KSPLIT - 1
-    if last:
-        acc = tl.load(part_ptr + offs, mask=m, other=0.0, cache_modifier=".cg")
-        for s in tl.static_range(1, KSPLIT):
-            acc += tl.load(part_ptr + s * P * N + offs, mask=m, other=0.0, cache_modifier=".cg")
-        tl.store(sem_ptr + sidx, 0)
-    return last, acc
+            [base + (ln * 128)[None, :], m.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
 def _moe_mxfp4_kernel(
-    x_ptr, wb_ptr, ws_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr, part_ptr, sem_ptr,
+    x_ptr, wb_ptr, ws_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
     P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    FAST: tl.constexpr, IMPL: tl.constexpr, LS: tl.constexpr = 1, PDL: tl.constexpr = 0, KSPLIT: tl.constexpr = 1,
+    FAST: tl.constexpr, IMPL: tl.constexpr, PDL: tl.constexpr = 0,
 ):
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
@@ -127,19 +111,14 @@ def _moe_mxfp4_kernel(
     if GATE_UP:  # the routing and x come from the kernel right before; mode 2 lets the down GEMM launch now
         _gdc(PDL)
     e, start, end, scan_rows = routed_rows(topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
-    # split-K (gemv4): program_id(2) takes blocks [g_lo, g_hi) of K (whole steps of BK)
-    KG = K // 32
-    g_per = tl.cdiv(tl.cdiv(KG, BK // 32), KSPLIT) * (BK // 32)
-    g_lo = tl.program_id(2) * g_per
-    g_hi = tl.minimum(g_lo + g_per, KG)
     if not GATE_UP:  # the routing is two kernels old (complete once this kernel runs); the activations are not
         if PDL > 1:
             if end > start:
-                _prefetch_rows_l2(wb_ptr + e.to(tl.int64) * stride_wbe, offs_n, nmask, K, g_lo * 16, g_hi * 16, BN)
+                _prefetch_rows_l2(wb_ptr + e.to(tl.int64) * stride_wbe, offs_n, nmask, K, BN)
         if PDL > 0:
             tl.extra.cuda.gdc_wait()  # no early trigger here: the next kernel starts when this one has exited
     if COUNT:
-        if nb == 0 and tl.program_id(2) == 0:
+        if nb == 0:
             if end > start:
                 tl.atomic_add(cnt_ptr, 1)
     if end > start:
@@ -151,13 +130,9 @@ def _moe_mxfp4_kernel(
                       offs_n, nmask, N, GATE_UP, BM, BN)
         elif IMPL == 6:  # gemv4: integer-multiply decode, fp32 FMA (scan mode only, like gemv)
             acc = _gemv4_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K, stride_x,
-                              offs_n, nmask, g_lo, g_hi, TOPK, GATE_UP, BM, BN, BK, LS)
-            last = True
-            if KSPLIT > 1:
-                last, acc = _splitk_done(acc, scan_rows, mm < end, offs_n, nmask, part_ptr, sem_ptr, P, N, KSPLIT)
-            if last:
-                moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha,
-                             limit, offs_n, nmask, N, GATE_UP, BM, BN)
+                              offs_n, nmask, TOPK, GATE_UP, BM, BN, BK)
+            moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                         offs_n, nmask, N, GATE_UP, BM, BN)
         elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
             for m0 in range(start, end, BM):
                 pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
@@ -249,8 +224,8 @@ def _x64(xp, wm, j: tl.constexpr):
 
 
 @triton.jit
-def _gemv4_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, g_lo, g_hi, TOPK: tl.constexpr,
-                GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, LS: tl.constexpr):
+def _gemv4_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """[BM, BN] fp32 = rows of x times the expert's N tile without tensor cores, from the released layout read as
     uint32 words (wb_e: an int32 view of the blocks; word c of a block = codes 8c..8c+7, code i in bits 4i..4i+3).
 
@@ -269,14 +244,12 @@ def _gemv4_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, g_lo, 
     wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 4), 4)[:, None]  # 4 words a block
     srow = ws_e + offs_n.to(tl.int64)[:, None] * KG
     part = tl.zeros([BM, BN, NB], dtype=tl.float32)
-    # LS > 1: Triton's software pipeliner streams the weight words through shared memory (cp.async, LS - 1 steps
-    # in flight, no registers held for them); LS = 1: one plain load a step
-    for g0 in tl.range(g_lo, g_hi, NB, num_stages=LS):  # blocks [g_lo, g_hi) of K (all of it without split-K)
+    for g0 in range(0, KG, NB):
         w0 = g0 * 4
-        wm = (w0 + wi) < g_hi * 4
+        wm = (w0 + wi) < KG * 4
         g = g0 + blk
         wd = tl.load(wrow + w0 + wi[None, :], mask=nmask[:, None] & wm[None, :], other=0).to(tl.uint32, bitcast=True)
-        sc = tl.load(srow + g[None, :], mask=nmask[:, None] & (g < g_hi)[None, :], other=0).to(tl.int32)
+        sc = tl.load(srow + g[None, :], mask=nmask[:, None] & (g < KG)[None, :], other=0).to(tl.int32)
         scale = tl.where(sc == 0, 0x00400000, sc << 23).to(tl.float32, bitcast=True)  # 2^(s-127), s = 0 subnormal
         lo0, hi0 = _e2m1_pair_f32(wd & 0x000F000F, 4160)  # codes 0, 4 of each word
         lo1, hi1 = _e2m1_pair_f32(wd & 0x00F000F0, 260)  # codes 1, 5
@@ -454,19 +427,18 @@ MXFP4_CONFIG_DQ: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4,
 # the batch-1 loop: "gemv4" (integer-multiply decode of 32-bit words, fp32 FMA); "gemv2": float decode, activations
 # loaded in (even, odd) pairs; "gemv": two stride-2 loads
 GEMV_IMPL = "gemv4"
-# the "gemv4" loop's tiles (BN, BK, warps, loop stages[, KSPLIT]): loop stages > 1 pipeline the weight words
-# through shared memory; KSPLIT > 1 splits K over that many programs (fp32 partials, the last-arriving program sums
-# them in a fixed order and runs the epilogue). Picked on the H200 (call 3 of docs/MXFP4.md round 4): one E32 k4
-# layer at one token 30.3 us (gemv2 49.1, dq 54.9)
-MXFP4_CONFIG_GEMV4: dict[str, tuple[int, ...]] = {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)}
+# the "gemv4" loop's tiles (BN, BK, warps, stages; no loads are pipelined in it), picked on the H200 (call 3 of
+# docs/MXFP4.md round 4): one E32 k4 layer at one token 30.3 us (gemv2 49.1, dq 54.9)
+MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)}
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}}' overrides them
 # (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
-# Programmatic dependent launch of the expert GEMMs in one-token steps (kernels.pdl_launch decides where PDL
-# applies): 0 plain launches; 1 both GEMMs wait (griddepcontrol.wait) before reading what an earlier kernel wrote,
-# so their launch overlaps the end of the kernel before (kernels.PDL mode 1); 2 as 1, and gate_up lets the down
-# GEMM launch as soon as all its programs have passed their wait: down then prefetches its weight rows into L2
-# while gate_up finishes, before its own wait for the activations.
-MXFP4_PDL = 1
+# Programmatic dependent launch of the expert GEMMs in one-token steps (where kernels.pdl_launch applies PDL):
+# 0 plain launches; 1 both GEMMs wait (griddepcontrol.wait) before reading what an earlier kernel wrote, so their
+# launch overlaps the end of the kernel before (kernels.PDL mode 1); 2 as 1, and gate_up lets the down GEMM launch
+# as soon as all its programs have passed their wait: down then prefetches its weight rows into L2 while gate_up
+# finishes, before its own wait for the activations. H200 (docs/MXFP4.md round 5), E32 top_k 4 batch 1: 515.8 /
+# 520.6 / 526.2 tok/s with modes 0 / 1 / 2.
+MXFP4_PDL = 2
 TILES_ENV = "MOE_MXFP4_TILES"
 if os.environ.get(TILES_ENV):
     _tiles = json.loads(os.environ[TILES_ENV])
@@ -481,21 +453,6 @@ if os.environ.get(TILES_ENV):
     GEMV_IMPL = _tiles.get("gemv_impl", GEMV_IMPL)
     GEMV_MAX_TOKENS = int(_tiles.get("gemv_max_tokens", GEMV_MAX_TOKENS))
     MXFP4_PDL = int(_tiles.get("pdl", MXFP4_PDL))
-
-
-_SPLITK: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _splitk_buffers(device: torch.device, part_numel: int, sems: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gemv4 split-K workspace: fp32 partials (KSPLIT, pairs, N) and one int32 semaphore per (expert row, N
-    tile), zero between launches (the last program of each resets its own). Kept per device and grown as needed
-    (the engine's warm-up steps run before its CUDA graph capture, so the capture reuses these buffers)."""
-    part, sem = _SPLITK.get(device, (None, None))
-    if part is None or part.numel() < part_numel or sem.numel() < sems:
-        part = torch.empty(max(part_numel, 0 if part is None else part.numel()), dtype=torch.float32, device=device)
-        sem = torch.zeros(max(sems, 0 if sem is None else sem.numel()), dtype=torch.int32, device=device)
-        _SPLITK[device] = (part, sem)
-    return part, sem
 
 
 def moe_mxfp4(
@@ -564,8 +521,7 @@ def moe_mxfp4(
         ("gate_up", x, gate_up_blocks, gate_up_scales, gate_up_bias, act, n2),
         ("down", act, down_blocks, down_scales, down_bias, out, hidden),
     ):
-        bn, bk, warps, stages, *rest = table[name]
-        ksplit = int(rest[0]) if rest and impl == "gemv4" else 1
+        bn, bk, warps, stages = table[name]
         if dq and not plan.scan:
             bn = min(bn, 64)  # sorted mode's 64-row M tiles: a wider N tile spills registers
         kdim = src.shape[1]
@@ -579,14 +535,12 @@ def moe_mxfp4(
             wb = wb.view(torch.int16)  # the dq loop reads 16-bit halves of the blocks' words
         elif impl == "gemv4":
             wb = wb.view(torch.int32)  # gemv4 reads the blocks' 32-bit words
-        grid = (plan.grid_rows, triton.cdiv(n, bn), ksplit)
-        part, sem = _splitk_buffers(x.device, ksplit * plan.pairs * n, grid[0] * grid[1]) if ksplit > 1 else (dst, cnt)
-        _moe_mxfp4_kernel[grid](
-            src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt, part, sem,
+        _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
+            src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
             plan.pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], LS=stages if impl == "gemv4" else 1,
-            PDL=pdl, KSPLIT=ksplit, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
+            EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], PDL=pdl, num_warps=warps,
+            num_stages=stages, **_pdl_kw(pdl),
         )
     return out
