@@ -430,8 +430,6 @@ GEMV_IMPL = "gemv4"
 # the "gemv4" loop's tiles (BN, BK, warps, stages; no loads are pipelined in it), picked on the H200 (call 3 of
 # docs/MXFP4.md round 4): one E32 k4 layer at one token 30.3 us (gemv2 49.1, dq 54.9)
 MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)}
-# MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}}' overrides them
-# (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 # Programmatic dependent launch of the expert GEMMs in one-token steps (where kernels.pdl_launch applies PDL):
 # 0 plain launches; 1 both GEMMs wait (griddepcontrol.wait) before reading what an earlier kernel wrote, so their
 # launch overlaps the end of the kernel before (kernels.PDL mode 1); 2 as 1, and gate_up lets the down GEMM launch
@@ -439,6 +437,8 @@ MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512,
 # finishes, before its own wait for the activations. H200 (docs/MXFP4.md round 5), E32 top_k 4 batch 1: 515.8 /
 # 520.6 / 526.2 tok/s with modes 0 / 1 / 2.
 MXFP4_PDL = 2
+# MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}, "pdl": 2}'
+# overrides these tables and MXFP4_PDL (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 TILES_ENV = "MOE_MXFP4_TILES"
 if os.environ.get(TILES_ENV):
     _tiles = json.loads(os.environ[TILES_ENV])
