@@ -1,12 +1,12 @@
 """Same-card A/B of two source trees (e.g. main's checkout and this branch): the graph engine's ms/step at a few
 batch sizes, run with the `bench` package of --root, so that two processes on one GPU compare code, not cards.
 
-    PYTHONUNBUFFERED=1 python scripts/gpu_ab.py --root PATH --label NAME [--cases 1x4,8x4,32x4] [--splitk-rows N]
-        [--set NAME=JSON ...]
+    PYTHONUNBUFFERED=1 python scripts/gpu_ab.py --root PATH --label NAME [--cases 1x4,8x4,32x4] [--experts 16]
+        [--splitk-rows N] [--set NAME=JSON ...]
 
 Uses only APIs both trees have (GraphEngine, GraphOptions, load_model, measure_bandwidth, ArchSummary,
-roofline_point). Prompt 256, 33 new tokens (32 timed steps), best of 2 generations, E32; one JSON line per case
-appended to $OUT/ab.jsonl.
+roofline_point). Prompt 256, 33 new tokens (32 timed steps), best of 2 generations, E32 (or --experts 16); one
+JSON line per case appended to $OUT/ab.jsonl.
 """
 
 from __future__ import annotations
@@ -19,6 +19,15 @@ import time
 from pathlib import Path
 
 PROMPT, NEW = 256, 33
+
+
+def _table(value):
+    """JSON -> the kernels module's table types: lists become tuples, digit keys ints (MOE_CONFIG_BM's M tiles)."""
+    if isinstance(value, dict):
+        return {int(k) if isinstance(k, str) and k.isdigit() else k: _table(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_table(v) for v in value)
+    return value
 
 
 def set_kernel_tables(assignments: list[str]) -> None:
@@ -34,8 +43,7 @@ def set_kernel_tables(assignments: list[str]) -> None:
             name, _, raw = item.partition("=")
             pairs.append((name, json.loads(raw)))
     for name, value in pairs:
-        if isinstance(value, dict):
-            value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+        value = _table(value)
         if not hasattr(kernels, name):
             raise SystemExit(f"--set {name}: kernels has no such name")
         setattr(kernels, name, value)
@@ -46,6 +54,7 @@ def main() -> int:
     ap.add_argument("--root", required=True, help="source tree whose `bench` package runs")
     ap.add_argument("--label", required=True)
     ap.add_argument("--cases", default="1x4,8x4,32x4", help="BATCHxTOP_K, comma-separated")
+    ap.add_argument("--experts", type=int, default=32, help="prune every layer to its first N experts (16: E16)")
     ap.add_argument("--splitk-rows", type=int, default=None,
                     help="set kernels.SPLITK_MAX_ROWS (split-K qkv/o_proj up to this many rows) before measuring")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
@@ -68,6 +77,11 @@ def main() -> int:
         kernels.SPLITK_MAX_ROWS = args.splitk_rows
     set_kernel_tables(args.set)
     model = load_model("synthetic:gpt-oss-20b", device="cuda", dtype=torch.bfloat16, seed=0).model
+    if args.experts < model.config.num_local_experts:
+        from bench.models.pruning import prune_model
+
+        prune_model(model, [list(range(args.experts))] * len(model.model.layers))
+        torch.cuda.empty_cache()
     bandwidth = measure_bandwidth("cuda")
     arch = ArchSummary.from_model(model)
     out = Path(os.environ.get("OUT", ".")) / "ab.jsonl"
@@ -83,8 +97,8 @@ def main() -> int:
         tps = batch * (NEW - 1) / r.decode_s
         ceil = roofline_point(arch, batch, k, mean_decode_context(PROMPT, NEW), bandwidth,
                               distinct=r.distinct_experts).ceiling_tps
-        rec = {"label": args.label, "bench": str(Path(bench.__file__).parent), "batch": batch, "top_k": k,
-               "ms_step": round(1000 * r.decode_s / (NEW - 1), 3), "tok_s": round(tps, 1),
+        rec = {"label": args.label, "bench": str(Path(bench.__file__).parent), "experts": args.experts,
+               "batch": batch, "top_k": k, "ms_step": round(1000 * r.decode_s / (NEW - 1), 3), "tok_s": round(tps, 1),
                "roofline_pct": round(100 * tps / ceil, 1), "bandwidth_gbs": round(bandwidth / 1e9, 1),
                "splitk_rows": args.splitk_rows, "set": args.set, "t": round(time.time(), 1)}
         print(json.dumps(rec), flush=True)

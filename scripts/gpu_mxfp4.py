@@ -4,18 +4,20 @@ by side with bf16, and the teacher-forced accuracy check with a paired statistic
 
     PYTHONUNBUFFERED=1 python scripts/gpu_mxfp4.py [--out DIR] [--budget-s 300] [--accuracy-batch 32]
         [--skip-probe] [--skip-engine] [--skip-bf16] [--skip-accuracy] [--sweep-dq] [--engine-cases 1x4,32x4]
-        [--perf "ARGS for bench perf"]
+        [--engine-pdl 0,1,2] [--perf "ARGS for bench perf"]
 
 1. load: the seeded bf16 model; bf16 graph engine at batch 1 and 32 (E32, top_k 4), the side-by-side reference
    (not with --skip-bf16); then the experts are quantized in place (what `weights = "mxfp4"` builds).
 2. probe: `moe_mxfp4` against dequantize + torch loop (bf16) for T = 1, 4, 32 (decode) and 300 (prefill, sorted)
    in every inner loop that applies (gemv2, gemv4, scaled, dq); the read floor at T = 1 and 32; then one layer is
-   timed: gemv2, gemv4 (its tiles swept per GEMM) and dq at T = 1, dq and gemv4 at T = 4 (with --sweep-dq also
-   scaled vs dq at T = 32, dq's tiles swept); the fastest T = 1 loop and tiles become the module's tables (and
-   tiles.json, the MOE_MXFP4_TILES of later runs).
-3. engine: mxfp4 graph engine "before" (main's loops and tiles: gemv2 at batch 1, dq elsewhere) and "after" (the
-   picks), alternately in the same process, the --engine-cases (batch x top_k); prompt 256, 33 new tokens (32 timed
-   steps), best of 2; roofline % against the MXFP4 ceiling (every tensor at its own width, U counted).
+   timed with plain launches: gemv4 at main's tiles, gemv4 with its tiles swept per GEMM, dq at T = 1 (with
+   --sweep-dq also scaled vs dq at T = 32, dq's tiles swept), then gemv4's picks under each MXFP4_PDL mode; the
+   fastest T = 1 loop and tiles become the module's tables (and tiles.json, the MOE_MXFP4_TILES of later runs).
+3. engine: mxfp4 graph engine "before" (main's loops and tiles: gemv4 with plain launches at batch 1, dq
+   elsewhere) and "after" (the picks; at batch 1 once per --engine-pdl mode, the fastest at 1x4 kept), one after
+   the other in the same process, the --engine-cases (batch x top_k); prompt 256, 33 new tokens (32 timed steps),
+   best of 2; roofline % against the MXFP4 ceiling (every tensor at its own width, U counted). Each case runs
+   only while more than 60 s (120 with the accuracy check) of --budget-s are left.
 4. accuracy (docs/METHOD.md "teacher-forced agreement"): greedy tokens from the graph engine on the MXFP4 model
    (--accuracy-batch sequences, prompt 256, 96 steps), then the same sequences through HF on the dequantized
    weights in bf16 and in float32; agreement of each with the float32 argmax and a paired test of the difference
@@ -65,8 +67,10 @@ CANDIDATES = {
     "few": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2)],
     "full": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2), (64, 256, 8, 3), (128, 256, 4, 3)],
 }
-# main's kernel (commit 30dd53a): gemv2 at batch 1, the dq loop for the other decode launches, with these tiles
-BEFORE = {"gemv_max_tokens": 1, "gemv_impl": "gemv2", "mma_impl": "dq",
+# main's kernel (commit b988982 to 272e801): gemv4 at batch 1 with plain launches (no PDL), the dq loop for the
+# other decode launches, with these tiles
+BEFORE = {"gemv_max_tokens": 1, "gemv_impl": "gemv4", "mma_impl": "dq", "pdl": 0,
+          "gemv4": {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)},
           "gemv": {"gate_up": (16, 512, 4, 3), "down": (16, 512, 4, 3)},
           "few": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)},
           "full": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)},
@@ -172,12 +176,14 @@ def set_tables(cfg: dict) -> None:
     mk.GEMV_MAX_TOKENS = int(cfg["gemv_max_tokens"])
     mk.MMA_IMPL = cfg["mma_impl"]
     mk.GEMV_IMPL = cfg.get("gemv_impl", "gemv")
+    mk.MXFP4_PDL = int(cfg.get("pdl", 0))
     for key, attr in TABLES.items():
         getattr(mk, attr).update({g: tuple(v) for g, v in cfg.get(key, {}).items()})
 
 
 def current_tables() -> dict:
     return {"gemv_max_tokens": mk.GEMV_MAX_TOKENS, "mma_impl": mk.MMA_IMPL, "gemv_impl": mk.GEMV_IMPL,
+            "pdl": mk.MXFP4_PDL,
             **{key: dict(getattr(mk, attr)) for key, attr in TABLES.items()}}
 
 
@@ -211,8 +217,9 @@ def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
     # timing: every (loop, tiles) candidate per GEMM, the other GEMM at the loop's current tile
     results: dict[tuple[int, str], tuple[float, tuple]] = {}
     # (tokens, loop, table, sweep the table's candidates): main's loops at main's tiles, then the dq loop's tiles
-    plan = [(1, "gemv2", "gemv", False), (1, "gemv4", "gemv4", sweep_gemv4), (1, "dqf", "dq1", False),
-            (4, "dqf", "dq", False), (4, "gemv4", "gemv4", False)]
+    plan = [(1, "gemv4", "gemv4", False), (1, "gemv4", "gemv4", sweep_gemv4), (1, "dqf", "dq1", False)]
+    pdl_saved = mk.MXFP4_PDL
+    mk.MXFP4_PDL = 0  # the tiles are swept with plain launches (main's); the PDL modes are timed after
     if sweep_dq:
         plan += [(32, "scaled", "full", False), (32, "dqf", "dq", True), (4, "scaled", "few", False)]
     for tokens, impl, mode, sweep in plan:
@@ -243,9 +250,17 @@ def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
             us = float("inf")
         results[(tokens, impl)] = (us, best)
         emit({"sec": "layer", "tokens": tokens, "impl": impl, "tiles": dict(table), "us_per_layer": round(us, 2),
-              "bytes": nbytes, "gb_s": round(nbytes / us / 1e3, 1)})
+              "bytes": nbytes, "gb_s": round(nbytes / us / 1e3, 1), "pdl": mk.MXFP4_PDL, "swept": sweep})
+        if sweep and tokens == 1 and impl == "gemv4":  # the picked tiles under each PDL mode (graph replay)
+            for mode in (0, 1, 2):
+                mk.MXFP4_PDL = mode
+                us = _time(lambda x=x, topi=topi, topw=topw, impl=impl: _call(x, ex, topi, topw, impl=impl))
+                emit({"sec": "layer_pdl", "tokens": 1, "impl": impl, "pdl": mode, "us_per_layer": round(us, 2),
+                      "gb_s": round(nbytes / us / 1e3, 1)})
+            mk.MXFP4_PDL = 0
         table.clear()
         table.update(saved)
+    mk.MXFP4_PDL = pdl_saved
     # picks: gemv2 vs dq at 1 token; scaled vs dq at 32 (dq runs folded on this model: every scale <= 128)
     pick = current_tables()
     t1 = {i: results[(1, i)][0] for i in ("gemv2", "gemv4", "dqf") if (1, i) in results}
@@ -331,6 +346,8 @@ def main() -> int:
     ap.add_argument("--sweep-dq", action="store_true", help="also time scaled vs dq at 32 tokens and sweep dq's tiles")
     ap.add_argument("--engine-cases", default="1x4,32x4,1x2,4x4",
                     help="engine before/after cases, BATCHxTOPK comma-separated")
+    ap.add_argument("--engine-pdl", default="0,1,2",
+                    help="batch-1 'after' runs under each of these MXFP4_PDL modes; the fastest at 1x4 is kept")
     ap.add_argument("--perf", default=None, help="arguments for bench perf, run afterwards in this process")
     ap.add_argument("--e16", action="store_true", help="then E16 at batch 32 (prunes the model: no accuracy after)")
     ap.add_argument("--bf16-picks", default=None,
@@ -381,12 +398,23 @@ def main() -> int:
             gk.SPLITK_CONFIG["small"] = tuple(splitk)
     if not args.skip_engine:
         arch = ArchSummary.from_model(model)
+        modes = [int(m) for m in args.engine_pdl.split(",") if m]
+        b1 = {}
         for b, k in (tuple(int(v) for v in c.split("x")) for c in args.engine_cases.split(",")):
-            for label, cfg in (("before", BEFORE), ("after", after)):
+            runs = [("before", BEFORE)]
+            runs += [(f"after-pdl{m}", {**after, "pdl": m}) for m in modes] if b == 1 and modes else [("after", after)]
+            for label, cfg in runs:
                 if left() < 60 + (0 if args.skip_accuracy else 60):
                     break
                 set_tables(cfg)
-                emit(time_case(model, b, k, arch, bandwidth, label, "mxfp4", splitk=bool(splitk)))
+                rec = time_case(model, b, k, arch, bandwidth, label, "mxfp4", splitk=bool(splitk))
+                emit(rec)
+                if (b, k) == (1, 4) and label.startswith("after-pdl") and "tok_s" in rec:
+                    b1[cfg["pdl"]] = rec["tok_s"]
+        if b1:
+            after = {**after, "pdl": max(b1, key=b1.get)}
+            emit({"sec": "pick_pdl", "pdl": after["pdl"], "tok_s": b1})
+            (out_dir / "tiles.json").write_text(json.dumps(after))
         if args.e16 and left() > 60:  # E16 at batch 32 (target: >= 1.5x E32), the first 16 experts per layer
             from bench.models.pruning import prune_model
 

@@ -18,8 +18,8 @@ is made (so a killed run still returns what it measured):
    the model pruned to its first 16 experts. Roofline % with the measured copy bandwidth and the counted distinct
    experts (bench/roofline.py).
 3. profile: one eager decode step at batch 1 and 256 under torch.profiler (kernel count, time per kernel family).
-4. accuracy (--accuracy-only): --accuracy-batch sequences x 96 steps: the engine's tokens vs a float32 HF forward
-   (teacher forced), against HF bf16's agreement with the same float32 forward, with a paired test
+4. accuracy (--accuracy-only): --accuracy-batch sequences (a list: each) x 96 steps: the engine's tokens vs a
+   float32 HF forward (teacher forced), against HF bf16's agreement with the same float32 forward, with a paired test
    (`paired_agreement`).
 """
 
@@ -272,30 +272,34 @@ def graph_tokens(model, opts: GraphOptions, ids: torch.Tensor, new: int, one_by_
     return torch.cat(out)
 
 
-def accuracy(model, opts: GraphOptions, batch: int = 4, steps: int = 96, one_by_one: bool = False) -> dict:
+def accuracy(model, opts: GraphOptions, batches: list[int], steps: int = 96, one_by_one: bool = False) -> list[dict]:
+    """One record per batch size b: the engine's tokens for the first b of max(batches) prompts, generated as one
+    batch of b (or one by one), against HF bf16 and float32 teacher-forced on those tokens. The model is float32
+    afterwards."""
     from bench.models.loading import set_experts_implementation
     from bench.models.pruning import set_top_k
 
     set_top_k(model, 4)
-    ids = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda",
+    ids = torch.randint(0, model.config.vocab_size, (max(batches), PROMPT), device="cuda",
                         generator=torch.Generator("cuda").manual_seed(7))
-    toks = graph_tokens(model, opts, ids, steps + 1, one_by_one)
-    full = torch.cat([ids, toks], dim=1)
+    toks = {b: graph_tokens(model, opts, ids[:b], steps + 1, one_by_one) for b in batches}
+    full = {b: torch.cat([ids[:b], t], dim=1) for b, t in toks.items()}
     sl = slice(PROMPT - 1, PROMPT - 1 + steps + 1)
-    bf16 = hf_argmax(model, full, sl)
+    bf16 = {b: hf_argmax(model, f, sl) for b, f in full.items()}
     model.float()
     torch.cuda.empty_cache()
     set_experts_implementation(model, "eager")
-    fp32 = hf_argmax(model, full, sl)
-    return {"sec": "accuracy", "batch": 1 if one_by_one else batch, "sequences": batch, "steps": steps + 1,
-            **paired_agreement(toks, bf16, fp32)}
+    fp32 = {b: hf_argmax(model, f, sl) for b, f in full.items()}
+    return [{"sec": "accuracy", "batch": 1 if one_by_one else b, "sequences": b, "steps": steps + 1,
+             **paired_agreement(toks[b], bf16[b], fp32[b])} for b in batches]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget-s", type=float, default=240)
-    ap.add_argument("--accuracy-batch", type=int, default=32,
-                    help="sequences in the accuracy check (96 steps each; 32: 3,104 tokens)")
+    ap.add_argument("--accuracy-batch", default="32",
+                    help="sequences in the accuracy check (96 steps each; 32: 3,104 tokens); a comma-separated "
+                         "list checks each batch size on the first that many prompts, in one process")
     ap.add_argument("--accuracy-only", action="store_true", help="only the accuracy check")
     ap.add_argument("--accuracy-one-by-one", action="store_true",
                     help="the accuracy check's sequences generated one at a time (batch 1's kernels)")
@@ -320,7 +324,9 @@ def main() -> int:
     emit({"sec": "env", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
           "commit": os.environ.get("MOE_BENCH_GIT_COMMIT"), "set": args.set, "load_s": round(time.time() - T0, 1)})
     if args.accuracy_only:
-        emit(accuracy(model, GraphOptions(), batch=args.accuracy_batch, one_by_one=args.accuracy_one_by_one))
+        for rec in accuracy(model, GraphOptions(), [int(b) for b in str(args.accuracy_batch).split(",")],
+                            one_by_one=args.accuracy_one_by_one):
+            emit(rec)
         return 0
     bandwidth = measure_bandwidth("cuda")
     emit({"sec": "bandwidth", "bandwidth_gbs": round(bandwidth / 1e9, 1)})

@@ -1,6 +1,7 @@
-"""The `graph` engine's fused norm + router kernel and programmatic dependent launch (PDL) on a CUDA device: skipped
-on CPU, where the Triton interpreter runs the fused kernel (tests/interpreter/graph_kernels_cases.py) but cannot run
-PDL's `griddepcontrol` PTX. Run on the GPU machine with `python3 -m pytest -q tests/test_graph_kernels_gpu.py`."""
+"""The `graph` engine's fused norm + router kernel, programmatic dependent launch (PDL) and the per-batch expert tile
+tables (bit-exact to main's) on a CUDA device: skipped on CPU, where the Triton interpreter runs the fused kernel and
+the tables (tests/interpreter/graph_kernels_cases.py) but cannot run PDL's `griddepcontrol` PTX. Run on the GPU
+machine with `python3 -m pytest -q tests/test_graph_kernels_gpu.py`."""
 
 from __future__ import annotations
 
@@ -69,3 +70,34 @@ def test_pdl_graph_replay_gives_the_same_tokens_and_logits(gk):
     for mode in (1, 2):
         assert torch.equal(out[mode][0], out[0][0]), mode
         assert torch.equal(out[mode][1], out[0][1]), mode
+
+
+# main's tables before session 6 (docs/PERF.md): compact MOE_CONFIG_FEW, scan MOE_CONFIG, M tile >= 64 MOE_CONFIG_BIG
+MAIN_SCAN = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
+MAIN_BIG = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)}
+MAIN_FEW = {"gate_up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}
+
+
+@pytest.mark.parametrize("tokens", [4, 8, 32, 64, 128])
+def test_shipped_expert_tiles_are_bit_exact_to_main_on_cuda(gk, tokens):
+    """The per-batch tables (MOE_CONFIG_BM, MOE_CONFIG_COMPACT, N-tile-major grids) change only which program reads
+    which tile: every (token, slot) row equals main's tables' bit for bit, at gpt-oss-20b's shapes (E32, top_k 4;
+    4 tokens: compact past COMPACT_FEW_PAIRS; 8 / 32 / 64: scan M tile 16 / 32 / 64; 128: sorted M tile 64)."""
+    gen = torch.Generator(device="cuda").manual_seed(tokens)
+    experts, hidden, inter, k = 32, 2880, 2880, 4
+    gu = torch.randn(experts, hidden, 2 * inter, generator=gen, device="cuda", dtype=torch.bfloat16) * 0.02
+    gub = torch.randn(experts, 2 * inter, generator=gen, device="cuda", dtype=torch.bfloat16) * 0.1
+    dn = torch.randn(experts, inter, hidden, generator=gen, device="cuda", dtype=torch.bfloat16) * 0.02
+    dnb = torch.randn(experts, hidden, generator=gen, device="cuda", dtype=torch.bfloat16) * 0.1
+    x = torch.randn(tokens, hidden, generator=gen, device="cuda", dtype=torch.bfloat16)
+    topi = torch.rand(tokens, experts, generator=gen, device="cuda").argsort(-1)[:, :k].to(torch.int32).contiguous()
+    topw = torch.softmax(torch.randn(tokens, k, generator=gen, device="cuda"), -1)
+    plan = gk.routing_plan(topi, experts)
+    main = MAIN_FEW if plan.compact else (MAIN_BIG if plan.bm >= 64 else MAIN_SCAN)
+    shipped = gk.moe_tiles(plan)
+    assert shipped != main
+    got = gk.moe(x, gu, gub, dn, dnb, topi, topw, 1.702, 7.0)
+    want = gk.moe(x, gu, gub, dn, dnb, topi, topw, 1.702, 7.0, tiles=main)
+    torch.cuda.synchronize()
+    assert got.abs().sum().item() > 0
+    assert torch.equal(got, want)

@@ -46,12 +46,19 @@ CASES = [(t, k, impl, sc) for t, k in [(1, 2), (1, 4), (3, 2), (40, 4), (80, 2)]
          for impl, sc in [("dq", (100, 150)), ("dqf", (100, 129))]]  # dqf needs scales <= 128
 # gemv4 (integer-multiply decode, fp32 FMA; decode only): the batch-1 loop, and several rows per expert
 CASES += [(t, k, "gemv4", sc) for t, k in [(1, 2), (1, 4), (3, 2)] for sc in [(100, 150), (0, 171)]]
+# gemv4 at one token under each PDL mode of the expert launches (0 plain; 1 wait; 2: gate_up lets the down GEMM
+# launch early, which prefetches its weight rows into L2 before its wait), several K steps (K 256, 64 a step)
+CASES += [(1, 4, f"gemv4-pdl{m}", (100, 150)) for m in (0, 1, 2)]
 
 
 @pytest.mark.parametrize("tokens,k,impl,scales", CASES)
-def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales):
+def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypatch):
     from bench.engines.graph import mxfp4_kernels as mk
 
+    if impl.startswith("gemv4-pdl"):
+        monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (16, 64, 2, 1), "down": (32, 64, 4, 1)})
+        monkeypatch.setattr(mk, "MXFP4_PDL", int(impl[-1]))
+        impl = "gemv4"
     ex = _experts(scales, seed=tokens)
     gen = torch.Generator(device="cuda").manual_seed(tokens + 1)
     # small activations keep the clamped SwiGLU in its live range for these large random weights

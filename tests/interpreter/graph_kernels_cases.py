@@ -1,5 +1,6 @@
 """The `graph` engine's Triton kernels on CPU under the Triton interpreter: same tokens as `hf`, the sorted (prefill)
-and compact MoE modes, the split-K router's top-k, the SwiGLU clamp and near-tie routing.
+and compact MoE modes, the per-batch tile tables and the N-tile-major grid, the split-K router's top-k, decode
+attention's configurations, the SwiGLU clamp and near-tie routing.
 
 Not collected by the main test session: tests/test_triton_interpreter.py runs this folder in a child pytest with
 TRITON_INTERPRET=1, which must be set before triton is first imported (the HF model code imports it)."""
@@ -70,10 +71,11 @@ def test_triton_split_router_matches_torch_topk(gk):
         b = torch.randn(experts, generator=gen)
         v, i = torch.topk(torch.nn.functional.linear(x, w, b), k, dim=-1)
         assert tokens <= gk.ROUTER_SPLIT_MAX_TOKENS
-        for split in (True, False):
-            got_i, got_w = gk.router(x, w, b, k, split=split)
-            assert torch.equal(got_i.long(), i), (tokens, experts, hidden, split)
+        for split, bh in ((True, None), (False, None), (True, 16), (True, 32)):  # None: ROUTER_BH_BY_TOKENS
+            got_i, got_w = gk.router(x, w, b, k, split=split, bh=bh)
+            assert torch.equal(got_i.long(), i), (tokens, experts, hidden, split, bh)
             torch.testing.assert_close(got_w, torch.softmax(v, dim=-1), rtol=1e-5, atol=1e-6)
+    assert [gk.router_bh(t) for t in (1, 7, 8, 256, 257)] == [64, 64, 32, 32, gk.ROUTER_BH]
 
 
 def test_triton_moe_compact_grid_matches_full_grid(gk):
@@ -96,6 +98,78 @@ def test_triton_moe_compact_grid_matches_full_grid(gk):
             counts.append(int(cnt))
         assert torch.equal(outs[0], outs[1])
         assert counts[0] == counts[1] == i.unique().numel()
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 20, 40, 70])
+def test_triton_moe_tables_by_batch_match_hf(gk, tokens):
+    """Each launch class with the shipped tables (kernels.moe_tiles: compact MOE_CONFIG_FEW at 1 token; scan M tile
+    16 / 32 / 64 and sorted M tile 64 from MOE_CONFIG_BM, N-tile-major grids) gives HF's expert outputs."""
+    model = _lively_tiny_model()
+    mlp = model.model.layers[0].mlp
+    gen = torch.Generator().manual_seed(20 + tokens)
+    x = torch.randn(tokens, model.config.hidden_size, generator=gen)
+    topv, topi = torch.topk(torch.randn(tokens, mlp.experts.num_experts, generator=gen), 2, dim=-1)
+    topw = torch.softmax(topv, dim=-1)
+    plan = gk.routing_plan(topi.to(torch.int32), mlp.experts.num_experts)
+    want_table = gk.MOE_CONFIG_FEW if plan.compact else gk.MOE_CONFIG_BM[plan.bm]
+    assert gk.moe_tiles(plan) is want_table, (tokens, plan.bm, plan.compact)
+    assert tokens == 1 or any(len(t) > 4 and t[4] for t in want_table.values())  # an N-tile-major grid runs
+    want = _hf_experts_out(model, mlp, x, topi, topw)
+    experts = build_experts(mlp.experts, GraphOptions(experts="triton").resolve("cpu"))
+    got = experts(x, topi.to(torch.int32), topw, None).view(tokens, 2, -1).sum(1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_triton_moe_n_major_grid_equals_expert_major(gk):
+    """The N-tile-major grid (a 5th tile entry 1: `_moe_kernel` NB_MAJOR, program axes swapped) computes every row
+    bit for bit as the expert-major grid and counts the same distinct experts: compact (few and past
+    COMPACT_FEW_PAIRS), scan and sorted launches."""
+    gen = torch.Generator().manual_seed(21)
+    experts, hidden, inter = 16, 64, 32
+    gu, gub = torch.randn(experts, hidden, 2 * inter, generator=gen) * 0.1, torch.randn(experts, 2 * inter) * 0.1
+    dn, dnb = torch.randn(experts, inter, hidden, generator=gen) * 0.1, torch.randn(experts, hidden) * 0.1
+    kinds = set()
+    for tokens, k in ((1, 4), (3, 4), (8, 4), (20, 2), (gk.SCAN_MAX_TOKENS + 6, 2)):
+        x = torch.randn(tokens, hidden, generator=gen)
+        v, i = torch.topk(torch.randn(tokens, experts, generator=gen), k, dim=-1)
+        w = torch.softmax(v, dim=-1)
+        i = i.to(torch.int32)
+        plan = gk.routing_plan(i, experts)
+        kinds.add("sorted" if not plan.scan else ("compact" if plan.compact else "scan"))
+        if plan.compact and plan.pairs > gk.COMPACT_FEW_PAIRS:
+            assert gk.moe_tiles(plan) is gk.MOE_CONFIG_COMPACT
+        outs, counts = [], []
+        for order in (0, 1):
+            cnt = torch.zeros((), dtype=torch.int32)
+            tiles = {"gate_up": (32, 32, 4, 2, order), "down": (16, 32, 4, 2, order)}
+            outs.append(gk.moe(x, gu, gub, dn, dnb, i, w, 1.702, 7.0, cnt, tiles=tiles))
+            counts.append(int(cnt))
+        assert torch.equal(outs[0], outs[1]), (tokens, k)
+        assert counts[0] == counts[1] == i.unique().numel()
+        assert outs[0].abs().sum(1).gt(0).all()  # every (token, slot) row written
+    assert kinds == {"compact", "scan", "sorted"}
+
+
+def test_triton_attn_decode_configs_match_reference(gk):
+    """Decode attention with sinks for every cache block / warp / stage choice (kernels.ATTN_CONFIG_BY_BATCH):
+    the float32 softmax over [sink, q.k] of the valid slots, times v; a full cache and a sliding ring."""
+    gen = torch.Generator().manual_seed(22)
+    bsz, hq, hkv, d = 2, 4, 2, 16
+    q = torch.randn(bsz, hq, d, generator=gen)
+    sinks = torch.randn(hq, generator=gen)
+    scale = d ** -0.5
+    for s_cache, pos in ((40, 37), (16, 29)):  # full layer: slots 0..37 valid; ring of 16 past the window: all
+        kc = torch.randn(bsz, hkv, s_cache, d, generator=gen)
+        vc = torch.randn(bsz, hkv, s_cache, d, generator=gen)
+        end = min(pos + 1, s_cache)
+        k = kc[:, :, :end].repeat_interleave(hq // hkv, dim=1)
+        v = vc[:, :, :end].repeat_interleave(hq // hkv, dim=1)
+        scores = torch.einsum("bhd,bhsd->bhs", q, k) * scale
+        p = torch.softmax(torch.cat([sinks.view(1, hq, 1).expand(bsz, hq, 1), scores], -1), -1)[..., 1:]
+        want = torch.einsum("bhs,bhsd->bhd", p, v).reshape(bsz, hq * d)
+        for cfg in ((64, 4, None), (128, 4, None), (16, 4, 2), (32, 8, None)):
+            got = gk.attn_decode(q, kc, vc, sinks, torch.tensor([pos]), scale, config=cfg)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"{cfg} {s_cache}")
 
 
 def test_triton_swiglu_clamp_matches_hf_with_large_activations(gk):

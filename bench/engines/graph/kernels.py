@@ -28,7 +28,9 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   routed expert: the compact grid); in sorted mode (prefill) rows come from an expert-sorted list.
   `routing_plan` (host side) and `routed_rows` (@triton.jit) are that row logic, shared with any other expert
   weight format's kernels; in decode the sorted list comes from `_routing_sort_kernel` (a one-program counting
-  sort, one program per expert) instead of torch.sort + searchsorted.
+  sort, one program per expert) instead of torch.sort + searchsorted. `moe_tiles` picks the tiles per launch class
+  (compact few / compact many pairs, M tile 16 / 32 / 64, larger); a table may put the N tiles on the fast grid
+  axis (NB_MAJOR), so that the CTAs resident together read adjacent column strips of one expert's weight rows.
 
 Programmatic dependent launch (PDL, Hopper): in one-token steps (PDL_MAX_TOKENS) each decode kernel here is
 launched with `launch_pdl` and waits (`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel
@@ -157,7 +159,7 @@ def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: 
 # weight class; "small" = qkv and o_proj (N < 16384). Their output stays as Partials for the next kernel.
 # H200, 24 layers at M = 1 (docs/PERF.md): qkv 249 -> 241 us, o_proj 289 -> 187 us against cuBLAS.
 SPLITK_MAX_ROWS = 1
-SPLITK_CONFIG: dict[str, tuple[int, int, int, int]] = {"small": (16, 256, 4, 4)}
+SPLITK_CONFIG: dict[str, tuple[int, ...]] = {"small": (16, 256, 4, 4)}
 
 
 def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -384,8 +386,24 @@ def _attn_decode_kernel(
     tl.store(out_ptr + qrow[:, None] + d[None, :], out.to(out_ptr.dtype.element_ty), mask=gm[:, None])
 
 
+# decode attention's (cache block BS, num_warps, num_stages or None for Triton's default) by batch size:
+# ((max streams, config), ...), first match wins, else ATTN_CONFIG. H200 (session 6, 24 layers' caches): no candidate
+# beat (64, 4) by 3% at 8 / 32 / 256 streams; at one stream BS 128 4.36 -> 4.16 us a layer, the step 0.35% faster,
+# not shipped (another rounding of the softmax, and no batch-1 accuracy run with it).
+ATTN_CONFIG: tuple[int, int, int | None] = (64, 4, None)
+ATTN_CONFIG_BY_BATCH: tuple[tuple[int, tuple[int, int, int | None]], ...] = ()
+
+
+def attn_config(bsz: int) -> tuple[int, int, int | None]:
+    for most, cfg in ATTN_CONFIG_BY_BATCH:
+        if bsz <= most:
+            return cfg
+    return ATTN_CONFIG
+
+
 def attn_decode(
-    q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, sinks: torch.Tensor, pos: torch.Tensor, scale: float
+    q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, sinks: torch.Tensor, pos: torch.Tensor, scale: float,
+    config: tuple[int, int, int | None] | None = None,
 ) -> torch.Tensor:
     """q (B, hq, D) against the cache (B, hkv, S, D) up to `pos`, with sinks -> (B, hq*D)."""
     bsz, hq, d = q.shape
@@ -393,9 +411,11 @@ def attn_decode(
     g = hq // hkv
     out = torch.empty((bsz, hq * d), dtype=q.dtype, device=q.device)
     pdl = pdl_launch(bsz)
+    bs, warps, stages = config or attn_config(bsz)
+    extra = {"num_stages": stages} if stages else {}
     _attn_decode_kernel[(bsz, hkv)](
-        q, kc, vc, sinks, pos, out, scale, hkv, s_cache, G=g, GP=max(16, _p2(g)), D=d, BS=64, PDL=pdl, num_warps=4,
-        **_pdl_kw(pdl),
+        q, kc, vc, sinks, pos, out, scale, hkv, s_cache, G=g, GP=max(16, _p2(g)), D=d, BS=bs, PDL=pdl,
+        num_warps=warps, **extra, **_pdl_kw(pdl),
     )
     return out
 
@@ -485,6 +505,19 @@ def _router_topk_kernel(
 # H100). `router(split=False)` (GraphOptions.router_split) turns the split path off (ablation).
 ROUTER_SPLIT_MAX_TOKENS = 256  # was 64; at batch 256 the split path measured 0.2% faster (noise level)
 ROUTER_BH = 64
+# the split router's slice width by step size: ((max tokens, BH), ...), first match wins, else ROUTER_BH (more,
+# narrower slices for many tokens: each program's float32 products grow with the tokens)
+# H200 (docs/PERF.md, session 6): BH 32 at 8 / 32 / 256 tokens 6.3 -> 5.4 / 6.6 -> 5.7 / 27.1 -> 10.9 us a layer
+# (16 and 128 slower). Another slice width rounds the float32 logits differently (the teacher-forced accuracy check
+# passed with BH 32 at 8, 32 and 64 tokens), so 2-7 tokens keep BH 64, bit for bit main's routing there.
+ROUTER_BH_BY_TOKENS: tuple[tuple[int, int], ...] = ((7, 64), (256, 32))
+
+
+def router_bh(tokens: int) -> int:
+    for most, bh in ROUTER_BH_BY_TOKENS:
+        if tokens <= most:
+            return int(bh)
+    return ROUTER_BH
 
 
 def router(
@@ -496,7 +529,7 @@ def router(
     topi = torch.empty((tokens, k), dtype=torch.int32, device=x.device)
     topw = torch.empty((tokens, k), dtype=torch.float32, device=x.device)
     ep = _p2(experts)
-    bh = bh or ROUTER_BH
+    bh = bh or router_bh(tokens)
     if split and tokens <= ROUTER_SPLIT_MAX_TOKENS and x.stride(1) == 1 and weight.is_contiguous():
         tp, epd = max(16, _p2(tokens)), max(16, ep)
         splits = triton.cdiv(hidden, bh)
@@ -622,7 +655,14 @@ def add_rmsnorm_route(
 @triton.jit
 def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COMPACT: tl.constexpr,
                 EPAD: tl.constexpr, BM: tl.constexpr):
-    """Which expert this program serves and its (token, slot) rows: (e, start, end, scan_rows).
+    """`routed_rows_at` for program row tl.program_id(0) (the expert / compact slot axis of the grid)."""
+    return routed_rows_at(tl.program_id(0), topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
+
+
+@triton.jit
+def routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COMPACT: tl.constexpr,
+                   EPAD: tl.constexpr, BM: tl.constexpr):
+    """Which expert program row `pid` serves and its (token, slot) rows: (e, start, end, scan_rows).
 
     Scan mode (decode): the rows are found in the flat (T*k) routing table itself; scan_rows[i] is the i-th pair
     routed to e (valid for i < end), start = 0. Compact: program row i takes the i-th distinct routed expert
@@ -633,7 +673,7 @@ def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COM
         p = tl.arange(0, PB)
         pe = tl.load(topi_ptr + p, mask=p < P, other=-1)
         if COMPACT:
-            slot = tl.program_id(0)
+            slot = pid
             ee = tl.arange(0, EPAD)
             present = tl.max((pe[None, :] == ee[:, None]).to(tl.int32), axis=1)
             prank = tl.cumsum(present, axis=0) - 1
@@ -641,7 +681,7 @@ def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COM
             live = (slot < tl.sum(present, axis=0)).to(tl.int32)
             hit = (pe == e).to(tl.int32) * live
         else:
-            e = tl.program_id(0)
+            e = pid
             hit = (pe == e).to(tl.int32)
         rank = tl.cumsum(hit, axis=0) - 1
         sel = (rank[None, :] == mm[:, None]) & (hit[None, :] > 0)
@@ -649,7 +689,7 @@ def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COM
         start = 0
         end = tl.sum(hit, axis=0)
     else:
-        e = tl.program_id(0)
+        e = pid
         start = tl.load(offs_ptr + e)
         end = tl.load(offs_ptr + e + 1)
         scan_rows = mm
@@ -682,8 +722,16 @@ def activation_rows(pair, TOPK: tl.constexpr, GATE_UP: tl.constexpr):
 @triton.jit
 def moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit, offs_n, nmask,
                   N, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """Bias; gate_up: clamped SwiGLU over interleaved (gate, up) columns; down: routing weight. Store the rows."""
-    nb = tl.program_id(1)
+    """`moe_epilogue_at` for N tile tl.program_id(1)."""
+    moe_epilogue_at(tl.program_id(1), acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha,
+                    limit, offs_n, nmask, N, GATE_UP, BM, BN)
+
+
+@triton.jit
+def moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit, offs_n,
+                    nmask, N, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Bias; gate_up: clamped SwiGLU over interleaved (gate, up) columns; down: routing weight. Store the rows of
+    N tile `nb`."""
     acc += tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
     if GATE_UP:
         gate, up = tl.split(tl.reshape(acc, (BM, BN // 2, 2)))
@@ -707,16 +755,23 @@ def _moe_kernel(
     P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, NB_MAJOR: tl.constexpr,
 ):
-    nb = tl.program_id(1)
+    # grid (expert rows, N tiles), or (N tiles, expert rows) with NB_MAJOR: then the CTAs launched together
+    # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many
+    if NB_MAJOR:
+        nb = tl.program_id(0)
+        pid = tl.program_id(1)
+    else:
+        nb = tl.program_id(1)
+        pid = tl.program_id(0)
     offs_n = nb * BN + tl.arange(0, BN)
     nmask = offs_n < N
     if GATE_UP:
         _gdc(PDL)
     # the down GEMM's routing was written two kernels back (complete once this kernel runs, see PDL): read it
     # before the wait for gate_up's activations
-    e, start, end, scan_rows = routed_rows(topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
+    e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
     if not GATE_UP:
         _gdc(PDL)
     if COUNT:
@@ -736,26 +791,44 @@ def _moe_kernel(
             b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
                         mask=kmask[:, None] & nmask[None, :], other=0.0)
             acc = tl.dot(a, b, acc)
-        moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                      offs_n, nmask, N, GATE_UP, BM, BN)
+        moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                        offs_n, nmask, N, GATE_UP, BM, BN)
 
 
 # Decode with fewer (token, slot) pairs than experts (batch 1, 2, ...) launches one program row per pair instead of
 # one per expert: program i takes the i-th distinct routed expert, so no CTA is launched for the (E - U) experts
 # nobody routed to. `moe(compact=False)` (GraphOptions.moe_compact) launches one row per expert (ablation).
 SCAN_MAX_TOKENS = 64  # scan mode holds every row of an expert in one M tile (<= T rows): bounded for shared memory
-# (BN, BK, num_warps, num_stages) per GEMM; tuned on the H100 (see docs/PERF.md), overridable for experiments.
-MOE_CONFIG: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
+# (BN, BK, num_warps, num_stages[, 1 = N-tile-major grid]) per GEMM; tuned on the H100 (see docs/PERF.md),
+# overridable for experiments.
+MOE_CONFIG: dict[str, tuple[int, ...]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
 # the same for compact launches (fewer pairs than experts: batch 1, where few CTAs share the whole chip). H200
 # (docs/PERF.md, session 5): down BN 64 (was 32) 65.3 -> 62.8 us a layer at one token; batch 1 top_k 4 2.534 ->
 # 2.502 ms; no gate_up tile tried beat (64, 128, 4, 4).
-MOE_CONFIG_FEW: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}
-# the same for M tiles of >= 64 rows (batch >= 33: scan mode with BM 64, sorted mode); None: MOE_CONFIG.
+MOE_CONFIG_FEW: dict[str, tuple[int, ...]] = {"gate_up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}
+# the same for M tiles of >= 64 rows not in MOE_CONFIG_BM (sorted mode's SORTED_BM_LARGE); None: MOE_CONFIG.
 # H200 (docs/PERF.md): one E32 k4 expert layer at 64 / 128 / 256 tokens 565 / 590 / 612 us with MOE_CONFIG (BM 64:
 # 128 KB of shared memory for 4 stages, one CTA per SM) -> 419 / 444 / 456 us with these tiles (BM 64).
 # Re-picked on the H200 at 128 / 256 tokens with M tile 64 (docs/PERF.md): gate_up BN 128 (395 / 413 us a layer
 # against 412 / 431 with BN 64).
-MOE_CONFIG_BIG: dict[str, tuple[int, int, int, int]] | None = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)}
+MOE_CONFIG_BIG: dict[str, tuple[int, ...]] | None = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)}
+# Per M tile (non-compact launches, scan or sorted: batch 2-16 -> M tile 16, 17-32 -> 32, 33-64 and sorted mode with
+# SORTED_BM -> 64), {BM: {"gate_up": ..., "down": ...}}; an M tile not listed takes MOE_CONFIG_BIG (>= 64 rows) or
+# MOE_CONFIG. The 5th entry 1 = the N-tile-major grid: the CTAs that run together read adjacent column strips of one
+# expert's weight rows. H200 (docs/PERF.md, session 6; one expert layer over the 24 layers' weights, E32 k4): 32
+# tokens 453 -> 369 us (3.44 -> 4.23 TB/s), 8 tokens 295 -> 254 us (3.61 -> 4.20), 256 tokens 391 -> 378 us (4.07
+# -> 4.21); the step: batch 32 k4 12.12 -> 10.16 ms, batch 8 8.00 -> 7.12, batch 256 13.01 -> 12.00. Most of it is
+# the down GEMM's BN 32 -> 128 (64 -> 256-byte rows); the N-tile-major grid adds 2-3%.
+MOE_CONFIG_BM: dict[int, dict[str, tuple[int, ...]]] = {
+    16: {"gate_up": (128, 128, 4, 3, 1), "down": (128, 64, 4, 4)},
+    32: {"gate_up": (128, 64, 4, 4, 1), "down": (128, 64, 4, 4, 1)},
+    64: {"gate_up": (128, 64, 4, 3, 1), "down": (128, 64, 4, 3, 1)},
+}
+# Compact launches of more than COMPACT_FEW_PAIRS (token, slot) pairs (batch 3-7 at E32 top_k 4, batch 8 top_k 2:
+# 16 pairs, ~13 distinct experts) take MOE_CONFIG_COMPACT (None: MOE_CONFIG_FEW, tuned at one token). H200 (session
+# 6): E32 batch 8 top_k 2, one expert layer 166 -> 158 us (3.91 -> 4.12 TB/s), the step 5.20 -> 4.97 ms.
+MOE_CONFIG_COMPACT: dict[str, tuple[int, ...]] | None = {"gate_up": (64, 64, 4, 6, 1), "down": (128, 64, 4, 4)}
+COMPACT_FEW_PAIRS = 8
 # M tile in sorted mode (more tokens than SCAN_MAX_TOKENS): SORTED_BM while an expert gets at most
 # SORTED_BM_ROWS rows on average (pairs / experts), else SORTED_BM_LARGE, so that most experts still fit one M tile
 # and their weights are read once. H200 (docs/PERF.md): E32 at 128 / 256 tokens (16 / 32 rows per expert) one
@@ -834,6 +907,20 @@ def routing_plan(topi: torch.Tensor, experts: int, compact: bool = True) -> Rout
                        grid_rows=pairs if compact else experts, pb=_p2(pairs), epad=_p2(experts))
 
 
+def moe_tiles(plan: RoutingPlan) -> dict[str, tuple[int, ...]]:
+    """The (BN, BK, num_warps, num_stages[, N-tile-major]) table of both expert GEMMs for one routing plan: compact
+    launches MOE_CONFIG_FEW (MOE_CONFIG_COMPACT past COMPACT_FEW_PAIRS pairs); others MOE_CONFIG_BM[M tile], else
+    MOE_CONFIG_BIG for M tiles of >= 64 rows, else MOE_CONFIG."""
+    if plan.compact:
+        return MOE_CONFIG_COMPACT if MOE_CONFIG_COMPACT and plan.pairs > COMPACT_FEW_PAIRS else MOE_CONFIG_FEW
+    table = MOE_CONFIG_BM.get(plan.bm)
+    if table:
+        return table
+    if plan.bm >= 64 and MOE_CONFIG_BIG:
+        return MOE_CONFIG_BIG
+    return MOE_CONFIG
+
+
 def moe(
     x: torch.Tensor,
     gate_up: torch.Tensor,
@@ -846,7 +933,7 @@ def moe(
     limit: float,
     counter: torch.Tensor | None = None,
     compact: bool = True,
-    tiles: dict[str, tuple[int, int, int, int]] | None = None,
+    tiles: dict[str, tuple[int, ...]] | None = None,
 ) -> torch.Tensor:
     """Routed bf16/float32 experts for x (T, H) with routing (T, k) -> per (token, slot) outputs (T*k, H), weighted.
 
@@ -866,15 +953,17 @@ def moe(
         ("gate_up", x, gate_up, gate_up_bias, act, n2),
         ("down", act, down, down_bias, out, hidden),
     ):
-        table = tiles or (MOE_CONFIG_FEW if plan.compact else
-                          (MOE_CONFIG_BIG if plan.bm >= 64 and MOE_CONFIG_BIG else MOE_CONFIG))
-        bn, bk, warps, stages = table[name]
+        table = tiles or moe_tiles(plan)
+        bn, bk, warps, stages, *order = table[name]  # an optional 5th entry: 1 = N-tile-major grid (NB_MAJOR)
+        nb_major = bool(order and order[0])
         gu = name == "gate_up"
-        _moe_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
+        grid = (triton.cdiv(n, bn), plan.grid_rows) if nb_major else (plan.grid_rows, triton.cdiv(n, bn))
+        _moe_kernel[grid](
             src, w, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
             plan.pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
+            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl, NB_MAJOR=nb_major, num_warps=warps, num_stages=stages,
+            **_pdl_kw(pdl),
         )
     return out

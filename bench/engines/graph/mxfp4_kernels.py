@@ -27,6 +27,10 @@ these kernels is CUDA-graph capturable. Inner loops (`IMPL`, picked per launch b
   the weights as the register operand. K is reordered inside each 32-value block so that the decoded registers
   are already the MMA's operand layout; the activations are gathered in the same order. GPU-only: covered by
   tests/test_mxfp4_gpu.py on the device; the CPU interpreter cannot run PTX.
+Programmatic dependent launch (MXFP4_PDL, one-token steps as kernels.pdl_launch decides): both GEMMs wait
+(griddepcontrol.wait) before reading what an earlier kernel wrote; in mode 2 gate_up lets the down GEMM launch once
+all its programs have passed their wait, and down prefetches its weight rows into L2 (_prefetch_rows_l2) before
+its own wait, so its first reads overlap gate_up's last programs.
 In gemv / mma, CUDA with bf16 activations decodes codes to fp16 by bit placement (value * 2^-14, folded into the
 scale); otherwise (the CPU interpreter, float32 tests) the decode is float arithmetic in the activation dtype, exact.
 Runs under TRITON_INTERPRET=1 on CPU for tests (tests/interpreter/mxfp4_cases.py).
@@ -42,7 +46,16 @@ import torch
 import triton
 import triton.language as tl
 
-from bench.engines.graph.kernels import activation_rows, moe_epilogue, routed_rows, routing_plan, tile_pairs
+from bench.engines.graph.kernels import (
+    _gdc,
+    _pdl_kw,
+    activation_rows,
+    moe_epilogue,
+    pdl_launch,
+    routed_rows,
+    routing_plan,
+    tile_pairs,
+)
 
 
 def _p2(n: int) -> int:
@@ -68,18 +81,42 @@ def _e2m1_f16(code):
 
 
 @triton.jit
+def _prefetch_rows_l2(w_e, offs_n, nmask, K, BN: tl.constexpr):
+    """L2 prefetch (PTX prefetch.global.L2, no registers held) of the expert's N tile rows (K / 2 bytes each, any
+    element type of w_e: addresses are taken in bytes), one instruction a 128-byte line: the down GEMM's weights,
+    fetched while it waits for the gate_up GEMM (PDL mode 2). CUDA only."""
+    rb = K // 2  # bytes a row
+    LINES: tl.constexpr = 16  # lines a row per pass (128 bytes each)
+    base = w_e.to(tl.pointer_type(tl.uint8)) + offs_n.to(tl.int64)[:, None] * rb
+    for l0 in range(0, tl.cdiv(rb, 128), LINES):
+        ln = l0 + tl.arange(0, LINES)
+        m = nmask[:, None] & (ln < tl.cdiv(rb, 128))[None, :]
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }", "=r,l,r",
+            [base + (ln * 128)[None, :], m.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _moe_mxfp4_kernel(
     x_ptr, wb_ptr, ws_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
     P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    FAST: tl.constexpr, IMPL: tl.constexpr,
+    FAST: tl.constexpr, IMPL: tl.constexpr, PDL: tl.constexpr = 0,
 ):
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
     nmask = offs_n < N
     mm = tl.arange(0, BM)
+    if GATE_UP:  # the routing and x come from the kernel right before; mode 2 lets the down GEMM launch now
+        _gdc(PDL)
     e, start, end, scan_rows = routed_rows(topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
+    if not GATE_UP:  # the routing is two kernels old (complete once this kernel runs); the activations are not
+        if PDL > 1:
+            if end > start:
+                _prefetch_rows_l2(wb_ptr + e.to(tl.int64) * stride_wbe, offs_n, nmask, K, BN)
+        if PDL > 0:
+            tl.extra.cuda.gdc_wait()  # no early trigger here: the next kernel starts when this one has exited
     if COUNT:
         if nb == 0:
             if end > start:
@@ -393,8 +430,15 @@ GEMV_IMPL = "gemv4"
 # the "gemv4" loop's tiles (BN, BK, warps, stages; no loads are pipelined in it), picked on the H200 (call 3 of
 # docs/MXFP4.md round 4): one E32 k4 layer at one token 30.3 us (gemv2 49.1, dq 54.9)
 MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)}
-# MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}}' overrides them
-# (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
+# Programmatic dependent launch of the expert GEMMs in one-token steps (where kernels.pdl_launch applies PDL):
+# 0 plain launches; 1 both GEMMs wait (griddepcontrol.wait) before reading what an earlier kernel wrote, so their
+# launch overlaps the end of the kernel before (kernels.PDL mode 1); 2 as 1, and gate_up lets the down GEMM launch
+# as soon as all its programs have passed their wait: down then prefetches its weight rows into L2 while gate_up
+# finishes, before its own wait for the activations. H200 (docs/MXFP4.md round 5), E32 top_k 4 batch 1: 515.8 /
+# 520.6 / 526.2 tok/s with modes 0 / 1 / 2.
+MXFP4_PDL = 2
+# MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}, "pdl": 2}'
+# overrides these tables and MXFP4_PDL (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 TILES_ENV = "MOE_MXFP4_TILES"
 if os.environ.get(TILES_ENV):
     _tiles = json.loads(os.environ[TILES_ENV])
@@ -408,6 +452,7 @@ if os.environ.get(TILES_ENV):
     SORTED_IMPL = _tiles.get("sorted_impl", SORTED_IMPL)
     GEMV_IMPL = _tiles.get("gemv_impl", GEMV_IMPL)
     GEMV_MAX_TOKENS = int(_tiles.get("gemv_max_tokens", GEMV_MAX_TOKENS))
+    MXFP4_PDL = int(_tiles.get("pdl", MXFP4_PDL))
 
 
 def moe_mxfp4(
@@ -465,6 +510,7 @@ def moe_mxfp4(
     out = torch.empty((plan.pairs, hidden), dtype=x.dtype, device=x.device)
     rw = topw.reshape(-1)
     cnt = counter if counter is not None else plan.flat
+    pdl = MXFP4_PDL if plan.scan and pdl_launch(tokens) else 0
     if dq:
         table = MXFP4_CONFIG_DQ1 if few else MXFP4_CONFIG_DQ
     elif impl == "gemv4":
@@ -494,6 +540,7 @@ def moe_mxfp4(
             plan.pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], num_warps=warps, num_stages=stages,
+            EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], PDL=pdl, num_warps=warps,
+            num_stages=stages, **_pdl_kw(pdl),
         )
     return out
