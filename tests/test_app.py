@@ -96,6 +96,8 @@ def test_scaling_lines_spreads_ceilings_and_mbu(fixture_db: Path, monkeypatch: p
     per_stream = traces(figure(at, 1))
     assert per_stream["base_topk4"]["y"] == [102.0, 100.0, 100.0]
     assert per_stream["base_topk4 ceiling"]["y"] == [400.0, 390.0, 375.0]
+    at.session_state["scaling_table_open"] = True  # the MBU table is drawn when its expander is opened
+    at.run()
     mbu = frame(at, "label", "mbu", "ceiling_tps")
     row = mbu[(mbu["label"] == "base_topk4") & (mbu["batch"] == 4)].iloc[0]
     assert row["mbu"] == pytest.approx(EXPECTED["mbu_base_b4"])
