@@ -406,18 +406,24 @@ def test_one_colour_per_label_on_every_page(default_db: Path, monkeypatch: pytes
     assert colours[pair[0]] != colours[pair[1]]  # same variant, other engine: another shade
 
 
-def test_ten_runs_of_one_variant_get_ten_styles() -> None:
-    """Runs sharing a name (engines, cards, formats, reruns) must stay apart on a chart: colour shade + dash."""
+def test_fifty_runs_of_one_variant_get_fifty_styles() -> None:
+    """Runs sharing a name (engines, cards, formats, reruns after each engine change) must stay apart on a chart:
+    colour shade + dash. The default database alone holds a dozen runs named base_topk4."""
     import pandas as pd
 
     from bench.ui.colors import run_styles
 
-    runs = pd.DataFrame({"name": ["v"] * 10, "label": [f"v · {i}" for i in range(10)], "source": ["measured"] * 10,
-                         "engine": ["graph"] * 10, "device_name": [f"card {i}" for i in range(10)],
-                         "run_date": pd.date_range("2026-11-01", periods=10, tz="UTC"),
-                         "run_id": [f"r{i}" for i in range(10)]})
+    n = 50
+    runs = pd.DataFrame({"name": ["v"] * n, "label": [f"v · {i}" for i in range(n)], "source": ["measured"] * n,
+                         "engine": ["graph"] * n, "device_name": [f"card {i:02d}" for i in range(n)],
+                         "run_date": pd.date_range("2026-11-01", periods=n, tz="UTC"),
+                         "run_id": [f"r{i:02d}" for i in range(n)]})
     colors, dashes = run_styles(runs)
-    assert len({(colors[label], dashes[label]) for label in runs["label"]}) == 10
+    assert len({(colors[label], dashes[label]) for label in runs["label"]}) == n
+    assert len(set(colors.values())) == n  # a shade of its own too: a legend swatch shows no dash
+    assert "dash" not in set(dashes.values())  # kept for the roofline ceilings
+    first_ten = run_styles(runs.head(10))
+    assert all(first_ten[0][f"v · {i}"] == colors[f"v · {i}"] for i in range(10))  # the first styles do not move
 
 
 def test_export_large_selection_builds_files_on_demand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

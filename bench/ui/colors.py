@@ -3,7 +3,7 @@
 The hue comes from the variant name: names are given palette colours in sorted order over the whole database
 (not the filtered view), so a filter never recolours a line. Runs that share a name (the same variant measured
 with another engine, on another card, or again) get shades of that hue and their own line dash, in a fixed order:
-by engine, card, date. Beyond the palette's length, hues repeat.
+by engine, card, date (50 styles a name). Beyond the palette's length, hues repeat.
 """
 
 from __future__ import annotations
@@ -17,11 +17,18 @@ PALETTE: tuple[str, ...] = (
     "#fc0080", "#0d2a63", "#a777f1", "#1ca71c",
 )
 # The k-th run of a name: (mix toward black (<0) or white (>0), line dash). "dash" is kept for roofline ceilings.
-# Ten distinct (shade, dash) pairs: a variant measured with two engines on three cards in two formats still gets
-# one style per run; past ten runs of one name the styles repeat.
-SHADES: tuple[tuple[float, str], ...] = ((0.0, "solid"), (-0.38, "dot"), (0.45, "dashdot"), (-0.6, "longdashdot"),
-                                         (0.65, "dot"), (0.25, "longdash"), (-0.2, "dashdot"), (0.55, "solid"),
-                                         (-0.5, "longdash"), (0.35, "longdashdot"))
+# The first ten pairs come first; runs 11-50 take the shades between them (a 0.03 grid from -0.72 toward white, every
+# seventh in turn so that neighbours stay apart) with the five dashes in turn, so 50 runs of one name (a variant
+# measured with two engines on several cards, in two formats, and again after each engine change) each keep a
+# colour and a style of their own; past 50 the styles repeat.
+_FIRST_TEN: tuple[tuple[float, str], ...] = ((0.0, "solid"), (-0.38, "dot"), (0.45, "dashdot"), (-0.6, "longdashdot"),
+                                             (0.65, "dot"), (0.25, "longdash"), (-0.2, "dashdot"), (0.55, "solid"),
+                                             (-0.5, "longdash"), (0.35, "longdashdot"))
+_DASHES: tuple[str, ...] = ("solid", "dot", "dashdot", "longdashdot", "longdash")
+_BETWEEN: tuple[float, ...] = tuple(a for a in (round(-0.72 + 0.03 * i, 2) for i in range(50))
+                                    if min(abs(a - b) for b, _ in _FIRST_TEN) > 0.011)[:40]
+SHADES: tuple[tuple[float, str], ...] = _FIRST_TEN + tuple(
+    (_BETWEEN[(7 * i) % len(_BETWEEN)], _DASHES[(i + 1) % len(_DASHES)]) for i in range(len(_BETWEEN)))
 
 
 def shade(hex_color: str, amount: float) -> str:
