@@ -78,7 +78,7 @@ def scaling_figure(summary: pd.DataFrame, colors: dict[str, str], metric: str = 
     `log_y`: a log y axis (runs whose values differ by orders of magnitude, CPU next to GPU).
 
     Built from each column's values taken once (`_columns`), not from per-run pandas groups and Series arithmetic:
-    the same figure in a fifth of the server time (about 30 ms → 6 ms per figure at 21 traces; Scaling draws two
+    the same figure in half the server time (about 30 ms → 14 ms per figure at 21 traces; Scaling draws two
     on every view and filter change, docs/PERF.md)."""
     per_stream = metric == "per_stream_tps"
     ceiling_col = "ceiling_per_stream_tps" if per_stream else "ceiling_tps"
