@@ -167,14 +167,21 @@ CLASSES = {
     "compact": ("MOE_CONFIG_COMPACT", None, [(8, 32, 2)], SCAN_GATE_UP, SCAN_DOWN),
     "big": ("MOE_CONFIG_BM", 64, [(256, 32, 4)], BIG_GATE_UP, BIG_DOWN),
     "few": ("MOE_CONFIG_FEW", None, [(1, 32, 4), (1, 32, 2)], [(64, 128, 4, 4)], [(64, 128, 4, 4)]),
+    "few_wide": ("MOE_CONFIG_FEW", None, [(1, 32, 4), (1, 32, 2)], None, None),  # FEW_GATE_UP / FEW_DOWN
 }
+# one token (compact, session 6 lead): more and smaller CTAs (the 4 experts' N tiles are 180-360 CTAs on 132 SMs),
+# other warp counts and deeper K pipelines than session 5's sweep tried
+FEW_GATE_UP = [(32, 128, 4, 4), (32, 256, 4, 3), (32, 128, 2, 4), (64, 128, 2, 4), (64, 128, 8, 4), (64, 64, 4, 8),
+               (64, 256, 4, 3), (128, 128, 4, 3), (128, 64, 4, 6), (16, 256, 2, 4)]
+FEW_DOWN = [(32, 128, 4, 4), (32, 256, 4, 3), (32, 128, 2, 4), (64, 128, 2, 4), (64, 128, 8, 4), (64, 64, 4, 8),
+            (64, 256, 4, 3), (128, 64, 4, 4), (128, 128, 4, 3), (16, 256, 2, 4)]
 ATTN_CANDIDATES = [(64, 4, None), (128, 4, None), (64, 8, None), (128, 8, None), (32, 4, None), (64, 4, 2)]
 KEEP = 0.99  # a pick must be >= 1% faster than the shipped table, on the mean ratio over the class's cases
 
 
 def class_base(name: str) -> dict:
     key = CLASSES[name][1]
-    if name in ("compact", "few"):
+    if name in ("compact", "few", "few_wide"):
         return dict(gk.MOE_CONFIG_FEW)
     return dict(gk.MOE_CONFIG_BM.get(key) or (gk.MOE_CONFIG_BIG if key >= 64 else gk.MOE_CONFIG))
 
@@ -216,6 +223,8 @@ def sweep_class(model, name: str) -> dict | None:
     best gate_up; score = mean over the class's cases of ms / the shipped table's ms; the shipped table is timed
     first and last (its spread). Returns the pick if it beats the shipped table by KEEP, else None."""
     _, _, cases, gus, dns = CLASSES[name]
+    if name == "few_wide":
+        gus, dns = FEW_GATE_UP, FEW_DOWN
     base = class_base(name)
     benches = [(c, moe_bench(model, *c)) for c in cases]
     base_ms: dict = {}
@@ -371,7 +380,7 @@ def sweep_main(args, model, bandwidth: float) -> int:
         except Exception as exc:
             emit({"sec": "profile", "label": label, "batch": batch, "error": repr(exc)[:300]})
 
-    for b in (8, 32):
+    for b in () if args.tiles_only else (8, 32):
         prof(b, "shipped tables")
     picks: dict = {}
     scan: dict = {}
@@ -393,11 +402,11 @@ def sweep_main(args, model, bandwidth: float) -> int:
             picks[table] = pick
     if scan:
         picks["MOE_CONFIG_BM"] = {**gk.MOE_CONFIG_BM, **scan}
-    if left() > 125:
+    if left() > 125 and not args.tiles_only:
         rb = router_sweep(model)
         if rb:
             picks["ROUTER_BH_BY_TOKENS"] = rb
-    if left() > 115:
+    if left() > 115 and not args.tiles_only:
         at = attn_sweep(model)
         if at:
             picks["ATTN_CONFIG_BY_BATCH"] = at
@@ -441,7 +450,8 @@ def sweep_main(args, model, bandwidth: float) -> int:
     if picks:
         engine(e32, arch, 32)
         apply("picks")
-        prof(32, "picks")
+        if not args.tiles_only:
+            prof(32, "picks")
         if e16 and left() > 40:
             prune_model(model, [list(range(16))] * len(model.model.layers))
             torch.cuda.empty_cache()
@@ -460,6 +470,8 @@ def main() -> int:
                     help="--sweep: E32 engine cases, the shipped tables vs the picks")
     ap.add_argument("--engine-cases16", default="8x4,32x4,8x2,32x2,256x4", help="--sweep: the same at E16")
     ap.add_argument("--budget-s", type=float, default=270, help="--sweep: sections stop once this is spent")
+    ap.add_argument("--tiles-only", action="store_true",
+                    help="--sweep: only the tile classes and the engine (no profiles, router or attention sweeps)")
     ap.add_argument("--cases", default="1x4,1x2", help="batch-1 cases: every configuration, twice")
     ap.add_argument("--big-cases", default="8x4,32x4,128x4", help="PDL modes only (the rest is batch-1 only), once")
     ap.add_argument("--skip-mxfp4", action="store_true")
