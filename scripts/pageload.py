@@ -712,10 +712,10 @@ def _commit() -> str:
 def _fmt(v: object, unit: str = "") -> str:
     if v is None:
         return "—"
+    if unit == "kB" and isinstance(v, int | float):  # bytes; an even number of repeats gives a float median
+        return f"{v / 1000:.0f}"
     if isinstance(v, float):
         return f"{v:.2f}{unit}"
-    if isinstance(v, int) and unit == "kB":
-        return f"{v / 1000:.0f}"
     return str(v)
 
 

@@ -122,3 +122,15 @@ def test_a_links_runs_hidden_by_its_filters_get_a_notice(tmp_path, monkeypatch) 
     assert at.multiselect(key="scaling_runs").value == ["run-base4"]
     at.run()
     assert not at.info  # once
+
+
+def test_pageload_table_shows_bytes_in_kb_for_any_number_of_repeats() -> None:
+    """The median of an even number of repeats is a float: the byte columns must still read in kB."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pageload", PROJECT_ROOT / "scripts" / "pageload.py")
+    pageload = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(pageload)  # type: ignore[union-attr]
+    assert pageload._fmt(84597, "kB") == "85"  # odd repeats: the median is one of the ints
+    assert pageload._fmt(84597.0, "kB") == "85"  # even repeats: the mean of the middle two
+    assert pageload._fmt(1.234) == "1.23" and pageload._fmt(None) == "—"
