@@ -426,6 +426,29 @@ def test_fifty_runs_of_one_variant_get_fifty_styles() -> None:
     assert all(first_ten[0][f"v · {i}"] == colors[f"v · {i}"] for i in range(10))  # the first styles do not move
 
 
+def test_names_of_one_sweep_never_share_a_colour_past_the_palette() -> None:
+    """More variant names than palette colours (the default database has 24): a colour is reused only by names that
+    never share a sweep, since a sweep's names are drawn together; up to the palette's length, sorted order."""
+    import pandas as pd
+
+    from bench.ui.colors import PALETTE, run_styles
+
+    extra = [f"perf-{i:02d}" for i in range(len(PALETTE))]  # sort before the sweep's names, one sweep each
+    sweep = ["union50_topk4", "unionAgg_topk2", "w1", "w2"]  # sort after them: the palette is used up
+    names = extra + sweep
+    runs = pd.DataFrame({"name": names, "label": names, "source": ["measured"] * len(names),
+                         "engine": ["graph"] * len(names), "device_name": ["H200"] * len(names),
+                         "run_date": pd.Timestamp("2026-11-30", tz="UTC"), "run_id": names,
+                         "sweep_id": [f"s-{n}" for n in extra] + ["s-ref"] * len(sweep)})
+    colors, _ = run_styles(runs)
+    assert [colors[n] for n in extra] == list(PALETTE)  # the first names: palette order, as before
+    assert len({colors[n] for n in sweep}) == len(sweep)  # one sweep, four colours
+    # and a sweep that shares names with an earlier one keeps away from those names' colours too
+    runs.loc[runs["name"] == "perf-00", "sweep_id"] = "s-ref"
+    colors, _ = run_styles(runs)
+    assert colors["perf-00"] not in {colors[n] for n in sweep}
+
+
 def test_export_large_selection_builds_files_on_demand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Past PREVIEW_POINTS the page renders no export up front: the preview waits for its button, the downloads
     are callables run on click."""

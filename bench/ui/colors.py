@@ -1,9 +1,10 @@
 """One colour and line style per run label, the same on every page of the dashboard.
 
 The hue comes from the variant name: names are given palette colours in sorted order over the whole database
-(not the filtered view), so a filter never recolours a line. Runs that share a name (the same variant measured
-with another engine, on another card, or again) get shades of that hue and their own line dash, in a fixed order:
-by engine, card, date (50 styles a name). Beyond the palette's length, hues repeat.
+(not the filtered view), so a filter never recolours a line; past the palette's length a colour is reused only by
+names that never share a sweep. Runs that share a name (the same variant measured with another engine, on another
+card, or again) get shades of that hue and their own line dash, in a fixed order: by engine, card, date (50 styles
+a name).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def run_styles(runs: pd.DataFrame) -> tuple[dict[str, str], dict[str, str]]:
     """(label -> colour, label -> line dash) for every run of the database (`bench.store.queries.runs`)."""
     if runs.empty:
         return {}, {}
-    hue = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(set(runs["name"].astype(str))))}
+    hue = _hues(runs)
     order = runs.assign(_imp=runs["source"].astype(str).str.startswith("imported"),
                         _eng=runs["engine"].fillna("").astype(str), _card=runs["device_name"].fillna("").astype(str),
                         _date=pd.to_datetime(runs["run_date"], utc=True))
@@ -56,6 +57,27 @@ def run_styles(runs: pd.DataFrame) -> tuple[dict[str, str], dict[str, str]]:
             colors[label] = shade(hue[str(g["name"].iloc[0])], amount)
             dashes[label] = dash
     return colors, dashes
+
+
+def _hues(runs: pd.DataFrame) -> dict[str, str]:
+    """name -> palette colour, in sorted name order. Up to the palette's length each name takes the next colour. Past
+    it, a name takes the least-used colour that no name it shares a sweep with has (names of one sweep are drawn
+    together), the lowest such index on a tie; so a colour repeats only across names that never met in a sweep."""
+    names = sorted(set(runs["name"].astype(str)))
+    met: dict[str, set[str]] = {n: set() for n in names}
+    if "sweep_id" in runs.columns:
+        for _, g in runs.groupby(runs["sweep_id"].astype(str)):
+            together = set(g["name"].astype(str))
+            for n in together:
+                met[n] |= together - {n}
+    used = [0] * len(PALETTE)
+    hue: dict[str, int] = {}
+    for n in names:
+        taken = {hue[m] for m in met[n] if m in hue}
+        free = [i for i in range(len(PALETTE)) if i not in taken] or list(range(len(PALETTE)))
+        hue[n] = min(free, key=lambda i: (used[i], i))
+        used[hue[n]] += 1
+    return {n: PALETTE[i] for n, i in hue.items()}
 
 
 def color_of(colors: dict[str, str], label: str) -> str:
