@@ -116,7 +116,7 @@ def _moe_mxfp4_kernel(
             if end > start:
                 _prefetch_rows_l2(wb_ptr + e.to(tl.int64) * stride_wbe, offs_n, nmask, K, BN)
         if PDL > 0:
-            tl.extra.cuda.gdc_wait()  # no early trigger here: the next kernel starts when this one has exited
+            _gdc(1)  # the wait only, no early trigger here: the next kernel starts when this one has exited
     if COUNT:
         if nb == 0:
             if end > start:
