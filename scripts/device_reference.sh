@@ -6,16 +6,19 @@
 #   3. the MXFP4 issue's side-by-side command (bench perf --weights bf16,mxfp4, E32/E16, batch 1 and 32).
 # Each result is exported with the bench's own JSONL export. Needs the duckdb wheel carried in .wheels/
 # (make gpu-wheels). Set MOE_BENCH_GIT_COMMIT to the commit the tree came from (the copy has no .git).
-# Writes to $OUT: pytest.txt, mx.duckdb/.log, bf.duckdb/.log, union-prunes-{mxfp4-,}graph.jsonl,
-# perf-bf16-mxfp4.jsonl, perf.log, gpu.txt, timings.txt
+# Writes to $OUT (8 files, what the device tool brings back): pytest.txt, mx.log, bf.log,
+# union-prunes-{mxfp4-,}graph.jsonl, perf-bf16-mxfp4.jsonl, perf.log, timings.txt (the card, then a line a step);
+# the sweeps' DuckDB files and run logs stay in $WORK (default /tmp/device_reference).
 # Usage: scripts/device_reference.sh [steps...]   steps: tests mxfp4 bf16 perf (default: all four, in that order)
 set -uo pipefail
 out=${OUT:-/tmp}
+work=${WORK:-/tmp/device_reference}
+mkdir -p "$work"
 steps=${*:-tests mxfp4 bf16 perf}
 python3 -m pip install -q --no-index --no-deps .wheels/duckdb-*.whl >/dev/null 2>&1 \
     || python3 -m pip install --no-index --no-deps .wheels/duckdb-*.whl
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt" || true
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/timings.txt" || true
 commit=${MOE_BENCH_GIT_COMMIT:-}
 sweep_args=(--spec data/specs/union-prunes.toml --engine graph --new-tokens 64 --repeats 1 --batch-sizes 1,4,32)
 
@@ -29,11 +32,13 @@ for step in $steps; do
             tests/test_graph_kernels_gpu.py > "$out/pytest.txt" 2>&1
         tail -n 2 "$out/pytest.txt" ;;
     mxfp4)
-        MOE_BENCH_GIT_COMMIT=$commit bash scripts/device_sweep.sh mx "${sweep_args[@]}" --weights mxfp4
-        python3 -m bench export --db "$out/mx.duckdb" --format jsonl --out "$out/union-prunes-mxfp4-graph.jsonl" ;;
+        OUT=$work MOE_BENCH_GIT_COMMIT=$commit bash scripts/device_sweep.sh mx "${sweep_args[@]}" --weights mxfp4
+        cp "$work/mx.log" "$out/"
+        python3 -m bench export --db "$work/mx.duckdb" --format jsonl --out "$out/union-prunes-mxfp4-graph.jsonl" ;;
     bf16)
-        MOE_BENCH_GIT_COMMIT=$commit bash scripts/device_sweep.sh bf "${sweep_args[@]}"
-        python3 -m bench export --db "$out/bf.duckdb" --format jsonl --out "$out/union-prunes-graph.jsonl" ;;
+        OUT=$work MOE_BENCH_GIT_COMMIT=$commit bash scripts/device_sweep.sh bf "${sweep_args[@]}"
+        cp "$work/bf.log" "$out/"
+        python3 -m bench export --db "$work/bf.duckdb" --format jsonl --out "$out/union-prunes-graph.jsonl" ;;
     perf)
         MOE_BENCH_GIT_COMMIT=$commit python3 -m bench perf --model synthetic:gpt-oss-20b --engines graph \
             --weights bf16,mxfp4 --experts 32,16 --top-k 4 --batch-sizes 1,32 --new-tokens 64 --repeats 3 \
