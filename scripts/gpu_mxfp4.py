@@ -200,6 +200,7 @@ def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
     per_expert = sum(getattr(ex, n)[0].numel() for n in ("gate_up_proj_blocks", "gate_up_proj_scales",
                                                           "down_proj_blocks", "down_proj_scales"))
     inputs = {}
+    wrong = set()  # loops whose check failed at one token: never picked
     for tokens in (1, 4, 32, 300):
         x = torch.randn(tokens, hidden, generator=gen, device="cuda").to(torch.bfloat16)
         topi, topw = _routing(tokens, ex.num_experts, 4, gen)
@@ -212,7 +213,10 @@ def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
                 rel = ((got - want).norm() / want.norm()).item()
                 emit({"sec": "check", "tokens": tokens, "impl": impl, "rel_l2_err": round(rel, 5),
                       "count": int(cnt), "distinct": int(topi.unique().numel())})
+                if not rel < 0.02:  # every loop lands near 0.5% (bf16 outputs); NaN fails too
+                    wrong.add(impl)
             except Exception as exc:
+                wrong.add(impl)
                 emit({"sec": "check", "tokens": tokens, "impl": impl, "error": repr(exc)[:400],
                       "tb": traceback.format_exc()[-1200:]})
     for tokens in (1, 32):
@@ -269,7 +273,7 @@ def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
     mk.MXFP4_PDL = pdl_saved
     # picks: gemv2 vs dq at 1 token; scaled vs dq at 32 (dq runs folded on this model: every scale <= 128)
     pick = current_tables()
-    t1 = {i: results[(1, i)][0] for i in ("gemv2", "gemv4", "gemvm", "dqf") if (1, i) in results}
+    t1 = {i: results[(1, i)][0] for i in ("gemv2", "gemv4", "gemvm", "dqf") if (1, i) in results and i not in wrong}
     t32 = {i: results[(32, i)][0] for i in ("scaled", "dqf") if (32, i) in results}
     tile_key = {"dqf": "dq1", "gemv4": "gemv4", "gemvm": "gemvm"}
     if t1:
