@@ -9,11 +9,11 @@ by side with bf16, and the teacher-forced accuracy check with a paired statistic
 1. load: the seeded bf16 model; bf16 graph engine at batch 1 and 32 (E32, top_k 4), the side-by-side reference
    (not with --skip-bf16); then the experts are quantized in place (what `weights = "mxfp4"` builds).
 2. probe: `moe_mxfp4` against dequantize + torch loop (bf16) for T = 1, 4, 32 (decode) and 300 (prefill, sorted)
-   in every inner loop that applies (gemv2, gemv4, gemvm, scaled, dq); the read floor at T = 1 and 32; then one
-   layer is timed with plain launches: gemv4 at main's tiles, gemvm at its committed tiles, then with its tiles
-   swept per GEMM (with --sweep-dq also scaled vs dq at T = 32, dq's tiles swept), then the picks under each
-   MXFP4_PDL mode; the fastest T = 1 loop and tiles become the module's tables (and tiles.json, the
-   MOE_MXFP4_TILES of later runs).
+   in every inner loop that applies (gemv2, gemv4, scaled, dq); the read floor at T = 1 and 32; then one layer is
+   timed with plain launches: gemv4 at main's tiles, gemv4 with its tiles swept per GEMM, dq at T = 1 (with
+   --sweep-dq also scaled vs dq at T = 32, dq's tiles swept), then gemv4's picks under each MXFP4_PDL mode; the
+   fastest T = 1 loop whose check passed (relative error < 2%) and its tiles become the module's tables (and
+   tiles.json, the MOE_MXFP4_TILES of later runs).
 3. engine: mxfp4 graph engine "before" (main's loops and tiles: gemv4 under PDL mode 2 at batch 1, dq
    elsewhere) and "after" (the picks; at batch 1 once per --engine-pdl mode, the fastest at 1x4 kept), one after
    the other in the same process, the --engine-cases (batch x top_k); prompt 256, 33 new tokens (32 timed steps),
@@ -62,10 +62,6 @@ CANDIDATES = {
     "gemv": [(16, 256, 4, 3), (8, 256, 4, 3), (16, 512, 4, 3), (16, 256, 2, 3), (8, 512, 4, 2), (16, 128, 4, 3)],
     "gemv4": [(32, 512, 2, 1), (16, 512, 2, 1), (64, 512, 4, 1), (32, 512, 4, 1), (16, 1024, 4, 1),
               (32, 1024, 4, 1), (8, 1024, 2, 1), (16, 1024, 2, 1), (32, 1024, 8, 1), (32, 256, 2, 1)],
-    # gemvm: BK a multiple of 128; one warp keeps the loaded words in the MMA operand layout (offline SASS/weight:
-    # (32,256,1) 3.14, (64,128,1) 2.95, (64,256,1) 3.03, (32,128,1) 3.13, (16,256,1) 3.39, (64,256,2) 3.20)
-    "gemvm": [(32, 256, 1, 1), (64, 128, 1, 1), (64, 256, 1, 1), (32, 128, 1, 1), (32, 512, 1, 1), (16, 256, 1, 1),
-              (64, 256, 2, 1), (128, 256, 4, 1), (32, 256, 1, 3), (16, 512, 1, 1)],
     "dq1": [(64, 128, 4, 3), (64, 128, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4), (128, 128, 4, 3), (128, 64, 4, 3),
             (64, 256, 4, 3), (128, 128, 8, 3)],
     "dq": [(128, 128, 4, 3), (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3), (64, 64, 4, 4)],
@@ -81,8 +77,7 @@ BEFORE = {"gemv_max_tokens": 1, "gemv_impl": "gemv4", "mma_impl": "dq", "pdl": 2
           "full": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)},
           "dq1": {"gate_up": (64, 64, 4, 3), "down": (64, 128, 4, 3)},
           "dq": {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4)}}
-TABLES = {"gemv": "MXFP4_CONFIG_GEMV", "gemv4": "MXFP4_CONFIG_GEMV4", "gemvm": "MXFP4_CONFIG_GEMVM",
-          "few": "MXFP4_CONFIG_FEW",
+TABLES = {"gemv": "MXFP4_CONFIG_GEMV", "gemv4": "MXFP4_CONFIG_GEMV4", "few": "MXFP4_CONFIG_FEW",
           "full": "MXFP4_CONFIG", "dq1": "MXFP4_CONFIG_DQ1", "dq": "MXFP4_CONFIG_DQ"}
 
 
@@ -206,7 +201,7 @@ def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
         topi, topw = _routing(tokens, ex.num_experts, 4, gen)
         inputs[tokens] = (x, topi, topw)
         want = _ref_moe(x, ex, topi, topw).float()
-        for impl in (("gemv2", "gemv4", "gemvm", "scaled", "dq", "dqf") if tokens <= 4 else ("scaled", "dq", "dqf")):
+        for impl in (("gemv2", "gemv4", "scaled", "dq", "dqf") if tokens <= 4 else ("scaled", "dq", "dqf")):
             try:
                 cnt = torch.zeros((), dtype=torch.int32, device="cuda")
                 got = _call(x, ex, topi, topw, cnt, impl=impl).float()
@@ -227,7 +222,7 @@ def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
     # timing: every (loop, tiles) candidate per GEMM, the other GEMM at the loop's current tile
     results: dict[tuple[int, str], tuple[float, tuple]] = {}
     # (tokens, loop, table, sweep the table's candidates): main's loops at main's tiles, then the dq loop's tiles
-    plan = [(1, "gemv4", "gemv4", False), (1, "gemvm", "gemvm", False), (1, "gemvm", "gemvm", sweep_gemv4)]
+    plan = [(1, "gemv4", "gemv4", False), (1, "gemv4", "gemv4", sweep_gemv4), (1, "dqf", "dq1", False)]
     pdl_saved = mk.MXFP4_PDL
     mk.MXFP4_PDL = 0  # the tiles are swept with plain launches (main's); the PDL modes are timed after
     if sweep_dq:
@@ -261,7 +256,7 @@ def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
         results[(tokens, impl)] = (us, best)
         emit({"sec": "layer", "tokens": tokens, "impl": impl, "tiles": dict(table), "us_per_layer": round(us, 2),
               "bytes": nbytes, "gb_s": round(nbytes / us / 1e3, 1), "pdl": mk.MXFP4_PDL, "swept": sweep})
-        if sweep and tokens == 1 and impl in ("gemv4", "gemvm"):  # the picked tiles under each PDL mode (graph replay)
+        if sweep and tokens == 1 and impl == "gemv4":  # the picked tiles under each PDL mode (graph replay)
             for mode in (0, 1, 2):
                 mk.MXFP4_PDL = mode
                 us = _time(lambda x=x, topi=topi, topw=topw, impl=impl: _call(x, ex, topi, topw, impl=impl))
@@ -273,9 +268,9 @@ def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
     mk.MXFP4_PDL = pdl_saved
     # picks: gemv2 vs dq at 1 token; scaled vs dq at 32 (dq runs folded on this model: every scale <= 128)
     pick = current_tables()
-    t1 = {i: results[(1, i)][0] for i in ("gemv2", "gemv4", "gemvm", "dqf") if (1, i) in results and i not in wrong}
+    t1 = {i: results[(1, i)][0] for i in ("gemv2", "gemv4", "dqf") if (1, i) in results and i not in wrong}
     t32 = {i: results[(32, i)][0] for i in ("scaled", "dqf") if (32, i) in results}
-    tile_key = {"dqf": "dq1", "gemv4": "gemv4", "gemvm": "gemvm"}
+    tile_key = {"dqf": "dq1", "gemv4": "gemv4"}
     if t1:
         best1 = min(t1, key=t1.get)
         pick["gemv_impl"] = {"dqf": "dq"}.get(best1, best1)

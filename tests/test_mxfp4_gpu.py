@@ -1,8 +1,8 @@
 """The MXFP4 expert loops on a CUDA device (bench/engines/graph/mxfp4_kernels.py): the inline-PTX e2m1 decode ("dq"
-= decode + bf16 MMA; "dqf": the scale folded into the one multiply) and the batch-1 loops "gemv4" and "gemvm" as
-compiled for the GPU (their integer-multiply decodes also run in the interpreter cases) on random blocks. Skipped
-on CPU, where the Triton interpreter cannot run PTX (tests/interpreter/mxfp4_cases.py covers the other loops). Run
-on the GPU machine with `python3 -m pytest -q tests/test_mxfp4_gpu.py`."""
+= decode + bf16 MMA; "dqf": the scale folded into the one multiply) and the batch-1 "gemv4" loop as compiled for
+the GPU (its integer-multiply decode also runs in the interpreter cases) on random blocks. Skipped on CPU, where
+the Triton interpreter cannot run PTX (tests/interpreter/mxfp4_cases.py covers the other loops). Run on the GPU
+machine with `python3 -m pytest -q tests/test_mxfp4_gpu.py`."""
 
 from __future__ import annotations
 
@@ -49,11 +49,6 @@ CASES += [(t, k, "gemv4", sc) for t, k in [(1, 2), (1, 4), (3, 2)] for sc in [(1
 # gemv4 at one token under each PDL mode of the expert launches (0 plain; 1 wait; 2: gate_up lets the down GEMM
 # launch early, which prefetches its weight rows into L2 before its wait), several K steps (K 256, 64 a step)
 CASES += [(1, 4, f"gemv4-pdl{m}", (100, 150)) for m in (0, 1, 2)]
-# gemvm (bf16 decode, tensor-core product, K reordered into the MMA operand layout): the batch-1 loop as compiled
-# for the GPU (bf16 subnormal codes, bf16x2 scale multiply), several rows, and one token under each PDL mode with
-# K 256 in 2 steps of 128
-CASES += [(t, k, "gemvm", sc) for t, k in [(1, 2), (1, 4), (3, 2)] for sc in [(100, 150), (0, 171)]]
-CASES += [(1, 4, f"gemvm-pdl{m}", (100, 150)) for m in (0, 1, 2)]
 
 
 @pytest.mark.parametrize("tokens,k,impl,scales", CASES)
@@ -64,10 +59,6 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypa
         monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (16, 64, 2, 1), "down": (32, 64, 4, 1)})
         monkeypatch.setattr(mk, "MXFP4_PDL", int(impl[-1]))
         impl = "gemv4"
-    if impl.startswith("gemvm-pdl"):
-        monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMVM", {"gate_up": (32, 128, 1, 1), "down": (64, 128, 2, 1)})
-        monkeypatch.setattr(mk, "MXFP4_PDL", int(impl[-1]))
-        impl = "gemvm"
     ex = _experts(scales, seed=tokens)
     gen = torch.Generator(device="cuda").manual_seed(tokens + 1)
     # small activations keep the clamped SwiGLU in its live range for these large random weights

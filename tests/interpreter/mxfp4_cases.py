@@ -60,8 +60,6 @@ def test_mxfp4_triton_decode_equals_the_reference_tokens(model):
     (3, 4, "gemv4", torch.float32),  # several rows per expert
     (1, 4, "gemv4", torch.bfloat16),  # batch 1 on the GPU: bf16 activations
     (2, 2, "gemv4-steps", torch.float32),  # one or two blocks a step: several steps
-    (1, 4, "gemvm", torch.bfloat16),  # batch 1 on the GPU: bf16 decode, tensor-core product
-    (3, 2, "gemvm", torch.bfloat16),  # several rows per expert (the MMA's N)
     (5, 4, "scaled", torch.bfloat16),  # tl.dot_scaled, compact grid
     (70, 2, "scaled", torch.bfloat16),  # tl.dot_scaled, sorted (prefill)
 ])
@@ -125,46 +123,3 @@ def test_gemv4_decodes_every_byte_and_scale(scales, monkeypatch):
     assert torch.isfinite(got).all()
     err = ((got.double() - want).norm() / want.norm()).item()
     assert err < 1e-5, err
-
-
-@pytest.mark.parametrize("scales", [(100, 150), (0, 171)])
-def test_gemvm_decodes_every_byte_and_scale(scales, monkeypatch):
-    """gemvm (bf16 decode + tensor-core product, K reordered into the MMA's operand layout) on random blocks holding
-    every byte value and scales across (100, 150) or 0..170, bf16 activations: equal to gemv4 on the same inputs
-    (exact against float64 in test_gemv4_decodes_every_byte_and_scale; both round their outputs to bf16) and close
-    to dequantize + a float64 per-expert loop. K = 288 (9 blocks: two full 4-block groups and a masked one, 3 steps
-    of 128) for gate_up, 160 (5 blocks, 2 steps) for down, so a wrong position in the reorder, a wrong code, scale
-    or step shows."""
-    from bench.engines.graph import mxfp4_kernels as mk
-
-    gen = torch.Generator().manual_seed(scales[0] + 1)
-    monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMVM", {"gate_up": (32, 128, 1, 1), "down": (32, 128, 1, 1)})
-    monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (32, 64, 4, 1), "down": (32, 64, 4, 1)})
-    hidden, inter = 288, 160
-    ex = mxfp4.Mxfp4Experts(4, hidden, inter, 1.702, 7.0, dtype=torch.float32)
-    for name in ("gate_up_proj_blocks", "down_proj_blocks"):
-        buf = getattr(ex, name)
-        buf.copy_(torch.randint(0, 256, buf.shape, generator=gen).to(torch.uint8))
-        assert buf.unique().numel() == 256
-    lo, hi = scales
-    for name in ("gate_up_proj_scales", "down_proj_scales"):
-        buf = getattr(ex, name)
-        buf.copy_(torch.randint(lo, hi, buf.shape, generator=gen).to(torch.uint8))
-    ex.gate_up_proj_bias.normal_(0, 0.1, generator=gen)
-    ex.down_proj_bias.normal_(0, 0.1, generator=gen)
-    x = (torch.randn(1, hidden, generator=gen) * 2.0 ** (-10 if hi <= 150 else -50)).to(torch.bfloat16)
-    i = torch.tensor([[0, 3]], dtype=torch.int32)
-    w = torch.tensor([[0.75, 0.25]], dtype=torch.bfloat16)
-    want = torch.zeros((2, hidden), dtype=torch.float64)
-    for j in range(2):
-        e = int(i[0, j])
-        gu, dn = ex.expert_weights(e, torch.float64)
-        h = ex._apply_gate(x.double() @ gu + ex.gate_up_proj_bias[e].double())
-        want[j] = (h @ dn + ex.down_proj_bias[e].double()) * float(w[0, j])
-    args = (ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias.to(torch.bfloat16),
-            ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias.to(torch.bfloat16), i, w, ex.alpha, ex.limit)
-    got = mk.moe_mxfp4(x, *args, impl="gemvm").double()
-    ref4 = mk.moe_mxfp4(x, *args, impl="gemv4").double()
-    assert torch.isfinite(got).all()
-    assert ((got - ref4).norm() / ref4.norm()).item() < 1e-3  # bf16 outputs: a few ulps at most
-    assert ((got - want).norm() / want.norm()).item() < 2e-2  # bf16 activations, gate_up output and outputs

@@ -133,11 +133,6 @@ def _moe_mxfp4_kernel(
                               offs_n, nmask, TOPK, GATE_UP, BM, BN, BK)
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                          offs_n, nmask, N, GATE_UP, BM, BN)
-        elif IMPL == 7:  # gemvm: multiply decode to bf16, tensor-core product (scan mode only, like gemv)
-            acc = _gemv_mma_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K,
-                                 stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST)
-            moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                         offs_n, nmask, N, GATE_UP, BM, BN)
         elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
             for m0 in range(start, end, BM):
                 pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
@@ -410,92 +405,7 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
     return tl.trans(acc)
 
 
-@triton.jit
-def _gemv_bf16_pair(t, MUL: tl.constexpr):
-    """Two e2m1 codes of a uint32 word masked to bits p..p+3 and p+16..p+19 (p = 0 with MUL 4160, 4 with 260) ->
-    [.., 2] bf16 (low code, high code), each e2m1 * 2^-126 exactly: _e2m1_pair_f32's trick placed for bf16. The
-    multiply by 2^(6-p) + 2^(12-p) makes two non-overlapping copies of each nibble, the first with the magnitude
-    (e1 e0 m) at bits 8..6 of its half, the second with the sign at bit 15; the mask 0x81C081C0 leaves in each
-    half a bf16 of value e2m1 * 2^-126 (subnormal for e = 0). The split into halves is free in SASS (the pair
-    stays one bf16x2 register)."""
-    m = (t * MUL) & 0x81C081C0
-    lo = (m & 0xFFFF).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    hi = (m >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return tl.join(lo, hi)
-
-
-@triton.jit
-def _gemv_mma_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: tl.constexpr,
-                   GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr):
-    """[BM, BN] fp32 for the batch-1 loop "gemvm": the weights decoded to bf16 in registers and multiplied on the
-    tensor cores (Triton's mma.sync path for these small tiles): the expert's N tile [BN, BK] is the MMA's A
-    operand, the rows' activations [BK, BM] (bf16) its B operand, padded to the MMA's N by Triton.
-
-    The blocks are read as 32-bit words, 16 words (4 blocks, 64 bytes) of a row a time ([BN, BK/128, 16] loads:
-    one 16-byte vector a lane, 4 lanes a row). A word decodes in 13 integer ops to 4 bf16x2 values (_gemv_bf16_pair:
-    per code pair a mask, one multiply, a mask; one shift a word), then one bf16x2 multiply by the block scale
-    2^(s-65) (bf16 exponent field s + 62; valid for s <= 192, larger scales clamp; scales below ~60 underflow
-    towards 0, far from a real checkpoint's): 17 SASS instructions a word, 2.1 a weight, with 1 MMA per 8 weights
-    a lane. K is reordered inside each 128-value group so that every lane's values are already where Triton's MMA
-    operand layout (kWidth 8: 8 consecutive K of a row a lane in each 32) holds them, with no trip through shared
-    memory: position 128q + 32c + 8t + 2r + b0 holds code r + 4*b0 of word c of block 4q + t, i.e. K offset
-    128q + 32t + 8c + r + 4*b0; the activations are gathered in the same order (the dot product is unchanged).
-    Products are e2m1 * 2^(s-191) * x in fp32, times 2^64 at the end. Plain Triton; under the CPU interpreter
-    (FAST false: it flushes bf16 subnormals) the same weights are formed through fp32 (_e2m1_pair_f32) and rounded
-    to bf16, so the interpreter checks the loads, reorder, scales and steps, the GPU tests the bf16 decode.
-    Activations are rounded to bf16 (moe_mxfp4 keeps gemv4 for float32 activations). Offline sm_90 SASS (triton
-    3.6): 3.1 instructions a weight, gemv4 4.9."""
-    NW: tl.constexpr = BK // 8  # words a row per step (multiple of 16)
-    NG: tl.constexpr = BK // 32  # blocks a row per step
-    KG = K // 32
-    xrow = activation_rows(rows, TOPK, GATE_UP)
-    wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 4), 4)  # wb_e: int32 view of the blocks
-    srow = ws_e + offs_n.to(tl.int64) * KG
-    qi = tl.arange(0, BK // 128)
-    wl = tl.arange(0, 16)
-    gg = tl.arange(0, NG)
-    pos = tl.arange(0, BK)
-    # K offset (inside the step) of MMA position p: q = p >> 7, c = (p >> 5) & 3, t = (p >> 3) & 3, pair r, half b0
-    perm = ((pos >> 7) * 128 + ((pos >> 3) & 3) * 32 + ((pos >> 5) & 3) * 8 + ((pos >> 1) & 3) + (pos & 1) * 4)
-    xb = x_ptr + xrow[None, :].to(tl.int64) * stride_x
-    acc = tl.zeros([BN, BM], dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        w0 = k0 // 8
-        wq = w0 + (qi * 16)[:, None] + wl[None, :]  # [NQ, 16]: the step's words by 4-block group
-        wd = tl.load(wrow[:, None, None] + wq[None, :, :], mask=nmask[:, None, None] & (wq < KG * 4)[None, :, :],
-                     other=0)
-        wd = tl.reshape(wd, (BN, NW))
-        g = k0 // 32 + gg
-        s = tl.load(srow[:, None] + g[None, :], mask=nmask[:, None] & (g < KG)[None, :], other=0).to(tl.int32)
-        kx = k0 + perm
-        xt = tl.load(xb + kx[:, None], mask=(kx < K)[:, None], other=0.0)
-        sbits = ((tl.minimum(s, 192) + 62) << 7).to(tl.int16)  # bf16 2^(s - 65)
-        sc = tl.reshape(tl.broadcast_to(sbits[:, :, None], (BN, NG, 8)), (BN, NW, 2))  # word w: block w // 4
-        wu = wd.to(tl.uint32, bitcast=True)
-        v = wu >> 8
-        if FAST:  # bf16 all the way (CUDA)
-            sc = sc.to(tl.bfloat16, bitcast=True)
-            o0 = _gemv_bf16_pair(wu & 0x000F000F, 4160) * sc  # [BN, NW, 2 (b0)]: codes 0, 4 of each word
-            o1 = _gemv_bf16_pair(wu & 0x00F000F0, 260) * sc  # codes 1, 5
-            o2 = _gemv_bf16_pair(v & 0x000F000F, 4160) * sc  # codes 2, 6
-            o3 = _gemv_bf16_pair(v & 0x00F000F0, 260) * sc  # codes 3, 7
-        else:  # the CPU interpreter: the same values through fp32 (it flushes bf16 subnormals; its bf16 dot is wrong)
-            scf = (sc.to(tl.int32) << 16).to(tl.float32, bitcast=True)  # 2^(s - 65) as fp32
-            o0 = (tl.join(*_e2m1_pair_f32(wu & 0x000F000F, 4160)) * scf).to(tl.bfloat16).to(tl.float32)
-            o1 = (tl.join(*_e2m1_pair_f32(wu & 0x00F000F0, 260)) * scf).to(tl.bfloat16).to(tl.float32)
-            o2 = (tl.join(*_e2m1_pair_f32(v & 0x000F000F, 4160)) * scf).to(tl.bfloat16).to(tl.float32)
-            o3 = (tl.join(*_e2m1_pair_f32(v & 0x00F000F0, 260)) * scf).to(tl.bfloat16).to(tl.float32)
-        t = tl.join(tl.join(o0, o1), tl.join(o2, o3))  # [BN, NW, 2 (b0), 2 (r0), 2 (r1)]
-        t = tl.reshape(t, (BN, BK // 128, 4, 4, 2, 2, 2))  # (n, q, t, c, b0, r0, r1): word 16q + 4t + c
-        w = tl.reshape(tl.permute(t, (0, 1, 3, 2, 6, 5, 4)), (BN, BK))  # -> (n, q, c, t, r1, r0, b0)
-        if FAST:
-            acc = tl.dot(w, xt.to(tl.bfloat16), acc)
-        else:
-            acc = tl.dot(w, xt.to(tl.bfloat16).to(tl.float32), acc, input_precision="ieee")
-    return tl.trans(acc) * 18446744073709551616.0  # 2^64
-
-
-IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5, "gemv4": 6, "gemvm": 7}
+IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5, "gemv4": 6}
 # Decode with at most this many tokens uses the gemv loop (every expert then has <= this many rows; one M "tile"
 # of p2(tokens) rows, the weights decoded once per program and reused for each row). H200, one E32 k4 layer
 # (docs/MXFP4.md): 1 token gemv4 30 us, gemv2 49, dq 54, scaled 77, mma 120; 4 tokens dq 114, gemv4 181, gemv 275.
@@ -520,9 +430,6 @@ GEMV_IMPL = "gemv4"
 # the "gemv4" loop's tiles (BN, BK, warps, stages; no loads are pipelined in it), picked on the H200 (call 3 of
 # docs/MXFP4.md round 4): one E32 k4 layer at one token 30.3 us (gemv2 49.1, dq 54.9)
 MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)}
-# the "gemvm" loop's tiles (BN, BK (a multiple of 128), warps, stages): one warp a program keeps the loaded words
-# in the MMA's operand layout (offline SASS; several warps also compile without shared memory for BN 64)
-MXFP4_CONFIG_GEMVM: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 256, 1, 1), "down": (32, 256, 1, 1)}
 # Programmatic dependent launch of the expert GEMMs in one-token steps (where kernels.pdl_launch applies PDL):
 # 0 plain launches; 1 both GEMMs wait (griddepcontrol.wait) before reading what an earlier kernel wrote, so their
 # launch overlaps the end of the kernel before (kernels.PDL mode 1); 2 as 1, and gate_up lets the down GEMM launch
@@ -537,7 +444,6 @@ if os.environ.get(TILES_ENV):
     _tiles = json.loads(os.environ[TILES_ENV])
     MXFP4_CONFIG_GEMV.update({k: tuple(v) for k, v in _tiles.get("gemv", {}).items()})
     MXFP4_CONFIG_GEMV4.update({k: tuple(v) for k, v in _tiles.get("gemv4", {}).items()})
-    MXFP4_CONFIG_GEMVM.update({k: tuple(v) for k, v in _tiles.get("gemvm", {}).items()})
     MXFP4_CONFIG_FEW.update({k: tuple(v) for k, v in _tiles.get("few", {}).items()})
     MXFP4_CONFIG.update({k: tuple(v) for k, v in _tiles.get("full", {}).items()})
     MXFP4_CONFIG_DQ1.update({k: tuple(v) for k, v in _tiles.get("dq1", {}).items()})
@@ -582,8 +488,7 @@ def moe_mxfp4(
     few = plan.scan and tokens <= GEMV_MAX_TOKENS
     if impl is None:
         if few:
-            # dq: CUDA only; gemvm rounds the activations to bf16, so float32 runs keep the exact gemv4
-            impl = GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2", "gemv4") else "gemv4"
+            impl = GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2", "gemv4") else "gemv2"  # dq: CUDA only
         elif plan.scan:
             impl = MMA_IMPL if fast else "mma"
         else:
@@ -593,7 +498,7 @@ def moe_mxfp4(
         raise ValueError(f"the MXFP4 '{impl}' loop (inline PTX decode) runs on CUDA with bf16 activations only")
     if fold and impl == "dq":
         impl = "dqf"  # every scale <= 128: one multiply by 2^(s-1) instead of 2^126 then 2^(s-127)
-    gemv = impl in ("gemv", "gemv2", "gemv4", "gemvm")
+    gemv = impl in ("gemv", "gemv2", "gemv4")
     if gemv and not plan.scan:
         raise ValueError("the MXFP4 gemv loop is for decode (scan mode) only")
     if impl == "scaled" and x.dtype != torch.bfloat16:
@@ -610,8 +515,6 @@ def moe_mxfp4(
         table = MXFP4_CONFIG_DQ1 if few else MXFP4_CONFIG_DQ
     elif impl == "gemv4":
         table = MXFP4_CONFIG_GEMV4
-    elif impl == "gemvm":
-        table = MXFP4_CONFIG_GEMVM
     else:
         table = MXFP4_CONFIG_GEMV if gemv else (MXFP4_CONFIG_FEW if plan.compact else MXFP4_CONFIG)
     for name, src, wb, ws, bias, dst, n in (
@@ -624,14 +527,14 @@ def moe_mxfp4(
         kdim = src.shape[1]
         if kdim % 32:
             raise ValueError(f"MXFP4 GEMM needs K % 32 == 0, got K={kdim}")
-        bk = min(bk, max(128 if impl == "gemvm" else 32, _p2(kdim)))  # gemvm: whole 4-block groups
+        bk = min(bk, max(32, _p2(kdim)))
         if impl == "gemv4":
             bn = min(bn, max(16, 128 // bm))  # the rows' partial sums: a wider N tile spills registers past 2 rows
         gu = name == "gate_up"
         if dq:
             wb = wb.view(torch.int16)  # the dq loop reads 16-bit halves of the blocks' words
-        elif impl in ("gemv4", "gemvm"):
-            wb = wb.view(torch.int32)  # gemv4 / gemvm read the blocks' 32-bit words
+        elif impl == "gemv4":
+            wb = wb.view(torch.int32)  # gemv4 reads the blocks' 32-bit words
         _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
             src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
             plan.pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
