@@ -326,3 +326,107 @@ def test_triton_unfused_norm_router_matches_hf_tokens(gk, lively, monkeypatch):
     assert torch.equal(res.tokens, ref.tokens)
     one = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids[:1], TOKENS)
     assert torch.equal(one.tokens, get_engine("hf").generate(model, ids[:1], TOKENS).tokens)
+
+
+PREFETCH_ALL = {"rope": (3, 0.0, 0.5), "attn": (5, 0.25, 1.0), "norm": (2, 0.0, 1.0), "router": (4, 0.1, 0.9)}
+
+
+def test_triton_prefetch_args_bounds(gk, monkeypatch):
+    """`prefetch_args`: the site's share of the weight (from a 64-element boundary, in bytes), off past
+    PREFETCH_MAX_TOKENS tokens, without a weight, or with 0 programs."""
+    monkeypatch.setattr(gk, "PREFETCH", dict(PREFETCH_ALL))
+    w = torch.zeros(40, 32, dtype=torch.bfloat16)
+    ptr, nbytes, progs = gk.prefetch_args("attn", w, 1)
+    assert progs == 5 and ptr.data_ptr() == w.data_ptr() + 320 * 2 and nbytes == (1280 - 320) * 2
+    ptr, nbytes, progs = gk.prefetch_args("rope", w, 1)
+    assert progs == 3 and ptr.data_ptr() == w.data_ptr() and nbytes == 640 * 2
+    assert gk.prefetch_args("attn", w, gk.PREFETCH_MAX_TOKENS + 1) == (None, 0, 0)
+    assert gk.prefetch_args("attn", None, 1) == (None, 0, 0)
+    monkeypatch.setitem(gk.PREFETCH, "attn", (0, 0.0, 1.0))
+    assert gk.prefetch_args("attn", w, 1) == (None, 0, 0)
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_triton_prefetch_programs_keep_outputs_exact(gk, monkeypatch, rows):
+    """The L2-prefetch programs added to rope_kv, attn_decode, add_rmsnorm and add_rmsnorm_route (kernels.PREFETCH;
+    under the interpreter they issue nothing) change no output bit: roped q and the cache writes, attention, the
+    residual update and normed rows, the router's ids and weights; at 2 streams (PREFETCH_MAX_TOKENS raised) only
+    stream 0's extra programs prefetch, the others must leave the real ones' work alone."""
+    gen = torch.Generator().manual_seed(21)
+    hq, hkv, d, hidden, slots = 4, 2, 16, 96, 8
+    wgt = torch.randn(300, 64, generator=gen)  # the "next GEMV's" weight
+    qkv = torch.randn(rows, (hq + 2 * hkv) * d, generator=gen)
+    cos, sin = torch.randn(slots, d // 2, generator=gen), torch.randn(slots, d // 2, generator=gen)
+    pos = torch.tensor(5)
+    sinks = torch.randn(hq, generator=gen)
+    kc0, vc0 = torch.randn(rows, hkv, slots, d, generator=gen), torch.randn(rows, hkv, slots, d, generator=gen)
+    h0, delta = torch.randn(rows, hidden, generator=gen), torch.randn(rows * 2, hidden, generator=gen)
+    ln = torch.randn(hidden, generator=gen)
+    rw, rb = torch.randn(8, hidden, generator=gen) * 0.1, torch.randn(8, generator=gen)
+
+    def run(pf):
+        kc, vc, h, h2 = kc0.clone(), vc0.clone(), h0.clone(), h0.clone()
+        q = gk.rope_kv(qkv, cos, sin, pos, kc, vc, hq, False, 0, prefetch=pf)
+        att = gk.attn_decode(q, kc, vc, sinks, pos, d ** -0.5, prefetch=pf)
+        normed = gk.add_rmsnorm(h, delta, 2, ln, 1e-5, prefetch=pf)
+        fused = gk.add_rmsnorm_route(h2, delta[:rows], ln, 1e-5, rw, rb, 2, prefetch=pf)
+        return [q, kc, vc, att, h, normed, h2, *fused]
+
+    monkeypatch.setattr(gk, "PREFETCH_MAX_TOKENS", 4)
+    monkeypatch.setattr(gk, "PREFETCH", dict(PREFETCH_ALL))
+    sites = []
+    real = gk.prefetch_args
+    monkeypatch.setattr(gk, "prefetch_args", lambda s, w, t: sites.append(s) or real(s, w, t))
+    want = run(None)
+    got = run(wgt)
+    assert sites.count("attn") == 2 and all(real(s, wgt, rows)[2] > 0 for s in ("rope", "attn", "norm", "router"))
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+    assert int(gk._COUNTERS[h0.device].item()) == 0
+
+
+def test_triton_prefetch_decode_matches_hf_tokens(gk, lively, monkeypatch):
+    """Batch-1 decode with every prefetch site on (o_proj during rope and attention, the next layer's qkv during
+    the norm kernels), evict_last prefetches and evict_first expert weight loads: hf's tokens, and each site ran."""
+    model, ids, _ = lively
+    one = ids[:1]
+    ref = get_engine("hf").generate(model, one, TOKENS)
+    monkeypatch.setattr(gk, "PREFETCH", dict(PREFETCH_ALL))
+    monkeypatch.setattr(gk, "PREFETCH_EVICT_LAST", True)
+    monkeypatch.setattr(gk, "MOE_EVICT_FIRST_MAX_TOKENS", 1)
+    used: dict[str, int] = {}
+    real = gk.prefetch_args
+
+    def counted(site, w, tokens):
+        out = real(site, w, tokens)
+        used[site] = used.get(site, 0) + (out[2] > 0)
+        return out
+
+    monkeypatch.setattr(gk, "prefetch_args", counted)
+    res = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, one, TOKENS)
+    assert all(used.get(s, 0) > 0 for s in PREFETCH_ALL), used
+    assert torch.equal(res.tokens, ref.tokens)
+
+
+@pytest.mark.parametrize("one_row", [True, False])
+def test_triton_norm_router_one_row_ties_and_residual(gk, monkeypatch, one_row):
+    """One row through `add_rmsnorm_route` with NORM_ROUTER_ONE_ROW (the top-k by rank, the residual kept in
+    registers) and without: with tied logits at the top-k boundary (a zero router weight, tied biases) the lower
+    expert ids win, as torch.topk and `router`; the residual and the weights are those of add_rmsnorm + router."""
+    monkeypatch.setattr(gk, "NORM_ROUTER_ONE_ROW", one_row)
+    gen = torch.Generator().manual_seed(31)
+    hidden, experts, k = 200, 8, 3
+    h = torch.randn(1, hidden, generator=gen)
+    h2 = h.clone()
+    delta, ln = torch.randn(1, hidden, generator=gen), torch.randn(hidden, generator=gen)
+    rw = torch.zeros(experts, hidden)
+    rb = torch.tensor([0.5, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, -1.0])
+    normed = gk.add_rmsnorm(h, delta, 1, ln, 1e-5)
+    want_i, want_w = gk.router(normed, rw, rb, k)
+    got, got_i, got_w = gk.add_rmsnorm_route(h2, delta, ln, 1e-5, rw, rb, k)
+    assert got_i.tolist() == [[1, 3, 5]] and torch.equal(got_i, want_i) and torch.equal(got_w, want_w)
+    assert torch.equal(got, normed) and torch.equal(h2, h)
+    rb2 = torch.tensor([0.5, 2.0, 1.0, 3.0, 1.0, 2.0, 1.0, 1.0])  # a tie at the boundary: 2 (lowest) of 2, 4, 6, 7
+    _, got_i, got_w = gk.add_rmsnorm_route(h.clone(), delta, ln, 1e-5, rw, rb2, 4)
+    want_i, want_w = gk.router(normed, rw, rb2, 4)
+    assert got_i.tolist() == [[3, 1, 5, 2]] and torch.equal(got_w, want_w)

@@ -90,6 +90,69 @@ def _gdc(PDL: tl.constexpr):
         tl.extra.cuda.gdc_launch_dependents()
 
 
+# L2 prefetch in one-token steps (<= PREFETCH_MAX_TOKENS; issue 12, session 7): while a latency-bound kernel runs
+# (HBM almost idle), extra programs of its grid issue PTX `prefetch.global.L2` over the next GEMV's weight, so that the
+# GEMV finds (part of) it in L2. Site -> (extra programs, first and last fraction of the weight's bytes):
+# "rope" and "attn" (`rope_kv`, `attn_decode`) prefetch the layer's o_proj weight, "norm" (the post-expert
+# `add_rmsnorm`) and "router" (`add_rmsnorm_route`) the next layer's qkv weight. 0 programs: off.
+# PREFETCH_EVICT_LAST: the prefetches mark their lines evict_last (L2::evict_last); MOE_EVICT_FIRST_MAX_TOKENS: the
+# bf16 expert GEMMs load their weights evict_first up to this many tokens (so that a prefetched weight can outlive
+# the expert stream).
+PREFETCH: dict[str, tuple[int, float, float]] = {"rope": (0, 0.0, 0.0), "attn": (0, 0.0, 0.0),
+                                                 "norm": (0, 0.0, 0.0), "router": (0, 0.0, 0.0)}
+PREFETCH_MAX_TOKENS = 1
+PREFETCH_EVICT_LAST = False
+MOE_EVICT_FIRST_MAX_TOKENS = 0
+_PF_ASM: bool | None = None
+
+
+def prefetch_args(site: str, weight: torch.Tensor | None, tokens: int) -> tuple[torch.Tensor | None, int, int]:
+    """(pointer tensor, bytes, extra programs) of site's prefetch of `weight` for a step of `tokens` tokens; programs
+    0 when off (no weight, too many tokens, or the site's table entry is 0). Under the interpreter (no inline PTX)
+    the programs still run, and issue nothing."""
+    if weight is None or tokens > PREFETCH_MAX_TOKENS:
+        return None, 0, 0
+    progs, lo, hi = PREFETCH.get(site, (0, 0.0, 0.0))
+    flat = weight.reshape(-1)
+    a, b = int(lo * flat.numel()) // 64 * 64, min(flat.numel(), round(hi * flat.numel()))
+    if progs <= 0 or b <= a:
+        return None, 0, 0
+    return flat[a:], (b - a) * flat.element_size(), int(progs)
+
+
+def _pf_asm() -> bool:
+    global _PF_ASM
+    if _PF_ASM is None:
+        import os
+
+        _PF_ASM = os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available()
+    return _PF_ASM
+
+
+@triton.jit
+def _prefetch_l2(ptr, nbytes, pid, nprog, ASM: tl.constexpr, EVICT_LAST: tl.constexpr):
+    """Program pid of nprog: L2 prefetch (PTX prefetch.global.L2, no registers held, no result) of its contiguous
+    share of the nbytes at ptr, one instruction a 128-byte line. ASM False (the interpreter): nothing is issued."""
+    LINES: tl.constexpr = 512
+    nlines = tl.cdiv(nbytes, 128)
+    per = tl.cdiv(nlines, nprog)
+    lo = pid * per
+    hi = tl.minimum(lo + per, nlines)
+    base = ptr.to(tl.pointer_type(tl.uint8))
+    for l0 in range(lo, hi, LINES):
+        ln = l0 + tl.arange(0, LINES)
+        m = ln < hi
+        if ASM:
+            if EVICT_LAST:
+                tl.inline_asm_elementwise(
+                    "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2::evict_last [$1]; mov.b32 $0, 0; }",
+                    "=r,l,r", [base + ln.to(tl.int64) * 128, m.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+            else:
+                tl.inline_asm_elementwise(
+                    "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }",
+                    "=r,l,r", [base + ln.to(tl.int64) * 128, m.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+
+
 @dataclass(frozen=True)
 class Partials:
     """A linear's output y = x W^T + b (M, N) left as split-K fp32 partial sums (S, M, N) and the bias: the
@@ -180,47 +243,56 @@ def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 @triton.jit
-def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, part_ptr, bias_ptr, H, eps, KS: tl.constexpr,
-                        BLOCK: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr):
+def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, part_ptr, bias_ptr, H, eps, R, pf_ptr, pf_bytes,
+                        KS: tl.constexpr, BLOCK: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                        PDL: tl.constexpr, NPF: tl.constexpr, PF_ASM: tl.constexpr, PF_EL: tl.constexpr):
+    """Rows 0..R-1: h[row] += delta (in place), out[row] = RMSNorm(h[row]); programs R.. (NPF of them): L2 prefetch."""
     row = tl.program_id(0)
-    offs = tl.arange(0, BLOCK)
-    m = offs < H
-    w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    _gdc(PDL)
-    x = tl.load(h_ptr + row * H + offs, mask=m, other=0.0).to(tl.float32)
-    if NSPLIT > 0:  # delta = one linear's output, as split-K partials (KS = 1)
-        d = _lin_load(h_ptr, part_ptr, bias_ptr, row, offs, tl.num_programs(0), H, m, NSPLIT, HAS_BIAS)
-        x = (x + d).to(h_ptr.dtype.element_ty)
-        tl.store(h_ptr + row * H + offs, x, mask=m)
-        x = x.to(tl.float32)
-    elif KS > 0:
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for j in tl.static_range(KS):
-            acc += tl.load(d_ptr + (row * KS + j) * H + offs, mask=m, other=0.0).to(tl.float32)
-        x = (x + acc.to(h_ptr.dtype.element_ty).to(tl.float32)).to(h_ptr.dtype.element_ty)
-        tl.store(h_ptr + row * H + offs, x, mask=m)
-        x = x.to(tl.float32)
-    var = tl.sum(x * x, axis=0) / H
-    y = x * tl.rsqrt(var + eps)
-    tl.store(out_ptr + row * H + offs, (w * y).to(out_ptr.dtype.element_ty), mask=m)
+    if row >= R:
+        _prefetch_l2(pf_ptr, pf_bytes, row - R, NPF, PF_ASM, PF_EL)
+    else:
+        offs = tl.arange(0, BLOCK)
+        m = offs < H
+        w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        _gdc(PDL)
+        x = tl.load(h_ptr + row * H + offs, mask=m, other=0.0).to(tl.float32)
+        if NSPLIT > 0:  # delta = one linear's output, as split-K partials (KS = 1)
+            d = _lin_load(h_ptr, part_ptr, bias_ptr, row, offs, R, H, m, NSPLIT, HAS_BIAS)
+            x = (x + d).to(h_ptr.dtype.element_ty)
+            tl.store(h_ptr + row * H + offs, x, mask=m)
+            x = x.to(tl.float32)
+        elif KS > 0:
+            acc = tl.zeros([BLOCK], dtype=tl.float32)
+            for j in tl.static_range(KS):
+                acc += tl.load(d_ptr + (row * KS + j) * H + offs, mask=m, other=0.0).to(tl.float32)
+            x = (x + acc.to(h_ptr.dtype.element_ty).to(tl.float32)).to(h_ptr.dtype.element_ty)
+            tl.store(h_ptr + row * H + offs, x, mask=m)
+            x = x.to(tl.float32)
+        var = tl.sum(x * x, axis=0) / H
+        y = x * tl.rsqrt(var + eps)
+        tl.store(out_ptr + row * H + offs, (w * y).to(out_ptr.dtype.element_ty), mask=m)
 
 
 def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | Partials | None, ks: int, weight: torch.Tensor,
-                eps: float) -> torch.Tensor:
+                eps: float, prefetch: torch.Tensor | None = None) -> torch.Tensor:
     """h (R, H) += sum of the ks rows of delta per row (in place, rounded to h's dtype); returns RMSNorm(h).
-    delta may be a linear's Partials (ks = 1): summed, biased and rounded here."""
+    delta may be a linear's Partials (ks = 1): summed, biased and rounded here. prefetch: a weight that the next
+    GEMV reads (PREFETCH["norm"])."""
     rows, hidden = h.shape
     out = torch.empty_like(h)
     parts = delta if isinstance(delta, Partials) else None
     if parts is not None and (ks != 1 or parts.shape != (rows, hidden)):
         raise ValueError(f"add_rmsnorm: partials of shape {parts.shape} for h {tuple(h.shape)} (ks {ks})")
     pdl = pdl_launch(rows)
-    _add_rmsnorm_kernel[(rows,)](
+    pf, pf_bytes, npf = prefetch_args("norm", prefetch, rows)
+    _add_rmsnorm_kernel[(rows + npf,)](
         h, delta if isinstance(delta, torch.Tensor) else h, weight, out,
         parts.part if parts is not None else h, parts.bias if parts is not None and parts.bias is not None else h,
-        hidden, eps, KS=ks if delta is not None else 0, BLOCK=_p2(hidden), num_warps=8 if hidden >= 2048 else 4,
+        hidden, eps, rows, pf if pf is not None else h, pf_bytes, KS=ks if delta is not None else 0,
+        BLOCK=_p2(hidden), num_warps=8 if hidden >= 2048 else 4,
         NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
-        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, **_pdl_kw(pdl),
+        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, NPF=npf, PF_ASM=_pf_asm(),
+        PF_EL=PREFETCH_EVICT_LAST, **_pdl_kw(pdl),
     )
     return out
 
@@ -274,11 +346,25 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 @triton.jit
 def _rope_kv_kernel(
     qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr, vc_ptr, part_ptr, bias_ptr, HQ, HKV, S_CACHE, WINDOW,
-    stride_row, D: tl.constexpr, SLIDING: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    PDL: tl.constexpr,
+    stride_row, pf_ptr, pf_bytes, D: tl.constexpr, SLIDING: tl.constexpr, NSPLIT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PDL: tl.constexpr, NPF: tl.constexpr, PF_ASM: tl.constexpr, PF_EL: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
+    if h >= HQ + HKV:  # the NPF prefetch programs (stream 0 only)
+        if b == 0:
+            _prefetch_l2(pf_ptr, pf_bytes, h - HQ - HKV, NPF, PF_ASM, PF_EL)
+    else:
+        _rope_kv_body(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr, vc_ptr, part_ptr, bias_ptr, HQ, HKV,
+                      S_CACHE, WINDOW, stride_row, b, h, D, SLIDING, NSPLIT, HAS_BIAS, PDL)
+
+
+@triton.jit
+def _rope_kv_body(
+    qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr, vc_ptr, part_ptr, bias_ptr, HQ, HKV, S_CACHE, WINDOW,
+    stride_row, b, h, D: tl.constexpr, SLIDING: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PDL: tl.constexpr,
+):
     _gdc(PDL)
     pos = tl.load(pos_ptr)
     half = tl.arange(0, D // 2)
@@ -323,37 +409,55 @@ def _rope_kv_kernel(
 
 def rope_kv(
     qkv: torch.Tensor | Partials, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, kc: torch.Tensor,
-    vc: torch.Tensor, hq: int, sliding: bool, window: int,
+    vc: torch.Tensor, hq: int, sliding: bool, window: int, prefetch: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """qkv (B, (hq+2hkv)*D) -> roped q (B, hq, D); writes roped k and v at the step's cache slot. qkv may be the
-    qkv linear's Partials (summed, biased and rounded here)."""
+    qkv linear's Partials (summed, biased and rounded here). prefetch: the o_proj weight (PREFETCH["rope"])."""
     bsz = qkv.shape[0]
     _, hkv, s_cache, d = kc.shape
     parts = qkv if isinstance(qkv, Partials) else None
     dtype = parts.dtype if parts is not None else qkv.dtype
     q = torch.empty((bsz, hq, d), dtype=dtype, device=kc.device)
     pdl = pdl_launch(bsz)
+    pf, pf_bytes, npf = prefetch_args("rope", prefetch, bsz)
+    pfk = {"NPF": npf, "PF_ASM": _pf_asm(), "PF_EL": PREFETCH_EVICT_LAST}
     if parts is not None:  # q stands in for the qkv pointer: never read, it carries the dtype of the rounding
-        _rope_kv_kernel[(bsz, hq + hkv)](
+        _rope_kv_kernel[(bsz, hq + hkv + npf)](
             q, cos, sin, pos, q, kc, vc, parts.part, parts.bias if parts.bias is not None else q, hq, hkv,
-            s_cache, max(1, window), 0, D=d, SLIDING=sliding, NSPLIT=int(parts.part.shape[0]),
-            HAS_BIAS=parts.bias is not None, PDL=pdl, num_warps=1, **_pdl_kw(pdl),
+            s_cache, max(1, window), 0, pf if pf is not None else q, pf_bytes, D=d, SLIDING=sliding,
+            NSPLIT=int(parts.part.shape[0]), HAS_BIAS=parts.bias is not None, PDL=pdl, num_warps=1, **pfk,
+            **_pdl_kw(pdl),
         )
         return q
-    _rope_kv_kernel[(bsz, hq + hkv)](
-        qkv, cos, sin, pos, q, kc, vc, qkv, qkv, hq, hkv, s_cache, max(1, window), qkv.stride(0), D=d,
-        SLIDING=sliding, NSPLIT=0, HAS_BIAS=False, PDL=pdl, num_warps=1, **_pdl_kw(pdl),
+    _rope_kv_kernel[(bsz, hq + hkv + npf)](
+        qkv, cos, sin, pos, q, kc, vc, qkv, qkv, hq, hkv, s_cache, max(1, window), qkv.stride(0),
+        pf if pf is not None else q, pf_bytes, D=d, SLIDING=sliding, NSPLIT=0, HAS_BIAS=False, PDL=pdl, num_warps=1,
+        **pfk, **_pdl_kw(pdl),
     )
     return q
 
 
 @triton.jit
 def _attn_decode_kernel(
-    q_ptr, kc_ptr, vc_ptr, sinks_ptr, pos_ptr, out_ptr, scale, HKV, S_CACHE,
-    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, PDL: tl.constexpr,
+    q_ptr, kc_ptr, vc_ptr, sinks_ptr, pos_ptr, out_ptr, scale, HKV, S_CACHE, pf_ptr, pf_bytes,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, PDL: tl.constexpr, NPF: tl.constexpr,
+    PF_ASM: tl.constexpr, PF_EL: tl.constexpr,
 ):
     b = tl.program_id(0)
     kh = tl.program_id(1)
+    if kh >= HKV:  # the NPF prefetch programs (stream 0 only)
+        if b == 0:
+            _prefetch_l2(pf_ptr, pf_bytes, kh - HKV, NPF, PF_ASM, PF_EL)
+    else:
+        _attn_decode_body(q_ptr, kc_ptr, vc_ptr, sinks_ptr, pos_ptr, out_ptr, scale, HKV, S_CACHE, b, kh, G, GP, D,
+                          BS, PDL)
+
+
+@triton.jit
+def _attn_decode_body(
+    q_ptr, kc_ptr, vc_ptr, sinks_ptr, pos_ptr, out_ptr, scale, HKV, S_CACHE, b, kh,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, PDL: tl.constexpr,
+):
     _gdc(PDL)
     pos = tl.load(pos_ptr)
     g = tl.arange(0, GP)
@@ -403,9 +507,10 @@ def attn_config(bsz: int) -> tuple[int, int, int | None]:
 
 def attn_decode(
     q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, sinks: torch.Tensor, pos: torch.Tensor, scale: float,
-    config: tuple[int, int, int | None] | None = None,
+    config: tuple[int, int, int | None] | None = None, prefetch: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """q (B, hq, D) against the cache (B, hkv, S, D) up to `pos`, with sinks -> (B, hq*D)."""
+    """q (B, hq, D) against the cache (B, hkv, S, D) up to `pos`, with sinks -> (B, hq*D). prefetch: the o_proj
+    weight (PREFETCH["attn"])."""
     bsz, hq, d = q.shape
     _, hkv, s_cache, _ = kc.shape
     g = hq // hkv
@@ -413,8 +518,10 @@ def attn_decode(
     pdl = pdl_launch(bsz)
     bs, warps, stages = config or attn_config(bsz)
     extra = {"num_stages": stages} if stages else {}
-    _attn_decode_kernel[(bsz, hkv)](
-        q, kc, vc, sinks, pos, out, scale, hkv, s_cache, G=g, GP=max(16, _p2(g)), D=d, BS=bs, PDL=pdl,
+    pf, pf_bytes, npf = prefetch_args("attn", prefetch, bsz)
+    _attn_decode_kernel[(bsz, hkv + npf)](
+        q, kc, vc, sinks, pos, out, scale, hkv, s_cache, pf if pf is not None else q, pf_bytes, G=g,
+        GP=max(16, _p2(g)), D=d, BS=bs, PDL=pdl, NPF=npf, PF_ASM=_pf_asm(), PF_EL=PREFETCH_EVICT_LAST,
         num_warps=warps, **extra, **_pdl_kw(pdl),
     )
     return out
@@ -439,6 +546,29 @@ def _topk_softmax_store(logits, e, em, topi_ptr, topw_ptr, t, K: tl.constexpr, K
     p = tl.where(km, p, 0.0)
     p = p / tl.sum(p, axis=0)
     tl.store(topi_ptr + t * K + kk, idxs, mask=km)
+    tl.store(topw_ptr + t * K + kk, p, mask=km)
+
+
+@triton.jit
+def _topk_rank_softmax_store(logits, e, em, topi_ptr, topw_ptr, t, K: tl.constexpr, KP: tl.constexpr,
+                             EP: tl.constexpr):
+    """`_topk_softmax_store` by rank: expert e's rank is the number of experts before it (a larger logit, or an equal
+    one with a lower id: torch.topk's order, as the max-then-lowest-id loop), and slot j takes the expert of rank j.
+    The k kept logits are gathered exactly (one nonzero term a sum), so the softmax sees the same values in the same
+    slots: the same ids and weights, bit for bit."""
+    logits = tl.where(em, logits, float("-inf"))
+    before = (logits[None, :] > logits[:, None]) | ((logits[None, :] == logits[:, None]) & (e[None, :] < e[:, None]))
+    rank = tl.sum(before.to(tl.int32), axis=1)
+    kk = tl.arange(0, KP)
+    km = kk < K
+    sel = rank[None, :] == kk[:, None]
+    vals = tl.sum(tl.where(sel, logits[None, :], 0.0), axis=1)
+    idxs = tl.sum(tl.where(sel, e[None, :], 0), axis=1)
+    vals = tl.where(km, vals, float("-inf"))
+    p = tl.exp(vals - tl.max(vals, axis=0))
+    p = tl.where(km, p, 0.0)
+    p = p / tl.sum(p, axis=0)
+    tl.store(topi_ptr + t * K + kk, idxs.to(tl.int32), mask=km)
     tl.store(topw_ptr + t * K + kk, p, mask=km)
 
 
@@ -565,14 +695,31 @@ def _residual(h_ptr, d_ptr, part_ptr, bias_ptr, row, idx, T, H, mask, NSPLIT: tl
 @triton.jit
 def _norm_router_kernel(
     h_ptr, d_ptr, part_ptr, bias_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, rpart_ptr, cnt_ptr, topi_ptr, topw_ptr,
-    T, H, E, S, eps, TP: tl.constexpr, EP: tl.constexpr, BH: tl.constexpr, BLOCK: tl.constexpr, K: tl.constexpr,
-    KP: tl.constexpr, SP: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+    T, H, E, S, eps, pf_ptr, pf_bytes, TP: tl.constexpr, EP: tl.constexpr, BH: tl.constexpr, BLOCK: tl.constexpr,
+    K: tl.constexpr, KP: tl.constexpr, SP: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PDL: tl.constexpr, NPF: tl.constexpr, PF_ASM: tl.constexpr, PF_EL: tl.constexpr, ONE: tl.constexpr = False,
 ):
-    """`add_rmsnorm` (KS = 1) + the split-K router in one launch. Program s: every row's RMS (the whole row), its
+    """`add_rmsnorm` (KS = 1) + the split-K router in one launch. Program s < S: every row's RMS (the whole row), its
     slice of the normed rows (stored) and of the router logits (partials, as `_router_partial_kernel`); the last
     program to finish (an atomic count) sums the partials, picks the top-k (`_router_topk_kernel`) and writes the
-    updated residual rows h (no program reads h after that), then resets the count for the next launch."""
+    updated residual rows h (no program reads h after that), then resets the count for the next launch. Programs
+    S.. (NPF of them): L2 prefetch (PREFETCH["router"])."""
     s = tl.program_id(0)
+    if s >= S:
+        _prefetch_l2(pf_ptr, pf_bytes, s - S, NPF, PF_ASM, PF_EL)
+    else:
+        _norm_router_body(h_ptr, d_ptr, part_ptr, bias_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, rpart_ptr, cnt_ptr,
+                          topi_ptr, topw_ptr, T, H, E, S, eps, s, TP, EP, BH, BLOCK, K, KP, SP, NSPLIT, HAS_BIAS, PDL,
+                          ONE)
+
+
+@triton.jit
+def _norm_router_body(
+    h_ptr, d_ptr, part_ptr, bias_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, rpart_ptr, cnt_ptr, topi_ptr, topw_ptr,
+    T, H, E, S, eps, s, TP: tl.constexpr, EP: tl.constexpr, BH: tl.constexpr, BLOCK: tl.constexpr, K: tl.constexpr,
+    KP: tl.constexpr, SP: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+    ONE: tl.constexpr,
+):
     hh = s * BH + tl.arange(0, BH)
     hm = hh < H
     e = tl.arange(0, EP)
@@ -585,10 +732,14 @@ def _norm_router_kernel(
     tt = tl.arange(0, TP)
     tm = tt < T
     rinv = tl.zeros([TP], dtype=tl.float32)
-    for t in range(T):
-        x = _residual(h_ptr, d_ptr, part_ptr, bias_ptr, t, offs, T, H, m, NSPLIT, HAS_BIAS)
-        var = tl.sum(x * x, axis=0) / H
-        rinv = tl.where(tt == t, tl.rsqrt(var + eps), rinv)
+    if ONE:  # one row: its residual stays in registers for the last program's store
+        x1 = _residual(h_ptr, d_ptr, part_ptr, bias_ptr, 0, offs, T, H, m, NSPLIT, HAS_BIAS)
+        rinv = tl.where(tt == 0, tl.rsqrt(tl.sum(x1 * x1, axis=0) / H + eps), rinv)
+    else:
+        for t in range(T):
+            x = _residual(h_ptr, d_ptr, part_ptr, bias_ptr, t, offs, T, H, m, NSPLIT, HAS_BIAS)
+            var = tl.sum(x * x, axis=0) / H
+            rinv = tl.where(tt == t, tl.rsqrt(var + eps), rinv)
     m2 = tm[:, None] & hm[None, :]
     xs = _residual(h_ptr, d_ptr, part_ptr, bias_ptr, tt[:, None], hh[None, :], T, H, m2, NSPLIT, HAS_BIAS)
     normed = (nw[None, :] * (xs * rinv[:, None])).to(out_ptr.dtype.element_ty)
@@ -600,7 +751,14 @@ def _norm_router_kernel(
     done = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")
     if done == S - 1:
         ss = tl.arange(0, SP)
-        for t in range(T):
+        if ONE:  # the top-k by rank (fewer reductions, the same ids and weights) and the kept residual row
+            parts = tl.load(rpart_ptr + ss[:, None] * TP * EP + e[None, :], mask=(ss < S)[:, None], other=0.0,
+                            cache_modifier=".cg")
+            logits = tl.sum(parts, axis=0) + tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)
+            logits = logits.to(out_ptr.dtype.element_ty).to(tl.float32)
+            tl.store(h_ptr + offs, x1.to(h_ptr.dtype.element_ty), mask=m)
+            _topk_rank_softmax_store(logits, e, em, topi_ptr, topw_ptr, 0, K, KP, EP)
+        for t in range(T if not ONE else 0):
             parts = tl.load(rpart_ptr + (ss[:, None] * TP + t) * EP + e[None, :], mask=(ss < S)[:, None], other=0.0,
                             cache_modifier=".cg")
             logits = tl.sum(parts, axis=0) + tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)
@@ -616,12 +774,16 @@ def _norm_router_kernel(
 # the H200, docs/PERF.md); False: add_rmsnorm, then router (two launches; ablation).
 FUSE_NORM_ROUTER = True
 NORM_ROUTER_MAX_TOKENS = 1
+# One row (session 7): the last program stores the residual row its RMS pass kept in registers (no second read of h
+# and the partials) and picks the top-k by rank (`_topk_rank_softmax_store`: 3 reductions instead of 2 k + 2). The
+# same bits; False: the loop over rows (ablation).
+NORM_ROUTER_ONE_ROW = True
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
 def add_rmsnorm_route(
     h: torch.Tensor, delta: torch.Tensor | Partials, weight: torch.Tensor, eps: float, rweight: torch.Tensor,
-    rbias: torch.Tensor, k: int, bh: int | None = None,
+    rbias: torch.Tensor, k: int, bh: int | None = None, prefetch: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """add_rmsnorm(h, delta, 1, weight, eps) and router(normed, rweight, rbias, k) in one launch, for few rows:
     h (T, H) += delta (in place), returns (normed, topi (T, k) int32, topw (T, k) float32). delta: (T, H) or a
@@ -642,12 +804,14 @@ def add_rmsnorm_route(
     topw = torch.empty((rows, k), dtype=torch.float32, device=h.device)
     rpart = torch.empty((splits, tp, ep), dtype=torch.float32, device=h.device)
     pdl = pdl_launch(rows)
-    _norm_router_kernel[(splits,)](
+    pf, pf_bytes, npf = prefetch_args("router", prefetch, rows)
+    _norm_router_kernel[(splits + npf,)](
         h, delta if parts is None else h, parts.part if parts is not None else h,
         parts.bias if parts is not None and parts.bias is not None else h, weight, out, rweight, rbias, rpart, cnt,
-        topi, topw, rows, hidden, experts, splits, eps, TP=tp, EP=ep, BH=bh, BLOCK=_p2(hidden), K=k, KP=_p2(k),
-        SP=_p2(splits), NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
-        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, num_warps=8, **_pdl_kw(pdl),
+        topi, topw, rows, hidden, experts, splits, eps, pf if pf is not None else h, pf_bytes, TP=tp, EP=ep, BH=bh,
+        BLOCK=_p2(hidden), K=k, KP=_p2(k), SP=_p2(splits), NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
+        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, NPF=npf, PF_ASM=_pf_asm(),
+        PF_EL=PREFETCH_EVICT_LAST, ONE=rows == 1 and NORM_ROUTER_ONE_ROW, num_warps=8, **_pdl_kw(pdl),
     )
     return out, topi, topw
 
@@ -755,7 +919,7 @@ def _moe_kernel(
     P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    PDL: tl.constexpr, NB_MAJOR: tl.constexpr,
+    PDL: tl.constexpr, NB_MAJOR: tl.constexpr, EVICT_FIRST: tl.constexpr = False,
 ):
     # grid (expert rows, N tiles), or (N tiles, expert rows) with NB_MAJOR: then the CTAs launched together
     # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many
@@ -788,8 +952,12 @@ def _moe_kernel(
             kmask = offs_k < K
             a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :],
                         mask=rmask[:, None] & kmask[None, :], other=0.0)
-            b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
-                        mask=kmask[:, None] & nmask[None, :], other=0.0)
+            if EVICT_FIRST:  # MOE_EVICT_FIRST_MAX_TOKENS: leave L2 to a prefetched weight
+                b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
+                            mask=kmask[:, None] & nmask[None, :], other=0.0, eviction_policy="evict_first")
+            else:
+                b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
+                            mask=kmask[:, None] & nmask[None, :], other=0.0)
             acc = tl.dot(a, b, acc)
         moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                         offs_n, nmask, N, GATE_UP, BM, BN)
@@ -963,7 +1131,7 @@ def moe(
             plan.pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl, NB_MAJOR=nb_major, num_warps=warps, num_stages=stages,
-            **_pdl_kw(pdl),
+            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl, NB_MAJOR=nb_major,
+            EVICT_FIRST=x.shape[0] <= MOE_EVICT_FIRST_MAX_TOKENS, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
         )
     return out
