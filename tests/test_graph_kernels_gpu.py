@@ -72,6 +72,39 @@ def test_pdl_graph_replay_gives_the_same_tokens_and_logits(gk):
         assert torch.equal(out[mode][1], out[0][1]), mode
 
 
+def test_prefetch_and_one_row_router_replay_gives_the_same_tokens_and_logits(gk):
+    """Batch-1 decode as a CUDA graph with every L2 prefetch site on (o_proj during rope and attention, the next qkv
+    during the norm kernels; plain and evict_last prefetches, evict_first expert loads) and the one-row norm + router
+    tail on and off: the tokens and last logits of the plain step (PTX prefetches write nothing; the rank top-k and
+    the kept residual give the same bits)."""
+    from bench.engines.graph import GraphEngine
+    from bench.models.loading import load_model
+
+    model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
+    ids = torch.randint(0, model.config.vocab_size, (1, 40), device="cuda",
+                        generator=torch.Generator("cuda").manual_seed(3))
+    saved = {n: getattr(gk, n) for n in ("PREFETCH", "PREFETCH_EVICT_LAST", "MOE_EVICT_FIRST_MAX_TOKENS",
+                                         "NORM_ROUTER_ONE_ROW")}
+    on = {"rope": (8, 0.0, 0.3), "attn": (16, 0.3, 1.0), "norm": (16, 0.0, 1.0), "router": (16, 0.0, 1.0)}
+    configs = {"plain": ({n: (0, 0.0, 0.0) for n in on}, False, 0, False), "prefetch": (on, False, 0, True),
+               "evict": (on, True, 1, True), "one_row_only": ({n: (0, 0.0, 0.0) for n in on}, False, 0, True)}
+    out = {}
+    try:
+        for name, (table, evict_last, evict_first, one_row) in configs.items():
+            gk.PREFETCH, gk.PREFETCH_EVICT_LAST = table, evict_last
+            gk.MOE_EVICT_FIRST_MAX_TOKENS, gk.NORM_ROUTER_ONE_ROW = evict_first, one_row
+            eng = GraphEngine(keep_logits=True)
+            res = eng.generate(model, ids, 24)
+            out[name] = (res.tokens, eng.decoder.logits.clone())
+            eng.release()
+    finally:
+        for n, v in saved.items():
+            setattr(gk, n, v)
+    for name in ("prefetch", "evict", "one_row_only"):
+        assert torch.equal(out[name][0], out["plain"][0]), name
+        assert torch.equal(out[name][1], out["plain"][1]), name
+
+
 # main's tables before session 6 (docs/PERF.md): compact MOE_CONFIG_FEW, scan MOE_CONFIG, M tile >= 64 MOE_CONFIG_BIG
 MAIN_SCAN = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
 MAIN_BIG = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)}
