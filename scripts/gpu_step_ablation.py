@@ -16,12 +16,11 @@ down tiles and the N-tile-major grid over the 24 layers' weights (`sweep_class`)
 tables measured >= 1% (tiles), 5% (router) or 3% (attention) faster than the shipped ones); then the engine with
 the shipped tables and with the picks, interleaved, at every batch whose tables changed (E32, then pruned to E16).
 
---prefetch (session 7, batch 1 and E16): the L2 prefetch sites (`kernels.PREFETCH`: o_proj during rope_kv /
-attn_decode, the next layer's qkv during the post-expert add_rmsnorm or the norm + router kernel; evict_last
-prefetches with evict_first expert loads) and the one-row norm + router tail (`NORM_ROUTER_ONE_ROW`), each alone
-against main's configuration, interleaved, 2 rounds at 1x4 and 1x2; then the winners combined (3 rounds); the exactness
-of each (tokens and last logits); eager profiles of base and the pick with qkv / o_proj split-K launches apart; the
-pick's prefetch at E16 batch 8 k2 / 32 k4 (PREFETCH_MAX_TOKENS 64) against none; $OUT/picks.json (`prefetch_main`).
+--prefetch (session 7, batch 1): the one-row norm + router tail (`kernels.NORM_ROUTER_ONE_ROW`) and the split-K
+GEMVs' early start (`SPLITK_EARLY` 1: the kernel before triggers them after its wait; 2: and they prefetch their own
+weight block into L2 before their wait), against main's configuration: exactness (tokens and last logits), --rounds
+interleaved rounds at 1x4 and 1x2, eager profiles (qkv / o_proj split-K launches apart), $OUT/picks.json
+(`prefetch_main`).
 
 Every record is appended to $OUT/ablation.jsonl as it is made; $OUT/picks.json holds the choices measured fastest
 (as `--set @picks.json` for scripts/gpu_ab.py and scripts/gpu_perf_graph.py): the fusion and the tile if faster at
@@ -468,35 +467,19 @@ def sweep_main(args, model, bandwidth: float) -> int:
     return 0
 
 
-# ---- session 7 (--prefetch): L2 prefetch in the latency-bound kernels, the one-row norm + router tail ----
-PF_OFF = {"rope": (0, 0.0, 0.0), "attn": (0, 0.0, 0.0), "norm": (0, 0.0, 0.0), "router": (0, 0.0, 0.0)}
-S7_BASE = {"PREFETCH": PF_OFF, "PREFETCH_EVICT_LAST": False, "MOE_EVICT_FIRST_MAX_TOKENS": 0,
-           "NORM_ROUTER_ONE_ROW": False, "PREFETCH_MAX_TOKENS": 1}  # = main's code path
-S7_OPROJ = {  # o_proj weight (23.6 MB) during rope_kv (1 warp programs) and attn_decode
-    "attn64": {"attn": (64, 0.0, 1.0)},
-    "attn128": {"attn": (128, 0.0, 1.0)},
-    "rope_attn": {"rope": (32, 0.0, 0.3), "attn": (64, 0.3, 1.0)},
-    "attn_half": {"attn": (64, 0.0, 0.5)},
-}
-S7_QKV = {  # the next layer's qkv weight (29.5 MB)
-    "norm64": ({"norm": (64, 0.0, 1.0)}, {}),
-    "norm_half": ({"norm": (64, 0.0, 0.5)}, {}),
-    "router_el": ({"router": (64, 0.0, 1.0)}, {"PREFETCH_EVICT_LAST": True, "MOE_EVICT_FIRST_MAX_TOKENS": 1}),
-}
-
-
-def s7_configs() -> dict[str, dict]:
-    cfgs = {"base": {}, "one_row": {"NORM_ROUTER_ONE_ROW": True}, "evict_first": {"MOE_EVICT_FIRST_MAX_TOKENS": 1}}
-    for n, pf in S7_OPROJ.items():
-        cfgs[n] = {"PREFETCH": {**PF_OFF, **pf}}
-    for n, (pf, extra) in S7_QKV.items():
-        cfgs[n] = {"PREFETCH": {**PF_OFF, **pf}, **extra}
-    return cfgs
+# ---- session 7 (--prefetch): the one-row norm + router tail, the split-K GEMVs' early start and L2 prefetch ----
+# (call 1 of session 7, commit 89c2e1f, also timed extra prefetch-only programs in rope_kv / attn_decode / the norm
+# kernels over o_proj and the next qkv: every variant 1.1-2.5% slower, removed; docs/PERF.md)
+S7_BASE = {"NORM_ROUTER_ONE_ROW": False, "SPLITK_EARLY": 0}  # = main's code path
+S7_CONFIGS = {"base": {}, "one_row": {"NORM_ROUTER_ONE_ROW": True},
+              "one_row_early": {"NORM_ROUTER_ONE_ROW": True, "SPLITK_EARLY": 1},
+              "one_row_early_pf": {"NORM_ROUTER_ONE_ROW": True, "SPLITK_EARLY": 2},
+              "early_pf": {"SPLITK_EARLY": 2}}
 
 
 def s7_apply(cfg: dict) -> None:
     for n, v in {**S7_BASE, **cfg}.items():
-        setattr(gk, n, dict(v) if isinstance(v, dict) else v)
+        setattr(gk, n, v)
 
 
 def s7_profile(model, label: str) -> None:
@@ -533,14 +516,15 @@ def s7_profile(model, label: str) -> None:
 
 
 def prefetch_main(args, model, bandwidth: float) -> int:
-    from bench.models.pruning import prune_model
+    """Each S7_CONFIGS entry: exactness at batch 1 k4 (tokens and last logits against base), then 3 interleaved
+    rounds at 1x4 and 1x2; the pick is the fastest exact configuration >= 0.5% faster than base on the mean ratio
+    and not slower in either case; eager profiles of base and the pick; $OUT/picks.json."""
     from bench.roofline import ArchSummary
 
     arch = ArchSummary.from_model(model)
-    cfgs = s7_configs()
     exact: dict[str, bool] = {}
     ref = None
-    for name, cfg in cfgs.items():  # tokens and last logits at batch 1 k4 against base
+    for name, cfg in S7_CONFIGS.items():
         s7_apply(cfg)
         try:
             res, logits = run_engine(model, 1, 4, keep_logits=True)
@@ -554,83 +538,29 @@ def prefetch_main(args, model, bandwidth: float) -> int:
             emit({"sec": "exact", "config": name, "error": repr(exc)[:400], "tb": traceback.format_exc()[-1200:]})
     cases = [(1, 4), (1, 2)]
     times: dict[tuple[str, int, int], list[float]] = {}
-
-    def timed(name: str, cfg: dict, b: int, k: int, a=None, experts: int = 32) -> None:
-        s7_apply(cfg)
-        rec = time_case(model, b, k, a or arch, bandwidth, name)
-        emit({**rec, "experts": experts})
-        if "ms_step" in rec:
-            times.setdefault((name, b, k), []).append(rec["ms_step"])
-
-    names = [n for n in cfgs if exact.get(n)]
-    for rnd in range(2):
+    names = [n for n in S7_CONFIGS if exact.get(n)]
+    for rnd in range(args.rounds):
         for b, k in cases:
-            for name in (names if rnd == 0 else names[::-1]):
-                timed(name, cfgs[name], b, k)
+            for name in (names if rnd % 2 == 0 else names[::-1]):
+                s7_apply(S7_CONFIGS[name])
+                rec = time_case(model, b, k, arch, bandwidth, name)
+                emit({**rec, "rnd": rnd})
+                if "ms_step" in rec:
+                    times.setdefault((name, b, k), []).append(rec["ms_step"])
     t = lambda n, b, k: mean(times.get((n, b, k), []))  # noqa: E731
     ratio = {n: mean([t(n, b, k) / t("base", b, k) for b, k in cases]) for n in names}
-    emit({"sec": "round1", "ratio": {n: round(r, 4) for n, r in ratio.items()}})
-    # the combination: the best o_proj site, the best qkv site, the one-row tail, each only if it beat base by 0.3%
-    best = lambda group: min((n for n in group if n in ratio), key=ratio.get, default=None)  # noqa: E731
-    combo: dict = {"PREFETCH": dict(PF_OFF)}
-    parts = []
-    for n in (best(S7_OPROJ), best(S7_QKV)):
-        if n and ratio[n] < 0.997:
-            combo["PREFETCH"].update({s: v for s, v in cfgs[n]["PREFETCH"].items() if v[0] > 0})
-            combo.update({k: v for k, v in cfgs[n].items() if k != "PREFETCH"})
-            parts.append(n)
-    if ratio.get("one_row", 9) < 0.997:
-        combo["NORM_ROUTER_ONE_ROW"] = True
-        parts.append("one_row")
-    emit({"sec": "combo", "parts": parts, "config": combo})
-    cfgs["combo"] = combo
-    s7_apply(combo)
-    try:
-        res, logits = run_engine(model, 1, 4, keep_logits=True)
-        exact["combo"] = bool(torch.equal(res[-1].tokens, ref[0])) and bool(torch.equal(logits, ref[1]))
-        emit({"sec": "exact", "config": "combo", "tokens_equal": bool(torch.equal(res[-1].tokens, ref[0])),
-              "logits_max_abs_diff": round((logits - ref[1]).abs().max().item(), 5)})
-    except Exception as exc:
-        exact["combo"] = False
-        emit({"sec": "exact", "config": "combo", "error": repr(exc)[:400]})
-    round2 = ["base", *parts, "combo"] if exact["combo"] and len(parts) > 1 else ["base", *parts]
-    for rnd in range(3):
-        for b, k in cases:
-            for name in (round2 if rnd % 2 == 0 else round2[::-1]):
-                timed(f"r2-{name}", cfgs[name], b, k)
-    r2 = {n: mean([t(f"r2-{n}", b, k) / t("r2-base", b, k) for b, k in cases]) for n in round2}
-    worst = {n: max(t(f"r2-{n}", b, k) / t("r2-base", b, k) for b, k in cases) for n in round2}
-    cand = [n for n in round2 if n != "base" and r2[n] < 0.995 and worst[n] < 1.0]
-    pick = min(cand, key=r2.get) if cand else "base"
-    emit({"sec": "round2", "ratio": {n: round(r, 4) for n, r in r2.items()},
+    worst = {n: max(t(n, b, k) / t("base", b, k) for b, k in cases) for n in names}
+    cand = [n for n in names if n != "base" and ratio[n] < 0.995 and worst[n] < 1.0]
+    pick = min(cand, key=ratio.get) if cand else "base"
+    emit({"sec": "ratio", "ratio": {n: round(r, 4) for n, r in ratio.items()},
           "worst": {n: round(r, 4) for n, r in worst.items()}, "pick": pick,
           "means": {f"{n}|{b}x{k}": round(mean(v), 4) for (n, b, k), v in times.items()}})
-    picked = {**S7_BASE, **cfgs[pick]}
-    (OUT / "picks.json").write_text(json.dumps(picked))  # the batch-1 pick (rewritten after the E16 part)
-    s7_apply(cfgs["base"])
-    s7_profile(model, "base")
-    s7_apply(picked)
-    s7_profile(model, f"pick {pick}")
-    # E16 batch 8 k2 / 32 k4: the pick's o_proj / qkv prefetch past one token (PREFETCH_MAX_TOKENS 64) against none
-    prune_model(model, [list(range(16))] * len(model.model.layers))
-    torch.cuda.empty_cache()
-    a16 = ArchSummary.from_model(model)
-    wide = {**picked, "PREFETCH_MAX_TOKENS": 64}
-    big = [(8, 2), (32, 4)]
-    if any(v[0] > 0 for v in picked["PREFETCH"].values()):
-        for rnd in range(2):
-            for b, k in big:
-                for name, cfg in ((("e16-pick", picked), ("e16-wide", wide)) if rnd == 0
-                                  else (("e16-wide", wide), ("e16-pick", picked))):
-                    timed(name, cfg, b, k, a16, 16)
-        wr = {(b, k): t("e16-wide", b, k) / t("e16-pick", b, k) for b, k in big}
-        keep_wide = all(r < 1.0 for r in wr.values()) and mean(list(wr.values())) < 0.995
-        emit({"sec": "e16", "ratio": {f"{b}x{k}": round(r, 4) for (b, k), r in wr.items()}, "keep_wide": keep_wide})
-        if keep_wide:
-            picked = wide
-    picks = {n: v for n, v in picked.items()}
-    (OUT / "picks.json").write_text(json.dumps(picks))
-    emit({"sec": "picks", **picks})
+    picked = {**S7_BASE, **S7_CONFIGS[pick]}
+    (OUT / "picks.json").write_text(json.dumps(picked))
+    emit({"sec": "picks", **picked})
+    for name in dict.fromkeys(["base", pick, "one_row_early_pf"]):
+        s7_apply(S7_CONFIGS[name])
+        s7_profile(model, name)
     emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
     return 0
 
@@ -639,6 +569,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prefetch", action="store_true",
                     help="session 7: L2 prefetch sites and the one-row norm + router tail (prefetch_main)")
+    ap.add_argument("--rounds", type=int, default=3, help="--prefetch: interleaved timing rounds")
     ap.add_argument("--sweep", action="store_true",
                     help="session 6: per-batch expert tiles, router slices, attention blocks (sweep_main)")
     ap.add_argument("--classes", default="scan32,scan16,compact,big,few", help="--sweep: tile classes (CLASSES)")

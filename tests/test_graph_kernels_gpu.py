@@ -72,37 +72,32 @@ def test_pdl_graph_replay_gives_the_same_tokens_and_logits(gk):
         assert torch.equal(out[mode][1], out[0][1]), mode
 
 
-def test_prefetch_and_one_row_router_replay_gives_the_same_tokens_and_logits(gk):
-    """Batch-1 decode as a CUDA graph with every L2 prefetch site on (o_proj during rope and attention, the next qkv
-    during the norm kernels; plain and evict_last prefetches, evict_first expert loads) and the one-row norm + router
-    tail on and off: the tokens and last logits of the plain step (PTX prefetches write nothing; the rank top-k and
-    the kept residual give the same bits)."""
+def test_early_splitk_and_one_row_router_replay_gives_the_same_tokens_and_logits(gk):
+    """Batch-1 decode as a CUDA graph with the split-K GEMVs started early (SPLITK_EARLY 1: the kernel before them in
+    PDL mode 2; 2: and their L2 prefetch of their own weight block before the wait) and the one-row norm + router
+    tail (NORM_ROUTER_ONE_ROW) on and off: the tokens and last logits of the plain step (a GEMV that read its input
+    before the wait, or a wrong rank top-k, would change them)."""
     from bench.engines.graph import GraphEngine
     from bench.models.loading import load_model
 
     model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
     ids = torch.randint(0, model.config.vocab_size, (1, 40), device="cuda",
                         generator=torch.Generator("cuda").manual_seed(3))
-    saved = {n: getattr(gk, n) for n in ("PREFETCH", "PREFETCH_EVICT_LAST", "MOE_EVICT_FIRST_MAX_TOKENS",
-                                         "NORM_ROUTER_ONE_ROW")}
-    on = {"rope": (8, 0.0, 0.3), "attn": (16, 0.3, 1.0), "norm": (16, 0.0, 1.0), "router": (16, 0.0, 1.0)}
-    configs = {"plain": ({n: (0, 0.0, 0.0) for n in on}, False, 0, False), "prefetch": (on, False, 0, True),
-               "evict": (on, True, 1, True), "one_row_only": ({n: (0, 0.0, 0.0) for n in on}, False, 0, True)}
+    saved = (gk.SPLITK_EARLY, gk.NORM_ROUTER_ONE_ROW)
     out = {}
     try:
-        for name, (table, evict_last, evict_first, one_row) in configs.items():
-            gk.PREFETCH, gk.PREFETCH_EVICT_LAST = table, evict_last
-            gk.MOE_EVICT_FIRST_MAX_TOKENS, gk.NORM_ROUTER_ONE_ROW = evict_first, one_row
+        for early, one_row in ((0, False), (0, True), (1, True), (2, True), (2, False)):
+            gk.SPLITK_EARLY, gk.NORM_ROUTER_ONE_ROW = early, one_row
             eng = GraphEngine(keep_logits=True)
             res = eng.generate(model, ids, 24)
-            out[name] = (res.tokens, eng.decoder.logits.clone())
+            out[(early, one_row)] = (res.tokens, eng.decoder.logits.clone())
             eng.release()
     finally:
-        for n, v in saved.items():
-            setattr(gk, n, v)
-    for name in ("prefetch", "evict", "one_row_only"):
-        assert torch.equal(out[name][0], out["plain"][0]), name
-        assert torch.equal(out[name][1], out["plain"][1]), name
+        gk.SPLITK_EARLY, gk.NORM_ROUTER_ONE_ROW = saved
+    plain = out[(0, False)]
+    for key, (toks, logits) in out.items():
+        assert torch.equal(toks, plain[0]), key
+        assert torch.equal(logits, plain[1]), key
 
 
 # main's tables before session 6 (docs/PERF.md): compact MOE_CONFIG_FEW, scan MOE_CONFIG, M tile >= 64 MOE_CONFIG_BIG

@@ -154,18 +154,15 @@ class GptOssDecoder:
         fuse = attend == self._decode_attention
         qkv = ops.linear(normed, lay.wqkv, lay.bqkv, partials=fuse)
         o = ops.linear(attend(qkv, lay), lay.wo, lay.bo, partials=fuse)
-        # decode: the next layer's qkv weight may be prefetched into L2 by the norm kernels (ops docstring)
-        nxt = self.layers[i + 1].wqkv if fuse and i + 1 < len(self.layers) else None
-        normed, topi, topw = ops.norm_route(h, o, lay.ln2, lay.eps, lay.router, prefetch=nxt)
+        normed, topi, topw = ops.norm_route(h, o, lay.ln2, lay.eps, lay.router)
         y = lay.experts(normed, topi, topw, counter)
         w, eps = self._next_norm(i)
-        return ops.add_rmsnorm(h, y, lay.router.top_k, w, eps, prefetch=nxt)
+        return ops.add_rmsnorm(h, y, lay.router.top_k, w, eps)
 
     def _forward(self, ids: torch.Tensor, attend: AttendFn, counter: torch.Tensor | None) -> torch.Tensor:
         """Embedding, every layer, final norm: ids (R,) -> normed last hidden states (R, H)."""
         h = F.embedding(ids, self.embed)
-        first = self.layers[0].wqkv if attend == self._decode_attention else None
-        normed = self.ops.add_rmsnorm(h, None, 0, self.layers[0].ln1, self.layers[0].eps, prefetch=first)
+        normed = self.ops.add_rmsnorm(h, None, 0, self.layers[0].ln1, self.layers[0].eps)
         for i in range(len(self.layers)):
             normed = self._layer(i, h, normed, attend, counter)
         return normed
@@ -214,8 +211,7 @@ class GptOssDecoder:
         return attend
 
     def _decode_attention(self, qkv: torch.Tensor, lay: _Layer) -> torch.Tensor:
-        return self.ops.decode_attention(qkv, lay.kc, lay.vc, lay.sinks, lay.sliding, self.geom, self.state,
-                                         prefetch=lay.wo)
+        return self.ops.decode_attention(qkv, lay.kc, lay.vc, lay.sinks, lay.sliding, self.geom, self.state)
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:

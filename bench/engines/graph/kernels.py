@@ -90,69 +90,6 @@ def _gdc(PDL: tl.constexpr):
         tl.extra.cuda.gdc_launch_dependents()
 
 
-# L2 prefetch in one-token steps (<= PREFETCH_MAX_TOKENS; issue 12, session 7): while a latency-bound kernel runs
-# (HBM almost idle), extra programs of its grid issue PTX `prefetch.global.L2` over the next GEMV's weight, so that the
-# GEMV finds (part of) it in L2. Site -> (extra programs, first and last fraction of the weight's bytes):
-# "rope" and "attn" (`rope_kv`, `attn_decode`) prefetch the layer's o_proj weight, "norm" (the post-expert
-# `add_rmsnorm`) and "router" (`add_rmsnorm_route`) the next layer's qkv weight. 0 programs: off.
-# PREFETCH_EVICT_LAST: the prefetches mark their lines evict_last (L2::evict_last); MOE_EVICT_FIRST_MAX_TOKENS: the
-# bf16 expert GEMMs load their weights evict_first up to this many tokens (so that a prefetched weight can outlive
-# the expert stream).
-PREFETCH: dict[str, tuple[int, float, float]] = {"rope": (0, 0.0, 0.0), "attn": (0, 0.0, 0.0),
-                                                 "norm": (0, 0.0, 0.0), "router": (0, 0.0, 0.0)}
-PREFETCH_MAX_TOKENS = 1
-PREFETCH_EVICT_LAST = False
-MOE_EVICT_FIRST_MAX_TOKENS = 0
-_PF_ASM: bool | None = None
-
-
-def prefetch_args(site: str, weight: torch.Tensor | None, tokens: int) -> tuple[torch.Tensor | None, int, int]:
-    """(pointer tensor, bytes, extra programs) of site's prefetch of `weight` for a step of `tokens` tokens; programs
-    0 when off (no weight, too many tokens, or the site's table entry is 0). Under the interpreter (no inline PTX)
-    the programs still run, and issue nothing."""
-    if weight is None or tokens > PREFETCH_MAX_TOKENS:
-        return None, 0, 0
-    progs, lo, hi = PREFETCH.get(site, (0, 0.0, 0.0))
-    flat = weight.reshape(-1)
-    a, b = int(lo * flat.numel()) // 64 * 64, min(flat.numel(), round(hi * flat.numel()))
-    if progs <= 0 or b <= a:
-        return None, 0, 0
-    return flat[a:], (b - a) * flat.element_size(), int(progs)
-
-
-def _pf_asm() -> bool:
-    global _PF_ASM
-    if _PF_ASM is None:
-        import os
-
-        _PF_ASM = os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available()
-    return _PF_ASM
-
-
-@triton.jit
-def _prefetch_l2(ptr, nbytes, pid, nprog, ASM: tl.constexpr, EVICT_LAST: tl.constexpr):
-    """Program pid of nprog: L2 prefetch (PTX prefetch.global.L2, no registers held, no result) of its contiguous
-    share of the nbytes at ptr, one instruction a 128-byte line. ASM False (the interpreter): nothing is issued."""
-    LINES: tl.constexpr = 512
-    nlines = tl.cdiv(nbytes, 128)
-    per = tl.cdiv(nlines, nprog)
-    lo = pid * per
-    hi = tl.minimum(lo + per, nlines)
-    base = ptr.to(tl.pointer_type(tl.uint8))
-    for l0 in range(lo, hi, LINES):
-        ln = l0 + tl.arange(0, LINES)
-        m = ln < hi
-        if ASM:
-            if EVICT_LAST:
-                tl.inline_asm_elementwise(
-                    "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2::evict_last [$1]; mov.b32 $0, 0; }",
-                    "=r,l,r", [base + ln.to(tl.int64) * 128, m.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-            else:
-                tl.inline_asm_elementwise(
-                    "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }",
-                    "=r,l,r", [base + ln.to(tl.int64) * 128, m.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-
-
 @dataclass(frozen=True)
 class Partials:
     """A linear's output y = x W^T + b (M, N) left as split-K fp32 partial sums (S, M, N) and the bias: the
@@ -189,15 +126,33 @@ def _lin_load(y_ptr, part_ptr, bias_ptr, row, idx, M, N, mask, NSPLIT: tl.conste
 
 
 @triton.jit
+def _prefetch_block_l2(w_ptr, offs_n, nmask, K, k_lo, KSPLIT, ESIZE: tl.constexpr):
+    """L2 prefetch (PTX prefetch.global.L2: no registers held, nothing written) of rows offs_n, columns [k_lo,
+    k_lo + KSPLIT) of a row-major (N, K) weight of ESIZE-byte elements, one instruction a 128-byte line. CUDA only."""
+    LINES: tl.constexpr = 16
+    base = w_ptr.to(tl.pointer_type(tl.uint8)) + offs_n.to(tl.int64)[:, None] * (K * ESIZE) + k_lo * ESIZE
+    nl = tl.cdiv(tl.minimum(KSPLIT, K - k_lo) * ESIZE, 128)
+    for l0 in range(0, nl, LINES):
+        ln = l0 + tl.arange(0, LINES)
+        m = nmask[:, None] & (ln < nl)[None, :]
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }", "=r,l,r",
+            [base + (ln * 128)[None, :], m.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: tl.constexpr, BN: tl.constexpr,
-                        BK: tl.constexpr, PDL: tl.constexpr):
-    """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] (fp32, no tensor cores). Grid (N / BN, S)."""
+                        BK: tl.constexpr, PDL: tl.constexpr, PF_SELF: tl.constexpr = False, ESIZE: tl.constexpr = 2):
+    """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] (fp32, no tensor cores). Grid (N / BN, S).
+    PF_SELF: each program first prefetches its own weight block into L2, then waits (SPLITK_EARLY)."""
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     s = tl.program_id(1)
     nmask = offs_n < N
     mm = tl.arange(0, BM)
     k_lo = s * KSPLIT
     acc = tl.zeros([BM, BN, BK], dtype=tl.float32) if BM > 1 else tl.zeros([BN, BK], dtype=tl.float32)
+    if PF_SELF:
+        _prefetch_block_l2(w_ptr, offs_n, nmask, K, k_lo, KSPLIT, ESIZE)
     _gdc(PDL)
     for k0 in range(k_lo, k_lo + KSPLIT, BK):
         offs_k = k0 + tl.arange(0, BK)
@@ -223,6 +178,16 @@ def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: 
 # H200, 24 layers at M = 1 (docs/PERF.md): qkv 249 -> 241 us, o_proj 289 -> 187 us against cuBLAS.
 SPLITK_MAX_ROWS = 1
 SPLITK_CONFIG: dict[str, tuple[int, ...]] = {"small": (16, 256, 4, 4)}
+# The split-K GEMVs' early start in one-token PDL steps (session 7): 0 off; 1: the kernel before each split-K GEMV
+# (attn_decode before o_proj, the one-row add_rmsnorm before qkv) triggers its dependents right after its own wait
+# (PDL mode 2), so the GEMV's programs launch while it runs; 2: and those programs first prefetch their own weight
+# block into L2 (`_prefetch_block_l2`), then wait, so the weight stream starts under the latency-bound kernel.
+SPLITK_EARLY = 0
+
+
+def early_pdl(pdl: int, rows: int) -> int:
+    """The PDL mode of a kernel that precedes a split-K GEMV: mode 2 with SPLITK_EARLY (one-token PDL steps)."""
+    return 2 if SPLITK_EARLY and pdl > 0 and rows <= SPLITK_MAX_ROWS else pdl
 
 
 def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -236,63 +201,56 @@ def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     part = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
     pdl = pdl_launch(m)
     _splitk_gemv_kernel[(triton.cdiv(n, bn), splits)](
-        x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, PDL=pdl, num_warps=warps,
-        **_pdl_kw(pdl),
+        x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, PDL=pdl,
+        PF_SELF=SPLITK_EARLY > 1 and pdl > 0, ESIZE=weight.element_size(), num_warps=warps, **_pdl_kw(pdl),
     )
     return Partials(part=part, bias=bias, dtype=x.dtype)
 
 
 @triton.jit
-def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, part_ptr, bias_ptr, H, eps, R, pf_ptr, pf_bytes,
-                        KS: tl.constexpr, BLOCK: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                        PDL: tl.constexpr, NPF: tl.constexpr, PF_ASM: tl.constexpr, PF_EL: tl.constexpr):
-    """Rows 0..R-1: h[row] += delta (in place), out[row] = RMSNorm(h[row]); programs R.. (NPF of them): L2 prefetch."""
+def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, part_ptr, bias_ptr, H, eps, KS: tl.constexpr,
+                        BLOCK: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr):
     row = tl.program_id(0)
-    if row >= R:
-        _prefetch_l2(pf_ptr, pf_bytes, row - R, NPF, PF_ASM, PF_EL)
-    else:
-        offs = tl.arange(0, BLOCK)
-        m = offs < H
-        w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
-        _gdc(PDL)
-        x = tl.load(h_ptr + row * H + offs, mask=m, other=0.0).to(tl.float32)
-        if NSPLIT > 0:  # delta = one linear's output, as split-K partials (KS = 1)
-            d = _lin_load(h_ptr, part_ptr, bias_ptr, row, offs, R, H, m, NSPLIT, HAS_BIAS)
-            x = (x + d).to(h_ptr.dtype.element_ty)
-            tl.store(h_ptr + row * H + offs, x, mask=m)
-            x = x.to(tl.float32)
-        elif KS > 0:
-            acc = tl.zeros([BLOCK], dtype=tl.float32)
-            for j in tl.static_range(KS):
-                acc += tl.load(d_ptr + (row * KS + j) * H + offs, mask=m, other=0.0).to(tl.float32)
-            x = (x + acc.to(h_ptr.dtype.element_ty).to(tl.float32)).to(h_ptr.dtype.element_ty)
-            tl.store(h_ptr + row * H + offs, x, mask=m)
-            x = x.to(tl.float32)
-        var = tl.sum(x * x, axis=0) / H
-        y = x * tl.rsqrt(var + eps)
-        tl.store(out_ptr + row * H + offs, (w * y).to(out_ptr.dtype.element_ty), mask=m)
+    offs = tl.arange(0, BLOCK)
+    m = offs < H
+    w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    _gdc(PDL)
+    x = tl.load(h_ptr + row * H + offs, mask=m, other=0.0).to(tl.float32)
+    if NSPLIT > 0:  # delta = one linear's output, as split-K partials (KS = 1)
+        d = _lin_load(h_ptr, part_ptr, bias_ptr, row, offs, tl.num_programs(0), H, m, NSPLIT, HAS_BIAS)
+        x = (x + d).to(h_ptr.dtype.element_ty)
+        tl.store(h_ptr + row * H + offs, x, mask=m)
+        x = x.to(tl.float32)
+    elif KS > 0:
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for j in tl.static_range(KS):
+            acc += tl.load(d_ptr + (row * KS + j) * H + offs, mask=m, other=0.0).to(tl.float32)
+        x = (x + acc.to(h_ptr.dtype.element_ty).to(tl.float32)).to(h_ptr.dtype.element_ty)
+        tl.store(h_ptr + row * H + offs, x, mask=m)
+        x = x.to(tl.float32)
+    var = tl.sum(x * x, axis=0) / H
+    y = x * tl.rsqrt(var + eps)
+    tl.store(out_ptr + row * H + offs, (w * y).to(out_ptr.dtype.element_ty), mask=m)
 
 
 def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | Partials | None, ks: int, weight: torch.Tensor,
-                eps: float, prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                eps: float) -> torch.Tensor:
     """h (R, H) += sum of the ks rows of delta per row (in place, rounded to h's dtype); returns RMSNorm(h).
-    delta may be a linear's Partials (ks = 1): summed, biased and rounded here. prefetch: a weight that the next
-    GEMV reads (PREFETCH["norm"])."""
+    delta may be a linear's Partials (ks = 1): summed, biased and rounded here."""
     rows, hidden = h.shape
     out = torch.empty_like(h)
     parts = delta if isinstance(delta, Partials) else None
     if parts is not None and (ks != 1 or parts.shape != (rows, hidden)):
         raise ValueError(f"add_rmsnorm: partials of shape {parts.shape} for h {tuple(h.shape)} (ks {ks})")
     pdl = pdl_launch(rows)
-    pf, pf_bytes, npf = prefetch_args("norm", prefetch, rows)
-    _add_rmsnorm_kernel[(rows + npf,)](
+    if parts is None:  # the norm before qkv (or lm_head): the next GEMV may start early (SPLITK_EARLY)
+        pdl = early_pdl(pdl, rows)
+    _add_rmsnorm_kernel[(rows,)](
         h, delta if isinstance(delta, torch.Tensor) else h, weight, out,
         parts.part if parts is not None else h, parts.bias if parts is not None and parts.bias is not None else h,
-        hidden, eps, rows, pf if pf is not None else h, pf_bytes, KS=ks if delta is not None else 0,
-        BLOCK=_p2(hidden), num_warps=8 if hidden >= 2048 else 4,
+        hidden, eps, KS=ks if delta is not None else 0, BLOCK=_p2(hidden), num_warps=8 if hidden >= 2048 else 4,
         NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
-        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, NPF=npf, PF_ASM=_pf_asm(),
-        PF_EL=PREFETCH_EVICT_LAST, **_pdl_kw(pdl),
+        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, **_pdl_kw(pdl),
     )
     return out
 
@@ -346,25 +304,11 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 @triton.jit
 def _rope_kv_kernel(
     qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr, vc_ptr, part_ptr, bias_ptr, HQ, HKV, S_CACHE, WINDOW,
-    stride_row, pf_ptr, pf_bytes, D: tl.constexpr, SLIDING: tl.constexpr, NSPLIT: tl.constexpr,
-    HAS_BIAS: tl.constexpr, PDL: tl.constexpr, NPF: tl.constexpr, PF_ASM: tl.constexpr, PF_EL: tl.constexpr,
+    stride_row, D: tl.constexpr, SLIDING: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
-    if h >= HQ + HKV:  # the NPF prefetch programs (stream 0 only)
-        if b == 0:
-            _prefetch_l2(pf_ptr, pf_bytes, h - HQ - HKV, NPF, PF_ASM, PF_EL)
-    else:
-        _rope_kv_body(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr, vc_ptr, part_ptr, bias_ptr, HQ, HKV,
-                      S_CACHE, WINDOW, stride_row, b, h, D, SLIDING, NSPLIT, HAS_BIAS, PDL)
-
-
-@triton.jit
-def _rope_kv_body(
-    qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, kc_ptr, vc_ptr, part_ptr, bias_ptr, HQ, HKV, S_CACHE, WINDOW,
-    stride_row, b, h, D: tl.constexpr, SLIDING: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    PDL: tl.constexpr,
-):
     _gdc(PDL)
     pos = tl.load(pos_ptr)
     half = tl.arange(0, D // 2)
@@ -409,55 +353,37 @@ def _rope_kv_body(
 
 def rope_kv(
     qkv: torch.Tensor | Partials, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, kc: torch.Tensor,
-    vc: torch.Tensor, hq: int, sliding: bool, window: int, prefetch: torch.Tensor | None = None,
+    vc: torch.Tensor, hq: int, sliding: bool, window: int,
 ) -> torch.Tensor:
     """qkv (B, (hq+2hkv)*D) -> roped q (B, hq, D); writes roped k and v at the step's cache slot. qkv may be the
-    qkv linear's Partials (summed, biased and rounded here). prefetch: the o_proj weight (PREFETCH["rope"])."""
+    qkv linear's Partials (summed, biased and rounded here)."""
     bsz = qkv.shape[0]
     _, hkv, s_cache, d = kc.shape
     parts = qkv if isinstance(qkv, Partials) else None
     dtype = parts.dtype if parts is not None else qkv.dtype
     q = torch.empty((bsz, hq, d), dtype=dtype, device=kc.device)
     pdl = pdl_launch(bsz)
-    pf, pf_bytes, npf = prefetch_args("rope", prefetch, bsz)
-    pfk = {"NPF": npf, "PF_ASM": _pf_asm(), "PF_EL": PREFETCH_EVICT_LAST}
     if parts is not None:  # q stands in for the qkv pointer: never read, it carries the dtype of the rounding
-        _rope_kv_kernel[(bsz, hq + hkv + npf)](
+        _rope_kv_kernel[(bsz, hq + hkv)](
             q, cos, sin, pos, q, kc, vc, parts.part, parts.bias if parts.bias is not None else q, hq, hkv,
-            s_cache, max(1, window), 0, pf if pf is not None else q, pf_bytes, D=d, SLIDING=sliding,
-            NSPLIT=int(parts.part.shape[0]), HAS_BIAS=parts.bias is not None, PDL=pdl, num_warps=1, **pfk,
-            **_pdl_kw(pdl),
+            s_cache, max(1, window), 0, D=d, SLIDING=sliding, NSPLIT=int(parts.part.shape[0]),
+            HAS_BIAS=parts.bias is not None, PDL=pdl, num_warps=1, **_pdl_kw(pdl),
         )
         return q
-    _rope_kv_kernel[(bsz, hq + hkv + npf)](
-        qkv, cos, sin, pos, q, kc, vc, qkv, qkv, hq, hkv, s_cache, max(1, window), qkv.stride(0),
-        pf if pf is not None else q, pf_bytes, D=d, SLIDING=sliding, NSPLIT=0, HAS_BIAS=False, PDL=pdl, num_warps=1,
-        **pfk, **_pdl_kw(pdl),
+    _rope_kv_kernel[(bsz, hq + hkv)](
+        qkv, cos, sin, pos, q, kc, vc, qkv, qkv, hq, hkv, s_cache, max(1, window), qkv.stride(0), D=d,
+        SLIDING=sliding, NSPLIT=0, HAS_BIAS=False, PDL=pdl, num_warps=1, **_pdl_kw(pdl),
     )
     return q
 
 
 @triton.jit
 def _attn_decode_kernel(
-    q_ptr, kc_ptr, vc_ptr, sinks_ptr, pos_ptr, out_ptr, scale, HKV, S_CACHE, pf_ptr, pf_bytes,
-    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, PDL: tl.constexpr, NPF: tl.constexpr,
-    PF_ASM: tl.constexpr, PF_EL: tl.constexpr,
+    q_ptr, kc_ptr, vc_ptr, sinks_ptr, pos_ptr, out_ptr, scale, HKV, S_CACHE,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, PDL: tl.constexpr,
 ):
     b = tl.program_id(0)
     kh = tl.program_id(1)
-    if kh >= HKV:  # the NPF prefetch programs (stream 0 only)
-        if b == 0:
-            _prefetch_l2(pf_ptr, pf_bytes, kh - HKV, NPF, PF_ASM, PF_EL)
-    else:
-        _attn_decode_body(q_ptr, kc_ptr, vc_ptr, sinks_ptr, pos_ptr, out_ptr, scale, HKV, S_CACHE, b, kh, G, GP, D,
-                          BS, PDL)
-
-
-@triton.jit
-def _attn_decode_body(
-    q_ptr, kc_ptr, vc_ptr, sinks_ptr, pos_ptr, out_ptr, scale, HKV, S_CACHE, b, kh,
-    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, PDL: tl.constexpr,
-):
     _gdc(PDL)
     pos = tl.load(pos_ptr)
     g = tl.arange(0, GP)
@@ -507,21 +433,18 @@ def attn_config(bsz: int) -> tuple[int, int, int | None]:
 
 def attn_decode(
     q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, sinks: torch.Tensor, pos: torch.Tensor, scale: float,
-    config: tuple[int, int, int | None] | None = None, prefetch: torch.Tensor | None = None,
+    config: tuple[int, int, int | None] | None = None,
 ) -> torch.Tensor:
-    """q (B, hq, D) against the cache (B, hkv, S, D) up to `pos`, with sinks -> (B, hq*D). prefetch: the o_proj
-    weight (PREFETCH["attn"])."""
+    """q (B, hq, D) against the cache (B, hkv, S, D) up to `pos`, with sinks -> (B, hq*D)."""
     bsz, hq, d = q.shape
     _, hkv, s_cache, _ = kc.shape
     g = hq // hkv
     out = torch.empty((bsz, hq * d), dtype=q.dtype, device=q.device)
-    pdl = pdl_launch(bsz)
+    pdl = early_pdl(pdl_launch(bsz), bsz)  # o_proj (split-K) follows
     bs, warps, stages = config or attn_config(bsz)
     extra = {"num_stages": stages} if stages else {}
-    pf, pf_bytes, npf = prefetch_args("attn", prefetch, bsz)
-    _attn_decode_kernel[(bsz, hkv + npf)](
-        q, kc, vc, sinks, pos, out, scale, hkv, s_cache, pf if pf is not None else q, pf_bytes, G=g,
-        GP=max(16, _p2(g)), D=d, BS=bs, PDL=pdl, NPF=npf, PF_ASM=_pf_asm(), PF_EL=PREFETCH_EVICT_LAST,
+    _attn_decode_kernel[(bsz, hkv)](
+        q, kc, vc, sinks, pos, out, scale, hkv, s_cache, G=g, GP=max(16, _p2(g)), D=d, BS=bs, PDL=pdl,
         num_warps=warps, **extra, **_pdl_kw(pdl),
     )
     return out
@@ -695,31 +618,17 @@ def _residual(h_ptr, d_ptr, part_ptr, bias_ptr, row, idx, T, H, mask, NSPLIT: tl
 @triton.jit
 def _norm_router_kernel(
     h_ptr, d_ptr, part_ptr, bias_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, rpart_ptr, cnt_ptr, topi_ptr, topw_ptr,
-    T, H, E, S, eps, pf_ptr, pf_bytes, TP: tl.constexpr, EP: tl.constexpr, BH: tl.constexpr, BLOCK: tl.constexpr,
-    K: tl.constexpr, KP: tl.constexpr, SP: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    PDL: tl.constexpr, NPF: tl.constexpr, PF_ASM: tl.constexpr, PF_EL: tl.constexpr, ONE: tl.constexpr = False,
+    T, H, E, S, eps, TP: tl.constexpr, EP: tl.constexpr, BH: tl.constexpr, BLOCK: tl.constexpr, K: tl.constexpr,
+    KP: tl.constexpr, SP: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+    ONE: tl.constexpr = False,
 ):
-    """`add_rmsnorm` (KS = 1) + the split-K router in one launch. Program s < S: every row's RMS (the whole row), its
+    """`add_rmsnorm` (KS = 1) + the split-K router in one launch. Program s: every row's RMS (the whole row), its
     slice of the normed rows (stored) and of the router logits (partials, as `_router_partial_kernel`); the last
     program to finish (an atomic count) sums the partials, picks the top-k (`_router_topk_kernel`) and writes the
-    updated residual rows h (no program reads h after that), then resets the count for the next launch. Programs
-    S.. (NPF of them): L2 prefetch (PREFETCH["router"])."""
+    updated residual rows h (no program reads h after that), then resets the count for the next launch. ONE (one
+    row, NORM_ROUTER_ONE_ROW): the last program stores the residual row kept from the RMS pass and picks the top-k
+    by rank (`_topk_rank_softmax_store`)."""
     s = tl.program_id(0)
-    if s >= S:
-        _prefetch_l2(pf_ptr, pf_bytes, s - S, NPF, PF_ASM, PF_EL)
-    else:
-        _norm_router_body(h_ptr, d_ptr, part_ptr, bias_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, rpart_ptr, cnt_ptr,
-                          topi_ptr, topw_ptr, T, H, E, S, eps, s, TP, EP, BH, BLOCK, K, KP, SP, NSPLIT, HAS_BIAS, PDL,
-                          ONE)
-
-
-@triton.jit
-def _norm_router_body(
-    h_ptr, d_ptr, part_ptr, bias_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, rpart_ptr, cnt_ptr, topi_ptr, topw_ptr,
-    T, H, E, S, eps, s, TP: tl.constexpr, EP: tl.constexpr, BH: tl.constexpr, BLOCK: tl.constexpr, K: tl.constexpr,
-    KP: tl.constexpr, SP: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
-    ONE: tl.constexpr,
-):
     hh = s * BH + tl.arange(0, BH)
     hm = hh < H
     e = tl.arange(0, EP)
@@ -783,7 +692,7 @@ _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 def add_rmsnorm_route(
     h: torch.Tensor, delta: torch.Tensor | Partials, weight: torch.Tensor, eps: float, rweight: torch.Tensor,
-    rbias: torch.Tensor, k: int, bh: int | None = None, prefetch: torch.Tensor | None = None,
+    rbias: torch.Tensor, k: int, bh: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """add_rmsnorm(h, delta, 1, weight, eps) and router(normed, rweight, rbias, k) in one launch, for few rows:
     h (T, H) += delta (in place), returns (normed, topi (T, k) int32, topw (T, k) float32). delta: (T, H) or a
@@ -804,14 +713,13 @@ def add_rmsnorm_route(
     topw = torch.empty((rows, k), dtype=torch.float32, device=h.device)
     rpart = torch.empty((splits, tp, ep), dtype=torch.float32, device=h.device)
     pdl = pdl_launch(rows)
-    pf, pf_bytes, npf = prefetch_args("router", prefetch, rows)
-    _norm_router_kernel[(splits + npf,)](
+    _norm_router_kernel[(splits,)](
         h, delta if parts is None else h, parts.part if parts is not None else h,
         parts.bias if parts is not None and parts.bias is not None else h, weight, out, rweight, rbias, rpart, cnt,
-        topi, topw, rows, hidden, experts, splits, eps, pf if pf is not None else h, pf_bytes, TP=tp, EP=ep, BH=bh,
-        BLOCK=_p2(hidden), K=k, KP=_p2(k), SP=_p2(splits), NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
-        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, NPF=npf, PF_ASM=_pf_asm(),
-        PF_EL=PREFETCH_EVICT_LAST, ONE=rows == 1 and NORM_ROUTER_ONE_ROW, num_warps=8, **_pdl_kw(pdl),
+        topi, topw, rows, hidden, experts, splits, eps, TP=tp, EP=ep, BH=bh, BLOCK=_p2(hidden), K=k, KP=_p2(k),
+        SP=_p2(splits), NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
+        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, ONE=rows == 1 and NORM_ROUTER_ONE_ROW,
+        num_warps=8, **_pdl_kw(pdl),
     )
     return out, topi, topw
 
@@ -919,7 +827,7 @@ def _moe_kernel(
     P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    PDL: tl.constexpr, NB_MAJOR: tl.constexpr, EVICT_FIRST: tl.constexpr = False,
+    PDL: tl.constexpr, NB_MAJOR: tl.constexpr,
 ):
     # grid (expert rows, N tiles), or (N tiles, expert rows) with NB_MAJOR: then the CTAs launched together
     # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many
@@ -952,12 +860,8 @@ def _moe_kernel(
             kmask = offs_k < K
             a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :],
                         mask=rmask[:, None] & kmask[None, :], other=0.0)
-            if EVICT_FIRST:  # MOE_EVICT_FIRST_MAX_TOKENS: leave L2 to a prefetched weight
-                b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
-                            mask=kmask[:, None] & nmask[None, :], other=0.0, eviction_policy="evict_first")
-            else:
-                b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
-                            mask=kmask[:, None] & nmask[None, :], other=0.0)
+            b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
+                        mask=kmask[:, None] & nmask[None, :], other=0.0)
             acc = tl.dot(a, b, acc)
         moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                         offs_n, nmask, N, GATE_UP, BM, BN)
@@ -1131,7 +1035,7 @@ def moe(
             plan.pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl, NB_MAJOR=nb_major,
-            EVICT_FIRST=x.shape[0] <= MOE_EVICT_FIRST_MAX_TOKENS, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
+            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl, NB_MAJOR=nb_major, num_warps=warps, num_stages=stages,
+            **_pdl_kw(pdl),
         )
     return out

@@ -1,22 +1,17 @@
 """The two ops backends of the `graph` decoder: `TorchOps` (reference torch ops; the CPU path) and `TritonOps`
 (bench/engines/graph/kernels.py). Both implement the same five calls, so the decoder's layer body names no backend:
 
-    add_rmsnorm(h, delta, ks, w, eps, prefetch=None) -> normed   h (R, H) += delta summed over ks rows per row (in
-                                                 place), returns RMSNorm(h) * w (delta None: norm only)
+    add_rmsnorm(h, delta, ks, w, eps) -> normed   h (R, H) += delta summed over ks rows per row (in place),
+                                                 returns RMSNorm(h) * w (delta None: norm only)
     route(x, router) -> (topi (T, k) int32/int64, topw (T, k) float32)   router linear, top-k, softmax over k
-    norm_route(h, delta, w, eps, router, prefetch=None) -> (normed, topi, topw)   add_rmsnorm(h, delta, 1, w, eps),
-                                                 then route (TritonOps: one launch for few rows,
-                                                 kernels.add_rmsnorm_route)
-    decode_attention(qkv, kc, vc, sinks, sliding, geom, state, prefetch=None) -> (B, hq*D)   rope of q and k at
-                                                 `state.pos`, k/v written into the cache slot, one-token attention
-                                                 with sinks
+    norm_route(h, delta, w, eps, router) -> (normed, topi, topw)   add_rmsnorm(h, delta, 1, w, eps), then route
+                                                 (TritonOps: one launch for few rows, kernels.add_rmsnorm_route)
+    decode_attention(qkv, kc, vc, sinks, sliding, geom, state) -> (B, hq*D)   rope of q and k at `state.pos`,
+                                                 k/v written into the cache slot, one-token attention with sinks
     linear(x, w, b, partials=False) -> x w^T + b   F.linear; TritonOps with gemv: the Triton GEMV for <= GEMV_MAX_ROWS
                                  rows; with splitk and partials=True (the decoder's qkv and o_proj in decode),
                                  <= SPLITK_MAX_ROWS rows return kernels.Partials, which only decode_attention (qkv)
                                  and add_rmsnorm / norm_route (o_proj, ks = 1) of TritonOps take
-
-`prefetch` (decode only): a weight that the next GEMV will read; TritonOps may have extra programs of the kernel
-prefetch it into L2 (kernels.PREFETCH, one-token steps); TorchOps ignores it. It never changes a result.
 
 `make_ops(options, geom)` picks one from the resolved GraphOptions.
 """
@@ -78,15 +73,14 @@ class TorchOps:
         return F.linear(x, w, b)
 
     def add_rmsnorm(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor,
-                    eps: float, prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                    eps: float) -> torch.Tensor:
         if delta is not None:
             d = delta.view(h.shape[0], ks, -1).sum(1) if ks > 1 else delta.view_as(h)
             h.add_(d.to(h.dtype))
         return rmsnorm(h, w, eps)
 
     def norm_route(self, h: torch.Tensor, delta: torch.Tensor, w: torch.Tensor, eps: float,
-                   router: Router, prefetch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                  torch.Tensor]:
+                   router: Router) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         normed = self.add_rmsnorm(h, delta, 1, w, eps)
         return (normed, *self.route(normed, router))
 
@@ -96,8 +90,7 @@ class TorchOps:
         return top_i, torch.softmax(top_v, dim=1, dtype=top_v.dtype)
 
     def decode_attention(self, qkv: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, sinks: torch.Tensor,
-                         sliding: bool, geom: Geometry, state: StepState,
-                         prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                         sliding: bool, geom: Geometry, state: StepState) -> torch.Tensor:
         b, hq, hkv, d = qkv.shape[0], geom.hq, geom.hkv, geom.head_dim
         qkv = qkv.view(b, hq + 2 * hkv, d)
         cos = state.cos.index_select(0, state.pos.view(1))
@@ -145,17 +138,16 @@ class TritonOps:
         return F.linear(x, w, b)
 
     def add_rmsnorm(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor,
-                    eps: float, prefetch: torch.Tensor | None = None) -> torch.Tensor:
-        return self.k.add_rmsnorm(h, delta, ks, w, eps, prefetch=prefetch)
+                    eps: float) -> torch.Tensor:
+        return self.k.add_rmsnorm(h, delta, ks, w, eps)
 
     def norm_route(self, h: torch.Tensor, delta: torch.Tensor | Partials, w: torch.Tensor, eps: float,
-                   router: Router, prefetch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                  torch.Tensor]:
+                   router: Router) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         k = self.k
         if (k.FUSE_NORM_ROUTER and self.router_split and h.shape[0] <= k.NORM_ROUTER_MAX_TOKENS
                 and h.is_contiguous() and router.weight.is_contiguous()
                 and (isinstance(delta, k.Partials) or delta.is_contiguous())):
-            return k.add_rmsnorm_route(h, delta, w, eps, router.weight, router.bias, router.top_k, prefetch=prefetch)
+            return k.add_rmsnorm_route(h, delta, w, eps, router.weight, router.bias, router.top_k)
         normed = self.add_rmsnorm(h, delta, 1, w, eps)
         return (normed, *self.route(normed, router))
 
@@ -163,11 +155,9 @@ class TritonOps:
         return self.k.router(x, router.weight, router.bias, router.top_k, split=self.router_split)
 
     def decode_attention(self, qkv: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, sinks: torch.Tensor,
-                         sliding: bool, geom: Geometry, state: StepState,
-                         prefetch: torch.Tensor | None = None) -> torch.Tensor:
-        q = self.k.rope_kv(qkv, state.cos, state.sin, state.pos, kc, vc, geom.hq, sliding, geom.window,
-                           prefetch=prefetch)
-        return self.k.attn_decode(q, kc, vc, sinks, state.pos, geom.scale, prefetch=prefetch)
+                         sliding: bool, geom: Geometry, state: StepState) -> torch.Tensor:
+        q = self.k.rope_kv(qkv, state.cos, state.sin, state.pos, kc, vc, geom.hq, sliding, geom.window)
+        return self.k.attn_decode(q, kc, vc, sinks, state.pos, geom.scale)
 
 
 def make_ops(options: GraphOptions) -> TorchOps | TritonOps:
