@@ -17,10 +17,9 @@ tables measured >= 1% (tiles), 5% (router) or 3% (attention) faster than the shi
 the shipped tables and with the picks, interleaved, at every batch whose tables changed (E32, then pruned to E16).
 
 --prefetch (session 7, batch 1): the one-row norm + router tail (`kernels.NORM_ROUTER_ONE_ROW`) and the split-K
-GEMVs' early start (`SPLITK_EARLY` 1: the kernel before triggers them after its wait; 2: and they prefetch their own
-weight block into L2 before their wait), against main's configuration: exactness (tokens and last logits), --rounds
-interleaved rounds at 1x4 and 1x2, eager profiles (qkv / o_proj split-K launches apart), $OUT/picks.json
-(`prefetch_main`).
+GEMVs' early start (`SPLITK_EARLY`: the kernel before each triggers it right after its own wait), alone and together,
+against main's configuration: exactness (tokens and last logits), --rounds interleaved rounds at 1x4 and 1x2, eager
+profiles (qkv / o_proj split-K launches apart), $OUT/picks.json (`prefetch_main`).
 
 Every record is appended to $OUT/ablation.jsonl as it is made; $OUT/picks.json holds the choices measured fastest
 (as `--set @picks.json` for scripts/gpu_ab.py and scripts/gpu_perf_graph.py): the fusion and the tile if faster at
@@ -469,12 +468,11 @@ def sweep_main(args, model, bandwidth: float) -> int:
 
 # ---- session 7 (--prefetch): the one-row norm + router tail, the split-K GEMVs' early start and L2 prefetch ----
 # (call 1 of session 7, commit 89c2e1f, also timed extra prefetch-only programs in rope_kv / attn_decode / the norm
-# kernels over o_proj and the next qkv: every variant 1.1-2.5% slower, removed; docs/PERF.md)
-S7_BASE = {"NORM_ROUTER_ONE_ROW": False, "SPLITK_EARLY": 0}  # = main's code path
-S7_CONFIGS = {"base": {}, "one_row": {"NORM_ROUTER_ONE_ROW": True},
-              "one_row_early": {"NORM_ROUTER_ONE_ROW": True, "SPLITK_EARLY": 1},
-              "one_row_early_pf": {"NORM_ROUTER_ONE_ROW": True, "SPLITK_EARLY": 2},
-              "early_pf": {"SPLITK_EARLY": 2}}
+# kernels over o_proj and the next qkv: every variant 1.1-2.5% slower; call 2, e76d69b, the split-K programs
+# prefetching their own weight block before their wait (SPLITK_EARLY 2 then): +0.7%; both removed, docs/PERF.md)
+S7_BASE = {"NORM_ROUTER_ONE_ROW": False, "SPLITK_EARLY": False}  # = main's code path
+S7_CONFIGS = {"base": {}, "one_row": {"NORM_ROUTER_ONE_ROW": True}, "early": {"SPLITK_EARLY": True},
+              "one_row_early": {"NORM_ROUTER_ONE_ROW": True, "SPLITK_EARLY": True}}
 
 
 def s7_apply(cfg: dict) -> None:
@@ -558,7 +556,7 @@ def prefetch_main(args, model, bandwidth: float) -> int:
     picked = {**S7_BASE, **S7_CONFIGS[pick]}
     (OUT / "picks.json").write_text(json.dumps(picked))
     emit({"sec": "picks", **picked})
-    for name in dict.fromkeys(["base", pick, "one_row_early_pf"]):
+    for name in dict.fromkeys(["base", pick]):
         s7_apply(S7_CONFIGS[name])
         s7_profile(model, name)
     emit({"sec": "done", "total_s": round(time.time() - T0, 1)})

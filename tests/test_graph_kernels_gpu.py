@@ -73,10 +73,9 @@ def test_pdl_graph_replay_gives_the_same_tokens_and_logits(gk):
 
 
 def test_early_splitk_and_one_row_router_replay_gives_the_same_tokens_and_logits(gk):
-    """Batch-1 decode as a CUDA graph with the split-K GEMVs started early (SPLITK_EARLY 1: the kernel before them in
-    PDL mode 2; 2: and their L2 prefetch of their own weight block before the wait) and the one-row norm + router
-    tail (NORM_ROUTER_ONE_ROW) on and off: the tokens and last logits of the plain step (a GEMV that read its input
-    before the wait, or a wrong rank top-k, would change them)."""
+    """Batch-1 decode as a CUDA graph with the split-K GEMVs started early (SPLITK_EARLY: the kernel before them in
+    PDL mode 2) and the one-row norm + router tail (NORM_ROUTER_ONE_ROW), each on and off: the tokens and last logits
+    of the plain step (a GEMV that read its input before the wait, or a wrong rank top-k, would change them)."""
     from bench.engines.graph import GraphEngine
     from bench.models.loading import load_model
 
@@ -86,7 +85,7 @@ def test_early_splitk_and_one_row_router_replay_gives_the_same_tokens_and_logits
     saved = (gk.SPLITK_EARLY, gk.NORM_ROUTER_ONE_ROW)
     out = {}
     try:
-        for early, one_row in ((0, False), (0, True), (1, True), (2, True), (2, False)):
+        for early, one_row in ((False, False), (False, True), (True, True), (True, False)):
             gk.SPLITK_EARLY, gk.NORM_ROUTER_ONE_ROW = early, one_row
             eng = GraphEngine(keep_logits=True)
             res = eng.generate(model, ids, 24)
@@ -94,7 +93,7 @@ def test_early_splitk_and_one_row_router_replay_gives_the_same_tokens_and_logits
             eng.release()
     finally:
         gk.SPLITK_EARLY, gk.NORM_ROUTER_ONE_ROW = saved
-    plain = out[(0, False)]
+    plain = out[(False, False)]
     for key, (toks, logits) in out.items():
         assert torch.equal(toks, plain[0]), key
         assert torch.equal(logits, plain[1]), key

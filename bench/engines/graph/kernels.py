@@ -11,7 +11,8 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 - `add_rmsnorm_route`: the post-attention `add_rmsnorm` and the decode router in one launch for a step of
   <= NORM_ROUTER_MAX_TOKENS tokens (FUSE_NORM_ROUTER): each program recomputes the rows' RMS, normalizes its slice
   and computes that slice's router partials; the last program to finish (an atomic count) picks the top-k and
-  writes the residual.
+  writes the residual. With one row (NORM_ROUTER_ONE_ROW) the last program keeps the residual row from its RMS pass
+  and picks the top-k by rank.
 - `router`: router linear + top-k + softmax over the k logits. Decode (<= ROUTER_SPLIT_MAX_TOKENS tokens): split-K
   partial logits (one program per slice of the hidden size, all tokens and experts), then one program per token
   sums the slices in a fixed order and picks the top-k; prefill: one program per token.
@@ -34,7 +35,9 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 
 Programmatic dependent launch (PDL, Hopper): in one-token steps (PDL_MAX_TOKENS) each decode kernel here is
 launched with `launch_pdl` and waits (`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel
-writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`).
+writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`). The kernels right before a
+split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv) let it launch right after their own
+wait (`SPLITK_EARLY`, `early_pdl`).
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
@@ -126,33 +129,15 @@ def _lin_load(y_ptr, part_ptr, bias_ptr, row, idx, M, N, mask, NSPLIT: tl.conste
 
 
 @triton.jit
-def _prefetch_block_l2(w_ptr, offs_n, nmask, K, k_lo, KSPLIT, ESIZE: tl.constexpr):
-    """L2 prefetch (PTX prefetch.global.L2: no registers held, nothing written) of rows offs_n, columns [k_lo,
-    k_lo + KSPLIT) of a row-major (N, K) weight of ESIZE-byte elements, one instruction a 128-byte line. CUDA only."""
-    LINES: tl.constexpr = 16
-    base = w_ptr.to(tl.pointer_type(tl.uint8)) + offs_n.to(tl.int64)[:, None] * (K * ESIZE) + k_lo * ESIZE
-    nl = tl.cdiv(tl.minimum(KSPLIT, K - k_lo) * ESIZE, 128)
-    for l0 in range(0, nl, LINES):
-        ln = l0 + tl.arange(0, LINES)
-        m = nmask[:, None] & (ln < nl)[None, :]
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }", "=r,l,r",
-            [base + (ln * 128)[None, :], m.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: tl.constexpr, BN: tl.constexpr,
-                        BK: tl.constexpr, PDL: tl.constexpr, PF_SELF: tl.constexpr = False, ESIZE: tl.constexpr = 2):
-    """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] (fp32, no tensor cores). Grid (N / BN, S).
-    PF_SELF: each program first prefetches its own weight block into L2, then waits (SPLITK_EARLY)."""
+                        BK: tl.constexpr, PDL: tl.constexpr):
+    """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] (fp32, no tensor cores). Grid (N / BN, S)."""
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     s = tl.program_id(1)
     nmask = offs_n < N
     mm = tl.arange(0, BM)
     k_lo = s * KSPLIT
     acc = tl.zeros([BM, BN, BK], dtype=tl.float32) if BM > 1 else tl.zeros([BN, BK], dtype=tl.float32)
-    if PF_SELF:
-        _prefetch_block_l2(w_ptr, offs_n, nmask, K, k_lo, KSPLIT, ESIZE)
     _gdc(PDL)
     for k0 in range(k_lo, k_lo + KSPLIT, BK):
         offs_k = k0 + tl.arange(0, BK)
@@ -178,11 +163,13 @@ def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: 
 # H200, 24 layers at M = 1 (docs/PERF.md): qkv 249 -> 241 us, o_proj 289 -> 187 us against cuBLAS.
 SPLITK_MAX_ROWS = 1
 SPLITK_CONFIG: dict[str, tuple[int, ...]] = {"small": (16, 256, 4, 4)}
-# The split-K GEMVs' early start in one-token PDL steps (session 7): 0 off; 1: the kernel before each split-K GEMV
-# (attn_decode before o_proj, the one-row add_rmsnorm before qkv) triggers its dependents right after its own wait
-# (PDL mode 2), so the GEMV's programs launch while it runs; 2: and those programs first prefetch their own weight
-# block into L2 (`_prefetch_block_l2`), then wait, so the weight stream starts under the latency-bound kernel.
-SPLITK_EARLY = 0
+# The split-K GEMVs' early start in one-token PDL steps (session 7): the kernel before each split-K GEMV
+# (attn_decode before o_proj, the add_rmsnorm of one row before qkv or lm_head) triggers its dependents right after
+# its own wait (PDL mode 2), so the GEMV's launch and prologue overlap that kernel, not only its tail. H200
+# (docs/PERF.md, session 7, with NORM_ROUTER_ONE_ROW): batch 1 k4 2.462 -> 2.439 ms, k2 1.888 -> 1.865; the same
+# bits. (Having the GEMV's programs also prefetch their own weight block into L2 before their wait made both split-K
+# launches ~1.9 us slower: k4 2.501 ms, not kept.) False: mode 1 as every other kernel (ablation).
+SPLITK_EARLY = True
 
 
 def early_pdl(pdl: int, rows: int) -> int:
@@ -201,8 +188,8 @@ def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     part = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
     pdl = pdl_launch(m)
     _splitk_gemv_kernel[(triton.cdiv(n, bn), splits)](
-        x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, PDL=pdl,
-        PF_SELF=SPLITK_EARLY > 1 and pdl > 0, ESIZE=weight.element_size(), num_warps=warps, **_pdl_kw(pdl),
+        x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, PDL=pdl, num_warps=warps,
+        **_pdl_kw(pdl),
     )
     return Partials(part=part, bias=bias, dtype=x.dtype)
 
@@ -685,7 +672,8 @@ FUSE_NORM_ROUTER = True
 NORM_ROUTER_MAX_TOKENS = 1
 # One row (session 7): the last program stores the residual row its RMS pass kept in registers (no second read of h
 # and the partials) and picks the top-k by rank (`_topk_rank_softmax_store`: 3 reductions instead of 2 k + 2). The
-# same bits; False: the loop over rows (ablation).
+# same bits; False: the loop over rows (ablation). H200 (docs/PERF.md, session 7): the kernel 7.7 -> 7.0 us a layer,
+# batch 1 k4 2.453 -> 2.434 ms, k2 1.892 -> 1.882.
 NORM_ROUTER_ONE_ROW = True
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
