@@ -170,11 +170,20 @@ SPLITK_CONFIG: dict[str, tuple[int, ...]] = {"small": (16, 256, 4, 4)}
 # bits. (Having the GEMV's programs also prefetch their own weight block into L2 before their wait made both split-K
 # launches ~1.9 us slower: k4 2.501 ms, not kept.) False: mode 1 as every other kernel (ablation).
 SPLITK_EARLY = True
+# More one-token kernels that may trigger their dependents right after their wait (PDL mode 2), by site: "rope"
+# (rope_kv, before attention), "splitk" (qkv and o_proj, before rope_kv and the norm + router), "norm_router" (before
+# the gate_up expert GEMM), "moe_down" (the down expert GEMM, before add_rmsnorm). Empty: not measured faster.
+PDL_EARLY_MORE: frozenset[str] = frozenset()
 
 
-def early_pdl(pdl: int, rows: int) -> int:
-    """The PDL mode of a kernel that precedes a split-K GEMV: mode 2 with SPLITK_EARLY (one-token PDL steps)."""
-    return 2 if SPLITK_EARLY and pdl > 0 and rows <= SPLITK_MAX_ROWS else pdl
+def early_pdl(pdl: int, rows: int, site: str) -> int:
+    """The PDL mode of a one-token kernel at `site`: 2 for "attn" and "norm" (the kernels before the split-K GEMVs)
+    with SPLITK_EARLY and for the sites in PDL_EARLY_MORE, else `pdl`."""
+    if pdl <= 0:
+        return pdl
+    if SPLITK_EARLY and site in ("attn", "norm") and rows <= SPLITK_MAX_ROWS:
+        return 2
+    return 2 if site in PDL_EARLY_MORE else pdl
 
 
 def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -186,7 +195,7 @@ def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     ksplit = triton.cdiv(triton.cdiv(k, splits), bk) * bk
     splits = triton.cdiv(k, ksplit)
     part = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
-    pdl = pdl_launch(m)
+    pdl = early_pdl(pdl_launch(m), m, "splitk")
     _splitk_gemv_kernel[(triton.cdiv(n, bn), splits)](
         x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, PDL=pdl, num_warps=warps,
         **_pdl_kw(pdl),
@@ -231,7 +240,7 @@ def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | Partials | None, ks: int,
         raise ValueError(f"add_rmsnorm: partials of shape {parts.shape} for h {tuple(h.shape)} (ks {ks})")
     pdl = pdl_launch(rows)
     if parts is None:  # the norm before qkv (or lm_head): the next GEMV may start early (SPLITK_EARLY)
-        pdl = early_pdl(pdl, rows)
+        pdl = early_pdl(pdl, rows, "norm")
     _add_rmsnorm_kernel[(rows,)](
         h, delta if isinstance(delta, torch.Tensor) else h, weight, out,
         parts.part if parts is not None else h, parts.bias if parts is not None and parts.bias is not None else h,
@@ -349,7 +358,7 @@ def rope_kv(
     parts = qkv if isinstance(qkv, Partials) else None
     dtype = parts.dtype if parts is not None else qkv.dtype
     q = torch.empty((bsz, hq, d), dtype=dtype, device=kc.device)
-    pdl = pdl_launch(bsz)
+    pdl = early_pdl(pdl_launch(bsz), bsz, "rope")
     if parts is not None:  # q stands in for the qkv pointer: never read, it carries the dtype of the rounding
         _rope_kv_kernel[(bsz, hq + hkv)](
             q, cos, sin, pos, q, kc, vc, parts.part, parts.bias if parts.bias is not None else q, hq, hkv,
@@ -427,7 +436,7 @@ def attn_decode(
     _, hkv, s_cache, _ = kc.shape
     g = hq // hkv
     out = torch.empty((bsz, hq * d), dtype=q.dtype, device=q.device)
-    pdl = early_pdl(pdl_launch(bsz), bsz)  # o_proj (split-K) follows
+    pdl = early_pdl(pdl_launch(bsz), bsz, "attn")  # o_proj (split-K) follows
     bs, warps, stages = config or attn_config(bsz)
     extra = {"num_stages": stages} if stages else {}
     _attn_decode_kernel[(bsz, hkv)](
@@ -700,7 +709,7 @@ def add_rmsnorm_route(
     topi = torch.empty((rows, k), dtype=torch.int32, device=h.device)
     topw = torch.empty((rows, k), dtype=torch.float32, device=h.device)
     rpart = torch.empty((splits, tp, ep), dtype=torch.float32, device=h.device)
-    pdl = pdl_launch(rows)
+    pdl = early_pdl(pdl_launch(rows), rows, "norm_router")
     _norm_router_kernel[(splits,)](
         h, delta if parts is None else h, parts.part if parts is not None else h,
         parts.bias if parts is not None and parts.bias is not None else h, weight, out, rweight, rbias, rpart, cnt,
@@ -1023,7 +1032,7 @@ def moe(
             plan.pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl, NB_MAJOR=nb_major, num_warps=warps, num_stages=stages,
-            **_pdl_kw(pdl),
+            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl if gu else early_pdl(pdl, x.shape[0], "moe_down"),
+            NB_MAJOR=nb_major, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
         )
     return out
