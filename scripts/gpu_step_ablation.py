@@ -472,7 +472,7 @@ def sweep_main(args, model, bandwidth: float) -> int:
 # kernels over o_proj and the next qkv: every variant 1.1-2.5% slower; call 2, e76d69b, the split-K programs
 # prefetching their own weight block before their wait (SPLITK_EARLY 2 then): +0.7%; both removed, docs/PERF.md)
 S7_BASE = {"NORM_ROUTER_ONE_ROW": False, "SPLITK_EARLY": False, "PDL_EARLY_MORE": ()}  # = main's code path
-SHIPPED7 = {"NORM_ROUTER_ONE_ROW": True, "SPLITK_EARLY": True}
+SHIPPED7 = {"NORM_ROUTER_ONE_ROW": True, "SPLITK_EARLY": True}  # call 2's pick (call 3 measured the sites on top)
 EARLY_SITES = ("rope", "splitk", "norm_router", "moe_down")  # --early: kernels.PDL_EARLY_MORE candidates
 S7_CONFIGS = {"base": {}, "one_row": {"NORM_ROUTER_ONE_ROW": True}, "early": {"SPLITK_EARLY": True},
               "one_row_early": {"NORM_ROUTER_ONE_ROW": True, "SPLITK_EARLY": True}}

@@ -36,8 +36,9 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 Programmatic dependent launch (PDL, Hopper): in one-token steps (PDL_MAX_TOKENS) each decode kernel here is
 launched with `launch_pdl` and waits (`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel
 writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`). The kernels right before a
-split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv) let it launch right after their own
-wait (`SPLITK_EARLY`, `early_pdl`).
+split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv), rope_kv, the split-K GEMVs and the
+bf16 down expert GEMM let the next kernel launch right after their own wait (PDL mode 2: `SPLITK_EARLY`,
+`PDL_EARLY_MORE`, `early_pdl`).
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
@@ -170,10 +171,14 @@ SPLITK_CONFIG: dict[str, tuple[int, ...]] = {"small": (16, 256, 4, 4)}
 # bits. (Having the GEMV's programs also prefetch their own weight block into L2 before their wait made both split-K
 # launches ~1.9 us slower: k4 2.501 ms, not kept.) False: mode 1 as every other kernel (ablation).
 SPLITK_EARLY = True
-# More one-token kernels that may trigger their dependents right after their wait (PDL mode 2), by site: "rope"
-# (rope_kv, before attention), "splitk" (qkv and o_proj, before rope_kv and the norm + router), "norm_router" (before
-# the gate_up expert GEMM), "moe_down" (the down expert GEMM, before add_rmsnorm). Empty: not measured faster.
-PDL_EARLY_MORE: frozenset[str] = frozenset()
+# More one-token kernels that trigger their dependents right after their wait (PDL mode 2), by site: "rope"
+# (rope_kv, before attention), "splitk" (qkv and o_proj, before rope_kv and the norm + router), "moe_down" (the bf16
+# down expert GEMM, before add_rmsnorm); "norm_router" (before the gate_up expert GEMM) is a candidate left out.
+# H200 (docs/PERF.md, session 7, on top of SPLITK_EARLY and NORM_ROUTER_ONE_ROW, alone: rope -0.6 / -0.8%, splitk
+# -1.2 / -1.6%, moe_down -0.7 / -0.8%, norm_router +0.2 / +2.1% at batch 1 k4 / k2): the three together 2.409 ->
+# 2.351 ms (k4), 1.852 -> 1.793 (k2); the same bits. Every kernel reads what an earlier kernel wrote only after its
+# own wait (the down GEMM's routing: two kernels back, complete once it runs), so an early launch cannot race.
+PDL_EARLY_MORE: frozenset[str] = frozenset({"rope", "splitk", "moe_down"})
 
 
 def early_pdl(pdl: int, rows: int, site: str) -> int:
@@ -680,7 +685,7 @@ def _norm_router_kernel(
 FUSE_NORM_ROUTER = True
 NORM_ROUTER_MAX_TOKENS = 1
 # One row (session 7): the last program stores the residual row its RMS pass kept in registers (no second read of h
-# and the partials) and picks the top-k by rank (`_topk_rank_softmax_store`: 3 reductions instead of 2 k + 2). The
+# and the partials) and picks the top-k by rank (`_topk_rank_softmax_store`: 5 reductions instead of 2 k + 2). The
 # same bits; False: the loop over rows (ablation). H200 (docs/PERF.md, session 7): the kernel 7.7 -> 7.0 us a layer,
 # batch 1 k4 2.453 -> 2.434 ms, k2 1.892 -> 1.882.
 NORM_ROUTER_ONE_ROW = True
