@@ -496,9 +496,10 @@ SORTED_IMPL = "scaled"
 # the "dq" loop's tiles: decode with <= GEMV_MAX_TOKENS tokens ("dq1"), every other launch ("dq")
 MXFP4_CONFIG_DQ1: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 64, 4, 3), "down": (64, 128, 4, 3)}
 MXFP4_CONFIG_DQ: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4)}
-# the dq loop's tiles per batch class (round 6a): launches with at most `key` tokens use that class's tiles (the
-# smallest key >= tokens; MXFP4_CONFIG_DQ past the largest key or for a GEMM a class does not name)
-MXFP4_CONFIG_DQ_T: dict[int, dict[str, tuple[int, int, int, int]]] = {}
+# the dq loop per batch class (round 6a): a launch with at most `key` tokens (the smallest key >= tokens) takes that
+# class's "gate_up" / "down" tiles and its "variant" / "bmq" (DQ_VARIANT / DQ_BMQ); what a class does not name, or
+# past the largest key, comes from MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ
+MXFP4_CONFIG_DQ_T: dict[int, dict[str, tuple[int, int, int, int] | int]] = {}
 # the dq loop's variant (_dq_tile's DQV; round 6a): bit 0 the integer-multiply decode (_dq_asm_mul), bit 1 the
 # activations loaded in natural K order and reordered in registers (no scalar gather); bit 2 (no K/N masks on the
 # weight loads) is added per launch where K % BK == 0 and N % BN == 0
@@ -533,7 +534,8 @@ if os.environ.get(TILES_ENV):
     MXFP4_CONFIG_DQ1.update({k: tuple(v) for k, v in _tiles.get("dq1", {}).items()})
     MXFP4_CONFIG_DQ.update({k: tuple(v) for k, v in _tiles.get("dq", {}).items()})
     for _t, _cfg in _tiles.get("dq_t", {}).items():
-        MXFP4_CONFIG_DQ_T.setdefault(int(_t), {}).update({k: tuple(v) for k, v in _cfg.items()})
+        MXFP4_CONFIG_DQ_T.setdefault(int(_t), {}).update(
+            {k: tuple(v) if isinstance(v, list | tuple) else int(v) for k, v in _cfg.items()})
     DQ_VARIANT = int(_tiles.get("dq_variant", DQ_VARIANT))
     DQ_BMQ = int(_tiles.get("dq_bmq", DQ_BMQ))
     DQ_SORTED_MAX_TOKENS = int(_tiles.get("dq_sorted_max_tokens", DQ_SORTED_MAX_TOKENS))
@@ -544,13 +546,26 @@ if os.environ.get(TILES_ENV):
     MXFP4_PDL = int(_tiles.get("pdl", MXFP4_PDL))
 
 
-def _dq_table(tokens: int) -> dict[str, tuple[int, int, int, int]]:
-    """The dq loop's tiles for a launch of `tokens` tokens: its batch class in MXFP4_CONFIG_DQ_T over
-    MXFP4_CONFIG_DQ."""
+def dq_class(tokens: int) -> tuple[dict[str, tuple[int, int, int, int]], int, int]:
+    """The dq loop's (tiles, variant, M sub-tile) for a launch of `tokens` tokens: its batch class in
+    MXFP4_CONFIG_DQ_T over MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ."""
     for t in sorted(MXFP4_CONFIG_DQ_T):
         if tokens <= t:
-            return {**MXFP4_CONFIG_DQ, **MXFP4_CONFIG_DQ_T[t]}
-    return MXFP4_CONFIG_DQ
+            c = MXFP4_CONFIG_DQ_T[t]
+            tiles = {**MXFP4_CONFIG_DQ, **{g: tuple(c[g]) for g in ("gate_up", "down") if g in c}}
+            return tiles, int(c.get("variant", DQ_VARIANT)), int(c.get("bmq", DQ_BMQ))
+    return MXFP4_CONFIG_DQ, DQ_VARIANT, DQ_BMQ
+
+
+def pick_impl(tokens: int, scan: bool, fast: bool) -> str:
+    """The inner loop moe_mxfp4 runs for a launch of `tokens` tokens (scan: decode-size routing; fast: CUDA with
+    bf16 activations): GEMV_IMPL up to GEMV_MAX_TOKENS, MMA_IMPL for the other scan launches and for sorted ones
+    up to DQ_SORTED_MAX_TOKENS, SORTED_IMPL past that (prefill); "mma" / "gemv2" where the PTX loops cannot run."""
+    if scan and tokens <= GEMV_MAX_TOKENS:
+        return GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2", "gemv4") else "gemv2"  # dq: CUDA only
+    if not fast:
+        return "mma"
+    return MMA_IMPL if scan or tokens <= DQ_SORTED_MAX_TOKENS else SORTED_IMPL
 
 
 def moe_mxfp4(
@@ -585,12 +600,7 @@ def moe_mxfp4(
     fast = x.dtype == torch.bfloat16 and x.is_cuda
     few = plan.scan and tokens <= GEMV_MAX_TOKENS
     if impl is None:
-        if few:
-            impl = GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2", "gemv4") else "gemv2"  # dq: CUDA only
-        elif plan.scan:
-            impl = MMA_IMPL if fast else "mma"
-        else:
-            impl = (MMA_IMPL if tokens <= DQ_SORTED_MAX_TOKENS else SORTED_IMPL) if fast else "mma"
+        impl = pick_impl(tokens, plan.scan, fast)
     dq = impl in ("dq", "dqf")
     if dq and not fast:
         raise ValueError(f"the MXFP4 '{impl}' loop (inline PTX decode) runs on CUDA with bf16 activations only")
@@ -609,8 +619,9 @@ def moe_mxfp4(
     rw = topw.reshape(-1)
     cnt = counter if counter is not None else plan.flat
     pdl = MXFP4_PDL if plan.scan and pdl_launch(tokens) else 0
+    variant, sub = DQ_VARIANT, DQ_BMQ
     if dq:
-        table = MXFP4_CONFIG_DQ1 if few else _dq_table(tokens)
+        table, variant, sub = (MXFP4_CONFIG_DQ1, DQ_VARIANT, DQ_BMQ) if few else dq_class(tokens)
     elif impl == "gemv4":
         table = MXFP4_CONFIG_GEMV4
     else:
@@ -635,8 +646,8 @@ def moe_mxfp4(
             wb = wb.view(torch.int32)  # gemv4 reads the blocks' 32-bit words
         dqv = bmq = 0
         if dq:
-            dqv = DQ_VARIANT | (4 if kdim % bk == 0 and n % bn == 0 else 0)
-            bmq = DQ_BMQ if plan.scan and 16 <= DQ_BMQ < bm else 0
+            dqv = (variant & 3) | (4 if kdim % bk == 0 and n % bn == 0 else 0)
+            bmq = sub if plan.scan and 16 <= sub < bm else 0
         _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
             src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
             plan.pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
