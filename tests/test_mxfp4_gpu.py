@@ -75,6 +75,7 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypa
         impl = parts[0]
         monkeypatch.setattr(mk, "DQ_VARIANT", int(parts[1][1:]))
         monkeypatch.setattr(mk, "DQ_BMQ", 16 if "bmq16" in parts else 0)
+        monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ_T", {})  # no per-class entry overrides the variant under test
         # K steps of 64 (several a row), N tiles of 128 / 64
         monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ", {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)})
         if "odd" in parts:
