@@ -4,7 +4,7 @@ by side with bf16, and the teacher-forced accuracy check with a paired statistic
 
     PYTHONUNBUFFERED=1 python scripts/gpu_mxfp4.py [--out DIR] [--budget-s 300] [--accuracy-batch 32]
         [--skip-probe] [--skip-engine] [--skip-bf16] [--skip-accuracy] [--sweep-dq] [--engine-cases 1x4,32x4]
-        [--engine-pdl 0,1,2] [--perf "ARGS for bench perf"]
+        [--engine-pdl 0,1,2] [--dq-sweep [--dq-sweep-s 100]] [--perf "ARGS for bench perf"]
 
 1. load: the seeded bf16 model; bf16 graph engine at batch 1 and 32 (E32, top_k 4), the side-by-side reference
    (not with --skip-bf16); then the experts are quantized in place (what `weights = "mxfp4"` builds).
@@ -13,6 +13,9 @@ by side with bf16, and the teacher-forced accuracy check with a paired statistic
    timed with plain launches: gemv4 at main's tiles, gemv4 with its tiles swept per GEMM, dq at T = 1 (with
    --sweep-dq also scaled vs dq at T = 32, dq's tiles swept), then gemv4's picks under each MXFP4_PDL mode; the
    fastest T = 1 loop and tiles become the module's tables (and tiles.json, the MOE_MXFP4_TILES of later runs).
+2b. --dq-sweep (round 6a, docs/MXFP4.md): the dq loop per batch class, one E32 top-4 layer at 32, 4, 64, 8 tokens
+   (scan mode) and 128, 256 (sorted mode, against tl.dot_scaled): main's dq, its variants (DQ_VARIANT, DQ_BMQ),
+   then each GEMM's tiles; the winners become the per-class table (MXFP4_CONFIG_DQ_T) of "after" and tiles.json.
 3. engine: mxfp4 graph engine "before" (main's loops and tiles: gemv4 with plain launches at batch 1, dq
    elsewhere) and "after" (the picks; at batch 1 once per --engine-pdl mode, the fastest at 1x4 kept), one after
    the other in the same process, the --engine-cases (batch x top_k); prompt 256, 33 new tokens (32 timed steps),
@@ -246,7 +249,7 @@ def dq_sweep(model, left) -> dict:
         return us
 
     for tokens in DQ_CLASSES + DQ_SORTED_CLASSES:
-        if left() < 60:
+        if left() < 8:
             emit({"sec": "dq_sweep", "tokens": tokens, "skipped": "budget"})
             continue
         sorted_mode = tokens in DQ_SORTED_CLASSES
@@ -266,10 +269,8 @@ def dq_sweep(model, left) -> dict:
         cfg = best[1]
         cands = DQ_SORTED_TILES if sorted_mode else DQ_TILES
         for gemm in ("gate_up", "down"):
-            if left() < 45:
-                break
             for tile in cands[gemm]:
-                if tile == cfg["dq_t"][tokens][gemm]:
+                if tile == cfg["dq_t"][tokens][gemm] or left() < 2:
                     continue
                 trial = {**cfg, "dq_t": {tokens: {**cfg["dq_t"][tokens], gemm: tile}}}
                 us = timed(tokens, inp, trial, f"{gemm}-{tile}")
@@ -465,6 +466,7 @@ def main() -> int:
                     help="batch-1 'after' runs under each of these MXFP4_PDL modes; the fastest at 1x4 is kept")
     ap.add_argument("--dq-sweep", action="store_true",
                     help="round 6a: the dq loop's variants and tiles per batch class (4/8/32/64, sorted 128/256)")
+    ap.add_argument("--dq-sweep-s", type=float, default=100, help="seconds the --dq-sweep may take")
     ap.add_argument("--perf", default=None, help="arguments for bench perf, run afterwards in this process")
     ap.add_argument("--e16", action="store_true", help="then E16 at batch 32 (prunes the model: no accuracy after)")
     ap.add_argument("--bf16-picks", default=None,
@@ -500,7 +502,8 @@ def main() -> int:
     dq_picks: dict = {}
     if args.dq_sweep:
         try:
-            dq_picks = dq_sweep(model, left)
+            sweep_end = time.time() + args.dq_sweep_s
+            dq_picks = dq_sweep(model, lambda: sweep_end - time.time())
             after = {**after, **dq_picks}
         except Exception as exc:
             emit({"sec": "dq_sweep", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
