@@ -303,6 +303,42 @@ def dq_sweep(model, left) -> dict:
     return out
 
 
+def dq_recheck(model, classes: list[int]) -> dict:
+    """Each listed class's committed tiles under each DQ_VARIANT (0-3) and main's path (variant 0, main's tiles), one
+    E32 top-4 layer; a variant more than 1% faster than the class's own replaces it. Returns the dq_t table."""
+    ex = model.model.layers[0].mlp.experts
+    gen = torch.Generator(device="cuda").manual_seed(6)
+    cur = current_tables()
+    table = {int(t): dict(c) for t, c in cur["dq_t"].items()}
+    pdl_saved = mk.MXFP4_PDL
+    for tokens in classes:
+        cls_key = min((t for t in table if t >= tokens), default=None)
+        if cls_key is None:
+            continue
+        x = torch.randn(tokens, ex.hidden_size, generator=gen, device="cuda").to(torch.bfloat16)
+        topi, topw = _routing(tokens, ex.num_experts, 4, gen)
+        times = {}
+        for v in ("main", 0, 1, 2, 3):
+            if v == "main":
+                cfg = {**cur, "dq_variant": 0, "dq_bmq": 0, "dq_t": {}, "dq_sorted_max_tokens": 0}
+            else:
+                cfg = {**cur, "dq_t": {**table, cls_key: {**table[cls_key], "variant": v}}}
+            set_tables(cfg)
+            mk.MXFP4_PDL = 0
+            times[v] = _time(lambda x=x, topi=topi, topw=topw: mk.moe_mxfp4(
+                x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias, ex.down_proj_blocks,
+                ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha, ex.limit, None, fold=True))
+        own = table[cls_key].get("variant", mk.DQ_VARIANT)
+        best = min((v for v in times if v != "main"), key=times.get)
+        if times[best] < 0.99 * times[own]:
+            table[cls_key]["variant"] = best
+        emit({"sec": "dq_recheck", "tokens": tokens, "class": cls_key, "own": own, "kept": table[cls_key]["variant"],
+              "us": {str(k): round(t, 2) for k, t in times.items()}})
+    set_tables(cur)
+    mk.MXFP4_PDL = pdl_saved
+    return table
+
+
 def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
     ex = model.model.layers[0].mlp.experts
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -466,6 +502,8 @@ def main() -> int:
                     help="batch-1 'after' runs under each of these MXFP4_PDL modes; the fastest at 1x4 is kept")
     ap.add_argument("--dq-sweep", action="store_true",
                     help="round 6a: the dq loop's variants and tiles per batch class (4/8/32/64, sorted 128/256)")
+    ap.add_argument("--dq-recheck", default=None,
+                    help="token counts (e.g. 4,8,32): each class's committed tiles under every DQ_VARIANT")
     ap.add_argument("--dq-sweep-s", type=float, default=100, help="seconds the --dq-sweep may take")
     ap.add_argument("--perf", default=None, help="arguments for bench perf, run afterwards in this process")
     ap.add_argument("--e16", action="store_true", help="then E16 at batch 32 (prunes the model: no accuracy after)")
@@ -507,6 +545,12 @@ def main() -> int:
             after = {**after, **dq_picks}
         except Exception as exc:
             emit({"sec": "dq_sweep", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
+        (out_dir / "tiles.json").write_text(json.dumps(after))
+    if args.dq_recheck:
+        try:
+            after = {**after, "dq_t": dq_recheck(model, [int(t) for t in args.dq_recheck.split(",")])}
+        except Exception as exc:
+            emit({"sec": "dq_recheck", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
         (out_dir / "tiles.json").write_text(json.dumps(after))
     if not args.skip_probe:
         try:

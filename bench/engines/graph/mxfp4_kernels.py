@@ -499,16 +499,26 @@ MXFP4_CONFIG_DQ: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4,
 # the dq loop per batch class (round 6a): a launch with at most `key` tokens (the smallest key >= tokens) takes that
 # class's "gate_up" / "down" tiles and its "variant" / "bmq" (DQ_VARIANT / DQ_BMQ); what a class does not name, or
 # past the largest key, comes from MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ
-MXFP4_CONFIG_DQ_T: dict[int, dict[str, tuple[int, int, int, int] | int]] = {}
+# H200, one E32 top-4 layer (docs/MXFP4.md round 6a, call 1): 4 tokens 123.4 -> 120.9 us, 8: 162.7 -> 145.3,
+# 32: 373.5 -> 259.5, 64: 624.3 -> 300.4; sorted decode 128: 592.6 (scaled) -> 390.6, 256: 598.1 -> 410.6
+MXFP4_CONFIG_DQ_T: dict[int, dict[str, tuple[int, int, int, int] | int]] = {
+    4: {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3), "variant": 1, "bmq": 0},
+    8: {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 1), "variant": 3, "bmq": 0},
+    32: {"gate_up": (128, 64, 4, 4), "down": (128, 64, 4, 3), "variant": 2, "bmq": 0},
+    64: {"gate_up": (128, 64, 4, 4), "down": (128, 64, 4, 3), "variant": 3, "bmq": 16},
+    256: {"gate_up": (64, 64, 4, 3), "down": (64, 64, 4, 3), "variant": 3, "bmq": 0},
+}
 # the dq loop's variant (_dq_tile's DQV; round 6a): bit 0 the integer-multiply decode (_dq_asm_mul), bit 1 the
 # activations loaded in natural K order and reordered in registers (no scalar gather); bit 2 (no K/N masks on the
-# weight loads) is added per launch where K % BK == 0 and N % BN == 0
-DQ_VARIANT = 0
+# weight loads) is added per launch where K % BK == 0 and N % BN == 0. The classes above name their own; this is for
+# launches past them (and MOE_MXFP4_TILES experiments)
+DQ_VARIANT = 3
 # the dq loop's M tile in scan mode (rows of one expert per MMA; 0 = the routing plan's BM, max(16, p2(tokens)))
 DQ_BMQ = 0
 # decode launches past SCAN_MAX_TOKENS (sorted mode) with at most this many tokens run MMA_IMPL (dq) instead of
-# SORTED_IMPL; prefill (more tokens) keeps SORTED_IMPL. 0: never
-DQ_SORTED_MAX_TOKENS = 0
+# SORTED_IMPL; prefill (more tokens) keeps SORTED_IMPL. 0: never. H200 (round 6a): dq 1.5x tl.dot_scaled at 128
+# and 256 tokens
+DQ_SORTED_MAX_TOKENS = 256
 # the batch-1 loop: "gemv4" (integer-multiply decode of 32-bit words, fp32 FMA); "gemv2": float decode, activations
 # loaded in (even, odd) pairs; "gemv": two stride-2 loads
 GEMV_IMPL = "gemv4"
