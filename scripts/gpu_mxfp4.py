@@ -305,7 +305,8 @@ def dq_sweep(model, left) -> dict:
 
 def dq_recheck(model, classes: list[int]) -> dict:
     """Each listed class's committed tiles under each DQ_VARIANT (0-3) and main's path (variant 0, main's tiles), one
-    E32 top-4 layer; a variant more than 1% faster than the class's own replaces it. Returns the dq_t table."""
+    E32 top-4 layer; a variant more than 1% faster than the class's own replaces it; then a register cap (maxnreg
+    128, 96) is kept where it is more than 1% faster. Returns the dq_t table."""
     ex = model.model.layers[0].mlp.experts
     gen = torch.Generator(device="cuda").manual_seed(6)
     cur = current_tables()
@@ -332,7 +333,16 @@ def dq_recheck(model, classes: list[int]) -> dict:
         best = min((v for v in times if v != "main"), key=times.get)
         if times[best] < 0.99 * times[own]:
             table[cls_key]["variant"] = best
-        emit({"sec": "dq_recheck", "tokens": tokens, "class": cls_key, "own": own, "kept": table[cls_key]["variant"],
+        t_var = min(times[best], times[own])
+        for cap in (128, 96):  # a register cap for more programs an SM, with the kept variant
+            set_tables({**cur, "dq_t": {**table, cls_key: {**table[cls_key], "maxnreg": cap}}})
+            mk.MXFP4_PDL = 0
+            times[f"maxnreg{cap}"] = us = _time(lambda x=x, topi=topi, topw=topw: mk.moe_mxfp4(
+                x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias, ex.down_proj_blocks,
+                ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha, ex.limit, None, fold=True))
+            if us < 0.99 * t_var:
+                table[cls_key]["maxnreg"], t_var = cap, us
+        emit({"sec": "dq_recheck", "tokens": tokens, "class": cls_key, "own": own, "kept": table[cls_key],
               "us": {str(k): round(t, 2) for k, t in times.items()}})
     set_tables(cur)
     mk.MXFP4_PDL = pdl_saved

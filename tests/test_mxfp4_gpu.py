@@ -52,13 +52,13 @@ CASES += [(1, 4, f"gemv4-pdl{m}", (100, 150)) for m in (0, 1, 2)]
 # round 6a's dq variants (DQ_VARIANT bit 0: integer-multiply decode, bit 1: activations in natural K order reordered
 # in registers; unmasked weight loads where K % BK == 0 and N % BN == 0), M sub-tiles of 16 rows in scan mode
 # (DQ_BMQ: 40 tokens top-4 over 4 experts = 40 rows an expert, 3 sub-tiles), sorted mode (80 tokens), the
-# auto pick of dq for sorted decode (DQ_SORTED_MAX_TOKENS), and "odd" shapes (H 320, I 96: K and N not multiples
-# of the tiles, so the masked loads run)
+# auto pick of dq for sorted decode (DQ_SORTED_MAX_TOKENS), "odd" shapes (H 320, I 96: K and N not multiples
+# of the tiles, so the masked loads run), and a register cap (a class's "maxnreg")
 CASES += [(t, k, f"{impl}-v{v}{extra}", sc) for t, k, impl, v, extra, sc in [
     (3, 2, "dq", 3, "", (100, 150)), (40, 4, "dq", 1, "", (100, 150)), (40, 4, "dq", 2, "-bmq16", (100, 150)),
     (40, 4, "dq", 3, "-bmq16", (100, 150)), (40, 4, "dqf", 3, "-bmq16", (100, 129)), (80, 2, "dq", 3, "", (100, 150)),
     (40, 4, "dq", 3, "-bmq16-odd", (100, 150)), (40, 4, "dq", 0, "-odd", (100, 150)),
-    (80, 2, "dqf", 3, "-auto", (100, 129))]]
+    (80, 2, "dqf", 3, "-auto", (100, 129)), (40, 4, "dq", 2, "-r96", (100, 150))]]
 
 
 @pytest.mark.parametrize("tokens,k,impl,scales", CASES)
@@ -75,7 +75,8 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypa
         impl = parts[0]
         monkeypatch.setattr(mk, "DQ_VARIANT", int(parts[1][1:]))
         monkeypatch.setattr(mk, "DQ_BMQ", 16 if "bmq16" in parts else 0)
-        monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ_T", {})  # no per-class entry overrides the variant under test
+        # no per-class entry overrides the variant under test; "-r96": a class capping registers at 96 a thread
+        monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ_T", {1024: {"maxnreg": 96}} if "r96" in parts else {})
         # K steps of 64 (several a row), N tiles of 128 / 64
         monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ", {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)})
         if "odd" in parts:

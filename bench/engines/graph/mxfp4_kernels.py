@@ -497,8 +497,9 @@ SORTED_IMPL = "scaled"
 MXFP4_CONFIG_DQ1: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 64, 4, 3), "down": (64, 128, 4, 3)}
 MXFP4_CONFIG_DQ: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4)}
 # the dq loop per batch class (round 6a): a launch with at most `key` tokens (the smallest key >= tokens) takes that
-# class's "gate_up" / "down" tiles and its "variant" / "bmq" (DQ_VARIANT / DQ_BMQ); what a class does not name, or
-# past the largest key, comes from MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ
+# class's "gate_up" / "down" tiles, its "variant" / "bmq" (DQ_VARIANT / DQ_BMQ) and "maxnreg" (a register cap a
+# thread for both GEMMs, 0 = none); what a class does not name, or past the largest key, comes from
+# MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ
 # H200, one E32 top-4 layer (docs/MXFP4.md round 6a, call 1): 4 tokens 123.4 -> 120.9 us, 8: 162.7 -> 145.3,
 # 32: 373.5 -> 259.5, 64: 624.3 -> 300.4; sorted decode 128: 592.6 (scaled) -> 390.6, 256: 598.1 -> 410.6
 MXFP4_CONFIG_DQ_T: dict[int, dict[str, tuple[int, int, int, int] | int]] = {
@@ -556,15 +557,16 @@ if os.environ.get(TILES_ENV):
     MXFP4_PDL = int(_tiles.get("pdl", MXFP4_PDL))
 
 
-def dq_class(tokens: int) -> tuple[dict[str, tuple[int, int, int, int]], int, int]:
-    """The dq loop's (tiles, variant, M sub-tile) for a launch of `tokens` tokens: its batch class in
-    MXFP4_CONFIG_DQ_T over MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ."""
+def dq_class(tokens: int) -> tuple[dict[str, tuple[int, int, int, int]], int, int, int]:
+    """The dq loop's (tiles, variant, M sub-tile, register cap) for a launch of `tokens` tokens: its batch class in
+    MXFP4_CONFIG_DQ_T over MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ ("maxnreg": ptxas' register cap a thread, so that
+    more programs fit an SM; 0 = none)."""
     for t in sorted(MXFP4_CONFIG_DQ_T):
         if tokens <= t:
             c = MXFP4_CONFIG_DQ_T[t]
             tiles = {**MXFP4_CONFIG_DQ, **{g: tuple(c[g]) for g in ("gate_up", "down") if g in c}}
-            return tiles, int(c.get("variant", DQ_VARIANT)), int(c.get("bmq", DQ_BMQ))
-    return MXFP4_CONFIG_DQ, DQ_VARIANT, DQ_BMQ
+            return tiles, int(c.get("variant", DQ_VARIANT)), int(c.get("bmq", DQ_BMQ)), int(c.get("maxnreg", 0))
+    return MXFP4_CONFIG_DQ, DQ_VARIANT, DQ_BMQ, 0
 
 
 def pick_impl(tokens: int, scan: bool, fast: bool) -> str:
@@ -629,9 +631,9 @@ def moe_mxfp4(
     rw = topw.reshape(-1)
     cnt = counter if counter is not None else plan.flat
     pdl = MXFP4_PDL if plan.scan and pdl_launch(tokens) else 0
-    variant, sub = DQ_VARIANT, DQ_BMQ
+    variant, sub, maxnreg = DQ_VARIANT, DQ_BMQ, 0
     if dq:
-        table, variant, sub = (MXFP4_CONFIG_DQ1, DQ_VARIANT, DQ_BMQ) if few else dq_class(tokens)
+        table, variant, sub, maxnreg = (MXFP4_CONFIG_DQ1, DQ_VARIANT, DQ_BMQ, 0) if few else dq_class(tokens)
     elif impl == "gemv4":
         table = MXFP4_CONFIG_GEMV4
     else:
@@ -664,6 +666,6 @@ def moe_mxfp4(
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], PDL=pdl, DQV=dqv, BMQ=bmq,
-            num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
+            num_warps=warps, num_stages=stages, **_pdl_kw(pdl), **({"maxnreg": maxnreg} if maxnreg else {}),
         )
     return out
