@@ -20,13 +20,18 @@ these kernels is CUDA-graph capturable. Inner loops (`IMPL`, picked per launch b
 - "mma": per block of 32 weights, low nibbles x even activations and high nibbles x odd ones (two tl.dot), the
   block's scale applied to the fp32 partial product.
 - "scaled": `tl.dot_scaled` (bf16 activations x e2m1 weights with e8m0 scales): Triton lowers the decode itself
-  (on Hopper it upcasts to bf16 in registers before the MMA). Prefill (sorted mode) on CUDA.
+  (on Hopper it upcasts to bf16 in registers before the MMA). Prefill (sorted mode, past DQ_SORTED_MAX_TOKENS
+  tokens) on CUDA.
 - "dq" (decode launches past GEMV_MAX_TOKENS on CUDA with bf16 activations): the weights are read as 16-bit
   halves and decoded to bf16 by inline PTX (_e2m1_asm: shifts and masks put each code's bits where bf16 holds
   e2m1 * 2^-126, then one bf16x2 multiply by the block scale times 2^126), then one bf16 MMA (wgmma) per BK with
   the weights as the register operand. K is reordered inside each 32-value block so that the decoded registers
-  are already the MMA's operand layout; the activations are gathered in the same order. GPU-only: covered by
-  tests/test_mxfp4_gpu.py on the device; the CPU interpreter cannot run PTX.
+  are already the MMA's operand layout; the activations are gathered in the same order. Per batch class
+  (MXFP4_CONFIG_DQ_T, round 6a) it picks its tiles and variant: the integer-multiply decode of gemv4 in bf16x2 form
+  (_dq_asm_mul), the activations loaded in natural K order with vector loads and reordered in registers instead of
+  gathered one by one, M sub-tiles of 16 rows (_dq_pairs), a register cap; and it also runs sorted-mode decode up
+  to DQ_SORTED_MAX_TOKENS tokens. GPU-only: covered by tests/test_mxfp4_gpu.py on the device; the CPU interpreter
+  cannot run PTX.
 Programmatic dependent launch (MXFP4_PDL, one-token steps as kernels.pdl_launch decides): both GEMMs wait
 (griddepcontrol.wait) before reading what an earlier kernel wrote; in mode 2 gate_up lets the down GEMM launch once
 all its programs have passed their wait, and down prefetches its weight rows into L2 (_prefetch_rows_l2) before
