@@ -84,8 +84,9 @@ BEFORE = {"gemv_max_tokens": 1, "gemv_impl": "gemv4", "mma_impl": "dq", "pdl": 0
 # GEMM's tiles (BN, BK, warps, stages) for the best variant; 128 / 256 tokens (sorted mode): scaled vs dq
 DQ_CLASSES = (32, 4, 64, 8)  # the order they are swept in (the engine's cases first)
 DQ_SORTED_CLASSES = (128, 256)
-DQ_VARIANTS = {4: [(1, 0), (2, 0), (3, 0)], 8: [(3, 0)], 32: [(1, 0), (2, 0), (3, 0), (3, 16)], 64: [(3, 0), (3, 16)],
-               128: [(3, 0)], 256: [(3, 0)]}
+# (variant, bmq); call 1 of round 6a ran variants 1-3 with bit 2 (unmasked loads) always on where the tiles divide
+DQ_VARIANTS = {4: [(1, 0), (3, 0), (7, 0)], 8: [(3, 0), (7, 0)], 32: [(2, 0), (3, 0), (6, 0), (7, 0)],
+               64: [(7, 16), (3, 16)], 128: [(7, 0)], 256: [(7, 0)]}
 DQ_TILES = {
     "gate_up": [(128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 4, 1), (64, 64, 4, 3), (128, 128, 4, 3),
                 (128, 128, 8, 3), (256, 64, 8, 3), (128, 64, 8, 3)],
@@ -304,7 +305,7 @@ def dq_sweep(model, left) -> dict:
 
 
 def dq_recheck(model, classes: list[int]) -> dict:
-    """Each listed class's committed tiles under each DQ_VARIANT (0-3) and main's path (variant 0, main's tiles), one
+    """Each listed class's committed tiles under each DQ_VARIANT (0-7) and main's path (variant 0, main's tiles), one
     E32 top-4 layer; a variant more than 1% faster than the class's own replaces it; then a register cap (maxnreg
     128, 96) is kept where it is more than 1% faster. Returns the dq_t table."""
     ex = model.model.layers[0].mlp.experts
@@ -319,7 +320,7 @@ def dq_recheck(model, classes: list[int]) -> dict:
         x = torch.randn(tokens, ex.hidden_size, generator=gen, device="cuda").to(torch.bfloat16)
         topi, topw = _routing(tokens, ex.num_experts, 4, gen)
         times = {}
-        for v in ("main", 0, 1, 2, 3):
+        for v in ("main", 0, 1, 2, 3, 4, 5, 6, 7):
             if v == "main":
                 cfg = {**cur, "dq_variant": 0, "dq_bmq": 0, "dq_t": {}, "dq_sorted_max_tokens": 0}
             else:

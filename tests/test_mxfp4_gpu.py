@@ -50,15 +50,15 @@ CASES += [(t, k, "gemv4", sc) for t, k in [(1, 2), (1, 4), (3, 2)] for sc in [(1
 # launch early, which prefetches its weight rows into L2 before its wait), several K steps (K 256, 64 a step)
 CASES += [(1, 4, f"gemv4-pdl{m}", (100, 150)) for m in (0, 1, 2)]
 # round 6a's dq variants (DQ_VARIANT bit 0: integer-multiply decode, bit 1: activations in natural K order reordered
-# in registers; unmasked weight loads where K % BK == 0 and N % BN == 0), M sub-tiles of 16 rows in scan mode
+# in registers, bit 2: unmasked weight loads where K % BK == 0 and N % BN == 0), M sub-tiles of 16 rows in scan mode
 # (DQ_BMQ: 40 tokens top-4 over 4 experts = 40 rows an expert, 3 sub-tiles), sorted mode (80 tokens), the
 # auto pick of dq for sorted decode (DQ_SORTED_MAX_TOKENS), "odd" shapes (H 320, I 96: K and N not multiples
 # of the tiles, so the masked loads run), and a register cap (a class's "maxnreg")
 CASES += [(t, k, f"{impl}-v{v}{extra}", sc) for t, k, impl, v, extra, sc in [
-    (3, 2, "dq", 3, "", (100, 150)), (40, 4, "dq", 1, "", (100, 150)), (40, 4, "dq", 2, "-bmq16", (100, 150)),
-    (40, 4, "dq", 3, "-bmq16", (100, 150)), (40, 4, "dqf", 3, "-bmq16", (100, 129)), (80, 2, "dq", 3, "", (100, 150)),
-    (40, 4, "dq", 3, "-bmq16-odd", (100, 150)), (40, 4, "dq", 0, "-odd", (100, 150)),
-    (80, 2, "dqf", 3, "-auto", (100, 129)), (40, 4, "dq", 2, "-r96", (100, 150))]]
+    (3, 2, "dq", 7, "", (100, 150)), (40, 4, "dq", 1, "", (100, 150)), (40, 4, "dq", 2, "-bmq16", (100, 150)),
+    (40, 4, "dq", 7, "-bmq16", (100, 150)), (40, 4, "dqf", 3, "-bmq16", (100, 129)), (80, 2, "dq", 7, "", (100, 150)),
+    (40, 4, "dq", 7, "-bmq16-odd", (100, 150)), (40, 4, "dq", 0, "-odd", (100, 150)),
+    (80, 2, "dqf", 7, "-auto", (100, 129)), (40, 4, "dq", 6, "-r96", (100, 150))]]
 
 
 @pytest.mark.parametrize("tokens,k,impl,scales", CASES)

@@ -422,7 +422,7 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
 
     DQV (DQ_VARIANT) bit 0: the integer-multiply decode (_dq_asm_mul); bit 1: the activations loaded in natural K
     order (vector loads of whole rows) and reordered in registers (reshape + permute) instead of gathered; bit 2
-    (set by moe_mxfp4 when K % BK == 0 and N % BN == 0): the weight loads without masks."""
+    (kept by moe_mxfp4 only when K % BK == 0 and N % BN == 0): the weight loads without masks."""
     MUL: tl.constexpr = (DQV & 1) != 0
     XNAT: tl.constexpr = (DQV & 2) != 0
     EVEN: tl.constexpr = (DQV & 4) != 0
@@ -505,20 +505,21 @@ MXFP4_CONFIG_DQ: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4,
 # class's "gate_up" / "down" tiles, its "variant" / "bmq" (DQ_VARIANT / DQ_BMQ) and "maxnreg" (a register cap a
 # thread for both GEMMs, 0 = none); what a class does not name, or past the largest key, comes from
 # MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ
-# H200, one E32 top-4 layer (docs/MXFP4.md round 6a, call 1): 4 tokens 123.4 -> 120.9 us, 8: 162.7 -> 145.3,
-# 32: 373.5 -> 259.5, 64: 624.3 -> 300.4; sorted decode 128: 592.6 (scaled) -> 390.6, 256: 598.1 -> 410.6
+# H200 (docs/MXFP4.md round 6a), E32 top-4: 2-8 tokens keep main's loop (no variant measured faster than main's own
+# code in the engine); 9-32 tokens: engine batch 32 3,330 -> 4,367 tok/s (main's code, same call), one layer
+# 365.5 -> 245.8 us; 33-64: batch 64 3,879 -> 6,645 tok/s; sorted decode 65-256 (dq instead of tl.dot_scaled):
+# batch 128 7,938 -> 11,308 tok/s
 MXFP4_CONFIG_DQ_T: dict[int, dict[str, tuple[int, int, int, int] | int]] = {
-    4: {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3), "variant": 1, "bmq": 0},
-    8: {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 1), "variant": 3, "bmq": 0},
-    32: {"gate_up": (128, 64, 4, 4), "down": (128, 64, 4, 3), "variant": 2, "bmq": 0},
-    64: {"gate_up": (128, 64, 4, 4), "down": (128, 64, 4, 3), "variant": 3, "bmq": 16},
-    256: {"gate_up": (64, 64, 4, 3), "down": (64, 64, 4, 3), "variant": 3, "bmq": 0},
+    8: {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4), "variant": 0, "bmq": 0},
+    32: {"gate_up": (128, 64, 4, 4), "down": (128, 64, 4, 3), "variant": 6, "bmq": 0, "maxnreg": 128},
+    64: {"gate_up": (128, 64, 4, 4), "down": (128, 64, 4, 3), "variant": 7, "bmq": 16},
+    256: {"gate_up": (64, 64, 4, 3), "down": (64, 64, 4, 3), "variant": 7, "bmq": 0},
 }
 # the dq loop's variant (_dq_tile's DQV; round 6a): bit 0 the integer-multiply decode (_dq_asm_mul), bit 1 the
-# activations loaded in natural K order and reordered in registers (no scalar gather); bit 2 (no K/N masks on the
-# weight loads) is added per launch where K % BK == 0 and N % BN == 0. The classes above name their own; this is for
-# launches past them (and MOE_MXFP4_TILES experiments)
-DQ_VARIANT = 3
+# activations loaded in natural K order and reordered in registers (no scalar gather), bit 2 the weight loads
+# without K/N masks (applied only to a launch where K % BK == 0 and N % BN == 0). 0 = main's loop before round 6a.
+# The classes above name their own; this is for launches past them (and MOE_MXFP4_TILES experiments)
+DQ_VARIANT = 0
 # the dq loop's M tile in scan mode (rows of one expert per MMA; 0 = the routing plan's BM, max(16, p2(tokens)))
 DQ_BMQ = 0
 # decode launches past SCAN_MAX_TOKENS (sorted mode) with at most this many tokens run MMA_IMPL (dq) instead of
@@ -663,7 +664,7 @@ def moe_mxfp4(
             wb = wb.view(torch.int32)  # gemv4 reads the blocks' 32-bit words
         dqv = bmq = 0
         if dq:
-            dqv = (variant & 3) | (4 if kdim % bk == 0 and n % bn == 0 else 0)
+            dqv = variant & (7 if kdim % bk == 0 and n % bn == 0 else 3)  # bit 2 only where the tiles divide
             bmq = sub if plan.scan and 16 <= sub < bm else 0
         _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
             src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
