@@ -2,11 +2,12 @@
 batch sizes, run with the `bench` package of --root, so that two processes on one GPU compare code, not cards.
 
     PYTHONUNBUFFERED=1 python scripts/gpu_ab.py --root PATH --label NAME [--cases 1x4,8x4,32x4] [--experts 16]
-        [--splitk-rows N] [--set NAME=JSON ...]
+        [--cases16 8x2,32x4] [--splitk-rows N] [--set NAME=JSON ...]
 
 Uses only APIs both trees have (GraphEngine, GraphOptions, load_model, measure_bandwidth, ArchSummary,
-roofline_point). Prompt 256, 33 new tokens (32 timed steps), best of 2 generations, E32 (or --experts 16); one
-JSON line per case appended to $OUT/ab.jsonl.
+roofline_point). Prompt 256, 33 new tokens (32 timed steps), best of 2 generations, E32 (or --experts 16); then
+--cases16 with every layer pruned to its first 16 experts, in the same process; one JSON line per case appended to
+$OUT/ab.jsonl.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> int:
     ap.add_argument("--label", required=True)
     ap.add_argument("--cases", default="1x4,8x4,32x4", help="BATCHxTOP_K, comma-separated")
     ap.add_argument("--experts", type=int, default=32, help="prune every layer to its first N experts (16: E16)")
+    ap.add_argument("--cases16", default="", help="after --cases: these cases with the model pruned to 16 experts")
     ap.add_argument("--splitk-rows", type=int, default=None,
                     help="set kernels.SPLITK_MAX_ROWS (split-K qkv/o_proj up to this many rows) before measuring")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
@@ -85,7 +87,15 @@ def main() -> int:
     bandwidth = measure_bandwidth("cuda")
     arch = ArchSummary.from_model(model)
     out = Path(os.environ.get("OUT", ".")) / "ab.jsonl"
-    for case in args.cases.split(","):
+    experts = args.experts
+    todo = [(c, False) for c in args.cases.split(",") if c] + [(c, True) for c in args.cases16.split(",") if c]
+    for case, e16 in todo:
+        if e16 and experts != 16:
+            from bench.models.pruning import prune_model
+
+            prune_model(model, [list(range(16))] * len(model.model.layers))
+            torch.cuda.empty_cache()
+            experts, arch = 16, ArchSummary.from_model(model)
         batch, k = (int(v) for v in case.split("x"))
         set_top_k(model, k)
         ids = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda",
@@ -97,7 +107,7 @@ def main() -> int:
         tps = batch * (NEW - 1) / r.decode_s
         ceil = roofline_point(arch, batch, k, mean_decode_context(PROMPT, NEW), bandwidth,
                               distinct=r.distinct_experts).ceiling_tps
-        rec = {"label": args.label, "bench": str(Path(bench.__file__).parent), "experts": args.experts,
+        rec = {"label": args.label, "bench": str(Path(bench.__file__).parent), "experts": experts,
                "batch": batch, "top_k": k, "ms_step": round(1000 * r.decode_s / (NEW - 1), 3), "tok_s": round(tps, 1),
                "roofline_pct": round(100 * tps / ceil, 1), "bandwidth_gbs": round(bandwidth / 1e9, 1),
                "splitk_rows": args.splitk_rows, "set": args.set, "t": round(time.time(), 1)}

@@ -16,6 +16,12 @@ down tiles and the N-tile-major grid over the 24 layers' weights (`sweep_class`)
 tables measured >= 1% (tiles), 5% (router) or 3% (attention) faster than the shipped ones); then the engine with
 the shipped tables and with the picks, interleaved, at every batch whose tables changed (E32, then pruned to E16).
 
+--prefetch (session 7, batch 1): the one-row norm + router tail (`kernels.NORM_ROUTER_ONE_ROW`) and the split-K
+GEMVs' early start (`SPLITK_EARLY`: the kernel before each triggers it right after its own wait), alone and together,
+against main's configuration: exactness (tokens and last logits), --rounds interleaved rounds at 1x4 and 1x2, eager
+profiles (qkv / o_proj split-K launches apart), $OUT/picks.json (`prefetch_main`). --early: on top of that, more
+one-token kernels in PDL mode 2, one site at a time, then the winners together (`early_main`).
+
 Every record is appended to $OUT/ablation.jsonl as it is made; $OUT/picks.json holds the choices measured fastest
 (as `--set @picks.json` for scripts/gpu_ab.py and scripts/gpu_perf_graph.py): the fusion and the tile if faster at
 batch 1 with both top_k, the PDL mode with the lowest mean time ratio to PDL 0 over all cases (kept if >= 0.5%
@@ -461,8 +467,182 @@ def sweep_main(args, model, bandwidth: float) -> int:
     return 0
 
 
+# ---- session 7 (--prefetch): the one-row norm + router tail, the split-K GEMVs' early start and L2 prefetch ----
+# (call 1 of session 7, commit 89c2e1f, also timed extra prefetch-only programs in rope_kv / attn_decode / the norm
+# kernels over o_proj and the next qkv: every variant 1.1-2.5% slower; call 2, e76d69b, the split-K programs
+# prefetching their own weight block before their wait (SPLITK_EARLY 2 then): +0.7%; both removed, docs/PERF.md)
+S7_BASE = {"NORM_ROUTER_ONE_ROW": False, "SPLITK_EARLY": False, "PDL_EARLY_MORE": ()}  # = main's code path
+SHIPPED7 = {"NORM_ROUTER_ONE_ROW": True, "SPLITK_EARLY": True}  # call 2's pick (call 3 measured the sites on top)
+EARLY_SITES = ("rope", "splitk", "norm_router", "moe_down")  # --early: kernels.PDL_EARLY_MORE candidates
+S7_CONFIGS = {"base": {}, "one_row": {"NORM_ROUTER_ONE_ROW": True}, "early": {"SPLITK_EARLY": True},
+              "one_row_early": {"NORM_ROUTER_ONE_ROW": True, "SPLITK_EARLY": True}}
+
+
+def s7_apply(cfg: dict) -> None:
+    for n, v in {**S7_BASE, **cfg}.items():
+        setattr(gk, n, v)
+
+
+def s7_profile(model, label: str) -> None:
+    """One eager step at batch 1 k4 under torch.profiler, kernels in launch order: per family, and the split-K
+    launches apart (qkv = even, o_proj = odd)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench.models.pruning import set_top_k
+
+    set_top_k(model, 4)
+    try:
+        ids = torch.randint(0, model.config.vocab_size, (1, PROMPT), device="cuda")
+        eng = GraphEngine(GraphOptions(capture="off"))
+        eng.prepare(model, ids, 8)
+        with torch.inference_mode():
+            eng.decoder.decode_step()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                eng.decoder.decode_step()
+                torch.cuda.synchronize()
+        evs = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                     key=lambda e: e.time_range.start)
+        fam: dict[str, list[float]] = {}
+        for ev in evs:
+            fam.setdefault(ev.name[:48], []).append(getattr(ev, "device_time", None) or ev.cuda_time)
+        sk = fam.get("_splitk_gemv_kernel", [])
+        emit({"sec": "profile", "label": label, "batch": 1, "kernels": len(evs),
+              "kernel_us": round(sum(sum(v) for v in fam.values()), 1),
+              "qkv_us": round(sum(sk[0::2]), 1), "oproj_us": round(sum(sk[1::2]), 1),
+              "families": {k: [round(sum(v), 1), len(v)] for k, v in sorted(fam.items(), key=lambda x: -sum(x[1]))}})
+        eng.release()
+    except Exception as exc:
+        emit({"sec": "profile", "label": label, "error": repr(exc)[:300], "tb": traceback.format_exc()[-800:]})
+
+
+def early_main(args, model, bandwidth: float) -> int:
+    """--early: main's path, the shipped session-7 configuration, and that plus each EARLY_SITES site in PDL mode 2
+    (kernels.PDL_EARLY_MORE): --rounds interleaved rounds at 1x4 / 1x2; then main, shipped and the
+    sites >= 0.3% faster than shipped together (exactness against main: tokens and last logits at 1x4), --rounds
+    rounds; picks.json = the combination if exact, >= 0.5% faster than shipped and slower in neither case, else
+    shipped."""
+    from bench.roofline import ArchSummary
+
+    arch = ArchSummary.from_model(model)
+    cfgs = {"main": {}, "shipped": dict(SHIPPED7)}
+    for site in EARLY_SITES:
+        cfgs[f"+{site}"] = {**SHIPPED7, "PDL_EARLY_MORE": (site,)}
+    exact: dict[str, bool] = {}
+    ref = None
+
+    def check(name: str) -> None:
+        nonlocal ref
+        s7_apply(cfgs[name])
+        try:
+            res, logits = run_engine(model, 1, 4, keep_logits=True)
+            toks = res[-1].tokens
+            ref = ref or (toks, logits)
+            exact[name] = bool(torch.equal(toks, ref[0])) and bool(torch.equal(logits, ref[1]))
+            emit({"sec": "exact", "config": name, "tokens_equal": bool(torch.equal(toks, ref[0])),
+                  "logits_max_abs_diff": round((logits - ref[1]).abs().max().item(), 5)})
+        except Exception as exc:
+            exact[name] = False
+            emit({"sec": "exact", "config": name, "error": repr(exc)[:400], "tb": traceback.format_exc()[-1200:]})
+
+    check("main")  # the reference; only what can ship (the combination, below) must equal it
+    check("shipped")
+    cases = [(1, 4), (1, 2)]
+    times: dict[tuple[str, int, int], list[float]] = {}
+
+    def rounds(names: list[str], tag: str) -> None:
+        for rnd in range(args.rounds):
+            for b, k in cases:
+                for name in (names if rnd % 2 == 0 else names[::-1]):
+                    s7_apply(cfgs[name])
+                    rec = time_case(model, b, k, arch, bandwidth, f"{tag}{name}")
+                    emit({**rec, "rnd": rnd})
+                    if "ms_step" in rec:
+                        times.setdefault((f"{tag}{name}", b, k), []).append(rec["ms_step"])
+
+    t = lambda n, b, k: mean(times.get((n, b, k), []))  # noqa: E731
+    names = list(cfgs)
+    rounds(names, "")
+    ratio = {n: mean([t(n, b, k) / t("shipped", b, k) for b, k in cases]) for n in names}
+    emit({"sec": "early_round1", "ratio_to_shipped": {n: round(r, 4) for n, r in ratio.items()}})
+    sites = tuple(s for s in EARLY_SITES if ratio.get(f"+{s}", 9) < 0.997)
+    pick = "shipped"
+    if sites:
+        cfgs["combo"] = {**SHIPPED7, "PDL_EARLY_MORE": sites}
+        check("combo")
+        if exact.get("combo"):
+            rounds(["main", "shipped", "combo"], "r2-")
+            r2 = mean([t("r2-combo", b, k) / t("r2-shipped", b, k) for b, k in cases])
+            worst = max(t("r2-combo", b, k) / t("r2-shipped", b, k) for b, k in cases)
+            emit({"sec": "early_round2", "sites": sites, "ratio": round(r2, 4), "worst": round(worst, 4)})
+            if r2 < 0.995 and worst < 1.0:
+                pick = "combo"
+    emit({"sec": "early_pick", "pick": pick,
+          "means": {f"{n}|{b}x{k}": round(mean(v), 4) for (n, b, k), v in times.items()}})
+    picked = {**S7_BASE, **cfgs[pick]}
+    (OUT / "picks.json").write_text(json.dumps(picked))
+    emit({"sec": "picks", **picked})
+    emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
+    return 0
+
+
+def prefetch_main(args, model, bandwidth: float) -> int:
+    """Each S7_CONFIGS entry: exactness at batch 1 k4 (tokens and last logits against base), then 3 interleaved
+    rounds at 1x4 and 1x2; the pick is the fastest exact configuration >= 0.5% faster than base on the mean ratio
+    and not slower in either case; eager profiles of base and the pick; $OUT/picks.json."""
+    from bench.roofline import ArchSummary
+
+    arch = ArchSummary.from_model(model)
+    exact: dict[str, bool] = {}
+    ref = None
+    for name, cfg in S7_CONFIGS.items():
+        s7_apply(cfg)
+        try:
+            res, logits = run_engine(model, 1, 4, keep_logits=True)
+            toks = res[-1].tokens
+            ref = ref or (toks, logits)
+            exact[name] = bool(torch.equal(toks, ref[0])) and bool(torch.equal(logits, ref[1]))
+            emit({"sec": "exact", "config": name, "tokens_equal": bool(torch.equal(toks, ref[0])),
+                  "logits_max_abs_diff": round((logits - ref[1]).abs().max().item(), 5)})
+        except Exception as exc:
+            exact[name] = False
+            emit({"sec": "exact", "config": name, "error": repr(exc)[:400], "tb": traceback.format_exc()[-1200:]})
+    cases = [(1, 4), (1, 2)]
+    times: dict[tuple[str, int, int], list[float]] = {}
+    names = [n for n in S7_CONFIGS if exact.get(n)]
+    for rnd in range(args.rounds):
+        for b, k in cases:
+            for name in (names if rnd % 2 == 0 else names[::-1]):
+                s7_apply(S7_CONFIGS[name])
+                rec = time_case(model, b, k, arch, bandwidth, name)
+                emit({**rec, "rnd": rnd})
+                if "ms_step" in rec:
+                    times.setdefault((name, b, k), []).append(rec["ms_step"])
+    t = lambda n, b, k: mean(times.get((n, b, k), []))  # noqa: E731
+    ratio = {n: mean([t(n, b, k) / t("base", b, k) for b, k in cases]) for n in names}
+    worst = {n: max(t(n, b, k) / t("base", b, k) for b, k in cases) for n in names}
+    cand = [n for n in names if n != "base" and ratio[n] < 0.995 and worst[n] < 1.0]
+    pick = min(cand, key=ratio.get) if cand else "base"
+    emit({"sec": "ratio", "ratio": {n: round(r, 4) for n, r in ratio.items()},
+          "worst": {n: round(r, 4) for n, r in worst.items()}, "pick": pick,
+          "means": {f"{n}|{b}x{k}": round(mean(v), 4) for (n, b, k), v in times.items()}})
+    picked = {**S7_BASE, **S7_CONFIGS[pick]}
+    (OUT / "picks.json").write_text(json.dumps(picked))
+    emit({"sec": "picks", **picked})
+    for name in dict.fromkeys(["base", pick]):
+        s7_apply(S7_CONFIGS[name])
+        s7_profile(model, name)
+    emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--prefetch", action="store_true",
+                    help="session 7: L2 prefetch sites and the one-row norm + router tail (prefetch_main)")
+    ap.add_argument("--early", action="store_true",
+                    help="session 7: more one-token kernels in PDL mode 2 (kernels.PDL_EARLY_MORE; early_main)")
+    ap.add_argument("--rounds", type=int, default=3, help="--prefetch / --early: interleaved timing rounds")
     ap.add_argument("--sweep", action="store_true",
                     help="session 6: per-batch expert tiles, router slices, attention blocks (sweep_main)")
     ap.add_argument("--classes", default="scan32,scan16,compact,big,few", help="--sweep: tile classes (CLASSES)")
@@ -488,6 +668,9 @@ def main() -> int:
           "pdl_supported": gk.pdl_launch() > 0, "load_s": round(time.time() - T0, 1)})
     if args.sweep:
         return sweep_main(args, model, bandwidth)
+    if args.prefetch or args.early:
+        gk.PDL_MAX_TOKENS = 1  # as shipped
+        return (early_main if args.early else prefetch_main)(args, model, bandwidth)
     arch = ArchSummary.from_model(model)
     exact = exactness(model, 1, 4, list(CONFIGS))
     big_exact = exactness(model, 8, 4, ["base", "pdl1", "pdl2"])

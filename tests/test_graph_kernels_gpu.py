@@ -72,6 +72,36 @@ def test_pdl_graph_replay_gives_the_same_tokens_and_logits(gk):
         assert torch.equal(out[mode][1], out[0][1]), mode
 
 
+def test_early_splitk_and_one_row_router_replay_gives_the_same_tokens_and_logits(gk):
+    """Batch-1 decode as a CUDA graph with the split-K GEMVs started early (SPLITK_EARLY: the kernel before them in
+    PDL mode 2), every other PDL_EARLY_MORE site in mode 2 too, and the one-row norm + router tail
+    (NORM_ROUTER_ONE_ROW), each on and off: the tokens and last logits of the plain step (a kernel that read an input
+    before its wait, or a wrong rank top-k, would change them)."""
+    from bench.engines.graph import GraphEngine
+    from bench.models.loading import load_model
+
+    model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
+    ids = torch.randint(0, model.config.vocab_size, (1, 40), device="cuda",
+                        generator=torch.Generator("cuda").manual_seed(3))
+    saved = (gk.SPLITK_EARLY, gk.NORM_ROUTER_ONE_ROW, gk.PDL_EARLY_MORE)
+    every = ("rope", "splitk", "norm_router", "moe_down")
+    out = {}
+    try:
+        for early, one_row, more in ((False, False, ()), (False, True, ()), (True, True, ()), (True, False, ()),
+                                     (True, True, every)):
+            gk.SPLITK_EARLY, gk.NORM_ROUTER_ONE_ROW, gk.PDL_EARLY_MORE = early, one_row, frozenset(more)
+            eng = GraphEngine(keep_logits=True)
+            res = eng.generate(model, ids, 24)
+            out[(early, one_row, more)] = (res.tokens, eng.decoder.logits.clone())
+            eng.release()
+    finally:
+        gk.SPLITK_EARLY, gk.NORM_ROUTER_ONE_ROW, gk.PDL_EARLY_MORE = saved
+    plain = out[(False, False, ())]
+    for key, (toks, logits) in out.items():
+        assert torch.equal(toks, plain[0]), key
+        assert torch.equal(logits, plain[1]), key
+
+
 # main's tables before session 6 (docs/PERF.md): compact MOE_CONFIG_FEW, scan MOE_CONFIG, M tile >= 64 MOE_CONFIG_BIG
 MAIN_SCAN = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
 MAIN_BIG = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)}

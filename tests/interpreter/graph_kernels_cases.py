@@ -326,3 +326,27 @@ def test_triton_unfused_norm_router_matches_hf_tokens(gk, lively, monkeypatch):
     assert torch.equal(res.tokens, ref.tokens)
     one = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids[:1], TOKENS)
     assert torch.equal(one.tokens, get_engine("hf").generate(model, ids[:1], TOKENS).tokens)
+
+
+@pytest.mark.parametrize("one_row", [True, False])
+def test_triton_norm_router_one_row_ties_and_residual(gk, monkeypatch, one_row):
+    """One row through `add_rmsnorm_route` with NORM_ROUTER_ONE_ROW (the top-k by rank, the residual kept in
+    registers) and without: with tied logits at the top-k boundary (a zero router weight, tied biases) the lower
+    expert ids win, as torch.topk and `router`; the residual and the weights are those of add_rmsnorm + router."""
+    monkeypatch.setattr(gk, "NORM_ROUTER_ONE_ROW", one_row)
+    gen = torch.Generator().manual_seed(31)
+    hidden, experts, k = 200, 8, 3
+    h = torch.randn(1, hidden, generator=gen)
+    h2 = h.clone()
+    delta, ln = torch.randn(1, hidden, generator=gen), torch.randn(hidden, generator=gen)
+    rw = torch.zeros(experts, hidden)
+    rb = torch.tensor([0.5, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, -1.0])
+    normed = gk.add_rmsnorm(h, delta, 1, ln, 1e-5)
+    want_i, want_w = gk.router(normed, rw, rb, k)
+    got, got_i, got_w = gk.add_rmsnorm_route(h2, delta, ln, 1e-5, rw, rb, k)
+    assert got_i.tolist() == [[1, 3, 5]] and torch.equal(got_i, want_i) and torch.equal(got_w, want_w)
+    assert torch.equal(got, normed) and torch.equal(h2, h)
+    rb2 = torch.tensor([0.5, 2.0, 1.0, 3.0, 1.0, 2.0, 1.0, 1.0])  # a tie at the boundary: 2 (lowest) of 2, 4, 6, 7
+    _, got_i, got_w = gk.add_rmsnorm_route(h.clone(), delta, ln, 1e-5, rw, rb2, 4)
+    want_i, want_w = gk.router(normed, rw, rb2, 4)
+    assert got_i.tolist() == [[3, 1, 5, 2]] and torch.equal(got_w, want_w)

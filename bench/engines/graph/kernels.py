@@ -11,7 +11,8 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 - `add_rmsnorm_route`: the post-attention `add_rmsnorm` and the decode router in one launch for a step of
   <= NORM_ROUTER_MAX_TOKENS tokens (FUSE_NORM_ROUTER): each program recomputes the rows' RMS, normalizes its slice
   and computes that slice's router partials; the last program to finish (an atomic count) picks the top-k and
-  writes the residual.
+  writes the residual. With one row (NORM_ROUTER_ONE_ROW) the last program keeps the residual row from its RMS pass
+  and picks the top-k by rank.
 - `router`: router linear + top-k + softmax over the k logits. Decode (<= ROUTER_SPLIT_MAX_TOKENS tokens): split-K
   partial logits (one program per slice of the hidden size, all tokens and experts), then one program per token
   sums the slices in a fixed order and picks the top-k; prefill: one program per token.
@@ -34,7 +35,10 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 
 Programmatic dependent launch (PDL, Hopper): in one-token steps (PDL_MAX_TOKENS) each decode kernel here is
 launched with `launch_pdl` and waits (`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel
-writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`).
+writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`). The kernels right before a
+split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv), rope_kv, the split-K GEMVs and the
+bf16 down expert GEMM let the next kernel launch right after their own wait (PDL mode 2: `SPLITK_EARLY`,
+`PDL_EARLY_MORE`, `early_pdl`).
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
@@ -160,6 +164,31 @@ def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: 
 # H200, 24 layers at M = 1 (docs/PERF.md): qkv 249 -> 241 us, o_proj 289 -> 187 us against cuBLAS.
 SPLITK_MAX_ROWS = 1
 SPLITK_CONFIG: dict[str, tuple[int, ...]] = {"small": (16, 256, 4, 4)}
+# The split-K GEMVs' early start in one-token PDL steps (session 7): the kernel before each split-K GEMV
+# (attn_decode before o_proj, the add_rmsnorm of one row before qkv or lm_head) triggers its dependents right after
+# its own wait (PDL mode 2), so the GEMV's launch and prologue overlap that kernel, not only its tail. H200
+# (docs/PERF.md, session 7, with NORM_ROUTER_ONE_ROW): batch 1 k4 2.462 -> 2.439 ms, k2 1.888 -> 1.865; the same
+# bits. (Having the GEMV's programs also prefetch their own weight block into L2 before their wait made both split-K
+# launches ~1.9 us slower: k4 2.501 ms, not kept.) False: mode 1 as every other kernel (ablation).
+SPLITK_EARLY = True
+# More one-token kernels that trigger their dependents right after their wait (PDL mode 2), by site: "rope"
+# (rope_kv, before attention), "splitk" (qkv and o_proj, before rope_kv and the norm + router), "moe_down" (the bf16
+# down expert GEMM, before add_rmsnorm); "norm_router" (before the gate_up expert GEMM) is a candidate left out.
+# H200 (docs/PERF.md, session 7, on top of SPLITK_EARLY and NORM_ROUTER_ONE_ROW, alone: rope -0.6 / -0.8%, splitk
+# -1.2 / -1.6%, moe_down -0.7 / -0.8%, norm_router +0.2 / +2.1% at batch 1 k4 / k2): the three together 2.409 ->
+# 2.351 ms (k4), 1.852 -> 1.793 (k2); the same bits. Every kernel reads what an earlier kernel wrote only after its
+# own wait (the down GEMM's routing: two kernels back, complete once it runs), so an early launch cannot race.
+PDL_EARLY_MORE: frozenset[str] = frozenset({"rope", "splitk", "moe_down"})
+
+
+def early_pdl(pdl: int, rows: int, site: str) -> int:
+    """The PDL mode of a one-token kernel at `site`: 2 for "attn" and "norm" (the kernels before the split-K GEMVs)
+    with SPLITK_EARLY and for the sites in PDL_EARLY_MORE, else `pdl`."""
+    if pdl <= 0:
+        return pdl
+    if SPLITK_EARLY and site in ("attn", "norm") and rows <= SPLITK_MAX_ROWS:
+        return 2
+    return 2 if site in PDL_EARLY_MORE else pdl
 
 
 def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -171,7 +200,7 @@ def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     ksplit = triton.cdiv(triton.cdiv(k, splits), bk) * bk
     splits = triton.cdiv(k, ksplit)
     part = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
-    pdl = pdl_launch(m)
+    pdl = early_pdl(pdl_launch(m), m, "splitk")
     _splitk_gemv_kernel[(triton.cdiv(n, bn), splits)](
         x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, PDL=pdl, num_warps=warps,
         **_pdl_kw(pdl),
@@ -215,6 +244,8 @@ def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | Partials | None, ks: int,
     if parts is not None and (ks != 1 or parts.shape != (rows, hidden)):
         raise ValueError(f"add_rmsnorm: partials of shape {parts.shape} for h {tuple(h.shape)} (ks {ks})")
     pdl = pdl_launch(rows)
+    if parts is None:  # the norm before qkv (or lm_head): the next GEMV may start early (SPLITK_EARLY)
+        pdl = early_pdl(pdl, rows, "norm")
     _add_rmsnorm_kernel[(rows,)](
         h, delta if isinstance(delta, torch.Tensor) else h, weight, out,
         parts.part if parts is not None else h, parts.bias if parts is not None and parts.bias is not None else h,
@@ -332,7 +363,7 @@ def rope_kv(
     parts = qkv if isinstance(qkv, Partials) else None
     dtype = parts.dtype if parts is not None else qkv.dtype
     q = torch.empty((bsz, hq, d), dtype=dtype, device=kc.device)
-    pdl = pdl_launch(bsz)
+    pdl = early_pdl(pdl_launch(bsz), bsz, "rope")
     if parts is not None:  # q stands in for the qkv pointer: never read, it carries the dtype of the rounding
         _rope_kv_kernel[(bsz, hq + hkv)](
             q, cos, sin, pos, q, kc, vc, parts.part, parts.bias if parts.bias is not None else q, hq, hkv,
@@ -410,7 +441,7 @@ def attn_decode(
     _, hkv, s_cache, _ = kc.shape
     g = hq // hkv
     out = torch.empty((bsz, hq * d), dtype=q.dtype, device=q.device)
-    pdl = pdl_launch(bsz)
+    pdl = early_pdl(pdl_launch(bsz), bsz, "attn")  # o_proj (split-K) follows
     bs, warps, stages = config or attn_config(bsz)
     extra = {"num_stages": stages} if stages else {}
     _attn_decode_kernel[(bsz, hkv)](
@@ -439,6 +470,29 @@ def _topk_softmax_store(logits, e, em, topi_ptr, topw_ptr, t, K: tl.constexpr, K
     p = tl.where(km, p, 0.0)
     p = p / tl.sum(p, axis=0)
     tl.store(topi_ptr + t * K + kk, idxs, mask=km)
+    tl.store(topw_ptr + t * K + kk, p, mask=km)
+
+
+@triton.jit
+def _topk_rank_softmax_store(logits, e, em, topi_ptr, topw_ptr, t, K: tl.constexpr, KP: tl.constexpr,
+                             EP: tl.constexpr):
+    """`_topk_softmax_store` by rank: expert e's rank is the number of experts before it (a larger logit, or an equal
+    one with a lower id: torch.topk's order, as the max-then-lowest-id loop), and slot j takes the expert of rank j.
+    The k kept logits are gathered exactly (one nonzero term a sum), so the softmax sees the same values in the same
+    slots: the same ids and weights, bit for bit."""
+    logits = tl.where(em, logits, float("-inf"))
+    before = (logits[None, :] > logits[:, None]) | ((logits[None, :] == logits[:, None]) & (e[None, :] < e[:, None]))
+    rank = tl.sum(before.to(tl.int32), axis=1)
+    kk = tl.arange(0, KP)
+    km = kk < K
+    sel = rank[None, :] == kk[:, None]
+    vals = tl.sum(tl.where(sel, logits[None, :], 0.0), axis=1)
+    idxs = tl.sum(tl.where(sel, e[None, :], 0), axis=1)
+    vals = tl.where(km, vals, float("-inf"))
+    p = tl.exp(vals - tl.max(vals, axis=0))
+    p = tl.where(km, p, 0.0)
+    p = p / tl.sum(p, axis=0)
+    tl.store(topi_ptr + t * K + kk, idxs.to(tl.int32), mask=km)
     tl.store(topw_ptr + t * K + kk, p, mask=km)
 
 
@@ -567,11 +621,14 @@ def _norm_router_kernel(
     h_ptr, d_ptr, part_ptr, bias_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, rpart_ptr, cnt_ptr, topi_ptr, topw_ptr,
     T, H, E, S, eps, TP: tl.constexpr, EP: tl.constexpr, BH: tl.constexpr, BLOCK: tl.constexpr, K: tl.constexpr,
     KP: tl.constexpr, SP: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+    ONE: tl.constexpr = False,
 ):
     """`add_rmsnorm` (KS = 1) + the split-K router in one launch. Program s: every row's RMS (the whole row), its
     slice of the normed rows (stored) and of the router logits (partials, as `_router_partial_kernel`); the last
     program to finish (an atomic count) sums the partials, picks the top-k (`_router_topk_kernel`) and writes the
-    updated residual rows h (no program reads h after that), then resets the count for the next launch."""
+    updated residual rows h (no program reads h after that), then resets the count for the next launch. ONE (one
+    row, NORM_ROUTER_ONE_ROW): the last program stores the residual row kept from the RMS pass and picks the top-k
+    by rank (`_topk_rank_softmax_store`)."""
     s = tl.program_id(0)
     hh = s * BH + tl.arange(0, BH)
     hm = hh < H
@@ -585,10 +642,14 @@ def _norm_router_kernel(
     tt = tl.arange(0, TP)
     tm = tt < T
     rinv = tl.zeros([TP], dtype=tl.float32)
-    for t in range(T):
-        x = _residual(h_ptr, d_ptr, part_ptr, bias_ptr, t, offs, T, H, m, NSPLIT, HAS_BIAS)
-        var = tl.sum(x * x, axis=0) / H
-        rinv = tl.where(tt == t, tl.rsqrt(var + eps), rinv)
+    if ONE:  # one row: its residual stays in registers for the last program's store
+        x1 = _residual(h_ptr, d_ptr, part_ptr, bias_ptr, 0, offs, T, H, m, NSPLIT, HAS_BIAS)
+        rinv = tl.where(tt == 0, tl.rsqrt(tl.sum(x1 * x1, axis=0) / H + eps), rinv)
+    else:
+        for t in range(T):
+            x = _residual(h_ptr, d_ptr, part_ptr, bias_ptr, t, offs, T, H, m, NSPLIT, HAS_BIAS)
+            var = tl.sum(x * x, axis=0) / H
+            rinv = tl.where(tt == t, tl.rsqrt(var + eps), rinv)
     m2 = tm[:, None] & hm[None, :]
     xs = _residual(h_ptr, d_ptr, part_ptr, bias_ptr, tt[:, None], hh[None, :], T, H, m2, NSPLIT, HAS_BIAS)
     normed = (nw[None, :] * (xs * rinv[:, None])).to(out_ptr.dtype.element_ty)
@@ -600,7 +661,14 @@ def _norm_router_kernel(
     done = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")
     if done == S - 1:
         ss = tl.arange(0, SP)
-        for t in range(T):
+        if ONE:  # the top-k by rank (fewer reductions, the same ids and weights) and the kept residual row
+            parts = tl.load(rpart_ptr + ss[:, None] * TP * EP + e[None, :], mask=(ss < S)[:, None], other=0.0,
+                            cache_modifier=".cg")
+            logits = tl.sum(parts, axis=0) + tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)
+            logits = logits.to(out_ptr.dtype.element_ty).to(tl.float32)
+            tl.store(h_ptr + offs, x1.to(h_ptr.dtype.element_ty), mask=m)
+            _topk_rank_softmax_store(logits, e, em, topi_ptr, topw_ptr, 0, K, KP, EP)
+        for t in range(T if not ONE else 0):
             parts = tl.load(rpart_ptr + (ss[:, None] * TP + t) * EP + e[None, :], mask=(ss < S)[:, None], other=0.0,
                             cache_modifier=".cg")
             logits = tl.sum(parts, axis=0) + tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)
@@ -616,6 +684,11 @@ def _norm_router_kernel(
 # the H200, docs/PERF.md); False: add_rmsnorm, then router (two launches; ablation).
 FUSE_NORM_ROUTER = True
 NORM_ROUTER_MAX_TOKENS = 1
+# One row (session 7): the last program stores the residual row its RMS pass kept in registers (no second read of h
+# and the partials) and picks the top-k by rank (`_topk_rank_softmax_store`: 5 reductions instead of 2 k + 2). The
+# same bits; False: the loop over rows (ablation). H200 (docs/PERF.md, session 7): the kernel 7.7 -> 7.0 us a layer,
+# batch 1 k4 2.453 -> 2.434 ms, k2 1.892 -> 1.882.
+NORM_ROUTER_ONE_ROW = True
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
@@ -641,13 +714,14 @@ def add_rmsnorm_route(
     topi = torch.empty((rows, k), dtype=torch.int32, device=h.device)
     topw = torch.empty((rows, k), dtype=torch.float32, device=h.device)
     rpart = torch.empty((splits, tp, ep), dtype=torch.float32, device=h.device)
-    pdl = pdl_launch(rows)
+    pdl = early_pdl(pdl_launch(rows), rows, "norm_router")
     _norm_router_kernel[(splits,)](
         h, delta if parts is None else h, parts.part if parts is not None else h,
         parts.bias if parts is not None and parts.bias is not None else h, weight, out, rweight, rbias, rpart, cnt,
         topi, topw, rows, hidden, experts, splits, eps, TP=tp, EP=ep, BH=bh, BLOCK=_p2(hidden), K=k, KP=_p2(k),
         SP=_p2(splits), NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
-        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, num_warps=8, **_pdl_kw(pdl),
+        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, ONE=rows == 1 and NORM_ROUTER_ONE_ROW,
+        num_warps=8, **_pdl_kw(pdl),
     )
     return out, topi, topw
 
@@ -963,7 +1037,7 @@ def moe(
             plan.pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl, NB_MAJOR=nb_major, num_warps=warps, num_stages=stages,
-            **_pdl_kw(pdl),
+            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl if gu else early_pdl(pdl, x.shape[0], "moe_down"),
+            NB_MAJOR=nb_major, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
         )
     return out
