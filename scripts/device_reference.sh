@@ -3,13 +3,16 @@
 #   1. the GPU tests of the graph engine's kernels (bf16 and MXFP4);
 #   2. the reference report's sweep (data/specs/union-prunes.toml) with the graph engine, in MXFP4 and in bf16,
 #      cut to fit a device call: 64 new tokens, one repeat, batch sizes 1, 4, 32 (the report: 2048, 3, 1-32);
-#   3. the MXFP4 issue's side-by-side command (bench perf --weights bf16,mxfp4, E32/E16, batch 1 and 32).
+#   3. the MXFP4 issue's side-by-side command (bench perf --weights bf16,mxfp4, E32/E16, batch 1 and 32);
+#   4. the MXFP4 teacher-forced accuracy check (scripts/gpu_mxfp4.py: graph vs HF bf16 against float32), at batch
+#      ACC_BATCH (default 32) and, with ACC_ONE_BY_ONE=16, 16 sequences generated one at a time (batch 1).
 # Each result is exported with the bench's own JSONL export. Needs the duckdb wheel carried in .wheels/
 # (make gpu-wheels). Set MOE_BENCH_GIT_COMMIT to the commit the tree came from (the copy has no .git).
-# Writes to $OUT (8 files, what the device tool brings back): pytest.txt, mx.log, bf.log,
-# union-prunes-{mxfp4-,}graph.jsonl, perf-bf16-mxfp4.jsonl, perf.log, timings.txt (the card, then a line a step);
-# the sweeps' DuckDB files and run logs stay in $WORK (default /tmp/device_reference).
-# Usage: scripts/device_reference.sh [steps...]   steps: tests mxfp4 bf16 perf (default: all four, in that order)
+# Writes to $OUT (at most 8 files, what the device tool brings back): pytest.txt, sweeps.log (both sweeps' logs),
+# union-prunes-{mxfp4-,}graph.jsonl, perf-bf16-mxfp4.jsonl, perf.log, accuracy.jsonl, timings.txt (the card, then a
+# line a step); the sweeps' DuckDB files and run logs stay in $WORK (default /tmp/device_reference).
+# Usage: scripts/device_reference.sh [steps...]   steps: tests mxfp4 bf16 perf accuracy (default: the first four,
+# in that order)
 set -uo pipefail
 out=${OUT:-/tmp}
 work=${WORK:-/tmp/device_reference}
@@ -33,18 +36,28 @@ for step in $steps; do
         tail -n 2 "$out/pytest.txt" ;;
     mxfp4)
         OUT=$work MOE_BENCH_GIT_COMMIT=$commit bash scripts/device_sweep.sh mx "${sweep_args[@]}" --weights mxfp4
-        cp "$work/mx.log" "$out/"
+        cat "$work/mx.log" >> "$out/sweeps.log"
         python3 -m bench export --db "$work/mx.duckdb" --format jsonl --out "$out/union-prunes-mxfp4-graph.jsonl" ;;
     bf16)
         OUT=$work MOE_BENCH_GIT_COMMIT=$commit bash scripts/device_sweep.sh bf "${sweep_args[@]}"
-        cp "$work/bf.log" "$out/"
+        cat "$work/bf.log" >> "$out/sweeps.log"
         python3 -m bench export --db "$work/bf.duckdb" --format jsonl --out "$out/union-prunes-graph.jsonl" ;;
     perf)
         MOE_BENCH_GIT_COMMIT=$commit python3 -m bench perf --model synthetic:gpt-oss-20b --engines graph \
             --weights bf16,mxfp4 --experts 32,16 --top-k 4 --batch-sizes 1,32 --new-tokens 64 --repeats 3 \
             --out-jsonl "$out/perf-bf16-mxfp4.jsonl" > "$out/perf.log" 2>&1
         tail -n 30 "$out/perf.log" ;;
-    *) echo "unknown step '$step' (use: tests mxfp4 bf16 perf)" >&2; exit 2 ;;
+    accuracy)
+        n=0
+        for acc in "--accuracy-batch ${ACC_BATCH:-32}" ${ACC_ONE_BY_ONE:+"--accuracy-batch $ACC_ONE_BY_ONE --accuracy-one-by-one"}; do
+            n=$((n + 1))
+            # shellcheck disable=SC2086  # $acc holds two or three arguments
+            MOE_BENCH_GIT_COMMIT=$commit python3 scripts/gpu_mxfp4.py --out "$work/acc$n" --budget-s 400 --skip-probe \
+                --skip-engine --skip-bf16 $acc > "$work/acc$n.log" 2>&1
+            grep '"accuracy"' "$work/acc$n/mxfp4.jsonl" >> "$out/accuracy.jsonl" || tail -n 5 "$work/acc$n.log"
+        done
+        tail -n 3 "$out/accuracy.jsonl" ;;
+    *) echo "unknown step '$step' (use: tests mxfp4 bf16 perf accuracy)" >&2; exit 2 ;;
     esac
     stamp "$step"
 done

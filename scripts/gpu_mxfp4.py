@@ -4,7 +4,7 @@ by side with bf16, and the teacher-forced accuracy check with a paired statistic
 
     PYTHONUNBUFFERED=1 python scripts/gpu_mxfp4.py [--out DIR] [--budget-s 300] [--accuracy-batch 32]
         [--skip-probe] [--skip-engine] [--skip-bf16] [--skip-accuracy] [--sweep-dq] [--engine-cases 1x4,32x4]
-        [--engine-pdl 0,1,2] [--perf "ARGS for bench perf"]
+        [--engine-pdl 0,1,2] [--dq-sweep [--dq-sweep-s 100]] [--perf "ARGS for bench perf"]
 
 1. load: the seeded bf16 model; bf16 graph engine at batch 1 and 32 (E32, top_k 4), the side-by-side reference
    (not with --skip-bf16); then the experts are quantized in place (what `weights = "mxfp4"` builds).
@@ -14,6 +14,9 @@ by side with bf16, and the teacher-forced accuracy check with a paired statistic
    --sweep-dq also scaled vs dq at T = 32, dq's tiles swept), then gemv4's picks under each MXFP4_PDL mode; the
    fastest T = 1 loop whose check passed (relative error < 2%) and its tiles become the module's tables (and
    tiles.json, the MOE_MXFP4_TILES of later runs).
+2b. --dq-sweep (round 6a, docs/MXFP4.md): the dq loop per batch class, one E32 top-4 layer at 32, 4, 64, 8 tokens
+   (scan mode) and 128, 256 (sorted mode, against tl.dot_scaled): main's dq, its variants (DQ_VARIANT, DQ_BMQ),
+   then each GEMM's tiles; the winners become the per-class table (MXFP4_CONFIG_DQ_T) of "after" and tiles.json.
 3. engine: mxfp4 graph engine "before" (main's loops and tiles: gemv4 under PDL mode 2 at batch 1, dq
    elsewhere) and "after" (the picks; at batch 1 once per --engine-pdl mode, the fastest at 1x4 kept), one after
    the other in the same process, the --engine-cases (batch x top_k); prompt 256, 33 new tokens (32 timed steps),
@@ -68,15 +71,30 @@ CANDIDATES = {
     "few": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2)],
     "full": [(64, 256, 4, 3), (32, 256, 4, 3), (64, 512, 4, 2), (64, 256, 8, 3), (128, 256, 4, 3)],
 }
-# main's kernel (commit 04f45f0 to 32fee8e): gemv4 at batch 1 under PDL mode 2, the dq loop for the other decode
-# launches, with these tiles
+# main's kernel before round 6a (commits 04f45f0 to 97dd2b5): gemv4 at batch 1 under PDL mode 2 (main's batch-1
+# path today), the dq loop for the other decode launches with these tiles (round 6a's per-class dq is "after")
 BEFORE = {"gemv_max_tokens": 1, "gemv_impl": "gemv4", "mma_impl": "dq", "pdl": 2,
           "gemv4": {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)},
           "gemv": {"gate_up": (16, 512, 4, 3), "down": (16, 512, 4, 3)},
           "few": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)},
           "full": {"gate_up": (64, 256, 4, 3), "down": (64, 256, 4, 3)},
           "dq1": {"gate_up": (64, 64, 4, 3), "down": (64, 128, 4, 3)},
-          "dq": {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4)}}
+          "dq": {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4)},
+          "dq_variant": 0, "dq_bmq": 0, "dq_t": {}, "dq_sorted_max_tokens": 0}
+# --dq-sweep (round 6a): the dq loop per batch class. Variants (DQ_VARIANT, DQ_BMQ) at main's tiles, then each
+# GEMM's tiles (BN, BK, warps, stages) for the best variant; 128 / 256 tokens (sorted mode): scaled vs dq
+DQ_CLASSES = (32, 4, 64, 8)  # the order they are swept in (the engine's cases first)
+DQ_SORTED_CLASSES = (128, 256)
+# (variant, bmq); call 1 of round 6a ran variants 1-3 with bit 2 (unmasked loads) always on where the tiles divide
+DQ_VARIANTS = {4: [(1, 0), (3, 0), (7, 0)], 8: [(3, 0), (7, 0)], 32: [(2, 0), (3, 0), (6, 0), (7, 0)],
+               64: [(7, 16), (3, 16)], 128: [(7, 0)], 256: [(7, 0)]}
+DQ_TILES = {
+    "gate_up": [(128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 4, 1), (64, 64, 4, 3), (128, 128, 4, 3),
+                (128, 128, 8, 3), (256, 64, 8, 3), (128, 64, 8, 3)],
+    "down": [(64, 64, 4, 4), (64, 64, 4, 3), (64, 64, 4, 1), (128, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 3),
+             (64, 32, 4, 4)],
+}
+DQ_SORTED_TILES = {"gate_up": [(64, 64, 4, 3), (64, 128, 4, 3)], "down": [(64, 64, 4, 3), (64, 128, 4, 3)]}
 TABLES = {"gemv": "MXFP4_CONFIG_GEMV", "gemv4": "MXFP4_CONFIG_GEMV4", "few": "MXFP4_CONFIG_FEW",
           "full": "MXFP4_CONFIG", "dq1": "MXFP4_CONFIG_DQ1", "dq": "MXFP4_CONFIG_DQ"}
 
@@ -180,12 +198,157 @@ def set_tables(cfg: dict) -> None:
     mk.MXFP4_PDL = int(cfg.get("pdl", 0))
     for key, attr in TABLES.items():
         getattr(mk, attr).update({g: tuple(v) for g, v in cfg.get(key, {}).items()})
+    # round 6a's dq knobs: absent keys (an older tiles.json) mean main's path before this round
+    mk.DQ_VARIANT = int(cfg.get("dq_variant", 0))
+    mk.DQ_BMQ = int(cfg.get("dq_bmq", 0))
+    mk.DQ_SORTED_MAX_TOKENS = int(cfg.get("dq_sorted_max_tokens", 0))
+    mk.MXFP4_CONFIG_DQ_T.clear()
+    mk.MXFP4_CONFIG_DQ_T.update({int(t): {g: tuple(v) if isinstance(v, list | tuple) else int(v) for g, v in c.items()}
+                                 for t, c in cfg.get("dq_t", {}).items()})
 
 
 def current_tables() -> dict:
     return {"gemv_max_tokens": mk.GEMV_MAX_TOKENS, "mma_impl": mk.MMA_IMPL, "gemv_impl": mk.GEMV_IMPL,
             "pdl": mk.MXFP4_PDL,
-            **{key: dict(getattr(mk, attr)) for key, attr in TABLES.items()}}
+            **{key: dict(getattr(mk, attr)) for key, attr in TABLES.items()},
+            "dq_variant": mk.DQ_VARIANT, "dq_bmq": mk.DQ_BMQ, "dq_sorted_max_tokens": mk.DQ_SORTED_MAX_TOKENS,
+            "dq_t": {t: dict(c) for t, c in mk.MXFP4_CONFIG_DQ_T.items()}}
+
+
+def dq_sweep(model, left) -> dict:
+    """Round 6a: one E32 top-4 layer per batch class (CUDA-graph medians, plain launches, the engine's own pick of
+    the loop: impl None, fold on). Per class: main's dq (variant 0, main's tiles), then the variants of DQ_VARIANTS
+    at main's tiles, then each GEMM's tiles for the best variant (gate_up first, then down). Sorted classes: scaled
+    (main) against dq. Returns the picks as tables keys (dq_variant, dq_bmq, dq_t, dq_sorted_max_tokens); every
+    timing is emitted as it is made, and the picked configuration's error against the torch reference."""
+    ex = model.model.layers[0].mlp.experts
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    per_expert = sum(getattr(ex, n)[0].numel() for n in ("gate_up_proj_blocks", "gate_up_proj_scales",
+                                                          "down_proj_blocks", "down_proj_scales"))
+    base = {**current_tables(), "dq_variant": 0, "dq_bmq": 0, "dq_t": {}, "dq_sorted_max_tokens": 0}
+    main_tiles = dict(base["dq"])
+    picks: dict = {"dq_t": {}, "wins": {}}
+    pdl_saved = mk.MXFP4_PDL
+
+    def run(x, topi, topw):
+        return mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
+                            ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha,
+                            ex.limit, None, fold=True)
+
+    def timed(tokens, inp, cfg, label):
+        set_tables(cfg)
+        mk.MXFP4_PDL = 0
+        try:
+            us = _time(lambda: run(*inp))
+        except Exception as exc:  # a tile that does not compile (shared memory, registers) is skipped
+            emit({"sec": "dq_sweep", "tokens": tokens, "label": label, "error": repr(exc)[:300]})
+            return float("inf")
+        nbytes = per_expert * int(inp[1].unique().numel())
+        cls = cfg.get("dq_t", {}).get(tokens, cfg.get("dq"))
+        emit({"sec": "dq_sweep", "tokens": tokens, "label": label, "cls": cls,
+              "sorted_dq": cfg.get("dq_sorted_max_tokens", 0) >= tokens, "us_per_layer": round(us, 2),
+              "gb_s": round(nbytes / us / 1e3, 1)})
+        return us
+
+    for tokens in DQ_CLASSES + DQ_SORTED_CLASSES:
+        if left() < 8:
+            emit({"sec": "dq_sweep", "tokens": tokens, "skipped": "budget"})
+            continue
+        sorted_mode = tokens in DQ_SORTED_CLASSES
+        x = torch.randn(tokens, ex.hidden_size, generator=gen, device="cuda").to(torch.bfloat16)
+        inp = (x, *_routing(tokens, ex.num_experts, 4, gen))
+        t_main = timed(tokens, inp, base, "main")  # scaled in sorted mode, dq (variant 0) otherwise
+        best = (t_main, None)
+        tiles0 = {g: DQ_SORTED_TILES[g][0] for g in ("gate_up", "down")} if sorted_mode else main_tiles
+        for v, bmq in DQ_VARIANTS[tokens]:
+            cfg = {**base, "dq_t": {tokens: {**tiles0, "variant": v, "bmq": bmq}},
+                   "dq_sorted_max_tokens": tokens if sorted_mode else 0}
+            us = timed(tokens, inp, cfg, f"v{v}-bmq{bmq}")
+            if best[1] is None or us < best[0]:  # the first variant is taken even when slower than main
+                best = (us, cfg)
+        if best[1] is None:
+            continue
+        cfg = best[1]
+        cands = DQ_SORTED_TILES if sorted_mode else DQ_TILES
+        for gemm in ("gate_up", "down"):
+            for tile in cands[gemm]:
+                if tile == cfg["dq_t"][tokens][gemm] or left() < 2:
+                    continue
+                trial = {**cfg, "dq_t": {tokens: {**cfg["dq_t"][tokens], gemm: tile}}}
+                us = timed(tokens, inp, trial, f"{gemm}-{tile}")
+                if us < best[0]:
+                    best, cfg = (us, trial), trial
+        win = best[0] < t_main
+        picks["wins"][tokens] = {"main_us": round(t_main, 2), "best_us": round(best[0], 2), "dq_wins": win,
+                                 "cls": cfg["dq_t"][tokens], "speedup": round(t_main / best[0], 3)}
+        # a class where main's path stays faster keeps it explicitly (variant 0, main's tiles; scaled if sorted)
+        picks["dq_t"][tokens] = cfg["dq_t"][tokens] if win else {**main_tiles, "variant": 0, "bmq": 0}
+        if win:
+            set_tables(cfg)
+            want = _ref_moe(x, ex, inp[1], inp[2]).float()
+            got = run(*inp).float()
+            picks["wins"][tokens]["rel_l2_err"] = round(((got - want).norm() / want.norm()).item(), 5)
+        emit({"sec": "dq_pick", "tokens": tokens, **picks["wins"][tokens]})
+    wins = picks["wins"]
+    variants = [w["cls"]["variant"] for t, w in wins.items() if t in DQ_CLASSES and w["dq_wins"]]
+    sorted_max = 0  # dq in sorted decode up to the largest class below which every sorted class won
+    for t in DQ_SORTED_CLASSES:
+        if not wins.get(t, {}).get("dq_wins"):
+            break
+        sorted_max = t
+    out = {"dq_variant": max(set(variants), key=variants.count) if variants else 0, "dq_bmq": 0,
+           "dq_t": {t: c for t, c in picks["dq_t"].items() if t in DQ_CLASSES or t <= sorted_max},
+           "dq_sorted_max_tokens": sorted_max}
+    set_tables(base)
+    mk.MXFP4_PDL = pdl_saved
+    emit({"sec": "dq_picks", **out, "wins": wins})
+    return out
+
+
+def dq_recheck(model, classes: list[int]) -> dict:
+    """Each listed class's committed tiles under each DQ_VARIANT (0-7) and main's path (variant 0, main's tiles), one
+    E32 top-4 layer; a variant more than 1% faster than the class's own replaces it; then a register cap (maxnreg
+    128, 96) is kept where it is more than 1% faster. Returns the dq_t table."""
+    ex = model.model.layers[0].mlp.experts
+    gen = torch.Generator(device="cuda").manual_seed(6)
+    cur = current_tables()
+    table = {int(t): dict(c) for t, c in cur["dq_t"].items()}
+    pdl_saved = mk.MXFP4_PDL
+    for tokens in classes:
+        cls_key = min((t for t in table if t >= tokens), default=None)
+        if cls_key is None:
+            continue
+        x = torch.randn(tokens, ex.hidden_size, generator=gen, device="cuda").to(torch.bfloat16)
+        topi, topw = _routing(tokens, ex.num_experts, 4, gen)
+        times = {}
+        for v in ("main", 0, 1, 2, 3, 4, 5, 6, 7):
+            if v == "main":
+                cfg = {**cur, "dq_variant": 0, "dq_bmq": 0, "dq_t": {}, "dq_sorted_max_tokens": 0}
+            else:
+                cfg = {**cur, "dq_t": {**table, cls_key: {**table[cls_key], "variant": v}}}
+            set_tables(cfg)
+            mk.MXFP4_PDL = 0
+            times[v] = _time(lambda x=x, topi=topi, topw=topw: mk.moe_mxfp4(
+                x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias, ex.down_proj_blocks,
+                ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha, ex.limit, None, fold=True))
+        own = table[cls_key].get("variant", mk.DQ_VARIANT)
+        best = min((v for v in times if v != "main"), key=times.get)
+        if times[best] < 0.99 * times[own]:
+            table[cls_key]["variant"] = best
+        t_var = min(times[best], times[own])
+        for cap in (128, 96):  # a register cap for more programs an SM, with the kept variant
+            set_tables({**cur, "dq_t": {**table, cls_key: {**table[cls_key], "maxnreg": cap}}})
+            mk.MXFP4_PDL = 0
+            times[f"maxnreg{cap}"] = us = _time(lambda x=x, topi=topi, topw=topw: mk.moe_mxfp4(
+                x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias, ex.down_proj_blocks,
+                ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha, ex.limit, None, fold=True))
+            if us < 0.99 * t_var:
+                table[cls_key]["maxnreg"], t_var = cap, us
+        emit({"sec": "dq_recheck", "tokens": tokens, "class": cls_key, "own": own, "kept": table[cls_key],
+              "us": {str(k): round(t, 2) for k, t in times.items()}})
+    set_tables(cur)
+    mk.MXFP4_PDL = pdl_saved
+    return table
 
 
 def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
@@ -353,6 +516,11 @@ def main() -> int:
                     help="engine before/after cases, BATCHxTOPK comma-separated")
     ap.add_argument("--engine-pdl", default="0,1,2",
                     help="batch-1 'after' runs under each of these MXFP4_PDL modes; the fastest at 1x4 is kept")
+    ap.add_argument("--dq-sweep", action="store_true",
+                    help="round 6a: the dq loop's variants and tiles per batch class (4/8/32/64, sorted 128/256)")
+    ap.add_argument("--dq-recheck", default=None,
+                    help="token counts (e.g. 4,8,32): each class's committed tiles under every DQ_VARIANT")
+    ap.add_argument("--dq-sweep-s", type=float, default=100, help="seconds the --dq-sweep may take")
     ap.add_argument("--perf", default=None, help="arguments for bench perf, run afterwards in this process")
     ap.add_argument("--e16", action="store_true", help="then E16 at batch 32 (prunes the model: no accuracy after)")
     ap.add_argument("--bf16-picks", default=None,
@@ -385,12 +553,27 @@ def main() -> int:
         decode_check()
     except Exception as exc:
         emit({"sec": "decode_check", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
+    dq_picks: dict = {}
+    if args.dq_sweep:
+        try:
+            sweep_end = time.time() + args.dq_sweep_s
+            dq_picks = dq_sweep(model, lambda: sweep_end - time.time())
+            after = {**after, **dq_picks}
+        except Exception as exc:
+            emit({"sec": "dq_sweep", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
+        (out_dir / "tiles.json").write_text(json.dumps(after))
+    if args.dq_recheck:
+        try:
+            after = {**after, "dq_t": dq_recheck(model, [int(t) for t in args.dq_recheck.split(",")])}
+        except Exception as exc:
+            emit({"sec": "dq_recheck", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
+        (out_dir / "tiles.json").write_text(json.dumps(after))
     if not args.skip_probe:
         try:
             report["probe"] = probe(model, sweep_dq=args.sweep_dq and not args.no_picks,
                                     sweep_gemv4=not args.no_picks)
             if not args.no_picks:
-                after = report["probe"]["pick"]
+                after = {**report["probe"]["pick"], **dq_picks}
         except Exception as exc:
             emit({"sec": "probe", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
         (out_dir / "tiles.json").write_text(json.dumps(after))  # for MOE_MXFP4_TILES

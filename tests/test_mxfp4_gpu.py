@@ -14,10 +14,10 @@ from bench.models import mxfp4
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (inline PTX)")
 
 
-def _experts(scale_range: tuple[int, int], seed: int = 0) -> mxfp4.Mxfp4Experts:
+def _experts(scale_range: tuple[int, int], seed: int = 0, hidden: int = 256, inter: int = 128) -> mxfp4.Mxfp4Experts:
     """Every byte value in the blocks (all 16 codes in both nibbles), scales drawn from scale_range."""
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    ex = mxfp4.Mxfp4Experts(4, 256, 128, 1.702, 7.0, device="cuda")
+    ex = mxfp4.Mxfp4Experts(4, hidden, inter, 1.702, 7.0, device="cuda")
     for name in ("gate_up_proj_blocks", "down_proj_blocks"):
         buf = getattr(ex, name)
         buf.copy_(torch.randint(0, 256, buf.shape, generator=gen, device="cuda").to(torch.uint8))
@@ -49,6 +49,16 @@ CASES += [(t, k, "gemv4", sc) for t, k in [(1, 2), (1, 4), (3, 2)] for sc in [(1
 # gemv4 at one token under each PDL mode of the expert launches (0 plain; 1 wait; 2: gate_up lets the down GEMM
 # launch early, which prefetches its weight rows into L2 before its wait), several K steps (K 256, 64 a step)
 CASES += [(1, 4, f"gemv4-pdl{m}", (100, 150)) for m in (0, 1, 2)]
+# round 6a's dq variants (DQ_VARIANT bit 0: integer-multiply decode, bit 1: activations in natural K order reordered
+# in registers, bit 2: unmasked weight loads where K % BK == 0 and N % BN == 0), M sub-tiles of 16 rows in scan mode
+# (DQ_BMQ: 40 tokens top-4 over 4 experts = 40 rows an expert, 3 sub-tiles), sorted mode (80 tokens), the
+# auto pick of dq for sorted decode (DQ_SORTED_MAX_TOKENS), "odd" shapes (H 320, I 96: K and N not multiples
+# of the tiles, so the masked loads run), and a register cap (a class's "maxnreg")
+CASES += [(t, k, f"{impl}-v{v}{extra}", sc) for t, k, impl, v, extra, sc in [
+    (3, 2, "dq", 7, "", (100, 150)), (40, 4, "dq", 1, "", (100, 150)), (40, 4, "dq", 2, "-bmq16", (100, 150)),
+    (40, 4, "dq", 7, "-bmq16", (100, 150)), (40, 4, "dqf", 3, "-bmq16", (100, 129)), (80, 2, "dq", 7, "", (100, 150)),
+    (40, 4, "dq", 7, "-bmq16-odd", (100, 150)), (40, 4, "dq", 0, "-odd", (100, 150)),
+    (80, 2, "dqf", 7, "-auto", (100, 129)), (40, 4, "dq", 6, "-r96", (100, 150))]]
 
 
 @pytest.mark.parametrize("tokens,k,impl,scales", CASES)
@@ -59,16 +69,38 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypa
         monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (16, 64, 2, 1), "down": (32, 64, 4, 1)})
         monkeypatch.setattr(mk, "MXFP4_PDL", int(impl[-1]))
         impl = "gemv4"
-    ex = _experts(scales, seed=tokens)
+    shape, fold = {}, False
+    if "-v" in impl:  # dq variants: "dq-v3-bmq16-odd"
+        parts = impl.split("-")
+        impl = parts[0]
+        monkeypatch.setattr(mk, "DQ_VARIANT", int(parts[1][1:]))
+        monkeypatch.setattr(mk, "DQ_BMQ", 16 if "bmq16" in parts else 0)
+        # no per-class entry overrides the variant under test; "-r96": a class capping registers at 96 a thread
+        monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ_T", {1024: {"maxnreg": 96}} if "r96" in parts else {})
+        # K steps of 64 (several a row), N tiles of 128 / 64
+        monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ", {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)})
+        if "odd" in parts:
+            shape = {"hidden": 320, "inter": 96}
+            monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ", {"gate_up": (128, 128, 4, 3), "down": (64, 64, 4, 3)})
+        if "auto" in parts:  # sorted decode (80 tokens > SCAN_MAX_TOKENS) picks dq by itself
+            monkeypatch.setattr(mk, "DQ_SORTED_MAX_TOKENS", 128)
+            monkeypatch.setattr(mk, "MMA_IMPL", "dq")
+            assert mk.pick_impl(tokens, False, True) == "dq"
+            assert mk.pick_impl(129, False, True) == mk.SORTED_IMPL
+            impl, fold = None, True
+    ex = _experts(scales, seed=tokens, **shape)
     gen = torch.Generator(device="cuda").manual_seed(tokens + 1)
+    hidden = ex.hidden_size
     # small activations keep the clamped SwiGLU in its live range for these large random weights
-    x = (torch.randn(tokens, 256, generator=gen, device="cuda") * 2.0 ** (120 - min(scales[1], 150))).to(torch.bfloat16)
+    x = torch.randn(tokens, hidden, generator=gen, device="cuda") * 2.0 ** (120 - min(scales[1], 150))
+    x = x.to(torch.bfloat16)
     v, i = torch.topk(torch.randn(tokens, 4, generator=gen, device="cuda"), k, dim=-1)
     w = torch.softmax(v, dim=-1).to(torch.bfloat16)
     want = _reference(ex, x, i, w)
     cnt = torch.zeros((), dtype=torch.int32, device="cuda")
     got = mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias, ex.down_proj_blocks,
-                       ex.down_proj_scales, ex.down_proj_bias, i.to(torch.int32), w, ex.alpha, ex.limit, cnt, impl=impl)
+                       ex.down_proj_scales, ex.down_proj_bias, i.to(torch.int32), w, ex.alpha, ex.limit, cnt, impl=impl,
+                       fold=fold)
     assert not got.isnan().any()
     err = ((got.float() - want).norm() / want.norm()).item()
     assert err < 1e-2, err  # bf16 activations and outputs; a wrong code or scale gives O(1)

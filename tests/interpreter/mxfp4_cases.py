@@ -9,10 +9,14 @@ import os
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from bench.engines import get_engine
 from bench.engines.graph import GraphOptions
 from bench.engines.graph.experts import build_experts
+from bench.engines.graph.kernels import routed_rows
+from bench.engines.graph.mxfp4_kernels import _dq_pairs
 from bench.models import mxfp4
 from tests.test_graph_engine import _lively_tiny_model
 
@@ -123,3 +127,63 @@ def test_gemv4_decodes_every_byte_and_scale(scales, monkeypatch):
     assert torch.isfinite(got).all()
     err = ((got.double() - want).norm() / want.norm()).item()
     assert err < 1e-5, err
+
+
+@triton.jit
+def _dq_sub_tiles(topi_ptr, pairs_ptr, live_ptr, P, PB: tl.constexpr, BM: tl.constexpr, BMQ: tl.constexpr,
+                  NT: tl.constexpr):
+    """Every 16-row sub-tile of expert program_id(0)'s rows (scan mode, not compact): pairs and liveness."""
+    e, start, end, scan_rows = routed_rows(topi_ptr, topi_ptr, P, True, PB, False, 4, BM)
+    for t in tl.static_range(NT):
+        pair, rmask = _dq_pairs(topi_ptr, start + t * BMQ, end, scan_rows, True, BM, BMQ)
+        out = (e * NT + t) * BMQ + tl.arange(0, BMQ)
+        tl.store(pairs_ptr + out, pair)
+        tl.store(live_ptr + out, rmask.to(tl.int32))
+
+
+def test_dq_sub_tiles_cover_each_experts_rows_once():
+    """The dq loop's 16-row M sub-tiles in scan mode (mxfp4_kernels._dq_pairs over kernels.routed_rows' scan_rows,
+    plain Triton; the dq loop around it is inline PTX and runs on the GPU only, tests/test_mxfp4_gpu.py): for 40
+    tokens top-4 over 4 experts (40 rows an expert, 3 sub-tiles) every routed (token, slot) pair of an expert comes
+    out exactly once, in routing order, and the masked tail of the last sub-tile is marked as such."""
+    gen = torch.Generator().manual_seed(3)
+    tokens, k, experts, bm, bmq = 40, 4, 4, 64, 16
+    topi = torch.stack([torch.randperm(experts, generator=gen)[:k] for _ in range(tokens)]).to(torch.int32)
+    nt = bm // bmq
+    pairs = torch.full((experts * nt * bmq,), -1, dtype=torch.int32)
+    live = torch.zeros_like(pairs)
+    _dq_sub_tiles[(experts,)](topi, pairs, live, tokens * k, PB=256, BM=bm, BMQ=bmq, NT=nt)
+    flat = topi.reshape(-1)
+    for e in range(experts):
+        want = torch.nonzero(flat == e).squeeze(1).to(torch.int32)
+        got_pairs = pairs.view(experts, nt * bmq)[e]
+        got_live = live.view(experts, nt * bmq)[e].bool()
+        assert int(got_live.sum()) == want.numel()
+        assert torch.equal(got_pairs[got_live], want)
+        assert not got_live[want.numel():].any()
+
+
+def test_dq_batch_classes_and_loop_choice(monkeypatch):
+    """MXFP4_CONFIG_DQ_T: a launch takes the class with the smallest key >= its tokens, what a class leaves out comes
+    from MXFP4_CONFIG_DQ / DQ_VARIANT / DQ_BMQ; pick_impl: gemv at one token, the MMA loop for scan mode and for
+    sorted decode up to DQ_SORTED_MAX_TOKENS, SORTED_IMPL past it, "mma" off CUDA."""
+    from bench.engines.graph import mxfp4_kernels as mk
+
+    monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ", {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4)})
+    monkeypatch.setattr(mk, "DQ_VARIANT", 1)
+    monkeypatch.setattr(mk, "DQ_BMQ", 0)
+    monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ_T", {8: {"variant": 0}, 32: {"down": (128, 64, 4, 3), "variant": 6,
+                                                                          "maxnreg": 128}})
+    tiles, variant, bmq, cap = mk.dq_class(4)
+    assert (tiles["down"], variant, bmq, cap) == ((64, 64, 4, 4), 0, 0, 0)
+    tiles, variant, bmq, cap = mk.dq_class(9)
+    assert (tiles["gate_up"], tiles["down"], variant, cap) == ((128, 64, 4, 3), (128, 64, 4, 3), 6, 128)
+    assert mk.dq_class(33) == (mk.MXFP4_CONFIG_DQ, 1, 0, 0)
+    monkeypatch.setattr(mk, "DQ_SORTED_MAX_TOKENS", 256)
+    monkeypatch.setattr(mk, "GEMV_MAX_TOKENS", 1)
+    monkeypatch.setattr(mk, "GEMV_IMPL", "gemv4")
+    assert mk.pick_impl(1, True, True) == "gemv4"
+    assert mk.pick_impl(32, True, True) == mk.MMA_IMPL
+    assert mk.pick_impl(256, False, True) == mk.MMA_IMPL
+    assert mk.pick_impl(257, False, True) == mk.SORTED_IMPL
+    assert mk.pick_impl(32, True, False) == "mma"

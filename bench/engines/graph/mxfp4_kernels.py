@@ -20,13 +20,18 @@ these kernels is CUDA-graph capturable. Inner loops (`IMPL`, picked per launch b
 - "mma": per block of 32 weights, low nibbles x even activations and high nibbles x odd ones (two tl.dot), the
   block's scale applied to the fp32 partial product.
 - "scaled": `tl.dot_scaled` (bf16 activations x e2m1 weights with e8m0 scales): Triton lowers the decode itself
-  (on Hopper it upcasts to bf16 in registers before the MMA). Prefill (sorted mode) on CUDA.
+  (on Hopper it upcasts to bf16 in registers before the MMA). Prefill (sorted mode, past DQ_SORTED_MAX_TOKENS
+  tokens) on CUDA.
 - "dq" (decode launches past GEMV_MAX_TOKENS on CUDA with bf16 activations): the weights are read as 16-bit
   halves and decoded to bf16 by inline PTX (_e2m1_asm: shifts and masks put each code's bits where bf16 holds
   e2m1 * 2^-126, then one bf16x2 multiply by the block scale times 2^126), then one bf16 MMA (wgmma) per BK with
   the weights as the register operand. K is reordered inside each 32-value block so that the decoded registers
-  are already the MMA's operand layout; the activations are gathered in the same order. GPU-only: covered by
-  tests/test_mxfp4_gpu.py on the device; the CPU interpreter cannot run PTX.
+  are already the MMA's operand layout; the activations are gathered in the same order. Per batch class
+  (MXFP4_CONFIG_DQ_T, round 6a) it picks its tiles and variant: the integer-multiply decode of gemv4 in bf16x2 form
+  (_dq_asm_mul), the activations loaded in natural K order with vector loads and reordered in registers instead of
+  gathered one by one, M sub-tiles of 16 rows (_dq_pairs), a register cap; and it also runs sorted-mode decode up
+  to DQ_SORTED_MAX_TOKENS tokens. GPU-only: covered by tests/test_mxfp4_gpu.py on the device; the CPU interpreter
+  cannot run PTX.
 Programmatic dependent launch (MXFP4_PDL, one-token steps as kernels.pdl_launch decides): both GEMMs wait
 (griddepcontrol.wait) before reading what an earlier kernel wrote; in mode 2 gate_up lets the down GEMM launch once
 all its programs have passed their wait, and down prefetches its weight rows into L2 (_prefetch_rows_l2) before
@@ -102,7 +107,7 @@ def _moe_mxfp4_kernel(
     P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    FAST: tl.constexpr, IMPL: tl.constexpr, PDL: tl.constexpr = 0,
+    FAST: tl.constexpr, IMPL: tl.constexpr, PDL: tl.constexpr = 0, DQV: tl.constexpr = 0, BMQ: tl.constexpr = 0,
 ):
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
@@ -134,13 +139,22 @@ def _moe_mxfp4_kernel(
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                          offs_n, nmask, N, GATE_UP, BM, BN)
         elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
-            for m0 in range(start, end, BM):
-                pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
-                xrow = activation_rows(pair, TOPK, GATE_UP)
-                acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K, stride_x,
-                               offs_n, nmask, BM, BN, BK, IMPL == 5)
-                moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                             offs_n, nmask, N, GATE_UP, BM, BN)
+            if BMQ > 0 and BMQ < BM:  # M tiles of BMQ rows (scan mode: slices of scan_rows)
+                for m0 in range(start, end, BMQ):
+                    pair, rmask = _dq_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM, BMQ)
+                    xrow = activation_rows(pair, TOPK, GATE_UP)
+                    acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K,
+                                   stride_x, offs_n, nmask, BMQ, BN, BK, IMPL == 5, DQV)
+                    moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                                 offs_n, nmask, N, GATE_UP, BMQ, BN)
+            else:
+                for m0 in range(start, end, BM):
+                    pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
+                    xrow = activation_rows(pair, TOPK, GATE_UP)
+                    acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K,
+                                   stride_x, offs_n, nmask, BM, BN, BK, IMPL == 5, DQV)
+                    moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                                 offs_n, nmask, N, GATE_UP, BM, BN)
         else:
             wb_base = wb_ptr + e64 * stride_wbe + offs_n[None, :].to(tl.int64) * (K // 2)
             ws_base = ws_ptr + e64 * stride_wse + offs_n.to(tl.int64) * (K // 32)
@@ -150,6 +164,20 @@ def _moe_mxfp4_kernel(
                                 BM, BN, BK, FAST, IMPL)
                 moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                           offs_n, nmask, N, GATE_UP, BM, BN)
+
+
+@triton.jit
+def _dq_pairs(rows_ptr, m0, end, scan_rows, SCAN: tl.constexpr, BM: tl.constexpr, BMQ: tl.constexpr):
+    """tile_pairs for M tiles of BMQ < BM rows: scan mode takes rows m0..m0+BMQ-1 of scan_rows (BM of them, every
+    row of the expert), sorted mode loads them from the sorted list."""
+    rq = m0 + tl.arange(0, BMQ)
+    rmask = rq < end
+    if SCAN:
+        mm = tl.arange(0, BM)
+        pair = tl.sum(tl.where(mm[None, :] == rq[:, None], scan_rows[None, :], 0), axis=1)
+    else:
+        pair = tl.load(rows_ptr + rq, mask=rmask, other=0)
+    return pair, rmask
 
 
 @triton.jit
@@ -350,13 +378,39 @@ def _e2m1_asm(fold: bool) -> str:
     return "\n".join(out)
 
 
+def _dq_asm_mul(fold: bool) -> str:
+    """PTX, the same contract as _e2m1_asm (a register of two 16-bit elements of 4 codes each, and their bf16x2
+    scales -> 4 bf16x2 registers, register j = code j of both elements, times the scale), with the integer-multiply
+    decode of gemv4 in bf16x2 form: for codes j = 0, 1 (j = 2, 3 after one shift right by 8), one mask keeps the
+    two nibbles (bits 4j..4j+3 of each half), one multiply by 2^(6-4j) + 2^(12-4j) makes two non-overlapping copies
+    of each (no carries: the low half's reach bits 6..9 and 12..15, the high half's 22..25 and 28..31), and one
+    mask 0x81C081C0 keeps the magnitude (e1 e0 m) at bits 8..6 and the sign at bit 15 of each half: the bf16
+    e2m1 * 2^-126. 3 integer instructions a register (+ one shift per 2) against 4 for shifts and masks."""
+    out = ["{", ".reg .b32 t, v;"]
+    if not fold:
+        out += [".reg .b32 b;", "mov.b32 b, 0x7E807E80;"]  # 2^126 in both halves
+    for j in range(4):
+        if j == 2:
+            out.append("shr.u32 v, $4, 8;")
+        src = "$4" if j < 2 else "v"
+        mask, mul = ("0x000F000F", 4160) if j % 2 == 0 else ("0x00F000F0", 260)
+        out += [f"and.b32 t, {src}, {mask};", f"mul.lo.u32 t, t, {mul};", "and.b32 t, t, 0x81C081C0;"]
+        if not fold:
+            out.append("mul.rn.bf16x2 t, t, b;")
+        out.append(f"mul.rn.bf16x2 ${j}, t, $5;")
+    out.append("}")
+    return "\n".join(out)
+
+
 _E2M1_ASM = tl.constexpr(_e2m1_asm(False))
 _E2M1_ASM_FOLD = tl.constexpr(_e2m1_asm(True))
+_DQ_ASM_MUL = tl.constexpr(_dq_asm_mul(False))
+_DQ_ASM_MUL_FOLD = tl.constexpr(_dq_asm_mul(True))
 
 
 @triton.jit
 def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.constexpr, BN: tl.constexpr,
-             BK: tl.constexpr, FOLD: tl.constexpr):
+             BK: tl.constexpr, FOLD: tl.constexpr, DQV: tl.constexpr = 0):
     """[BM, BN] fp32 with the weights dequantized to bf16 in registers (inline PTX, CUDA only) and one bf16 MMA per
     BK: the expert's N tile [BN, BK] as A, the rows' activations [BK, BM] as B.
 
@@ -364,7 +418,14 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
     Inside the tile, K is reordered so that the decoded values land where the MMA's register layout holds them
     (pairs of adjacent K in one register, a word in one thread): position 32g + 16*b4 + 8*b3 + 2c + b0 holds code
     (b3 + 2*b4) of half b0 of word c of block g, i.e. K offset 32g + 8c + 4*b0 + b3 + 2*b4; the activations are
-    gathered in the same order, so the dot product is unchanged."""
+    gathered in the same order, so the dot product is unchanged.
+
+    DQV (DQ_VARIANT) bit 0: the integer-multiply decode (_dq_asm_mul); bit 1: the activations loaded in natural K
+    order (vector loads of whole rows) and reordered in registers (reshape + permute) instead of gathered; bit 2
+    (kept by moe_mxfp4 only when K % BK == 0 and N % BN == 0): the weight loads without masks."""
+    MUL: tl.constexpr = (DQV & 1) != 0
+    XNAT: tl.constexpr = (DQV & 2) != 0
+    EVEN: tl.constexpr = (DQV & 4) != 0
     NG: tl.constexpr = BK // 32
     KG = K // 32
     wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 8), 8)  # wb_e: int16 view of the blocks
@@ -378,26 +439,42 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
     # the scales and the gathered activations are loaded one step ahead (the weights go through Triton's
     # cp.async pipeline; these small loads would otherwise wait a memory round trip every step)
     s_nxt = tl.load(srow[:, None] + gg[None, :], mask=nmask[:, None] & (gg < KG)[None, :], other=127)
-    x_nxt = tl.load(xb + perm[:, None], mask=(perm < K)[:, None] & rmask[None, :], other=0.0)
+    if XNAT:
+        x_nxt = tl.load(xb + pos[:, None], mask=(pos < K)[:, None] & rmask[None, :], other=0.0)
+    else:
+        x_nxt = tl.load(xb + perm[:, None], mask=(perm < K)[:, None] & rmask[None, :], other=0.0)
     for k0 in range(0, K, BK):
         g = k0 // 32 + gg
         gm = g < KG
         wm = nmask[:, None, None] & gm[None, :, None]
-        wd = tl.load(wrow[:, None, None] + (g * 8)[None, :, None] + hh[None, None, :], mask=wm, other=0)
+        if EVEN:  # K % BK == 0 and N % BN == 0: every word of the step exists
+            wd = tl.load(wrow[:, None, None] + (g * 8)[None, :, None] + hh[None, None, :])
+        else:
+            wd = tl.load(wrow[:, None, None] + (g * 8)[None, :, None] + hh[None, None, :], mask=wm, other=0)
         s = s_nxt.to(tl.int32)
         xt = x_nxt
         g2 = g + NG
         s_nxt = tl.load(srow[:, None] + g2[None, :], mask=nmask[:, None] & (g2 < KG)[None, :], other=127)
-        kx = k0 + BK + perm
-        x_nxt = tl.load(xb + kx[:, None], mask=(kx < K)[:, None] & rmask[None, :], other=0.0)
+        if XNAT:  # natural order: K offset 32g + 8c + 4*b0 + 2*b4 + b3 -> MMA position (g, b4, b3, c, b0)
+            kx = k0 + BK + pos
+            x_nxt = tl.load(xb + kx[:, None], mask=(kx < K)[:, None] & rmask[None, :], other=0.0)
+            xt = tl.reshape(tl.permute(tl.reshape(xt, (NG, 4, 2, 2, 2, BM)), (0, 3, 4, 1, 2, 5)), (BK, BM))
+        else:
+            kx = k0 + BK + perm
+            x_nxt = tl.load(xb + kx[:, None], mask=(kx < K)[:, None] & rmask[None, :], other=0.0)
         if FOLD:  # 2^(s - 127) * 2^126 = 2^(s - 1): bf16 exponent field s + 126 (s <= 128)
             sbits = (s + 126) << 7
         else:  # 2^(s - 127); s = 0 is the subnormal 2^-127
             sbits = tl.where(s == 0, 64, s << 7)
         sc = tl.broadcast_to(sbits.to(tl.int16).to(tl.bfloat16, bitcast=True)[:, :, None], (BN, NG, 8))
-        o0, o1, o2, o3 = tl.inline_asm_elementwise(
-            _E2M1_ASM_FOLD if FOLD else _E2M1_ASM, "=r,=r,=r,=r,r,r", [wd, sc], dtype=(tl.bfloat16,) * 4,
-            is_pure=True, pack=2)
+        if MUL:
+            o0, o1, o2, o3 = tl.inline_asm_elementwise(
+                _DQ_ASM_MUL_FOLD if FOLD else _DQ_ASM_MUL, "=r,=r,=r,=r,r,r", [wd, sc], dtype=(tl.bfloat16,) * 4,
+                is_pure=True, pack=2)
+        else:
+            o0, o1, o2, o3 = tl.inline_asm_elementwise(
+                _E2M1_ASM_FOLD if FOLD else _E2M1_ASM, "=r,=r,=r,=r,r,r", [wd, sc], dtype=(tl.bfloat16,) * 4,
+                is_pure=True, pack=2)
         t = tl.join(tl.join(o0, o1), tl.join(o2, o3))  # [BN, NG, 8 = (c, b0), b3, b4]
         t = tl.reshape(t, (BN, NG, 4, 2, 2, 2))  # (n, g, c, b0, b3, b4)
         w = tl.reshape(tl.permute(t, (0, 1, 5, 4, 2, 3)), (BN, BK))  # -> (n, g, b4, b3, c, b0)
@@ -424,6 +501,31 @@ SORTED_IMPL = "scaled"
 # the "dq" loop's tiles: decode with <= GEMV_MAX_TOKENS tokens ("dq1"), every other launch ("dq")
 MXFP4_CONFIG_DQ1: dict[str, tuple[int, int, int, int]] = {"gate_up": (64, 64, 4, 3), "down": (64, 128, 4, 3)}
 MXFP4_CONFIG_DQ: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4)}
+# the dq loop per batch class (round 6a): a launch with at most `key` tokens (the smallest key >= tokens) takes that
+# class's "gate_up" / "down" tiles, its "variant" / "bmq" (DQ_VARIANT / DQ_BMQ) and "maxnreg" (a register cap a
+# thread for both GEMMs, 0 = none); what a class does not name, or past the largest key, comes from
+# MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ
+# H200 (docs/MXFP4.md round 6a), E32 top-4: 2-8 tokens keep main's loop (no variant measured faster than main's own
+# code in the engine); 9-32 tokens: engine batch 32 3,330 -> 4,367 tok/s (main's code, same call), one layer
+# 365.5 -> 245.8 us; 33-64: batch 64 3,879 -> 6,645 tok/s; sorted decode 65-256 (dq instead of tl.dot_scaled):
+# batch 128 7,938 -> 11,308 tok/s
+MXFP4_CONFIG_DQ_T: dict[int, dict[str, tuple[int, int, int, int] | int]] = {
+    8: {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4), "variant": 0, "bmq": 0},
+    32: {"gate_up": (128, 64, 4, 4), "down": (128, 64, 4, 3), "variant": 6, "bmq": 0, "maxnreg": 128},
+    64: {"gate_up": (128, 64, 4, 4), "down": (128, 64, 4, 3), "variant": 7, "bmq": 16},
+    256: {"gate_up": (64, 64, 4, 3), "down": (64, 64, 4, 3), "variant": 7, "bmq": 0},
+}
+# the dq loop's variant (_dq_tile's DQV; round 6a): bit 0 the integer-multiply decode (_dq_asm_mul), bit 1 the
+# activations loaded in natural K order and reordered in registers (no scalar gather), bit 2 the weight loads
+# without K/N masks (applied only to a launch where K % BK == 0 and N % BN == 0). 0 = main's loop before round 6a.
+# The classes above name their own; this is for launches past them (and MOE_MXFP4_TILES experiments)
+DQ_VARIANT = 0
+# the dq loop's M tile in scan mode (rows of one expert per MMA; 0 = the routing plan's BM, max(16, p2(tokens)))
+DQ_BMQ = 0
+# decode launches past SCAN_MAX_TOKENS (sorted mode) with at most this many tokens run MMA_IMPL (dq) instead of
+# SORTED_IMPL; prefill (more tokens) keeps SORTED_IMPL. 0: never. H200 (round 6a): dq 1.5x tl.dot_scaled at 128
+# and 256 tokens
+DQ_SORTED_MAX_TOKENS = 256
 # the batch-1 loop: "gemv4" (integer-multiply decode of 32-bit words, fp32 FMA); "gemv2": float decode, activations
 # loaded in (even, odd) pairs; "gemv": two stride-2 loads
 GEMV_IMPL = "gemv4"
@@ -448,11 +550,40 @@ if os.environ.get(TILES_ENV):
     MXFP4_CONFIG.update({k: tuple(v) for k, v in _tiles.get("full", {}).items()})
     MXFP4_CONFIG_DQ1.update({k: tuple(v) for k, v in _tiles.get("dq1", {}).items()})
     MXFP4_CONFIG_DQ.update({k: tuple(v) for k, v in _tiles.get("dq", {}).items()})
+    for _t, _cfg in _tiles.get("dq_t", {}).items():
+        MXFP4_CONFIG_DQ_T.setdefault(int(_t), {}).update(
+            {k: tuple(v) if isinstance(v, list | tuple) else int(v) for k, v in _cfg.items()})
+    DQ_VARIANT = int(_tiles.get("dq_variant", DQ_VARIANT))
+    DQ_BMQ = int(_tiles.get("dq_bmq", DQ_BMQ))
+    DQ_SORTED_MAX_TOKENS = int(_tiles.get("dq_sorted_max_tokens", DQ_SORTED_MAX_TOKENS))
     MMA_IMPL = _tiles.get("mma_impl", MMA_IMPL)
     SORTED_IMPL = _tiles.get("sorted_impl", SORTED_IMPL)
     GEMV_IMPL = _tiles.get("gemv_impl", GEMV_IMPL)
     GEMV_MAX_TOKENS = int(_tiles.get("gemv_max_tokens", GEMV_MAX_TOKENS))
     MXFP4_PDL = int(_tiles.get("pdl", MXFP4_PDL))
+
+
+def dq_class(tokens: int) -> tuple[dict[str, tuple[int, int, int, int]], int, int, int]:
+    """The dq loop's (tiles, variant, M sub-tile, register cap) for a launch of `tokens` tokens: its batch class in
+    MXFP4_CONFIG_DQ_T over MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ ("maxnreg": ptxas' register cap a thread, so that
+    more programs fit an SM; 0 = none)."""
+    for t in sorted(MXFP4_CONFIG_DQ_T):
+        if tokens <= t:
+            c = MXFP4_CONFIG_DQ_T[t]
+            tiles = {**MXFP4_CONFIG_DQ, **{g: tuple(c[g]) for g in ("gate_up", "down") if g in c}}
+            return tiles, int(c.get("variant", DQ_VARIANT)), int(c.get("bmq", DQ_BMQ)), int(c.get("maxnreg", 0))
+    return MXFP4_CONFIG_DQ, DQ_VARIANT, DQ_BMQ, 0
+
+
+def pick_impl(tokens: int, scan: bool, fast: bool) -> str:
+    """The inner loop moe_mxfp4 runs for a launch of `tokens` tokens (scan: decode-size routing; fast: CUDA with
+    bf16 activations): GEMV_IMPL up to GEMV_MAX_TOKENS, MMA_IMPL for the other scan launches and for sorted ones
+    up to DQ_SORTED_MAX_TOKENS, SORTED_IMPL past that (prefill); "mma" / "gemv2" where the PTX loops cannot run."""
+    if scan and tokens <= GEMV_MAX_TOKENS:
+        return GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2", "gemv4") else "gemv2"  # dq: CUDA only
+    if not fast:
+        return "mma"
+    return MMA_IMPL if scan or tokens <= DQ_SORTED_MAX_TOKENS else SORTED_IMPL
 
 
 def moe_mxfp4(
@@ -487,12 +618,7 @@ def moe_mxfp4(
     fast = x.dtype == torch.bfloat16 and x.is_cuda
     few = plan.scan and tokens <= GEMV_MAX_TOKENS
     if impl is None:
-        if few:
-            impl = GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2", "gemv4") else "gemv2"  # dq: CUDA only
-        elif plan.scan:
-            impl = MMA_IMPL if fast else "mma"
-        else:
-            impl = SORTED_IMPL if fast else "mma"
+        impl = pick_impl(tokens, plan.scan, fast)
     dq = impl in ("dq", "dqf")
     if dq and not fast:
         raise ValueError(f"the MXFP4 '{impl}' loop (inline PTX decode) runs on CUDA with bf16 activations only")
@@ -511,8 +637,9 @@ def moe_mxfp4(
     rw = topw.reshape(-1)
     cnt = counter if counter is not None else plan.flat
     pdl = MXFP4_PDL if plan.scan and pdl_launch(tokens) else 0
+    variant, sub, maxnreg = DQ_VARIANT, DQ_BMQ, 0
     if dq:
-        table = MXFP4_CONFIG_DQ1 if few else MXFP4_CONFIG_DQ
+        table, variant, sub, maxnreg = (MXFP4_CONFIG_DQ1, DQ_VARIANT, DQ_BMQ, 0) if few else dq_class(tokens)
     elif impl == "gemv4":
         table = MXFP4_CONFIG_GEMV4
     else:
@@ -535,12 +662,16 @@ def moe_mxfp4(
             wb = wb.view(torch.int16)  # the dq loop reads 16-bit halves of the blocks' words
         elif impl == "gemv4":
             wb = wb.view(torch.int32)  # gemv4 reads the blocks' 32-bit words
+        dqv = bmq = 0
+        if dq:
+            dqv = variant & (7 if kdim % bk == 0 and n % bn == 0 else 3)  # bit 2 only where the tiles divide
+            bmq = sub if plan.scan and 16 <= sub < bm else 0
         _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
             src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
             plan.pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], PDL=pdl, num_warps=warps,
-            num_stages=stages, **_pdl_kw(pdl),
+            EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], PDL=pdl, DQV=dqv, BMQ=bmq,
+            num_warps=warps, num_stages=stages, **_pdl_kw(pdl), **({"maxnreg": maxnreg} if maxnreg else {}),
         )
     return out
