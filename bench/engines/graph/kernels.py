@@ -170,7 +170,13 @@ SPLITK_CONFIG: dict[str, tuple[int, ...]] = {"small": (16, 256, 4, 4)}
 # (docs/PERF.md, session 7, with NORM_ROUTER_ONE_ROW): batch 1 k4 2.462 -> 2.439 ms, k2 1.888 -> 1.865; the same
 # bits. (Having the GEMV's programs also prefetch their own weight block into L2 before their wait made both split-K
 # launches ~1.9 us slower: k4 2.501 ms, not kept.) False: mode 1 as every other kernel (ablation).
-SPLITK_EARLY = True
+SPLITK_EARLY = False
+# OFF by default, with PDL_EARLY_MORE and NORM_ROUTER_ONE_ROW (lead, session 7): on merged main 1ed4e36 with the three
+# on, the H200 reference sweep ran the base model 4-5% faster at batch 1 but every pruned variant 3-6% SLOWER (bf16
+# union50_topk4 400.3 -> 388.0 tok/s, unionAgg_topk2 522.4 -> 500.1; MXFP4 alike; bench perf E16 b1 400.9 -> 389.4),
+# a ~0.19 ms a step penalty for 16 or 8 experts that session 6's code did not have (pruned = base within 1%). A
+# harness artifact in a pruned-vs-base comparison, so the defaults are session 6's until an E16 ablation
+# (gpu_step_ablation.py --early with --experts 16) finds which site causes it (docs/PERF.md, session 7).
 # More one-token kernels that trigger their dependents right after their wait (PDL mode 2), by site: "rope"
 # (rope_kv, before attention), "splitk" (qkv and o_proj, before rope_kv and the norm + router), "moe_down" (the bf16
 # down expert GEMM, before add_rmsnorm); "norm_router" (before the gate_up expert GEMM) is a candidate left out.
@@ -178,7 +184,7 @@ SPLITK_EARLY = True
 # -1.2 / -1.6%, moe_down -0.7 / -0.8%, norm_router +0.2 / +2.1% at batch 1 k4 / k2): the three together 2.409 ->
 # 2.351 ms (k4), 1.852 -> 1.793 (k2); the same bits. Every kernel reads what an earlier kernel wrote only after its
 # own wait (the down GEMM's routing: two kernels back, complete once it runs), so an early launch cannot race.
-PDL_EARLY_MORE: frozenset[str] = frozenset({"rope", "splitk", "moe_down"})
+PDL_EARLY_MORE: frozenset[str] = frozenset()  # measured: {"rope", "splitk", "moe_down"}; off, see SPLITK_EARLY
 
 
 def early_pdl(pdl: int, rows: int, site: str) -> int:
@@ -687,8 +693,8 @@ NORM_ROUTER_MAX_TOKENS = 1
 # One row (session 7): the last program stores the residual row its RMS pass kept in registers (no second read of h
 # and the partials) and picks the top-k by rank (`_topk_rank_softmax_store`: 5 reductions instead of 2 k + 2). The
 # same bits; False: the loop over rows (ablation). H200 (docs/PERF.md, session 7): the kernel 7.7 -> 7.0 us a layer,
-# batch 1 k4 2.453 -> 2.434 ms, k2 1.892 -> 1.882.
-NORM_ROUTER_ONE_ROW = True
+# batch 1 k4 2.453 -> 2.434 ms, k2 1.892 -> 1.882 (E32). Off by default: see SPLITK_EARLY.
+NORM_ROUTER_ONE_ROW = False
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
