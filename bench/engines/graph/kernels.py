@@ -11,8 +11,8 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 - `add_rmsnorm_route`: the post-attention `add_rmsnorm` and the decode router in one launch for a step of
   <= NORM_ROUTER_MAX_TOKENS tokens (FUSE_NORM_ROUTER): each program recomputes the rows' RMS, normalizes its slice
   and computes that slice's router partials; the last program to finish (an atomic count) picks the top-k and
-  writes the residual. With one row (NORM_ROUTER_ONE_ROW) the last program keeps the residual row from its RMS pass
-  and picks the top-k by rank.
+  writes the residual. With one row and NORM_ROUTER_ONE_ROW (off by default) the last program keeps the residual row
+  from its RMS pass and picks the top-k by rank.
 - `router`: router linear + top-k + softmax over the k logits. Decode (<= ROUTER_SPLIT_MAX_TOKENS tokens): split-K
   partial logits (one program per slice of the hidden size, all tokens and experts), then one program per token
   sums the slices in a fixed order and picks the top-k; prefill: one program per token.
@@ -35,9 +35,10 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 
 Programmatic dependent launch (PDL, Hopper): in one-token steps (PDL_MAX_TOKENS) each decode kernel here is
 launched with `launch_pdl` and waits (`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel
-writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`). The kernels right before a
-split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv), rope_kv, the split-K GEMVs and the
-bf16 down expert GEMM let the next kernel launch right after their own wait (PDL mode 2: `SPLITK_EARLY`,
+writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`). As ablation options (off by
+default: faster for the base model, slower for pruned ones on the H200, docs/PERF.md session 7) the kernels right
+before a split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv), rope_kv, the split-K GEMVs
+and the bf16 down expert GEMM can let the next kernel launch right after their own wait (PDL mode 2: `SPLITK_EARLY`,
 `PDL_EARLY_MORE`, `early_pdl`).
 """
 
