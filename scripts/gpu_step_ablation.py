@@ -21,6 +21,9 @@ GEMVs' early start (`SPLITK_EARLY`: the kernel before each triggers it right aft
 against main's configuration: exactness (tokens and last logits), --rounds interleaved rounds at 1x4 and 1x2, eager
 profiles (qkv / o_proj split-K launches apart), $OUT/picks.json (`prefetch_main`). --early: on top of that, more
 one-token kernels in PDL mode 2, one site at a time, then the winners together (`early_main`).
+--pruned: each of those options alone and bf7's pick, at 1x4 / 1x2 on E32 and then on the model pruned to --experts
+(16) in the same process: the pruned / E32 ratio per option, to find what made pruned models slower at batch 1
+(`pruned_main`; docs/PERF.md session 7).
 
 Every record is appended to $OUT/ablation.jsonl as it is made; $OUT/picks.json holds the choices measured fastest
 (as `--set @picks.json` for scripts/gpu_ab.py and scripts/gpu_perf_graph.py): the fusion and the tile if faster at
@@ -586,6 +589,55 @@ def early_main(args, model, bandwidth: float) -> int:
     return 0
 
 
+# --pruned (session 7's open question): which batch-1 option makes pruned models slower (docs/PERF.md session 7).
+BF7_PICK = {"NORM_ROUTER_ONE_ROW": True, "SPLITK_EARLY": True, "PDL_EARLY_MORE": ("rope", "splitk", "moe_down")}
+PRUNED_CONFIGS = {
+    "main": {},
+    "one_row": {"NORM_ROUTER_ONE_ROW": True},
+    "splitk_early": {"SPLITK_EARLY": True},
+    "+rope": {"PDL_EARLY_MORE": ("rope",)},
+    "+splitk_qkv": {"PDL_EARLY_MORE": ("splitk_qkv",)},
+    "+splitk_o_proj": {"PDL_EARLY_MORE": ("splitk_o_proj",)},
+    "+moe_down": {"PDL_EARLY_MORE": ("moe_down",)},
+    "bf7": BF7_PICK,
+    "bf7_no_o_proj": {**BF7_PICK, "PDL_EARLY_MORE": ("rope", "splitk_qkv", "moe_down")},
+}
+
+
+def pruned_main(args, model, bandwidth: float) -> int:
+    """--pruned: every PRUNED_CONFIGS entry at 1x4 and 1x2, --rounds interleaved rounds, on the E32 model and then
+    (pruned in place to its first --experts experts) on the smaller one; per configuration the pruned / E32 step-time
+    ratio beside main's. A configuration whose ratio is above main's is one that slows pruned models."""
+    from bench.models.pruning import prune_model
+    from bench.roofline import ArchSummary
+
+    cases = [(1, 4), (1, 2)]
+    times: dict[tuple[str, int, int, int], list[float]] = {}
+    big, small = model.config.num_local_experts, args.experts
+    for experts in (big, small):
+        if experts < model.config.num_local_experts:
+            prune_model(model, [list(range(experts))] * len(model.model.layers))
+        arch = ArchSummary.from_model(model)
+        names = list(PRUNED_CONFIGS)
+        for rnd in range(args.rounds):
+            for b, k in cases:
+                for name in (names if rnd % 2 == 0 else names[::-1]):
+                    s7_apply({**PRUNED_CONFIGS[name], "PDL_EARLY_MORE": frozenset(
+                        PRUNED_CONFIGS[name].get("PDL_EARLY_MORE", ()))})
+                    rec = time_case(model, b, k, arch, bandwidth, name)
+                    emit({**rec, "experts": experts, "rnd": rnd})
+                    if "ms_step" in rec:
+                        times.setdefault((name, experts, b, k), []).append(rec["ms_step"])
+    t = lambda n, e, b, k: mean(times.get((n, e, b, k), [float("nan")]))  # noqa: E731
+    table = {f"{n}|{b}x{k}": {f"e{big}_ms": round(t(n, big, b, k), 4), f"e{small}_ms": round(t(n, small, b, k), 4),
+                              "ratio": round(t(n, small, b, k) / t(n, big, b, k), 4)}
+             for n in PRUNED_CONFIGS for b, k in cases}
+    emit({"sec": "pruned_ratio", "table": table})
+    s7_apply({})
+    emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
+    return 0
+
+
 def prefetch_main(args, model, bandwidth: float) -> int:
     """Each S7_CONFIGS entry: exactness at batch 1 k4 (tokens and last logits against base), then 3 interleaved
     rounds at 1x4 and 1x2; the pick is the fastest exact configuration >= 0.5% faster than base on the mean ratio
@@ -643,6 +695,9 @@ def main() -> int:
     ap.add_argument("--early", action="store_true",
                     help="session 7: more one-token kernels in PDL mode 2 (kernels.PDL_EARLY_MORE; early_main)")
     ap.add_argument("--rounds", type=int, default=3, help="--prefetch / --early: interleaved timing rounds")
+    ap.add_argument("--pruned", action="store_true",
+                    help="session 7: each batch-1 option on E32 and on the model pruned to --experts (pruned_main)")
+    ap.add_argument("--experts", type=int, default=16, help="--pruned: the pruned model's experts a layer")
     ap.add_argument("--sweep", action="store_true",
                     help="session 6: per-batch expert tiles, router slices, attention blocks (sweep_main)")
     ap.add_argument("--classes", default="scan32,scan16,compact,big,few", help="--sweep: tile classes (CLASSES)")
@@ -668,6 +723,9 @@ def main() -> int:
           "pdl_supported": gk.pdl_launch() > 0, "load_s": round(time.time() - T0, 1)})
     if args.sweep:
         return sweep_main(args, model, bandwidth)
+    if args.pruned:
+        gk.PDL_MAX_TOKENS = 1  # as shipped
+        return pruned_main(args, model, bandwidth)
     if args.prefetch or args.early:
         gk.PDL_MAX_TOKENS = 1  # as shipped
         return (early_main if args.early else prefetch_main)(args, model, bandwidth)

@@ -218,3 +218,22 @@ def test_spec_carries_engine_options(tmp_path):
     path.write_text(bad)
     with pytest.raises(BadInputError, match=r"sweep.engine_options.kernels"):
         load_spec(path)
+
+
+def test_early_pdl_sites_pick_mode_2_only_where_asked(monkeypatch):
+    """kernels.early_pdl: PDL mode 2 only for the sites named (SPLITK_EARLY: the kernels before the split-K GEMVs, at
+    one row; PDL_EARLY_MORE: "splitk" both GEMVs, "splitk_qkv" / "splitk_o_proj" one each), never without PDL."""
+    from bench.engines.graph import kernels as gk
+
+    sites = ("attn", "norm", "rope", "splitk_qkv", "splitk_o_proj", "norm_router", "moe_down")
+    monkeypatch.setattr(gk, "SPLITK_EARLY", False)
+    monkeypatch.setattr(gk, "PDL_EARLY_MORE", frozenset())
+    assert [gk.early_pdl(1, 1, s) for s in sites] == [1] * len(sites)
+    monkeypatch.setattr(gk, "PDL_EARLY_MORE", frozenset({"splitk_qkv"}))
+    assert (gk.early_pdl(1, 1, "splitk_qkv"), gk.early_pdl(1, 1, "splitk_o_proj")) == (2, 1)
+    monkeypatch.setattr(gk, "PDL_EARLY_MORE", frozenset({"splitk", "rope"}))
+    assert [gk.early_pdl(1, 1, s) for s in sites] == [1, 1, 2, 2, 2, 1, 1]
+    assert gk.early_pdl(0, 1, "rope") == 0  # no PDL (CPU, interpreter, batch > 1): never mode 2
+    monkeypatch.setattr(gk, "SPLITK_EARLY", True)
+    more_rows = gk.SPLITK_MAX_ROWS + 1
+    assert (gk.early_pdl(1, 1, "attn"), gk.early_pdl(1, 1, "norm"), gk.early_pdl(1, more_rows, "attn")) == (2, 2, 1)

@@ -186,28 +186,36 @@ SPLITK_EARLY = False
 # 2.351 ms (k4), 1.852 -> 1.793 (k2); the same bits. Every kernel reads what an earlier kernel wrote only after its
 # own wait (the down GEMM's routing: two kernels back, complete once it runs), so an early launch cannot race.
 PDL_EARLY_MORE: frozenset[str] = frozenset()  # measured: {"rope", "splitk", "moe_down"}; off, see SPLITK_EARLY
+# "splitk" names both split-K GEMVs; "splitk_qkv" / "splitk_o_proj" one of them. A lead for the pruned-model penalty
+# (docs/PERF.md session 7, not measured yet): o_proj in mode 2 lets the norm + router kernel's programs be placed
+# while o_proj still runs, and how many of them share an SM then depends on their register count, which depends on
+# the expert count (sm_90: 167 registers at 32 experts, 78 at 16: one program an SM against up to three).
 
 
 def early_pdl(pdl: int, rows: int, site: str) -> int:
     """The PDL mode of a one-token kernel at `site`: 2 for "attn" and "norm" (the kernels before the split-K GEMVs)
-    with SPLITK_EARLY and for the sites in PDL_EARLY_MORE, else `pdl`."""
+    with SPLITK_EARLY and for the sites in PDL_EARLY_MORE ("splitk" standing for "splitk_qkv" and "splitk_o_proj"),
+    else `pdl`."""
     if pdl <= 0:
         return pdl
     if SPLITK_EARLY and site in ("attn", "norm") and rows <= SPLITK_MAX_ROWS:
         return 2
-    return 2 if site in PDL_EARLY_MORE else pdl
+    if site in PDL_EARLY_MORE or (site.startswith("splitk_") and "splitk" in PDL_EARLY_MORE):
+        return 2
+    return pdl
 
 
 def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  config: tuple[int, int, int, int] | None = None) -> Partials:
-    """x (M, K) @ weight (N, K)^T (+ bias) as split-K partials (S, M, N) fp32; weight contiguous."""
+                  config: tuple[int, int, int, int] | None = None, site: str = "splitk") -> Partials:
+    """x (M, K) @ weight (N, K)^T (+ bias) as split-K partials (S, M, N) fp32; weight contiguous. `site` names the
+    launch for `early_pdl` ("splitk_qkv", "splitk_o_proj")."""
     m, k = x.shape
     n = weight.shape[0]
     bn, bk, splits, warps = config or SPLITK_CONFIG["small"]
     ksplit = triton.cdiv(triton.cdiv(k, splits), bk) * bk
     splits = triton.cdiv(k, ksplit)
     part = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
-    pdl = early_pdl(pdl_launch(m), m, "splitk")
+    pdl = early_pdl(pdl_launch(m), m, site)
     _splitk_gemv_kernel[(triton.cdiv(n, bn), splits)](
         x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, PDL=pdl, num_warps=warps,
         **_pdl_kw(pdl),

@@ -69,7 +69,8 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 class TorchOps:
     name = "torch"
 
-    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, partials: bool = False) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, partials: bool = False,
+               site: str = "") -> torch.Tensor:
         return F.linear(x, w, b)
 
     def add_rmsnorm(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor,
@@ -126,11 +127,13 @@ class TritonOps:
         self.splitk = splitk
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-               partials: bool = False) -> torch.Tensor | Partials:
+               partials: bool = False, site: str = "") -> torch.Tensor | Partials:
+        """`site` ("qkv", "o_proj") names a split-K launch for kernels.early_pdl."""
         small = w.shape[0] < 16384
         if (partials and self.splitk and small and x.shape[0] <= self.k.SPLITK_MAX_ROWS and x.stride(1) == 1
                 and w.is_contiguous() and self.k.SPLITK_CONFIG.get("small") is not None):
-            return self.k.splitk_linear(x, w, b, self.k.SPLITK_CONFIG["small"])
+            return self.k.splitk_linear(x, w, b, self.k.SPLITK_CONFIG["small"],
+                                        site=f"splitk_{site}" if site else "splitk")
         if self.gemv and x.shape[0] <= self.k.GEMV_MAX_ROWS and x.stride(1) == 1 and w.is_contiguous():
             cfg = self.k.GEMV_CONFIG.get("vocab" if w.shape[0] >= 16384 else "small")
             if cfg is not None:  # None: cuBLAS measured faster for this weight class
