@@ -486,6 +486,23 @@ def s7_apply(cfg: dict) -> None:
         setattr(gk, n, v)
 
 
+def s7_exact(model, name: str, cfg: dict, ref: tuple | None) -> tuple[bool, tuple | None]:
+    """Configuration `cfg` at batch 1 k4: whether its tokens and last-step logits equal `ref` (the first run's when
+    `ref` is None); returns (exact, ref)."""
+    s7_apply(cfg)
+    try:
+        res, logits = run_engine(model, 1, 4, keep_logits=True)
+        toks = res[-1].tokens
+        ref = ref or (toks, logits)
+        same = bool(torch.equal(toks, ref[0])) and bool(torch.equal(logits, ref[1]))
+        emit({"sec": "exact", "config": name, "tokens_equal": bool(torch.equal(toks, ref[0])),
+              "logits_max_abs_diff": round((logits - ref[1]).abs().max().item(), 5)})
+        return same, ref
+    except Exception as exc:
+        emit({"sec": "exact", "config": name, "error": repr(exc)[:400], "tb": traceback.format_exc()[-1200:]})
+        return False, ref
+
+
 def s7_profile(model, label: str) -> None:
     """One eager step at batch 1 k4 under torch.profiler, kernels in launch order: per family, and the split-K
     launches apart (qkv = even, o_proj = odd)."""
@@ -536,17 +553,7 @@ def early_main(args, model, bandwidth: float) -> int:
 
     def check(name: str) -> None:
         nonlocal ref
-        s7_apply(cfgs[name])
-        try:
-            res, logits = run_engine(model, 1, 4, keep_logits=True)
-            toks = res[-1].tokens
-            ref = ref or (toks, logits)
-            exact[name] = bool(torch.equal(toks, ref[0])) and bool(torch.equal(logits, ref[1]))
-            emit({"sec": "exact", "config": name, "tokens_equal": bool(torch.equal(toks, ref[0])),
-                  "logits_max_abs_diff": round((logits - ref[1]).abs().max().item(), 5)})
-        except Exception as exc:
-            exact[name] = False
-            emit({"sec": "exact", "config": name, "error": repr(exc)[:400], "tb": traceback.format_exc()[-1200:]})
+        exact[name], ref = s7_exact(model, name, cfgs[name], ref)
 
     check("main")  # the reference; only what can ship (the combination, below) must equal it
     check("shipped")
@@ -648,17 +655,7 @@ def prefetch_main(args, model, bandwidth: float) -> int:
     exact: dict[str, bool] = {}
     ref = None
     for name, cfg in S7_CONFIGS.items():
-        s7_apply(cfg)
-        try:
-            res, logits = run_engine(model, 1, 4, keep_logits=True)
-            toks = res[-1].tokens
-            ref = ref or (toks, logits)
-            exact[name] = bool(torch.equal(toks, ref[0])) and bool(torch.equal(logits, ref[1]))
-            emit({"sec": "exact", "config": name, "tokens_equal": bool(torch.equal(toks, ref[0])),
-                  "logits_max_abs_diff": round((logits - ref[1]).abs().max().item(), 5)})
-        except Exception as exc:
-            exact[name] = False
-            emit({"sec": "exact", "config": name, "error": repr(exc)[:400], "tb": traceback.format_exc()[-1200:]})
+        exact[name], ref = s7_exact(model, name, cfg, ref)
     cases = [(1, 4), (1, 2)]
     times: dict[tuple[str, int, int], list[float]] = {}
     names = [n for n in S7_CONFIGS if exact.get(n)]
