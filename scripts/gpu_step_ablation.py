@@ -629,8 +629,7 @@ def pruned_main(args, model, bandwidth: float) -> int:
         for rnd in range(args.rounds):
             for b, k in cases:
                 for name in (names if rnd % 2 == 0 else names[::-1]):
-                    s7_apply({**PRUNED_CONFIGS[name], "PDL_EARLY_MORE": frozenset(
-                        PRUNED_CONFIGS[name].get("PDL_EARLY_MORE", ()))})
+                    s7_apply(PRUNED_CONFIGS[name])
                     rec = time_case(model, b, k, arch, bandwidth, name)
                     emit({**rec, "experts": experts, "rnd": rnd})
                     if "ms_step" in rec:

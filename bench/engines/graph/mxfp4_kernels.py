@@ -606,10 +606,10 @@ def moe_mxfp4(
     """Routed MXFP4 experts for x (T, H), routing (T, k) -> weighted per (token, slot) outputs (T*k, H).
 
     gate_up_blocks [E, 2I, H/32, 16], gate_up_scales [E, 2I, H/32], down_blocks [E, H, I/32, 16],
-    down_scales [E, H, I/32] (uint8, contiguous); biases [E, 2I] and [E, H]. impl: "gemv" | "gemv2" | "mma" |
-    "scaled" forces the inner loop (tests, benchmarks); None picks it (GEMV_IMPL for <= GEMV_MAX_TOKENS tokens in
-    decode, else
-    MMA_IMPL on CUDA bf16, "mma" otherwise).
+    down_scales [E, H, I/32] (uint8, contiguous); biases [E, 2I] and [E, H]. impl: a key of IMPLS forces the inner
+    loop (tests, benchmarks); None lets `pick_impl` choose it (GEMV_IMPL for <= GEMV_MAX_TOKENS tokens in decode,
+    MMA_IMPL for the other decode launches and sorted ones up to DQ_SORTED_MAX_TOKENS on CUDA bf16, SORTED_IMPL past
+    that, "mma" off CUDA).
     """
     tokens, hidden = x.shape
     k = topi.shape[1]
@@ -638,8 +638,10 @@ def moe_mxfp4(
     cnt = counter if counter is not None else plan.flat
     pdl = MXFP4_PDL if plan.scan and pdl_launch(tokens) else 0
     variant, sub, maxnreg = DQ_VARIANT, DQ_BMQ, 0
-    if dq:
-        table, variant, sub, maxnreg = (MXFP4_CONFIG_DQ1, DQ_VARIANT, DQ_BMQ, 0) if few else dq_class(tokens)
+    if dq and few:
+        table = MXFP4_CONFIG_DQ1
+    elif dq:
+        table, variant, sub, maxnreg = dq_class(tokens)
     elif impl == "gemv4":
         table = MXFP4_CONFIG_GEMV4
     else:
