@@ -11,8 +11,8 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 - `add_rmsnorm_route`: the post-attention `add_rmsnorm` and the decode router in one launch for a step of
   <= NORM_ROUTER_MAX_TOKENS tokens (FUSE_NORM_ROUTER): each program recomputes the rows' RMS, normalizes its slice
   and computes that slice's router partials; the last program to finish (an atomic count) picks the top-k and
-  writes the residual. With one row and NORM_ROUTER_ONE_ROW (off by default) the last program keeps the residual row
-  from its RMS pass and picks the top-k by rank.
+  writes the residual. With one row (NORM_ROUTER_ONE_ROW) the last program keeps the residual row from its RMS pass
+  and picks the top-k by rank.
 - `router`: router linear + top-k + softmax over the k logits. Decode (<= ROUTER_SPLIT_MAX_TOKENS tokens): split-K
   partial logits (one program per slice of the hidden size, all tokens and experts), then one program per token
   sums the slices in a fixed order and picks the top-k; prefill: one program per token.
@@ -35,11 +35,10 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 
 Programmatic dependent launch (PDL, Hopper): in one-token steps (PDL_MAX_TOKENS) each decode kernel here is
 launched with `launch_pdl` and waits (`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel
-writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`). As ablation options (off by
-default: faster for the base model, slower for pruned ones on the H200, docs/PERF.md session 7) the kernels right
-before a split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv), rope_kv, the split-K GEMVs
-and the bf16 down expert GEMM can let the next kernel launch right after their own wait (PDL mode 2: `SPLITK_EARLY`,
-`PDL_EARLY_MORE`, `early_pdl`).
+writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`). The kernels right before a
+split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv), rope_kv, the qkv split-K GEMV and
+the bf16 down expert GEMM let the next kernel launch right after their own wait (PDL mode 2: `SPLITK_EARLY`,
+`PDL_EARLY_MORE`, `early_pdl`); the o_proj GEMV does not, because that slowed pruned models (docs/PERF.md, session 8).
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
@@ -171,13 +170,14 @@ SPLITK_CONFIG: dict[str, tuple[int, ...]] = {"small": (16, 256, 4, 4)}
 # (docs/PERF.md, session 7, with NORM_ROUTER_ONE_ROW): batch 1 k4 2.462 -> 2.439 ms, k2 1.888 -> 1.865; the same
 # bits. (Having the GEMV's programs also prefetch their own weight block into L2 before their wait made both split-K
 # launches ~1.9 us slower: k4 2.501 ms, not kept.) False: mode 1 as every other kernel (ablation).
-SPLITK_EARLY = False
-# OFF by default, with PDL_EARLY_MORE and NORM_ROUTER_ONE_ROW (lead, session 7): on merged main 1ed4e36 with the three
-# on, the H200 reference sweep ran the base model 4-5% faster at batch 1 but every pruned variant 3-6% SLOWER (bf16
-# union50_topk4 400.3 -> 388.0 tok/s, unionAgg_topk2 522.4 -> 500.1; MXFP4 alike; bench perf E16 b1 400.9 -> 389.4),
-# a ~0.19 ms a step penalty for 16 or 8 experts that session 6's code did not have (pruned = base within 1%). A
-# harness artifact in a pruned-vs-base comparison, so the defaults are session 6's until an E16 ablation
-# (gpu_step_ablation.py --early with --experts 16) finds which site causes it (docs/PERF.md, session 7).
+SPLITK_EARLY = True
+# Session 7 shipped these with "splitk_o_proj" in PDL_EARLY_MORE: the base model ran 4-5% faster at batch 1 but every
+# pruned variant 3-6% slower (a ~0.19 ms a step penalty that made pruned models look slower than the base, where the
+# model says they are equal). Session 8's ablation on one H200 (docs/PERF.md; `gpu_step_ablation.py --pruned
+# --rounds 3`, E32 then pruned to E16 in-process) found the site: o_proj in mode 2 alone makes E16 7.8% (k4) / 10.2%
+# (k2) slower and E32 no slower; every other option leaves the E16 / E32 ratio at main's (1.005-1.008). Shipped: every
+# option but o_proj's early trigger: E32 k4 2.484 -> 2.407 ms, k2 1.902 -> 1.834; E16 k4 2.498 -> 2.421, k2 1.917 ->
+# 1.846 (-3.1 / -3.6%, both models alike).
 # More one-token kernels that trigger their dependents right after their wait (PDL mode 2), by site: "rope"
 # (rope_kv, before attention), "splitk" (qkv and o_proj, before rope_kv and the norm + router), "moe_down" (the bf16
 # down expert GEMM, before add_rmsnorm); "norm_router" (before the gate_up expert GEMM) is a candidate left out.
@@ -185,11 +185,12 @@ SPLITK_EARLY = False
 # -1.2 / -1.6%, moe_down -0.7 / -0.8%, norm_router +0.2 / +2.1% at batch 1 k4 / k2): the three together 2.409 ->
 # 2.351 ms (k4), 1.852 -> 1.793 (k2); the same bits. Every kernel reads what an earlier kernel wrote only after its
 # own wait (the down GEMM's routing: two kernels back, complete once it runs), so an early launch cannot race.
-PDL_EARLY_MORE: frozenset[str] = frozenset()  # measured: {"rope", "splitk", "moe_down"}; off, see SPLITK_EARLY
-# "splitk" names both split-K GEMVs; "splitk_qkv" / "splitk_o_proj" one of them. A lead for the pruned-model penalty
-# (docs/PERF.md session 7, not measured yet): o_proj in mode 2 lets the norm + router kernel's programs be placed
-# while o_proj still runs, and how many of them share an SM then depends on their register count, which depends on
-# the expert count (sm_90: 167 registers at 32 experts, 78 at 16: one program an SM against up to three).
+PDL_EARLY_MORE: frozenset[str] = frozenset({"rope", "splitk_qkv", "moe_down"})
+# "splitk" names both split-K GEMVs; "splitk_qkv" / "splitk_o_proj" one of them. "splitk_o_proj" is left out (see
+# SPLITK_EARLY). Why it hurts only pruned models is a hypothesis, not measured: o_proj in mode 2 lets the norm + router
+# kernel's programs be placed while o_proj still runs, and how many of them share an SM then depends on their
+# register count, which depends on the expert count (sm_90: 167 registers at 32 experts, 78 at 16: one program an SM
+# against up to three).
 
 
 def early_pdl(pdl: int, rows: int, site: str) -> int:
@@ -702,8 +703,8 @@ NORM_ROUTER_MAX_TOKENS = 1
 # One row (session 7): the last program stores the residual row its RMS pass kept in registers (no second read of h
 # and the partials) and picks the top-k by rank (`_topk_rank_softmax_store`: 5 reductions instead of 2 k + 2). The
 # same bits; False: the loop over rows (ablation). H200 (docs/PERF.md, session 7): the kernel 7.7 -> 7.0 us a layer,
-# batch 1 k4 2.453 -> 2.434 ms, k2 1.892 -> 1.882 (E32). Off by default: see SPLITK_EARLY.
-NORM_ROUTER_ONE_ROW = False
+# batch 1 k4 2.453 -> 2.434 ms, k2 1.892 -> 1.882 (E32); on E16 alike (session 8, see SPLITK_EARLY).
+NORM_ROUTER_ONE_ROW = True
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
