@@ -535,9 +535,15 @@ def _rope_attn_decode_kernel(
              mask=gm[:, None])
 
 
-# Decode attention with the rope and the cache write in the same launch (`rope_attn_decode`, session 8): one launch a
-# layer fewer. False: rope_kv, then attn_decode (ablation).
+# Decode attention with the rope and the cache write in the same launch (`rope_attn_decode`, session 8) for steps of
+# at least FUSE_ROPE_ATTN_MIN_ROWS streams: one launch a layer fewer. H200 (docs/PERF.md, session 8,
+# `gpu_step_ablation.py --compare`, fused against rope_kv + attn_decode, E32 / E16): batch 8 k4 -0.3% / -0.7%, batch
+# 8 k2 -1.0% / -1.1%, batch 32 k4 -0.7% / -1.0%; but batch 1 k4 +3.9% (2.400 -> 2.495 ms at E32), k2 +5.0%, under
+# PDL (not explained), so one stream keeps the two launches. Same cache writes; the output is not
+# bit-identical to the two kernels' (the softmax compiles differently), so the GPU accuracy check covers it.
+# False: rope_kv, then attn_decode (ablation).
 FUSE_ROPE_ATTN = True
+FUSE_ROPE_ATTN_MIN_ROWS = 2
 
 
 def rope_attn_decode(
