@@ -223,6 +223,78 @@ def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return Partials(part=part, bias=bias, dtype=x.dtype)
 
 
+
+@triton.jit
+def _splitk_mma_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: tl.constexpr, BN: tl.constexpr,
+                       BK: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr):
+    """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] on the tensor cores, swap-AB: acc (BN, BM) = the
+    weight tile (BN, BK) @ the rows transposed (BK, BM), so the weight is the MMA's big operand and the few rows (padded
+    to BM >= 16) its narrow one. Grid (N / BN, S); the K loop is pipelined (num_stages). IEEE: float32 products
+    (float32 weights: the interpreter tests, a float32 model) instead of tf32."""
+    offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    s = tl.program_id(1)
+    nmask = offs_n < N
+    mm = tl.arange(0, BM)
+    mmask = mm < M
+    k_lo = s * KSPLIT
+    k_hi = tl.minimum(k_lo + KSPLIT, K)
+    acc = tl.zeros([BN, BM], dtype=tl.float32)
+    w_rows = w_ptr + offs_n[:, None].to(tl.int64) * K
+    _gdc(PDL)
+    for k0 in range(k_lo, k_hi, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        kmask = offs_k < k_hi
+        w = tl.load(w_rows + offs_k[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
+        x = tl.load(x_ptr + mm[None, :] * stride_xm + offs_k[:, None], mask=mmask[None, :] & kmask[:, None], other=0.0)
+        if IEEE:
+            acc = tl.dot(w, x.to(w.dtype), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(w, x.to(w.dtype), acc)
+    tl.store(part_ptr + (s * M + mm[None, :]) * N + offs_n[:, None], acc, mask=nmask[:, None] & mmask[None, :])
+
+
+# Tensor-core split-K linears (`splitk_mma_linear`) for decode steps of 2..SPLITK_MMA_MAX_ROWS rows
+# (GraphOptions.splitk): qkv and o_proj as Partials, as `splitk_linear` at one row (which stays as it is), instead of
+# cuBLAS's GEMM (+ its split-K reduce for o_proj). (BN, BK, S, num_warps, num_stages) by M tile (rows padded to 16 /
+# 32 / 64) and site ("qkv", "o_proj"); a missing or None entry keeps cuBLAS for that class.
+SPLITK_MMA_MAX_ROWS = 64
+SPLITK_MMA_CONFIG: dict[int, dict[str, tuple[int, ...] | None]] = {
+    16: {"qkv": (64, 128, 4, 4, 3), "o_proj": (64, 128, 8, 4, 3)},
+    32: {"qkv": (64, 128, 4, 4, 3), "o_proj": (64, 128, 8, 4, 3)},
+    64: {"qkv": None, "o_proj": None},
+}
+
+
+def splitk_mma_bm(rows: int) -> int:
+    """The M tile (padded row count) of a tensor-core split-K launch of `rows` rows."""
+    return max(16, _p2(rows))
+
+
+def splitk_mma_config(rows: int, site: str) -> tuple[int, ...] | None:
+    """SPLITK_MMA_CONFIG's tile for `rows` rows at `site`, or None (cuBLAS) past SPLITK_MMA_MAX_ROWS / not listed."""
+    if rows < 2 or rows > SPLITK_MMA_MAX_ROWS:
+        return None
+    return (SPLITK_MMA_CONFIG.get(splitk_mma_bm(rows)) or {}).get(site)
+
+
+def splitk_mma_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      config: tuple[int, ...]) -> Partials:
+    """x (M, K) @ weight (N, K)^T (+ bias) as split-K partials (S, M, N) fp32 on the tensor cores; weight contiguous,
+    x rows unit-stride. config (BN, BK, S, num_warps, num_stages)."""
+    m, k = x.shape
+    n = weight.shape[0]
+    bn, bk, splits, warps, stages = config
+    ksplit = triton.cdiv(triton.cdiv(k, splits), bk) * bk
+    splits = triton.cdiv(k, ksplit)
+    part = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
+    pdl = pdl_launch(m)
+    _splitk_mma_kernel[(triton.cdiv(n, bn), splits)](
+        x, weight, part, m, n, k, ksplit, x.stride(0), BM=splitk_mma_bm(m), BN=bn, BK=bk,
+        IEEE=weight.dtype == torch.float32, PDL=pdl, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
+    )
+    return Partials(part=part, bias=bias, dtype=x.dtype)
+
+
 @triton.jit
 def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, out_ptr, part_ptr, bias_ptr, H, eps, KS: tl.constexpr,
                         BLOCK: tl.constexpr, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr):
