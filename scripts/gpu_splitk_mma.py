@@ -8,7 +8,7 @@ path at 2-64 rows (split-K CUDA-core GEMV only at one row). Candidates (BN, BK, 
 run-time value, so the S sweep of a tile costs one compile.
 
     PYTHONUNBUFFERED=1 OUT=... python3 scripts/gpu_splitk_mma.py [--rows 8,32,64] [--check-rows 2,4,20,40]
-        [--budget-s 70]
+        [--class-budget 25,25,12] [--budget-s 70]
 
 Writes $OUT/splitk_mma.jsonl (every timing, as it is made) and $OUT/picks.json ({"SPLITK_MMA_CONFIG": table}, for
 scripts/gpu_ab.py / gpu_perf_graph.py `--set @picks.json`), rewritten after each site: each (class, site) takes
@@ -119,7 +119,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", default="8,32,64", help="one row count per M-tile class (16 / 32 / 64)")
     ap.add_argument("--check-rows", default="2,4,20,40", help="then these row counts: cuBLAS vs the class's pick")
-    ap.add_argument("--budget-s", type=float, default=70)
+    ap.add_argument("--class-budget", default="25,25,12",
+                    help="seconds of candidates per class of --rows (half to qkv, the rest to o_proj)")
+    ap.add_argument("--budget-s", type=float, default=70, help="no --check-rows past this (+10 s)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     table = {bm: dict(v) for bm, v in gk.SPLITK_MMA_CONFIG.items()}
@@ -133,13 +135,10 @@ def main() -> int:
           "commit": os.environ.get("MOE_BENCH_GIT_COMMIT"), "committed": {str(b): v for b, v in table.items()}})
     gen = torch.Generator("cuda").manual_seed(0)
     row_list = [int(r) for r in args.rows.split(",") if r]
-    for ci, rows in enumerate(row_list):
+    budgets = [float(b) for b in args.class_budget.split(",")]
+    for rows, per_class in zip(row_list, budgets, strict=True):
         bm = gk.splitk_mma_bm(rows)
         t_class = time.time()
-        per_class = (args.budget_s - (t_class - T0)) / (len(row_list) - ci)  # what is left, shared by the rest
-        if per_class < 8:
-            emit({"sec": "skip_class", "rows": rows})
-            continue
         for site in SITES:
             st = Site(site, rows, gen)
             nbytes = st.n * st.k * 2
