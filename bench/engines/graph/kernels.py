@@ -813,6 +813,78 @@ def add_rmsnorm_route(
     return out, topi, topw
 
 
+
+@triton.jit
+def _norm_route_rows_kernel(
+    h_ptr, d_ptr, part_ptr, bias_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, topi_ptr, topw_ptr, H, E, eps,
+    BLOCK: tl.constexpr, BH: tl.constexpr, EP: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+    NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+):
+    """`add_rmsnorm` (KS = 1) + the router of one row per program: the residual update and the normed row as
+    `_add_rmsnorm_kernel`, then (after a barrier, the normed row read back from `out`) the router logits over the
+    whole hidden size as `_router_kernel` (bias, rounding to the activations' dtype, top-k, softmax), all experts in
+    this program: no partials, no second kernel, no cross-program step."""
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    m = offs < H
+    w = tl.load(nw_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    _gdc(PDL)
+    x = _residual(h_ptr, d_ptr, part_ptr, bias_ptr, row, offs, tl.num_programs(0), H, m, NSPLIT, HAS_BIAS)
+    tl.store(h_ptr + row * H + offs, x.to(h_ptr.dtype.element_ty), mask=m)
+    var = tl.sum(x * x, axis=0) / H
+    y = x * tl.rsqrt(var + eps)
+    tl.store(out_ptr + row * H + offs, (w * y).to(out_ptr.dtype.element_ty), mask=m)
+    tl.debug_barrier()  # the row's normed values, stored by every thread of this program, are read back below
+    e = tl.arange(0, EP)
+    em = e < E
+    acc = tl.zeros([EP, BH], dtype=tl.float32)  # one reduction at the end, not one per chunk
+    for h0 in tl.static_range(0, BLOCK, BH):
+        hh = h0 + tl.arange(0, BH)
+        hm = hh < H
+        xs = tl.load(out_ptr + row * H + hh, mask=hm, other=0.0, cache_modifier=".cg").to(tl.float32)
+        wr = tl.load(rw_ptr + e[:, None] * H + hh[None, :], mask=em[:, None] & hm[None, :], other=0.0).to(tl.float32)
+        acc += wr * xs[None, :]
+    logits = tl.sum(acc, axis=1) + tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)
+    logits = logits.to(out_ptr.dtype.element_ty).to(tl.float32)  # the router linear's output dtype, as in HF
+    _topk_softmax_store(logits, e, em, topi_ptr, topw_ptr, row, K, KP, EP)
+
+
+# The post-attention add_rmsnorm and the router of 2..NORM_ROUTE_ROWS_MAX rows as one launch of one program per row
+# (`add_rmsnorm_route_rows`), instead of add_rmsnorm + the split router's two kernels (session 8); 0: off (three
+# launches, ablation). Each program reads the whole router weight (E x H, from L2) for its row; ROUTE_ROWS_BH is the
+# width of its K chunks.
+NORM_ROUTE_ROWS_MAX = 32
+ROUTE_ROWS_BH = 256
+
+
+def add_rmsnorm_route_rows(
+    h: torch.Tensor, delta: torch.Tensor | Partials, weight: torch.Tensor, eps: float, rweight: torch.Tensor,
+    rbias: torch.Tensor, k: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """add_rmsnorm(h, delta, 1, weight, eps), then the top-k router of the normed rows, in one launch of one program
+    per row: h (T, H) += delta (in place), returns (normed, topi (T, k) int32, topw (T, k) float32). delta: (T, H)
+    or a linear's Partials. The normed rows are add_rmsnorm's; the logits are summed in another order than the split
+    router's (within float32 rounding)."""
+    rows, hidden = h.shape
+    experts = rweight.shape[0]
+    parts = delta if isinstance(delta, Partials) else None
+    if parts is not None and parts.shape != (rows, hidden):
+        raise ValueError(f"add_rmsnorm_route_rows: partials of shape {parts.shape} for h {tuple(h.shape)}")
+    out = torch.empty_like(h)
+    topi = torch.empty((rows, k), dtype=torch.int32, device=h.device)
+    topw = torch.empty((rows, k), dtype=torch.float32, device=h.device)
+    pdl = pdl_launch(rows)
+    _norm_route_rows_kernel[(rows,)](
+        h, delta if parts is None else h, parts.part if parts is not None else h,
+        parts.bias if parts is not None and parts.bias is not None else h, weight, out, rweight, rbias, topi, topw,
+        hidden, experts, eps, BLOCK=_p2(hidden), BH=ROUTE_ROWS_BH, EP=_p2(experts), K=k, KP=_p2(k),
+        NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
+        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, num_warps=8 if hidden >= 2048 else 4,
+        **_pdl_kw(pdl),
+    )
+    return out, topi, topw
+
+
 @triton.jit
 def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COMPACT: tl.constexpr,
                 EPAD: tl.constexpr, BM: tl.constexpr):
