@@ -183,5 +183,5 @@ def test_norm_route_rows_on_cuda(gk, rows):
         kth = logits.topk(k, dim=-1).values[:, -1:]
         chosen = logits.gather(1, got_i.long())
         assert bool((chosen >= kth - 2e-2 * kth.abs().clamp(min=1)).all()), (chosen, kth)
-        assert got_i.unique(dim=1).shape[1] == k  # k distinct experts per row
+        assert bool((got_i.sort(-1).values.diff(dim=-1) > 0).all())  # k distinct experts per row
         torch.testing.assert_close(got_w, torch.softmax(chosen, -1), rtol=2e-2, atol=2e-2)

@@ -258,9 +258,12 @@ def _splitk_mma_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: t
 # cuBLAS's GEMM (+ its split-K reduce for o_proj). (BN, BK, S, num_warps, num_stages) by M tile (rows padded to 16 /
 # 32 / 64) and site ("qkv", "o_proj"); a missing or None entry keeps cuBLAS for that class.
 SPLITK_MMA_MAX_ROWS = 64
+# H200 (docs/PERF.md, session 8; the linear + its consumer over 24 layers' weights, us a layer, cuBLAS -> picked):
+# 8 rows qkv 12.43 -> 11.54, o_proj 14.36 -> 11.80; 32 rows qkv 13.57 -> 13.21, o_proj 15.17 -> 12.60; at 64 rows
+# every tile lost to cuBLAS (qkv 15.19 vs >= 15.60, o_proj 13.09 vs >= 13.86), so M tile 64 keeps cuBLAS.
 SPLITK_MMA_CONFIG: dict[int, dict[str, tuple[int, ...] | None]] = {
-    16: {"qkv": (64, 128, 4, 4, 3), "o_proj": (64, 128, 8, 4, 3)},
-    32: {"qkv": (64, 128, 4, 4, 3), "o_proj": (64, 128, 8, 4, 3)},
+    16: {"qkv": (64, 64, 4, 4, 4), "o_proj": (64, 128, 6, 4, 3)},
+    32: {"qkv": (64, 128, 3, 4, 3), "o_proj": (64, 128, 6, 4, 3)},
     64: {"qkv": None, "o_proj": None},
 }
 
