@@ -155,33 +155,3 @@ def test_splitk_mma_linear_matches_f_linear_on_cuda(gk, rows):
             torch.testing.assert_close(got.materialize().float(), torch.nn.functional.linear(x, w, b).float(),
                                        rtol=8e-3, atol=1e-2)
 
-
-@pytest.mark.parametrize("rows", [2, 8, 32])
-def test_norm_route_rows_on_cuda(gk, rows):
-    """`add_rmsnorm_route_rows` (one program per row) against add_rmsnorm + the split router, bf16: the same residual
-    update, normed rows within a bf16 rounding, and top-k experts that are the top-k of the float32 logits of those
-    normed rows (ties within one bf16 rounding of the logit may pick either), with matching softmax weights."""
-    gen = torch.Generator(device="cuda").manual_seed(rows)
-    hidden, experts, k = 2880, 32, 4
-    for use_partials in (True, False):
-        h = torch.randn(rows, hidden, generator=gen, device="cuda", dtype=torch.bfloat16)
-        h2 = h.clone()
-        att = torch.randn(rows, 4096, generator=gen, device="cuda", dtype=torch.bfloat16)
-        wo = torch.randn(hidden, 4096, generator=gen, device="cuda", dtype=torch.bfloat16) * 0.02
-        bo = torch.randn(hidden, generator=gen, device="cuda", dtype=torch.bfloat16)
-        cfg = gk.splitk_mma_config(rows, "o_proj") or (64, 64, 4, 4, 3)
-        delta = gk.splitk_mma_linear(att, wo, bo, cfg) if use_partials else torch.nn.functional.linear(att, wo, bo)
-        ln = torch.randn(hidden, generator=gen, device="cuda", dtype=torch.bfloat16)
-        rw = torch.randn(experts, hidden, generator=gen, device="cuda", dtype=torch.bfloat16) * 0.05
-        rb = torch.randn(experts, generator=gen, device="cuda", dtype=torch.bfloat16)
-        normed = gk.add_rmsnorm(h, delta, 1, ln, 1e-5)
-        got, got_i, got_w = gk.add_rmsnorm_route_rows(h2, delta, ln, 1e-5, rw, rb, k)
-        torch.cuda.synchronize()
-        assert torch.equal(h2, h)
-        torch.testing.assert_close(got.float(), normed.float(), rtol=8e-3, atol=1e-2)
-        logits = torch.nn.functional.linear(got.float(), rw.float(), rb.float())
-        kth = logits.topk(k, dim=-1).values[:, -1:]
-        chosen = logits.gather(1, got_i.long())
-        assert bool((chosen >= kth - 2e-2 * kth.abs().clamp(min=1)).all()), (chosen, kth)
-        assert bool((got_i.sort(-1).values.diff(dim=-1) > 0).all())  # k distinct experts per row
-        torch.testing.assert_close(got_w, torch.softmax(chosen, -1), rtol=2e-2, atol=2e-2)

@@ -41,23 +41,16 @@ def lively():
 
 def test_triton_kernels_match_hf_tokens(gk, lively, monkeypatch):
     """Every Triton kernel in the decoder (norm, rope + cache write, attention, split-K router, scan-mode MoE in
-    decode, qkv and o_proj as tensor-core split-K partials and the post-attention norm + router as one row-wise
-    launch at these 2 rows; per-token router in prefill): the same greedy tokens as hf."""
+    decode, qkv and o_proj as tensor-core split-K partials at these 2 rows; per-token router in prefill): the same
+    greedy tokens as hf."""
     model, ids, ref = lively
     assert ref.tokens.unique().numel() > 4
-    calls = {"splitk_mma_linear": 0, "add_rmsnorm_route_rows": 0}
-    for name in calls:
-        real = getattr(gk, name)
-
-        def spy(*a, _real=real, _name=name, **kw):
-            calls[_name] += 1
-            return _real(*a, **kw)
-
-        monkeypatch.setattr(gk, name, spy)
+    calls = []
+    real = gk.splitk_mma_linear
+    monkeypatch.setattr(gk, "splitk_mma_linear", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     res = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids, TOKENS)
     assert torch.equal(res.tokens, ref.tokens)
-    layers = model.config.num_hidden_layers
-    assert calls["splitk_mma_linear"] >= 2 * layers and calls["add_rmsnorm_route_rows"] >= layers, calls
+    assert len(calls) >= 2 * model.config.num_hidden_layers, len(calls)
 
 
 def test_triton_moe_sorted_mode_matches_loop(gk):
@@ -405,36 +398,6 @@ def test_triton_norm_router_fused_equals_norm_then_router(gk, rows):
             assert torch.equal(got, normed) and torch.equal(h2, h)
             assert torch.equal(got_i, want_i) and torch.equal(got_w, want_w)
             assert int(gk._COUNTERS[h.device].item()) == 0
-
-
-
-@pytest.mark.parametrize("rows", [2, 5, 32])
-def test_triton_norm_route_rows_equals_norm_then_router(gk, rows):
-    """`add_rmsnorm_route_rows` (one program per row: residual add + norm, then the router over all experts): the
-    same residual update and normed rows as `add_rmsnorm`, and the same expert ids and weights as `router` on those
-    rows (float32: the logits' other summation order stays within rounding), with the delta as a tensor or as
-    split-K partials (CUDA-core and tensor-core), and a hidden size that is not a multiple of the router's chunk."""
-    gen = torch.Generator().manual_seed(50 + rows)
-    hidden, experts, k = 200, 12, 3
-    for kind in ("tensor", "splitk", "mma"):
-        h = torch.randn(rows, hidden, generator=gen)
-        h2 = h.clone()
-        att = torch.randn(rows, 24, generator=gen)
-        wo, bo = torch.randn(hidden, 24, generator=gen) * 0.2, torch.randn(hidden, generator=gen)
-        if kind == "tensor":
-            delta = torch.nn.functional.linear(att, wo, bo)
-        elif kind == "splitk":
-            delta = gk.splitk_linear(att, wo, bo, (16, 32, 2, 4))
-        else:
-            delta = gk.splitk_mma_linear(att, wo, bo, (64, 16, 2, 4, 2))
-        ln = torch.randn(hidden, generator=gen)
-        rw, rb = torch.randn(experts, hidden, generator=gen) * 0.1, torch.randn(experts, generator=gen)
-        normed = gk.add_rmsnorm(h, delta, 1, ln, 1e-5)
-        want_i, want_w = gk.router(normed, rw, rb, k)
-        got, got_i, got_w = gk.add_rmsnorm_route_rows(h2, delta, ln, 1e-5, rw, rb, k)
-        assert torch.equal(got, normed) and torch.equal(h2, h), kind
-        assert torch.equal(got_i, want_i), kind
-        torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-6)
 
 
 def test_triton_unfused_norm_router_matches_hf_tokens(gk, lively, monkeypatch):

@@ -158,9 +158,6 @@ class TritonOps:
                 and h.is_contiguous() and router.weight.is_contiguous()
                 and (isinstance(delta, k.Partials) or delta.is_contiguous())):
             return k.add_rmsnorm_route(h, delta, w, eps, router.weight, router.bias, router.top_k)
-        if (self.router_split and 1 < h.shape[0] <= k.NORM_ROUTE_ROWS_MAX and h.is_contiguous()
-                and router.weight.is_contiguous() and (isinstance(delta, k.Partials) or delta.is_contiguous())):
-            return k.add_rmsnorm_route_rows(h, delta, w, eps, router.weight, router.bias, router.top_k)
         normed = self.add_rmsnorm(h, delta, 1, w, eps)
         return (normed, *self.route(normed, router))
 
