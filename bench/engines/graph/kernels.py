@@ -19,6 +19,9 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 - `splitk_linear`: y = x W^T (+ b) for decode steps of <= SPLITK_MAX_ROWS rows (GraphOptions.splitk), as split-K
   fp32 partials (more programs than output tiles, no tensor cores) that the next kernel (`rope_kv` for qkv,
   `add_rmsnorm` for o_proj) sums, biases and rounds: no reduce kernel, one launch per linear.
+- `splitk_mma_linear`: the same Partials for 2..SPLITK_MMA_MAX_ROWS rows on the tensor cores (swap-AB `tl.dot`: the
+  weight tile is the MMA's 64-row operand, the rows padded to 16 / 32 / 64 its narrow one), tiles per row class and
+  site in SPLITK_MMA_CONFIG (None: cuBLAS); replaces cuBLAS's GEMM (and its split-K reduce for o_proj) at 2-32 rows.
 - `gemv`: y = x W^T (+ b) for a few rows (decode, M <= GEMV_MAX_ROWS): qkv, o_proj and lm_head. One program per
   BN output features streams its (BN, K) weight rows once (K-contiguous loads, M padded to 16 for tl.dot); one
   launch where cuBLAS takes a split-K GEMM and a reduce at batch 1.
