@@ -164,3 +164,27 @@ def test_shipped_expert_tiles_are_bit_exact_to_main_on_cuda(gk, tokens):
     torch.cuda.synchronize()
     assert got.abs().sum().item() > 0
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("rows", [2, 5, 8, 20, 32, 40, 64])
+def test_splitk_mma_linear_matches_f_linear_on_cuda(gk, rows):
+    """The tensor-core split-K linear at gpt-oss-20b's qkv (5120 x 2880) and o_proj (2880 x 4096) shapes, with the
+    shipped tile of each row class and site (a generic one where the class keeps cuBLAS): the partials' float32
+    sum within float32 rounding of a float32 reference (bf16 products are exact), and the bf16 output within one
+    bf16 rounding of F.linear's (cuBLAS sums in another order)."""
+    gen = torch.Generator(device="cuda").manual_seed(rows)
+    for site, n, k in (("qkv", 5120, 2880), ("o_proj", 2880, 4096)):
+        cfg = gk.splitk_mma_config(rows, site) or (64, 64, 4, 4, 3)  # a class that keeps cuBLAS: a generic tile
+        for _ in range(2):
+            x = torch.randn(rows, k, generator=gen, device="cuda", dtype=torch.bfloat16)
+            w = torch.randn(n, k, generator=gen, device="cuda", dtype=torch.bfloat16) * 0.02
+            b = torch.randn(n, generator=gen, device="cuda", dtype=torch.bfloat16)
+            got = gk.splitk_mma_linear(x, w, b, cfg)
+            ref32 = x.float() @ w.float().T
+            torch.cuda.synchronize()
+            assert got.part.shape[1:] == (rows, n)
+            err = ((got.part.sum(0) - ref32).norm() / ref32.norm()).item()
+            assert err < 1e-5, (site, cfg, err)
+            torch.testing.assert_close(got.materialize().float(), torch.nn.functional.linear(x, w, b).float(),
+                                       rtol=8e-3, atol=1e-2)
+

@@ -39,13 +39,18 @@ def lively():
     return model, ids, ref
 
 
-def test_triton_kernels_match_hf_tokens(gk, lively):
+def test_triton_kernels_match_hf_tokens(gk, lively, monkeypatch):
     """Every Triton kernel in the decoder (norm, rope + cache write, attention, split-K router, scan-mode MoE in
-    decode; per-token router in prefill): the same greedy tokens as hf."""
+    decode, qkv and o_proj as tensor-core split-K partials at these 2 rows; per-token router in prefill): the same
+    greedy tokens as hf."""
     model, ids, ref = lively
     assert ref.tokens.unique().numel() > 4
+    calls = []
+    real = gk.splitk_mma_linear
+    monkeypatch.setattr(gk, "splitk_mma_linear", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     res = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids, TOKENS)
     assert torch.equal(res.tokens, ref.tokens)
+    assert len(calls) >= 2 * model.config.num_hidden_layers, len(calls)
 
 
 def test_triton_moe_sorted_mode_matches_loop(gk):
@@ -301,6 +306,85 @@ def test_triton_splitk_linear_partials_feed_rope_and_norm(gk):
         got = gk.add_rmsnorm(h2, gk.splitk_linear(att, wo, bo, (16, 32, 2, 4)), 1, ln, 1e-5)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(h2, h1, rtol=1e-5, atol=1e-5)
+
+
+
+@pytest.mark.parametrize("rows", [2, 5, 8, 20, 40])
+def test_triton_splitk_mma_linear_partials_match_torch(gk, rows):
+    """The tensor-core split-K linear (swap-AB `tl.dot`, rows padded to the M tile 16 / 32 / 64): each K slice's
+    partial sums equal x[:, slice] @ w[:, slice]^T and the materialized output F.linear's, with an N tail (200 = 3 x
+    64 + 8) and a K tail (176 split into slices of 64 / 128 with a shorter last one); fed to its consumers
+    (add_rmsnorm for o_proj, rope_kv for qkv) it gives what F.linear's output gives them. float32 inputs (the
+    interpreter's bf16 dot is not exact), so the kernel's IEEE products."""
+    gen = torch.Generator().manual_seed(40 + rows)
+    n, k = 200, 176
+    x = torch.randn(rows, k, generator=gen)
+    w = torch.randn(n, k, generator=gen) * 0.1
+    b = torch.randn(n, generator=gen)
+    ref = torch.nn.functional.linear(x, w, b)
+    for cfg, slices in (((64, 32, 3, 4, 2), (0, 64, 128, 176)), ((16, 64, 2, 4, 3), (0, 128, 176))):
+        got = gk.splitk_mma_linear(x, w, b, cfg)
+        assert got.part.shape == (len(slices) - 1, rows, n) and got.shape == (rows, n)
+        for s in range(len(slices) - 1):
+            lo, hi = slices[s], slices[s + 1]
+            torch.testing.assert_close(got.part[s], x[:, lo:hi] @ w[:, lo:hi].T, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.materialize(), ref, rtol=1e-5, atol=1e-5)
+    if rows != 5:
+        return
+    hq, hkv, d, hidden = 4, 2, 16, 96
+    wq = torch.randn((hq + 2 * hkv) * d, hidden, generator=gen) * 0.1
+    bq = torch.randn((hq + 2 * hkv) * d, generator=gen)
+    xq = torch.randn(rows, hidden, generator=gen)
+    cos, sin = torch.randn(8, d // 2, generator=gen), torch.randn(8, d // 2, generator=gen)
+    caches = [torch.zeros(rows, hkv, 8, d) for _ in range(4)]
+    pos = torch.tensor(3)
+    q_ref = gk.rope_kv(torch.nn.functional.linear(xq, wq, bq), cos, sin, pos, caches[0], caches[1], hq, True, 4)
+    q_got = gk.rope_kv(gk.splitk_mma_linear(xq, wq, bq, (64, 32, 2, 4, 2)), cos, sin, pos, caches[2], caches[3], hq,
+                       True, 4)
+    torch.testing.assert_close(q_got, q_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(caches[2], caches[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(caches[3], caches[1], rtol=1e-5, atol=1e-5)
+    wo, bo = torch.randn(hidden, hq * d, generator=gen) * 0.1, torch.randn(hidden, generator=gen)
+    att, ln = torch.randn(rows, hq * d, generator=gen), torch.randn(hidden, generator=gen)
+    h1 = torch.randn(rows, hidden, generator=gen)
+    h2 = h1.clone()
+    want = gk.add_rmsnorm(h1, torch.nn.functional.linear(att, wo, bo), 1, ln, 1e-5)
+    got = gk.add_rmsnorm(h2, gk.splitk_mma_linear(att, wo, bo, (32, 32, 3, 4, 2)), 1, ln, 1e-5)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h2, h1, rtol=1e-5, atol=1e-5)
+
+
+def test_triton_splitk_mma_gate_by_rows_and_site(gk, monkeypatch):
+    """TritonOps.linear: one row takes `splitk_linear`, 2..SPLITK_MMA_MAX_ROWS rows with partials the tensor-core
+    split-K (the site's tile of the row class), a class whose entry is None, more rows, no partials (lm_head) or a
+    site without a tile take F.linear."""
+    gen = torch.Generator().manual_seed(3)
+    w, b = torch.randn(96, 64, generator=gen), torch.randn(96, generator=gen)
+    monkeypatch.setattr(gk, "SPLITK_MMA_CONFIG", {16: {"qkv": (32, 32, 2, 4, 2), "o_proj": None},
+                                                 32: {"qkv": (32, 32, 2, 4, 2)}})
+    monkeypatch.setattr(gk, "SPLITK_MMA_MAX_ROWS", 32)
+    ran = []
+    for name in ("splitk_linear", "splitk_mma_linear"):
+        real = getattr(gk, name)
+
+        def spy(*a, _real=real, _name=name, **kw):
+            ran.append((_name, a[3] if len(a) > 3 else None))
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(gk, name, spy)
+    ops = TritonOps(splitk=True)
+    mma = ("splitk_mma_linear", (32, 32, 2, 4, 2))
+    for rows, site, partials, want in ((1, "qkv", True, "splitk_linear"), (2, "qkv", True, mma),
+                                       (16, "qkv", True, mma), (20, "qkv", True, mma), (2, "o_proj", True, None),
+                                       (20, "o_proj", True, None), (33, "qkv", True, None), (8, "qkv", False, None),
+                                       (8, "", True, None)):
+        ran.clear()
+        x = torch.randn(rows, 64, generator=gen)
+        y = ops.linear(x, w, b, partials=partials, site=site)
+        got = (ran[0] if ran[0][0] == "splitk_mma_linear" else ran[0][0]) if ran else None
+        assert got == want and isinstance(y, torch.Tensor) == (want is None), (rows, site, partials, got)
+        dense = y if isinstance(y, torch.Tensor) else y.materialize()
+        torch.testing.assert_close(dense, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-5)
 
 
 def test_triton_splitk_and_gemv_decode_matches_hf_tokens(gk, lively, monkeypatch):

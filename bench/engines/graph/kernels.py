@@ -19,6 +19,9 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 - `splitk_linear`: y = x W^T (+ b) for decode steps of <= SPLITK_MAX_ROWS rows (GraphOptions.splitk), as split-K
   fp32 partials (more programs than output tiles, no tensor cores) that the next kernel (`rope_kv` for qkv,
   `add_rmsnorm` for o_proj) sums, biases and rounds: no reduce kernel, one launch per linear.
+- `splitk_mma_linear`: the same Partials for 2..SPLITK_MMA_MAX_ROWS rows on the tensor cores (swap-AB `tl.dot`: the
+  weight tile is the MMA's 64-row operand, the rows padded to 16 / 32 / 64 its narrow one), tiles per row class and
+  site in SPLITK_MMA_CONFIG (None: cuBLAS); replaces cuBLAS's GEMM (and its split-K reduce for o_proj) at 2-32 rows.
 - `gemv`: y = x W^T (+ b) for a few rows (decode, M <= GEMV_MAX_ROWS): qkv, o_proj and lm_head. One program per
   BN output features streams its (BN, K) weight rows once (K-contiguous loads, M padded to 16 for tl.dot); one
   launch where cuBLAS takes a split-K GEMM and a reduce at batch 1.
@@ -221,6 +224,81 @@ def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     _splitk_gemv_kernel[(triton.cdiv(n, bn), splits)](
         x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, PDL=pdl, num_warps=warps,
         **_pdl_kw(pdl),
+    )
+    return Partials(part=part, bias=bias, dtype=x.dtype)
+
+
+
+@triton.jit
+def _splitk_mma_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: tl.constexpr, BN: tl.constexpr,
+                       BK: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr):
+    """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] on the tensor cores, swap-AB: acc (BN, BM) = the
+    weight tile (BN, BK) @ the rows transposed (BK, BM), so the weight is the MMA's big operand and the few rows (padded
+    to BM >= 16) its narrow one. Grid (N / BN, S); the K loop is pipelined (num_stages). IEEE: float32 products
+    (float32 weights: the interpreter tests, a float32 model) instead of tf32."""
+    offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    s = tl.program_id(1)
+    nmask = offs_n < N
+    mm = tl.arange(0, BM)
+    mmask = mm < M
+    k_lo = s * KSPLIT
+    k_hi = tl.minimum(k_lo + KSPLIT, K)
+    acc = tl.zeros([BN, BM], dtype=tl.float32)
+    w_rows = w_ptr + offs_n[:, None].to(tl.int64) * K
+    _gdc(PDL)
+    for k0 in range(k_lo, k_hi, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        kmask = offs_k < k_hi
+        w = tl.load(w_rows + offs_k[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
+        x = tl.load(x_ptr + mm[None, :] * stride_xm + offs_k[:, None], mask=mmask[None, :] & kmask[:, None], other=0.0)
+        if IEEE:
+            acc = tl.dot(w, x.to(w.dtype), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(w, x.to(w.dtype), acc)
+    tl.store(part_ptr + (s * M + mm[None, :]) * N + offs_n[:, None], acc, mask=nmask[:, None] & mmask[None, :])
+
+
+# Tensor-core split-K linears (`splitk_mma_linear`) for decode steps of 2..SPLITK_MMA_MAX_ROWS rows
+# (GraphOptions.splitk): qkv and o_proj as Partials, as `splitk_linear` at one row (which stays as it is), instead of
+# cuBLAS's GEMM (+ its split-K reduce for o_proj). (BN, BK, S, num_warps, num_stages) by M tile (rows padded to 16 /
+# 32 / 64) and site ("qkv", "o_proj"); a missing or None entry keeps cuBLAS for that class.
+SPLITK_MMA_MAX_ROWS = 64
+# H200 (docs/PERF.md, session 8; the linear + its consumer over 24 layers' weights, us a layer, cuBLAS -> picked):
+# 8 rows qkv 12.43 -> 11.54, o_proj 14.36 -> 11.80; 32 rows qkv 13.57 -> 13.21, o_proj 15.17 -> 12.60; at 64 rows
+# every tile lost to cuBLAS (qkv 15.19 vs >= 15.60, o_proj 13.09 vs >= 13.86), so M tile 64 keeps cuBLAS.
+SPLITK_MMA_CONFIG: dict[int, dict[str, tuple[int, ...] | None]] = {
+    16: {"qkv": (64, 64, 4, 4, 4), "o_proj": (64, 128, 6, 4, 3)},
+    32: {"qkv": (64, 128, 3, 4, 3), "o_proj": (64, 128, 6, 4, 3)},
+    64: {"qkv": None, "o_proj": None},
+}
+
+
+def splitk_mma_bm(rows: int) -> int:
+    """The M tile (padded row count) of a tensor-core split-K launch of `rows` rows."""
+    return max(16, _p2(rows))
+
+
+def splitk_mma_config(rows: int, site: str) -> tuple[int, ...] | None:
+    """SPLITK_MMA_CONFIG's tile for `rows` rows at `site`, or None (cuBLAS) past SPLITK_MMA_MAX_ROWS / not listed."""
+    if rows < 2 or rows > SPLITK_MMA_MAX_ROWS:
+        return None
+    return (SPLITK_MMA_CONFIG.get(splitk_mma_bm(rows)) or {}).get(site)
+
+
+def splitk_mma_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      config: tuple[int, ...]) -> Partials:
+    """x (M, K) @ weight (N, K)^T (+ bias) as split-K partials (S, M, N) fp32 on the tensor cores; weight contiguous,
+    x rows unit-stride. config (BN, BK, S, num_warps, num_stages)."""
+    m, k = x.shape
+    n = weight.shape[0]
+    bn, bk, splits, warps, stages = config
+    ksplit = triton.cdiv(triton.cdiv(k, splits), bk) * bk
+    splits = triton.cdiv(k, ksplit)
+    part = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
+    pdl = pdl_launch(m)
+    _splitk_mma_kernel[(triton.cdiv(n, bn), splits)](
+        x, weight, part, m, n, k, ksplit, x.stride(0), BM=splitk_mma_bm(m), BN=bn, BK=bk,
+        IEEE=weight.dtype == torch.float32, PDL=pdl, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
     )
     return Partials(part=part, bias=bias, dtype=x.dtype)
 

@@ -10,8 +10,10 @@
                                                  k/v written into the cache slot, one-token attention with sinks
     linear(x, w, b, partials=False) -> x w^T + b   F.linear; TritonOps with gemv: the Triton GEMV for <= GEMV_MAX_ROWS
                                  rows; with splitk and partials=True (the decoder's qkv and o_proj in decode),
-                                 <= SPLITK_MAX_ROWS rows return kernels.Partials, which only decode_attention (qkv)
-                                 and add_rmsnorm / norm_route (o_proj, ks = 1) of TritonOps take
+                                 <= SPLITK_MAX_ROWS rows (kernels.splitk_linear) and 2..SPLITK_MMA_MAX_ROWS rows
+                                 (kernels.splitk_mma_linear, tensor cores, tile by site) return kernels.Partials,
+                                 which only decode_attention (qkv) and add_rmsnorm / norm_route (o_proj, ks = 1)
+                                 of TritonOps take
 
 `make_ops(options, geom)` picks one from the resolved GraphOptions.
 """
@@ -128,12 +130,17 @@ class TritonOps:
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
                partials: bool = False, site: str = "") -> torch.Tensor | Partials:
-        """`site` ("qkv", "o_proj") names a split-K launch for kernels.early_pdl."""
+        """`site` ("qkv", "o_proj") names a split-K launch for kernels.early_pdl and picks the tensor-core split-K
+        tile (kernels.SPLITK_MMA_CONFIG) past one row."""
         small = w.shape[0] < 16384
-        if (partials and self.splitk and small and x.shape[0] <= self.k.SPLITK_MAX_ROWS and x.stride(1) == 1
-                and w.is_contiguous() and self.k.SPLITK_CONFIG.get("small") is not None):
-            return self.k.splitk_linear(x, w, b, self.k.SPLITK_CONFIG["small"],
-                                        site=f"splitk_{site}" if site else "splitk")
+        rows = x.shape[0]
+        if partials and self.splitk and small and x.stride(1) == 1 and w.is_contiguous():
+            if rows <= self.k.SPLITK_MAX_ROWS and self.k.SPLITK_CONFIG.get("small") is not None:
+                return self.k.splitk_linear(x, w, b, self.k.SPLITK_CONFIG["small"],
+                                            site=f"splitk_{site}" if site else "splitk")
+            cfg = self.k.splitk_mma_config(rows, site)
+            if cfg is not None:  # 2..SPLITK_MMA_MAX_ROWS rows: tensor-core split-K (None: cuBLAS for this class)
+                return self.k.splitk_mma_linear(x, w, b, cfg)
         if self.gemv and x.shape[0] <= self.k.GEMV_MAX_ROWS and x.stride(1) == 1 and w.is_contiguous():
             cfg = self.k.GEMV_CONFIG.get("vocab" if w.shape[0] >= 16384 else "small")
             if cfg is not None:  # None: cuBLAS measured faster for this weight class
