@@ -1,0 +1,234 @@
+"""The MXFP4 expert loop "dqa" of the `graph` engine (round 7): a Gluon (triton.experimental.gluon) Hopper kernel
+for decode launches in scan mode, the counterpart of `mxfp4_kernels._dq_tile`'s loop with the MMA made asynchronous.
+
+One program per (expert, N tile), as `_moe_mxfp4_kernel` in scan mode (non-compact grid): it finds its expert's
+(token, slot) rows in the flat routing table (the same rule as kernels.routed_rows_at), then per K step of BK:
+- the weights' 16-bit halves (4 e2m1 codes each, 8 halves = one 32-value block), the e8m0 scales and the rows'
+  activations are loaded LOOK steps ahead into registers (plain loads, natural K order);
+- the step's codes are decoded to bf16 with the dq loop's integer-multiply PTX (`_dq_asm_mul`, exact: powers of
+  two) and stored, in natural K order, into one of two shared-memory tiles [BN, BK] (the wgmma A operand); the
+  activations go to the matching [BM, BK] tile (the B operand, read transposed);
+- one asynchronous wgmma (`warpgroup_mma(..., is_async=True)`) and `warpgroup_mma_wait(1)`: the MMA of step i
+  runs while step i+1 is decoded (the dq loop waits for every MMA before the next decode).
+The epilogue is kernels.moe_epilogue's: bias; gate_up the clamped SwiGLU over interleaved (gate, up) columns; down
+the routing weight (bf16 rounding first, as the bf16 kernel).
+
+Gluon is imported lazily (`available()`): the CPU venv's triton may lack it or differ; the kernel is CUDA-only and
+covered by tests/test_mxfp4_gpu.py on the device.
+"""
+
+# ruff: noqa: SIM102, SIM108  (Gluon JIT code keeps explicit if-blocks on constexpr flags)
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+
+
+@functools.cache
+def _build():
+    """Define the Gluon kernel (imports triton.experimental.gluon; raises ImportError where it is missing)."""
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+
+    from bench.engines.graph.mxfp4_kernels import _dq_asm_mul
+
+    asm = (_dq_asm_mul(False), _dq_asm_mul(True))
+
+    @gluon.jit
+    def _add(a, b):
+        return a + b
+
+    @gluon.jit
+    def _dqa_load(wrow, srow, xb, k0, K, nmask, rmask, hh, gg, kx,
+                  NG: gl.constexpr, BK: gl.constexpr, EVEN: gl.constexpr):
+        """The weights' 32-bit words [BN, NG, 4], scales [BN, NG] and activations [BM, BK] of the step at K offset
+        k0 (clamped to the last step: the look-ahead past the end re-reads it)."""
+        k0 = gl.minimum(k0, K - BK)
+        g = k0 // 32 + gg
+        wp = wrow[:, None, None] + (g * 4)[None, :, None] + hh[None, None, :]
+        sp = srow[:, None] + g[None, :]
+        xp = xb + (k0 + kx)[None, :]
+        if EVEN:
+            wd = gl.load(wp)
+            sc = gl.load(sp)
+        else:
+            wd = gl.load(wp, mask=nmask[:, None, None], other=0)
+            sc = gl.load(sp, mask=nmask[:, None], other=127)
+        xt = gl.load(xp, mask=rmask[:, None], other=0.0)
+        return wd, sc, xt
+
+    @gluon.jit
+    def _dqa_step(wd, sc, xt, w_t, x_t, acc, USE: gl.constexpr, ASM: gl.constexpr, BM: gl.constexpr,
+                  BN: gl.constexpr, BK: gl.constexpr, NG: gl.constexpr, W_SL: gl.constexpr, FOLD: gl.constexpr):
+        """Decode one step's weights to bf16 into w_t, its activations into x_t, and issue the asynchronous MMA."""
+        s = sc.to(gl.int32)
+        if FOLD:  # every scale <= 128: 2^(s - 127) * 2^126 = 2^(s - 1), one multiply in the decode
+            sbits = (s + 126) << 7
+        else:  # bf16 2^(s - 127); s = 0 the subnormal 2^-127
+            sbits = gl.where(s == 0, 64, s << 7)
+        sb = gl.broadcast((sbits * 65537)[:, :, None], wd)[0]  # in both halves of a word
+        o0, o1, o2, o3 = gl.inline_asm_elementwise(
+            ASM, "=r,=r,=r,=r,r,r", [wd, sb], dtype=(gl.int32,) * 4, is_pure=True, pack=1)
+        # o_j[n, g, c] = codes j of word c's two halves h = 2c, 2c + 1 (K = 32g + 4h + j, j = a + 2b) as a bf16
+        # pair; the tile's K order is (g, j, h), so each word is a pair of adjacent bf16 there; the activations
+        # are put in the same order (a permute of their in-thread layout)
+        t = gl.join(gl.join(o0, o1), gl.join(o2, o3))  # [BN, NG, 4 (c), 2 (a), 2 (b)]
+        w = gl.reshape(gl.permute(t, (0, 1, 4, 3, 2)), (BN, BK // 2))
+        xq = gl.reshape(gl.permute(gl.reshape(xt, (BM, NG, 8, 4)), (0, 1, 3, 2)), (BM, BK))
+        w_t.store(w)
+        x_t.store(xq)
+        fence_async_shared()
+        w_b = w_t._reinterpret(gl.bfloat16, [BN, BK], W_SL)
+        return warpgroup_mma(w_b, x_t.permute((1, 0)), acc, use_acc=USE, is_async=True)
+
+    @gluon.jit
+    def _dqa_kernel(
+        x_ptr, wb_ptr, ws_ptr, bias_ptr, topi_ptr, rw_ptr, out_ptr, cnt_ptr,
+        P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
+        TOPK: gl.constexpr, GATE_UP: gl.constexpr, PB: gl.constexpr, COUNT: gl.constexpr, BM: gl.constexpr,
+        BN: gl.constexpr, BK: gl.constexpr, EVEN: gl.constexpr, W_SL: gl.constexpr, W_SL32: gl.constexpr,
+        X_SL: gl.constexpr, ASM: gl.constexpr, FOLD: gl.constexpr = False, OUTST: gl.constexpr = 1,
+    ):
+        NG: gl.constexpr = BK // 32
+        TK: gl.constexpr = 32 if BK // 8 > 32 else BK // 8
+        # layouts (4 warps): weights one block (16 bytes) a thread; activations 8 values a thread; routing rows
+        WL: gl.constexpr = gl.BlockedLayout([1, 1, 4], [32 // NG, NG, 1], [4, 1, 1], [2, 1, 0])
+        SL: gl.constexpr = gl.SliceLayout(2, WL)
+        NL: gl.constexpr = gl.SliceLayout(1, SL)
+        XL: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TK, TK], [4, 1], [1, 0])
+        RL: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [4, 1], [1, 0])
+        MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BM, 16])
+        EL: gl.constexpr = gl.BlockedLayout([2, 1], [16, 2], [4, 1], [0, 1])
+
+        e = gl.program_id(0)
+        nb = gl.program_id(1)
+        # the expert's rows: scan_rows[m] = the m-th (token, slot) pair routed to e (kernels.routed_rows_at)
+        p1 = gl.arange(0, PB, layout=gl.BlockedLayout([1], [32], [4], [0]))
+        hit1 = (gl.load(topi_ptr + p1, mask=p1 < P, other=-1) == e).to(gl.int32)
+        rank = gl.convert_layout(gl.associative_scan(hit1, 0, _add) - 1, gl.SliceLayout(0, RL))
+        hit = gl.convert_layout(hit1, gl.SliceLayout(0, RL))
+        p = gl.convert_layout(p1, gl.SliceLayout(0, RL))
+        mr = gl.arange(0, BM, layout=gl.SliceLayout(1, RL))
+        sel = (rank[None, :] == mr[:, None]) & (hit[None, :] > 0)
+        scan_rows = gl.sum(gl.where(sel, p[None, :], 0), axis=1)
+        end = gl.sum(hit, axis=0)
+        if COUNT:
+            if nb == 0:
+                if end > 0:
+                    gl.atomic_add(cnt_ptr, 1)
+        if end > 0:
+            e64 = e.to(gl.int64)
+            offs_n = nb * BN + gl.arange(0, BN, layout=NL)
+            nmask = offs_n < N
+            KG = K // 32
+            wrow = wb_ptr + e64 * stride_wbe + offs_n.to(gl.int64) * (KG * 4)  # int32 words
+            srow = ws_ptr + e64 * stride_wse + offs_n.to(gl.int64) * KG
+            gg = gl.arange(0, NG, layout=gl.SliceLayout(0, SL))
+            hh = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL)))
+            pair = gl.convert_layout(scan_rows, gl.SliceLayout(1, XL))
+            mx = gl.arange(0, BM, layout=gl.SliceLayout(1, XL))
+            rmask = mx < end
+            xrow = pair
+            if GATE_UP:
+                xrow = pair // TOPK
+            kx = gl.arange(0, BK, layout=gl.SliceLayout(0, XL))
+            xb = x_ptr + xrow.to(gl.int64)[:, None] * stride_x
+
+            w_s = gl.allocate_shared_memory(gl.int32, [2, BN, BK // 2], W_SL32)
+            x_s = gl.allocate_shared_memory(gl.bfloat16, [2, BM, BK], X_SL)
+            acc = gl.zeros([BN, BM], gl.float32, layout=MMA)
+            # two register sets of loads (A: even steps, B: odd), each refilled right after its step is decoded, so
+            # a step's loads are issued about two steps ahead; shared-memory tile i % 2 for step i
+            wa, sa, xa = _dqa_load(wrow, srow, xb, 0, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN)
+            wb, sb, xc = _dqa_load(wrow, srow, xb, BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN)
+            # step 0 outside the loop (use_acc False): every path to the last wait then leaves the accumulator
+            # to wgmma alone (ptxas serializes the MMAs when a zero-initialised accumulator reaches that wait)
+            acc = _dqa_step(wa, sa, xa, w_s.index(0), x_s.index(0), acc, False, ASM, BM, BN, BK, NG, W_SL, FOLD)
+            acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
+            wa, sa, xa = _dqa_load(wrow, srow, xb, 2 * BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN)
+            nsteps = K // BK
+            for i in range(1, nsteps - 1, 2):
+                acc = _dqa_step(wb, sb, xc, w_s.index(1), x_s.index(1), acc, True, ASM, BM, BN, BK, NG, W_SL, FOLD)
+                acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
+                wb, sb, xc = _dqa_load(wrow, srow, xb, (i + 2) * BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN)
+                acc = _dqa_step(wa, sa, xa, w_s.index(0), x_s.index(0), acc, True, ASM, BM, BN, BK, NG, W_SL, FOLD)
+                acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
+                wa, sa, xa = _dqa_load(wrow, srow, xb, (i + 3) * BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN)
+            if nsteps % 2 == 0:  # the last (odd) step
+                acc = _dqa_step(wb, sb, xc, w_s.index(1), x_s.index(1), acc, True, ASM, BM, BN, BK, NG, W_SL, FOLD)
+                acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+
+            # epilogue (kernels.moe_epilogue_at), acc [BN, BM] = (output column, row)
+            y = gl.convert_layout(acc, EL)
+            en = nb * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, EL))
+            enm = en < N
+            em = gl.arange(0, BM, layout=gl.SliceLayout(0, EL))
+            emask = em < end
+            epair = gl.convert_layout(scan_rows, gl.SliceLayout(0, EL))
+            y = y + gl.load(bias_ptr + e64 * stride_be + en, mask=enm, other=0.0).to(gl.float32)[:, None]
+            if GATE_UP:
+                gate, up = gl.split(gl.permute(gl.reshape(y, (BN // 2, 2, BM)), (0, 2, 1)))  # [BN/2, BM]
+                gate = gl.minimum(gate, limit)
+                up = gl.minimum(gl.maximum(up, -limit), limit)
+                glu = gate / (1.0 + gl.exp(-(gate * alpha)))
+                r = (up + 1.0) * glu
+                OL: gl.constexpr = r.type.layout
+                oo = nb * (BN // 2) + gl.arange(0, BN // 2, layout=gl.SliceLayout(1, OL))
+                om = gl.arange(0, BM, layout=gl.SliceLayout(0, OL))
+                opair = gl.convert_layout(epair, gl.SliceLayout(0, OL))
+                omask = (oo < N // 2)[:, None] & (om < end)[None, :]
+                gl.store(out_ptr + opair.to(gl.int64)[None, :] * stride_o + oo[:, None],
+                         r.to(out_ptr.dtype.element_ty), mask=omask)
+            else:
+                rw = gl.load(rw_ptr + epair, mask=emask, other=0.0).to(gl.float32)
+                r = y.to(out_ptr.dtype.element_ty).to(gl.float32) * rw[None, :]
+                gl.store(out_ptr + epair.to(gl.int64)[None, :] * stride_o + en[:, None],
+                         r.to(out_ptr.dtype.element_ty), mask=enm[:, None] & emask[None, :])
+
+    return gl, _dqa_kernel, asm
+
+
+def available() -> bool:
+    """Gluon's Hopper API imports (the card's triton 3.6); False where it does not (e.g. other triton versions)."""
+    try:
+        _build()
+    except (ImportError, AttributeError, TypeError):
+        return False
+    return True
+
+
+def dqa_gemm(src: torch.Tensor, wb: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor, flat: torch.Tensor,
+             rw: torch.Tensor, dst: torch.Tensor, cnt: torch.Tensor, pairs: int, experts: int, n: int, topk: int,
+             alpha: float, limit: float, gate_up: bool, count: bool, bm: int, tiles: tuple[int, int, int, int],
+             maxnreg: int = 0, fold: bool = False) -> None:
+    """One expert GEMM (gate_up or down) of a scan-mode (non-compact) decode launch with the "dqa" loop.
+
+    src (rows, K) bf16; wb (E, N, K/32, 16) uint8 blocks; ws (E, N, K/32) scales; dst written as
+    _moe_mxfp4_kernel writes it. tiles = (BN, BK, warps, look-ahead): warps must be 4 (one warpgroup)."""
+    gl, kernel, asm = _build()
+    bn, bk, warps, _ = tiles
+    kdim = src.shape[1]
+    if warps != 4:
+        raise ValueError(f"the dqa loop runs one warpgroup (4 warps), got {warps}")
+    if kdim % bk or bk % 32:
+        raise ValueError(f"the dqa loop needs K % BK == 0 and BK % 32 == 0, got K={kdim}, BK={bk}")
+    w32 = wb.view(torch.int32)
+    w_sl = gl.NVMMASharedLayout.get_default_for([bn, bk], gl.bfloat16)
+    x_sl = gl.NVMMASharedLayout.get_default_for([bm, bk], gl.bfloat16)
+    w_sl32 = gl.NVMMASharedLayout(swizzle_byte_width=w_sl.swizzle_byte_width, element_bitwidth=32, rank=2)
+    kernel[(experts, triton.cdiv(n, bn))](
+        src, w32, ws, bias, flat, rw, dst, cnt,
+        pairs, n, kdim, src.stride(0), w32.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
+        alpha, limit,
+        TOPK=topk, GATE_UP=gate_up, PB=triton.next_power_of_2(pairs), COUNT=count, BM=bm, BN=bn, BK=bk,
+        EVEN=n % bn == 0, W_SL=w_sl, W_SL32=w_sl32, X_SL=x_sl, ASM=asm[int(fold)], FOLD=fold, num_warps=4,
+        **({"maxnreg": maxnreg} if maxnreg else {}),
+    )
