@@ -63,10 +63,11 @@ CASES += [(t, k, f"{impl}-v{v}{extra}", sc) for t, k, impl, v, extra, sc in [
 
 # round 7's Gluon loop "dqa" (mxfp4_dq_ws.py: decode into shared memory, asynchronous wgmma) in scan mode on the
 # full grid: 4 to 64 tokens (M tiles of 16 to 64 rows), top-2, "odd" shapes (N not a multiple of BN: masked weight
-# loads; the down GEMM's K = 96 runs steps of 32), and "-auto": moe_mxfp4 picks it by itself (DQA_MAX_TOKENS)
+# loads; the down GEMM's K = 96 runs steps of 32), "-auto": moe_mxfp4 picks it by itself (DQA_MAX_TOKENS), "-h16":
+# the weights read as 16-bit halves (weight unit 1) instead of 32-bit words
 CASES += [(t, k, f"dqa{extra}", sc) for t, k, extra, sc in [
     (4, 4, "", (100, 150)), (32, 4, "", (100, 150)), (40, 4, "", (100, 150)), (64, 4, "", (100, 150)),
-    (32, 2, "", (0, 171)), (40, 4, "-odd", (100, 150)), (32, 4, "-auto", (100, 150))]]
+    (32, 2, "", (0, 171)), (40, 4, "-odd", (100, 150)), (32, 4, "-auto", (100, 150)), (32, 4, "-h16", (100, 150))]]
 
 
 @pytest.mark.parametrize("tokens,k,impl,scales", CASES)
@@ -99,6 +100,8 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypa
     if impl.startswith("dqa"):
         if impl.endswith("-odd"):
             shape = {"hidden": 320, "inter": 96}
+        if impl.endswith("-h16"):
+            monkeypatch.setattr(mk, "MXFP4_CONFIG_DQA", {"gate_up": (128, 64, 4, 1), "down": (128, 64, 4, 1)})
         if impl.endswith("-auto"):
             monkeypatch.setattr(mk, "DQA_MAX_TOKENS", 64)
             impl = None

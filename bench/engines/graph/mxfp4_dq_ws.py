@@ -47,12 +47,13 @@ def _build():
 
     @gluon.jit
     def _dqa_load(wrow, srow, xb, k0, K, nmask, rmask, hh, gg, kx,
-                  NG: gl.constexpr, BK: gl.constexpr, EVEN: gl.constexpr):
-        """The weights' 32-bit words [BN, NG, 4], scales [BN, NG] and activations [BM, BK] of the step at K offset
-        k0 (clamped to the last step: the look-ahead past the end re-reads it)."""
+                  NG: gl.constexpr, BK: gl.constexpr, EVEN: gl.constexpr, HW: gl.constexpr):
+        """The weights' [BN, NG, HW] (HW = 4 32-bit words or 8 16-bit halves a block), scales [BN, NG] and
+        activations [BM, BK] of the step at K offset k0 (clamped to the last step: the look-ahead past the end
+        re-reads it)."""
         k0 = gl.minimum(k0, K - BK)
         g = k0 // 32 + gg
-        wp = wrow[:, None, None] + (g * 4)[None, :, None] + hh[None, None, :]
+        wp = wrow[:, None, None] + (g * HW)[None, :, None] + hh[None, None, :]
         sp = srow[:, None] + g[None, :]
         xp = xb + (k0 + kx)[None, :]
         if EVEN:
@@ -66,26 +67,38 @@ def _build():
 
     @gluon.jit
     def _dqa_step(wd, sc, xt, w_t, x_t, acc, USE: gl.constexpr, ASM: gl.constexpr, BM: gl.constexpr,
-                  BN: gl.constexpr, BK: gl.constexpr, NG: gl.constexpr, W_SL: gl.constexpr, FOLD: gl.constexpr):
+                  BN: gl.constexpr, BK: gl.constexpr, NG: gl.constexpr, W_SL: gl.constexpr, FOLD: gl.constexpr,
+                  W32: gl.constexpr):
         """Decode one step's weights to bf16 into w_t, its activations into x_t, and issue the asynchronous MMA."""
         s = sc.to(gl.int32)
         if FOLD:  # every scale <= 128: 2^(s - 127) * 2^126 = 2^(s - 1), one multiply in the decode
             sbits = (s + 126) << 7
         else:  # bf16 2^(s - 127); s = 0 the subnormal 2^-127
             sbits = gl.where(s == 0, 64, s << 7)
-        sb = gl.broadcast((sbits * 65537)[:, :, None], wd)[0]  # in both halves of a word
-        o0, o1, o2, o3 = gl.inline_asm_elementwise(
-            ASM, "=r,=r,=r,=r,r,r", [wd, sb], dtype=(gl.int32,) * 4, is_pure=True, pack=1)
-        # o_j[n, g, c] = codes j of word c's two halves h = 2c, 2c + 1 (K = 32g + 4h + j, j = a + 2b) as a bf16
-        # pair; the tile's K order is (g, j, h), so each word is a pair of adjacent bf16 there; the activations
-        # are put in the same order (a permute of their in-thread layout)
-        t = gl.join(gl.join(o0, o1), gl.join(o2, o3))  # [BN, NG, 4 (c), 2 (a), 2 (b)]
-        w = gl.reshape(gl.permute(t, (0, 1, 4, 3, 2)), (BN, BK // 2))
+        if W32:  # 32-bit words: register j = code j of the word's two halves, a bf16 pair of the tile
+            sb = gl.broadcast((sbits * 65537)[:, :, None], wd)[0]  # in both halves of a word
+            o0, o1, o2, o3 = gl.inline_asm_elementwise(
+                ASM, "=r,=r,=r,=r,r,r", [wd, sb], dtype=(gl.int32,) * 4, is_pure=True, pack=1)
+        else:  # 16-bit halves, two a register (pack 2): bf16 outputs
+            sb = gl.broadcast(sbits.to(gl.int16).to(gl.bfloat16, bitcast=True)[:, :, None], wd)[0]
+            o0, o1, o2, o3 = gl.inline_asm_elementwise(
+                ASM, "=r,=r,=r,=r,r,r", [wd, sb], dtype=(gl.bfloat16,) * 4, is_pure=True, pack=2)
+        # W32: o_j[n, g, c] = code j of word c's halves h = 2c, 2c + 1 (K = 32g + 4h + j, j = a + 2b) as a bf16
+        # pair; else o_j[n, g, h] = code j of half h. The tile's K order is (g, j, h), so the decoded registers are
+        # pairs of adjacent bf16 there; the activations are put in the same order (a permute of their in-thread
+        # layout)
+        t = gl.join(gl.join(o0, o1), gl.join(o2, o3))  # [BN, NG, 4 (c) or 8 (h), 2 (a), 2 (b)]
         xq = gl.reshape(gl.permute(gl.reshape(xt, (BM, NG, 8, 4)), (0, 1, 3, 2)), (BM, BK))
-        w_t.store(w)
-        x_t.store(xq)
-        fence_async_shared()
-        w_b = w_t._reinterpret(gl.bfloat16, [BN, BK], W_SL)
+        if W32:
+            w_t.store(gl.reshape(gl.permute(t, (0, 1, 4, 3, 2)), (BN, BK // 2)))
+            x_t.store(xq)
+            fence_async_shared()
+            w_b = w_t._reinterpret(gl.bfloat16, [BN, BK], W_SL)  # the same bytes (same swizzle width)
+        else:
+            w_t.store(gl.reshape(gl.permute(t, (0, 1, 4, 3, 2)), (BN, BK)))
+            x_t.store(xq)
+            fence_async_shared()
+            w_b = w_t
         return warpgroup_mma(w_b, x_t.permute((1, 0)), acc, use_acc=USE, is_async=True)
 
     @gluon.jit
@@ -94,12 +107,14 @@ def _build():
         P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
         TOPK: gl.constexpr, GATE_UP: gl.constexpr, PB: gl.constexpr, COUNT: gl.constexpr, BM: gl.constexpr,
         BN: gl.constexpr, BK: gl.constexpr, EVEN: gl.constexpr, W_SL: gl.constexpr, W_SL32: gl.constexpr,
-        X_SL: gl.constexpr, ASM: gl.constexpr, FOLD: gl.constexpr = False, OUTST: gl.constexpr = 1,
+        X_SL: gl.constexpr, ASM: gl.constexpr, FOLD: gl.constexpr = False, W32: gl.constexpr = True,
+        OUTST: gl.constexpr = 1,
     ):
         NG: gl.constexpr = BK // 32
+        HW: gl.constexpr = 4 if W32 else 8  # weight words (halves) a block
         TK: gl.constexpr = 32 if BK // 8 > 32 else BK // 8
         # layouts (4 warps): weights one block (16 bytes) a thread; activations 8 values a thread; routing rows
-        WL: gl.constexpr = gl.BlockedLayout([1, 1, 4], [32 // NG, NG, 1], [4, 1, 1], [2, 1, 0])
+        WL: gl.constexpr = gl.BlockedLayout([1, 1, HW], [32 // NG, NG, 1], [4, 1, 1], [2, 1, 0])
         SL: gl.constexpr = gl.SliceLayout(2, WL)
         NL: gl.constexpr = gl.SliceLayout(1, SL)
         XL: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TK, TK], [4, 1], [1, 0])
@@ -128,10 +143,10 @@ def _build():
             offs_n = nb * BN + gl.arange(0, BN, layout=NL)
             nmask = offs_n < N
             KG = K // 32
-            wrow = wb_ptr + e64 * stride_wbe + offs_n.to(gl.int64) * (KG * 4)  # int32 words
+            wrow = wb_ptr + e64 * stride_wbe + offs_n.to(gl.int64) * (KG * HW)
             srow = ws_ptr + e64 * stride_wse + offs_n.to(gl.int64) * KG
             gg = gl.arange(0, NG, layout=gl.SliceLayout(0, SL))
-            hh = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL)))
+            hh = gl.arange(0, HW, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL)))
             pair = gl.convert_layout(scan_rows, gl.SliceLayout(1, XL))
             mx = gl.arange(0, BM, layout=gl.SliceLayout(1, XL))
             rmask = mx < end
@@ -141,28 +156,31 @@ def _build():
             kx = gl.arange(0, BK, layout=gl.SliceLayout(0, XL))
             xb = x_ptr + xrow.to(gl.int64)[:, None] * stride_x
 
-            w_s = gl.allocate_shared_memory(gl.int32, [2, BN, BK // 2], W_SL32)
+            if W32:
+                w_s = gl.allocate_shared_memory(gl.int32, [2, BN, BK // 2], W_SL32)
+            else:
+                w_s = gl.allocate_shared_memory(gl.bfloat16, [2, BN, BK], W_SL)
             x_s = gl.allocate_shared_memory(gl.bfloat16, [2, BM, BK], X_SL)
             acc = gl.zeros([BN, BM], gl.float32, layout=MMA)
             # two register sets of loads (A: even steps, B: odd), each refilled right after its step is decoded, so
             # a step's loads are issued about two steps ahead; shared-memory tile i % 2 for step i
-            wa, sa, xa = _dqa_load(wrow, srow, xb, 0, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN)
-            wb, sb, xc = _dqa_load(wrow, srow, xb, BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN)
+            wa, sa, xa = _dqa_load(wrow, srow, xb, 0, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW)
+            wb, sb, xc = _dqa_load(wrow, srow, xb, BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW)
             # step 0 outside the loop (use_acc False): every path to the last wait then leaves the accumulator
             # to wgmma alone (ptxas serializes the MMAs when a zero-initialised accumulator reaches that wait)
-            acc = _dqa_step(wa, sa, xa, w_s.index(0), x_s.index(0), acc, False, ASM, BM, BN, BK, NG, W_SL, FOLD)
+            acc = _dqa_step(wa, sa, xa, w_s.index(0), x_s.index(0), acc, False, ASM, BM, BN, BK, NG, W_SL, FOLD, W32)
             acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
-            wa, sa, xa = _dqa_load(wrow, srow, xb, 2 * BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN)
+            wa, sa, xa = _dqa_load(wrow, srow, xb, 2 * BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW)
             nsteps = K // BK
             for i in range(1, nsteps - 1, 2):
-                acc = _dqa_step(wb, sb, xc, w_s.index(1), x_s.index(1), acc, True, ASM, BM, BN, BK, NG, W_SL, FOLD)
+                acc = _dqa_step(wb, sb, xc, w_s.index(1), x_s.index(1), acc, True, ASM, BM, BN, BK, NG, W_SL, FOLD, W32)
                 acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
-                wb, sb, xc = _dqa_load(wrow, srow, xb, (i + 2) * BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN)
-                acc = _dqa_step(wa, sa, xa, w_s.index(0), x_s.index(0), acc, True, ASM, BM, BN, BK, NG, W_SL, FOLD)
+                wb, sb, xc = _dqa_load(wrow, srow, xb, (i + 2) * BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW)
+                acc = _dqa_step(wa, sa, xa, w_s.index(0), x_s.index(0), acc, True, ASM, BM, BN, BK, NG, W_SL, FOLD, W32)
                 acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
-                wa, sa, xa = _dqa_load(wrow, srow, xb, (i + 3) * BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN)
+                wa, sa, xa = _dqa_load(wrow, srow, xb, (i + 3) * BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW)
             if nsteps % 2 == 0:  # the last (odd) step
-                acc = _dqa_step(wb, sb, xc, w_s.index(1), x_s.index(1), acc, True, ASM, BM, BN, BK, NG, W_SL, FOLD)
+                acc = _dqa_step(wb, sb, xc, w_s.index(1), x_s.index(1), acc, True, ASM, BM, BN, BK, NG, W_SL, FOLD, W32)
                 acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 
@@ -208,27 +226,30 @@ def available() -> bool:
 def dqa_gemm(src: torch.Tensor, wb: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor, flat: torch.Tensor,
              rw: torch.Tensor, dst: torch.Tensor, cnt: torch.Tensor, pairs: int, experts: int, n: int, topk: int,
              alpha: float, limit: float, gate_up: bool, count: bool, bm: int, tiles: tuple[int, int, int, int],
-             maxnreg: int = 0, fold: bool = False) -> None:
+             maxnreg: int = 0, fold: bool = False, w32: bool = True) -> None:
     """One expert GEMM (gate_up or down) of a scan-mode (non-compact) decode launch with the "dqa" loop.
 
     src (rows, K) bf16; wb (E, N, K/32, 16) uint8 blocks; ws (E, N, K/32) scales; dst written as
-    _moe_mxfp4_kernel writes it. tiles = (BN, BK, warps, look-ahead): warps must be 4 (one warpgroup)."""
+    _moe_mxfp4_kernel writes it. tiles = (BN, BK, warps, w32): warps must be 4 (one warpgroup); w32 (the tile's
+    last entry, 2 = 32-bit words, 1 = 16-bit halves): how the blocks are read and decoded (words store the decoded
+    bf16 pairs as they come; halves go through byte permutes)."""
     gl, kernel, asm = _build()
-    bn, bk, warps, _ = tiles
+    bn, bk, warps, unit = tiles
+    w32 = w32 and unit != 1
     kdim = src.shape[1]
     if warps != 4:
         raise ValueError(f"the dqa loop runs one warpgroup (4 warps), got {warps}")
     if kdim % bk or bk % 32:
         raise ValueError(f"the dqa loop needs K % BK == 0 and BK % 32 == 0, got K={kdim}, BK={bk}")
-    w32 = wb.view(torch.int32)
+    wv = wb.view(torch.int32 if w32 else torch.int16)
     w_sl = gl.NVMMASharedLayout.get_default_for([bn, bk], gl.bfloat16)
     x_sl = gl.NVMMASharedLayout.get_default_for([bm, bk], gl.bfloat16)
     w_sl32 = gl.NVMMASharedLayout(swizzle_byte_width=w_sl.swizzle_byte_width, element_bitwidth=32, rank=2)
     kernel[(experts, triton.cdiv(n, bn))](
-        src, w32, ws, bias, flat, rw, dst, cnt,
-        pairs, n, kdim, src.stride(0), w32.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
+        src, wv, ws, bias, flat, rw, dst, cnt,
+        pairs, n, kdim, src.stride(0), wv.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
         alpha, limit,
         TOPK=topk, GATE_UP=gate_up, PB=triton.next_power_of_2(pairs), COUNT=count, BM=bm, BN=bn, BK=bk,
-        EVEN=n % bn == 0, W_SL=w_sl, W_SL32=w_sl32, X_SL=x_sl, ASM=asm[int(fold)], FOLD=fold, num_warps=4,
+        EVEN=n % bn == 0, W_SL=w_sl, W_SL32=w_sl32, X_SL=x_sl, ASM=asm[int(fold)], FOLD=fold, W32=w32, num_warps=4,
         **({"maxnreg": maxnreg} if maxnreg else {}),
     )

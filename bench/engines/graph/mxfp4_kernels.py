@@ -528,7 +528,8 @@ DQ_BMQ = 0
 DQ_SORTED_MAX_TOKENS = 256
 # round 7 (docs/MXFP4.md): scan-mode decode launches on the full grid (not compact) with DQA_MIN_TOKENS to
 # DQA_MAX_TOKENS tokens run the Gluon loop "dqa" (mxfp4_dq_ws.py: the decode of step i+1 overlaps the asynchronous
-# wgmma of step i) with MXFP4_CONFIG_DQA's (BN, BK, 4 warps, unused) and DQA_MAXNREG; DQA_MAX_TOKENS 0 = never
+# wgmma of step i) with MXFP4_CONFIG_DQA's (BN, BK, 4 warps, weight unit: 2 = 32-bit words, 1 = 16-bit halves) and
+# DQA_MAXNREG; DQA_MAX_TOKENS 0 = never
 DQA_MIN_TOKENS = 9
 DQA_MAX_TOKENS = 0
 MXFP4_CONFIG_DQA: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4, 2), "down": (128, 64, 4, 2)}
