@@ -98,15 +98,21 @@ DQ_TILES = {
 }
 DQ_SORTED_TILES = {"gate_up": [(64, 64, 4, 3), (64, 128, 4, 3)], "down": [(64, 64, 4, 3), (64, 128, 4, 3)]}
 # round 7 (--dqa): the Gluon loop's tiles (gate_up, down: BN, BK, 4 warps, weight unit 2 = 32-bit words / 1 = 16-bit
-# halves) and register cap, timed at 32 tokens; the fastest whose error is < 2% is then timed at DQA_TOKENS' other
-# counts against main's dq
+# halves), register cap and ring (0 = loads into registers two steps ahead, >= 2 = cp.async ring slots), timed at 32
+# tokens; the fastest whose error is < 2% is then timed at DQA_TOKENS' other counts against main's dq. Call 1 (round
+# 7) ran the ring-0 entries: all slower than main at 32 tokens; DQA_ONLY (a comma list of labels) picks entries
 DQA_CONFIGS = [
-    ("dqa-128x64", ((128, 64, 4, 2), (128, 64, 4, 2)), 0),
-    ("dqa-128x64-h16", ((128, 64, 4, 1), (128, 64, 4, 1)), 0),
-    ("dqa-128x64-d64", ((128, 64, 4, 2), (64, 64, 4, 2)), 0),
-    ("dqa-64x64", ((64, 64, 4, 2), (64, 64, 4, 2)), 0),
-    ("dqa-64x128", ((64, 128, 4, 2), (64, 128, 4, 2)), 0),
-    ("dqa-128x128", ((128, 128, 4, 2), (128, 128, 4, 2)), 0),
+    ("dqa-128x64", ((128, 64, 4, 2), (128, 64, 4, 2)), 0, 0),
+    ("dqa-128x64-h16", ((128, 64, 4, 1), (128, 64, 4, 1)), 0, 0),
+    ("dqa-128x64-d64", ((128, 64, 4, 2), (64, 64, 4, 2)), 0, 0),
+    ("dqa-64x64", ((64, 64, 4, 2), (64, 64, 4, 2)), 0, 0),
+    ("dqa-64x128", ((64, 128, 4, 2), (64, 128, 4, 2)), 0, 0),
+    ("dqa-128x128", ((128, 128, 4, 2), (128, 128, 4, 2)), 0, 0),
+    ("dqa-ring3", ((128, 64, 4, 2), (128, 64, 4, 2)), 0, 3),
+    ("dqa-ring4", ((128, 64, 4, 2), (128, 64, 4, 2)), 0, 4),
+    ("dqa-ring3-h16", ((128, 64, 4, 1), (128, 64, 4, 1)), 0, 3),
+    ("dqa-ring3-64", ((64, 64, 4, 2), (64, 64, 4, 2)), 0, 3),
+    ("dqa-ring3-d64", ((128, 64, 4, 2), (64, 64, 4, 2)), 0, 3),
 ]
 DQA_TOKENS = (32, 16, 64, 8)
 TABLES = {"gemv": "MXFP4_CONFIG_GEMV", "gemv4": "MXFP4_CONFIG_GEMV4", "few": "MXFP4_CONFIG_FEW",
@@ -223,6 +229,7 @@ def set_tables(cfg: dict) -> None:
     mk.DQA_MAX_TOKENS = int(cfg.get("dqa_max_tokens", 0))
     mk.DQA_MIN_TOKENS = int(cfg.get("dqa_min_tokens", 9))
     mk.DQA_MAXNREG = int(cfg.get("dqa_maxnreg", 0))
+    mk.DQA_RING = int(cfg.get("dqa_ring", 0))
     mk.MXFP4_CONFIG_DQA.update({g: tuple(v) for g, v in cfg.get("dqa", {}).items()})
 
 
@@ -233,7 +240,7 @@ def current_tables() -> dict:
             "dq_variant": mk.DQ_VARIANT, "dq_bmq": mk.DQ_BMQ, "dq_sorted_max_tokens": mk.DQ_SORTED_MAX_TOKENS,
             "dq_t": {t: dict(c) for t, c in mk.MXFP4_CONFIG_DQ_T.items()},
             "dqa_max_tokens": mk.DQA_MAX_TOKENS, "dqa_min_tokens": mk.DQA_MIN_TOKENS, "dqa_maxnreg": mk.DQA_MAXNREG,
-            "dqa": dict(mk.MXFP4_CONFIG_DQA)}
+            "dqa_ring": mk.DQA_RING, "dqa": dict(mk.MXFP4_CONFIG_DQA)}
 
 
 def dq_sweep(model, left) -> dict:
@@ -397,8 +404,8 @@ def dqa_ab(model, bandwidth: float, left, accuracy_batch: int, skip_accuracy: bo
                             ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha,
                             ex.limit, None, fold=fold)
 
-    def dqa_cfg(tiles, nreg, lo=1):
-        return {**main_cfg, "dqa_max_tokens": 64, "dqa_min_tokens": lo, "dqa_maxnreg": nreg,
+    def dqa_cfg(tiles, nreg, ring, lo=1):
+        return {**main_cfg, "dqa_max_tokens": 64, "dqa_min_tokens": lo, "dqa_maxnreg": nreg, "dqa_ring": ring,
                 "dqa": {"gate_up": tiles[0], "down": tiles[1]}}
 
     def timed(tokens, inp, cfg, label, check=False):
@@ -425,26 +432,29 @@ def dqa_ab(model, bandwidth: float, left, accuracy_batch: int, skip_accuracy: bo
     times: dict = {}
     t_main = timed(32, inputs[32], main_cfg, "main", check=True)
     best = (float("inf"), None)
-    for label, tiles, nreg in DQA_CONFIGS:
+    only = [s for s in os.environ.get("DQA_ONLY", "").split(",") if s]
+    for label, tiles, nreg, ring in DQA_CONFIGS:
         if left() < 100:
             break
-        us = timed(32, inputs[32], dqa_cfg(tiles, nreg), label, check=True)
+        if only and label not in only:
+            continue
+        us = timed(32, inputs[32], dqa_cfg(tiles, nreg, ring), label, check=True)
         times[label] = us
         if us < best[0]:
-            best = (us, (label, tiles, nreg))
+            best = (us, (label, tiles, nreg, ring))
     wins = {32: {"main_us": round(t_main, 2), "dqa_us": round(best[0], 2), "cfg": best[1]}}
     if best[1] is None:
         set_tables(main_cfg)
         return {}
-    label, tiles, nreg = best[1]
+    label, tiles, nreg, ring = best[1]
     for tokens in (16, 64, 8):
         if left() < 80:
             break
         tm = timed(tokens, inputs[tokens], main_cfg, "main")
-        td = timed(tokens, inputs[tokens], dqa_cfg(tiles, nreg), label, check=True)
+        td = timed(tokens, inputs[tokens], dqa_cfg(tiles, nreg, ring), label, check=True)
         wins[tokens] = {"main_us": round(tm, 2), "dqa_us": round(td, 2)}
     win = {t: w["dqa_us"] < 0.99 * w["main_us"] for t, w in wins.items()}
-    picks = {"dqa_max_tokens": 0, "dqa_min_tokens": 9, "dqa_maxnreg": nreg,
+    picks = {"dqa_max_tokens": 0, "dqa_min_tokens": 9, "dqa_maxnreg": nreg, "dqa_ring": ring,
              "dqa": {"gate_up": tiles[0], "down": tiles[1]}}
     if win[32]:
         picks["dqa_max_tokens"] = 64 if win.get(64) else 32

@@ -64,10 +64,13 @@ CASES += [(t, k, f"{impl}-v{v}{extra}", sc) for t, k, impl, v, extra, sc in [
 # round 7's Gluon loop "dqa" (mxfp4_dq_ws.py: decode into shared memory, asynchronous wgmma) in scan mode on the
 # full grid: 4 to 64 tokens (M tiles of 16 to 64 rows), top-2, "odd" shapes (N not a multiple of BN: masked weight
 # loads; the down GEMM's K = 96 runs steps of 32), "-auto": moe_mxfp4 picks it by itself (DQA_MAX_TOKENS), "-h16":
-# the weights read as 16-bit halves (weight unit 1) instead of 32-bit words
+# the weights read as 16-bit halves (weight unit 1) instead of 32-bit words, "-ring3": the loads through a 3-step
+# shared-memory ring filled by cp.async (DQA_RING)
 CASES += [(t, k, f"dqa{extra}", sc) for t, k, extra, sc in [
     (4, 4, "", (100, 150)), (32, 4, "", (100, 150)), (40, 4, "", (100, 150)), (64, 4, "", (100, 150)),
-    (32, 2, "", (0, 171)), (40, 4, "-odd", (100, 150)), (32, 4, "-auto", (100, 150)), (32, 4, "-h16", (100, 150))]]
+    (32, 2, "", (0, 171)), (40, 4, "-odd", (100, 150)), (32, 4, "-auto", (100, 150)), (32, 4, "-h16", (100, 150)),
+    (4, 4, "-ring3", (100, 150)), (32, 4, "-ring3", (100, 150)), (40, 4, "-odd-ring3", (100, 150)),
+    (64, 4, "-h16-ring3", (100, 150))]]
 
 
 @pytest.mark.parametrize("tokens,k,impl,scales", CASES)
@@ -97,16 +100,18 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypa
             assert mk.pick_impl(tokens, False, True) == "dq"
             assert mk.pick_impl(129, False, True) == mk.SORTED_IMPL
             impl, fold = None, True
-    if impl.startswith("dqa"):
-        if impl.endswith("-odd"):
+    if impl.startswith("dqa"):  # "dqa[-odd][-auto][-h16][-ring3]"
+        parts = impl.split("-")[1:]
+        if "odd" in parts:
             shape = {"hidden": 320, "inter": 96}
-        if impl.endswith("-h16"):
+        if "h16" in parts:
             monkeypatch.setattr(mk, "MXFP4_CONFIG_DQA", {"gate_up": (128, 64, 4, 1), "down": (128, 64, 4, 1)})
-        if impl.endswith("-auto"):
+        if "ring3" in parts:
+            monkeypatch.setattr(mk, "DQA_RING", 3)
+        impl = "dqa"
+        if "auto" in parts:
             monkeypatch.setattr(mk, "DQA_MAX_TOKENS", 64)
             impl = None
-        else:
-            impl = "dqa"
     ex = _experts(scales, seed=tokens, **shape)
     gen = torch.Generator(device="cuda").manual_seed(tokens + 1)
     hidden = ex.hidden_size

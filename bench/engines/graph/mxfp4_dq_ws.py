@@ -31,6 +31,7 @@ def _build():
     """Define the Gluon kernel (imports triton.experimental.gluon; raises ImportError where it is missing)."""
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy
     from triton.experimental.gluon.language.nvidia.hopper import (
         fence_async_shared,
         warpgroup_mma,
@@ -102,13 +103,39 @@ def _build():
         return warpgroup_mma(w_b, x_t.permute((1, 0)), acc, use_acc=USE, is_async=True)
 
     @gluon.jit
+    def _dqb_issue(w_slot, x_slot, wrow, xb, k0, K, nmask, rmask, hh, gg, kx,
+                   NG: gl.constexpr, BK: gl.constexpr, EVEN: gl.constexpr, HW: gl.constexpr):
+        """cp.async of the step at K offset k0 (clamped to the last step) into a ring slot: the weights
+        [BN, NG, HW] and the rows' activations [BM, BK], one commit group."""
+        k0 = gl.minimum(k0, K - BK)
+        g = k0 // 32 + gg
+        wp = wrow[:, None, None] + (g * HW)[None, :, None] + hh[None, None, :]
+        if EVEN:
+            async_copy.async_copy_global_to_shared(w_slot, wp)
+        else:
+            async_copy.async_copy_global_to_shared(w_slot, wp, mask=nmask[:, None, None])
+        async_copy.async_copy_global_to_shared(x_slot, xb + (k0 + kx)[None, :], mask=rmask[:, None])
+        async_copy.commit_group()
+
+    @gluon.jit
+    def _dqb_scales(srow, k0, K, nmask, gg, BK: gl.constexpr, EVEN: gl.constexpr):
+        """The step's scales [BN, NG] (plain loads: a row's scales of 16 steps share one 32-byte sector)."""
+        k0 = gl.minimum(k0, K - BK)
+        sp = srow[:, None] + (k0 // 32 + gg)[None, :]
+        if EVEN:
+            sc = gl.load(sp)
+        else:
+            sc = gl.load(sp, mask=nmask[:, None], other=127)
+        return sc
+
+    @gluon.jit
     def _dqa_kernel(
         x_ptr, wb_ptr, ws_ptr, bias_ptr, topi_ptr, rw_ptr, out_ptr, cnt_ptr,
         P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
         TOPK: gl.constexpr, GATE_UP: gl.constexpr, PB: gl.constexpr, COUNT: gl.constexpr, BM: gl.constexpr,
         BN: gl.constexpr, BK: gl.constexpr, EVEN: gl.constexpr, W_SL: gl.constexpr, W_SL32: gl.constexpr,
         X_SL: gl.constexpr, ASM: gl.constexpr, FOLD: gl.constexpr = False, W32: gl.constexpr = True,
-        OUTST: gl.constexpr = 1,
+        RING: gl.constexpr = 0, OUTST: gl.constexpr = 1,
     ):
         NG: gl.constexpr = BK // 32
         HW: gl.constexpr = 4 if W32 else 8  # weight words (halves) a block
@@ -162,26 +189,65 @@ def _build():
                 w_s = gl.allocate_shared_memory(gl.bfloat16, [2, BN, BK], W_SL)
             x_s = gl.allocate_shared_memory(gl.bfloat16, [2, BM, BK], X_SL)
             acc = gl.zeros([BN, BM], gl.float32, layout=MMA)
-            # two register sets of loads (A: even steps, B: odd), each refilled right after its step is decoded, so
-            # a step's loads are issued about two steps ahead; shared-memory tile i % 2 for step i
-            wa, sa, xa = _dqa_load(wrow, srow, xb, 0, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW)
-            wb, sb, xc = _dqa_load(wrow, srow, xb, BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW)
-            # step 0 outside the loop (use_acc False): every path to the last wait then leaves the accumulator
-            # to wgmma alone (ptxas serializes the MMAs when a zero-initialised accumulator reaches that wait)
-            acc = _dqa_step(wa, sa, xa, w_s.index(0), x_s.index(0), acc, False, ASM, BM, BN, BK, NG, W_SL, FOLD, W32)
-            acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
-            wa, sa, xa = _dqa_load(wrow, srow, xb, 2 * BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW)
-            nsteps = K // BK
-            for i in range(1, nsteps - 1, 2):
-                acc = _dqa_step(wb, sb, xc, w_s.index(1), x_s.index(1), acc, True, ASM, BM, BN, BK, NG, W_SL, FOLD, W32)
+            if RING > 0:
+                # RING-slot shared-memory ring filled by cp.async (weights and activations), RING - 1 steps ahead;
+                # the scales by plain loads one step ahead
+                WRL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
+                XRL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+                w_r = gl.allocate_shared_memory(wb_ptr.dtype.element_ty, [RING, BN, NG, HW], WRL)
+                x_r = gl.allocate_shared_memory(gl.bfloat16, [RING, BM, BK], XRL)
+                for s in gl.static_range(RING):
+                    _dqb_issue(w_r.index(s), x_r.index(s), wrow, xb, s * BK, K, nmask, rmask, hh, gg, kx, NG, BK,
+                               EVEN, HW)
+                sc = _dqb_scales(srow, 0, K, nmask, gg, BK, EVEN)
+                async_copy.wait_group(RING - 1)
+                wd = w_r.index(0).load(WL)
+                xt = x_r.index(0).load(XL)
+                sc_n = _dqb_scales(srow, BK, K, nmask, gg, BK, EVEN)
+                # step 0 outside the loop (use_acc False): every path to the last wait then leaves the accumulator
+                # to wgmma alone (ptxas serializes the MMAs when a zero-initialised accumulator reaches that wait)
+                acc = _dqa_step(wd, sc, xt, w_s.index(0), x_s.index(0), acc, False, ASM, BM, BN, BK, NG, W_SL, FOLD,
+                                W32)
                 acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
-                wb, sb, xc = _dqa_load(wrow, srow, xb, (i + 2) * BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW)
-                acc = _dqa_step(wa, sa, xa, w_s.index(0), x_s.index(0), acc, True, ASM, BM, BN, BK, NG, W_SL, FOLD, W32)
+                sc = sc_n
+                for i in range(1, K // BK):
+                    j = (i + RING - 1) % RING  # the slot of step i - 1, read by the last step: step i + RING - 1
+                    _dqb_issue(w_r.index(j), x_r.index(j), wrow, xb, (i + RING - 1) * BK, K, nmask, rmask, hh, gg,
+                               kx, NG, BK, EVEN, HW)
+                    async_copy.wait_group(RING - 1)
+                    wd = w_r.index(i % RING).load(WL)
+                    xt = x_r.index(i % RING).load(XL)
+                    sc_n = _dqb_scales(srow, (i + 1) * BK, K, nmask, gg, BK, EVEN)
+                    acc = _dqa_step(wd, sc, xt, w_s.index(i % 2), x_s.index(i % 2), acc, True, ASM, BM, BN, BK, NG,
+                                    W_SL, FOLD, W32)
+                    acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
+                    sc = sc_n
+                async_copy.wait_group(0)
+            else:
+                # two register sets of loads (A: even steps, B: odd), each refilled right after its step is decoded, so
+                # a step's loads are issued about two steps ahead; shared-memory tile i % 2 for step i
+                wa, sa, xa = _dqa_load(wrow, srow, xb, 0, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW)
+                wb, sb, xc = _dqa_load(wrow, srow, xb, BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW)
+                # step 0 outside the loop (use_acc False): every path to the last wait then leaves the accumulator
+                # to wgmma alone (ptxas serializes the MMAs when a zero-initialised accumulator reaches that wait)
+                acc = _dqa_step(wa, sa, xa, w_s.index(0), x_s.index(0), acc, False, ASM, BM, BN, BK, NG,
+                                W_SL, FOLD, W32)
                 acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
-                wa, sa, xa = _dqa_load(wrow, srow, xb, (i + 3) * BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW)
-            if nsteps % 2 == 0:  # the last (odd) step
-                acc = _dqa_step(wb, sb, xc, w_s.index(1), x_s.index(1), acc, True, ASM, BM, BN, BK, NG, W_SL, FOLD, W32)
-                acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
+                wa, sa, xa = _dqa_load(wrow, srow, xb, 2 * BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW)
+                nsteps = K // BK
+                for i in range(1, nsteps - 1, 2):
+                    acc = _dqa_step(wb, sb, xc, w_s.index(1), x_s.index(1), acc, True, ASM, BM, BN, BK, NG,
+                                    W_SL, FOLD, W32)
+                    acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
+                    wb, sb, xc = _dqa_load(wrow, srow, xb, (i + 2) * BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW)
+                    acc = _dqa_step(wa, sa, xa, w_s.index(0), x_s.index(0), acc, True, ASM, BM, BN, BK, NG,
+                                    W_SL, FOLD, W32)
+                    acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
+                    wa, sa, xa = _dqa_load(wrow, srow, xb, (i + 3) * BK, K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW)
+                if nsteps % 2 == 0:  # the last (odd) step
+                    acc = _dqa_step(wb, sb, xc, w_s.index(1), x_s.index(1), acc, True, ASM, BM, BN, BK, NG,
+                                    W_SL, FOLD, W32)
+                    acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 
             # epilogue (kernels.moe_epilogue_at), acc [BN, BM] = (output column, row)
@@ -226,19 +292,22 @@ def available() -> bool:
 def dqa_gemm(src: torch.Tensor, wb: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor, flat: torch.Tensor,
              rw: torch.Tensor, dst: torch.Tensor, cnt: torch.Tensor, pairs: int, experts: int, n: int, topk: int,
              alpha: float, limit: float, gate_up: bool, count: bool, bm: int, tiles: tuple[int, int, int, int],
-             maxnreg: int = 0, fold: bool = False, w32: bool = True) -> None:
+             maxnreg: int = 0, fold: bool = False, w32: bool = True, ring: int = 0) -> None:
     """One expert GEMM (gate_up or down) of a scan-mode (non-compact) decode launch with the "dqa" loop.
 
     src (rows, K) bf16; wb (E, N, K/32, 16) uint8 blocks; ws (E, N, K/32) scales; dst written as
     _moe_mxfp4_kernel writes it. tiles = (BN, BK, warps, w32): warps must be 4 (one warpgroup); w32 (the tile's
     last entry, 2 = 32-bit words, 1 = 16-bit halves): how the blocks are read and decoded (words store the decoded
-    bf16 pairs as they come; halves go through byte permutes)."""
+    bf16 pairs as they come; halves go through byte permutes). ring: 0 = the weights and activations loaded into
+    registers about two steps ahead; >= 2 = a shared-memory ring of that many steps filled by cp.async."""
     gl, kernel, asm = _build()
     bn, bk, warps, unit = tiles
     w32 = w32 and unit != 1
     kdim = src.shape[1]
     if warps != 4:
         raise ValueError(f"the dqa loop runs one warpgroup (4 warps), got {warps}")
+    if ring == 1 or ring < 0:
+        raise ValueError(f"the dqa loop's ring has 0 (registers) or >= 2 slots, got {ring}")
     if kdim % bk or bk % 32:
         raise ValueError(f"the dqa loop needs K % BK == 0 and BK % 32 == 0, got K={kdim}, BK={bk}")
     wv = wb.view(torch.int32 if w32 else torch.int16)
@@ -250,6 +319,7 @@ def dqa_gemm(src: torch.Tensor, wb: torch.Tensor, ws: torch.Tensor, bias: torch.
         pairs, n, kdim, src.stride(0), wv.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
         alpha, limit,
         TOPK=topk, GATE_UP=gate_up, PB=triton.next_power_of_2(pairs), COUNT=count, BM=bm, BN=bn, BK=bk,
-        EVEN=n % bn == 0, W_SL=w_sl, W_SL32=w_sl32, X_SL=x_sl, ASM=asm[int(fold)], FOLD=fold, W32=w32, num_warps=4,
+        EVEN=n % bn == 0, W_SL=w_sl, W_SL32=w_sl32, X_SL=x_sl, ASM=asm[int(fold)], FOLD=fold, W32=w32, RING=ring,
+        num_warps=4,
         **({"maxnreg": maxnreg} if maxnreg else {}),
     )

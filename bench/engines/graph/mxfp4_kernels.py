@@ -534,6 +534,9 @@ DQA_MIN_TOKENS = 9
 DQA_MAX_TOKENS = 0
 MXFP4_CONFIG_DQA: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4, 2), "down": (128, 64, 4, 2)}
 DQA_MAXNREG = 0
+# the dqa loop's loads: 0 = into registers about two steps ahead; >= 2 = a shared-memory ring of that many steps
+# filled by cp.async (so that the per-step fence before the MMA does not wait for them)
+DQA_RING = 0
 # the batch-1 loop: "gemv4" (integer-multiply decode of 32-bit words, fp32 FMA); "gemv2": float decode, activations
 # loaded in (even, odd) pairs; "gemv": two stride-2 loads
 GEMV_IMPL = "gemv4"
@@ -573,6 +576,7 @@ if os.environ.get(TILES_ENV):
     DQA_MIN_TOKENS = int(_tiles.get("dqa_min_tokens", DQA_MIN_TOKENS))
     DQA_MAX_TOKENS = int(_tiles.get("dqa_max_tokens", DQA_MAX_TOKENS))
     DQA_MAXNREG = int(_tiles.get("dqa_maxnreg", DQA_MAXNREG))
+    DQA_RING = int(_tiles.get("dqa_ring", DQA_RING))
 
 
 def dq_class(tokens: int) -> tuple[dict[str, tuple[int, int, int, int]], int, int, int]:
@@ -715,10 +719,10 @@ def _moe_dqa(x, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks, down_
         ("gate_up", x, gate_up_blocks, gate_up_scales, gate_up_bias, act, n2),
         ("down", act, down_blocks, down_scales, down_bias, out, hidden),
     ):
-        bn, bk, warps, look = MXFP4_CONFIG_DQA[name]
+        bn, bk, warps, unit = MXFP4_CONFIG_DQA[name]
         if src.shape[1] % bk:
             bk = 32  # K is a multiple of 32
         mxfp4_dq_ws.dqa_gemm(src, wb, ws, bias, plan.flat, rw, dst, cnt, plan.pairs, experts, n, k, alpha, limit,
                              name == "gate_up", counter is not None and name == "gate_up", plan.bm,
-                             (bn, bk, warps, look), DQA_MAXNREG, fold)
+                             (bn, bk, warps, unit), DQA_MAXNREG, fold, ring=DQA_RING)
     return out
