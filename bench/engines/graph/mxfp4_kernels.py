@@ -32,6 +32,9 @@ these kernels is CUDA-graph capturable. Inner loops (`IMPL`, picked per launch b
   gathered one by one, M sub-tiles of 16 rows (_dq_pairs), a register cap; and it also runs sorted-mode decode up
   to DQ_SORTED_MAX_TOKENS tokens. GPU-only: covered by tests/test_mxfp4_gpu.py on the device; the CPU interpreter
   cannot run PTX.
+- "dqa" (round 7, mxfp4_dq_ws.py, Gluon): the dq decode into shared memory and an asynchronous wgmma, for scan-mode
+  launches on the full grid with DQA_MIN_TOKENS..DQA_MAX_TOKENS tokens (0 = never: slower than dq on the H200,
+  docs/MXFP4.md round 7); `impl="dqa"` forces it.
 Programmatic dependent launch (MXFP4_PDL, one-token steps as kernels.pdl_launch decides): both GEMMs wait
 (griddepcontrol.wait) before reading what an earlier kernel wrote; in mode 2 gate_up lets the down GEMM launch once
 all its programs have passed their wait, and down prefetches its weight rows into L2 (_prefetch_rows_l2) before
@@ -623,9 +626,10 @@ def moe_mxfp4(
 
     gate_up_blocks [E, 2I, H/32, 16], gate_up_scales [E, 2I, H/32], down_blocks [E, H, I/32, 16],
     down_scales [E, H, I/32] (uint8, contiguous); biases [E, 2I] and [E, H]. impl: a key of IMPLS forces the inner
-    loop (tests, benchmarks); None lets `pick_impl` choose it (GEMV_IMPL for <= GEMV_MAX_TOKENS tokens in decode,
-    MMA_IMPL for the other decode launches and sorted ones up to DQ_SORTED_MAX_TOKENS on CUDA bf16, SORTED_IMPL past
-    that, "mma" off CUDA).
+    loop (tests, benchmarks; "dqa" the Gluon loop, scan mode on the full grid only); None lets `pick_impl` choose it
+    (GEMV_IMPL for <= GEMV_MAX_TOKENS tokens in decode, MMA_IMPL for the other decode launches and sorted ones up to
+    DQ_SORTED_MAX_TOKENS on CUDA bf16, SORTED_IMPL past that, "mma" off CUDA; then DQA_MIN_TOKENS..DQA_MAX_TOKENS
+    turns dq into "dqa").
     """
     tokens, hidden = x.shape
     k = topi.shape[1]
