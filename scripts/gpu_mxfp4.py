@@ -98,21 +98,24 @@ DQ_TILES = {
 }
 DQ_SORTED_TILES = {"gate_up": [(64, 64, 4, 3), (64, 128, 4, 3)], "down": [(64, 64, 4, 3), (64, 128, 4, 3)]}
 # round 7 (--dqa): the Gluon loop's tiles (gate_up, down: BN, BK, 4 warps, weight unit 2 = 32-bit words / 1 = 16-bit
-# halves), register cap and ring (0 = loads into registers two steps ahead, >= 2 = cp.async ring slots), timed at 32
-# tokens; the fastest whose error is < 2% is then timed at DQA_TOKENS' other counts against main's dq. Call 1 (round
-# 7) ran the ring-0 entries: all slower than main at 32 tokens; DQA_ONLY (a comma list of labels) picks entries
-DQA_CONFIGS = [
-    ("dqa-128x64", ((128, 64, 4, 2), (128, 64, 4, 2)), 0, 0),
-    ("dqa-128x64-h16", ((128, 64, 4, 1), (128, 64, 4, 1)), 0, 0),
-    ("dqa-128x64-d64", ((128, 64, 4, 2), (64, 64, 4, 2)), 0, 0),
-    ("dqa-64x64", ((64, 64, 4, 2), (64, 64, 4, 2)), 0, 0),
-    ("dqa-64x128", ((64, 128, 4, 2), (64, 128, 4, 2)), 0, 0),
-    ("dqa-128x128", ((128, 128, 4, 2), (128, 128, 4, 2)), 0, 0),
-    ("dqa-ring3", ((128, 64, 4, 2), (128, 64, 4, 2)), 0, 3),
-    ("dqa-ring4", ((128, 64, 4, 2), (128, 64, 4, 2)), 0, 4),
-    ("dqa-ring3-h16", ((128, 64, 4, 1), (128, 64, 4, 1)), 0, 3),
-    ("dqa-ring3-64", ((64, 64, 4, 2), (64, 64, 4, 2)), 0, 3),
-    ("dqa-ring3-d64", ((128, 64, 4, 2), (64, 64, 4, 2)), 0, 3),
+# halves), register cap and ring (0 = loads into registers two steps ahead, >= 2 = cp.async ring slots, the scales
+# through it unless dqa_ring_scales is off), timed at 32 tokens; the fastest whose error is < 2% is then timed at
+# DQA_TOKENS' other counts against main's dq. Round 7's call 1 ran the entries without a ring: all slower than main
+# at 32 tokens. DQA_ONLY (a comma list of labels) picks entries
+W64, H64, W64D = (128, 64, 4, 2), (128, 64, 4, 1), (64, 64, 4, 2)
+DQA_CONFIGS = [  # (label, tables keys over "dqa" (gate_up, down) = (128, 64) words, no cap, no ring)
+    ("dqa-128x64", {}),
+    ("dqa-128x64-h16", {"dqa": {"gate_up": H64, "down": H64}}),
+    ("dqa-128x64-d64", {"dqa": {"gate_up": W64, "down": W64D}}),
+    ("dqa-64x64", {"dqa": {"gate_up": W64D, "down": W64D}}),
+    ("dqa-64x128", {"dqa": {"gate_up": (64, 128, 4, 2), "down": (64, 128, 4, 2)}}),
+    ("dqa-128x128", {"dqa": {"gate_up": (128, 128, 4, 2), "down": (128, 128, 4, 2)}}),
+    ("dqa-ring3", {"dqa_ring": 3}),
+    ("dqa-ring4", {"dqa_ring": 4}),
+    ("dqa-ring3-lds", {"dqa_ring": 3, "dqa_ring_scales": False}),
+    ("dqa-ring3-h16", {"dqa_ring": 3, "dqa": {"gate_up": H64, "down": H64}}),
+    ("dqa-ring3-d64", {"dqa_ring": 3, "dqa": {"gate_up": W64, "down": W64D}}),
+    ("dqa-ring3-r128", {"dqa_ring": 3, "dqa_maxnreg": 128}),
 ]
 DQA_TOKENS = (32, 16, 64, 8)
 TABLES = {"gemv": "MXFP4_CONFIG_GEMV", "gemv4": "MXFP4_CONFIG_GEMV4", "few": "MXFP4_CONFIG_FEW",
@@ -230,6 +233,7 @@ def set_tables(cfg: dict) -> None:
     mk.DQA_MIN_TOKENS = int(cfg.get("dqa_min_tokens", 9))
     mk.DQA_MAXNREG = int(cfg.get("dqa_maxnreg", 0))
     mk.DQA_RING = int(cfg.get("dqa_ring", 0))
+    mk.DQA_RING_SCALES = bool(cfg.get("dqa_ring_scales", True))
     mk.MXFP4_CONFIG_DQA.update({g: tuple(v) for g, v in cfg.get("dqa", {}).items()})
 
 
@@ -240,7 +244,8 @@ def current_tables() -> dict:
             "dq_variant": mk.DQ_VARIANT, "dq_bmq": mk.DQ_BMQ, "dq_sorted_max_tokens": mk.DQ_SORTED_MAX_TOKENS,
             "dq_t": {t: dict(c) for t, c in mk.MXFP4_CONFIG_DQ_T.items()},
             "dqa_max_tokens": mk.DQA_MAX_TOKENS, "dqa_min_tokens": mk.DQA_MIN_TOKENS, "dqa_maxnreg": mk.DQA_MAXNREG,
-            "dqa_ring": mk.DQA_RING, "dqa": dict(mk.MXFP4_CONFIG_DQA)}
+            "dqa_ring": mk.DQA_RING, "dqa_ring_scales": mk.DQA_RING_SCALES,
+            "dqa": dict(mk.MXFP4_CONFIG_DQA)}
 
 
 def dq_sweep(model, left) -> dict:
@@ -404,9 +409,9 @@ def dqa_ab(model, bandwidth: float, left, accuracy_batch: int, skip_accuracy: bo
                             ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha,
                             ex.limit, None, fold=fold)
 
-    def dqa_cfg(tiles, nreg, ring, lo=1):
-        return {**main_cfg, "dqa_max_tokens": 64, "dqa_min_tokens": lo, "dqa_maxnreg": nreg, "dqa_ring": ring,
-                "dqa": {"gate_up": tiles[0], "down": tiles[1]}}
+    def dqa_cfg(extra, lo=1):
+        return {**main_cfg, "dqa_max_tokens": 64, "dqa_min_tokens": lo, "dqa_maxnreg": 0, "dqa_ring": 0,
+                "dqa_ring_scales": True, "dqa": {"gate_up": W64, "down": W64}, **extra}
 
     def timed(tokens, inp, cfg, label, check=False):
         set_tables(cfg)
@@ -433,29 +438,29 @@ def dqa_ab(model, bandwidth: float, left, accuracy_batch: int, skip_accuracy: bo
     t_main = timed(32, inputs[32], main_cfg, "main", check=True)
     best = (float("inf"), None)
     only = [s for s in os.environ.get("DQA_ONLY", "").split(",") if s]
-    for label, tiles, nreg, ring in DQA_CONFIGS:
+    for label, extra in DQA_CONFIGS:
         if left() < 100:
             break
         if only and label not in only:
             continue
-        us = timed(32, inputs[32], dqa_cfg(tiles, nreg, ring), label, check=True)
+        us = timed(32, inputs[32], dqa_cfg(extra), label, check=True)
         times[label] = us
         if us < best[0]:
-            best = (us, (label, tiles, nreg, ring))
+            best = (us, (label, extra))
     wins = {32: {"main_us": round(t_main, 2), "dqa_us": round(best[0], 2), "cfg": best[1]}}
     if best[1] is None:
         set_tables(main_cfg)
         return {}
-    label, tiles, nreg, ring = best[1]
+    label, extra = best[1]
     for tokens in (16, 64, 8):
         if left() < 80:
             break
         tm = timed(tokens, inputs[tokens], main_cfg, "main")
-        td = timed(tokens, inputs[tokens], dqa_cfg(tiles, nreg, ring), label, check=True)
+        td = timed(tokens, inputs[tokens], dqa_cfg(extra), label, check=True)
         wins[tokens] = {"main_us": round(tm, 2), "dqa_us": round(td, 2)}
     win = {t: w["dqa_us"] < 0.99 * w["main_us"] for t, w in wins.items()}
-    picks = {"dqa_max_tokens": 0, "dqa_min_tokens": 9, "dqa_maxnreg": nreg, "dqa_ring": ring,
-             "dqa": {"gate_up": tiles[0], "down": tiles[1]}}
+    picks = {k: v for k, v in dqa_cfg(extra).items() if k.startswith("dqa")}
+    picks.update({"dqa_max_tokens": 0, "dqa_min_tokens": 9})
     if win[32]:
         picks["dqa_max_tokens"] = 64 if win.get(64) else 32
         picks["dqa_min_tokens"] = 9 if win.get(16, True) else 17

@@ -103,10 +103,11 @@ def _build():
         return warpgroup_mma(w_b, x_t.permute((1, 0)), acc, use_acc=USE, is_async=True)
 
     @gluon.jit
-    def _dqb_issue(w_slot, x_slot, wrow, xb, k0, K, nmask, rmask, hh, gg, kx,
-                   NG: gl.constexpr, BK: gl.constexpr, EVEN: gl.constexpr, HW: gl.constexpr):
+    def _dqb_issue(w_slot, x_slot, s_slot, wrow, xb, ws32, soff, k0, K, nmask, rmask, hh, gg, kx,
+                   NG: gl.constexpr, BK: gl.constexpr, EVEN: gl.constexpr, HW: gl.constexpr, SCA: gl.constexpr):
         """cp.async of the step at K offset k0 (clamped to the last step) into a ring slot: the weights
-        [BN, NG, HW] and the rows' activations [BM, BK], one commit group."""
+        [BN, NG, HW], the rows' activations [BM, BK] and (SCA) each row's 32-bit word holding the step's two scale
+        bytes (NG 2 and an even byte offset: they never straddle a word); one commit group."""
         k0 = gl.minimum(k0, K - BK)
         g = k0 // 32 + gg
         wp = wrow[:, None, None] + (g * HW)[None, :, None] + hh[None, None, :]
@@ -115,7 +116,17 @@ def _build():
         else:
             async_copy.async_copy_global_to_shared(w_slot, wp, mask=nmask[:, None, None])
         async_copy.async_copy_global_to_shared(x_slot, xb + (k0 + kx)[None, :], mask=rmask[:, None])
+        if SCA:
+            async_copy.async_copy_global_to_shared(s_slot, ws32 + ((soff + k0 // 32) >> 2), mask=nmask)
         async_copy.commit_group()
+
+    @gluon.jit
+    def _dqb_words(s_slot, soff, k0, K, gg, NL: gl.constexpr, BK: gl.constexpr):
+        """The step's scales [BN, NG] from the ring's 32-bit words (byte (soff + k0 / 32) % 4 and the next)."""
+        k0 = gl.minimum(k0, K - BK)
+        w = s_slot.load(NL)
+        sh = ((soff + k0 // 32) & 3).to(gl.int32) * 8
+        return (w[:, None] >> (sh[:, None] + 8 * gg[None, :])) & 255
 
     @gluon.jit
     def _dqb_scales(srow, k0, K, nmask, gg, BK: gl.constexpr, EVEN: gl.constexpr):
@@ -135,7 +146,7 @@ def _build():
         TOPK: gl.constexpr, GATE_UP: gl.constexpr, PB: gl.constexpr, COUNT: gl.constexpr, BM: gl.constexpr,
         BN: gl.constexpr, BK: gl.constexpr, EVEN: gl.constexpr, W_SL: gl.constexpr, W_SL32: gl.constexpr,
         X_SL: gl.constexpr, ASM: gl.constexpr, FOLD: gl.constexpr = False, W32: gl.constexpr = True,
-        RING: gl.constexpr = 0, OUTST: gl.constexpr = 1,
+        RING: gl.constexpr = 0, SCA: gl.constexpr = False, OUTST: gl.constexpr = 1,
     ):
         NG: gl.constexpr = BK // 32
         HW: gl.constexpr = 4 if W32 else 8  # weight words (halves) a block
@@ -190,38 +201,50 @@ def _build():
             x_s = gl.allocate_shared_memory(gl.bfloat16, [2, BM, BK], X_SL)
             acc = gl.zeros([BN, BM], gl.float32, layout=MMA)
             if RING > 0:
-                # RING-slot shared-memory ring filled by cp.async (weights and activations), RING - 1 steps ahead;
-                # the scales by plain loads one step ahead
+                # RING-slot shared-memory ring filled by cp.async (weights, activations and, with SCA, the scales'
+                # words), RING - 1 steps ahead; without SCA the scales by plain loads one step ahead
                 WRL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
                 XRL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+                SRL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
                 w_r = gl.allocate_shared_memory(wb_ptr.dtype.element_ty, [RING, BN, NG, HW], WRL)
                 x_r = gl.allocate_shared_memory(gl.bfloat16, [RING, BM, BK], XRL)
+                s_r = gl.allocate_shared_memory(gl.int32, [RING, BN], SRL)
+                ws32 = ws_ptr.to(gl.pointer_type(gl.int32))
+                soff = e64 * stride_wse + offs_n.to(gl.int64) * KG  # byte offset of each row's scales
                 for s in gl.static_range(RING):
-                    _dqb_issue(w_r.index(s), x_r.index(s), wrow, xb, s * BK, K, nmask, rmask, hh, gg, kx, NG, BK,
-                               EVEN, HW)
-                sc = _dqb_scales(srow, 0, K, nmask, gg, BK, EVEN)
+                    _dqb_issue(w_r.index(s), x_r.index(s), s_r.index(s), wrow, xb, ws32, soff, s * BK, K, nmask,
+                               rmask, hh, gg, kx, NG, BK, EVEN, HW, SCA)
                 async_copy.wait_group(RING - 1)
                 wd = w_r.index(0).load(WL)
                 xt = x_r.index(0).load(XL)
-                sc_n = _dqb_scales(srow, BK, K, nmask, gg, BK, EVEN)
+                if SCA:
+                    sc = _dqb_words(s_r.index(0), soff, 0, K, gg, NL, BK)
+                else:
+                    sc = _dqb_scales(srow, 0, K, nmask, gg, BK, EVEN)
+                    sc_n = _dqb_scales(srow, BK, K, nmask, gg, BK, EVEN)
                 # step 0 outside the loop (use_acc False): every path to the last wait then leaves the accumulator
                 # to wgmma alone (ptxas serializes the MMAs when a zero-initialised accumulator reaches that wait)
                 acc = _dqa_step(wd, sc, xt, w_s.index(0), x_s.index(0), acc, False, ASM, BM, BN, BK, NG, W_SL, FOLD,
                                 W32)
                 acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
-                sc = sc_n
+                if not SCA:
+                    sc = sc_n
                 for i in range(1, K // BK):
                     j = (i + RING - 1) % RING  # the slot of step i - 1, read by the last step: step i + RING - 1
-                    _dqb_issue(w_r.index(j), x_r.index(j), wrow, xb, (i + RING - 1) * BK, K, nmask, rmask, hh, gg,
-                               kx, NG, BK, EVEN, HW)
+                    _dqb_issue(w_r.index(j), x_r.index(j), s_r.index(j), wrow, xb, ws32, soff, (i + RING - 1) * BK,
+                               K, nmask, rmask, hh, gg, kx, NG, BK, EVEN, HW, SCA)
                     async_copy.wait_group(RING - 1)
                     wd = w_r.index(i % RING).load(WL)
                     xt = x_r.index(i % RING).load(XL)
-                    sc_n = _dqb_scales(srow, (i + 1) * BK, K, nmask, gg, BK, EVEN)
+                    if SCA:
+                        sc = _dqb_words(s_r.index(i % RING), soff, i * BK, K, gg, NL, BK)
+                    else:
+                        sc_n = _dqb_scales(srow, (i + 1) * BK, K, nmask, gg, BK, EVEN)
                     acc = _dqa_step(wd, sc, xt, w_s.index(i % 2), x_s.index(i % 2), acc, True, ASM, BM, BN, BK, NG,
                                     W_SL, FOLD, W32)
                     acc = warpgroup_mma_wait(num_outstanding=OUTST, deps=(acc,))
-                    sc = sc_n
+                    if not SCA:
+                        sc = sc_n
                 async_copy.wait_group(0)
             else:
                 # two register sets of loads (A: even steps, B: odd), each refilled right after its step is decoded, so
@@ -292,14 +315,15 @@ def available() -> bool:
 def dqa_gemm(src: torch.Tensor, wb: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor, flat: torch.Tensor,
              rw: torch.Tensor, dst: torch.Tensor, cnt: torch.Tensor, pairs: int, experts: int, n: int, topk: int,
              alpha: float, limit: float, gate_up: bool, count: bool, bm: int, tiles: tuple[int, int, int, int],
-             maxnreg: int = 0, fold: bool = False, w32: bool = True, ring: int = 0) -> None:
+             maxnreg: int = 0, fold: bool = False, w32: bool = True, ring: int = 0, ring_scales: bool = True) -> None:
     """One expert GEMM (gate_up or down) of a scan-mode (non-compact) decode launch with the "dqa" loop.
 
     src (rows, K) bf16; wb (E, N, K/32, 16) uint8 blocks; ws (E, N, K/32) scales; dst written as
     _moe_mxfp4_kernel writes it. tiles = (BN, BK, warps, w32): warps must be 4 (one warpgroup); w32 (the tile's
     last entry, 2 = 32-bit words, 1 = 16-bit halves): how the blocks are read and decoded (words store the decoded
     bf16 pairs as they come; halves go through byte permutes). ring: 0 = the weights and activations loaded into
-    registers about two steps ahead; >= 2 = a shared-memory ring of that many steps filled by cp.async."""
+    registers about two steps ahead; >= 2 = a shared-memory ring of that many steps filled by cp.async (with
+    ring_scales also the scales, as 32-bit words, where BK is 64 and their byte offsets are even)."""
     gl, kernel, asm = _build()
     bn, bk, warps, unit = tiles
     w32 = w32 and unit != 1
@@ -312,6 +336,9 @@ def dqa_gemm(src: torch.Tensor, wb: torch.Tensor, ws: torch.Tensor, bias: torch.
         raise ValueError(f"the dqa loop needs K % BK == 0 and BK % 32 == 0, got K={kdim}, BK={bk}")
     wv = wb.view(torch.int32 if w32 else torch.int16)
     w_sl = gl.NVMMASharedLayout.get_default_for([bn, bk], gl.bfloat16)
+    # the scales through the ring as 32-bit words: two bytes a row and step at an even offset, a 4-byte-aligned base
+    sca = (ring_scales and ring >= 2 and bk == 64 and (kdim // 32) % 2 == 0 and ws.stride(0) % 2 == 0
+           and ws.data_ptr() % 4 == 0)
     x_sl = gl.NVMMASharedLayout.get_default_for([bm, bk], gl.bfloat16)
     w_sl32 = gl.NVMMASharedLayout(swizzle_byte_width=w_sl.swizzle_byte_width, element_bitwidth=32, rank=2)
     kernel[(experts, triton.cdiv(n, bn))](
@@ -320,6 +347,6 @@ def dqa_gemm(src: torch.Tensor, wb: torch.Tensor, ws: torch.Tensor, bias: torch.
         alpha, limit,
         TOPK=topk, GATE_UP=gate_up, PB=triton.next_power_of_2(pairs), COUNT=count, BM=bm, BN=bn, BK=bk,
         EVEN=n % bn == 0, W_SL=w_sl, W_SL32=w_sl32, X_SL=x_sl, ASM=asm[int(fold)], FOLD=fold, W32=w32, RING=ring,
-        num_warps=4,
+        SCA=sca, num_warps=4,
         **({"maxnreg": maxnreg} if maxnreg else {}),
     )

@@ -540,6 +540,8 @@ DQA_MAXNREG = 0
 # the dqa loop's loads: 0 = into registers about two steps ahead; >= 2 = a shared-memory ring of that many steps
 # filled by cp.async (so that the per-step fence before the MMA does not wait for them)
 DQA_RING = 0
+# with a ring: the scales through it too (32-bit words; BK 64 and even K/32 only), else plain loads one step ahead
+DQA_RING_SCALES = True
 # the batch-1 loop: "gemv4" (integer-multiply decode of 32-bit words, fp32 FMA); "gemv2": float decode, activations
 # loaded in (even, odd) pairs; "gemv": two stride-2 loads
 GEMV_IMPL = "gemv4"
@@ -580,6 +582,7 @@ if os.environ.get(TILES_ENV):
     DQA_MAX_TOKENS = int(_tiles.get("dqa_max_tokens", DQA_MAX_TOKENS))
     DQA_MAXNREG = int(_tiles.get("dqa_maxnreg", DQA_MAXNREG))
     DQA_RING = int(_tiles.get("dqa_ring", DQA_RING))
+    DQA_RING_SCALES = bool(_tiles.get("dqa_ring_scales", DQA_RING_SCALES))
 
 
 def dq_class(tokens: int) -> tuple[dict[str, tuple[int, int, int, int]], int, int, int]:
@@ -728,5 +731,5 @@ def _moe_dqa(x, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks, down_
             bk = 32  # K is a multiple of 32
         mxfp4_dq_ws.dqa_gemm(src, wb, ws, bias, plan.flat, rw, dst, cnt, plan.pairs, experts, n, k, alpha, limit,
                              name == "gate_up", counter is not None and name == "gate_up", plan.bm,
-                             (bn, bk, warps, unit), DQA_MAXNREG, fold, ring=DQA_RING)
+                             (bn, bk, warps, unit), DQA_MAXNREG, fold, ring=DQA_RING, ring_scales=DQA_RING_SCALES)
     return out
