@@ -21,6 +21,9 @@ GEMVs' early start (`SPLITK_EARLY`: the kernel before each triggers it right aft
 against main's configuration: exactness (tokens and last logits), --rounds interleaved rounds at 1x4 and 1x2, eager
 profiles (qkv / o_proj split-K launches apart), $OUT/picks.json (`prefetch_main`). --early: on top of that, more
 one-token kernels in PDL mode 2, one site at a time, then the winners together (`early_main`).
+--compare '{"main": {}, "x": {"FUSE_ROPE_ATTN": false}}' [--cases 1x4,8x2] [--rounds 2] [--experts 16] (session 8):
+named configurations of the kernels module's settings on top of the shipped ones, exactness against the first,
+interleaved timings on E32 and then pruned, each case's ratio to the first (`compare_main`).
 --pruned: each of those options alone and bf7's pick, at 1x4 / 1x2 on E32 and then on the model pruned to --experts
 (16) in the same process: the pruned / E32 ratio per option, to find what made pruned models slower at batch 1
 (`pruned_main`; docs/PERF.md session 7).
@@ -644,6 +647,65 @@ def pruned_main(args, model, bandwidth: float) -> int:
     return 0
 
 
+SHIPPED = {n: getattr(gk, n) for n in dir(gk) if n.isupper()}  # the kernels module's settings as imported
+
+
+def compare_apply(cfg: dict) -> None:
+    """The shipped settings, then `cfg`'s (a JSON list stands for a frozenset where the setting is one)."""
+    for n, v in {**SHIPPED, **cfg}.items():
+        if n not in SHIPPED:
+            raise SystemExit(f"--compare: kernels has no setting {n!r}")
+        setattr(gk, n, frozenset(v) if isinstance(SHIPPED[n], frozenset) else v)
+
+
+def compare_main(args, model, bandwidth: float) -> int:
+    """--compare: each named configuration (kernels settings on top of the shipped ones; the first is the reference)
+    gets an exactness check against the first (tokens and last logits at the first case), then --rounds interleaved
+    rounds of every --cases case on the E32 model and then on the model pruned in place to --experts; per
+    configuration and case the mean ms a step and its ratio to the first configuration's (`compare`)."""
+    from bench.models.pruning import prune_model
+    from bench.roofline import ArchSummary
+
+    raw = args.compare[1:] if args.compare.startswith("@") else None
+    configs = json.loads(Path(raw).read_text() if raw else args.compare)
+    names = list(configs)
+    cases = [tuple(int(v) for v in c.split("x")) for c in args.cases.split(",") if c]
+    times: dict[tuple[str, int, int, int], list[float]] = {}
+    for experts in dict.fromkeys((model.config.num_local_experts, args.experts)):
+        if experts < model.config.num_local_experts:
+            prune_model(model, [list(range(experts))] * len(model.model.layers))
+        arch = ArchSummary.from_model(model)
+        ref = None
+        for name in names:
+            compare_apply(configs[name])
+            try:
+                res, logits = run_engine(model, *cases[0], keep_logits=True)
+            except Exception as exc:
+                emit({"sec": "exact", "config": name, "experts": experts, "error": repr(exc)[:400],
+                      "tb": traceback.format_exc()[-1200:]})
+                continue
+            ref = ref or (res[-1].tokens, logits)
+            emit({"sec": "exact", "config": name, "experts": experts, "case": "{}x{}".format(*cases[0]),
+                  "tokens_equal": bool(torch.equal(res[-1].tokens, ref[0])),
+                  "logits_max_abs_diff": round((logits - ref[1]).abs().max().item(), 5)})
+        for rnd in range(args.rounds):
+            for b, k in cases:
+                for name in (names if rnd % 2 == 0 else names[::-1]):
+                    compare_apply(configs[name])
+                    rec = time_case(model, b, k, arch, bandwidth, name)
+                    emit({**rec, "experts": experts, "rnd": rnd})
+                    if "ms_step" in rec:
+                        times.setdefault((name, experts, b, k), []).append(rec["ms_step"])
+    compare_apply({})
+    first = names[0]
+    table = {f"{n}|E{e}|{b}x{k}": {"ms": round(mean(v), 4),
+                                   "ratio": round(mean(v) / mean(times.get((first, e, b, k), [float("nan")])), 4)}
+             for (n, e, b, k), v in sorted(times.items())}
+    emit({"sec": "compare", "table": table})
+    emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
+    return 0
+
+
 def prefetch_main(args, model, bandwidth: float) -> int:
     """Each S7_CONFIGS entry: exactness at batch 1 k4 (tokens and last logits against base), then 3 interleaved
     rounds at 1x4 and 1x2; the pick is the fastest exact configuration >= 0.5% faster than base on the mean ratio
@@ -693,7 +755,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="--prefetch / --early: interleaved timing rounds")
     ap.add_argument("--pruned", action="store_true",
                     help="session 7: each batch-1 option on E32 and on the model pruned to --experts (pruned_main)")
-    ap.add_argument("--experts", type=int, default=16, help="--pruned: the pruned model's experts a layer")
+    ap.add_argument("--experts", type=int, default=16,
+                    help="--pruned / --compare: the pruned model's experts a layer")
+    ap.add_argument("--compare", default=None, metavar="JSON|@FILE",
+                    help='session 8: {"name": {kernels setting: value}, ...} at --cases, E32 and pruned (compare_main)')
     ap.add_argument("--sweep", action="store_true",
                     help="session 6: per-batch expert tiles, router slices, attention blocks (sweep_main)")
     ap.add_argument("--classes", default="scan32,scan16,compact,big,few", help="--sweep: tile classes (CLASSES)")
@@ -719,6 +784,9 @@ def main() -> int:
           "pdl_supported": gk.pdl_launch() > 0, "load_s": round(time.time() - T0, 1)})
     if args.sweep:
         return sweep_main(args, model, bandwidth)
+    if args.compare:
+        gk.PDL_MAX_TOKENS = SHIPPED["PDL_MAX_TOKENS"] = 1  # as shipped
+        return compare_main(args, model, bandwidth)
     if args.pruned:
         gk.PDL_MAX_TOKENS = 1  # as shipped
         return pruned_main(args, model, bandwidth)

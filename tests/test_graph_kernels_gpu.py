@@ -1,6 +1,7 @@
-"""The `graph` engine's fused norm + router kernel, programmatic dependent launch (PDL) and the per-batch expert tile
-tables (bit-exact to main's) on a CUDA device: skipped on CPU, where the Triton interpreter runs the fused kernel and
-the tables (tests/interpreter/graph_kernels_cases.py) but cannot run PDL's `griddepcontrol` PTX. Run on the GPU
+"""The `graph` engine's fused norm + router and rope + attention kernels, programmatic dependent launch (PDL) and
+the per-batch expert tile tables (bit-exact to main's) on a CUDA device: skipped on CPU, where the Triton
+interpreter runs the fused kernels and the tables (tests/interpreter/graph_kernels_cases.py) but cannot run PDL's
+`griddepcontrol` PTX. Run on the GPU
 machine with `python3 -m pytest -q tests/test_graph_kernels_gpu.py`."""
 
 from __future__ import annotations
@@ -44,6 +45,36 @@ def test_fused_norm_router_equals_two_kernels_on_cuda(gk, rows):
             assert torch.equal(got_i, want_i)
             torch.testing.assert_close(got_w, want_w, rtol=1e-2, atol=1e-3)
             assert int(gk._COUNTERS[h.device].item()) == 0
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_fused_rope_attention_is_bit_exact_to_two_kernels_on_cuda(gk, rows):
+    """rope_attn_decode (one launch) against rope_kv + attn_decode, gpt-oss-20b's attention geometry in bf16: the
+    same cache writes and the same output bits, qkv as split-K partials and as a tensor, full cache and sliding ring,
+    three steps in a row."""
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    hq, hkv, d, hidden = 64, 8, 64, 2880
+    kw = {"device": "cuda", "dtype": torch.bfloat16}
+    sinks = torch.randn(hq, generator=gen, **kw)
+    cos, sin = torch.randn(400, d // 2, generator=gen, **kw), torch.randn(400, d // 2, generator=gen, **kw)
+    w = torch.randn((hq + 2 * hkv) * d, hidden, generator=gen, **kw) * 0.02
+    b = torch.randn((hq + 2 * hkv) * d, generator=gen, **kw)
+    for sliding, s_cache, first in ((False, 320, 270), (True, 128, 270)):
+        for use_partials in (True, False):
+            kc = torch.randn(rows, hkv, s_cache, d, generator=gen, **kw)
+            vc = torch.randn(rows, hkv, s_cache, d, generator=gen, **kw)
+            kc2, vc2 = kc.clone(), vc.clone()
+            for pos in range(first, first + 3):
+                x = torch.randn(rows, hidden, generator=gen, **kw)
+                qkv = gk.splitk_linear(x, w, b) if use_partials else torch.nn.functional.linear(x, w, b)
+                p = torch.tensor(pos, device="cuda")
+                q = gk.rope_kv(qkv, cos, sin, p, kc, vc, hq, sliding, s_cache if sliding else 0)
+                want = gk.attn_decode(q, kc, vc, sinks, p, d ** -0.5)
+                got = gk.rope_attn_decode(qkv, cos, sin, p, kc2, vc2, sinks, d ** -0.5, hq, sliding,
+                                          s_cache if sliding else 0)
+                torch.cuda.synchronize()
+                assert torch.equal(kc2, kc) and torch.equal(vc2, vc), (sliding, use_partials, pos)
+                assert torch.equal(got, want), (sliding, use_partials, pos, (got.float() - want.float()).abs().max())
 
 
 def test_pdl_graph_replay_gives_the_same_tokens_and_logits(gk):

@@ -1,6 +1,6 @@
 """The `graph` engine's Triton kernels on CPU under the Triton interpreter: same tokens as `hf`, the sorted (prefill)
 and compact MoE modes, the per-batch tile tables and the N-tile-major grid, the split-K router's top-k, decode
-attention's configurations, the SwiGLU clamp and near-tie routing.
+attention's configurations, rope + attention in one launch, the SwiGLU clamp and near-tie routing.
 
 Not collected by the main test session: tests/test_triton_interpreter.py runs this folder in a child pytest with
 TRITON_INTERPRET=1, which must be set before triton is first imported (the HF model code imports it)."""
@@ -170,6 +170,43 @@ def test_triton_attn_decode_configs_match_reference(gk):
         for cfg in ((64, 4, None), (128, 4, None), (16, 4, 2), (32, 8, None)):
             got = gk.attn_decode(q, kc, vc, sinks, torch.tensor([pos]), scale, config=cfg)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"{cfg} {s_cache}")
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_triton_rope_attention_fused_equals_rope_then_attention(gk, rows):
+    """`rope_attn_decode` (rope, cache write and attention in one launch) against `rope_kv` then `attn_decode`: the
+    same cache writes and the same output, for qkv as a tensor and as split-K partials, on a full cache and on a
+    sliding ring past its window, over three steps in a row (each step reads the slots the earlier ones wrote)."""
+    gen = torch.Generator().manual_seed(31)
+    hq, hkv, d, hidden = 4, 2, 16, 48
+    sinks = torch.randn(hq, generator=gen)
+    cos, sin = torch.randn(64, d // 2, generator=gen), torch.randn(64, d // 2, generator=gen)
+    w = torch.randn((hq + 2 * hkv) * d, hidden, generator=gen) * 0.2
+    b = torch.randn((hq + 2 * hkv) * d, generator=gen)
+    for sliding, s_cache, first in ((False, 48, 30), (True, 16, 29)):
+        for use_partials in (False, True):
+            kc = torch.randn(rows, hkv, s_cache, d, generator=gen)
+            vc = torch.randn(rows, hkv, s_cache, d, generator=gen)
+            kc2, vc2 = kc.clone(), vc.clone()
+            for pos in range(first, first + 3):
+                x = torch.randn(rows, hidden, generator=gen)
+                qkv = gk.splitk_linear(x, w, b, (16, 16, 2, 4)) if use_partials else torch.nn.functional.linear(x, w, b)
+                p = torch.tensor(pos)
+                q = gk.rope_kv(qkv, cos, sin, p, kc, vc, hq, sliding, s_cache if sliding else 0)
+                want = gk.attn_decode(q, kc, vc, sinks, p, d ** -0.5)
+                got = gk.rope_attn_decode(qkv, cos, sin, p, kc2, vc2, sinks, d ** -0.5, hq, sliding,
+                                          s_cache if sliding else 0)
+                assert torch.equal(kc2, kc) and torch.equal(vc2, vc), (sliding, use_partials, pos)
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=f"{sliding} {use_partials} {pos}")
+
+
+def test_triton_unfused_rope_attention_matches_hf_tokens(gk, lively, monkeypatch):
+    """With rope + attention unfused (rope_kv, then attn_decode: the ablation path) the decode still gives hf's
+    tokens (the fused kernel, the default, runs in test_triton_kernels_match_hf_tokens)."""
+    model, ids, ref = lively
+    monkeypatch.setattr(gk, "FUSE_ROPE_ATTN", False)
+    res = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids, TOKENS)
+    assert torch.equal(res.tokens, ref.tokens)
 
 
 def test_triton_swiglu_clamp_matches_hf_with_large_activations(gk):

@@ -11,8 +11,8 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 - `add_rmsnorm_route`: the post-attention `add_rmsnorm` and the decode router in one launch for a step of
   <= NORM_ROUTER_MAX_TOKENS tokens (FUSE_NORM_ROUTER): each program recomputes the rows' RMS, normalizes its slice
   and computes that slice's router partials; the last program to finish (an atomic count) picks the top-k and
-  writes the residual. With one row and NORM_ROUTER_ONE_ROW (off by default) the last program keeps the residual row
-  from its RMS pass and picks the top-k by rank.
+  writes the residual. With one row (NORM_ROUTER_ONE_ROW) the last program keeps the residual row from its RMS pass
+  and picks the top-k by rank.
 - `router`: router linear + top-k + softmax over the k logits. Decode (<= ROUTER_SPLIT_MAX_TOKENS tokens): split-K
   partial logits (one program per slice of the hidden size, all tokens and experts), then one program per token
   sums the slices in a fixed order and picks the top-k; prefill: one program per token.
@@ -35,11 +35,10 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 
 Programmatic dependent launch (PDL, Hopper): in one-token steps (PDL_MAX_TOKENS) each decode kernel here is
 launched with `launch_pdl` and waits (`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel
-writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`). As ablation options (off by
-default: faster for the base model, slower for pruned ones on the H200, docs/PERF.md session 7) the kernels right
-before a split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv), rope_kv, the split-K GEMVs
-and the bf16 down expert GEMM can let the next kernel launch right after their own wait (PDL mode 2: `SPLITK_EARLY`,
-`PDL_EARLY_MORE`, `early_pdl`).
+writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`). The kernels right before a
+split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv), rope_kv, the qkv split-K GEMV and
+the bf16 down expert GEMM let the next kernel launch right after their own wait (PDL mode 2: `SPLITK_EARLY`,
+`PDL_EARLY_MORE`, `early_pdl`); the o_proj GEMV does not, because that slowed pruned models (docs/PERF.md, session 8).
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
@@ -171,25 +170,28 @@ SPLITK_CONFIG: dict[str, tuple[int, ...]] = {"small": (16, 256, 4, 4)}
 # (docs/PERF.md, session 7, with NORM_ROUTER_ONE_ROW): batch 1 k4 2.462 -> 2.439 ms, k2 1.888 -> 1.865; the same
 # bits. (Having the GEMV's programs also prefetch their own weight block into L2 before their wait made both split-K
 # launches ~1.9 us slower: k4 2.501 ms, not kept.) False: mode 1 as every other kernel (ablation).
-SPLITK_EARLY = False
-# OFF by default, with PDL_EARLY_MORE and NORM_ROUTER_ONE_ROW (lead, session 7): on merged main 1ed4e36 with the three
-# on, the H200 reference sweep ran the base model 4-5% faster at batch 1 but every pruned variant 3-6% SLOWER (bf16
-# union50_topk4 400.3 -> 388.0 tok/s, unionAgg_topk2 522.4 -> 500.1; MXFP4 alike; bench perf E16 b1 400.9 -> 389.4),
-# a ~0.19 ms a step penalty for 16 or 8 experts that session 6's code did not have (pruned = base within 1%). A
-# harness artifact in a pruned-vs-base comparison, so the defaults are session 6's until an E16 ablation
-# (gpu_step_ablation.py --early with --experts 16) finds which site causes it (docs/PERF.md, session 7).
+SPLITK_EARLY = True
+# Session 7 shipped these with "splitk_o_proj" in PDL_EARLY_MORE: the base model ran 4-5% faster at batch 1 but every
+# pruned variant 3-6% slower (a ~0.19 ms a step penalty that made pruned models look slower than the base, where the
+# model says they are equal). Session 8's ablation on one H200 (docs/PERF.md; `gpu_step_ablation.py --pruned
+# --rounds 3`, E32 then pruned to E16 in-process) found the site: o_proj in mode 2 alone makes E16 7.8% (k4) / 10.2%
+# (k2) slower and E32 no slower; every other option leaves the E16 / E32 ratio at main's (1.005-1.008). Shipped: every
+# option but o_proj's early trigger: E32 k4 2.484 -> 2.407 ms, k2 1.902 -> 1.834; E16 k4 2.498 -> 2.421, k2 1.917 ->
+# 1.846 (-3.1 / -3.6%, both models alike).
 # More one-token kernels that trigger their dependents right after their wait (PDL mode 2), by site: "rope"
 # (rope_kv, before attention), "splitk" (qkv and o_proj, before rope_kv and the norm + router), "moe_down" (the bf16
-# down expert GEMM, before add_rmsnorm); "norm_router" (before the gate_up expert GEMM) is a candidate left out.
+# down expert GEMM, before add_rmsnorm); "norm_router" (before the gate_up expert GEMM) and "moe_gate_up" (the bf16
+# gate_up expert GEMM, before the down one) are candidates left out.
 # H200 (docs/PERF.md, session 7, on top of SPLITK_EARLY and NORM_ROUTER_ONE_ROW, alone: rope -0.6 / -0.8%, splitk
 # -1.2 / -1.6%, moe_down -0.7 / -0.8%, norm_router +0.2 / +2.1% at batch 1 k4 / k2): the three together 2.409 ->
 # 2.351 ms (k4), 1.852 -> 1.793 (k2); the same bits. Every kernel reads what an earlier kernel wrote only after its
 # own wait (the down GEMM's routing: two kernels back, complete once it runs), so an early launch cannot race.
-PDL_EARLY_MORE: frozenset[str] = frozenset()  # measured: {"rope", "splitk", "moe_down"}; off, see SPLITK_EARLY
-# "splitk" names both split-K GEMVs; "splitk_qkv" / "splitk_o_proj" one of them. A lead for the pruned-model penalty
-# (docs/PERF.md session 7, not measured yet): o_proj in mode 2 lets the norm + router kernel's programs be placed
-# while o_proj still runs, and how many of them share an SM then depends on their register count, which depends on
-# the expert count (sm_90: 167 registers at 32 experts, 78 at 16: one program an SM against up to three).
+PDL_EARLY_MORE: frozenset[str] = frozenset({"rope", "splitk_qkv", "moe_down"})
+# "splitk" names both split-K GEMVs; "splitk_qkv" / "splitk_o_proj" one of them. "splitk_o_proj" is left out (see
+# SPLITK_EARLY). Why it hurts only pruned models is a hypothesis, not measured: o_proj in mode 2 lets the norm + router
+# kernel's programs be placed while o_proj still runs, and how many of them share an SM then depends on their
+# register count, which depends on the expert count (sm_90: 167 registers at 32 experts, 78 at 16: one program an SM
+# against up to three).
 
 
 def early_pdl(pdl: int, rows: int, site: str) -> int:
@@ -467,6 +469,107 @@ def attn_decode(
 
 
 @triton.jit
+def _rope_attn_decode_kernel(
+    qkv_ptr, part_ptr, bias_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, sinks_ptr, out_ptr, scale, HKV, S_CACHE,
+    WINDOW, N, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, SLIDING: tl.constexpr,
+    NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+):
+    """`_rope_kv_kernel` and `_attn_decode_kernel` in one launch, one program per (stream, kv head): the rope of the
+    group's G query heads stays in registers (rounded to the activations' dtype, as rope_kv stores it), the roped k
+    and v are written into the step's cache slot, and after a barrier the program attends over its cache as
+    `_attn_decode_kernel` does, on the same values (the query's rotated halves joined back into one [GP, D] tile).
+    qkv: the linear's output (rows of N elements) or, with NSPLIT > 0, its split-K partials (S, B, N) + bias (qkv_ptr
+    then only carries the dtype)."""
+    b = tl.program_id(0)
+    kh = tl.program_id(1)
+    mp = tl.num_programs(0)
+    g = tl.arange(0, GP)
+    gm = g < G
+    half = tl.arange(0, D // 2)
+    hm = half < D // 2
+    d = tl.arange(0, D)
+    hq = HKV * G
+    m_i = tl.load(sinks_ptr + kh * G + g, mask=gm, other=0.0).to(tl.float32)  # the sink starts the softmax
+    _gdc(PDL)
+    pos = tl.load(pos_ptr)
+    c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
+    s = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
+    qh = (kh * G + g) * D
+    qm = gm[:, None] & hm[None, :]
+    x1 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, qh[:, None] + half[None, :], mp, N, qm, NSPLIT, HAS_BIAS)
+    x2 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, qh[:, None] + D // 2 + half[None, :], mp, N, qm, NSPLIT, HAS_BIAS)
+    q_lo = (x1 * c[None, :] - x2 * s[None, :]).to(out_ptr.dtype.element_ty)
+    q_hi = (x2 * c[None, :] + x1 * s[None, :]).to(out_ptr.dtype.element_ty)
+    q = tl.reshape(tl.permute(tl.join(q_lo, q_hi), (0, 2, 1)), (GP, D))  # [lo | hi] per row
+    kb = (hq + kh) * D
+    k1 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, kb + half, mp, N, hm, NSPLIT, HAS_BIAS)
+    k2 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, kb + D // 2 + half, mp, N, hm, NSPLIT, HAS_BIAS)
+    v = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, (hq + HKV + kh) * D + d, mp, N, d < D, NSPLIT, HAS_BIAS)
+    if SLIDING:
+        slot = pos % WINDOW
+    else:
+        slot = pos
+    kv = (b * HKV + kh) * S_CACHE * D
+    tl.store(kc_ptr + kv + slot * D + half, (k1 * c - k2 * s).to(kc_ptr.dtype.element_ty))
+    tl.store(kc_ptr + kv + slot * D + D // 2 + half, (k2 * c + k1 * s).to(kc_ptr.dtype.element_ty))
+    tl.store(vc_ptr + kv + slot * D + d, v.to(vc_ptr.dtype.element_ty))
+    tl.debug_barrier()  # the slot just written is read back below by other threads of this program
+    l_i = tl.full([GP], 1.0, dtype=tl.float32)
+    acc = tl.zeros([GP, D], dtype=tl.float32)
+    end = tl.minimum(pos + 1, S_CACHE)
+    for start in range(0, end, BS):
+        sl = start + tl.arange(0, BS)
+        sm = sl < end
+        k = tl.load(kc_ptr + kv + sl[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
+        qk = tl.dot(q, tl.trans(k)) * scale
+        qk = tl.where(sm[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        vt = tl.load(vc_ptr + kv + sl[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(out_ptr + (b * hq + kh * G + g)[:, None] * D + d[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=gm[:, None])
+
+
+# Decode attention with the rope and the cache write in the same launch (`rope_attn_decode`, session 8): one launch a
+# layer fewer. False: rope_kv, then attn_decode (ablation).
+FUSE_ROPE_ATTN = True
+
+
+def rope_attn_decode(
+    qkv: torch.Tensor | Partials, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, kc: torch.Tensor,
+    vc: torch.Tensor, sinks: torch.Tensor, scale: float, hq: int, sliding: bool, window: int,
+    config: tuple[int, int, int | None] | None = None,
+) -> torch.Tensor:
+    """rope_kv + attn_decode in one launch: qkv (B, (hq+2hkv)*D) or the qkv linear's Partials -> (B, hq*D); writes
+    the roped k and v at the step's cache slot."""
+    bsz = qkv.shape[0]
+    _, hkv, s_cache, d = kc.shape
+    parts = qkv if isinstance(qkv, Partials) else None
+    dtype = parts.dtype if parts is not None else qkv.dtype
+    if parts is None and qkv.stride(1) != 1:
+        raise ValueError("rope_attn_decode: qkv rows must be unit-stride")
+    out = torch.empty((bsz, hq * d), dtype=dtype, device=kc.device)
+    g = hq // hkv
+    pdl = early_pdl(pdl_launch(bsz), bsz, "attn")  # o_proj (split-K) follows
+    bs, warps, stages = config or attn_config(bsz)
+    extra = {"num_stages": stages} if stages else {}
+    src = out if parts is not None else qkv  # with partials: only the dtype of the rounding
+    _rope_attn_decode_kernel[(bsz, hkv)](
+        src, parts.part if parts is not None else src, parts.bias if parts is not None and parts.bias is not None
+        else src, cos, sin, pos, kc, vc, sinks, out, scale, hkv, s_cache, max(1, window),
+        (hq + 2 * hkv) * d if parts is not None else qkv.stride(0), G=g, GP=max(16, _p2(g)), D=d, BS=bs,
+        SLIDING=sliding, NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
+        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, num_warps=warps, **extra, **_pdl_kw(pdl),
+    )
+    return out
+
+
+@triton.jit
 def _topk_softmax_store(logits, e, em, topi_ptr, topw_ptr, t, K: tl.constexpr, KP: tl.constexpr, EP: tl.constexpr):
     """Top-k of one token's router logits (ties: the lower expert id, as torch.topk) and the softmax over the k
     kept logits; stores ids (int32) and weights (float32) at row t. Shared by both router paths."""
@@ -702,8 +805,8 @@ NORM_ROUTER_MAX_TOKENS = 1
 # One row (session 7): the last program stores the residual row its RMS pass kept in registers (no second read of h
 # and the partials) and picks the top-k by rank (`_topk_rank_softmax_store`: 5 reductions instead of 2 k + 2). The
 # same bits; False: the loop over rows (ablation). H200 (docs/PERF.md, session 7): the kernel 7.7 -> 7.0 us a layer,
-# batch 1 k4 2.453 -> 2.434 ms, k2 1.892 -> 1.882 (E32). Off by default: see SPLITK_EARLY.
-NORM_ROUTER_ONE_ROW = False
+# batch 1 k4 2.453 -> 2.434 ms, k2 1.892 -> 1.882 (E32); on E16 alike (session 8, see SPLITK_EARLY).
+NORM_ROUTER_ONE_ROW = True
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
@@ -1052,7 +1155,7 @@ def moe(
             plan.pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl if gu else early_pdl(pdl, x.shape[0], "moe_down"),
+            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=early_pdl(pdl, x.shape[0], f"moe_{name}"),
             NB_MAJOR=nb_major, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
         )
     return out

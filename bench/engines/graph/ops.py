@@ -159,6 +159,9 @@ class TritonOps:
 
     def decode_attention(self, qkv: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, sinks: torch.Tensor,
                          sliding: bool, geom: Geometry, state: StepState) -> torch.Tensor:
+        if self.k.FUSE_ROPE_ATTN:  # one launch (kernels.rope_attn_decode)
+            return self.k.rope_attn_decode(qkv, state.cos, state.sin, state.pos, kc, vc, sinks, geom.scale, geom.hq,
+                                           sliding, geom.window)
         q = self.k.rope_kv(qkv, state.cos, state.sin, state.pos, kc, vc, geom.hq, sliding, geom.window)
         return self.k.attn_decode(q, kc, vc, sinks, state.pos, geom.scale)
 
