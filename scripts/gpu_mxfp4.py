@@ -4,7 +4,7 @@ by side with bf16, and the teacher-forced accuracy check with a paired statistic
 
     PYTHONUNBUFFERED=1 python scripts/gpu_mxfp4.py [--out DIR] [--budget-s 300] [--accuracy-batch 32]
         [--skip-probe] [--skip-engine] [--skip-bf16] [--skip-accuracy] [--sweep-dq] [--engine-cases 1x4,32x4]
-        [--engine-pdl 0,1,2] [--dq-sweep [--dq-sweep-s 100]] [--perf "ARGS for bench perf"]
+        [--engine-pdl 0,1,2] [--dq-sweep [--dq-sweep-s 100]] [--dqa] [--perf "ARGS for bench perf"]
 
 1. load: the seeded bf16 model; bf16 graph engine at batch 1 and 32 (E32, top_k 4), the side-by-side reference
    (not with --skip-bf16); then the experts are quantized in place (what `weights = "mxfp4"` builds).
@@ -17,6 +17,8 @@ by side with bf16, and the teacher-forced accuracy check with a paired statistic
 2b. --dq-sweep (round 6a, docs/MXFP4.md): the dq loop per batch class, one E32 top-4 layer at 32, 4, 64, 8 tokens
    (scan mode) and 128, 256 (sorted mode, against tl.dot_scaled): main's dq, its variants (DQ_VARIANT, DQ_BMQ),
    then each GEMM's tiles; the winners become the per-class table (MXFP4_CONFIG_DQ_T) of "after" and tiles.json.
+2c. --dqa (round 7): the Gluon loop "dqa" against main's dq, one layer at 32 tokens per DQA_CONFIGS entry, the
+   fastest at 16, 64, 8 tokens; engine E32 batch 32 (64) and E16 batch 32 before/after; accuracy; then stops.
 3. engine: mxfp4 graph engine "before" (main's loops and tiles: gemv4 under PDL mode 2 at batch 1, dq
    elsewhere) and "after" (the picks; at batch 1 once per --engine-pdl mode, the fastest at 1x4 kept), one after
    the other in the same process, the --engine-cases (batch x top_k); prompt 256, 33 new tokens (32 timed steps),
@@ -95,6 +97,27 @@ DQ_TILES = {
              (64, 32, 4, 4)],
 }
 DQ_SORTED_TILES = {"gate_up": [(64, 64, 4, 3), (64, 128, 4, 3)], "down": [(64, 64, 4, 3), (64, 128, 4, 3)]}
+# round 7 (--dqa): the Gluon loop's tiles (gate_up, down: BN, BK, 4 warps, weight unit 2 = 32-bit words / 1 = 16-bit
+# halves), register cap and ring (0 = loads into registers two steps ahead, >= 2 = cp.async ring slots, the scales
+# through it unless dqa_ring_scales is off), timed at 32 tokens; the fastest whose error is < 2% is then timed at
+# DQA_TOKENS' other counts against main's dq. Round 7's call 1 ran the entries without a ring: all slower than main
+# at 32 tokens. DQA_ONLY (a comma list of labels) picks entries
+W64, H64, W64D = (128, 64, 4, 2), (128, 64, 4, 1), (64, 64, 4, 2)
+DQA_CONFIGS = [  # (label, tables keys over "dqa" (gate_up, down) = (128, 64) words, no cap, no ring)
+    ("dqa-128x64", {}),
+    ("dqa-128x64-h16", {"dqa": {"gate_up": H64, "down": H64}}),
+    ("dqa-128x64-d64", {"dqa": {"gate_up": W64, "down": W64D}}),
+    ("dqa-64x64", {"dqa": {"gate_up": W64D, "down": W64D}}),
+    ("dqa-64x128", {"dqa": {"gate_up": (64, 128, 4, 2), "down": (64, 128, 4, 2)}}),
+    ("dqa-128x128", {"dqa": {"gate_up": (128, 128, 4, 2), "down": (128, 128, 4, 2)}}),
+    ("dqa-ring3", {"dqa_ring": 3}),
+    ("dqa-ring4", {"dqa_ring": 4}),
+    ("dqa-ring3-lds", {"dqa_ring": 3, "dqa_ring_scales": False}),
+    ("dqa-ring3-h16", {"dqa_ring": 3, "dqa": {"gate_up": H64, "down": H64}}),
+    ("dqa-ring3-d64", {"dqa_ring": 3, "dqa": {"gate_up": W64, "down": W64D}}),
+    ("dqa-ring3-r128", {"dqa_ring": 3, "dqa_maxnreg": 128}),
+]
+DQA_TOKENS = (32, 16, 64, 8)
 TABLES = {"gemv": "MXFP4_CONFIG_GEMV", "gemv4": "MXFP4_CONFIG_GEMV4", "few": "MXFP4_CONFIG_FEW",
           "full": "MXFP4_CONFIG", "dq1": "MXFP4_CONFIG_DQ1", "dq": "MXFP4_CONFIG_DQ"}
 
@@ -205,6 +228,13 @@ def set_tables(cfg: dict) -> None:
     mk.MXFP4_CONFIG_DQ_T.clear()
     mk.MXFP4_CONFIG_DQ_T.update({int(t): {g: tuple(v) if isinstance(v, list | tuple) else int(v) for g, v in c.items()}
                                  for t, c in cfg.get("dq_t", {}).items()})
+    # round 7's Gluon loop: absent keys mean off (main before this round)
+    mk.DQA_MAX_TOKENS = int(cfg.get("dqa_max_tokens", 0))
+    mk.DQA_MIN_TOKENS = int(cfg.get("dqa_min_tokens", 9))
+    mk.DQA_MAXNREG = int(cfg.get("dqa_maxnreg", 0))
+    mk.DQA_RING = int(cfg.get("dqa_ring", 0))
+    mk.DQA_RING_SCALES = bool(cfg.get("dqa_ring_scales", True))
+    mk.MXFP4_CONFIG_DQA.update({g: tuple(v) for g, v in cfg.get("dqa", {}).items()})
 
 
 def current_tables() -> dict:
@@ -212,7 +242,10 @@ def current_tables() -> dict:
             "pdl": mk.MXFP4_PDL,
             **{key: dict(getattr(mk, attr)) for key, attr in TABLES.items()},
             "dq_variant": mk.DQ_VARIANT, "dq_bmq": mk.DQ_BMQ, "dq_sorted_max_tokens": mk.DQ_SORTED_MAX_TOKENS,
-            "dq_t": {t: dict(c) for t, c in mk.MXFP4_CONFIG_DQ_T.items()}}
+            "dq_t": {t: dict(c) for t, c in mk.MXFP4_CONFIG_DQ_T.items()},
+            "dqa_max_tokens": mk.DQA_MAX_TOKENS, "dqa_min_tokens": mk.DQA_MIN_TOKENS, "dqa_maxnreg": mk.DQA_MAXNREG,
+            "dqa_ring": mk.DQA_RING, "dqa_ring_scales": mk.DQA_RING_SCALES,
+            "dqa": dict(mk.MXFP4_CONFIG_DQA)}
 
 
 def dq_sweep(model, left) -> dict:
@@ -349,6 +382,115 @@ def dq_recheck(model, classes: list[int]) -> dict:
     set_tables(cur)
     mk.MXFP4_PDL = pdl_saved
     return table
+
+
+def dqa_ab(model, bandwidth: float, left, accuracy_batch: int, skip_accuracy: bool) -> dict:
+    """Round 7: the Gluon loop "dqa" (mxfp4_dq_ws.py) against main's dq loop, same process. One E32 top-4 layer
+    (CUDA-graph medians, the engine's fold) at 32 tokens for main's tables and each DQA_CONFIGS entry (with its error
+    against the torch reference), then main vs the fastest entry at 16, 64 and 8 tokens; dqa is kept for the classes
+    where it is faster (9-32 tokens, and 33-64 if it wins at 64 too; 8 tokens only reported). Then the engine before
+    (main's tables) / after (the picks) at E32 batch 32 (and 64 where kept), E16 batch 32 on a pruned copy, and the
+    teacher-forced accuracy at `accuracy_batch` with the picks. Returns the picks as tables keys."""
+    import copy
+
+    from bench.models.pruning import prune_model
+    from bench.roofline import ArchSummary
+
+    ex = model.model.layers[0].mlp.experts
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    per_expert = sum(getattr(ex, n)[0].numel() for n in ("gate_up_proj_blocks", "gate_up_proj_scales",
+                                                          "down_proj_blocks", "down_proj_scales"))
+    fold = max(int(ex.gate_up_proj_scales.max()), int(ex.down_proj_scales.max())) <= 128
+    main_cfg = current_tables()
+    pdl_saved = mk.MXFP4_PDL
+
+    def run(x, topi, topw):
+        return mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
+                            ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha,
+                            ex.limit, None, fold=fold)
+
+    def dqa_cfg(extra, lo=1):
+        return {**main_cfg, "dqa_max_tokens": 64, "dqa_min_tokens": lo, "dqa_maxnreg": 0, "dqa_ring": 0,
+                "dqa_ring_scales": True, "dqa": {"gate_up": W64, "down": W64}, **extra}
+
+    def timed(tokens, inp, cfg, label, check=False):
+        set_tables(cfg)
+        mk.MXFP4_PDL = 0
+        rec = {"sec": "dqa_layer", "tokens": tokens, "label": label}
+        try:
+            us = _time(lambda: run(*inp))
+            if check:
+                want = _ref_moe(inp[0], ex, inp[1], inp[2]).float()
+                got = run(*inp).float()
+                rec["rel_l2_err"] = round(((got - want).norm() / want.norm()).item(), 5)
+        except Exception as exc:
+            emit({**rec, "error": repr(exc)[:400], "tb": traceback.format_exc()[-1200:]})
+            return float("inf")
+        nbytes = per_expert * int(inp[1].unique().numel())
+        emit({**rec, "us_per_layer": round(us, 2), "gb_s": round(nbytes / us / 1e3, 1)})
+        return us if rec.get("rel_l2_err", 0.0) < 0.02 else float("inf")  # a wrong result never wins
+
+    inputs = {}
+    for tokens in DQA_TOKENS:
+        x = torch.randn(tokens, ex.hidden_size, generator=gen, device="cuda").to(torch.bfloat16)
+        inputs[tokens] = (x, *_routing(tokens, ex.num_experts, 4, gen))
+    times: dict = {}
+    t_main = timed(32, inputs[32], main_cfg, "main", check=True)
+    best = (float("inf"), None)
+    only = [s for s in os.environ.get("DQA_ONLY", "").split(",") if s]
+    for label, extra in DQA_CONFIGS:
+        if left() < 100:
+            break
+        if only and label not in only:
+            continue
+        us = timed(32, inputs[32], dqa_cfg(extra), label, check=True)
+        times[label] = us
+        if us < best[0]:
+            best = (us, (label, extra))
+    wins = {32: {"main_us": round(t_main, 2), "dqa_us": round(best[0], 2), "cfg": best[1]}}
+    if best[1] is None:
+        set_tables(main_cfg)
+        return {}
+    label, extra = best[1]
+    for tokens in (16, 64, 8):
+        if left() < 80:
+            break
+        tm = timed(tokens, inputs[tokens], main_cfg, "main")
+        td = timed(tokens, inputs[tokens], dqa_cfg(extra), label, check=True)
+        wins[tokens] = {"main_us": round(tm, 2), "dqa_us": round(td, 2)}
+    win = {t: w["dqa_us"] < 0.99 * w["main_us"] for t, w in wins.items()}
+    picks = {k: v for k, v in dqa_cfg(extra).items() if k.startswith("dqa")}
+    picks.update({"dqa_max_tokens": 0, "dqa_min_tokens": 9})
+    if win[32]:
+        picks["dqa_max_tokens"] = 64 if win.get(64) else 32
+        picks["dqa_min_tokens"] = 9 if win.get(16, True) else 17
+    emit({"sec": "dqa_pick", **picks, "wins": wins, "win": win})
+    after = {**main_cfg, **picks}
+    mk.MXFP4_PDL = pdl_saved
+    arch = ArchSummary.from_model(model)
+    cases = [32] + ([64] if picks["dqa_max_tokens"] >= 64 else [])
+    for b in cases if picks["dqa_max_tokens"] else []:
+        for lbl, cfg in (("main", main_cfg), ("dqa", after)):
+            if left() < 45:
+                break
+            set_tables(cfg)
+            emit(time_case(model, b, 4, arch, bandwidth, lbl, "mxfp4", splitk=True))
+    if picks["dqa_max_tokens"] and left() > 55:  # E16 batch 32 on a pruned copy (the accuracy needs the full model)
+        m16 = copy.deepcopy(model)
+        prune_model(m16, [list(range(16))] * len(m16.model.layers))
+        arch16 = ArchSummary.from_model(m16)
+        for lbl, cfg in (("main", main_cfg), ("dqa", after)):
+            set_tables(cfg)
+            emit(time_case(m16, 32, 4, arch16, bandwidth, lbl, "mxfp4", splitk=True))
+        del m16
+        torch.cuda.empty_cache()
+    set_tables(after)
+    if picks["dqa_max_tokens"] and not skip_accuracy and left() > 15:
+        try:
+            emit(accuracy(model, batch=accuracy_batch))
+        except Exception as exc:
+            emit({"sec": "accuracy", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
+    return picks
 
 
 def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
@@ -523,6 +665,8 @@ def main() -> int:
     ap.add_argument("--dq-sweep-s", type=float, default=100, help="seconds the --dq-sweep may take")
     ap.add_argument("--perf", default=None, help="arguments for bench perf, run afterwards in this process")
     ap.add_argument("--e16", action="store_true", help="then E16 at batch 32 (prunes the model: no accuracy after)")
+    ap.add_argument("--dqa", action="store_true",
+                    help="round 7: the Gluon dqa loop vs main's dq (layers, engine E32/E16 b32, accuracy), then stop")
     ap.add_argument("--bf16-picks", default=None,
                     help="picks_bf16.json of scripts/gpu_perf_graph.py: its split-K tile (if any) joins 'after'")
     args = ap.parse_args()
@@ -549,6 +693,14 @@ def main() -> int:
     emit({"sec": "quantize", "s": round(time.time() - t1, 1),
           "allocated_gib": round(torch.cuda.memory_allocated() / 2**30, 2)})
     after = current_tables()
+    if args.dqa:
+        try:
+            picks = dqa_ab(model, bandwidth, left, args.accuracy_batch, args.skip_accuracy)
+            (out_dir / "tiles.json").write_text(json.dumps({**after, **picks}))
+        except Exception as exc:
+            emit({"sec": "dqa", "error": repr(exc)[:400], "tb": traceback.format_exc()[-1500:]})
+        emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
+        return 0
     try:
         decode_check()
     except Exception as exc:

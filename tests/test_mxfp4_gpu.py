@@ -1,6 +1,7 @@
 """The MXFP4 expert loops on a CUDA device (bench/engines/graph/mxfp4_kernels.py): the inline-PTX e2m1 decode ("dq"
 = decode + bf16 MMA; "dqf": the scale folded into the one multiply) and the batch-1 "gemv4" loop as compiled for
-the GPU (its integer-multiply decode also runs in the interpreter cases) on random blocks. Skipped on CPU, where
+the GPU (its integer-multiply decode also runs in the interpreter cases) and round 7's Gluon loop "dqa"
+(mxfp4_dq_ws.py) on random blocks. Skipped on CPU, where
 the Triton interpreter cannot run PTX (tests/interpreter/mxfp4_cases.py covers the other loops). Run on the GPU
 machine with `python3 -m pytest -q tests/test_mxfp4_gpu.py`."""
 
@@ -60,6 +61,17 @@ CASES += [(t, k, f"{impl}-v{v}{extra}", sc) for t, k, impl, v, extra, sc in [
     (40, 4, "dq", 7, "-bmq16-odd", (100, 150)), (40, 4, "dq", 0, "-odd", (100, 150)),
     (80, 2, "dqf", 7, "-auto", (100, 129)), (40, 4, "dq", 6, "-r96", (100, 150))]]
 
+# round 7's Gluon loop "dqa" (mxfp4_dq_ws.py: decode into shared memory, asynchronous wgmma) in scan mode on the
+# full grid: 4 to 64 tokens (M tiles of 16 to 64 rows), top-2, "odd" shapes (N not a multiple of BN: masked weight
+# loads; the down GEMM's K = 96 runs steps of 32), "-auto": moe_mxfp4 picks it by itself (DQA_MAX_TOKENS), "-h16":
+# the weights read as 16-bit halves (weight unit 1) instead of 32-bit words, "-ring3": the loads through a 3-step
+# shared-memory ring filled by cp.async (DQA_RING)
+CASES += [(t, k, f"dqa{extra}", sc) for t, k, extra, sc in [
+    (4, 4, "", (100, 150)), (32, 4, "", (100, 150)), (40, 4, "", (100, 150)), (64, 4, "", (100, 150)),
+    (32, 2, "", (0, 171)), (40, 4, "-odd", (100, 150)), (32, 4, "-auto", (100, 150)), (32, 4, "-h16", (100, 150)),
+    (4, 4, "-ring3", (100, 150)), (32, 4, "-ring3", (100, 150)), (40, 4, "-odd-ring3", (100, 150)),
+    (64, 4, "-h16-ring3", (100, 150))]]
+
 
 @pytest.mark.parametrize("tokens,k,impl,scales", CASES)
 def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypatch):
@@ -88,6 +100,18 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypa
             assert mk.pick_impl(tokens, False, True) == "dq"
             assert mk.pick_impl(129, False, True) == mk.SORTED_IMPL
             impl, fold = None, True
+    if impl.startswith("dqa"):  # "dqa[-odd][-auto][-h16][-ring3]"
+        parts = impl.split("-")[1:]
+        if "odd" in parts:
+            shape = {"hidden": 320, "inter": 96}
+        if "h16" in parts:
+            monkeypatch.setattr(mk, "MXFP4_CONFIG_DQA", {"gate_up": (128, 64, 4, 1), "down": (128, 64, 4, 1)})
+        if "ring3" in parts:
+            monkeypatch.setattr(mk, "DQA_RING", 3)
+        impl = "dqa"
+        if "auto" in parts:
+            monkeypatch.setattr(mk, "DQA_MAX_TOKENS", 64)
+            impl = None
     ex = _experts(scales, seed=tokens, **shape)
     gen = torch.Generator(device="cuda").manual_seed(tokens + 1)
     hidden = ex.hidden_size
@@ -117,3 +141,15 @@ def test_ptx_loops_reject_float32_activations():
     with pytest.raises(ValueError, match="bf16"):
         mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias, ex.down_proj_blocks,
                      ex.down_proj_scales, ex.down_proj_bias, i, w, ex.alpha, ex.limit, impl="dq")
+
+
+def test_dqa_loop_refuses_the_compact_grid():
+    from bench.engines.graph import mxfp4_kernels as mk
+
+    ex = _experts((110, 126))
+    x = torch.randn(1, 256, device="cuda").to(torch.bfloat16)
+    i = torch.tensor([[0, 1]], dtype=torch.int32, device="cuda")
+    w = torch.tensor([[0.5, 0.5]], device="cuda").to(torch.bfloat16)
+    with pytest.raises(ValueError, match="compact"):
+        mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias, ex.down_proj_blocks,
+                     ex.down_proj_scales, ex.down_proj_bias, i, w, ex.alpha, ex.limit, impl="dqa")

@@ -32,6 +32,9 @@ these kernels is CUDA-graph capturable. Inner loops (`IMPL`, picked per launch b
   gathered one by one, M sub-tiles of 16 rows (_dq_pairs), a register cap; and it also runs sorted-mode decode up
   to DQ_SORTED_MAX_TOKENS tokens. GPU-only: covered by tests/test_mxfp4_gpu.py on the device; the CPU interpreter
   cannot run PTX.
+- "dqa" (round 7, mxfp4_dq_ws.py, Gluon): the dq decode into shared memory and an asynchronous wgmma, for scan-mode
+  launches on the full grid with DQA_MIN_TOKENS..DQA_MAX_TOKENS tokens (0 = never: slower than dq on the H200,
+  docs/MXFP4.md round 7); `impl="dqa"` forces it.
 Programmatic dependent launch (MXFP4_PDL, one-token steps as kernels.pdl_launch decides): both GEMMs wait
 (griddepcontrol.wait) before reading what an earlier kernel wrote; in mode 2 gate_up lets the down GEMM launch once
 all its programs have passed their wait, and down prefetches its weight rows into L2 (_prefetch_rows_l2) before
@@ -482,7 +485,7 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
     return tl.trans(acc)
 
 
-IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5, "gemv4": 6}
+IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5, "gemv4": 6}  # "dqa": _moe_dqa
 # Decode with at most this many tokens uses the gemv loop (every expert then has <= this many rows; one M "tile"
 # of p2(tokens) rows, the weights decoded once per program and reused for each row). H200, one E32 k4 layer
 # (docs/MXFP4.md): 1 token gemv4 30 us, gemv2 49, dq 54, scaled 77, mma 120; 4 tokens dq 114, gemv4 181, gemv 275.
@@ -526,6 +529,19 @@ DQ_BMQ = 0
 # SORTED_IMPL; prefill (more tokens) keeps SORTED_IMPL. 0: never. H200 (round 6a): dq 1.5x tl.dot_scaled at 128
 # and 256 tokens
 DQ_SORTED_MAX_TOKENS = 256
+# round 7 (docs/MXFP4.md): scan-mode decode launches on the full grid (not compact) with DQA_MIN_TOKENS to
+# DQA_MAX_TOKENS tokens run the Gluon loop "dqa" (mxfp4_dq_ws.py: the decode of step i+1 overlaps the asynchronous
+# wgmma of step i) with MXFP4_CONFIG_DQA's (BN, BK, 4 warps, weight unit: 2 = 32-bit words, 1 = 16-bit halves) and
+# DQA_MAXNREG; DQA_MAX_TOKENS 0 = never
+DQA_MIN_TOKENS = 9
+DQA_MAX_TOKENS = 0
+MXFP4_CONFIG_DQA: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4, 2), "down": (128, 64, 4, 2)}
+DQA_MAXNREG = 0
+# the dqa loop's loads: 0 = into registers about two steps ahead; >= 2 = a shared-memory ring of that many steps
+# filled by cp.async (so that the per-step fence before the MMA does not wait for them)
+DQA_RING = 0
+# with a ring: the scales through it too (32-bit words; BK 64 and even K/32 only), else plain loads one step ahead
+DQA_RING_SCALES = True
 # the batch-1 loop: "gemv4" (integer-multiply decode of 32-bit words, fp32 FMA); "gemv2": float decode, activations
 # loaded in (even, odd) pairs; "gemv": two stride-2 loads
 GEMV_IMPL = "gemv4"
@@ -561,6 +577,12 @@ if os.environ.get(TILES_ENV):
     GEMV_IMPL = _tiles.get("gemv_impl", GEMV_IMPL)
     GEMV_MAX_TOKENS = int(_tiles.get("gemv_max_tokens", GEMV_MAX_TOKENS))
     MXFP4_PDL = int(_tiles.get("pdl", MXFP4_PDL))
+    MXFP4_CONFIG_DQA.update({k: tuple(v) for k, v in _tiles.get("dqa", {}).items()})
+    DQA_MIN_TOKENS = int(_tiles.get("dqa_min_tokens", DQA_MIN_TOKENS))
+    DQA_MAX_TOKENS = int(_tiles.get("dqa_max_tokens", DQA_MAX_TOKENS))
+    DQA_MAXNREG = int(_tiles.get("dqa_maxnreg", DQA_MAXNREG))
+    DQA_RING = int(_tiles.get("dqa_ring", DQA_RING))
+    DQA_RING_SCALES = bool(_tiles.get("dqa_ring_scales", DQA_RING_SCALES))
 
 
 def dq_class(tokens: int) -> tuple[dict[str, tuple[int, int, int, int]], int, int, int]:
@@ -607,9 +629,10 @@ def moe_mxfp4(
 
     gate_up_blocks [E, 2I, H/32, 16], gate_up_scales [E, 2I, H/32], down_blocks [E, H, I/32, 16],
     down_scales [E, H, I/32] (uint8, contiguous); biases [E, 2I] and [E, H]. impl: a key of IMPLS forces the inner
-    loop (tests, benchmarks); None lets `pick_impl` choose it (GEMV_IMPL for <= GEMV_MAX_TOKENS tokens in decode,
-    MMA_IMPL for the other decode launches and sorted ones up to DQ_SORTED_MAX_TOKENS on CUDA bf16, SORTED_IMPL past
-    that, "mma" off CUDA).
+    loop (tests, benchmarks; "dqa" the Gluon loop, scan mode on the full grid only); None lets `pick_impl` choose it
+    (GEMV_IMPL for <= GEMV_MAX_TOKENS tokens in decode, MMA_IMPL for the other decode launches and sorted ones up to
+    DQ_SORTED_MAX_TOKENS on CUDA bf16, SORTED_IMPL past that, "mma" off CUDA; then DQA_MIN_TOKENS..DQA_MAX_TOKENS
+    turns dq into "dqa").
     """
     tokens, hidden = x.shape
     k = topi.shape[1]
@@ -619,6 +642,15 @@ def moe_mxfp4(
     few = plan.scan and tokens <= GEMV_MAX_TOKENS
     if impl is None:
         impl = pick_impl(tokens, plan.scan, fast)
+    scan_full = plan.scan and not plan.compact
+    if impl in ("dq", "dqf") and scan_full and DQA_MIN_TOKENS <= tokens <= DQA_MAX_TOKENS:
+        impl = "dqa"
+    if impl == "dqa":
+        if not (fast and scan_full):
+            raise ValueError("the MXFP4 'dqa' loop (Gluon, Hopper) runs scan-mode decode on the full expert grid "
+                             "(not compact) with bf16 activations on CUDA only")
+        return _moe_dqa(x, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks, down_scales, down_bias, topw,
+                        alpha, limit, counter, plan, k, fold)
     dq = impl in ("dq", "dqf")
     if dq and not fast:
         raise ValueError(f"the MXFP4 '{impl}' loop (inline PTX decode) runs on CUDA with bf16 activations only")
@@ -676,4 +708,28 @@ def moe_mxfp4(
             EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], PDL=pdl, DQV=dqv, BMQ=bmq,
             num_warps=warps, num_stages=stages, **_pdl_kw(pdl), **({"maxnreg": maxnreg} if maxnreg else {}),
         )
+    return out
+
+
+def _moe_dqa(x, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks, down_scales, down_bias, topw, alpha,
+             limit, counter, plan, k, fold) -> torch.Tensor:
+    """moe_mxfp4 with the "dqa" loop (mxfp4_dq_ws.dqa_gemm) for both GEMMs: same inputs, epilogues and outputs."""
+    from bench.engines.graph import mxfp4_dq_ws
+
+    hidden = x.shape[1]
+    experts, n2 = gate_up_blocks.shape[0], gate_up_blocks.shape[1]
+    act = torch.empty((plan.pairs, n2 // 2), dtype=x.dtype, device=x.device)
+    out = torch.empty((plan.pairs, hidden), dtype=x.dtype, device=x.device)
+    rw = topw.reshape(-1)
+    cnt = counter if counter is not None else plan.flat
+    for name, src, wb, ws, bias, dst, n in (
+        ("gate_up", x, gate_up_blocks, gate_up_scales, gate_up_bias, act, n2),
+        ("down", act, down_blocks, down_scales, down_bias, out, hidden),
+    ):
+        bn, bk, warps, unit = MXFP4_CONFIG_DQA[name]
+        if src.shape[1] % bk:
+            bk = 32  # K is a multiple of 32
+        mxfp4_dq_ws.dqa_gemm(src, wb, ws, bias, plan.flat, rw, dst, cnt, plan.pairs, experts, n, k, alpha, limit,
+                             name == "gate_up", counter is not None and name == "gate_up", plan.bm,
+                             (bn, bk, warps, unit), DQA_MAXNREG, fold, ring=DQA_RING, ring_scales=DQA_RING_SCALES)
     return out
