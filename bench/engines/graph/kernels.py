@@ -8,6 +8,8 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   sliding-window layers).
 - `attn_decode`: one-token attention with sinks over the static cache (online softmax, GQA, one program per
   (stream, kv head)).
+- `rope_attn_decode`: `rope_kv` and `attn_decode` in one launch (FUSE_ROPE_ATTN, what the decoder runs): each
+  (stream, kv head) program ropes its query heads in registers, writes its k and v, then attends.
 - `add_rmsnorm_route`: the post-attention `add_rmsnorm` and the decode router in one launch for a step of
   <= NORM_ROUTER_MAX_TOKENS tokens (FUSE_NORM_ROUTER): each program recomputes the rows' RMS, normalizes its slice
   and computes that slice's router partials; the last program to finish (an atomic count) picks the top-k and
@@ -17,8 +19,9 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   partial logits (one program per slice of the hidden size, all tokens and experts), then one program per token
   sums the slices in a fixed order and picks the top-k; prefill: one program per token.
 - `splitk_linear`: y = x W^T (+ b) for decode steps of <= SPLITK_MAX_ROWS rows (GraphOptions.splitk), as split-K
-  fp32 partials (more programs than output tiles, no tensor cores) that the next kernel (`rope_kv` for qkv,
-  `add_rmsnorm` for o_proj) sums, biases and rounds: no reduce kernel, one launch per linear.
+  fp32 partials (more programs than output tiles, no tensor cores) that the next kernel (`rope_attn_decode` or
+  `rope_kv` for qkv, `add_rmsnorm` / `add_rmsnorm_route` for o_proj) sums, biases and rounds: no reduce kernel,
+  one launch per linear.
 - `splitk_mma_linear`: the same Partials for 2..SPLITK_MMA_MAX_ROWS rows on the tensor cores (swap-AB `tl.dot`: the
   weight tile is the MMA's 64-row operand, the rows padded to 16 / 32 / 64 its narrow one), tiles per row class and
   site in SPLITK_MMA_CONFIG (None: cuBLAS); replaces cuBLAS's GEMM (and its split-K reduce for o_proj) at 2-32 rows.
@@ -39,9 +42,10 @@ position) from device memory, so that one decode step can be captured as a CUDA 
 Programmatic dependent launch (PDL, Hopper): in one-token steps (PDL_MAX_TOKENS) each decode kernel here is
 launched with `launch_pdl` and waits (`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel
 writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`). The kernels right before a
-split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv), rope_kv, the qkv split-K GEMV and
-the bf16 down expert GEMM let the next kernel launch right after their own wait (PDL mode 2: `SPLITK_EARLY`,
-`PDL_EARLY_MORE`, `early_pdl`); the o_proj GEMV does not, because that slowed pruned models (docs/PERF.md, session 8).
+split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv), rope_kv and the bf16 down expert
+GEMM let the next kernel launch right after their own wait (PDL mode 2: `SPLITK_EARLY`, `PDL_EARLY_MORE`,
+`early_pdl`); the split-K GEMVs do not: o_proj's early trigger slowed pruned models, qkv's the fused rope + attention
+(docs/PERF.md, session 8).
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
@@ -189,12 +193,13 @@ SPLITK_EARLY = True
 # -1.2 / -1.6%, moe_down -0.7 / -0.8%, norm_router +0.2 / +2.1% at batch 1 k4 / k2): the three together 2.409 ->
 # 2.351 ms (k4), 1.852 -> 1.793 (k2); the same bits. Every kernel reads what an earlier kernel wrote only after its
 # own wait (the down GEMM's routing: two kernels back, complete once it runs), so an early launch cannot race.
-PDL_EARLY_MORE: frozenset[str] = frozenset({"rope", "splitk_qkv", "moe_down"})
+PDL_EARLY_MORE: frozenset[str] = frozenset({"rope", "moe_down"})
 # "splitk" names both split-K GEMVs; "splitk_qkv" / "splitk_o_proj" one of them. "splitk_o_proj" is left out (see
-# SPLITK_EARLY). Why it hurts only pruned models is a hypothesis, not measured: o_proj in mode 2 lets the norm + router
-# kernel's programs be placed while o_proj still runs, and how many of them share an SM then depends on their
-# register count, which depends on the expert count (sm_90: 167 registers at 32 experts, 78 at 16: one program an SM
-# against up to three).
+# SPLITK_EARLY); "splitk_qkv" too, since its consumer is the fused rope + attention (FUSE_ROPE_ATTN; -0.3% before
+# the fusion, +3.9% with it); "rope" acts only on the unfused path. Why o_proj's trigger hurts only pruned models is
+# a hypothesis, not measured: o_proj in mode 2 lets the norm + router kernel's programs be placed while o_proj still
+# runs, and how many of them share an SM then depends on their register count, which depends on the expert count
+# (sm_90: 167 registers at 32 experts, 78 at 16: one program an SM against up to three).
 
 
 def early_pdl(pdl: int, rows: int, site: str) -> int:
@@ -616,12 +621,13 @@ def _rope_attn_decode_kernel(
 # Decode attention with the rope and the cache write in the same launch (`rope_attn_decode`, session 8) for steps of
 # at least FUSE_ROPE_ATTN_MIN_ROWS streams: one launch a layer fewer. H200 (docs/PERF.md, session 8,
 # `gpu_step_ablation.py --compare`, fused against rope_kv + attn_decode, E32 / E16): batch 8 k4 -0.3% / -0.7%, batch
-# 8 k2 -1.0% / -1.1%, batch 32 k4 -0.7% / -1.0%; but batch 1 k4 +3.9% (2.400 -> 2.495 ms at E32), k2 +5.0%, under
-# PDL (not explained), so one stream keeps the two launches. Same cache writes; the output is not
-# bit-identical to the two kernels' (the softmax compiles differently), so the GPU accuracy check covers it.
-# False: rope_kv, then attn_decode (ablation).
+# 8 k2 -1.0% / -1.1%, batch 32 k4 -0.7% / -1.0%. At batch 1 it was 3.9% (k4) / 5.0% (k2) slower while the qkv GEMV
+# before it triggered it early (PDL mode 2, "splitk_qkv" in PDL_EARLY_MORE), and 0.4% / 0.7% faster without that
+# trigger (2.375 -> 2.367 ms, 1.819 -> 1.807 at E32), so the fused kernel is launched in mode 1. Same cache writes;
+# the output is not bit-identical to the two kernels' (the softmax compiles differently), so the GPU accuracy check
+# covers it (batch 1, 8, 32). False: rope_kv, then attn_decode (ablation).
 FUSE_ROPE_ATTN = True
-FUSE_ROPE_ATTN_MIN_ROWS = 2
+FUSE_ROPE_ATTN_MIN_ROWS = 1
 
 
 def rope_attn_decode(
