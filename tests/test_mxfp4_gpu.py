@@ -100,7 +100,7 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypa
             assert mk.pick_impl(tokens, False, True) == "dq"
             assert mk.pick_impl(129, False, True) == mk.SORTED_IMPL
             impl, fold = None, True
-    if impl.startswith("dqa"):  # "dqa[-odd][-auto][-h16][-ring3]"
+    if impl is not None and impl.startswith("dqa"):  # "dqa[-odd][-auto][-h16][-ring3]"; None: pick_impl's choice
         parts = impl.split("-")[1:]
         if "odd" in parts:
             shape = {"hidden": 320, "inter": 96}
