@@ -479,6 +479,30 @@ def rope_kv(
 
 
 @triton.jit
+def _attend_cache(q, m_i, kc_ptr, vc_ptr, kv, end, scale, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr):
+    """Online softmax of q [GP, D] against cache slots [0, end) of one (stream, kv head) (its offset `kv`), the running
+    max starting at the sinks m_i (the sink's own weight is the initial 1): returns the attention output [GP, D]
+    (float32). Shared by `_attn_decode_kernel` and `_rope_attn_decode_kernel`."""
+    d = tl.arange(0, D)
+    l_i = tl.full([GP], 1.0, dtype=tl.float32)
+    acc = tl.zeros([GP, D], dtype=tl.float32)
+    for start in range(0, end, BS):
+        s = start + tl.arange(0, BS)
+        sm = s < end
+        k = tl.load(kc_ptr + kv + s[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
+        qk = tl.dot(q, tl.trans(k)) * scale
+        qk = tl.where(sm[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(vc_ptr + kv + s[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return acc / l_i[:, None]
+
+
+@triton.jit
 def _attn_decode_kernel(
     q_ptr, kc_ptr, vc_ptr, sinks_ptr, pos_ptr, out_ptr, scale, HKV, S_CACHE,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, PDL: tl.constexpr,
@@ -494,26 +518,10 @@ def _attn_decode_kernel(
     qrow = (b * hq + kh * G + g) * D
     q = tl.load(q_ptr + qrow[:, None] + d[None, :], mask=gm[:, None], other=0.0)
     m_i = tl.load(sinks_ptr + kh * G + g, mask=gm, other=0.0).to(tl.float32)  # the sink starts the softmax
-    l_i = tl.full([GP], 1.0, dtype=tl.float32)
-    acc = tl.zeros([GP, D], dtype=tl.float32)
     # Slot s is valid iff s <= pos: on full layers slot = position; on sliding layers the ring of size
     # <= window holds exactly the last `window` positions once pos >= window - 1.
     end = tl.minimum(pos + 1, S_CACHE)
-    kv = (b * HKV + kh) * S_CACHE * D
-    for start in range(0, end, BS):
-        s = start + tl.arange(0, BS)
-        sm = s < end
-        k = tl.load(kc_ptr + kv + s[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
-        qk = tl.dot(q, tl.trans(k)) * scale
-        qk = tl.where(sm[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(vc_ptr + kv + s[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    out = acc / l_i[:, None]
+    out = _attend_cache(q, m_i, kc_ptr, vc_ptr, (b * HKV + kh) * S_CACHE * D, end, scale, GP, D, BS)
     tl.store(out_ptr + qrow[:, None] + d[None, :], out.to(out_ptr.dtype.element_ty), mask=gm[:, None])
 
 
@@ -597,23 +605,7 @@ def _rope_attn_decode_kernel(
     tl.store(kc_ptr + kv + slot * D + D // 2 + half, (k2 * c + k1 * s).to(kc_ptr.dtype.element_ty))
     tl.store(vc_ptr + kv + slot * D + d, v.to(vc_ptr.dtype.element_ty))
     tl.debug_barrier()  # the slot just written is read back below by other threads of this program
-    l_i = tl.full([GP], 1.0, dtype=tl.float32)
-    acc = tl.zeros([GP, D], dtype=tl.float32)
-    end = tl.minimum(pos + 1, S_CACHE)
-    for start in range(0, end, BS):
-        sl = start + tl.arange(0, BS)
-        sm = sl < end
-        k = tl.load(kc_ptr + kv + sl[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
-        qk = tl.dot(q, tl.trans(k)) * scale
-        qk = tl.where(sm[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        vt = tl.load(vc_ptr + kv + sl[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
-        m_i = m_new
-    out = acc / l_i[:, None]
+    out = _attend_cache(q, m_i, kc_ptr, vc_ptr, kv, tl.minimum(pos + 1, S_CACHE), scale, GP, D, BS)
     tl.store(out_ptr + (b * hq + kh * G + g)[:, None] * D + d[None, :], out.to(out_ptr.dtype.element_ty),
              mask=gm[:, None])
 
