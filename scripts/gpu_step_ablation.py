@@ -614,6 +614,20 @@ PRUNED_CONFIGS = {
 }
 
 
+def timed_rounds(model, arch, bandwidth: float, names: list[str], apply, cases, rounds: int, experts: int,
+                 times: dict) -> None:
+    """`rounds` interleaved rounds (every other one in reverse order) of each case under each named configuration
+    (`apply(name)` sets it): each timing emitted, its ms a step appended to times[(name, experts, batch, top_k)]."""
+    for rnd in range(rounds):
+        for b, k in cases:
+            for name in (names if rnd % 2 == 0 else names[::-1]):
+                apply(name)
+                rec = time_case(model, b, k, arch, bandwidth, name)
+                emit({**rec, "experts": experts, "rnd": rnd})
+                if "ms_step" in rec:
+                    times.setdefault((name, experts, b, k), []).append(rec["ms_step"])
+
+
 def pruned_main(args, model, bandwidth: float) -> int:
     """--pruned: every PRUNED_CONFIGS entry at 1x4 and 1x2, --rounds interleaved rounds, on the E32 model and then
     (pruned in place to its first --experts experts) on the smaller one; per configuration the pruned / E32 step-time
@@ -628,15 +642,8 @@ def pruned_main(args, model, bandwidth: float) -> int:
         if experts < model.config.num_local_experts:
             prune_model(model, [list(range(experts))] * len(model.model.layers))
         arch = ArchSummary.from_model(model)
-        names = list(PRUNED_CONFIGS)
-        for rnd in range(args.rounds):
-            for b, k in cases:
-                for name in (names if rnd % 2 == 0 else names[::-1]):
-                    s7_apply(PRUNED_CONFIGS[name])
-                    rec = time_case(model, b, k, arch, bandwidth, name)
-                    emit({**rec, "experts": experts, "rnd": rnd})
-                    if "ms_step" in rec:
-                        times.setdefault((name, experts, b, k), []).append(rec["ms_step"])
+        timed_rounds(model, arch, bandwidth, list(PRUNED_CONFIGS), lambda n: s7_apply(PRUNED_CONFIGS[n]), cases,
+                     args.rounds, experts, times)
     t = lambda n, e, b, k: mean(times.get((n, e, b, k), [float("nan")]))  # noqa: E731
     table = {f"{n}|{b}x{k}": {f"e{big}_ms": round(t(n, big, b, k), 4), f"e{small}_ms": round(t(n, small, b, k), 4),
                               "ratio": round(t(n, small, b, k) / t(n, big, b, k), 4)}
@@ -688,14 +695,8 @@ def compare_main(args, model, bandwidth: float) -> int:
             emit({"sec": "exact", "config": name, "experts": experts, "case": "{}x{}".format(*cases[0]),
                   "tokens_equal": bool(torch.equal(res[-1].tokens, ref[0])),
                   "logits_max_abs_diff": round((logits - ref[1]).abs().max().item(), 5)})
-        for rnd in range(args.rounds):
-            for b, k in cases:
-                for name in (names if rnd % 2 == 0 else names[::-1]):
-                    compare_apply(configs[name])
-                    rec = time_case(model, b, k, arch, bandwidth, name)
-                    emit({**rec, "experts": experts, "rnd": rnd})
-                    if "ms_step" in rec:
-                        times.setdefault((name, experts, b, k), []).append(rec["ms_step"])
+        timed_rounds(model, arch, bandwidth, names, lambda n: compare_apply(configs[n]), cases, args.rounds, experts,
+                     times)
     compare_apply({})
     first = names[0]
     table = {f"{n}|E{e}|{b}x{k}": {"ms": round(mean(v), 4),
