@@ -142,22 +142,14 @@ def _moe_mxfp4_kernel(
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                          offs_n, nmask, N, GATE_UP, BM, BN)
         elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
-            if BMQ > 0 and BMQ < BM:  # M tiles of BMQ rows (scan mode: slices of scan_rows)
-                for m0 in range(start, end, BMQ):
-                    pair, rmask = _dq_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM, BMQ)
-                    xrow = activation_rows(pair, TOPK, GATE_UP)
-                    acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K,
-                                   stride_x, offs_n, nmask, BMQ, BN, BK, IMPL == 5, DQV)
-                    moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                                 offs_n, nmask, N, GATE_UP, BMQ, BN)
-            else:
-                for m0 in range(start, end, BM):
-                    pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
-                    xrow = activation_rows(pair, TOPK, GATE_UP)
-                    acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K,
-                                   stride_x, offs_n, nmask, BM, BN, BK, IMPL == 5, DQV)
-                    moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                                 offs_n, nmask, N, GATE_UP, BM, BN)
+            MT: tl.constexpr = BMQ if BMQ > 0 and BMQ < BM else BM  # M tiles of BMQ rows: slices of scan_rows
+            for m0 in range(start, end, MT):
+                pair, rmask = _dq_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM, MT)
+                xrow = activation_rows(pair, TOPK, GATE_UP)
+                acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K,
+                               stride_x, offs_n, nmask, MT, BN, BK, IMPL == 5, DQV)
+                moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                             offs_n, nmask, N, GATE_UP, MT, BN)
         else:
             wb_base = wb_ptr + e64 * stride_wbe + offs_n[None, :].to(tl.int64) * (K // 2)
             ws_base = ws_ptr + e64 * stride_wse + offs_n.to(tl.int64) * (K // 32)
@@ -171,8 +163,10 @@ def _moe_mxfp4_kernel(
 
 @triton.jit
 def _dq_pairs(rows_ptr, m0, end, scan_rows, SCAN: tl.constexpr, BM: tl.constexpr, BMQ: tl.constexpr):
-    """tile_pairs for M tiles of BMQ < BM rows: scan mode takes rows m0..m0+BMQ-1 of scan_rows (BM of them, every
-    row of the expert), sorted mode loads them from the sorted list."""
+    """tile_pairs for M tiles of BMQ <= BM rows: scan mode takes rows m0..m0+BMQ-1 of scan_rows (BM of them, every
+    row of the expert), sorted mode loads them from the sorted list; BMQ = BM is tile_pairs itself."""
+    if BMQ == BM:
+        return tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
     rq = m0 + tl.arange(0, BMQ)
     rmask = rq < end
     if SCAN:
