@@ -23,7 +23,8 @@ profiles (qkv / o_proj split-K launches apart), $OUT/picks.json (`prefetch_main`
 one-token kernels in PDL mode 2, one site at a time, then the winners together (`early_main`).
 --compare '{"main": {}, "x": {"FUSE_ROPE_ATTN": false}}' [--cases 1x4,8x2] [--rounds 2] [--experts 16] (session 8):
 named configurations of the kernels module's settings on top of the shipped ones, exactness against the first,
-interleaved timings on E32 and then pruned, each case's ratio to the first (`compare_main`).
+interleaved timings on E32 and then pruned, each case's ratio to the first (`compare_main`); --profile adds one eager
+batch-1 step of each under torch.profiler.
 --pruned: each of those options alone and bf7's pick, at 1x4 / 1x2 on E32 and then on the model pruned to --experts
 (16) in the same process: the pruned / E32 ratio per option, to find what made pruned models slower at batch 1
 (`pruned_main`; docs/PERF.md session 7).
@@ -669,7 +670,8 @@ def compare_main(args, model, bandwidth: float) -> int:
     """--compare: each named configuration (kernels settings on top of the shipped ones; the first is the reference)
     gets an exactness check against the first (tokens and last logits at the first case), then --rounds interleaved
     rounds of every --cases case on the E32 model and then on the model pruned in place to --experts; per
-    configuration and case the mean ms a step and its ratio to the first configuration's (`compare`)."""
+    configuration and case the mean ms a step and its ratio to the first configuration's (`compare`); with --profile
+    an eager batch-1 step of each configuration under torch.profiler (`s7_profile`: kernel time by family)."""
     from bench.models.pruning import prune_model
     from bench.roofline import ArchSummary
 
@@ -697,6 +699,9 @@ def compare_main(args, model, bandwidth: float) -> int:
                   "logits_max_abs_diff": round((logits - ref[1]).abs().max().item(), 5)})
         timed_rounds(model, arch, bandwidth, names, lambda n: compare_apply(configs[n]), cases, args.rounds, experts,
                      times)
+        for name in names if args.profile else ():  # one eager batch-1 step per configuration, kernels by family
+            compare_apply(configs[name])
+            s7_profile(model, f"{name}|E{experts}")
     compare_apply({})
     first = names[0]
     table = {f"{n}|E{e}|{b}x{k}": {"ms": round(mean(v), 4),
@@ -760,6 +765,7 @@ def main() -> int:
                     help="--pruned / --compare: the pruned model's experts a layer")
     ap.add_argument("--compare", default=None, metavar="JSON|@FILE",
                     help='session 8: {"name": {kernels setting: value}, ...} at --cases, E32 and pruned (compare_main)')
+    ap.add_argument("--profile", action="store_true", help="--compare: also profile each configuration at batch 1")
     ap.add_argument("--sweep", action="store_true",
                     help="session 6: per-batch expert tiles, router slices, attention blocks (sweep_main)")
     ap.add_argument("--classes", default="scan32,scan16,compact,big,few", help="--sweep: tile classes (CLASSES)")
