@@ -104,8 +104,9 @@ def _gdc(PDL: tl.constexpr):
 @dataclass(frozen=True)
 class Partials:
     """A linear's output y = x W^T + b (M, N) left as split-K fp32 partial sums (S, M, N) and the bias: the
-    consumer (rope_kv, add_rmsnorm) sums the S slices in a fixed order, adds the bias and rounds to `dtype`, as
-    F.linear's epilogue would, so no reduce kernel runs in between. From `splitk_linear` (decode, few rows)."""
+    consumer (rope_attn_decode or rope_kv, add_rmsnorm, add_rmsnorm_route) sums the S slices in a fixed order, adds
+    the bias and rounds to `dtype`, as F.linear's epilogue would, so no reduce kernel runs in between. From
+    `splitk_linear` (one row) and `splitk_mma_linear` (2..SPLITK_MMA_MAX_ROWS rows)."""
 
     part: torch.Tensor
     bias: torch.Tensor | None

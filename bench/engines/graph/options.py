@@ -30,9 +30,9 @@ class GraphOptions:
     gemv: with kernels = triton, the dense linears of decode steps of <= 8 rows use the Triton GEMV where
     kernels.GEMV_CONFIG has a tile for their shape class (today lm_head only; cuBLAS measured faster for qkv/o_proj).
     splitk: with kernels = triton, qkv and o_proj of decode steps of <= kernels.SPLITK_MAX_ROWS rows run as split-K
-    partials that rope_kv / add_rmsnorm sum (kernels.splitk_linear) instead of cuBLAS (H200 batch 1: 2.71 -> 2.63
-    ms/step); from 2 to kernels.SPLITK_MMA_MAX_ROWS rows the same on the tensor cores (kernels.splitk_mma_linear)
-    where kernels.SPLITK_MMA_CONFIG has a tile for the row class."""
+    partials that rope_attn_decode / add_rmsnorm sum (kernels.splitk_linear) instead of cuBLAS (H200 batch 1: 2.71
+    -> 2.63 ms/step); from 2 to kernels.SPLITK_MMA_MAX_ROWS rows the same on the tensor cores
+    (kernels.splitk_mma_linear) where kernels.SPLITK_MMA_CONFIG has a tile for the row class."""
 
     kernels: str = "auto"
     experts: str = "auto"
