@@ -138,28 +138,51 @@ def _lin_load(y_ptr, part_ptr, bias_ptr, row, idx, M, N, mask, NSPLIT: tl.conste
 
 
 @triton.jit
+def _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK: tl.constexpr):
+    """The [BN, BK] weight tile at k0 of slice [k_lo, k_lo + KSPLIT), as float32, and its K offsets and mask."""
+    offs_k = k0 + tl.arange(0, BK)
+    kmask = (offs_k < K) & (offs_k < k_lo + KSPLIT)
+    w = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :], mask=nmask[:, None] & kmask[None, :],
+                other=0.0).to(tl.float32)
+    return w, offs_k, kmask
+
+
+@triton.jit
+def _splitk_acc(acc, w, x_ptr, offs_k, kmask, mm, M, stride_xm, BM: tl.constexpr):
+    """acc += the weight tile w times the rows' K slice (float32, no tensor cores)."""
+    if BM == 1:
+        x = tl.load(x_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)
+        acc += w * x[None, :]
+    else:
+        x = tl.load(x_ptr + mm[:, None] * stride_xm + offs_k[None, :], mask=(mm < M)[:, None] & kmask[None, :],
+                    other=0.0).to(tl.float32)
+        acc += w[None, :, :] * x[:, None, :]
+    return acc
+
+
+@triton.jit
 def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: tl.constexpr, BN: tl.constexpr,
-                        BK: tl.constexpr, PDL: tl.constexpr):
-    """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] (fp32, no tensor cores). Grid (N / BN, S)."""
+                        BK: tl.constexpr, PDL: tl.constexpr, PRE: tl.constexpr = False):
+    """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] (fp32, no tensor cores). Grid (N / BN, S). PRE: the
+    slice's first weight tile is loaded before the PDL wait (weights never depend on an earlier kernel), so its
+    load overlaps the kernel before (SPLITK_PRELOAD)."""
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     s = tl.program_id(1)
     nmask = offs_n < N
     mm = tl.arange(0, BM)
     k_lo = s * KSPLIT
     acc = tl.zeros([BM, BN, BK], dtype=tl.float32) if BM > 1 else tl.zeros([BN, BK], dtype=tl.float32)
-    _gdc(PDL)
-    for k0 in range(k_lo, k_lo + KSPLIT, BK):
-        offs_k = k0 + tl.arange(0, BK)
-        kmask = (offs_k < K) & (offs_k < k_lo + KSPLIT)
-        w = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :], mask=nmask[:, None] & kmask[None, :],
-                    other=0.0).to(tl.float32)
-        if BM == 1:
-            x = tl.load(x_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)
-            acc += w * x[None, :]
-        else:
-            x = tl.load(x_ptr + mm[:, None] * stride_xm + offs_k[None, :], mask=(mm < M)[:, None] & kmask[None, :],
-                        other=0.0).to(tl.float32)
-            acc += w[None, :, :] * x[:, None, :]
+    start = k_lo
+    if PRE:
+        w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k_lo, k_lo, K, KSPLIT, BK)
+        _gdc(PDL)
+        acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, mm, M, stride_xm, BM)
+        start = k_lo + BK
+    else:
+        _gdc(PDL)
+    for k0 in range(start, k_lo + KSPLIT, BK):
+        w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)
+        acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, mm, M, stride_xm, BM)
     if BM == 1:
         tl.store(part_ptr + (s * M) * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
     else:
@@ -171,6 +194,10 @@ def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: 
 # weight class; "small" = qkv and o_proj (N < 16384). Their output stays as Partials for the next kernel.
 # H200, 24 layers at M = 1 (docs/PERF.md): qkv 249 -> 241 us, o_proj 289 -> 187 us against cuBLAS.
 SPLITK_MAX_ROWS = 1
+# The split-K GEMVs load their slice's first weight tile before their PDL wait (`_splitk_gemv_kernel` PRE), so that
+# load overlaps the kernel before them. NOT MEASURED (branch b1pre, session 8: no device time left); off until a
+# `gpu_step_ablation.py --compare '{"main": {}, "pre": {"SPLITK_PRELOAD": true}}'` on the card says otherwise.
+SPLITK_PRELOAD = False
 SPLITK_CONFIG: dict[str, tuple[int, ...]] = {"small": (16, 256, 4, 4)}
 # The split-K GEMVs' early start in one-token PDL steps (session 7): the kernel before each split-K GEMV
 # (attn_decode before o_proj, the add_rmsnorm of one row before qkv or lm_head) triggers its dependents right after
@@ -228,8 +255,8 @@ def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     part = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
     pdl = early_pdl(pdl_launch(m), m, site)
     _splitk_gemv_kernel[(triton.cdiv(n, bn), splits)](
-        x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, PDL=pdl, num_warps=warps,
-        **_pdl_kw(pdl),
+        x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, PDL=pdl, PRE=SPLITK_PRELOAD,
+        num_warps=warps, **_pdl_kw(pdl),
     )
     return Partials(part=part, bias=bias, dtype=x.dtype)
 
