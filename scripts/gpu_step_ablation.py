@@ -24,7 +24,7 @@ one-token kernels in PDL mode 2, one site at a time, then the winners together (
 --compare '{"main": {}, "x": {"FUSE_ROPE_ATTN": false}}' [--cases 1x4,8x2] [--rounds 2] [--experts 16] (session 8):
 named configurations of the kernels module's settings on top of the shipped ones, exactness against the first,
 interleaved timings on E32 and then pruned, each case's ratio to the first (`compare_main`); --profile adds one eager
-batch-1 step of each under torch.profiler.
+batch-1 step of each under torch.profiler; --timeline one profiled graph replay of each case (`graph_timeline`).
 --pruned: each of those options alone and bf7's pick, at 1x4 / 1x2 on E32 and then on the model pruned to --experts
 (16) in the same process: the pruned / E32 ratio per option, to find what made pruned models slower at batch 1
 (`pruned_main`; docs/PERF.md session 7).
@@ -540,6 +540,53 @@ def s7_profile(model, label: str) -> None:
         emit({"sec": "profile", "label": label, "error": repr(exc)[:300], "tb": traceback.format_exc()[-800:]})
 
 
+def graph_timeline(model, label: str, batch: int, k: int) -> None:
+    """Session 9: one CUDA-graph replay of a decode step under torch.profiler (CUPTI reports the graph's kernels with
+    their start and end), kernels in time order. Per kernel family: summed duration, count and "exposed" time (how far
+    each kernel moves the step's end past every earlier kernel's end), and the idle gaps before them; the step span is
+    exposed + gaps. PDL overlap shows as duration > exposed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench.models.pruning import set_top_k
+
+    set_top_k(model, k)
+    try:
+        ids = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda",
+                            generator=torch.Generator("cuda").manual_seed(batch))
+        eng = GraphEngine(GraphOptions())
+        eng.prepare(model, ids, NEW)
+        eng.decoder.prefill(ids)
+        with torch.inference_mode():
+            for _ in range(3):
+                eng.step()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                eng.step()
+                torch.cuda.synchronize()
+        evs = sorted(((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                      if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda x: x[0])
+        fam: dict[str, list[float]] = {}
+        end = evs[0][0] if evs else 0.0
+        gaps = 0.0
+        for s, e, name in evs:
+            f = fam.setdefault(name[:40], [0.0, 0, 0.0, 0.0])  # duration, count, exposed, gap before
+            gap = max(0.0, s - end)
+            f[0] += e - s
+            f[1] += 1
+            f[2] += max(0.0, e - max(s, end))
+            f[3] += gap
+            gaps += gap
+            end = max(end, e)
+        span = (evs[-1][1] - evs[0][0]) if evs else 0.0
+        emit({"sec": "timeline", "label": label, "batch": batch, "top_k": k, "kernels": len(evs),
+              "span_us": round(span, 1), "gaps_us": round(gaps, 1),
+              "families": {n: [round(v[0], 1), v[1], round(v[2], 1), round(v[3], 1)]
+                           for n, v in sorted(fam.items(), key=lambda x: -x[1][2])}})
+        eng.release()
+    except Exception as exc:
+        emit({"sec": "timeline", "label": label, "error": repr(exc)[:300], "tb": traceback.format_exc()[-800:]})
+
+
 def early_main(args, model, bandwidth: float) -> int:
     """--early: main's path, the shipped session-7 configuration, and that plus each EARLY_SITES site in PDL mode 2
     (kernels.PDL_EARLY_MORE): --rounds interleaved rounds at 1x4 / 1x2; then main, shipped and the
@@ -702,6 +749,10 @@ def compare_main(args, model, bandwidth: float) -> int:
         for name in names if args.profile else ():  # one eager batch-1 step per configuration, kernels by family
             compare_apply(configs[name])
             s7_profile(model, f"{name}|E{experts}")
+        for name in names if args.timeline else ():  # one graph replay per configuration and case, time-ordered
+            compare_apply(configs[name])
+            for b, k in cases:
+                graph_timeline(model, f"{name}|E{experts}", b, k)
     compare_apply({})
     first = names[0]
     table = {f"{n}|E{e}|{b}x{k}": {"ms": round(mean(v), 4),
@@ -766,6 +817,8 @@ def main() -> int:
     ap.add_argument("--compare", default=None, metavar="JSON|@FILE",
                     help='session 8: {"name": {kernels setting: value}, ...} at --cases, E32 and pruned (compare_main)')
     ap.add_argument("--profile", action="store_true", help="--compare: also profile each configuration at batch 1")
+    ap.add_argument("--timeline", action="store_true",
+                    help="--compare: also one profiled CUDA-graph replay of each configuration and case")
     ap.add_argument("--sweep", action="store_true",
                     help="session 6: per-batch expert tiles, router slices, attention blocks (sweep_main)")
     ap.add_argument("--classes", default="scan32,scan16,compact,big,few", help="--sweep: tile classes (CLASSES)")
