@@ -72,20 +72,28 @@ def _p2(n: int) -> int:
 # 2.502 -> 2.484 ms (top_k 4), 1.933 -> 1.899 (top_k 2); at 8 / 32 / 128 tokens it was not faster (+0.1 / +0.2 /
 # +0.6%), mode 2 mixed (-0.9% at 8, +2.0% at 128, +1.7% at batch 1 top_k 2 without the fusion).
 PDL = 1
-PDL_MAX_TOKENS = 1
+PDL_MAX_TOKENS = 8
+# The PDL mode of steps of 2..PDL_MAX_TOKENS tokens (one-token steps take PDL and the per-site `early_pdl`). H200
+# (docs/PERF.md, session 9, `gpu_step_ablation.py --compare`, against PDL_MAX_TOKENS = 1, the same tokens and
+# logits): mode 2 at 8 tokens E16 k2 -1.9%, k4 -1.5%, E32 k2 -1.7%, k4 -1.6%; mode 1 there -1.1 / -0.8 / -1.0 /
+# -0.3%; neither at 32 tokens (+0.0 / +0.4%), so 32 stays plain.
+PDL_ROWS = 2
 _PDL_OK: bool | None = None
 
 
 def pdl_launch(tokens: int = 1) -> int:
-    """The PDL mode of a decode launch for a step of `tokens` tokens: PDL up to PDL_MAX_TOKENS, else 0; always 0
-    without a CUDA device of compute capability >= 9 or under the Triton interpreter."""
+    """The PDL mode of a decode launch for a step of `tokens` tokens: PDL at one token, PDL_ROWS up to
+    PDL_MAX_TOKENS, else 0; always 0 without a CUDA device of compute capability >= 9 or under the Triton
+    interpreter."""
     global _PDL_OK
     if _PDL_OK is None:
         import os
 
         _PDL_OK = (os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available()
                    and torch.cuda.get_device_capability()[0] >= 9)
-    return int(PDL) if _PDL_OK and tokens <= PDL_MAX_TOKENS else 0
+    if not _PDL_OK or tokens > PDL_MAX_TOKENS:
+        return 0
+    return int(PDL) if tokens <= 1 else int(PDL_ROWS)
 
 
 def _pdl_kw(mode: int) -> dict:

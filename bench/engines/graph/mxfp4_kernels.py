@@ -662,7 +662,7 @@ def moe_mxfp4(
     out = torch.empty((plan.pairs, hidden), dtype=x.dtype, device=x.device)
     rw = topw.reshape(-1)
     cnt = counter if counter is not None else plan.flat
-    pdl = MXFP4_PDL if plan.scan and pdl_launch(tokens) else 0
+    pdl = MXFP4_PDL if plan.scan and tokens == 1 and pdl_launch(tokens) else 0  # multi-token PDL: bf16 measured only
     variant, sub, maxnreg = DQ_VARIANT, DQ_BMQ, 0
     if dq and few:
         table = MXFP4_CONFIG_DQ1
