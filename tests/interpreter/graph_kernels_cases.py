@@ -487,3 +487,67 @@ def test_triton_norm_router_one_row_ties_and_residual(gk, monkeypatch, one_row):
     _, got_i, got_w = gk.add_rmsnorm_route(h.clone(), delta, ln, 1e-5, rw, rb2, 4)
     want_i, want_w = gk.router(normed, rw, rb2, 4)
     assert got_i.tolist() == [[3, 1, 5, 2]] and torch.equal(got_w, want_w)
+
+
+def test_triton_fold_norm_router_equals_splitk_then_norm_router(gk):
+    """`splitk_norm_route` (o_proj's split-K GEMV, the residual, RMSNorm and the router in one launch: the last
+    program of each N tile reduces it, the last tile the row) against `splitk_linear` then `add_rmsnorm_route`,
+    float32: the same residual h (the S partials summed in slice order + bias, as the consumer does), the normed row
+    and the router weights within float32 rounding (the RMS and the logits are summed per tile), the same expert
+    ids; N tails (200 = 12 x 16 + 8, 200 = 6 x 32 + 8), a K tail, several rows of random data one after another
+    (each launch leaves its counts at zero for the next), a model without the o_proj bias."""
+    gen = torch.Generator().manual_seed(91)
+    hidden = 200
+    for kdim, experts, k, cfg, bias in ((96, 8, 2, (16, 32, 2, 4), True), (100, 12, 3, (32, 64, 4, 4), True),
+                                        (64, 32, 4, (16, 32, 4, 4), False)):
+        for _ in range(2):
+            x = torch.randn(1, kdim, generator=gen)
+            wo = torch.randn(hidden, kdim, generator=gen) * 0.2
+            bo = torch.randn(hidden, generator=gen) if bias else None
+            h = torch.randn(1, hidden, generator=gen)
+            h0, h2 = h.clone(), h.clone()
+            ln = torch.randn(hidden, generator=gen)
+            rw, rb = torch.randn(experts, hidden, generator=gen) * 0.1, torch.randn(experts, generator=gen)
+            want, want_i, want_w = gk.add_rmsnorm_route(h, gk.splitk_linear(x, wo, bo, cfg), ln, 1e-5, rw, rb, k)
+            got, got_i, got_w = gk.splitk_norm_route(x, wo, bo, h2, ln, 1e-5, rw, rb, k, cfg)
+            assert torch.equal(h2, h)
+            torch.testing.assert_close(h2, h0 + torch.nn.functional.linear(x, wo, bo), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            assert torch.equal(got_i, want_i), (got_i, want_i)
+            torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-6)
+            nt = -(-hidden // cfg[0])
+            assert not gk._FOLD_COUNTERS[(h.device, nt)].any()
+
+
+def test_triton_fold_norm_router_ties_pick_the_lower_ids(gk):
+    """Tied logits at the top-k boundary (a zero router weight, tied biases) through the fold: the lower expert ids
+    win, as torch.topk and `router`, and the weights are `router`'s."""
+    gen = torch.Generator().manual_seed(32)
+    hidden, kdim = 200, 48
+    x, wo = torch.randn(1, kdim, generator=gen), torch.randn(hidden, kdim, generator=gen) * 0.2
+    h, ln = torch.randn(1, hidden, generator=gen), torch.randn(hidden, generator=gen)
+    rw = torch.zeros(8, hidden)
+    rb = torch.tensor([0.5, 2.0, 1.0, 3.0, 1.0, 2.0, 1.0, 1.0])
+    normed = gk.add_rmsnorm(h.clone(), torch.nn.functional.linear(x, wo, None), 1, ln, 1e-5)
+    want_i, want_w = gk.router(normed, rw, rb, 4)
+    _, got_i, got_w = gk.splitk_norm_route(x, wo, None, h, ln, 1e-5, rw, rb, 4, (16, 32, 2, 4))
+    assert got_i.tolist() == [[3, 1, 5, 2]] and torch.equal(got_i, want_i)
+    torch.testing.assert_close(got_w, want_w, rtol=1e-6, atol=1e-7)
+
+
+def test_triton_fold_norm_router_decode_matches_hf_tokens(gk, lively, monkeypatch):
+    """Batch-1 decode with FOLD_NORM_ROUTER (o_proj + residual + norm + router in one launch per layer, through
+    TritonOps.linear_norm_route): hf's greedy tokens, and the fold ran in every decode layer; at batch 2 the flag
+    changes nothing (the fold is one row only)."""
+    model, ids, ref = lively
+    monkeypatch.setattr(gk, "FOLD_NORM_ROUTER", True)
+    calls = []
+    real = gk.splitk_norm_route
+    monkeypatch.setattr(gk, "splitk_norm_route", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    one = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids[:1], TOKENS)
+    assert torch.equal(one.tokens, get_engine("hf").generate(model, ids[:1], TOKENS).tokens)
+    layers, ran = model.config.num_hidden_layers, len(calls)
+    assert ran >= (TOKENS - 1) * layers and ran % layers == 0, ran
+    two = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids, TOKENS)
+    assert torch.equal(two.tokens, ref.tokens)
+    assert len(calls) == ran

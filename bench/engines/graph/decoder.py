@@ -153,8 +153,8 @@ class GptOssDecoder:
         # in decode, qkv and o_proj may come back as split-K partials that their consumers sum (ops docstring)
         fuse = attend == self._decode_attention
         qkv = ops.linear(normed, lay.wqkv, lay.bqkv, partials=fuse, site="qkv")
-        o = ops.linear(attend(qkv, lay), lay.wo, lay.bo, partials=fuse, site="o_proj")
-        normed, topi, topw = ops.norm_route(h, o, lay.ln2, lay.eps, lay.router)
+        normed, topi, topw = ops.linear_norm_route(attend(qkv, lay), lay.wo, lay.bo, h, lay.ln2, lay.eps, lay.router,
+                                                   partials=fuse)
         y = lay.experts(normed, topi, topw, counter)
         w, eps = self._next_norm(i)
         return ops.add_rmsnorm(h, y, lay.router.top_k, w, eps)

@@ -962,6 +962,138 @@ def add_rmsnorm_route(
     return out, topi, topw
 
 
+# o_proj + residual + RMSNorm + router in one launch at one row (FOLD_NORM_ROUTER, session 9): the split-K GEMV's
+# programs reduce their own output ("last arriver" counts, as `_norm_router_kernel`), so no norm + router kernel
+# runs between o_proj and the gate_up expert GEMM. Off until measured (docs/PERF.md, session 9).
+FOLD_NORM_ROUTER = False
+# The last program's chunks: FOLD_TILES tiles of router partial logits and FOLD_BLOCK elements of the normed row per
+# load round (fewer rounds: fewer dependent L2 round trips; wider: more registers for the whole GEMV kernel).
+FOLD_TILES = 256
+FOLD_BLOCK = 4096
+_FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+@triton.jit
+def _splitk_norm_router_kernel(
+    x_ptr, w_ptr, b_ptr, part_ptr, h_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, ss_ptr, rl_ptr, cnt_ptr, topi_ptr,
+    topw_ptr, N, K, KSPLIT, E, eps, S: tl.constexpr, NT: tl.constexpr, NTP: tl.constexpr, FT: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
+    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRE: tl.constexpr = False,
+):
+    """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
+    top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
+    of a tile's S programs (count cnt[tile]) sums the S partials in slice order + bias, rounds to h's dtype (F.linear's
+    output), adds it to h (rounded: `_residual`), stores h's tile, the tile's sum of squares and its router partial
+    logits sum_n rw[e, n] nw[n] h[n] (the RMS factor comes out of the router's linear); the last tile (count cnt[NT])
+    takes rstd from the NT sums, logits = rstd * (sum of the NT partials) + bias rounded to h's dtype (the router
+    linear's output), the top-k by rank and its softmax, and writes normed; each last arriver resets its count, so
+    the next launch (and a CUDA-graph replay) starts from zero."""
+    pid_n = tl.program_id(0)
+    s = tl.program_id(1)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    nmask = offs_n < N
+    k_lo = s * KSPLIT
+    acc = tl.zeros([BN, BK], dtype=tl.float32)
+    start = k_lo
+    if PRE:
+        w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k_lo, k_lo, K, KSPLIT, BK)
+        _gdc(PDL)
+        acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
+        start = k_lo + BK
+    else:
+        _gdc(PDL)
+    for k0 in range(start, k_lo + KSPLIT, BK):
+        w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)
+        acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
+    tl.store(part_ptr + s * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
+    tl.debug_barrier()
+    done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+    if done == S - 1:  # the tile's last program: its output, residual, sum of squares and router partials
+        v = tl.zeros([BN], dtype=tl.float32)
+        for j in tl.static_range(S):
+            v += tl.load(part_ptr + j * N + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
+        if HAS_BIAS:
+            v += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        v = v.to(h_ptr.dtype.element_ty).to(tl.float32)
+        xh = tl.load(h_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        xh = (xh + v).to(h_ptr.dtype.element_ty)
+        tl.store(h_ptr + offs_n, xh, mask=nmask)
+        xh = xh.to(tl.float32)
+        e = tl.arange(0, EP)
+        em = e < E
+        rw = tl.load(rw_ptr + e[:, None] * N + offs_n[None, :], mask=em[:, None] & nmask[None, :], other=0.0)
+        nw = tl.load(nw_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        rb = tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)  # for the last tile, loaded with this round
+        tl.store(ss_ptr + pid_n, tl.sum(xh * xh, axis=0))
+        tl.store(rl_ptr + pid_n * EP + e, tl.sum(rw.to(tl.float32) * (nw * xh)[None, :], axis=1))
+        tl.store(cnt_ptr + pid_n, 0)
+        tl.debug_barrier()
+        fin = tl.atomic_add(cnt_ptr + NT, 1, sem="acq_rel", scope="gpu")
+        if fin == NT - 1:  # the last tile: rstd, the router's logits and top-k, the normed row
+            offs = tl.arange(0, FB)  # FB = BLOCK by default: the row's loads issued with the partials' (one round)
+            hv = tl.load(h_ptr + offs, mask=offs < N, other=0.0, cache_modifier=".cg")
+            wv = tl.load(nw_ptr + offs, mask=offs < N, other=0.0)
+            tt = tl.arange(0, NTP)
+            ssv = tl.load(ss_ptr + tt, mask=tt < NT, other=0.0, cache_modifier=".cg")
+            lg = tl.zeros([EP], dtype=tl.float32)
+            for t0 in tl.static_range(0, NT, FT):
+                ft = t0 + tl.arange(0, FT)
+                lg += tl.sum(tl.load(rl_ptr + ft[:, None] * EP + e[None, :], mask=(ft < NT)[:, None], other=0.0,
+                                     cache_modifier=".cg"), axis=0)
+            rstd = tl.rsqrt(tl.sum(ssv, axis=0) / N + eps)
+            logits = rstd * lg + rb
+            logits = logits.to(h_ptr.dtype.element_ty).to(tl.float32)  # the router linear's output dtype
+            _topk_rank_softmax_store(logits, e, em, topi_ptr, topw_ptr, 0, TOPK, KP, EP)
+            tl.store(out_ptr + offs, (wv.to(tl.float32) * (hv.to(tl.float32) * rstd)).to(out_ptr.dtype.element_ty),
+                     mask=offs < N)
+            for b0 in tl.static_range(FB, BLOCK, FB):  # the rest of the row, when FB < BLOCK
+                offs = b0 + tl.arange(0, FB)
+                m = offs < N
+                hv = tl.load(h_ptr + offs, mask=m, other=0.0, cache_modifier=".cg").to(tl.float32)
+                wv = tl.load(nw_ptr + offs, mask=m, other=0.0).to(tl.float32)
+                tl.store(out_ptr + offs, (wv * (hv * rstd)).to(out_ptr.dtype.element_ty), mask=m)
+            tl.store(cnt_ptr + NT, 0)
+
+
+def splitk_norm_route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, h: torch.Tensor,
+                      nweight: torch.Tensor, eps: float, rweight: torch.Tensor, rbias: torch.Tensor, k: int,
+                      config: tuple[int, int, int, int] | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One row: h (1, N) += x (1, K) @ weight (N, K)^T + bias (in place), returns (RMSNorm(h) * nweight, the router's
+    top-k ids (1, k) int32 and softmax weights (1, k) float32) from one launch (`_splitk_norm_router_kernel`): what
+    add_rmsnorm_route(h, splitk_linear(x, weight, bias), ...) gives, up to the summation order of the RMS and of the
+    router's logits (the router sees w * h * rstd unrounded, not the bf16 normed row)."""
+    if x.shape[0] != 1 or h.shape != (1, weight.shape[0]) or not h.is_contiguous():
+        raise ValueError(f"splitk_norm_route: one contiguous row, got x {tuple(x.shape)}, h {tuple(h.shape)}, "
+                         f"weight {tuple(weight.shape)}")
+    n, kdim = weight.shape
+    experts = rweight.shape[0]
+    bn, bk, splits, warps = config or SPLITK_CONFIG["small"]
+    ksplit = triton.cdiv(triton.cdiv(kdim, splits), bk) * bk
+    splits = triton.cdiv(kdim, ksplit)
+    nt = triton.cdiv(n, bn)
+    ep = max(16, _p2(experts))
+    cnt = _FOLD_COUNTERS.get((h.device, nt))
+    if cnt is None:
+        cnt = _FOLD_COUNTERS[(h.device, nt)] = torch.zeros((nt + 1,), dtype=torch.int32, device=h.device)
+    part = torch.empty((splits, 1, n), dtype=torch.float32, device=x.device)
+    ss = torch.empty((nt,), dtype=torch.float32, device=x.device)
+    rl = torch.empty((nt, ep), dtype=torch.float32, device=x.device)
+    out = torch.empty_like(h)
+    topi = torch.empty((1, k), dtype=torch.int32, device=h.device)
+    topw = torch.empty((1, k), dtype=torch.float32, device=h.device)
+    ntp = _p2(nt)
+    block = _p2(n)
+    pdl = early_pdl(pdl_launch(1), 1, "splitk_o_proj")
+    _splitk_norm_router_kernel[(nt, splits)](
+        x, weight, bias if bias is not None else h, part, h, nweight, out, rweight, rbias, ss, rl, cnt, topi, topw,
+        n, kdim, ksplit, experts, eps, S=splits, NT=nt, NTP=ntp, FT=min(ntp, _p2(FOLD_TILES)), BN=bn, BK=bk,
+        EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
+        PRE=SPLITK_PRELOAD, num_warps=warps, **_pdl_kw(pdl),
+    )
+    return out, topi, topw
+
+
 @triton.jit
 def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COMPACT: tl.constexpr,
                 EPAD: tl.constexpr, BM: tl.constexpr):

@@ -1,11 +1,15 @@
 """The two ops backends of the `graph` decoder: `TorchOps` (reference torch ops; the CPU path) and `TritonOps`
-(bench/engines/graph/kernels.py). Both implement the same five calls, so the decoder's layer body names no backend:
+(bench/engines/graph/kernels.py). Both implement the same six calls, so the decoder's layer body names no backend:
 
     add_rmsnorm(h, delta, ks, w, eps) -> normed   h (R, H) += delta summed over ks rows per row (in place),
                                                  returns RMSNorm(h) * w (delta None: norm only)
     route(x, router) -> (topi (T, k) int32/int64, topw (T, k) float32)   router linear, top-k, softmax over k
     norm_route(h, delta, w, eps, router) -> (normed, topi, topw)   add_rmsnorm(h, delta, 1, w, eps), then route
                                                  (TritonOps: one launch for few rows, kernels.add_rmsnorm_route)
+    linear_norm_route(x, wo, bo, h, w, eps, router, partials=False) -> (normed, topi, topw)   norm_route(h,
+                                 linear(x, wo, bo, partials, "o_proj"), w, eps, router): the decoder's o_proj and
+                                 what follows it; TritonOps at one row with FOLD_NORM_ROUTER and partials: one
+                                 launch (kernels.splitk_norm_route), else exactly those two calls
     decode_attention(qkv, kc, vc, sinks, sliding, geom, state) -> (B, hq*D)   rope of q and k at `state.pos`,
                                                  k/v written into the cache slot, one-token attention with sinks
     linear(x, w, b, partials=False) -> x w^T + b   F.linear; TritonOps with gemv: the Triton GEMV for <= GEMV_MAX_ROWS
@@ -87,6 +91,11 @@ class TorchOps:
         normed = self.add_rmsnorm(h, delta, 1, w, eps)
         return (normed, *self.route(normed, router))
 
+    def linear_norm_route(self, x: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor | None, h: torch.Tensor,
+                          w: torch.Tensor, eps: float, router: Router,
+                          partials: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.norm_route(h, self.linear(x, wo, bo, partials, "o_proj"), w, eps, router)
+
     def route(self, x: torch.Tensor, router: Router) -> tuple[torch.Tensor, torch.Tensor]:
         logits = F.linear(x, router.weight, router.bias)
         top_v, top_i = torch.topk(logits, router.top_k, dim=-1)
@@ -160,6 +169,21 @@ class TritonOps:
             return k.add_rmsnorm_route(h, delta, w, eps, router.weight, router.bias, router.top_k)
         normed = self.add_rmsnorm(h, delta, 1, w, eps)
         return (normed, *self.route(normed, router))
+
+    def linear_norm_route(self, x: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor | None, h: torch.Tensor,
+                          w: torch.Tensor, eps: float, router: Router,
+                          partials: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """o_proj, residual, norm and router: one launch (kernels.splitk_norm_route) where o_proj would be the
+        one-row split-K GEMV and the norm + router its fused kernel and FOLD_NORM_ROUTER is on; else `linear`
+        (partials) then `norm_route`."""
+        k = self.k
+        if (partials and k.FOLD_NORM_ROUTER and k.FUSE_NORM_ROUTER and self.splitk and self.router_split
+                and x.shape[0] == 1 and x.shape[0] <= k.SPLITK_MAX_ROWS and k.NORM_ROUTER_MAX_TOKENS >= 1
+                and wo.shape[0] < 16384 and k.SPLITK_CONFIG.get("small") is not None and x.stride(1) == 1
+                and wo.is_contiguous() and h.is_contiguous() and router.weight.is_contiguous()):
+            return k.splitk_norm_route(x, wo, bo, h, w, eps, router.weight, router.bias, router.top_k,
+                                       k.SPLITK_CONFIG["small"])
+        return self.norm_route(h, self.linear(x, wo, bo, partials, "o_proj"), w, eps, router)
 
     def route(self, x: torch.Tensor, router: Router) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k.router(x, router.weight, router.bias, router.top_k, split=self.router_split)
