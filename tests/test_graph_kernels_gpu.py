@@ -166,6 +166,73 @@ def test_early_splitk_and_one_row_router_replay_gives_the_same_tokens_and_logits
         assert torch.equal(logits, plain[1]), key
 
 
+
+@pytest.mark.parametrize(("experts", "k"), [(32, 4), (16, 2)])
+def test_fold_norm_router_matches_splitk_then_norm_router_on_cuda(gk, experts, k):
+    """`splitk_norm_route` (o_proj + residual + RMSNorm + router, one launch) against `splitk_linear` then
+    `add_rmsnorm_route`, gpt-oss-20b's o_proj geometry in bf16: the same residual h (bits: the partials are summed in
+    the consumer's order), the normed row within one bf16 rounding (another RMS summation order), the experts the
+    two-kernel path picks except where their logits tie within two bf16 roundings, those slots' weights close; the
+    counts back at zero after each of several launches."""
+    gen = torch.Generator(device="cuda").manual_seed(9)
+    hidden, kdim = 2880, 4096
+    kw = {"device": "cuda", "dtype": torch.bfloat16}
+    for _ in range(4):
+        h = torch.randn(1, hidden, generator=gen, **kw)
+        h2 = h.clone()
+        att = torch.randn(1, kdim, generator=gen, **kw)
+        wo = torch.randn(hidden, kdim, generator=gen, **kw) * 0.02
+        bo = torch.randn(hidden, generator=gen, **kw)
+        ln = torch.randn(hidden, generator=gen, **kw)
+        rw = torch.randn(experts, hidden, generator=gen, **kw) * 0.05
+        rb = torch.randn(experts, generator=gen, **kw)
+        want, want_i, want_w = gk.add_rmsnorm_route(h, gk.splitk_linear(att, wo, bo), ln, 1e-5, rw, rb, k)
+        got, got_i, got_w = gk.splitk_norm_route(att, wo, bo, h2, ln, 1e-5, rw, rb, k)
+        torch.cuda.synchronize()
+        assert torch.equal(h2, h)
+        torch.testing.assert_close(got.float(), want.float(), rtol=8e-3, atol=1e-2)
+        logits = torch.nn.functional.linear(want, rw, rb).float()[0]
+        same = got_i == want_i
+        tol = 2 * 2.0 ** -8 * logits.abs().max()
+        assert (logits[got_i[0].long()] - logits[want_i[0].long()]).abs().max() <= tol, (got_i, want_i)
+        if bool(same.all()):
+            torch.testing.assert_close(got_w, want_w, rtol=2e-2, atol=2e-3)
+        assert not gk._FOLD_COUNTERS[(h.device, hidden // gk.SPLITK_CONFIG["small"][0])].any()
+
+
+def test_fold_norm_router_graph_replay_gives_eager_tokens(gk):
+    """Batch-1 decode of tiny-moe with FOLD_NORM_ROUTER: the CUDA-graph replays give the eager steps' tokens and
+    last logits (within a bf16 rounding: the lm_head's library GEMM may differ between capture and eager); a count
+    left nonzero by a launch, or a read of h before the tile's last program wrote it, would move them. Mostly the
+    tokens of the two-kernel path too (the fold rounds the router's input differently)."""
+    from bench.engines.graph import GraphEngine, GraphOptions
+    from bench.models.loading import load_model
+
+    model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
+    ids = torch.randint(0, model.config.vocab_size, (1, 40), device="cuda",
+                        generator=torch.Generator("cuda").manual_seed(6))
+    saved = gk.FOLD_NORM_ROUTER
+    calls = []
+    real = gk.splitk_norm_route
+    out = {}
+    try:
+        gk.splitk_norm_route = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+        for fold, capture in ((True, "on"), (True, "off"), (False, "on")):
+            gk.FOLD_NORM_ROUTER = fold
+            eng = GraphEngine(GraphOptions(capture=capture), keep_logits=True)
+            res = eng.generate(model, ids, 24)
+            out[(fold, capture)] = (res.tokens, eng.decoder.logits.clone())
+            eng.release()
+    finally:
+        gk.FOLD_NORM_ROUTER = saved
+        gk.splitk_norm_route = real
+    assert calls
+    assert torch.equal(out[(True, "on")][0], out[(True, "off")][0])
+    torch.testing.assert_close(out[(True, "on")][1], out[(True, "off")][1], rtol=2e-2, atol=2e-2)
+    agree = (out[(True, "on")][0] == out[(False, "on")][0]).float().mean().item()
+    assert agree >= 0.75, agree
+
+
 # main's tables before session 6 (docs/PERF.md): compact MOE_CONFIG_FEW, scan MOE_CONFIG, M tile >= 64 MOE_CONFIG_BIG
 MAIN_SCAN = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
 MAIN_BIG = {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)}
