@@ -172,8 +172,9 @@ def test_fold_norm_router_matches_splitk_then_norm_router_on_cuda(gk, experts, k
     """`splitk_norm_route` (o_proj + residual + RMSNorm + router, one launch) against `splitk_linear` then
     `add_rmsnorm_route`, gpt-oss-20b's o_proj geometry in bf16: the same residual h (bits: the partials are summed in
     the consumer's order), the normed row within one bf16 rounding (another RMS summation order), the experts the
-    two-kernel path picks except where their logits tie within two bf16 roundings, those slots' weights close; the
-    counts back at zero after each of several launches."""
+    two-kernel path picks except where their logits tie within two bf16 ulps, and the softmax weights within what one
+    bf16 rounding of each kept logit moves them (an ulp of the largest logit; the H200 measured 0.022 at E16 k2, so a
+    fixed fp32 tolerance is wrong here); the counts back at zero after each of several launches."""
     gen = torch.Generator(device="cuda").manual_seed(9)
     hidden, kdim = 2880, 4096
     kw = {"device": "cuda", "dtype": torch.bfloat16}
@@ -191,12 +192,12 @@ def test_fold_norm_router_matches_splitk_then_norm_router_on_cuda(gk, experts, k
         torch.cuda.synchronize()
         assert torch.equal(h2, h)
         torch.testing.assert_close(got.float(), want.float(), rtol=8e-3, atol=1e-2)
+        # the two-kernel path's logits (bf16, as the router linear's output) and one bf16 ulp at their largest
         logits = torch.nn.functional.linear(want, rw, rb).float()[0]
-        same = got_i == want_i
-        tol = 2 * 2.0 ** -8 * logits.abs().max()
-        assert (logits[got_i[0].long()] - logits[want_i[0].long()]).abs().max() <= tol, (got_i, want_i)
-        if bool(same.all()):
-            torch.testing.assert_close(got_w, want_w, rtol=2e-2, atol=2e-3)
+        ulp = 2.0 ** (torch.floor(torch.log2(logits.abs().max())).item() - 7)
+        assert (logits[got_i[0].long()] - logits[want_i[0].long()]).abs().max() <= 2 * ulp, (got_i, want_i)
+        if torch.equal(got_i, want_i):  # each kept logit within one rounding: a softmax weight moves <= 0.5 x 2 ulps
+            assert (got_w - want_w).abs().max().item() <= ulp, (got_w, want_w, ulp)
         assert not gk._FOLD_COUNTERS[(h.device, hidden // gk.SPLITK_CONFIG["small"][0])].any()
 
 
