@@ -147,9 +147,10 @@ def test_early_splitk_and_one_row_router_replay_gives_the_same_tokens_and_logits
     model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
     ids = torch.randint(0, model.config.vocab_size, (1, 40), device="cuda",
                         generator=torch.Generator("cuda").manual_seed(3))
-    saved = (gk.SPLITK_EARLY, gk.NORM_ROUTER_ONE_ROW, gk.PDL_EARLY_MORE)
+    saved = (gk.SPLITK_EARLY, gk.NORM_ROUTER_ONE_ROW, gk.PDL_EARLY_MORE, gk.FOLD_NORM_ROUTER)
     every = ("rope", "splitk", "norm_router", "moe_down")
     out = {}
+    gk.FOLD_NORM_ROUTER = False  # the one-row norm + router kernel runs only without the fold into o_proj
     try:
         for early, one_row, more in ((False, False, ()), (False, True, ()), (True, True, ()), (True, False, ()),
                                      (True, True, every)):
@@ -159,7 +160,7 @@ def test_early_splitk_and_one_row_router_replay_gives_the_same_tokens_and_logits
             out[(early, one_row, more)] = (res.tokens, eng.decoder.logits.clone())
             eng.release()
     finally:
-        gk.SPLITK_EARLY, gk.NORM_ROUTER_ONE_ROW, gk.PDL_EARLY_MORE = saved
+        gk.SPLITK_EARLY, gk.NORM_ROUTER_ONE_ROW, gk.PDL_EARLY_MORE, gk.FOLD_NORM_ROUTER = saved
     plain = out[(False, False, ())]
     for key, (toks, logits) in out.items():
         assert torch.equal(toks, plain[0]), key

@@ -15,6 +15,11 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   and computes that slice's router partials; the last program to finish (an atomic count) picks the top-k and
   writes the residual. With one row (NORM_ROUTER_ONE_ROW) the last program keeps the residual row from its RMS pass
   and picks the top-k by rank.
+- `splitk_norm_route`: o_proj's one-row split-K GEMV with the residual add, RMSNorm and router folded into its tail
+  (FOLD_NORM_ROUTER, what the decoder runs at batch 1): the last program of each N tile (an atomic count per tile)
+  sums the tile's partials, updates h and stores the tile's sum of squares and router partial logits; the last tile
+  (a second count) takes the RMS, the logits and the top-k, and writes the normed row. One launch where o_proj and
+  `add_rmsnorm_route` took two.
 - `router`: router linear + top-k + softmax over the k logits. Decode (<= ROUTER_SPLIT_MAX_TOKENS tokens): split-K
   partial logits (one program per slice of the hidden size, all tokens and experts), then one program per token
   sums the slices in a fixed order and picks the top-k; prefill: one program per token.
@@ -962,10 +967,15 @@ def add_rmsnorm_route(
     return out, topi, topw
 
 
-# o_proj + residual + RMSNorm + router in one launch at one row (FOLD_NORM_ROUTER, session 9): the split-K GEMV's
-# programs reduce their own output ("last arriver" counts, as `_norm_router_kernel`), so no norm + router kernel
-# runs between o_proj and the gate_up expert GEMM. Off until measured (docs/PERF.md, session 9).
-FOLD_NORM_ROUTER = False
+# o_proj + residual + RMSNorm + router in one launch at one row (FOLD_NORM_ROUTER, session 9; TritonOps.
+# linear_norm_route): the split-K GEMV's programs reduce their own output ("last arriver" counts, as
+# `_norm_router_kernel`), so no norm + router kernel runs between o_proj and the gate_up expert GEMM. Not bit-equal to
+# the two kernels: the RMS is summed per N tile and the router sees w * h * rstd unrounded (the teacher-forced check
+# passes). H200 (docs/PERF.md, session 9, `gpu_step_ablation.py --compare`, 3 interleaved rounds): batch 1 E32 k4
+# 2.371 -> 2.293 ms (-3.3%), k2 1.814 -> 1.737 (-4.2%); E16 k4 2.390 -> 2.297 (-3.9%), k2 1.833 -> 1.741 (-5.1%);
+# in the graph replay o_proj + norm + router 386 - 218 + 167 = 335 -> 266 us exposed a step (E32 k4). False: o_proj's
+# split-K GEMV, then `add_rmsnorm_route` (ablation).
+FOLD_NORM_ROUTER = True
 # The last program's chunks: FOLD_TILES tiles of router partial logits and FOLD_BLOCK elements of the normed row per
 # load round (fewer rounds: fewer dependent L2 round trips; wider: more registers for the whole GEMV kernel).
 FOLD_TILES = 256
