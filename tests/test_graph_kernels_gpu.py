@@ -219,3 +219,56 @@ def test_splitk_mma_linear_matches_f_linear_on_cuda(gk, rows):
             torch.testing.assert_close(got.materialize().float(), torch.nn.functional.linear(x, w, b).float(),
                                        rtol=8e-3, atol=1e-2)
 
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_gemv_greedy_is_torch_argmax_on_cuda(gk, rows):
+    """gemv_greedy on a gpt-oss-sized vocabulary (201,088 x 2,880 bf16): the logits of gemv bit for bit, the tokens
+    torch.argmax's (a planted exact tie across N tiles goes to the lower id), out[:, step] and step / pos advanced,
+    over three launches (the last program's reset)."""
+    g = torch.Generator("cuda").manual_seed(11)
+    n, k = 201_088, 2_880
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+    w[150_000] = w[1_234]
+    tok = torch.zeros(rows, dtype=torch.long, device="cuda")
+    out = torch.full((rows, 5), -1, dtype=torch.long, device="cuda")
+    step = torch.tensor(0, device="cuda")
+    pos = torch.tensor(7, device="cuda")
+    for call in range(3):
+        x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16, generator=g)
+        if call == 1:
+            x[0] = w[1_234] * 50  # row 0's largest logit: rows 1,234 and 150,000, equal
+        y = gk.gemv_greedy(x, w, tok, out, step, pos, gk.GEMV_CONFIG["vocab"])
+        assert torch.equal(y, gk.gemv(x, w, None, gk.GEMV_CONFIG["vocab"]))
+        want = torch.argmax(y, dim=-1)
+        assert torch.equal(tok, want) and torch.equal(out[:, call], want), call
+        assert int(step) == call + 1 and int(pos) == 8 + call
+        if call == 1:
+            assert int(tok[0]) == 1_234
+
+
+def test_greedy_step_replay_gives_the_same_tokens_and_logits(gk):
+    """Decode as a CUDA graph with the greedy step fused into the vocabulary GEMV (GEMV_GREEDY) against the GEMV +
+    torch.argmax + bookkeeping ops: the same tokens and last logits at batch 1 and 8 (tiny-moe's lm_head is a
+    "small" matrix: the case gives that class a GEMV tile)."""
+    from bench.engines.graph import GraphEngine
+    from bench.models.loading import load_model
+
+    model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
+    saved = (gk.GEMV_GREEDY, gk.GEMV_CONFIG.get("small"))
+    gk.GEMV_CONFIG["small"] = (32, 128, 4, 4)
+    try:
+        for batch in (1, 8):
+            ids = torch.randint(0, model.config.vocab_size, (batch, 40), device="cuda",
+                                generator=torch.Generator("cuda").manual_seed(5))
+            out = {}
+            for greedy in (False, True):
+                gk.GEMV_GREEDY = greedy
+                eng = GraphEngine(keep_logits=True)
+                res = eng.generate(model, ids, 24)
+                out[greedy] = (res.tokens, eng.decoder.logits.clone())
+                eng.release()
+            assert torch.equal(out[True][0], out[False][0]), batch
+            assert torch.equal(out[True][1], out[False][1]), batch
+    finally:
+        gk.GEMV_GREEDY, gk.GEMV_CONFIG["small"] = saved
