@@ -248,9 +248,9 @@ def test_gemv_greedy_is_torch_argmax_on_cuda(gk, rows):
 
 
 def test_greedy_step_replay_gives_the_same_tokens_and_logits(gk):
-    """Decode as a CUDA graph with the greedy step fused into the vocabulary GEMV (GEMV_GREEDY) against the GEMV +
-    torch.argmax + bookkeeping ops: the same tokens and last logits at batch 1 and 8 (tiny-moe's lm_head is a
-    "small" matrix: the case gives that class a GEMV tile)."""
+    """Decode as a CUDA graph with the greedy step fused into the vocabulary GEMV (GEMV_GREEDY; past 8 rows the
+    linear + argmax_step) against the linear + torch.argmax + bookkeeping ops: the same tokens and last logits at
+    batch 1, 8 and 32 (tiny-moe's lm_head is a "small" matrix: the case gives that class a GEMV tile)."""
     from bench.engines.graph import GraphEngine
     from bench.models.loading import load_model
 
@@ -258,7 +258,7 @@ def test_greedy_step_replay_gives_the_same_tokens_and_logits(gk):
     saved = (gk.GEMV_GREEDY, gk.GEMV_CONFIG.get("small"))
     gk.GEMV_CONFIG["small"] = (32, 128, 4, 4)
     try:
-        for batch in (1, 8):
+        for batch in (1, 8, 32):  # 32 rows: cuBLAS logits, then argmax_step
             ids = torch.randint(0, model.config.vocab_size, (batch, 40), device="cuda",
                                 generator=torch.Generator("cuda").manual_seed(5))
             out = {}
@@ -272,3 +272,21 @@ def test_greedy_step_replay_gives_the_same_tokens_and_logits(gk):
             assert torch.equal(out[True][1], out[False][1]), batch
     finally:
         gk.GEMV_GREEDY, gk.GEMV_CONFIG["small"] = saved
+
+
+@pytest.mark.parametrize("rows", [16, 64])
+def test_argmax_step_is_torch_argmax_on_cuda(gk, rows):
+    """argmax_step on bf16 logits of gpt-oss's vocabulary (201,088): torch.argmax's tokens (a planted exact tie
+    across tiles goes to the lower id), out[:, step], step and pos advanced, over two launches."""
+    g = torch.Generator("cuda").manual_seed(12)
+    tok = torch.zeros(rows, dtype=torch.long, device="cuda")
+    out = torch.full((rows, 3), -1, dtype=torch.long, device="cuda")
+    step = torch.tensor(0, device="cuda")
+    pos = torch.tensor(3, device="cuda")
+    for call in range(2):
+        y = torch.randn(rows, 201_088, device="cuda", generator=g).to(torch.bfloat16)
+        y[0, 100_000] = y[0, 200_000] = 20.0
+        gk.argmax_step(y, tok, out, step, pos)
+        want = torch.argmax(y, dim=-1)
+        assert torch.equal(tok, want) and torch.equal(out[:, call], want), call
+        assert int(tok[0]) == 100_000 and int(step) == call + 1 and int(pos) == 4 + call

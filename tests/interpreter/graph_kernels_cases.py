@@ -531,3 +531,25 @@ def test_triton_greedy_step_decode_matches_hf_tokens(gk, lively, monkeypatch):
     monkeypatch.setattr(gk, "GEMV_GREEDY", False)
     calls.clear()
     assert torch.equal(eng.generate(model, ids, TOKENS).tokens, ref.tokens) and not calls
+
+
+@pytest.mark.parametrize("rows", [2, 20])
+def test_triton_argmax_step_is_argmax_and_advances_the_step(gk, monkeypatch, rows):
+    """argmax_step on given logits (rows past GEMV_MAX_ROWS come from cuBLAS): tok = torch.argmax (an exact tie
+    across tiles goes to the lower id; -inf and a masked tail), out[:, step], step and pos advanced; two calls in a
+    row (keys and count reset)."""
+    monkeypatch.setattr(gk, "ARGMAX_BN", 64)
+    g = torch.Generator().manual_seed(9)
+    tok = torch.zeros(rows, dtype=torch.long)
+    out = torch.full((rows, 4), -1, dtype=torch.long)
+    step, pos = torch.tensor(2), torch.tensor(5)
+    for call in range(2):
+        y = torch.randn(rows, 200, generator=g).to(torch.bfloat16)
+        y[0, 30] = y[0, 150] = 9.0  # a tie in tiles 0 and 2: the lower id wins
+        y[-1, :] = float("-inf")
+        y[-1, 199] = -1e30  # the only finite logit of the last row, in the masked last tile
+        gk.argmax_step(y, tok, out, step, pos)
+        want = torch.argmax(y, dim=-1)
+        assert torch.equal(tok, want) and torch.equal(out[:, 2 + call], want), call
+        assert int(tok[0]) == 30 and int(tok[-1]) == 199
+        assert int(step) == 3 + call and int(pos) == 6 + call

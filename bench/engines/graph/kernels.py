@@ -482,10 +482,60 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 # The decode step's greedy token in the vocabulary GEMV itself (`gemv_greedy`, session 9): each program's per-row
 # argmax goes into a packed atomic max, the last program writes the tokens, the output column and advances pos and
 # the step index; that replaces torch.argmax (a reduce kernel, ~9 us at batch 1 on the H200) and four tiny
-# bookkeeping kernels (copy, index_copy, two adds). The same tokens as torch.argmax (ties: the lowest id). False:
-# F.linear / gemv, then the torch ops (ablation).
+# bookkeeping kernels (copy, index_copy, two adds). The same tokens as torch.argmax (ties: the lowest id). Past
+# GEMV_MAX_ROWS rows (cuBLAS logits) `argmax_step` does the same after the linear. H200 (docs/PERF.md, session 9,
+# against False): batch 1 k4 -0.6% (E16) / -0.7% (E32), batch 8 k2 -0.4 / -0.3%. False: F.linear / gemv, then
+# torch.argmax and the torch ops (ablation).
 GEMV_GREEDY = True
-_GREEDY_STATE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+_GREEDY_STATE: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _greedy_state(device: torch.device, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packed keys (one per row, zero between launches) and the count of a greedy launch of up to `rows` rows;
+    one pair per (device, row class), never freed (a captured graph keeps using its pair)."""
+    size = max(16, _p2(rows))
+    state = _GREEDY_STATE.get((device, size))
+    if state is None:
+        state = _GREEDY_STATE[(device, size)] = (torch.zeros((size,), dtype=torch.uint64, device=device),
+                                                 torch.zeros((1,), dtype=torch.int32, device=device))
+    return state
+
+
+@triton.jit
+def _argmax_step_kernel(y_ptr, N, stride_y, key_ptr, cnt_ptr, tok_ptr, out_ptr, step_ptr, pos_ptr, M, stride_out,
+                        BN: tl.constexpr, BM: tl.constexpr, PDL: tl.constexpr):
+    """Grid (N / BN, M): the argmax of one row's N tile into the row's packed key; the last program finishes the
+    step (`_greedy_tail`)."""
+    row = tl.program_id(1)
+    offs = tl.program_id(0) * BN + tl.arange(0, BN)
+    _gdc(PDL)
+    v = tl.load(y_ptr + row * stride_y + offs, mask=offs < N, other=float("-inf")).to(tl.float32)
+    best = tl.max(v, axis=0)
+    first = tl.min(tl.where(v == best, offs, N), axis=0)
+    tl.atomic_max(key_ptr + row, _ordered_key(best, first), sem="relaxed", scope="gpu")
+    tl.debug_barrier()
+    done = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")
+    if done == tl.num_programs(0) * tl.num_programs(1) - 1:
+        _greedy_tail(key_ptr, cnt_ptr, tok_ptr, out_ptr, step_ptr, pos_ptr, M, stride_out, BM)
+
+
+ARGMAX_BN = 4096
+
+
+def argmax_step(y: torch.Tensor, tok: torch.Tensor, out: torch.Tensor, step: torch.Tensor,
+                pos: torch.Tensor) -> None:
+    """Greedy decoding's end for logits y (M, N) from another kernel (rows past GEMV_MAX_ROWS: cuBLAS): tok (M,) =
+    torch.argmax(y, -1), out[:, step] = tok, step += 1, pos += 1, in one launch instead of torch.argmax and four
+    bookkeeping kernels."""
+    m, n = y.shape
+    if tok.shape != (m,) or out.shape[0] != m or out.stride(1) != 1 or y.stride(1) != 1:
+        raise ValueError(f"argmax_step: logits {tuple(y.shape)}, tok {tuple(tok.shape)}, out {tuple(out.shape)}")
+    keys, cnt = _greedy_state(y.device, m)
+    pdl = pdl_launch(m)
+    _argmax_step_kernel[(triton.cdiv(n, ARGMAX_BN), m)](
+        y, n, y.stride(0), keys, cnt, tok, out, step, pos, m, out.stride(0), BN=ARGMAX_BN, BM=keys.shape[0], PDL=pdl,
+        num_warps=8, **_pdl_kw(pdl),
+    )
 
 
 def gemv_greedy(x: torch.Tensor, weight: torch.Tensor, tok: torch.Tensor, out: torch.Tensor, step: torch.Tensor,
@@ -497,11 +547,7 @@ def gemv_greedy(x: torch.Tensor, weight: torch.Tensor, tok: torch.Tensor, out: t
     n = weight.shape[0]
     if m > 16 or tok.shape != (m,) or out.shape[0] != m or out.stride(1) != 1:
         raise ValueError(f"gemv_greedy: {m} rows, tok {tuple(tok.shape)}, out {tuple(out.shape)}")
-    state = _GREEDY_STATE.get(x.device)
-    if state is None:
-        state = _GREEDY_STATE[x.device] = (torch.zeros((16,), dtype=torch.uint64, device=x.device),
-                                           torch.zeros((1,), dtype=torch.int32, device=x.device))
-    keys, cnt = state
+    keys, cnt = _greedy_state(x.device, m)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     bn, bk, warps, stages = config or GEMV_CONFIG.get("vocab") or (64, 128, 4, 4)
     pdl = pdl_launch(m)

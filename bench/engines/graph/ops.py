@@ -17,8 +17,9 @@
 
     greedy_step(x, w, logits, tok, out, step, pos)   the decode step's end: x w^T (logits copied into `logits` if
                                  given), tok = argmax per row, out[:, step] = tok, step += 1, pos += 1 (device
-                                 tensors, so it stays capturable); TritonOps with gemv and GEMV_GREEDY: one launch
-                                 (kernels.gemv_greedy) for <= GEMV_MAX_ROWS rows
+                                 tensors, so it stays capturable); TritonOps with GEMV_GREEDY: one launch
+                                 (kernels.gemv_greedy) for <= GEMV_MAX_ROWS rows with gemv, else the linear and
+                                 kernels.argmax_step
 
 `make_ops(options, geom)` picks one from the resolved GraphOptions.
 """
@@ -175,10 +176,14 @@ class TritonOps:
         if (self.gemv and k.GEMV_GREEDY and cfg is not None and x.shape[0] <= k.GEMV_MAX_ROWS and x.stride(1) == 1
                 and w.is_contiguous() and out.stride(1) == 1):
             y = k.gemv_greedy(x, w, tok, out, step, pos, cfg)
-            if logits is not None:
-                logits.copy_(y)
+        elif k.GEMV_GREEDY and out.stride(1) == 1:  # another kernel's logits (cuBLAS), then one launch
+            y = self.linear(x, w, None)
+            k.argmax_step(y, tok, out, step, pos)
+        else:
+            greedy_step_torch(self, x, w, logits, tok, out, step, pos)
             return
-        greedy_step_torch(self, x, w, logits, tok, out, step, pos)
+        if logits is not None:
+            logits.copy_(y)
 
     def add_rmsnorm(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor,
                     eps: float) -> torch.Tensor:
