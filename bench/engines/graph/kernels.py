@@ -39,13 +39,18 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   (compact few / compact many pairs, M tile 16 / 32 / 64, larger); a table may put the N tiles on the fast grid
   axis (NB_MAJOR), so that the CTAs resident together read adjacent column strips of one expert's weight rows.
 
-Programmatic dependent launch (PDL, Hopper): in one-token steps (PDL_MAX_TOKENS) each decode kernel here is
-launched with `launch_pdl` and waits (`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel
-writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`). The kernels right before a
+Programmatic dependent launch (PDL, Hopper): in decode steps of up to PDL_MAX_TOKENS tokens (mode PDL at one
+token, PDL_ROWS past it) each decode kernel here is launched with `launch_pdl` and waits (`griddepcontrol.wait`,
+`_gdc`) before touching anything an earlier kernel writes, so its launch overlaps the end of the kernel before it
+(`PDL`, `pdl_launch`). The kernels right before a
 split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv), rope_kv and the bf16 down expert
 GEMM let the next kernel launch right after their own wait (PDL mode 2: `SPLITK_EARLY`, `PDL_EARLY_MORE`,
 `early_pdl`); the split-K GEMVs do not: o_proj's early trigger slowed pruned models, qkv's the fused rope + attention
 (docs/PERF.md, session 8).
+
+Greedy decoding's end (`gemv_greedy`, `argmax_step`, GEMV_GREEDY): the vocabulary GEMV (or, past GEMV_MAX_ROWS rows,
+one launch after cuBLAS's logits) takes each row's argmax as an atomic max of packed (value, ~id) keys, and its last
+program writes the tokens and the output column and advances the step and the position (`_greedy_tail`).
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
