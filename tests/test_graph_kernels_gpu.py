@@ -105,24 +105,25 @@ def test_pdl_graph_replay_gives_the_same_tokens_and_logits(gk):
         assert torch.equal(out[mode][1], out[0][1]), mode
 
 
-@pytest.mark.parametrize("batch", [2, 8])
+@pytest.mark.parametrize("batch", [2, 8, 32])
 def test_multi_token_pdl_replay_gives_the_same_tokens_and_logits(gk, batch):
-    """Decode steps of 2..PDL_MAX_TOKENS streams as a CUDA graph with PDL launches (PDL_ROWS, mode 1 and 2) give the
-    same tokens and last logits as plain launches (PDL_MAX_TOKENS = 1); a kernel of these row counts that read an
-    input before its wait would race and move them."""
+    """Decode steps of several streams as a CUDA graph with PDL launches (PDL_ROWS, mode 1 and 2, the gate
+    PDL_MAX_TOKENS raised to the batch where it is lower) give the same tokens and last logits as plain launches
+    (PDL_MAX_TOKENS = 1); a kernel of these row counts that read an input before its wait would race and move
+    them."""
     from bench.engines.graph import GraphEngine
     from bench.models.loading import load_model
 
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("PDL needs compute capability >= 9")
-    assert batch <= gk.PDL_MAX_TOKENS
     model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
     ids = torch.randint(0, model.config.vocab_size, (batch, 40), device="cuda",
                         generator=torch.Generator("cuda").manual_seed(4))
     saved = (gk.PDL_MAX_TOKENS, gk.PDL_ROWS)
     out = {}
     try:
-        for name, most, mode in (("plain", 1, 0), ("rows1", saved[0], 1), ("rows2", saved[0], 2)):
+        for name, most, mode in (("plain", 1, 0), ("rows1", max(saved[0], batch), 1),
+                                 ("rows2", max(saved[0], batch), 2)):
             gk.PDL_MAX_TOKENS, gk.PDL_ROWS = most, mode
             assert gk.pdl_launch(batch) == (mode if most >= batch else 0)
             eng = GraphEngine(keep_logits=True)
@@ -288,3 +289,74 @@ def test_splitk_mma_linear_matches_f_linear_on_cuda(gk, rows):
             torch.testing.assert_close(got.materialize().float(), torch.nn.functional.linear(x, w, b).float(),
                                        rtol=8e-3, atol=1e-2)
 
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_gemv_greedy_is_torch_argmax_on_cuda(gk, rows):
+    """gemv_greedy on a gpt-oss-sized vocabulary (201,088 x 2,880 bf16): the logits of gemv bit for bit, the tokens
+    torch.argmax's (a planted exact tie across N tiles goes to the lower id), out[:, step] and step / pos advanced,
+    over three launches (the last program's reset)."""
+    g = torch.Generator("cuda").manual_seed(11)
+    n, k = 201_088, 2_880
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+    w[150_000] = w[1_234]
+    tok = torch.zeros(rows, dtype=torch.long, device="cuda")
+    out = torch.full((rows, 5), -1, dtype=torch.long, device="cuda")
+    step = torch.tensor(0, device="cuda")
+    pos = torch.tensor(7, device="cuda")
+    for call in range(3):
+        x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16, generator=g)
+        if call == 1:
+            x[0] = w[1_234] * 50  # row 0's largest logit: rows 1,234 and 150,000, equal
+        y = gk.gemv_greedy(x, w, tok, out, step, pos, gk.GEMV_CONFIG["vocab"])
+        assert torch.equal(y, gk.gemv(x, w, None, gk.GEMV_CONFIG["vocab"]))
+        want = torch.argmax(y, dim=-1)
+        assert torch.equal(tok, want) and torch.equal(out[:, call], want), call
+        assert int(step) == call + 1 and int(pos) == 8 + call
+        if call == 1:
+            assert int(tok[0]) == 1_234
+
+
+def test_greedy_step_replay_gives_the_same_tokens_and_logits(gk):
+    """Decode as a CUDA graph with the greedy step fused into the vocabulary GEMV (GEMV_GREEDY; past 8 rows the
+    linear + argmax_step) against the linear + torch.argmax + bookkeeping ops: the same tokens and last logits at
+    batch 1, 8 and 32 (tiny-moe's lm_head is a "small" matrix: the case gives that class a GEMV tile)."""
+    from bench.engines.graph import GraphEngine
+    from bench.models.loading import load_model
+
+    model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
+    saved = (gk.GEMV_GREEDY, gk.GEMV_CONFIG.get("small"))
+    gk.GEMV_CONFIG["small"] = (32, 128, 4, 4)
+    try:
+        for batch in (1, 8, 32):  # 32 rows: cuBLAS logits, then argmax_step
+            ids = torch.randint(0, model.config.vocab_size, (batch, 40), device="cuda",
+                                generator=torch.Generator("cuda").manual_seed(5))
+            out = {}
+            for greedy in (False, True):
+                gk.GEMV_GREEDY = greedy
+                eng = GraphEngine(keep_logits=True)
+                res = eng.generate(model, ids, 24)
+                out[greedy] = (res.tokens, eng.decoder.logits.clone())
+                eng.release()
+            assert torch.equal(out[True][0], out[False][0]), batch
+            assert torch.equal(out[True][1], out[False][1]), batch
+    finally:
+        gk.GEMV_GREEDY, gk.GEMV_CONFIG["small"] = saved
+
+
+@pytest.mark.parametrize("rows", [16, 64])
+def test_argmax_step_is_torch_argmax_on_cuda(gk, rows):
+    """argmax_step on bf16 logits of gpt-oss's vocabulary (201,088): torch.argmax's tokens (a planted exact tie
+    across tiles goes to the lower id), out[:, step], step and pos advanced, over two launches."""
+    g = torch.Generator("cuda").manual_seed(12)
+    tok = torch.zeros(rows, dtype=torch.long, device="cuda")
+    out = torch.full((rows, 3), -1, dtype=torch.long, device="cuda")
+    step = torch.tensor(0, device="cuda")
+    pos = torch.tensor(3, device="cuda")
+    for call in range(2):
+        y = torch.randn(rows, 201_088, device="cuda", generator=g).to(torch.bfloat16)
+        y[0, 100_000] = y[0, 200_000] = 20.0
+        gk.argmax_step(y, tok, out, step, pos)
+        want = torch.argmax(y, dim=-1)
+        assert torch.equal(tok, want) and torch.equal(out[:, call], want), call
+        assert int(tok[0]) == 100_000 and int(step) == call + 1 and int(pos) == 4 + call

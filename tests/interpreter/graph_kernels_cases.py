@@ -551,3 +551,69 @@ def test_triton_fold_norm_router_decode_matches_hf_tokens(gk, lively, monkeypatc
     two = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids, TOKENS)
     assert torch.equal(two.tokens, ref.tokens)
     assert len(calls) == ran
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_triton_gemv_greedy_is_argmax_and_advances_the_step(gk, rows):
+    """gemv_greedy: the logits of gemv, each row's token = torch.argmax of them (exact ties across and inside N tiles
+    go to the lowest id), written to tok and to out[:, step], step and pos advanced by one; three calls in a row (the
+    keys and the count reset by the last program)."""
+    g = torch.Generator().manual_seed(7)
+    n, k = 300, 96  # 5 N tiles of 64, the last one masked
+    w = torch.randn(n, k, generator=g)
+    w[[40, 41, 170, 299]] = w[17].clone()  # twins of row 17: in its tile (40, 41), later tiles (170, masked 299)
+    tok = torch.zeros(rows, dtype=torch.long)
+    out = torch.full((rows, 6), -1, dtype=torch.long)
+    step, pos = torch.tensor(1), torch.tensor(20)
+    for call in range(3):
+        x = torch.randn(rows, k, generator=g)
+        x[0] = w[17] if call == 0 else x[0]  # row 0 of call 0: its maximum is the tied row 17
+        y = gk.gemv_greedy(x, w, tok, out, step, pos, (64, 32, 4, 2))
+        torch.testing.assert_close(y, x @ w.T, rtol=1e-4, atol=1e-4)
+        want = torch.argmax(y, dim=-1)
+        assert torch.equal(tok, want), (call, tok, want)
+        assert torch.equal(out[:, 1 + call], want)
+        assert int(step) == 2 + call and int(pos) == 21 + call
+        if call == 0:
+            assert int(tok[0]) == 17
+    assert torch.equal(out[:, 4:], torch.full((rows, 2), -1, dtype=torch.long))
+
+
+def test_triton_greedy_step_decode_matches_hf_tokens(gk, lively, monkeypatch):
+    """The decoder's greedy step through gemv_greedy (tiny-moe's 512-row lm_head is a "small" matrix, so the case
+    forces a GEMV tile for that class) at 2 rows: hf's greedy tokens, and the fused launch ran every step; with
+    GEMV_GREEDY off the torch ops give the same tokens."""
+    model, ids, ref = lively
+    monkeypatch.setitem(gk.GEMV_CONFIG, "small", (16, 64, 4, 2))
+    calls = []
+    real = gk.gemv_greedy
+    monkeypatch.setattr(gk, "gemv_greedy", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    eng = get_engine("graph", {"kernels": "triton", "experts": "triton", "gemv": True})
+    res = eng.generate(model, ids, TOKENS)
+    assert torch.equal(res.tokens, ref.tokens)
+    assert len(calls) >= TOKENS - 1, len(calls)
+    monkeypatch.setattr(gk, "GEMV_GREEDY", False)
+    calls.clear()
+    assert torch.equal(eng.generate(model, ids, TOKENS).tokens, ref.tokens) and not calls
+
+
+@pytest.mark.parametrize("rows", [2, 20])
+def test_triton_argmax_step_is_argmax_and_advances_the_step(gk, monkeypatch, rows):
+    """argmax_step on given logits (rows past GEMV_MAX_ROWS come from cuBLAS): tok = torch.argmax (an exact tie
+    across tiles goes to the lower id; -inf and a masked tail), out[:, step], step and pos advanced; two calls in a
+    row (keys and count reset)."""
+    monkeypatch.setattr(gk, "ARGMAX_BN", 64)
+    g = torch.Generator().manual_seed(9)
+    tok = torch.zeros(rows, dtype=torch.long)
+    out = torch.full((rows, 4), -1, dtype=torch.long)
+    step, pos = torch.tensor(2), torch.tensor(5)
+    for call in range(2):
+        y = torch.randn(rows, 200, generator=g).to(torch.bfloat16)
+        y[0, 30] = y[0, 150] = 9.0  # a tie in tiles 0 and 2: the lower id wins
+        y[-1, :] = float("-inf")
+        y[-1, 199] = -1e30  # the only finite logit of the last row, in the masked last tile
+        gk.argmax_step(y, tok, out, step, pos)
+        want = torch.argmax(y, dim=-1)
+        assert torch.equal(tok, want) and torch.equal(out[:, 2 + call], want), call
+        assert int(tok[0]) == 30 and int(tok[-1]) == 199
+        assert int(step) == 3 + call and int(pos) == 6 + call

@@ -233,8 +233,5 @@ class GptOssDecoder:
     def decode_step(self) -> None:
         """Feed `tok` at `pos`; greedy next token into `tok` and output column `step_idx`; advance. Capturable
         (unless experts = loop). At most `max_steps` steps after a prefill."""
-        nxt = self._emit(self._forward(self.tok, self._decode_attention, self.expert_hits))
-        self.tok.copy_(nxt)
-        self._out.index_copy_(1, self.step_idx.view(1), nxt.unsqueeze(1))
-        self.state.pos.add_(1)
-        self.step_idx.add_(1)
+        normed = self._forward(self.tok, self._decode_attention, self.expert_hits)
+        self.ops.greedy_step(normed, self.lm_head, self.logits, self.tok, self._out, self.step_idx, self.state.pos)

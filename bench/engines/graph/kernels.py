@@ -44,13 +44,18 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   (compact few / compact many pairs, M tile 16 / 32 / 64, larger); a table may put the N tiles on the fast grid
   axis (NB_MAJOR), so that the CTAs resident together read adjacent column strips of one expert's weight rows.
 
-Programmatic dependent launch (PDL, Hopper): in one-token steps (PDL_MAX_TOKENS) each decode kernel here is
-launched with `launch_pdl` and waits (`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel
-writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`). The kernels right before a
+Programmatic dependent launch (PDL, Hopper): in decode steps of up to PDL_MAX_TOKENS tokens (mode PDL at one
+token, PDL_ROWS past it) each decode kernel here is launched with `launch_pdl` and waits (`griddepcontrol.wait`,
+`_gdc`) before touching anything an earlier kernel writes, so its launch overlaps the end of the kernel before it
+(`PDL`, `pdl_launch`). The kernels right before a
 split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv), rope_kv and the bf16 down expert
 GEMM let the next kernel launch right after their own wait (PDL mode 2: `SPLITK_EARLY`, `PDL_EARLY_MORE`,
 `early_pdl`); the split-K GEMVs do not: o_proj's early trigger slowed pruned models, qkv's the fused rope + attention
 (docs/PERF.md, session 8).
+
+Greedy decoding's end (`gemv_greedy`, `argmax_step`, GEMV_GREEDY): the vocabulary GEMV (or, past GEMV_MAX_ROWS rows,
+one launch after cuBLAS's logits) takes each row's argmax as an atomic max of packed (value, ~id) keys, and its last
+program writes the tokens and the output column and advances the step and the position (`_greedy_tail`).
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
@@ -398,8 +403,40 @@ def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | Partials | None, ks: int,
 
 
 @triton.jit
+def _ordered_key(v, idx):
+    """A uint64 whose unsigned order is (v ascending, then idx descending): the float32 v's bits made monotone in
+    the high word, ~idx in the low one, so that an atomic max picks the largest v and, among equal v, the lowest idx
+    (torch.argmax's first maximum)."""
+    bits = v.to(tl.uint32, bitcast=True)
+    mono = tl.where((bits >> 31) != 0, ~bits, bits | 0x80000000)
+    return (mono.to(tl.uint64) << 32) | (~idx.to(tl.uint32)).to(tl.uint64)
+
+
+@triton.jit
+def _greedy_tail(key_ptr, cnt_ptr, tok_ptr, out_ptr, step_ptr, pos_ptr, M, stride_out, BM: tl.constexpr):
+    """The last program of the vocabulary GEMV (an atomic count): each row's token from its packed key (the low word
+    is ~id), stored into tok and into out[:, step]; then step += 1 and pos += 1; keys and count reset for the next
+    step (CUDA-graph replays)."""
+    rows = tl.arange(0, BM)
+    rmask = rows < M
+    key = tl.atomic_xchg(key_ptr + rows, tl.zeros([BM], dtype=tl.uint64), mask=rmask, sem="acq_rel", scope="gpu")
+    tok = (~(key & 0xFFFFFFFF).to(tl.uint32)).to(tl.int64)
+    step = tl.load(step_ptr)
+    tl.store(tok_ptr + rows, tok, mask=rmask)
+    tl.store(out_ptr + rows * stride_out + step, tok, mask=rmask)
+    tl.store(step_ptr, step + 1)
+    tl.store(pos_ptr, tl.load(pos_ptr) + 1)
+    tl.store(cnt_ptr, 0)
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, HAS_BIAS: tl.constexpr,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr,
+                 GREEDY: tl.constexpr = False, key_ptr=None, cnt_ptr=None, tok_ptr=None, out_ptr=None, step_ptr=None,
+                 pos_ptr=None, stride_out=0):
+    """y = x w^T (+ b) for M <= BM rows. GREEDY (`gemv_greedy`): also each row's argmax over N (of the stored,
+    rounded values) by an atomic max of packed keys (`_ordered_key`); the last program finishes the step
+    (`_greedy_tail`)."""
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     nmask = offs_n < N
     offs_m = tl.arange(0, BM)
@@ -415,8 +452,17 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, HAS_
         acc = tl.dot(x, tl.trans(w), acc)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=mmask[:, None] & nmask[None, :])
+    y = acc.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=mmask[:, None] & nmask[None, :])
+    if GREEDY:
+        v = tl.where(nmask[None, :], y.to(tl.float32), float("-inf"))
+        best = tl.max(v, axis=1)
+        first = tl.min(tl.where(v == best[:, None], offs_n[None, :], N), axis=1)
+        tl.atomic_max(key_ptr + offs_m, _ordered_key(best, first), mask=mmask, sem="relaxed", scope="gpu")
+        tl.debug_barrier()
+        done = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")
+        if done == tl.num_programs(0) - 1:
+            _greedy_tail(key_ptr, cnt_ptr, tok_ptr, out_ptr, step_ptr, pos_ptr, M, stride_out, BM)
 
 
 GEMV_MAX_ROWS = 8
@@ -439,6 +485,86 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         x, weight, bias if bias is not None else weight, y, m, n, k, x.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, BM=16, BN=bn, BK=bk, PDL=pdl, num_warps=warps, num_stages=stages,
         **_pdl_kw(pdl),
+    )
+    return y
+
+
+# The decode step's greedy token in the vocabulary GEMV itself (`gemv_greedy`, session 9): each program's per-row
+# argmax goes into a packed atomic max, the last program writes the tokens, the output column and advances pos and
+# the step index; that replaces torch.argmax (a reduce kernel, ~9 us at batch 1 on the H200) and four tiny
+# bookkeeping kernels (copy, index_copy, two adds). The same tokens as torch.argmax (ties: the lowest id). Past
+# GEMV_MAX_ROWS rows (cuBLAS logits) `argmax_step` does the same after the linear. H200 (docs/PERF.md, session 9,
+# against False): batch 1 k4 -0.6% (E16) / -0.7% (E32), batch 8 k2 -0.4 / -0.3%. False: F.linear / gemv, then
+# torch.argmax and the torch ops (ablation).
+GEMV_GREEDY = True
+_GREEDY_STATE: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _greedy_state(device: torch.device, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packed keys (one per row, zero between launches) and the count of a greedy launch of up to `rows` rows;
+    one pair per (device, row class), never freed (a captured graph keeps using its pair)."""
+    size = max(16, _p2(rows))
+    state = _GREEDY_STATE.get((device, size))
+    if state is None:
+        state = _GREEDY_STATE[(device, size)] = (torch.zeros((size,), dtype=torch.uint64, device=device),
+                                                 torch.zeros((1,), dtype=torch.int32, device=device))
+    return state
+
+
+@triton.jit
+def _argmax_step_kernel(y_ptr, N, stride_y, key_ptr, cnt_ptr, tok_ptr, out_ptr, step_ptr, pos_ptr, M, stride_out,
+                        BN: tl.constexpr, BM: tl.constexpr, PDL: tl.constexpr):
+    """Grid (N / BN, M): the argmax of one row's N tile into the row's packed key; the last program finishes the
+    step (`_greedy_tail`)."""
+    row = tl.program_id(1)
+    offs = tl.program_id(0) * BN + tl.arange(0, BN)
+    _gdc(PDL)
+    v = tl.load(y_ptr + row * stride_y + offs, mask=offs < N, other=float("-inf")).to(tl.float32)
+    best = tl.max(v, axis=0)
+    first = tl.min(tl.where(v == best, offs, N), axis=0)
+    tl.atomic_max(key_ptr + row, _ordered_key(best, first), sem="relaxed", scope="gpu")
+    tl.debug_barrier()
+    done = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")
+    if done == tl.num_programs(0) * tl.num_programs(1) - 1:
+        _greedy_tail(key_ptr, cnt_ptr, tok_ptr, out_ptr, step_ptr, pos_ptr, M, stride_out, BM)
+
+
+ARGMAX_BN = 4096
+
+
+def argmax_step(y: torch.Tensor, tok: torch.Tensor, out: torch.Tensor, step: torch.Tensor,
+                pos: torch.Tensor) -> None:
+    """Greedy decoding's end for logits y (M, N) from another kernel (rows past GEMV_MAX_ROWS: cuBLAS): tok (M,) =
+    torch.argmax(y, -1), out[:, step] = tok, step += 1, pos += 1, in one launch instead of torch.argmax and four
+    bookkeeping kernels."""
+    m, n = y.shape
+    if tok.shape != (m,) or out.shape[0] != m or out.stride(1) != 1 or y.stride(1) != 1:
+        raise ValueError(f"argmax_step: logits {tuple(y.shape)}, tok {tuple(tok.shape)}, out {tuple(out.shape)}")
+    keys, cnt = _greedy_state(y.device, m)
+    pdl = pdl_launch(m)
+    _argmax_step_kernel[(triton.cdiv(n, ARGMAX_BN), m)](
+        y, n, y.stride(0), keys, cnt, tok, out, step, pos, m, out.stride(0), BN=ARGMAX_BN, BM=keys.shape[0], PDL=pdl,
+        num_warps=8, **_pdl_kw(pdl),
+    )
+
+
+def gemv_greedy(x: torch.Tensor, weight: torch.Tensor, tok: torch.Tensor, out: torch.Tensor, step: torch.Tensor,
+                pos: torch.Tensor, config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """logits = x (M, K) @ weight (N, K)^T (no bias) for M <= GEMV_MAX_ROWS, and greedy decoding's bookkeeping in
+    the same launch: tok (M,) = each row's argmax (int64), out[:, step] = tok, then step += 1 and pos += 1 (0-d
+    int64 device tensors). Returns the logits (M, N)."""
+    m, k = x.shape
+    n = weight.shape[0]
+    if m > 16 or tok.shape != (m,) or out.shape[0] != m or out.stride(1) != 1:
+        raise ValueError(f"gemv_greedy: {m} rows, tok {tuple(tok.shape)}, out {tuple(out.shape)}")
+    keys, cnt = _greedy_state(x.device, m)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    bn, bk, warps, stages = config or GEMV_CONFIG.get("vocab") or (64, 128, 4, 4)
+    pdl = pdl_launch(m)
+    _gemv_kernel[(triton.cdiv(n, bn),)](
+        x, weight, weight, y, m, n, k, x.stride(0), y.stride(0), HAS_BIAS=False, BM=16, BN=bn, BK=bk, PDL=pdl,
+        GREEDY=True, key_ptr=keys, cnt_ptr=cnt, tok_ptr=tok, out_ptr=out, step_ptr=step, pos_ptr=pos,
+        stride_out=out.stride(0), num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
     )
     return y
 

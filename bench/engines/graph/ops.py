@@ -1,5 +1,5 @@
 """The two ops backends of the `graph` decoder: `TorchOps` (reference torch ops; the CPU path) and `TritonOps`
-(bench/engines/graph/kernels.py). Both implement the same six calls, so the decoder's layer body names no backend:
+(bench/engines/graph/kernels.py). Both implement the same seven calls, so the decoder's layer body names no backend:
 
     add_rmsnorm(h, delta, ks, w, eps) -> normed   h (R, H) += delta summed over ks rows per row (in place),
                                                  returns RMSNorm(h) * w (delta None: norm only)
@@ -18,6 +18,12 @@
                                  (kernels.splitk_mma_linear, tensor cores, tile by site) return kernels.Partials,
                                  which only decode_attention (qkv) and add_rmsnorm / norm_route (o_proj, ks = 1)
                                  of TritonOps take
+
+    greedy_step(x, w, logits, tok, out, step, pos)   the decode step's end: x w^T (logits copied into `logits` if
+                                 given), tok = argmax per row, out[:, step] = tok, step += 1, pos += 1 (device
+                                 tensors, so it stays capturable); TritonOps with GEMV_GREEDY: one launch
+                                 (kernels.gemv_greedy) for <= GEMV_MAX_ROWS rows with gemv, else the linear and
+                                 kernels.argmax_step
 
 `make_ops(options, geom)` picks one from the resolved GraphOptions.
 """
@@ -72,8 +78,24 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def greedy_step_torch(ops: TorchOps | TritonOps, x: torch.Tensor, w: torch.Tensor, logits: torch.Tensor | None,
+                      tok: torch.Tensor, out: torch.Tensor, step: torch.Tensor, pos: torch.Tensor) -> None:
+    """`greedy_step` as separate ops: the linear (ops.linear), torch.argmax and the bookkeeping."""
+    y = ops.linear(x, w, None)
+    if logits is not None:
+        logits.copy_(y)
+    tok.copy_(torch.argmax(y, dim=-1))
+    out.index_copy_(1, step.view(1), tok.unsqueeze(1))
+    pos.add_(1)
+    step.add_(1)
+
+
 class TorchOps:
     name = "torch"
+
+    def greedy_step(self, x: torch.Tensor, w: torch.Tensor, logits: torch.Tensor | None, tok: torch.Tensor,
+                    out: torch.Tensor, step: torch.Tensor, pos: torch.Tensor) -> None:
+        greedy_step_torch(self, x, w, logits, tok, out, step, pos)
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, partials: bool = False,
                site: str = "") -> torch.Tensor:
@@ -155,6 +177,22 @@ class TritonOps:
             if cfg is not None:  # None: cuBLAS measured faster for this weight class
                 return self.k.gemv(x, w, b, cfg)
         return F.linear(x, w, b)
+
+    def greedy_step(self, x: torch.Tensor, w: torch.Tensor, logits: torch.Tensor | None, tok: torch.Tensor,
+                    out: torch.Tensor, step: torch.Tensor, pos: torch.Tensor) -> None:
+        k = self.k
+        cfg = k.GEMV_CONFIG.get("vocab" if w.shape[0] >= 16384 else "small")  # the class's tile, as `linear`
+        if (self.gemv and k.GEMV_GREEDY and cfg is not None and x.shape[0] <= k.GEMV_MAX_ROWS and x.stride(1) == 1
+                and w.is_contiguous() and out.stride(1) == 1):
+            y = k.gemv_greedy(x, w, tok, out, step, pos, cfg)
+        elif k.GEMV_GREEDY and out.stride(1) == 1:  # another kernel's logits (cuBLAS), then one launch
+            y = self.linear(x, w, None)
+            k.argmax_step(y, tok, out, step, pos)
+        else:
+            greedy_step_torch(self, x, w, logits, tok, out, step, pos)
+            return
+        if logits is not None:
+            logits.copy_(y)
 
     def add_rmsnorm(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor,
                     eps: float) -> torch.Tensor:
