@@ -727,17 +727,37 @@ def attn_decode(
 
 
 @triton.jit
+def _prefetch_cache_l2(k_base, v_base, end, D: tl.constexpr):
+    """L2 prefetch (PTX prefetch.global.L2) of K and V cache slots [0, end) of one (stream, kv head): one instruction
+    a 128-byte line. CUDA only (inline PTX)."""
+    LINES: tl.constexpr = 256
+    per_slot: tl.constexpr = D * 2 // 128 if D * 2 >= 128 else 1  # 128-byte lines a slot (bf16)
+    total = end * per_slot
+    kb = k_base.to(tl.pointer_type(tl.uint8))
+    vb = v_base.to(tl.pointer_type(tl.uint8))
+    for l0 in range(0, total, LINES):
+        ln = l0 + tl.arange(0, LINES)
+        m = (ln < total).to(tl.int32)
+        for base in tl.static_range(2):
+            ptr = (kb if base == 0 else vb) + ln.to(tl.int64) * 128
+            tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }", "=r,l,r",
+                [ptr, m], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _rope_attn_decode_kernel(
     qkv_ptr, part_ptr, bias_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, sinks_ptr, out_ptr, scale, HKV, S_CACHE,
     WINDOW, N, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, SLIDING: tl.constexpr,
-    NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+    NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr = False,
 ):
     """`_rope_kv_kernel` and `_attn_decode_kernel` in one launch, one program per (stream, kv head): the rope of the
     group's G query heads stays in registers (rounded to the activations' dtype, as rope_kv stores it), the roped k
     and v are written into the step's cache slot, and after a barrier the program attends over its cache as
     `_attn_decode_kernel` does, on the same values (the query's rotated halves joined back into one [GP, D] tile).
     qkv: the linear's output (rows of N elements) or, with NSPLIT > 0, its split-K partials (S, B, N) + bias (qkv_ptr
-    then only carries the dtype)."""
+    then only carries the dtype). EARLY (ATTN_EARLY_LOADS): the position, the rope's cos / sin and an L2 prefetch
+    of the cache's live slots before the PDL wait (none of them is written by an earlier kernel of the step)."""
     b = tl.program_id(0)
     kh = tl.program_id(1)
     mp = tl.num_programs(0)
@@ -748,10 +768,18 @@ def _rope_attn_decode_kernel(
     d = tl.arange(0, D)
     hq = HKV * G
     m_i = tl.load(sinks_ptr + kh * G + g, mask=gm, other=0.0).to(tl.float32)  # the sink starts the softmax
-    _gdc(PDL)
-    pos = tl.load(pos_ptr)
-    c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
-    s = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
+    kv = (b * HKV + kh) * S_CACHE * D
+    if EARLY:  # the position is the previous step's (no kernel of this step writes it before the lm_head's)
+        pos = tl.load(pos_ptr)
+        c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
+        s = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
+        _prefetch_cache_l2(kc_ptr + kv, vc_ptr + kv, tl.minimum(pos + 1, S_CACHE), D)
+        _gdc(PDL)
+    else:
+        _gdc(PDL)
+        pos = tl.load(pos_ptr)
+        c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
+        s = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
     qh = (kh * G + g) * D
     qm = gm[:, None] & hm[None, :]
     x1 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, qh[:, None] + half[None, :], mp, N, qm, NSPLIT, HAS_BIAS)
@@ -767,7 +795,6 @@ def _rope_attn_decode_kernel(
         slot = pos % WINDOW
     else:
         slot = pos
-    kv = (b * HKV + kh) * S_CACHE * D
     tl.store(kc_ptr + kv + slot * D + half, (k1 * c - k2 * s).to(kc_ptr.dtype.element_ty))
     tl.store(kc_ptr + kv + slot * D + D // 2 + half, (k2 * c + k1 * s).to(kc_ptr.dtype.element_ty))
     tl.store(vc_ptr + kv + slot * D + d, v.to(vc_ptr.dtype.element_ty))
@@ -787,6 +814,9 @@ def _rope_attn_decode_kernel(
 # covers it (batch 1, 8, 32). False: rope_kv, then attn_decode (ablation).
 FUSE_ROPE_ATTN = True
 FUSE_ROPE_ATTN_MIN_ROWS = 1
+# The fused kernel reads the position and the rope's cos / sin and prefetches its cache slots into L2 before its PDL
+# wait (`_rope_attn_decode_kernel` EARLY; the same bits). NOT MEASURED YET (session 9): off.
+ATTN_EARLY_LOADS = False
 
 
 def rope_attn_decode(
@@ -813,7 +843,8 @@ def rope_attn_decode(
         else src, cos, sin, pos, kc, vc, sinks, out, scale, hkv, s_cache, max(1, window),
         (hq + 2 * hkv) * d if parts is not None else qkv.stride(0), G=g, GP=max(16, _p2(g)), D=d, BS=bs,
         SLIDING=sliding, NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
-        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, num_warps=warps, **extra, **_pdl_kw(pdl),
+        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, EARLY=ATTN_EARLY_LOADS and kc.is_cuda,
+        num_warps=warps, **extra, **_pdl_kw(pdl),
     )
     return out
 
