@@ -1137,6 +1137,8 @@ FOLD_NORM_ROUTER = True
 # load round (fewer rounds: fewer dependent L2 round trips; wider: more registers for the whole GEMV kernel).
 FOLD_TILES = 256
 FOLD_BLOCK = 4096
+# The folded launch's (BN, BK, S, num_warps); None: o_proj's split-K tile (SPLITK_CONFIG["small"]).
+FOLD_CONFIG: tuple[int, int, int, int] | None = None
 _FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 

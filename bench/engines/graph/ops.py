@@ -220,7 +220,7 @@ class TritonOps:
                 and wo.shape[0] < 16384 and k.SPLITK_CONFIG.get("small") is not None and x.stride(1) == 1
                 and wo.is_contiguous() and h.is_contiguous() and router.weight.is_contiguous()):
             return k.splitk_norm_route(x, wo, bo, h, w, eps, router.weight, router.bias, router.top_k,
-                                       k.SPLITK_CONFIG["small"])
+                                       k.FOLD_CONFIG or k.SPLITK_CONFIG["small"])
         return self.norm_route(h, self.linear(x, wo, bo, partials, "o_proj"), w, eps, router)
 
     def route(self, x: torch.Tensor, router: Router) -> tuple[torch.Tensor, torch.Tensor]:
