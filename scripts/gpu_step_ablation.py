@@ -728,7 +728,8 @@ def compare_main(args, model, bandwidth: float) -> int:
     names = list(configs)
     cases = [tuple(int(v) for v in c.split("x")) for c in args.cases.split(",") if c]
     times: dict[tuple[str, int, int, int], list[float]] = {}
-    for experts in dict.fromkeys((model.config.num_local_experts, args.experts)):
+    for experts in ((args.experts,) if args.pruned_only else dict.fromkeys((model.config.num_local_experts,
+                                                                             args.experts))):
         if experts < model.config.num_local_experts:
             prune_model(model, [list(range(experts))] * len(model.model.layers))
         arch = ArchSummary.from_model(model)
@@ -825,6 +826,7 @@ def main() -> int:
     ap.add_argument("--compare", default=None, metavar="JSON|@FILE",
                     help='session 8: {"name": {kernels setting: value}, ...} at --cases, E32 and pruned (compare_main)')
     ap.add_argument("--profile", action="store_true", help="--compare: also profile each configuration at batch 1")
+    ap.add_argument("--pruned-only", action="store_true", help="--compare: only the model pruned to --experts")
     ap.add_argument("--exact-repeats", type=int, default=1,
                     help="--compare: run each configuration's exactness case this many times (determinism)")
     ap.add_argument("--timeline", action="store_true",

@@ -1139,6 +1139,12 @@ FOLD_TILES = 256
 FOLD_BLOCK = 4096
 # The folded launch's (BN, BK, S, num_warps); None: o_proj's split-K tile (SPLITK_CONFIG["small"]).
 FOLD_CONFIG: tuple[int, int, int, int] | None = None
+# Session 9 determinism probes (the fold gave run-to-run different tokens at E16 on the H200): the tile's residual
+# read from L2 (FOLD_H_CG), the folded launch without PDL (FOLD_PDL False), the down GEMM's routing read from L2
+# before its PDL wait (ROUTING_CG).
+FOLD_H_CG = False
+FOLD_PDL = True
+ROUTING_CG = False
 _FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
@@ -1148,6 +1154,7 @@ def _splitk_norm_router_kernel(
     topw_ptr, N, K, KSPLIT, E, eps, S: tl.constexpr, NT: tl.constexpr, NTP: tl.constexpr, FT: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
     BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRE: tl.constexpr = False,
+    HCG: tl.constexpr = False,
 ):
     """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
     top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
@@ -1184,7 +1191,10 @@ def _splitk_norm_router_kernel(
         if HAS_BIAS:
             v += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
         v = v.to(h_ptr.dtype.element_ty).to(tl.float32)
-        xh = tl.load(h_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        if HCG:
+            xh = tl.load(h_ptr + offs_n, mask=nmask, other=0.0, cache_modifier=".cg").to(tl.float32)
+        else:
+            xh = tl.load(h_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
         xh = (xh + v).to(h_ptr.dtype.element_ty)
         tl.store(h_ptr + offs_n, xh, mask=nmask)
         xh = xh.to(tl.float32)
@@ -1253,12 +1263,12 @@ def splitk_norm_route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     topw = torch.empty((1, k), dtype=torch.float32, device=h.device)
     ntp = _p2(nt)
     block = _p2(n)
-    pdl = early_pdl(pdl_launch(1), 1, "splitk_o_proj")
+    pdl = early_pdl(pdl_launch(1), 1, "splitk_o_proj") if FOLD_PDL else 0
     _splitk_norm_router_kernel[(nt, splits)](
         x, weight, bias if bias is not None else h, part, h, nweight, out, rweight, rbias, ss, rl, cnt, topi, topw,
         n, kdim, ksplit, experts, eps, S=splits, NT=nt, NTP=ntp, FT=min(ntp, _p2(FOLD_TILES)), BN=bn, BK=bk,
         EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
-        PRE=SPLITK_PRELOAD, num_warps=warps, **_pdl_kw(pdl),
+        PRE=SPLITK_PRELOAD, HCG=FOLD_H_CG, num_warps=warps, **_pdl_kw(pdl),
     )
     return out, topi, topw
 
@@ -1272,7 +1282,7 @@ def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COM
 
 @triton.jit
 def routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COMPACT: tl.constexpr,
-                   EPAD: tl.constexpr, BM: tl.constexpr):
+                   EPAD: tl.constexpr, BM: tl.constexpr, CG: tl.constexpr = False):
     """Which expert program row `pid` serves and its (token, slot) rows: (e, start, end, scan_rows).
 
     Scan mode (decode): the rows are found in the flat (T*k) routing table itself; scan_rows[i] is the i-th pair
@@ -1282,7 +1292,10 @@ def routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.conste
     mm = tl.arange(0, BM)
     if SCAN:
         p = tl.arange(0, PB)
-        pe = tl.load(topi_ptr + p, mask=p < P, other=-1)
+        if CG:  # read from L2 (the down GEMM reads the routing before its PDL wait: no L1 line may be stale)
+            pe = tl.load(topi_ptr + p, mask=p < P, other=-1, cache_modifier=".cg")
+        else:
+            pe = tl.load(topi_ptr + p, mask=p < P, other=-1)
         if COMPACT:
             slot = pid
             ee = tl.arange(0, EPAD)
@@ -1366,7 +1379,7 @@ def _moe_kernel(
     P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    PDL: tl.constexpr, NB_MAJOR: tl.constexpr,
+    PDL: tl.constexpr, NB_MAJOR: tl.constexpr, RCG: tl.constexpr = False,
 ):
     # grid (expert rows, N tiles), or (N tiles, expert rows) with NB_MAJOR: then the CTAs launched together
     # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many
@@ -1382,7 +1395,8 @@ def _moe_kernel(
         _gdc(PDL)
     # the down GEMM's routing was written two kernels back (complete once this kernel runs, see PDL): read it
     # before the wait for gate_up's activations
-    e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
+    e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM,
+                                              RCG and not GATE_UP)
     if not GATE_UP:
         _gdc(PDL)
     if COUNT:
@@ -1575,6 +1589,6 @@ def moe(
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=early_pdl(pdl, x.shape[0], f"moe_{name}"),
-            NB_MAJOR=nb_major, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
+            NB_MAJOR=nb_major, RCG=ROUTING_CG, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
         )
     return out
