@@ -16,10 +16,10 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   writes the residual. With one row (NORM_ROUTER_ONE_ROW) the last program keeps the residual row from its RMS pass
   and picks the top-k by rank.
 - `splitk_norm_route`: o_proj's one-row split-K GEMV with the residual add, RMSNorm and router folded into its tail
-  (FOLD_NORM_ROUTER, what the decoder runs at batch 1): the last program of each N tile (an atomic count per tile)
-  sums the tile's partials, updates h and stores the tile's sum of squares and router partial logits; the last tile
-  (a second count) takes the RMS, the logits and the top-k, and writes the normed row. One launch where o_proj and
-  `add_rmsnorm_route` took two.
+  (FOLD_NORM_ROUTER; off: not deterministic on the H200, see the setting): the last program of each N tile (an
+  atomic count per tile) sums the tile's partials, updates h and stores the tile's sum of squares and router partial
+  logits; the last tile (a second count) takes the RMS, the logits and the top-k, and writes the normed row. One
+  launch where o_proj and `add_rmsnorm_route` took two.
 - `router`: router linear + top-k + softmax over the k logits. Decode (<= ROUTER_SPLIT_MAX_TOKENS tokens): split-K
   partial logits (one program per slice of the hidden size, all tokens and experts), then one program per token
   sums the slices in a fixed order and picks the top-k; prefill: one program per token.
@@ -82,11 +82,12 @@ def _p2(n: int) -> int:
 # 2.502 -> 2.484 ms (top_k 4), 1.933 -> 1.899 (top_k 2); at 8 / 32 / 128 tokens it was not faster (+0.1 / +0.2 /
 # +0.6%), mode 2 mixed (-0.9% at 8, +2.0% at 128, +1.7% at batch 1 top_k 2 without the fusion).
 PDL = 1
-PDL_MAX_TOKENS = 8
+PDL_MAX_TOKENS = 32
 # The PDL mode of steps of 2..PDL_MAX_TOKENS tokens (one-token steps take PDL and the per-site `early_pdl`). H200
 # (docs/PERF.md, session 9, `gpu_step_ablation.py --compare`, against PDL_MAX_TOKENS = 1, the same tokens and
-# logits): mode 2 at 8 tokens E16 k2 -1.9%, k4 -1.5%, E32 k2 -1.7%, k4 -1.6%; mode 1 there -1.1 / -0.8 / -1.0 /
-# -0.3%; neither at 32 tokens (+0.0 / +0.4%), so 32 stays plain.
+# logits): mode 2 at 8 tokens E16 k2 -1.9%, k4 -1.5%, E32 k2 -1.7%, k4 -1.6% (mode 1 -1.1 / -0.8 / -1.0 / -0.3%);
+# at 32 tokens (another call, against PDL_MAX_TOKENS = 8) mode 2 E16 k4 -0.7%, k2 -1.0%, E32 k4 -0.2%, k2 -0.7%
+# (mode 1 -0.4 / -0.8 / -0.1 / -0.6%).
 PDL_ROWS = 2
 _PDL_OK: bool | None = None
 
@@ -1132,19 +1133,18 @@ def add_rmsnorm_route(
 # 2.371 -> 2.293 ms (-3.3%), k2 1.814 -> 1.737 (-4.2%); E16 k4 2.390 -> 2.297 (-3.9%), k2 1.833 -> 1.741 (-5.1%);
 # in the graph replay o_proj + norm + router 386 - 218 + 167 = 335 -> 266 us exposed a step (E32 k4). False: o_proj's
 # split-K GEMV, then `add_rmsnorm_route` (ablation).
-FOLD_NORM_ROUTER = True
+# OFF since the lead's determinism check (docs/PERF.md, session 9, `gpu_step_ablation.py --compare ... --exact-repeats
+# 5 --pruned-only`): on the model pruned to 16 experts the same engine gave different tokens from one generation to
+# the next with the fold on (logits up to 3.3 apart), and identical ones with it off; reading the residual tile from
+# L2, launching the fold without PDL and reading the down GEMM's routing from L2 did not make it deterministic. The
+# race is not found yet; a nondeterministic engine cannot ship.
+FOLD_NORM_ROUTER = False
 # The last program's chunks: FOLD_TILES tiles of router partial logits and FOLD_BLOCK elements of the normed row per
 # load round (fewer rounds: fewer dependent L2 round trips; wider: more registers for the whole GEMV kernel).
 FOLD_TILES = 256
 FOLD_BLOCK = 4096
 # The folded launch's (BN, BK, S, num_warps); None: o_proj's split-K tile (SPLITK_CONFIG["small"]).
 FOLD_CONFIG: tuple[int, int, int, int] | None = None
-# Session 9 determinism probes (the fold gave run-to-run different tokens at E16 on the H200): the tile's residual
-# read from L2 (FOLD_H_CG), the folded launch without PDL (FOLD_PDL False), the down GEMM's routing read from L2
-# before its PDL wait (ROUTING_CG).
-FOLD_H_CG = False
-FOLD_PDL = True
-ROUTING_CG = False
 _FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
@@ -1154,7 +1154,6 @@ def _splitk_norm_router_kernel(
     topw_ptr, N, K, KSPLIT, E, eps, S: tl.constexpr, NT: tl.constexpr, NTP: tl.constexpr, FT: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
     BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRE: tl.constexpr = False,
-    HCG: tl.constexpr = False,
 ):
     """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
     top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
@@ -1191,10 +1190,7 @@ def _splitk_norm_router_kernel(
         if HAS_BIAS:
             v += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
         v = v.to(h_ptr.dtype.element_ty).to(tl.float32)
-        if HCG:
-            xh = tl.load(h_ptr + offs_n, mask=nmask, other=0.0, cache_modifier=".cg").to(tl.float32)
-        else:
-            xh = tl.load(h_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        xh = tl.load(h_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
         xh = (xh + v).to(h_ptr.dtype.element_ty)
         tl.store(h_ptr + offs_n, xh, mask=nmask)
         xh = xh.to(tl.float32)
@@ -1263,12 +1259,12 @@ def splitk_norm_route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     topw = torch.empty((1, k), dtype=torch.float32, device=h.device)
     ntp = _p2(nt)
     block = _p2(n)
-    pdl = early_pdl(pdl_launch(1), 1, "splitk_o_proj") if FOLD_PDL else 0
+    pdl = early_pdl(pdl_launch(1), 1, "splitk_o_proj")
     _splitk_norm_router_kernel[(nt, splits)](
         x, weight, bias if bias is not None else h, part, h, nweight, out, rweight, rbias, ss, rl, cnt, topi, topw,
         n, kdim, ksplit, experts, eps, S=splits, NT=nt, NTP=ntp, FT=min(ntp, _p2(FOLD_TILES)), BN=bn, BK=bk,
         EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
-        PRE=SPLITK_PRELOAD, HCG=FOLD_H_CG, num_warps=warps, **_pdl_kw(pdl),
+        PRE=SPLITK_PRELOAD, num_warps=warps, **_pdl_kw(pdl),
     )
     return out, topi, topw
 
@@ -1282,7 +1278,7 @@ def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COM
 
 @triton.jit
 def routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COMPACT: tl.constexpr,
-                   EPAD: tl.constexpr, BM: tl.constexpr, CG: tl.constexpr = False):
+                   EPAD: tl.constexpr, BM: tl.constexpr):
     """Which expert program row `pid` serves and its (token, slot) rows: (e, start, end, scan_rows).
 
     Scan mode (decode): the rows are found in the flat (T*k) routing table itself; scan_rows[i] is the i-th pair
@@ -1292,10 +1288,7 @@ def routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.conste
     mm = tl.arange(0, BM)
     if SCAN:
         p = tl.arange(0, PB)
-        if CG:  # read from L2 (the down GEMM reads the routing before its PDL wait: no L1 line may be stale)
-            pe = tl.load(topi_ptr + p, mask=p < P, other=-1, cache_modifier=".cg")
-        else:
-            pe = tl.load(topi_ptr + p, mask=p < P, other=-1)
+        pe = tl.load(topi_ptr + p, mask=p < P, other=-1)
         if COMPACT:
             slot = pid
             ee = tl.arange(0, EPAD)
@@ -1379,7 +1372,7 @@ def _moe_kernel(
     P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    PDL: tl.constexpr, NB_MAJOR: tl.constexpr, RCG: tl.constexpr = False,
+    PDL: tl.constexpr, NB_MAJOR: tl.constexpr,
 ):
     # grid (expert rows, N tiles), or (N tiles, expert rows) with NB_MAJOR: then the CTAs launched together
     # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many
@@ -1395,8 +1388,7 @@ def _moe_kernel(
         _gdc(PDL)
     # the down GEMM's routing was written two kernels back (complete once this kernel runs, see PDL): read it
     # before the wait for gate_up's activations
-    e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM,
-                                              RCG and not GATE_UP)
+    e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
     if not GATE_UP:
         _gdc(PDL)
     if COUNT:
@@ -1589,6 +1581,6 @@ def moe(
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=early_pdl(pdl, x.shape[0], f"moe_{name}"),
-            NB_MAJOR=nb_major, RCG=ROUTING_CG, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
+            NB_MAJOR=nb_major, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
         )
     return out
