@@ -169,6 +169,12 @@ def test_early_splitk_and_one_row_router_replay_gives_the_same_tokens_and_logits
 
 
 
+FOLD_RACE = ("FOLD_NORM_ROUTER is off: on the H200 the fold gave run-to-run different tokens on a pruned model and "
+             "softmax weights several ulps off the two-kernel path (docs/PERF.md, session 9); back once the race is "
+             "found")
+
+
+@pytest.mark.skip(reason=FOLD_RACE)
 @pytest.mark.parametrize(("experts", "k"), [(32, 4), (16, 2)])
 def test_fold_norm_router_matches_splitk_then_norm_router_on_cuda(gk, experts, k):
     """`splitk_norm_route` (o_proj + residual + RMSNorm + router, one launch) against `splitk_linear` then
@@ -203,6 +209,7 @@ def test_fold_norm_router_matches_splitk_then_norm_router_on_cuda(gk, experts, k
         assert not gk._FOLD_COUNTERS[(h.device, hidden // gk.SPLITK_CONFIG["small"][0])].any()
 
 
+@pytest.mark.skip(reason=FOLD_RACE)
 def test_fold_norm_router_graph_replay_gives_eager_tokens(gk):
     """Batch-1 decode of tiny-moe with FOLD_NORM_ROUTER: the CUDA-graph replays give the eager steps' tokens and
     last logits (within a bf16 rounding: the lm_head's library GEMM may differ between capture and eager); a count
@@ -407,3 +414,30 @@ def test_fused_rope_attention_early_loads_are_bit_identical_on_cuda(gk, rows):
         assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
     finally:
         gk.ATTN_EARLY_LOADS = saved
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_shipped_decode_is_deterministic_on_a_pruned_gpt_oss(gk, batch):
+    """The shipped engine on synthetic gpt-oss-20b pruned in place to 16 experts (where session 9 saw the fold race):
+    three generations, each a CUDA-graph decode of 17 tokens after the same prompt, give the same tokens and last
+    logits bit for bit (two from one engine, one from a new engine)."""
+    from bench.engines.graph import GraphEngine
+    from bench.models.loading import load_model
+    from bench.models.pruning import prune_model
+
+    model = load_model("synthetic:gpt-oss-20b", device="cuda", dtype=torch.bfloat16, seed=0).model
+    prune_model(model, [list(range(16))] * len(model.model.layers))
+    ids = torch.randint(0, model.config.vocab_size, (batch, 256), device="cuda",
+                        generator=torch.Generator("cuda").manual_seed(batch))
+    runs = []
+    for _ in range(2):
+        eng = GraphEngine(keep_logits=True)
+        for _ in range(2 if not runs else 1):
+            res = eng.generate(model, ids, 17)
+            runs.append((res.tokens, eng.decoder.logits.clone()))
+        eng.release()
+    for i, (toks, logits) in enumerate(runs[1:], 1):
+        assert torch.equal(toks, runs[0][0]), i
+        assert torch.equal(logits, runs[0][1]), i
+    del model
+    torch.cuda.empty_cache()
