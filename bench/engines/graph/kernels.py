@@ -1105,6 +1105,99 @@ def _moe_kernel(
                         offs_n, nmask, N, GATE_UP, BM, BN)
 
 
+
+@triton.jit
+def _moe_tile_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, K, CG: tl.constexpr,
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """One (M tile, N tile) of an expert GEMM, as `_moe_kernel`'s K loop (the same order, so the same bits). CG: the
+    activation rows are read through L2 only (written by other programs of the same launch)."""
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        kmask = offs_k < K
+        if CG:
+            a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
+                        other=0.0, cache_modifier=".cg")
+        else:
+            a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
+                        other=0.0)
+        b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :], mask=kmask[:, None] & nmask[None, :],
+                    other=0.0)
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def _moe_fused_kernel(
+    x_ptr, wg_ptr, bg_ptr, wd_ptr, bd_ptr, topi_ptr, rw_ptr, act_ptr, out_ptr, cnt_ptr, sync_ptr,
+    P, H, N2, INTER, stride_x, stride_wge, stride_wgk, stride_bge, stride_wde, stride_wdk, stride_bde, stride_a,
+    stride_o, alpha, limit, ROWS, NTG, NTD, ITEMS,
+    TOPK: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr, GU_NMAJOR: tl.constexpr, FLAG: tl.constexpr,
+    MAX_SPIN: tl.constexpr,
+):
+    """Both expert GEMMs of a compact one-token launch in one persistent launch (MOE_FUSED). Work items: the
+    ROWS x NTG gate_up tiles first (expert-major, or N-tile-major with GU_NMAJOR), then the ROWS x NTD down tiles
+    (expert-major); program p takes items p, p + G, p + 2G, ... (G = the grid, <= the CTAs resident at once).
+    Each gate_up tile, once stored, adds 1 to its slot's counter (release); a down tile of slot j waits until the
+    counter reaches NTG (acquire), reads the activation rows through L2, and adds 1 again; the slot's last down
+    tile resets the counter to 0 for the next launch. A program waits only for items of lower index, which
+    programs already running (all resident) or earlier programs (the interpreter runs one item per program, in
+    order) complete, so the wait cannot deadlock (should it ever spin MAX_SPIN times, it sets sync[FLAG] and goes
+    on: a wrong result, not a hung GPU). Tiles, K order and epilogues are `_moe_kernel`'s."""
+    pid = tl.program_id(0)
+    G = tl.num_programs(0)
+    _gdc(PDL)
+    NG = ROWS * NTG
+    for it in range(pid, ITEMS, G):
+        if it < NG:
+            if GU_NMAJOR:
+                nb = it // ROWS
+                slot = it % ROWS
+            else:
+                slot = it // NTG
+                nb = it % NTG
+            e, start, end, scan_rows = routed_rows_at(slot, topi_ptr, topi_ptr, P, True, PB, True, EPAD, BM)
+            if COUNT:
+                if nb == 0:
+                    if end > start:
+                        tl.atomic_add(cnt_ptr, 1)
+            offs_n = nb * BN + tl.arange(0, BN)
+            nmask = offs_n < N2
+            if end > start:
+                pair, rmask = tile_pairs(topi_ptr, 0, end, scan_rows, True, BM)
+                xrow = activation_rows(pair, TOPK, True)
+                acc = _moe_tile_acc(x_ptr, stride_x, xrow, rmask, wg_ptr + e * stride_wge, stride_wgk, offs_n,
+                                    nmask, H, False, BM, BN, BK)
+                moe_epilogue_at(nb, acc, e, pair, rmask, bg_ptr, rw_ptr, act_ptr, stride_bge, stride_a, alpha, limit,
+                                offs_n, nmask, N2, True, BM, BN)
+            tl.debug_barrier()  # every thread's stores of this tile precede the release
+            tl.atomic_add(sync_ptr + slot, 1, sem="release", scope="gpu")
+        else:
+            j = it - NG
+            slot = j // NTD
+            nb = j % NTD
+            e, start, end, scan_rows = routed_rows_at(slot, topi_ptr, topi_ptr, P, True, PB, True, EPAD, BM)
+            seen = tl.atomic_add(sync_ptr + slot, 0, sem="acquire", scope="gpu")
+            spins = 0
+            while (seen < NTG) & (spins < MAX_SPIN):
+                seen = tl.atomic_add(sync_ptr + slot, 0, sem="acquire", scope="gpu")
+                spins += 1
+            if seen < NTG:  # a safety net, never expected: flag it (`moe_fused_failed`) rather than hang the GPU
+                tl.atomic_max(sync_ptr + FLAG, 1)
+            tl.debug_barrier()
+            offs_n = nb * BN + tl.arange(0, BN)
+            nmask = offs_n < H
+            if end > start:
+                pair, rmask = tile_pairs(topi_ptr, 0, end, scan_rows, True, BM)
+                acc = _moe_tile_acc(act_ptr, stride_a, pair, rmask, wd_ptr + e * stride_wde, stride_wdk, offs_n,
+                                    nmask, INTER, True, BM, BN, BK)
+                moe_epilogue_at(nb, acc, e, pair, rmask, bd_ptr, rw_ptr, out_ptr, stride_bde, stride_o, alpha, limit,
+                                offs_n, nmask, H, False, BM, BN)
+            done = tl.atomic_add(sync_ptr + slot, 1, sem="relaxed", scope="gpu")
+            if done == NTG + NTD - 1:
+                tl.store(sync_ptr + slot, 0)
+
 # Decode with fewer (token, slot) pairs than experts (batch 1, 2, ...) launches one program row per pair instead of
 # one per expert: program i takes the i-th distinct routed expert, so no CTA is launched for the (E - U) experts
 # nobody routed to. `moe(compact=False)` (GraphOptions.moe_compact) launches one row per expert (ablation).
@@ -1231,6 +1324,98 @@ def moe_tiles(plan: RoutingPlan) -> dict[str, tuple[int, ...]]:
     return MOE_CONFIG
 
 
+# Both expert GEMMs of a compact launch of <= COMPACT_FEW_PAIRS pairs (one token) in ONE persistent launch
+# (`_moe_fused_kernel`): a grid of at most MOE_FUSED_CTAS programs an SM (capped by the compiled kernel's
+# occupancy, so that every program is resident at once: a down tile spins until its expert's gate_up tiles are
+# stored) walks the gate_up tiles, then the down tiles. One launch, one ramp and one tail per layer instead of two.
+# MOE_FUSED_CONFIG: (BN, BK, num_warps, num_stages) of both GEMMs' tiles (the same for both: every work item reads
+# K x BN weights, K = 2880 for both). MOE_FUSED_NMAJOR: the gate_up tiles N-tile-major (the experts' tile 0, then
+# tile 1, ...) instead of expert-major. MOE_FUSED_EVEN: a grid that divides the work items evenly and ends the gate_up
+# tiles with a round (`moe_fused_grid`; at top_k 4 with BN 64: 180 programs for 360 + 180 tiles, three rounds).
+# NOT MEASURED yet: off (session 9, moe9).
+MOE_FUSED = False
+MOE_FUSED_CONFIG: tuple[int, int, int, int] = (64, 128, 4, 4)
+MOE_FUSED_CTAS = 2
+MOE_FUSED_NMAJOR = False
+MOE_FUSED_EVEN = False
+_MOE_SYNC: dict[torch.device, torch.Tensor] = {}
+_MOE_SYNC_SLOTS = 64
+_MOE_FUSED_CAP: dict[tuple, int] = {}
+
+
+def moe_fused_applies(plan: RoutingPlan) -> bool:
+    """Whether `moe` runs this routing plan as one persistent launch (MOE_FUSED, compact, <= COMPACT_FEW_PAIRS)."""
+    return bool(MOE_FUSED) and plan.compact and plan.pairs <= min(COMPACT_FEW_PAIRS, _MOE_SYNC_SLOTS - 1)
+
+
+def moe_fused_failed(device: torch.device) -> bool:
+    """Whether a persistent expert launch on `device` ever gave up waiting for its gate_up tiles (its output was
+    then wrong); reads device memory (synchronizes)."""
+    sync = _MOE_SYNC.get(torch.device(device))
+    return bool(sync is not None and int(sync[_MOE_SYNC_SLOTS - 1]) != 0)
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _resident_ctas(kernel, args: tuple, kw: dict, device: torch.device) -> int:
+    """How many programs of `kernel` (compiled for these arguments, not launched) fit on the device at once:
+    SMs x min(MOE_FUSED_CTAS, what registers, shared memory and threads allow an SM)."""
+    key = (device, tuple(sorted((n, v) for n, v in kw.items())))
+    per_sm = _MOE_FUSED_CAP.get(key)
+    if per_sm is None:
+        ck = kernel.warmup(*args, grid=(1,), **kw)
+        ck._init_handles()
+        props = triton.runtime.driver.active.utils.get_device_properties(device.index or 0)
+        warps = int(kw["num_warps"])
+        regs_warp = -(-int(ck.n_regs) * 32 // 256) * 256
+        by_regs = 65536 // max(1, warps * regs_warp)
+        by_smem = (int(props["max_shared_mem"]) + 1024) // (int(ck.metadata.shared) + 1024)
+        per_sm = _MOE_FUSED_CAP[key] = max(1, min(by_regs, by_smem, 2048 // (32 * warps), 32))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return sms * max(1, min(int(MOE_FUSED_CTAS), per_sm))
+
+
+def moe_fused_grid(items: int, gate_up_items: int, cap: int) -> int:
+    """Programs of the persistent expert launch: min(items, cap); with MOE_FUSED_EVEN the largest common divisor of
+    `items` and `gate_up_items` <= cap when it is at least cap / 2: every program then takes as many tiles, and the
+    gate_up tiles end with a round of the programs (the down tiles of the next round then wait only for the gate_up
+    round before theirs to drain, not for tiles started beside them)."""
+    g = min(items, cap)
+    if MOE_FUSED_EVEN and g < items:
+        div = next((d for d in range(g, 0, -1) if items % d == 0 and gate_up_items % d == 0), g)
+        g = div if 2 * div >= g else g
+    return max(1, g)
+
+
+def _moe_fused(x, gate_up, gate_up_bias, down, down_bias, plan: RoutingPlan, rw, act, out, counter, alpha, limit,
+               k: int, pdl: int) -> None:
+    hidden, n2 = x.shape[1], gate_up.shape[2]
+    inter = n2 // 2
+    bn, bk, warps, stages = MOE_FUSED_CONFIG
+    sync = _MOE_SYNC.get(x.device)
+    if sync is None:
+        sync = _MOE_SYNC[x.device] = torch.zeros((_MOE_SYNC_SLOTS,), dtype=torch.int32, device=x.device)
+    ntg, ntd = triton.cdiv(n2, bn), triton.cdiv(hidden, bn)
+    rows = plan.grid_rows
+    items = rows * (ntg + ntd)
+    args = (x, gate_up, gate_up_bias, down, down_bias, plan.flat, rw, act, out,
+            counter if counter is not None else plan.flat, sync, plan.pairs, hidden, n2, inter, x.stride(0),
+            gate_up.stride(0), gate_up.stride(1), gate_up_bias.stride(0), down.stride(0), down.stride(1),
+            down_bias.stride(0), act.stride(0), out.stride(0), alpha, limit, rows, ntg, ntd, items)
+    kw = dict(TOPK=k, PB=plan.pb, COUNT=counter is not None, EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl,
+              GU_NMAJOR=bool(MOE_FUSED_NMAJOR), FLAG=_MOE_SYNC_SLOTS - 1, MAX_SPIN=1 << 20, num_warps=warps,
+              num_stages=stages, **_pdl_kw(pdl))
+    if _interpreting() or x.device.type != "cuda":
+        grid = items  # one item a program, gate_up items first: the interpreter runs programs in order
+    else:
+        grid = moe_fused_grid(items, rows * ntg, _resident_ctas(_moe_fused_kernel, args, kw, x.device))
+    _moe_fused_kernel[(grid,)](*args, **kw)
+
+
 def moe(
     x: torch.Tensor,
     gate_up: torch.Tensor,
@@ -1259,6 +1444,10 @@ def moe(
     rw = topw.reshape(-1)
     cnt = counter if counter is not None else plan.flat
     pdl = pdl_launch(x.shape[0])
+    if tiles is None and moe_fused_applies(plan):
+        _moe_fused(x, gate_up, gate_up_bias, down, down_bias, plan, rw, act, out, counter, alpha, limit, k,
+                   early_pdl(pdl, x.shape[0], "moe_down"))
+        return out
     for name, src, w, bias, dst, n in (
         ("gate_up", x, gate_up, gate_up_bias, act, n2),
         ("down", act, down, down_bias, out, hidden),
