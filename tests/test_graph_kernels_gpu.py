@@ -1,7 +1,7 @@
-"""The `graph` engine's fused norm + router and rope + attention kernels, programmatic dependent launch (PDL) and
-the per-batch expert tile tables (bit-exact to main's) on a CUDA device: skipped on CPU, where the Triton
-interpreter runs the fused kernels and the tables (tests/interpreter/graph_kernels_cases.py) but cannot run PDL's
-`griddepcontrol` PTX. Run on the GPU
+"""The `graph` engine's fused norm + router and rope + attention kernels, programmatic dependent launch (PDL), the
+per-batch expert tile tables (bit-exact to main's) and the one-launch experts (MOE_FUSED) on a CUDA device: skipped
+on CPU, where the Triton interpreter runs the fused kernels and the tables (tests/interpreter/graph_kernels_cases.py)
+but cannot run PDL's `griddepcontrol` PTX. Run on the GPU
 machine with `python3 -m pytest -q tests/test_graph_kernels_gpu.py`."""
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def test_splitk_mma_linear_matches_f_linear_on_cuda(gk, rows):
 
 
 
-@pytest.mark.parametrize("experts,k", [(32, 4), (32, 2), (16, 4)])
+@pytest.mark.parametrize("experts,k", [(32, 4), (16, 2)])
 def test_fused_expert_launch_matches_two_launches_on_cuda(gk, experts, k):
     """MOE_FUSED (both expert GEMMs of a one-token step in one persistent launch, down tiles waiting on per-slot
     counters) at gpt-oss-20b's shapes in bf16: the shipped two launches' rows within one bf16 rounding (bit for
@@ -238,8 +238,8 @@ def test_fused_expert_launch_matches_two_launches_on_cuda(gk, experts, k):
     saved = (gk.MOE_FUSED, gk.MOE_FUSED_CONFIG, gk.MOE_FUSED_CTAS, gk.MOE_FUSED_EVEN)
     exact = []
     try:
-        for config, ctas, even in (((64, 128, 4, 4), 2, False), ((64, 128, 4, 6), 2, False),
-                                   ((64, 128, 4, 4), 2, True), ((64, 128, 4, 4), 1, True)):
+        for config, ctas, even in (((64, 128, 4, 4), 2, False), ((64, 128, 4, 6), 2, True),
+                                   ((64, 128, 4, 4), 1, True)):
             gk.MOE_FUSED_CONFIG, gk.MOE_FUSED_CTAS, gk.MOE_FUSED_EVEN = config, ctas, even
             for _ in range(3):
                 x = torch.randn(1, hidden, generator=gen, **kw)
