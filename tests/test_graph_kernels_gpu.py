@@ -288,3 +288,35 @@ def test_fused_expert_graph_replay_equals_eager_on_cuda(gk):
     assert torch.equal(out[(True, "on")][0], out[(True, "off")][0])
     assert torch.equal(out[(True, "on")][1], out[(True, "off")][1])
     assert torch.equal(out[(True, "on")][0], out[(False, "on")][0])
+
+
+@pytest.mark.parametrize("k", [4, 2])
+def test_split_k_expert_gemms_match_unsplit_on_cuda(gk, k):
+    """A 6th tile entry S > 1 in the compact one-token table (split-K: fp32 partials summed by each tile's last
+    program, in slice order) at gpt-oss-20b's shapes in bf16: the unsplit rows within one bf16 rounding, the same
+    bits on a second call (deterministic whoever finishes last), every tile count back at 0, in a CUDA graph
+    replay too."""
+    gen = torch.Generator(device="cuda").manual_seed(30 + k)
+    experts, hidden, inter = 32, 2880, 2880
+    kw = {"device": "cuda", "dtype": torch.bfloat16}
+    gu = torch.randn(experts, hidden, 2 * inter, generator=gen, **kw) * 0.02
+    gub = torch.randn(experts, 2 * inter, generator=gen, **kw) * 0.1
+    dn = torch.randn(experts, inter, hidden, generator=gen, **kw) * 0.02
+    dnb = torch.randn(experts, hidden, generator=gen, **kw) * 0.1
+    x = torch.randn(1, hidden, generator=gen, **kw)
+    topi = torch.rand(1, experts, generator=gen, device="cuda").argsort(-1)[:, :k].to(torch.int32).contiguous()
+    topw = torch.softmax(torch.randn(1, k, generator=gen, device="cuda"), -1)
+    plain = {"gate_up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}
+    want = gk.moe(x, gu, gub, dn, dnb, topi, topw, 1.702, 7.0, tiles=plain)
+    for split in ({"gate_up": 1, "down": 2}, {"gate_up": 2, "down": 2}, {"gate_up": 2, "down": 3}):
+        tiles = {g: (*t, 0, split[g]) for g, t in plain.items()}
+        got = [gk.moe(x, gu, gub, dn, dnb, topi, topw, 1.702, 7.0, tiles=tiles) for _ in range(2)]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            replayed = gk.moe(x, gu, gub, dn, dnb, topi, topw, 1.702, 7.0, tiles=tiles)
+        graph.replay()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert all(int(b.abs().sum()) == 0 for b in gk._SPLIT_SYNC.values()), split
+        assert torch.equal(got[0], got[1]) and torch.equal(replayed, got[0]), split
+        torch.testing.assert_close(got[0].float(), want.float(), rtol=1e-2, atol=2e-3, msg=str(split))

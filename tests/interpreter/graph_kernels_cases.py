@@ -215,6 +215,49 @@ def test_triton_moe_fused_one_launch_equals_two_launches(gk, monkeypatch, expert
     assert not gk.moe_fused_applies(gk.routing_plan(many, experts))
 
 
+
+@pytest.mark.parametrize("experts,k", [(32, 4), (16, 2)])
+def test_triton_moe_split_k_equals_unsplit(gk, experts, k):
+    """A 6th tile entry S > 1 splits each expert GEMM's K over S programs (fp32 partials; the tile's last program
+    sums them in slice order and runs the epilogue): the unsplit rows within float32 rounding and the float64
+    reference summed over each token's k rows; masked K slices (hidden 72, inter 40, BK 16: slices of 32, 32, 8);
+    compact (one token), scan (9 tokens at E16) and sorted launches (the split ignored there: bit for bit); two
+    calls in a row bit for bit, every tile count back at 0, the distinct-expert count unchanged."""
+    gen = torch.Generator().manual_seed(50 + experts + k)
+    hidden, inter = 72, 40
+    gu = torch.randn(experts, hidden, 2 * inter, generator=gen) * 0.2
+    gub = torch.randn(experts, 2 * inter, generator=gen) * 0.5
+    dn = torch.randn(experts, inter, hidden, generator=gen) * 0.2
+    dnb = torch.randn(experts, hidden, generator=gen) * 0.5
+    plain = {"gate_up": (32, 16, 4, 2), "down": (32, 16, 4, 2)}
+    for tokens in (1,) if experts == 32 else (1, 9, gk.SCAN_MAX_TOKENS + 1):
+        x = torch.randn(tokens, hidden, generator=gen)
+        v, i = torch.topk(torch.randn(tokens, experts, generator=gen), k, dim=-1)
+        i = i.to(torch.int32)
+        w = torch.softmax(v, dim=-1)
+        plan = gk.routing_plan(i, experts)
+        assert plan.compact == (tokens == 1) and plan.scan == (tokens <= gk.SCAN_MAX_TOKENS)
+        want = _experts_ref(x, gu, gub, dn, dnb, i, w)
+        cnt = torch.zeros((), dtype=torch.int32)
+        ref = gk.moe(x, gu, gub, dn, dnb, i, w, 1.702, 7.0, cnt, tiles=plain)
+        for split in ({"gate_up": 1, "down": 3}, {"gate_up": 3, "down": 2}):
+            tiles = {g: (*t, 0, split[g]) for g, t in plain.items()}
+            outs = []
+            for _ in range(2):
+                c = torch.zeros((), dtype=torch.int32)
+                outs.append(gk.moe(x, gu, gub, dn, dnb, i, w, 1.702, 7.0, c, tiles=tiles))
+                assert int(c) == int(cnt) == i.unique().numel()
+                assert all(int(b.abs().sum()) == 0 for b in gk._SPLIT_SYNC.values())
+            assert torch.equal(outs[0], outs[1]), (tokens, split)
+            if plan.scan:
+                torch.testing.assert_close(outs[0], ref, rtol=1e-5, atol=1e-5)
+                assert all((x.device, g) in gk._SPLIT_SYNC for g in split if split[g] > 1)  # the split path ran
+            else:
+                assert torch.equal(outs[0], ref)
+            got = outs[0].view(tokens, k, hidden).double().sum(1)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_triton_moe_fused_grid_choice(gk, monkeypatch):
     """The persistent launch's program count: every item up to the resident cap; MOE_FUSED_EVEN the largest common
     divisor of the item and gate_up item counts not above the cap, when it is at least half of it (gpt-oss-20b at

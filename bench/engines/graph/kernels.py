@@ -1062,19 +1062,23 @@ def moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_b
 @triton.jit
 def _moe_kernel(
     x_ptr, w_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
-    P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit,
+    P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit, part_ptr, sync_ptr, NT,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    PDL: tl.constexpr, NB_MAJOR: tl.constexpr,
+    PDL: tl.constexpr, NB_MAJOR: tl.constexpr, SPLIT: tl.constexpr,
 ):
     # grid (expert rows, N tiles), or (N tiles, expert rows) with NB_MAJOR: then the CTAs launched together
-    # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many
+    # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many.
+    # SPLIT > 1 (scan mode): the N axis holds SPLIT x NT programs, K slice ks = axis // NT of N tile axis % NT
     if NB_MAJOR:
         nb = tl.program_id(0)
         pid = tl.program_id(1)
     else:
         nb = tl.program_id(1)
         pid = tl.program_id(0)
+    if SPLIT > 1:
+        ks = nb // NT
+        nb = nb % NT
     offs_n = nb * BN + tl.arange(0, BN)
     nmask = offs_n < N
     if GATE_UP:
@@ -1087,23 +1091,65 @@ def _moe_kernel(
     if COUNT:
         if nb == 0:
             if end > start:
-                tl.atomic_add(cnt_ptr, 1)
+                if SPLIT > 1:
+                    if ks == 0:
+                        tl.atomic_add(cnt_ptr, 1)
+                else:
+                    tl.atomic_add(cnt_ptr, 1)
     w_base = w_ptr + e * stride_we
     for m0 in range(start, end, BM):
         pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
         xrow = activation_rows(pair, TOPK, GATE_UP)
-        acc = tl.zeros([BM, BN], dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            offs_k = k0 + tl.arange(0, BK)
-            kmask = offs_k < K
-            a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :],
-                        mask=rmask[:, None] & kmask[None, :], other=0.0)
-            b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
-                        mask=kmask[:, None] & nmask[None, :], other=0.0)
-            acc = tl.dot(a, b, acc)
-        moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                        offs_n, nmask, N, GATE_UP, BM, BN)
+        if SPLIT > 1:
+            acc, last = _moe_split_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, K, ks,
+                                       pid * NT + nb, part_ptr, sync_ptr, SPLIT, BM, BN, BK)
+            if last:  # the last of the tile's K slices to finish: the summed tile, biased and stored as unsplit
+                moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha,
+                                limit, offs_n, nmask, N, GATE_UP, BM, BN)
+        else:
+            acc = tl.zeros([BM, BN], dtype=tl.float32)
+            for k0 in range(0, K, BK):
+                offs_k = k0 + tl.arange(0, BK)
+                kmask = offs_k < K
+                a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :],
+                            mask=rmask[:, None] & kmask[None, :], other=0.0)
+                b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
+                            mask=kmask[:, None] & nmask[None, :], other=0.0)
+                acc = tl.dot(a, b, acc)
+            moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                            offs_n, nmask, N, GATE_UP, BM, BN)
 
+
+@triton.jit
+def _moe_split_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, K, ks, tile, part_ptr, sync_ptr,
+                   SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """Split-K of one (M tile, N tile): K slice `ks` (whole BK steps, the last one masked) into an fp32 partial in
+    part[tile, ks]; the last of the tile's SPLIT programs to finish (an atomic count per tile, reset by it) sums the
+    SPLIT partials in slice order (so the same bits whoever finishes last) and returns (sum, True); the others
+    return (their partial, False)."""
+    kchunk = tl.cdiv(tl.cdiv(K, SPLIT), BK) * BK
+    k_lo = ks * kchunk
+    k_hi = tl.minimum(K, k_lo + kchunk)
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        kmask = offs_k < k_hi
+        a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
+                    other=0.0)
+        b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :], mask=kmask[:, None] & nmask[None, :],
+                    other=0.0)
+        acc = tl.dot(a, b, acc)
+    tile_at = part_ptr + tile * (SPLIT * BM * BN) + tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
+    tl.store(tile_at + ks * (BM * BN), acc, mask=rmask[:, None])
+    tl.debug_barrier()  # every thread's partial precedes the count (release)
+    done = tl.atomic_add(sync_ptr + tile, 1, sem="acq_rel", scope="gpu")
+    last = done == SPLIT - 1
+    if last:
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        for s in tl.static_range(SPLIT):
+            acc += tl.load(tile_at + s * (BM * BN), mask=rmask[:, None], other=0.0, cache_modifier=".cg")
+        tl.store(sync_ptr + tile, 0)
+    return acc, last
 
 
 @triton.jit
@@ -1453,16 +1499,38 @@ def moe(
         ("down", act, down, down_bias, out, hidden),
     ):
         table = tiles or moe_tiles(plan)
-        bn, bk, warps, stages, *order = table[name]  # an optional 5th entry: 1 = N-tile-major grid (NB_MAJOR)
-        nb_major = bool(order and order[0])
+        # optional 5th entry: 1 = N-tile-major grid (NB_MAJOR); optional 6th: K split (scan mode only)
+        bn, bk, warps, stages, *extra = table[name]
+        nb_major = bool(extra and extra[0])
+        split = int(extra[1]) if len(extra) > 1 and plan.scan else 1
         gu = name == "gate_up"
-        grid = (triton.cdiv(n, bn), plan.grid_rows) if nb_major else (plan.grid_rows, triton.cdiv(n, bn))
+        nt = triton.cdiv(n, bn)
+        grid = (nt * split, plan.grid_rows) if nb_major else (plan.grid_rows, nt * split)
+        part, sync = dst, cnt
+        if split > 1:
+            part = torch.empty((plan.grid_rows * nt * split * plan.bm * bn,), dtype=torch.float32, device=x.device)
+            sync = _split_counters(x.device, name, plan.grid_rows * nt)
         _moe_kernel[grid](
             src, w, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
             plan.pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
-            alpha, limit,
+            alpha, limit, part, sync, nt,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=early_pdl(pdl, x.shape[0], f"moe_{name}"),
-            NB_MAJOR=nb_major, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
+            NB_MAJOR=nb_major, SPLIT=split, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
         )
     return out
+
+
+_SPLIT_SYNC: dict[tuple[torch.device, str], torch.Tensor] = {}
+_SPLIT_SYNC_TILES = 16384
+
+
+def _split_counters(device: torch.device, gemm: str, tiles: int) -> torch.Tensor:
+    """The per-(expert row, N tile) counts of a split-K expert GEMM (zero between launches: each tile's last K slice
+    resets its count), one buffer per device and GEMM."""
+    if tiles > _SPLIT_SYNC_TILES:
+        raise ValueError(f"moe: {tiles} split-K tiles in one launch, more than {_SPLIT_SYNC_TILES}; use a wider BN")
+    sync = _SPLIT_SYNC.get((device, gemm))
+    if sync is None:
+        sync = _SPLIT_SYNC[(device, gemm)] = torch.zeros((_SPLIT_SYNC_TILES,), dtype=torch.int32, device=device)
+    return sync
