@@ -33,6 +33,9 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   the down GEMM the bias and routing weight. In scan mode (decode) each program finds its rows in the (B, k)
   routing table itself, so no sort is needed (with fewer pairs than experts, program row i takes the i-th distinct
   routed expert: the compact grid); in sorted mode (prefill) rows come from an expert-sorted list.
+  A tile may split K over S programs in scan mode (a 6th tile entry; fp32 partials summed by each tile's last
+  program). MOE_FUSED (off): a one-token step's two expert GEMMs in one persistent launch (`_moe_fused_kernel`:
+  down tiles wait on per-expert counters for their gate_up tiles).
   `routing_plan` (host side) and `routed_rows` (@triton.jit) are that row logic, shared with any other expert
   weight format's kernels; in decode the sorted list comes from `_routing_sort_kernel` (a one-program counting
   sort, one program per expert) instead of torch.sort + searchsorted. `moe_tiles` picks the tiles per launch class
@@ -1253,7 +1256,11 @@ SCAN_MAX_TOKENS = 64  # scan mode holds every row of an expert in one M tile (<=
 MOE_CONFIG: dict[str, tuple[int, ...]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
 # the same for compact launches (fewer pairs than experts: batch 1, where few CTAs share the whole chip). H200
 # (docs/PERF.md, session 5): down BN 64 (was 32) 65.3 -> 62.8 us a layer at one token; batch 1 top_k 4 2.534 ->
-# 2.502 ms; no gate_up tile tried beat (64, 128, 4, 4).
+# 2.502 ms; no gate_up tile tried beat (64, 128, 4, 4). A 6th entry S > 1 (after the NB_MAJOR 5th) splits the GEMM's
+# K over S programs in scan mode (`_moe_split_acc`: fp32 partials, the tile's last program sums them in slice order:
+# another rounding than S = 1, which compiles to the unsplit kernel). Session 9 (moe9) timeline at one token: the down
+# GEMM's 90 programs (k2) stream 2.6 TB/s, its 180 (k4) 3.4, gate_up's 180 (k2) 3.35 and 360 (k4) 3.74: e.g.
+# {"down": (64, 128, 4, 4, 0, 2)} would double the programs. NOT MEASURED (no device time left): S = 1 everywhere.
 MOE_CONFIG_FEW: dict[str, tuple[int, ...]] = {"gate_up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}
 # the same for M tiles of >= 64 rows not in MOE_CONFIG_BM (sorted mode's SORTED_BM_LARGE); None: MOE_CONFIG.
 # H200 (docs/PERF.md): one E32 k4 expert layer at 64 / 128 / 256 tokens 565 / 590 / 612 us with MOE_CONFIG (BM 64:
@@ -1378,12 +1385,15 @@ def moe_tiles(plan: RoutingPlan) -> dict[str, tuple[int, ...]]:
 # K x BN weights, K = 2880 for both). MOE_FUSED_NMAJOR: the gate_up tiles N-tile-major (the experts' tile 0, then
 # tile 1, ...) instead of expert-major. MOE_FUSED_EVEN: a grid that divides the work items evenly and ends the gate_up
 # tiles with a round (`moe_fused_grid`; at top_k 4 with BN 64: 180 programs for 360 + 180 tiles, three rounds).
-# NOT MEASURED yet: off (session 9, moe9).
+# H200 (docs/PERF.md, session 9, moe9; the same bits as the two launches): batch 1 ms/step against main, E32 k4 / k2,
+# E16 k4 / k2: (64, 128, 4, 4) with EVEN 0.9988 / 0.9994 / 0.997 / 0.997; without EVEN (264 programs) 1.015 / 0.999 /
+# 1.013 / 0.996; 6 stages 1.04-1.06. The one launch saves no time: the two launches' expert kernel time is 1,323 us a
+# step (k4), the fused one 1,316. Off; EVEN is the best grid found, should it be turned on.
 MOE_FUSED = False
 MOE_FUSED_CONFIG: tuple[int, int, int, int] = (64, 128, 4, 4)
 MOE_FUSED_CTAS = 2
 MOE_FUSED_NMAJOR = False
-MOE_FUSED_EVEN = False
+MOE_FUSED_EVEN = True
 _MOE_SYNC: dict[torch.device, torch.Tensor] = {}
 _MOE_SYNC_SLOTS = 64
 _MOE_FUSED_CAP: dict[tuple, int] = {}
