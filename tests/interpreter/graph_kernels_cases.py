@@ -601,3 +601,133 @@ def test_triton_norm_router_one_row_ties_and_residual(gk, monkeypatch, one_row):
     _, got_i, got_w = gk.add_rmsnorm_route(h.clone(), delta, ln, 1e-5, rw, rb2, 4)
     want_i, want_w = gk.router(normed, rw, rb2, 4)
     assert got_i.tolist() == [[3, 1, 5, 2]] and torch.equal(got_w, want_w)
+
+
+def test_triton_fold_norm_router_equals_splitk_then_norm_router(gk):
+    """`splitk_norm_route` (o_proj's split-K GEMV, the residual, RMSNorm and the router in one launch: the last
+    program of each N tile reduces it, the last tile the row) against `splitk_linear` then `add_rmsnorm_route`,
+    float32: the same residual h (the S partials summed in slice order + bias, as the consumer does), the normed row
+    and the router weights within float32 rounding (the RMS and the logits are summed per tile), the same expert
+    ids; N tails (200 = 12 x 16 + 8, 200 = 6 x 32 + 8), a K tail, several rows of random data one after another
+    (each launch leaves its counts at zero for the next), a model without the o_proj bias."""
+    gen = torch.Generator().manual_seed(91)
+    hidden = 200
+    for kdim, experts, k, cfg, bias in ((96, 8, 2, (16, 32, 2, 4), True), (100, 12, 3, (32, 64, 4, 4), True),
+                                        (64, 32, 4, (16, 32, 4, 4), False)):
+        for _ in range(2):
+            x = torch.randn(1, kdim, generator=gen)
+            wo = torch.randn(hidden, kdim, generator=gen) * 0.2
+            bo = torch.randn(hidden, generator=gen) if bias else None
+            h = torch.randn(1, hidden, generator=gen)
+            h0, h2 = h.clone(), h.clone()
+            ln = torch.randn(hidden, generator=gen)
+            rw, rb = torch.randn(experts, hidden, generator=gen) * 0.1, torch.randn(experts, generator=gen)
+            want, want_i, want_w = gk.add_rmsnorm_route(h, gk.splitk_linear(x, wo, bo, cfg), ln, 1e-5, rw, rb, k)
+            got, got_i, got_w = gk.splitk_norm_route(x, wo, bo, h2, ln, 1e-5, rw, rb, k, cfg)
+            assert torch.equal(h2, h)
+            torch.testing.assert_close(h2, h0 + torch.nn.functional.linear(x, wo, bo), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            assert torch.equal(got_i, want_i), (got_i, want_i)
+            torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-6)
+            nt = -(-hidden // cfg[0])
+            assert not gk._FOLD_COUNTERS[(h.device, nt)].any()
+
+
+def test_triton_fold_norm_router_ties_pick_the_lower_ids(gk):
+    """Tied logits at the top-k boundary (a zero router weight, tied biases) through the fold: the lower expert ids
+    win, as torch.topk and `router`, and the weights are `router`'s."""
+    gen = torch.Generator().manual_seed(32)
+    hidden, kdim = 200, 48
+    x, wo = torch.randn(1, kdim, generator=gen), torch.randn(hidden, kdim, generator=gen) * 0.2
+    h, ln = torch.randn(1, hidden, generator=gen), torch.randn(hidden, generator=gen)
+    rw = torch.zeros(8, hidden)
+    rb = torch.tensor([0.5, 2.0, 1.0, 3.0, 1.0, 2.0, 1.0, 1.0])
+    normed = gk.add_rmsnorm(h.clone(), torch.nn.functional.linear(x, wo, None), 1, ln, 1e-5)
+    want_i, want_w = gk.router(normed, rw, rb, 4)
+    _, got_i, got_w = gk.splitk_norm_route(x, wo, None, h, ln, 1e-5, rw, rb, 4, (16, 32, 2, 4))
+    assert got_i.tolist() == [[3, 1, 5, 2]] and torch.equal(got_i, want_i)
+    torch.testing.assert_close(got_w, want_w, rtol=1e-6, atol=1e-7)
+
+
+def test_triton_fold_norm_router_decode_matches_hf_tokens(gk, lively, monkeypatch):
+    """Batch-1 decode with FOLD_NORM_ROUTER (o_proj + residual + norm + router in one launch per layer, through
+    TritonOps.linear_norm_route): hf's greedy tokens, and the fold ran in every decode layer; at batch 2 the flag
+    changes nothing (the fold is one row only)."""
+    model, ids, ref = lively
+    monkeypatch.setattr(gk, "FOLD_NORM_ROUTER", True)
+    calls = []
+    real = gk.splitk_norm_route
+    monkeypatch.setattr(gk, "splitk_norm_route", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    one = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids[:1], TOKENS)
+    assert torch.equal(one.tokens, get_engine("hf").generate(model, ids[:1], TOKENS).tokens)
+    layers, ran = model.config.num_hidden_layers, len(calls)
+    assert ran >= (TOKENS - 1) * layers and ran % layers == 0, ran
+    two = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids, TOKENS)
+    assert torch.equal(two.tokens, ref.tokens)
+    assert len(calls) == ran
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_triton_gemv_greedy_is_argmax_and_advances_the_step(gk, rows):
+    """gemv_greedy: the logits of gemv, each row's token = torch.argmax of them (exact ties across and inside N tiles
+    go to the lowest id), written to tok and to out[:, step], step and pos advanced by one; three calls in a row (the
+    keys and the count reset by the last program)."""
+    g = torch.Generator().manual_seed(7)
+    n, k = 300, 96  # 5 N tiles of 64, the last one masked
+    w = torch.randn(n, k, generator=g)
+    w[[40, 41, 170, 299]] = w[17].clone()  # twins of row 17: in its tile (40, 41), later tiles (170, masked 299)
+    tok = torch.zeros(rows, dtype=torch.long)
+    out = torch.full((rows, 6), -1, dtype=torch.long)
+    step, pos = torch.tensor(1), torch.tensor(20)
+    for call in range(3):
+        x = torch.randn(rows, k, generator=g)
+        x[0] = w[17] if call == 0 else x[0]  # row 0 of call 0: its maximum is the tied row 17
+        y = gk.gemv_greedy(x, w, tok, out, step, pos, (64, 32, 4, 2))
+        torch.testing.assert_close(y, x @ w.T, rtol=1e-4, atol=1e-4)
+        want = torch.argmax(y, dim=-1)
+        assert torch.equal(tok, want), (call, tok, want)
+        assert torch.equal(out[:, 1 + call], want)
+        assert int(step) == 2 + call and int(pos) == 21 + call
+        if call == 0:
+            assert int(tok[0]) == 17
+    assert torch.equal(out[:, 4:], torch.full((rows, 2), -1, dtype=torch.long))
+
+
+def test_triton_greedy_step_decode_matches_hf_tokens(gk, lively, monkeypatch):
+    """The decoder's greedy step through gemv_greedy (tiny-moe's 512-row lm_head is a "small" matrix, so the case
+    forces a GEMV tile for that class) at 2 rows: hf's greedy tokens, and the fused launch ran every step; with
+    GEMV_GREEDY off the torch ops give the same tokens."""
+    model, ids, ref = lively
+    monkeypatch.setitem(gk.GEMV_CONFIG, "small", (16, 64, 4, 2))
+    calls = []
+    real = gk.gemv_greedy
+    monkeypatch.setattr(gk, "gemv_greedy", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    eng = get_engine("graph", {"kernels": "triton", "experts": "triton", "gemv": True})
+    res = eng.generate(model, ids, TOKENS)
+    assert torch.equal(res.tokens, ref.tokens)
+    assert len(calls) >= TOKENS - 1, len(calls)
+    monkeypatch.setattr(gk, "GEMV_GREEDY", False)
+    calls.clear()
+    assert torch.equal(eng.generate(model, ids, TOKENS).tokens, ref.tokens) and not calls
+
+
+@pytest.mark.parametrize("rows", [2, 20])
+def test_triton_argmax_step_is_argmax_and_advances_the_step(gk, monkeypatch, rows):
+    """argmax_step on given logits (rows past GEMV_MAX_ROWS come from cuBLAS): tok = torch.argmax (an exact tie
+    across tiles goes to the lower id; -inf and a masked tail), out[:, step], step and pos advanced; two calls in a
+    row (keys and count reset)."""
+    monkeypatch.setattr(gk, "ARGMAX_BN", 64)
+    g = torch.Generator().manual_seed(9)
+    tok = torch.zeros(rows, dtype=torch.long)
+    out = torch.full((rows, 4), -1, dtype=torch.long)
+    step, pos = torch.tensor(2), torch.tensor(5)
+    for call in range(2):
+        y = torch.randn(rows, 200, generator=g).to(torch.bfloat16)
+        y[0, 30] = y[0, 150] = 9.0  # a tie in tiles 0 and 2: the lower id wins
+        y[-1, :] = float("-inf")
+        y[-1, 199] = -1e30  # the only finite logit of the last row, in the masked last tile
+        gk.argmax_step(y, tok, out, step, pos)
+        want = torch.argmax(y, dim=-1)
+        assert torch.equal(tok, want) and torch.equal(out[:, 2 + call], want), call
+        assert int(tok[0]) == 30 and int(tok[-1]) == 199
+        assert int(step) == 3 + call and int(pos) == 6 + call

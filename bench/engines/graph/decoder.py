@@ -153,8 +153,8 @@ class GptOssDecoder:
         # in decode, qkv and o_proj may come back as split-K partials that their consumers sum (ops docstring)
         fuse = attend == self._decode_attention
         qkv = ops.linear(normed, lay.wqkv, lay.bqkv, partials=fuse, site="qkv")
-        o = ops.linear(attend(qkv, lay), lay.wo, lay.bo, partials=fuse, site="o_proj")
-        normed, topi, topw = ops.norm_route(h, o, lay.ln2, lay.eps, lay.router)
+        normed, topi, topw = ops.linear_norm_route(attend(qkv, lay), lay.wo, lay.bo, h, lay.ln2, lay.eps, lay.router,
+                                                   partials=fuse)
         y = lay.experts(normed, topi, topw, counter)
         w, eps = self._next_norm(i)
         return ops.add_rmsnorm(h, y, lay.router.top_k, w, eps)
@@ -233,8 +233,5 @@ class GptOssDecoder:
     def decode_step(self) -> None:
         """Feed `tok` at `pos`; greedy next token into `tok` and output column `step_idx`; advance. Capturable
         (unless experts = loop). At most `max_steps` steps after a prefill."""
-        nxt = self._emit(self._forward(self.tok, self._decode_attention, self.expert_hits))
-        self.tok.copy_(nxt)
-        self._out.index_copy_(1, self.step_idx.view(1), nxt.unsqueeze(1))
-        self.state.pos.add_(1)
-        self.step_idx.add_(1)
+        normed = self._forward(self.tok, self._decode_attention, self.expert_hits)
+        self.ops.greedy_step(normed, self.lm_head, self.logits, self.tok, self._out, self.step_idx, self.state.pos)

@@ -15,6 +15,11 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   and computes that slice's router partials; the last program to finish (an atomic count) picks the top-k and
   writes the residual. With one row (NORM_ROUTER_ONE_ROW) the last program keeps the residual row from its RMS pass
   and picks the top-k by rank.
+- `splitk_norm_route`: o_proj's one-row split-K GEMV with the residual add, RMSNorm and router folded into its tail
+  (FOLD_NORM_ROUTER, what the decoder runs at batch 1): the last program of each N tile (an atomic count per tile)
+  sums the tile's partials, updates h and stores the tile's sum of squares and router partial logits; the last tile
+  (a second count) takes the RMS, the logits and the top-k, and writes the normed row. One launch where o_proj and
+  `add_rmsnorm_route` took two.
 - `router`: router linear + top-k + softmax over the k logits. Decode (<= ROUTER_SPLIT_MAX_TOKENS tokens): split-K
   partial logits (one program per slice of the hidden size, all tokens and experts), then one program per token
   sums the slices in a fixed order and picks the top-k; prefill: one program per token.
@@ -42,13 +47,18 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   (compact few / compact many pairs, M tile 16 / 32 / 64, larger); a table may put the N tiles on the fast grid
   axis (NB_MAJOR), so that the CTAs resident together read adjacent column strips of one expert's weight rows.
 
-Programmatic dependent launch (PDL, Hopper): in one-token steps (PDL_MAX_TOKENS) each decode kernel here is
-launched with `launch_pdl` and waits (`griddepcontrol.wait`, `_gdc`) before touching anything an earlier kernel
-writes, so its launch overlaps the end of the kernel before it (`PDL`, `pdl_launch`). The kernels right before a
+Programmatic dependent launch (PDL, Hopper): in decode steps of up to PDL_MAX_TOKENS tokens (mode PDL at one
+token, PDL_ROWS past it) each decode kernel here is launched with `launch_pdl` and waits (`griddepcontrol.wait`,
+`_gdc`) before touching anything an earlier kernel writes, so its launch overlaps the end of the kernel before it
+(`PDL`, `pdl_launch`). The kernels right before a
 split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv), rope_kv and the bf16 down expert
 GEMM let the next kernel launch right after their own wait (PDL mode 2: `SPLITK_EARLY`, `PDL_EARLY_MORE`,
 `early_pdl`); the split-K GEMVs do not: o_proj's early trigger slowed pruned models, qkv's the fused rope + attention
 (docs/PERF.md, session 8).
+
+Greedy decoding's end (`gemv_greedy`, `argmax_step`, GEMV_GREEDY): the vocabulary GEMV (or, past GEMV_MAX_ROWS rows,
+one launch after cuBLAS's logits) takes each row's argmax as an atomic max of packed (value, ~id) keys, and its last
+program writes the tokens and the output column and advances the step and the position (`_greedy_tail`).
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
@@ -396,8 +406,40 @@ def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | Partials | None, ks: int,
 
 
 @triton.jit
+def _ordered_key(v, idx):
+    """A uint64 whose unsigned order is (v ascending, then idx descending): the float32 v's bits made monotone in
+    the high word, ~idx in the low one, so that an atomic max picks the largest v and, among equal v, the lowest idx
+    (torch.argmax's first maximum)."""
+    bits = v.to(tl.uint32, bitcast=True)
+    mono = tl.where((bits >> 31) != 0, ~bits, bits | 0x80000000)
+    return (mono.to(tl.uint64) << 32) | (~idx.to(tl.uint32)).to(tl.uint64)
+
+
+@triton.jit
+def _greedy_tail(key_ptr, cnt_ptr, tok_ptr, out_ptr, step_ptr, pos_ptr, M, stride_out, BM: tl.constexpr):
+    """The last program of the vocabulary GEMV (an atomic count): each row's token from its packed key (the low word
+    is ~id), stored into tok and into out[:, step]; then step += 1 and pos += 1; keys and count reset for the next
+    step (CUDA-graph replays)."""
+    rows = tl.arange(0, BM)
+    rmask = rows < M
+    key = tl.atomic_xchg(key_ptr + rows, tl.zeros([BM], dtype=tl.uint64), mask=rmask, sem="acq_rel", scope="gpu")
+    tok = (~(key & 0xFFFFFFFF).to(tl.uint32)).to(tl.int64)
+    step = tl.load(step_ptr)
+    tl.store(tok_ptr + rows, tok, mask=rmask)
+    tl.store(out_ptr + rows * stride_out + step, tok, mask=rmask)
+    tl.store(step_ptr, step + 1)
+    tl.store(pos_ptr, tl.load(pos_ptr) + 1)
+    tl.store(cnt_ptr, 0)
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, HAS_BIAS: tl.constexpr,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr,
+                 GREEDY: tl.constexpr = False, key_ptr=None, cnt_ptr=None, tok_ptr=None, out_ptr=None, step_ptr=None,
+                 pos_ptr=None, stride_out=0):
+    """y = x w^T (+ b) for M <= BM rows. GREEDY (`gemv_greedy`): also each row's argmax over N (of the stored,
+    rounded values) by an atomic max of packed keys (`_ordered_key`); the last program finishes the step
+    (`_greedy_tail`)."""
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     nmask = offs_n < N
     offs_m = tl.arange(0, BM)
@@ -413,8 +455,17 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym, HAS_
         acc = tl.dot(x, tl.trans(w), acc)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=mmask[:, None] & nmask[None, :])
+    y = acc.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=mmask[:, None] & nmask[None, :])
+    if GREEDY:
+        v = tl.where(nmask[None, :], y.to(tl.float32), float("-inf"))
+        best = tl.max(v, axis=1)
+        first = tl.min(tl.where(v == best[:, None], offs_n[None, :], N), axis=1)
+        tl.atomic_max(key_ptr + offs_m, _ordered_key(best, first), mask=mmask, sem="relaxed", scope="gpu")
+        tl.debug_barrier()
+        done = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")
+        if done == tl.num_programs(0) - 1:
+            _greedy_tail(key_ptr, cnt_ptr, tok_ptr, out_ptr, step_ptr, pos_ptr, M, stride_out, BM)
 
 
 GEMV_MAX_ROWS = 8
@@ -437,6 +488,86 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         x, weight, bias if bias is not None else weight, y, m, n, k, x.stride(0), y.stride(0),
         HAS_BIAS=bias is not None, BM=16, BN=bn, BK=bk, PDL=pdl, num_warps=warps, num_stages=stages,
         **_pdl_kw(pdl),
+    )
+    return y
+
+
+# The decode step's greedy token in the vocabulary GEMV itself (`gemv_greedy`, session 9): each program's per-row
+# argmax goes into a packed atomic max, the last program writes the tokens, the output column and advances pos and
+# the step index; that replaces torch.argmax (a reduce kernel, ~9 us at batch 1 on the H200) and four tiny
+# bookkeeping kernels (copy, index_copy, two adds). The same tokens as torch.argmax (ties: the lowest id). Past
+# GEMV_MAX_ROWS rows (cuBLAS logits) `argmax_step` does the same after the linear. H200 (docs/PERF.md, session 9,
+# against False): batch 1 k4 -0.6% (E16) / -0.7% (E32), batch 8 k2 -0.4 / -0.3%. False: F.linear / gemv, then
+# torch.argmax and the torch ops (ablation).
+GEMV_GREEDY = True
+_GREEDY_STATE: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _greedy_state(device: torch.device, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packed keys (one per row, zero between launches) and the count of a greedy launch of up to `rows` rows;
+    one pair per (device, row class), never freed (a captured graph keeps using its pair)."""
+    size = max(16, _p2(rows))
+    state = _GREEDY_STATE.get((device, size))
+    if state is None:
+        state = _GREEDY_STATE[(device, size)] = (torch.zeros((size,), dtype=torch.uint64, device=device),
+                                                 torch.zeros((1,), dtype=torch.int32, device=device))
+    return state
+
+
+@triton.jit
+def _argmax_step_kernel(y_ptr, N, stride_y, key_ptr, cnt_ptr, tok_ptr, out_ptr, step_ptr, pos_ptr, M, stride_out,
+                        BN: tl.constexpr, BM: tl.constexpr, PDL: tl.constexpr):
+    """Grid (N / BN, M): the argmax of one row's N tile into the row's packed key; the last program finishes the
+    step (`_greedy_tail`)."""
+    row = tl.program_id(1)
+    offs = tl.program_id(0) * BN + tl.arange(0, BN)
+    _gdc(PDL)
+    v = tl.load(y_ptr + row * stride_y + offs, mask=offs < N, other=float("-inf")).to(tl.float32)
+    best = tl.max(v, axis=0)
+    first = tl.min(tl.where(v == best, offs, N), axis=0)
+    tl.atomic_max(key_ptr + row, _ordered_key(best, first), sem="relaxed", scope="gpu")
+    tl.debug_barrier()
+    done = tl.atomic_add(cnt_ptr, 1, sem="acq_rel", scope="gpu")
+    if done == tl.num_programs(0) * tl.num_programs(1) - 1:
+        _greedy_tail(key_ptr, cnt_ptr, tok_ptr, out_ptr, step_ptr, pos_ptr, M, stride_out, BM)
+
+
+ARGMAX_BN = 4096
+
+
+def argmax_step(y: torch.Tensor, tok: torch.Tensor, out: torch.Tensor, step: torch.Tensor,
+                pos: torch.Tensor) -> None:
+    """Greedy decoding's end for logits y (M, N) from another kernel (rows past GEMV_MAX_ROWS: cuBLAS): tok (M,) =
+    torch.argmax(y, -1), out[:, step] = tok, step += 1, pos += 1, in one launch instead of torch.argmax and four
+    bookkeeping kernels."""
+    m, n = y.shape
+    if tok.shape != (m,) or out.shape[0] != m or out.stride(1) != 1 or y.stride(1) != 1:
+        raise ValueError(f"argmax_step: logits {tuple(y.shape)}, tok {tuple(tok.shape)}, out {tuple(out.shape)}")
+    keys, cnt = _greedy_state(y.device, m)
+    pdl = pdl_launch(m)
+    _argmax_step_kernel[(triton.cdiv(n, ARGMAX_BN), m)](
+        y, n, y.stride(0), keys, cnt, tok, out, step, pos, m, out.stride(0), BN=ARGMAX_BN, BM=keys.shape[0], PDL=pdl,
+        num_warps=8, **_pdl_kw(pdl),
+    )
+
+
+def gemv_greedy(x: torch.Tensor, weight: torch.Tensor, tok: torch.Tensor, out: torch.Tensor, step: torch.Tensor,
+                pos: torch.Tensor, config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """logits = x (M, K) @ weight (N, K)^T (no bias) for M <= GEMV_MAX_ROWS, and greedy decoding's bookkeeping in
+    the same launch: tok (M,) = each row's argmax (int64), out[:, step] = tok, then step += 1 and pos += 1 (0-d
+    int64 device tensors). Returns the logits (M, N)."""
+    m, k = x.shape
+    n = weight.shape[0]
+    if m > 16 or tok.shape != (m,) or out.shape[0] != m or out.stride(1) != 1:
+        raise ValueError(f"gemv_greedy: {m} rows, tok {tuple(tok.shape)}, out {tuple(out.shape)}")
+    keys, cnt = _greedy_state(x.device, m)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    bn, bk, warps, stages = config or GEMV_CONFIG.get("vocab") or (64, 128, 4, 4)
+    pdl = pdl_launch(m)
+    _gemv_kernel[(triton.cdiv(n, bn),)](
+        x, weight, weight, y, m, n, k, x.stride(0), y.stride(0), HAS_BIAS=False, BM=16, BN=bn, BK=bk, PDL=pdl,
+        GREEDY=True, key_ptr=keys, cnt_ptr=cnt, tok_ptr=tok, out_ptr=out, step_ptr=step, pos_ptr=pos,
+        stride_out=out.stride(0), num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
     )
     return y
 
@@ -599,17 +730,37 @@ def attn_decode(
 
 
 @triton.jit
+def _prefetch_cache_l2(k_base, v_base, end, D: tl.constexpr):
+    """L2 prefetch (PTX prefetch.global.L2) of K and V cache slots [0, end) of one (stream, kv head): one instruction
+    a 128-byte line. CUDA only (inline PTX)."""
+    LINES: tl.constexpr = 256
+    per_slot: tl.constexpr = D * 2 // 128 if D * 2 >= 128 else 1  # 128-byte lines a slot (bf16)
+    total = end * per_slot
+    kb = k_base.to(tl.pointer_type(tl.uint8))
+    vb = v_base.to(tl.pointer_type(tl.uint8))
+    for l0 in range(0, total, LINES):
+        ln = l0 + tl.arange(0, LINES)
+        m = (ln < total).to(tl.int32)
+        for base in tl.static_range(2):
+            ptr = (kb if base == 0 else vb) + ln.to(tl.int64) * 128
+            tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }", "=r,l,r",
+                [ptr, m], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _rope_attn_decode_kernel(
     qkv_ptr, part_ptr, bias_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, sinks_ptr, out_ptr, scale, HKV, S_CACHE,
     WINDOW, N, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, SLIDING: tl.constexpr,
-    NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+    NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr = False,
 ):
     """`_rope_kv_kernel` and `_attn_decode_kernel` in one launch, one program per (stream, kv head): the rope of the
     group's G query heads stays in registers (rounded to the activations' dtype, as rope_kv stores it), the roped k
     and v are written into the step's cache slot, and after a barrier the program attends over its cache as
     `_attn_decode_kernel` does, on the same values (the query's rotated halves joined back into one [GP, D] tile).
     qkv: the linear's output (rows of N elements) or, with NSPLIT > 0, its split-K partials (S, B, N) + bias (qkv_ptr
-    then only carries the dtype)."""
+    then only carries the dtype). EARLY (ATTN_EARLY_LOADS): the position, the rope's cos / sin and an L2 prefetch
+    of the cache's live slots before the PDL wait (none of them is written by an earlier kernel of the step)."""
     b = tl.program_id(0)
     kh = tl.program_id(1)
     mp = tl.num_programs(0)
@@ -620,10 +771,18 @@ def _rope_attn_decode_kernel(
     d = tl.arange(0, D)
     hq = HKV * G
     m_i = tl.load(sinks_ptr + kh * G + g, mask=gm, other=0.0).to(tl.float32)  # the sink starts the softmax
-    _gdc(PDL)
-    pos = tl.load(pos_ptr)
-    c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
-    s = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
+    kv = (b * HKV + kh) * S_CACHE * D
+    if EARLY:  # the position is the previous step's (no kernel of this step writes it before the lm_head's)
+        pos = tl.load(pos_ptr)
+        c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
+        s = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
+        _prefetch_cache_l2(kc_ptr + kv, vc_ptr + kv, tl.minimum(pos + 1, S_CACHE), D)
+        _gdc(PDL)
+    else:
+        _gdc(PDL)
+        pos = tl.load(pos_ptr)
+        c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
+        s = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
     qh = (kh * G + g) * D
     qm = gm[:, None] & hm[None, :]
     x1 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, qh[:, None] + half[None, :], mp, N, qm, NSPLIT, HAS_BIAS)
@@ -639,7 +798,6 @@ def _rope_attn_decode_kernel(
         slot = pos % WINDOW
     else:
         slot = pos
-    kv = (b * HKV + kh) * S_CACHE * D
     tl.store(kc_ptr + kv + slot * D + half, (k1 * c - k2 * s).to(kc_ptr.dtype.element_ty))
     tl.store(kc_ptr + kv + slot * D + D // 2 + half, (k2 * c + k1 * s).to(kc_ptr.dtype.element_ty))
     tl.store(vc_ptr + kv + slot * D + d, v.to(vc_ptr.dtype.element_ty))
@@ -659,6 +817,9 @@ def _rope_attn_decode_kernel(
 # covers it (batch 1, 8, 32). False: rope_kv, then attn_decode (ablation).
 FUSE_ROPE_ATTN = True
 FUSE_ROPE_ATTN_MIN_ROWS = 1
+# The fused kernel reads the position and the rope's cos / sin and prefetches its cache slots into L2 before its PDL
+# wait (`_rope_attn_decode_kernel` EARLY; the same bits). NOT MEASURED YET (session 9): off.
+ATTN_EARLY_LOADS = False
 
 
 def rope_attn_decode(
@@ -685,7 +846,8 @@ def rope_attn_decode(
         else src, cos, sin, pos, kc, vc, sinks, out, scale, hkv, s_cache, max(1, window),
         (hq + 2 * hkv) * d if parts is not None else qkv.stride(0), G=g, GP=max(16, _p2(g)), D=d, BS=bs,
         SLIDING=sliding, NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
-        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, num_warps=warps, **extra, **_pdl_kw(pdl),
+        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, EARLY=ATTN_EARLY_LOADS and kc.is_cuda,
+        num_warps=warps, **extra, **_pdl_kw(pdl),
     )
     return out
 
@@ -961,6 +1123,145 @@ def add_rmsnorm_route(
         SP=_p2(splits), NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
         HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, ONE=rows == 1 and NORM_ROUTER_ONE_ROW,
         num_warps=8, **_pdl_kw(pdl),
+    )
+    return out, topi, topw
+
+
+# o_proj + residual + RMSNorm + router in one launch at one row (FOLD_NORM_ROUTER, session 9; TritonOps.
+# linear_norm_route): the split-K GEMV's programs reduce their own output ("last arriver" counts, as
+# `_norm_router_kernel`), so no norm + router kernel runs between o_proj and the gate_up expert GEMM. Not bit-equal to
+# the two kernels: the RMS is summed per N tile and the router sees w * h * rstd unrounded (the teacher-forced check
+# passes). H200 (docs/PERF.md, session 9, `gpu_step_ablation.py --compare`, 3 interleaved rounds): batch 1 E32 k4
+# 2.371 -> 2.293 ms (-3.3%), k2 1.814 -> 1.737 (-4.2%); E16 k4 2.390 -> 2.297 (-3.9%), k2 1.833 -> 1.741 (-5.1%);
+# in the graph replay o_proj + norm + router 386 - 218 + 167 = 335 -> 266 us exposed a step (E32 k4). False: o_proj's
+# split-K GEMV, then `add_rmsnorm_route` (ablation).
+FOLD_NORM_ROUTER = True
+# The last program's chunks: FOLD_TILES tiles of router partial logits and FOLD_BLOCK elements of the normed row per
+# load round (fewer rounds: fewer dependent L2 round trips; wider: more registers for the whole GEMV kernel).
+FOLD_TILES = 256
+FOLD_BLOCK = 4096
+# The folded launch's (BN, BK, S, num_warps); None: o_proj's split-K tile (SPLITK_CONFIG["small"]).
+FOLD_CONFIG: tuple[int, int, int, int] | None = None
+_FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+@triton.jit
+def _splitk_norm_router_kernel(
+    x_ptr, w_ptr, b_ptr, part_ptr, h_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, ss_ptr, rl_ptr, cnt_ptr, topi_ptr,
+    topw_ptr, N, K, KSPLIT, E, eps, S: tl.constexpr, NT: tl.constexpr, NTP: tl.constexpr, FT: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
+    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRE: tl.constexpr = False,
+):
+    """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
+    top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
+    of a tile's S programs (count cnt[tile]) sums the S partials in slice order + bias, rounds to h's dtype (F.linear's
+    output), adds it to h (rounded: `_residual`), stores h's tile, the tile's sum of squares and its router partial
+    logits sum_n rw[e, n] nw[n] h[n] (the RMS factor comes out of the router's linear); the last tile (count cnt[NT])
+    takes rstd from the NT sums, logits = rstd * (sum of the NT partials) + bias rounded to h's dtype (the router
+    linear's output), the top-k by rank and its softmax, and writes normed; each last arriver resets its count, so
+    the next launch (and a CUDA-graph replay) starts from zero."""
+    pid_n = tl.program_id(0)
+    s = tl.program_id(1)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    nmask = offs_n < N
+    k_lo = s * KSPLIT
+    acc = tl.zeros([BN, BK], dtype=tl.float32)
+    start = k_lo
+    if PRE:
+        w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k_lo, k_lo, K, KSPLIT, BK)
+        _gdc(PDL)
+        acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
+        start = k_lo + BK
+    else:
+        _gdc(PDL)
+    for k0 in range(start, k_lo + KSPLIT, BK):
+        w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)
+        acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
+    tl.store(part_ptr + s * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
+    tl.debug_barrier()
+    done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+    if done == S - 1:  # the tile's last program: its output, residual, sum of squares and router partials
+        v = tl.zeros([BN], dtype=tl.float32)
+        for j in tl.static_range(S):
+            v += tl.load(part_ptr + j * N + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
+        if HAS_BIAS:
+            v += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        v = v.to(h_ptr.dtype.element_ty).to(tl.float32)
+        xh = tl.load(h_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        xh = (xh + v).to(h_ptr.dtype.element_ty)
+        tl.store(h_ptr + offs_n, xh, mask=nmask)
+        xh = xh.to(tl.float32)
+        e = tl.arange(0, EP)
+        em = e < E
+        rw = tl.load(rw_ptr + e[:, None] * N + offs_n[None, :], mask=em[:, None] & nmask[None, :], other=0.0)
+        nw = tl.load(nw_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        rb = tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)  # for the last tile, loaded with this round
+        tl.store(ss_ptr + pid_n, tl.sum(xh * xh, axis=0))
+        tl.store(rl_ptr + pid_n * EP + e, tl.sum(rw.to(tl.float32) * (nw * xh)[None, :], axis=1))
+        tl.store(cnt_ptr + pid_n, 0)
+        tl.debug_barrier()
+        fin = tl.atomic_add(cnt_ptr + NT, 1, sem="acq_rel", scope="gpu")
+        if fin == NT - 1:  # the last tile: rstd, the router's logits and top-k, the normed row
+            offs = tl.arange(0, FB)  # FB = BLOCK by default: the row's loads issued with the partials' (one round)
+            hv = tl.load(h_ptr + offs, mask=offs < N, other=0.0, cache_modifier=".cg")
+            wv = tl.load(nw_ptr + offs, mask=offs < N, other=0.0)
+            tt = tl.arange(0, NTP)
+            ssv = tl.load(ss_ptr + tt, mask=tt < NT, other=0.0, cache_modifier=".cg")
+            lg = tl.zeros([EP], dtype=tl.float32)
+            for t0 in tl.static_range(0, NT, FT):
+                ft = t0 + tl.arange(0, FT)
+                lg += tl.sum(tl.load(rl_ptr + ft[:, None] * EP + e[None, :], mask=(ft < NT)[:, None], other=0.0,
+                                     cache_modifier=".cg"), axis=0)
+            rstd = tl.rsqrt(tl.sum(ssv, axis=0) / N + eps)
+            logits = rstd * lg + rb
+            logits = logits.to(h_ptr.dtype.element_ty).to(tl.float32)  # the router linear's output dtype
+            _topk_rank_softmax_store(logits, e, em, topi_ptr, topw_ptr, 0, TOPK, KP, EP)
+            tl.store(out_ptr + offs, (wv.to(tl.float32) * (hv.to(tl.float32) * rstd)).to(out_ptr.dtype.element_ty),
+                     mask=offs < N)
+            for b0 in tl.static_range(FB, BLOCK, FB):  # the rest of the row, when FB < BLOCK
+                offs = b0 + tl.arange(0, FB)
+                m = offs < N
+                hv = tl.load(h_ptr + offs, mask=m, other=0.0, cache_modifier=".cg").to(tl.float32)
+                wv = tl.load(nw_ptr + offs, mask=m, other=0.0).to(tl.float32)
+                tl.store(out_ptr + offs, (wv * (hv * rstd)).to(out_ptr.dtype.element_ty), mask=m)
+            tl.store(cnt_ptr + NT, 0)
+
+
+def splitk_norm_route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, h: torch.Tensor,
+                      nweight: torch.Tensor, eps: float, rweight: torch.Tensor, rbias: torch.Tensor, k: int,
+                      config: tuple[int, int, int, int] | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One row: h (1, N) += x (1, K) @ weight (N, K)^T + bias (in place), returns (RMSNorm(h) * nweight, the router's
+    top-k ids (1, k) int32 and softmax weights (1, k) float32) from one launch (`_splitk_norm_router_kernel`): what
+    add_rmsnorm_route(h, splitk_linear(x, weight, bias), ...) gives, up to the summation order of the RMS and of the
+    router's logits (the router sees w * h * rstd unrounded, not the bf16 normed row)."""
+    if x.shape[0] != 1 or h.shape != (1, weight.shape[0]) or not h.is_contiguous():
+        raise ValueError(f"splitk_norm_route: one contiguous row, got x {tuple(x.shape)}, h {tuple(h.shape)}, "
+                         f"weight {tuple(weight.shape)}")
+    n, kdim = weight.shape
+    experts = rweight.shape[0]
+    bn, bk, splits, warps = config or SPLITK_CONFIG["small"]
+    ksplit = triton.cdiv(triton.cdiv(kdim, splits), bk) * bk
+    splits = triton.cdiv(kdim, ksplit)
+    nt = triton.cdiv(n, bn)
+    ep = max(16, _p2(experts))
+    cnt = _FOLD_COUNTERS.get((h.device, nt))
+    if cnt is None:
+        cnt = _FOLD_COUNTERS[(h.device, nt)] = torch.zeros((nt + 1,), dtype=torch.int32, device=h.device)
+    part = torch.empty((splits, 1, n), dtype=torch.float32, device=x.device)
+    ss = torch.empty((nt,), dtype=torch.float32, device=x.device)
+    rl = torch.empty((nt, ep), dtype=torch.float32, device=x.device)
+    out = torch.empty_like(h)
+    topi = torch.empty((1, k), dtype=torch.int32, device=h.device)
+    topw = torch.empty((1, k), dtype=torch.float32, device=h.device)
+    ntp = _p2(nt)
+    block = _p2(n)
+    pdl = early_pdl(pdl_launch(1), 1, "splitk_o_proj")
+    _splitk_norm_router_kernel[(nt, splits)](
+        x, weight, bias if bias is not None else h, part, h, nweight, out, rweight, rbias, ss, rl, cnt, topi, topw,
+        n, kdim, ksplit, experts, eps, S=splits, NT=nt, NTP=ntp, FT=min(ntp, _p2(FOLD_TILES)), BN=bn, BK=bk,
+        EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
+        PRE=SPLITK_PRELOAD, num_warps=warps, **_pdl_kw(pdl),
     )
     return out, topi, topw
 

@@ -1,11 +1,15 @@
 """The two ops backends of the `graph` decoder: `TorchOps` (reference torch ops; the CPU path) and `TritonOps`
-(bench/engines/graph/kernels.py). Both implement the same five calls, so the decoder's layer body names no backend:
+(bench/engines/graph/kernels.py). Both implement the same seven calls, so the decoder's layer body names no backend:
 
     add_rmsnorm(h, delta, ks, w, eps) -> normed   h (R, H) += delta summed over ks rows per row (in place),
                                                  returns RMSNorm(h) * w (delta None: norm only)
     route(x, router) -> (topi (T, k) int32/int64, topw (T, k) float32)   router linear, top-k, softmax over k
     norm_route(h, delta, w, eps, router) -> (normed, topi, topw)   add_rmsnorm(h, delta, 1, w, eps), then route
                                                  (TritonOps: one launch for few rows, kernels.add_rmsnorm_route)
+    linear_norm_route(x, wo, bo, h, w, eps, router, partials=False) -> (normed, topi, topw)   norm_route(h,
+                                 linear(x, wo, bo, partials, "o_proj"), w, eps, router): the decoder's o_proj and
+                                 what follows it; TritonOps at one row with FOLD_NORM_ROUTER and partials: one
+                                 launch (kernels.splitk_norm_route), else exactly those two calls
     decode_attention(qkv, kc, vc, sinks, sliding, geom, state) -> (B, hq*D)   rope of q and k at `state.pos`,
                                                  k/v written into the cache slot, one-token attention with sinks
     linear(x, w, b, partials=False) -> x w^T + b   F.linear; TritonOps with gemv: the Triton GEMV for <= GEMV_MAX_ROWS
@@ -14,6 +18,12 @@
                                  (kernels.splitk_mma_linear, tensor cores, tile by site) return kernels.Partials,
                                  which only decode_attention (qkv) and add_rmsnorm / norm_route (o_proj, ks = 1)
                                  of TritonOps take
+
+    greedy_step(x, w, logits, tok, out, step, pos)   the decode step's end: x w^T (logits copied into `logits` if
+                                 given), tok = argmax per row, out[:, step] = tok, step += 1, pos += 1 (device
+                                 tensors, so it stays capturable); TritonOps with GEMV_GREEDY: one launch
+                                 (kernels.gemv_greedy) for <= GEMV_MAX_ROWS rows with gemv, else the linear and
+                                 kernels.argmax_step
 
 `make_ops(options, geom)` picks one from the resolved GraphOptions.
 """
@@ -68,8 +78,24 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def greedy_step_torch(ops: TorchOps | TritonOps, x: torch.Tensor, w: torch.Tensor, logits: torch.Tensor | None,
+                      tok: torch.Tensor, out: torch.Tensor, step: torch.Tensor, pos: torch.Tensor) -> None:
+    """`greedy_step` as separate ops: the linear (ops.linear), torch.argmax and the bookkeeping."""
+    y = ops.linear(x, w, None)
+    if logits is not None:
+        logits.copy_(y)
+    tok.copy_(torch.argmax(y, dim=-1))
+    out.index_copy_(1, step.view(1), tok.unsqueeze(1))
+    pos.add_(1)
+    step.add_(1)
+
+
 class TorchOps:
     name = "torch"
+
+    def greedy_step(self, x: torch.Tensor, w: torch.Tensor, logits: torch.Tensor | None, tok: torch.Tensor,
+                    out: torch.Tensor, step: torch.Tensor, pos: torch.Tensor) -> None:
+        greedy_step_torch(self, x, w, logits, tok, out, step, pos)
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, partials: bool = False,
                site: str = "") -> torch.Tensor:
@@ -86,6 +112,11 @@ class TorchOps:
                    router: Router) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         normed = self.add_rmsnorm(h, delta, 1, w, eps)
         return (normed, *self.route(normed, router))
+
+    def linear_norm_route(self, x: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor | None, h: torch.Tensor,
+                          w: torch.Tensor, eps: float, router: Router,
+                          partials: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.norm_route(h, self.linear(x, wo, bo, partials, "o_proj"), w, eps, router)
 
     def route(self, x: torch.Tensor, router: Router) -> tuple[torch.Tensor, torch.Tensor]:
         logits = F.linear(x, router.weight, router.bias)
@@ -147,6 +178,22 @@ class TritonOps:
                 return self.k.gemv(x, w, b, cfg)
         return F.linear(x, w, b)
 
+    def greedy_step(self, x: torch.Tensor, w: torch.Tensor, logits: torch.Tensor | None, tok: torch.Tensor,
+                    out: torch.Tensor, step: torch.Tensor, pos: torch.Tensor) -> None:
+        k = self.k
+        cfg = k.GEMV_CONFIG.get("vocab" if w.shape[0] >= 16384 else "small")  # the class's tile, as `linear`
+        if (self.gemv and k.GEMV_GREEDY and cfg is not None and x.shape[0] <= k.GEMV_MAX_ROWS and x.stride(1) == 1
+                and w.is_contiguous() and out.stride(1) == 1):
+            y = k.gemv_greedy(x, w, tok, out, step, pos, cfg)
+        elif k.GEMV_GREEDY and out.stride(1) == 1:  # another kernel's logits (cuBLAS), then one launch
+            y = self.linear(x, w, None)
+            k.argmax_step(y, tok, out, step, pos)
+        else:
+            greedy_step_torch(self, x, w, logits, tok, out, step, pos)
+            return
+        if logits is not None:
+            logits.copy_(y)
+
     def add_rmsnorm(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor,
                     eps: float) -> torch.Tensor:
         return self.k.add_rmsnorm(h, delta, ks, w, eps)
@@ -160,6 +207,21 @@ class TritonOps:
             return k.add_rmsnorm_route(h, delta, w, eps, router.weight, router.bias, router.top_k)
         normed = self.add_rmsnorm(h, delta, 1, w, eps)
         return (normed, *self.route(normed, router))
+
+    def linear_norm_route(self, x: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor | None, h: torch.Tensor,
+                          w: torch.Tensor, eps: float, router: Router,
+                          partials: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """o_proj, residual, norm and router: one launch (kernels.splitk_norm_route) where o_proj would be the
+        one-row split-K GEMV and the norm + router its fused kernel and FOLD_NORM_ROUTER is on; else `linear`
+        (partials) then `norm_route`."""
+        k = self.k
+        if (partials and k.FOLD_NORM_ROUTER and k.FUSE_NORM_ROUTER and self.splitk and self.router_split
+                and x.shape[0] == 1 and x.shape[0] <= k.SPLITK_MAX_ROWS and k.NORM_ROUTER_MAX_TOKENS >= 1
+                and wo.shape[0] < 16384 and k.SPLITK_CONFIG.get("small") is not None and x.stride(1) == 1
+                and wo.is_contiguous() and h.is_contiguous() and router.weight.is_contiguous()):
+            return k.splitk_norm_route(x, wo, bo, h, w, eps, router.weight, router.bias, router.top_k,
+                                       k.FOLD_CONFIG or k.SPLITK_CONFIG["small"])
+        return self.norm_route(h, self.linear(x, wo, bo, partials, "o_proj"), w, eps, router)
 
     def route(self, x: torch.Tensor, router: Router) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k.router(x, router.weight, router.bias, router.top_k, split=self.router_split)
