@@ -752,6 +752,13 @@ def compare_main(args, model, bandwidth: float) -> int:
                   "tokens_equal": bool(torch.equal(res[-1].tokens, ref[0])),
                   "logits_max_abs_diff": round((logits - ref[1]).abs().max().item(), 5),
                   "moe_fused_failed": gk.moe_fused_failed(torch.device("cuda"))})
+            for rep in range(1, args.exact_repeats):  # the same configuration again: is it deterministic?
+                again, again_logits = run_engine(model, *cases[0], keep_logits=True)
+                emit({"sec": "repeat", "config": name, "experts": experts, "repeat": rep,
+                      "same_tokens": bool(torch.equal(again[-1].tokens, res[-1].tokens)),
+                      "same_logits": bool(torch.equal(again_logits, logits)),
+                      "within_run_same": bool(torch.equal(again[0].tokens, again[-1].tokens)),
+                      "logits_max_abs_diff": round((again_logits - logits).abs().max().item(), 5)})
         timed_rounds(model, arch, bandwidth, names, lambda n: compare_apply(configs[n]), cases, args.rounds, experts,
                      times)
         for name in names if args.profile else ():  # one eager batch-1 step per configuration, kernels by family
@@ -825,6 +832,8 @@ def main() -> int:
     ap.add_argument("--compare", default=None, metavar="JSON|@FILE",
                     help='session 8: {"name": {kernels setting: value}, ...} at --cases, E32 and pruned (compare_main)')
     ap.add_argument("--profile", action="store_true", help="--compare: also profile each configuration at batch 1")
+    ap.add_argument("--exact-repeats", type=int, default=1,
+                    help="--compare: run each configuration's exactness case this many times (determinism)")
     ap.add_argument("--timeline", action="store_true",
                     help="--compare: also one profiled CUDA-graph replay of each configuration and case")
     ap.add_argument("--sweep", action="store_true",
