@@ -545,7 +545,8 @@ def graph_timeline(model, label: str, batch: int, k: int) -> None:
     """Session 9: one CUDA-graph replay of a decode step under torch.profiler (CUPTI reports the graph's kernels with
     their start and end), kernels in time order. Per kernel family: summed duration, count and "exposed" time (how far
     each kernel moves the step's end past every earlier kernel's end), and the idle gaps before them; the step span is
-    exposed + gaps. PDL overlap shows as duration > exposed."""
+    exposed + gaps. PDL overlap shows as duration > exposed. The two expert launches of a layer are apart
+    ("_moe_kernel gate_up" / "_moe_kernel down", by their order); MOE_FUSED's one launch is `_moe_fused_kernel`."""
     from torch.profiler import ProfilerActivity, profile
 
     from bench.models.pruning import set_top_k
@@ -569,8 +570,13 @@ def graph_timeline(model, label: str, batch: int, k: int) -> None:
         fam: dict[str, list[float]] = {}
         end = evs[0][0] if evs else 0.0
         gaps = 0.0
+        moe_seen = 0
         for s, e, name in evs:
-            f = fam.setdefault(name[:40], [0.0, 0, 0.0, 0.0])  # duration, count, exposed, gap before
+            key = name[:40]
+            if key == "_moe_kernel":  # the expert GEMMs launch in pairs, gate_up then down: tell them apart by order
+                key = "_moe_kernel " + ("gate_up" if moe_seen % 2 == 0 else "down")
+                moe_seen += 1
+            f = fam.setdefault(key, [0.0, 0, 0.0, 0.0])  # duration, count, exposed, gap before
             gap = max(0.0, s - end)
             f[0] += e - s
             f[1] += 1
@@ -745,7 +751,8 @@ def compare_main(args, model, bandwidth: float) -> int:
             ref = ref or (res[-1].tokens, logits)
             emit({"sec": "exact", "config": name, "experts": experts, "case": "{}x{}".format(*cases[0]),
                   "tokens_equal": bool(torch.equal(res[-1].tokens, ref[0])),
-                  "logits_max_abs_diff": round((logits - ref[1]).abs().max().item(), 5)})
+                  "logits_max_abs_diff": round((logits - ref[1]).abs().max().item(), 5),
+                  "moe_fused_failed": gk.moe_fused_failed(torch.device("cuda"))})
             for rep in range(1, args.exact_repeats):  # the same configuration again: is it deterministic?
                 again, again_logits = run_engine(model, *cases[0], keep_logits=True)
                 emit({"sec": "repeat", "config": name, "experts": experts, "repeat": rep,

@@ -1,7 +1,7 @@
-"""The `graph` engine's fused norm + router and rope + attention kernels, programmatic dependent launch (PDL) and
-the per-batch expert tile tables (bit-exact to main's) on a CUDA device: skipped on CPU, where the Triton
-interpreter runs the fused kernels and the tables (tests/interpreter/graph_kernels_cases.py) but cannot run PDL's
-`griddepcontrol` PTX. Run on the GPU
+"""The `graph` engine's fused norm + router and rope + attention kernels, programmatic dependent launch (PDL), the
+per-batch expert tile tables (bit-exact to main's) and the one-launch experts (MOE_FUSED) on a CUDA device: skipped
+on CPU, where the Triton interpreter runs the fused kernels and the tables (tests/interpreter/graph_kernels_cases.py)
+but cannot run PDL's `griddepcontrol` PTX. Run on the GPU
 machine with `python3 -m pytest -q tests/test_graph_kernels_gpu.py`."""
 
 from __future__ import annotations
@@ -296,6 +296,107 @@ def test_splitk_mma_linear_matches_f_linear_on_cuda(gk, rows):
             torch.testing.assert_close(got.materialize().float(), torch.nn.functional.linear(x, w, b).float(),
                                        rtol=8e-3, atol=1e-2)
 
+
+
+@pytest.mark.parametrize("experts,k", [(32, 4), (16, 2)])
+def test_fused_expert_launch_matches_two_launches_on_cuda(gk, experts, k):
+    """MOE_FUSED (both expert GEMMs of a one-token step in one persistent launch, down tiles waiting on per-slot
+    counters) at gpt-oss-20b's shapes in bf16: the shipped two launches' rows within one bf16 rounding (bit for
+    bit expected: the same tiles and K order), for each tile the ablation times, with a grid of every resident
+    program and with a small one (many tiles a program: more waits), three calls in a row (the counters reset), no
+    give-up (`moe_fused_failed`), the distinct-expert count."""
+    gen = torch.Generator(device="cuda").manual_seed(experts + k)
+    hidden, inter = 2880, 2880
+    kw = {"device": "cuda", "dtype": torch.bfloat16}
+    gu = torch.randn(experts, hidden, 2 * inter, generator=gen, **kw) * 0.02
+    gub = torch.randn(experts, 2 * inter, generator=gen, **kw) * 0.1
+    dn = torch.randn(experts, inter, hidden, generator=gen, **kw) * 0.02
+    dnb = torch.randn(experts, hidden, generator=gen, **kw) * 0.1
+    saved = (gk.MOE_FUSED, gk.MOE_FUSED_CONFIG, gk.MOE_FUSED_CTAS, gk.MOE_FUSED_EVEN)
+    exact = []
+    try:
+        for config, ctas, even in (((64, 128, 4, 4), 2, False), ((64, 128, 4, 6), 2, True),
+                                   ((64, 128, 4, 4), 1, True)):
+            gk.MOE_FUSED_CONFIG, gk.MOE_FUSED_CTAS, gk.MOE_FUSED_EVEN = config, ctas, even
+            for _ in range(3):
+                x = torch.randn(1, hidden, generator=gen, **kw)
+                topi = torch.rand(1, experts, generator=gen, device="cuda").argsort(-1)[:, :k].to(torch.int32)
+                topw = torch.softmax(torch.randn(1, k, generator=gen, device="cuda"), -1)
+                outs, counts = {}, {}
+                for fused in (False, True):
+                    gk.MOE_FUSED = fused
+                    cnt = torch.zeros((), dtype=torch.int32, device="cuda")
+                    outs[fused] = gk.moe(x, gu, gub, dn, dnb, topi.contiguous(), topw, 1.702, 7.0, cnt)
+                    counts[fused] = int(cnt)
+                torch.cuda.synchronize()
+                assert not gk.moe_fused_failed(x.device), (config, ctas, even)
+                assert int(gk._MOE_SYNC[x.device].abs().sum()) == 0
+                assert counts[True] == counts[False] == k
+                assert outs[True].float().abs().sum(1).gt(0).all()
+                torch.testing.assert_close(outs[True].float(), outs[False].float(), rtol=1e-2, atol=1e-3)
+                exact.append(torch.equal(outs[True], outs[False]))
+    finally:
+        gk.MOE_FUSED, gk.MOE_FUSED_CONFIG, gk.MOE_FUSED_CTAS, gk.MOE_FUSED_EVEN = saved
+    print(f"fused experts E{experts} k{k}: bit-exact in {sum(exact)} of {len(exact)} calls")
+
+
+def test_fused_expert_graph_replay_equals_eager_on_cuda(gk):
+    """tiny-moe at batch 1 with MOE_FUSED on: the CUDA-graph replays (PDL launches) give the eager steps' tokens and
+    last logits (a down tile that read its activation rows before they were stored, or a counter left unreset
+    between replays, would move them), and the two-launch path's tokens."""
+    from bench.engines.graph import GraphEngine, GraphOptions
+    from bench.models.loading import load_model
+
+    model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
+    ids = torch.randint(0, model.config.vocab_size, (1, 40), device="cuda",
+                        generator=torch.Generator("cuda").manual_seed(6))
+    saved = gk.MOE_FUSED
+    out = {}
+    try:
+        for fused, capture in ((False, "on"), (True, "on"), (True, "off")):
+            gk.MOE_FUSED = fused
+            eng = GraphEngine(GraphOptions(capture=capture), keep_logits=True)
+            res = eng.generate(model, ids, 24)
+            out[(fused, capture)] = (res.tokens, eng.decoder.logits.clone())
+            eng.release()
+            assert not gk.moe_fused_failed(torch.device("cuda"))
+    finally:
+        gk.MOE_FUSED = saved
+    assert torch.equal(out[(True, "on")][0], out[(True, "off")][0])
+    assert torch.equal(out[(True, "on")][1], out[(True, "off")][1])
+    assert torch.equal(out[(True, "on")][0], out[(False, "on")][0])
+
+
+@pytest.mark.parametrize("k", [4, 2])
+def test_split_k_expert_gemms_match_unsplit_on_cuda(gk, k):
+    """A 6th tile entry S > 1 in the compact one-token table (split-K: fp32 partials summed by each tile's last
+    program, in slice order) at gpt-oss-20b's shapes in bf16: the unsplit rows within one bf16 rounding, the same
+    bits on a second call (deterministic whoever finishes last), every tile count back at 0, in a CUDA graph
+    replay too."""
+    gen = torch.Generator(device="cuda").manual_seed(30 + k)
+    experts, hidden, inter = 32, 2880, 2880
+    kw = {"device": "cuda", "dtype": torch.bfloat16}
+    gu = torch.randn(experts, hidden, 2 * inter, generator=gen, **kw) * 0.02
+    gub = torch.randn(experts, 2 * inter, generator=gen, **kw) * 0.1
+    dn = torch.randn(experts, inter, hidden, generator=gen, **kw) * 0.02
+    dnb = torch.randn(experts, hidden, generator=gen, **kw) * 0.1
+    x = torch.randn(1, hidden, generator=gen, **kw)
+    topi = torch.rand(1, experts, generator=gen, device="cuda").argsort(-1)[:, :k].to(torch.int32).contiguous()
+    topw = torch.softmax(torch.randn(1, k, generator=gen, device="cuda"), -1)
+    plain = {"gate_up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}
+    want = gk.moe(x, gu, gub, dn, dnb, topi, topw, 1.702, 7.0, tiles=plain)
+    for split in ({"gate_up": 1, "down": 2}, {"gate_up": 2, "down": 2}, {"gate_up": 2, "down": 3}):
+        tiles = {g: (*t, 0, split[g]) for g, t in plain.items()}
+        got = [gk.moe(x, gu, gub, dn, dnb, topi, topw, 1.702, 7.0, tiles=tiles) for _ in range(2)]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            replayed = gk.moe(x, gu, gub, dn, dnb, topi, topw, 1.702, 7.0, tiles=tiles)
+        graph.replay()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert all(int(b.abs().sum()) == 0 for b in gk._SPLIT_SYNC.values()), split
+        assert torch.equal(got[0], got[1]) and torch.equal(replayed, got[0]), split
+        torch.testing.assert_close(got[0].float(), want.float(), rtol=1e-2, atol=2e-3, msg=str(split))
 
 
 @pytest.mark.parametrize("rows", [1, 8])

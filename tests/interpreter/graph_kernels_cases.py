@@ -155,6 +155,120 @@ def test_triton_moe_n_major_grid_equals_expert_major(gk):
     assert kinds == {"compact", "scan", "sorted"}
 
 
+
+def _experts_ref(x, gu, gub, dn, dnb, topi, topw, alpha=1.702, limit=7.0, drop_bias=False):
+    """float64 reference of the routed experts, summed over each token's k rows (what add_rmsnorm adds to h)."""
+    out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float64)
+    for t in range(x.shape[0]):
+        for j, e in enumerate(topi[t].tolist()):
+            h = x[t].double() @ gu[e].double() + gub[e].double()
+            gate, up = h[::2].clamp(max=limit), h[1::2].clamp(-limit, limit)
+            y = ((up + 1) * gate * torch.sigmoid(gate * alpha)) @ dn[e].double()
+            out[t] += (y + (0 if drop_bias else dnb[e].double())) * float(topw[t, j])
+    return out
+
+
+@pytest.mark.parametrize("experts,k", [(32, 4), (32, 2), (16, 4), (16, 2)])
+def test_triton_moe_fused_one_launch_equals_two_launches(gk, monkeypatch, experts, k):
+    """MOE_FUSED: both expert GEMMs of a compact launch in one persistent launch (gate_up tiles, then down tiles
+    that wait on a per-slot counter) give `moe`'s two-launch rows bit for bit and, summed over each token's k rows
+    as add_rmsnorm sums them, the float64 reference (which a dropped expert row or bias would miss); masked N and K
+    tails (hidden 72, inter 40 against 32-wide tiles); one token and COMPACT_FEW_PAIRS // k tokens with a repeated
+    routing (distinct experts < pairs: slots with no rows);
+    three calls in a row, every slot counter back at 0 after each, the distinct-expert count as the two launches'."""
+    gen = torch.Generator().manual_seed(40 + experts + k)
+    hidden, inter = 72, 40
+    gu = torch.randn(experts, hidden, 2 * inter, generator=gen) * 0.2
+    gub = torch.randn(experts, 2 * inter, generator=gen) * 0.5
+    dn = torch.randn(experts, inter, hidden, generator=gen) * 0.2
+    dnb = torch.randn(experts, hidden, generator=gen) * 0.5
+    tile = (32, 32, 4, 2)
+    monkeypatch.setattr(gk, "MOE_CONFIG_FEW", {"gate_up": tile, "down": tile})
+    monkeypatch.setattr(gk, "MOE_FUSED_CONFIG", tile)
+    multi = gk.COMPACT_FEW_PAIRS // k
+    for tokens in (1, 1, multi, 1):
+        x = torch.randn(tokens, hidden, generator=gen)
+        v, i = torch.topk(torch.randn(tokens, experts, generator=gen), k, dim=-1)
+        if tokens > 1:
+            i[1] = i[0]  # repeated experts: fewer distinct experts than pairs, so some slots have no rows
+        i = i.to(torch.int32)
+        w = torch.softmax(v, dim=-1)
+        plan = gk.routing_plan(i, experts)
+        outs, counts = {}, {}
+        for fused in (False, True):
+            monkeypatch.setattr(gk, "MOE_FUSED", fused)
+            assert gk.moe_fused_applies(plan) == fused
+            cnt = torch.zeros((), dtype=torch.int32)
+            outs[fused] = gk.moe(x, gu, gub, dn, dnb, i, w, 1.702, 7.0, cnt)
+            counts[fused] = int(cnt)
+        sync = gk._MOE_SYNC[x.device]
+        assert int(sync.abs().sum()) == 0 and not gk.moe_fused_failed(x.device)  # counters reset, no give-up
+        assert torch.equal(outs[True], outs[False]), (tokens, k)
+        assert counts[True] == counts[False] == i.unique().numel()
+        got = outs[True].view(tokens, k, hidden).double().sum(1)
+        want = _experts_ref(x, gu, gub, dn, dnb, i, w)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        assert (got - _experts_ref(x, gu, gub, dn, dnb, i, w, drop_bias=True)).abs().max() > 1e-2
+        assert (got - _experts_ref(x, gu, gub, dn, dnb, i[:, : k - 1], w)).abs().max() > 1e-2
+    monkeypatch.setattr(gk, "MOE_FUSED", True)
+    many = torch.arange(3 * 4, dtype=torch.int32).view(3, 4) % experts  # 12 pairs > COMPACT_FEW_PAIRS: two launches
+    assert not gk.moe_fused_applies(gk.routing_plan(many, experts))
+
+
+
+@pytest.mark.parametrize("experts,k", [(32, 4), (16, 2)])
+def test_triton_moe_split_k_equals_unsplit(gk, experts, k):
+    """A 6th tile entry S > 1 splits each expert GEMM's K over S programs (fp32 partials; the tile's last program
+    sums them in slice order and runs the epilogue): the unsplit rows within float32 rounding and the float64
+    reference summed over each token's k rows; masked K slices (hidden 72, inter 40, BK 16: slices of 32, 32, 8);
+    compact (one token), scan (9 tokens at E16) and sorted launches (the split ignored there: bit for bit); two
+    calls in a row bit for bit, every tile count back at 0, the distinct-expert count unchanged."""
+    gen = torch.Generator().manual_seed(50 + experts + k)
+    hidden, inter = 72, 40
+    gu = torch.randn(experts, hidden, 2 * inter, generator=gen) * 0.2
+    gub = torch.randn(experts, 2 * inter, generator=gen) * 0.5
+    dn = torch.randn(experts, inter, hidden, generator=gen) * 0.2
+    dnb = torch.randn(experts, hidden, generator=gen) * 0.5
+    plain = {"gate_up": (32, 16, 4, 2), "down": (32, 16, 4, 2)}
+    for tokens in (1,) if experts == 32 else (1, 9, gk.SCAN_MAX_TOKENS + 1):
+        x = torch.randn(tokens, hidden, generator=gen)
+        v, i = torch.topk(torch.randn(tokens, experts, generator=gen), k, dim=-1)
+        i = i.to(torch.int32)
+        w = torch.softmax(v, dim=-1)
+        plan = gk.routing_plan(i, experts)
+        assert plan.compact == (tokens == 1) and plan.scan == (tokens <= gk.SCAN_MAX_TOKENS)
+        want = _experts_ref(x, gu, gub, dn, dnb, i, w)
+        cnt = torch.zeros((), dtype=torch.int32)
+        ref = gk.moe(x, gu, gub, dn, dnb, i, w, 1.702, 7.0, cnt, tiles=plain)
+        for split in ({"gate_up": 1, "down": 3}, {"gate_up": 3, "down": 2}):
+            tiles = {g: (*t, 0, split[g]) for g, t in plain.items()}
+            outs = []
+            for _ in range(2):
+                c = torch.zeros((), dtype=torch.int32)
+                outs.append(gk.moe(x, gu, gub, dn, dnb, i, w, 1.702, 7.0, c, tiles=tiles))
+                assert int(c) == int(cnt) == i.unique().numel()
+                assert all(int(b.abs().sum()) == 0 for b in gk._SPLIT_SYNC.values())
+            assert torch.equal(outs[0], outs[1]), (tokens, split)
+            if plan.scan:
+                torch.testing.assert_close(outs[0], ref, rtol=1e-5, atol=1e-5)
+                assert all((x.device, g) in gk._SPLIT_SYNC for g in split if split[g] > 1)  # the split path ran
+            else:
+                assert torch.equal(outs[0], ref)
+            got = outs[0].view(tokens, k, hidden).double().sum(1)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_triton_moe_fused_grid_choice(gk, monkeypatch):
+    """The persistent launch's program count: every item up to the resident cap; MOE_FUSED_EVEN the largest common
+    divisor of the item and gate_up item counts not above the cap, when it is at least half of it (gpt-oss-20b at
+    one token, BN 64: 540 items, 360 gate_up, at top_k 4; 270 / 180 at top_k 2; an H200 at 2 programs an SM: cap
+    264)."""
+    monkeypatch.setattr(gk, "MOE_FUSED_EVEN", False)
+    assert [gk.moe_fused_grid(n, g, 264) for n, g in ((540, 360), (270, 180), (100, 60))] == [264, 264, 100]
+    monkeypatch.setattr(gk, "MOE_FUSED_EVEN", True)
+    assert [gk.moe_fused_grid(n, g, 264) for n, g in ((540, 360), (270, 180), (100, 60), (526, 263))] == [
+        180, 264, 100, 263]
+
 def test_triton_attn_decode_configs_match_reference(gk):
     """Decode attention with sinks for every cache block / warp / stage choice (kernels.ATTN_CONFIG_BY_BATCH):
     the float32 softmax over [sink, q.k] of the valid slots, times v; a full cache and a sliding ring."""

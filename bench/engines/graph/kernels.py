@@ -38,6 +38,9 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   the down GEMM the bias and routing weight. In scan mode (decode) each program finds its rows in the (B, k)
   routing table itself, so no sort is needed (with fewer pairs than experts, program row i takes the i-th distinct
   routed expert: the compact grid); in sorted mode (prefill) rows come from an expert-sorted list.
+  A tile may split K over S programs in scan mode (a 6th tile entry; fp32 partials summed by each tile's last
+  program). MOE_FUSED (off): a one-token step's two expert GEMMs in one persistent launch (`_moe_fused_kernel`:
+  down tiles wait on per-expert counters for their gate_up tiles).
   `routing_plan` (host side) and `routed_rows` (@triton.jit) are that row logic, shared with any other expert
   weight format's kernels; in decode the sorted list comes from `_routing_sort_kernel` (a one-program counting
   sort, one program per expert) instead of torch.sort + searchsorted. `moe_tiles` picks the tiles per launch class
@@ -1369,19 +1372,23 @@ def moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_b
 @triton.jit
 def _moe_kernel(
     x_ptr, w_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
-    P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit,
+    P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit, part_ptr, sync_ptr, NT,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    PDL: tl.constexpr, NB_MAJOR: tl.constexpr,
+    PDL: tl.constexpr, NB_MAJOR: tl.constexpr, SPLIT: tl.constexpr,
 ):
     # grid (expert rows, N tiles), or (N tiles, expert rows) with NB_MAJOR: then the CTAs launched together
-    # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many
+    # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many.
+    # SPLIT > 1 (scan mode): the N axis holds SPLIT x NT programs, K slice ks = axis // NT of N tile axis % NT
     if NB_MAJOR:
         nb = tl.program_id(0)
         pid = tl.program_id(1)
     else:
         nb = tl.program_id(1)
         pid = tl.program_id(0)
+    if SPLIT > 1:
+        ks = nb // NT
+        nb = nb % NT
     offs_n = nb * BN + tl.arange(0, BN)
     nmask = offs_n < N
     if GATE_UP:
@@ -1394,23 +1401,158 @@ def _moe_kernel(
     if COUNT:
         if nb == 0:
             if end > start:
-                tl.atomic_add(cnt_ptr, 1)
+                if SPLIT > 1:
+                    if ks == 0:
+                        tl.atomic_add(cnt_ptr, 1)
+                else:
+                    tl.atomic_add(cnt_ptr, 1)
     w_base = w_ptr + e * stride_we
     for m0 in range(start, end, BM):
         pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
         xrow = activation_rows(pair, TOPK, GATE_UP)
-        acc = tl.zeros([BM, BN], dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            offs_k = k0 + tl.arange(0, BK)
-            kmask = offs_k < K
-            a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :],
-                        mask=rmask[:, None] & kmask[None, :], other=0.0)
-            b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
-                        mask=kmask[:, None] & nmask[None, :], other=0.0)
-            acc = tl.dot(a, b, acc)
-        moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                        offs_n, nmask, N, GATE_UP, BM, BN)
+        if SPLIT > 1:
+            acc, last = _moe_split_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, K, ks,
+                                       pid * NT + nb, part_ptr, sync_ptr, SPLIT, BM, BN, BK)
+            if last:  # the last of the tile's K slices to finish: the summed tile, biased and stored as unsplit
+                moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha,
+                                limit, offs_n, nmask, N, GATE_UP, BM, BN)
+        else:
+            acc = tl.zeros([BM, BN], dtype=tl.float32)
+            for k0 in range(0, K, BK):
+                offs_k = k0 + tl.arange(0, BK)
+                kmask = offs_k < K
+                a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :],
+                            mask=rmask[:, None] & kmask[None, :], other=0.0)
+                b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
+                            mask=kmask[:, None] & nmask[None, :], other=0.0)
+                acc = tl.dot(a, b, acc)
+            moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
+                            offs_n, nmask, N, GATE_UP, BM, BN)
 
+
+@triton.jit
+def _moe_split_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, K, ks, tile, part_ptr, sync_ptr,
+                   SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """Split-K of one (M tile, N tile): K slice `ks` (whole BK steps, the last one masked) into an fp32 partial in
+    part[tile, ks]; the last of the tile's SPLIT programs to finish (an atomic count per tile, reset by it) sums the
+    SPLIT partials in slice order (so the same bits whoever finishes last) and returns (sum, True); the others
+    return (their partial, False)."""
+    kchunk = tl.cdiv(tl.cdiv(K, SPLIT), BK) * BK
+    k_lo = ks * kchunk
+    k_hi = tl.minimum(K, k_lo + kchunk)
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        kmask = offs_k < k_hi
+        a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
+                    other=0.0)
+        b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :], mask=kmask[:, None] & nmask[None, :],
+                    other=0.0)
+        acc = tl.dot(a, b, acc)
+    tile_at = part_ptr + tile * (SPLIT * BM * BN) + tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
+    tl.store(tile_at + ks * (BM * BN), acc, mask=rmask[:, None])
+    tl.debug_barrier()  # every thread's partial precedes the count (release)
+    done = tl.atomic_add(sync_ptr + tile, 1, sem="acq_rel", scope="gpu")
+    last = done == SPLIT - 1
+    if last:
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        for s in tl.static_range(SPLIT):
+            acc += tl.load(tile_at + s * (BM * BN), mask=rmask[:, None], other=0.0, cache_modifier=".cg")
+        tl.store(sync_ptr + tile, 0)
+    return acc, last
+
+
+@triton.jit
+def _moe_tile_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, K, CG: tl.constexpr,
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """One (M tile, N tile) of an expert GEMM, as `_moe_kernel`'s K loop (the same order, so the same bits). CG: the
+    activation rows are read through L2 only (written by other programs of the same launch)."""
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        kmask = offs_k < K
+        if CG:
+            a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
+                        other=0.0, cache_modifier=".cg")
+        else:
+            a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
+                        other=0.0)
+        b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :], mask=kmask[:, None] & nmask[None, :],
+                    other=0.0)
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def _moe_fused_kernel(
+    x_ptr, wg_ptr, bg_ptr, wd_ptr, bd_ptr, topi_ptr, rw_ptr, act_ptr, out_ptr, cnt_ptr, sync_ptr,
+    P, H, N2, INTER, stride_x, stride_wge, stride_wgk, stride_bge, stride_wde, stride_wdk, stride_bde, stride_a,
+    stride_o, alpha, limit, ROWS, NTG, NTD, ITEMS,
+    TOPK: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr, GU_NMAJOR: tl.constexpr, FLAG: tl.constexpr,
+    MAX_SPIN: tl.constexpr,
+):
+    """Both expert GEMMs of a compact one-token launch in one persistent launch (MOE_FUSED). Work items: the
+    ROWS x NTG gate_up tiles first (expert-major, or N-tile-major with GU_NMAJOR), then the ROWS x NTD down tiles
+    (expert-major); program p takes items p, p + G, p + 2G, ... (G = the grid, <= the CTAs resident at once).
+    Each gate_up tile, once stored, adds 1 to its slot's counter (release); a down tile of slot j waits until the
+    counter reaches NTG (acquire), reads the activation rows through L2, and adds 1 again; the slot's last down
+    tile resets the counter to 0 for the next launch. A program waits only for items of lower index, which
+    programs already running (all resident) or earlier programs (the interpreter runs one item per program, in
+    order) complete, so the wait cannot deadlock (should it ever spin MAX_SPIN times, it sets sync[FLAG] and goes
+    on: a wrong result, not a hung GPU). Tiles, K order and epilogues are `_moe_kernel`'s."""
+    pid = tl.program_id(0)
+    G = tl.num_programs(0)
+    _gdc(PDL)
+    NG = ROWS * NTG
+    for it in range(pid, ITEMS, G):
+        if it < NG:
+            if GU_NMAJOR:
+                nb = it // ROWS
+                slot = it % ROWS
+            else:
+                slot = it // NTG
+                nb = it % NTG
+            e, start, end, scan_rows = routed_rows_at(slot, topi_ptr, topi_ptr, P, True, PB, True, EPAD, BM)
+            if COUNT:
+                if nb == 0:
+                    if end > start:
+                        tl.atomic_add(cnt_ptr, 1)
+            offs_n = nb * BN + tl.arange(0, BN)
+            nmask = offs_n < N2
+            if end > start:
+                pair, rmask = tile_pairs(topi_ptr, 0, end, scan_rows, True, BM)
+                xrow = activation_rows(pair, TOPK, True)
+                acc = _moe_tile_acc(x_ptr, stride_x, xrow, rmask, wg_ptr + e * stride_wge, stride_wgk, offs_n,
+                                    nmask, H, False, BM, BN, BK)
+                moe_epilogue_at(nb, acc, e, pair, rmask, bg_ptr, rw_ptr, act_ptr, stride_bge, stride_a, alpha, limit,
+                                offs_n, nmask, N2, True, BM, BN)
+            tl.debug_barrier()  # every thread's stores of this tile precede the release
+            tl.atomic_add(sync_ptr + slot, 1, sem="release", scope="gpu")
+        else:
+            j = it - NG
+            slot = j // NTD
+            nb = j % NTD
+            e, start, end, scan_rows = routed_rows_at(slot, topi_ptr, topi_ptr, P, True, PB, True, EPAD, BM)
+            seen = tl.atomic_add(sync_ptr + slot, 0, sem="acquire", scope="gpu")
+            spins = 0
+            while (seen < NTG) & (spins < MAX_SPIN):
+                seen = tl.atomic_add(sync_ptr + slot, 0, sem="acquire", scope="gpu")
+                spins += 1
+            if seen < NTG:  # a safety net, never expected: flag it (`moe_fused_failed`) rather than hang the GPU
+                tl.atomic_max(sync_ptr + FLAG, 1)
+            tl.debug_barrier()
+            offs_n = nb * BN + tl.arange(0, BN)
+            nmask = offs_n < H
+            if end > start:
+                pair, rmask = tile_pairs(topi_ptr, 0, end, scan_rows, True, BM)
+                acc = _moe_tile_acc(act_ptr, stride_a, pair, rmask, wd_ptr + e * stride_wde, stride_wdk, offs_n,
+                                    nmask, INTER, True, BM, BN, BK)
+                moe_epilogue_at(nb, acc, e, pair, rmask, bd_ptr, rw_ptr, out_ptr, stride_bde, stride_o, alpha, limit,
+                                offs_n, nmask, H, False, BM, BN)
+            done = tl.atomic_add(sync_ptr + slot, 1, sem="relaxed", scope="gpu")
+            if done == NTG + NTD - 1:
+                tl.store(sync_ptr + slot, 0)
 
 # Decode with fewer (token, slot) pairs than experts (batch 1, 2, ...) launches one program row per pair instead of
 # one per expert: program i takes the i-th distinct routed expert, so no CTA is launched for the (E - U) experts
@@ -1421,7 +1563,11 @@ SCAN_MAX_TOKENS = 64  # scan mode holds every row of an expert in one M tile (<=
 MOE_CONFIG: dict[str, tuple[int, ...]] = {"gate_up": (64, 128, 4, 4), "down": (32, 128, 4, 4)}
 # the same for compact launches (fewer pairs than experts: batch 1, where few CTAs share the whole chip). H200
 # (docs/PERF.md, session 5): down BN 64 (was 32) 65.3 -> 62.8 us a layer at one token; batch 1 top_k 4 2.534 ->
-# 2.502 ms; no gate_up tile tried beat (64, 128, 4, 4).
+# 2.502 ms; no gate_up tile tried beat (64, 128, 4, 4). A 6th entry S > 1 (after the NB_MAJOR 5th) splits the GEMM's
+# K over S programs in scan mode (`_moe_split_acc`: fp32 partials, the tile's last program sums them in slice order:
+# another rounding than S = 1, which compiles to the unsplit kernel). Session 9 (moe9) timeline at one token: the down
+# GEMM's 90 programs (k2) stream 2.6 TB/s, its 180 (k4) 3.4, gate_up's 180 (k2) 3.35 and 360 (k4) 3.74: e.g.
+# {"down": (64, 128, 4, 4, 0, 2)} would double the programs. NOT MEASURED (no device time left): S = 1 everywhere.
 MOE_CONFIG_FEW: dict[str, tuple[int, ...]] = {"gate_up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}
 # the same for M tiles of >= 64 rows not in MOE_CONFIG_BM (sorted mode's SORTED_BM_LARGE); None: MOE_CONFIG.
 # H200 (docs/PERF.md): one E32 k4 expert layer at 64 / 128 / 256 tokens 565 / 590 / 612 us with MOE_CONFIG (BM 64:
@@ -1538,6 +1684,101 @@ def moe_tiles(plan: RoutingPlan) -> dict[str, tuple[int, ...]]:
     return MOE_CONFIG
 
 
+# Both expert GEMMs of a compact launch of <= COMPACT_FEW_PAIRS pairs (one token) in ONE persistent launch
+# (`_moe_fused_kernel`): a grid of at most MOE_FUSED_CTAS programs an SM (capped by the compiled kernel's
+# occupancy, so that every program is resident at once: a down tile spins until its expert's gate_up tiles are
+# stored) walks the gate_up tiles, then the down tiles. One launch, one ramp and one tail per layer instead of two.
+# MOE_FUSED_CONFIG: (BN, BK, num_warps, num_stages) of both GEMMs' tiles (the same for both: every work item reads
+# K x BN weights, K = 2880 for both). MOE_FUSED_NMAJOR: the gate_up tiles N-tile-major (the experts' tile 0, then
+# tile 1, ...) instead of expert-major. MOE_FUSED_EVEN: a grid that divides the work items evenly and ends the gate_up
+# tiles with a round (`moe_fused_grid`; at top_k 4 with BN 64: 180 programs for 360 + 180 tiles, three rounds).
+# H200 (docs/PERF.md, session 9, moe9; the same bits as the two launches): batch 1 ms/step against main, E32 k4 / k2,
+# E16 k4 / k2: (64, 128, 4, 4) with EVEN 0.9988 / 0.9994 / 0.997 / 0.997; without EVEN (264 programs) 1.015 / 0.999 /
+# 1.013 / 0.996; 6 stages 1.04-1.06. The one launch saves no time: the two launches' expert kernel time is 1,323 us a
+# step (k4), the fused one 1,316. Off; EVEN is the best grid found, should it be turned on.
+MOE_FUSED = False
+MOE_FUSED_CONFIG: tuple[int, int, int, int] = (64, 128, 4, 4)
+MOE_FUSED_CTAS = 2
+MOE_FUSED_NMAJOR = False
+MOE_FUSED_EVEN = True
+_MOE_SYNC: dict[torch.device, torch.Tensor] = {}
+_MOE_SYNC_SLOTS = 64
+_MOE_FUSED_CAP: dict[tuple, int] = {}
+
+
+def moe_fused_applies(plan: RoutingPlan) -> bool:
+    """Whether `moe` runs this routing plan as one persistent launch (MOE_FUSED, compact, <= COMPACT_FEW_PAIRS)."""
+    return bool(MOE_FUSED) and plan.compact and plan.pairs <= min(COMPACT_FEW_PAIRS, _MOE_SYNC_SLOTS - 1)
+
+
+def moe_fused_failed(device: torch.device) -> bool:
+    """Whether a persistent expert launch on `device` ever gave up waiting for its gate_up tiles (its output was
+    then wrong); reads device memory (synchronizes)."""
+    sync = _MOE_SYNC.get(torch.device(device))
+    return bool(sync is not None and int(sync[_MOE_SYNC_SLOTS - 1]) != 0)
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _resident_ctas(kernel, args: tuple, kw: dict, device: torch.device) -> int:
+    """How many programs of `kernel` (compiled for these arguments, not launched) fit on the device at once:
+    SMs x min(MOE_FUSED_CTAS, what registers, shared memory and threads allow an SM)."""
+    key = (device, tuple(sorted((n, v) for n, v in kw.items())))
+    per_sm = _MOE_FUSED_CAP.get(key)
+    if per_sm is None:
+        ck = kernel.warmup(*args, grid=(1,), **kw)
+        ck._init_handles()
+        props = triton.runtime.driver.active.utils.get_device_properties(device.index or 0)
+        warps = int(kw["num_warps"])
+        regs_warp = -(-int(ck.n_regs) * 32 // 256) * 256
+        by_regs = 65536 // max(1, warps * regs_warp)
+        by_smem = (int(props["max_shared_mem"]) + 1024) // (int(ck.metadata.shared) + 1024)
+        per_sm = _MOE_FUSED_CAP[key] = max(1, min(by_regs, by_smem, 2048 // (32 * warps), 32))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return sms * max(1, min(int(MOE_FUSED_CTAS), per_sm))
+
+
+def moe_fused_grid(items: int, gate_up_items: int, cap: int) -> int:
+    """Programs of the persistent expert launch: min(items, cap); with MOE_FUSED_EVEN the largest common divisor of
+    `items` and `gate_up_items` <= cap when it is at least cap / 2: every program then takes as many tiles, and the
+    gate_up tiles end with a round of the programs (the down tiles of the next round then wait only for the gate_up
+    round before theirs to drain, not for tiles started beside them)."""
+    g = min(items, cap)
+    if MOE_FUSED_EVEN and g < items:
+        div = next((d for d in range(g, 0, -1) if items % d == 0 and gate_up_items % d == 0), g)
+        g = div if 2 * div >= g else g
+    return max(1, g)
+
+
+def _moe_fused(x, gate_up, gate_up_bias, down, down_bias, plan: RoutingPlan, rw, act, out, counter, alpha, limit,
+               k: int, pdl: int) -> None:
+    hidden, n2 = x.shape[1], gate_up.shape[2]
+    inter = n2 // 2
+    bn, bk, warps, stages = MOE_FUSED_CONFIG
+    sync = _MOE_SYNC.get(x.device)
+    if sync is None:
+        sync = _MOE_SYNC[x.device] = torch.zeros((_MOE_SYNC_SLOTS,), dtype=torch.int32, device=x.device)
+    ntg, ntd = triton.cdiv(n2, bn), triton.cdiv(hidden, bn)
+    rows = plan.grid_rows
+    items = rows * (ntg + ntd)
+    args = (x, gate_up, gate_up_bias, down, down_bias, plan.flat, rw, act, out,
+            counter if counter is not None else plan.flat, sync, plan.pairs, hidden, n2, inter, x.stride(0),
+            gate_up.stride(0), gate_up.stride(1), gate_up_bias.stride(0), down.stride(0), down.stride(1),
+            down_bias.stride(0), act.stride(0), out.stride(0), alpha, limit, rows, ntg, ntd, items)
+    kw = dict(TOPK=k, PB=plan.pb, COUNT=counter is not None, EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=pdl,
+              GU_NMAJOR=bool(MOE_FUSED_NMAJOR), FLAG=_MOE_SYNC_SLOTS - 1, MAX_SPIN=1 << 20, num_warps=warps,
+              num_stages=stages, **_pdl_kw(pdl))
+    if _interpreting() or x.device.type != "cuda":
+        grid = items  # one item a program, gate_up items first: the interpreter runs programs in order
+    else:
+        grid = moe_fused_grid(items, rows * ntg, _resident_ctas(_moe_fused_kernel, args, kw, x.device))
+    _moe_fused_kernel[(grid,)](*args, **kw)
+
+
 def moe(
     x: torch.Tensor,
     gate_up: torch.Tensor,
@@ -1566,21 +1807,47 @@ def moe(
     rw = topw.reshape(-1)
     cnt = counter if counter is not None else plan.flat
     pdl = pdl_launch(x.shape[0])
+    if tiles is None and moe_fused_applies(plan):
+        _moe_fused(x, gate_up, gate_up_bias, down, down_bias, plan, rw, act, out, counter, alpha, limit, k,
+                   early_pdl(pdl, x.shape[0], "moe_down"))
+        return out
     for name, src, w, bias, dst, n in (
         ("gate_up", x, gate_up, gate_up_bias, act, n2),
         ("down", act, down, down_bias, out, hidden),
     ):
         table = tiles or moe_tiles(plan)
-        bn, bk, warps, stages, *order = table[name]  # an optional 5th entry: 1 = N-tile-major grid (NB_MAJOR)
-        nb_major = bool(order and order[0])
+        # optional 5th entry: 1 = N-tile-major grid (NB_MAJOR); optional 6th: K split (scan mode only)
+        bn, bk, warps, stages, *extra = table[name]
+        nb_major = bool(extra and extra[0])
+        split = int(extra[1]) if len(extra) > 1 and plan.scan else 1
         gu = name == "gate_up"
-        grid = (triton.cdiv(n, bn), plan.grid_rows) if nb_major else (plan.grid_rows, triton.cdiv(n, bn))
+        nt = triton.cdiv(n, bn)
+        grid = (nt * split, plan.grid_rows) if nb_major else (plan.grid_rows, nt * split)
+        part, sync = dst, cnt
+        if split > 1:
+            part = torch.empty((plan.grid_rows * nt * split * plan.bm * bn,), dtype=torch.float32, device=x.device)
+            sync = _split_counters(x.device, name, plan.grid_rows * nt)
         _moe_kernel[grid](
             src, w, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
             plan.pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
-            alpha, limit,
+            alpha, limit, part, sync, nt,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=early_pdl(pdl, x.shape[0], f"moe_{name}"),
-            NB_MAJOR=nb_major, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
+            NB_MAJOR=nb_major, SPLIT=split, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
         )
     return out
+
+
+_SPLIT_SYNC: dict[tuple[torch.device, str], torch.Tensor] = {}
+_SPLIT_SYNC_TILES = 16384
+
+
+def _split_counters(device: torch.device, gemm: str, tiles: int) -> torch.Tensor:
+    """The per-(expert row, N tile) counts of a split-K expert GEMM (zero between launches: each tile's last K slice
+    resets its count), one buffer per device and GEMM."""
+    if tiles > _SPLIT_SYNC_TILES:
+        raise ValueError(f"moe: {tiles} split-K tiles in one launch, more than {_SPLIT_SYNC_TILES}; use a wider BN")
+    sync = _SPLIT_SYNC.get((device, gemm))
+    if sync is None:
+        sync = _SPLIT_SYNC[(device, gemm)] = torch.zeros((_SPLIT_SYNC_TILES,), dtype=torch.int32, device=device)
+    return sync
