@@ -819,7 +819,8 @@ def _rope_attn_decode_kernel(
 FUSE_ROPE_ATTN = True
 FUSE_ROPE_ATTN_MIN_ROWS = 1
 # The fused kernel reads the position and the rope's cos / sin and prefetches its cache slots into L2 before its PDL
-# wait (`_rope_attn_decode_kernel` EARLY; the same bits). NOT MEASURED YET (session 9): off.
+# wait (`_rope_attn_decode_kernel` EARLY; the same bits). H200 (docs/PERF.md, session 9, batch 1, E32 / E16): k4
+# +0.2 / +0.2%, k2 +0.3 / +0.3%; with qkv's early trigger too +4.4 / +3.9%, +6.4 / +6.2%: off.
 ATTN_EARLY_LOADS = False
 
 
@@ -1567,7 +1568,9 @@ MOE_CONFIG: dict[str, tuple[int, ...]] = {"gate_up": (64, 128, 4, 4), "down": (3
 # K over S programs in scan mode (`_moe_split_acc`: fp32 partials, the tile's last program sums them in slice order:
 # another rounding than S = 1, which compiles to the unsplit kernel). Session 9 (moe9) timeline at one token: the down
 # GEMM's 90 programs (k2) stream 2.6 TB/s, its 180 (k4) 3.4, gate_up's 180 (k2) 3.35 and 360 (k4) 3.74: e.g.
-# {"down": (64, 128, 4, 4, 0, 2)} would double the programs. NOT MEASURED (no device time left): S = 1 everywhere.
+# {"down": (64, 128, 4, 4, 0, 2)} would double the programs. Measured (lead, docs/PERF.md session 9, batch 1, E32 /
+# E16): down S 2 k4 +1.2 / +1.8%, k2 -0.3 / -0.3%; gate_up and down S 2 +4.4 / +5.1%, +2.6 / +1.9%; down S 4 +3.5 /
+# +4.2%, +0.9 / +0.1% (deterministic): S = 1 everywhere.
 MOE_CONFIG_FEW: dict[str, tuple[int, ...]] = {"gate_up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}
 # the same for M tiles of >= 64 rows not in MOE_CONFIG_BM (sorted mode's SORTED_BM_LARGE); None: MOE_CONFIG.
 # H200 (docs/PERF.md): one E32 k4 expert layer at 64 / 128 / 256 tokens 565 / 590 / 612 us with MOE_CONFIG (BM 64:
