@@ -19,6 +19,17 @@ def gk():
     return kernels
 
 
+def graph_tokens_and_logits(model, ids: torch.Tensor, new_tokens: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """A CUDA-graph decode of `ids` with the kernels module's settings as they are now: (tokens, last logits)."""
+    from bench.engines.graph import GraphEngine
+
+    eng = GraphEngine(keep_logits=True)
+    res = eng.generate(model, ids, new_tokens)
+    out = (res.tokens, eng.decoder.logits.clone())
+    eng.release()
+    return out
+
+
 @pytest.mark.parametrize("rows", [1, 8])
 def test_fused_norm_router_equals_two_kernels_on_cuda(gk, rows):
     """Same residual and expert ids as add_rmsnorm + router; normed rows and weights within one bf16 / fp32
@@ -82,7 +93,6 @@ def test_fused_rope_attention_matches_two_kernels_on_cuda(gk, rows):
 def test_pdl_graph_replay_gives_the_same_tokens_and_logits(gk):
     """A decode step captured as a CUDA graph with PDL launches (both trigger modes) gives the same tokens and last
     logits as with plain launches (a missing wait would race: the results would move)."""
-    from bench.engines.graph import GraphEngine
     from bench.models.loading import load_model
 
     shipped = gk.PDL
@@ -94,10 +104,7 @@ def test_pdl_graph_replay_gives_the_same_tokens_and_logits(gk):
     for mode in (0, 1, 2):
         gk.PDL = mode
         try:
-            eng = GraphEngine(keep_logits=True)
-            res = eng.generate(model, ids, 24)
-            out[mode] = (res.tokens, eng.decoder.logits.clone())
-            eng.release()
+            out[mode] = graph_tokens_and_logits(model, ids)
         finally:
             gk.PDL = shipped
     for mode in (1, 2):
@@ -111,7 +118,6 @@ def test_multi_token_pdl_replay_gives_the_same_tokens_and_logits(gk, batch):
     PDL_MAX_TOKENS raised to the batch where it is lower) give the same tokens and last logits as plain launches
     (PDL_MAX_TOKENS = 1); a kernel of these row counts that read an input before its wait would race and move
     them."""
-    from bench.engines.graph import GraphEngine
     from bench.models.loading import load_model
 
     if torch.cuda.get_device_capability()[0] < 9:
@@ -126,10 +132,7 @@ def test_multi_token_pdl_replay_gives_the_same_tokens_and_logits(gk, batch):
                                  ("rows2", max(saved[0], batch), 2)):
             gk.PDL_MAX_TOKENS, gk.PDL_ROWS = most, mode
             assert gk.pdl_launch(batch) == (mode if most >= batch else 0)
-            eng = GraphEngine(keep_logits=True)
-            res = eng.generate(model, ids, 24)
-            out[name] = (res.tokens, eng.decoder.logits.clone())
-            eng.release()
+            out[name] = graph_tokens_and_logits(model, ids)
     finally:
         gk.PDL_MAX_TOKENS, gk.PDL_ROWS = saved
     for name in ("rows1", "rows2"):
@@ -142,7 +145,6 @@ def test_early_splitk_and_one_row_router_replay_gives_the_same_tokens_and_logits
     PDL mode 2), every other PDL_EARLY_MORE site in mode 2 too, and the one-row norm + router tail
     (NORM_ROUTER_ONE_ROW), each on and off: the tokens and last logits of the plain step (a kernel that read an input
     before its wait, or a wrong rank top-k, would change them)."""
-    from bench.engines.graph import GraphEngine
     from bench.models.loading import load_model
 
     model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
@@ -156,10 +158,7 @@ def test_early_splitk_and_one_row_router_replay_gives_the_same_tokens_and_logits
         for early, one_row, more in ((False, False, ()), (False, True, ()), (True, True, ()), (True, False, ()),
                                      (True, True, every)):
             gk.SPLITK_EARLY, gk.NORM_ROUTER_ONE_ROW, gk.PDL_EARLY_MORE = early, one_row, frozenset(more)
-            eng = GraphEngine(keep_logits=True)
-            res = eng.generate(model, ids, 24)
-            out[(early, one_row, more)] = (res.tokens, eng.decoder.logits.clone())
-            eng.release()
+            out[(early, one_row, more)] = graph_tokens_and_logits(model, ids)
     finally:
         gk.SPLITK_EARLY, gk.NORM_ROUTER_ONE_ROW, gk.PDL_EARLY_MORE, gk.FOLD_NORM_ROUTER = saved
     plain = out[(False, False, ())]
@@ -429,7 +428,6 @@ def test_greedy_step_replay_gives_the_same_tokens_and_logits(gk):
     """Decode as a CUDA graph with the greedy step fused into the vocabulary GEMV (GEMV_GREEDY; past 8 rows the
     linear + argmax_step) against the linear + torch.argmax + bookkeeping ops: the same tokens and last logits at
     batch 1, 8 and 32 (tiny-moe's lm_head is a "small" matrix: the case gives that class a GEMV tile)."""
-    from bench.engines.graph import GraphEngine
     from bench.models.loading import load_model
 
     model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
@@ -442,10 +440,7 @@ def test_greedy_step_replay_gives_the_same_tokens_and_logits(gk):
             out = {}
             for greedy in (False, True):
                 gk.GEMV_GREEDY = greedy
-                eng = GraphEngine(keep_logits=True)
-                res = eng.generate(model, ids, 24)
-                out[greedy] = (res.tokens, eng.decoder.logits.clone())
-                eng.release()
+                out[greedy] = graph_tokens_and_logits(model, ids)
             assert torch.equal(out[True][0], out[False][0]), batch
             assert torch.equal(out[True][1], out[False][1]), batch
     finally:
@@ -475,7 +470,6 @@ def test_fused_rope_attention_early_loads_are_bit_identical_on_cuda(gk, rows):
     """ATTN_EARLY_LOADS (the position, cos / sin and an L2 prefetch of the cache before the PDL wait) changes no
     bit: the same output and cache writes as the shipped kernel, full cache and ring, qkv as partials; and a CUDA-graph
     decode of tiny-moe with it on gives the same tokens and logits as with it off."""
-    from bench.engines.graph import GraphEngine
     from bench.models.loading import load_model
 
     gen = torch.Generator(device="cuda").manual_seed(6)
@@ -508,10 +502,7 @@ def test_fused_rope_attention_early_loads_are_bit_identical_on_cuda(gk, rows):
         out = {}
         for early in (False, True):
             gk.ATTN_EARLY_LOADS = early
-            eng = GraphEngine(keep_logits=True)
-            res = eng.generate(model, ids, 24)
-            out[early] = (res.tokens, eng.decoder.logits.clone())
-            eng.release()
+            out[early] = graph_tokens_and_logits(model, ids)
         assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
     finally:
         gk.ATTN_EARLY_LOADS = saved

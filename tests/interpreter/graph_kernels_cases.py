@@ -22,6 +22,14 @@ PROMPT, TOKENS = 13, 5  # 13 + 5 > the sliding window of 16: decode writes posit
 # exercised (few decode steps: every kernel launch is interpreted in Python)
 
 
+def _expert_weights(gen: torch.Generator, experts: int, hidden: int, inter: int) -> tuple[torch.Tensor, ...]:
+    """Random float32 expert weights in the graph engine's layout: gate_up (E, H, 2I) + bias, down (E, I, H) + bias."""
+    return (torch.randn(experts, hidden, 2 * inter, generator=gen) * 0.2,
+            torch.randn(experts, 2 * inter, generator=gen) * 0.5,
+            torch.randn(experts, inter, hidden, generator=gen) * 0.2,
+            torch.randn(experts, hidden, generator=gen) * 0.5)
+
+
 @pytest.fixture(scope="module")
 def gk():
     assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_triton_interpreter.py"
@@ -178,10 +186,7 @@ def test_triton_moe_fused_one_launch_equals_two_launches(gk, monkeypatch, expert
     three calls in a row, every slot counter back at 0 after each, the distinct-expert count as the two launches'."""
     gen = torch.Generator().manual_seed(40 + experts + k)
     hidden, inter = 72, 40
-    gu = torch.randn(experts, hidden, 2 * inter, generator=gen) * 0.2
-    gub = torch.randn(experts, 2 * inter, generator=gen) * 0.5
-    dn = torch.randn(experts, inter, hidden, generator=gen) * 0.2
-    dnb = torch.randn(experts, hidden, generator=gen) * 0.5
+    gu, gub, dn, dnb = _expert_weights(gen, experts, hidden, inter)
     tile = (32, 32, 4, 2)
     monkeypatch.setattr(gk, "MOE_CONFIG_FEW", {"gate_up": tile, "down": tile})
     monkeypatch.setattr(gk, "MOE_FUSED_CONFIG", tile)
@@ -225,10 +230,7 @@ def test_triton_moe_split_k_equals_unsplit(gk, experts, k):
     calls in a row bit for bit, every tile count back at 0, the distinct-expert count unchanged."""
     gen = torch.Generator().manual_seed(50 + experts + k)
     hidden, inter = 72, 40
-    gu = torch.randn(experts, hidden, 2 * inter, generator=gen) * 0.2
-    gub = torch.randn(experts, 2 * inter, generator=gen) * 0.5
-    dn = torch.randn(experts, inter, hidden, generator=gen) * 0.2
-    dnb = torch.randn(experts, hidden, generator=gen) * 0.5
+    gu, gub, dn, dnb = _expert_weights(gen, experts, hidden, inter)
     plain = {"gate_up": (32, 16, 4, 2), "down": (32, 16, 4, 2)}
     for tokens in (1,) if experts == 32 else (1, 9, gk.SCAN_MAX_TOKENS + 1):
         x = torch.randn(tokens, hidden, generator=gen)
