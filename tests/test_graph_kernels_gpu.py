@@ -19,11 +19,24 @@ def gk():
     return kernels
 
 
-def graph_tokens_and_logits(model, ids: torch.Tensor, new_tokens: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
-    """A CUDA-graph decode of `ids` with the kernels module's settings as they are now: (tokens, last logits)."""
-    from bench.engines.graph import GraphEngine
+def attention_inputs(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """gpt-oss-20b's attention geometry in bf16 (64 query heads, 8 kv heads, head 64, hidden 2,880): random sinks,
+    rope cos / sin for 400 positions, the fused qkv weight and bias."""
+    hq, hkv, d, hidden = 64, 8, 64, 2880
+    kw = {"device": "cuda", "dtype": torch.bfloat16}
+    return (torch.randn(hq, generator=gen, **kw), torch.randn(400, d // 2, generator=gen, **kw),
+            torch.randn(400, d // 2, generator=gen, **kw),
+            torch.randn((hq + 2 * hkv) * d, hidden, generator=gen, **kw) * 0.02,
+            torch.randn((hq + 2 * hkv) * d, generator=gen, **kw))
 
-    eng = GraphEngine(keep_logits=True)
+
+def graph_tokens_and_logits(model, ids: torch.Tensor, new_tokens: int = 24,
+                            capture: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """A decode of `ids` (a CUDA graph on CUDA, or eager steps with capture "off") with the kernels module's
+    settings as they are now: (tokens, last logits)."""
+    from bench.engines.graph import GraphEngine, GraphOptions
+
+    eng = GraphEngine(GraphOptions(capture=capture), keep_logits=True)
     res = eng.generate(model, ids, new_tokens)
     out = (res.tokens, eng.decoder.logits.clone())
     eng.release()
@@ -67,10 +80,7 @@ def test_fused_rope_attention_matches_two_kernels_on_cuda(gk, rows):
     gen = torch.Generator(device="cuda").manual_seed(5)
     hq, hkv, d, hidden = 64, 8, 64, 2880
     kw = {"device": "cuda", "dtype": torch.bfloat16}
-    sinks = torch.randn(hq, generator=gen, **kw)
-    cos, sin = torch.randn(400, d // 2, generator=gen, **kw), torch.randn(400, d // 2, generator=gen, **kw)
-    w = torch.randn((hq + 2 * hkv) * d, hidden, generator=gen, **kw) * 0.02
-    b = torch.randn((hq + 2 * hkv) * d, generator=gen, **kw)
+    sinks, cos, sin, w, b = attention_inputs(gen)
     for sliding, s_cache, first in ((False, 320, 270), (True, 128, 270)):
         for use_partials in (True, False):
             kc = torch.randn(rows, hkv, s_cache, d, generator=gen, **kw)
@@ -214,7 +224,6 @@ def test_fold_norm_router_graph_replay_gives_eager_tokens(gk):
     last logits (within a bf16 rounding: the lm_head's library GEMM may differ between capture and eager); a count
     left nonzero by a launch, or a read of h before the tile's last program wrote it, would move them. Mostly the
     tokens of the two-kernel path too (the fold rounds the router's input differently)."""
-    from bench.engines.graph import GraphEngine, GraphOptions
     from bench.models.loading import load_model
 
     model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
@@ -228,10 +237,7 @@ def test_fold_norm_router_graph_replay_gives_eager_tokens(gk):
         gk.splitk_norm_route = lambda *a, **kw: calls.append(1) or real(*a, **kw)
         for fold, capture in ((True, "on"), (True, "off"), (False, "on")):
             gk.FOLD_NORM_ROUTER = fold
-            eng = GraphEngine(GraphOptions(capture=capture), keep_logits=True)
-            res = eng.generate(model, ids, 24)
-            out[(fold, capture)] = (res.tokens, eng.decoder.logits.clone())
-            eng.release()
+            out[(fold, capture)] = graph_tokens_and_logits(model, ids, capture=capture)
     finally:
         gk.FOLD_NORM_ROUTER = saved
         gk.splitk_norm_route = real
@@ -343,7 +349,6 @@ def test_fused_expert_graph_replay_equals_eager_on_cuda(gk):
     """tiny-moe at batch 1 with MOE_FUSED on: the CUDA-graph replays (PDL launches) give the eager steps' tokens and
     last logits (a down tile that read its activation rows before they were stored, or a counter left unreset
     between replays, would move them), and the two-launch path's tokens."""
-    from bench.engines.graph import GraphEngine, GraphOptions
     from bench.models.loading import load_model
 
     model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
@@ -354,10 +359,7 @@ def test_fused_expert_graph_replay_equals_eager_on_cuda(gk):
     try:
         for fused, capture in ((False, "on"), (True, "on"), (True, "off")):
             gk.MOE_FUSED = fused
-            eng = GraphEngine(GraphOptions(capture=capture), keep_logits=True)
-            res = eng.generate(model, ids, 24)
-            out[(fused, capture)] = (res.tokens, eng.decoder.logits.clone())
-            eng.release()
+            out[(fused, capture)] = graph_tokens_and_logits(model, ids, capture=capture)
             assert not gk.moe_fused_failed(torch.device("cuda"))
     finally:
         gk.MOE_FUSED = saved
@@ -475,10 +477,7 @@ def test_fused_rope_attention_early_loads_are_bit_identical_on_cuda(gk, rows):
     gen = torch.Generator(device="cuda").manual_seed(6)
     hq, hkv, d, hidden = 64, 8, 64, 2880
     kw = {"device": "cuda", "dtype": torch.bfloat16}
-    sinks = torch.randn(hq, generator=gen, **kw)
-    cos, sin = torch.randn(400, d // 2, generator=gen, **kw), torch.randn(400, d // 2, generator=gen, **kw)
-    w = torch.randn((hq + 2 * hkv) * d, hidden, generator=gen, **kw) * 0.02
-    b = torch.randn((hq + 2 * hkv) * d, generator=gen, **kw)
+    sinks, cos, sin, w, b = attention_inputs(gen)
     saved = gk.ATTN_EARLY_LOADS
     try:
         for sliding, s_cache, first in ((False, 320, 270), (True, 128, 270)):
