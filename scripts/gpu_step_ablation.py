@@ -24,7 +24,9 @@ one-token kernels in PDL mode 2, one site at a time, then the winners together (
 --compare '{"main": {}, "x": {"FUSE_ROPE_ATTN": false}}' [--cases 1x4,8x2] [--rounds 2] [--experts 16] (session 8):
 named configurations of the kernels module's settings on top of the shipped ones, exactness against the first,
 interleaved timings on E32 and then pruned, each case's ratio to the first (`compare_main`); --profile adds one eager
-batch-1 step of each under torch.profiler; --timeline one profiled graph replay of each case (`graph_timeline`).
+batch-1 step of each under torch.profiler; --timeline one profiled graph replay of each case (`graph_timeline`);
+--exact-repeats R runs each configuration's exactness case R times (determinism: `"sec": "repeat"` records);
+--pruned-only skips the E32 model (session 9).
 --pruned: each of those options alone and bf7's pick, at 1x4 / 1x2 on E32 and then on the model pruned to --experts
 (16) in the same process: the pruned / E32 ratio per option, to find what made pruned models slower at batch 1
 (`pruned_main`; docs/PERF.md session 7).
