@@ -5,7 +5,7 @@ the real shapes (x (1, 4096), o_proj (2880, 4096), h (1, 2880), router (E, 2880)
 and reports which output moves (h, normed, topi, topw) and how often, against the first run and against the two-kernel
 path (`splitk_linear` + `add_rmsnorm_route`).
 
-    OUT=$OUT python3 scripts/gpu_fold_repeat.py [--repeats 200] [--experts 16,32] [--top-k 2,4]
+    OUT=$OUT python3 scripts/gpu_fold_repeat.py [--repeats 200] [--experts 16,32] [--top-k 2,4] [--fence]
     TRITON_INTERPRET=1 python scripts/gpu_fold_repeat.py --device cpu --repeats 2   (a dry run of the script itself)
 
 Records (JSON lines) go to stdout and $OUT/fold_repeat.jsonl.
@@ -65,7 +65,9 @@ def main() -> int:
     ap.add_argument("--experts", default="16,32")
     ap.add_argument("--top-k", default="2,4")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--fence", action="store_true", help="kernels.FOLD_FENCE on (the candidate fix)")
     args = ap.parse_args()
+    gk.FOLD_FENCE = args.fence
     OUT.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for experts in (int(e) for e in args.experts.split(",")):
@@ -74,7 +76,7 @@ def main() -> int:
             eager = []
             for _ in range(args.repeats):
                 eager.append(tuple(o.clone() for o in fold(t, t["h"].clone(), k)))
-            rec = {"experts": experts, "top_k": k, **compare("eager", eager)}
+            rec = {"experts": experts, "top_k": k, "fence": args.fence, **compare("eager", eager)}
             h_ref = t["h"].clone()
             want = gk.add_rmsnorm_route(h_ref, gk.splitk_linear(t["att"], t["wo"], t["bo"]), t["ln"], 1e-5, t["rw"],
                                         t["rb"], k)

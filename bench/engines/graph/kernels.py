@@ -1149,7 +1149,19 @@ FOLD_TILES = 256
 FOLD_BLOCK = 4096
 # The folded launch's (BN, BK, S, num_warps); None: o_proj's split-K tile (SPLITK_CONFIG["small"]).
 FOLD_CONFIG: tuple[int, int, int, int] | None = None
+# Every thread fences (fence.acq_rel.gpu) its own stores before the barrier that precedes each release count
+# (`_fence_gpu`): a candidate fix for the race above, NOT MEASURED (written after the device time was spent; the
+# next session's first probe: scripts/gpu_fold_repeat.py with and without it).
+FOLD_FENCE = False
 _FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+@triton.jit
+def _fence_gpu(like):
+    """fence.acq_rel.gpu in every thread that holds an element of `like` (inline PTX; CUDA only): each thread's own
+    earlier stores ordered before the CTA's release atomic (CUDA's __threadfence is per thread)."""
+    tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.b32 $0, $1;", "=r,r", [like.to(tl.int32)], dtype=tl.int32,
+                              is_pure=False, pack=1)
 
 
 @triton.jit
@@ -1158,6 +1170,7 @@ def _splitk_norm_router_kernel(
     topw_ptr, N, K, KSPLIT, E, eps, S: tl.constexpr, NT: tl.constexpr, NTP: tl.constexpr, FT: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
     BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRE: tl.constexpr = False,
+    FENCE: tl.constexpr = False,
 ):
     """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
     top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
@@ -1185,6 +1198,8 @@ def _splitk_norm_router_kernel(
         w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)
         acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
     tl.store(part_ptr + s * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
+    if FENCE:
+        _fence_gpu(offs_n)
     tl.debug_barrier()
     done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
     if done == S - 1:  # the tile's last program: its output, residual, sum of squares and router partials
@@ -1206,6 +1221,8 @@ def _splitk_norm_router_kernel(
         tl.store(ss_ptr + pid_n, tl.sum(xh * xh, axis=0))
         tl.store(rl_ptr + pid_n * EP + e, tl.sum(rw.to(tl.float32) * (nw * xh)[None, :], axis=1))
         tl.store(cnt_ptr + pid_n, 0)
+        if FENCE:
+            _fence_gpu(offs_n)
         tl.debug_barrier()
         fin = tl.atomic_add(cnt_ptr + NT, 1, sem="acq_rel", scope="gpu")
         if fin == NT - 1:  # the last tile: rstd, the router's logits and top-k, the normed row
@@ -1268,7 +1285,7 @@ def splitk_norm_route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         x, weight, bias if bias is not None else h, part, h, nweight, out, rweight, rbias, ss, rl, cnt, topi, topw,
         n, kdim, ksplit, experts, eps, S=splits, NT=nt, NTP=ntp, FT=min(ntp, _p2(FOLD_TILES)), BN=bn, BK=bk,
         EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
-        PRE=SPLITK_PRELOAD, num_warps=warps, **_pdl_kw(pdl),
+        PRE=SPLITK_PRELOAD, FENCE=FOLD_FENCE and h.is_cuda, num_warps=warps, **_pdl_kw(pdl),
     )
     return out, topi, topw
 
