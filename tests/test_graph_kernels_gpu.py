@@ -467,46 +467,6 @@ def test_argmax_step_is_torch_argmax_on_cuda(gk, rows):
         assert int(tok[0]) == 100_000 and int(step) == call + 1 and int(pos) == 4 + call
 
 
-@pytest.mark.parametrize("rows", [1, 8])
-def test_fused_rope_attention_early_loads_are_bit_identical_on_cuda(gk, rows):
-    """ATTN_EARLY_LOADS (the position, cos / sin and an L2 prefetch of the cache before the PDL wait) changes no
-    bit: the same output and cache writes as the shipped kernel, full cache and ring, qkv as partials; and a CUDA-graph
-    decode of tiny-moe with it on gives the same tokens and logits as with it off."""
-    from bench.models.loading import load_model
-
-    gen = torch.Generator(device="cuda").manual_seed(6)
-    hq, hkv, d, hidden = 64, 8, 64, 2880
-    kw = {"device": "cuda", "dtype": torch.bfloat16}
-    sinks, cos, sin, w, b = attention_inputs(gen)
-    saved = gk.ATTN_EARLY_LOADS
-    try:
-        for sliding, s_cache, first in ((False, 320, 270), (True, 128, 270)):
-            kc = torch.randn(rows, hkv, s_cache, d, generator=gen, **kw)
-            vc = torch.randn(rows, hkv, s_cache, d, generator=gen, **kw)
-            kc2, vc2 = kc.clone(), vc.clone()
-            for pos in range(first, first + 3):
-                qkv = gk.splitk_linear(torch.randn(rows, hidden, generator=gen, **kw), w, b)
-                p = torch.tensor(pos, device="cuda")
-                gk.ATTN_EARLY_LOADS = False
-                want = gk.rope_attn_decode(qkv, cos, sin, p, kc, vc, sinks, d ** -0.5, hq, sliding,
-                                           s_cache if sliding else 0)
-                gk.ATTN_EARLY_LOADS = True
-                got = gk.rope_attn_decode(qkv, cos, sin, p, kc2, vc2, sinks, d ** -0.5, hq, sliding,
-                                          s_cache if sliding else 0)
-                torch.cuda.synchronize()
-                assert torch.equal(kc2, kc) and torch.equal(vc2, vc) and torch.equal(got, want), (sliding, pos)
-        model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
-        ids = torch.randint(0, model.config.vocab_size, (rows, 40), device="cuda",
-                            generator=torch.Generator("cuda").manual_seed(8))
-        out = {}
-        for early in (False, True):
-            gk.ATTN_EARLY_LOADS = early
-            out[early] = graph_tokens_and_logits(model, ids)
-        assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
-    finally:
-        gk.ATTN_EARLY_LOADS = saved
-
-
 @pytest.mark.parametrize("batch", [1, 8])
 def test_shipped_decode_is_deterministic_on_a_pruned_gpt_oss(gk, batch):
     """The shipped engine on synthetic gpt-oss-20b pruned in place to 16 experts (where session 9 saw the fold race):

@@ -503,22 +503,6 @@ def test_triton_splitk_mma_gate_by_rows_and_site(gk, monkeypatch):
         torch.testing.assert_close(dense, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [1, 3])
-def test_triton_splitk_preload_gives_the_same_partials(gk, monkeypatch, rows):
-    """SPLITK_PRELOAD (the first weight tile of each K slice loaded before the PDL wait, then the loop from the second
-    tile): the same partials, bit for bit, as the plain loop, with K slices of one, several and a partial tile."""
-    gen = torch.Generator().manual_seed(44)
-    x = torch.randn(rows, 200, generator=gen)
-    w = torch.randn(72, 200, generator=gen)
-    for cfg in ((16, 32, 2, 4), (16, 64, 4, 4), (32, 256, 1, 4)):
-        monkeypatch.setattr(gk, "SPLITK_PRELOAD", False)
-        want = gk.splitk_linear(x, w, None, cfg).part
-        monkeypatch.setattr(gk, "SPLITK_PRELOAD", True)
-        got = gk.splitk_linear(x, w, None, cfg).part
-        assert torch.equal(got, want), cfg
-        torch.testing.assert_close(got.sum(0), x @ w.T, rtol=1e-4, atol=1e-4)
-
-
 def test_triton_splitk_and_gemv_decode_matches_hf_tokens(gk, lively, monkeypatch):
     """Batch-1 decode with qkv and o_proj as split-K partials (GraphOptions.splitk, the default; batch 1 is where it
     applies) and the other dense linears (lm_head) through the Triton GEMV (GraphOptions.gemv; tiny-moe's 512-row

@@ -184,25 +184,16 @@ def _splitk_acc(acc, w, x_ptr, offs_k, kmask, mm, M, stride_xm, BM: tl.constexpr
 
 @triton.jit
 def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: tl.constexpr, BN: tl.constexpr,
-                        BK: tl.constexpr, PDL: tl.constexpr, PRE: tl.constexpr = False):
-    """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] (fp32, no tensor cores). Grid (N / BN, S). PRE: the
-    slice's first weight tile is loaded before the PDL wait (weights never depend on an earlier kernel), so its
-    load overlaps the kernel before (SPLITK_PRELOAD)."""
+                        BK: tl.constexpr, PDL: tl.constexpr):
+    """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] (fp32, no tensor cores). Grid (N / BN, S)."""
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     s = tl.program_id(1)
     nmask = offs_n < N
     mm = tl.arange(0, BM)
     k_lo = s * KSPLIT
     acc = tl.zeros([BM, BN, BK], dtype=tl.float32) if BM > 1 else tl.zeros([BN, BK], dtype=tl.float32)
-    start = k_lo
-    if PRE:
-        w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k_lo, k_lo, K, KSPLIT, BK)
-        _gdc(PDL)
-        acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, mm, M, stride_xm, BM)
-        start = k_lo + BK
-    else:
-        _gdc(PDL)
-    for k0 in range(start, k_lo + KSPLIT, BK):
+    _gdc(PDL)
+    for k0 in range(k_lo, k_lo + KSPLIT, BK):
         w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)
         acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, mm, M, stride_xm, BM)
     if BM == 1:
@@ -216,10 +207,8 @@ def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: 
 # weight class; "small" = qkv and o_proj (N < 16384). Their output stays as Partials for the next kernel.
 # H200, 24 layers at M = 1 (docs/PERF.md): qkv 249 -> 241 us, o_proj 289 -> 187 us against cuBLAS.
 SPLITK_MAX_ROWS = 1
-# The split-K GEMVs load their slice's first weight tile before their PDL wait (`_splitk_gemv_kernel` PRE), so that
-# load overlaps the kernel before them. NOT MEASURED (branch b1pre, session 8: no device time left); off until a
-# `gpu_step_ablation.py --compare '{"main": {}, "pre": {"SPLITK_PRELOAD": true}}'` on the card says otherwise.
-SPLITK_PRELOAD = False
+# (Session 9 measured the split-K GEMVs loading their first weight tile before their PDL wait: within noise, mixed,
+# E32 k4 +0.25%, k2 -0.5%; removed, docs/PERF.md.)
 SPLITK_CONFIG: dict[str, tuple[int, ...]] = {"small": (16, 256, 4, 4)}
 # The split-K GEMVs' early start in one-token PDL steps (session 7): the kernel before each split-K GEMV
 # (attn_decode before o_proj, the add_rmsnorm of one row before qkv or lm_head) triggers its dependents right after
@@ -277,7 +266,7 @@ def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     part = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
     pdl = early_pdl(pdl_launch(m), m, site)
     _splitk_gemv_kernel[(triton.cdiv(n, bn), splits)](
-        x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, PDL=pdl, PRE=SPLITK_PRELOAD,
+        x, weight, part, m, n, k, ksplit, x.stride(0), BM=_p2(m), BN=bn, BK=bk, PDL=pdl,
         num_warps=warps, **_pdl_kw(pdl),
     )
     return Partials(part=part, bias=bias, dtype=x.dtype)
@@ -731,37 +720,17 @@ def attn_decode(
 
 
 @triton.jit
-def _prefetch_cache_l2(k_base, v_base, end, D: tl.constexpr):
-    """L2 prefetch (PTX prefetch.global.L2) of K and V cache slots [0, end) of one (stream, kv head): one instruction
-    a 128-byte line. CUDA only (inline PTX)."""
-    LINES: tl.constexpr = 256
-    per_slot: tl.constexpr = D * 2 // 128 if D * 2 >= 128 else 1  # 128-byte lines a slot (bf16)
-    total = end * per_slot
-    kb = k_base.to(tl.pointer_type(tl.uint8))
-    vb = v_base.to(tl.pointer_type(tl.uint8))
-    for l0 in range(0, total, LINES):
-        ln = l0 + tl.arange(0, LINES)
-        m = (ln < total).to(tl.int32)
-        for base in tl.static_range(2):
-            ptr = (kb if base == 0 else vb) + ln.to(tl.int64) * 128
-            tl.inline_asm_elementwise(
-                "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }", "=r,l,r",
-                [ptr, m], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _rope_attn_decode_kernel(
     qkv_ptr, part_ptr, bias_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, sinks_ptr, out_ptr, scale, HKV, S_CACHE,
     WINDOW, N, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, SLIDING: tl.constexpr,
-    NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr = False,
+    NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
 ):
     """`_rope_kv_kernel` and `_attn_decode_kernel` in one launch, one program per (stream, kv head): the rope of the
     group's G query heads stays in registers (rounded to the activations' dtype, as rope_kv stores it), the roped k
     and v are written into the step's cache slot, and after a barrier the program attends over its cache as
     `_attn_decode_kernel` does, on the same values (the query's rotated halves joined back into one [GP, D] tile).
     qkv: the linear's output (rows of N elements) or, with NSPLIT > 0, its split-K partials (S, B, N) + bias (qkv_ptr
-    then only carries the dtype). EARLY (ATTN_EARLY_LOADS): the position, the rope's cos / sin and an L2 prefetch
-    of the cache's live slots before the PDL wait (none of them is written by an earlier kernel of the step)."""
+    then only carries the dtype)."""
     b = tl.program_id(0)
     kh = tl.program_id(1)
     mp = tl.num_programs(0)
@@ -773,17 +742,10 @@ def _rope_attn_decode_kernel(
     hq = HKV * G
     m_i = tl.load(sinks_ptr + kh * G + g, mask=gm, other=0.0).to(tl.float32)  # the sink starts the softmax
     kv = (b * HKV + kh) * S_CACHE * D
-    if EARLY:  # the position is the previous step's (no kernel of this step writes it before the lm_head's)
-        pos = tl.load(pos_ptr)
-        c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
-        s = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
-        _prefetch_cache_l2(kc_ptr + kv, vc_ptr + kv, tl.minimum(pos + 1, S_CACHE), D)
-        _gdc(PDL)
-    else:
-        _gdc(PDL)
-        pos = tl.load(pos_ptr)
-        c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
-        s = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
+    _gdc(PDL)
+    pos = tl.load(pos_ptr)
+    c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
+    s = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
     qh = (kh * G + g) * D
     qm = gm[:, None] & hm[None, :]
     x1 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, qh[:, None] + half[None, :], mp, N, qm, NSPLIT, HAS_BIAS)
@@ -818,10 +780,6 @@ def _rope_attn_decode_kernel(
 # covers it (batch 1, 8, 32). False: rope_kv, then attn_decode (ablation).
 FUSE_ROPE_ATTN = True
 FUSE_ROPE_ATTN_MIN_ROWS = 1
-# The fused kernel reads the position and the rope's cos / sin and prefetches its cache slots into L2 before its PDL
-# wait (`_rope_attn_decode_kernel` EARLY; the same bits). H200 (docs/PERF.md, session 9, batch 1, E32 / E16): k4
-# +0.2 / +0.2%, k2 +0.3 / +0.3%; with qkv's early trigger too +4.4 / +3.9%, +6.4 / +6.2%: off.
-ATTN_EARLY_LOADS = False
 
 
 def rope_attn_decode(
@@ -848,8 +806,7 @@ def rope_attn_decode(
         else src, cos, sin, pos, kc, vc, sinks, out, scale, hkv, s_cache, max(1, window),
         (hq + 2 * hkv) * d if parts is not None else qkv.stride(0), G=g, GP=max(16, _p2(g)), D=d, BS=bs,
         SLIDING=sliding, NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
-        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, EARLY=ATTN_EARLY_LOADS and kc.is_cuda,
-        num_warps=warps, **extra, **_pdl_kw(pdl),
+        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, num_warps=warps, **extra, **_pdl_kw(pdl),
     )
     return out
 
@@ -1169,8 +1126,7 @@ def _splitk_norm_router_kernel(
     x_ptr, w_ptr, b_ptr, part_ptr, h_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, ss_ptr, rl_ptr, cnt_ptr, topi_ptr,
     topw_ptr, N, K, KSPLIT, E, eps, S: tl.constexpr, NT: tl.constexpr, NTP: tl.constexpr, FT: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
-    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRE: tl.constexpr = False,
-    FENCE: tl.constexpr = False,
+    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, FENCE: tl.constexpr = False,
 ):
     """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
     top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
@@ -1186,15 +1142,8 @@ def _splitk_norm_router_kernel(
     nmask = offs_n < N
     k_lo = s * KSPLIT
     acc = tl.zeros([BN, BK], dtype=tl.float32)
-    start = k_lo
-    if PRE:
-        w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k_lo, k_lo, K, KSPLIT, BK)
-        _gdc(PDL)
-        acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
-        start = k_lo + BK
-    else:
-        _gdc(PDL)
-    for k0 in range(start, k_lo + KSPLIT, BK):
+    _gdc(PDL)
+    for k0 in range(k_lo, k_lo + KSPLIT, BK):
         w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)
         acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
     tl.store(part_ptr + s * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
@@ -1285,7 +1234,7 @@ def splitk_norm_route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         x, weight, bias if bias is not None else h, part, h, nweight, out, rweight, rbias, ss, rl, cnt, topi, topw,
         n, kdim, ksplit, experts, eps, S=splits, NT=nt, NTP=ntp, FT=min(ntp, _p2(FOLD_TILES)), BN=bn, BK=bk,
         EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
-        PRE=SPLITK_PRELOAD, FENCE=FOLD_FENCE and h.is_cuda, num_warps=warps, **_pdl_kw(pdl),
+        FENCE=FOLD_FENCE and h.is_cuda, num_warps=warps, **_pdl_kw(pdl),
     )
     return out, topi, topw
 
