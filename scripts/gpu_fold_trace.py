@@ -43,6 +43,38 @@ PROMPT = 256
 DEVICE = "cuda"
 
 
+def fold_debug(x, weight, bias, h, nweight, eps, rweight, rbias, k, config=None):
+    """kernels.splitk_norm_route's launch, line for line, that also returns its scratch: the split-K partials, each
+    N tile's sum of squares (ss) and router partial logits (rl)."""
+    import triton
+
+    n, kdim = weight.shape
+    bn, bk, splits, warps = config or gk.SPLITK_CONFIG["small"]
+    ksplit = triton.cdiv(triton.cdiv(kdim, splits), bk) * bk
+    splits = triton.cdiv(kdim, ksplit)
+    nt = triton.cdiv(n, bn)
+    ep = max(16, gk._p2(rweight.shape[0]))
+    cnt = gk._FOLD_COUNTERS.get((h.device, nt))
+    if cnt is None:
+        cnt = gk._FOLD_COUNTERS[(h.device, nt)] = torch.zeros((nt + 1,), dtype=torch.int32, device=h.device)
+    part = torch.empty((splits, 1, n), dtype=torch.float32, device=x.device)
+    ss = torch.empty((nt,), dtype=torch.float32, device=x.device)
+    rl = torch.empty((nt, ep), dtype=torch.float32, device=x.device)
+    out = torch.empty_like(h)
+    topi = torch.empty((1, k), dtype=torch.int32, device=h.device)
+    topw = torch.empty((1, k), dtype=torch.float32, device=h.device)
+    block = gk._p2(n)
+    pdl = gk.early_pdl(gk.pdl_launch(1), 1, "splitk_o_proj")
+    gk._splitk_norm_router_kernel[(nt, splits)](
+        x, weight, bias if bias is not None else h, part, h, nweight, out, rweight, rbias, ss, rl, cnt, topi, topw,
+        n, kdim, ksplit, rweight.shape[0], eps, S=splits, NT=nt, NTP=gk._p2(nt),
+        FT=min(gk._p2(nt), gk._p2(gk.FOLD_TILES)), BN=bn, BK=bk, EP=ep, TOPK=k, KP=gk._p2(k), BLOCK=block,
+        FB=min(block, gk._p2(gk.FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl, FENCE=gk.FOLD_FENCE and h.is_cuda,
+        num_warps=warps, **gk._pdl_kw(pdl),
+    )
+    return out, topi, topw, part, ss, rl
+
+
 class Recorder:
     """Wraps kernels.splitk_norm_route: each launch's inputs and outputs copied into tensors of its own (inside a
     capture, the copies are part of the graph)."""
@@ -52,10 +84,11 @@ class Recorder:
 
     def __call__(self, x, weight, bias, h, nweight, eps, rweight, rbias, k, config=None):
         h_in = h.clone()
-        normed, topi, topw = FOLD(x, weight, bias, h, nweight, eps, rweight, rbias, k, config)
+        normed, topi, topw, _, ss, rl = fold_debug(x, weight, bias, h, nweight, eps, rweight, rbias, k, config)
         cnt = torch.cat([c.view(-1) for c in gk._FOLD_COUNTERS.values()])
         self.calls.append({"x": x.clone(), "h_in": h_in, "h": h.clone(), "normed": normed.clone(),
-                           "topi": topi.clone(), "topw": topw.clone(), "cnt": cnt.clone(),
+                           "topi": topi.clone(), "topw": topw.clone(), "cnt": cnt.clone(), "ss": ss.clone(),
+                           "rl": rl.clone(),
                            "args": (weight, bias, nweight, eps, rweight, rbias, k, config)})
         return normed, topi, topw
 
@@ -67,7 +100,10 @@ def snapshot(calls: list[dict]) -> list[dict]:
 def check(calls: list[dict]) -> dict:
     """Each recorded launch against the fold alone and the two-kernel path on its inputs."""
     out = {"launches": len(calls), "cnt_nonzero": 0, "alone_h": 0, "alone_normed": 0, "alone_topi": 0,
-           "alone_topw": 0, "two_kernel_h": 0, "two_kernel_topi": 0, "first_bad": None}
+           "alone_topw": 0, "two_kernel_h": 0, "two_kernel_topi": 0, "alone_two_kernel_topi": 0, "alone_ss": 0,
+           "alone_rl": 0, "rl_tiles_moved": 0, "rl_err_insitu": 0.0, "rl_err_alone": 0.0, "rl_cols_moved": [],
+           "first_bad": None}
+    cols: set[int] = set()
     for i, c in enumerate(calls):
         weight, bias, nweight, eps, rweight, rbias, k, config = c["args"]
         bad = []
@@ -75,9 +111,21 @@ def check(calls: list[dict]) -> dict:
             out["cnt_nonzero"] += 1
             bad.append("cnt")
         h = c["h_in"].clone()
-        normed, topi, topw = FOLD(c["x"], weight, bias, h, nweight, eps, rweight, rbias, k, config)
+        normed, topi, topw, _, ss, rl = fold_debug(c["x"], weight, bias, h, nweight, eps, rweight, rbias, k, config)
+        # each tile's router partial logits in float64 from the residual row after the launch
+        e = rweight.shape[0]
+        nt = rl.shape[0]
+        bn = -(-h.shape[1] // nt)
+        prod = (rweight.double() * (nweight.double() * c["h"].double().view(-1))[None, :])
+        ref = torch.zeros(nt, e, dtype=torch.float64, device=h.device)
+        ref.index_add_(0, torch.arange(h.shape[1], device=h.device) // bn, prod.t())
+        out["rl_err_insitu"] = max(out["rl_err_insitu"], float((c["rl"][:, :e].double() - ref).abs().max()))
+        out["rl_err_alone"] = max(out["rl_err_alone"], float((rl[:, :e].double() - ref).abs().max()))
+        moved = (c["rl"] != rl).any(dim=1)
+        out["rl_tiles_moved"] += int(moved.sum())
+        cols.update((c["rl"] != rl).any(dim=0).nonzero().view(-1).tolist())
         for name, mine, alone in (("h", c["h"], h), ("normed", c["normed"], normed), ("topi", c["topi"], topi),
-                                  ("topw", c["topw"], topw)):
+                                  ("topw", c["topw"], topw), ("ss", c["ss"], ss), ("rl", c["rl"], rl)):
             if not torch.equal(mine, alone):
                 out[f"alone_{name}"] += 1
                 bad.append(f"alone_{name}")
@@ -89,10 +137,13 @@ def check(calls: list[dict]) -> dict:
         if not torch.equal(topi2, c["topi"]):
             out["two_kernel_topi"] += 1
             bad.append("two_kernel_topi")
+        out["alone_two_kernel_topi"] += int(not torch.equal(topi2, topi))
         if bad and out["first_bad"] is None:
             out["first_bad"] = {"launch": i, "what": bad, "cnt": c["cnt"].nonzero().view(-1).tolist()[:8],
                                 "h_max_abs": float((c["h"].float() - h.float()).abs().max()),
-                                "normed_max_abs": float((c["normed"].float() - normed.float()).abs().max())}
+                                "normed_max_abs": float((c["normed"].float() - normed.float()).abs().max()),
+                                "rl_tiles": moved.nonzero().view(-1).tolist()[:12]}
+    out["rl_cols_moved"] = sorted(cols)
     return out
 
 
@@ -114,16 +165,17 @@ def run(model, experts: int, k: int, steps: int, mode: str) -> None:
         tokens = []
         if mode == "graph":
             captured = rec.calls[-len(model.model.layers):]  # the copies inside the graph
-            for gen in range(2):
-                eng.decoder.prefill(ids)
-                per_step = []
-                for _ in range(steps):
-                    eng.step()
-                    torch.cuda.synchronize()
-                    per_step.append(snapshot(captured))
-                tokens.append(eng.decoder.out_tokens.cpu().clone())
-                res = check([c for s in per_step for c in s])
-                emit({"sec": "check", "mode": mode, "experts": experts, "top_k": k, "gen": gen, **res})
+            with torch.inference_mode():  # as GraphEngine.generate
+                for gen in range(2):
+                    eng.decoder.prefill(ids)
+                    per_step = []
+                    for _ in range(steps):
+                        eng.step()
+                        torch.cuda.synchronize()
+                        per_step.append(snapshot(captured))
+                    tokens.append(eng.decoder.out_tokens.cpu().clone())
+                    res = check([c for s in per_step for c in s])
+                    emit({"sec": "check", "mode": mode, "experts": experts, "top_k": k, "gen": gen, **res})
         else:
             for gen in range(2):
                 rec.calls.clear()
