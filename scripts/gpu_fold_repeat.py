@@ -6,7 +6,7 @@ input sets (so that a launch reading anything the launch before it left behind s
 moves (h, normed, topi, topw) and how often, against the first run and against the two-kernel path
 (`splitk_linear` + `add_rmsnorm_route`).
 
-    OUT=$OUT python3 scripts/gpu_fold_repeat.py [--repeats 200] [--experts 16,32] [--top-k 2,4] [--fence]
+    OUT=$OUT python3 scripts/gpu_fold_repeat.py [--repeats 200] [--experts 16,32] [--top-k 2,4]
     TRITON_INTERPRET=1 python scripts/gpu_fold_repeat.py --device cpu --repeats 2   (a dry run of the script itself)
 
 Records (JSON lines) go to stdout and $OUT/fold_repeat.jsonl.
@@ -67,9 +67,7 @@ def main() -> int:
     ap.add_argument("--experts", default="16,32")
     ap.add_argument("--top-k", default="2,4")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--fence", action="store_true", help="kernels.FOLD_FENCE on (the candidate fix)")
     args = ap.parse_args()
-    gk.FOLD_FENCE = args.fence
     OUT.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for experts in (int(e) for e in args.experts.split(",")):
@@ -84,7 +82,7 @@ def main() -> int:
                 s = sets[i % 2]
                 eager[i % 2].append(tuple(o.clone() for o in fold(s, s["h"].clone(), k)))
                 cnt_bad += int(sum(int(c.abs().sum()) for c in gk._FOLD_COUNTERS.values()) > 0)
-            rec = {"experts": experts, "top_k": k, "fence": args.fence, "counts_left_nonzero": cnt_bad,
+            rec = {"experts": experts, "top_k": k, "counts_left_nonzero": cnt_bad,
                    **compare("eager", eager[0]), "moved_b": compare("eager", eager[1])["moved"]}
             h_ref = t["h"].clone()
             want = gk.add_rmsnorm_route(h_ref, gk.splitk_linear(t["att"], t["wo"], t["bo"]), t["ln"], 1e-5, t["rw"],

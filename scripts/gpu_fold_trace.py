@@ -12,7 +12,7 @@ weights) and the fold's counters right after it, then checks each launch against
 Two modes per model: `eager` (no CUDA graph, the recorded copies run right after each fold) and `graph` (the copies
 are captured into the step's CUDA graph, so each replay refreshes them; read back after every replay).
 
-    OUT=$OUT python3 scripts/gpu_fold_trace.py [--experts 32,16] [--top-k 4] [--steps 8] [--fence]
+    OUT=$OUT python3 scripts/gpu_fold_trace.py [--experts 32,16] [--top-k 4] [--steps 8]
 
 Records (JSON lines) go to stdout and $OUT/fold_trace.jsonl.
 """
@@ -69,7 +69,7 @@ def fold_debug(x, weight, bias, h, nweight, eps, rweight, rbias, k, config=None)
         x, weight, bias if bias is not None else h, part, h, nweight, out, rweight, rbias, ss, rl, cnt, topi, topw,
         n, kdim, ksplit, rweight.shape[0], eps, S=splits, NT=nt, NTP=gk._p2(nt),
         FT=min(gk._p2(nt), gk._p2(gk.FOLD_TILES)), BN=bn, BK=bk, EP=ep, TOPK=k, KP=gk._p2(k), BLOCK=block,
-        FB=min(block, gk._p2(gk.FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl, FENCE=gk.FOLD_FENCE and h.is_cuda,
+        FB=min(block, gk._p2(gk.FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
         num_warps=warps, **gk._pdl_kw(pdl),
     )
     return out, topi, topw, part, ss, rl
@@ -202,7 +202,6 @@ def main() -> int:
     ap.add_argument("--top-k", default="4")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--modes", default="graph,eager")
-    ap.add_argument("--fence", action="store_true")
     ap.add_argument("--model", default="synthetic:gpt-oss-20b")
     ap.add_argument("--device", default="cuda", help="cpu: a dry run under TRITON_INTERPRET=1 (eager mode only)")
     args = ap.parse_args()
@@ -215,10 +214,9 @@ def main() -> int:
     from bench.models.pruning import prune_model
 
     gk.FOLD_NORM_ROUTER = True
-    gk.FOLD_FENCE = args.fence
     dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
     model = load_model(args.model, device=DEVICE, dtype=dtype, seed=0).model
-    emit({"sec": "env", "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "fence": args.fence,
+    emit({"sec": "env", "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
           "commit": os.environ.get("MOE_BENCH_GIT_COMMIT")})
     for experts in (int(e) for e in args.experts.split(",")):
         if experts < model.config.num_local_experts:

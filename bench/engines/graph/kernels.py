@@ -16,7 +16,7 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   writes the residual. With one row (NORM_ROUTER_ONE_ROW) the last program keeps the residual row from its RMS pass
   and picks the top-k by rank.
 - `splitk_norm_route`: o_proj's one-row split-K GEMV with the residual add, RMSNorm and router folded into its tail
-  (FOLD_NORM_ROUTER; off: not deterministic on the H200, see the setting): the last program of each N tile (an
+  (FOLD_NORM_ROUTER, one row): the last program of each N tile (an
   atomic count per tile) sums the tile's partials, updates h and stores the tile's sum of squares and router partial
   logits; the last tile (a second count) takes the RMS, the logits and the top-k, and writes the normed row. One
   launch where o_proj and `add_rmsnorm_route` took two.
@@ -1094,31 +1094,20 @@ def add_rmsnorm_route(
 # 2.371 -> 2.293 ms (-3.3%), k2 1.814 -> 1.737 (-4.2%); E16 k4 2.390 -> 2.297 (-3.9%), k2 1.833 -> 1.741 (-5.1%);
 # in the graph replay o_proj + norm + router 386 - 218 + 167 = 335 -> 266 us exposed a step (E32 k4). False: o_proj's
 # split-K GEMV, then `add_rmsnorm_route` (ablation).
-# OFF since the lead's determinism check (docs/PERF.md, session 9, `gpu_step_ablation.py --compare ... --exact-repeats
-# 5 --pruned-only`): on the model pruned to 16 experts the same engine gave different tokens from one generation to
-# the next with the fold on (logits up to 3.3 apart), and identical ones with it off; reading the residual tile from
-# L2, launching the fold without PDL and reading the down GEMM's routing from L2 did not make it deterministic. The
-# race is not found yet; a nondeterministic engine cannot ship.
-FOLD_NORM_ROUTER = False
+# Session 9 turned it off: on the model pruned to 16 experts the engine gave different tokens from one generation to
+# the next with it on. Session 10 found the race (docs/PERF.md; scripts/gpu_fold_trace.py checks every launch of a
+# decode): the tile's last program needs the old residual tile in three layouts and Triton loads it once per layout,
+# so without a barrier one warp could store the new tile before another warp had read the old one; the router's
+# partial logits of experts 4-15 were then wrong on ~4% of the tiles. The barrier before the store fixed it: every
+# launch's partials within 2e-7 of float64, the same tokens in every repeat.
+FOLD_NORM_ROUTER = True
 # The last program's chunks: FOLD_TILES tiles of router partial logits and FOLD_BLOCK elements of the normed row per
 # load round (fewer rounds: fewer dependent L2 round trips; wider: more registers for the whole GEMV kernel).
 FOLD_TILES = 256
 FOLD_BLOCK = 4096
 # The folded launch's (BN, BK, S, num_warps); None: o_proj's split-K tile (SPLITK_CONFIG["small"]).
 FOLD_CONFIG: tuple[int, int, int, int] | None = None
-# Every thread fences (fence.acq_rel.gpu) its own stores before the barrier that precedes each release count
-# (`_fence_gpu`): a candidate fix for the race above, NOT MEASURED (written after the device time was spent; the
-# next session's first probe: scripts/gpu_fold_repeat.py with and without it).
-FOLD_FENCE = False
 _FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
-
-
-@triton.jit
-def _fence_gpu(like):
-    """fence.acq_rel.gpu in every thread that holds an element of `like` (inline PTX; CUDA only): each thread's own
-    earlier stores ordered before the CTA's release atomic (CUDA's __threadfence is per thread)."""
-    tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.b32 $0, $1;", "=r,r", [like.to(tl.int32)], dtype=tl.int32,
-                              is_pure=False, pack=1)
 
 
 @triton.jit
@@ -1126,7 +1115,7 @@ def _splitk_norm_router_kernel(
     x_ptr, w_ptr, b_ptr, part_ptr, h_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, ss_ptr, rl_ptr, cnt_ptr, topi_ptr,
     topw_ptr, N, K, KSPLIT, E, eps, S: tl.constexpr, NT: tl.constexpr, NTP: tl.constexpr, FT: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
-    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, FENCE: tl.constexpr = False,
+    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
 ):
     """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
     top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
@@ -1147,8 +1136,6 @@ def _splitk_norm_router_kernel(
         w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)
         acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
     tl.store(part_ptr + s * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
-    if FENCE:
-        _fence_gpu(offs_n)
     tl.debug_barrier()
     done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
     if done == S - 1:  # the tile's last program: its output, residual, sum of squares and router partials
@@ -1160,6 +1147,11 @@ def _splitk_norm_router_kernel(
         v = v.to(h_ptr.dtype.element_ty).to(tl.float32)
         xh = tl.load(h_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
         xh = (xh + v).to(h_ptr.dtype.element_ty)
+        # Triton loads the old residual tile once per layout it needs (here: the store's, the sum of squares' and
+        # the router product's); without this barrier a warp could store the new tile before another warp's load
+        # of the old one, which then adds the update twice (session 10: router partials of experts 4-15 wrong on
+        # ~4% of tiles at 16 experts, docs/PERF.md)
+        tl.debug_barrier()
         tl.store(h_ptr + offs_n, xh, mask=nmask)
         xh = xh.to(tl.float32)
         e = tl.arange(0, EP)
@@ -1170,8 +1162,6 @@ def _splitk_norm_router_kernel(
         tl.store(ss_ptr + pid_n, tl.sum(xh * xh, axis=0))
         tl.store(rl_ptr + pid_n * EP + e, tl.sum(rw.to(tl.float32) * (nw * xh)[None, :], axis=1))
         tl.store(cnt_ptr + pid_n, 0)
-        if FENCE:
-            _fence_gpu(offs_n)
         tl.debug_barrier()
         fin = tl.atomic_add(cnt_ptr + NT, 1, sem="acq_rel", scope="gpu")
         if fin == NT - 1:  # the last tile: rstd, the router's logits and top-k, the normed row
@@ -1234,7 +1224,7 @@ def splitk_norm_route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         x, weight, bias if bias is not None else h, part, h, nweight, out, rweight, rbias, ss, rl, cnt, topi, topw,
         n, kdim, ksplit, experts, eps, S=splits, NT=nt, NTP=ntp, FT=min(ntp, _p2(FOLD_TILES)), BN=bn, BK=bk,
         EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
-        FENCE=FOLD_FENCE and h.is_cuda, num_warps=warps, **_pdl_kw(pdl),
+        num_warps=warps, **_pdl_kw(pdl),
     )
     return out, topi, topw
 
