@@ -2,7 +2,7 @@
 (E32 and E16), a step profile, and the teacher-forced accuracy check against float32 with a paired statistic.
 
     PYTHONUNBUFFERED=1 python scripts/gpu_perf_graph.py [--budget-s 240] [--micro] [--accuracy-only]
-        [--accuracy-batch 32]
+        [--accuracy-batch 32] [--accuracy-one-by-one | --accuracy-rows 8]
 
 Sections, in order, each skipped once the budget is spent; every record is appended to $OUT/perf_graph.jsonl as it
 is made (so a killed run still returns what it measured):
@@ -260,10 +260,12 @@ def hf_argmax(model, full: torch.Tensor, sl: slice, chunk: int = 8) -> torch.Ten
     return torch.cat(outs)
 
 
-def graph_tokens(model, opts: GraphOptions, ids: torch.Tensor, new: int, one_by_one: bool) -> torch.Tensor:
-    """The graph engine's greedy tokens for `ids`: as one batch, or one sequence at a time (batch 1: the split-K
-    qkv/o_proj and batch-1 expert loops)."""
-    rows = [ids[i : i + 1] for i in range(ids.shape[0])] if one_by_one else [ids]
+def graph_tokens(model, opts: GraphOptions, ids: torch.Tensor, new: int, one_by_one: bool,
+                 rows_per_batch: int | None = None) -> torch.Tensor:
+    """The graph engine's greedy tokens for `ids`: as one batch, one sequence at a time (batch 1: the split-K
+    qkv/o_proj and batch-1 expert loops), or in batches of `rows_per_batch` sequences."""
+    step = 1 if one_by_one else (rows_per_batch or ids.shape[0])
+    rows = [ids[i : i + step] for i in range(0, ids.shape[0], step)]
     out = []
     for row in rows:
         eng = GraphEngine(opts)
@@ -272,17 +274,18 @@ def graph_tokens(model, opts: GraphOptions, ids: torch.Tensor, new: int, one_by_
     return torch.cat(out)
 
 
-def accuracy(model, opts: GraphOptions, batches: list[int], steps: int = 96, one_by_one: bool = False) -> list[dict]:
+def accuracy(model, opts: GraphOptions, batches: list[int], steps: int = 96, one_by_one: bool = False,
+             rows_per_batch: int | None = None) -> list[dict]:
     """One record per batch size b: the engine's tokens for the first b of max(batches) prompts, generated as one
-    batch of b (or one by one), against HF bf16 and float32 teacher-forced on those tokens. The model is float32
-    afterwards."""
+    batch of b (or one by one, or in batches of `rows_per_batch`), against HF bf16 and float32 teacher-forced on those
+    tokens. The model is float32 afterwards."""
     from bench.models.loading import set_experts_implementation
     from bench.models.pruning import set_top_k
 
     set_top_k(model, 4)
     ids = torch.randint(0, model.config.vocab_size, (max(batches), PROMPT), device="cuda",
                         generator=torch.Generator("cuda").manual_seed(7))
-    toks = {b: graph_tokens(model, opts, ids[:b], steps + 1, one_by_one) for b in batches}
+    toks = {b: graph_tokens(model, opts, ids[:b], steps + 1, one_by_one, rows_per_batch) for b in batches}
     full = {b: torch.cat([ids[:b], t], dim=1) for b, t in toks.items()}
     sl = slice(PROMPT - 1, PROMPT - 1 + steps + 1)
     bf16 = {b: hf_argmax(model, f, sl) for b, f in full.items()}
@@ -290,7 +293,8 @@ def accuracy(model, opts: GraphOptions, batches: list[int], steps: int = 96, one
     torch.cuda.empty_cache()
     set_experts_implementation(model, "eager")
     fp32 = {b: hf_argmax(model, f, sl) for b, f in full.items()}
-    return [{"sec": "accuracy", "batch": 1 if one_by_one else b, "sequences": b, "steps": steps + 1,
+    return [{"sec": "accuracy", "batch": 1 if one_by_one else min(b, rows_per_batch or b), "sequences": b,
+             "steps": steps + 1,
              **paired_agreement(toks[b], bf16[b], fp32[b])} for b in batches]
 
 
@@ -303,6 +307,9 @@ def main() -> int:
     ap.add_argument("--accuracy-only", action="store_true", help="only the accuracy check")
     ap.add_argument("--accuracy-one-by-one", action="store_true",
                     help="the accuracy check's sequences generated one at a time (batch 1's kernels)")
+    ap.add_argument("--accuracy-rows", type=int, default=None,
+                    help="the accuracy check's sequences generated in batches of this many (e.g. 32 sequences as "
+                         "four batches of 8: batch 8's kernels with four times the tokens)")
     ap.add_argument("--gemv-micro", action="store_true", help="also the dense GEMV micro-benchmark")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
                     help="set kernels.NAME (a flag or a tile table, JSON) first (scripts/gpu_ab.py); repeatable")
@@ -325,7 +332,7 @@ def main() -> int:
           "commit": os.environ.get("MOE_BENCH_GIT_COMMIT"), "set": args.set, "load_s": round(time.time() - T0, 1)})
     if args.accuracy_only:
         for rec in accuracy(model, GraphOptions(), [int(b) for b in str(args.accuracy_batch).split(",")],
-                            one_by_one=args.accuracy_one_by_one):
+                            one_by_one=args.accuracy_one_by_one, rows_per_batch=args.accuracy_rows):
             emit(rec)
         return 0
     bandwidth = measure_bandwidth("cuda")
