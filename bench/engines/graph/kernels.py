@@ -688,11 +688,13 @@ def _attn_decode_kernel(
 # decode attention's (cache block BS, num_warps, num_stages or None for Triton's default) by batch size:
 # ((max streams, config), ...), first match wins, else ATTN_CONFIG. H200 (session 6, 24 layers' caches): no candidate
 # beat (64, 4) by 3% at 8 / 32 / 256 streams. Session 10 (docs/PERF.md, `gpu_step_ablation.py --compare`, 2 rounds,
-# E32 / E16, against (64, 4)): BS 128 1x4 -0.5% / -0.4%, 1x2 -0.6% / -0.7%, 8x2 -0.7% / -0.5%, 8x4 -0.7% / -0.6%,
-# 32x4 -0.7% / -0.5%. It rounds the softmax another way; the teacher-forced check passes at batch 1 (27.90% vs HF
-# bf16 26.80%), 8 (32 sequences in batches of 8: 26.19% vs 25.55%) and 32 (25.93% vs 25.16%).
-ATTN_CONFIG: tuple[int, int, int | None] = (128, 4, None)
-ATTN_CONFIG_BY_BATCH: tuple[tuple[int, tuple[int, int, int | None]], ...] = ()
+# against (64, 4), E32 / E16): BS 128 1x4 -0.5% / -0.4%, 1x2 -0.6% / -0.7%, 8x2 -0.7% / -0.5%, 8x4 -0.7% / -0.6%,
+# 32x4 -0.7% / -0.5%; past 32 streams it is slower (E32 64x4 +0.3%, 128x4 +0.2%, 256x4 +0.8%), so (64, 4) stays
+# there. BS 128 rounds the softmax another way; the teacher-forced check passes at batch 1 (bf16 27.90% vs HF bf16
+# 26.80%; MXFP4, 32 sequences, 27.38% vs 26.99%), 8 (32 sequences in batches of 8: 26.19% vs 25.55%) and 32 (25.93%
+# vs 25.16%).
+ATTN_CONFIG: tuple[int, int, int | None] = (64, 4, None)
+ATTN_CONFIG_BY_BATCH: tuple[tuple[int, tuple[int, int, int | None]], ...] = ((32, (128, 4, None)),)
 
 
 def attn_config(bsz: int) -> tuple[int, int, int | None]:
