@@ -43,38 +43,6 @@ PROMPT = 256
 DEVICE = "cuda"
 
 
-def fold_debug(x, weight, bias, h, nweight, eps, rweight, rbias, k, config=None):
-    """kernels.splitk_norm_route's launch, line for line, that also returns its scratch: the split-K partials, each
-    N tile's sum of squares (ss) and router partial logits (rl)."""
-    import triton
-
-    n, kdim = weight.shape
-    bn, bk, splits, warps = config or gk.SPLITK_CONFIG["small"]
-    ksplit = triton.cdiv(triton.cdiv(kdim, splits), bk) * bk
-    splits = triton.cdiv(kdim, ksplit)
-    nt = triton.cdiv(n, bn)
-    ep = max(16, gk._p2(rweight.shape[0]))
-    cnt = gk._FOLD_COUNTERS.get((h.device, nt))
-    if cnt is None:
-        cnt = gk._FOLD_COUNTERS[(h.device, nt)] = torch.zeros((nt + 1,), dtype=torch.int32, device=h.device)
-    part = torch.empty((splits, 1, n), dtype=torch.float32, device=x.device)
-    ss = torch.empty((nt,), dtype=torch.float32, device=x.device)
-    rl = torch.empty((nt, ep), dtype=torch.float32, device=x.device)
-    out = torch.empty_like(h)
-    topi = torch.empty((1, k), dtype=torch.int32, device=h.device)
-    topw = torch.empty((1, k), dtype=torch.float32, device=h.device)
-    block = gk._p2(n)
-    pdl = gk.early_pdl(gk.pdl_launch(1), 1, "splitk_o_proj")
-    gk._splitk_norm_router_kernel[(nt, splits)](
-        x, weight, bias if bias is not None else h, part, h, nweight, out, rweight, rbias, ss, rl, cnt, topi, topw,
-        n, kdim, ksplit, rweight.shape[0], eps, S=splits, NT=nt, NTP=gk._p2(nt),
-        FT=min(gk._p2(nt), gk._p2(gk.FOLD_TILES)), BN=bn, BK=bk, EP=ep, TOPK=k, KP=gk._p2(k), BLOCK=block,
-        FB=min(block, gk._p2(gk.FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
-        num_warps=warps, **gk._pdl_kw(pdl),
-    )
-    return out, topi, topw, part, ss, rl
-
-
 class Recorder:
     """Wraps kernels.splitk_norm_route: each launch's inputs and outputs copied into tensors of its own (inside a
     capture, the copies are part of the graph)."""
@@ -84,7 +52,7 @@ class Recorder:
 
     def __call__(self, x, weight, bias, h, nweight, eps, rweight, rbias, k, config=None):
         h_in = h.clone()
-        normed, topi, topw, _, ss, rl = fold_debug(x, weight, bias, h, nweight, eps, rweight, rbias, k, config)
+        normed, topi, topw, _, ss, rl = gk.fold_launch(x, weight, bias, h, nweight, eps, rweight, rbias, k, config)
         cnt = torch.cat([c.view(-1) for c in gk._FOLD_COUNTERS.values()])
         self.calls.append({"x": x.clone(), "h_in": h_in, "h": h.clone(), "normed": normed.clone(),
                            "topi": topi.clone(), "topw": topw.clone(), "cnt": cnt.clone(), "ss": ss.clone(),
@@ -111,7 +79,7 @@ def check(calls: list[dict]) -> dict:
             out["cnt_nonzero"] += 1
             bad.append("cnt")
         h = c["h_in"].clone()
-        normed, topi, topw, _, ss, rl = fold_debug(c["x"], weight, bias, h, nweight, eps, rweight, rbias, k, config)
+        normed, topi, topw, _, ss, rl = gk.fold_launch(c["x"], weight, bias, h, nweight, eps, rweight, rbias, k, config)
         # each tile's router partial logits in float64 from the residual row after the launch
         e = rweight.shape[0]
         nt = rl.shape[0]

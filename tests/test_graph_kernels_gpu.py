@@ -214,6 +214,34 @@ def test_fold_norm_router_matches_splitk_then_norm_router_on_cuda(gk, experts, k
         assert not gk._FOLD_COUNTERS[(h.device, hidden // gk.SPLITK_CONFIG["small"][0])].any()
 
 
+@pytest.mark.parametrize("experts", [16, 32])
+def test_fold_router_partials_match_float64_on_cuda(gk, experts):
+    """`fold_launch` alone at gpt-oss-20b's o_proj geometry in bf16, 32 launches: every N tile's router partial logits
+    (sum_n rw[e, n] w[n] h[n] over the updated residual) within float32 rounding of float64. Session 10's race (a warp
+    storing the new residual tile before another warp loaded the old one) put errors up to 0.3 into experts 4-15 of a
+    few tiles a launch at 16 experts, even with the fold alone on the GPU."""
+    gen = torch.Generator(device="cuda").manual_seed(12)
+    hidden, kdim = 2880, 4096
+    kw = {"device": "cuda", "dtype": torch.bfloat16}
+    wo = torch.randn(hidden, kdim, generator=gen, **kw) * 0.02
+    bo = torch.randn(hidden, generator=gen, **kw)
+    ln = torch.randn(hidden, generator=gen, **kw)
+    rw = torch.randn(experts, hidden, generator=gen, **kw) * 0.05
+    rb = torch.randn(experts, generator=gen, **kw)
+    bn = gk.SPLITK_CONFIG["small"][0]
+    tile = torch.arange(hidden, device="cuda") // bn
+    worst = 0.0
+    for _ in range(32):
+        h = torch.randn(1, hidden, generator=gen, **kw)
+        att = torch.randn(1, kdim, generator=gen, **kw)
+        _, _, _, _, _, rl = gk.fold_launch(att, wo, bo, h, ln, 1e-5, rw, rb, 4)
+        hv = h.double().view(-1)
+        want = torch.zeros(rl.shape[0], experts, dtype=torch.float64, device="cuda")
+        want.index_add_(0, tile, (rw.double() * (ln.double() * hv)).t())
+        worst = max(worst, (rl[:, :experts].double() - want).abs().max().item())
+    assert worst < 1e-4, worst
+
+
 def test_fold_norm_router_graph_replay_gives_eager_tokens(gk):
     """Batch-1 decode of tiny-moe with FOLD_NORM_ROUTER: the CUDA-graph replays give the eager steps' tokens and
     last logits (within a bf16 rounding: the lm_head's library GEMM may differ between capture and eager); a count

@@ -619,6 +619,29 @@ def test_triton_fold_norm_router_equals_splitk_then_norm_router(gk):
             assert not gk._FOLD_COUNTERS[(h.device, nt)].any()
 
 
+def test_triton_fold_scratch_holds_each_tiles_sums_of_squares_and_router_partials(gk):
+    """`fold_launch`'s scratch: each N tile's sum of squares of the updated residual and its router partial logits
+    sum_n rw[e, n] w[n] h[n] (every expert, the padding columns zero), against float64 from the residual the launch
+    left; the last tile builds the logits from exactly these (session 10's race corrupted them for experts 4-15)."""
+    gen = torch.Generator().manual_seed(5)
+    hidden, kdim, cfg = 200, 96, (16, 32, 2, 4)
+    for experts in (8, 16, 20):
+        x, wo = torch.randn(1, kdim, generator=gen), torch.randn(hidden, kdim, generator=gen) * 0.2
+        h, ln = torch.randn(1, hidden, generator=gen), torch.randn(hidden, generator=gen)
+        rw, rb = torch.randn(experts, hidden, generator=gen) * 0.1, torch.randn(experts, generator=gen)
+        _, _, _, part, ss, rl = gk.fold_launch(x, wo, None, h, ln, 1e-5, rw, rb, 2, cfg)
+        nt = -(-hidden // cfg[0])
+        tile = torch.arange(hidden) // cfg[0]
+        hv = h.double().view(-1)
+        want_ss = torch.zeros(nt, dtype=torch.float64).index_add_(0, tile, hv * hv)
+        prod = (rw.double() * (ln.double() * hv)).t()
+        want_rl = torch.zeros(nt, experts, dtype=torch.float64).index_add_(0, tile, prod)
+        assert part.shape[0] == cfg[2] and rl.shape == (nt, max(16, 1 << (experts - 1).bit_length()))
+        torch.testing.assert_close(ss.double(), want_ss, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rl[:, :experts].double(), want_rl, rtol=1e-5, atol=1e-5)
+        assert not rl[:, experts:].any()
+
+
 def test_triton_fold_norm_router_ties_pick_the_lower_ids(gk):
     """Tied logits at the top-k boundary (a zero router weight, tied biases) through the fold: the lower expert ids
     win, as torch.topk and `router`, and the weights are `router`'s."""

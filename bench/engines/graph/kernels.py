@@ -1202,6 +1202,14 @@ def splitk_norm_route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     top-k ids (1, k) int32 and softmax weights (1, k) float32) from one launch (`_splitk_norm_router_kernel`): what
     add_rmsnorm_route(h, splitk_linear(x, weight, bias), ...) gives, up to the summation order of the RMS and of the
     router's logits (the router sees w * h * rstd unrounded, not the bf16 normed row)."""
+    return fold_launch(x, weight, bias, h, nweight, eps, rweight, rbias, k, config)[:3]
+
+
+def fold_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, h: torch.Tensor,
+                nweight: torch.Tensor, eps: float, rweight: torch.Tensor, rbias: torch.Tensor, k: int,
+                config: tuple[int, int, int, int] | None = None) -> tuple[torch.Tensor, ...]:
+    """`splitk_norm_route`'s launch; returns (normed, topi, topw) and its scratch: the split-K partials (S, 1, N), each
+    N tile's sum of squares (NT,) and router partial logits (NT, EP) (scripts/gpu_fold_trace.py checks them)."""
     if x.shape[0] != 1 or h.shape != (1, weight.shape[0]) or not h.is_contiguous():
         raise ValueError(f"splitk_norm_route: one contiguous row, got x {tuple(x.shape)}, h {tuple(h.shape)}, "
                          f"weight {tuple(weight.shape)}")
@@ -1230,7 +1238,7 @@ def splitk_norm_route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
         num_warps=warps, **_pdl_kw(pdl),
     )
-    return out, topi, topw
+    return out, topi, topw, part, ss, rl
 
 
 @triton.jit
