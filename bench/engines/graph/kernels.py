@@ -1103,7 +1103,9 @@ def add_rmsnorm_route(
 # decode): the tile's last program needs the old residual tile in three layouts and Triton loads it once per layout,
 # so without a barrier one warp could store the new tile before another warp had read the old one; the router's
 # partial logits of experts 4-15 were then wrong on ~4% of the tiles. The barrier before the store fixed it: every
-# launch's partials within 2e-7 of float64, the same tokens in every repeat.
+# launch's partials within 2e-7 of float64, the same tokens in every repeat. On against off after the fix (same card,
+# 3 rounds): E32 k4 2.380 -> 2.302 ms (-3.3%), k2 1.806 -> 1.728 (-4.3%); E16 k4 -4.0%, k2 -5.1%; the teacher-forced
+# check passes (batch 1: bf16 25.64% vs HF bf16 25.13%, MXFP4 25.20% vs 24.54%).
 FOLD_NORM_ROUTER = True
 # The last program's chunks: FOLD_TILES tiles of router partial logits and FOLD_BLOCK elements of the normed row per
 # load round (fewer rounds: fewer dependent L2 round trips; wider: more registers for the whole GEMV kernel).
