@@ -242,6 +242,28 @@ def test_fold_router_partials_match_float64_on_cuda(gk, experts):
     assert worst < 1e-4, worst
 
 
+@pytest.mark.parametrize("ks", [0, 4])
+def test_lazy_norm_linear_matches_add_rmsnorm_then_splitk_on_cuda(gk, ks):
+    """`splitk_norm_linear` (LAZY_NORM) at gpt-oss-20b's qkv geometry in bf16 against add_rmsnorm then
+    splitk_linear: the updated residual row bit for bit (in the scratch row, h untouched) and the linear's output
+    within a bf16 rounding of the normed row (the lazy path does not round it before the GEMV), 8 launches."""
+    gen = torch.Generator(device="cuda").manual_seed(21 + ks)
+    hidden, n = 2880, 5120
+    kw = {"device": "cuda", "dtype": torch.bfloat16}
+    w = torch.randn(n, hidden, generator=gen, **kw) * 0.02
+    b = torch.randn(n, generator=gen, **kw)
+    ln = torch.randn(hidden, generator=gen, **kw)
+    for _ in range(8):
+        h = torch.randn(1, hidden, generator=gen, **kw)
+        y = torch.randn(ks, hidden, generator=gen, **kw) if ks else None
+        h_ref, h0 = h.clone(), h.clone()
+        want = gk.splitk_linear(gk.add_rmsnorm(h_ref, y, ks, ln, 1e-5), w, b).materialize().float()
+        got, hm = gk.splitk_norm_linear(h, y, ks, ln, 1e-5, w, b)
+        torch.cuda.synchronize()
+        assert torch.equal(h, h0) and torch.equal(hm, h_ref)
+        torch.testing.assert_close(got.materialize().float(), want, rtol=2e-2, atol=2e-2)
+
+
 def test_fold_norm_router_graph_replay_gives_eager_tokens(gk):
     """Batch-1 decode of tiny-moe with FOLD_NORM_ROUTER: the CUDA-graph replays give the eager steps' tokens and
     last logits (within a bf16 rounding: the lm_head's library GEMM may differ between capture and eager); a count

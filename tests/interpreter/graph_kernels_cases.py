@@ -642,6 +642,67 @@ def test_triton_fold_scratch_holds_each_tiles_sums_of_squares_and_router_partial
         assert not rl[:, experts:].any()
 
 
+@pytest.mark.parametrize("ks", [0, 1, 4])
+def test_triton_lazy_norm_linear_equals_add_rmsnorm_then_splitk(gk, ks):
+    """`splitk_norm_linear` (lazy RMSNorm: the split-K GEMV of w_ln * (h + the ks rows of y), unscaled, with each K
+    slice's sum of squares) against add_rmsnorm then splitk_linear, float32: the updated residual row bit for bit (in
+    its scratch row; h itself untouched), the per-slice sums of squares adding up to the row's, the partials times the
+    rsqrt equal to the normed linear's (materialize), and rope_attn_decode on the lazy partials equal to it on the
+    plain ones (the consumer applies the scale); a K tail (hidden 200 = 3 slices of 96 at BK 32, the last short)."""
+    gen = torch.Generator().manual_seed(44 + ks)
+    hq, hkv, d, hidden = 4, 2, 16, 200
+    n = (hq + 2 * hkv) * d
+    cfg = (16, 32, 3, 4)
+    for _ in range(2):
+        h = torch.randn(1, hidden, generator=gen)
+        y = torch.randn(ks, hidden, generator=gen) if ks else None
+        ln = torch.randn(hidden, generator=gen)
+        w, b = torch.randn(n, hidden, generator=gen) * 0.2, torch.randn(n, generator=gen)
+        h_ref = h.clone()
+        normed = gk.add_rmsnorm(h_ref, y, ks, ln, 1e-5)
+        want = gk.splitk_linear(normed, w, b, cfg)
+        h0 = h.clone()
+        got, hm = gk.splitk_norm_linear(h, y, ks, ln, 1e-5, w, b, cfg)
+        assert torch.equal(h, h0)  # every program reads h: the update goes to hm
+        assert torch.equal(hm, h_ref)
+        torch.testing.assert_close(got.ss.sum(), (h_ref * h_ref).sum(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.materialize(), want.materialize(), rtol=1e-5, atol=1e-5)
+        cos, sin = torch.randn(64, d // 2, generator=gen), torch.randn(64, d // 2, generator=gen)
+        sinks = torch.randn(hq, generator=gen)
+        kc, vc = torch.randn(1, hkv, 48, d, generator=gen), torch.randn(1, hkv, 48, d, generator=gen)
+        kc2, vc2 = kc.clone(), vc.clone()
+        p = torch.tensor(30)
+        plain = gk.rope_attn_decode(want, cos, sin, p, kc, vc, sinks, d ** -0.5, hq, False, 0)
+        lazy = gk.rope_attn_decode(got, cos, sin, p, kc2, vc2, sinks, d ** -0.5, hq, False, 0)
+        torch.testing.assert_close(lazy, plain, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(kc2, kc, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="rope_attn_decode only"):
+        gk.add_rmsnorm(h.clone(), got, 1, ln, 1e-5)
+
+
+def test_triton_lazy_norm_decode_matches_hf_tokens(gk, lively, monkeypatch):
+    """Batch-1 decode with LAZY_NORM (no add_rmsnorm launch between the experts and qkv: TritonOps.norm_linear, the
+    fold reading the residual from the scratch row): hf's greedy tokens, and the lazy launch ran in every layer but the
+    final norm; with the fold off too (linear_norm_route copies the scratch row back first); batch 2 unaffected."""
+    model, ids, ref = lively
+    monkeypatch.setattr(gk, "LAZY_NORM", True)
+    calls = []
+    real = gk.splitk_norm_linear
+    monkeypatch.setattr(gk, "splitk_norm_linear", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    hf_one = get_engine("hf").generate(model, ids[:1], TOKENS).tokens
+    for fold in (True, False):
+        monkeypatch.setattr(gk, "FOLD_NORM_ROUTER", fold)
+        calls.clear()
+        one = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids[:1], TOKENS)
+        assert torch.equal(one.tokens, hf_one), fold
+        layers = model.config.num_hidden_layers
+        assert len(calls) >= (TOKENS - 1) * layers and len(calls) % layers == 0, (fold, len(calls))
+    calls.clear()
+    two = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids, TOKENS)
+    assert torch.equal(two.tokens, ref.tokens)
+    assert not calls
+
+
 def test_triton_fold_norm_router_ties_pick_the_lower_ids(gk):
     """Tied logits at the top-k boundary (a zero router weight, tied biases) through the fold: the lower expert ids
     win, as torch.topk and `router`, and the weights are `router`'s."""

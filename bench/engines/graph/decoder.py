@@ -140,32 +140,27 @@ class GptOssDecoder:
 
     # ------------------------------------------------------------------ the layer body (prefill and decode)
 
-    def _next_norm(self, i: int) -> tuple[torch.Tensor, float]:
-        if i + 1 < len(self.layers):
-            return self.layers[i + 1].ln1, self.layers[i + 1].eps
-        return self.final_norm, self.final_eps
-
-    def _layer(self, i: int, h: torch.Tensor, normed: torch.Tensor, attend: AttendFn,
-               counter: torch.Tensor | None) -> torch.Tensor:
-        """One transformer layer on rows h (R, H) (updated in place); returns the next layer's normed input."""
+    def _layer(self, i: int, h: torch.Tensor, y: torch.Tensor | None, ks: int, attend: AttendFn,
+               counter: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        """One transformer layer on rows h (R, H) (updated in place) after the previous layer's expert outputs y (ks
+        rows per row; None before the first layer): add them, norm, attention, o_proj, norm, router, experts;
+        returns this layer's expert outputs and their rows per row."""
         lay = self.layers[i]
         ops = self.ops
         # in decode, qkv and o_proj may come back as split-K partials that their consumers sum (ops docstring)
         fuse = attend == self._decode_attention
-        qkv = ops.linear(normed, lay.wqkv, lay.bqkv, partials=fuse, site="qkv")
+        qkv, h_src = ops.norm_linear(h, y, ks, lay.ln1, lay.eps, lay.wqkv, lay.bqkv, partials=fuse, site="qkv")
         normed, topi, topw = ops.linear_norm_route(attend(qkv, lay), lay.wo, lay.bo, h, lay.ln2, lay.eps, lay.router,
-                                                   partials=fuse)
-        y = lay.experts(normed, topi, topw, counter)
-        w, eps = self._next_norm(i)
-        return ops.add_rmsnorm(h, y, lay.router.top_k, w, eps)
+                                                   partials=fuse, h_src=h_src)
+        return lay.experts(normed, topi, topw, counter), lay.router.top_k
 
     def _forward(self, ids: torch.Tensor, attend: AttendFn, counter: torch.Tensor | None) -> torch.Tensor:
         """Embedding, every layer, final norm: ids (R,) -> normed last hidden states (R, H)."""
         h = F.embedding(ids, self.embed)
-        normed = self.ops.add_rmsnorm(h, None, 0, self.layers[0].ln1, self.layers[0].eps)
+        y, ks = None, 0
         for i in range(len(self.layers)):
-            normed = self._layer(i, h, normed, attend, counter)
-        return normed
+            y, ks = self._layer(i, h, y, ks, attend, counter)
+        return self.ops.add_rmsnorm(h, y, ks, self.final_norm, self.final_eps)
 
     def _emit(self, normed: torch.Tensor) -> torch.Tensor:
         logits = self.ops.linear(normed, self.lm_head, None)

@@ -133,6 +133,12 @@ class Partials:
     part: torch.Tensor
     bias: torch.Tensor | None
     dtype: torch.dtype
+    # lazy RMSNorm (`splitk_norm_linear`, LAZY_NORM): the partials are of W (w_ln * h), unscaled; ss holds the input
+    # row's sum of squares per K slice (S,), and the consumer multiplies the summed partials by
+    # rsqrt(sum(ss) / hidden + eps) before the bias
+    ss: torch.Tensor | None = None
+    eps: float = 0.0
+    hidden: int = 1
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -140,19 +146,31 @@ class Partials:
 
     def materialize(self) -> torch.Tensor:
         y = self.part.sum(0)
+        if self.ss is not None:
+            y = y * torch.rsqrt(self.ss.sum() / self.hidden + self.eps)
         return (y + self.bias.float() if self.bias is not None else y).to(self.dtype)
 
 
+def _plain_partials(parts: Partials | None, where: str) -> None:
+    """Only rope_attn_decode applies a lazy-norm scale; every other consumer takes plain partials."""
+    if parts is not None and parts.ss is not None:
+        raise ValueError(f"{where}: lazy-norm partials (splitk_norm_linear) go to rope_attn_decode only")
+
+
 @triton.jit
-def _lin_load(y_ptr, part_ptr, bias_ptr, row, idx, M, N, mask, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _lin_load(y_ptr, part_ptr, bias_ptr, row, idx, M, N, mask, NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+              rstd=1.0, LAZY: tl.constexpr = False):
     """Element idx of row `row` of a linear's output, as float32: from y (NSPLIT = 0), or the sum of NSPLIT split-K
-    partials (S, M, N) + bias, rounded to y's dtype (what F.linear would have stored)."""
+    partials (S, M, N) (times `rstd` with LAZY: `splitk_norm_linear`'s unscaled partials) + bias, rounded to y's
+    dtype (what F.linear would have stored)."""
     if NSPLIT == 0:
         v = tl.load(y_ptr + row * N + idx, mask=mask, other=0.0).to(tl.float32)
     else:
         v = tl.zeros(idx.shape, dtype=tl.float32)
         for s in tl.static_range(NSPLIT):
             v += tl.load(part_ptr + (s * M + row) * N + idx, mask=mask, other=0.0)
+        if LAZY:
+            v = v * rstd
         if HAS_BIAS:
             v += tl.load(bias_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         v = v.to(y_ptr.dtype.element_ty).to(tl.float32)
@@ -272,6 +290,73 @@ def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return Partials(part=part, bias=bias, dtype=x.dtype)
 
 
+@triton.jit
+def _splitk_norm_gemv_kernel(h_ptr, y_ptr, nw_ptr, w_ptr, part_ptr, hm_ptr, ss_ptr, N, K, KSPLIT, KS: tl.constexpr,
+                             BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
+    """One row, lazy RMSNorm: part[s, 0, n] = sum over k in slice s of w[n, k] nw[k] hm[k] with hm = h + the KS
+    rows of y (rounded as `_add_rmsnorm_kernel` rounds them), unscaled; the N tile 0 programs also store hm's slice
+    (into hm, not h: every program reads h) and its sum of squares ss[s]. Grid (N / BN, S)."""
+    pid_n = tl.program_id(0)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    s = tl.program_id(1)
+    nmask = offs_n < N
+    k_lo = s * KSPLIT
+    acc = tl.zeros([BN, BK], dtype=tl.float32)
+    sq = tl.zeros([BK], dtype=tl.float32)
+    _gdc(PDL)
+    for k0 in range(k_lo, k_lo + KSPLIT, BK):
+        w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)
+        hv = tl.load(h_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)
+        if KS > 0:
+            d = tl.zeros([BK], dtype=tl.float32)
+            for j in tl.static_range(KS):
+                d += tl.load(y_ptr + j * K + offs_k, mask=kmask, other=0.0).to(tl.float32)
+            hv = (hv + d.to(h_ptr.dtype.element_ty).to(tl.float32)).to(h_ptr.dtype.element_ty).to(tl.float32)
+        x = tl.load(nw_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32) * hv
+        acc += w * x[None, :]
+        if pid_n == 0:
+            tl.store(hm_ptr + offs_k, hv.to(hm_ptr.dtype.element_ty), mask=kmask)
+            sq += hv * hv
+    tl.store(part_ptr + s * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
+    if pid_n == 0:
+        tl.store(ss_ptr + s, tl.sum(sq, axis=0))
+
+
+# Lazy RMSNorm at one row (session 10, NOT MEASURED on a GPU yet; off): the qkv split-K GEMV takes the residual h,
+# the previous layer's expert outputs and the norm weight instead of the normed row (`splitk_norm_linear`), and its
+# consumer (the fused rope + attention) scales the summed partials by rsqrt(mean of squares + eps): no add_rmsnorm
+# launch between the down expert GEMM and qkv. The updated residual goes to a scratch row that the fold reads
+# (TritonOps.norm_linear / linear_norm_route). Not bit-equal to add_rmsnorm + qkv (the normed row is not rounded to
+# bf16 before the GEMV; the sum of squares is per K slice): the teacher-forced check must pass before it ships.
+LAZY_NORM = False
+
+
+def splitk_norm_linear(h: torch.Tensor, y: torch.Tensor | None, ks: int, nweight: torch.Tensor, eps: float,
+                       weight: torch.Tensor, bias: torch.Tensor | None,
+                       config: tuple[int, int, int, int] | None = None) -> tuple[Partials, torch.Tensor]:
+    """One row: what `add_rmsnorm(h, y, ks, nweight, eps)` then `splitk_linear(normed, weight, bias)` give, in one
+    launch and without writing h: returns (Partials of weight @ (nweight * hm), unscaled, with the per-slice sums of
+    squares for the consumer's rsqrt; hm (1, H), the updated residual row)."""
+    if h.shape[0] != 1 or not h.is_contiguous() or (y is not None and (ks < 1 or y.shape != (ks, h.shape[1]))):
+        raise ValueError(f"splitk_norm_linear: one contiguous row and ks rows of y, got h {tuple(h.shape)}, "
+                         f"y {None if y is None else tuple(y.shape)}, ks {ks}")
+    n, kdim = weight.shape
+    if kdim != h.shape[1]:
+        raise ValueError(f"splitk_norm_linear: weight {tuple(weight.shape)} for rows of {h.shape[1]}")
+    bn, bk, splits, warps = config or SPLITK_CONFIG["small"]
+    ksplit = triton.cdiv(triton.cdiv(kdim, splits), bk) * bk
+    splits = triton.cdiv(kdim, ksplit)
+    part = torch.empty((splits, 1, n), dtype=torch.float32, device=h.device)
+    ss = torch.empty((splits,), dtype=torch.float32, device=h.device)
+    hm = torch.empty_like(h)
+    pdl = early_pdl(pdl_launch(1), 1, "splitk_qkv")
+    _splitk_norm_gemv_kernel[(triton.cdiv(n, bn), splits)](
+        h, y if y is not None else h, nweight, weight, part, hm, ss, n, kdim, ksplit,
+        KS=ks if y is not None else 0, BN=bn, BK=bk, PDL=pdl, num_warps=warps, **_pdl_kw(pdl),
+    )
+    return Partials(part=part, bias=bias, dtype=h.dtype, ss=ss, eps=eps, hidden=kdim), hm
+
+
 
 @triton.jit
 def _splitk_mma_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: tl.constexpr, BN: tl.constexpr,
@@ -380,6 +465,7 @@ def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | Partials | None, ks: int,
     rows, hidden = h.shape
     out = torch.empty_like(h)
     parts = delta if isinstance(delta, Partials) else None
+    _plain_partials(parts, "add_rmsnorm")
     if parts is not None and (ks != 1 or parts.shape != (rows, hidden)):
         raise ValueError(f"add_rmsnorm: partials of shape {parts.shape} for h {tuple(h.shape)} (ks {ks})")
     pdl = pdl_launch(rows)
@@ -621,6 +707,7 @@ def rope_kv(
     bsz = qkv.shape[0]
     _, hkv, s_cache, d = kc.shape
     parts = qkv if isinstance(qkv, Partials) else None
+    _plain_partials(parts, "rope_kv")
     dtype = parts.dtype if parts is not None else qkv.dtype
     q = torch.empty((bsz, hq, d), dtype=dtype, device=kc.device)
     pdl = early_pdl(pdl_launch(bsz), bsz, "rope")
@@ -727,14 +814,16 @@ def attn_decode(
 def _rope_attn_decode_kernel(
     qkv_ptr, part_ptr, bias_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, sinks_ptr, out_ptr, scale, HKV, S_CACHE,
     WINDOW, N, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, SLIDING: tl.constexpr,
-    NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+    NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, ss_ptr=None, eps=0.0, HID=1,
+    LAZY: tl.constexpr = False,
 ):
     """`_rope_kv_kernel` and `_attn_decode_kernel` in one launch, one program per (stream, kv head): the rope of the
     group's G query heads stays in registers (rounded to the activations' dtype, as rope_kv stores it), the roped k
     and v are written into the step's cache slot, and after a barrier the program attends over its cache as
     `_attn_decode_kernel` does, on the same values (the query's rotated halves joined back into one [GP, D] tile).
     qkv: the linear's output (rows of N elements) or, with NSPLIT > 0, its split-K partials (S, B, N) + bias (qkv_ptr
-    then only carries the dtype)."""
+    then only carries the dtype); LAZY (one row, `splitk_norm_linear`): the summed partials times
+    rsqrt(sum of the NSPLIT ss / HID + eps)."""
     b = tl.program_id(0)
     kh = tl.program_id(1)
     mp = tl.num_programs(0)
@@ -750,17 +839,26 @@ def _rope_attn_decode_kernel(
     pos = tl.load(pos_ptr)
     c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
     s = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
+    rstd = 1.0
+    if LAZY:
+        tot = 0.0
+        for j in tl.static_range(NSPLIT):
+            tot += tl.load(ss_ptr + j)
+        rstd = tl.rsqrt(tot / HID + eps)
     qh = (kh * G + g) * D
     qm = gm[:, None] & hm[None, :]
-    x1 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, qh[:, None] + half[None, :], mp, N, qm, NSPLIT, HAS_BIAS)
-    x2 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, qh[:, None] + D // 2 + half[None, :], mp, N, qm, NSPLIT, HAS_BIAS)
+    x1 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, qh[:, None] + half[None, :], mp, N, qm, NSPLIT, HAS_BIAS, rstd,
+                   LAZY)
+    x2 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, qh[:, None] + D // 2 + half[None, :], mp, N, qm, NSPLIT, HAS_BIAS,
+                   rstd, LAZY)
     q_lo = (x1 * c[None, :] - x2 * s[None, :]).to(out_ptr.dtype.element_ty)
     q_hi = (x2 * c[None, :] + x1 * s[None, :]).to(out_ptr.dtype.element_ty)
     q = tl.reshape(tl.permute(tl.join(q_lo, q_hi), (0, 2, 1)), (GP, D))  # [lo | hi] per row
     kb = (hq + kh) * D
-    k1 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, kb + half, mp, N, hm, NSPLIT, HAS_BIAS)
-    k2 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, kb + D // 2 + half, mp, N, hm, NSPLIT, HAS_BIAS)
-    v = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, (hq + HKV + kh) * D + d, mp, N, d < D, NSPLIT, HAS_BIAS)
+    k1 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, kb + half, mp, N, hm, NSPLIT, HAS_BIAS, rstd, LAZY)
+    k2 = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, kb + D // 2 + half, mp, N, hm, NSPLIT, HAS_BIAS, rstd, LAZY)
+    v = _lin_load(qkv_ptr, part_ptr, bias_ptr, b, (hq + HKV + kh) * D + d, mp, N, d < D, NSPLIT, HAS_BIAS, rstd,
+                  LAZY)
     if SLIDING:
         slot = pos % WINDOW
     else:
@@ -799,6 +897,9 @@ def rope_attn_decode(
     dtype = parts.dtype if parts is not None else qkv.dtype
     if parts is None and qkv.stride(1) != 1:
         raise ValueError("rope_attn_decode: qkv rows must be unit-stride")
+    lazy = parts is not None and parts.ss is not None
+    if lazy and bsz != 1:
+        raise ValueError(f"rope_attn_decode: lazy-norm partials are one row, got {bsz}")
     out = torch.empty((bsz, hq * d), dtype=dtype, device=kc.device)
     g = hq // hkv
     pdl = early_pdl(pdl_launch(bsz), bsz, "attn")  # o_proj (split-K) follows
@@ -811,6 +912,7 @@ def rope_attn_decode(
         (hq + 2 * hkv) * d if parts is not None else qkv.stride(0), G=g, GP=max(16, _p2(g)), D=d, BS=bs,
         SLIDING=sliding, NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
         HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, num_warps=warps, **extra, **_pdl_kw(pdl),
+        **({"ss_ptr": parts.ss, "eps": parts.eps, "HID": parts.hidden, "LAZY": True} if lazy else {}),
     )
     return out
 
@@ -1066,6 +1168,7 @@ def add_rmsnorm_route(
     rows, hidden = h.shape
     experts = rweight.shape[0]
     parts = delta if isinstance(delta, Partials) else None
+    _plain_partials(parts, "add_rmsnorm_route")
     if parts is not None and parts.shape != (rows, hidden):
         raise ValueError(f"add_rmsnorm_route: partials of shape {parts.shape} for h {tuple(h.shape)}")
     bh = bh or ROUTER_BH
@@ -1118,7 +1221,7 @@ _FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 @triton.jit
 def _splitk_norm_router_kernel(
-    x_ptr, w_ptr, b_ptr, part_ptr, h_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, ss_ptr, rl_ptr, cnt_ptr, topi_ptr,
+    x_ptr, w_ptr, b_ptr, part_ptr, h_ptr, hin_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, ss_ptr, rl_ptr, cnt_ptr, topi_ptr,
     topw_ptr, N, K, KSPLIT, E, eps, S: tl.constexpr, NT: tl.constexpr, NTP: tl.constexpr, FT: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
     BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
@@ -1151,7 +1254,7 @@ def _splitk_norm_router_kernel(
         if HAS_BIAS:
             v += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
         v = v.to(h_ptr.dtype.element_ty).to(tl.float32)
-        xh = tl.load(h_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        xh = tl.load(hin_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)  # the residual before (h, or hm)
         xh = (xh + v).to(h_ptr.dtype.element_ty)
         # Triton loads the old residual tile once per layout it needs (here: the store's, the sum of squares' and
         # the router product's); without this barrier a warp could store the new tile before another warp's load
@@ -1198,23 +1301,27 @@ def _splitk_norm_router_kernel(
 
 def splitk_norm_route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, h: torch.Tensor,
                       nweight: torch.Tensor, eps: float, rweight: torch.Tensor, rbias: torch.Tensor, k: int,
-                      config: tuple[int, int, int, int] | None = None,
+                      config: tuple[int, int, int, int] | None = None, h_in: torch.Tensor | None = None,
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One row: h (1, N) += x (1, K) @ weight (N, K)^T + bias (in place), returns (RMSNorm(h) * nweight, the router's
     top-k ids (1, k) int32 and softmax weights (1, k) float32) from one launch (`_splitk_norm_router_kernel`): what
     add_rmsnorm_route(h, splitk_linear(x, weight, bias), ...) gives, up to the summation order of the RMS and of the
-    router's logits (the router sees w * h * rstd unrounded, not the bf16 normed row)."""
-    return fold_launch(x, weight, bias, h, nweight, eps, rweight, rbias, k, config)[:3]
+    router's logits (the router sees w * h * rstd unrounded, not the bf16 normed row). h_in: the residual before,
+    when it is not h (lazy RMSNorm's scratch row): h = h_in + the linear."""
+    return fold_launch(x, weight, bias, h, nweight, eps, rweight, rbias, k, config, h_in)[:3]
 
 
 def fold_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, h: torch.Tensor,
                 nweight: torch.Tensor, eps: float, rweight: torch.Tensor, rbias: torch.Tensor, k: int,
-                config: tuple[int, int, int, int] | None = None) -> tuple[torch.Tensor, ...]:
+                config: tuple[int, int, int, int] | None = None,
+                h_in: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """`splitk_norm_route`'s launch; returns (normed, topi, topw) and its scratch: the split-K partials (S, 1, N), each
     N tile's sum of squares (NT,) and router partial logits (NT, EP) (scripts/gpu_fold_trace.py checks them)."""
-    if x.shape[0] != 1 or h.shape != (1, weight.shape[0]) or not h.is_contiguous():
+    h_in = h if h_in is None else h_in
+    if (x.shape[0] != 1 or h.shape != (1, weight.shape[0]) or not h.is_contiguous() or h_in.shape != h.shape
+            or not h_in.is_contiguous()):
         raise ValueError(f"splitk_norm_route: one contiguous row, got x {tuple(x.shape)}, h {tuple(h.shape)}, "
-                         f"weight {tuple(weight.shape)}")
+                         f"h_in {tuple(h_in.shape)}, weight {tuple(weight.shape)}")
     n, kdim = weight.shape
     experts = rweight.shape[0]
     bn, bk, splits, warps = config or SPLITK_CONFIG["small"]
@@ -1235,7 +1342,8 @@ def fold_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     block = _p2(n)
     pdl = early_pdl(pdl_launch(1), 1, "splitk_o_proj")
     _splitk_norm_router_kernel[(nt, splits)](
-        x, weight, bias if bias is not None else h, part, h, nweight, out, rweight, rbias, ss, rl, cnt, topi, topw,
+        x, weight, bias if bias is not None else h, part, h, h_in, nweight, out, rweight, rbias, ss, rl, cnt, topi,
+        topw,
         n, kdim, ksplit, experts, eps, S=splits, NT=nt, NTP=ntp, FT=min(ntp, _p2(FOLD_TILES)), BN=bn, BK=bk,
         EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
         num_warps=warps, **_pdl_kw(pdl),

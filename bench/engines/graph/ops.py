@@ -1,12 +1,15 @@
 """The two ops backends of the `graph` decoder: `TorchOps` (reference torch ops; the CPU path) and `TritonOps`
-(bench/engines/graph/kernels.py). Both implement the same seven calls, so the decoder's layer body names no backend:
+(bench/engines/graph/kernels.py). Both implement the same eight calls, so the decoder's layer body names no backend:
 
     add_rmsnorm(h, delta, ks, w, eps) -> normed   h (R, H) += delta summed over ks rows per row (in place),
                                                  returns RMSNorm(h) * w (delta None: norm only)
     route(x, router) -> (topi (T, k) int32/int64, topw (T, k) float32)   router linear, top-k, softmax over k
     norm_route(h, delta, w, eps, router) -> (normed, topi, topw)   add_rmsnorm(h, delta, 1, w, eps), then route
                                                  (TritonOps: one launch for few rows, kernels.add_rmsnorm_route)
-    linear_norm_route(x, wo, bo, h, w, eps, router, partials=False) -> (normed, topi, topw)   norm_route(h,
+    norm_linear(h, delta, ks, w, eps, weight, bias, partials=False, site) -> (y, h_src)   linear(add_rmsnorm(h,
+                                 delta, ks, w, eps), weight, bias), and where the updated residual is (h; with
+                                 TritonOps and LAZY_NORM at one row: one launch, h untouched, a scratch row)
+    linear_norm_route(x, wo, bo, h, w, eps, router, partials=False, h_src=None) -> (normed, topi, topw)   norm_route(h,
                                  linear(x, wo, bo, partials, "o_proj"), w, eps, router): the decoder's o_proj and
                                  what follows it; TritonOps at one row with FOLD_NORM_ROUTER and partials: one
                                  launch (kernels.splitk_norm_route), else exactly those two calls
@@ -114,9 +117,16 @@ class TorchOps:
         return (normed, *self.route(normed, router))
 
     def linear_norm_route(self, x: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor | None, h: torch.Tensor,
-                          w: torch.Tensor, eps: float, router: Router,
-                          partials: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          w: torch.Tensor, eps: float, router: Router, partials: bool = False,
+                          h_src: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if h_src is not None and h_src is not h:
+            h.copy_(h_src)
         return self.norm_route(h, self.linear(x, wo, bo, partials, "o_proj"), w, eps, router)
+
+    def norm_linear(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor, eps: float,
+                    weight: torch.Tensor, bias: torch.Tensor | None, partials: bool = False,
+                    site: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        return self.linear(self.add_rmsnorm(h, delta, ks, w, eps), weight, bias, partials, site), h
 
     def route(self, x: torch.Tensor, router: Router) -> tuple[torch.Tensor, torch.Tensor]:
         logits = F.linear(x, router.weight, router.bias)
@@ -209,19 +219,37 @@ class TritonOps:
         return (normed, *self.route(normed, router))
 
     def linear_norm_route(self, x: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor | None, h: torch.Tensor,
-                          w: torch.Tensor, eps: float, router: Router,
-                          partials: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          w: torch.Tensor, eps: float, router: Router, partials: bool = False,
+                          h_src: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """o_proj, residual, norm and router: one launch (kernels.splitk_norm_route) where o_proj would be the
         one-row split-K GEMV and the norm + router its fused kernel and FOLD_NORM_ROUTER is on; else `linear`
-        (partials) then `norm_route`."""
+        (partials) then `norm_route`. h_src: the residual before, where `norm_linear` left it outside h."""
         k = self.k
+        h_src = h if h_src is None else h_src
         if (partials and k.FOLD_NORM_ROUTER and k.FUSE_NORM_ROUTER and self.splitk and self.router_split
                 and x.shape[0] == 1 and x.shape[0] <= k.SPLITK_MAX_ROWS and k.NORM_ROUTER_MAX_TOKENS >= 1
                 and wo.shape[0] < 16384 and k.SPLITK_CONFIG.get("small") is not None and x.stride(1) == 1
                 and wo.is_contiguous() and h.is_contiguous() and router.weight.is_contiguous()):
             return k.splitk_norm_route(x, wo, bo, h, w, eps, router.weight, router.bias, router.top_k,
-                                       k.FOLD_CONFIG or k.SPLITK_CONFIG["small"])
+                                       k.FOLD_CONFIG or k.SPLITK_CONFIG["small"], h_in=h_src)
+        if h_src is not h:
+            h.copy_(h_src)
         return self.norm_route(h, self.linear(x, wo, bo, partials, "o_proj"), w, eps, router)
+
+    def norm_linear(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor, eps: float,
+                    weight: torch.Tensor, bias: torch.Tensor | None, partials: bool = False,
+                    site: str = "") -> tuple[torch.Tensor | Partials, torch.Tensor]:
+        """add_rmsnorm then `linear`; with kernels.LAZY_NORM at one row, where the linear is the split-K GEMV and the
+        fused rope + attention its consumer: one launch (kernels.splitk_norm_linear) that leaves h as it was and
+        returns the updated residual as a scratch row, for linear_norm_route's h_src."""
+        k = self.k
+        if (k.LAZY_NORM and partials and self.splitk and h.shape[0] == 1 and k.SPLITK_MAX_ROWS >= 1
+                and k.FUSE_ROPE_ATTN and k.FUSE_ROPE_ATTN_MIN_ROWS <= 1 and weight.shape[0] < 16384
+                and k.SPLITK_CONFIG.get("small") is not None and weight.is_contiguous() and h.is_contiguous()
+                and (delta is None or delta.is_contiguous())):
+            return k.splitk_norm_linear(h, delta.view(ks, -1) if delta is not None else None, ks, w, eps, weight,
+                                        bias, k.SPLITK_CONFIG["small"])
+        return self.linear(self.add_rmsnorm(h, delta, ks, w, eps), weight, bias, partials, site), h
 
     def route(self, x: torch.Tensor, router: Router) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k.router(x, router.weight, router.bias, router.top_k, split=self.router_split)
