@@ -114,6 +114,15 @@ def _pdl_kw(mode: int) -> dict:
     return {"launch_pdl": True} if mode > 0 else {}
 
 
+def _zeros_once(cache: dict, key, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """cache[key], zero-filled on first use: the counts and keys that every launch leaves at zero for the next one
+    (and for CUDA-graph replays); one buffer per key, never freed (a captured graph keeps using it)."""
+    buf = cache.get(key)
+    if buf is None:
+        buf = cache[key] = torch.zeros(shape, dtype=dtype, device=device)
+    return buf
+
+
 @triton.jit
 def _gdc(PDL: tl.constexpr):
     """Wait for the kernel before (all its memory visible); mode 2: then let the next kernel launch."""
@@ -576,18 +585,16 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 # against False): batch 1 k4 -0.6% (E16) / -0.7% (E32), batch 8 k2 -0.4 / -0.3%. False: F.linear / gemv, then
 # torch.argmax and the torch ops (ablation).
 GEMV_GREEDY = True
-_GREEDY_STATE: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+_GREEDY_KEYS: dict[tuple[torch.device, int], torch.Tensor] = {}
+_GREEDY_COUNTS: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
 def _greedy_state(device: torch.device, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The packed keys (one per row, zero between launches) and the count of a greedy launch of up to `rows` rows;
     one pair per (device, row class), never freed (a captured graph keeps using its pair)."""
     size = max(16, _p2(rows))
-    state = _GREEDY_STATE.get((device, size))
-    if state is None:
-        state = _GREEDY_STATE[(device, size)] = (torch.zeros((size,), dtype=torch.uint64, device=device),
-                                                 torch.zeros((1,), dtype=torch.int32, device=device))
-    return state
+    return (_zeros_once(_GREEDY_KEYS, (device, size), (size,), torch.uint64, device),
+            _zeros_once(_GREEDY_COUNTS, (device, size), (1,), torch.int32, device))
 
 
 @triton.jit
@@ -1174,9 +1181,7 @@ def add_rmsnorm_route(
     bh = bh or ROUTER_BH
     tp, ep = max(16, _p2(rows)), max(16, _p2(experts))
     splits = triton.cdiv(hidden, bh)
-    cnt = _COUNTERS.get(h.device)
-    if cnt is None:
-        cnt = _COUNTERS[h.device] = torch.zeros((1,), dtype=torch.int32, device=h.device)
+    cnt = _zeros_once(_COUNTERS, h.device, (1,), torch.int32, h.device)
     out = torch.empty_like(h)
     topi = torch.empty((rows, k), dtype=torch.int32, device=h.device)
     topw = torch.empty((rows, k), dtype=torch.float32, device=h.device)
@@ -1329,9 +1334,7 @@ def fold_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     splits = triton.cdiv(kdim, ksplit)
     nt = triton.cdiv(n, bn)
     ep = max(16, _p2(experts))
-    cnt = _FOLD_COUNTERS.get((h.device, nt))
-    if cnt is None:
-        cnt = _FOLD_COUNTERS[(h.device, nt)] = torch.zeros((nt + 1,), dtype=torch.int32, device=h.device)
+    cnt = _zeros_once(_FOLD_COUNTERS, (h.device, nt), (nt + 1,), torch.int32, h.device)
     part = torch.empty((splits, 1, n), dtype=torch.float32, device=x.device)
     ss = torch.empty((nt,), dtype=torch.float32, device=x.device)
     rl = torch.empty((nt, ep), dtype=torch.float32, device=x.device)
@@ -1496,15 +1499,8 @@ def _moe_kernel(
                 moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha,
                                 limit, offs_n, nmask, N, GATE_UP, BM, BN)
         else:
-            acc = tl.zeros([BM, BN], dtype=tl.float32)
-            for k0 in range(0, K, BK):
-                offs_k = k0 + tl.arange(0, BK)
-                kmask = offs_k < K
-                a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :],
-                            mask=rmask[:, None] & kmask[None, :], other=0.0)
-                b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
-                            mask=kmask[:, None] & nmask[None, :], other=0.0)
-                acc = tl.dot(a, b, acc)
+            acc = _moe_tile_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, 0, K, False, BM, BN,
+                                BK)
             moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                             offs_n, nmask, N, GATE_UP, BM, BN)
 
@@ -1518,16 +1514,8 @@ def _moe_split_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmas
     return (their partial, False)."""
     kchunk = tl.cdiv(tl.cdiv(K, SPLIT), BK) * BK
     k_lo = ks * kchunk
-    k_hi = tl.minimum(K, k_lo + kchunk)
-    acc = tl.zeros([BM, BN], dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BK):
-        offs_k = k0 + tl.arange(0, BK)
-        kmask = offs_k < k_hi
-        a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
-                    other=0.0)
-        b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :], mask=kmask[:, None] & nmask[None, :],
-                    other=0.0)
-        acc = tl.dot(a, b, acc)
+    acc = _moe_tile_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, k_lo,
+                        tl.minimum(K, k_lo + kchunk), False, BM, BN, BK)
     tile_at = part_ptr + tile * (SPLIT * BM * BN) + tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
     tl.store(tile_at + ks * (BM * BN), acc, mask=rmask[:, None])
     tl.debug_barrier()  # every thread's partial precedes the count (release)
@@ -1542,14 +1530,15 @@ def _moe_split_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmas
 
 
 @triton.jit
-def _moe_tile_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, K, CG: tl.constexpr,
+def _moe_tile_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, k_lo, k_hi, CG: tl.constexpr,
                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """One (M tile, N tile) of an expert GEMM, as `_moe_kernel`'s K loop (the same order, so the same bits). CG: the
-    activation rows are read through L2 only (written by other programs of the same launch)."""
+    """One (M tile, N tile) of an expert GEMM over K in [k_lo, k_hi) (the whole K, or one split-K slice), in K order,
+    fp32 accumulation on the tensor cores: the one K loop of every expert-tile path. CG: the activation rows are read
+    through L2 only (written by other programs of the same launch)."""
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    for k0 in range(0, K, BK):
+    for k0 in range(k_lo, k_hi, BK):
         offs_k = k0 + tl.arange(0, BK)
-        kmask = offs_k < K
+        kmask = offs_k < k_hi
         if CG:
             a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
                         other=0.0, cache_modifier=".cg")
@@ -1603,7 +1592,7 @@ def _moe_fused_kernel(
                 pair, rmask = tile_pairs(topi_ptr, 0, end, scan_rows, True, BM)
                 xrow = activation_rows(pair, TOPK, True)
                 acc = _moe_tile_acc(x_ptr, stride_x, xrow, rmask, wg_ptr + e * stride_wge, stride_wgk, offs_n,
-                                    nmask, H, False, BM, BN, BK)
+                                    nmask, 0, H, False, BM, BN, BK)
                 moe_epilogue_at(nb, acc, e, pair, rmask, bg_ptr, rw_ptr, act_ptr, stride_bge, stride_a, alpha, limit,
                                 offs_n, nmask, N2, True, BM, BN)
             tl.debug_barrier()  # every thread's stores of this tile precede the release
@@ -1626,7 +1615,7 @@ def _moe_fused_kernel(
             if end > start:
                 pair, rmask = tile_pairs(topi_ptr, 0, end, scan_rows, True, BM)
                 acc = _moe_tile_acc(act_ptr, stride_a, pair, rmask, wd_ptr + e * stride_wde, stride_wdk, offs_n,
-                                    nmask, INTER, True, BM, BN, BK)
+                                    nmask, 0, INTER, True, BM, BN, BK)
                 moe_epilogue_at(nb, acc, e, pair, rmask, bd_ptr, rw_ptr, out_ptr, stride_bde, stride_o, alpha, limit,
                                 offs_n, nmask, H, False, BM, BN)
             done = tl.atomic_add(sync_ptr + slot, 1, sem="relaxed", scope="gpu")
@@ -1840,9 +1829,7 @@ def _moe_fused(x, gate_up, gate_up_bias, down, down_bias, plan: RoutingPlan, rw,
     hidden, n2 = x.shape[1], gate_up.shape[2]
     inter = n2 // 2
     bn, bk, warps, stages = MOE_FUSED_CONFIG
-    sync = _MOE_SYNC.get(x.device)
-    if sync is None:
-        sync = _MOE_SYNC[x.device] = torch.zeros((_MOE_SYNC_SLOTS,), dtype=torch.int32, device=x.device)
+    sync = _zeros_once(_MOE_SYNC, x.device, (_MOE_SYNC_SLOTS,), torch.int32, x.device)
     ntg, ntd = triton.cdiv(n2, bn), triton.cdiv(hidden, bn)
     rows = plan.grid_rows
     items = rows * (ntg + ntd)
@@ -1928,7 +1915,4 @@ def _split_counters(device: torch.device, gemm: str, tiles: int) -> torch.Tensor
     resets its count), one buffer per device and GEMM."""
     if tiles > _SPLIT_SYNC_TILES:
         raise ValueError(f"moe: {tiles} split-K tiles in one launch, more than {_SPLIT_SYNC_TILES}; use a wider BN")
-    sync = _SPLIT_SYNC.get((device, gemm))
-    if sync is None:
-        sync = _SPLIT_SYNC[(device, gemm)] = torch.zeros((_SPLIT_SYNC_TILES,), dtype=torch.int32, device=device)
-    return sync
+    return _zeros_once(_SPLIT_SYNC, (device, gemm), (_SPLIT_SYNC_TILES,), torch.int32, device)

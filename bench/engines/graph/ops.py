@@ -227,7 +227,7 @@ class TritonOps:
         k = self.k
         h_src = h if h_src is None else h_src
         if (partials and k.FOLD_NORM_ROUTER and k.FUSE_NORM_ROUTER and self.splitk and self.router_split
-                and x.shape[0] == 1 and x.shape[0] <= k.SPLITK_MAX_ROWS and k.NORM_ROUTER_MAX_TOKENS >= 1
+                and x.shape[0] == 1 and k.SPLITK_MAX_ROWS >= 1 and k.NORM_ROUTER_MAX_TOKENS >= 1
                 and wo.shape[0] < 16384 and k.SPLITK_CONFIG.get("small") is not None and x.stride(1) == 1
                 and wo.is_contiguous() and h.is_contiguous() and router.weight.is_contiguous()):
             return k.splitk_norm_route(x, wo, bo, h, w, eps, router.weight, router.bias, router.top_k,
