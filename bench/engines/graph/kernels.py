@@ -337,7 +337,7 @@ def _splitk_norm_gemv_kernel(h_ptr, y_ptr, nw_ptr, w_ptr, part_ptr, hm_ptr, ss_p
 # launch between the down expert GEMM and qkv. The updated residual goes to a scratch row that the fold reads
 # (TritonOps.norm_linear / linear_norm_route). Not bit-equal to add_rmsnorm + qkv (the normed row is not rounded to
 # bf16 before the GEMV; the sum of squares is per K slice): the teacher-forced check must pass before it ships.
-LAZY_NORM = False
+LAZY_NORM = True
 
 
 def splitk_norm_linear(h: torch.Tensor, y: torch.Tensor | None, ks: int, nweight: torch.Tensor, eps: float,
