@@ -324,6 +324,28 @@ def test_shipped_expert_tiles_are_bit_exact_to_main_on_cuda(gk, tokens):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("tokens", [8, 32, 256])
+def test_tensor_core_router_matches_float32_topk_on_cuda(gk, monkeypatch, tokens):
+    """The split router on bf16 tensor cores (ROUTER_TC_BY_TOKENS) at gpt-oss-20b's router shape: torch's top-k of
+    the float32 logits of the bf16 inputs, rounded to bf16 as the linear's output, for every token whose k-th and
+    next logits are two bf16 steps apart; the softmax of the kept logits (to a bf16 step)."""
+    gen = torch.Generator("cuda").manual_seed(tokens)
+    experts, hidden, k = 32, 2880, 4
+    kw = {"device": "cuda", "generator": gen}
+    x = torch.randn(tokens, hidden, **kw).bfloat16()
+    w = (torch.randn(experts, hidden, **kw) * 0.02).bfloat16()
+    b = (torch.randn(experts, **kw) * 0.1).bfloat16()
+    logits = (x.double() @ w.double().T + b.double()).float().bfloat16().float()
+    v, i = torch.topk(logits, k + 1, dim=-1)
+    apart = (v[:, k - 1] - v[:, k]) > 2 * 2.0 ** -7 * v[:, k - 1].abs().clamp(min=0.25)
+    assert apart.sum() >= tokens // 2
+    monkeypatch.setattr(gk, "ROUTER_TC_BY_TOKENS", ((256, 64, 64),))
+    got_i, got_w = gk.router(x, w, b, k)
+    assert torch.equal(got_i.long()[apart], i[apart, :k])
+    # a logit may round to the next bf16 step from another float32 sum: weights within a step's effect
+    torch.testing.assert_close(got_w[apart], torch.softmax(v[apart, :k], dim=-1), rtol=0, atol=1e-2)
+
+
 @pytest.mark.parametrize("rows", [2, 5, 8, 20, 32, 40, 64])
 def test_splitk_mma_linear_matches_f_linear_on_cuda(gk, rows):
     """The tensor-core split-K linear at gpt-oss-20b's qkv (5120 x 2880) and o_proj (2880 x 4096) shapes, with the

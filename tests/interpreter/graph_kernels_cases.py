@@ -91,6 +91,23 @@ def test_triton_split_router_matches_torch_topk(gk):
     assert [gk.router_bh(t) for t in (1, 7, 8, 256, 257)] == [64, 64, 32, 32, gk.ROUTER_BH]
 
 
+@pytest.mark.parametrize("tokens", [8, 40])
+def test_triton_token_tiled_router_matches_torch_topk(gk, monkeypatch, tokens):
+    """The split router with a token-tile grid axis (ROUTER_TC_BY_TOKENS: BT tokens a program; float32 inputs take
+    the ieee dot, bf16 ones the tensor cores, checked on the GPU): torch's top-k and softmax for every token."""
+    gen = torch.Generator().manual_seed(11)
+    experts, hidden, k = 16, 200, 4
+    x = torch.randn(tokens, hidden, generator=gen)
+    w = torch.randn(experts, hidden, generator=gen) * 0.1
+    b = torch.randn(experts, generator=gen)
+    v, i = torch.topk(torch.nn.functional.linear(x, w, b), k, dim=-1)
+    monkeypatch.setattr(gk, "ROUTER_TC_BY_TOKENS", ((4, 32, 16), (256, 64, 16)))
+    assert gk.router_tc(4) == (32, 16) and gk.router_tc(tokens) == (64, 16) and gk.router_tc(257) is None
+    got_i, got_w = gk.router(x, w, b, k)
+    assert torch.equal(got_i.long(), i)
+    torch.testing.assert_close(got_w, torch.softmax(v, dim=-1), rtol=1e-5, atol=1e-6)
+
+
 def test_triton_moe_compact_grid_matches_full_grid(gk):
     """Fewer pairs than experts: one program row per distinct routed expert gives the same outputs and the same
     distinct-expert count as one row per expert (both with the same tiles: MOE_CONFIG_FEW may differ from

@@ -992,19 +992,23 @@ def _router_kernel(
 @triton.jit
 def _router_partial_kernel(
     x_ptr, w_ptr, part_ptr, T, H, E, stride_x, TP: tl.constexpr, EP: tl.constexpr, BH: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, BT: tl.constexpr, TC: tl.constexpr,
 ):
-    """Split-K router logits: program s computes x[:, chunk s] @ w[:, chunk s]^T for every token and expert."""
+    """Split-K router logits: program (s, j) computes x[token tile j, chunk s] @ w[:, chunk s]^T (BT tokens a tile;
+    BT = TP: every token in one program)."""
     s = tl.program_id(0)
     hh = s * BH + tl.arange(0, BH)
     hm = hh < H
-    t = tl.arange(0, TP)
+    t = tl.program_id(1) * BT + tl.arange(0, BT)
     e = tl.arange(0, EP)
     w = tl.load(w_ptr + e[:, None] * H + hh[None, :], mask=(e < E)[:, None] & hm[None, :], other=0.0)
     _gdc(PDL)
     x = tl.load(x_ptr + t[:, None] * stride_x + hh[None, :], mask=(t < T)[:, None] & hm[None, :], other=0.0)
-    # float32 products and sums (exact products of bf16 inputs, as `_router_kernel`); tiny, so no tensor cores needed
-    acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+    if TC:  # bf16 tensor cores: the same exact products, summed in float32 in the MMA's order (ROUTER_TC_BY_TOKENS)
+        acc = tl.dot(x, tl.trans(w), tl.zeros([BT, EP], dtype=tl.float32))
+    else:
+        # float32 products and sums (exact products of bf16 inputs, as `_router_kernel`); tiny, so no tensor cores
+        acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
     tl.store(part_ptr + (s * TP + t[:, None]) * EP + e[None, :], acc)
 
 
@@ -1040,6 +1044,21 @@ ROUTER_BH = 64
 ROUTER_BH_BY_TOKENS: tuple[tuple[int, int], ...] = ((7, 64), (256, 32))
 
 
+# The split router with a token-tile grid axis, on tensor cores for bf16 / fp16 inputs (session 11, candidate, off:
+# empty), by step size: ((max tokens, BH, BT), ...), first match wins; BT tokens a program, BH the slice width. The
+# products are exact either way (bf16 x bf16 in float32); the float32 sums run in the MMA's order, so a near-tie's
+# routing may differ from the float32 (ieee) path's.
+ROUTER_TC_BY_TOKENS: tuple[tuple[int, int, int], ...] = ()
+
+
+def router_tc(tokens: int) -> tuple[int, int] | None:
+    """(BH, BT) of the token-tiled split router at this step size, or None (every token in one program)."""
+    for most, bh, bt in ROUTER_TC_BY_TOKENS:
+        if tokens <= most:
+            return int(bh), int(bt)
+    return None
+
+
 def router_bh(tokens: int) -> int:
     for most, bh in ROUTER_BH_BY_TOKENS:
         if tokens <= most:
@@ -1059,12 +1078,15 @@ def router(
     bh = bh or router_bh(tokens)
     if split and tokens <= ROUTER_SPLIT_MAX_TOKENS and x.stride(1) == 1 and weight.is_contiguous():
         tp, epd = max(16, _p2(tokens)), max(16, ep)
+        tc = router_tc(tokens)
+        bh, bt = (tc[0], min(_p2(max(16, tc[1])), tp)) if tc else (bh, tp)
+        tc = tc is not None and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
         splits = triton.cdiv(hidden, bh)
         part = torch.empty((splits, tp, epd), dtype=torch.float32, device=x.device)
         pdl = pdl_launch(tokens)
-        _router_partial_kernel[(splits,)](
-            x, weight, part, tokens, hidden, experts, x.stride(0), TP=tp, EP=epd, BH=bh, PDL=pdl, num_warps=4,
-            **_pdl_kw(pdl),
+        _router_partial_kernel[(splits, tp // bt)](
+            x, weight, part, tokens, hidden, experts, x.stride(0), TP=tp, EP=epd, BH=bh, PDL=pdl, BT=bt,
+            TC=tc, num_warps=4, **_pdl_kw(pdl),
         )
         _router_topk_kernel[(tokens,)](
             part, x, bias, topi, topw, splits, experts, TP=tp, K=k, KP=_p2(k), EP=epd, SP=_p2(splits), PDL=pdl,
