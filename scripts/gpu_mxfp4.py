@@ -669,7 +669,12 @@ def main() -> int:
                     help="round 7: the Gluon dqa loop vs main's dq (layers, engine E32/E16 b32, accuracy), then stop")
     ap.add_argument("--bf16-picks", default=None,
                     help="picks_bf16.json of scripts/gpu_perf_graph.py: its split-K tile (if any) joins 'after'")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
+                    help="set kernels.NAME (a flag or a tile table, JSON) first (scripts/gpu_ab.py); repeatable")
     args = ap.parse_args()
+    from gpu_ab import set_kernel_tables
+
+    set_kernel_tables(args.set)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     LOG.path = out_dir / "mxfp4.jsonl"

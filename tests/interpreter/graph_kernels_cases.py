@@ -531,14 +531,15 @@ def test_triton_splitk_and_gemv_decode_matches_hf_tokens(gk, lively, monkeypatch
     assert ref.tokens.unique().numel() > 2
     monkeypatch.setitem(gk.GEMV_CONFIG, "small", (16, 64, 4, 2))
     calls = {"gemv": 0, "splitk": 0}
-    for name in calls:
-        real = getattr(gk, {"gemv": "gemv", "splitk": "splitk_linear"}[name])
+    # qkv: splitk_norm_linear with LAZY_NORM (the norm folded in), else splitk_linear
+    for name, fn in (("gemv", "gemv"), ("splitk", "splitk_linear"), ("splitk", "splitk_norm_linear")):
+        real = getattr(gk, fn)
 
         def counted(*a, _real=real, _name=name, **kw):
             calls[_name] += 1
             return _real(*a, **kw)
 
-        monkeypatch.setattr(gk, {"gemv": "gemv", "splitk": "splitk_linear"}[name], counted)
+        monkeypatch.setattr(gk, fn, counted)
     eng = get_engine("graph", {"kernels": "triton", "experts": "triton", "splitk": True, "gemv": True})
     res = eng.generate(model, one, TOKENS)
     assert calls["splitk"] > 0 and calls["gemv"] > 0, calls

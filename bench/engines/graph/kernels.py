@@ -1048,7 +1048,7 @@ ROUTER_BH_BY_TOKENS: tuple[tuple[int, int], ...] = ((7, 64), (256, 32))
 # empty), by step size: ((max tokens, BH, BT), ...), first match wins; BT tokens a program, BH the slice width. The
 # products are exact either way (bf16 x bf16 in float32); the float32 sums run in the MMA's order, so a near-tie's
 # routing may differ from the float32 (ieee) path's.
-ROUTER_TC_BY_TOKENS: tuple[tuple[int, int, int], ...] = ()
+ROUTER_TC_BY_TOKENS: tuple[tuple[int, int, int], ...] = ((32, 64, 32), (256, 128, 64))
 
 
 def router_tc(tokens: int) -> tuple[int, int] | None:
@@ -1075,12 +1075,14 @@ def router(
     topi = torch.empty((tokens, k), dtype=torch.int32, device=x.device)
     topw = torch.empty((tokens, k), dtype=torch.float32, device=x.device)
     ep = _p2(experts)
-    bh = bh or router_bh(tokens)
+    tiles = router_tc(tokens)
+    bh = bh or (tiles[0] if tiles else router_bh(tokens))
     if split and tokens <= ROUTER_SPLIT_MAX_TOKENS and x.stride(1) == 1 and weight.is_contiguous():
         tp, epd = max(16, _p2(tokens)), max(16, ep)
-        tc = router_tc(tokens)
-        bh, bt = (tc[0], min(_p2(max(16, tc[1])), tp)) if tc else (bh, tp)
-        tc = tc is not None and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
+        bt = min(_p2(max(16, tiles[1])), tp) if tiles else tp
+        # tensor cores for 16-bit inputs (not under the interpreter: its bf16 tl.dot returns garbage, triton 3.9)
+        tc = (tiles is not None and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
+              and not _interpreting())
         splits = triton.cdiv(hidden, bh)
         part = torch.empty((splits, tp, epd), dtype=torch.float32, device=x.device)
         pdl = pdl_launch(tokens)
