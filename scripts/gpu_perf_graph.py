@@ -247,7 +247,13 @@ def paired_agreement(graph: torch.Tensor, bf16: torch.Tensor, fp32: torch.Tensor
             "se_sequence": round(se_seq, 4), "z_sequence": round(diff / se_seq, 2) if se_seq else None,
             "ci95_sequence": [round(diff - 1.96 * se_seq, 4), round(diff + 1.96 * se_seq, 4)],
             "pass_point": g.mean().item() >= h.mean().item(),
-            "not_worse_at_95": diff + 1.96 * se_seq >= 0}
+            "not_worse_at_95": diff + 1.96 * se_seq >= 0,
+            # where a gap sits: the first token (from the prefill's logits), the next 7, the rest; sequences in
+            # four blocks of rows (graph, HF bf16 agreement with float32 each)
+            "by_position": {name: [round(g[:, sl].mean().item(), 4), round(h[:, sl].mean().item(), 4)]
+                            for name, sl in (("0", slice(0, 1)), ("1-7", slice(1, 8)), ("8-", slice(8, None)))},
+            "by_row_quarter": [[round(gq.mean().item(), 4), round(hq.mean().item(), 4)]
+                               for gq, hq in zip(g.chunk(4), h.chunk(4), strict=True)] if nseq >= 4 else []}
 
 
 def hf_argmax(model, full: torch.Tensor, sl: slice, chunk: int = 8) -> torch.Tensor:

@@ -324,6 +324,67 @@ def test_shipped_expert_tiles_are_bit_exact_to_main_on_cuda(gk, tokens):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("tokens", [64, 128, 256])
+def test_expert_launch_matches_a_float32_reference_on_cuda(gk, tokens):
+    """kernels.moe at gpt-oss-20b's shapes (E32, top_k 4) against the experts in float32 (bf16 inputs, the
+    activation rounded to bf16 as the kernel stores it), row by row, with skewed routing so that expert 0 gets every
+    token (more rows than a sorted M tile) and a few experts most of the rest: every (token, slot) row within 2%
+    (relative L2)."""
+    from bench.engines.graph.experts import swiglu
+
+    gen = torch.Generator(device="cuda").manual_seed(tokens)
+    experts, hidden, inter, k = 32, 2880, 2880, 4
+    kw = {"device": "cuda", "dtype": torch.bfloat16}
+    gu = torch.randn(experts, hidden, 2 * inter, generator=gen, **kw) * 0.02
+    gub = torch.randn(experts, 2 * inter, generator=gen, **kw) * 0.1
+    dn = torch.randn(experts, inter, hidden, generator=gen, **kw) * 0.02
+    dnb = torch.randn(experts, hidden, generator=gen, **kw) * 0.1
+    x = torch.randn(tokens, hidden, generator=gen, **kw)
+    skew = torch.rand(tokens, experts - 1, generator=gen, device="cuda") * torch.linspace(3, 1, experts - 1,
+                                                                                          device="cuda")
+    topi = torch.cat([torch.zeros(tokens, 1, device="cuda", dtype=torch.long), skew.argsort(-1, descending=True)
+                      [:, : k - 1] + 1], dim=1).to(torch.int32).contiguous()
+    topw = torch.softmax(torch.randn(tokens, k, generator=gen, device="cuda"), -1)
+    got = gk.moe(x, gu, gub, dn, dnb, topi, topw, 1.702, 7.0).float()
+    flat = topi.reshape(-1).long()
+    want = torch.empty_like(got)
+    for e in flat.unique().tolist():
+        pairs = torch.nonzero(flat == e).squeeze(1)
+        act = swiglu(x[pairs // k].float() @ gu[e].float() + gub[e].float(), 1.702, 7.0).bfloat16().float()
+        want[pairs] = (act @ dn[e].float() + dnb[e].float()) * topw.reshape(-1, 1)[pairs]
+    err = (got - want).norm(dim=1) / want.norm(dim=1)
+    bad = torch.nonzero(err > 0.02).squeeze(1)
+    assert bad.numel() == 0, (f"{bad.numel()} of {tokens * k} rows off; experts {flat[bad].unique().tolist()}, "
+                              f"tokens {(bad // k).unique().tolist()[:20]}, worst {err.max().item():.3f}")
+
+
+@pytest.mark.parametrize("rows", [32, 128, 256])
+def test_triton_decode_attention_matches_torch_ops_on_cuda(gk, rows):
+    """TritonOps.decode_attention (the fused rope + attention at these rows, the shipped block per batch) against
+    TorchOps' (rope, cache write, softmax with sinks in torch): the same cache (keys to a rounding) and, row by row, the same output
+    within 2% (relative L2), full cache and sliding ring, at gpt-oss-20b's geometry."""
+    from bench.engines.graph.ops import Geometry, StepState, TorchOps, TritonOps
+
+    gen = torch.Generator(device="cuda").manual_seed(rows)
+    hq, hkv, d, hidden = 64, 8, 64, 2880
+    kw = {"device": "cuda", "dtype": torch.bfloat16}
+    sinks, cos, sin, w, b = attention_inputs(gen)
+    for window, s_cache, pos in ((0, 320, 270), (128, 128, 270)):
+        geom = Geometry(hq=hq, hkv=hkv, head_dim=d, window=window, scale=d ** -0.5)
+        state = StepState(pos=torch.tensor(pos, device="cuda"), cos=cos, sin=sin)
+        kc = torch.randn(rows, hkv, s_cache, d, generator=gen, **kw)
+        vc = torch.randn(rows, hkv, s_cache, d, generator=gen, **kw)
+        kc2, vc2 = kc.clone(), vc.clone()
+        qkv = torch.nn.functional.linear(torch.randn(rows, hidden, generator=gen, **kw), w, b)
+        want = TorchOps().decode_attention(qkv, kc, vc, sinks, window > 0, geom, state).float()
+        got = TritonOps().decode_attention(qkv, kc2, vc2, sinks, window > 0, geom, state).float()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(kc2, kc, rtol=1e-2, atol=1e-2)  # rope in float32 vs in bf16: a rounding apart
+        torch.testing.assert_close(vc2, vc, rtol=0, atol=0)
+        err = ((got - want).view(rows, hq, d).norm(dim=-1) / want.view(rows, hq, d).norm(dim=-1)).amax(dim=1)
+        assert err.max().item() < 0.02, (window, torch.nonzero(err >= 0.02).squeeze(1).tolist()[:20])
+
+
 @pytest.mark.parametrize("tokens", [8, 32, 256])
 def test_tensor_core_router_matches_float32_topk_on_cuda(gk, monkeypatch, tokens):
     """The split router on bf16 tensor cores (ROUTER_TC_BY_TOKENS) at gpt-oss-20b's router shape: torch's top-k of
@@ -519,7 +580,7 @@ def test_greedy_step_replay_gives_the_same_tokens_and_logits(gk):
         gk.GEMV_GREEDY, gk.GEMV_CONFIG["small"] = saved
 
 
-@pytest.mark.parametrize("rows", [16, 64])
+@pytest.mark.parametrize("rows", [16, 64, 256])
 def test_argmax_step_is_torch_argmax_on_cuda(gk, rows):
     """argmax_step on bf16 logits of gpt-oss's vocabulary (201,088): torch.argmax's tokens (a planted exact tie
     across tiles goes to the lower id), out[:, step], step and pos advanced, over two launches."""
