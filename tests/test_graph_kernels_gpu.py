@@ -359,10 +359,11 @@ def test_expert_launch_matches_a_float32_reference_on_cuda(gk, tokens):
 
 
 @pytest.mark.parametrize("rows", [32, 128, 256])
-def test_triton_decode_attention_matches_torch_ops_on_cuda(gk, rows):
+def test_triton_decode_attention_matches_a_float32_reference_on_cuda(gk, rows):
     """TritonOps.decode_attention (the fused rope + attention at these rows, the shipped block per batch) against
-    TorchOps' (rope, cache write, softmax with sinks in torch): the same cache (keys to a rounding) and, row by row,
-    the same output within 2% (relative L2), full cache and sliding ring, at gpt-oss-20b's geometry."""
+    TorchOps' in float32 (rope, cache write, softmax with sinks) on the same bf16 inputs: the same cache (to a bf16
+    rounding) and, for every row and head, the same output within 2% (relative L2), full cache and sliding ring, at
+    gpt-oss-20b's geometry. (A bf16 torch reference is itself ~2% off: its scores and weights round to bf16.)"""
     from bench.engines.graph.ops import Geometry, StepState, TorchOps, TritonOps
 
     gen = torch.Generator(device="cuda").manual_seed(rows)
@@ -371,18 +372,20 @@ def test_triton_decode_attention_matches_torch_ops_on_cuda(gk, rows):
     sinks, cos, sin, w, b = attention_inputs(gen)
     for window, s_cache, pos in ((0, 320, 270), (128, 128, 270)):
         geom = Geometry(hq=hq, hkv=hkv, head_dim=d, window=window, scale=d ** -0.5)
-        state = StepState(pos=torch.tensor(pos, device="cuda"), cos=cos, sin=sin)
+        p = torch.tensor(pos, device="cuda")
         kc = torch.randn(rows, hkv, s_cache, d, generator=gen, **kw)
         vc = torch.randn(rows, hkv, s_cache, d, generator=gen, **kw)
-        kc2, vc2 = kc.clone(), vc.clone()
+        kcf, vcf = kc.float(), vc.float()
         qkv = torch.nn.functional.linear(torch.randn(rows, hidden, generator=gen, **kw), w, b)
-        want = TorchOps().decode_attention(qkv, kc, vc, sinks, window > 0, geom, state).float()
-        got = TritonOps().decode_attention(qkv, kc2, vc2, sinks, window > 0, geom, state).float()
+        want = TorchOps().decode_attention(qkv.float(), kcf, vcf, sinks.float(), window > 0, geom,
+                                           StepState(pos=p, cos=cos.float(), sin=sin.float()))
+        got = TritonOps().decode_attention(qkv, kc, vc, sinks, window > 0, geom, StepState(pos=p, cos=cos, sin=sin))
         torch.cuda.synchronize()
-        torch.testing.assert_close(kc2, kc, rtol=2e-2, atol=5e-2)  # rope in float32 vs in bf16: a rounding apart
-        torch.testing.assert_close(vc2, vc, rtol=0, atol=0)
-        err = ((got - want).view(rows, hq, d).norm(dim=-1) / want.view(rows, hq, d).norm(dim=-1)).amax(dim=1)
-        assert err.max().item() < 0.02, (window, torch.nonzero(err >= 0.02).squeeze(1).tolist()[:20])
+        torch.testing.assert_close(kc.float(), kcf, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(vc.float(), vcf, rtol=0, atol=0)
+        err = (got.float() - want).view(rows, hq, d).norm(dim=-1) / want.view(rows, hq, d).norm(dim=-1)
+        bad = torch.nonzero(err.amax(dim=1) >= 0.02).squeeze(1)
+        assert bad.numel() == 0, (window, bad.tolist()[:20], err.max().item())
 
 
 @pytest.mark.parametrize("tokens", [8, 32, 256])

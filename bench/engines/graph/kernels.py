@@ -510,10 +510,15 @@ def _greedy_tail(key_ptr, cnt_ptr, tok_ptr, out_ptr, step_ptr, pos_ptr, M, strid
     key = tl.atomic_xchg(key_ptr + rows, tl.zeros([BM], dtype=tl.uint64), mask=rmask, sem="acq_rel", scope="gpu")
     tok = (~(key & 0xFFFFFFFF).to(tl.uint32)).to(tl.int64)
     step = tl.load(step_ptr)
+    pos = tl.load(pos_ptr)
     tl.store(tok_ptr + rows, tok, mask=rmask)
     tl.store(out_ptr + rows * stride_out + step, tok, mask=rmask)
+    # every warp loads step; one thread stores step + 1. Without this barrier a warp could read the new step and
+    # write its rows' tokens one column late (session 11: at 256 rows, where each warp holds 32 rows of its own,
+    # whole 32-row blocks of the recorded tokens went wrong from one step on, a different step each run)
+    tl.debug_barrier()
     tl.store(step_ptr, step + 1)
-    tl.store(pos_ptr, tl.load(pos_ptr) + 1)
+    tl.store(pos_ptr, pos + 1)
     tl.store(cnt_ptr, 0)
 
 
