@@ -21,8 +21,11 @@ position) from device memory, so that one decode step can be captured as a CUDA 
   logits; the last tile (a second count) takes the RMS, the logits and the top-k, and writes the normed row. One
   launch where o_proj and `add_rmsnorm_route` took two.
 - `router`: router linear + top-k + softmax over the k logits. Decode (<= ROUTER_SPLIT_MAX_TOKENS tokens): split-K
-  partial logits (one program per slice of the hidden size, all tokens and experts), then one program per token
-  sums the slices in a fixed order and picks the top-k; prefill: one program per token.
+  partial logits (one program per slice of the hidden size and tile of tokens, every expert; bf16 inputs on the
+  tensor cores at the step sizes in ROUTER_TC_BY_TOKENS), then one program per token sums the slices in a fixed
+  order and picks the top-k; prefill: one program per token.
+- `splitk_norm_linear`: the qkv GEMV at one row with the residual add and RMSNorm before it folded in (LAZY_NORM):
+  partials of W (w_ln * h) plus each K slice's sum of squares; `rope_attn_decode` applies the RMS factor.
 - `splitk_linear`: y = x W^T (+ b) for decode steps of <= SPLITK_MAX_ROWS rows (GraphOptions.splitk), as split-K
   fp32 partials (more programs than output tiles, no tensor cores) that the next kernel (`rope_attn_decode` or
   `rope_kv` for qkv, `add_rmsnorm` / `add_rmsnorm_route` for o_proj) sums, biases and rounds: no reduce kernel,
@@ -59,6 +62,10 @@ GEMM let the next kernel launch right after their own wait (PDL mode 2: `SPLITK_
 Greedy decoding's end (`gemv_greedy`, `argmax_step`, GEMV_GREEDY): the vocabulary GEMV (or, past GEMV_MAX_ROWS rows,
 one launch after cuBLAS's logits) takes each row's argmax as an atomic max of packed (value, ~id) keys, and its last
 program writes the tokens and the output column and advances the step and the position (`_greedy_tail`).
+
+A program that loads a value and then stores over it (a residual tile, the step counter) puts a barrier between:
+Triton may load it once per register layout or once per warp, and without the barrier one warp's store can land
+before another warp's load (docs/PERF.md, sessions 10 and 11).
 """
 
 # ruff: noqa: SIM102, SIM108  (Triton JIT code keeps explicit if-blocks on constexpr flags)
@@ -331,12 +338,15 @@ def _splitk_norm_gemv_kernel(h_ptr, y_ptr, nw_ptr, w_ptr, part_ptr, hm_ptr, ss_p
         tl.store(ss_ptr + s, tl.sum(sq, axis=0))
 
 
-# Lazy RMSNorm at one row (session 10, NOT MEASURED on a GPU yet; off): the qkv split-K GEMV takes the residual h,
-# the previous layer's expert outputs and the norm weight instead of the normed row (`splitk_norm_linear`), and its
-# consumer (the fused rope + attention) scales the summed partials by rsqrt(mean of squares + eps): no add_rmsnorm
-# launch between the down expert GEMM and qkv. The updated residual goes to a scratch row that the fold reads
-# (TritonOps.norm_linear / linear_norm_route). Not bit-equal to add_rmsnorm + qkv (the normed row is not rounded to
-# bf16 before the GEMV; the sum of squares is per K slice): the teacher-forced check must pass before it ships.
+# Lazy RMSNorm at one row (built session 10, measured and shipped session 11): the qkv split-K GEMV takes the
+# residual h, the previous layer's expert outputs and the norm weight instead of the normed row
+# (`splitk_norm_linear`), and its consumer (the fused rope + attention) scales the summed partials by rsqrt(mean of
+# squares + eps): no add_rmsnorm launch between the down expert GEMM and qkv (147 -> 123 kernels a step). The updated
+# residual goes to a scratch row that the fold reads (TritonOps.norm_linear / linear_norm_route). Not bit-equal to
+# add_rmsnorm + qkv (the normed row is not rounded to bf16 before the GEMV; the sum of squares is per K slice).
+# H200 (docs/PERF.md session 11, same-card --compare): batch 1 E32 k4 2.288 -> 2.243 ms (-2.0%), k2 -1.4%; E16 -1.9 /
+# -1.2%; deterministic; teacher-forced check at batch 1 over 96 sequences 27.42% vs HF bf16 26.69% (pass; off:
+# 26.79 vs 26.11). False: add_rmsnorm then the split-K GEMV (bit-equal to the two-kernel path).
 LAZY_NORM = True
 
 
@@ -1049,10 +1059,13 @@ ROUTER_BH = 64
 ROUTER_BH_BY_TOKENS: tuple[tuple[int, int], ...] = ((7, 64), (256, 32))
 
 
-# The split router with a token-tile grid axis, on tensor cores for bf16 / fp16 inputs (session 11, candidate, off:
-# empty), by step size: ((max tokens, BH, BT), ...), first match wins; BT tokens a program, BH the slice width. The
-# products are exact either way (bf16 x bf16 in float32); the float32 sums run in the MMA's order, so a near-tie's
-# routing may differ from the float32 (ieee) path's.
+# The split router with a token-tile grid axis, on tensor cores for bf16 / fp16 inputs (session 11), by step size:
+# ((max tokens, BH, BT), ...), first match wins; BT tokens a program, BH the slice width; empty: every token in one
+# program, float32 (ieee) products. The products are exact either way (bf16 x bf16 in float32); the float32 sums run
+# in the MMA's order, so a near-tie's routing may differ from the ieee path's. H200 (docs/PERF.md session 11,
+# same-card --compare against the ieee path): E32 8x4 / 8x2 / 32x4 / 256x4 -0.4 / -0.7 / -0.3 / -1.0%, E16 -0.4 /
+# -0.3 / -0.6 / -0.7% (the other tiles tried, BH 32 / 128 at 8-32 tokens and BH 64 with BT 64 / 32 at 256, within
+# 0.4% of these); the teacher-forced check passes at batch 8, 32 and 256 (256 sequences: 27.03% vs HF bf16 26.23%).
 ROUTER_TC_BY_TOKENS: tuple[tuple[int, int, int], ...] = ((32, 64, 32), (256, 128, 64))
 
 
