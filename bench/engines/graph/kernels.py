@@ -348,6 +348,9 @@ def _splitk_norm_gemv_kernel(h_ptr, y_ptr, nw_ptr, w_ptr, part_ptr, hm_ptr, ss_p
 # -1.2%; deterministic; teacher-forced check at batch 1 over 96 sequences 27.42% vs HF bf16 26.69% (pass; off:
 # 26.79 vs 26.11). False: add_rmsnorm then the split-K GEMV (bit-equal to the two-kernel path).
 LAZY_NORM = True
+# The lazy GEMV's (BN, BK, S, num_warps); None: qkv's split-K tile (SPLITK_CONFIG["small"]). Not swept yet: the lazy
+# kernel compiles to 96 registers against the plain GEMV's 79 (offline sm_90), so its best tile may differ.
+LAZY_NORM_CONFIG: tuple[int, int, int, int] | None = None
 
 
 def splitk_norm_linear(h: torch.Tensor, y: torch.Tensor | None, ks: int, nweight: torch.Tensor, eps: float,

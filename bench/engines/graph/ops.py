@@ -248,7 +248,7 @@ class TritonOps:
                 and k.SPLITK_CONFIG.get("small") is not None and weight.is_contiguous() and h.is_contiguous()
                 and (delta is None or delta.is_contiguous())):
             return k.splitk_norm_linear(h, delta.view(ks, -1) if delta is not None else None, ks, w, eps, weight,
-                                        bias, k.SPLITK_CONFIG["small"])
+                                        bias, k.LAZY_NORM_CONFIG or k.SPLITK_CONFIG["small"])
         return self.linear(self.add_rmsnorm(h, delta, ks, w, eps), weight, bias, partials, site), h
 
     def route(self, x: torch.Tensor, router: Router) -> tuple[torch.Tensor, torch.Tensor]:
