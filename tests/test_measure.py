@@ -14,7 +14,7 @@ import transformers
 
 from bench import __version__
 from bench.cli import main
-from bench.measure.bandwidth import measure_bandwidth
+from bench.measure.bandwidth import CPU_COPY_BYTES, measure_bandwidth
 from bench.measure.env import GIT_COMMIT_ENV, fingerprint, git_commit
 from bench.measure.memory import MEMORY_FIELDS, MemoryTracker, rss_bytes
 from bench.measure.nvml import NvmlSampler, NvmlWindow
@@ -23,12 +23,16 @@ from bench.records import PointRecord
 MIB = 2**20
 
 
-def test_cpu_bandwidth_is_positive_and_quick() -> None:
+def test_cpu_bandwidth_is_positive_and_bounded() -> None:
+    """A plausible figure from a bounded amount of work: six copies of CPU_COPY_BYTES (256 MiB). The time bound only
+    guards against a hang: under `make test`'s parallel workers on two cores the probe took up to 7 s where it takes
+    well under one alone, so a tight bound here measured the machine's load, not the probe."""
+    assert CPU_COPY_BYTES <= 256 * MIB
     t0 = time.perf_counter()
     bw = measure_bandwidth("cpu")
     elapsed = time.perf_counter() - t0
     assert 1e8 < bw < 1e13  # bytes/s: somewhere between 0.1 GB/s and 10 TB/s
-    assert elapsed < 5.0
+    assert elapsed < 60.0
 
 
 def _touch(nbytes: int) -> torch.Tensor:
