@@ -121,6 +121,12 @@ def _pdl_kw(mode: int) -> dict:
     return {"launch_pdl": True} if mode > 0 else {}
 
 
+def _k_slices(kdim: int, splits: int, bk: int) -> tuple[int, int]:
+    """A split-K launch's K slices: `splits` asked for, each a multiple of bk wide -> (slice width, slices used)."""
+    ksplit = triton.cdiv(triton.cdiv(kdim, splits), bk) * bk
+    return ksplit, triton.cdiv(kdim, ksplit)
+
+
 def _zeros_once(cache: dict, key, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """cache[key], zero-filled on first use: the counts and keys that every launch leaves at zero for the next one
     (and for CUDA-graph replays); one buffer per key, never freed (a captured graph keeps using it)."""
@@ -295,8 +301,7 @@ def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     m, k = x.shape
     n = weight.shape[0]
     bn, bk, splits, warps = config or SPLITK_CONFIG["small"]
-    ksplit = triton.cdiv(triton.cdiv(k, splits), bk) * bk
-    splits = triton.cdiv(k, ksplit)
+    ksplit, splits = _k_slices(k, splits, bk)
     part = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
     pdl = early_pdl(pdl_launch(m), m, site)
     _splitk_gemv_kernel[(triton.cdiv(n, bn), splits)](
@@ -366,8 +371,7 @@ def splitk_norm_linear(h: torch.Tensor, y: torch.Tensor | None, ks: int, nweight
     if kdim != h.shape[1]:
         raise ValueError(f"splitk_norm_linear: weight {tuple(weight.shape)} for rows of {h.shape[1]}")
     bn, bk, splits, warps = config or SPLITK_CONFIG["small"]
-    ksplit = triton.cdiv(triton.cdiv(kdim, splits), bk) * bk
-    splits = triton.cdiv(kdim, ksplit)
+    ksplit, splits = _k_slices(kdim, splits, bk)
     part = torch.empty((splits, 1, n), dtype=torch.float32, device=h.device)
     ss = torch.empty((splits,), dtype=torch.float32, device=h.device)
     hm = torch.empty_like(h)
@@ -443,8 +447,7 @@ def splitk_mma_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     m, k = x.shape
     n = weight.shape[0]
     bn, bk, splits, warps, stages = config
-    ksplit = triton.cdiv(triton.cdiv(k, splits), bk) * bk
-    splits = triton.cdiv(k, ksplit)
+    ksplit, splits = _k_slices(k, splits, bk)
     part = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
     pdl = pdl_launch(m)
     _splitk_mma_kernel[(triton.cdiv(n, bn), splits)](
@@ -1375,8 +1378,7 @@ def fold_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     n, kdim = weight.shape
     experts = rweight.shape[0]
     bn, bk, splits, warps = config or SPLITK_CONFIG["small"]
-    ksplit = triton.cdiv(triton.cdiv(kdim, splits), bk) * bk
-    splits = triton.cdiv(kdim, ksplit)
+    ksplit, splits = _k_slices(kdim, splits, bk)
     nt = triton.cdiv(n, bn)
     ep = max(16, _p2(experts))
     cnt = _zeros_once(_FOLD_COUNTERS, (h.device, nt), (nt + 1,), torch.int32, h.device)

@@ -173,12 +173,11 @@ class TritonOps:
                partials: bool = False, site: str = "") -> torch.Tensor | Partials:
         """`site` ("qkv", "o_proj") names a split-K launch for kernels.early_pdl and picks the tensor-core split-K
         tile (kernels.SPLITK_MMA_CONFIG) past one row."""
-        small = w.shape[0] < 16384
         rows = x.shape[0]
-        if partials and self.splitk and small and x.stride(1) == 1 and w.is_contiguous():
-            if rows <= self.k.SPLITK_MAX_ROWS and self.k.SPLITK_CONFIG.get("small") is not None:
-                return self.k.splitk_linear(x, w, b, self.k.SPLITK_CONFIG["small"],
-                                            site=f"splitk_{site}" if site else "splitk")
+        if self._splitk_gemv(x, w, partials):
+            return self.k.splitk_linear(x, w, b, self.k.SPLITK_CONFIG["small"],
+                                        site=f"splitk_{site}" if site else "splitk")
+        if partials and self.splitk and w.shape[0] < 16384 and x.stride(1) == 1 and w.is_contiguous():
             cfg = self.k.splitk_mma_config(rows, site)
             if cfg is not None:  # 2..SPLITK_MMA_MAX_ROWS rows: tensor-core split-K (None: cuBLAS for this class)
                 return self.k.splitk_mma_linear(x, w, b, cfg)
@@ -187,6 +186,13 @@ class TritonOps:
             if cfg is not None:  # None: cuBLAS measured faster for this weight class
                 return self.k.gemv(x, w, b, cfg)
         return F.linear(x, w, b)
+
+    def _splitk_gemv(self, x: torch.Tensor, w: torch.Tensor, partials: bool) -> bool:
+        """Whether `linear` takes the CUDA-core split-K GEMV (kernels.splitk_linear, <= SPLITK_MAX_ROWS rows), on
+        which the one-row folds (`norm_linear`, `linear_norm_route`) build."""
+        k = self.k
+        return (partials and self.splitk and w.shape[0] < 16384 and x.stride(1) == 1 and w.is_contiguous()
+                and x.shape[0] <= k.SPLITK_MAX_ROWS and k.SPLITK_CONFIG.get("small") is not None)
 
     def greedy_step(self, x: torch.Tensor, w: torch.Tensor, logits: torch.Tensor | None, tok: torch.Tensor,
                     out: torch.Tensor, step: torch.Tensor, pos: torch.Tensor) -> None:
@@ -226,10 +232,9 @@ class TritonOps:
         (partials) then `norm_route`. h_src: the residual before, where `norm_linear` left it outside h."""
         k = self.k
         h_src = h if h_src is None else h_src
-        if (partials and k.FOLD_NORM_ROUTER and k.FUSE_NORM_ROUTER and self.splitk and self.router_split
-                and x.shape[0] == 1 and k.SPLITK_MAX_ROWS >= 1 and k.NORM_ROUTER_MAX_TOKENS >= 1
-                and wo.shape[0] < 16384 and k.SPLITK_CONFIG.get("small") is not None and x.stride(1) == 1
-                and wo.is_contiguous() and h.is_contiguous() and router.weight.is_contiguous()):
+        if (k.FOLD_NORM_ROUTER and k.FUSE_NORM_ROUTER and self.router_split and x.shape[0] == 1
+                and self._splitk_gemv(x, wo, partials) and k.NORM_ROUTER_MAX_TOKENS >= 1 and h.is_contiguous()
+                and router.weight.is_contiguous()):
             return k.splitk_norm_route(x, wo, bo, h, w, eps, router.weight, router.bias, router.top_k,
                                        k.FOLD_CONFIG or k.SPLITK_CONFIG["small"], h_in=h_src)
         if h_src is not h:
@@ -243,10 +248,8 @@ class TritonOps:
         fused rope + attention its consumer: one launch (kernels.splitk_norm_linear) that leaves h as it was and
         returns the updated residual as a scratch row, for linear_norm_route's h_src."""
         k = self.k
-        if (k.LAZY_NORM and partials and self.splitk and h.shape[0] == 1 and k.SPLITK_MAX_ROWS >= 1
-                and k.FUSE_ROPE_ATTN and k.FUSE_ROPE_ATTN_MIN_ROWS <= 1 and weight.shape[0] < 16384
-                and k.SPLITK_CONFIG.get("small") is not None and weight.is_contiguous() and h.is_contiguous()
-                and (delta is None or delta.is_contiguous())):
+        if (k.LAZY_NORM and h.shape[0] == 1 and self._splitk_gemv(h, weight, partials) and k.FUSE_ROPE_ATTN
+                and k.FUSE_ROPE_ATTN_MIN_ROWS <= 1 and h.is_contiguous() and (delta is None or delta.is_contiguous())):
             return k.splitk_norm_linear(h, delta.view(ks, -1) if delta is not None else None, ks, w, eps, weight,
                                         bias, k.LAZY_NORM_CONFIG or k.SPLITK_CONFIG["small"])
         return self.linear(self.add_rmsnorm(h, delta, ks, w, eps), weight, bias, partials, site), h
