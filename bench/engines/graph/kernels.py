@@ -223,6 +223,61 @@ def _splitk_acc(acc, w, x_ptr, offs_k, kmask, mm, M, stride_xm, BM: tl.constexpr
 
 
 @triton.jit
+def _splitk_w_raw(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK: tl.constexpr):
+    """The [BN, BK] weight tile at k0 of slice [k_lo, k_lo + KSPLIT) in the weight's own dtype (held in registers
+    across a PDL wait: half the registers of float32)."""
+    offs_k = k0 + tl.arange(0, BK)
+    kmask = (offs_k < K) & (offs_k < k_lo + KSPLIT)
+    return tl.load(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :], mask=nmask[:, None] & kmask[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _pre_k(k0, k_lo, K, KSPLIT, BK: tl.constexpr):
+    """K offsets and mask of the tile at k0 (as `_splitk_w_tile` gives them)."""
+    offs_k = k0 + tl.arange(0, BK)
+    return offs_k, (offs_k < K) & (offs_k < k_lo + KSPLIT)
+
+
+@triton.jit
+def _pre_load(w_ptr, offs_n, nmask, k_lo, K, KSPLIT, BK: tl.constexpr, PRE: tl.constexpr):
+    """The slice's first PRE (0..4) weight tiles, raw, for a kernel to load before its PDL wait (weights never depend
+    on an earlier kernel, so their loads overlap the kernel before); the tiles past PRE are unused zeros."""
+    w0 = tl.zeros([1], dtype=tl.float32)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if PRE >= 1:
+        w0 = _splitk_w_raw(w_ptr, offs_n, nmask, k_lo, k_lo, K, KSPLIT, BK)
+    if PRE >= 2:
+        w1 = _splitk_w_raw(w_ptr, offs_n, nmask, k_lo + BK, k_lo, K, KSPLIT, BK)
+    if PRE >= 3:
+        w2 = _splitk_w_raw(w_ptr, offs_n, nmask, k_lo + 2 * BK, k_lo, K, KSPLIT, BK)
+    if PRE >= 4:
+        w3 = _splitk_w_raw(w_ptr, offs_n, nmask, k_lo + 3 * BK, k_lo, K, KSPLIT, BK)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _pre_gemv(acc, w0, w1, w2, w3, x_ptr, k_lo, K, KSPLIT, BK: tl.constexpr, PRE: tl.constexpr):
+    """One row: acc += the PRE tiles of `_pre_load` times x, in K order (the same operations, in the same order, as
+    the loop's first PRE steps: the same bits)."""
+    if PRE >= 1:
+        offs_k, kmask = _pre_k(k_lo, k_lo, K, KSPLIT, BK)
+        acc = _splitk_acc(acc, w0.to(tl.float32), x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
+    if PRE >= 2:
+        offs_k, kmask = _pre_k(k_lo + BK, k_lo, K, KSPLIT, BK)
+        acc = _splitk_acc(acc, w1.to(tl.float32), x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
+    if PRE >= 3:
+        offs_k, kmask = _pre_k(k_lo + 2 * BK, k_lo, K, KSPLIT, BK)
+        acc = _splitk_acc(acc, w2.to(tl.float32), x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
+    if PRE >= 4:
+        offs_k, kmask = _pre_k(k_lo + 3 * BK, k_lo, K, KSPLIT, BK)
+        acc = _splitk_acc(acc, w3.to(tl.float32), x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
+    return acc
+
+
+@triton.jit
 def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: tl.constexpr, BN: tl.constexpr,
                         BK: tl.constexpr, PDL: tl.constexpr):
     """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] (fp32, no tensor cores). Grid (N / BN, S)."""
@@ -312,8 +367,28 @@ def splitk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 @triton.jit
+def _lazy_step(acc, sq, w, k0, h_ptr, y_ptr, nw_ptr, hm_ptr, pid_n, k_lo, K, KSPLIT, KS: tl.constexpr,
+               BK: tl.constexpr):
+    """One K step of `_splitk_norm_gemv_kernel`: hm = h + the KS rows of y on the step's K range (rounded as
+    `_add_rmsnorm_kernel` rounds them), acc += w * (nw * hm); N tile 0 also stores hm and adds its squares to sq."""
+    offs_k, kmask = _pre_k(k0, k_lo, K, KSPLIT, BK)
+    hv = tl.load(h_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)
+    if KS > 0:
+        d = tl.zeros([BK], dtype=tl.float32)
+        for j in tl.static_range(KS):
+            d += tl.load(y_ptr + j * K + offs_k, mask=kmask, other=0.0).to(tl.float32)
+        hv = (hv + d.to(h_ptr.dtype.element_ty).to(tl.float32)).to(h_ptr.dtype.element_ty).to(tl.float32)
+    x = tl.load(nw_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32) * hv
+    acc += w * x[None, :]
+    if pid_n == 0:
+        tl.store(hm_ptr + offs_k, hv.to(hm_ptr.dtype.element_ty), mask=kmask)
+        sq += hv * hv
+    return acc, sq
+
+
+@triton.jit
 def _splitk_norm_gemv_kernel(h_ptr, y_ptr, nw_ptr, w_ptr, part_ptr, hm_ptr, ss_ptr, N, K, KSPLIT, KS: tl.constexpr,
-                             BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
+                             BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr, PRE: tl.constexpr = 0):
     """One row, lazy RMSNorm: part[s, 0, n] = sum over k in slice s of w[n, k] nw[k] hm[k] with hm = h + the KS
     rows of y (rounded as `_add_rmsnorm_kernel` rounds them), unscaled; the N tile 0 programs also store hm's slice
     (into hm, not h: every program reads h) and its sum of squares ss[s]. Grid (N / BN, S)."""
@@ -324,20 +399,23 @@ def _splitk_norm_gemv_kernel(h_ptr, y_ptr, nw_ptr, w_ptr, part_ptr, hm_ptr, ss_p
     k_lo = s * KSPLIT
     acc = tl.zeros([BN, BK], dtype=tl.float32)
     sq = tl.zeros([BK], dtype=tl.float32)
+    w0, w1, w2, w3 = _pre_load(w_ptr, offs_n, nmask, k_lo, K, KSPLIT, BK, PRE)
     _gdc(PDL)
-    for k0 in range(k_lo, k_lo + KSPLIT, BK):
-        w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)
-        hv = tl.load(h_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)
-        if KS > 0:
-            d = tl.zeros([BK], dtype=tl.float32)
-            for j in tl.static_range(KS):
-                d += tl.load(y_ptr + j * K + offs_k, mask=kmask, other=0.0).to(tl.float32)
-            hv = (hv + d.to(h_ptr.dtype.element_ty).to(tl.float32)).to(h_ptr.dtype.element_ty).to(tl.float32)
-        x = tl.load(nw_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32) * hv
-        acc += w * x[None, :]
-        if pid_n == 0:
-            tl.store(hm_ptr + offs_k, hv.to(hm_ptr.dtype.element_ty), mask=kmask)
-            sq += hv * hv
+    if PRE >= 1:
+        acc, sq = _lazy_step(acc, sq, w0.to(tl.float32), k_lo, h_ptr, y_ptr, nw_ptr, hm_ptr, pid_n, k_lo, K, KSPLIT,
+                             KS, BK)
+    if PRE >= 2:
+        acc, sq = _lazy_step(acc, sq, w1.to(tl.float32), k_lo + BK, h_ptr, y_ptr, nw_ptr, hm_ptr, pid_n, k_lo, K,
+                             KSPLIT, KS, BK)
+    if PRE >= 3:
+        acc, sq = _lazy_step(acc, sq, w2.to(tl.float32), k_lo + 2 * BK, h_ptr, y_ptr, nw_ptr, hm_ptr, pid_n, k_lo, K,
+                             KSPLIT, KS, BK)
+    if PRE >= 4:
+        acc, sq = _lazy_step(acc, sq, w3.to(tl.float32), k_lo + 3 * BK, h_ptr, y_ptr, nw_ptr, hm_ptr, pid_n, k_lo, K,
+                             KSPLIT, KS, BK)
+    for k0 in range(k_lo + PRE * BK, k_lo + KSPLIT, BK):
+        w = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)[0]
+        acc, sq = _lazy_step(acc, sq, w, k0, h_ptr, y_ptr, nw_ptr, hm_ptr, pid_n, k_lo, K, KSPLIT, KS, BK)
     tl.store(part_ptr + s * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
     if pid_n == 0:
         tl.store(ss_ptr + s, tl.sum(sq, axis=0))
@@ -356,6 +434,17 @@ LAZY_NORM = True
 # The lazy GEMV's (BN, BK, S, num_warps); None: qkv's split-K tile (SPLITK_CONFIG["small"]). Not swept yet: the lazy
 # kernel compiles to 96 registers against the plain GEMV's 79 (offline sm_90), so its best tile may differ.
 LAZY_NORM_CONFIG: tuple[int, int, int, int] | None = None
+# The lazy GEMV's first LAZY_PRE (0..4) weight tiles of each K slice loaded before its PDL wait (`_pre_load`), so
+# that they stream under the down expert GEMM's tail. The same bits as 0.
+LAZY_PRE = 0
+
+
+def _pre_tiles(pre: int) -> int:
+    """The weight tiles a one-row split-K kernel loads before its PDL wait (0..4; without PDL the wait is a no-op and
+    they are the loop's first steps, unpipelined)."""
+    if not 0 <= int(pre) <= 4:
+        raise ValueError(f"pre-wait weight tiles must be 0..4, got {pre}")
+    return int(pre)
 
 
 def splitk_norm_linear(h: torch.Tensor, y: torch.Tensor | None, ks: int, nweight: torch.Tensor, eps: float,
@@ -378,7 +467,8 @@ def splitk_norm_linear(h: torch.Tensor, y: torch.Tensor | None, ks: int, nweight
     pdl = early_pdl(pdl_launch(1), 1, "splitk_qkv")
     _splitk_norm_gemv_kernel[(triton.cdiv(n, bn), splits)](
         h, y if y is not None else h, nweight, weight, part, hm, ss, n, kdim, ksplit,
-        KS=ks if y is not None else 0, BN=bn, BK=bk, PDL=pdl, num_warps=warps, **_pdl_kw(pdl),
+        KS=ks if y is not None else 0, BN=bn, BK=bk, PDL=pdl, PRE=_pre_tiles(LAZY_PRE), num_warps=warps,
+        **_pdl_kw(pdl),
     )
     return Partials(part=part, bias=bias, dtype=h.dtype, ss=ss, eps=eps, hidden=kdim), hm
 
@@ -1269,6 +1359,9 @@ FOLD_TILES = 256
 FOLD_BLOCK = 4096
 # The folded launch's (BN, BK, S, num_warps); None: o_proj's split-K tile (SPLITK_CONFIG["small"]).
 FOLD_CONFIG: tuple[int, int, int, int] | None = None
+# The fold's first FOLD_PRE (0..4) weight tiles of each K slice are loaded before its PDL wait (`_pre_load`): o_proj's
+# weight then streams while decode attention (latency-bound, the DRAM idle) still runs. The same bits as 0.
+FOLD_PRE = 0
 _FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
@@ -1277,7 +1370,7 @@ def _splitk_norm_router_kernel(
     x_ptr, w_ptr, b_ptr, part_ptr, h_ptr, hin_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, ss_ptr, rl_ptr, cnt_ptr, topi_ptr,
     topw_ptr, N, K, KSPLIT, E, eps, S: tl.constexpr, NT: tl.constexpr, NTP: tl.constexpr, FT: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
-    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRE: tl.constexpr = 0,
 ):
     """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
     top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
@@ -1293,8 +1386,10 @@ def _splitk_norm_router_kernel(
     nmask = offs_n < N
     k_lo = s * KSPLIT
     acc = tl.zeros([BN, BK], dtype=tl.float32)
+    w0, w1, w2, w3 = _pre_load(w_ptr, offs_n, nmask, k_lo, K, KSPLIT, BK, PRE)
     _gdc(PDL)
-    for k0 in range(k_lo, k_lo + KSPLIT, BK):
+    acc = _pre_gemv(acc, w0, w1, w2, w3, x_ptr, k_lo, K, KSPLIT, BK, PRE)
+    for k0 in range(k_lo + PRE * BK, k_lo + KSPLIT, BK):
         w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)
         acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
     tl.store(part_ptr + s * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
@@ -1396,7 +1491,7 @@ def fold_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         topw,
         n, kdim, ksplit, experts, eps, S=splits, NT=nt, NTP=ntp, FT=min(ntp, _p2(FOLD_TILES)), BN=bn, BK=bk,
         EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
-        num_warps=warps, **_pdl_kw(pdl),
+        PRE=_pre_tiles(FOLD_PRE), num_warps=warps, **_pdl_kw(pdl),
     )
     return out, topi, topw, part, ss, rl
 
