@@ -1594,12 +1594,26 @@ def moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_b
 
 
 @triton.jit
+def _prefetch_kn_l2(w_e, nb, stride_wk, K, BN: tl.constexpr, ROWS: tl.constexpr):
+    """L2 prefetch (PTX prefetch.global.L2: no registers held, nothing waits for it) of the first ROWS K rows of an
+    expert's [K, N] weight over N tile nb: one instruction a 128-byte line (BN bf16 values a row). CUDA only."""
+    LPR: tl.constexpr = (BN * 2 + 127) // 128  # lines a row
+    rows = tl.arange(0, ROWS)
+    ln = tl.arange(0, LPR)
+    ptrs = (w_e + nb * BN + rows.to(tl.int64)[:, None] * stride_wk + (ln * 64)[None, :])
+    m = (rows < K)[:, None] & (ln < LPR)[None, :]
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }", "=r,l,r",
+        [ptrs, m.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _moe_kernel(
     x_ptr, w_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
     P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit, part_ptr, sync_ptr, NT,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    PDL: tl.constexpr, NB_MAJOR: tl.constexpr, SPLIT: tl.constexpr,
+    PDL: tl.constexpr, NB_MAJOR: tl.constexpr, SPLIT: tl.constexpr, PF: tl.constexpr = 0,
 ):
     # grid (expert rows, N tiles), or (N tiles, expert rows) with NB_MAJOR: then the CTAs launched together
     # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many.
@@ -1621,6 +1635,9 @@ def _moe_kernel(
     # before the wait for gate_up's activations
     e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
     if not GATE_UP:
+        if PF > 0:  # MOE_DOWN_PREFETCH: the tile's first PF weight rows into L2 while gate_up still runs
+            if end > start:
+                _prefetch_kn_l2(w_ptr + e.to(tl.int64) * stride_we, nb, stride_wk, K, BN, PF)
         _gdc(PDL)
     if COUNT:
         if nb == 0:
@@ -2042,10 +2059,41 @@ def moe(
             plan.pairs, n, src.shape[1], src.stride(0), w.stride(0), w.stride(1), bias.stride(0), dst.stride(0),
             alpha, limit, part, sync, nt,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
-            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=early_pdl(pdl, x.shape[0], f"moe_{name}"),
-            NB_MAJOR=nb_major, SPLIT=split, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
+            EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=moe_pdl(pdl, x.shape[0], name, plan.pairs),
+            NB_MAJOR=nb_major, SPLIT=split, PF=_down_prefetch(pdl, x.shape[0], name, plan.pairs),
+            num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
         )
     return out
+
+
+# The one-token gate_up expert GEMM triggers its dependents right after its wait (PDL mode 2: the down GEMM's
+# programs launch while gate_up runs) when it has at most GATE_UP_EARLY_MAX_PAIRS (token, slot) pairs (0: never;
+# "moe_gate_up" in PDL_EARLY_MORE: always). H200 (docs/PERF.md session 11, "gu2", always): batch 1 top_k 2 -0.6% (E32)
+# / -1.0% (E16), top_k 4 +0.9 / +0.6%.
+GATE_UP_EARLY_MAX_PAIRS = 0
+# With gate_up triggering early: the down GEMM's programs prefetch the first MOE_DOWN_PREFETCH K rows of their
+# weight tile into L2 before their wait (`_prefetch_kn_l2`; a power of two, 0 = none), as the MXFP4 down GEMM does
+# (mxfp4_kernels.MXFP4_PDL 2). The same bits either way.
+MOE_DOWN_PREFETCH = 0
+
+
+def moe_pdl(pdl: int, rows: int, gemm: str, pairs: int) -> int:
+    """The PDL mode of an expert GEMM launch ("gate_up" / "down") of a step of `rows` tokens and `pairs` pairs:
+    `early_pdl` at the site, and mode 2 for a one-token gate_up of <= GATE_UP_EARLY_MAX_PAIRS pairs."""
+    mode = early_pdl(pdl, rows, f"moe_{gemm}")
+    if gemm == "gate_up" and mode == 1 and rows <= 1 and pairs <= GATE_UP_EARLY_MAX_PAIRS:
+        return 2
+    return mode
+
+
+def _down_prefetch(pdl: int, rows: int, gemm: str, pairs: int) -> int:
+    """The weight rows a down GEMM launch prefetches into L2 before its wait: MOE_DOWN_PREFETCH when the gate_up
+    launch before it triggers early (mode 2), else 0."""
+    if gemm != "down" or pdl <= 0 or moe_pdl(pdl, rows, "gate_up", pairs) < 2 or MOE_DOWN_PREFETCH <= 0:
+        return 0
+    if MOE_DOWN_PREFETCH & (MOE_DOWN_PREFETCH - 1):
+        raise ValueError(f"MOE_DOWN_PREFETCH must be a power of two, got {MOE_DOWN_PREFETCH}")
+    return int(MOE_DOWN_PREFETCH)
 
 
 _SPLIT_SYNC: dict[tuple[torch.device, str], torch.Tensor] = {}
