@@ -237,3 +237,19 @@ def test_early_pdl_sites_pick_mode_2_only_where_asked(monkeypatch):
     monkeypatch.setattr(gk, "SPLITK_EARLY", True)
     more_rows = gk.SPLITK_MAX_ROWS + 1
     assert (gk.early_pdl(1, 1, "attn"), gk.early_pdl(1, 1, "norm"), gk.early_pdl(1, more_rows, "attn")) == (2, 2, 1)
+
+
+def test_gate_up_triggers_early_only_at_one_token_with_few_pairs(monkeypatch):
+    """kernels.moe_pdl: the one-token gate_up expert GEMM in PDL mode 2 when it has <= GATE_UP_EARLY_MAX_PAIRS pairs
+    (top_k 2 at batch 1), mode 1 with more (top_k 4); the down GEMM as `early_pdl` says; no PDL stays no PDL;
+    multi-token steps keep their own mode; "moe_gate_up" in PDL_EARLY_MORE still means always."""
+    from bench.engines.graph import kernels as gk
+
+    monkeypatch.setattr(gk, "PDL_EARLY_MORE", frozenset({"moe_down"}))
+    monkeypatch.setattr(gk, "GATE_UP_EARLY_MAX_PAIRS", 2)
+    assert [gk.moe_pdl(1, 1, "gate_up", p) for p in (1, 2, 3, 4)] == [2, 2, 1, 1]
+    assert (gk.moe_pdl(1, 1, "down", 2), gk.moe_pdl(0, 1, "gate_up", 2), gk.moe_pdl(2, 8, "gate_up", 16)) == (2, 0, 2)
+    monkeypatch.setattr(gk, "GATE_UP_EARLY_MAX_PAIRS", 0)
+    assert gk.moe_pdl(1, 1, "gate_up", 2) == 1
+    monkeypatch.setattr(gk, "PDL_EARLY_MORE", frozenset({"moe_gate_up"}))
+    assert gk.moe_pdl(1, 1, "gate_up", 4) == 2

@@ -178,6 +178,30 @@ def test_early_splitk_and_one_row_router_replay_gives_the_same_tokens_and_logits
 
 
 
+def test_lazy_pre_and_early_gate_up_replay_gives_the_same_tokens_and_logits(gk):
+    """Batch-1 decode as a CUDA graph with the lazy GEMV's weight tiles loaded before its PDL wait (LAZY_PRE 1 and 4,
+    at every expert row count) and the gate_up expert GEMM triggering the down GEMM early (GATE_UP_EARLY_MAX_PAIRS),
+    against both off: the same tokens and last logits (a kernel that read an earlier kernel's output before its wait
+    would change them)."""
+    from bench.models.loading import load_model
+
+    model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
+    ids = torch.randint(0, model.config.vocab_size, (1, 40), device="cuda",
+                        generator=torch.Generator("cuda").manual_seed(4))
+    saved = (gk.LAZY_PRE, gk.LAZY_PRE_MIN_KS, gk.GATE_UP_EARLY_MAX_PAIRS)
+    out = {}
+    try:
+        for cfg in ((0, 99, 0), (1, 1, 0), (0, 99, 2), (1, 1, 2), (4, 1, 2)):
+            gk.LAZY_PRE, gk.LAZY_PRE_MIN_KS, gk.GATE_UP_EARLY_MAX_PAIRS = cfg
+            out[cfg] = graph_tokens_and_logits(model, ids)
+    finally:
+        gk.LAZY_PRE, gk.LAZY_PRE_MIN_KS, gk.GATE_UP_EARLY_MAX_PAIRS = saved
+    plain = out[(0, 99, 0)]
+    for key, (toks, logits) in out.items():
+        assert torch.equal(toks, plain[0]), key
+        assert torch.equal(logits, plain[1]), key
+
+
 @pytest.mark.parametrize(("experts", "k"), [(32, 4), (16, 2), (16, 4)])
 def test_fold_norm_router_matches_splitk_then_norm_router_on_cuda(gk, experts, k):
     """`splitk_norm_route` (o_proj + residual + RMSNorm + router, one launch) against `splitk_linear` then

@@ -699,35 +699,28 @@ def test_triton_lazy_norm_linear_equals_add_rmsnorm_then_splitk(gk, ks):
 
 
 @pytest.mark.parametrize("pre", [1, 2, 4])
-def test_triton_pre_wait_weight_tiles_give_the_same_bits(gk, monkeypatch, pre):
-    """FOLD_PRE / LAZY_PRE (the first weight tiles of each K slice loaded before the PDL wait, `_pre_load`): the
-    fold's residual, normed row, expert ids and weights, and the lazy GEMV's partials, sums of squares and updated
-    residual, bit for bit as without; slices of 3 tiles and a short last slice (K tails), so PRE can pass a
-    slice's end (its tiles past the slice are masked out)."""
+def test_triton_lazy_pre_wait_weight_tiles_give_the_same_bits(gk, monkeypatch, pre):
+    """LAZY_PRE (the lazy GEMV's first weight tiles of each K slice loaded before its PDL wait, `_pre_load`): the
+    partials, sums of squares and updated residual bit for bit as without, after a down GEMM of >= LAZY_PRE_MIN_KS
+    rows; K slices of 3 tiles and a short last one (K tails), so PRE 4 passes a slice's end (masked out); an
+    out-of-range PRE is refused."""
     gen = torch.Generator().manual_seed(70 + pre)
-    hidden, kdim, cfg = 200, 150, (16, 32, 2, 4)  # K slices of 96 (3 tiles) and 54
-    x, wo, bo = torch.randn(1, kdim, generator=gen), torch.randn(hidden, kdim, generator=gen) * 0.2, None
+    hidden, cfg, ks = 200, (16, 32, 3, 4), 4  # slices of 96 (3 tiles) and a short 8
     h, ln = torch.randn(1, hidden, generator=gen), torch.randn(hidden, generator=gen)
-    rw, rb = torch.randn(16, hidden, generator=gen) * 0.1, torch.randn(16, generator=gen)
-    y = torch.randn(2, hidden, generator=gen)
-    wq, bq = torch.randn(96, hidden, generator=gen) * 0.2, torch.randn(96, generator=gen)
-    lazy_cfg = (16, 32, 3, 4)  # hidden 200: slices of 96 and a short 8
+    y = torch.randn(ks, hidden, generator=gen)
+    w, b = torch.randn(96, hidden, generator=gen) * 0.2, torch.randn(96, generator=gen)
 
     def run():
-        h2 = h.clone()
-        out, topi, topw, part, ss, rl = gk.fold_launch(x, wo, bo, h2, ln, 1e-5, rw, rb, 4, cfg)
-        lz, hm = gk.splitk_norm_linear(h, y, 2, ln, 1e-5, wq, bq, lazy_cfg)
-        return [h2, out, topi, topw, part, ss, rl, lz.part, lz.ss, hm]
+        lz, hm = gk.splitk_norm_linear(h, y, ks, ln, 1e-5, w, b, cfg)
+        return [lz.part, lz.ss, hm]
 
-    monkeypatch.setattr(gk, "FOLD_PRE", 0)
+    monkeypatch.setattr(gk, "LAZY_PRE_MIN_KS", ks)
     monkeypatch.setattr(gk, "LAZY_PRE", 0)
     want = run()
-    monkeypatch.setattr(gk, "FOLD_PRE", pre)
     monkeypatch.setattr(gk, "LAZY_PRE", pre)
-    got = run()
-    for i, (a, b) in enumerate(zip(got, want, strict=True)):
-        assert torch.equal(a, b), i
-    monkeypatch.setattr(gk, "FOLD_PRE", 5)
+    for i, (a, c) in enumerate(zip(run(), want, strict=True)):
+        assert torch.equal(a, c), i
+    monkeypatch.setattr(gk, "LAZY_PRE", 5)
     with pytest.raises(ValueError, match=r"0\.\.4"):
         run()
 

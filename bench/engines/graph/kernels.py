@@ -259,25 +259,6 @@ def _pre_load(w_ptr, offs_n, nmask, k_lo, K, KSPLIT, BK: tl.constexpr, PRE: tl.c
 
 
 @triton.jit
-def _pre_gemv(acc, w0, w1, w2, w3, x_ptr, k_lo, K, KSPLIT, BK: tl.constexpr, PRE: tl.constexpr):
-    """One row: acc += the PRE tiles of `_pre_load` times x, in K order (the same operations, in the same order, as
-    the loop's first PRE steps: the same bits)."""
-    if PRE >= 1:
-        offs_k, kmask = _pre_k(k_lo, k_lo, K, KSPLIT, BK)
-        acc = _splitk_acc(acc, w0.to(tl.float32), x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
-    if PRE >= 2:
-        offs_k, kmask = _pre_k(k_lo + BK, k_lo, K, KSPLIT, BK)
-        acc = _splitk_acc(acc, w1.to(tl.float32), x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
-    if PRE >= 3:
-        offs_k, kmask = _pre_k(k_lo + 2 * BK, k_lo, K, KSPLIT, BK)
-        acc = _splitk_acc(acc, w2.to(tl.float32), x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
-    if PRE >= 4:
-        offs_k, kmask = _pre_k(k_lo + 3 * BK, k_lo, K, KSPLIT, BK)
-        acc = _splitk_acc(acc, w3.to(tl.float32), x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
-    return acc
-
-
-@triton.jit
 def _splitk_gemv_kernel(x_ptr, w_ptr, part_ptr, M, N, K, KSPLIT, stride_xm, BM: tl.constexpr, BN: tl.constexpr,
                         BK: tl.constexpr, PDL: tl.constexpr):
     """part[s, m, n] = sum over k in slice s of x[m, k] w[n, k] (fp32, no tensor cores). Grid (N / BN, S)."""
@@ -434,9 +415,13 @@ LAZY_NORM = True
 # The lazy GEMV's (BN, BK, S, num_warps); None: qkv's split-K tile (SPLITK_CONFIG["small"]). Not swept yet: the lazy
 # kernel compiles to 96 registers against the plain GEMV's 79 (offline sm_90), so its best tile may differ.
 LAZY_NORM_CONFIG: tuple[int, int, int, int] | None = None
-# The lazy GEMV's first LAZY_PRE (0..4) weight tiles of each K slice loaded before its PDL wait (`_pre_load`), so
-# that they stream under the down expert GEMM's tail. The same bits as 0.
-LAZY_PRE = 0
+# The lazy GEMV's first LAZY_PRE (0..4) weight tiles of each K slice are loaded before its PDL wait (`_pre_load`: the
+# down expert GEMM before it triggers early, "moe_down" in PDL_EARLY_MORE), so that they stream under that GEMM's
+# tail; only after a down GEMM of >= LAZY_PRE_MIN_KS rows (the ks expert rows it sums: top_k at one token). The same
+# bits as 0. H200 (docs/PERF.md session 12, same-card --compare): LAZY_PRE 1 at E32 / E16 top_k 4 -0.7 / -0.7%; at
+# top_k 2 0.0 / -0.1% (the lazy GEMV 1.1 us a layer faster, the 90-program down GEMM as much slower).
+LAZY_PRE = 1
+LAZY_PRE_MIN_KS = 3
 
 
 def _pre_tiles(pre: int) -> int:
@@ -467,7 +452,8 @@ def splitk_norm_linear(h: torch.Tensor, y: torch.Tensor | None, ks: int, nweight
     pdl = early_pdl(pdl_launch(1), 1, "splitk_qkv")
     _splitk_norm_gemv_kernel[(triton.cdiv(n, bn), splits)](
         h, y if y is not None else h, nweight, weight, part, hm, ss, n, kdim, ksplit,
-        KS=ks if y is not None else 0, BN=bn, BK=bk, PDL=pdl, PRE=_pre_tiles(LAZY_PRE), num_warps=warps,
+        KS=ks if y is not None else 0, BN=bn, BK=bk, PDL=pdl,
+        PRE=_pre_tiles(LAZY_PRE) if y is not None and ks >= LAZY_PRE_MIN_KS else 0, num_warps=warps,
         **_pdl_kw(pdl),
     )
     return Partials(part=part, bias=bias, dtype=h.dtype, ss=ss, eps=eps, hidden=kdim), hm
@@ -1359,9 +1345,10 @@ FOLD_TILES = 256
 FOLD_BLOCK = 4096
 # The folded launch's (BN, BK, S, num_warps); None: o_proj's split-K tile (SPLITK_CONFIG["small"]).
 FOLD_CONFIG: tuple[int, int, int, int] | None = None
-# The fold's first FOLD_PRE (0..4) weight tiles of each K slice are loaded before its PDL wait (`_pre_load`): o_proj's
-# weight then streams while decode attention (latency-bound, the DRAM idle) still runs. The same bits as 0.
-FOLD_PRE = 0
+# (Session 12 measured the fold loading its first 1 / 2 / 4 weight tiles of each K slice before its PDL wait, so that
+# o_proj's weight streams while decode attention runs: the fold's own time fell by 1.2 / 2.2 / 2.4 us a layer, but
+# attention's rose by 1.3 / 2.5 / 4.7 us (its latency-bound loads queue behind the weight stream), the step +0.1 /
+# +0.4 / +2.6% at E32 k4; docs/PERF.md. Removed.)
 _FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
@@ -1370,7 +1357,7 @@ def _splitk_norm_router_kernel(
     x_ptr, w_ptr, b_ptr, part_ptr, h_ptr, hin_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, ss_ptr, rl_ptr, cnt_ptr, topi_ptr,
     topw_ptr, N, K, KSPLIT, E, eps, S: tl.constexpr, NT: tl.constexpr, NTP: tl.constexpr, FT: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
-    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, PRE: tl.constexpr = 0,
+    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
 ):
     """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
     top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
@@ -1386,10 +1373,8 @@ def _splitk_norm_router_kernel(
     nmask = offs_n < N
     k_lo = s * KSPLIT
     acc = tl.zeros([BN, BK], dtype=tl.float32)
-    w0, w1, w2, w3 = _pre_load(w_ptr, offs_n, nmask, k_lo, K, KSPLIT, BK, PRE)
     _gdc(PDL)
-    acc = _pre_gemv(acc, w0, w1, w2, w3, x_ptr, k_lo, K, KSPLIT, BK, PRE)
-    for k0 in range(k_lo + PRE * BK, k_lo + KSPLIT, BK):
+    for k0 in range(k_lo, k_lo + KSPLIT, BK):
         w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)
         acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
     tl.store(part_ptr + s * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
@@ -1491,7 +1476,7 @@ def fold_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         topw,
         n, kdim, ksplit, experts, eps, S=splits, NT=nt, NTP=ntp, FT=min(ntp, _p2(FOLD_TILES)), BN=bn, BK=bk,
         EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
-        PRE=_pre_tiles(FOLD_PRE), num_warps=warps, **_pdl_kw(pdl),
+        num_warps=warps, **_pdl_kw(pdl),
     )
     return out, topi, topw, part, ss, rl
 
@@ -1594,26 +1579,12 @@ def moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_b
 
 
 @triton.jit
-def _prefetch_kn_l2(w_e, nb, stride_wk, K, BN: tl.constexpr, ROWS: tl.constexpr):
-    """L2 prefetch (PTX prefetch.global.L2: no registers held, nothing waits for it) of the first ROWS K rows of an
-    expert's [K, N] weight over N tile nb: one instruction a 128-byte line (BN bf16 values a row). CUDA only."""
-    LPR: tl.constexpr = (BN * 2 + 127) // 128  # lines a row
-    rows = tl.arange(0, ROWS)
-    ln = tl.arange(0, LPR)
-    ptrs = (w_e + nb * BN + rows.to(tl.int64)[:, None] * stride_wk + (ln * 64)[None, :])
-    m = (rows < K)[:, None] & (ln < LPR)[None, :]
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }", "=r,l,r",
-        [ptrs, m.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _moe_kernel(
     x_ptr, w_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
     P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit, part_ptr, sync_ptr, NT,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    PDL: tl.constexpr, NB_MAJOR: tl.constexpr, SPLIT: tl.constexpr, PF: tl.constexpr = 0,
+    PDL: tl.constexpr, NB_MAJOR: tl.constexpr, SPLIT: tl.constexpr,
 ):
     # grid (expert rows, N tiles), or (N tiles, expert rows) with NB_MAJOR: then the CTAs launched together
     # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many.
@@ -1635,9 +1606,6 @@ def _moe_kernel(
     # before the wait for gate_up's activations
     e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
     if not GATE_UP:
-        if PF > 0:  # MOE_DOWN_PREFETCH: the tile's first PF weight rows into L2 while gate_up still runs
-            if end > start:
-                _prefetch_kn_l2(w_ptr + e.to(tl.int64) * stride_we, nb, stride_wk, K, BN, PF)
         _gdc(PDL)
     if COUNT:
         if nb == 0:
@@ -2060,23 +2028,18 @@ def moe(
             alpha, limit, part, sync, nt,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=moe_pdl(pdl, x.shape[0], name, plan.pairs),
-            NB_MAJOR=nb_major, SPLIT=split, PF=_down_prefetch(pdl, x.shape[0], name, plan.pairs),
-            num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
+            NB_MAJOR=nb_major, SPLIT=split, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
         )
     return out
 
 
 # The one-token gate_up expert GEMM triggers its dependents right after its wait (PDL mode 2: the down GEMM's
 # programs launch while gate_up runs) when it has at most GATE_UP_EARLY_MAX_PAIRS (token, slot) pairs (0: never;
-# "moe_gate_up" in PDL_EARLY_MORE: always). H200 (docs/PERF.md session 11, "gu2", always): batch 1 top_k 2 -0.6% (E32)
-# / -1.0% (E16), top_k 4 +0.9 / +0.6%.
-GATE_UP_EARLY_MAX_PAIRS = 0
-# With gate_up triggering early: the down GEMM's programs prefetch the first MOE_DOWN_PREFETCH K rows of their
-# weight tile into L2 before their wait (`_prefetch_kn_l2`; a power of two, 0 = none), as the MXFP4 down GEMM does
-# (mxfp4_kernels.MXFP4_PDL 2). The same bits either way.
-MOE_DOWN_PREFETCH = 0
-
-
+# "moe_gate_up" in PDL_EARLY_MORE: always). Always (session 11, "gu2"): batch 1 top_k 2 -0.6% (E32) / -1.0% (E16), top_k
+# 4 +0.9 / +0.6%; so only at top_k <= 2. H200 (docs/PERF.md session 12, same-card --compare, the same bits): E32 / E16
+# top_k 2 -1.1 / -1.0%, top_k 4 unchanged. (Its down GEMM prefetching its first 256 / 1,024 weight rows into L2
+# before its wait, as the MXFP4 down GEMM does, was slower: +0.5 / +1.7% at top_k 2. Removed.)
+GATE_UP_EARLY_MAX_PAIRS = 2
 def moe_pdl(pdl: int, rows: int, gemm: str, pairs: int) -> int:
     """The PDL mode of an expert GEMM launch ("gate_up" / "down") of a step of `rows` tokens and `pairs` pairs:
     `early_pdl` at the site, and mode 2 for a one-token gate_up of <= GATE_UP_EARLY_MAX_PAIRS pairs."""
@@ -2084,16 +2047,6 @@ def moe_pdl(pdl: int, rows: int, gemm: str, pairs: int) -> int:
     if gemm == "gate_up" and mode == 1 and rows <= 1 and pairs <= GATE_UP_EARLY_MAX_PAIRS:
         return 2
     return mode
-
-
-def _down_prefetch(pdl: int, rows: int, gemm: str, pairs: int) -> int:
-    """The weight rows a down GEMM launch prefetches into L2 before its wait: MOE_DOWN_PREFETCH when the gate_up
-    launch before it triggers early (mode 2), else 0."""
-    if gemm != "down" or pdl <= 0 or moe_pdl(pdl, rows, "gate_up", pairs) < 2 or MOE_DOWN_PREFETCH <= 0:
-        return 0
-    if MOE_DOWN_PREFETCH & (MOE_DOWN_PREFETCH - 1):
-        raise ValueError(f"MOE_DOWN_PREFETCH must be a power of two, got {MOE_DOWN_PREFETCH}")
-    return int(MOE_DOWN_PREFETCH)
 
 
 _SPLIT_SYNC: dict[tuple[torch.device, str], torch.Tensor] = {}
