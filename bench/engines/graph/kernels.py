@@ -412,15 +412,19 @@ def _splitk_norm_gemv_kernel(h_ptr, y_ptr, nw_ptr, w_ptr, part_ptr, hm_ptr, ss_p
 # -1.2%; deterministic; teacher-forced check at batch 1 over 96 sequences 27.42% vs HF bf16 26.69% (pass; off:
 # 26.79 vs 26.11). False: add_rmsnorm then the split-K GEMV (bit-equal to the two-kernel path).
 LAZY_NORM = True
-# The lazy GEMV's (BN, BK, S, num_warps); None: qkv's split-K tile (SPLITK_CONFIG["small"]). Not swept yet: the lazy
-# kernel compiles to 96 registers against the plain GEMV's 79 (offline sm_90), so its best tile may differ.
-LAZY_NORM_CONFIG: tuple[int, int, int, int] | None = None
+# The lazy GEMV's (BN, BK, S, num_warps); None: qkv's split-K tile (SPLITK_CONFIG["small"], 4 K slices). H200
+# (docs/PERF.md session 12, same-card --compare against None): 2 K slices (640 programs, not 1,280) -0.5 to -0.7% at
+# batch 1 E32 / E16 k4 / k2; (32, 256, 4, 4) +0.1 / +0.5%, (16, 256, 4, 8) +0.6 / +1.0%, (16, 128, 8, 4) +0.1 / +0.3%.
+# Another summation order than qkv's tile (each slice's partial and sum of squares): teacher-forced check at batch 1
+# over 96 sequences 27.37% vs HF bf16 26.27% (pass).
+LAZY_NORM_CONFIG: tuple[int, int, int, int] | None = (16, 256, 2, 4)
 # The lazy GEMV's first LAZY_PRE (0..4) weight tiles of each K slice are loaded before its PDL wait (`_pre_load`: the
 # down expert GEMM before it triggers early, "moe_down" in PDL_EARLY_MORE), so that they stream under that GEMM's
 # tail; only after a down GEMM of >= LAZY_PRE_MIN_KS rows (the ks expert rows it sums: top_k at one token). The same
-# bits as 0. H200 (docs/PERF.md session 12, same-card --compare): LAZY_PRE 1 at E32 / E16 top_k 4 -0.7 / -0.7%; at
-# top_k 2 0.0 / -0.1% (the lazy GEMV 1.1 us a layer faster, the 90-program down GEMM as much slower).
-LAZY_PRE = 1
+# bits as 0. H200 (docs/PERF.md session 12, same-card --compare): LAZY_PRE 1 with qkv's tile at E32 / E16 top_k 4
+# -0.7 / -0.7%; at top_k 2 0.0 / -0.1% (the lazy GEMV 1.1 us a layer faster, the 90-program down GEMM as much
+# slower), hence LAZY_PRE_MIN_KS; LAZY_PRE 2 with LAZY_NORM_CONFIG's 2 slices (6 tiles each) is the shipped pair.
+LAZY_PRE = 2
 LAZY_PRE_MIN_KS = 3
 
 
