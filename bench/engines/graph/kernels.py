@@ -1353,6 +1353,17 @@ FOLD_CONFIG: tuple[int, int, int, int] | None = None
 # o_proj's weight streams while decode attention runs: the fold's own time fell by 1.2 / 2.2 / 2.4 us a layer, but
 # attention's rose by 1.3 / 2.5 / 4.7 us (its latency-bound loads queue behind the weight stream), the step +0.1 /
 # +0.4 / +2.6% at E32 k4; docs/PERF.md. Removed.)
+# The fold loads what its tiles' last programs read besides the split-K partials (the o_proj bias, the residual
+# before, the norm weight, the router bias; the router weight tile too with 1, into L2 only with 2) before its PDL
+# wait, so that no memory round trip for them sits in the serial tail between the GEMV and the top-k. 0: after.
+# The same bits either way. (2's L2 prefetch is PTX: on CUDA only, 1 elsewhere.)
+FOLD_EARLY = 0
+
+
+def _fold_early(mode: int, device: torch.device) -> int:
+    if int(mode) not in (0, 1, 2):
+        raise ValueError(f"FOLD_EARLY must be 0, 1 or 2, got {mode}")
+    return 1 if int(mode) == 2 and (device.type != "cuda" or _interpreting()) else int(mode)
 _FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
@@ -1361,7 +1372,7 @@ def _splitk_norm_router_kernel(
     x_ptr, w_ptr, b_ptr, part_ptr, h_ptr, hin_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, ss_ptr, rl_ptr, cnt_ptr, topi_ptr,
     topw_ptr, N, K, KSPLIT, E, eps, S: tl.constexpr, NT: tl.constexpr, NTP: tl.constexpr, FT: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
-    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr = 0,
 ):
     """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
     top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
@@ -1377,6 +1388,25 @@ def _splitk_norm_router_kernel(
     nmask = offs_n < N
     k_lo = s * KSPLIT
     acc = tl.zeros([BN, BK], dtype=tl.float32)
+    e = tl.arange(0, EP)
+    em = e < E
+    rw_ptrs = rw_ptr + e[:, None] * N + offs_n[None, :]
+    rw_mask = em[:, None] & nmask[None, :]
+    if EARLY == 1:  # FOLD_EARLY 1: the router weight tile in registers; 2: into L2 (a prefetch, no registers)
+        rw = tl.load(rw_ptrs, mask=rw_mask, other=0.0)
+    if EARLY == 2:
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }", "=r,l,r",
+            [rw_ptrs, rw_mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+    if EARLY > 0:  # FOLD_EARLY: what the tile's last program reads besides the partials, loaded before the wait
+        nw = tl.load(nw_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        rb = tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)
+        bv = tl.zeros([BN], dtype=tl.float32)
+        if HAS_BIAS:
+            bv = tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        # the residual before: written two or more kernels back (complete once this kernel runs, see PDL), and by
+        # this launch only in the tile's last program, after every program of the tile has read it here
+        xh0 = tl.load(hin_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
     _gdc(PDL)
     for k0 in range(k_lo, k_lo + KSPLIT, BK):
         w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)
@@ -1388,10 +1418,14 @@ def _splitk_norm_router_kernel(
         v = tl.zeros([BN], dtype=tl.float32)
         for j in tl.static_range(S):
             v += tl.load(part_ptr + j * N + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
-        if HAS_BIAS:
-            v += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        if EARLY > 0:
+            v += bv
+            xh = xh0
+        else:
+            if HAS_BIAS:
+                v += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+            xh = tl.load(hin_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)  # the residual before (h, or hm)
         v = v.to(h_ptr.dtype.element_ty).to(tl.float32)
-        xh = tl.load(hin_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)  # the residual before (h, or hm)
         xh = (xh + v).to(h_ptr.dtype.element_ty)
         # Triton loads the old residual tile once per layout it needs (here: the store's, the sum of squares' and
         # the router product's); without this barrier a warp could store the new tile before another warp's load
@@ -1400,11 +1434,11 @@ def _splitk_norm_router_kernel(
         tl.debug_barrier()
         tl.store(h_ptr + offs_n, xh, mask=nmask)
         xh = xh.to(tl.float32)
-        e = tl.arange(0, EP)
-        em = e < E
-        rw = tl.load(rw_ptr + e[:, None] * N + offs_n[None, :], mask=em[:, None] & nmask[None, :], other=0.0)
-        nw = tl.load(nw_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
-        rb = tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)  # for the last tile, loaded with this round
+        if EARLY != 1:
+            rw = tl.load(rw_ptrs, mask=rw_mask, other=0.0)
+        if EARLY == 0:
+            nw = tl.load(nw_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+            rb = tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)  # for the last tile, loaded with this round
         tl.store(ss_ptr + pid_n, tl.sum(xh * xh, axis=0))
         tl.store(rl_ptr + pid_n * EP + e, tl.sum(rw.to(tl.float32) * (nw * xh)[None, :], axis=1))
         tl.store(cnt_ptr + pid_n, 0)
@@ -1480,7 +1514,7 @@ def fold_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         topw,
         n, kdim, ksplit, experts, eps, S=splits, NT=nt, NTP=ntp, FT=min(ntp, _p2(FOLD_TILES)), BN=bn, BK=bk,
         EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
-        num_warps=warps, **_pdl_kw(pdl),
+        EARLY=_fold_early(FOLD_EARLY, x.device), num_warps=warps, **_pdl_kw(pdl),
     )
     return out, topi, topw, part, ss, rl
 
@@ -1562,10 +1596,15 @@ def moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stri
 
 @triton.jit
 def moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit, offs_n,
-                    nmask, N, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+                    nmask, N, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, bv=0.0, rwv=0.0,
+                    EB: tl.constexpr = False):
     """Bias; gate_up: clamped SwiGLU over interleaved (gate, up) columns; down: routing weight. Store the rows of
-    N tile `nb`."""
-    acc += tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    N tile `nb`. EB: the bias tile `bv` and the rows' routing weights `rwv` were loaded before the K loop
+    (`_moe_kernel` with MOE_EARLY_BIAS), not here after it."""
+    if EB:
+        acc += bv.to(tl.float32)[None, :]
+    else:
+        acc += tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
     if GATE_UP:
         gate, up = tl.split(tl.reshape(acc, (BM, BN // 2, 2)))
         gate = tl.minimum(gate, limit)
@@ -1576,7 +1615,10 @@ def moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_b
         omask = rmask[:, None] & (offs_o < N // 2)[None, :]
         tl.store(out_ptr + pair[:, None] * stride_o + offs_o[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
     else:
-        rw = tl.load(rw_ptr + pair, mask=rmask, other=0.0).to(tl.float32)
+        if EB:
+            rw = rwv.to(tl.float32)
+        else:
+            rw = tl.load(rw_ptr + pair, mask=rmask, other=0.0).to(tl.float32)
         y = acc.to(out_ptr.dtype.element_ty).to(tl.float32) * rw[:, None]
         omask = rmask[:, None] & nmask[None, :]
         tl.store(out_ptr + pair[:, None] * stride_o + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
@@ -1588,7 +1630,7 @@ def _moe_kernel(
     P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit, part_ptr, sync_ptr, NT,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    PDL: tl.constexpr, NB_MAJOR: tl.constexpr, SPLIT: tl.constexpr,
+    PDL: tl.constexpr, NB_MAJOR: tl.constexpr, SPLIT: tl.constexpr, EB: tl.constexpr = False,
 ):
     # grid (expert rows, N tiles), or (N tiles, expert rows) with NB_MAJOR: then the CTAs launched together
     # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many.
@@ -1609,6 +1651,9 @@ def _moe_kernel(
     # the down GEMM's routing was written two kernels back (complete once this kernel runs, see PDL): read it
     # before the wait for gate_up's activations
     e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
+    bv = 0.0
+    if EB:  # the epilogue's bias tile now, not after the K loop (a weight: the down GEMM loads it before its wait)
+        bv = tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask & ((offs_n * 0 + end) > start), other=0.0)
     if not GATE_UP:
         _gdc(PDL)
     if COUNT:
@@ -1623,17 +1668,21 @@ def _moe_kernel(
     for m0 in range(start, end, BM):
         pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
         xrow = activation_rows(pair, TOPK, GATE_UP)
+        rwv = 0.0
+        if EB:
+            if not GATE_UP:  # the routing weights (the fold's, two kernels back) with the bias, before the K loop
+                rwv = tl.load(rw_ptr + pair, mask=rmask, other=0.0)
         if SPLIT > 1:
             acc, last = _moe_split_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, K, ks,
                                        pid * NT + nb, part_ptr, sync_ptr, SPLIT, BM, BN, BK)
             if last:  # the last of the tile's K slices to finish: the summed tile, biased and stored as unsplit
                 moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha,
-                                limit, offs_n, nmask, N, GATE_UP, BM, BN)
+                                limit, offs_n, nmask, N, GATE_UP, BM, BN, bv, rwv, EB)
         else:
             acc = _moe_tile_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, 0, K, False, BM, BN,
                                 BK)
             moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                            offs_n, nmask, N, GATE_UP, BM, BN)
+                            offs_n, nmask, N, GATE_UP, BM, BN, bv, rwv, EB)
 
 
 @triton.jit
@@ -2032,7 +2081,8 @@ def moe(
             alpha, limit, part, sync, nt,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=moe_pdl(pdl, x.shape[0], name, plan.pairs),
-            NB_MAJOR=nb_major, SPLIT=split, num_warps=warps, num_stages=stages, **_pdl_kw(pdl),
+            NB_MAJOR=nb_major, SPLIT=split, EB=bool(MOE_EARLY_BIAS), num_warps=warps, num_stages=stages,
+            **_pdl_kw(pdl),
         )
     return out
 
@@ -2044,6 +2094,12 @@ def moe(
 # top_k 2 -1.1 / -1.0%, top_k 4 unchanged. (Its down GEMM prefetching its first 256 / 1,024 weight rows into L2
 # before its wait, as the MXFP4 down GEMM does, was slower: +0.5 / +1.7% at top_k 2. Removed.)
 GATE_UP_EARLY_MAX_PAIRS = 2
+# The expert GEMMs load their epilogue's bias tile (and the down GEMM its rows' routing weights) before the K loop,
+# the down GEMM before its PDL wait, instead of after the loop, where each program's end waited a memory round
+# trip for them. The same bits either way.
+MOE_EARLY_BIAS = False
+
+
 def moe_pdl(pdl: int, rows: int, gemm: str, pairs: int) -> int:
     """The PDL mode of an expert GEMM launch ("gate_up" / "down") of a step of `rows` tokens and `pairs` pairs:
     `early_pdl` at the site, and mode 2 for a one-token gate_up of <= GATE_UP_EARLY_MAX_PAIRS pairs."""
