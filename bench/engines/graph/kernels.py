@@ -1353,17 +1353,9 @@ FOLD_CONFIG: tuple[int, int, int, int] | None = None
 # o_proj's weight streams while decode attention runs: the fold's own time fell by 1.2 / 2.2 / 2.4 us a layer, but
 # attention's rose by 1.3 / 2.5 / 4.7 us (its latency-bound loads queue behind the weight stream), the step +0.1 /
 # +0.4 / +2.6% at E32 k4; docs/PERF.md. Removed.)
-# The fold loads what its tiles' last programs read besides the split-K partials (the o_proj bias, the residual
-# before, the norm weight, the router bias; the router weight tile too with 1, into L2 only with 2) before its PDL
-# wait, so that no memory round trip for them sits in the serial tail between the GEMV and the top-k. 0: after.
-# The same bits either way. (2's L2 prefetch is PTX: on CUDA only, 1 elsewhere.)
-FOLD_EARLY = 0
-
-
-def _fold_early(mode: int, device: torch.device) -> int:
-    if int(mode) not in (0, 1, 2):
-        raise ValueError(f"FOLD_EARLY must be 0, 1 or 2, got {mode}")
-    return 1 if int(mode) == 2 and (device.type != "cuda" or _interpreting()) else int(mode)
+# (Session 12 measured the fold loading its tail's inputs (o_proj bias, residual, norm and router weights, router
+# bias) before its PDL wait, the router weights in registers or into L2: +1.4 to +2.8% at batch 1, the fold 1.5 us a
+# layer slower (80 -> 96 registers a thread, fewer programs resident). Removed; docs/PERF.md.)
 _FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
@@ -1372,7 +1364,7 @@ def _splitk_norm_router_kernel(
     x_ptr, w_ptr, b_ptr, part_ptr, h_ptr, hin_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, ss_ptr, rl_ptr, cnt_ptr, topi_ptr,
     topw_ptr, N, K, KSPLIT, E, eps, S: tl.constexpr, NT: tl.constexpr, NTP: tl.constexpr, FT: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
-    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr = 0,
+    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
 ):
     """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
     top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
@@ -1388,25 +1380,6 @@ def _splitk_norm_router_kernel(
     nmask = offs_n < N
     k_lo = s * KSPLIT
     acc = tl.zeros([BN, BK], dtype=tl.float32)
-    e = tl.arange(0, EP)
-    em = e < E
-    rw_ptrs = rw_ptr + e[:, None] * N + offs_n[None, :]
-    rw_mask = em[:, None] & nmask[None, :]
-    if EARLY == 1:  # FOLD_EARLY 1: the router weight tile in registers; 2: into L2 (a prefetch, no registers)
-        rw = tl.load(rw_ptrs, mask=rw_mask, other=0.0)
-    if EARLY == 2:
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }", "=r,l,r",
-            [rw_ptrs, rw_mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-    if EARLY > 0:  # FOLD_EARLY: what the tile's last program reads besides the partials, loaded before the wait
-        nw = tl.load(nw_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
-        rb = tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)
-        bv = tl.zeros([BN], dtype=tl.float32)
-        if HAS_BIAS:
-            bv = tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
-        # the residual before: written two or more kernels back (complete once this kernel runs, see PDL), and by
-        # this launch only in the tile's last program, after every program of the tile has read it here
-        xh0 = tl.load(hin_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
     _gdc(PDL)
     for k0 in range(k_lo, k_lo + KSPLIT, BK):
         w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)
@@ -1418,14 +1391,10 @@ def _splitk_norm_router_kernel(
         v = tl.zeros([BN], dtype=tl.float32)
         for j in tl.static_range(S):
             v += tl.load(part_ptr + j * N + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
-        if EARLY > 0:
-            v += bv
-            xh = xh0
-        else:
-            if HAS_BIAS:
-                v += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
-            xh = tl.load(hin_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)  # the residual before (h, or hm)
+        if HAS_BIAS:
+            v += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
         v = v.to(h_ptr.dtype.element_ty).to(tl.float32)
+        xh = tl.load(hin_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)  # the residual before (h, or hm)
         xh = (xh + v).to(h_ptr.dtype.element_ty)
         # Triton loads the old residual tile once per layout it needs (here: the store's, the sum of squares' and
         # the router product's); without this barrier a warp could store the new tile before another warp's load
@@ -1434,11 +1403,11 @@ def _splitk_norm_router_kernel(
         tl.debug_barrier()
         tl.store(h_ptr + offs_n, xh, mask=nmask)
         xh = xh.to(tl.float32)
-        if EARLY != 1:
-            rw = tl.load(rw_ptrs, mask=rw_mask, other=0.0)
-        if EARLY == 0:
-            nw = tl.load(nw_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
-            rb = tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)  # for the last tile, loaded with this round
+        e = tl.arange(0, EP)
+        em = e < E
+        rw = tl.load(rw_ptr + e[:, None] * N + offs_n[None, :], mask=em[:, None] & nmask[None, :], other=0.0)
+        nw = tl.load(nw_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+        rb = tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)  # for the last tile, loaded with this round
         tl.store(ss_ptr + pid_n, tl.sum(xh * xh, axis=0))
         tl.store(rl_ptr + pid_n * EP + e, tl.sum(rw.to(tl.float32) * (nw * xh)[None, :], axis=1))
         tl.store(cnt_ptr + pid_n, 0)
@@ -1514,7 +1483,7 @@ def fold_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         topw,
         n, kdim, ksplit, experts, eps, S=splits, NT=nt, NTP=ntp, FT=min(ntp, _p2(FOLD_TILES)), BN=bn, BK=bk,
         EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
-        EARLY=_fold_early(FOLD_EARLY, x.device), num_warps=warps, **_pdl_kw(pdl),
+        num_warps=warps, **_pdl_kw(pdl),
     )
     return out, topi, topw, part, ss, rl
 
@@ -2096,8 +2065,9 @@ def moe(
 GATE_UP_EARLY_MAX_PAIRS = 2
 # The expert GEMMs load their epilogue's bias tile (and the down GEMM its rows' routing weights) before the K loop,
 # the down GEMM before its PDL wait, instead of after the loop, where each program's end waited a memory round
-# trip for them. The same bits either way.
-MOE_EARLY_BIAS = False
+# trip for them. The same bits either way. H200 (docs/PERF.md session 12, same-card --compare, E32 / E16): batch 1
+# top_k 4 -0.3 / -0.3%, top_k 2 -1.1 / -1.1%, batch 8 -0.5 / -0.5%, batch 32 -0.6 / -0.1%.
+MOE_EARLY_BIAS = True
 
 
 def moe_pdl(pdl: int, rows: int, gemm: str, pairs: int) -> int:
