@@ -26,7 +26,8 @@ named configurations of the kernels module's settings on top of the shipped ones
 interleaved timings on E32 and then pruned, each case's ratio to the first (`compare_main`); --profile adds one eager
 batch-1 step of each under torch.profiler; --timeline one profiled graph replay of each case (`graph_timeline`);
 --exact-repeats R runs each configuration's exactness case R times (determinism: `"sec": "repeat"` records);
---pruned-only skips the E32 model (session 9).
+--pruned-only skips the E32 model (session 9); --weights mxfp4 quantizes the experts first, and names "mx.NAME" set
+mxfp4_kernels' settings (session 12).
 --pruned: each of those options alone and bf7's pick, at 1x4 / 1x2 on E32 and then on the model pruned to --experts
 (16) in the same process: the pruned / E32 ratio per option, to find what made pruned models slower at batch 1
 (`pruned_main`; docs/PERF.md session 7).
@@ -58,6 +59,7 @@ from jsonl_log import JsonlLog
 
 from bench.engines.graph import GraphEngine, GraphOptions
 from bench.engines.graph import kernels as gk
+from bench.engines.graph import mxfp4_kernels as gmx
 
 T0 = time.time()
 OUT = Path(os.environ.get("OUT", "."))
@@ -100,7 +102,8 @@ def run_engine(model, batch: int, k: int, keep_logits: bool = False):
     return res, logits
 
 
-def time_case(model, batch: int, k: int, arch, bandwidth: float, label: str, weights: str = "bf16") -> dict:
+def time_case(model, batch: int, k: int, arch, bandwidth: float, label: str, weights: str = "bf16",
+              roofline: bool | None = None) -> dict:
     from bench.roofline import mean_decode_context, roofline_point
 
     try:
@@ -110,7 +113,7 @@ def time_case(model, batch: int, k: int, arch, bandwidth: float, label: str, wei
         rec = {"sec": "engine", "label": label, "weights": weights, "batch": batch, "top_k": k,
                "ms_step": round(1000 * r.decode_s / (NEW - 1), 4), "tok_s": round(tps, 1),
                "spread_pct": round(100 * (max(x.decode_s for x in res) / r.decode_s - 1), 2)}
-        if weights == "bf16":
+        if weights == "bf16" if roofline is None else roofline:  # arch must be this model's (its weights' widths)
             ceil = roofline_point(arch, batch, k, mean_decode_context(PROMPT, NEW), bandwidth,
                                   distinct=r.distinct_experts).ceiling_tps
             rec["roofline_pct"] = round(100 * tps / ceil, 2)
@@ -672,14 +675,14 @@ PRUNED_CONFIGS = {
 
 
 def timed_rounds(model, arch, bandwidth: float, names: list[str], apply, cases, rounds: int, experts: int,
-                 times: dict) -> None:
+                 times: dict, weights: str = "bf16") -> None:
     """`rounds` interleaved rounds (every other one in reverse order) of each case under each named configuration
     (`apply(name)` sets it): each timing emitted, its ms a step appended to times[(name, experts, batch, top_k)]."""
     for rnd in range(rounds):
         for b, k in cases:
             for name in (names if rnd % 2 == 0 else names[::-1]):
                 apply(name)
-                rec = time_case(model, b, k, arch, bandwidth, name)
+                rec = time_case(model, b, k, arch, bandwidth, name, weights, roofline=True)
                 emit({**rec, "experts": experts, "rnd": rnd})
                 if "ms_step" in rec:
                     times.setdefault((name, experts, b, k), []).append(rec["ms_step"])
@@ -712,14 +715,23 @@ def pruned_main(args, model, bandwidth: float) -> int:
 
 
 SHIPPED = {n: getattr(gk, n) for n in dir(gk) if n.isupper()}  # the kernels module's settings as imported
+SHIPPED_MX = {f"mx.{n}": getattr(gmx, n) for n in dir(gmx) if n.isupper()}  # mxfp4_kernels' ("mx." + name)
 
 
 def compare_apply(cfg: dict) -> None:
-    """The shipped settings, then `cfg`'s (a JSON list stands for a frozenset where the setting is one)."""
-    for n, v in {**SHIPPED, **cfg}.items():
-        if n not in SHIPPED:
-            raise SystemExit(f"--compare: kernels has no setting {n!r}")
-        setattr(gk, n, frozenset(v) if isinstance(SHIPPED[n], frozenset) else v)
+    """The shipped settings, then `cfg`'s: a name of the kernels module, or "mx." + a name of mxfp4_kernels (a JSON
+    list stands for a frozenset or a tuple where the shipped setting is one; a dict's lists become tuples)."""
+    shipped = {**SHIPPED, **SHIPPED_MX}
+    for n, v in {**shipped, **cfg}.items():
+        if n not in shipped:
+            raise SystemExit(f"--compare: kernels has no setting {n!r} (mxfp4_kernels' settings take the prefix 'mx.')")
+        old = shipped[n]
+        if isinstance(old, frozenset | tuple) and isinstance(v, list):
+            v = type(old)(v)
+        elif isinstance(old, dict) and isinstance(v, dict) and v is not old:
+            v = {key: tuple(x) if isinstance(x, list) else x for key, x in v.items()}
+        module, name = (gmx, n[3:]) if n.startswith("mx.") else (gk, n)
+        setattr(module, name, v)
 
 
 def compare_main(args, model, bandwidth: float) -> int:
@@ -763,7 +775,7 @@ def compare_main(args, model, bandwidth: float) -> int:
                       "within_run_same": bool(torch.equal(again[0].tokens, again[-1].tokens)),
                       "logits_max_abs_diff": round((again_logits - logits).abs().max().item(), 5)})
         timed_rounds(model, arch, bandwidth, names, lambda n: compare_apply(configs[n]), cases, args.rounds, experts,
-                     times)
+                     times, args.weights)
         for name in names if args.profile else ():  # one eager batch-1 step per configuration, kernels by family
             compare_apply(configs[name])
             s7_profile(model, f"{name}|E{experts}")
@@ -838,6 +850,8 @@ def main() -> int:
     ap.add_argument("--pruned-only", action="store_true", help="--compare: only the model pruned to --experts")
     ap.add_argument("--exact-repeats", type=int, default=1,
                     help="--compare: run each configuration's exactness case this many times (determinism)")
+    ap.add_argument("--weights", choices=("bf16", "mxfp4"), default="bf16",
+                    help="--compare: the experts' format (mxfp4: quantized on the device after loading)")
     ap.add_argument("--timeline", action="store_true",
                     help="--compare: also one profiled CUDA-graph replay of each configuration and case")
     ap.add_argument("--sweep", action="store_true",
@@ -867,6 +881,10 @@ def main() -> int:
         return sweep_main(args, model, bandwidth)
     if args.compare:
         gk.PDL_MAX_TOKENS = SHIPPED["PDL_MAX_TOKENS"] = PDL_MAX_SHIPPED  # as shipped
+        if args.weights == "mxfp4":  # the experts quantized on the device, as bench does for weights = "mxfp4"
+            from bench.models import mxfp4
+
+            mxfp4.quantize_model(model)
         return compare_main(args, model, bandwidth)
     if args.pruned:
         gk.PDL_MAX_TOKENS = 1  # as shipped
