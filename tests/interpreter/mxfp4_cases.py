@@ -90,6 +90,27 @@ def test_mxfp4_inner_loops_match_the_torch_reference(model, tokens, k, impl, dty
     assert int(cnt) == i.unique().numel()
 
 
+@pytest.mark.parametrize("tokens,k,impl", [(1, 4, "gemv4"), (3, 2, "gemv"), (3, 4, "gemv2"), (5, 4, "mma"),
+                                          (70, 2, "mma")])
+def test_mxfp4_early_bias_gives_the_same_bits(model, tokens, k, impl, monkeypatch):
+    """MXFP4_EARLY_BIAS (the bias tile and the down GEMM's routing weights loaded before the K loop): the outputs of
+    the gemv loops (scan mode) and the mma loop (compact, scan and sorted) bit for bit as with the loads after it."""
+    from bench.engines.graph import mxfp4_kernels as mk
+
+    mod = model.model.layers[0].mlp.experts
+    gen = torch.Generator().manual_seed(40 + tokens)
+    x = torch.randn(tokens, model.config.hidden_size, generator=gen)
+    v, i = torch.topk(torch.randn(tokens, mod.num_experts, generator=gen), k, dim=-1)
+    w = torch.softmax(v, dim=-1)
+    outs = []
+    for early in (False, True):
+        monkeypatch.setattr(mk, "MXFP4_EARLY_BIAS", early)
+        outs.append(mk.moe_mxfp4(x, mod.gate_up_proj_blocks, mod.gate_up_proj_scales, mod.gate_up_proj_bias,
+                                 mod.down_proj_blocks, mod.down_proj_scales, mod.down_proj_bias, i.to(torch.int32), w,
+                                 mod.alpha, mod.limit, impl=impl))
+    assert torch.equal(outs[0], outs[1])
+
+
 @pytest.mark.parametrize("scales", [(100, 150), (0, 171)])
 def test_gemv4_decodes_every_byte_and_scale(scales, monkeypatch):
     """gemv4's integer-multiply decode on random blocks holding every byte value (all 16 codes in both nibbles of

@@ -1557,10 +1557,11 @@ def activation_rows(pair, TOPK: tl.constexpr, GATE_UP: tl.constexpr):
 
 @triton.jit
 def moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit, offs_n, nmask,
-                  N, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+                  N, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, bv=0.0, rwv=0.0,
+                  EB: tl.constexpr = False):
     """`moe_epilogue_at` for N tile tl.program_id(1)."""
     moe_epilogue_at(tl.program_id(1), acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha,
-                    limit, offs_n, nmask, N, GATE_UP, BM, BN)
+                    limit, offs_n, nmask, N, GATE_UP, BM, BN, bv, rwv, EB)
 
 
 @triton.jit

@@ -111,6 +111,7 @@ def _moe_mxfp4_kernel(
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     FAST: tl.constexpr, IMPL: tl.constexpr, PDL: tl.constexpr = 0, DQV: tl.constexpr = 0, BMQ: tl.constexpr = 0,
+    EB: tl.constexpr = False,
 ):
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
@@ -119,6 +120,9 @@ def _moe_mxfp4_kernel(
     if GATE_UP:  # the routing and x come from the kernel right before; mode 2 lets the down GEMM launch now
         _gdc(PDL)
     e, start, end, scan_rows = routed_rows(topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
+    bv = 0.0
+    if EB:  # MXFP4_EARLY_BIAS: the epilogue's bias tile now, not after the K loop (kernels.MOE_EARLY_BIAS)
+        bv = tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask & ((offs_n * 0 + end) > start), other=0.0)
     if not GATE_UP:  # the routing is two kernels old (complete once this kernel runs); the activations are not
         if PDL > 1:
             if end > start:
@@ -131,34 +135,46 @@ def _moe_mxfp4_kernel(
                 tl.atomic_add(cnt_ptr, 1)
     if end > start:
         e64 = e.to(tl.int64)
+        rws = 0.0
+        if EB:
+            if not GATE_UP:  # the scan rows' routing weights (the gemv loops' epilogue), before the K loop
+                rws = tl.load(rw_ptr + scan_rows, mask=mm < end, other=0.0)
         if IMPL == 0 or IMPL == 3:  # gemv (scan mode only; BM >= every expert's row count)
             acc = _gemv_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K,
                              stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST, IMPL == 3)
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                      offs_n, nmask, N, GATE_UP, BM, BN)
+                         offs_n, nmask, N, GATE_UP, BM, BN, bv, rws, EB)
         elif IMPL == 6:  # gemv4: integer-multiply decode, fp32 FMA (scan mode only, like gemv)
             acc = _gemv4_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K, stride_x,
                               offs_n, nmask, TOPK, GATE_UP, BM, BN, BK)
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                         offs_n, nmask, N, GATE_UP, BM, BN)
+                         offs_n, nmask, N, GATE_UP, BM, BN, bv, rws, EB)
         elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
             MT: tl.constexpr = BMQ if BMQ > 0 and BMQ < BM else BM  # M tiles of BMQ rows: slices of scan_rows
             for m0 in range(start, end, MT):
                 pair, rmask = _dq_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM, MT)
                 xrow = activation_rows(pair, TOPK, GATE_UP)
+                rwv = 0.0
+                if EB:
+                    if not GATE_UP:
+                        rwv = tl.load(rw_ptr + pair, mask=rmask, other=0.0)
                 acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K,
                                stride_x, offs_n, nmask, MT, BN, BK, IMPL == 5, DQV)
                 moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                             offs_n, nmask, N, GATE_UP, MT, BN)
+                             offs_n, nmask, N, GATE_UP, MT, BN, bv, rwv, EB)
         else:
             wb_base = wb_ptr + e64 * stride_wbe + offs_n[None, :].to(tl.int64) * (K // 2)
             ws_base = ws_ptr + e64 * stride_wse + offs_n.to(tl.int64) * (K // 32)
             for m0 in range(start, end, BM):
                 pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
+                rwv = 0.0
+                if EB:
+                    if not GATE_UP:
+                        rwv = tl.load(rw_ptr + pair, mask=rmask, other=0.0)
                 acc = _mma_tile(x_ptr, wb_base, ws_base, pair, rmask, K, stride_x, offs_n, nmask, TOPK, GATE_UP,
                                 BM, BN, BK, FAST, IMPL)
                 moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                          offs_n, nmask, N, GATE_UP, BM, BN)
+                             offs_n, nmask, N, GATE_UP, BM, BN, bv, rwv, EB)
 
 
 @triton.jit
@@ -549,6 +565,11 @@ MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512,
 # finishes, before its own wait for the activations. H200 (docs/MXFP4.md round 5), E32 top_k 4 batch 1: 515.8 /
 # 520.6 / 526.2 tok/s with modes 0 / 1 / 2.
 MXFP4_PDL = 2
+# The expert GEMMs load their epilogue's bias tile (the down GEMM also its rows' routing weights) before the K loop,
+# as the bf16 kernel does with kernels.MOE_EARLY_BIAS (there: -0.3 to -1.1%, docs/PERF.md session 12). Off: built
+# and checked bit for bit (tests/interpreter/mxfp4_cases.py), not yet timed on a GPU (`gpu_step_ablation.py --compare
+# ... --weights mxfp4` with {"mx.MXFP4_EARLY_BIAS": true}).
+MXFP4_EARLY_BIAS = False
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}, "pdl": 2}'
 # overrides these tables and MXFP4_PDL (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 TILES_ENV = "MOE_MXFP4_TILES"
@@ -571,6 +592,7 @@ if os.environ.get(TILES_ENV):
     GEMV_IMPL = _tiles.get("gemv_impl", GEMV_IMPL)
     GEMV_MAX_TOKENS = int(_tiles.get("gemv_max_tokens", GEMV_MAX_TOKENS))
     MXFP4_PDL = int(_tiles.get("pdl", MXFP4_PDL))
+    MXFP4_EARLY_BIAS = bool(_tiles.get("early_bias", MXFP4_EARLY_BIAS))
     MXFP4_CONFIG_DQA.update({k: tuple(v) for k, v in _tiles.get("dqa", {}).items()})
     DQA_MIN_TOKENS = int(_tiles.get("dqa_min_tokens", DQA_MIN_TOKENS))
     DQA_MAX_TOKENS = int(_tiles.get("dqa_max_tokens", DQA_MAX_TOKENS))
@@ -700,6 +722,7 @@ def moe_mxfp4(
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], PDL=pdl, DQV=dqv, BMQ=bmq,
+            EB=bool(MXFP4_EARLY_BIAS),
             num_warps=warps, num_stages=stages, **_pdl_kw(pdl), **({"maxnreg": maxnreg} if maxnreg else {}),
         )
     return out
