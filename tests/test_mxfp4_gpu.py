@@ -131,6 +131,29 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypa
     assert int(cnt) == i.unique().numel()
 
 
+@pytest.mark.parametrize("tokens,k,impl", [(1, 4, "gemv4"), (1, 2, "dq"), (40, 4, "dq"), (80, 2, "dq"),
+                                          (32, 4, "dqf")])
+def test_early_bias_gives_the_same_bits_on_cuda(tokens, k, impl, monkeypatch):
+    """MXFP4_EARLY_BIAS (the bias tile and the down GEMM's routing weights loaded before the K loop) on the PTX loops
+    as compiled for the GPU (gemv4 with PDL mode 2 at one token; dq compact, scan and sorted; dqf): the outputs bit for
+    bit as with the loads after the loop (the interpreter cases cover gemv, gemv2, gemv4 and mma)."""
+    from bench.engines.graph import mxfp4_kernels as mk
+
+    ex = _experts((100, 129), seed=tokens)
+    gen = torch.Generator(device="cuda").manual_seed(tokens + 2)
+    x = (torch.randn(tokens, ex.hidden_size, generator=gen, device="cuda") * 2.0 ** -9).to(torch.bfloat16)
+    v, i = torch.topk(torch.randn(tokens, 4, generator=gen, device="cuda"), k, dim=-1)
+    w = torch.softmax(v, dim=-1).to(torch.bfloat16)
+    outs = []
+    for early in (False, True):
+        monkeypatch.setattr(mk, "MXFP4_EARLY_BIAS", early)
+        outs.append(mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
+                                 ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, i.to(torch.int32), w,
+                                 ex.alpha, ex.limit, impl=impl.rstrip("f"), fold=impl == "dqf"))
+    assert not outs[0].isnan().any()
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_ptx_loops_reject_float32_activations():
     from bench.engines.graph import mxfp4_kernels as mk
 
