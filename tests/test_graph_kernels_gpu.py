@@ -180,8 +180,9 @@ def test_early_splitk_and_one_row_router_replay_gives_the_same_tokens_and_logits
 
 def test_early_loads_and_early_gate_up_replay_gives_the_same_tokens_and_logits(gk):
     """Batch-1 decode as a CUDA graph with loads moved ahead of their PDL wait or K loop (the lazy GEMV's weight
-    tiles, LAZY_PRE 1 and 4 at every expert row count; the expert GEMMs' bias and routing weights, MOE_EARLY_BIAS)
-    and the gate_up expert GEMM triggering the down GEMM early
+    tiles, LAZY_PRE 1 and 4 at every expert row count; the expert GEMMs' bias and routing weights, MOE_EARLY_BIAS;
+    the fold's tail inputs right after its K loop, FOLD_TAIL_LOADS) and the gate_up expert GEMM triggering the down
+    GEMM early
     (GATE_UP_EARLY_MAX_PAIRS), against all of them off: the same tokens and last logits (a kernel that read an
     earlier kernel's output before its wait would change them)."""
     from bench.models.loading import load_model
@@ -189,18 +190,19 @@ def test_early_loads_and_early_gate_up_replay_gives_the_same_tokens_and_logits(g
     model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
     ids = torch.randint(0, model.config.vocab_size, (1, 40), device="cuda",
                         generator=torch.Generator("cuda").manual_seed(4))
-    names = ("LAZY_PRE", "LAZY_PRE_MIN_KS", "GATE_UP_EARLY_MAX_PAIRS", "MOE_EARLY_BIAS")
+    names = ("LAZY_PRE", "LAZY_PRE_MIN_KS", "GATE_UP_EARLY_MAX_PAIRS", "MOE_EARLY_BIAS", "FOLD_TAIL_LOADS")
     saved = {n: getattr(gk, n) for n in names}
     out = {}
     try:
-        for cfg in ((0, 99, 0, False), (1, 1, 0, False), (0, 99, 2, False), (0, 99, 0, True), (4, 1, 2, True)):
+        for cfg in ((0, 99, 0, False, False), (1, 1, 0, False, False), (0, 99, 2, False, False),
+                    (0, 99, 0, True, False), (0, 99, 0, False, True), (4, 1, 2, True, True)):
             for n, v in zip(names, cfg, strict=True):
                 setattr(gk, n, v)
             out[cfg] = graph_tokens_and_logits(model, ids)
     finally:
         for n, v in saved.items():
             setattr(gk, n, v)
-    plain = out[(0, 99, 0, False)]
+    plain = out[(0, 99, 0, False, False)]
     for key, (toks, logits) in out.items():
         assert torch.equal(toks, plain[0]), key
         assert torch.equal(logits, plain[1]), key

@@ -745,6 +745,29 @@ def test_triton_moe_early_bias_gives_the_same_bits(gk, monkeypatch):
         assert torch.equal(outs[0], outs[1]), (tokens, k, tiles)
 
 
+def test_triton_fold_tail_loads_give_the_same_bits(gk, monkeypatch):
+    """FOLD_TAIL_LOADS (every fold program issues the tile-last path's loads right after its K loop): the residual,
+    the normed row, the expert ids and weights and the scratch (partials, sums of squares, router partials) bit for
+    bit as with the loads in the tail; with and without the o_proj bias, the residual in place or in a separate row
+    (lazy RMSNorm's scratch)."""
+    gen = torch.Generator().manual_seed(83)
+    hidden, kdim, cfg = 200, 96, (16, 32, 2, 4)
+    for bias, separate in ((True, False), (False, True), (True, True)):
+        x, wo = torch.randn(1, kdim, generator=gen), torch.randn(hidden, kdim, generator=gen) * 0.2
+        bo = torch.randn(hidden, generator=gen) if bias else None
+        h, ln = torch.randn(1, hidden, generator=gen), torch.randn(hidden, generator=gen)
+        h_in = torch.randn(1, hidden, generator=gen) if separate else None
+        rw, rb = torch.randn(12, hidden, generator=gen) * 0.1, torch.randn(12, generator=gen)
+        res = []
+        for tail in (False, True):
+            monkeypatch.setattr(gk, "FOLD_TAIL_LOADS", tail)
+            h2 = h.clone()
+            res.append([h2, *gk.fold_launch(x, wo, bo, h2, ln, 1e-5, rw, rb, 3, cfg,
+                                            None if h_in is None else h_in.clone())])
+        for j, (a, c) in enumerate(zip(res[1], res[0], strict=True)):
+            assert torch.equal(a, c), (bias, separate, j)
+
+
 def test_triton_lazy_norm_decode_matches_hf_tokens(gk, lively, monkeypatch):
     """Batch-1 decode with LAZY_NORM (no add_rmsnorm launch between the experts and qkv: TritonOps.norm_linear, the
     fold reading the residual from the scratch row): hf's greedy tokens, and the lazy launch ran in every layer but the

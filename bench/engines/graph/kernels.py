@@ -1356,7 +1356,29 @@ FOLD_CONFIG: tuple[int, int, int, int] | None = None
 # (Session 12 measured the fold loading its tail's inputs (o_proj bias, residual, norm and router weights, router
 # bias) before its PDL wait, the router weights in registers or into L2: +1.4 to +2.8% at batch 1, the fold 1.5 us a
 # layer slower (80 -> 96 registers a thread, fewer programs resident). Removed; docs/PERF.md.)
+# Every fold program issues the tile-last path's loads (router and norm weights, router and o_proj biases, the
+# residual before) right after its K loop, before it stores its partial and counts itself in, so that the tile's last
+# program does not wait a memory round trip for them after the count. Unlike loading them before the PDL wait (above),
+# no register is held across the K loop. The same bits either way. Off: built after session 12's last device call,
+# not yet timed (`gpu_step_ablation.py --compare '{"main": {}, "tail": {"FOLD_TAIL_LOADS": true}}'`).
+FOLD_TAIL_LOADS = False
 _FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+@triton.jit
+def _fold_tail_inputs(rw_ptr, nw_ptr, rb_ptr, b_ptr, hin_ptr, offs_n, nmask, e, em, N, HAS_BIAS: tl.constexpr):
+    """What a fold tile's last program reads besides the split-K partials: the router weight tile [EP, BN], the norm
+    weight, the router bias (for the last tile), the o_proj bias (0 without one) and the residual before (h, or
+    lazy RMSNorm's scratch row hm: written two or more kernels back, and by this launch only in the tile's last
+    program, after every program of the tile has counted itself in)."""
+    rw = tl.load(rw_ptr + e[:, None] * N + offs_n[None, :], mask=em[:, None] & nmask[None, :], other=0.0)
+    nw = tl.load(nw_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+    rb = tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)
+    bv = tl.zeros(offs_n.shape, dtype=tl.float32)
+    if HAS_BIAS:
+        bv = tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+    xh0 = tl.load(hin_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+    return rw, nw, rb, bv, xh0
 
 
 @triton.jit
@@ -1364,7 +1386,7 @@ def _splitk_norm_router_kernel(
     x_ptr, w_ptr, b_ptr, part_ptr, h_ptr, hin_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, ss_ptr, rl_ptr, cnt_ptr, topi_ptr,
     topw_ptr, N, K, KSPLIT, E, eps, S: tl.constexpr, NT: tl.constexpr, NTP: tl.constexpr, FT: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
-    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+    BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, TAIL: tl.constexpr = False,
 ):
     """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
     top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
@@ -1384,6 +1406,11 @@ def _splitk_norm_router_kernel(
     for k0 in range(k_lo, k_lo + KSPLIT, BK):
         w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)
         acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
+    if TAIL:  # FOLD_TAIL_LOADS: the tile-last path's inputs, issued now (after the weight stream, before the count)
+        e = tl.arange(0, EP)
+        em = e < E
+        rw, nw, rb, bv, xh0 = _fold_tail_inputs(rw_ptr, nw_ptr, rb_ptr, b_ptr, hin_ptr, offs_n, nmask, e, em, N,
+                                                HAS_BIAS)
     tl.store(part_ptr + s * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
     tl.debug_barrier()
     done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
@@ -1391,11 +1418,17 @@ def _splitk_norm_router_kernel(
         v = tl.zeros([BN], dtype=tl.float32)
         for j in tl.static_range(S):
             v += tl.load(part_ptr + j * N + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
-        if HAS_BIAS:
-            v += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
-        v = v.to(h_ptr.dtype.element_ty).to(tl.float32)
-        xh = tl.load(hin_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)  # the residual before (h, or hm)
-        xh = (xh + v).to(h_ptr.dtype.element_ty)
+        if TAIL:
+            if HAS_BIAS:
+                v += bv
+            v = v.to(h_ptr.dtype.element_ty).to(tl.float32)
+            xh = (xh0 + v).to(h_ptr.dtype.element_ty)
+        else:
+            if HAS_BIAS:
+                v += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+            v = v.to(h_ptr.dtype.element_ty).to(tl.float32)
+            xh = tl.load(hin_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)  # the residual before (h, or hm)
+            xh = (xh + v).to(h_ptr.dtype.element_ty)
         # Triton loads the old residual tile once per layout it needs (here: the store's, the sum of squares' and
         # the router product's); without this barrier a warp could store the new tile before another warp's load
         # of the old one, which then adds the update twice (session 10: router partials of experts 4-15 wrong on
@@ -1403,11 +1436,12 @@ def _splitk_norm_router_kernel(
         tl.debug_barrier()
         tl.store(h_ptr + offs_n, xh, mask=nmask)
         xh = xh.to(tl.float32)
-        e = tl.arange(0, EP)
-        em = e < E
-        rw = tl.load(rw_ptr + e[:, None] * N + offs_n[None, :], mask=em[:, None] & nmask[None, :], other=0.0)
-        nw = tl.load(nw_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
-        rb = tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)  # for the last tile, loaded with this round
+        if not TAIL:
+            e = tl.arange(0, EP)
+            em = e < E
+            rw = tl.load(rw_ptr + e[:, None] * N + offs_n[None, :], mask=em[:, None] & nmask[None, :], other=0.0)
+            nw = tl.load(nw_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+            rb = tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)  # for the last tile, loaded with this round
         tl.store(ss_ptr + pid_n, tl.sum(xh * xh, axis=0))
         tl.store(rl_ptr + pid_n * EP + e, tl.sum(rw.to(tl.float32) * (nw * xh)[None, :], axis=1))
         tl.store(cnt_ptr + pid_n, 0)
@@ -1483,7 +1517,7 @@ def fold_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         topw,
         n, kdim, ksplit, experts, eps, S=splits, NT=nt, NTP=ntp, FT=min(ntp, _p2(FOLD_TILES)), BN=bn, BK=bk,
         EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
-        num_warps=warps, **_pdl_kw(pdl),
+        TAIL=bool(FOLD_TAIL_LOADS), num_warps=warps, **_pdl_kw(pdl),
     )
     return out, topi, topw, part, ss, rl
 
