@@ -202,11 +202,8 @@ def _lin_load(y_ptr, part_ptr, bias_ptr, row, idx, M, N, mask, NSPLIT: tl.conste
 @triton.jit
 def _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK: tl.constexpr):
     """The [BN, BK] weight tile at k0 of slice [k_lo, k_lo + KSPLIT), as float32, and its K offsets and mask."""
-    offs_k = k0 + tl.arange(0, BK)
-    kmask = (offs_k < K) & (offs_k < k_lo + KSPLIT)
-    w = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :], mask=nmask[:, None] & kmask[None, :],
-                other=0.0).to(tl.float32)
-    return w, offs_k, kmask
+    offs_k, kmask = _pre_k(k0, k_lo, K, KSPLIT, BK)
+    return _splitk_w_raw(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK).to(tl.float32), offs_k, kmask
 
 
 @triton.jit
@@ -226,15 +223,14 @@ def _splitk_acc(acc, w, x_ptr, offs_k, kmask, mm, M, stride_xm, BM: tl.constexpr
 def _splitk_w_raw(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK: tl.constexpr):
     """The [BN, BK] weight tile at k0 of slice [k_lo, k_lo + KSPLIT) in the weight's own dtype (held in registers
     across a PDL wait: half the registers of float32)."""
-    offs_k = k0 + tl.arange(0, BK)
-    kmask = (offs_k < K) & (offs_k < k_lo + KSPLIT)
+    offs_k, kmask = _pre_k(k0, k_lo, K, KSPLIT, BK)
     return tl.load(w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :], mask=nmask[:, None] & kmask[None, :],
                    other=0.0)
 
 
 @triton.jit
 def _pre_k(k0, k_lo, K, KSPLIT, BK: tl.constexpr):
-    """K offsets and mask of the tile at k0 (as `_splitk_w_tile` gives them)."""
+    """K offsets and mask of the split-K tile at k0 of slice [k_lo, k_lo + KSPLIT)."""
     offs_k = k0 + tl.arange(0, BK)
     return offs_k, (offs_k < K) & (offs_k < k_lo + KSPLIT)
 
@@ -380,20 +376,11 @@ def _splitk_norm_gemv_kernel(h_ptr, y_ptr, nw_ptr, w_ptr, part_ptr, hm_ptr, ss_p
     k_lo = s * KSPLIT
     acc = tl.zeros([BN, BK], dtype=tl.float32)
     sq = tl.zeros([BK], dtype=tl.float32)
-    w0, w1, w2, w3 = _pre_load(w_ptr, offs_n, nmask, k_lo, K, KSPLIT, BK, PRE)
+    pre = _pre_load(w_ptr, offs_n, nmask, k_lo, K, KSPLIT, BK, PRE)
     _gdc(PDL)
-    if PRE >= 1:
-        acc, sq = _lazy_step(acc, sq, w0.to(tl.float32), k_lo, h_ptr, y_ptr, nw_ptr, hm_ptr, pid_n, k_lo, K, KSPLIT,
-                             KS, BK)
-    if PRE >= 2:
-        acc, sq = _lazy_step(acc, sq, w1.to(tl.float32), k_lo + BK, h_ptr, y_ptr, nw_ptr, hm_ptr, pid_n, k_lo, K,
-                             KSPLIT, KS, BK)
-    if PRE >= 3:
-        acc, sq = _lazy_step(acc, sq, w2.to(tl.float32), k_lo + 2 * BK, h_ptr, y_ptr, nw_ptr, hm_ptr, pid_n, k_lo, K,
-                             KSPLIT, KS, BK)
-    if PRE >= 4:
-        acc, sq = _lazy_step(acc, sq, w3.to(tl.float32), k_lo + 3 * BK, h_ptr, y_ptr, nw_ptr, hm_ptr, pid_n, k_lo, K,
-                             KSPLIT, KS, BK)
+    for i in tl.static_range(PRE):  # the pre-loaded tiles first, in K order
+        acc, sq = _lazy_step(acc, sq, pre[i].to(tl.float32), k_lo + i * BK, h_ptr, y_ptr, nw_ptr, hm_ptr, pid_n, k_lo,
+                             K, KSPLIT, KS, BK)
     for k0 in range(k_lo + PRE * BK, k_lo + KSPLIT, BK):
         w = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)[0]
         acc, sq = _lazy_step(acc, sq, w, k0, h_ptr, y_ptr, nw_ptr, hm_ptr, pid_n, k_lo, K, KSPLIT, KS, BK)
@@ -1423,7 +1410,7 @@ def _splitk_norm_router_kernel(
                 v += bv
             v = v.to(h_ptr.dtype.element_ty).to(tl.float32)
             xh = (xh0 + v).to(h_ptr.dtype.element_ty)
-        else:
+        else:  # the shipped order (these loads stay inline, so its compiled code is unchanged by FOLD_TAIL_LOADS)
             if HAS_BIAS:
                 v += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
             v = v.to(h_ptr.dtype.element_ty).to(tl.float32)
@@ -1590,6 +1577,27 @@ def activation_rows(pair, TOPK: tl.constexpr, GATE_UP: tl.constexpr):
 
 
 @triton.jit
+def moe_early_bias(EB: tl.constexpr, bias_ptr, e, stride_be, offs_n, nmask, start, end):
+    """MOE_EARLY_BIAS: the epilogue's bias tile, loaded where this is called (before the K loop) for an expert that has
+    rows; 0.0 (unused) without EB."""
+    bv = 0.0
+    if EB:
+        bv = tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask & ((offs_n * 0 + end) > start), other=0.0)
+    return bv
+
+
+@triton.jit
+def moe_early_rw(EB: tl.constexpr, GATE_UP: tl.constexpr, rw_ptr, pair, rmask):
+    """MOE_EARLY_BIAS: the down GEMM's routing weights of rows `pair`, loaded where this is called (before the K
+    loop); 0.0 (unused) for gate_up or without EB."""
+    rwv = 0.0
+    if EB:
+        if not GATE_UP:
+            rwv = tl.load(rw_ptr + pair, mask=rmask, other=0.0)
+    return rwv
+
+
+@triton.jit
 def moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit, offs_n, nmask,
                   N, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, bv=0.0, rwv=0.0,
                   EB: tl.constexpr = False):
@@ -1655,9 +1663,8 @@ def _moe_kernel(
     # the down GEMM's routing was written two kernels back (complete once this kernel runs, see PDL): read it
     # before the wait for gate_up's activations
     e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
-    bv = 0.0
-    if EB:  # the epilogue's bias tile now, not after the K loop (a weight: the down GEMM loads it before its wait)
-        bv = tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask & ((offs_n * 0 + end) > start), other=0.0)
+    # the epilogue's bias tile now, not after the K loop (a weight: the down GEMM loads it before its wait)
+    bv = moe_early_bias(EB, bias_ptr, e, stride_be, offs_n, nmask, start, end)
     if not GATE_UP:
         _gdc(PDL)
     if COUNT:
@@ -1672,10 +1679,7 @@ def _moe_kernel(
     for m0 in range(start, end, BM):
         pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
         xrow = activation_rows(pair, TOPK, GATE_UP)
-        rwv = 0.0
-        if EB:
-            if not GATE_UP:  # the routing weights (the fold's, two kernels back) with the bias, before the K loop
-                rwv = tl.load(rw_ptr + pair, mask=rmask, other=0.0)
+        rwv = moe_early_rw(EB, GATE_UP, rw_ptr, pair, rmask)  # the fold's, two kernels back
         if SPLIT > 1:
             acc, last = _moe_split_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, K, ks,
                                        pid * NT + nb, part_ptr, sync_ptr, SPLIT, BM, BN, BK)

@@ -58,6 +58,8 @@ from bench.engines.graph.kernels import (
     _gdc,
     _pdl_kw,
     activation_rows,
+    moe_early_bias,
+    moe_early_rw,
     moe_epilogue,
     pdl_launch,
     routed_rows,
@@ -120,9 +122,7 @@ def _moe_mxfp4_kernel(
     if GATE_UP:  # the routing and x come from the kernel right before; mode 2 lets the down GEMM launch now
         _gdc(PDL)
     e, start, end, scan_rows = routed_rows(topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
-    bv = 0.0
-    if EB:  # MXFP4_EARLY_BIAS: the epilogue's bias tile now, not after the K loop (kernels.MOE_EARLY_BIAS)
-        bv = tl.load(bias_ptr + e * stride_be + offs_n, mask=nmask & ((offs_n * 0 + end) > start), other=0.0)
+    bv = moe_early_bias(EB, bias_ptr, e, stride_be, offs_n, nmask, start, end)  # MXFP4_EARLY_BIAS
     if not GATE_UP:  # the routing is two kernels old (complete once this kernel runs); the activations are not
         if PDL > 1:
             if end > start:
@@ -135,10 +135,7 @@ def _moe_mxfp4_kernel(
                 tl.atomic_add(cnt_ptr, 1)
     if end > start:
         e64 = e.to(tl.int64)
-        rws = 0.0
-        if EB:
-            if not GATE_UP:  # the scan rows' routing weights (the gemv loops' epilogue), before the K loop
-                rws = tl.load(rw_ptr + scan_rows, mask=mm < end, other=0.0)
+        rws = moe_early_rw(EB, GATE_UP, rw_ptr, scan_rows, mm < end)  # the gemv loops' rows
         if IMPL == 0 or IMPL == 3:  # gemv (scan mode only; BM >= every expert's row count)
             acc = _gemv_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K,
                              stride_x, offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST, IMPL == 3)
@@ -154,10 +151,7 @@ def _moe_mxfp4_kernel(
             for m0 in range(start, end, MT):
                 pair, rmask = _dq_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM, MT)
                 xrow = activation_rows(pair, TOPK, GATE_UP)
-                rwv = 0.0
-                if EB:
-                    if not GATE_UP:
-                        rwv = tl.load(rw_ptr + pair, mask=rmask, other=0.0)
+                rwv = moe_early_rw(EB, GATE_UP, rw_ptr, pair, rmask)
                 acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K,
                                stride_x, offs_n, nmask, MT, BN, BK, IMPL == 5, DQV)
                 moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
@@ -167,10 +161,7 @@ def _moe_mxfp4_kernel(
             ws_base = ws_ptr + e64 * stride_wse + offs_n.to(tl.int64) * (K // 32)
             for m0 in range(start, end, BM):
                 pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
-                rwv = 0.0
-                if EB:
-                    if not GATE_UP:
-                        rwv = tl.load(rw_ptr + pair, mask=rmask, other=0.0)
+                rwv = moe_early_rw(EB, GATE_UP, rw_ptr, pair, rmask)
                 acc = _mma_tile(x_ptr, wb_base, ws_base, pair, rmask, K, stride_x, offs_n, nmask, TOPK, GATE_UP,
                                 BM, BN, BK, FAST, IMPL)
                 moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,

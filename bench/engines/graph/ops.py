@@ -177,7 +177,7 @@ class TritonOps:
         if self._splitk_gemv(x, w, partials):
             return self.k.splitk_linear(x, w, b, self.k.SPLITK_CONFIG["small"],
                                         site=f"splitk_{site}" if site else "splitk")
-        if partials and self.splitk and w.shape[0] < 16384 and x.stride(1) == 1 and w.is_contiguous():
+        if self._splitk_shape(x, w, partials):
             cfg = self.k.splitk_mma_config(rows, site)
             if cfg is not None:  # 2..SPLITK_MMA_MAX_ROWS rows: tensor-core split-K (None: cuBLAS for this class)
                 return self.k.splitk_mma_linear(x, w, b, cfg)
@@ -187,12 +187,16 @@ class TritonOps:
                 return self.k.gemv(x, w, b, cfg)
         return F.linear(x, w, b)
 
+    def _splitk_shape(self, x: torch.Tensor, w: torch.Tensor, partials: bool) -> bool:
+        """Whether `linear` may leave split-K partials for this input and weight ("small" weights: qkv, o_proj)."""
+        return partials and self.splitk and w.shape[0] < 16384 and x.stride(1) == 1 and w.is_contiguous()
+
     def _splitk_gemv(self, x: torch.Tensor, w: torch.Tensor, partials: bool) -> bool:
         """Whether `linear` takes the CUDA-core split-K GEMV (kernels.splitk_linear, <= SPLITK_MAX_ROWS rows), on
         which the one-row folds (`norm_linear`, `linear_norm_route`) build."""
         k = self.k
-        return (partials and self.splitk and w.shape[0] < 16384 and x.stride(1) == 1 and w.is_contiguous()
-                and x.shape[0] <= k.SPLITK_MAX_ROWS and k.SPLITK_CONFIG.get("small") is not None)
+        return (self._splitk_shape(x, w, partials) and x.shape[0] <= k.SPLITK_MAX_ROWS
+                and k.SPLITK_CONFIG.get("small") is not None)
 
     def greedy_step(self, x: torch.Tensor, w: torch.Tensor, logits: torch.Tensor | None, tok: torch.Tensor,
                     out: torch.Tensor, step: torch.Tensor, pos: torch.Tensor) -> None:
