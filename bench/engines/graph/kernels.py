@@ -1346,9 +1346,10 @@ FOLD_CONFIG: tuple[int, int, int, int] | None = None
 # Every fold program issues the tile-last path's loads (router and norm weights, router and o_proj biases, the
 # residual before) right after its K loop, before it stores its partial and counts itself in, so that the tile's last
 # program does not wait a memory round trip for them after the count. Unlike loading them before the PDL wait (above),
-# no register is held across the K loop. The same bits either way. Off: built after session 12's last device call,
-# not yet timed (`gpu_step_ablation.py --compare '{"main": {}, "tail": {"FOLD_TAIL_LOADS": true}}'`).
-FOLD_TAIL_LOADS = False
+# no register is held across the K loop. The same bits either way. H200 (docs/PERF.md, session 13, same card,
+# `gpu_step_ablation.py --compare '{"main": {}, "tail": {"FOLD_TAIL_LOADS": true}}' --cases 1x4,1x2 --rounds 3`):
+# E32 / E16 k4 -0.4 / -0.4%, k2 -0.7 / -0.7%. False: the tail's loads after the count (ablation).
+FOLD_TAIL_LOADS = True
 _FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
@@ -1410,7 +1411,7 @@ def _splitk_norm_router_kernel(
                 v += bv
             v = v.to(h_ptr.dtype.element_ty).to(tl.float32)
             xh = (xh0 + v).to(h_ptr.dtype.element_ty)
-        else:  # the shipped order (these loads stay inline, so its compiled code is unchanged by FOLD_TAIL_LOADS)
+        else:  # FOLD_TAIL_LOADS off (ablation): the loads after the count, inline as before session 13
             if HAS_BIAS:
                 v += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
             v = v.to(h_ptr.dtype.element_ty).to(tl.float32)

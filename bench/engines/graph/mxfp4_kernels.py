@@ -557,10 +557,12 @@ MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512,
 # 520.6 / 526.2 tok/s with modes 0 / 1 / 2.
 MXFP4_PDL = 2
 # The expert GEMMs load their epilogue's bias tile (the down GEMM also its rows' routing weights) before the K loop,
-# as the bf16 kernel does with kernels.MOE_EARLY_BIAS (there: -0.3 to -1.1%, docs/PERF.md session 12). Off: built
-# and checked bit for bit (tests/interpreter/mxfp4_cases.py), not yet timed on a GPU (`gpu_step_ablation.py --compare
-# ... --weights mxfp4` with {"mx.MXFP4_EARLY_BIAS": true}).
-MXFP4_EARLY_BIAS = False
+# as the bf16 kernel does with kernels.MOE_EARLY_BIAS (there: -0.3 to -1.1%, docs/PERF.md session 12). Bit for bit
+# (tests/interpreter/mxfp4_cases.py; tests/test_mxfp4_gpu.py on the H200). H200 (docs/MXFP4.md round 13, same card,
+# `gpu_step_ablation.py --weights mxfp4 --compare '{"main": {}, "eb": {"mx.MXFP4_EARLY_BIAS": true}}' --cases
+# 1x4,1x2,32x4 --rounds 3`): E32 / E16 batch 1 k4 -0.8 / -0.9%, k2 -0.8 / -1.1%, batch 32 k4 +0.1 / -1.1%, the same
+# tokens and logits. False: the epilogue's loads after the K loop (ablation).
+MXFP4_EARLY_BIAS = True
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}, "pdl": 2}'
 # overrides these tables and MXFP4_PDL (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 TILES_ENV = "MOE_MXFP4_TILES"
