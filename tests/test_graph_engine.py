@@ -239,6 +239,22 @@ def test_early_pdl_sites_pick_mode_2_only_where_asked(monkeypatch):
     assert (gk.early_pdl(1, 1, "attn"), gk.early_pdl(1, 1, "norm"), gk.early_pdl(1, more_rows, "attn")) == (2, 2, 1)
 
 
+def test_early_epilogue_loads_only_in_scan_mode_launches(monkeypatch):
+    """kernels.moe_early_bias_on / mxfp4_kernels.mxfp4_early_bias_on: the expert GEMMs load their epilogue's inputs
+    before the K loop in decode launches of up to *_MAX_TOKENS tokens (64: scan mode), not in larger (sorted) ones,
+    where it measured slower on the H200; never when the setting is off."""
+    from bench.engines.graph import kernels as gk
+    from bench.engines.graph import mxfp4_kernels as mk
+
+    for on, name, mod in ((gk.moe_early_bias_on, "MOE_EARLY_BIAS", gk), (mk.mxfp4_early_bias_on, "MXFP4_EARLY_BIAS",
+                                                                          mk)):
+        monkeypatch.setattr(mod, name, True)
+        assert getattr(mod, name + "_MAX_TOKENS") == gk.SCAN_MAX_TOKENS == 64
+        assert [on(t) for t in (1, 32, 64, 65, 256)] == [True, True, True, False, False]
+        monkeypatch.setattr(mod, name, False)
+        assert not on(1)
+
+
 def test_gate_up_triggers_early_only_at_one_token_with_few_pairs(monkeypatch):
     """kernels.moe_pdl: the one-token gate_up expert GEMM in PDL mode 2 when it has <= GATE_UP_EARLY_MAX_PAIRS pairs
     (top_k 2 at batch 1), mode 1 with more (top_k 4); the down GEMM as `early_pdl` says; no PDL stays no PDL;

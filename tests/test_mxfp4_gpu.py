@@ -145,6 +145,7 @@ def test_early_bias_gives_the_same_bits_on_cuda(tokens, k, impl, monkeypatch):
     v, i = torch.topk(torch.randn(tokens, 4, generator=gen, device="cuda"), k, dim=-1)
     w = torch.softmax(v, dim=-1).to(torch.bfloat16)
     outs = []
+    monkeypatch.setattr(mk, "MXFP4_EARLY_BIAS_MAX_TOKENS", 1 << 20)  # the early path at every size, sorted too
     for early in (False, True):
         monkeypatch.setattr(mk, "MXFP4_EARLY_BIAS", early)
         outs.append(mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,

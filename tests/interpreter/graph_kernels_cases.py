@@ -739,8 +739,10 @@ def test_triton_moe_early_bias_gives_the_same_bits(gk, monkeypatch):
         v, i = torch.topk(torch.randn(tokens, experts, generator=gen), k, dim=-1)
         i, w = i.to(torch.int32), torch.softmax(v, dim=-1)
         outs = []
+        monkeypatch.setattr(gk, "MOE_EARLY_BIAS_MAX_TOKENS", 1 << 20)  # the early path at every size, sorted too
         for early in (False, True):
             monkeypatch.setattr(gk, "MOE_EARLY_BIAS", early)
+            assert gk.moe_early_bias_on(tokens) is early
             outs.append(gk.moe(x, gu, gub, dn, dnb, i, w, 1.702, 7.0, tiles=tiles))
         assert torch.equal(outs[0], outs[1]), (tokens, k, tiles)
 

@@ -103,8 +103,10 @@ def test_mxfp4_early_bias_gives_the_same_bits(model, tokens, k, impl, monkeypatc
     v, i = torch.topk(torch.randn(tokens, mod.num_experts, generator=gen), k, dim=-1)
     w = torch.softmax(v, dim=-1)
     outs = []
+    monkeypatch.setattr(mk, "MXFP4_EARLY_BIAS_MAX_TOKENS", 1 << 20)  # the early path at every size, sorted too
     for early in (False, True):
         monkeypatch.setattr(mk, "MXFP4_EARLY_BIAS", early)
+        assert mk.mxfp4_early_bias_on(tokens) is early
         outs.append(mk.moe_mxfp4(x, mod.gate_up_proj_blocks, mod.gate_up_proj_scales, mod.gate_up_proj_bias,
                                  mod.down_proj_blocks, mod.down_proj_scales, mod.down_proj_bias, i.to(torch.int32), w,
                                  mod.alpha, mod.limit, impl=impl))

@@ -304,10 +304,13 @@ SPLITK_EARLY = True
 # -1.2 / -1.6%, moe_down -0.7 / -0.8%, norm_router +0.2 / +2.1% at batch 1 k4 / k2): the three together 2.409 ->
 # 2.351 ms (k4), 1.852 -> 1.793 (k2); the same bits. Every kernel reads what an earlier kernel wrote only after its
 # own wait (the down GEMM's routing: two kernels back, complete once it runs), so an early launch cannot race.
-PDL_EARLY_MORE: frozenset[str] = frozenset({"rope", "moe_down"})
+PDL_EARLY_MORE: frozenset[str] = frozenset({"rope", "moe_down", "splitk_qkv"})
 # "splitk" names both split-K GEMVs; "splitk_qkv" / "splitk_o_proj" one of them. "splitk_o_proj" is left out (see
-# SPLITK_EARLY); "splitk_qkv" too, since its consumer is the fused rope + attention (FUSE_ROPE_ATTN; -0.3% before
-# the fusion, +3.9% with it); "rope" acts only on the unfused path. Why o_proj's trigger hurts only pruned models is
+# SPLITK_EARLY). "splitk_qkv" (the lazy qkv GEMV, whose consumer is the fused rope + attention) was left out from
+# session 8 (-0.3% before the fusion, +3.9% with it) to 12; with the lazy GEMV's 2-slice tile and pre-loads it is
+# faster (session 13, H200, two same-card --compare calls, E32 / E16, the same bits: top_k 4 -0.3 / -0.7% and -0.1 /
+# -0.2%, top_k 2 -0.5 / -0.5% and -0.7 / -0.8%). "rope" acts only on the unfused path.
+# Why o_proj's trigger hurts only pruned models is
 # a hypothesis, not measured: o_proj in mode 2 lets the norm + router kernel's programs be placed while o_proj still
 # runs, and how many of them share an SM then depends on their register count, which depends on the expert count
 # (sm_90: 167 registers at 32 experts, 78 at 16: one program an SM against up to three).
@@ -972,7 +975,8 @@ def _rope_attn_decode_kernel(
 # `gpu_step_ablation.py --compare`, fused against rope_kv + attn_decode, E32 / E16): batch 8 k4 -0.3% / -0.7%, batch
 # 8 k2 -1.0% / -1.1%, batch 32 k4 -0.7% / -1.0%. At batch 1 it was 3.9% (k4) / 5.0% (k2) slower while the qkv GEMV
 # before it triggered it early (PDL mode 2, "splitk_qkv" in PDL_EARLY_MORE), and 0.4% / 0.7% faster without that
-# trigger (2.375 -> 2.367 ms, 1.819 -> 1.807 at E32), so the fused kernel is launched in mode 1. Same cache writes;
+# trigger (2.375 -> 2.367 ms, 1.819 -> 1.807 at E32), so the qkv GEMV stayed in mode 1 until session 13 (the lazy
+# GEMV's trigger is faster now: PDL_EARLY_MORE). Same cache writes;
 # the output is not bit-identical to the two kernels' (the softmax compiles differently), so the GPU accuracy check
 # covers it (batch 1, 8, 32). False: rope_kv, then attn_decode (ablation).
 FUSE_ROPE_ATTN = True
@@ -2090,7 +2094,7 @@ def moe(
             alpha, limit, part, sync, nt,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=moe_pdl(pdl, x.shape[0], name, plan.pairs),
-            NB_MAJOR=nb_major, SPLIT=split, EB=bool(MOE_EARLY_BIAS), num_warps=warps, num_stages=stages,
+            NB_MAJOR=nb_major, SPLIT=split, EB=moe_early_bias_on(x.shape[0]), num_warps=warps, num_stages=stages,
             **_pdl_kw(pdl),
         )
     return out
@@ -2106,8 +2110,16 @@ GATE_UP_EARLY_MAX_PAIRS = 2
 # The expert GEMMs load their epilogue's bias tile (and the down GEMM its rows' routing weights) before the K loop,
 # the down GEMM before its PDL wait, instead of after the loop, where each program's end waited a memory round
 # trip for them. The same bits either way. H200 (docs/PERF.md session 12, same-card --compare, E32 / E16): batch 1
-# top_k 4 -0.3 / -0.3%, top_k 2 -1.1 / -1.1%, batch 8 -0.5 / -0.5%, batch 32 -0.6 / -0.1%.
+# top_k 4 -0.3 / -0.3%, top_k 2 -1.1 / -1.1%, batch 8 -0.5 / -0.5%, batch 32 -0.6 / -0.1%. Only in launches of at
+# most MOE_EARLY_BIAS_MAX_TOKENS tokens (scan-mode decode): in sorted mode it was slower (session 13, E32,
+# MOE_EARLY_BIAS off against on at every size: batch 128 -2.1%, batch 256 -1.7%, the same bits).
 MOE_EARLY_BIAS = True
+MOE_EARLY_BIAS_MAX_TOKENS = 64
+
+
+def moe_early_bias_on(tokens: int) -> bool:
+    """Whether an expert GEMM launch of `tokens` tokens loads its epilogue's inputs before the K loop (EB)."""
+    return bool(MOE_EARLY_BIAS) and tokens <= MOE_EARLY_BIAS_MAX_TOKENS
 
 
 def moe_pdl(pdl: int, rows: int, gemm: str, pairs: int) -> int:

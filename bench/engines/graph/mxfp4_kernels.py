@@ -561,8 +561,10 @@ MXFP4_PDL = 2
 # (tests/interpreter/mxfp4_cases.py; tests/test_mxfp4_gpu.py on the H200). H200 (docs/MXFP4.md round 13, same card,
 # `gpu_step_ablation.py --weights mxfp4 --compare '{"main": {}, "eb": {"mx.MXFP4_EARLY_BIAS": true}}' --cases
 # 1x4,1x2,32x4 --rounds 3`): E32 / E16 batch 1 k4 -0.8 / -0.9%, k2 -0.8 / -1.1%, batch 32 k4 +0.1 / -1.1%, the same
-# tokens and logits. False: the epilogue's loads after the K loop (ablation).
+# tokens and logits. False: the epilogue's loads after the K loop (ablation). Only in launches of at most
+# MXFP4_EARLY_BIAS_MAX_TOKENS tokens (scan-mode decode), as the bf16 kernel (slower there in sorted mode).
 MXFP4_EARLY_BIAS = True
+MXFP4_EARLY_BIAS_MAX_TOKENS = 64
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}, "pdl": 2}'
 # overrides these tables and MXFP4_PDL (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 TILES_ENV = "MOE_MXFP4_TILES"
@@ -586,12 +588,18 @@ if os.environ.get(TILES_ENV):
     GEMV_MAX_TOKENS = int(_tiles.get("gemv_max_tokens", GEMV_MAX_TOKENS))
     MXFP4_PDL = int(_tiles.get("pdl", MXFP4_PDL))
     MXFP4_EARLY_BIAS = bool(_tiles.get("early_bias", MXFP4_EARLY_BIAS))
+    MXFP4_EARLY_BIAS_MAX_TOKENS = int(_tiles.get("early_bias_max_tokens", MXFP4_EARLY_BIAS_MAX_TOKENS))
     MXFP4_CONFIG_DQA.update({k: tuple(v) for k, v in _tiles.get("dqa", {}).items()})
     DQA_MIN_TOKENS = int(_tiles.get("dqa_min_tokens", DQA_MIN_TOKENS))
     DQA_MAX_TOKENS = int(_tiles.get("dqa_max_tokens", DQA_MAX_TOKENS))
     DQA_MAXNREG = int(_tiles.get("dqa_maxnreg", DQA_MAXNREG))
     DQA_RING = int(_tiles.get("dqa_ring", DQA_RING))
     DQA_RING_SCALES = bool(_tiles.get("dqa_ring_scales", DQA_RING_SCALES))
+
+
+def mxfp4_early_bias_on(tokens: int) -> bool:
+    """Whether an MXFP4 expert GEMM launch of `tokens` tokens loads its epilogue's inputs before the K loop (EB)."""
+    return bool(MXFP4_EARLY_BIAS) and tokens <= MXFP4_EARLY_BIAS_MAX_TOKENS
 
 
 def dq_class(tokens: int) -> tuple[dict[str, tuple[int, int, int, int]], int, int, int]:
@@ -715,7 +723,7 @@ def moe_mxfp4(
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], PDL=pdl, DQV=dqv, BMQ=bmq,
-            EB=bool(MXFP4_EARLY_BIAS),
+            EB=mxfp4_early_bias_on(x.shape[0]),
             num_warps=warps, num_stages=stages, **_pdl_kw(pdl), **({"maxnreg": maxnreg} if maxnreg else {}),
         )
     return out
