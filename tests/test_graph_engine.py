@@ -239,20 +239,41 @@ def test_early_pdl_sites_pick_mode_2_only_where_asked(monkeypatch):
     assert (gk.early_pdl(1, 1, "attn"), gk.early_pdl(1, 1, "norm"), gk.early_pdl(1, more_rows, "attn")) == (2, 2, 1)
 
 
-def test_early_epilogue_loads_only_in_scan_mode_launches(monkeypatch):
-    """kernels.moe_early_bias_on / mxfp4_kernels.mxfp4_early_bias_on: the expert GEMMs load their epilogue's inputs
-    before the K loop in decode launches of up to *_MAX_TOKENS tokens (64: scan mode), not in larger (sorted) ones,
-    where it measured slower on the H200; never when the setting is off."""
+def test_early_epilogue_loads_only_where_measured_faster(monkeypatch):
+    """kernels.moe_early_bias_on: the bf16 expert GEMMs load their epilogue's inputs before the K loop in decode
+    launches of up to MOE_EARLY_BIAS_MAX_TOKENS tokens (64: scan mode), not in larger (sorted) ones, where it measured
+    slower on the H200; mxfp4_kernels.mxfp4_early_bias_on: at every size (faster in sorted mode there); neither when
+    its setting is off."""
     from bench.engines.graph import kernels as gk
     from bench.engines.graph import mxfp4_kernels as mk
 
-    for on, name, mod in ((gk.moe_early_bias_on, "MOE_EARLY_BIAS", gk), (mk.mxfp4_early_bias_on, "MXFP4_EARLY_BIAS",
-                                                                          mk)):
-        monkeypatch.setattr(mod, name, True)
-        assert getattr(mod, name + "_MAX_TOKENS") == gk.SCAN_MAX_TOKENS == 64
-        assert [on(t) for t in (1, 32, 64, 65, 256)] == [True, True, True, False, False]
-        monkeypatch.setattr(mod, name, False)
-        assert not on(1)
+    monkeypatch.setattr(gk, "MOE_EARLY_BIAS", True)
+    monkeypatch.setattr(mk, "MXFP4_EARLY_BIAS", True)
+    assert gk.MOE_EARLY_BIAS_MAX_TOKENS == gk.SCAN_MAX_TOKENS == 64
+    assert [gk.moe_early_bias_on(t) for t in (1, 32, 64, 65, 256)] == [True, True, True, False, False]
+    assert [mk.mxfp4_early_bias_on(t) for t in (1, 64, 65, 256, 8192)] == [True] * 5
+    monkeypatch.setattr(gk, "MOE_EARLY_BIAS", False)
+    monkeypatch.setattr(mk, "MXFP4_EARLY_BIAS", False)
+    assert not gk.moe_early_bias_on(1) and not mk.mxfp4_early_bias_on(1)
+
+
+def test_qkv_triggers_early_after_bf16_experts_only(monkeypatch):
+    """Experts.qkv_early, which the decoder hands to ops.norm_linear: the lazy qkv GEMV triggers the fused rope +
+    attention early after the bf16 expert GEMMs, not after the MXFP4 kernels (measured 2% slower there) unless
+    mxfp4_kernels.MXFP4_QKV_EARLY says so; the torch reference paths launch no PDL kernels (True, unused)."""
+    from bench.engines.graph import mxfp4_kernels as mk
+    from bench.models import mxfp4
+
+    model = _lively_tiny_model()
+    dense = build_experts(model.model.layers[0].mlp.experts, GraphOptions(experts="triton").resolve("cpu"))
+    assert dense.qkv_early is True
+    mxfp4.quantize_model(model)
+    mod = model.model.layers[0].mlp.experts
+    tri = build_experts(mod, GraphOptions(experts="triton").resolve("cpu"))
+    ref = build_experts(mod, GraphOptions(experts="loop").resolve("cpu"))
+    assert tri.weight_format == "mxfp4" and tri.qkv_early is False and ref.qkv_early is True
+    monkeypatch.setattr(mk, "MXFP4_QKV_EARLY", True)
+    assert tri.qkv_early is True
 
 
 def test_gate_up_triggers_early_only_at_one_token_with_few_pairs(monkeypatch):

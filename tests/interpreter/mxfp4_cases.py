@@ -55,6 +55,26 @@ def test_mxfp4_triton_decode_equals_the_reference_tokens(model):
     assert res.distinct_experts == pytest.approx(ref.distinct_experts)
 
 
+def test_mxfp4_decode_keeps_the_qkv_launch_in_its_plain_pdl_mode(model, monkeypatch):
+    """After the MXFP4 expert kernels the lazy qkv GEMV does not trigger attention early (Experts.qkv_early ->
+    ops.norm_linear -> kernels.splitk_norm_linear(early=False)) unless MXFP4_QKV_EARLY; the tokens are the same."""
+    from bench.engines.graph import kernels as gk
+    from bench.engines.graph import mxfp4_kernels as mk
+
+    ids = torch.randint(2, model.config.vocab_size, (1, 10), generator=torch.Generator().manual_seed(3))
+    calls = []
+    real = gk.splitk_norm_linear
+    monkeypatch.setattr(gk, "LAZY_NORM", True)
+    monkeypatch.setattr(gk, "splitk_norm_linear", lambda *a, **kw: calls.append(kw.get("early")) or real(*a, **kw))
+    tokens = []
+    for early in (False, True):
+        monkeypatch.setattr(mk, "MXFP4_QKV_EARLY", early)
+        calls.clear()
+        tokens.append(get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids, 3).tokens)
+        assert calls and set(calls) == {early}, (early, calls)
+    assert torch.equal(tokens[0], tokens[1])
+
+
 @pytest.mark.parametrize("tokens,k,impl,dtype", [
     (1, 2, "gemv", torch.float32),  # batch 1 decode: one row per expert, exact
     (3, 4, "gemv", torch.float32),  # several rows per expert share the decoded weights

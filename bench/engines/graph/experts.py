@@ -10,6 +10,8 @@ Interface (what a weight format implements; see the package docstring):
         up = clamp(up, -limit, limit), (up + 1) * gate * sigmoid(alpha * gate), with gate/up interleaved.
         Must be capturable in a CUDA graph when the engine captures (no host reads of routing).
     experts.num_experts: int; experts.weight_format: str (stored with the run, e.g. "bf16").
+    experts.qkv_early: bool, whether the one-row qkv GEMV that follows these experts' down GEMM may trigger its
+        consumer early (PDL mode 2, kernels.splitk_norm_linear's `early`; measured per format on the H200).
 
 `register_experts(factory)` adds a format: factory(module, options) returns an Experts or None (not mine).
 """
@@ -27,6 +29,7 @@ from bench.engines.graph.options import GraphOptions
 class Experts(Protocol):
     num_experts: int
     weight_format: str
+    qkv_early: bool
 
     def __call__(
         self, x: torch.Tensor, topi: torch.Tensor, topw: torch.Tensor, counter: torch.Tensor | None
@@ -79,6 +82,7 @@ class DenseExperts:
     "grouped_mm" (torch._grouped_mm over expert-sorted rows; CUDA bf16) or "triton" (kernels.moe)."""
 
     weight_format = "dense"
+    qkv_early = True  # the bf16 expert GEMMs: kernels.PDL_EARLY_MORE's "splitk_qkv" (docs/PERF.md session 13)
 
     def __init__(self, module: torch.nn.Module, mode: str, compact: bool, alpha: float, limit: float) -> None:
         self.gate_up = module.gate_up_proj
@@ -156,6 +160,12 @@ class Mxfp4Experts:
     the torch reference (dequantize the layer, then the dense path of that mode)."""
 
     weight_format = "mxfp4"
+
+    @property
+    def qkv_early(self) -> bool:
+        """mxfp4_kernels.MXFP4_QKV_EARLY with the MXFP4 kernels (measured slower with them: docs/MXFP4.md round
+        13); True otherwise (the torch reference launches no PDL kernels)."""
+        return self.mode != "triton" or bool(self._kernels.MXFP4_QKV_EARLY)
 
     def __init__(self, module: torch.nn.Module, mode: str, compact: bool, alpha: float, limit: float) -> None:
         self.module = module

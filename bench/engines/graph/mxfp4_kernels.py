@@ -561,10 +561,16 @@ MXFP4_PDL = 2
 # (tests/interpreter/mxfp4_cases.py; tests/test_mxfp4_gpu.py on the H200). H200 (docs/MXFP4.md round 13, same card,
 # `gpu_step_ablation.py --weights mxfp4 --compare '{"main": {}, "eb": {"mx.MXFP4_EARLY_BIAS": true}}' --cases
 # 1x4,1x2,32x4 --rounds 3`): E32 / E16 batch 1 k4 -0.8 / -0.9%, k2 -0.8 / -1.1%, batch 32 k4 +0.1 / -1.1%, the same
-# tokens and logits. False: the epilogue's loads after the K loop (ablation). Only in launches of at most
-# MXFP4_EARLY_BIAS_MAX_TOKENS tokens (scan-mode decode), as the bf16 kernel (slower there in sorted mode).
+# tokens and logits. False: the epilogue's loads after the K loop (ablation). Unlike the bf16 kernel (slower in
+# sorted mode), at every size: session 13 (same card, --weights mxfp4, 2 rounds, E32 / E16, the same bits) batch 64
+# on against off (MXFP4_EARLY_BIAS_MAX_TOKENS 32) -0.7 / -0.7%, batch 128 (sorted dq) -8.0 / -6.2%.
 MXFP4_EARLY_BIAS = True
-MXFP4_EARLY_BIAS_MAX_TOKENS = 64
+MXFP4_EARLY_BIAS_MAX_TOKENS = 1 << 30
+# Whether the one-row qkv GEMV after these expert GEMMs triggers the fused rope + attention early (kernels'
+# "splitk_qkv" site, on for bf16 experts). H200 (docs/MXFP4.md round 13, same card, `gpu_step_ablation.py --weights
+# mxfp4 --compare '{"main": {}, "noqkvE": {"PDL_EARLY_MORE": ["rope", "moe_down"]}}' --cases 1x4,1x2 --rounds 3`):
+# with the trigger batch 1 E32 / E16 k4 +2.0 / +1.9%, k2 +2.3 / +2.3% slower, the same bits. So off here.
+MXFP4_QKV_EARLY = False
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}, "pdl": 2}'
 # overrides these tables and MXFP4_PDL (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 TILES_ENV = "MOE_MXFP4_TILES"
