@@ -260,20 +260,24 @@ def test_early_epilogue_loads_only_where_measured_faster(monkeypatch):
 def test_qkv_triggers_early_after_bf16_experts_only(monkeypatch):
     """Experts.qkv_early, which the decoder hands to ops.norm_linear: the lazy qkv GEMV triggers the fused rope +
     attention early after the bf16 expert GEMMs, not after the MXFP4 kernels (measured 2% slower there) unless
-    mxfp4_kernels.MXFP4_QKV_EARLY says so; the torch reference paths launch no PDL kernels (True, unused)."""
+    mxfp4_kernels.MXFP4_QKV_EARLY says so; the torch reference paths launch no PDL kernels (True, unused).
+    Experts.qkv_pre_min_ks: the GEMV's pre-loaded tiles from kernels.LAZY_PRE_MIN_KS rows a token after bf16 experts
+    (None), from MXFP4_LAZY_PRE_MIN_KS after the MXFP4 kernels (their down GEMM triggers it early)."""
     from bench.engines.graph import mxfp4_kernels as mk
     from bench.models import mxfp4
 
     model = _lively_tiny_model()
     dense = build_experts(model.model.layers[0].mlp.experts, GraphOptions(experts="triton").resolve("cpu"))
-    assert dense.qkv_early is True
+    assert dense.qkv_early is True and dense.qkv_pre_min_ks is None
     mxfp4.quantize_model(model)
     mod = model.model.layers[0].mlp.experts
     tri = build_experts(mod, GraphOptions(experts="triton").resolve("cpu"))
     ref = build_experts(mod, GraphOptions(experts="loop").resolve("cpu"))
     assert tri.weight_format == "mxfp4" and tri.qkv_early is False and ref.qkv_early is True
+    assert (tri.qkv_pre_min_ks, ref.qkv_pre_min_ks) == (mk.MXFP4_LAZY_PRE_MIN_KS, None)
     monkeypatch.setattr(mk, "MXFP4_QKV_EARLY", True)
-    assert tri.qkv_early is True
+    monkeypatch.setattr(mk, "MXFP4_LAZY_PRE_MIN_KS", 7)
+    assert tri.qkv_early is True and tri.qkv_pre_min_ks == 7
 
 
 def test_gate_up_triggers_early_only_at_one_token_with_few_pairs(monkeypatch):

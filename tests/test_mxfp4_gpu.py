@@ -177,3 +177,33 @@ def test_dqa_loop_refuses_the_compact_grid():
     with pytest.raises(ValueError, match="compact"):
         mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias, ex.down_proj_blocks,
                      ex.down_proj_scales, ex.down_proj_bias, i, w, ex.alpha, ex.limit, impl="dqa")
+
+
+def test_down_early_trigger_replay_gives_the_same_tokens_and_logits():
+    """Batch-1 decode of an MXFP4 tiny-moe as a CUDA graph with the down expert GEMM letting the lazy qkv GEMV launch
+    right after its wait (MXFP4_DOWN_EARLY) and that GEMV's weight tiles loaded before its own wait from 1 / 2 rows
+    a token (MXFP4_LAZY_PRE_MIN_KS, LAZY_PRE 2 and 4), against both off: the same tokens and last logits (a GEMV that
+    read the down GEMM's output before its wait would change them)."""
+    from bench.engines.graph import kernels as gk
+    from bench.engines.graph import mxfp4_kernels as mk
+    from bench.models.loading import load_model
+    from tests.test_graph_kernels_gpu import graph_tokens_and_logits
+
+    model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
+    mxfp4.quantize_model(model)
+    ids = torch.randint(0, model.config.vocab_size, (1, 40), device="cuda",
+                        generator=torch.Generator("cuda").manual_seed(5))
+    saved = (mk.MXFP4_DOWN_EARLY, mk.MXFP4_LAZY_PRE_MIN_KS, gk.LAZY_PRE, gk.LAZY_NORM)
+    out = {}
+    try:
+        gk.LAZY_NORM = True
+        for cfg in ((False, 99, 2), (True, 99, 2), (True, 2, 2), (True, 1, 4), (False, 1, 4)):
+            mk.MXFP4_DOWN_EARLY, mk.MXFP4_LAZY_PRE_MIN_KS, gk.LAZY_PRE = cfg
+            out[cfg] = graph_tokens_and_logits(model, ids)
+    finally:
+        mk.MXFP4_DOWN_EARLY, mk.MXFP4_LAZY_PRE_MIN_KS, gk.LAZY_PRE, gk.LAZY_NORM = saved
+    plain = out[(False, 99, 2)]
+    assert plain[0].unique().numel() > 2
+    for key, (toks, logits) in out.items():
+        assert torch.equal(toks, plain[0]), key
+        assert torch.equal(logits, plain[1]), key

@@ -778,7 +778,8 @@ def test_triton_lazy_norm_decode_matches_hf_tokens(gk, lively, monkeypatch):
     monkeypatch.setattr(gk, "LAZY_NORM", True)
     calls = []
     real = gk.splitk_norm_linear
-    monkeypatch.setattr(gk, "splitk_norm_linear", lambda *a, **kw: calls.append(kw.get("early")) or real(*a, **kw))
+    monkeypatch.setattr(gk, "splitk_norm_linear",
+                        lambda *a, **kw: calls.append((kw.get("early"), kw.get("pre_min_ks"))) or real(*a, **kw))
     hf_one = get_engine("hf").generate(model, ids[:1], TOKENS).tokens
     for fold in (True, False):
         monkeypatch.setattr(gk, "FOLD_NORM_ROUTER", fold)
@@ -787,7 +788,8 @@ def test_triton_lazy_norm_decode_matches_hf_tokens(gk, lively, monkeypatch):
         assert torch.equal(one.tokens, hf_one), fold
         layers = model.config.num_hidden_layers
         assert len(calls) >= (TOKENS - 1) * layers and len(calls) % layers == 0, (fold, len(calls))
-        assert set(calls) == {True}  # bf16 experts: the qkv GEMV triggers attention early (Experts.qkv_early)
+        # bf16 experts: the qkv GEMV triggers attention early (Experts.qkv_early), pre-loads by LAZY_PRE_MIN_KS (None)
+        assert set(calls) == {(True, None)}
     calls.clear()
     two = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids, TOKENS)
     assert torch.equal(two.tokens, ref.tokens)

@@ -57,7 +57,8 @@ def test_mxfp4_triton_decode_equals_the_reference_tokens(model):
 
 def test_mxfp4_decode_keeps_the_qkv_launch_in_its_plain_pdl_mode(model, monkeypatch):
     """After the MXFP4 expert kernels the lazy qkv GEMV does not trigger attention early (Experts.qkv_early ->
-    ops.norm_linear -> kernels.splitk_norm_linear(early=False)) unless MXFP4_QKV_EARLY; the tokens are the same."""
+    ops.norm_linear -> kernels.splitk_norm_linear(early=False)) unless MXFP4_QKV_EARLY, and pre-loads its weight tiles
+    from MXFP4_LAZY_PRE_MIN_KS rows a token (Experts.qkv_pre_min_ks -> pre_min_ks); the tokens are the same."""
     from bench.engines.graph import kernels as gk
     from bench.engines.graph import mxfp4_kernels as mk
 
@@ -65,13 +66,15 @@ def test_mxfp4_decode_keeps_the_qkv_launch_in_its_plain_pdl_mode(model, monkeypa
     calls = []
     real = gk.splitk_norm_linear
     monkeypatch.setattr(gk, "LAZY_NORM", True)
-    monkeypatch.setattr(gk, "splitk_norm_linear", lambda *a, **kw: calls.append(kw.get("early")) or real(*a, **kw))
+    monkeypatch.setattr(gk, "splitk_norm_linear",
+                        lambda *a, **kw: calls.append((kw.get("early"), kw.get("pre_min_ks"))) or real(*a, **kw))
     tokens = []
-    for early in (False, True):
+    for early, min_ks in ((False, 2), (True, 5)):
         monkeypatch.setattr(mk, "MXFP4_QKV_EARLY", early)
+        monkeypatch.setattr(mk, "MXFP4_LAZY_PRE_MIN_KS", min_ks)
         calls.clear()
         tokens.append(get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids, 3).tokens)
-        assert calls and set(calls) == {early}, (early, calls)
+        assert calls and set(calls) == {(early, min_ks)}, (early, calls)
     assert torch.equal(tokens[0], tokens[1])
 
 

@@ -150,7 +150,7 @@ class GptOssDecoder:
         # in decode, qkv and o_proj may come back as split-K partials that their consumers sum (ops docstring)
         fuse = attend == self._decode_attention
         qkv, h_src = ops.norm_linear(h, y, ks, lay.ln1, lay.eps, lay.wqkv, lay.bqkv, partials=fuse, site="qkv",
-                                     early=lay.experts.qkv_early)
+                                     early=lay.experts.qkv_early, pre_min_ks=lay.experts.qkv_pre_min_ks)
         normed, topi, topw = ops.linear_norm_route(attend(qkv, lay), lay.wo, lay.bo, h, lay.ln2, lay.eps, lay.router,
                                                    partials=fuse, h_src=h_src)
         return lay.experts(normed, topi, topw, counter), lay.router.top_k

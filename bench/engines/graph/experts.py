@@ -12,6 +12,9 @@ Interface (what a weight format implements; see the package docstring):
     experts.num_experts: int; experts.weight_format: str (stored with the run, e.g. "bf16").
     experts.qkv_early: bool, whether the one-row qkv GEMV that follows these experts' down GEMM may trigger its
         consumer early (PDL mode 2, kernels.splitk_norm_linear's `early`; measured per format on the H200).
+    experts.qkv_pre_min_ks: int | None, the fewest rows per token of their down GEMM at which that GEMV loads its
+        first weight tiles before its PDL wait (kernels.splitk_norm_linear's `pre_min_ks`; None:
+        kernels.LAZY_PRE_MIN_KS).
 
 `register_experts(factory)` adds a format: factory(module, options) returns an Experts or None (not mine).
 """
@@ -30,6 +33,7 @@ class Experts(Protocol):
     num_experts: int
     weight_format: str
     qkv_early: bool
+    qkv_pre_min_ks: int | None
 
     def __call__(
         self, x: torch.Tensor, topi: torch.Tensor, topw: torch.Tensor, counter: torch.Tensor | None
@@ -83,6 +87,7 @@ class DenseExperts:
 
     weight_format = "dense"
     qkv_early = True  # the bf16 expert GEMMs: kernels.PDL_EARLY_MORE's "splitk_qkv" (docs/PERF.md session 13)
+    qkv_pre_min_ks = None  # kernels.LAZY_PRE_MIN_KS (docs/PERF.md session 12)
 
     def __init__(self, module: torch.nn.Module, mode: str, compact: bool, alpha: float, limit: float) -> None:
         self.gate_up = module.gate_up_proj
@@ -166,6 +171,12 @@ class Mxfp4Experts:
         """mxfp4_kernels.MXFP4_QKV_EARLY with the MXFP4 kernels (measured slower with them: docs/MXFP4.md round
         13); True otherwise (the torch reference launches no PDL kernels)."""
         return self.mode != "triton" or bool(self._kernels.MXFP4_QKV_EARLY)
+
+    @property
+    def qkv_pre_min_ks(self) -> int | None:
+        """mxfp4_kernels.MXFP4_LAZY_PRE_MIN_KS with the MXFP4 kernels (their down GEMM triggers the GEMV early,
+        MXFP4_DOWN_EARLY: docs/MXFP4.md round 14); None otherwise."""
+        return int(self._kernels.MXFP4_LAZY_PRE_MIN_KS) if self.mode == "triton" else None
 
     def __init__(self, module: torch.nn.Module, mode: str, compact: bool, alpha: float, limit: float) -> None:
         self.module = module

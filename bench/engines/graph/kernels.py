@@ -429,12 +429,13 @@ def _pre_tiles(pre: int) -> int:
 def splitk_norm_linear(h: torch.Tensor, y: torch.Tensor | None, ks: int, nweight: torch.Tensor, eps: float,
                        weight: torch.Tensor, bias: torch.Tensor | None,
                        config: tuple[int, int, int, int] | None = None,
-                       early: bool = True) -> tuple[Partials, torch.Tensor]:
+                       early: bool = True, pre_min_ks: int | None = None) -> tuple[Partials, torch.Tensor]:
     """One row: what `add_rmsnorm(h, y, ks, nweight, eps)` then `splitk_linear(normed, weight, bias)` give, in one
     launch and without writing h: returns (Partials of weight @ (nweight * hm), unscaled, with the per-slice sums of
     squares for the consumer's rsqrt; hm (1, H), the updated residual row). early: the launch is the "splitk_qkv"
     site of `early_pdl` (False: the plain PDL mode, whatever PDL_EARLY_MORE says; the experts before it decide,
-    Experts.qkv_early)."""
+    Experts.qkv_early). pre_min_ks: the LAZY_PRE tiles load before the wait from this many rows of y on (None:
+    LAZY_PRE_MIN_KS; the experts before it decide, Experts.qkv_pre_min_ks)."""
     if h.shape[0] != 1 or not h.is_contiguous() or (y is not None and (ks < 1 or y.shape != (ks, h.shape[1]))):
         raise ValueError(f"splitk_norm_linear: one contiguous row and ks rows of y, got h {tuple(h.shape)}, "
                          f"y {None if y is None else tuple(y.shape)}, ks {ks}")
@@ -450,7 +451,8 @@ def splitk_norm_linear(h: torch.Tensor, y: torch.Tensor | None, ks: int, nweight
     _splitk_norm_gemv_kernel[(triton.cdiv(n, bn), splits)](
         h, y if y is not None else h, nweight, weight, part, hm, ss, n, kdim, ksplit,
         KS=ks if y is not None else 0, BN=bn, BK=bk, PDL=pdl,
-        PRE=_pre_tiles(LAZY_PRE) if y is not None and ks >= LAZY_PRE_MIN_KS else 0, num_warps=warps,
+        PRE=_pre_tiles(LAZY_PRE) if y is not None and ks >= (LAZY_PRE_MIN_KS if pre_min_ks is None else pre_min_ks)
+        else 0, num_warps=warps,
         **_pdl_kw(pdl),
     )
     return Partials(part=part, bias=bias, dtype=h.dtype, ss=ss, eps=eps, hidden=kdim), hm

@@ -113,7 +113,7 @@ def _moe_mxfp4_kernel(
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     FAST: tl.constexpr, IMPL: tl.constexpr, PDL: tl.constexpr = 0, DQV: tl.constexpr = 0, BMQ: tl.constexpr = 0,
-    EB: tl.constexpr = False,
+    EB: tl.constexpr = False, DE: tl.constexpr = False,
 ):
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
@@ -128,7 +128,10 @@ def _moe_mxfp4_kernel(
             if end > start:
                 _prefetch_rows_l2(wb_ptr + e.to(tl.int64) * stride_wbe, offs_n, nmask, K, BN)
         if PDL > 0:
-            _gdc(1)  # the wait only, no early trigger here: the next kernel starts when this one has exited
+            if DE:  # MXFP4_DOWN_EARLY: the next kernel (the lazy qkv GEMV) launches now and pre-loads its weights
+                _gdc(2)
+            else:
+                _gdc(1)  # the wait only, no early trigger: the next kernel starts when this one has exited
     if COUNT:
         if nb == 0:
             if end > start:
@@ -571,6 +574,18 @@ MXFP4_EARLY_BIAS_MAX_TOKENS = 1 << 30
 # mxfp4 --compare '{"main": {}, "noqkvE": {"PDL_EARLY_MORE": ["rope", "moe_down"]}}' --cases 1x4,1x2 --rounds 3`):
 # with the trigger batch 1 E32 / E16 k4 +2.0 / +1.9%, k2 +2.3 / +2.3% slower, the same bits. So off here.
 MXFP4_QKV_EARLY = False
+# Whether the down GEMM (PDL mode >= 1) lets the kernel after it, the lazy qkv GEMV, launch right after its own wait
+# (PDL mode 2, as "moe_down" in kernels.PDL_EARLY_MORE does for the bf16 down GEMM), so that the GEMV's pre-loaded
+# weight tiles (kernels.LAZY_PRE) stream under the down GEMM's tail; and from how many down rows a token (top_k) the
+# GEMV pre-loads them after these kernels (Experts.qkv_pre_min_ks; bf16: kernels.LAZY_PRE_MIN_KS, 3). The same bits
+# either way: the GEMV reads the down GEMM's output only after its own wait. H200 (docs/MXFP4.md round 14, two
+# same-card calls, `gpu_step_ablation.py --weights mxfp4 --compare '{"main": {}, "de": {"mx.MXFP4_DOWN_EARLY": true},
+# ...}' --cases 1x4,1x2 --rounds 3`, E32 / E16, the same tokens and logits): down early alone k4 -2.5 / -2.5%, k2
+# -0.7 / -0.6% (the GEMV pre-loads nothing at 2 rows); with pre-loads from 2 rows k4 -2.5 / -2.6% and -2.6 / -2.5%,
+# k2 -3.5 / -3.2% and -3.0 / -3.2%; down early without pre-loads (LAZY_PRE 0) k4 -0.5 / -0.6%; with LAZY_PRE 3 / 4
+# instead of 2 k4 +0.9 / +0.7% and +1.5 / +1.4% against main. False: the next kernel launches once down has exited.
+MXFP4_DOWN_EARLY = True
+MXFP4_LAZY_PRE_MIN_KS = 2
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}, "pdl": 2}'
 # overrides these tables and MXFP4_PDL (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 TILES_ENV = "MOE_MXFP4_TILES"
@@ -595,6 +610,8 @@ if os.environ.get(TILES_ENV):
     MXFP4_PDL = int(_tiles.get("pdl", MXFP4_PDL))
     MXFP4_EARLY_BIAS = bool(_tiles.get("early_bias", MXFP4_EARLY_BIAS))
     MXFP4_EARLY_BIAS_MAX_TOKENS = int(_tiles.get("early_bias_max_tokens", MXFP4_EARLY_BIAS_MAX_TOKENS))
+    MXFP4_DOWN_EARLY = bool(_tiles.get("down_early", MXFP4_DOWN_EARLY))
+    MXFP4_LAZY_PRE_MIN_KS = int(_tiles.get("lazy_pre_min_ks", MXFP4_LAZY_PRE_MIN_KS))
     MXFP4_CONFIG_DQA.update({k: tuple(v) for k, v in _tiles.get("dqa", {}).items()})
     DQA_MIN_TOKENS = int(_tiles.get("dqa_min_tokens", DQA_MIN_TOKENS))
     DQA_MAX_TOKENS = int(_tiles.get("dqa_max_tokens", DQA_MAX_TOKENS))
@@ -729,7 +746,7 @@ def moe_mxfp4(
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], PDL=pdl, DQV=dqv, BMQ=bmq,
-            EB=mxfp4_early_bias_on(x.shape[0]),
+            EB=mxfp4_early_bias_on(x.shape[0]), DE=not gu and MXFP4_DOWN_EARLY,
             num_warps=warps, num_stages=stages, **_pdl_kw(pdl), **({"maxnreg": maxnreg} if maxnreg else {}),
         )
     return out

@@ -6,10 +6,11 @@
     route(x, router) -> (topi (T, k) int32/int64, topw (T, k) float32)   router linear, top-k, softmax over k
     norm_route(h, delta, w, eps, router) -> (normed, topi, topw)   add_rmsnorm(h, delta, 1, w, eps), then route
                                                  (TritonOps: one launch for few rows, kernels.add_rmsnorm_route)
-    norm_linear(h, delta, ks, w, eps, weight, bias, partials=False, site, early=True) -> (y, h_src)
+    norm_linear(h, delta, ks, w, eps, weight, bias, partials=False, site, early=True, pre_min_ks=None) -> (y, h_src)
                                  linear(add_rmsnorm(h, delta, ks, w, eps), weight, bias), and where the updated
                                  residual is (h; with TritonOps and LAZY_NORM at one row: one launch, h untouched, a
-                                 scratch row, triggering its consumer early unless early=False)
+                                 scratch row, triggering its consumer early unless early=False, pre-loading weight
+                                 tiles from pre_min_ks rows of delta on: kernels.splitk_norm_linear)
     linear_norm_route(x, wo, bo, h, w, eps, router, partials=False, h_src=None) -> (normed, topi, topw)   norm_route(h,
                                  linear(x, wo, bo, partials, "o_proj"), w, eps, router): the decoder's o_proj and
                                  what follows it; TritonOps at one row with FOLD_NORM_ROUTER and partials: one
@@ -126,7 +127,8 @@ class TorchOps:
 
     def norm_linear(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor, eps: float,
                     weight: torch.Tensor, bias: torch.Tensor | None, partials: bool = False,
-                    site: str = "", early: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                    site: str = "", early: bool = True,
+                    pre_min_ks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.linear(self.add_rmsnorm(h, delta, ks, w, eps), weight, bias, partials, site), h
 
     def route(self, x: torch.Tensor, router: Router) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,7 +250,8 @@ class TritonOps:
 
     def norm_linear(self, h: torch.Tensor, delta: torch.Tensor | None, ks: int, w: torch.Tensor, eps: float,
                     weight: torch.Tensor, bias: torch.Tensor | None, partials: bool = False,
-                    site: str = "", early: bool = True) -> tuple[torch.Tensor | Partials, torch.Tensor]:
+                    site: str = "", early: bool = True,
+                    pre_min_ks: int | None = None) -> tuple[torch.Tensor | Partials, torch.Tensor]:
         """add_rmsnorm then `linear`; with kernels.LAZY_NORM at one row, where the linear is the split-K GEMV and the
         fused rope + attention its consumer: one launch (kernels.splitk_norm_linear) that leaves h as it was and
         returns the updated residual as a scratch row, for linear_norm_route's h_src."""
@@ -256,7 +259,8 @@ class TritonOps:
         if (k.LAZY_NORM and h.shape[0] == 1 and self._splitk_gemv(h, weight, partials) and k.FUSE_ROPE_ATTN
                 and k.FUSE_ROPE_ATTN_MIN_ROWS <= 1 and h.is_contiguous() and (delta is None or delta.is_contiguous())):
             return k.splitk_norm_linear(h, delta.view(ks, -1) if delta is not None else None, ks, w, eps, weight,
-                                        bias, k.LAZY_NORM_CONFIG or k.SPLITK_CONFIG["small"], early=early)
+                                        bias, k.LAZY_NORM_CONFIG or k.SPLITK_CONFIG["small"], early=early,
+                                        pre_min_ks=pre_min_ks)
         return self.linear(self.add_rmsnorm(h, delta, ks, w, eps), weight, bias, partials, site), h
 
     def route(self, x: torch.Tensor, router: Router) -> tuple[torch.Tensor, torch.Tensor]:
