@@ -38,7 +38,8 @@ these kernels is CUDA-graph capturable. Inner loops (`IMPL`, picked per launch b
 Programmatic dependent launch (MXFP4_PDL, one-token steps as kernels.pdl_launch decides): both GEMMs wait
 (griddepcontrol.wait) before reading what an earlier kernel wrote; in mode 2 gate_up lets the down GEMM launch once
 all its programs have passed their wait, and down prefetches its weight rows into L2 (_prefetch_rows_l2) before
-its own wait, so its first reads overlap gate_up's last programs.
+its own wait, so its first reads overlap gate_up's last programs; with MXFP4_DOWN_EARLY down in turn lets the next
+kernel (the lazy qkv GEMV, which pre-loads its weight tiles before its own wait) launch right after its wait.
 In gemv / mma, CUDA with bf16 activations decodes codes to fp16 by bit placement (value * 2^-14, folded into the
 scale); otherwise (the CPU interpreter, float32 tests) the decode is float arithmetic in the activation dtype, exact.
 Runs under TRITON_INTERPRET=1 on CPU for tests (tests/interpreter/mxfp4_cases.py).
