@@ -280,6 +280,24 @@ def test_qkv_triggers_early_after_bf16_experts_only(monkeypatch):
     assert tri.qkv_early is True and tri.qkv_pre_min_ks == 7
 
 
+def test_lazy_gemv_preloads_from_the_experts_row_count_and_mxfp4_down_triggers_it(monkeypatch):
+    """kernels.lazy_pre_tiles: the lazy qkv GEMV's pre-loaded tiles (LAZY_PRE) from LAZY_PRE_MIN_KS down rows a
+    token, or from the experts' own count (Experts.qkv_pre_min_ks: 2 after the MXFP4 kernels), none below it;
+    mxfp4_kernels.mxfp4_down_early: only the MXFP4 down GEMM triggers that GEMV early, and only with
+    MXFP4_DOWN_EARLY."""
+    from bench.engines.graph import kernels as gk
+    from bench.engines.graph import mxfp4_kernels as mk
+
+    monkeypatch.setattr(gk, "LAZY_PRE", 2)
+    monkeypatch.setattr(gk, "LAZY_PRE_MIN_KS", 3)
+    assert [gk.lazy_pre_tiles(ks) for ks in (1, 2, 3, 4)] == [0, 0, 2, 2]
+    assert [gk.lazy_pre_tiles(ks, 2) for ks in (1, 2, 4)] == [0, 2, 2]
+    monkeypatch.setattr(mk, "MXFP4_DOWN_EARLY", True)
+    assert (mk.mxfp4_down_early("down"), mk.mxfp4_down_early("gate_up")) == (True, False)
+    monkeypatch.setattr(mk, "MXFP4_DOWN_EARLY", False)
+    assert not mk.mxfp4_down_early("down")
+
+
 def test_gate_up_triggers_early_only_at_one_token_with_few_pairs(monkeypatch):
     """kernels.moe_pdl: the one-token gate_up expert GEMM in PDL mode 2 when it has <= GATE_UP_EARLY_MAX_PAIRS pairs
     (top_k 2 at batch 1), mode 1 with more (top_k 4); the down GEMM as `early_pdl` says; no PDL stays no PDL;

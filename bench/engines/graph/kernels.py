@@ -418,6 +418,12 @@ LAZY_PRE = 2
 LAZY_PRE_MIN_KS = 3
 
 
+def lazy_pre_tiles(ks: int, pre_min_ks: int | None = None) -> int:
+    """The weight tiles the lazy qkv GEMV loads before its PDL wait after a down GEMM of `ks` rows a token: LAZY_PRE
+    from pre_min_ks rows on (None: LAZY_PRE_MIN_KS; the experts before it decide, Experts.qkv_pre_min_ks), else 0."""
+    return _pre_tiles(LAZY_PRE) if ks >= (LAZY_PRE_MIN_KS if pre_min_ks is None else pre_min_ks) else 0
+
+
 def _pre_tiles(pre: int) -> int:
     """The weight tiles a one-row split-K kernel loads before its PDL wait (0..4; without PDL the wait is a no-op and
     they are the loop's first steps, unpipelined)."""
@@ -434,8 +440,7 @@ def splitk_norm_linear(h: torch.Tensor, y: torch.Tensor | None, ks: int, nweight
     launch and without writing h: returns (Partials of weight @ (nweight * hm), unscaled, with the per-slice sums of
     squares for the consumer's rsqrt; hm (1, H), the updated residual row). early: the launch is the "splitk_qkv"
     site of `early_pdl` (False: the plain PDL mode, whatever PDL_EARLY_MORE says; the experts before it decide,
-    Experts.qkv_early). pre_min_ks: the LAZY_PRE tiles load before the wait from this many rows of y on (None:
-    LAZY_PRE_MIN_KS; the experts before it decide, Experts.qkv_pre_min_ks)."""
+    Experts.qkv_early). pre_min_ks: see `lazy_pre_tiles`."""
     if h.shape[0] != 1 or not h.is_contiguous() or (y is not None and (ks < 1 or y.shape != (ks, h.shape[1]))):
         raise ValueError(f"splitk_norm_linear: one contiguous row and ks rows of y, got h {tuple(h.shape)}, "
                          f"y {None if y is None else tuple(y.shape)}, ks {ks}")
@@ -451,8 +456,7 @@ def splitk_norm_linear(h: torch.Tensor, y: torch.Tensor | None, ks: int, nweight
     _splitk_norm_gemv_kernel[(triton.cdiv(n, bn), splits)](
         h, y if y is not None else h, nweight, weight, part, hm, ss, n, kdim, ksplit,
         KS=ks if y is not None else 0, BN=bn, BK=bk, PDL=pdl,
-        PRE=_pre_tiles(LAZY_PRE) if y is not None and ks >= (LAZY_PRE_MIN_KS if pre_min_ks is None else pre_min_ks)
-        else 0, num_warps=warps,
+        PRE=lazy_pre_tiles(ks, pre_min_ks) if y is not None else 0, num_warps=warps,
         **_pdl_kw(pdl),
     )
     return Partials(part=part, bias=bias, dtype=h.dtype, ss=ss, eps=eps, hidden=kdim), hm

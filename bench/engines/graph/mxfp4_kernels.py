@@ -626,6 +626,12 @@ def mxfp4_early_bias_on(tokens: int) -> bool:
     return bool(MXFP4_EARLY_BIAS) and tokens <= MXFP4_EARLY_BIAS_MAX_TOKENS
 
 
+def mxfp4_down_early(gemm: str) -> bool:
+    """Whether an expert GEMM launch ("gate_up" / "down") lets the next kernel launch right after its PDL wait
+    through the DE flag: the down GEMM with MXFP4_DOWN_EARLY (gate_up's early trigger is MXFP4_PDL 2's)."""
+    return gemm == "down" and bool(MXFP4_DOWN_EARLY)
+
+
 def dq_class(tokens: int) -> tuple[dict[str, tuple[int, int, int, int]], int, int, int]:
     """The dq loop's (tiles, variant, M sub-tile, register cap) for a launch of `tokens` tokens: its batch class in
     MXFP4_CONFIG_DQ_T over MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ ("maxnreg": ptxas' register cap a thread, so that
@@ -747,7 +753,7 @@ def moe_mxfp4(
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], PDL=pdl, DQV=dqv, BMQ=bmq,
-            EB=mxfp4_early_bias_on(x.shape[0]), DE=not gu and MXFP4_DOWN_EARLY,
+            EB=mxfp4_early_bias_on(x.shape[0]), DE=mxfp4_down_early(name),
             num_warps=warps, num_stages=stages, **_pdl_kw(pdl), **({"maxnreg": maxnreg} if maxnreg else {}),
         )
     return out
