@@ -592,75 +592,6 @@ def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
     return {"results": {f"{t}|{i}": v for (t, i), v in results.items()}, "pick": pick}
 
 
-# round 15 (--gemvm): the tensor-core batch-1 loop "gemvm" (GEMVM_VARIANT bit 0: next step's loads ahead in
-# registers; bit 1: one MMA chain a 4-block group, two accumulators), (BN, BK, warps, stages), against gemv4
-GEMVM_CANDIDATES = [
-    (0, (16, 512, 1, 1)), (0, (16, 512, 1, 3)), (0, (32, 256, 1, 1)), (0, (32, 256, 1, 3)), (0, (16, 256, 1, 3)),
-    (0, (32, 512, 2, 1)), (1, (16, 256, 1, 1)), (1, (16, 128, 1, 1)), (1, (8, 512, 1, 1)), (1, (32, 128, 1, 1)),
-    (2, (16, 512, 1, 1)), (2, (16, 1024, 1, 1)), (2, (32, 512, 2, 1)), (2, (32, 512, 1, 1)), (2, (16, 512, 1, 3)),
-    (2, (64, 512, 4, 1)), (2, (32, 256, 1, 1)),
-]
-
-
-def gemvm_probe(out_dir: Path) -> dict:
-    """One E32 expert layer at the real shapes (random blocks, scales 100..130) at one token, top_k 4 and 2: gemv4
-    (the shipped loop and tiles) and each GEMVM_CANDIDATES entry for both GEMMs, checked against the torch reference
-    (relative L2 error < 2%, else never picked) and timed (CUDA-graph median, shipped PDL mode); the read floor;
-    then the best gate_up and down entries combined. Writes $OUT/gemvm_compare.json, the --compare configurations
-    of scripts/gpu_step_ablation.py for the engine (main against the two fastest gemvm tables)."""
-    gen = torch.Generator(device="cuda").manual_seed(3)
-    ex = mxfp4.Mxfp4Experts(32, 2880, 2880, 1.702, 7.0, device="cuda")
-    for name in ("gate_up_proj_blocks", "down_proj_blocks"):
-        buf = getattr(ex, name)
-        buf.copy_(torch.randint(0, 256, buf.shape, generator=gen, device="cuda", dtype=torch.int32).to(torch.uint8))
-    for name in ("gate_up_proj_scales", "down_proj_scales"):
-        buf = getattr(ex, name)
-        buf.copy_(torch.randint(118, 124, buf.shape, generator=gen, device="cuda", dtype=torch.int32).to(torch.uint8))
-    ex.gate_up_proj_bias.normal_(0, 0.1, generator=gen)
-    ex.down_proj_bias.normal_(0, 0.1, generator=gen)
-    per_expert = sum(getattr(ex, n)[0].numel() for n in ("gate_up_proj_blocks", "gate_up_proj_scales",
-                                                          "down_proj_blocks", "down_proj_scales"))
-    saved = (dict(mk.MXFP4_CONFIG_GEMVM), mk.GEMVM_VARIANT)
-    times: dict[tuple, list[float]] = {}
-    for k in (4, 2):
-        x = torch.randn(1, 2880, generator=gen, device="cuda").to(torch.bfloat16)
-        topi, topw = _routing(1, 32, k, gen)
-        nbytes = per_expert * k
-        want = _ref_moe(x, ex, topi, topw).float()
-        if k == 4:
-            read_floor(ex, topi)
-
-        def run(impl, x=x, topi=topi, topw=topw):
-            return _call(x, ex, topi, topw, impl=impl)
-
-        for label, impl, gv, tiles in [("gemv4", "gemv4", None, None)] + [
-                (f"gemvm-v{gv}-{'x'.join(map(str, t))}", "gemvm", gv, t) for gv, t in GEMVM_CANDIDATES]:
-            rec = {"sec": "gemvm", "k": k, "label": label}
-            try:
-                if tiles:
-                    mk.MXFP4_CONFIG_GEMVM.update({"gate_up": tiles, "down": tiles})
-                    mk.GEMVM_VARIANT = gv
-                rel = ((run(impl).float() - want).norm() / want.norm()).item()
-                us = _time(lambda impl=impl: run(impl)) if rel < 0.02 else float("inf")
-                rec.update(rel_l2_err=round(rel, 5), us_per_layer=round(us, 2), gb_s=round(nbytes / us / 1e3, 1))
-                times.setdefault((label, gv, tiles), []).append(us)
-            except Exception as exc:
-                rec.update(error=repr(exc)[:300])
-            emit(rec)
-        mk.MXFP4_CONFIG_GEMVM.update(saved[0])
-        mk.GEMVM_VARIANT = saved[1]
-    base = sum(times.get(("gemv4", None, None), [float("inf")]))
-    ranked = sorted((sum(v), key) for key, v in times.items() if key[0] != "gemv4" and len(v) == 2)
-    emit({"sec": "gemvm_rank", "gemv4_us_k4_plus_k2": round(base, 2),
-          "ranked": [(round(t, 2), key[0]) for t, key in ranked[:8]]})
-    compare = {"main": {}}
-    for _t, (label, gv, tiles) in ranked[:2]:
-        compare[label] = {"mx.GEMV_IMPL": "gemvm", "mx.GEMVM_VARIANT": gv,
-                          "mx.MXFP4_CONFIG_GEMVM": {"gate_up": list(tiles), "down": list(tiles)}}
-    (out_dir / "gemvm_compare.json").write_text(json.dumps(compare))
-    return compare
-
-
 def time_case(model, batch: int, k: int, arch, bandwidth: float, label: str, weights: str,
               splitk: bool = False) -> dict:
     from bench.roofline import mean_decode_context, roofline_point
@@ -734,8 +665,6 @@ def main() -> int:
     ap.add_argument("--dq-sweep-s", type=float, default=100, help="seconds the --dq-sweep may take")
     ap.add_argument("--perf", default=None, help="arguments for bench perf, run afterwards in this process")
     ap.add_argument("--e16", action="store_true", help="then E16 at batch 32 (prunes the model: no accuracy after)")
-    ap.add_argument("--gemvm", action="store_true",
-                    help="round 15: only the one-token gemvm probe (gemvm_probe), no model; then stops")
     ap.add_argument("--dqa", action="store_true",
                     help="round 7: the Gluon dqa loop vs main's dq (layers, engine E32/E16 b32, accuracy), then stop")
     ap.add_argument("--bf16-picks", default=None,
@@ -755,11 +684,6 @@ def main() -> int:
 
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                     "commit": os.environ.get("MOE_BENCH_GIT_COMMIT")}
-    if args.gemvm:
-        emit({"sec": "env", **report})
-        gemvm_probe(out_dir)
-        emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
-        return 0
     model = load_model(MODEL, device="cuda", dtype=torch.bfloat16, seed=0).model
     bandwidth = measure_bandwidth("cuda")
     emit({"sec": "env", **report, "bandwidth_gbs": round(bandwidth / 1e9, 1), "load_s": round(time.time() - T0, 1)})

@@ -72,14 +72,6 @@ CASES += [(t, k, f"dqa{extra}", sc) for t, k, extra, sc in [
     (4, 4, "-ring3", (100, 150)), (32, 4, "-ring3", (100, 150)), (40, 4, "-odd-ring3", (100, 150)),
     (64, 4, "-h16-ring3", (100, 150))]]
 
-# round 15's batch-1 tensor-core loop "gemvm" in each variant (0 plain, 1 the next step's loads ahead, 2 one MMA
-# chain a 4-block group) at one and three tokens, steps of 256 (gate_up K 256 and down K 128: one full step each);
-# "-bk128": several full steps (the prefetch's rotation); "-odd" (H 320, I 96): gate_up a full step, then a tail
-# group; down the tail alone
-CASES += [(t, k, f"gemvm-g{gv}{extra}", sc) for t, k, gv, extra, sc in [
-    (1, 4, 0, "", (100, 150)), (1, 2, 1, "", (0, 171)), (1, 4, 1, "-bk128", (100, 150)), (3, 2, 2, "", (100, 150)),
-    (1, 4, 2, "-bk128", (0, 171)), (1, 4, 1, "-odd", (100, 150)), (1, 4, 2, "-odd", (100, 150))]]
-
 
 @pytest.mark.parametrize("tokens,k,impl,scales", CASES)
 def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypatch):
@@ -90,13 +82,6 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypa
         monkeypatch.setattr(mk, "MXFP4_PDL", int(impl[-1]))
         impl = "gemv4"
     shape, fold = {}, False
-    if impl.startswith("gemvm-g"):  # "gemvm-g1-bk128": GEMVM_VARIANT 1, steps of 128
-        monkeypatch.setattr(mk, "GEMVM_VARIANT", int(impl.split("-")[1][1:]))
-        bk = 128 if impl.endswith("-bk128") else 256
-        monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMVM", {"gate_up": (16, bk, 1, 1), "down": (16, bk, 1, 1)})
-        if impl.endswith("-odd"):  # H 320: a full step and a tail group with 2 of its 4 blocks
-            shape = {"hidden": 320, "inter": 96}
-        impl = "gemvm"
     if "-v" in impl:  # dq variants: "dq-v3-bmq16-odd"
         parts = impl.split("-")
         impl = parts[0]

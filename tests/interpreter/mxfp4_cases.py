@@ -175,63 +175,6 @@ def test_gemv4_decodes_every_byte_and_scale(scales, monkeypatch):
     assert err < 1e-5, err
 
 
-
-@pytest.mark.parametrize("variant,bk,scales", [(0, 256, (100, 150)), (1, 128, (100, 150)), (1, 256, (0, 171)),
-                                               (2, 256, (100, 150)), (2, 256, (0, 171))])
-def test_gemvm_decodes_every_byte_and_scale(variant, bk, scales, monkeypatch):
-    """gemvm (bf16 decode + tensor-core product, K reordered into the MMA's operand layout) in each variant (0 plain;
-    1 the next step's loads ahead; 2 one MMA chain a 4-block group, two accumulators) on random blocks holding every
-    byte value and scales across (100, 150) or 0..170, bf16 activations: equal to gemv4 on the same inputs (exact
-    against float64 in test_gemv4_decodes_every_byte_and_scale; both round their outputs to bf16) and close to
-    dequantize + a float64 per-expert loop. gate_up K = 288 (9 blocks): full steps of BK, then a tail group with one
-    block; down K = 160 (5 blocks): the tail alone (BK 256) or one full step and a tail (BK 128). A wrong position in
-    the reorder, a wrong code, scale, step, prefetch or accumulator shows."""
-    from bench.engines.graph import mxfp4_kernels as mk
-
-    gen = torch.Generator().manual_seed(scales[0] + bk + variant)
-    monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMVM", {"gate_up": (32, bk, 1, 1), "down": (32, bk, 1, 1)})
-    monkeypatch.setattr(mk, "GEMVM_VARIANT", variant)
-    monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (32, 64, 4, 1), "down": (32, 64, 4, 1)})
-    hidden, inter = 288, 160
-    ex = mxfp4.Mxfp4Experts(4, hidden, inter, 1.702, 7.0, dtype=torch.float32)
-    for name in ("gate_up_proj_blocks", "down_proj_blocks"):
-        buf = getattr(ex, name)
-        buf.copy_(torch.randint(0, 256, buf.shape, generator=gen).to(torch.uint8))
-        assert buf.unique().numel() == 256
-    lo, hi = scales
-    for name in ("gate_up_proj_scales", "down_proj_scales"):
-        buf = getattr(ex, name)
-        buf.copy_(torch.randint(lo, hi, buf.shape, generator=gen).to(torch.uint8))
-    ex.gate_up_proj_bias.normal_(0, 0.1, generator=gen)
-    ex.down_proj_bias.normal_(0, 0.1, generator=gen)
-    x = (torch.randn(1, hidden, generator=gen) * 2.0 ** (-10 if hi <= 150 else -50)).to(torch.bfloat16)
-    i = torch.tensor([[0, 3]], dtype=torch.int32)
-    w = torch.tensor([[0.75, 0.25]], dtype=torch.bfloat16)
-    want = torch.zeros((2, hidden), dtype=torch.float64)
-    for j in range(2):
-        e = int(i[0, j])
-        gu, dn = ex.expert_weights(e, torch.float64)
-        h = ex._apply_gate(x.double() @ gu + ex.gate_up_proj_bias[e].double())
-        want[j] = (h @ dn + ex.down_proj_bias[e].double()) * float(w[0, j])
-    args = (ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias.to(torch.bfloat16),
-            ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias.to(torch.bfloat16), i, w, ex.alpha, ex.limit)
-    got = mk.moe_mxfp4(x, *args, impl="gemvm").double()
-    ref4 = mk.moe_mxfp4(x, *args, impl="gemv4").double()
-    assert torch.isfinite(got).all()
-    assert ((got - ref4).norm() / ref4.norm()).item() < 1e-3  # bf16 outputs: a few ulps at most
-    assert ((got - want).norm() / want.norm()).item() < 2e-2  # bf16 activations, gate_up output and outputs
-
-
-def test_gemvm_is_picked_only_for_bf16_on_the_gpu(monkeypatch):
-    """GEMV_IMPL "gemvm" runs one-token decode on CUDA with bf16 activations; float32 or CPU runs keep the exact
-    gemv4 (gemvm rounds the activations to bf16)."""
-    from bench.engines.graph import mxfp4_kernels as mk
-
-    monkeypatch.setattr(mk, "GEMV_IMPL", "gemvm")
-    assert mk.pick_impl(1, True, True) == "gemvm"
-    assert mk.pick_impl(1, True, False) == "gemv4"
-    assert mk.pick_impl(2, True, True) == mk.MMA_IMPL
-
 @triton.jit
 def _dq_sub_tiles(topi_ptr, pairs_ptr, live_ptr, P, PB: tl.constexpr, BM: tl.constexpr, BMQ: tl.constexpr,
                   NT: tl.constexpr):

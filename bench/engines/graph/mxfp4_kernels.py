@@ -150,11 +150,6 @@ def _moe_mxfp4_kernel(
                               offs_n, nmask, TOPK, GATE_UP, BM, BN, BK)
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                          offs_n, nmask, N, GATE_UP, BM, BN, bv, rws, EB)
-        elif IMPL == 7:  # gemvm: multiply decode to bf16, tensor-core product (scan mode only, like gemv)
-            acc = _gemvm_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, K, stride_x,
-                              offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, FAST, DQV)
-            moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                         offs_n, nmask, N, GATE_UP, BM, BN, bv, rws, EB)
         elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
             MT: tl.constexpr = BMQ if BMQ > 0 and BMQ < BM else BM  # M tiles of BMQ rows: slices of scan_rows
             for m0 in range(start, end, MT):
@@ -316,124 +311,6 @@ def _gemv4_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: 
                 else:
                     part = tl.where((mm == r)[:, None, None], part + s[None, :, :], part)
     return tl.sum(part, axis=2) * 4611686018427387904.0  # 2^62: 2^-126 of the codes, 2^64 of the activations
-
-
-@triton.jit
-def _gemvm_bf16_pair(t, MUL: tl.constexpr):
-    """Two e2m1 codes of a uint32 word masked to bits p..p+3 and p+16..p+19 (p = 0 with MUL 4160, 4 with 260) ->
-    [.., 2] bf16 (low code, high code), each e2m1 * 2^-126 exactly: _e2m1_pair_f32's multiply placed for bf16 (the
-    mask 0x81C081C0 leaves in each half the sign at bit 15 and e1 e0 m at bits 8..6; subnormal for e = 0). The split
-    into halves is free in SASS: the pair stays one bf16x2 register."""
-    m = (t * MUL) & 0x81C081C0
-    lo = (m & 0xFFFF).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    hi = (m >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return tl.join(lo, hi)
-
-
-@triton.jit
-def _gemvm_load(wrow, srow, xb, k0, kend, nmask, NQ: tl.constexpr, BN: tl.constexpr):
-    """One step of gemvm's inputs at K offset k0: the words of NQ 4-block groups a row ([BN, NQ, 16] int32, a
-    16-byte vector a lane), their scales ([BN, 4 NQ] int32) and the activations in the MMA's K order ([128 NQ, BM]),
-    each masked to K offsets below kend (K; a prefetch past the last full step passes that step's end, so every
-    load is masked off)."""
-    qi = tl.arange(0, NQ)
-    wl = tl.arange(0, 16)
-    wq = k0 // 8 + (qi * 16)[:, None] + wl[None, :]  # [NQ, 16]: the step's words by 4-block group
-    wd = tl.load(wrow[:, None, None] + wq[None, :, :], mask=nmask[:, None, None] & (wq < kend // 8)[None, :, :],
-                 other=0)
-    g = k0 // 32 + tl.arange(0, 4 * NQ)
-    s = tl.load(srow[:, None] + g[None, :], mask=nmask[:, None] & (g < kend // 32)[None, :], other=0).to(tl.int32)
-    pos = tl.arange(0, 128 * NQ)
-    # K offset (inside the step) of MMA position p: q = p >> 7, c = (p >> 5) & 3, t = (p >> 3) & 3, pair r, half b0
-    kx = k0 + ((pos >> 7) * 128 + ((pos >> 3) & 3) * 32 + ((pos >> 5) & 3) * 8 + ((pos >> 1) & 3) + (pos & 1) * 4)
-    xt = tl.load(xb + kx[:, None], mask=(kx < kend)[:, None], other=0.0)
-    return wd, s, xt
-
-
-@triton.jit
-def _gemvm_mma(wd, s, xt, acc, FAST: tl.constexpr, NQ: tl.constexpr, BN: tl.constexpr):
-    """acc [BN, BM] += the step's decoded weights [BN, 128 NQ] (bf16, in the MMA's K order) times xt [128 NQ, BM].
-
-    A word decodes in 13 integer ops to 4 bf16x2 values (_gemvm_bf16_pair per code pair, one shift a word), then
-    one bf16x2 multiply by the block scale 2^(s-65) (bf16 exponent field s + 62; valid for s <= 192, larger scales
-    clamp; scales below ~60 underflow towards 0, far from a real checkpoint's). Position 128q + 32c + 8t + 2r + b0
-    holds code r + 4 b0 of word c of block 4q + t (K offset 128q + 32t + 8c + r + 4 b0), so that every lane's values
-    already sit where Triton's MMA operand layout (kWidth 8) wants them. Under the CPU interpreter (FAST false: it
-    flushes bf16 subnormals and its bf16 dot is wrong) the same weights are formed through fp32 and the dot runs in
-    fp32."""
-    NW: tl.constexpr = 16 * NQ
-    wd = tl.reshape(wd, (BN, NW))
-    sbits = ((tl.minimum(s, 192) + 62) << 7).to(tl.int16)  # bf16 2^(s - 65)
-    sc = tl.reshape(tl.broadcast_to(sbits[:, :, None], (BN, 4 * NQ, 8)), (BN, NW, 2))  # word w: block w // 4
-    wu = wd.to(tl.uint32, bitcast=True)
-    v = wu >> 8
-    if FAST:  # bf16 all the way (CUDA)
-        sc = sc.to(tl.bfloat16, bitcast=True)
-        o0 = _gemvm_bf16_pair(wu & 0x000F000F, 4160) * sc  # [BN, NW, 2 (b0)]: codes 0, 4 of each word
-        o1 = _gemvm_bf16_pair(wu & 0x00F000F0, 260) * sc  # codes 1, 5
-        o2 = _gemvm_bf16_pair(v & 0x000F000F, 4160) * sc  # codes 2, 6
-        o3 = _gemvm_bf16_pair(v & 0x00F000F0, 260) * sc  # codes 3, 7
-    else:
-        scf = (sc.to(tl.int32) << 16).to(tl.float32, bitcast=True)  # 2^(s - 65) as fp32
-        o0 = (tl.join(*_e2m1_pair_f32(wu & 0x000F000F, 4160)) * scf).to(tl.bfloat16).to(tl.float32)
-        o1 = (tl.join(*_e2m1_pair_f32(wu & 0x00F000F0, 260)) * scf).to(tl.bfloat16).to(tl.float32)
-        o2 = (tl.join(*_e2m1_pair_f32(v & 0x000F000F, 4160)) * scf).to(tl.bfloat16).to(tl.float32)
-        o3 = (tl.join(*_e2m1_pair_f32(v & 0x00F000F0, 260)) * scf).to(tl.bfloat16).to(tl.float32)
-    t = tl.join(tl.join(o0, o1), tl.join(o2, o3))  # [BN, NW, 2 (b0), 2 (r0), 2 (r1)]
-    t = tl.reshape(t, (BN, NQ, 4, 4, 2, 2, 2))  # (n, q, t, c, b0, r0, r1): word 16q + 4t + c
-    w = tl.reshape(tl.permute(t, (0, 1, 3, 2, 6, 5, 4)), (BN, 128 * NQ))  # -> (n, q, c, t, r1, r0, b0)
-    if FAST:
-        acc = tl.dot(w, xt.to(tl.bfloat16), acc)
-    else:
-        acc = tl.dot(w, xt.to(tl.bfloat16).to(tl.float32), acc, input_precision="ieee")
-    return acc
-
-
-@triton.jit
-def _gemvm_rows(x_ptr, wb_e, ws_e, rows, K, stride_x, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr, GV: tl.constexpr):
-    """[BM, BN] fp32 for the batch-1 loop "gemvm": the expert's N tile decoded to bf16 in registers and multiplied
-    on the tensor cores (mma.sync; the rows' activations [BK, BM] are the B operand, padded by Triton to the MMA's
-    N). Full steps of BK (a multiple of 128) run first, then the K tail in steps of one 4-block group (128), so no
-    step runs past K but the last group's masked half (gpt-oss: K 2,880 = 22.5 groups).
-
-    GV (GEMVM_VARIANT) bit 0: the next full step's words, scales and activations are loaded into registers before
-    this step's decode and MMA, so its memory latency runs under them (the loop's one warp a program otherwise waits
-    for each step's loads). Bit 1: each 4-block group of a step has its own MMA chain, alternating between two
-    accumulators (one chain of BK / 16 dependent MMAs a step otherwise). Products are e2m1 * 2^(s-191) * x in fp32,
-    times 2^64 at the end."""
-    KG = K // 32
-    NQ: tl.constexpr = BK // 128
-    xrow = activation_rows(rows, TOPK, GATE_UP)
-    wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 4), 4)  # wb_e: int32 view of the blocks
-    srow = ws_e + offs_n.to(tl.int64) * KG
-    xb = x_ptr + xrow[None, :].to(tl.int64) * stride_x
-    acc = tl.zeros([BN, BM], dtype=tl.float32)
-    acc1 = tl.zeros([BN, BM], dtype=tl.float32)
-    kf = (K // BK) * BK
-    PF: tl.constexpr = GV == 1  # bit 1 (a chain a group) loads group by group: no prefetch with it
-    if PF:
-        wd, s, xt = _gemvm_load(wrow, srow, xb, 0, kf, nmask, NQ, BN)
-    for k0 in range(0, kf, BK):
-        if PF:
-            wn, sn, xn = _gemvm_load(wrow, srow, xb, k0 + BK, kf, nmask, NQ, BN)
-        elif GV // 2 == 0:
-            wd, s, xt = _gemvm_load(wrow, srow, xb, k0, kf, nmask, NQ, BN)
-        if GV // 2 == 1:  # one chain a 4-block group, alternating accumulators (no prefetch across steps)
-            for q in tl.static_range(NQ):
-                wq, sq, xq = _gemvm_load(wrow, srow, xb, k0 + q * 128, kf, nmask, 1, BN)
-                if q % 2 == 0:
-                    acc = _gemvm_mma(wq, sq, xq, acc, FAST, 1, BN)
-                else:
-                    acc1 = _gemvm_mma(wq, sq, xq, acc1, FAST, 1, BN)
-        else:
-            acc = _gemvm_mma(wd, s, xt, acc, FAST, NQ, BN)
-        if PF:
-            wd, s, xt = wn, sn, xn
-    for k0 in range(kf, K, 128):  # the tail: one 4-block group a step
-        wt, st, xtt = _gemvm_load(wrow, srow, xb, k0, K, nmask, 1, BN)
-        acc = _gemvm_mma(wt, st, xtt, acc, FAST, 1, BN)
-    return tl.trans(acc + acc1) * 18446744073709551616.0  # 2^64
 
 
 @triton.jit
@@ -613,7 +490,7 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
     return tl.trans(acc)
 
 
-IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5, "gemv4": 6, "gemvm": 7}  # "dqa": _moe_dqa
+IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5, "gemv4": 6}  # "dqa": _moe_dqa
 # Decode with at most this many tokens uses the gemv loop (every expert then has <= this many rows; one M "tile"
 # of p2(tokens) rows, the weights decoded once per program and reused for each row). H200, one E32 k4 layer
 # (docs/MXFP4.md): 1 token gemv4 30 us, gemv2 49, dq 54, scaled 77, mma 120; 4 tokens dq 114, gemv4 181, gemv 275.
@@ -676,11 +553,6 @@ GEMV_IMPL = "gemv4"
 # the "gemv4" loop's tiles (BN, BK, warps, stages; no loads are pipelined in it), picked on the H200 (call 3 of
 # docs/MXFP4.md round 4): one E32 k4 layer at one token 30.3 us (gemv2 49.1, dq 54.9)
 MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)}
-# the "gemvm" loop's tiles (BN, BK: a multiple of 128, warps, stages) and variant (_gemvm_rows' GV: bit 0 the next
-# step's loads into registers ahead of this step's decode, bit 1 one MMA chain a 4-block group); GPU with bf16
-# activations only (float32 runs keep gemv4). Round 15 (docs/MXFP4.md): measured against gemv4 at one token
-MXFP4_CONFIG_GEMVM: dict[str, tuple[int, int, int, int]] = {"gate_up": (16, 512, 1, 1), "down": (16, 512, 1, 1)}
-GEMVM_VARIANT = 1
 # Programmatic dependent launch of the expert GEMMs in one-token steps (where kernels.pdl_launch applies PDL):
 # 0 plain launches; 1 both GEMMs wait (griddepcontrol.wait) before reading what an earlier kernel wrote, so their
 # launch overlaps the end of the kernel before (kernels.PDL mode 1); 2 as 1, and gate_up lets the down GEMM launch
@@ -722,8 +594,6 @@ if os.environ.get(TILES_ENV):
     _tiles = json.loads(os.environ[TILES_ENV])
     MXFP4_CONFIG_GEMV.update({k: tuple(v) for k, v in _tiles.get("gemv", {}).items()})
     MXFP4_CONFIG_GEMV4.update({k: tuple(v) for k, v in _tiles.get("gemv4", {}).items()})
-    MXFP4_CONFIG_GEMVM.update({k: tuple(v) for k, v in _tiles.get("gemvm", {}).items()})
-    GEMVM_VARIANT = int(_tiles.get("gemvm_variant", GEMVM_VARIANT))
     MXFP4_CONFIG_FEW.update({k: tuple(v) for k, v in _tiles.get("few", {}).items()})
     MXFP4_CONFIG.update({k: tuple(v) for k, v in _tiles.get("full", {}).items()})
     MXFP4_CONFIG_DQ1.update({k: tuple(v) for k, v in _tiles.get("dq1", {}).items()})
@@ -779,9 +649,7 @@ def pick_impl(tokens: int, scan: bool, fast: bool) -> str:
     bf16 activations): GEMV_IMPL up to GEMV_MAX_TOKENS, MMA_IMPL for the other scan launches and for sorted ones
     up to DQ_SORTED_MAX_TOKENS, SORTED_IMPL past that (prefill); "mma" / "gemv2" where the PTX loops cannot run."""
     if scan and tokens <= GEMV_MAX_TOKENS:
-        if fast or GEMV_IMPL in ("gemv", "gemv2", "gemv4"):
-            return GEMV_IMPL
-        return "gemv4" if GEMV_IMPL == "gemvm" else "gemv2"  # dq: CUDA only; gemvm rounds activations to bf16
+        return GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2", "gemv4") else "gemv2"  # dq: CUDA only
     if not fast:
         return "mma"
     return MMA_IMPL if scan or tokens <= DQ_SORTED_MAX_TOKENS else SORTED_IMPL
@@ -835,7 +703,7 @@ def moe_mxfp4(
         raise ValueError(f"the MXFP4 '{impl}' loop (inline PTX decode) runs on CUDA with bf16 activations only")
     if fold and impl == "dq":
         impl = "dqf"  # every scale <= 128: one multiply by 2^(s-1) instead of 2^126 then 2^(s-127)
-    gemv = impl in ("gemv", "gemv2", "gemv4", "gemvm")
+    gemv = impl in ("gemv", "gemv2", "gemv4")
     if gemv and not plan.scan:
         raise ValueError("the MXFP4 gemv loop is for decode (scan mode) only")
     if impl == "scaled" and x.dtype != torch.bfloat16:
@@ -855,8 +723,6 @@ def moe_mxfp4(
         table, variant, sub, maxnreg = dq_class(tokens)
     elif impl == "gemv4":
         table = MXFP4_CONFIG_GEMV4
-    elif impl == "gemvm":
-        table, variant = MXFP4_CONFIG_GEMVM, GEMVM_VARIANT
     else:
         table = MXFP4_CONFIG_GEMV if gemv else (MXFP4_CONFIG_FEW if plan.compact else MXFP4_CONFIG)
     for name, src, wb, ws, bias, dst, n in (
@@ -869,20 +735,18 @@ def moe_mxfp4(
         kdim = src.shape[1]
         if kdim % 32:
             raise ValueError(f"MXFP4 GEMM needs K % 32 == 0, got K={kdim}")
-        bk = min(bk, max(128 if impl == "gemvm" else 32, _p2(kdim)))  # gemvm: whole 4-block groups
+        bk = min(bk, max(32, _p2(kdim)))
         if impl == "gemv4":
             bn = min(bn, max(16, 128 // bm))  # the rows' partial sums: a wider N tile spills registers past 2 rows
         gu = name == "gate_up"
         if dq:
             wb = wb.view(torch.int16)  # the dq loop reads 16-bit halves of the blocks' words
-        elif impl in ("gemv4", "gemvm"):
-            wb = wb.view(torch.int32)  # gemv4 / gemvm read the blocks' 32-bit words
+        elif impl == "gemv4":
+            wb = wb.view(torch.int32)  # gemv4 reads the blocks' 32-bit words
         dqv = bmq = 0
         if dq:
             dqv = variant & (7 if kdim % bk == 0 and n % bn == 0 else 3)  # bit 2 only where the tiles divide
             bmq = sub if plan.scan and 16 <= sub < bm else 0
-        elif impl == "gemvm":
-            dqv = variant
         _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
             src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
             plan.pairs, n, kdim, src.stride(0), wb.stride(0), ws.stride(0), bias.stride(0), dst.stride(0),
