@@ -592,6 +592,85 @@ def probe(model, sweep_dq: bool = True, sweep_gemv4: bool = True) -> dict:
     return {"results": {f"{t}|{i}": v for (t, i), v in results.items()}, "pick": pick}
 
 
+# round 15 (--gemv4-topk): gemv4's tiles per top_k at one token (MXFP4_CONFIG_GEMV4_BY_TOPK)
+GEMV4_TOPK_CANDIDATES = [
+    (32, 512, 2, 1), (16, 512, 2, 1), (16, 512, 1, 1), (8, 512, 1, 1), (8, 1024, 2, 1), (16, 1024, 2, 1),
+    (16, 1024, 4, 1), (32, 1024, 4, 1), (16, 256, 2, 1), (32, 256, 2, 1), (8, 512, 2, 1), (16, 512, 4, 1),
+    (32, 512, 4, 1), (64, 512, 4, 1), (8, 256, 1, 1), (16, 256, 1, 1),
+]
+
+
+def random_layer(seed: int = 3) -> mxfp4.Mxfp4Experts:
+    """One E32 gpt-oss-20b expert layer on the GPU with random blocks (every code) and scales 118..123 (no model)."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    ex = mxfp4.Mxfp4Experts(32, 2880, 2880, 1.702, 7.0, device="cuda")
+    for name in ("gate_up_proj_blocks", "down_proj_blocks"):
+        buf = getattr(ex, name)
+        buf.copy_(torch.randint(0, 256, buf.shape, generator=gen, device="cuda", dtype=torch.int32).to(torch.uint8))
+    for name in ("gate_up_proj_scales", "down_proj_scales"):
+        buf = getattr(ex, name)
+        buf.copy_(torch.randint(118, 124, buf.shape, generator=gen, device="cuda", dtype=torch.int32).to(torch.uint8))
+    ex.gate_up_proj_bias.normal_(0, 0.1, generator=gen)
+    ex.down_proj_bias.normal_(0, 0.1, generator=gen)
+    return ex
+
+
+def gemv4_topk_sweep(out_dir: Path, topks: list[int]) -> dict:
+    """Per top_k: one E32 layer at one token (random_layer), gemv4 at the shipped tiles, then gate_up's tiles over
+    GEMV4_TOPK_CANDIDATES (down at its shipped tile), then down's (gate_up at its pick), CUDA-graph medians under the
+    shipped PDL mode; the picks (each GEMM's tile only where >= 2% faster than the shipped one) are checked against
+    the torch reference. Writes $OUT/gemv4_compare.json: --compare configurations for scripts/gpu_step_ablation.py
+    (main against MXFP4_CONFIG_GEMV4_BY_TOPK with the picks)."""
+    ex = random_layer()
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    per_expert = sum(getattr(ex, n)[0].numel() for n in ("gate_up_proj_blocks", "gate_up_proj_scales",
+                                                          "down_proj_blocks", "down_proj_scales"))
+    picks: dict[str, dict] = {}
+    for k in topks:
+        x = torch.randn(1, 2880, generator=gen, device="cuda").to(torch.bfloat16)
+        topi, topw = _routing(1, 32, k, gen)
+        want = _ref_moe(x, ex, topi, topw).float()
+        nbytes = per_expert * k
+        shipped = mk.gemv4_tiles(k)
+        saved = dict(mk.MXFP4_CONFIG_GEMV4_BY_TOPK)
+
+        def timed(tiles, k=k, x=x, topi=topi, topw=topw):
+            mk.MXFP4_CONFIG_GEMV4_BY_TOPK[k] = tiles
+            return _time(lambda: _call(x, ex, topi, topw, impl="gemv4"))
+
+        base = timed(shipped)
+        emit({"sec": "gemv4_topk", "k": k, "tiles": shipped, "us_per_layer": round(base, 2),
+              "gb_s": round(nbytes / base / 1e3, 1), "label": "shipped"})
+        best = dict(shipped)
+        for gemm in ("gate_up", "down"):
+            timings = []
+            for cand in GEMV4_TOPK_CANDIDATES:
+                try:
+                    timings.append((timed({**best, gemm: cand}), cand))
+                except Exception as exc:
+                    emit({"sec": "gemv4_topk", "k": k, "gemm": gemm, "cand": cand, "error": repr(exc)[:200]})
+            us, cand = min(timings)
+            emit({"sec": "gemv4_topk_tiles", "k": k, "gemm": gemm,
+                  "timings_us": [(round(t, 2), c) for t, c in sorted(timings)]})
+            if us < 0.98 * timed(best):
+                best[gemm] = cand
+        us = timed(best)
+        mk.MXFP4_CONFIG_GEMV4_BY_TOPK[k] = best
+        rel = ((_call(x, ex, topi, topw, impl="gemv4").float() - want).norm() / want.norm()).item()
+        emit({"sec": "gemv4_topk", "k": k, "tiles": best, "us_per_layer": round(us, 2),
+              "gb_s": round(nbytes / us / 1e3, 1), "label": "picked", "rel_l2_err": round(rel, 5)})
+        mk.MXFP4_CONFIG_GEMV4_BY_TOPK.clear()
+        mk.MXFP4_CONFIG_GEMV4_BY_TOPK.update(saved)
+        if best != shipped and rel < 0.02:
+            picks[str(k)] = {g: list(v) for g, v in best.items()}
+    compare = {"main": {}}
+    if picks:
+        compare["topk_tiles"] = {"mx.MXFP4_CONFIG_GEMV4_BY_TOPK": picks}
+    (out_dir / "gemv4_compare.json").write_text(json.dumps(compare))
+    emit({"sec": "gemv4_topk_pick", "picks": picks})
+    return compare
+
+
 def time_case(model, batch: int, k: int, arch, bandwidth: float, label: str, weights: str,
               splitk: bool = False) -> dict:
     from bench.roofline import mean_decode_context, roofline_point
@@ -665,6 +744,8 @@ def main() -> int:
     ap.add_argument("--dq-sweep-s", type=float, default=100, help="seconds the --dq-sweep may take")
     ap.add_argument("--perf", default=None, help="arguments for bench perf, run afterwards in this process")
     ap.add_argument("--e16", action="store_true", help="then E16 at batch 32 (prunes the model: no accuracy after)")
+    ap.add_argument("--gemv4-topk", default=None, metavar="K[,K]",
+                    help="round 15: only gemv4's tile sweep per top_k at one token (gemv4_topk_sweep), no model")
     ap.add_argument("--dqa", action="store_true",
                     help="round 7: the Gluon dqa loop vs main's dq (layers, engine E32/E16 b32, accuracy), then stop")
     ap.add_argument("--bf16-picks", default=None,
@@ -684,6 +765,11 @@ def main() -> int:
 
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                     "commit": os.environ.get("MOE_BENCH_GIT_COMMIT")}
+    if args.gemv4_topk:
+        emit({"sec": "env", **report})
+        gemv4_topk_sweep(out_dir, [int(k) for k in args.gemv4_topk.split(",")])
+        emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
+        return 0
     model = load_model(MODEL, device="cuda", dtype=torch.bfloat16, seed=0).model
     bandwidth = measure_bandwidth("cuda")
     emit({"sec": "env", **report, "bandwidth_gbs": round(bandwidth / 1e9, 1), "load_s": round(time.time() - T0, 1)})

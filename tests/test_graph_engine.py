@@ -312,3 +312,17 @@ def test_gate_up_triggers_early_only_at_one_token_with_few_pairs(monkeypatch):
     assert gk.moe_pdl(1, 1, "gate_up", 2) == 1
     monkeypatch.setattr(gk, "PDL_EARLY_MORE", frozenset({"moe_gate_up"}))
     assert gk.moe_pdl(1, 1, "gate_up", 4) == 2
+
+
+def test_gemv4_tiles_per_top_k_override_only_their_top_k(monkeypatch):
+    """mxfp4_kernels.gemv4_tiles: a top_k named in MXFP4_CONFIG_GEMV4_BY_TOPK (an int key, or a string key as a
+    JSON override gives it) takes its GEMMs' tiles over MXFP4_CONFIG_GEMV4's; other top_k and other GEMMs keep the
+    shipped ones."""
+    from bench.engines.graph import mxfp4_kernels as mk
+
+    monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)})
+    monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4_BY_TOPK", {2: {"gate_up": (16, 512, 2, 1)}})
+    assert mk.gemv4_tiles(2) == {"gate_up": (16, 512, 2, 1), "down": (32, 1024, 4, 1)}
+    assert mk.gemv4_tiles(4) == mk.MXFP4_CONFIG_GEMV4
+    monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4_BY_TOPK", {"2": {"down": [16, 1024, 2, 1]}})
+    assert mk.gemv4_tiles(2) == {"gate_up": (32, 512, 2, 1), "down": (16, 1024, 2, 1)}

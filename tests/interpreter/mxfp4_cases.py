@@ -175,6 +175,31 @@ def test_gemv4_decodes_every_byte_and_scale(scales, monkeypatch):
     assert err < 1e-5, err
 
 
+
+def test_gemv4_launch_takes_the_tiles_of_its_top_k(monkeypatch):
+    """moe_mxfp4 runs gemv4 with gemv4_tiles(top_k): a deliberately invalid tile (BK 48, not a power of two) named
+    for top_k 2 only breaks top_k-2 launches; top_k 4 keeps the shipped tiles and matches the torch reference."""
+    from bench.engines.graph import mxfp4_kernels as mk
+
+    ex = mxfp4.Mxfp4Experts(4, 64, 64, 1.702, 7.0, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(2)
+    ex.gate_up_proj_blocks.copy_(torch.randint(0, 256, ex.gate_up_proj_blocks.shape, generator=gen).to(torch.uint8))
+    ex.down_proj_blocks.copy_(torch.randint(0, 256, ex.down_proj_blocks.shape, generator=gen).to(torch.uint8))
+    ex.gate_up_proj_scales.fill_(120)
+    ex.down_proj_scales.fill_(120)
+    monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (16, 64, 4, 1), "down": (16, 64, 4, 1)})
+    monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4_BY_TOPK", {2: {"down": (16, 48, 4, 1)}})
+    x = torch.randn(1, 64, generator=gen)
+    args = (ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias, ex.down_proj_blocks,
+            ex.down_proj_scales, ex.down_proj_bias)
+    i4, w4 = torch.tensor([[0, 1, 2, 3]], dtype=torch.int32), torch.full((1, 4), 0.25)
+    got = mk.moe_mxfp4(x, *args, i4, w4, ex.alpha, ex.limit, impl="gemv4")
+    want = torch.stack([(ex._apply_gate(x[0] @ ex.expert_weights(e, torch.float32)[0] + ex.gate_up_proj_bias[e])
+                         @ ex.expert_weights(e, torch.float32)[1] + ex.down_proj_bias[e]) * 0.25 for e in range(4)])
+    assert ((got - want).norm() / want.norm()).item() < 1e-5
+    with pytest.raises(Exception, match="power of 2|power of two"):
+        mk.moe_mxfp4(x, *args, i4[:, :2], w4[:, :2] * 2, ex.alpha, ex.limit, impl="gemv4")
+
 @triton.jit
 def _dq_sub_tiles(topi_ptr, pairs_ptr, live_ptr, P, PB: tl.constexpr, BM: tl.constexpr, BMQ: tl.constexpr,
                   NT: tl.constexpr):

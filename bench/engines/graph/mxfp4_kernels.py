@@ -553,6 +553,10 @@ GEMV_IMPL = "gemv4"
 # the "gemv4" loop's tiles (BN, BK, warps, stages; no loads are pipelined in it), picked on the H200 (call 3 of
 # docs/MXFP4.md round 4): one E32 k4 layer at one token 30.3 us (gemv2 49.1, dq 54.9)
 MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)}
+# per top_k (one token routes to top_k experts, so the grid has top_k times the N tiles): a top_k named here takes
+# these tiles over MXFP4_CONFIG_GEMV4's (picked at top_k 4). Round 15 (docs/MXFP4.md): at top_k 2 the shipped tiles
+# read 1.2 TB/s against 1.9 at top_k 4 (half the programs: too few warps in flight)
+MXFP4_CONFIG_GEMV4_BY_TOPK: dict[int, dict[str, tuple[int, int, int, int]]] = {}
 # Programmatic dependent launch of the expert GEMMs in one-token steps (where kernels.pdl_launch applies PDL):
 # 0 plain launches; 1 both GEMMs wait (griddepcontrol.wait) before reading what an earlier kernel wrote, so their
 # launch overlaps the end of the kernel before (kernels.PDL mode 1); 2 as 1, and gate_up lets the down GEMM launch
@@ -594,6 +598,8 @@ if os.environ.get(TILES_ENV):
     _tiles = json.loads(os.environ[TILES_ENV])
     MXFP4_CONFIG_GEMV.update({k: tuple(v) for k, v in _tiles.get("gemv", {}).items()})
     MXFP4_CONFIG_GEMV4.update({k: tuple(v) for k, v in _tiles.get("gemv4", {}).items()})
+    for _k, _cfg in _tiles.get("gemv4_by_topk", {}).items():
+        MXFP4_CONFIG_GEMV4_BY_TOPK.setdefault(int(_k), {}).update({g: tuple(v) for g, v in _cfg.items()})
     MXFP4_CONFIG_FEW.update({k: tuple(v) for k, v in _tiles.get("few", {}).items()})
     MXFP4_CONFIG.update({k: tuple(v) for k, v in _tiles.get("full", {}).items()})
     MXFP4_CONFIG_DQ1.update({k: tuple(v) for k, v in _tiles.get("dq1", {}).items()})
@@ -630,6 +636,13 @@ def mxfp4_down_early(gemm: str) -> bool:
     """Whether an expert GEMM launch ("gate_up" / "down") lets the next kernel launch right after its PDL wait
     through the DE flag: the down GEMM with MXFP4_DOWN_EARLY (gate_up's early trigger is MXFP4_PDL 2's)."""
     return gemm == "down" and bool(MXFP4_DOWN_EARLY)
+
+
+def gemv4_tiles(topk: int) -> dict[str, tuple[int, int, int, int]]:
+    """The gemv4 loop's (BN, BK, warps, stages) per GEMM at one token routed to `topk` experts: the top_k's entry
+    of MXFP4_CONFIG_GEMV4_BY_TOPK (int or, from JSON, string keys) over MXFP4_CONFIG_GEMV4."""
+    extra = MXFP4_CONFIG_GEMV4_BY_TOPK.get(topk) or MXFP4_CONFIG_GEMV4_BY_TOPK.get(str(topk)) or {}
+    return {**MXFP4_CONFIG_GEMV4, **{g: tuple(v) for g, v in extra.items()}}
 
 
 def dq_class(tokens: int) -> tuple[dict[str, tuple[int, int, int, int]], int, int, int]:
@@ -722,7 +735,7 @@ def moe_mxfp4(
     elif dq:
         table, variant, sub, maxnreg = dq_class(tokens)
     elif impl == "gemv4":
-        table = MXFP4_CONFIG_GEMV4
+        table = gemv4_tiles(k)
     else:
         table = MXFP4_CONFIG_GEMV if gemv else (MXFP4_CONFIG_FEW if plan.compact else MXFP4_CONFIG)
     for name, src, wb, ws, bias, dst, n in (
