@@ -554,9 +554,10 @@ GEMV_IMPL = "gemv4"
 # docs/MXFP4.md round 4): one E32 k4 layer at one token 30.3 us (gemv2 49.1, dq 54.9)
 MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)}
 # per top_k (one token routes to top_k experts, so the grid has top_k times the N tiles): a top_k named here takes
-# these tiles over MXFP4_CONFIG_GEMV4's (picked at top_k 4). Round 15 (docs/MXFP4.md): at top_k 2 the shipped tiles
-# read 1.2 TB/s against 1.9 at top_k 4 (half the programs: too few warps in flight)
-MXFP4_CONFIG_GEMV4_BY_TOPK: dict[int, dict[str, tuple[int, int, int, int]]] = {}
+# these tiles over MXFP4_CONFIG_GEMV4's (picked at top_k 4). H200 (docs/MXFP4.md round 15): at top_k 2 the top_k-4
+# tiles leave half the programs (1.4 warps a scheduler in gate_up); gate_up (16, 1024, 4, 1) there: one layer 21.2 ->
+# 17.4 us, engine E32 / E16 batch 1 k2 -6.1 / -6.0% a step, the same tokens and logits (down: a tie, kept)
+MXFP4_CONFIG_GEMV4_BY_TOPK: dict[int, dict[str, tuple[int, int, int, int]]] = {2: {"gate_up": (16, 1024, 4, 1)}}
 # Programmatic dependent launch of the expert GEMMs in one-token steps (where kernels.pdl_launch applies PDL):
 # 0 plain launches; 1 both GEMMs wait (griddepcontrol.wait) before reading what an earlier kernel wrote, so their
 # launch overlaps the end of the kernel before (kernels.PDL mode 1); 2 as 1, and gate_up lets the down GEMM launch
