@@ -671,6 +671,86 @@ def gemv4_topk_sweep(out_dir: Path, topks: list[int]) -> dict:
     return compare
 
 
+# round 15 (--dq-topk): the dq loop's 2-8 token class (MXFP4_CONFIG_DQ_T[8]) for one top_k (MXFP4_CONFIG_DQ_T_BY_TOPK)
+DQ_TOPK_VARIANTS = [0, 1, 3, 7]
+DQ_TOPK_TILES = {
+    "gate_up": [(128, 64, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 4), (128, 128, 4, 3),
+                (32, 64, 4, 3), (64, 64, 2, 3)],
+    "down": [(64, 64, 4, 4), (64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 4, 3), (32, 64, 4, 4), (32, 128, 4, 3),
+             (64, 64, 2, 4)],
+}
+
+
+def dq_topk_sweep(out_dir: Path, topk: int, token_counts: list[int]) -> dict:
+    """The dq loop's 2-8 token class for one top_k: one E32 layer (random_layer), a launch at each of token_counts
+    (top_k `topk`, fold on as in the engine on the synthetic model), scored by the sum of their CUDA-graph medians.
+    Coordinate sweep over the class's entry: DQ_TOPK_VARIANTS at the shipped tiles, gate_up's tiles, down's, a
+    register cap of 128; kept only >= 2% below the shipped entry, checked against the torch reference. Writes
+    $OUT/dq_compare.json (--compare configurations for scripts/gpu_step_ablation.py)."""
+    ex = random_layer()
+    gen = torch.Generator(device="cuda").manual_seed(13)
+    inputs = []
+    for t in token_counts:
+        x = torch.randn(t, 2880, generator=gen, device="cuda").to(torch.bfloat16)
+        inputs.append((x, *_routing(t, 32, topk, gen)))
+    cls = min(c for c in mk.MXFP4_CONFIG_DQ_T if c >= max(token_counts))
+    saved = dict(mk.MXFP4_CONFIG_DQ_T_BY_TOPK)
+
+    def run(inp):
+        return mk.moe_mxfp4(inp[0], ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
+                            ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, inp[1], inp[2], ex.alpha,
+                            ex.limit, None, fold=True)
+
+    def score(entry: dict, label: str) -> float:
+        mk.MXFP4_CONFIG_DQ_T_BY_TOPK.clear()
+        mk.MXFP4_CONFIG_DQ_T_BY_TOPK.update({**saved, topk: {cls: entry}})
+        try:
+            us = [_time(lambda inp=inp: run(inp)) for inp in inputs]
+        except Exception as exc:  # a tile that does not compile (shared memory, registers, MMA shape) is skipped
+            emit({"sec": "dq_topk", "k": topk, "label": label, "entry": str(entry), "error": repr(exc)[:300]})
+            return float("inf")
+        emit({"sec": "dq_topk", "k": topk, "label": label, "entry": {g: v for g, v in entry.items()},
+              "us_per_layer": [round(u, 2) for u in us], "tokens": token_counts})
+        return sum(us)
+
+    shipped = {**mk.MXFP4_CONFIG_DQ_T[cls]}
+    shipped.setdefault("variant", mk.DQ_VARIANT)
+    for g in ("gate_up", "down"):
+        shipped.setdefault(g, mk.MXFP4_CONFIG_DQ[g])
+    base = score(shipped, "shipped")
+    best, best_t = dict(shipped), base
+    for v in DQ_TOPK_VARIANTS:
+        if v != shipped["variant"]:
+            t = score({**best, "variant": v}, f"v{v}")
+            if t < best_t:
+                best, best_t = {**best, "variant": v}, t
+    for gemm in ("gate_up", "down"):
+        for tile in DQ_TOPK_TILES[gemm]:
+            if tuple(tile) != tuple(best[gemm]):
+                t = score({**best, gemm: tile}, f"{gemm}-{tile}")
+                if t < best_t:
+                    best, best_t = {**best, gemm: tile}, t
+    t = score({**best, "maxnreg": 128}, "maxnreg128")
+    if t < best_t:
+        best, best_t = {**best, "maxnreg": 128}, t
+    again = score(shipped, "shipped again")
+    keep = best != shipped and best_t < 0.98 * min(base, again)
+    mk.MXFP4_CONFIG_DQ_T_BY_TOPK.clear()
+    mk.MXFP4_CONFIG_DQ_T_BY_TOPK.update({**saved, topk: {cls: best}})
+    errs = [round(((run(inp).float() - _ref_moe(*inp[:1], ex, *inp[1:]).float()).norm()
+                   / _ref_moe(*inp[:1], ex, *inp[1:]).float().norm()).item(), 5) for inp in inputs]
+    mk.MXFP4_CONFIG_DQ_T_BY_TOPK.clear()
+    mk.MXFP4_CONFIG_DQ_T_BY_TOPK.update(saved)
+    emit({"sec": "dq_topk_pick", "k": topk, "class": cls, "pick": {g: v for g, v in best.items()},
+          "ratio": round(best_t / base, 4), "shipped_again": round(again / base, 4), "kept": keep, "rel_l2_err": errs})
+    compare = {"main": {}}
+    if keep and max(errs) < 0.02:
+        entry = {g: list(v) if isinstance(v, tuple) else v for g, v in best.items()}
+        compare[f"dq_k{topk}"] = {"mx.MXFP4_CONFIG_DQ_T_BY_TOPK": {str(topk): {str(cls): entry}}}
+    (out_dir / "dq_compare.json").write_text(json.dumps(compare))
+    return compare
+
+
 def time_case(model, batch: int, k: int, arch, bandwidth: float, label: str, weights: str,
               splitk: bool = False) -> dict:
     from bench.roofline import mean_decode_context, roofline_point
@@ -746,6 +826,9 @@ def main() -> int:
     ap.add_argument("--e16", action="store_true", help="then E16 at batch 32 (prunes the model: no accuracy after)")
     ap.add_argument("--gemv4-topk", default=None, metavar="K[,K]",
                     help="round 15: only gemv4's tile sweep per top_k at one token (gemv4_topk_sweep), no model")
+    ap.add_argument("--dq-topk", type=int, default=0, metavar="K",
+                    help="round 15: only the dq loop's 2-8 token class swept for top_k K (dq_topk_sweep), no model")
+    ap.add_argument("--dq-topk-tokens", default="4,8", help="the launches --dq-topk scores (tokens, comma list)")
     ap.add_argument("--dqa", action="store_true",
                     help="round 7: the Gluon dqa loop vs main's dq (layers, engine E32/E16 b32, accuracy), then stop")
     ap.add_argument("--bf16-picks", default=None,
@@ -765,6 +848,11 @@ def main() -> int:
 
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                     "commit": os.environ.get("MOE_BENCH_GIT_COMMIT")}
+    if args.dq_topk:
+        emit({"sec": "env", **report})
+        dq_topk_sweep(out_dir, args.dq_topk, [int(t) for t in args.dq_topk_tokens.split(",")])
+        emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
+        return 0
     if args.gemv4_topk:
         emit({"sec": "env", **report})
         gemv4_topk_sweep(out_dir, [int(k) for k in args.gemv4_topk.split(",")])

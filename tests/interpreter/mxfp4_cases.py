@@ -250,6 +250,14 @@ def test_dq_batch_classes_and_loop_choice(monkeypatch):
     tiles, variant, bmq, cap = mk.dq_class(9)
     assert (tiles["gate_up"], tiles["down"], variant, cap) == ((128, 64, 4, 3), (128, 64, 4, 3), 6, 128)
     assert mk.dq_class(33) == (mk.MXFP4_CONFIG_DQ, 1, 0, 0)
+    # a top_k's own class entries (MXFP4_CONFIG_DQ_T_BY_TOPK, int or JSON string keys) over the shared ones
+    monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ_T_BY_TOPK", {2: {8: {"gate_up": (64, 64, 4, 3), "variant": 7}}})
+    tiles, variant, bmq, cap = mk.dq_class(4, 2)
+    assert (tiles["gate_up"], tiles["down"], variant, cap) == ((64, 64, 4, 3), (64, 64, 4, 4), 7, 0)
+    assert mk.dq_class(4, 4) == mk.dq_class(4)
+    assert mk.dq_class(9, 2) == mk.dq_class(9, 4)
+    monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ_T_BY_TOPK", {"2": {"8": {"maxnreg": 96}}})
+    assert mk.dq_class(4, 2)[3] == 96
     monkeypatch.setattr(mk, "DQ_SORTED_MAX_TOKENS", 256)
     monkeypatch.setattr(mk, "GEMV_MAX_TOKENS", 1)
     monkeypatch.setattr(mk, "GEMV_IMPL", "gemv4")

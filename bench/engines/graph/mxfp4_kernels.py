@@ -523,6 +523,10 @@ MXFP4_CONFIG_DQ_T: dict[int, dict[str, tuple[int, int, int, int] | int]] = {
     64: {"gate_up": (128, 64, 4, 4), "down": (128, 64, 4, 3), "variant": 7, "bmq": 16},
     256: {"gate_up": (64, 64, 4, 3), "down": (64, 64, 4, 3), "variant": 7, "bmq": 0},
 }
+# per top_k: a top_k's class entries (any of the keys above) over MXFP4_CONFIG_DQ_T's, {top_k: {class: {...}}}.
+# Round 15 (docs/MXFP4.md): the classes were tuned at top_k 4; at top_k 2 a launch of 2-8 tokens routes to half
+# the experts (half the programs)
+MXFP4_CONFIG_DQ_T_BY_TOPK: dict[int, dict[int, dict[str, tuple[int, int, int, int] | int]]] = {}
 # the dq loop's variant (_dq_tile's DQV; round 6a): bit 0 the integer-multiply decode (_dq_asm_mul), bit 1 the
 # activations loaded in natural K order and reordered in registers (no scalar gather), bit 2 the weight loads
 # without K/N masks (applied only to a launch where K % BK == 0 and N % BN == 0). 0 = main's loop before round 6a.
@@ -608,6 +612,10 @@ if os.environ.get(TILES_ENV):
     for _t, _cfg in _tiles.get("dq_t", {}).items():
         MXFP4_CONFIG_DQ_T.setdefault(int(_t), {}).update(
             {k: tuple(v) if isinstance(v, list | tuple) else int(v) for k, v in _cfg.items()})
+    for _k, _classes in _tiles.get("dq_t_by_topk", {}).items():
+        for _t, _cfg in _classes.items():
+            MXFP4_CONFIG_DQ_T_BY_TOPK.setdefault(int(_k), {}).setdefault(int(_t), {}).update(
+                {k: tuple(v) if isinstance(v, list | tuple) else int(v) for k, v in _cfg.items()})
     DQ_VARIANT = int(_tiles.get("dq_variant", DQ_VARIANT))
     DQ_BMQ = int(_tiles.get("dq_bmq", DQ_BMQ))
     DQ_SORTED_MAX_TOKENS = int(_tiles.get("dq_sorted_max_tokens", DQ_SORTED_MAX_TOKENS))
@@ -646,13 +654,15 @@ def gemv4_tiles(topk: int) -> dict[str, tuple[int, int, int, int]]:
     return {**MXFP4_CONFIG_GEMV4, **{g: tuple(v) for g, v in extra.items()}}
 
 
-def dq_class(tokens: int) -> tuple[dict[str, tuple[int, int, int, int]], int, int, int]:
-    """The dq loop's (tiles, variant, M sub-tile, register cap) for a launch of `tokens` tokens: its batch class in
-    MXFP4_CONFIG_DQ_T over MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ ("maxnreg": ptxas' register cap a thread, so that
-    more programs fit an SM; 0 = none)."""
+def dq_class(tokens: int, topk: int = 0) -> tuple[dict[str, tuple[int, int, int, int]], int, int, int]:
+    """The dq loop's (tiles, variant, M sub-tile, register cap) for a launch of `tokens` tokens routed to `topk`
+    experts each: its batch class in MXFP4_CONFIG_DQ_T (with that top_k's entries of MXFP4_CONFIG_DQ_T_BY_TOPK over
+    it; int or, from JSON, string keys) over MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ ("maxnreg": ptxas' register cap
+    a thread, so that more programs fit an SM; 0 = none)."""
+    by = MXFP4_CONFIG_DQ_T_BY_TOPK.get(topk) or MXFP4_CONFIG_DQ_T_BY_TOPK.get(str(topk)) or {}
     for t in sorted(MXFP4_CONFIG_DQ_T):
         if tokens <= t:
-            c = MXFP4_CONFIG_DQ_T[t]
+            c = {**MXFP4_CONFIG_DQ_T[t], **(by.get(t) or by.get(str(t)) or {})}
             tiles = {**MXFP4_CONFIG_DQ, **{g: tuple(c[g]) for g in ("gate_up", "down") if g in c}}
             return tiles, int(c.get("variant", DQ_VARIANT)), int(c.get("bmq", DQ_BMQ)), int(c.get("maxnreg", 0))
     return MXFP4_CONFIG_DQ, DQ_VARIANT, DQ_BMQ, 0
@@ -734,7 +744,7 @@ def moe_mxfp4(
     if dq and few:
         table = MXFP4_CONFIG_DQ1
     elif dq:
-        table, variant, sub, maxnreg = dq_class(tokens)
+        table, variant, sub, maxnreg = dq_class(tokens, k)
     elif impl == "gemv4":
         table = gemv4_tiles(k)
     else:
