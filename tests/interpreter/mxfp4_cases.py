@@ -258,6 +258,11 @@ def test_dq_batch_classes_and_loop_choice(monkeypatch):
     assert mk.dq_class(9, 2) == mk.dq_class(9, 4)
     monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ_T_BY_TOPK", {"2": {"8": {"maxnreg": 96}}})
     assert mk.dq_class(4, 2)[3] == 96
+    # a top_k's class may split a shared one: 2-4 tokens take its key-4 entry over the shared class 8, 5-8 its 8
+    monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ_T_BY_TOPK", {2: {4: {"variant": 1}, 8: {"down": (128, 64, 4, 3)}}})
+    assert mk.dq_class(3, 2) == ({"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4)}, 1, 0, 0)
+    assert mk.dq_class(5, 2) == ({"gate_up": (128, 64, 4, 3), "down": (128, 64, 4, 3)}, 0, 0, 0)
+    assert mk.dq_class(20, 2) == mk.dq_class(20, 4)
     monkeypatch.setattr(mk, "DQ_SORTED_MAX_TOKENS", 256)
     monkeypatch.setattr(mk, "GEMV_MAX_TOKENS", 1)
     monkeypatch.setattr(mk, "GEMV_IMPL", "gemv4")

@@ -523,10 +523,14 @@ MXFP4_CONFIG_DQ_T: dict[int, dict[str, tuple[int, int, int, int] | int]] = {
     64: {"gate_up": (128, 64, 4, 4), "down": (128, 64, 4, 3), "variant": 7, "bmq": 16},
     256: {"gate_up": (64, 64, 4, 3), "down": (64, 64, 4, 3), "variant": 7, "bmq": 0},
 }
-# per top_k: a top_k's class entries (any of the keys above) over MXFP4_CONFIG_DQ_T's, {top_k: {class: {...}}}.
-# Round 15 (docs/MXFP4.md): the classes were tuned at top_k 4; at top_k 2 a launch of 2-8 tokens routes to half
-# the experts (half the programs)
-MXFP4_CONFIG_DQ_T_BY_TOPK: dict[int, dict[int, dict[str, tuple[int, int, int, int] | int]]] = {}
+# per top_k: {top_k: {class: {...}}}, a top_k's class entries (the keys above) over those of the shared class that
+# holds it (the smallest MXFP4_CONFIG_DQ_T key >= the class's; a top_k's classes may split a shared one). The shared
+# classes were tuned at top_k 4; at top_k 2 a launch of 2-8 tokens routes to about half the experts. H200 (docs/
+# MXFP4.md round 15, one E32 layer, same card): 4 tokens the integer-multiply decode (variant 1) 78.9 -> 76.8 us;
+# 8 tokens with the down tile (128, 64, 4, 3) too 131.5 -> 123.8 us (at 4 tokens that tile is slower: 80.2)
+MXFP4_CONFIG_DQ_T_BY_TOPK: dict[int, dict[int, dict[str, tuple[int, int, int, int] | int]]] = {
+    2: {4: {"variant": 1}, 8: {"variant": 1, "down": (128, 64, 4, 3)}},
+}
 # the dq loop's variant (_dq_tile's DQV; round 6a): bit 0 the integer-multiply decode (_dq_asm_mul), bit 1 the
 # activations loaded in natural K order and reordered in registers (no scalar gather), bit 2 the weight loads
 # without K/N masks (applied only to a launch where K % BK == 0 and N % BN == 0). 0 = main's loop before round 6a.
@@ -659,10 +663,14 @@ def dq_class(tokens: int, topk: int = 0) -> tuple[dict[str, tuple[int, int, int,
     experts each: its batch class in MXFP4_CONFIG_DQ_T (with that top_k's entries of MXFP4_CONFIG_DQ_T_BY_TOPK over
     it; int or, from JSON, string keys) over MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ ("maxnreg": ptxas' register cap
     a thread, so that more programs fit an SM; 0 = none)."""
-    by = MXFP4_CONFIG_DQ_T_BY_TOPK.get(topk) or MXFP4_CONFIG_DQ_T_BY_TOPK.get(str(topk)) or {}
-    for t in sorted(MXFP4_CONFIG_DQ_T):
+    by = {int(t): c for t, c in (MXFP4_CONFIG_DQ_T_BY_TOPK.get(topk) or MXFP4_CONFIG_DQ_T_BY_TOPK.get(str(topk))
+                                 or {}).items()}
+    for t in sorted(set(MXFP4_CONFIG_DQ_T) | set(by)):
         if tokens <= t:
-            c = {**MXFP4_CONFIG_DQ_T[t], **(by.get(t) or by.get(str(t)) or {})}
+            # a top_k's own class (it may split a shared one: its key need not be one of MXFP4_CONFIG_DQ_T's) over
+            # the shared class that holds it
+            shared = next((MXFP4_CONFIG_DQ_T[u] for u in sorted(MXFP4_CONFIG_DQ_T) if u >= t), {})
+            c = {**shared, **by.get(t, {})}
             tiles = {**MXFP4_CONFIG_DQ, **{g: tuple(c[g]) for g in ("gate_up", "down") if g in c}}
             return tiles, int(c.get("variant", DQ_VARIANT)), int(c.get("bmq", DQ_BMQ)), int(c.get("maxnreg", 0))
     return MXFP4_CONFIG_DQ, DQ_VARIANT, DQ_BMQ, 0
