@@ -326,3 +326,28 @@ def test_gemv4_tiles_per_top_k_override_only_their_top_k(monkeypatch):
     assert mk.gemv4_tiles(4) == mk.MXFP4_CONFIG_GEMV4
     monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4_BY_TOPK", {"2": {"down": [16, 1024, 2, 1]}})
     assert mk.gemv4_tiles(2) == {"gate_up": (32, 512, 2, 1), "down": (16, 1024, 2, 1)}
+
+
+def test_mxfp4_tiles_env_sets_the_per_top_k_tables():
+    """MOE_MXFP4_TILES (read when mxfp4_kernels is imported) overrides the per-top_k tables: gemv4_by_topk and
+    dq_t_by_topk (JSON string keys become ints; lists become tile tuples), on top of the shipped entries."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from bench.paths import PROJECT_ROOT
+
+    tiles = {"gemv4_by_topk": {"4": {"down": [16, 1024, 2, 1]}},
+             "dq_t_by_topk": {"2": {"8": {"variant": 7}}, "3": {"32": {"gate_up": [64, 64, 4, 3]}}}}
+    code = ("from bench.engines.graph import mxfp4_kernels as mk; import json; "
+            "print(json.dumps([mk.gemv4_tiles(4)['down'], mk.gemv4_tiles(2)['gate_up'], mk.dq_class(6, 2)[1:3], "
+            "mk.dq_class(6, 2)[0]['down'], mk.dq_class(20, 3)[0]['gate_up']]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MOE_MXFP4_TILES": json.dumps(tiles)}, check=True).stdout
+    gemv4_down, gemv4_k2, dq_k2, dq_k2_down, dq_k3 = json.loads(out.strip().splitlines()[-1])
+    assert gemv4_down == [16, 1024, 2, 1]
+    assert gemv4_k2 == [16, 1024, 4, 1]  # the shipped top_k-2 entry stays
+    assert dq_k2 == [7, 0]  # the override's variant over the shipped top_k-2 class 8
+    assert dq_k2_down == [128, 64, 4, 3]  # the shipped top_k-2 class 8's down tile stays
+    assert dq_k3 == [64, 64, 4, 3]
