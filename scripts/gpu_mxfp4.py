@@ -751,6 +751,43 @@ def dq_topk_sweep(out_dir: Path, topk: int, token_counts: list[int]) -> dict:
     return compare
 
 
+def gemv4_intercept(out_dir: Path, topks: list[int]) -> None:
+    """Where gemv4's layer time goes as the routed experts grow (round 15: ~14.7 us a layer that does not shrink
+    with the bytes): one E32 layer (random_layer) at one token routed to k distinct experts, for each k in topks,
+    the shipped tables (per top_k). Per k: the pair of launches as a CUDA-graph median (as the probe times it); each
+    kernel's own duration from one profiled eager call (torch.profiler, CUPTI: gate_up, down, without launch gaps);
+    and the read-only kernel over the same experts (read_floor). Records "intercept" lines in $OUT/mxfp4.jsonl."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ex = random_layer()
+    gen = torch.Generator(device="cuda").manual_seed(17)
+    per_gu = ex.gate_up_proj_blocks[0].numel() + ex.gate_up_proj_scales[0].numel()
+    per_dn = ex.down_proj_blocks[0].numel() + ex.down_proj_scales[0].numel()
+    for k in topks:
+        x = torch.randn(1, 2880, generator=gen, device="cuda").to(torch.bfloat16)
+        topi = torch.randperm(32, generator=gen, device="cuda")[:k].to(torch.int32)[None, :].contiguous()
+        topw = torch.softmax(torch.randn(1, k, generator=gen, device="cuda"), -1).to(torch.bfloat16)
+        us = _time(lambda x=x, topi=topi, topw=topw: _call(x, ex, topi, topw, impl="gemv4"))
+        for _ in range(3):
+            _call(x, ex, topi, topw, impl="gemv4")
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                _call(x, ex, topi, topw, impl="gemv4")
+            torch.cuda.synchronize()
+        kern = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                      if e.device_type == torch.autograd.DeviceType.CUDA and "mxfp4" in e.name)
+        durs = [b - a for a, b in kern]  # alternating gate_up, down (launch order)
+        gu = sorted(durs[0::2])[len(durs[0::2]) // 2] if durs else None
+        dn = sorted(durs[1::2])[len(durs[1::2]) // 2] if durs else None
+        emit({"sec": "intercept", "k": k, "graph_us_per_layer": round(us, 2),
+              "gate_up_kernel_us": gu and round(gu, 2), "down_kernel_us": dn and round(dn, 2),
+              "gate_up_gb_s": gu and round(per_gu * k / gu / 1e3, 1),
+              "down_gb_s": dn and round(per_dn * k / dn / 1e3, 1),
+              "tiles": mk.gemv4_tiles(k), "kernels_seen": len(durs)})
+        read_floor(ex, topi)
+
+
 def time_case(model, batch: int, k: int, arch, bandwidth: float, label: str, weights: str,
               splitk: bool = False) -> dict:
     from bench.roofline import mean_decode_context, roofline_point
@@ -829,6 +866,8 @@ def main() -> int:
     ap.add_argument("--dq-topk", type=int, default=0, metavar="K",
                     help="round 15: only the dq loop's 2-8 token class swept for top_k K (dq_topk_sweep), no model")
     ap.add_argument("--dq-topk-tokens", default="4,8", help="the launches --dq-topk scores (tokens, comma list)")
+    ap.add_argument("--gemv4-intercept", default=None, metavar="K[,K]",
+                    help="round 15: only gemv4's per-kernel times at one token for each top_k (gemv4_intercept)")
     ap.add_argument("--dqa", action="store_true",
                     help="round 7: the Gluon dqa loop vs main's dq (layers, engine E32/E16 b32, accuracy), then stop")
     ap.add_argument("--bf16-picks", default=None,
@@ -848,6 +887,11 @@ def main() -> int:
 
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                     "commit": os.environ.get("MOE_BENCH_GIT_COMMIT")}
+    if args.gemv4_intercept:
+        emit({"sec": "env", **report})
+        gemv4_intercept(out_dir, [int(k) for k in args.gemv4_intercept.split(",")])
+        emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
+        return 0
     if args.dq_topk:
         emit({"sec": "env", **report})
         dq_topk_sweep(out_dir, args.dq_topk, [int(t) for t in args.dq_topk_tokens.split(",")])
