@@ -89,6 +89,7 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypa
         monkeypatch.setattr(mk, "DQ_BMQ", 16 if "bmq16" in parts else 0)
         # no per-class entry overrides the variant under test; "-r96": a class capping registers at 96 a thread
         monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ_T", {1024: {"maxnreg": 96}} if "r96" in parts else {})
+        monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ_T_BY_TOPK", {})  # nor a top_k's own class (round 15)
         # K steps of 64 (several a row), N tiles of 128 / 64
         monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ", {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 3)})
         if "odd" in parts:
