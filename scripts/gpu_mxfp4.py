@@ -150,19 +150,28 @@ def _call(x, ex, topi, topw, cnt=None, impl=None):
                         ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha, ex.limit, cnt, impl=impl)
 
 
-def decode_check() -> None:
-    """The dq loop's decode on every byte value and on scales past 128 (where FOLD does not apply), against the
-    torch reference, at small shapes (the real-shape check below covers the tiles)."""
-    gen = torch.Generator(device="cuda").manual_seed(7)
-    ex = mxfp4.Mxfp4Experts(4, 256, 128, 1.702, 7.0, device="cuda")
+def random_experts(experts: int, hidden: int, inter: int, gen: torch.Generator,
+                   gate_up_scales: tuple[int, int] = (118, 124),
+                   down_scales: tuple[int, int] = (118, 124)) -> mxfp4.Mxfp4Experts:
+    """MXFP4 experts on the GPU with random blocks (every byte value), scales drawn from [lo, hi) per GEMM and small
+    random biases (no model)."""
+    ex = mxfp4.Mxfp4Experts(experts, hidden, inter, 1.702, 7.0, device="cuda")
     for name in ("gate_up_proj_blocks", "down_proj_blocks"):
         buf = getattr(ex, name)
         buf.copy_(torch.randint(0, 256, buf.shape, generator=gen, device="cuda", dtype=torch.int32).to(torch.uint8))
-    for name, lo, hi in (("gate_up_proj_scales", 112, 140), ("down_proj_scales", 100, 130)):
+    for name, (lo, hi) in (("gate_up_proj_scales", gate_up_scales), ("down_proj_scales", down_scales)):
         buf = getattr(ex, name)
         buf.copy_(torch.randint(lo, hi, buf.shape, generator=gen, device="cuda", dtype=torch.int32).to(torch.uint8))
     ex.gate_up_proj_bias.normal_(0, 0.1, generator=gen)
     ex.down_proj_bias.normal_(0, 0.1, generator=gen)
+    return ex
+
+
+def decode_check() -> None:
+    """The dq loop's decode on every byte value and on scales past 128 (where FOLD does not apply), against the
+    torch reference, at small shapes (the real-shape check below covers the tiles)."""
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    ex = random_experts(4, 256, 128, gen, gate_up_scales=(112, 140), down_scales=(100, 130))
     for tokens in (1, 5, 40, 80):
         x = (torch.randn(tokens, 256, generator=gen, device="cuda") * 1e-3).to(torch.bfloat16)
         topi, topw = _routing(tokens, 4, 2, gen)
@@ -602,17 +611,7 @@ GEMV4_TOPK_CANDIDATES = [
 
 def random_layer(seed: int = 3) -> mxfp4.Mxfp4Experts:
     """One E32 gpt-oss-20b expert layer on the GPU with random blocks (every code) and scales 118..123 (no model)."""
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    ex = mxfp4.Mxfp4Experts(32, 2880, 2880, 1.702, 7.0, device="cuda")
-    for name in ("gate_up_proj_blocks", "down_proj_blocks"):
-        buf = getattr(ex, name)
-        buf.copy_(torch.randint(0, 256, buf.shape, generator=gen, device="cuda", dtype=torch.int32).to(torch.uint8))
-    for name in ("gate_up_proj_scales", "down_proj_scales"):
-        buf = getattr(ex, name)
-        buf.copy_(torch.randint(118, 124, buf.shape, generator=gen, device="cuda", dtype=torch.int32).to(torch.uint8))
-    ex.gate_up_proj_bias.normal_(0, 0.1, generator=gen)
-    ex.down_proj_bias.normal_(0, 0.1, generator=gen)
-    return ex
+    return random_experts(32, 2880, 2880, torch.Generator(device="cuda").manual_seed(seed))
 
 
 def gemv4_topk_sweep(out_dir: Path, topks: list[int]) -> dict:
@@ -684,9 +683,10 @@ DQ_TOPK_TILES = {
 def dq_topk_sweep(out_dir: Path, topk: int, token_counts: list[int]) -> dict:
     """The dq loop's 2-8 token class for one top_k: one E32 layer (random_layer), a launch at each of token_counts
     (top_k `topk`, fold on as in the engine on the synthetic model), scored by the sum of their CUDA-graph medians.
-    Coordinate sweep over the class's entry: DQ_TOPK_VARIANTS at the shipped tiles, gate_up's tiles, down's, a
-    register cap of 128; kept only >= 2% below the shipped entry, checked against the torch reference. Writes
-    $OUT/dq_compare.json (--compare configurations for scripts/gpu_step_ablation.py)."""
+    The baseline ("shipped") is the shared class, without the top_k's own entries. Coordinate sweep over the entry:
+    DQ_TOPK_VARIANTS at the baseline's tiles, gate_up's tiles, down's, a register cap of 128; kept only >= 2% below
+    the baseline, checked against the torch reference. Writes $OUT/dq_compare.json (--compare configurations for
+    scripts/gpu_step_ablation.py)."""
     ex = random_layer()
     gen = torch.Generator(device="cuda").manual_seed(13)
     inputs = []
@@ -713,10 +713,8 @@ def dq_topk_sweep(out_dir: Path, topk: int, token_counts: list[int]) -> dict:
               "us_per_layer": [round(u, 2) for u in us], "tokens": token_counts})
         return sum(us)
 
-    shipped = {**mk.MXFP4_CONFIG_DQ_T[cls]}
-    shipped.setdefault("variant", mk.DQ_VARIANT)
-    for g in ("gate_up", "down"):
-        shipped.setdefault(g, mk.MXFP4_CONFIG_DQ[g])
+    tiles, variant, bmq, cap = mk.dq_class(cls)  # the shared class (no top_k's own entries): the baseline
+    shipped = {**tiles, "variant": variant, "bmq": bmq, **({"maxnreg": cap} if cap else {})}
     base = score(shipped, "shipped")
     best, best_t = dict(shipped), base
     for v in DQ_TOPK_VARIANTS:
@@ -737,8 +735,10 @@ def dq_topk_sweep(out_dir: Path, topk: int, token_counts: list[int]) -> dict:
     keep = best != shipped and best_t < 0.98 * min(base, again)
     mk.MXFP4_CONFIG_DQ_T_BY_TOPK.clear()
     mk.MXFP4_CONFIG_DQ_T_BY_TOPK.update({**saved, topk: {cls: best}})
-    errs = [round(((run(inp).float() - _ref_moe(*inp[:1], ex, *inp[1:]).float()).norm()
-                   / _ref_moe(*inp[:1], ex, *inp[1:]).float().norm()).item(), 5) for inp in inputs]
+    errs = []
+    for x, topi, topw in inputs:
+        want = _ref_moe(x, ex, topi, topw).float()
+        errs.append(round(((run((x, topi, topw)).float() - want).norm() / want.norm()).item(), 5))
     mk.MXFP4_CONFIG_DQ_T_BY_TOPK.clear()
     mk.MXFP4_CONFIG_DQ_T_BY_TOPK.update(saved)
     emit({"sec": "dq_topk_pick", "k": topk, "class": cls, "pick": {g: v for g, v in best.items()},
@@ -752,8 +752,8 @@ def dq_topk_sweep(out_dir: Path, topk: int, token_counts: list[int]) -> dict:
 
 
 def gemv4_intercept(out_dir: Path, topks: list[int]) -> None:
-    """Where gemv4's layer time goes as the routed experts grow (round 15: ~14.7 us a layer that does not shrink
-    with the bytes): one E32 layer (random_layer) at one token routed to k distinct experts, for each k in topks,
+    """How gemv4's layer time grows with the routed experts (round 15: latency-bound up to two experts,
+    issue-bound from four): one E32 layer (random_layer) at one token routed to k distinct experts, for each k in topks,
     the shipped tables (per top_k). Per k: the pair of launches as a CUDA-graph median (as the probe times it); each
     kernel's own duration from one profiled eager call (torch.profiler, CUPTI: gate_up, down, without launch gaps);
     and the read-only kernel over the same experts (read_floor). Records "intercept" lines in $OUT/mxfp4.jsonl."""
@@ -887,21 +887,18 @@ def main() -> int:
 
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                     "commit": os.environ.get("MOE_BENCH_GIT_COMMIT")}
-    if args.gemv4_intercept:
-        emit({"sec": "env", **report})
-        gemv4_intercept(out_dir, [int(k) for k in args.gemv4_intercept.split(",")])
-        emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
-        return 0
-    if args.dq_topk:
-        emit({"sec": "env", **report})
-        dq_topk_sweep(out_dir, args.dq_topk, [int(t) for t in args.dq_topk_tokens.split(",")])
-        emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
-        return 0
-    if args.gemv4_topk:
-        emit({"sec": "env", **report})
-        gemv4_topk_sweep(out_dir, [int(k) for k in args.gemv4_topk.split(",")])
-        emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
-        return 0
+    ints = lambda text: [int(v) for v in text.split(",")]  # noqa: E731
+    layer_only = (  # round 15's modes: one random layer, no model; the first one asked for runs, then it stops
+        (args.gemv4_intercept, lambda: gemv4_intercept(out_dir, ints(args.gemv4_intercept))),
+        (args.dq_topk, lambda: dq_topk_sweep(out_dir, args.dq_topk, ints(args.dq_topk_tokens))),
+        (args.gemv4_topk, lambda: gemv4_topk_sweep(out_dir, ints(args.gemv4_topk))),
+    )
+    for asked, run_mode in layer_only:
+        if asked:
+            emit({"sec": "env", **report})
+            run_mode()
+            emit({"sec": "done", "total_s": round(time.time() - T0, 1)})
+            return 0
     model = load_model(MODEL, device="cuda", dtype=torch.bfloat16, seed=0).model
     bandwidth = measure_bandwidth("cuda")
     emit({"sec": "env", **report, "bandwidth_gbs": round(bandwidth / 1e9, 1), "load_s": round(time.time() - T0, 1)})

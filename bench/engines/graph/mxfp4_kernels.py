@@ -651,20 +651,24 @@ def mxfp4_down_early(gemm: str) -> bool:
     return gemm == "down" and bool(MXFP4_DOWN_EARLY)
 
 
+def _for_topk(table: dict, topk: int) -> dict:
+    """`table`'s entry for `topk` ({} if none): int keys, or string keys where a JSON override (gpu_step_ablation's
+    --compare "mx.NAME") set the table whole."""
+    return table.get(topk) or table.get(str(topk)) or {}
+
+
 def gemv4_tiles(topk: int) -> dict[str, tuple[int, int, int, int]]:
     """The gemv4 loop's (BN, BK, warps, stages) per GEMM at one token routed to `topk` experts: the top_k's entry
-    of MXFP4_CONFIG_GEMV4_BY_TOPK (int or, from JSON, string keys) over MXFP4_CONFIG_GEMV4."""
-    extra = MXFP4_CONFIG_GEMV4_BY_TOPK.get(topk) or MXFP4_CONFIG_GEMV4_BY_TOPK.get(str(topk)) or {}
-    return {**MXFP4_CONFIG_GEMV4, **{g: tuple(v) for g, v in extra.items()}}
+    of MXFP4_CONFIG_GEMV4_BY_TOPK over MXFP4_CONFIG_GEMV4."""
+    return {**MXFP4_CONFIG_GEMV4, **{g: tuple(v) for g, v in _for_topk(MXFP4_CONFIG_GEMV4_BY_TOPK, topk).items()}}
 
 
 def dq_class(tokens: int, topk: int = 0) -> tuple[dict[str, tuple[int, int, int, int]], int, int, int]:
     """The dq loop's (tiles, variant, M sub-tile, register cap) for a launch of `tokens` tokens routed to `topk`
     experts each: its batch class in MXFP4_CONFIG_DQ_T (with that top_k's entries of MXFP4_CONFIG_DQ_T_BY_TOPK over
-    it; int or, from JSON, string keys) over MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ ("maxnreg": ptxas' register cap
+    it) over MXFP4_CONFIG_DQ, DQ_VARIANT and DQ_BMQ ("maxnreg": ptxas' register cap
     a thread, so that more programs fit an SM; 0 = none)."""
-    by = {int(t): c for t, c in (MXFP4_CONFIG_DQ_T_BY_TOPK.get(topk) or MXFP4_CONFIG_DQ_T_BY_TOPK.get(str(topk))
-                                 or {}).items()}
+    by = {int(t): c for t, c in _for_topk(MXFP4_CONFIG_DQ_T_BY_TOPK, topk).items()}
     for t in sorted(set(MXFP4_CONFIG_DQ_T) | set(by)):
         if tokens <= t:
             # a top_k's own class (it may split a shared one: its key need not be one of MXFP4_CONFIG_DQ_T's) over
