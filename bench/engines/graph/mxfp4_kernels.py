@@ -380,10 +380,9 @@ def _split4(t, A: tl.constexpr, B: tl.constexpr):
 
 @triton.jit
 def _xpair(xp, gm, j: tl.constexpr):
-    """[1, NB] int32: the fp16 pair (x[32 g + j], x[32 g + j + 4]) * 2^6 of each block g (xp: [NB] pointers to
-    x[32 g])."""
-    lo = tl.load(xp + j, mask=gm, other=0.0).to(tl.float32) * 64.0
-    hi = tl.load(xp + (j + 4), mask=gm, other=0.0).to(tl.float32) * 64.0
+    """[1, NB] int32: the fp16 pair (x[32 g + j], x[32 g + j + 4]) of each block g (xp: [NB] pointers to x[32 g])."""
+    lo = tl.load(xp + j, mask=gm, other=0.0).to(tl.float32)
+    hi = tl.load(xp + (j + 4), mask=gm, other=0.0).to(tl.float32)
     return _f16x2(lo, hi)[None, :]
 
 
@@ -398,46 +397,31 @@ def _gemvh_word(acc, w, x0, x1, x2, x3, VAR: tl.constexpr):
 
 
 @triton.jit
-def _gemvh_load(wrow, srow, nmask, g0, KG, NB: tl.constexpr, NW: tl.constexpr):
-    """The step at block g0: its words [BN, NW] (contiguous a row: 4 a thread vector) and block scales [BN, NB] as
-    float32 2^(s-127) (s = 0: the subnormal 2^-127)."""
-    wi = g0 * 4 + tl.arange(0, NW)
-    wd = tl.load(wrow + wi[None, :], mask=nmask[:, None] & (wi < KG * 4)[None, :], other=0)
-    g = g0 + tl.arange(0, NB)
-    sc = tl.load(srow + g[None, :], mask=nmask[:, None] & (g < KG)[None, :], other=0).to(tl.int32)
-    return wd, tl.where(sc == 0, 0x00400000, sc << 23).to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _gemvh_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, VAR: tl.constexpr):
     """[BM, BN] fp32 = rows of x times the expert's N tile on the packed fp16 pipe (CUDA only: inline PTX), from
-    the released layout read as uint32 words (as _gemv4_rows). Per block and row: the activations times 2^6
-    converted once to fp16 pairs (x[8w + p] * 64, x[8w + p + 4] * 64) (valid for |x| < 1024), each of the block's 4
-    words decoded pair by pair to fp16x2 (_gemvh_asm: e2m1 * 2^-14) and accumulated by four fp16x2 FMAs into one
-    running fp16x2 sum of the block (16 products a half: e2m1 * x * 2^-8, normal from |e2m1 * x| >= 2^-6), whose
-    halves are added in fp32 and times the block scale 2^(s-127); 2^8 once at the end. VAR bit 0: the decode
-    (_gemvh_asm's variant); bit 1: the next step's words and scales are loaded before this step's math (one step
-    ahead in registers), so that a warp's loads stay in flight while it computes."""
+    the released layout read as uint32 words (as _gemv4_rows). Per block and row: the activations converted once to
+    fp16 pairs (x[8w + p], x[8w + p + 4]) (unscaled: valid for |x| <= 65504; below 2^-14 fp16 subnormals keep less
+    precision), each of the block's 4 words decoded pair by pair to fp16x2 (_gemvh_asm: e2m1 * 2^-14) and
+    accumulated by four fp16x2 FMAs into one running fp16x2 sum of the block (16 products a half), whose halves
+    are added in fp32 and times the block scale 2^(s-127); 2^14 once at the end."""
     NB: tl.constexpr = BK // 32
-    NW: tl.constexpr = BK // 8  # words a step
     KG = K // 32
     mm = tl.arange(0, BM)
     xrow = activation_rows(rows, TOPK, GATE_UP)
     blk = tl.arange(0, NB)
+    NW: tl.constexpr = BK // 8  # words a step
     wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 4), 4)[:, None]  # 4 words a block
     srow = ws_e + offs_n.to(tl.int64)[:, None] * KG
     part = tl.zeros([BM, BN, NB], dtype=tl.float32)
-    wd, scale = _gemvh_load(wrow, srow, nmask, 0, KG, NB, NW)
     for g0 in range(0, KG, NB):
-        if VAR & 2:  # the next step's loads first (masked off past the last step)
-            wd_next, scale_next = _gemvh_load(wrow, srow, nmask, g0 + NB, KG, NB, NW)
-        else:
-            if g0 > 0:
-                wd, scale = _gemvh_load(wrow, srow, nmask, g0, KG, NB, NW)
         g = g0 + blk
         gm = g < KG
+        wi = g0 * 4 + tl.arange(0, NW)  # the step's words in K order (contiguous a row: 4 a thread vector)
+        wd = tl.load(wrow + wi[None, :], mask=nmask[:, None] & (wi < KG * 4)[None, :], other=0)
         w0, w1, w2, w3 = _split4(wd, BN, NB)  # [BN, NB] each: word c of each block
+        sc = tl.load(srow + g[None, :], mask=nmask[:, None] & gm[None, :], other=0).to(tl.int32)
+        scale = tl.where(sc == 0, 0x00400000, sc << 23).to(tl.float32, bitcast=True)  # 2^(s-127), s = 0 subnormal
         xoff = g * 32  # [NB]: the block's first value
         for r in tl.static_range(BM):
             if r < end:  # the expert's own rows (BM is the launch's p2(tokens); the rest are masked at the store)
@@ -445,21 +429,19 @@ def _gemvh_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: 
                 xp = x_ptr + xr * stride_x + xoff
                 acc = tl.zeros([BN, NB], dtype=tl.int32)
                 acc = _gemvh_word(acc, w0, _xpair(xp, gm, 0), _xpair(xp, gm, 1), _xpair(xp, gm, 2), _xpair(xp, gm, 3),
-                                  VAR & 1)
+                                  VAR)
                 acc = _gemvh_word(acc, w1, _xpair(xp, gm, 8), _xpair(xp, gm, 9), _xpair(xp, gm, 10),
-                                  _xpair(xp, gm, 11), VAR & 1)
+                                  _xpair(xp, gm, 11), VAR)
                 acc = _gemvh_word(acc, w2, _xpair(xp, gm, 16), _xpair(xp, gm, 17), _xpair(xp, gm, 18),
-                                  _xpair(xp, gm, 19), VAR & 1)
+                                  _xpair(xp, gm, 19), VAR)
                 acc = _gemvh_word(acc, w3, _xpair(xp, gm, 24), _xpair(xp, gm, 25), _xpair(xp, gm, 26),
-                                  _xpair(xp, gm, 27), VAR & 1)
+                                  _xpair(xp, gm, 27), VAR)
                 s = _f16x2_sum(acc) * scale  # [BN, NB]
                 if BM == 1:
                     part += s[None, :, :]
                 else:
                     part = tl.where((mm == r)[:, None, None], part + s[None, :, :], part)
-        if VAR & 2:
-            wd, scale = wd_next, scale_next
-    return tl.sum(part, axis=2) * 256.0  # 2^8: the codes' 2^-14 and the activations' 2^6
+    return tl.sum(part, axis=2) * 16384.0  # 2^14: the codes' 2^-14
 
 
 @triton.jit
@@ -716,8 +698,7 @@ MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512,
 # 17.4 us, engine E32 / E16 batch 1 k2 -6.1 / -6.0% a step, the same tokens and logits (down: a tie, kept)
 MXFP4_CONFIG_GEMV4_BY_TOPK: dict[int, dict[str, tuple[int, int, int, int]]] = {2: {"gate_up": (16, 1024, 4, 1)}}
 # the "gemvh" loop (round 16: the pairs decoded to fp16x2, packed fp16 FMAs; CUDA only): its tiles, per top_k over
-# these, and its variant (GEMVH_VARIANT: bit 0 the decode, 0 shifts and masks, 1 masks and integer multiply-adds;
-# bit 1 the next step's loads issued before this step's math)
+# these, and its decode (GEMVH_VARIANT: 0 shifts and masks, 1 masks and integer multiply-adds)
 MXFP4_CONFIG_GEMVH: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)}
 MXFP4_CONFIG_GEMVH_BY_TOPK: dict[int, dict[str, tuple[int, int, int, int]]] = {2: {"gate_up": (16, 1024, 4, 1)}}
 GEMVH_VARIANT = 0
