@@ -670,86 +670,6 @@ def gemv4_topk_sweep(out_dir: Path, topks: list[int]) -> dict:
     return compare
 
 
-# round 16 (--gemvh): the packed-fp16 batch-1 loop against gemv4, its decode variants and tiles per top_k
-GEMVH_CANDIDATES = [
-    (32, 512, 2, 1), (16, 1024, 4, 1), (32, 1024, 4, 1), (16, 512, 1, 1), (16, 512, 2, 1), (32, 512, 4, 1),
-    (64, 512, 4, 1), (64, 256, 2, 1), (32, 256, 2, 1), (64, 1024, 8, 1), (32, 1024, 2, 1), (16, 1024, 2, 1),
-]
-
-
-def gemvh_sweep(out_dir: Path, topks: list[int]) -> dict:
-    """Per top_k: one E32 layer at one token (random_layer), gemv4 at its shipped tiles, then gemvh (packed fp16)
-    with each decode variant at gemv4's tiles, then gemvh's gate_up tiles over GEMVH_CANDIDATES (down at its tile),
-    then down's, CUDA-graph medians under the shipped PDL mode, each with its error against the torch reference;
-    and the read floor. Writes $OUT/gemvh_compare.json: --compare configurations for scripts/gpu_step_ablation.py
-    (main against gemvh at its variant and picked tiles, and at gemv4's tiles)."""
-    ex = random_layer()
-    gen = torch.Generator(device="cuda").manual_seed(17)
-    per_expert = sum(getattr(ex, n)[0].numel() for n in ("gate_up_proj_blocks", "gate_up_proj_scales",
-                                                          "down_proj_blocks", "down_proj_scales"))
-    saved = (dict(mk.MXFP4_CONFIG_GEMVH), dict(mk.MXFP4_CONFIG_GEMVH_BY_TOPK), mk.GEMVH_VARIANT)
-    by_topk: dict[str, dict] = {}
-    variant_us: dict[int, float] = {0: 0.0, 1: 0.0}
-    for k in topks:
-        x = torch.randn(1, 2880, generator=gen, device="cuda").to(torch.bfloat16)
-        topi, topw = _routing(1, 32, k, gen)
-        want = _ref_moe(x, ex, topi, topw).float()
-        nbytes = per_expert * k
-
-        def err(impl, x=x, topi=topi, topw=topw, want=want):
-            got = _call(x, ex, topi, topw, impl=impl).float()
-            return round(((got - want).norm() / want.norm()).item(), 5)
-
-        def timed(tiles, variant, k=k, x=x, topi=topi, topw=topw):
-            mk.MXFP4_CONFIG_GEMVH_BY_TOPK[k] = tiles
-            mk.GEMVH_VARIANT = variant
-            return _time(lambda: _call(x, ex, topi, topw, impl="gemvh"))
-
-        g4 = mk.gemv4_tiles(k)
-        base = _time(lambda x=x, topi=topi, topw=topw: _call(x, ex, topi, topw, impl="gemv4"))
-        emit({"sec": "gemvh", "k": k, "impl": "gemv4", "tiles": g4, "us_per_layer": round(base, 2),
-              "gb_s": round(nbytes / base / 1e3, 1), "rel_l2_err": err("gemv4")})
-        for v in (0, 1):
-            us = timed(g4, v)
-            variant_us[v] += us
-            emit({"sec": "gemvh", "k": k, "impl": "gemvh", "variant": v, "tiles": g4, "us_per_layer": round(us, 2),
-                  "gb_s": round(nbytes / us / 1e3, 1), "rel_l2_err": err("gemvh")})
-        v = min(variant_us, key=variant_us.get)  # the variant so far (summed over the top_k measured)
-        best = dict(g4)
-        for gemm in ("gate_up", "down"):
-            timings = []
-            for cand in GEMVH_CANDIDATES:
-                try:
-                    timings.append((timed({**best, gemm: cand}, v), cand))
-                except Exception as exc:
-                    emit({"sec": "gemvh", "k": k, "gemm": gemm, "cand": cand, "error": repr(exc)[:200]})
-            us, cand = min(timings)
-            emit({"sec": "gemvh_tiles", "k": k, "gemm": gemm, "variant": v,
-                  "timings_us": [(round(t, 2), c) for t, c in sorted(timings)]})
-            if us < 0.98 * timed(best, v):
-                best[gemm] = cand
-        us = timed(best, v)
-        emit({"sec": "gemvh", "k": k, "impl": "gemvh", "variant": v, "tiles": best, "us_per_layer": round(us, 2),
-              "gb_s": round(nbytes / us / 1e3, 1), "rel_l2_err": err("gemvh"), "label": "picked",
-              "vs_gemv4_pct": round(100 * (us / base - 1), 1)})
-        by_topk[str(k)] = {g: list(t) for g, t in best.items()}
-        read_floor(ex, topi)
-    mk.MXFP4_CONFIG_GEMVH.clear()
-    mk.MXFP4_CONFIG_GEMVH.update(saved[0])
-    mk.MXFP4_CONFIG_GEMVH_BY_TOPK.clear()
-    mk.MXFP4_CONFIG_GEMVH_BY_TOPK.update(saved[1])
-    v = min(variant_us, key=variant_us.get)
-    mk.GEMVH_VARIANT = saved[2]
-    g4_tiles = {str(k): {g: list(t) for g, t in mk.gemv4_tiles(k).items()} for k in topks}
-    compare = {"main": {},
-               "gemvh": {"mx.GEMV_IMPL": "gemvh", "mx.GEMVH_VARIANT": v, "mx.MXFP4_CONFIG_GEMVH_BY_TOPK": by_topk},
-               "gemvh_g4tiles": {"mx.GEMV_IMPL": "gemvh", "mx.GEMVH_VARIANT": v,
-                                 "mx.MXFP4_CONFIG_GEMVH_BY_TOPK": g4_tiles}}
-    (out_dir / "gemvh_compare.json").write_text(json.dumps(compare))
-    emit({"sec": "gemvh_pick", "variant": v, "by_topk": by_topk, "variant_us": variant_us})
-    return compare
-
-
 # round 15 (--dq-topk): the dq loop's 2-8 token class (MXFP4_CONFIG_DQ_T[8]) for one top_k (MXFP4_CONFIG_DQ_T_BY_TOPK)
 DQ_TOPK_VARIANTS = [0, 1, 3, 7]
 DQ_TOPK_TILES = {
@@ -948,8 +868,6 @@ def main() -> int:
     ap.add_argument("--dq-topk-tokens", default="4,8", help="the launches --dq-topk scores (tokens, comma list)")
     ap.add_argument("--gemv4-intercept", default=None, metavar="K[,K]",
                     help="round 15: only gemv4's per-kernel times at one token for each top_k (gemv4_intercept)")
-    ap.add_argument("--gemvh", default=None, metavar="K[,K]",
-                    help="round 16: only the packed-fp16 batch-1 loop against gemv4 per top_k (gemvh_sweep), no model")
     ap.add_argument("--dqa", action="store_true",
                     help="round 7: the Gluon dqa loop vs main's dq (layers, engine E32/E16 b32, accuracy), then stop")
     ap.add_argument("--bf16-picks", default=None,
@@ -974,7 +892,6 @@ def main() -> int:
         (args.gemv4_intercept, lambda: gemv4_intercept(out_dir, ints(args.gemv4_intercept))),
         (args.dq_topk, lambda: dq_topk_sweep(out_dir, args.dq_topk, ints(args.dq_topk_tokens))),
         (args.gemv4_topk, lambda: gemv4_topk_sweep(out_dir, ints(args.gemv4_topk))),
-        (args.gemvh, lambda: gemvh_sweep(out_dir, ints(args.gemvh))),
     )
     for asked, run_mode in layer_only:
         if asked:

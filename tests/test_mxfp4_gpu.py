@@ -1,7 +1,6 @@
 """The MXFP4 expert loops on a CUDA device (bench/engines/graph/mxfp4_kernels.py): the inline-PTX e2m1 decode ("dq"
 = decode + bf16 MMA; "dqf": the scale folded into the one multiply) and the batch-1 "gemv4" loop as compiled for
-the GPU (its integer-multiply decode also runs in the interpreter cases), round 16's packed-fp16 batch-1 loop
-"gemvh" and round 7's Gluon loop "dqa"
+the GPU (its integer-multiply decode also runs in the interpreter cases) and round 7's Gluon loop "dqa"
 (mxfp4_dq_ws.py) on random blocks. Skipped on CPU, where
 the Triton interpreter cannot run PTX (tests/interpreter/mxfp4_cases.py covers the other loops). Run on the GPU
 machine with `python3 -m pytest -q tests/test_mxfp4_gpu.py`."""
@@ -51,11 +50,6 @@ CASES += [(t, k, "gemv4", sc) for t, k in [(1, 2), (1, 4), (3, 2)] for sc in [(1
 # gemv4 at one token under each PDL mode of the expert launches (0 plain; 1 wait; 2: gate_up lets the down GEMM
 # launch early, which prefetches its weight rows into L2 before its wait), several K steps (K 256, 64 a step)
 CASES += [(1, 4, f"gemv4-pdl{m}", (100, 150)) for m in (0, 1, 2)]
-# round 16's packed-fp16 batch-1 loop "gemvh" (fp16 activations: scales 112..127 keep them in fp16's normal range),
-# both decodes ("-mul": GEMVH_VARIANT 1), several rows an expert (3 tokens), and several K steps of 64 under PDL mode 2
-CASES += [(t, k, f"gemvh{extra}", (112, 128)) for t, k, extra in [
-    (1, 2, ""), (1, 4, ""), (3, 2, ""), (1, 4, "-mul"), (3, 2, "-mul"), (1, 4, "-k64"), (1, 2, "-k64-mul")]]
-
 # round 6a's dq variants (DQ_VARIANT bit 0: integer-multiply decode, bit 1: activations in natural K order reordered
 # in registers, bit 2: unmasked weight loads where K % BK == 0 and N % BN == 0), M sub-tiles of 16 rows in scan mode
 # (DQ_BMQ: 40 tokens top-4 over 4 experts = 40 rows an expert, 3 sub-tiles), sorted mode (80 tokens), the
@@ -87,14 +81,6 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypa
         monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (16, 64, 2, 1), "down": (32, 64, 4, 1)})
         monkeypatch.setattr(mk, "MXFP4_PDL", int(impl[-1]))
         impl = "gemv4"
-    if impl.startswith("gemvh"):
-        opts = impl.split("-")[1:]
-        monkeypatch.setattr(mk, "GEMVH_VARIANT", 1 if "mul" in opts else 0)
-        if "k64" in opts:
-            monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMVH", {"gate_up": (16, 64, 2, 1), "down": (32, 64, 4, 1)})
-            monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMVH_BY_TOPK", {})
-            monkeypatch.setattr(mk, "MXFP4_PDL", 2)
-        impl = "gemvh"
     shape, fold = {}, False
     if "-v" in impl:  # dq variants: "dq-v3-bmq16-odd"
         parts = impl.split("-")

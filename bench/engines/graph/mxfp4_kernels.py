@@ -150,11 +150,6 @@ def _moe_mxfp4_kernel(
                               offs_n, nmask, TOPK, GATE_UP, BM, BN, BK)
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                          offs_n, nmask, N, GATE_UP, BM, BN, bv, rws, EB)
-        elif IMPL == 7:  # gemvh: the pairs decoded to fp16x2 by inline PTX, packed fp16 FMA (scan mode, CUDA only)
-            acc = _gemvh_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K, stride_x,
-                              offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, DQV)
-            moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                         offs_n, nmask, N, GATE_UP, BM, BN, bv, rws, EB)
         elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
             MT: tl.constexpr = BMQ if BMQ > 0 and BMQ < BM else BM  # M tiles of BMQ rows: slices of scan_rows
             for m0 in range(start, end, MT):
@@ -316,132 +311,6 @@ def _gemv4_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: 
                 else:
                     part = tl.where((mm == r)[:, None, None], part + s[None, :, :], part)
     return tl.sum(part, axis=2) * 4611686018427387904.0  # 2^62: 2^-126 of the codes, 2^64 of the activations
-
-
-def _gemvh_asm(variant: int) -> str:
-    """PTX for one 32-bit word of a block (codes c = 0..7 in bits 4c..4c+3): $1 the running fp16x2 sum, $2 the word,
-    $3..$6 the activation pairs (x[8w + p], x[8w + p + 4]) as fp16x2 for p = 0..3 -> $0 = $1 + sum over p of
-    decode(codes p, p + 4) * pair p, four packed fp16 FMAs.
-
-    Codes p and p + 4 sit 16 bits apart, so one register op moves both: the magnitude bits (e1 e0 m) to fp16 bits
-    11..9 of each half and the sign to bit 15, which makes each half the fp16 e2m1 * 2^-14, exactly (e = 0 gives the
-    subnormal m * 2^-15; fp16 FMAs keep subnormals). variant 0: two shifts and two masks a pair (integer pipe);
-    1: two masks and two integer multiply-adds a pair (codes p + 2 after one shift right by 8), (t + 7 s) * 2^(9-4q)
-    with t the pair's nibbles and s their sign bits: the sign, carried to bit 12 by the shift, moves on to bit 15."""
-    out = ["{", ".reg .b32 a, t, u, v;", "mov.b32 a, $1;"]
-    if variant == 1:
-        out.append("shr.u32 v, $2, 8;")
-    for p in range(4):
-        if variant == 1:
-            q, src = p % 2, ("$2" if p < 2 else "v")
-            out += [f"and.b32 t, {src}, {0x000F000F << 4 * q};", f"and.b32 u, {src}, {0x00080008 << 4 * q};",
-                    "mad.lo.u32 t, u, 7, t;", f"mul.lo.u32 t, t, {1 << (9 - 4 * q)};"]
-        else:
-            mag, sign = 9 - 4 * p, 12 - 4 * p
-            out.append(f"shl.b32 t, $2, {mag};" if mag >= 0 else f"shr.u32 t, $2, {-mag};")
-            out.append("and.b32 t, t, 0x0E000E00;")
-            out.append(f"shl.b32 u, $2, {sign};" if sign else "mov.b32 u, $2;")
-            out += ["and.b32 u, u, 0x80008000;", "or.b32 t, t, u;"]
-        out.append(f"fma.rn.f16x2 a, t, ${3 + p}, a;")
-    out += ["mov.b32 $0, a;", "}"]
-    return "\n".join(out)
-
-
-_GEMVH_ASM = tl.constexpr(_gemvh_asm(0))
-_GEMVH_ASM_MUL = tl.constexpr(_gemvh_asm(1))
-
-
-@triton.jit
-def _f16x2(lo, hi):
-    """Two float32 tensors -> int32 holding (fp16(lo), fp16(hi)) (one cvt.rn.f16x2.f32)."""
-    return tl.inline_asm_elementwise("cvt.rn.f16x2.f32 $0, $2, $1;", "=r,f,f", [lo, hi], dtype=tl.int32,
-                                     is_pure=True, pack=1)
-
-
-@triton.jit
-def _f16x2_sum(a):
-    """int32 holding fp16x2 -> float32 sum of its halves."""
-    return tl.inline_asm_elementwise(
-        "{ .reg .f16 l, h; .reg .f32 x, y; mov.b32 {l, h}, $1; cvt.f32.f16 x, l; cvt.f32.f16 y, h; "
-        "add.f32 $0, x, y; }", "=f,r", [a], dtype=tl.float32, is_pure=True, pack=1)
-
-
-@triton.jit
-def _split4(t, A: tl.constexpr, B: tl.constexpr):
-    """[A, 4] (B == 0) or [A, B, 4] -> its four slices along the last dimension (in-thread where that dimension is)."""
-    if B == 0:
-        a, b = tl.split(tl.reshape(t, (A, 2, 2)))
-    else:
-        a, b = tl.split(tl.reshape(t, (A, B, 2, 2)))
-    t0, t2 = tl.split(a)
-    t1, t3 = tl.split(b)
-    return t0, t1, t2, t3
-
-
-@triton.jit
-def _xpair(xp, gm, j: tl.constexpr):
-    """[1, NB] int32: the fp16 pair (x[32 g + j], x[32 g + j + 4]) of each block g (xp: [NB] pointers to x[32 g])."""
-    lo = tl.load(xp + j, mask=gm, other=0.0).to(tl.float32)
-    hi = tl.load(xp + (j + 4), mask=gm, other=0.0).to(tl.float32)
-    return _f16x2(lo, hi)[None, :]
-
-
-@triton.jit
-def _gemvh_word(acc, w, x0, x1, x2, x3, VAR: tl.constexpr):
-    if VAR == 1:
-        return tl.inline_asm_elementwise(_GEMVH_ASM_MUL, "=r,r,r,r,r,r,r", [acc, w, x0, x1, x2, x3], dtype=tl.int32,
-                                         is_pure=True, pack=1)
-    else:
-        return tl.inline_asm_elementwise(_GEMVH_ASM, "=r,r,r,r,r,r,r", [acc, w, x0, x1, x2, x3], dtype=tl.int32,
-                                         is_pure=True, pack=1)
-
-
-@triton.jit
-def _gemvh_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, VAR: tl.constexpr):
-    """[BM, BN] fp32 = rows of x times the expert's N tile on the packed fp16 pipe (CUDA only: inline PTX), from
-    the released layout read as uint32 words (as _gemv4_rows). Per block and row: the activations converted once to
-    fp16 pairs (x[8w + p], x[8w + p + 4]) (unscaled: valid for |x| <= 65504; below 2^-14 fp16 subnormals keep less
-    precision), each of the block's 4 words decoded pair by pair to fp16x2 (_gemvh_asm: e2m1 * 2^-14) and
-    accumulated by four fp16x2 FMAs into one running fp16x2 sum of the block (16 products a half), whose halves
-    are added in fp32 and times the block scale 2^(s-127); 2^14 once at the end."""
-    NB: tl.constexpr = BK // 32
-    KG = K // 32
-    mm = tl.arange(0, BM)
-    xrow = activation_rows(rows, TOPK, GATE_UP)
-    blk = tl.arange(0, NB)
-    NW: tl.constexpr = BK // 8  # words a step
-    wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 4), 4)[:, None]  # 4 words a block
-    srow = ws_e + offs_n.to(tl.int64)[:, None] * KG
-    part = tl.zeros([BM, BN, NB], dtype=tl.float32)
-    for g0 in range(0, KG, NB):
-        g = g0 + blk
-        gm = g < KG
-        wi = g0 * 4 + tl.arange(0, NW)  # the step's words in K order (contiguous a row: 4 a thread vector)
-        wd = tl.load(wrow + wi[None, :], mask=nmask[:, None] & (wi < KG * 4)[None, :], other=0)
-        w0, w1, w2, w3 = _split4(wd, BN, NB)  # [BN, NB] each: word c of each block
-        sc = tl.load(srow + g[None, :], mask=nmask[:, None] & gm[None, :], other=0).to(tl.int32)
-        scale = tl.where(sc == 0, 0x00400000, sc << 23).to(tl.float32, bitcast=True)  # 2^(s-127), s = 0 subnormal
-        xoff = g * 32  # [NB]: the block's first value
-        for r in tl.static_range(BM):
-            if r < end:  # the expert's own rows (BM is the launch's p2(tokens); the rest are masked at the store)
-                xr = tl.sum(tl.where(mm == r, xrow, 0), axis=0)
-                xp = x_ptr + xr * stride_x + xoff
-                acc = tl.zeros([BN, NB], dtype=tl.int32)
-                acc = _gemvh_word(acc, w0, _xpair(xp, gm, 0), _xpair(xp, gm, 1), _xpair(xp, gm, 2), _xpair(xp, gm, 3),
-                                  VAR)
-                acc = _gemvh_word(acc, w1, _xpair(xp, gm, 8), _xpair(xp, gm, 9), _xpair(xp, gm, 10),
-                                  _xpair(xp, gm, 11), VAR)
-                acc = _gemvh_word(acc, w2, _xpair(xp, gm, 16), _xpair(xp, gm, 17), _xpair(xp, gm, 18),
-                                  _xpair(xp, gm, 19), VAR)
-                acc = _gemvh_word(acc, w3, _xpair(xp, gm, 24), _xpair(xp, gm, 25), _xpair(xp, gm, 26),
-                                  _xpair(xp, gm, 27), VAR)
-                s = _f16x2_sum(acc) * scale  # [BN, NB]
-                if BM == 1:
-                    part += s[None, :, :]
-                else:
-                    part = tl.where((mm == r)[:, None, None], part + s[None, :, :], part)
-    return tl.sum(part, axis=2) * 16384.0  # 2^14: the codes' 2^-14
 
 
 @triton.jit
@@ -621,7 +490,7 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
     return tl.trans(acc)
 
 
-IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5, "gemv4": 6, "gemvh": 7}  # "dqa": _moe_dqa
+IMPLS = {"gemv": 0, "mma": 1, "scaled": 2, "gemv2": 3, "dq": 4, "dqf": 5, "gemv4": 6}  # "dqa": _moe_dqa
 # Decode with at most this many tokens uses the gemv loop (every expert then has <= this many rows; one M "tile"
 # of p2(tokens) rows, the weights decoded once per program and reused for each row). H200, one E32 k4 layer
 # (docs/MXFP4.md): 1 token gemv4 30 us, gemv2 49, dq 54, scaled 77, mma 120; 4 tokens dq 114, gemv4 181, gemv 275.
@@ -697,11 +566,6 @@ MXFP4_CONFIG_GEMV4: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512,
 # tiles leave half the programs (1.4 warps a scheduler in gate_up); gate_up (16, 1024, 4, 1) there: one layer 21.2 ->
 # 17.4 us, engine E32 / E16 batch 1 k2 -6.1 / -6.0% a step, the same tokens and logits (down: a tie, kept)
 MXFP4_CONFIG_GEMV4_BY_TOPK: dict[int, dict[str, tuple[int, int, int, int]]] = {2: {"gate_up": (16, 1024, 4, 1)}}
-# the "gemvh" loop (round 16: the pairs decoded to fp16x2, packed fp16 FMAs; CUDA only): its tiles, per top_k over
-# these, and its decode (GEMVH_VARIANT: 0 shifts and masks, 1 masks and integer multiply-adds)
-MXFP4_CONFIG_GEMVH: dict[str, tuple[int, int, int, int]] = {"gate_up": (32, 512, 2, 1), "down": (32, 1024, 4, 1)}
-MXFP4_CONFIG_GEMVH_BY_TOPK: dict[int, dict[str, tuple[int, int, int, int]]] = {2: {"gate_up": (16, 1024, 4, 1)}}
-GEMVH_VARIANT = 0
 # Programmatic dependent launch of the expert GEMMs in one-token steps (where kernels.pdl_launch applies PDL):
 # 0 plain launches; 1 both GEMMs wait (griddepcontrol.wait) before reading what an earlier kernel wrote, so their
 # launch overlaps the end of the kernel before (kernels.PDL mode 1); 2 as 1, and gate_up lets the down GEMM launch
@@ -745,10 +609,6 @@ if os.environ.get(TILES_ENV):
     MXFP4_CONFIG_GEMV4.update({k: tuple(v) for k, v in _tiles.get("gemv4", {}).items()})
     for _k, _cfg in _tiles.get("gemv4_by_topk", {}).items():
         MXFP4_CONFIG_GEMV4_BY_TOPK.setdefault(int(_k), {}).update({g: tuple(v) for g, v in _cfg.items()})
-    MXFP4_CONFIG_GEMVH.update({k: tuple(v) for k, v in _tiles.get("gemvh", {}).items()})
-    for _k, _cfg in _tiles.get("gemvh_by_topk", {}).items():
-        MXFP4_CONFIG_GEMVH_BY_TOPK.setdefault(int(_k), {}).update({g: tuple(v) for g, v in _cfg.items()})
-    GEMVH_VARIANT = int(_tiles.get("gemvh_variant", GEMVH_VARIANT))
     MXFP4_CONFIG_FEW.update({k: tuple(v) for k, v in _tiles.get("few", {}).items()})
     MXFP4_CONFIG.update({k: tuple(v) for k, v in _tiles.get("full", {}).items()})
     MXFP4_CONFIG_DQ1.update({k: tuple(v) for k, v in _tiles.get("dq1", {}).items()})
@@ -797,12 +657,10 @@ def _for_topk(table: dict, topk: int) -> dict:
     return table.get(topk) or table.get(str(topk)) or {}
 
 
-def gemv4_tiles(topk: int, impl: str = "gemv4") -> dict[str, tuple[int, int, int, int]]:
-    """The gemv4 (or, with impl "gemvh", the gemvh) loop's (BN, BK, warps, stages) per GEMM at one token routed to
-    `topk` experts: the top_k's entry of MXFP4_CONFIG_GEMV4_BY_TOPK over MXFP4_CONFIG_GEMV4 (the GEMVH tables)."""
-    base, by = ((MXFP4_CONFIG_GEMVH, MXFP4_CONFIG_GEMVH_BY_TOPK) if impl == "gemvh"
-                else (MXFP4_CONFIG_GEMV4, MXFP4_CONFIG_GEMV4_BY_TOPK))
-    return {**base, **{g: tuple(v) for g, v in _for_topk(by, topk).items()}}
+def gemv4_tiles(topk: int) -> dict[str, tuple[int, int, int, int]]:
+    """The gemv4 loop's (BN, BK, warps, stages) per GEMM at one token routed to `topk` experts: the top_k's entry
+    of MXFP4_CONFIG_GEMV4_BY_TOPK over MXFP4_CONFIG_GEMV4."""
+    return {**MXFP4_CONFIG_GEMV4, **{g: tuple(v) for g, v in _for_topk(MXFP4_CONFIG_GEMV4_BY_TOPK, topk).items()}}
 
 
 def dq_class(tokens: int, topk: int = 0) -> tuple[dict[str, tuple[int, int, int, int]], int, int, int]:
@@ -827,7 +685,7 @@ def pick_impl(tokens: int, scan: bool, fast: bool) -> str:
     bf16 activations): GEMV_IMPL up to GEMV_MAX_TOKENS, MMA_IMPL for the other scan launches and for sorted ones
     up to DQ_SORTED_MAX_TOKENS, SORTED_IMPL past that (prefill); "mma" / "gemv2" where the PTX loops cannot run."""
     if scan and tokens <= GEMV_MAX_TOKENS:
-        return GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2", "gemv4") else "gemv2"  # dq, gemvh: CUDA only
+        return GEMV_IMPL if fast or GEMV_IMPL in ("gemv", "gemv2", "gemv4") else "gemv2"  # dq: CUDA only
     if not fast:
         return "mma"
     return MMA_IMPL if scan or tokens <= DQ_SORTED_MAX_TOKENS else SORTED_IMPL
@@ -877,11 +735,11 @@ def moe_mxfp4(
         return _moe_dqa(x, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks, down_scales, down_bias, topw,
                         alpha, limit, counter, plan, k, fold)
     dq = impl in ("dq", "dqf")
-    if (dq or impl == "gemvh") and not fast:
+    if dq and not fast:
         raise ValueError(f"the MXFP4 '{impl}' loop (inline PTX decode) runs on CUDA with bf16 activations only")
     if fold and impl == "dq":
         impl = "dqf"  # every scale <= 128: one multiply by 2^(s-1) instead of 2^126 then 2^(s-127)
-    gemv = impl in ("gemv", "gemv2", "gemv4", "gemvh")
+    gemv = impl in ("gemv", "gemv2", "gemv4")
     if gemv and not plan.scan:
         raise ValueError("the MXFP4 gemv loop is for decode (scan mode) only")
     if impl == "scaled" and x.dtype != torch.bfloat16:
@@ -899,8 +757,8 @@ def moe_mxfp4(
         table = MXFP4_CONFIG_DQ1
     elif dq:
         table, variant, sub, maxnreg = dq_class(tokens, k)
-    elif impl in ("gemv4", "gemvh"):
-        table = gemv4_tiles(k, impl)
+    elif impl == "gemv4":
+        table = gemv4_tiles(k)
     else:
         table = MXFP4_CONFIG_GEMV if gemv else (MXFP4_CONFIG_FEW if plan.compact else MXFP4_CONFIG)
     for name, src, wb, ws, bias, dst, n in (
@@ -914,16 +772,14 @@ def moe_mxfp4(
         if kdim % 32:
             raise ValueError(f"MXFP4 GEMM needs K % 32 == 0, got K={kdim}")
         bk = min(bk, max(32, _p2(kdim)))
-        if impl in ("gemv4", "gemvh"):
+        if impl == "gemv4":
             bn = min(bn, max(16, 128 // bm))  # the rows' partial sums: a wider N tile spills registers past 2 rows
         gu = name == "gate_up"
         if dq:
             wb = wb.view(torch.int16)  # the dq loop reads 16-bit halves of the blocks' words
-        elif impl in ("gemv4", "gemvh"):
-            wb = wb.view(torch.int32)  # gemv4 / gemvh read the blocks' 32-bit words
+        elif impl == "gemv4":
+            wb = wb.view(torch.int32)  # gemv4 reads the blocks' 32-bit words
         dqv = bmq = 0
-        if impl == "gemvh":
-            dqv = GEMVH_VARIANT
         if dq:
             dqv = variant & (7 if kdim % bk == 0 and n % bn == 0 else 3)  # bit 2 only where the tiles divide
             bmq = sub if plan.scan and 16 <= sub < bm else 0
