@@ -1391,7 +1391,8 @@ def _splitk_norm_router_kernel(
 ):
     """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
     top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
-    of a tile's S programs (count cnt[tile]) sums the S partials in slice order + bias, rounds to h's dtype (F.linear's
+    of a tile's S programs (count cnt[tile]; with S = 1 the program itself, without partials or count: one dependent
+    round trip fewer) sums the S partials in slice order + bias, rounds to h's dtype (F.linear's
     output), adds it to h (rounded: `_residual`), stores h's tile, the tile's sum of squares and its router partial
     logits sum_n rw[e, n] nw[n] h[n] (the RMS factor comes out of the router's linear); the last tile (count cnt[NT])
     takes rstd from the NT sums, logits = rstd * (sum of the NT partials) + bias rounded to h's dtype (the router
@@ -1412,13 +1413,19 @@ def _splitk_norm_router_kernel(
         em = e < E
         rw, nw, rb, bv, xh0 = _fold_tail_inputs(rw_ptr, nw_ptr, rb_ptr, b_ptr, hin_ptr, offs_n, nmask, e, em, N,
                                                 HAS_BIAS)
-    tl.store(part_ptr + s * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
-    tl.debug_barrier()
-    done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
-    if done == S - 1:  # the tile's last program: its output, residual, sum of squares and router partials
-        v = tl.zeros([BN], dtype=tl.float32)
-        for j in tl.static_range(S):
-            v += tl.load(part_ptr + j * N + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
+    last = True  # S == 1: this program holds its tile's whole sum (no partials, no tile count)
+    if S > 1:
+        tl.store(part_ptr + s * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
+        tl.debug_barrier()
+        done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        last = done == S - 1
+    if last:  # the tile's last program: its output, residual, sum of squares and router partials
+        if S > 1:
+            v = tl.zeros([BN], dtype=tl.float32)
+            for j in tl.static_range(S):
+                v += tl.load(part_ptr + j * N + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
+        else:
+            v = tl.sum(acc, axis=1)
         if TAIL:
             if HAS_BIAS:
                 v += bv
@@ -1445,7 +1452,8 @@ def _splitk_norm_router_kernel(
             rb = tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)  # for the last tile, loaded with this round
         tl.store(ss_ptr + pid_n, tl.sum(xh * xh, axis=0))
         tl.store(rl_ptr + pid_n * EP + e, tl.sum(rw.to(tl.float32) * (nw * xh)[None, :], axis=1))
-        tl.store(cnt_ptr + pid_n, 0)
+        if S > 1:
+            tl.store(cnt_ptr + pid_n, 0)
         tl.debug_barrier()
         fin = tl.atomic_add(cnt_ptr + NT, 1, sem="acq_rel", scope="gpu")
         if fin == NT - 1:  # the last tile: rstd, the router's logits and top-k, the normed row
