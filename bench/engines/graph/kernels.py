@@ -1347,7 +1347,9 @@ FOLD_NORM_ROUTER = True
 # load round (fewer rounds: fewer dependent L2 round trips; wider: more registers for the whole GEMV kernel).
 FOLD_TILES = 256
 FOLD_BLOCK = 4096
-# The folded launch's (BN, BK, S, num_warps); None: o_proj's split-K tile (SPLITK_CONFIG["small"]).
+# The folded launch's (BN, BK, S, num_warps); None: o_proj's split-K tile (SPLITK_CONFIG["small"]). S = 1 skips the
+# partials and the tile count; H200 (docs/PERF.md session 16, same card, bf16 batch 1 E32 / E16): every one-slice tile
+# slower, the best (8, 512, 1, 4) +0.9 / +0.5% at k4, +1.0 / +0.7% at k2 (fewer loads in flight on o_proj's weight)
 FOLD_CONFIG: tuple[int, int, int, int] | None = None
 # (Session 12 measured the fold loading its first 1 / 2 / 4 weight tiles of each K slice before its PDL wait, so that
 # o_proj's weight streams while decode attention runs: the fold's own time fell by 1.2 / 2.2 / 2.4 us a layer, but
