@@ -1347,9 +1347,9 @@ FOLD_NORM_ROUTER = True
 # load round (fewer rounds: fewer dependent L2 round trips; wider: more registers for the whole GEMV kernel).
 FOLD_TILES = 256
 FOLD_BLOCK = 4096
-# The folded launch's (BN, BK, S, num_warps); None: o_proj's split-K tile (SPLITK_CONFIG["small"]). S = 1 skips the
-# partials and the tile count; H200 (docs/PERF.md session 16, same card, bf16 batch 1 E32 / E16): every one-slice tile
-# slower, the best (8, 512, 1, 4) +0.9 / +0.5% at k4, +1.0 / +0.7% at k2 (fewer loads in flight on o_proj's weight)
+# The folded launch's (BN, BK, S, num_warps); None: o_proj's split-K tile (SPLITK_CONFIG["small"]). (Session 16
+# measured S = 1 with the partials and the tile count skipped, `4241f09`: every one-slice tile slower on the H200, the
+# best (8, 512, 1, 4) +0.9 / +0.5% at batch 1 k4, +1.0 / +0.7% at k2, E32 / E16; docs/PERF.md. Removed.)
 FOLD_CONFIG: tuple[int, int, int, int] | None = None
 # (Session 12 measured the fold loading its first 1 / 2 / 4 weight tiles of each K slice before its PDL wait, so that
 # o_proj's weight streams while decode attention runs: the fold's own time fell by 1.2 / 2.2 / 2.4 us a layer, but
@@ -1393,8 +1393,7 @@ def _splitk_norm_router_kernel(
 ):
     """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
     top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
-    of a tile's S programs (count cnt[tile]; with S = 1 the program itself, without partials or count: one dependent
-    round trip fewer) sums the S partials in slice order + bias, rounds to h's dtype (F.linear's
+    of a tile's S programs (count cnt[tile]) sums the S partials in slice order + bias, rounds to h's dtype (F.linear's
     output), adds it to h (rounded: `_residual`), stores h's tile, the tile's sum of squares and its router partial
     logits sum_n rw[e, n] nw[n] h[n] (the RMS factor comes out of the router's linear); the last tile (count cnt[NT])
     takes rstd from the NT sums, logits = rstd * (sum of the NT partials) + bias rounded to h's dtype (the router
@@ -1415,19 +1414,13 @@ def _splitk_norm_router_kernel(
         em = e < E
         rw, nw, rb, bv, xh0 = _fold_tail_inputs(rw_ptr, nw_ptr, rb_ptr, b_ptr, hin_ptr, offs_n, nmask, e, em, N,
                                                 HAS_BIAS)
-    last = True  # S == 1: this program holds its tile's whole sum (no partials, no tile count)
-    if S > 1:
-        tl.store(part_ptr + s * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
-        tl.debug_barrier()
-        done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
-        last = done == S - 1
-    if last:  # the tile's last program: its output, residual, sum of squares and router partials
-        if S > 1:
-            v = tl.zeros([BN], dtype=tl.float32)
-            for j in tl.static_range(S):
-                v += tl.load(part_ptr + j * N + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
-        else:
-            v = tl.sum(acc, axis=1)
+    tl.store(part_ptr + s * N + offs_n, tl.sum(acc, axis=1), mask=nmask)
+    tl.debug_barrier()
+    done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+    if done == S - 1:  # the tile's last program: its output, residual, sum of squares and router partials
+        v = tl.zeros([BN], dtype=tl.float32)
+        for j in tl.static_range(S):
+            v += tl.load(part_ptr + j * N + offs_n, mask=nmask, other=0.0, cache_modifier=".cg")
         if TAIL:
             if HAS_BIAS:
                 v += bv
@@ -1454,8 +1447,7 @@ def _splitk_norm_router_kernel(
             rb = tl.load(rb_ptr + e, mask=em, other=0.0).to(tl.float32)  # for the last tile, loaded with this round
         tl.store(ss_ptr + pid_n, tl.sum(xh * xh, axis=0))
         tl.store(rl_ptr + pid_n * EP + e, tl.sum(rw.to(tl.float32) * (nw * xh)[None, :], axis=1))
-        if S > 1:
-            tl.store(cnt_ptr + pid_n, 0)
+        tl.store(cnt_ptr + pid_n, 0)
         tl.debug_barrier()
         fin = tl.atomic_add(cnt_ptr + NT, 1, sem="acq_rel", scope="gpu")
         if fin == NT - 1:  # the last tile: rstd, the router's logits and top-k, the normed row
