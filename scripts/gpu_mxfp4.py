@@ -751,47 +751,6 @@ def dq_topk_sweep(out_dir: Path, topk: int, token_counts: list[int]) -> dict:
     return compare
 
 
-# session 17 (--gemv4-prefetch): gemv4's L2 prefetch (GEMV4_L2_PREFETCH) per GEMM, and gate_up's tiles with it
-GEMV4_PREFETCH_VARIANTS = [{"gate_up": 0, "down": 0}, {"gate_up": 1, "down": 0}, {"gate_up": 2, "down": 0},
-                           {"gate_up": 3, "down": 0}, {"gate_up": -1, "down": 0}, {"gate_up": 1, "down": 1},
-                           {"gate_up": 2, "down": 2}, {"gate_up": 0, "down": 0}]
-GEMV4_PREFETCH_TILES = [(32, 512, 2, 1), (16, 512, 2, 1), (32, 256, 2, 1), (16, 1024, 4, 1), (32, 1024, 4, 1),
-                        (64, 512, 4, 1), (16, 256, 1, 1)]
-
-
-def gemv4_prefetch_sweep(topks: list[int]) -> None:
-    """Per top_k: one E32 layer at one token (random_layer), gemv4 at the shipped tiles under each of
-    GEMV4_PREFETCH_VARIANTS (the first and last: none, as a drift check), then gate_up's GEMV4_PREFETCH_TILES with
-    gate_up prefetching 1 and 2 steps ahead; CUDA-graph medians under the shipped PDL mode; each result against the
-    torch reference. "prefetch" records in $OUT/mxfp4.jsonl."""
-    ex = random_layer()
-    gen = torch.Generator(device="cuda").manual_seed(17)
-    saved_pf, saved_tiles = dict(mk.GEMV4_L2_PREFETCH), dict(mk.MXFP4_CONFIG_GEMV4_BY_TOPK)
-    for k in topks:
-        x = torch.randn(1, 2880, generator=gen, device="cuda").to(torch.bfloat16)
-        topi, topw = _routing(1, 32, k, gen)
-        want = _ref_moe(x, ex, topi, topw).float()
-        shipped = mk.gemv4_tiles(k)
-        runs = [(pf, shipped) for pf in GEMV4_PREFETCH_VARIANTS]
-        runs += [({"gate_up": p, "down": 0}, {**shipped, "gate_up": t}) for p in (0, 1, 2) for t in GEMV4_PREFETCH_TILES
-                 if t != shipped["gate_up"]]
-        for pf, tiles in runs:
-            mk.GEMV4_L2_PREFETCH.clear()
-            mk.GEMV4_L2_PREFETCH.update(pf)
-            mk.MXFP4_CONFIG_GEMV4_BY_TOPK[k] = tiles
-            try:
-                us = _time(lambda x=x, topi=topi, topw=topw: _call(x, ex, topi, topw, impl="gemv4"))
-                got = _call(x, ex, topi, topw, impl="gemv4").float()
-                emit({"sec": "prefetch", "k": k, "pf": pf, "tiles": tiles, "us_per_layer": round(us, 2),
-                      "rel_l2_err": round(((got - want).norm() / want.norm()).item(), 5)})
-            except Exception as exc:
-                emit({"sec": "prefetch", "k": k, "pf": pf, "tiles": tiles, "error": repr(exc)[:300]})
-    mk.GEMV4_L2_PREFETCH.clear()
-    mk.GEMV4_L2_PREFETCH.update(saved_pf)
-    mk.MXFP4_CONFIG_GEMV4_BY_TOPK.clear()
-    mk.MXFP4_CONFIG_GEMV4_BY_TOPK.update(saved_tiles)
-
-
 def gemv4_intercept(out_dir: Path, topks: list[int]) -> None:
     """How gemv4's layer time grows with the routed experts (round 15: latency-bound up to two experts,
     issue-bound from four): one E32 layer (random_layer) at one token routed to k distinct experts, for each k in topks,
@@ -909,8 +868,6 @@ def main() -> int:
     ap.add_argument("--dq-topk-tokens", default="4,8", help="the launches --dq-topk scores (tokens, comma list)")
     ap.add_argument("--gemv4-intercept", default=None, metavar="K[,K]",
                     help="round 15: only gemv4's per-kernel times at one token for each top_k (gemv4_intercept)")
-    ap.add_argument("--gemv4-prefetch", default=None, metavar="K[,K]",
-                    help="session 17: only gemv4's L2 prefetch variants at one token per top_k (gemv4_prefetch_sweep)")
     ap.add_argument("--dqa", action="store_true",
                     help="round 7: the Gluon dqa loop vs main's dq (layers, engine E32/E16 b32, accuracy), then stop")
     ap.add_argument("--bf16-picks", default=None,
@@ -935,7 +892,6 @@ def main() -> int:
         (args.gemv4_intercept, lambda: gemv4_intercept(out_dir, ints(args.gemv4_intercept))),
         (args.dq_topk, lambda: dq_topk_sweep(out_dir, args.dq_topk, ints(args.dq_topk_tokens))),
         (args.gemv4_topk, lambda: gemv4_topk_sweep(out_dir, ints(args.gemv4_topk))),
-        (args.gemv4_prefetch, lambda: gemv4_prefetch_sweep(ints(args.gemv4_prefetch))),
     )
     for asked, run_mode in layer_only:
         if asked:

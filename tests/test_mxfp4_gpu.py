@@ -156,34 +156,6 @@ def test_early_bias_gives_the_same_bits_on_cuda(tokens, k, impl, monkeypatch):
     assert torch.equal(outs[0], outs[1])
 
 
-@pytest.mark.parametrize("pf", [1, 2, -1])
-@pytest.mark.parametrize("k", [2, 4])
-def test_gemv4_l2_prefetch_gives_the_same_bits(pf, k, monkeypatch):
-    """GEMV4_L2_PREFETCH (gemv4's weight lines prefetched into L2 `pf` K steps ahead, or the whole tile before the
-    loop) at one token, with several K steps a row (K 256, 64 a step) and under PDL mode 2: the outputs bit for bit
-    as without, and against the float32 reference (a prefetch is a hint: a wrong address may fault, never change a
-    value)."""
-    from bench.engines.graph import mxfp4_kernels as mk
-
-    monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4", {"gate_up": (16, 64, 2, 1), "down": (32, 64, 4, 1)})
-    monkeypatch.setattr(mk, "MXFP4_CONFIG_GEMV4_BY_TOPK", {})
-    ex = _experts((100, 150), seed=k)
-    gen = torch.Generator(device="cuda").manual_seed(k + 3)
-    x = (torch.randn(1, ex.hidden_size, generator=gen, device="cuda") * 2.0 ** -30).to(torch.bfloat16)
-    v, i = torch.topk(torch.randn(1, 4, generator=gen, device="cuda"), k, dim=-1)
-    w = torch.softmax(v, dim=-1).to(torch.bfloat16)
-    outs = []
-    for p in (0, pf):
-        monkeypatch.setattr(mk, "GEMV4_L2_PREFETCH", {"gate_up": p, "down": p})
-        outs.append(mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
-                                 ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, i.to(torch.int32), w,
-                                 ex.alpha, ex.limit, impl="gemv4"))
-    assert not outs[0].isnan().any()
-    assert torch.equal(outs[0], outs[1])
-    want = _reference(ex, x, i, w)
-    assert ((outs[1].float() - want).norm() / want.norm()).item() < 1e-2
-
-
 def test_ptx_loops_reject_float32_activations():
     from bench.engines.graph import mxfp4_kernels as mk
 

@@ -108,28 +108,13 @@ def _prefetch_rows_l2(w_e, offs_n, nmask, K, BN: tl.constexpr):
 
 
 @triton.jit
-def _prefetch_step_l2(wrow, w0, words, nmask, BK: tl.constexpr):
-    """L2 prefetch (PTX prefetch.global.L2) of one K step of gemv4's weight rows: words w0..w0 + BK/8 of each row
-    (wrow: [BN, 1] pointers to 32-bit words), one instruction a 128-byte line at the step's start + 128 j for the step's
-    BK/256 lines (rows are not line-aligned: a step's last, partial line is the next step's first, prefetched one step
-    later); nothing past a row's `words` words. CUDA only."""
-    LPR: tl.constexpr = BK // 256
-    ln = tl.arange(0, LPR)
-    wo = tl.minimum(w0 + ln * 32, words - 1)  # 32 words = one line
-    m = nmask[:, None] & ((w0 + ln * 0) < words)[None, :]
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }", "=r,l,r",
-        [wrow + wo[None, :], m.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _moe_mxfp4_kernel(
     x_ptr, wb_ptr, ws_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
     P, N, K, stride_x, stride_wbe, stride_wse, stride_be, stride_o, alpha, limit,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     FAST: tl.constexpr, IMPL: tl.constexpr, PDL: tl.constexpr = 0, DQV: tl.constexpr = 0, BMQ: tl.constexpr = 0,
-    EB: tl.constexpr = False, DE: tl.constexpr = False, PF: tl.constexpr = 0,
+    EB: tl.constexpr = False, DE: tl.constexpr = False,
 ):
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
@@ -162,7 +147,7 @@ def _moe_mxfp4_kernel(
                          offs_n, nmask, N, GATE_UP, BM, BN, bv, rws, EB)
         elif IMPL == 6:  # gemv4: integer-multiply decode, fp32 FMA (scan mode only, like gemv)
             acc = _gemv4_rows(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, scan_rows, end, K, stride_x,
-                              offs_n, nmask, TOPK, GATE_UP, BM, BN, BK, PF)
+                              offs_n, nmask, TOPK, GATE_UP, BM, BN, BK)
             moe_epilogue(acc, e, scan_rows, mm < end, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                          offs_n, nmask, N, GATE_UP, BM, BN, bv, rws, EB)
         elif IMPL == 4 or IMPL == 5:  # dq: dequantize in registers (inline PTX), bf16 MMA; 5 = FOLD
@@ -276,7 +261,7 @@ def _x64(xp, wm, j: tl.constexpr):
 
 @triton.jit
 def _gemv4_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: tl.constexpr, GATE_UP: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PF: tl.constexpr = 0):
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """[BM, BN] fp32 = rows of x times the expert's N tile without tensor cores, from the released layout read as
     uint32 words (wb_e: an int32 view of the blocks; word c of a block = codes 8c..8c+7, code i in bits 4i..4i+3).
 
@@ -284,11 +269,7 @@ def _gemv4_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: 
     and a shift: ~2.6 integer instructions a weight, about half of them multiplies, which run on the FMA pipe),
     each an fp32 value * 2^-126; one fp32 FMA a weight with the activation * 2^64 (so that products stay far from
     fp32 subnormals); the block sum times the block scale 2^(s-127), then 2^62 once at the end. Activations are
-    loaded in natural K order (32 contiguous values a block).
-
-    PF (GEMV4_L2_PREFETCH, CUDA only): > 0 prefetches the weight words of the step PF steps ahead into L2 (PTX
-    prefetch.global.L2, no registers held) each step, so that a step's loads find their lines in L2 or on the way;
-    < 0 prefetches the program's whole tile into L2 before the loop."""
+    loaded in natural K order (32 contiguous values a block)."""
     NB: tl.constexpr = BK // 32
     NW: tl.constexpr = BK // 8  # words per step
     KG = K // 32
@@ -299,17 +280,11 @@ def _gemv4_rows(x_ptr, wb_e, ws_e, rows, end, K, stride_x, offs_n, nmask, TOPK: 
     wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 4), 4)[:, None]  # 4 words a block
     srow = ws_e + offs_n.to(tl.int64)[:, None] * KG
     part = tl.zeros([BM, BN, NB], dtype=tl.float32)
-    if PF < 0:
-        _prefetch_rows_l2(wb_e, offs_n, nmask, K, BN)
-    for p in tl.static_range(1, PF):  # the steps before the one the loop's first prefetch reaches (PF > 1)
-        _prefetch_step_l2(wrow, p * NB * 4, KG * 4, nmask, BK)
     for g0 in range(0, KG, NB):
         w0 = g0 * 4
         wm = (w0 + wi) < KG * 4
         g = g0 + blk
         wd = tl.load(wrow + w0 + wi[None, :], mask=nmask[:, None] & wm[None, :], other=0).to(tl.uint32, bitcast=True)
-        if PF > 0:
-            _prefetch_step_l2(wrow, w0 + PF * NB * 4, KG * 4, nmask, BK)
         sc = tl.load(srow + g[None, :], mask=nmask[:, None] & (g < KG)[None, :], other=0).to(tl.int32)
         scale = tl.where(sc == 0, 0x00400000, sc << 23).to(tl.float32, bitcast=True)  # 2^(s-127), s = 0 subnormal
         lo0, hi0 = _e2m1_pair_f32(wd & 0x000F000F, 4160)  # codes 0, 4 of each word
@@ -625,11 +600,6 @@ MXFP4_QKV_EARLY = False
 # instead of 2 k4 +0.9 / +0.7% and +1.5 / +1.4% against main. False: the next kernel launches once down has exited.
 MXFP4_DOWN_EARLY = True
 MXFP4_LAZY_PRE_MIN_KS = 2
-# gemv4's L2 prefetch per GEMM (_gemv4_rows' PF; CUDA only): 0 none; p > 0 each K step prefetches the weight lines
-# of the step p ahead into L2 (prefetch.global.L2, no registers held; the batch-1 loop loads a step at a time, and its
-# programs all run in one wave, so each step waits a memory round trip); -1 the program's whole tile before the loop.
-# The same bits either way. The down GEMM under MXFP4_PDL 2 already prefetches its whole tile before its PDL wait.
-GEMV4_L2_PREFETCH: dict[str, int] = {"gate_up": 0, "down": 0}
 # MOE_MXFP4_TILES='{"gemv": {...}, "few": {"gate_up": [BN, BK, warps, stages], ...}, "full": {...}, "pdl": 2}'
 # overrides these tables and MXFP4_PDL (experiments, or the tiles scripts/gpu_mxfp4.py tuned in the same session)
 TILES_ENV = "MOE_MXFP4_TILES"
@@ -662,18 +632,12 @@ if os.environ.get(TILES_ENV):
     MXFP4_EARLY_BIAS_MAX_TOKENS = int(_tiles.get("early_bias_max_tokens", MXFP4_EARLY_BIAS_MAX_TOKENS))
     MXFP4_DOWN_EARLY = bool(_tiles.get("down_early", MXFP4_DOWN_EARLY))
     MXFP4_LAZY_PRE_MIN_KS = int(_tiles.get("lazy_pre_min_ks", MXFP4_LAZY_PRE_MIN_KS))
-    GEMV4_L2_PREFETCH.update({k: int(v) for k, v in _tiles.get("gemv4_prefetch", {}).items()})
     MXFP4_CONFIG_DQA.update({k: tuple(v) for k, v in _tiles.get("dqa", {}).items()})
     DQA_MIN_TOKENS = int(_tiles.get("dqa_min_tokens", DQA_MIN_TOKENS))
     DQA_MAX_TOKENS = int(_tiles.get("dqa_max_tokens", DQA_MAX_TOKENS))
     DQA_MAXNREG = int(_tiles.get("dqa_maxnreg", DQA_MAXNREG))
     DQA_RING = int(_tiles.get("dqa_ring", DQA_RING))
     DQA_RING_SCALES = bool(_tiles.get("dqa_ring_scales", DQA_RING_SCALES))
-
-
-def gemv4_l2_prefetch(gemm: str) -> int:
-    """gemv4's L2 prefetch (its PF) for one expert GEMM ("gate_up" / "down"): GEMV4_L2_PREFETCH's entry."""
-    return int(GEMV4_L2_PREFETCH.get(gemm, 0))
 
 
 def mxfp4_early_bias_on(tokens: int) -> bool:
@@ -826,7 +790,6 @@ def moe_mxfp4(
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], PDL=pdl, DQV=dqv, BMQ=bmq,
             EB=mxfp4_early_bias_on(x.shape[0]), DE=mxfp4_down_early(name),
-            PF=gemv4_l2_prefetch(name) if impl == "gemv4" and x.is_cuda else 0,
             num_warps=warps, num_stages=stages, **_pdl_kw(pdl), **({"maxnreg": maxnreg} if maxnreg else {}),
         )
     return out
