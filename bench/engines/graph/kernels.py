@@ -1616,19 +1616,21 @@ def moe_early_rw(EB: tl.constexpr, GATE_UP: tl.constexpr, rw_ptr, pair, rmask):
 @triton.jit
 def moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit, offs_n, nmask,
                   N, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, bv=0.0, rwv=0.0,
-                  EB: tl.constexpr = False):
+                  EB: tl.constexpr = False, PERM: tl.constexpr = False):
     """`moe_epilogue_at` for N tile tl.program_id(1)."""
     moe_epilogue_at(tl.program_id(1), acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha,
-                    limit, offs_n, nmask, N, GATE_UP, BM, BN, bv, rwv, EB)
+                    limit, offs_n, nmask, N, GATE_UP, BM, BN, bv, rwv, EB, PERM)
 
 
 @triton.jit
 def moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit, offs_n,
                     nmask, N, GATE_UP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, bv=0.0, rwv=0.0,
-                    EB: tl.constexpr = False):
+                    EB: tl.constexpr = False, PERM: tl.constexpr = False):
     """Bias; gate_up: clamped SwiGLU over interleaved (gate, up) columns; down: routing weight. Store the rows of
     N tile `nb`. EB: the bias tile `bv` and the rows' routing weights `rwv` were loaded before the K loop
-    (`_moe_kernel` with MOE_EARLY_BIAS), not here after it."""
+    (`_moe_kernel` with MOE_EARLY_BIAS), not here after it. PERM (gate_up): output column c is stored at position
+    mxfp4 dq's MMA K order within its block of 32 (c = 32g + 8c' + 4b0 + b3 + 2b4 -> 32g + 16b4 + 8b3 + 2c' + b0),
+    so that the MXFP4 down GEMM's dq loop reads its activations contiguously (its DQV bit 3)."""
     if EB:
         acc += bv.to(tl.float32)[None, :]
     else:
@@ -1641,7 +1643,11 @@ def moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_b
         y = (up + 1.0) * glu
         offs_o = nb * (BN // 2) + tl.arange(0, BN // 2)
         omask = rmask[:, None] & (offs_o < N // 2)[None, :]
-        tl.store(out_ptr + pair[:, None] * stride_o + offs_o[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
+        dst = offs_o
+        if PERM:
+            c = offs_o & 31
+            dst = (offs_o - c) + ((c >> 1) & 1) * 16 + (c & 1) * 8 + ((c >> 3) & 3) * 2 + ((c >> 2) & 1)
+        tl.store(out_ptr + pair[:, None] * stride_o + dst[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
     else:
         if EB:
             rw = rwv.to(tl.float32)

@@ -114,7 +114,7 @@ def _moe_mxfp4_kernel(
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     FAST: tl.constexpr, IMPL: tl.constexpr, PDL: tl.constexpr = 0, DQV: tl.constexpr = 0, BMQ: tl.constexpr = 0,
-    EB: tl.constexpr = False, DE: tl.constexpr = False,
+    EB: tl.constexpr = False, DE: tl.constexpr = False, PERM_OUT: tl.constexpr = False,
 ):
     nb = tl.program_id(1)
     offs_n = nb * BN + tl.arange(0, BN)
@@ -159,7 +159,7 @@ def _moe_mxfp4_kernel(
                 acc = _dq_tile(x_ptr, wb_ptr + e64 * stride_wbe, ws_ptr + e64 * stride_wse, xrow, rmask, K,
                                stride_x, offs_n, nmask, MT, BN, BK, IMPL == 5, DQV)
                 moe_epilogue(acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
-                             offs_n, nmask, N, GATE_UP, MT, BN, bv, rwv, EB)
+                             offs_n, nmask, N, GATE_UP, MT, BN, bv, rwv, EB, PERM_OUT)
         else:
             wb_base = wb_ptr + e64 * stride_wbe + offs_n[None, :].to(tl.int64) * (K // 2)
             ws_base = ws_ptr + e64 * stride_wse + offs_n.to(tl.int64) * (K // 32)
@@ -430,10 +430,14 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
 
     DQV (DQ_VARIANT) bit 0: the integer-multiply decode (_dq_asm_mul); bit 1: the activations loaded in natural K
     order (vector loads of whole rows) and reordered in registers (reshape + permute) instead of gathered; bit 2
-    (kept by moe_mxfp4 only when K % BK == 0 and N % BN == 0): the weight loads without masks."""
+    (kept by moe_mxfp4 only when K % BK == 0 and N % BN == 0): the weight loads without masks; bit 3 (XPERM): the
+    activations are stored in this MMA order already (dq_order; gate_up's epilogue writes down's input so), so
+    each step loads them as contiguous rows and Triton's cp.async pipeline feeds them to the MMA from shared memory
+    (no register round trip, no CTA fence a step); bit 1 is then moot."""
     MUL: tl.constexpr = (DQV & 1) != 0
     XNAT: tl.constexpr = (DQV & 2) != 0
     EVEN: tl.constexpr = (DQV & 4) != 0
+    XPERM: tl.constexpr = (DQV & 8) != 0
     NG: tl.constexpr = BK // 32
     KG = K // 32
     wrow = wb_e + tl.multiple_of(offs_n.to(tl.int64) * (KG * 8), 8)  # wb_e: int16 view of the blocks
@@ -447,7 +451,10 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
     # the scales and the gathered activations are loaded one step ahead (the weights go through Triton's
     # cp.async pipeline; these small loads would otherwise wait a memory round trip every step)
     s_nxt = tl.load(srow[:, None] + gg[None, :], mask=nmask[:, None] & (gg < KG)[None, :], other=127)
-    if XNAT:
+    x_nxt = tl.zeros([BK, BM], dtype=x_ptr.dtype.element_ty)
+    if XPERM:
+        pass  # the activations are loaded in the step (Triton's cp.async pipeline)
+    elif XNAT:
         x_nxt = tl.load(xb + pos[:, None], mask=(pos < K)[:, None] & rmask[None, :], other=0.0)
     else:
         x_nxt = tl.load(xb + perm[:, None], mask=(perm < K)[:, None] & rmask[None, :], other=0.0)
@@ -463,7 +470,10 @@ def _dq_tile(x_ptr, wb_e, ws_e, xrow, rmask, K, stride_x, offs_n, nmask, BM: tl.
         xt = x_nxt
         g2 = g + NG
         s_nxt = tl.load(srow[:, None] + g2[None, :], mask=nmask[:, None] & (g2 < KG)[None, :], other=127)
-        if XNAT:  # natural order: K offset 32g + 8c + 4*b0 + 2*b4 + b3 -> MMA position (g, b4, b3, c, b0)
+        if XPERM:  # stored by the producer in this order already (gate_up's epilogue with PERM): contiguous rows
+            kx = k0 + pos
+            xt = tl.load(xb + kx[:, None], mask=(kx < K)[:, None] & rmask[None, :], other=0.0)
+        elif XNAT:  # natural order: K offset 32g + 8c + 4*b0 + 2*b4 + b3 -> MMA position (g, b4, b3, c, b0)
             kx = k0 + BK + pos
             x_nxt = tl.load(xb + kx[:, None], mask=(kx < K)[:, None] & rmask[None, :], other=0.0)
             xt = tl.reshape(tl.permute(tl.reshape(xt, (NG, 4, 2, 2, 2, BM)), (0, 3, 4, 1, 2, 5)), (BK, BM))
@@ -534,8 +544,12 @@ MXFP4_CONFIG_DQ_T_BY_TOPK: dict[int, dict[int, dict[str, tuple[int, int, int, in
 # the dq loop's variant (_dq_tile's DQV; round 6a): bit 0 the integer-multiply decode (_dq_asm_mul), bit 1 the
 # activations loaded in natural K order and reordered in registers (no scalar gather), bit 2 the weight loads
 # without K/N masks (applied only to a launch where K % BK == 0 and N % BN == 0). 0 = main's loop before round 6a.
-# The classes above name their own; this is for launches past them (and MOE_MXFP4_TILES experiments)
+# The classes above name their own; this is for launches past them (and MOE_MXFP4_TILES experiments). Bit 3 (scan
+# mode only): the activations in the loop's MMA K order in memory (gate_up's input permuted by one gather, down's
+# written so by gate_up's epilogue), read through Triton's cp.async pipeline (session 17)
 DQ_VARIANT = 0
+# scan-mode dq launches of at most this many tokens take DQV bit 3 whatever their class's variant (0: none)
+DQ_XPERM_MAX_TOKENS = 0
 # the dq loop's M tile in scan mode (rows of one expert per MMA; 0 = the routing plan's BM, max(16, p2(tokens)))
 DQ_BMQ = 0
 # decode launches past SCAN_MAX_TOKENS (sorted mode) with at most this many tokens run MMA_IMPL (dq) instead of
@@ -622,6 +636,7 @@ if os.environ.get(TILES_ENV):
                 {k: tuple(v) if isinstance(v, list | tuple) else int(v) for k, v in _cfg.items()})
     DQ_VARIANT = int(_tiles.get("dq_variant", DQ_VARIANT))
     DQ_BMQ = int(_tiles.get("dq_bmq", DQ_BMQ))
+    DQ_XPERM_MAX_TOKENS = int(_tiles.get("dq_xperm_max_tokens", DQ_XPERM_MAX_TOKENS))
     DQ_SORTED_MAX_TOKENS = int(_tiles.get("dq_sorted_max_tokens", DQ_SORTED_MAX_TOKENS))
     MMA_IMPL = _tiles.get("mma_impl", MMA_IMPL)
     SORTED_IMPL = _tiles.get("sorted_impl", SORTED_IMPL)
@@ -638,6 +653,20 @@ if os.environ.get(TILES_ENV):
     DQA_MAXNREG = int(_tiles.get("dqa_maxnreg", DQA_MAXNREG))
     DQA_RING = int(_tiles.get("dqa_ring", DQA_RING))
     DQA_RING_SCALES = bool(_tiles.get("dqa_ring_scales", DQA_RING_SCALES))
+
+
+_DQ_ORDER: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def dq_order(k: int, device: torch.device) -> torch.Tensor:
+    """The K offsets in the dq loop's MMA order (_dq_tile's `perm`, within each block of 32): position p of a row in
+    that order holds K offset dq_order[p]. Cached per (K, device)."""
+    key = (k, torch.device(device))
+    if key not in _DQ_ORDER:
+        pos = torch.arange(k, device=device)
+        _DQ_ORDER[key] = ((pos // 32) * 32 + ((pos >> 1) & 3) * 8 + (pos & 1) * 4 + ((pos >> 3) & 1)
+                          + ((pos >> 4) & 1) * 2)
+    return _DQ_ORDER[key]
 
 
 def mxfp4_early_bias_on(tokens: int) -> bool:
@@ -761,6 +790,9 @@ def moe_mxfp4(
         table = gemv4_tiles(k)
     else:
         table = MXFP4_CONFIG_GEMV if gemv else (MXFP4_CONFIG_FEW if plan.compact else MXFP4_CONFIG)
+    if dq and plan.scan and tokens <= DQ_XPERM_MAX_TOKENS:
+        variant |= 8
+    xperm = dq and bool(variant & 8) and plan.scan  # DQV bit 3: the activations in dq's K order
     for name, src, wb, ws, bias, dst, n in (
         ("gate_up", x, gate_up_blocks, gate_up_scales, gate_up_bias, act, n2),
         ("down", act, down_blocks, down_scales, down_bias, out, hidden),
@@ -782,6 +814,10 @@ def moe_mxfp4(
         dqv = bmq = 0
         if dq:
             dqv = variant & (7 if kdim % bk == 0 and n % bn == 0 else 3)  # bit 2 only where the tiles divide
+            if xperm:
+                dqv |= 8
+                if gu:  # gate_up's input in dq's K order (down's comes so from gate_up's epilogue: PERM_OUT)
+                    src = src.index_select(1, dq_order(kdim, src.device))
             bmq = sub if plan.scan and 16 <= sub < bm else 0
         _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
             src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
@@ -789,7 +825,7 @@ def moe_mxfp4(
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], PDL=pdl, DQV=dqv, BMQ=bmq,
-            EB=mxfp4_early_bias_on(x.shape[0]), DE=mxfp4_down_early(name),
+            EB=mxfp4_early_bias_on(x.shape[0]), DE=mxfp4_down_early(name), PERM_OUT=xperm and gu,
             num_warps=warps, num_stages=stages, **_pdl_kw(pdl), **({"maxnreg": maxnreg} if maxnreg else {}),
         )
     return out
