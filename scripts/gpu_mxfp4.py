@@ -751,6 +751,72 @@ def dq_topk_sweep(out_dir: Path, topk: int, token_counts: list[int]) -> dict:
     return compare
 
 
+# session 17 (--xperm): the dq loop with DQV bit 3 (activations in the MMA's K order, cp.async) against main's, per
+# kernel, and the class entry's knobs under it
+XPERM_ENTRIES = [
+    ("main", 0, {}), ("xp", 64, {}), ("xp v15 (mul)", 64, {"variant": 15}),
+    ("xp gu st3", 64, {"gate_up": (128, 64, 4, 3)}), ("xp gu st5", 64, {"gate_up": (128, 64, 4, 5)}),
+    ("xp dn st4", 64, {"down": (128, 64, 4, 4)}), ("xp dn st5", 64, {"down": (128, 64, 4, 5)}),
+    ("xp no cap", 64, {"maxnreg": 0}), ("xp cap 168", 64, {"maxnreg": 168}),
+    ("xp gu 64", 64, {"gate_up": (64, 64, 4, 4)}), ("xp dn 64", 64, {"down": (64, 64, 4, 4)}),
+    ("main again", 0, {}),
+]
+
+
+def xperm_sweep(cases: list[tuple[int, int]]) -> None:
+    """Per (tokens, top_k): one E32 layer (random_layer), scan-mode dq launches as the engine runs them (fold on: every
+    scale <= 128), under each of XPERM_ENTRIES (label, DQ_XPERM_MAX_TOKENS, the top_k's class entry over the shared
+    class): the pair of launches as a CUDA-graph median (with XPERM the gather of gate_up's input included) and
+    each MXFP4 kernel's own duration from one profiled eager run (gate_up, down); the error against the torch
+    reference. "xperm" records in $OUT/mxfp4.jsonl."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ex = random_layer()
+    gen = torch.Generator(device="cuda").manual_seed(19)
+    saved = (mk.DQ_XPERM_MAX_TOKENS, {t: dict(c) for t, c in mk.MXFP4_CONFIG_DQ_T_BY_TOPK.items()})
+    for tokens, k in cases:
+        x = torch.randn(tokens, 2880, generator=gen, device="cuda").to(torch.bfloat16)
+        topi, topw = _routing(tokens, 32, k, gen)
+        want = _ref_moe(x, ex, topi, topw).float()
+        cls = min(c for c in mk.MXFP4_CONFIG_DQ_T if c >= tokens)
+
+        def run(x=x, topi=topi, topw=topw):
+            return mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
+                                ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha,
+                                ex.limit, None, fold=True)
+
+        for label, xp, entry in XPERM_ENTRIES:
+            mk.DQ_XPERM_MAX_TOKENS = xp
+            mk.MXFP4_CONFIG_DQ_T_BY_TOPK.clear()
+            mk.MXFP4_CONFIG_DQ_T_BY_TOPK.update({t: dict(c) for t, c in saved[1].items()})
+            if entry:
+                mk.MXFP4_CONFIG_DQ_T_BY_TOPK.setdefault(k, {})[cls] = {**mk.MXFP4_CONFIG_DQ_T_BY_TOPK.get(k, {}).get(
+                    cls, {}), **entry}
+            try:
+                us = _time(run)
+                got = run().float()
+                for _ in range(3):
+                    run()
+                torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(5):
+                        run()
+                    torch.cuda.synchronize()
+                durs = [e.time_range.end - e.time_range.start for e in sorted(
+                    (e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                     and "mxfp4" in e.name), key=lambda e: e.time_range.start)]
+                med = lambda v: round(sorted(v)[len(v) // 2], 2) if v else None  # noqa: E731
+                emit({"sec": "xperm", "tokens": tokens, "k": k, "label": label, "us_per_layer": round(us, 2),
+                      "gate_up_us": med(durs[0::2]), "down_us": med(durs[1::2]), "class": cls,
+                      "entry": mk.dq_class(tokens, k),
+                      "rel_l2_err": round(((got - want).norm() / want.norm()).item(), 5)})
+            except Exception as exc:
+                emit({"sec": "xperm", "tokens": tokens, "k": k, "label": label, "error": repr(exc)[:300]})
+    mk.DQ_XPERM_MAX_TOKENS = saved[0]
+    mk.MXFP4_CONFIG_DQ_T_BY_TOPK.clear()
+    mk.MXFP4_CONFIG_DQ_T_BY_TOPK.update(saved[1])
+
+
 def gemv4_intercept(out_dir: Path, topks: list[int]) -> None:
     """How gemv4's layer time grows with the routed experts (round 15: latency-bound up to two experts,
     issue-bound from four): one E32 layer (random_layer) at one token routed to k distinct experts, for each k in topks,
@@ -868,6 +934,8 @@ def main() -> int:
     ap.add_argument("--dq-topk-tokens", default="4,8", help="the launches --dq-topk scores (tokens, comma list)")
     ap.add_argument("--gemv4-intercept", default=None, metavar="K[,K]",
                     help="round 15: only gemv4's per-kernel times at one token for each top_k (gemv4_intercept)")
+    ap.add_argument("--xperm", default=None, metavar="TxK[,TxK]",
+                    help="session 17: only the dq loop with and without DQV bit 3, per kernel (xperm_sweep), no model")
     ap.add_argument("--dqa", action="store_true",
                     help="round 7: the Gluon dqa loop vs main's dq (layers, engine E32/E16 b32, accuracy), then stop")
     ap.add_argument("--bf16-picks", default=None,
@@ -892,6 +960,7 @@ def main() -> int:
         (args.gemv4_intercept, lambda: gemv4_intercept(out_dir, ints(args.gemv4_intercept))),
         (args.dq_topk, lambda: dq_topk_sweep(out_dir, args.dq_topk, ints(args.dq_topk_tokens))),
         (args.gemv4_topk, lambda: gemv4_topk_sweep(out_dir, ints(args.gemv4_topk))),
+        (args.xperm, lambda: xperm_sweep([tuple(int(v) for v in c.split("x")) for c in args.xperm.split(",")])),
     )
     for asked, run_mode in layer_only:
         if asked:
