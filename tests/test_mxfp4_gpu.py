@@ -60,11 +60,13 @@ CASES += [(t, k, f"{impl}-v{v}{extra}", sc) for t, k, impl, v, extra, sc in [
     (40, 4, "dq", 7, "-bmq16", (100, 150)), (40, 4, "dqf", 3, "-bmq16", (100, 129)), (80, 2, "dq", 7, "", (100, 150)),
     (40, 4, "dq", 7, "-bmq16-odd", (100, 150)), (40, 4, "dq", 0, "-odd", (100, 150)),
     (80, 2, "dqf", 7, "-auto", (100, 129)), (40, 4, "dq", 6, "-r96", (100, 150)),
-    # bit 3 (session 17): the activations in the MMA's K order in memory (gate_up's input gathered so, down's written
-    # so by gate_up's epilogue), loaded through the cp.async pipeline: every bit, 16-row sub-tiles, the compact grid,
-    # "odd" shapes (masked K tails: gate_up K 320 in steps of 128, down K 96 in steps of 64)
-    (40, 4, "dq", 15, "", (100, 150)), (40, 4, "dqf", 14, "-bmq16", (100, 129)), (3, 2, "dq", 8, "", (100, 150)),
-    (40, 4, "dq", 8, "-odd", (100, 150)), (32, 4, "dqf", 14, "-r96", (100, 129))]]
+    # session 17: bit 3, the down GEMM's activations in the MMA's K order in memory (written so by gate_up's
+    # epilogue) and loaded through the cp.async pipeline; bit 4, gate_up's input too (gathered so first): every bit,
+    # 16-row sub-tiles, the compact grid, "odd" shapes (masked K tails: gate_up K 320 in steps of 128, down K 96 in
+    # steps of 64), a register cap
+    (40, 4, "dq", 31, "", (100, 150)), (40, 4, "dqf", 14, "-bmq16", (100, 129)), (3, 2, "dq", 8, "", (100, 150)),
+    (3, 2, "dq", 24, "", (100, 150)), (40, 4, "dq", 8, "-odd", (100, 150)), (40, 4, "dq", 24, "-odd", (100, 150)),
+    (32, 4, "dqf", 14, "-r96", (100, 129)), (32, 4, "dqf", 30, "-bmq16", (100, 129))]]
 
 # round 7's Gluon loop "dqa" (mxfp4_dq_ws.py: decode into shared memory, asynchronous wgmma) in scan mode on the
 # full grid: 4 to 64 tokens (M tiles of 16 to 64 rows), top-2, "odd" shapes (N not a multiple of BN: masked weight

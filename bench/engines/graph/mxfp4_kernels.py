@@ -544,11 +544,12 @@ MXFP4_CONFIG_DQ_T_BY_TOPK: dict[int, dict[int, dict[str, tuple[int, int, int, in
 # the dq loop's variant (_dq_tile's DQV; round 6a): bit 0 the integer-multiply decode (_dq_asm_mul), bit 1 the
 # activations loaded in natural K order and reordered in registers (no scalar gather), bit 2 the weight loads
 # without K/N masks (applied only to a launch where K % BK == 0 and N % BN == 0). 0 = main's loop before round 6a.
-# The classes above name their own; this is for launches past them (and MOE_MXFP4_TILES experiments). Bit 3 (scan
-# mode only): the activations in the loop's MMA K order in memory (gate_up's input permuted by one gather, down's
-# written so by gate_up's epilogue), read through Triton's cp.async pipeline (session 17)
+# The classes above name their own; this is for launches past them (and MOE_MXFP4_TILES experiments). Session 17,
+# scan mode only: bit 3, the down GEMM's activations in the loop's MMA K order in memory (gate_up's epilogue writes
+# them so), read through Triton's cp.async pipeline (_dq_tile's DQV bit 3); bit 4, with bit 3, gate_up's input too
+# (gathered into that order by one extra kernel)
 DQ_VARIANT = 0
-# scan-mode dq launches of at most this many tokens take DQV bit 3 whatever their class's variant (0: none)
+# scan-mode dq launches of at most this many tokens take bit 3 whatever their class's variant (0: none)
 DQ_XPERM_MAX_TOKENS = 0
 # the dq loop's M tile in scan mode (rows of one expert per MMA; 0 = the routing plan's BM, max(16, p2(tokens)))
 DQ_BMQ = 0
@@ -790,9 +791,10 @@ def moe_mxfp4(
         table = gemv4_tiles(k)
     else:
         table = MXFP4_CONFIG_GEMV if gemv else (MXFP4_CONFIG_FEW if plan.compact else MXFP4_CONFIG)
-    if dq and plan.scan and tokens <= DQ_XPERM_MAX_TOKENS:
-        variant |= 8
-    xperm = dq and bool(variant & 8) and plan.scan  # DQV bit 3: the activations in dq's K order
+    # variant bit 3: down reads its activations in dq's K order, as gate_up's epilogue writes them (PERM_OUT); bit 4:
+    # gate_up reads its input so too (one gather first). Scan mode only.
+    down_xperm = dq and plan.scan and (bool(variant & 8) or tokens <= DQ_XPERM_MAX_TOKENS)
+    gu_xperm = down_xperm and bool(variant & 16)
     for name, src, wb, ws, bias, dst, n in (
         ("gate_up", x, gate_up_blocks, gate_up_scales, gate_up_bias, act, n2),
         ("down", act, down_blocks, down_scales, down_bias, out, hidden),
@@ -814,10 +816,11 @@ def moe_mxfp4(
         dqv = bmq = 0
         if dq:
             dqv = variant & (7 if kdim % bk == 0 and n % bn == 0 else 3)  # bit 2 only where the tiles divide
-            if xperm:
+            if down_xperm and not gu:
                 dqv |= 8
-                if gu:  # gate_up's input in dq's K order (down's comes so from gate_up's epilogue: PERM_OUT)
-                    src = src.index_select(1, dq_order(kdim, src.device))
+            if gu_xperm and gu:  # gate_up's input gathered into dq's K order
+                dqv |= 8
+                src = src.index_select(1, dq_order(kdim, src.device))
             bmq = sub if plan.scan and 16 <= sub < bm else 0
         _moe_mxfp4_kernel[(plan.grid_rows, triton.cdiv(n, bn))](
             src, wb, ws, bias, plan.flat, plan.rows, plan.offs, rw, dst, cnt,
@@ -825,7 +828,7 @@ def moe_mxfp4(
             alpha, limit,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=bm, BN=bn, BK=bk, FAST=fast, IMPL=IMPLS[impl], PDL=pdl, DQV=dqv, BMQ=bmq,
-            EB=mxfp4_early_bias_on(x.shape[0]), DE=mxfp4_down_early(name), PERM_OUT=xperm and gu,
+            EB=mxfp4_early_bias_on(x.shape[0]), DE=mxfp4_down_early(name), PERM_OUT=down_xperm and gu,
             num_warps=warps, num_stages=stages, **_pdl_kw(pdl), **({"maxnreg": maxnreg} if maxnreg else {}),
         )
     return out
