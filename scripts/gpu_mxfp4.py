@@ -753,7 +753,7 @@ def dq_topk_sweep(out_dir: Path, topk: int, token_counts: list[int]) -> dict:
 
 # session 17 (--xperm): the dq loop with DQV bit 3 (activations in the MMA's K order, cp.async) against main's, per
 # kernel, and the class entry's knobs under it. (DQ_XPERM_MAX_TOKENS turned both GEMMs' bit 3 on when session 17 ran
-# this, at `2b6c0b5`; since then it sets the down GEMM's alone, and a class variant's bit 4 adds gate_up's)
+# this, at `6266337`; since then it sets the down GEMM's alone, and a class variant's bit 4 adds gate_up's)
 XPERM_ENTRIES = [
     ("main", 0, {}), ("xp", 64, {}), ("xp v15 (mul)", 64, {"variant": 15}),
     ("xp gu st3", 64, {"gate_up": (128, 64, 4, 3)}), ("xp gu st5", 64, {"gate_up": (128, 64, 4, 5)}),
