@@ -163,6 +163,33 @@ def test_early_bias_gives_the_same_bits_on_cuda(tokens, k, impl, monkeypatch):
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("tokens,k,variant", [(8, 4, 0), (3, 2, 1), (40, 4, 7), (64, 4, 7), (32, 4, 6)])
+def test_dq_activation_order_gives_the_same_bits(tokens, k, variant, monkeypatch):
+    """DQ_VARIANT bit 3 (the down GEMM's activations written by gate_up's epilogue in the MMA's K order and read
+    through the cp.async pipeline) and bit 4 (gate_up's input gathered into that order too) change where the
+    activations travel, not the products or their order: the outputs bit for bit as without, in scan mode (compact
+    grid at 3 tokens, 16-row sub-tiles at 40 and 64)."""
+    from bench.engines.graph import mxfp4_kernels as mk
+
+    monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ_T", {})
+    monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ_T_BY_TOPK", {})
+    monkeypatch.setattr(mk, "DQ_BMQ", 16 if tokens > 32 else 0)
+    ex = _experts((100, 129), seed=tokens)
+    gen = torch.Generator(device="cuda").manual_seed(tokens + 4)
+    x = (torch.randn(tokens, ex.hidden_size, generator=gen, device="cuda") * 2.0 ** -9).to(torch.bfloat16)
+    v, i = torch.topk(torch.randn(tokens, 4, generator=gen, device="cuda"), k, dim=-1)
+    w = torch.softmax(v, dim=-1).to(torch.bfloat16)
+    outs = []
+    for bits in (0, 8, 24):
+        monkeypatch.setattr(mk, "DQ_VARIANT", variant | bits)
+        outs.append(mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
+                                 ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, i.to(torch.int32), w,
+                                 ex.alpha, ex.limit, impl="dq", fold=True))
+    assert not outs[0].isnan().any()
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], outs[2])
+
+
 def test_ptx_loops_reject_float32_activations():
     from bench.engines.graph import mxfp4_kernels as mk
 
