@@ -1628,9 +1628,10 @@ def moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_b
                     EB: tl.constexpr = False, PERM: tl.constexpr = False):
     """Bias; gate_up: clamped SwiGLU over interleaved (gate, up) columns; down: routing weight. Store the rows of
     N tile `nb`. EB: the bias tile `bv` and the rows' routing weights `rwv` were loaded before the K loop
-    (`_moe_kernel` with MOE_EARLY_BIAS), not here after it. PERM (gate_up): output column c is stored at position
-    mxfp4 dq's MMA K order within its block of 32 (c = 32g + 8c' + 4b0 + b3 + 2b4 -> 32g + 16b4 + 8b3 + 2c' + b0),
-    so that the MXFP4 down GEMM's dq loop reads its activations contiguously (its DQV bit 3)."""
+    (`_moe_kernel` with MOE_EARLY_BIAS), not here after it. PERM (gate_up; BN a multiple of 64, N / 2 of 32): output
+    column c is stored at position mxfp4 dq's MMA K order within its block of 32 (c = 32g + 8c' + 4b0 + b3 + 2b4 ->
+    32g + 16b4 + 8b3 + 2c' + b0; the tile permuted in registers, then stored as usual), so that the MXFP4 down
+    GEMM's dq loop reads its activations contiguously (its DQV bit 3)."""
     if EB:
         acc += bv.to(tl.float32)[None, :]
     else:
@@ -1643,11 +1644,9 @@ def moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_b
         y = (up + 1.0) * glu
         offs_o = nb * (BN // 2) + tl.arange(0, BN // 2)
         omask = rmask[:, None] & (offs_o < N // 2)[None, :]
-        dst = offs_o
-        if PERM:
-            c = offs_o & 31
-            dst = (offs_o - c) + ((c >> 1) & 1) * 16 + (c & 1) * 8 + ((c >> 3) & 3) * 2 + ((c >> 2) & 1)
-        tl.store(out_ptr + pair[:, None] * stride_o + dst[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
+        if PERM:  # (m, g, c', b0, b4, b3) -> (m, g, b4, b3, c', b0): the tile in destination order, stored contiguously
+            y = tl.reshape(tl.permute(tl.reshape(y, (BM, BN // 64, 4, 2, 2, 2)), (0, 1, 4, 5, 2, 3)), (BM, BN // 2))
+        tl.store(out_ptr + pair[:, None] * stride_o + offs_o[None, :], y.to(out_ptr.dtype.element_ty), mask=omask)
     else:
         if EB:
             rw = rwv.to(tl.float32)

@@ -796,9 +796,11 @@ def moe_mxfp4(
         table = gemv4_tiles(k)
     else:
         table = MXFP4_CONFIG_GEMV if gemv else (MXFP4_CONFIG_FEW if plan.compact else MXFP4_CONFIG)
-    # variant bit 3: down reads its activations in dq's K order, as gate_up's epilogue writes them (PERM_OUT); bit 4:
-    # gate_up reads its input so too (one gather first). Scan mode only.
-    down_xperm = dq and plan.scan and (bool(variant & 8) or tokens <= DQ_XPERM_MAX_TOKENS)
+    # variant bit 3: down reads its activations in dq's K order, as gate_up's epilogue writes them (PERM_OUT: whole
+    # blocks of 32 a gate_up tile, so BN % 64 == 0); bit 4: gate_up reads its input so too (one gather first). Scan
+    # mode only.
+    down_xperm = (dq and plan.scan and (bool(variant & 8) or tokens <= DQ_XPERM_MAX_TOKENS)
+                  and table["gate_up"][0] % 64 == 0)
     gu_xperm = down_xperm and bool(variant & 16)
     for name, src, wb, ws, bias, dst, n in (
         ("gate_up", x, gate_up_blocks, gate_up_scales, gate_up_bias, act, n2),
