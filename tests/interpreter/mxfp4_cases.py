@@ -271,3 +271,44 @@ def test_dq_batch_classes_and_loop_choice(monkeypatch):
     assert mk.pick_impl(256, False, True) == mk.MMA_IMPL
     assert mk.pick_impl(257, False, True) == mk.SORTED_IMPL
     assert mk.pick_impl(32, True, False) == "mma"
+
+
+@triton.jit
+def _epilogue_probe(acc_ptr, pair_ptr, bias_ptr, out_ptr, N, alpha, limit, BM: tl.constexpr, BN: tl.constexpr,
+                    PERM: tl.constexpr):
+    """moe_epilogue_at for gate_up on one [BM, BN] fp32 tile (N tile program_id(0)), with or without PERM."""
+    from bench.engines.graph.kernels import moe_epilogue_at
+
+    nb = tl.program_id(0)
+    offs_n = nb * BN + tl.arange(0, BN)
+    nmask = offs_n < N
+    mm = tl.arange(0, BM)
+    acc = tl.load(acc_ptr + mm[:, None] * N + offs_n[None, :], mask=nmask[None, :], other=0.0)
+    pair = tl.load(pair_ptr + mm)
+    moe_epilogue_at(nb, acc, 0, pair, mm < BM, bias_ptr, bias_ptr, out_ptr, 0, N // 2, alpha, limit, offs_n, nmask,
+                    N, True, BM, BN, PERM=PERM)
+
+
+@pytest.mark.parametrize("bn", [64, 128])
+def test_gate_up_epilogue_writes_the_dq_loop_order(bn):
+    """The gate_up epilogue's PERM (DQ_VARIANT bit 3: the MXFP4 down GEMM then reads its activations contiguously)
+    stores exactly the plain epilogue's row permuted by mxfp4_kernels.dq_order: position p holds column
+    dq_order[p]. The dq loop gathers its activations in that order (_dq_tile's perm), so a mismatch here would feed
+    the down GEMM's MMA the wrong activations on the GPU."""
+    from bench.engines.graph.mxfp4_kernels import dq_order
+
+    gen = torch.Generator().manual_seed(bn)
+    rows, n = 4, 256  # 128 outputs a row = 4 blocks of 32
+    acc = torch.randn(rows, n, generator=gen)
+    bias = torch.randn(n, generator=gen)
+    pair = torch.tensor([2, 0, 3, 1], dtype=torch.int32)
+    outs = []
+    for perm in (False, True):
+        out = torch.full((rows, n // 2), float("nan"))
+        _epilogue_probe[(n // bn,)](acc, pair, bias, out, n, 1.702, 7.0, BM=rows, BN=bn, PERM=perm)
+        outs.append(out)
+    plain, permuted = outs
+    assert not plain.isnan().any() and not permuted.isnan().any()
+    order = dq_order(n // 2, torch.device("cpu"))
+    assert sorted(order.tolist()) == list(range(n // 2))
+    assert torch.equal(permuted, plain[:, order])

@@ -527,8 +527,8 @@ MXFP4_CONFIG_DQ: dict[str, tuple[int, int, int, int]] = {"gate_up": (128, 64, 4,
 # code in the engine); 9-32 tokens: engine batch 32 3,330 -> 4,367 tok/s (main's code, same call), one layer
 # 365.5 -> 245.8 us; 33-64: batch 64 3,879 -> 6,645 tok/s; sorted decode 65-256 (dq instead of tl.dot_scaled):
 # batch 128 7,938 -> 11,308 tok/s. Session 17 (docs/MXFP4.md round 17): variant bit 3 (the down GEMM's activations
-# in the MMA's K order, through the cp.async pipeline) on the 33-64 class: engine E32 / E16 batch 64 k4 -9.8 / -7.9%,
-# the same bits; at 9-32 tokens it was slower in the engine (batch 32 k4 +3.2 / +3.6%, k2 +4.4 / +13.9%), so not there
+# in the MMA's K order, through the cp.async pipeline) on the 33-64 class: engine E32 / E16 batch 64 k4 -2.3 / -1.5%
+# (final call, `82fec27`), the same bits; per top_k classes below
 MXFP4_CONFIG_DQ_T: dict[int, dict[str, tuple[int, int, int, int] | int]] = {
     8: {"gate_up": (128, 64, 4, 3), "down": (64, 64, 4, 4), "variant": 0, "bmq": 0},
     32: {"gate_up": (128, 64, 4, 4), "down": (128, 64, 4, 3), "variant": 6, "bmq": 0, "maxnreg": 128},
@@ -540,10 +540,13 @@ MXFP4_CONFIG_DQ_T: dict[int, dict[str, tuple[int, int, int, int] | int]] = {
 # classes were tuned at top_k 4; at top_k 2 a launch of 2-8 tokens routes to about half the experts. H200 (docs/
 # MXFP4.md round 15, one E32 layer, same card): 4 tokens the integer-multiply decode (variant 1) 78.9 -> 76.8 us;
 # 8 tokens with the down tile (128, 64, 4, 3) too 131.5 -> 123.8 us (at 4 tokens that tile is slower: 80.2).
-# Session 17 (round 17): at top_k 4 the 2-8 class with variant bit 3 (see MXFP4_CONFIG_DQ_T): engine E32 / E16
-# batch 4 -3.2 / -0.0%, batch 8 -0.9 / -4.1%, the same bits (at top_k 2, batch 8 -1.7 / +2.4%: not there)
+# Session 17 (round 17, final call at `82fec27`, same card, the same tokens and logits): variant bit 3 (the down
+# GEMM's activations in the MMA's K order, see MXFP4_CONFIG_DQ_T) at top_k 4 on the 2-8 class, engine E32 / E16
+# batch 4 -2.9 / -3.6%, batch 8 -3.0 / -3.9%; at top_k 2 on the 2-8 class batch 8 -3.9 / -2.9%, and on 17-32 tokens
+# (the shared 9-32 class split at 16: 9-16 unchanged, unmeasured with the bit) batch 32 -9.8 / -5.2%. Not at top_k 4
+# on 9-32 tokens: batch 16 +7.4 / +10.3%, batch 32 -0.2 / -0.2%
 MXFP4_CONFIG_DQ_T_BY_TOPK: dict[int, dict[int, dict[str, tuple[int, int, int, int] | int]]] = {
-    2: {4: {"variant": 1}, 8: {"variant": 1, "down": (128, 64, 4, 3)}},
+    2: {4: {"variant": 1}, 8: {"variant": 9, "down": (128, 64, 4, 3)}, 16: {}, 32: {"variant": 14}},
     4: {8: {"variant": 8}},
 }
 # the dq loop's variant (_dq_tile's DQV; round 6a): bit 0 the integer-multiply decode (_dq_asm_mul), bit 1 the
