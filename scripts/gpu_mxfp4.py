@@ -145,9 +145,10 @@ def _routing(tokens: int, experts: int, k: int, gen: torch.Generator):
     return i.to(torch.int32), torch.softmax(v, dim=-1).to(torch.bfloat16)
 
 
-def _call(x, ex, topi, topw, cnt=None, impl=None):
+def _call(x, ex, topi, topw, cnt=None, impl=None, fold=False):
     return mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias, ex.down_proj_blocks,
-                        ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha, ex.limit, cnt, impl=impl)
+                        ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha, ex.limit, cnt, impl=impl,
+                        fold=fold)
 
 
 def random_experts(experts: int, hidden: int, inter: int, gen: torch.Generator,
@@ -782,9 +783,7 @@ def xperm_sweep(cases: list[tuple[int, int]]) -> None:
         cls = min(c for c in mk.MXFP4_CONFIG_DQ_T if c >= tokens)
 
         def run(x=x, topi=topi, topw=topw):
-            return mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
-                                ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, topi, topw, ex.alpha,
-                                ex.limit, None, fold=True)
+            return _call(x, ex, topi, topw, fold=True)
 
         for label, xp, entry in XPERM_ENTRIES:
             mk.DQ_XPERM_MAX_TOKENS = xp

@@ -139,6 +139,25 @@ def test_dq_loop_matches_the_float32_reference(tokens, k, impl, scales, monkeypa
     assert int(cnt) == i.unique().numel()
 
 
+def _bit_case(tokens: int, k: int, seed: int):
+    """A moe_mxfp4 call on fixed inputs for the same-bits tests: experts with every byte value and scales 100..128
+    (seeded by `tokens`), small activations and a top-k routing from `seed`; returns run(**moe_mxfp4 keywords)."""
+    from bench.engines.graph import mxfp4_kernels as mk
+
+    ex = _experts((100, 129), seed=tokens)
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    x = (torch.randn(tokens, ex.hidden_size, generator=gen, device="cuda") * 2.0 ** -9).to(torch.bfloat16)
+    v, i = torch.topk(torch.randn(tokens, 4, generator=gen, device="cuda"), k, dim=-1)
+    w = torch.softmax(v, dim=-1).to(torch.bfloat16)
+
+    def run(**kw) -> torch.Tensor:
+        return mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
+                            ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, i.to(torch.int32), w,
+                            ex.alpha, ex.limit, **kw)
+
+    return run
+
+
 @pytest.mark.parametrize("tokens,k,impl", [(1, 4, "gemv4"), (1, 2, "dq"), (40, 4, "dq"), (80, 2, "dq"),
                                           (32, 4, "dqf")])
 def test_early_bias_gives_the_same_bits_on_cuda(tokens, k, impl, monkeypatch):
@@ -147,18 +166,12 @@ def test_early_bias_gives_the_same_bits_on_cuda(tokens, k, impl, monkeypatch):
     bit as with the loads after the loop (the interpreter cases cover gemv, gemv2, gemv4 and mma)."""
     from bench.engines.graph import mxfp4_kernels as mk
 
-    ex = _experts((100, 129), seed=tokens)
-    gen = torch.Generator(device="cuda").manual_seed(tokens + 2)
-    x = (torch.randn(tokens, ex.hidden_size, generator=gen, device="cuda") * 2.0 ** -9).to(torch.bfloat16)
-    v, i = torch.topk(torch.randn(tokens, 4, generator=gen, device="cuda"), k, dim=-1)
-    w = torch.softmax(v, dim=-1).to(torch.bfloat16)
+    run = _bit_case(tokens, k, seed=tokens + 2)
     outs = []
     monkeypatch.setattr(mk, "MXFP4_EARLY_BIAS_MAX_TOKENS", 1 << 20)  # the early path at every size, sorted too
     for early in (False, True):
         monkeypatch.setattr(mk, "MXFP4_EARLY_BIAS", early)
-        outs.append(mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
-                                 ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, i.to(torch.int32), w,
-                                 ex.alpha, ex.limit, impl=impl.rstrip("f"), fold=impl == "dqf"))
+        outs.append(run(impl=impl.rstrip("f"), fold=impl == "dqf"))
     assert not outs[0].isnan().any()
     assert torch.equal(outs[0], outs[1])
 
@@ -174,17 +187,11 @@ def test_dq_activation_order_gives_the_same_bits(tokens, k, variant, monkeypatch
     monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ_T", {})
     monkeypatch.setattr(mk, "MXFP4_CONFIG_DQ_T_BY_TOPK", {})
     monkeypatch.setattr(mk, "DQ_BMQ", 16 if tokens > 32 else 0)
-    ex = _experts((100, 129), seed=tokens)
-    gen = torch.Generator(device="cuda").manual_seed(tokens + 4)
-    x = (torch.randn(tokens, ex.hidden_size, generator=gen, device="cuda") * 2.0 ** -9).to(torch.bfloat16)
-    v, i = torch.topk(torch.randn(tokens, 4, generator=gen, device="cuda"), k, dim=-1)
-    w = torch.softmax(v, dim=-1).to(torch.bfloat16)
+    run = _bit_case(tokens, k, seed=tokens + 4)
     outs = []
     for bits in (0, 8, 24):
         monkeypatch.setattr(mk, "DQ_VARIANT", variant | bits)
-        outs.append(mk.moe_mxfp4(x, ex.gate_up_proj_blocks, ex.gate_up_proj_scales, ex.gate_up_proj_bias,
-                                 ex.down_proj_blocks, ex.down_proj_scales, ex.down_proj_bias, i.to(torch.int32), w,
-                                 ex.alpha, ex.limit, impl="dq", fold=True))
+        outs.append(run(impl="dq", fold=True))
     assert not outs[0].isnan().any()
     assert torch.equal(outs[0], outs[1])
     assert torch.equal(outs[0], outs[2])
