@@ -856,7 +856,8 @@ def _attend_cache(q, m_i, kc_ptr, vc_ptr, kv, end, scale, GP: tl.constexpr, D: t
     acc = tl.zeros([GP, D], dtype=tl.float32)
     lo = 0
     if FIRST:
-        p, alpha, m_i, l_i = _attend_qk(q, m_i, l_i, k0, tl.arange(0, BS) < end, scale)
+        s = tl.arange(0, BS)
+        p, alpha, m_i, l_i = _attend_qk(q, m_i, l_i, k0, s < end, scale)
         acc = acc * alpha[:, None] + tl.dot(p.to(v0.dtype), v0)
         lo = BS
     for start in range(lo, end, BS):
