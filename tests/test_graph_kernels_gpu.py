@@ -100,55 +100,6 @@ def test_fused_rope_attention_matches_two_kernels_on_cuda(gk, rows):
                                            msg=f"sliding {sliding} partials {use_partials} pos {pos}")
 
 
-@pytest.mark.parametrize("rows", [1, 8])
-def test_attention_reads_before_its_wait_give_the_same_bits_on_cuda(gk, rows, monkeypatch):
-    """rope_attn_decode with ATTN_PRE_WAIT 1 (the position and cos / sin read before the PDL wait) and 2 (also the
-    first cache block, the step's own slot patched in registers) against 0: the same cache writes and the same
-    output bits, gpt-oss-20b's attention geometry, the step's slot inside the first block (the sliding ring) and
-    past it (the full cache), three steps in a row."""
-    gen = torch.Generator(device="cuda").manual_seed(6)
-    hq, hkv, d, hidden = 64, 8, 64, 2880
-    kw = {"device": "cuda", "dtype": torch.bfloat16}
-    sinks, cos, sin, w, b = attention_inputs(gen)
-    for sliding, s_cache, first in ((False, 320, 270), (True, 128, 270)):
-        kc0 = torch.randn(rows, hkv, s_cache, d, generator=gen, **kw)
-        vc0 = torch.randn(rows, hkv, s_cache, d, generator=gen, **kw)
-        xs = [torch.randn(rows, hidden, generator=gen, **kw) for _ in range(3)]
-        runs = {}
-        for pre in (0, 1, 2):
-            monkeypatch.setattr(gk, "ATTN_PRE_WAIT", pre)
-            kc, vc = kc0.clone(), vc0.clone()
-            outs = []
-            for i, pos in enumerate(range(first, first + 3)):
-                qkv = gk.splitk_linear(xs[i], w, b)
-                outs.append(gk.rope_attn_decode(qkv, cos, sin, torch.tensor(pos, device="cuda"), kc, vc, sinks,
-                                                d ** -0.5, hq, sliding, s_cache if sliding else 0))
-            torch.cuda.synchronize()
-            runs[pre] = (kc, vc, outs)
-        for pre in (1, 2):
-            assert torch.equal(runs[pre][0], runs[0][0]) and torch.equal(runs[pre][1], runs[0][1]), (sliding, pre)
-            for i in range(3):
-                assert torch.equal(runs[pre][2][i], runs[0][2][i]), (sliding, pre, i)
-
-
-def test_attention_pre_wait_replay_gives_the_same_tokens_and_logits(gk, monkeypatch):
-    """Batch-1 decode as a CUDA graph with the fused attention reading the position, cos / sin and the first cache
-    block before its PDL wait (ATTN_PRE_WAIT 1, 2) under the shipped early triggers: the tokens and last logits of
-    ATTN_PRE_WAIT 0 (a read of something the qkv GEMV writes, before the wait, would move them)."""
-    from bench.models.loading import load_model
-
-    model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
-    ids = torch.randint(0, model.config.vocab_size, (1, 40), device="cuda",
-                        generator=torch.Generator("cuda").manual_seed(7))
-    out = {}
-    for pre in (0, 1, 2):
-        monkeypatch.setattr(gk, "ATTN_PRE_WAIT", pre)
-        out[pre] = graph_tokens_and_logits(model, ids)
-    for pre in (1, 2):
-        assert torch.equal(out[pre][0], out[0][0]), pre
-        assert torch.equal(out[pre][1], out[0][1]), pre
-
-
 def test_pdl_graph_replay_gives_the_same_tokens_and_logits(gk):
     """A decode step captured as a CUDA graph with PDL launches (both trigger modes) gives the same tokens and last
     logits as with plain launches (a missing wait would race: the results would move)."""

@@ -310,16 +310,11 @@ def test_triton_attn_decode_configs_match_reference(gk):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"{cfg} {s_cache}")
 
 
-@pytest.mark.parametrize("pre", [0, 1, 2])
 @pytest.mark.parametrize("rows", [1, 3])
-def test_triton_rope_attention_fused_equals_rope_then_attention(gk, rows, pre, monkeypatch):
+def test_triton_rope_attention_fused_equals_rope_then_attention(gk, rows):
     """`rope_attn_decode` (rope, cache write and attention in one launch) against `rope_kv` then `attn_decode`: the
     same cache writes and the same output, for qkv as a tensor and as split-K partials, on a full cache and on a
-    sliding ring past its window, over three steps in a row (each step reads the slots the earlier ones wrote); with
-    each `ATTN_PRE_WAIT` (2: the first cache block read before the step's slot is written, that row patched in
-    registers; the cache block of 16 slots puts the step's slot inside the first block on the ring and outside it
-    on the full cache)."""
-    monkeypatch.setattr(gk, "ATTN_PRE_WAIT", pre)
+    sliding ring past its window, over three steps in a row (each step reads the slots the earlier ones wrote)."""
     gen = torch.Generator().manual_seed(31)
     hq, hkv, d, hidden = 4, 2, 16, 48
     sinks = torch.randn(hq, generator=gen)
@@ -338,7 +333,7 @@ def test_triton_rope_attention_fused_equals_rope_then_attention(gk, rows, pre, m
                 q = gk.rope_kv(qkv, cos, sin, p, kc, vc, hq, sliding, s_cache if sliding else 0)
                 want = gk.attn_decode(q, kc, vc, sinks, p, d ** -0.5)
                 got = gk.rope_attn_decode(qkv, cos, sin, p, kc2, vc2, sinks, d ** -0.5, hq, sliding,
-                                          s_cache if sliding else 0, config=(16, 4, None))
+                                          s_cache if sliding else 0)
                 assert torch.equal(kc2, kc) and torch.equal(vc2, vc), (sliding, use_partials, pos)
                 torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=f"{sliding} {use_partials} {pos}")
 

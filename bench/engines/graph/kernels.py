@@ -833,40 +833,26 @@ def rope_kv(
 
 
 @triton.jit
-def _attend_qk(q, m_i, l_i, k, sm, scale):
-    """One cache block's online-softmax step before its V product: the scores of q [GP, D] against k [BS, D] (slots
-    masked by sm), the new running max and sum; returns (p, alpha, m_new, l_new)."""
-    qk = tl.dot(q, tl.trans(k)) * scale
-    qk = tl.where(sm[None, :], qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-    alpha = tl.exp(m_i - m_new)
-    p = tl.exp(qk - m_new[:, None])
-    return p, alpha, m_new, l_i * alpha + tl.sum(p, axis=1)
-
-
-@triton.jit
-def _attend_cache(q, m_i, kc_ptr, vc_ptr, kv, end, scale, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
-                  k0=None, v0=None, FIRST: tl.constexpr = False):
+def _attend_cache(q, m_i, kc_ptr, vc_ptr, kv, end, scale, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr):
     """Online softmax of q [GP, D] against cache slots [0, end) of one (stream, kv head) (its offset `kv`), the running
     max starting at the sinks m_i (the sink's own weight is the initial 1): returns the attention output [GP, D]
-    (float32). Shared by `_attn_decode_kernel` and `_rope_attn_decode_kernel`. FIRST: the first block's K and V are
-    k0, v0 [BS, D] (already in registers: `ATTN_PRE_WAIT` 2), the loop reads the blocks after it."""
+    (float32). Shared by `_attn_decode_kernel` and `_rope_attn_decode_kernel`."""
     d = tl.arange(0, D)
     l_i = tl.full([GP], 1.0, dtype=tl.float32)
     acc = tl.zeros([GP, D], dtype=tl.float32)
-    lo = 0
-    if FIRST:
-        s = tl.arange(0, BS)
-        p, alpha, m_i, l_i = _attend_qk(q, m_i, l_i, k0, s < end, scale)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v0.dtype), v0)
-        lo = BS
-    for start in range(lo, end, BS):
+    for start in range(0, end, BS):
         s = start + tl.arange(0, BS)
         sm = s < end
         k = tl.load(kc_ptr + kv + s[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
-        p, alpha, m_i, l_i = _attend_qk(q, m_i, l_i, k, sm, scale)
+        qk = tl.dot(q, tl.trans(k)) * scale
+        qk = tl.where(sm[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(vc_ptr + kv + s[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
     return acc / l_i[:, None]
 
 
@@ -936,7 +922,7 @@ def _rope_attn_decode_kernel(
     qkv_ptr, part_ptr, bias_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, sinks_ptr, out_ptr, scale, HKV, S_CACHE,
     WINDOW, N, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, SLIDING: tl.constexpr,
     NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, ss_ptr=None, eps=0.0, HID=1,
-    LAZY: tl.constexpr = False, PRE: tl.constexpr = 0,
+    LAZY: tl.constexpr = False,
 ):
     """`_rope_kv_kernel` and `_attn_decode_kernel` in one launch, one program per (stream, kv head): the rope of the
     group's G query heads stays in registers (rounded to the activations' dtype, as rope_kv stores it), the roped k
@@ -944,8 +930,7 @@ def _rope_attn_decode_kernel(
     `_attn_decode_kernel` does, on the same values (the query's rotated halves joined back into one [GP, D] tile).
     qkv: the linear's output (rows of N elements) or, with NSPLIT > 0, its split-K partials (S, B, N) + bias (qkv_ptr
     then only carries the dtype); LAZY (one row, `splitk_norm_linear`): the summed partials times
-    rsqrt(sum of the NSPLIT ss / HID + eps). PRE (`ATTN_PRE_WAIT`): 1 reads the position and the rope's cos / sin
-    before the PDL wait, 2 also the first cache block's K and V (the step's own slot is then taken from registers)."""
+    rsqrt(sum of the NSPLIT ss / HID + eps)."""
     b = tl.program_id(0)
     kh = tl.program_id(1)
     mp = tl.num_programs(0)
@@ -957,23 +942,10 @@ def _rope_attn_decode_kernel(
     hq = HKV * G
     m_i = tl.load(sinks_ptr + kh * G + g, mask=gm, other=0.0).to(tl.float32)  # the sink starts the softmax
     kv = (b * HKV + kh) * S_CACHE * D
-    if PRE == 0:
-        _gdc(PDL)
-    # The position is the previous step's (its last kernel wrote it; the kernel before this one triggers this launch
-    # only after its own wait, so that writer has finished) and the cache slots other than this step's were written
-    # by earlier steps: nothing here reads what the qkv GEMV before writes.
+    _gdc(PDL)
     pos = tl.load(pos_ptr)
     c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
     s = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
-    k0 = None
-    v0 = None
-    if PRE > 1:
-        s0 = tl.arange(0, BS)
-        m0 = (s0 < tl.minimum(pos + 1, S_CACHE))[:, None]
-        k0 = tl.load(kc_ptr + kv + s0[:, None] * D + d[None, :], mask=m0, other=0.0)
-        v0 = tl.load(vc_ptr + kv + s0[:, None] * D + d[None, :], mask=m0, other=0.0)
-    if PRE > 0:
-        _gdc(PDL)
     rstd = 1.0
     if LAZY:
         tot = 0.0
@@ -998,18 +970,11 @@ def _rope_attn_decode_kernel(
         slot = pos % WINDOW
     else:
         slot = pos
-    k_lo = (k1 * c - k2 * s).to(kc_ptr.dtype.element_ty)
-    k_hi = (k2 * c + k1 * s).to(kc_ptr.dtype.element_ty)
-    vn = v.to(vc_ptr.dtype.element_ty)
-    tl.store(kc_ptr + kv + slot * D + half, k_lo)
-    tl.store(kc_ptr + kv + slot * D + D // 2 + half, k_hi)
-    tl.store(vc_ptr + kv + slot * D + d, vn)
+    tl.store(kc_ptr + kv + slot * D + half, (k1 * c - k2 * s).to(kc_ptr.dtype.element_ty))
+    tl.store(kc_ptr + kv + slot * D + D // 2 + half, (k2 * c + k1 * s).to(kc_ptr.dtype.element_ty))
+    tl.store(vc_ptr + kv + slot * D + d, v.to(vc_ptr.dtype.element_ty))
     tl.debug_barrier()  # the slot just written is read back below by other threads of this program
-    if PRE > 1:  # the first block was read before this step's slot was written: put the new k and v in its row
-        hit = (tl.arange(0, BS) == slot)[:, None]
-        k0 = tl.where(hit, tl.reshape(tl.permute(tl.join(k_lo, k_hi), (1, 0)), (D,))[None, :], k0)
-        v0 = tl.where(hit, vn[None, :], v0)
-    out = _attend_cache(q, m_i, kc_ptr, vc_ptr, kv, tl.minimum(pos + 1, S_CACHE), scale, GP, D, BS, k0, v0, PRE > 1)
+    out = _attend_cache(q, m_i, kc_ptr, vc_ptr, kv, tl.minimum(pos + 1, S_CACHE), scale, GP, D, BS)
     tl.store(out_ptr + (b * hq + kh * G + g)[:, None] * D + d[None, :], out.to(out_ptr.dtype.element_ty),
              mask=gm[:, None])
 
@@ -1025,13 +990,6 @@ def _rope_attn_decode_kernel(
 # covers it (batch 1, 8, 32). False: rope_kv, then attn_decode (ablation).
 FUSE_ROPE_ATTN = True
 FUSE_ROPE_ATTN_MIN_ROWS = 1
-# What the fused rope + attention reads before its PDL wait (`_rope_attn_decode_kernel` PRE): 0 nothing; 1 the
-# position and the rope's cos / sin; 2 also the first cache block's K and V (into registers; the step's own slot
-# patched in from the roped k and v), so that after the wait only the qkv partials are a memory round trip before
-# the first block's scores. The same bits. Since session 13 the lazy qkv GEMV launches this kernel right after its
-# own wait, so these loads run under the GEMV. (Session 9's ATTN_EARLY_LOADS, the position and an L2 prefetch of the
-# cache, measured +0.2% when this kernel launched only after the GEMV had finished.) NOT MEASURED YET: off.
-ATTN_PRE_WAIT = 0
 
 
 def rope_attn_decode(
@@ -1061,8 +1019,7 @@ def rope_attn_decode(
         else src, cos, sin, pos, kc, vc, sinks, out, scale, hkv, s_cache, max(1, window),
         (hq + 2 * hkv) * d if parts is not None else qkv.stride(0), G=g, GP=max(16, _p2(g)), D=d, BS=bs,
         SLIDING=sliding, NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
-        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, PRE=int(ATTN_PRE_WAIT), num_warps=warps,
-        **extra, **_pdl_kw(pdl),
+        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, num_warps=warps, **extra, **_pdl_kw(pdl),
         **({"ss_ptr": parts.ss, "eps": parts.eps, "HID": parts.hidden, "LAZY": True} if lazy else {}),
     )
     return out
