@@ -835,18 +835,16 @@ def test_triton_fold_route_gives_the_same_bits_as_the_fold(gk, monkeypatch, expe
     """FOLD_ROUTE: the fold stopped after its tiles (fold_launch final=False) and the expert launch computing rstd,
     the top-k and the normed row from its FoldRoute give the residual, the expert ids and weights (stored by gate_up)
     and the expert outputs of the whole fold + moe, bit for bit; with and without the early epilogue loads (the down
-    GEMM then takes its routing weights from its own top-k, or from topw after its wait), and with the down GEMM
-    reading gate_up's stored routing after its wait (FOLD_ROUTE_DOWN "after_wait"). A fold route that reads the
-    normed row or the routing any other way fails it."""
+    GEMM then takes its routing weights from its own top-k, or from topw after its wait) and with the gate_up early
+    trigger's pair count. A fold route that reads the normed row or the routing any other way fails it."""
     gen = torch.Generator().manual_seed(84 + k)
     hidden, inter, kdim, cfg = 192, 64, 96, (16, 32, 2, 4)
     gu = torch.randn(experts, hidden, 2 * inter, generator=gen) * 0.1
     gub = torch.randn(experts, 2 * inter, generator=gen) * 0.1
     dn = torch.randn(experts, inter, hidden, generator=gen) * 0.1
     dnb = torch.randn(experts, hidden, generator=gen) * 0.1
-    for eb, down in ((True, "fold"), (False, "fold"), (True, "after_wait")):
+    for eb in (True, False):
         monkeypatch.setattr(gk, "MOE_EARLY_BIAS", eb)
-        monkeypatch.setattr(gk, "FOLD_ROUTE_DOWN", down)
         x, wo = torch.randn(1, kdim, generator=gen), torch.randn(hidden, kdim, generator=gen) * 0.2
         bo = torch.randn(hidden, generator=gen)
         h, ln = torch.randn(1, hidden, generator=gen), torch.randn(hidden, generator=gen)
@@ -859,7 +857,7 @@ def test_triton_fold_route_gives_the_same_bits_as_the_fold(gk, monkeypatch, expe
             out = gk.moe(normed, gu, gub, dn, dnb, topi, topw, 1.702, 7.0, cnt)
             res.append((h2, topi, topw, out, int(cnt)))
         for j, (a, b) in enumerate(zip(res[1], res[0], strict=True)):
-            assert (a == b) if j == 4 else torch.equal(a, b), (eb, down, j)
+            assert (a == b) if j == 4 else torch.equal(a, b), (eb, j)
         assert res[0][4] == k
 
 

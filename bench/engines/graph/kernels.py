@@ -1378,9 +1378,6 @@ FOLD_TAIL_LOADS = True
 # sums of squares and router partials (`FoldRoute`, `_moe_kernel` ROUTE): one dependent round trip and one serial
 # program fewer a layer at one token. The same bits (the same `_fold_logits` and top-k code). NOT MEASURED YET: off.
 FOLD_ROUTE = False
-# FOLD_ROUTE's down GEMM: "fold" takes the routing from the fold's sums before its wait, as gate_up does after its
-# own; "after_wait" reads what gate_up stored, after its wait (the early bias loads then after it too).
-FOLD_ROUTE_DOWN = "fold"
 
 
 def fold_route_on() -> bool:
@@ -1731,17 +1728,16 @@ def _moe_kernel(
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     PDL: tl.constexpr, NB_MAJOR: tl.constexpr, SPLIT: tl.constexpr, EB: tl.constexpr = False,
-    ss_ptr=None, rl_ptr=None, rb_ptr=None, nw_ptr=None, topw_ptr=None, scr_ptr=None, eps=0.0, E=1, HID=1,
-    ROUTE: tl.constexpr = 0, NTF: tl.constexpr = 1, NTP: tl.constexpr = 1, FT: tl.constexpr = 1,
-    EP: tl.constexpr = 16, KP: tl.constexpr = 1, HB: tl.constexpr = 16,
+    ss_ptr=None, rl_ptr=None, rb_ptr=None, nw_ptr=None, topw_ptr=None, eps=0.0, E=1, HID=1,
+    ROUTE: tl.constexpr = False, NTF: tl.constexpr = 1, NTP: tl.constexpr = 1, FT: tl.constexpr = 1,
+    EP: tl.constexpr = 16,
+    KP: tl.constexpr = 1,
 ):
-    # ROUTE 1 (FOLD_ROUTE, one token, unsplit): the fold before these launches stopped after its tiles (h, the NT
+    # ROUTE (FOLD_ROUTE, one token, unsplit): the fold before these launches stopped after its tiles (h, the NT
     # sums of squares ss and router partial logits rl); each program takes rstd, the top-k ids and weights from them
     # (`_fold_logits`, as the fold's last tile would have), gate_up's program (0, 0) stores them at topi / topw, and
-    # each gate_up program writes the normed row (x = h; nw * (h * rstd), rounded, as the fold stored it) into its
-    # own scratch row, which its K loop then reads as its activations. The down GEMM reads ss and rl two kernels
-    # back (before its wait), as it reads the routing otherwise. ROUTE 2 (down only): the routing gate_up stored,
-    # read after the wait.
+    # gate_up's activations are the normed row computed in its K loop (x = h). The down GEMM reads ss and rl two
+    # kernels back (before its wait), as it reads the routing otherwise.
     # grid (expert rows, N tiles), or (N tiles, expert rows) with NB_MAJOR: then the CTAs launched together
     # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many.
     # SPLIT > 1 (scan mode): the N axis holds SPLIT x NT programs, K slice ks = axis // NT of N tile axis % NT
@@ -1760,13 +1756,8 @@ def _moe_kernel(
         _gdc(PDL)
     # the down GEMM's routing was written two kernels back (complete once this kernel runs, see PDL): read it
     # before the wait for gate_up's activations
-    xs = x_ptr
-    if ROUTE == 1:
-        if GATE_UP:  # the row and its norm weight, loaded with the fold's sums (one round)
-            offs_h = tl.arange(0, HB)
-            hm = offs_h < K
-            hv = tl.load(x_ptr + offs_h, mask=hm, other=0.0)
-            wv = tl.load(nw_ptr + offs_h, mask=hm, other=0.0)
+    rstd = 1.0
+    if ROUTE:
         ee = tl.arange(0, EP)
         eem = ee < E
         rstd, logits = _fold_logits(ss_ptr, rl_ptr, tl.load(rb_ptr + ee, mask=eem, other=0.0).to(tl.float32), ee,
@@ -1777,19 +1768,13 @@ def _moe_kernel(
                 if nb == 0:
                     tl.store(topi_ptr + kk, ids, mask=km)
                     tl.store(topw_ptr + kk, pw, mask=km)
-            xs = scr_ptr + (pid * NT + nb).to(tl.int64) * K
-            tl.store(xs + offs_h, (wv.to(tl.float32) * (hv.to(tl.float32) * rstd)).to(hv.dtype), mask=hm)
-            tl.debug_barrier()  # this program's K loop reads the row back (other threads, through L2)
         e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM, ids, True)
     else:
-        if ROUTE == 2:  # down: gate_up (the kernel right before) stored the routing
-            _gdc(PDL)
         e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
     # the epilogue's bias tile now, not after the K loop (a weight: the down GEMM loads it before its wait)
     bv = moe_early_bias(EB, bias_ptr, e, stride_be, offs_n, nmask, start, end)
     if not GATE_UP:
-        if ROUTE != 2:
-            _gdc(PDL)
+        _gdc(PDL)
     if COUNT:
         if nb == 0:
             if end > start:
@@ -1802,7 +1787,7 @@ def _moe_kernel(
     for m0 in range(start, end, BM):
         pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
         xrow = activation_rows(pair, TOPK, GATE_UP)
-        if (ROUTE == 1 and EB) and (not GATE_UP):  # this program's own top-k weights, by slot (one token: pair)
+        if (ROUTE and EB) and (not GATE_UP):  # this program's own top-k weights, gathered by slot (one token: pair)
             rwv = tl.sum(tl.where(pair[:, None] == kk[None, :], pw[None, :], 0.0), axis=1)
         else:
             rwv = moe_early_rw(EB, GATE_UP, rw_ptr, pair, rmask)  # the fold's, two kernels back
@@ -1813,8 +1798,8 @@ def _moe_kernel(
                 moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha,
                                 limit, offs_n, nmask, N, GATE_UP, BM, BN, bv, rwv, EB)
         else:
-            acc = _moe_tile_acc(xs, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, 0, K,
-                                ROUTE == 1 and GATE_UP, BM, BN, BK)
+            acc = _moe_tile_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, 0, K, False, BM, BN,
+                                BK, nw_ptr, rstd, ROUTE and GATE_UP)
             moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                             offs_n, nmask, N, GATE_UP, BM, BN, bv, rwv, EB)
 
@@ -1845,15 +1830,22 @@ def _moe_split_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmas
 
 @triton.jit
 def _moe_tile_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, k_lo, k_hi, CG: tl.constexpr,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, nw_ptr=None, rstd=1.0,
+                  NORM: tl.constexpr = False):
     """One (M tile, N tile) of an expert GEMM over K in [k_lo, k_hi) (the whole K, or one split-K slice), in K order,
     fp32 accumulation on the tensor cores: the one K loop of every expert-tile path. CG: the activation rows are read
-    through L2 only (written by other programs of the same launch, or by this one: FOLD_ROUTE's normed row)."""
+    through L2 only (written by other programs of the same launch). NORM (FOLD_ROUTE): x is the residual row h and
+    the activations are RMSNorm(h) * nw as the fold's last tile would have stored them (nw * (h * rstd), rounded)."""
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BK):
         offs_k = k0 + tl.arange(0, BK)
         kmask = offs_k < k_hi
-        if CG:
+        if NORM:
+            hv = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
+                         other=0.0)
+            wv = tl.load(nw_ptr + offs_k, mask=kmask, other=0.0)
+            a = (wv.to(tl.float32)[None, :] * (hv.to(tl.float32) * rstd)).to(hv.dtype)
+        elif CG:
             a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
                         other=0.0, cache_modifier=".cg")
         else:
@@ -2193,8 +2185,8 @@ def moe(
             raise ValueError(f"moe: a FoldRoute (FOLD_ROUTE) is one token in an unfused scan-mode launch, got "
                              f"{x.shape[0]} tokens, scan {plan.scan}, MOE_FUSED {MOE_FUSED}")
         rkw = dict(ss_ptr=route.ss, rl_ptr=route.rl, rb_ptr=route.rbias, nw_ptr=route.nweight, topw_ptr=topw,
-                   eps=route.eps, E=route.experts, HID=hidden, ROUTE=1, NTF=route.n_tiles,
-                   NTP=_p2(route.n_tiles), FT=route.ft, EP=int(route.rl.shape[1]), KP=_p2(k), HB=_p2(hidden))
+                   eps=route.eps, E=route.experts, HID=hidden, NTF=route.n_tiles, ROUTE=True,
+                   NTP=_p2(route.n_tiles), FT=route.ft, EP=int(route.rl.shape[1]), KP=_p2(k))
     act = torch.empty((plan.pairs, n2 // 2), dtype=x.dtype, device=x.device)
     out = torch.empty((plan.pairs, hidden), dtype=x.dtype, device=x.device)
     rw = topw.reshape(-1)
@@ -2219,12 +2211,6 @@ def moe(
         nt = triton.cdiv(n, bn)
         grid = (nt * split, plan.grid_rows) if nb_major else (plan.grid_rows, nt * split)
         part, sync = dst, cnt
-        launch_kw = rkw
-        if rkw and gu:  # each gate_up program's normed row
-            launch_kw = {**rkw, "scr_ptr": torch.empty((plan.grid_rows * nt, hidden), dtype=x.dtype,
-                                                       device=x.device)}
-        elif rkw and FOLD_ROUTE_DOWN == "after_wait":
-            launch_kw = {"ROUTE": 2}
         if split > 1:
             part = torch.empty((plan.grid_rows * nt * split * plan.bm * bn,), dtype=torch.float32, device=x.device)
             sync = _split_counters(x.device, name, plan.grid_rows * nt)
@@ -2235,7 +2221,7 @@ def moe(
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=moe_pdl(pdl, x.shape[0], name, plan.pairs),
             NB_MAJOR=nb_major, SPLIT=split, EB=moe_early_bias_on(x.shape[0]), num_warps=warps, num_stages=stages,
-            **_pdl_kw(pdl), **launch_kw,
+            **_pdl_kw(pdl), **rkw,
         )
     return out
 
