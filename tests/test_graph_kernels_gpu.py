@@ -244,55 +244,6 @@ def test_fold_norm_router_matches_splitk_then_norm_router_on_cuda(gk, experts, k
         assert not gk._FOLD_COUNTERS[(h.device, hidden // gk.SPLITK_CONFIG["small"][0])].any()
 
 
-@pytest.mark.parametrize(("experts", "k"), [(32, 4), (16, 2), (32, 2)])
-def test_fold_route_gives_the_same_bits_as_the_fold_on_cuda(gk, experts, k):
-    """FOLD_ROUTE at gpt-oss-20b's geometry in bf16 (o_proj 4,096 -> 2,880, experts 2,880 -> 2 x 2,880 -> 2,880): the
-    fold without its last tile and the expert launch finishing the norm and the top-k from its FoldRoute give the
-    residual, the ids and weights gate_up stores and the expert outputs of the fold + moe, bit for bit, eight launches
-    (the fold's counters back at zero after each)."""
-    gen = torch.Generator(device="cuda").manual_seed(10 + k)
-    hidden, kdim, inter = 2880, 4096, 2880
-    kw = {"device": "cuda", "dtype": torch.bfloat16}
-    gu = torch.randn(experts, hidden, 2 * inter, generator=gen, **kw) * 0.02
-    gub = torch.randn(experts, 2 * inter, generator=gen, **kw) * 0.1
-    dn = torch.randn(experts, inter, hidden, generator=gen, **kw) * 0.02
-    dnb = torch.randn(experts, hidden, generator=gen, **kw) * 0.1
-    for _ in range(8):
-        h = torch.randn(1, hidden, generator=gen, **kw)
-        att = torch.randn(1, kdim, generator=gen, **kw)
-        wo = torch.randn(hidden, kdim, generator=gen, **kw) * 0.02
-        bo = torch.randn(hidden, generator=gen, **kw)
-        ln = torch.randn(hidden, generator=gen, **kw)
-        rw = torch.randn(experts, hidden, generator=gen, **kw) * 0.05
-        rb = torch.randn(experts, generator=gen, **kw)
-        res = []
-        for final in (True, False):
-            h2 = h.clone()
-            normed, topi, topw = gk.splitk_norm_route(att, wo, bo, h2, ln, 1e-5, rw, rb, k, final=final)
-            out = gk.moe(normed, gu, gub, dn, dnb, topi, topw, 1.702, 7.0)
-            torch.cuda.synchronize()
-            res.append((h2, topi, topw, out))
-        for j, (a, b) in enumerate(zip(res[1], res[0], strict=True)):
-            assert torch.equal(a, b), j
-        assert not gk._FOLD_COUNTERS[(h.device, hidden // gk.SPLITK_CONFIG["small"][0])].any()
-
-
-def test_fold_route_replay_gives_the_same_tokens_and_logits(gk, monkeypatch):
-    """Batch-1 decode as a CUDA graph with FOLD_ROUTE (under the shipped PDL triggers: the down GEMM reads the
-    fold's sums two kernels back, before its wait) against without: the same tokens and last logits."""
-    from bench.models.loading import load_model
-
-    model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
-    ids = torch.randint(0, model.config.vocab_size, (1, 40), device="cuda",
-                        generator=torch.Generator("cuda").manual_seed(8))
-    out = {}
-    for on in (False, True):
-        monkeypatch.setattr(gk, "FOLD_ROUTE", on)
-        out[on] = graph_tokens_and_logits(model, ids)
-    assert torch.equal(out[True][0], out[False][0])
-    assert torch.equal(out[True][1], out[False][1])
-
-
 @pytest.mark.parametrize("experts", [16, 32])
 def test_fold_router_partials_match_float64_on_cuda(gk, experts):
     """`fold_launch` alone at gpt-oss-20b's o_proj geometry in bf16, 32 launches: every N tile's router partial logits

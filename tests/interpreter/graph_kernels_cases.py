@@ -830,53 +830,6 @@ def test_triton_fold_norm_router_decode_matches_hf_tokens(gk, lively, monkeypatc
     assert len(calls) == ran
 
 
-@pytest.mark.parametrize(("experts", "k"), [(16, 4), (16, 2), (12, 3)])
-def test_triton_fold_route_gives_the_same_bits_as_the_fold(gk, monkeypatch, experts, k):
-    """FOLD_ROUTE: the fold stopped after its tiles (fold_launch final=False) and the expert launch computing rstd,
-    the top-k and the normed row from its FoldRoute give the residual, the expert ids and weights (stored by gate_up)
-    and the expert outputs of the whole fold + moe, bit for bit; with and without the early epilogue loads (the down
-    GEMM then takes its routing weights from its own top-k, or from topw after its wait) and with the gate_up early
-    trigger's pair count. A fold route that reads the normed row or the routing any other way fails it."""
-    gen = torch.Generator().manual_seed(84 + k)
-    hidden, inter, kdim, cfg = 192, 64, 96, (16, 32, 2, 4)
-    gu = torch.randn(experts, hidden, 2 * inter, generator=gen) * 0.1
-    gub = torch.randn(experts, 2 * inter, generator=gen) * 0.1
-    dn = torch.randn(experts, inter, hidden, generator=gen) * 0.1
-    dnb = torch.randn(experts, hidden, generator=gen) * 0.1
-    for eb in (True, False):
-        monkeypatch.setattr(gk, "MOE_EARLY_BIAS", eb)
-        x, wo = torch.randn(1, kdim, generator=gen), torch.randn(hidden, kdim, generator=gen) * 0.2
-        bo = torch.randn(hidden, generator=gen)
-        h, ln = torch.randn(1, hidden, generator=gen), torch.randn(hidden, generator=gen)
-        rw, rb = torch.randn(experts, hidden, generator=gen) * 0.1, torch.randn(experts, generator=gen)
-        res = []
-        for final in (True, False):
-            h2, cnt = h.clone(), torch.zeros((), dtype=torch.int32)
-            normed, topi, topw = gk.splitk_norm_route(x, wo, bo, h2, ln, 1e-5, rw, rb, k, cfg, final=final)
-            assert isinstance(normed, gk.FoldRoute) != final
-            out = gk.moe(normed, gu, gub, dn, dnb, topi, topw, 1.702, 7.0, cnt)
-            res.append((h2, topi, topw, out, int(cnt)))
-        for j, (a, b) in enumerate(zip(res[1], res[0], strict=True)):
-            assert (a == b) if j == 4 else torch.equal(a, b), (eb, j)
-        assert res[0][4] == k
-
-
-def test_triton_fold_route_decode_matches_hf_tokens(gk, lively, monkeypatch):
-    """Batch-1 decode with FOLD_ROUTE (the fold without its last tile, the expert kernels finishing the norm and the
-    top-k): hf's greedy tokens, and the fold ran without its last tile in every decode layer; batch 2 unchanged."""
-    model, ids, ref = lively
-    monkeypatch.setattr(gk, "FOLD_ROUTE", True)
-    finals = []
-    real = gk.splitk_norm_route
-    monkeypatch.setattr(gk, "splitk_norm_route", lambda *a, **kw: finals.append(kw.get("final")) or real(*a, **kw))
-    one = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids[:1], TOKENS)
-    assert torch.equal(one.tokens, get_engine("hf").generate(model, ids[:1], TOKENS).tokens)
-    layers = model.config.num_hidden_layers
-    assert len(finals) >= (TOKENS - 1) * layers and set(finals) == {False}, finals
-    two = get_engine("graph", {"kernels": "triton", "experts": "triton"}).generate(model, ids, TOKENS)
-    assert torch.equal(two.tokens, ref.tokens)  # batch 2: no fold, so no FoldRoute
-
-
 @pytest.mark.parametrize("rows", [1, 3])
 def test_triton_gemv_greedy_is_argmax_and_advances_the_step(gk, rows):
     """gemv_greedy: the logits of gemv, each row's token = torch.argmax of them (exact ties across and inside N tiles

@@ -152,8 +152,7 @@ class GptOssDecoder:
         qkv, h_src = ops.norm_linear(h, y, ks, lay.ln1, lay.eps, lay.wqkv, lay.bqkv, partials=fuse, site="qkv",
                                      early=lay.experts.qkv_early, pre_min_ks=lay.experts.qkv_pre_min_ks)
         normed, topi, topw = ops.linear_norm_route(attend(qkv, lay), lay.wo, lay.bo, h, lay.ln2, lay.eps, lay.router,
-                                                   partials=fuse, h_src=h_src,
-                                                   defer=getattr(lay.experts, "takes_fold_route", False))
+                                                   partials=fuse, h_src=h_src)
         return lay.experts(normed, topi, topw, counter), lay.router.top_k
 
     def _forward(self, ids: torch.Tensor, attend: AttendFn, counter: torch.Tensor | None) -> torch.Tensor:

@@ -98,8 +98,6 @@ class DenseExperts:
         self.weight_format = str(self.gate_up.dtype).removeprefix("torch.")
         self.alpha, self.limit = alpha, limit
         self.mode, self.compact = mode, compact
-        # the Triton launch takes the fold's kernels.FoldRoute in place of the normed row (kernels.FOLD_ROUTE)
-        self.takes_fold_route = mode == "triton"
         if mode == "triton":
             from bench.engines.graph import kernels
 

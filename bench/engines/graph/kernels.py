@@ -1054,15 +1054,6 @@ def _topk_rank_softmax_store(logits, e, em, topi_ptr, topw_ptr, t, K: tl.constex
     one with a lower id: torch.topk's order, as the max-then-lowest-id loop), and slot j takes the expert of rank j.
     The k kept logits are gathered exactly (one nonzero term a sum), so the softmax sees the same values in the same
     slots: the same ids and weights, bit for bit."""
-    idxs, p, kk, km = _topk_rank_softmax(logits, e, em, K, KP, EP)
-    tl.store(topi_ptr + t * K + kk, idxs, mask=km)
-    tl.store(topw_ptr + t * K + kk, p, mask=km)
-
-
-@triton.jit
-def _topk_rank_softmax(logits, e, em, K: tl.constexpr, KP: tl.constexpr, EP: tl.constexpr):
-    """`_topk_rank_softmax_store`'s values in registers: (ids int32 [KP], softmax weights [KP], slot index, slot
-    mask); slots past K hold id 0 and weight 0."""
     logits = tl.where(em, logits, float("-inf"))
     before = (logits[None, :] > logits[:, None]) | ((logits[None, :] == logits[:, None]) & (e[None, :] < e[:, None]))
     rank = tl.sum(before.to(tl.int32), axis=1)
@@ -1075,7 +1066,8 @@ def _topk_rank_softmax(logits, e, em, K: tl.constexpr, KP: tl.constexpr, EP: tl.
     p = tl.exp(vals - tl.max(vals, axis=0))
     p = tl.where(km, p, 0.0)
     p = p / tl.sum(p, axis=0)
-    return idxs.to(tl.int32), p, kk, km
+    tl.store(topi_ptr + t * K + kk, idxs.to(tl.int32), mask=km)
+    tl.store(topw_ptr + t * K + kk, p, mask=km)
 
 
 @triton.jit
@@ -1373,17 +1365,6 @@ FOLD_CONFIG: tuple[int, int, int, int] | None = None
 # `gpu_step_ablation.py --compare '{"main": {}, "tail": {"FOLD_TAIL_LOADS": true}}' --cases 1x4,1x2 --rounds 3`):
 # E32 / E16 k4 -0.4 / -0.4%, k2 -0.7 / -0.7%. False: the tail's loads after the count (ablation).
 FOLD_TAIL_LOADS = True
-# The fold stops after its tiles (no last tile: no second count, no serial top-k and normed-row store) and the bf16
-# expert kernels after it compute rstd, the router's top-k and (gate_up) the normed row themselves from the tiles'
-# sums of squares and router partials (`FoldRoute`, `_moe_kernel` ROUTE): one dependent round trip and one serial
-# program fewer a layer at one token. The same bits (the same `_fold_logits` and top-k code). NOT MEASURED YET: off.
-FOLD_ROUTE = False
-
-
-def fold_route_on() -> bool:
-    """Whether a one-row fold hands the expert kernels a FoldRoute (FOLD_ROUTE; not with the persistent expert
-    launch, MOE_FUSED, which has no ROUTE path)."""
-    return bool(FOLD_ROUTE) and not MOE_FUSED
 _FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
@@ -1404,30 +1385,11 @@ def _fold_tail_inputs(rw_ptr, nw_ptr, rb_ptr, b_ptr, hin_ptr, offs_n, nmask, e, 
 
 
 @triton.jit
-def _fold_logits(ss_ptr, rl_ptr, rb, e, N, eps, dty_ptr, NT, NTP: tl.constexpr, FT: tl.constexpr, EP: tl.constexpr):
-    """The fold's last stage before its top-k: rstd of the row from the NT tiles' sums of squares, and the router
-    logits rstd * (sum of the NT tiles' partial logits) + the router bias rb, rounded to dty_ptr's dtype (the router
-    linear's output). Shared by the fold's last tile and, with FOLD_ROUTE, by the expert kernels after it, so that
-    both give the same rstd, ids and weights, bit for bit."""
-    tt = tl.arange(0, NTP)
-    ssv = tl.load(ss_ptr + tt, mask=tt < NT, other=0.0, cache_modifier=".cg")
-    lg = tl.zeros([EP], dtype=tl.float32)
-    for t0 in tl.static_range(0, NT, FT):
-        ft = t0 + tl.arange(0, FT)
-        lg += tl.sum(tl.load(rl_ptr + ft[:, None] * EP + e[None, :], mask=(ft < NT)[:, None], other=0.0,
-                             cache_modifier=".cg"), axis=0)
-    rstd = tl.rsqrt(tl.sum(ssv, axis=0) / N + eps)
-    logits = rstd * lg + rb
-    return rstd, logits.to(dty_ptr.dtype.element_ty).to(tl.float32)
-
-
-@triton.jit
 def _splitk_norm_router_kernel(
     x_ptr, w_ptr, b_ptr, part_ptr, h_ptr, hin_ptr, nw_ptr, out_ptr, rw_ptr, rb_ptr, ss_ptr, rl_ptr, cnt_ptr, topi_ptr,
     topw_ptr, N, K, KSPLIT, E, eps, S: tl.constexpr, NT: tl.constexpr, NTP: tl.constexpr, FT: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
     BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, TAIL: tl.constexpr = False,
-    FINAL: tl.constexpr = True,
 ):
     """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
     top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
@@ -1436,8 +1398,7 @@ def _splitk_norm_router_kernel(
     logits sum_n rw[e, n] nw[n] h[n] (the RMS factor comes out of the router's linear); the last tile (count cnt[NT])
     takes rstd from the NT sums, logits = rstd * (sum of the NT partials) + bias rounded to h's dtype (the router
     linear's output), the top-k by rank and its softmax, and writes normed; each last arriver resets its count, so
-    the next launch (and a CUDA-graph replay) starts from zero. FINAL False (FOLD_ROUTE): no last tile; the expert
-    kernels after this launch take rstd, the top-k and the normed row from h, ss and rl themselves."""
+    the next launch (and a CUDA-graph replay) starts from zero."""
     pid_n = tl.program_id(0)
     s = tl.program_id(1)
     offs_n = pid_n * BN + tl.arange(0, BN)
@@ -1487,70 +1448,52 @@ def _splitk_norm_router_kernel(
         tl.store(ss_ptr + pid_n, tl.sum(xh * xh, axis=0))
         tl.store(rl_ptr + pid_n * EP + e, tl.sum(rw.to(tl.float32) * (nw * xh)[None, :], axis=1))
         tl.store(cnt_ptr + pid_n, 0)
-        if FINAL:
-            tl.debug_barrier()
-            fin = tl.atomic_add(cnt_ptr + NT, 1, sem="acq_rel", scope="gpu")
-            if fin == NT - 1:  # the last tile: rstd, the router's logits and top-k, the normed row
-                offs = tl.arange(0, FB)  # FB = BLOCK by default: the row's loads issued with the partials' (one round)
-                hv = tl.load(h_ptr + offs, mask=offs < N, other=0.0, cache_modifier=".cg")
-                wv = tl.load(nw_ptr + offs, mask=offs < N, other=0.0)
-                rstd, logits = _fold_logits(ss_ptr, rl_ptr, rb, e, N, eps, h_ptr, NT, NTP, FT, EP)
-                _topk_rank_softmax_store(logits, e, em, topi_ptr, topw_ptr, 0, TOPK, KP, EP)
-                tl.store(out_ptr + offs,
-                         (wv.to(tl.float32) * (hv.to(tl.float32) * rstd)).to(out_ptr.dtype.element_ty), mask=offs < N)
-                for b0 in tl.static_range(FB, BLOCK, FB):  # the rest of the row, when FB < BLOCK
-                    offs = b0 + tl.arange(0, FB)
-                    m = offs < N
-                    hv = tl.load(h_ptr + offs, mask=m, other=0.0, cache_modifier=".cg").to(tl.float32)
-                    wv = tl.load(nw_ptr + offs, mask=m, other=0.0).to(tl.float32)
-                    tl.store(out_ptr + offs, (wv * (hv * rstd)).to(out_ptr.dtype.element_ty), mask=m)
-                tl.store(cnt_ptr + NT, 0)
+        tl.debug_barrier()
+        fin = tl.atomic_add(cnt_ptr + NT, 1, sem="acq_rel", scope="gpu")
+        if fin == NT - 1:  # the last tile: rstd, the router's logits and top-k, the normed row
+            offs = tl.arange(0, FB)  # FB = BLOCK by default: the row's loads issued with the partials' (one round)
+            hv = tl.load(h_ptr + offs, mask=offs < N, other=0.0, cache_modifier=".cg")
+            wv = tl.load(nw_ptr + offs, mask=offs < N, other=0.0)
+            tt = tl.arange(0, NTP)
+            ssv = tl.load(ss_ptr + tt, mask=tt < NT, other=0.0, cache_modifier=".cg")
+            lg = tl.zeros([EP], dtype=tl.float32)
+            for t0 in tl.static_range(0, NT, FT):
+                ft = t0 + tl.arange(0, FT)
+                lg += tl.sum(tl.load(rl_ptr + ft[:, None] * EP + e[None, :], mask=(ft < NT)[:, None], other=0.0,
+                                     cache_modifier=".cg"), axis=0)
+            rstd = tl.rsqrt(tl.sum(ssv, axis=0) / N + eps)
+            logits = rstd * lg + rb
+            logits = logits.to(h_ptr.dtype.element_ty).to(tl.float32)  # the router linear's output dtype
+            _topk_rank_softmax_store(logits, e, em, topi_ptr, topw_ptr, 0, TOPK, KP, EP)
+            tl.store(out_ptr + offs, (wv.to(tl.float32) * (hv.to(tl.float32) * rstd)).to(out_ptr.dtype.element_ty),
+                     mask=offs < N)
+            for b0 in tl.static_range(FB, BLOCK, FB):  # the rest of the row, when FB < BLOCK
+                offs = b0 + tl.arange(0, FB)
+                m = offs < N
+                hv = tl.load(h_ptr + offs, mask=m, other=0.0, cache_modifier=".cg").to(tl.float32)
+                wv = tl.load(nw_ptr + offs, mask=m, other=0.0).to(tl.float32)
+                tl.store(out_ptr + offs, (wv * (hv * rstd)).to(out_ptr.dtype.element_ty), mask=m)
+            tl.store(cnt_ptr + NT, 0)
 
 
 def splitk_norm_route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, h: torch.Tensor,
                       nweight: torch.Tensor, eps: float, rweight: torch.Tensor, rbias: torch.Tensor, k: int,
                       config: tuple[int, int, int, int] | None = None, h_in: torch.Tensor | None = None,
-                      final: bool = True) -> tuple[torch.Tensor | FoldRoute, torch.Tensor, torch.Tensor]:
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One row: h (1, N) += x (1, K) @ weight (N, K)^T + bias (in place), returns (RMSNorm(h) * nweight, the router's
     top-k ids (1, k) int32 and softmax weights (1, k) float32) from one launch (`_splitk_norm_router_kernel`): what
     add_rmsnorm_route(h, splitk_linear(x, weight, bias), ...) gives, up to the summation order of the RMS and of the
     router's logits (the router sees w * h * rstd unrounded, not the bf16 normed row). h_in: the residual before,
-    when it is not h (lazy RMSNorm's scratch row): h = h_in + the linear. final=False (FOLD_ROUTE): the launch
-    stops after its tiles and returns a `FoldRoute` for `moe` in place of the normed row (topi / topw filled by
-    the gate_up expert kernel)."""
-    return fold_launch(x, weight, bias, h, nweight, eps, rweight, rbias, k, config, h_in, final)[:3]
-
-
-@dataclass(frozen=True)
-class FoldRoute:
-    """What a fold launched without its last tile (`fold_launch(final=False)`, FOLD_ROUTE) leaves for the expert
-    kernels after it: the updated residual row h, its norm weight and eps, the NT tiles' sums of squares and router
-    partial logits, the router bias; `moe` takes it in place of the normed row, and its kernels compute rstd, the
-    top-k and the normed row the way the fold's last tile would have (`_fold_logits`, the same chunking FT)."""
-
-    h: torch.Tensor
-    nweight: torch.Tensor
-    eps: float
-    ss: torch.Tensor
-    rl: torch.Tensor
-    rbias: torch.Tensor
-    experts: int
-    n_tiles: int
-    ft: int
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.h.shape
+    when it is not h (lazy RMSNorm's scratch row): h = h_in + the linear."""
+    return fold_launch(x, weight, bias, h, nweight, eps, rweight, rbias, k, config, h_in)[:3]
 
 
 def fold_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, h: torch.Tensor,
                 nweight: torch.Tensor, eps: float, rweight: torch.Tensor, rbias: torch.Tensor, k: int,
                 config: tuple[int, int, int, int] | None = None,
-                h_in: torch.Tensor | None = None, final: bool = True) -> tuple[torch.Tensor | FoldRoute, ...]:
+                h_in: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """`splitk_norm_route`'s launch; returns (normed, topi, topw) and its scratch: the split-K partials (S, 1, N), each
-    N tile's sum of squares (NT,) and router partial logits (NT, EP) (scripts/gpu_fold_trace.py checks them).
-    final=False: the launch stops after its tiles; normed is then a `FoldRoute` and topi / topw are left for the
-    gate_up expert kernel to fill."""
+    N tile's sum of squares (NT,) and router partial logits (NT, EP) (scripts/gpu_fold_trace.py checks them)."""
     h_in = h if h_in is None else h_in
     if (x.shape[0] != 1 or h.shape != (1, weight.shape[0]) or not h.is_contiguous() or h_in.shape != h.shape
             or not h_in.is_contiguous()):
@@ -1566,7 +1509,7 @@ def fold_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     part = torch.empty((splits, 1, n), dtype=torch.float32, device=x.device)
     ss = torch.empty((nt,), dtype=torch.float32, device=x.device)
     rl = torch.empty((nt, ep), dtype=torch.float32, device=x.device)
-    out = torch.empty_like(h) if final else h
+    out = torch.empty_like(h)
     topi = torch.empty((1, k), dtype=torch.int32, device=h.device)
     topw = torch.empty((1, k), dtype=torch.float32, device=h.device)
     ntp = _p2(nt)
@@ -1577,11 +1520,8 @@ def fold_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         topw,
         n, kdim, ksplit, experts, eps, S=splits, NT=nt, NTP=ntp, FT=min(ntp, _p2(FOLD_TILES)), BN=bn, BK=bk,
         EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
-        TAIL=bool(FOLD_TAIL_LOADS), FINAL=final, num_warps=warps, **_pdl_kw(pdl),
+        TAIL=bool(FOLD_TAIL_LOADS), num_warps=warps, **_pdl_kw(pdl),
     )
-    if not final:
-        return (FoldRoute(h, nweight, eps, ss, rl, rbias, experts, nt, min(ntp, _p2(FOLD_TILES))), topi, topw, part,
-                ss, rl)
     return out, topi, topw, part, ss, rl
 
 
@@ -1594,21 +1534,17 @@ def routed_rows(topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COM
 
 @triton.jit
 def routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN: tl.constexpr, PB: tl.constexpr, COMPACT: tl.constexpr,
-                   EPAD: tl.constexpr, BM: tl.constexpr, ids=None, IDS: tl.constexpr = False):
+                   EPAD: tl.constexpr, BM: tl.constexpr):
     """Which expert program row `pid` serves and its (token, slot) rows: (e, start, end, scan_rows).
 
     Scan mode (decode): the rows are found in the flat (T*k) routing table itself; scan_rows[i] is the i-th pair
     routed to e (valid for i < end), start = 0. Compact: program row i takes the i-th distinct routed expert
     (ascending id); rows past the count get end = 0. Sorted mode (prefill): rows offs[e]..offs[e+1] of an
-    expert-sorted pair list. Shared by every expert kernel (any weight format) so that they route identically.
-    IDS (scan mode, FOLD_ROUTE): the flat routing table is `ids` [PB] in registers, not loaded from topi_ptr."""
+    expert-sorted pair list. Shared by every expert kernel (any weight format) so that they route identically."""
     mm = tl.arange(0, BM)
     if SCAN:
         p = tl.arange(0, PB)
-        if IDS:
-            pe = tl.where(p < P, ids, -1)
-        else:
-            pe = tl.load(topi_ptr + p, mask=p < P, other=-1)
+        pe = tl.load(topi_ptr + p, mask=p < P, other=-1)
         if COMPACT:
             slot = pid
             ee = tl.arange(0, EPAD)
@@ -1728,16 +1664,7 @@ def _moe_kernel(
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     PDL: tl.constexpr, NB_MAJOR: tl.constexpr, SPLIT: tl.constexpr, EB: tl.constexpr = False,
-    ss_ptr=None, rl_ptr=None, rb_ptr=None, nw_ptr=None, topw_ptr=None, eps=0.0, E=1, HID=1,
-    ROUTE: tl.constexpr = False, NTF: tl.constexpr = 1, NTP: tl.constexpr = 1, FT: tl.constexpr = 1,
-    EP: tl.constexpr = 16,
-    KP: tl.constexpr = 1,
 ):
-    # ROUTE (FOLD_ROUTE, one token, unsplit): the fold before these launches stopped after its tiles (h, the NT
-    # sums of squares ss and router partial logits rl); each program takes rstd, the top-k ids and weights from them
-    # (`_fold_logits`, as the fold's last tile would have), gate_up's program (0, 0) stores them at topi / topw, and
-    # gate_up's activations are the normed row computed in its K loop (x = h). The down GEMM reads ss and rl two
-    # kernels back (before its wait), as it reads the routing otherwise.
     # grid (expert rows, N tiles), or (N tiles, expert rows) with NB_MAJOR: then the CTAs launched together
     # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many.
     # SPLIT > 1 (scan mode): the N axis holds SPLIT x NT programs, K slice ks = axis // NT of N tile axis % NT
@@ -1756,21 +1683,7 @@ def _moe_kernel(
         _gdc(PDL)
     # the down GEMM's routing was written two kernels back (complete once this kernel runs, see PDL): read it
     # before the wait for gate_up's activations
-    rstd = 1.0
-    if ROUTE:
-        ee = tl.arange(0, EP)
-        eem = ee < E
-        rstd, logits = _fold_logits(ss_ptr, rl_ptr, tl.load(rb_ptr + ee, mask=eem, other=0.0).to(tl.float32), ee,
-                                    HID, eps, x_ptr, NTF, NTP, FT, EP)
-        ids, pw, kk, km = _topk_rank_softmax(logits, ee, eem, TOPK, KP, EP)
-        if GATE_UP:
-            if pid == 0:
-                if nb == 0:
-                    tl.store(topi_ptr + kk, ids, mask=km)
-                    tl.store(topw_ptr + kk, pw, mask=km)
-        e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM, ids, True)
-    else:
-        e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
+    e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
     # the epilogue's bias tile now, not after the K loop (a weight: the down GEMM loads it before its wait)
     bv = moe_early_bias(EB, bias_ptr, e, stride_be, offs_n, nmask, start, end)
     if not GATE_UP:
@@ -1787,10 +1700,7 @@ def _moe_kernel(
     for m0 in range(start, end, BM):
         pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
         xrow = activation_rows(pair, TOPK, GATE_UP)
-        if (ROUTE and EB) and (not GATE_UP):  # this program's own top-k weights, gathered by slot (one token: pair)
-            rwv = tl.sum(tl.where(pair[:, None] == kk[None, :], pw[None, :], 0.0), axis=1)
-        else:
-            rwv = moe_early_rw(EB, GATE_UP, rw_ptr, pair, rmask)  # the fold's, two kernels back
+        rwv = moe_early_rw(EB, GATE_UP, rw_ptr, pair, rmask)  # the fold's, two kernels back
         if SPLIT > 1:
             acc, last = _moe_split_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, K, ks,
                                        pid * NT + nb, part_ptr, sync_ptr, SPLIT, BM, BN, BK)
@@ -1799,7 +1709,7 @@ def _moe_kernel(
                                 limit, offs_n, nmask, N, GATE_UP, BM, BN, bv, rwv, EB)
         else:
             acc = _moe_tile_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, 0, K, False, BM, BN,
-                                BK, nw_ptr, rstd, ROUTE and GATE_UP)
+                                BK)
             moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                             offs_n, nmask, N, GATE_UP, BM, BN, bv, rwv, EB)
 
@@ -1830,22 +1740,15 @@ def _moe_split_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmas
 
 @triton.jit
 def _moe_tile_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, k_lo, k_hi, CG: tl.constexpr,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, nw_ptr=None, rstd=1.0,
-                  NORM: tl.constexpr = False):
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """One (M tile, N tile) of an expert GEMM over K in [k_lo, k_hi) (the whole K, or one split-K slice), in K order,
     fp32 accumulation on the tensor cores: the one K loop of every expert-tile path. CG: the activation rows are read
-    through L2 only (written by other programs of the same launch). NORM (FOLD_ROUTE): x is the residual row h and
-    the activations are RMSNorm(h) * nw as the fold's last tile would have stored them (nw * (h * rstd), rounded)."""
+    through L2 only (written by other programs of the same launch)."""
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BK):
         offs_k = k0 + tl.arange(0, BK)
         kmask = offs_k < k_hi
-        if NORM:
-            hv = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
-                         other=0.0)
-            wv = tl.load(nw_ptr + offs_k, mask=kmask, other=0.0)
-            a = (wv.to(tl.float32)[None, :] * (hv.to(tl.float32) * rstd)).to(hv.dtype)
-        elif CG:
+        if CG:
             a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
                         other=0.0, cache_modifier=".cg")
         else:
@@ -2172,21 +2075,10 @@ def moe(
     T <= SCAN_MAX_TOKENS (decode) uses scan mode, one M tile of >= T rows per expert; larger T (prefill) sorts.
     counter (int32 scalar): += the number of distinct experts routed (decode statistics).
     """
-    route = x if isinstance(x, FoldRoute) else None
-    if route is not None:
-        x = route.h
     hidden = x.shape[1]
     k = topi.shape[1]
     experts, _, n2 = gate_up.shape
     plan = routing_plan(topi, experts, compact)
-    rkw: dict = {}
-    if route is not None:
-        if x.shape[0] != 1 or not plan.scan or MOE_FUSED:
-            raise ValueError(f"moe: a FoldRoute (FOLD_ROUTE) is one token in an unfused scan-mode launch, got "
-                             f"{x.shape[0]} tokens, scan {plan.scan}, MOE_FUSED {MOE_FUSED}")
-        rkw = dict(ss_ptr=route.ss, rl_ptr=route.rl, rb_ptr=route.rbias, nw_ptr=route.nweight, topw_ptr=topw,
-                   eps=route.eps, E=route.experts, HID=hidden, NTF=route.n_tiles, ROUTE=True,
-                   NTP=_p2(route.n_tiles), FT=route.ft, EP=int(route.rl.shape[1]), KP=_p2(k))
     act = torch.empty((plan.pairs, n2 // 2), dtype=x.dtype, device=x.device)
     out = torch.empty((plan.pairs, hidden), dtype=x.dtype, device=x.device)
     rw = topw.reshape(-1)
@@ -2205,8 +2097,6 @@ def moe(
         bn, bk, warps, stages, *extra = table[name]
         nb_major = bool(extra and extra[0])
         split = int(extra[1]) if len(extra) > 1 and plan.scan else 1
-        if rkw and split > 1:
-            raise ValueError(f"moe: FOLD_ROUTE takes unsplit expert tiles, got {name} {table[name]}")
         gu = name == "gate_up"
         nt = triton.cdiv(n, bn)
         grid = (nt * split, plan.grid_rows) if nb_major else (plan.grid_rows, nt * split)
@@ -2221,7 +2111,7 @@ def moe(
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=moe_pdl(pdl, x.shape[0], name, plan.pairs),
             NB_MAJOR=nb_major, SPLIT=split, EB=moe_early_bias_on(x.shape[0]), num_warps=warps, num_stages=stages,
-            **_pdl_kw(pdl), **rkw,
+            **_pdl_kw(pdl),
         )
     return out
 

@@ -120,9 +120,7 @@ class TorchOps:
 
     def linear_norm_route(self, x: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor | None, h: torch.Tensor,
                           w: torch.Tensor, eps: float, router: Router, partials: bool = False,
-                          h_src: torch.Tensor | None = None, defer: bool = False,
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`norm_route` after the linear (defer: no fold here, the normed row is always returned)."""
+                          h_src: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if h_src is not None and h_src is not h:
             h.copy_(h_src)
         return self.norm_route(h, self.linear(x, wo, bo, partials, "o_proj"), w, eps, router)
@@ -235,21 +233,17 @@ class TritonOps:
 
     def linear_norm_route(self, x: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor | None, h: torch.Tensor,
                           w: torch.Tensor, eps: float, router: Router, partials: bool = False,
-                          h_src: torch.Tensor | None = None, defer: bool = False,
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          h_src: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """o_proj, residual, norm and router: one launch (kernels.splitk_norm_route) where o_proj would be the
         one-row split-K GEMV and the norm + router its fused kernel and FOLD_NORM_ROUTER is on; else `linear`
-        (partials) then `norm_route`. h_src: the residual before, where `norm_linear` left it outside h. defer (the
-        experts take a kernels.FoldRoute) with kernels.FOLD_ROUTE on: that launch stops after its tiles and returns a
-        FoldRoute in place of the normed row; the expert kernels finish the norm and the top-k."""
+        (partials) then `norm_route`. h_src: the residual before, where `norm_linear` left it outside h."""
         k = self.k
         h_src = h if h_src is None else h_src
         if (k.FOLD_NORM_ROUTER and k.FUSE_NORM_ROUTER and self.router_split and x.shape[0] == 1
                 and self._splitk_gemv(x, wo, partials) and k.NORM_ROUTER_MAX_TOKENS >= 1 and h.is_contiguous()
                 and router.weight.is_contiguous()):
             return k.splitk_norm_route(x, wo, bo, h, w, eps, router.weight, router.bias, router.top_k,
-                                       k.FOLD_CONFIG or k.SPLITK_CONFIG["small"], h_in=h_src,
-                                       final=not (defer and k.fold_route_on()))
+                                       k.FOLD_CONFIG or k.SPLITK_CONFIG["small"], h_in=h_src)
         if h_src is not h:
             h.copy_(h_src)
         return self.norm_route(h, self.linear(x, wo, bo, partials, "o_proj"), w, eps, router)
