@@ -100,6 +100,40 @@ def test_fused_rope_attention_matches_two_kernels_on_cuda(gk, rows):
                                            msg=f"sliding {sliding} partials {use_partials} pos {pos}")
 
 
+@pytest.mark.parametrize("k", [2, 4])
+def test_down_pre_loads_give_the_same_bits_on_cuda(gk, monkeypatch, k):
+    """MOE_DOWN_PRE 1 and 2 at gpt-oss-20b's expert geometry in bf16, one token (compact grid), E32: the same expert
+    outputs as 0, bit for bit, eager and as a CUDA-graph decode of tiny-moe with the down GEMM launched early at
+    every pair count (GATE_UP_EARLY_MAX_PAIRS 4: its pre-loads then stream under gate_up)."""
+    gen = torch.Generator(device="cuda").manual_seed(20 + k)
+    experts, hidden, inter = 32, 2880, 2880
+    kw = {"device": "cuda", "dtype": torch.bfloat16}
+    gu = torch.randn(experts, hidden, 2 * inter, generator=gen, **kw) * 0.02
+    gub = torch.randn(experts, 2 * inter, generator=gen, **kw) * 0.1
+    dn = torch.randn(experts, inter, hidden, generator=gen, **kw) * 0.02
+    dnb = torch.randn(experts, hidden, generator=gen, **kw) * 0.1
+    x = torch.randn(1, hidden, generator=gen, **kw)
+    v, i = torch.topk(torch.randn(1, experts, generator=gen, device="cuda"), k, dim=-1)
+    w = torch.softmax(v, dim=-1)
+    outs = []
+    for pre in (0, 1, 2):
+        monkeypatch.setattr(gk, "MOE_DOWN_PRE", pre)
+        outs.append(gk.moe(x, gu, gub, dn, dnb, i.to(torch.int32), w, 1.702, 7.0))
+    torch.cuda.synchronize()
+    assert torch.equal(outs[1], outs[0]) and torch.equal(outs[2], outs[0])
+    from bench.models.loading import load_model
+
+    model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
+    ids = torch.randint(0, model.config.vocab_size, (1, 40), device="cuda",
+                        generator=torch.Generator("cuda").manual_seed(9))
+    monkeypatch.setattr(gk, "GATE_UP_EARLY_MAX_PAIRS", 4)
+    runs = []
+    for pre in (0, 2):
+        monkeypatch.setattr(gk, "MOE_DOWN_PRE", pre)
+        runs.append(graph_tokens_and_logits(model, ids))
+    assert torch.equal(runs[1][0], runs[0][0]) and torch.equal(runs[1][1], runs[0][1])
+
+
 def test_pdl_graph_replay_gives_the_same_tokens_and_logits(gk):
     """A decode step captured as a CUDA graph with PDL launches (both trigger modes) gives the same tokens and last
     logits as with plain launches (a missing wait would race: the results would move)."""

@@ -1658,12 +1658,31 @@ def moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_b
 
 
 @triton.jit
+def moe_pre_load(w_base, stride_wk, offs_n, nmask, K, rows, BK: tl.constexpr, PRE: tl.constexpr):
+    """The first PRE (0..2) [BK, BN] weight tiles of an expert's N tile (masked off where the program serves no
+    expert: `rows` 0), for the down GEMM to load before its PDL wait (`MOE_DOWN_PRE`); unused tiles are zeros."""
+    w0 = tl.zeros([1], dtype=tl.float32)
+    w1 = w0
+    k_end = tl.where(rows > 0, K, 0)
+    for i in tl.static_range(PRE):
+        offs_k = i * BK + tl.arange(0, BK)
+        w = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
+                    mask=(offs_k < k_end)[:, None] & nmask[None, :], other=0.0)
+        if i == 0:
+            w0 = w
+        else:
+            w1 = w
+    return w0, w1
+
+
+@triton.jit
 def _moe_kernel(
     x_ptr, w_ptr, bias_ptr, topi_ptr, rows_ptr, offs_ptr, rw_ptr, out_ptr, cnt_ptr,
     P, N, K, stride_x, stride_we, stride_wk, stride_be, stride_o, alpha, limit, part_ptr, sync_ptr, NT,
     TOPK: tl.constexpr, GATE_UP: tl.constexpr, SCAN: tl.constexpr, PB: tl.constexpr, COUNT: tl.constexpr,
     COMPACT: tl.constexpr, EPAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     PDL: tl.constexpr, NB_MAJOR: tl.constexpr, SPLIT: tl.constexpr, EB: tl.constexpr = False,
+    PRE: tl.constexpr = 0,
 ):
     # grid (expert rows, N tiles), or (N tiles, expert rows) with NB_MAJOR: then the CTAs launched together
     # cover the N tiles of one expert (adjacent columns of the same weight rows) instead of one N tile of many.
@@ -1686,6 +1705,9 @@ def _moe_kernel(
     e, start, end, scan_rows = routed_rows_at(pid, topi_ptr, offs_ptr, P, SCAN, PB, COMPACT, EPAD, BM)
     # the epilogue's bias tile now, not after the K loop (a weight: the down GEMM loads it before its wait)
     bv = moe_early_bias(EB, bias_ptr, e, stride_be, offs_n, nmask, start, end)
+    w_base = w_ptr + e * stride_we
+    # MOE_DOWN_PRE (down, scan mode, unsplit: one M tile an expert): its first weight tiles before the wait
+    pre = moe_pre_load(w_base, stride_wk, offs_n, nmask, K, end - start, BK, PRE)
     if not GATE_UP:
         _gdc(PDL)
     if COUNT:
@@ -1696,7 +1718,6 @@ def _moe_kernel(
                         tl.atomic_add(cnt_ptr, 1)
                 else:
                     tl.atomic_add(cnt_ptr, 1)
-    w_base = w_ptr + e * stride_we
     for m0 in range(start, end, BM):
         pair, rmask = tile_pairs(rows_ptr, m0, end, scan_rows, SCAN, BM)
         xrow = activation_rows(pair, TOPK, GATE_UP)
@@ -1709,7 +1730,7 @@ def _moe_kernel(
                                 limit, offs_n, nmask, N, GATE_UP, BM, BN, bv, rwv, EB)
         else:
             acc = _moe_tile_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, 0, K, False, BM, BN,
-                                BK)
+                                BK, pre, PRE)
             moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_be, stride_o, alpha, limit,
                             offs_n, nmask, N, GATE_UP, BM, BN, bv, rwv, EB)
 
@@ -1740,12 +1761,19 @@ def _moe_split_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmas
 
 @triton.jit
 def _moe_tile_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask, k_lo, k_hi, CG: tl.constexpr,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, pre=None, PRE: tl.constexpr = 0):
     """One (M tile, N tile) of an expert GEMM over K in [k_lo, k_hi) (the whole K, or one split-K slice), in K order,
     fp32 accumulation on the tensor cores: the one K loop of every expert-tile path. CG: the activation rows are read
-    through L2 only (written by other programs of the same launch)."""
+    through L2 only (written by other programs of the same launch). PRE: the first PRE weight tiles are `pre`
+    (loaded before the kernel's PDL wait: `moe_pre_load`), the loop loads the rest."""
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BK):
+    for i in tl.static_range(PRE):
+        offs_k = k_lo + i * BK + tl.arange(0, BK)
+        kmask = offs_k < k_hi
+        a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
+                    other=0.0)
+        acc = tl.dot(a, pre[i], acc)
+    for k0 in range(k_lo + PRE * BK, k_hi, BK):
         offs_k = k0 + tl.arange(0, BK)
         kmask = offs_k < k_hi
         if CG:
@@ -2110,7 +2138,8 @@ def moe(
             alpha, limit, part, sync, nt,
             TOPK=k, GATE_UP=gu, SCAN=plan.scan, PB=plan.pb, COUNT=counter is not None and gu, COMPACT=plan.compact,
             EPAD=plan.epad, BM=plan.bm, BN=bn, BK=bk, PDL=moe_pdl(pdl, x.shape[0], name, plan.pairs),
-            NB_MAJOR=nb_major, SPLIT=split, EB=moe_early_bias_on(x.shape[0]), num_warps=warps, num_stages=stages,
+            NB_MAJOR=nb_major, SPLIT=split, EB=moe_early_bias_on(x.shape[0]),
+            PRE=moe_down_pre(x.shape[0], plan) if not gu and split == 1 else 0, num_warps=warps, num_stages=stages,
             **_pdl_kw(pdl),
         )
     return out
@@ -2131,6 +2160,15 @@ GATE_UP_EARLY_MAX_PAIRS = 2
 # MOE_EARLY_BIAS off against on at every size: batch 128 -2.1%, batch 256 -1.7%, the same bits).
 MOE_EARLY_BIAS = True
 MOE_EARLY_BIAS_MAX_TOKENS = 64
+# The down GEMM of a one-token step loads its first MOE_DOWN_PRE (0..2) weight tiles into registers before its PDL
+# wait (its routing is two kernels old), so that they stream under gate_up's tail when gate_up lets it launch
+# early (GATE_UP_EARLY_MAX_PAIRS); the same bits. NOT MEASURED YET: 0.
+MOE_DOWN_PRE = 0
+
+
+def moe_down_pre(tokens: int, plan: RoutingPlan) -> int:
+    """MOE_DOWN_PRE for a down GEMM launch of `tokens` tokens (one token, scan mode; else 0)."""
+    return int(MOE_DOWN_PRE) if tokens <= 1 and plan.scan else 0
 
 
 def moe_early_bias_on(tokens: int) -> bool:
