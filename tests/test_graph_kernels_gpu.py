@@ -102,7 +102,7 @@ def test_fused_rope_attention_matches_two_kernels_on_cuda(gk, rows):
 
 @pytest.mark.parametrize("k", [2, 4])
 def test_down_pre_loads_give_the_same_bits_on_cuda(gk, monkeypatch, k):
-    """MOE_DOWN_PRE 1 and 2 at gpt-oss-20b's expert geometry in bf16, one token (compact grid), E32: the same expert
+    """MOE_DOWN_PRE 1 to 4 at gpt-oss-20b's expert geometry in bf16, one token (compact grid), E32: the same expert
     outputs as 0, bit for bit, eager and as a CUDA-graph decode of tiny-moe with the down GEMM launched early at
     every pair count (GATE_UP_EARLY_MAX_PAIRS 4: its pre-loads then stream under gate_up)."""
     gen = torch.Generator(device="cuda").manual_seed(20 + k)
@@ -116,11 +116,12 @@ def test_down_pre_loads_give_the_same_bits_on_cuda(gk, monkeypatch, k):
     v, i = torch.topk(torch.randn(1, experts, generator=gen, device="cuda"), k, dim=-1)
     w = torch.softmax(v, dim=-1)
     outs = []
-    for pre in (0, 1, 2):
+    for pre in (0, 1, 2, 3, 4):
         monkeypatch.setattr(gk, "MOE_DOWN_PRE", pre)
         outs.append(gk.moe(x, gu, gub, dn, dnb, i.to(torch.int32), w, 1.702, 7.0))
     torch.cuda.synchronize()
-    assert torch.equal(outs[1], outs[0]) and torch.equal(outs[2], outs[0])
+    for j in range(1, 5):
+        assert torch.equal(outs[j], outs[0]), j
     from bench.models.loading import load_model
 
     model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model

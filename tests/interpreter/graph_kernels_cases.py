@@ -132,10 +132,10 @@ def test_triton_moe_compact_grid_matches_full_grid(gk):
 
 @pytest.mark.parametrize(("inter", "k"), [(64, 4), (320, 2), (320, 4)])
 def test_triton_down_pre_loads_give_the_same_bits(gk, monkeypatch, inter, k):
-    """MOE_DOWN_PRE 1 and 2 (the one-token down GEMM's first weight tiles loaded before its PDL wait, then used
+    """MOE_DOWN_PRE 1, 2 and 4 (the one-token down GEMM's first weight tiles loaded before its PDL wait, then used
     for its first K steps): the same expert outputs and distinct-expert count as 0, bit for bit; K of 64 (one masked
-    tile of 128, and a pre-loaded tile past K) and 320 (the loop after the pre-loaded tiles, a masked tail); a
-    pre-loaded tile used at the wrong K step fails it."""
+    tile of 128, and pre-loaded tiles past K) and 320 (the loop after the pre-loaded tiles, a masked tail; 4 tiles
+    of 128 cover all of it); a pre-loaded tile used at the wrong K step fails it."""
     gen = torch.Generator().manual_seed(7 + inter + k)
     experts, hidden = 16, 96
     gu, gub = torch.randn(experts, hidden, 2 * inter, generator=gen) * 0.1, torch.randn(experts, 2 * inter) * 0.1
@@ -144,13 +144,14 @@ def test_triton_down_pre_loads_give_the_same_bits(gk, monkeypatch, inter, k):
     v, i = torch.topk(torch.randn(1, experts, generator=gen), k, dim=-1)
     w = torch.softmax(v, dim=-1)
     outs, counts = [], []
-    for pre in (0, 1, 2):
+    for pre in (0, 1, 2, 4):
         monkeypatch.setattr(gk, "MOE_DOWN_PRE", pre)
         cnt = torch.zeros((), dtype=torch.int32)
         outs.append(gk.moe(x, gu, gub, dn, dnb, i.to(torch.int32), w, 1.702, 7.0, cnt))
         counts.append(int(cnt))
-    assert torch.equal(outs[1], outs[0]) and torch.equal(outs[2], outs[0])
-    assert counts == [k] * 3
+    for j in (1, 2, 3):
+        assert torch.equal(outs[j], outs[0]), j
+    assert counts == [k] * 4
 
 
 @pytest.mark.parametrize("tokens", [1, 5, 20, 40, 70])

@@ -1659,20 +1659,30 @@ def moe_epilogue_at(nb, acc, e, pair, rmask, bias_ptr, rw_ptr, out_ptr, stride_b
 
 @triton.jit
 def moe_pre_load(w_base, stride_wk, offs_n, nmask, K, rows, BK: tl.constexpr, PRE: tl.constexpr):
-    """The first PRE (0..2) [BK, BN] weight tiles of an expert's N tile (masked off where the program serves no
+    """The first PRE (0..4) [BK, BN] weight tiles of an expert's N tile (masked off where the program serves no
     expert: `rows` 0), for the down GEMM to load before its PDL wait (`MOE_DOWN_PRE`); unused tiles are zeros."""
+    k_end = tl.where(rows > 0, K, 0)
     w0 = tl.zeros([1], dtype=tl.float32)
     w1 = w0
-    k_end = tl.where(rows > 0, K, 0)
-    for i in tl.static_range(PRE):
-        offs_k = i * BK + tl.arange(0, BK)
-        w = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
-                    mask=(offs_k < k_end)[:, None] & nmask[None, :], other=0.0)
-        if i == 0:
-            w0 = w
-        else:
-            w1 = w
-    return w0, w1
+    w2 = w0
+    w3 = w0
+    if PRE >= 1:
+        w0 = _moe_w_tile(w_base, stride_wk, offs_n, nmask, 0, k_end, BK)
+    if PRE >= 2:
+        w1 = _moe_w_tile(w_base, stride_wk, offs_n, nmask, BK, k_end, BK)
+    if PRE >= 3:
+        w2 = _moe_w_tile(w_base, stride_wk, offs_n, nmask, 2 * BK, k_end, BK)
+    if PRE >= 4:
+        w3 = _moe_w_tile(w_base, stride_wk, offs_n, nmask, 3 * BK, k_end, BK)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _moe_w_tile(w_base, stride_wk, offs_n, nmask, k0, k_end, BK: tl.constexpr):
+    """The [BK, BN] weight tile at K offset k0 (rows past k_end zero)."""
+    offs_k = k0 + tl.arange(0, BK)
+    return tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :],
+                   mask=(offs_k < k_end)[:, None] & nmask[None, :], other=0.0)
 
 
 @triton.jit
@@ -2160,15 +2170,16 @@ GATE_UP_EARLY_MAX_PAIRS = 2
 # MOE_EARLY_BIAS off against on at every size: batch 128 -2.1%, batch 256 -1.7%, the same bits).
 MOE_EARLY_BIAS = True
 MOE_EARLY_BIAS_MAX_TOKENS = 64
-# The down GEMM of a one-token step loads its first MOE_DOWN_PRE (0..2) weight tiles into registers before its PDL
-# wait (its routing is two kernels old), so that they stream under gate_up's tail when gate_up lets it launch
-# early (GATE_UP_EARLY_MAX_PAIRS); the same bits. NOT MEASURED YET: 0.
+# The down GEMM of a one-token step with at least MOE_DOWN_PRE_MIN_PAIRS pairs loads its first MOE_DOWN_PRE (0..4)
+# weight tiles before its PDL wait (its routing is two kernels old), so that they stream under gate_up's tail when
+# gate_up lets it launch early (GATE_UP_EARLY_MAX_PAIRS); the same bits. NOT MEASURED YET: 0.
 MOE_DOWN_PRE = 0
+MOE_DOWN_PRE_MIN_PAIRS = 1
 
 
 def moe_down_pre(tokens: int, plan: RoutingPlan) -> int:
-    """MOE_DOWN_PRE for a down GEMM launch of `tokens` tokens (one token, scan mode; else 0)."""
-    return int(MOE_DOWN_PRE) if tokens <= 1 and plan.scan else 0
+    """MOE_DOWN_PRE for a down GEMM launch of `tokens` tokens (one token, scan mode, enough pairs; else 0)."""
+    return int(MOE_DOWN_PRE) if tokens <= 1 and plan.scan and plan.pairs >= MOE_DOWN_PRE_MIN_PAIRS else 0
 
 
 def moe_early_bias_on(tokens: int) -> bool:
