@@ -314,6 +314,24 @@ def test_gate_up_triggers_early_only_at_one_token_with_few_pairs(monkeypatch):
     assert gk.moe_pdl(1, 1, "gate_up", 4) == 2
 
 
+def test_down_pre_loads_only_at_one_token_with_enough_pairs_and_an_early_launch():
+    """kernels.moe_down_pre: the shipped one-token down GEMM pre-loads MOE_DOWN_PRE tiles from
+    MOE_DOWN_PRE_MIN_PAIRS pairs (top_k 4 at batch 1), none at top_k 2 and none past one token (scan or sorted);
+    every pair count that pre-loads also launches early (the pre-loads only pay under gate_up's tail)."""
+    from bench.engines.graph import kernels as gk
+
+    def plan(tokens: int, k: int) -> gk.RoutingPlan:
+        return gk.routing_plan(torch.zeros((tokens, k), dtype=torch.int32), 32)
+
+    assert gk.MOE_DOWN_PRE > 0
+    assert [gk.moe_down_pre(1, plan(1, k)) for k in (1, 2, 3, 4)] == [0, 0, gk.MOE_DOWN_PRE, gk.MOE_DOWN_PRE]
+    flat = torch.zeros(512, dtype=torch.int32)
+    sorted_plan = gk.RoutingPlan(flat=flat, rows=flat, offs=flat[:33], pairs=512, scan=False, compact=False, bm=64,
+                                 grid_rows=32, pb=512, epad=32)
+    assert gk.moe_down_pre(8, plan(8, 4)) == 0 and gk.moe_down_pre(1, sorted_plan) == 0
+    assert all(gk.moe_pdl(1, 1, "gate_up", p) == 2 for p in range(gk.MOE_DOWN_PRE_MIN_PAIRS, 5))
+
+
 def test_gemv4_tiles_per_top_k_override_only_their_top_k(monkeypatch):
     """mxfp4_kernels.gemv4_tiles: a top_k named in MXFP4_CONFIG_GEMV4_BY_TOPK (an int key, or a string key as a
     JSON override gives it) takes its GEMMs' tiles over MXFP4_CONFIG_GEMV4's; other top_k and other GEMMs keep the

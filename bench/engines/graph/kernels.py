@@ -2160,8 +2160,10 @@ def moe(
 # "moe_gate_up" in PDL_EARLY_MORE: always). Always (session 11, "gu2"): batch 1 top_k 2 -0.6% (E32) / -1.0% (E16), top_k
 # 4 +0.9 / +0.6%; so only at top_k <= 2. H200 (docs/PERF.md session 12, same-card --compare, the same bits): E32 / E16
 # top_k 2 -1.1 / -1.0%, top_k 4 unchanged. (Its down GEMM prefetching its first 256 / 1,024 weight rows into L2
-# before its wait, as the MXFP4 down GEMM does, was slower: +0.5 / +1.7% at top_k 2. Removed.)
-GATE_UP_EARLY_MAX_PAIRS = 2
+# before its wait, as the MXFP4 down GEMM does, was slower: +0.5 / +1.7% at top_k 2. Removed.) Since session 18 also
+# at top_k 4 (4 pairs), where the down GEMM then loads its first weight tiles into registers before its wait
+# (MOE_DOWN_PRE, MOE_DOWN_PRE_MIN_PAIRS): together -1.8 / -1.3% at batch 1 top_k 4; the early launch alone +1.7 / +2.3%.
+GATE_UP_EARLY_MAX_PAIRS = 4
 # The expert GEMMs load their epilogue's bias tile (and the down GEMM its rows' routing weights) before the K loop,
 # the down GEMM before its PDL wait, instead of after the loop, where each program's end waited a memory round
 # trip for them. The same bits either way. H200 (docs/PERF.md session 12, same-card --compare, E32 / E16): batch 1
@@ -2171,10 +2173,14 @@ GATE_UP_EARLY_MAX_PAIRS = 2
 MOE_EARLY_BIAS = True
 MOE_EARLY_BIAS_MAX_TOKENS = 64
 # The down GEMM of a one-token step with at least MOE_DOWN_PRE_MIN_PAIRS pairs loads its first MOE_DOWN_PRE (0..4)
-# weight tiles before its PDL wait (its routing is two kernels old), so that they stream under gate_up's tail when
-# gate_up lets it launch early (GATE_UP_EARLY_MAX_PAIRS); the same bits. NOT MEASURED YET: 0.
-MOE_DOWN_PRE = 0
-MOE_DOWN_PRE_MIN_PAIRS = 1
+# weight tiles before its PDL wait (its routing is two kernels old), so that they stream under gate_up's tail, which
+# since session 18 lets it launch early at top_k 4 too (GATE_UP_EARLY_MAX_PAIRS 4); the same bits. H200 (docs/PERF.md
+# session 18, same-card --compare, E32 / E16 batch 1, ms a step against main = no pre-loads, early at <= 2 pairs):
+# top_k 4 early + 1 / 2 / 3 / 4 tiles -1.2 / -0.8%, -1.5 / -1.0%, -1.8 / -1.3%, +5.6 / +6.0% (4 tiles: 255 registers
+# and spills); early alone +1.7 / +2.3%; at top_k 2 (early already) 1 / 2 tiles +0.4..+0.6%, +0.9..+1.1%: hence
+# 3 tiles from 3 pairs. The down GEMM's exposed time at top_k 4 20.75 -> 18.95 us a layer (E32). 0: none.
+MOE_DOWN_PRE = 3
+MOE_DOWN_PRE_MIN_PAIRS = 3
 
 
 def moe_down_pre(tokens: int, plan: RoutingPlan) -> int:
