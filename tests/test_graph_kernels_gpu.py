@@ -135,25 +135,6 @@ def test_down_pre_loads_give_the_same_bits_on_cuda(gk, monkeypatch, k):
     assert torch.equal(runs[1][0], runs[0][0]) and torch.equal(runs[1][1], runs[0][1])
 
 
-def test_late_attention_trigger_and_fold_pre_loads_replay_gives_the_same_tokens_and_logits(gk, monkeypatch):
-    """Batch-1 decode as a CUDA graph with decode attention letting the fold launch after its attention loop
-    (ATTN_LATE_TRIGGER) and the fold loading its first weight tiles before its wait (FOLD_PRE 1, 2), alone and
-    together: the tokens and last logits of neither."""
-    from bench.models.loading import load_model
-
-    model = load_model("synthetic:tiny-moe", device="cuda", dtype=torch.bfloat16, seed=0).model
-    ids = torch.randint(0, model.config.vocab_size, (1, 40), device="cuda",
-                        generator=torch.Generator("cuda").manual_seed(11))
-    out = {}
-    for late, pre in ((False, 0), (True, 0), (False, 2), (True, 1), (True, 2)):
-        monkeypatch.setattr(gk, "ATTN_LATE_TRIGGER", late)
-        monkeypatch.setattr(gk, "FOLD_PRE", pre)
-        out[(late, pre)] = graph_tokens_and_logits(model, ids)
-    for key, (toks, logits) in out.items():
-        assert torch.equal(toks, out[(False, 0)][0]), key
-        assert torch.equal(logits, out[(False, 0)][1]), key
-
-
 def test_pdl_graph_replay_gives_the_same_tokens_and_logits(gk):
     """A decode step captured as a CUDA graph with PDL launches (both trigger modes) gives the same tokens and last
     logits as with plain launches (a missing wait would race: the results would move)."""

@@ -922,7 +922,7 @@ def _rope_attn_decode_kernel(
     qkv_ptr, part_ptr, bias_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, sinks_ptr, out_ptr, scale, HKV, S_CACHE,
     WINDOW, N, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, SLIDING: tl.constexpr,
     NSPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, ss_ptr=None, eps=0.0, HID=1,
-    LAZY: tl.constexpr = False, LATE: tl.constexpr = False,
+    LAZY: tl.constexpr = False,
 ):
     """`_rope_kv_kernel` and `_attn_decode_kernel` in one launch, one program per (stream, kv head): the rope of the
     group's G query heads stays in registers (rounded to the activations' dtype, as rope_kv stores it), the roped k
@@ -942,10 +942,7 @@ def _rope_attn_decode_kernel(
     hq = HKV * G
     m_i = tl.load(sinks_ptr + kh * G + g, mask=gm, other=0.0).to(tl.float32)  # the sink starts the softmax
     kv = (b * HKV + kh) * S_CACHE * D
-    if LATE:  # ATTN_LATE_TRIGGER: the wait now, the next kernel's launch after the attention loop
-        _gdc(1)
-    else:
-        _gdc(PDL)
+    _gdc(PDL)
     pos = tl.load(pos_ptr)
     c = tl.load(cos_ptr + pos * (D // 2) + half).to(tl.float32)
     s = tl.load(sin_ptr + pos * (D // 2) + half).to(tl.float32)
@@ -978,8 +975,6 @@ def _rope_attn_decode_kernel(
     tl.store(vc_ptr + kv + slot * D + d, v.to(vc_ptr.dtype.element_ty))
     tl.debug_barrier()  # the slot just written is read back below by other threads of this program
     out = _attend_cache(q, m_i, kc_ptr, vc_ptr, kv, tl.minimum(pos + 1, S_CACHE), scale, GP, D, BS)
-    if LATE:
-        tl.extra.cuda.gdc_launch_dependents()
     tl.store(out_ptr + (b * hq + kh * G + g)[:, None] * D + d[None, :], out.to(out_ptr.dtype.element_ty),
              mask=gm[:, None])
 
@@ -995,10 +990,6 @@ def _rope_attn_decode_kernel(
 # covers it (batch 1, 8, 32). False: rope_kv, then attn_decode (ablation).
 FUSE_ROPE_ATTN = True
 FUSE_ROPE_ATTN_MIN_ROWS = 1
-# In PDL mode 2 the fused rope + attention lets the next kernel (the fold, or o_proj) launch after its attention loop
-# instead of right after its wait, so that what that kernel loads before its own wait (FOLD_PRE) does not queue
-# ahead of attention's cache loads. The same bits. NOT MEASURED YET: off.
-ATTN_LATE_TRIGGER = False
 
 
 def rope_attn_decode(
@@ -1028,8 +1019,7 @@ def rope_attn_decode(
         else src, cos, sin, pos, kc, vc, sinks, out, scale, hkv, s_cache, max(1, window),
         (hq + 2 * hkv) * d if parts is not None else qkv.stride(0), G=g, GP=max(16, _p2(g)), D=d, BS=bs,
         SLIDING=sliding, NSPLIT=int(parts.part.shape[0]) if parts is not None else 0,
-        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, LATE=bool(ATTN_LATE_TRIGGER) and pdl > 1,
-        num_warps=warps, **extra, **_pdl_kw(pdl),
+        HAS_BIAS=parts is not None and parts.bias is not None, PDL=pdl, num_warps=warps, **extra, **_pdl_kw(pdl),
         **({"ss_ptr": parts.ss, "eps": parts.eps, "HID": parts.hidden, "LAZY": True} if lazy else {}),
     )
     return out
@@ -1375,11 +1365,6 @@ FOLD_CONFIG: tuple[int, int, int, int] | None = None
 # `gpu_step_ablation.py --compare '{"main": {}, "tail": {"FOLD_TAIL_LOADS": true}}' --cases 1x4,1x2 --rounds 3`):
 # E32 / E16 k4 -0.4 / -0.4%, k2 -0.7 / -0.7%. False: the tail's loads after the count (ablation).
 FOLD_TAIL_LOADS = True
-# The fold's first FOLD_PRE (0..4) weight tiles of each K slice loaded before its PDL wait (`_pre_load`), so that
-# o_proj's weight streams under the kernel before. Session 12 measured it with decode attention triggering the fold
-# right after its own wait: attention's latency-bound loads then queued behind the weight stream (+0.1..+2.6% at
-# batch 1 k4). ATTN_LATE_TRIGGER moves that trigger to the end of attention. The same bits. NOT MEASURED YET: 0.
-FOLD_PRE = 0
 _FOLD_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
@@ -1405,7 +1390,6 @@ def _splitk_norm_router_kernel(
     topw_ptr, N, K, KSPLIT, E, eps, S: tl.constexpr, NT: tl.constexpr, NTP: tl.constexpr, FT: tl.constexpr,
     BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr, TOPK: tl.constexpr, KP: tl.constexpr,
     BLOCK: tl.constexpr, FB: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr, TAIL: tl.constexpr = False,
-    PRE: tl.constexpr = 0,
 ):
     """One row: y = x W^T + b (split-K, as `_splitk_gemv_kernel`), h += y, normed = RMSNorm(h) * nw and the router's
     top-k over normed, in one launch. Grid (NT N tiles, S K slices). Each program stores its tile's partial; the last
@@ -1421,12 +1405,8 @@ def _splitk_norm_router_kernel(
     nmask = offs_n < N
     k_lo = s * KSPLIT
     acc = tl.zeros([BN, BK], dtype=tl.float32)
-    pre = _pre_load(w_ptr, offs_n, nmask, k_lo, K, KSPLIT, BK, PRE)  # FOLD_PRE: weights never depend on a kernel
     _gdc(PDL)
-    for i in tl.static_range(PRE):  # the pre-loaded tiles first, in K order
-        offs_k, kmask = _pre_k(k_lo + i * BK, k_lo, K, KSPLIT, BK)
-        acc = _splitk_acc(acc, pre[i].to(tl.float32), x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
-    for k0 in range(k_lo + PRE * BK, k_lo + KSPLIT, BK):
+    for k0 in range(k_lo, k_lo + KSPLIT, BK):
         w, offs_k, kmask = _splitk_w_tile(w_ptr, offs_n, nmask, k0, k_lo, K, KSPLIT, BK)
         acc = _splitk_acc(acc, w, x_ptr, offs_k, kmask, offs_k, 1, 0, 1)
     if TAIL:  # FOLD_TAIL_LOADS: the tile-last path's inputs, issued now (after the weight stream, before the count)
@@ -1540,7 +1520,7 @@ def fold_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         topw,
         n, kdim, ksplit, experts, eps, S=splits, NT=nt, NTP=ntp, FT=min(ntp, _p2(FOLD_TILES)), BN=bn, BK=bk,
         EP=ep, TOPK=k, KP=_p2(k), BLOCK=block, FB=min(block, _p2(FOLD_BLOCK)), HAS_BIAS=bias is not None, PDL=pdl,
-        TAIL=bool(FOLD_TAIL_LOADS), PRE=_pre_tiles(FOLD_PRE), num_warps=warps, **_pdl_kw(pdl),
+        TAIL=bool(FOLD_TAIL_LOADS), num_warps=warps, **_pdl_kw(pdl),
     )
     return out, topi, topw, part, ss, rl
 
