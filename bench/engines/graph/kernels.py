@@ -57,7 +57,9 @@ token, PDL_ROWS past it) each decode kernel here is launched with `launch_pdl` a
 split-K GEMV (decode attention before o_proj, the one-row add_rmsnorm before qkv), rope_kv and the bf16 down expert
 GEMM let the next kernel launch right after their own wait (PDL mode 2: `SPLITK_EARLY`, `PDL_EARLY_MORE`,
 `early_pdl`); the split-K GEMVs do not: o_proj's early trigger slowed pruned models, qkv's the fused rope + attention
-(docs/PERF.md, session 8).
+(docs/PERF.md, session 8). Kernels launched that way may load, before their own wait, what no kernel since the one
+two back writes: weights (the lazy qkv GEMV's first tiles, LAZY_PRE; the one-token down GEMM's, MOE_DOWN_PRE, which
+gate_up launches early at up to GATE_UP_EARLY_MAX_PAIRS pairs) and routing two kernels old.
 
 Greedy decoding's end (`gemv_greedy`, `argmax_step`, GEMV_GREEDY): the vocabulary GEMV (or, past GEMV_MAX_ROWS rows,
 one launch after cuBLAS's logits) takes each row's argmax as an atomic max of packed (value, ~id) keys, and its last
