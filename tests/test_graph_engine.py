@@ -314,10 +314,11 @@ def test_gate_up_triggers_early_only_at_one_token_with_few_pairs(monkeypatch):
     assert gk.moe_pdl(1, 1, "gate_up", 4) == 2
 
 
-def test_down_pre_loads_only_at_one_token_with_enough_pairs_and_an_early_launch():
+def test_down_pre_loads_only_at_one_token_with_enough_pairs_and_an_early_launch(monkeypatch):
     """kernels.moe_down_pre: the shipped one-token down GEMM pre-loads MOE_DOWN_PRE tiles from
     MOE_DOWN_PRE_MIN_PAIRS pairs (top_k 4 at batch 1), none at top_k 2 and none past one token (scan or sorted);
-    every pair count that pre-loads also launches early (the pre-loads only pay under gate_up's tail)."""
+    every pair count that pre-loads also launches early (the pre-loads only pay under gate_up's tail); a setting past
+    4 tiles is refused."""
     from bench.engines.graph import kernels as gk
 
     def plan(tokens: int, k: int) -> gk.RoutingPlan:
@@ -330,6 +331,9 @@ def test_down_pre_loads_only_at_one_token_with_enough_pairs_and_an_early_launch(
                                  grid_rows=32, pb=512, epad=32)
     assert gk.moe_down_pre(8, plan(8, 4)) == 0 and gk.moe_down_pre(1, sorted_plan) == 0
     assert all(gk.moe_pdl(1, 1, "gate_up", p) == 2 for p in range(gk.MOE_DOWN_PRE_MIN_PAIRS, 5))
+    monkeypatch.setattr(gk, "MOE_DOWN_PRE", 5)  # more tiles than the kernel holds: refused, not truncated
+    with pytest.raises(ValueError, match="0..4"):
+        gk.moe_down_pre(1, plan(1, 4))
 
 
 def test_gemv4_tiles_per_top_k_override_only_their_top_k(monkeypatch):

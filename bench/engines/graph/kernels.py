@@ -2186,8 +2186,10 @@ MOE_DOWN_PRE_MIN_PAIRS = 3
 
 
 def moe_down_pre(tokens: int, plan: RoutingPlan) -> int:
-    """MOE_DOWN_PRE for a down GEMM launch of `tokens` tokens (one token, scan mode, enough pairs; else 0)."""
-    return int(MOE_DOWN_PRE) if tokens <= 1 and plan.scan and plan.pairs >= MOE_DOWN_PRE_MIN_PAIRS else 0
+    """MOE_DOWN_PRE (checked: 0..4) for a down GEMM launch of `tokens` tokens (one token, scan mode, enough pairs;
+    else 0)."""
+    pre = _pre_tiles(MOE_DOWN_PRE)
+    return pre if tokens <= 1 and plan.scan and plan.pairs >= MOE_DOWN_PRE_MIN_PAIRS else 0
 
 
 def moe_early_bias_on(tokens: int) -> bool:
