@@ -332,7 +332,7 @@ def test_down_pre_loads_only_at_one_token_with_enough_pairs_and_an_early_launch(
     assert gk.moe_down_pre(8, plan(8, 4)) == 0 and gk.moe_down_pre(1, sorted_plan) == 0
     assert all(gk.moe_pdl(1, 1, "gate_up", p) == 2 for p in range(gk.MOE_DOWN_PRE_MIN_PAIRS, 5))
     monkeypatch.setattr(gk, "MOE_DOWN_PRE", 5)  # more tiles than the kernel holds: refused, not truncated
-    with pytest.raises(ValueError, match="0..4"):
+    with pytest.raises(ValueError, match=r"must be 0\.\.4, got 5"):
         gk.moe_down_pre(1, plan(1, 4))
 
 
