@@ -30,6 +30,18 @@ def attention_inputs(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
             torch.randn((hq + 2 * hkv) * d, generator=gen, **kw))
 
 
+def expert_inputs(gen: torch.Generator, experts: int) -> tuple[torch.Tensor, ...]:
+    """gpt-oss-20b's expert geometry in bf16 (hidden 2,880, intermediate 2,880): random gate_up, its bias, down, its
+    bias, and one token's activations."""
+    hidden = inter = 2880
+    kw = {"device": "cuda", "dtype": torch.bfloat16}
+    return (torch.randn(experts, hidden, 2 * inter, generator=gen, **kw) * 0.02,
+            torch.randn(experts, 2 * inter, generator=gen, **kw) * 0.1,
+            torch.randn(experts, inter, hidden, generator=gen, **kw) * 0.02,
+            torch.randn(experts, hidden, generator=gen, **kw) * 0.1,
+            torch.randn(1, hidden, generator=gen, **kw))
+
+
 def graph_tokens_and_logits(model, ids: torch.Tensor, new_tokens: int = 24,
                             capture: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """A decode of `ids` (a CUDA graph on CUDA, or eager steps with capture "off") with the kernels module's
@@ -106,13 +118,8 @@ def test_down_pre_loads_give_the_same_bits_on_cuda(gk, monkeypatch, k):
     outputs as 0, bit for bit, eager and as a CUDA-graph decode of tiny-moe with the down GEMM launched early at
     every pair count (GATE_UP_EARLY_MAX_PAIRS 4: its pre-loads then stream under gate_up)."""
     gen = torch.Generator(device="cuda").manual_seed(20 + k)
-    experts, hidden, inter = 32, 2880, 2880
-    kw = {"device": "cuda", "dtype": torch.bfloat16}
-    gu = torch.randn(experts, hidden, 2 * inter, generator=gen, **kw) * 0.02
-    gub = torch.randn(experts, 2 * inter, generator=gen, **kw) * 0.1
-    dn = torch.randn(experts, inter, hidden, generator=gen, **kw) * 0.02
-    dnb = torch.randn(experts, hidden, generator=gen, **kw) * 0.1
-    x = torch.randn(1, hidden, generator=gen, **kw)
+    experts = 32
+    gu, gub, dn, dnb, x = expert_inputs(gen, experts)
     v, i = torch.topk(torch.randn(1, experts, generator=gen, device="cuda"), k, dim=-1)
     w = torch.softmax(v, dim=-1)
     outs = []
@@ -575,13 +582,8 @@ def test_split_k_expert_gemms_match_unsplit_on_cuda(gk, k):
     bits on a second call (deterministic whoever finishes last), every tile count back at 0, in a CUDA graph
     replay too."""
     gen = torch.Generator(device="cuda").manual_seed(30 + k)
-    experts, hidden, inter = 32, 2880, 2880
-    kw = {"device": "cuda", "dtype": torch.bfloat16}
-    gu = torch.randn(experts, hidden, 2 * inter, generator=gen, **kw) * 0.02
-    gub = torch.randn(experts, 2 * inter, generator=gen, **kw) * 0.1
-    dn = torch.randn(experts, inter, hidden, generator=gen, **kw) * 0.02
-    dnb = torch.randn(experts, hidden, generator=gen, **kw) * 0.1
-    x = torch.randn(1, hidden, generator=gen, **kw)
+    experts = 32
+    gu, gub, dn, dnb, x = expert_inputs(gen, experts)
     topi = torch.rand(1, experts, generator=gen, device="cuda").argsort(-1)[:, :k].to(torch.int32).contiguous()
     topw = torch.softmax(torch.randn(1, k, generator=gen, device="cuda"), -1)
     plain = {"gate_up": (64, 128, 4, 4), "down": (64, 128, 4, 4)}
