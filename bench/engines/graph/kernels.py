@@ -1780,24 +1780,22 @@ def _moe_tile_acc(x_ptr, stride_x, xrow, rmask, w_base, stride_wk, offs_n, nmask
     (loaded before the kernel's PDL wait: `moe_pre_load`), the loop loads the rest."""
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for i in tl.static_range(PRE):
-        offs_k = k_lo + i * BK + tl.arange(0, BK)
-        kmask = offs_k < k_hi
-        a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
-                    other=0.0)
-        acc = tl.dot(a, pre[i], acc)
+        acc = tl.dot(_moe_x_tile(x_ptr, stride_x, xrow, rmask, k_lo + i * BK, k_hi, CG, BK), pre[i], acc)
     for k0 in range(k_lo + PRE * BK, k_hi, BK):
-        offs_k = k0 + tl.arange(0, BK)
-        kmask = offs_k < k_hi
-        if CG:
-            a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
-                        other=0.0, cache_modifier=".cg")
-        else:
-            a = tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=rmask[:, None] & kmask[None, :],
-                        other=0.0)
-        b = tl.load(w_base + offs_k[:, None] * stride_wk + offs_n[None, :], mask=kmask[:, None] & nmask[None, :],
-                    other=0.0)
-        acc = tl.dot(a, b, acc)
+        a = _moe_x_tile(x_ptr, stride_x, xrow, rmask, k0, k_hi, CG, BK)
+        acc = tl.dot(a, _moe_w_tile(w_base, stride_wk, offs_n, nmask, k0, k_hi, BK), acc)
     return acc
+
+
+@triton.jit
+def _moe_x_tile(x_ptr, stride_x, xrow, rmask, k0, k_end, CG: tl.constexpr, BK: tl.constexpr):
+    """The [BM, BK] activation tile of rows xrow (masked by rmask) at K offset k0 (columns past k_end zero); CG:
+    read through L2 only."""
+    offs_k = k0 + tl.arange(0, BK)
+    mask = rmask[:, None] & (offs_k < k_end)[None, :]
+    if CG:
+        return tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=mask, other=0.0, cache_modifier=".cg")
+    return tl.load(x_ptr + xrow[:, None] * stride_x + offs_k[None, :], mask=mask, other=0.0)
 
 
 @triton.jit
